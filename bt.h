@@ -1,0 +1,402 @@
+// bt: the backtracking state-transition pipeline in C.
+// One header for the whole program: data structures first, then the functions
+// each source file provides, in the order bt.c, io.c, tokenizer.c, model.c,
+// analysis.c, report.c.
+#ifndef BT_H
+#define BT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define BT_VERSION "0.1.0"
+#define BT_DEFAULT_CONFIG "configs/backtracking_state_transition.ini"
+
+// ----------------------------------------------------------------------------
+// Errors are values: a parser or loader fills an Err and returns -1; only the
+// command (and so main) prints it and decides the exit code.
+
+enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_BAD_INPUT = 2 };
+
+typedef struct {
+    int code;       // EXIT_BAD_INPUT or EXIT_RUNTIME
+    char msg[1024]; // one line, names the file and line or tensor
+} Err;
+
+int err_input(Err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));   // code 2, returns -1
+int err_runtime(Err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3))); // code 1, returns -1
+
+// ----------------------------------------------------------------------------
+// Memory and byte buffers (io.c)
+
+void *xmalloc(size_t n);             // exits 1 with a message when out of memory
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+typedef struct {
+    char *data; // always NUL-terminated when non-NULL
+    size_t len;
+    size_t cap;
+} Buf;
+
+void buf_append(Buf *b, const void *p, size_t n);
+void buf_puts(Buf *b, const char *s);
+void buf_putc(Buf *b, char c);
+void buf_printf(Buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void buf_json_string(Buf *b, const char *s, size_t n); // quoted and escaped; invalid UTF-8 becomes U+FFFD
+void buf_json_double(Buf *b, double x);                // shortest round-trip form; NaN/inf as null
+void buf_csv_field(Buf *b, const char *s, size_t n);   // RFC 4180: quoted when it holds , " or newline
+void buf_free(Buf *b);
+
+// ----------------------------------------------------------------------------
+// Files (io.c). Outputs are written whole: temp file + fsync + rename.
+
+int read_file(const char *path, Buf *out, Err *err);
+int write_file_atomic(const char *path, const void *data, size_t n, Err *err);
+int append_durable(const char *path, const void *data, size_t n, Err *err); // O_APPEND + fsync: one finished record
+int copy_file_atomic(const char *from, const char *to, Err *err);
+int mkdir_p(const char *path, Err *err);
+int path_exists(const char *path);
+int path_is_dir(const char *path);
+
+// ----------------------------------------------------------------------------
+// JSON reading, jsmn-style (io.c): one flat array of tokens that are spans over
+// the source buffer; no tree and no copies. Strings are unescaped only when used.
+
+typedef enum { JSON_NULL, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY, JSON_OBJECT } JsonType;
+
+typedef struct {
+    JsonType type;
+    int start, end; // byte range in src; strings exclude the quotes
+    int size;       // arrays: elements; objects: key/value pairs
+    int next;       // index of the first token after this value (skips its subtree)
+} JsonTok;
+
+typedef struct {
+    const char *src; // not owned
+    size_t len;
+    const char *name; // file name used in messages
+    JsonTok *tok;     // (n_tok)
+    int n_tok;
+} Json;
+
+// Parses the whole of src as one JSON value; errors read "name:line: message".
+int json_parse(Json *j, const char *src, size_t len, const char *name, Err *err);
+void json_free(Json *j);
+int json_line(const Json *j, int t);                  // 1-based source line of token t
+int json_key(const Json *j, int obj, const char *key); // value token of key, -1 if absent or obj not an object
+int json_eq(const Json *j, int t, const char *s);      // string token equals s (after unescaping)
+int json_string(const Json *j, int t, Buf *out);       // appends the unescaped string; -1 if not a string
+char *json_strdup(const Json *j, int t);               // unescaped copy, NULL if not a string
+int json_number(const Json *j, int t, double *out);    // -1 if not a number
+int json_int(const Json *j, int t, long long *out);    // -1 if not an integral number
+int json_bool(const Json *j, int t, int *out);         // -1 if not true/false
+
+// Iterate an array (t = element token) or an object (k = key token, k + 1 = value).
+#define JSON_FOR_ARRAY(j, arr, i, t) \
+    for (int i = 0, t = (arr) + 1; i < (j)->tok[arr].size; i++, t = (j)->tok[t].next)
+#define JSON_FOR_OBJECT(j, obj, i, k) \
+    for (int i = 0, k = (obj) + 1; i < (j)->tok[obj].size; i++, k = (j)->tok[k + 1].next)
+
+// ----------------------------------------------------------------------------
+// Deterministic random numbers: splitmix64 seeding, xoshiro256** stream.
+// Every seeded choice in bt derives its stream from (run seed, purpose, indices).
+
+typedef struct { uint64_t s[4]; } Rng;
+
+static inline uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+static inline uint64_t seed_mix(uint64_t a, uint64_t b) { uint64_t x = a ^ (b * 0xD1B54A32D192ED03ULL); return splitmix64(&x); }
+static inline void rng_seed(Rng *r, uint64_t seed) { for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed); }
+static inline uint64_t rng_next(Rng *r) {
+    uint64_t *s = r->s, result = ((s[1] * 5) << 7 | (s[1] * 5) >> 57) * 9, t = s[1] << 17;
+    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3]; s[2] ^= t; s[3] = (s[3] << 45) | (s[3] >> 19);
+    return result;
+}
+static inline double rng_uniform(Rng *r) { return (rng_next(r) >> 11) * 0x1.0p-53; } // [0, 1)
+static inline uint64_t rng_below(Rng *r, uint64_t n) { return n ? rng_next(r) % n : 0; }
+static inline double rng_normal(Rng *r) { // Box-Muller
+    double u = rng_uniform(r), v = rng_uniform(r);
+    return __builtin_sqrt(-2.0 * __builtin_log(1.0 - u)) * __builtin_cos(6.283185307179586 * v);
+}
+
+// ----------------------------------------------------------------------------
+// Configuration (bt.c): one INI file; the table of known keys lives in bt.c.
+
+enum { SOURCE_GSM8K, SOURCE_BUILTIN };
+enum { ABLATE_ZERO, ABLATE_MEAN };
+enum { SCOPE_ALL, SCOPE_ONSET };
+
+typedef struct {
+    char *name;          // from the section name [variant.NAME]
+    char *template_text; // prompt with {question}; C escapes already decoded
+} Variant;
+
+typedef struct {
+    char *file; // the config file it was read from
+    // [run]
+    char *runs_dir;
+    long long seed;
+    int threads; // 0 = all cores
+    // [model]
+    char *model_path;
+    int max_seq_len;
+    int make_organism; // build the embedded organism at model_path when it is missing
+    // [data]
+    int data_source; // SOURCE_*
+    char *data_path;
+    int n_problems;
+    char *processed_dir;
+    // [generation]
+    int max_new_tokens;
+    double temperature, top_p;
+    int batch_size, samples_per_problem;
+    char **variants; // (n_variants) baseline variants, in order
+    int n_variants;
+    // [detection]
+    char **triggers; // (n_triggers)
+    int n_triggers;
+    int controls_per_event;
+    int control_min_distance; // tokens between a control position and any event
+    // [logit_lens]
+    char *lens_variant;
+    int lens_max_events;
+    // [ablation]
+    int ablation_kind;  // ABLATE_*
+    int ablation_scope; // SCOPE_*
+    int top_k_attn, top_k_mlp;
+    int ablation_max_events;
+    // [hypotheses]
+    double alpha, h1_min_relative_drop, h2_min_rate_ratio;
+    // [report]
+    char *report_path;
+    char *figures_dir;
+    // [variant.*]
+    Variant *variant_defs; // (n_variant_defs)
+    int n_variant_defs;
+} Config;
+
+int config_load(Config *c, const char *path, Err *err);
+void config_free(Config *c);
+void config_write_resolved(const Config *c, Buf *out); // every key with its effective value
+const Variant *config_variant(const Config *c, const char *name);
+
+// ----------------------------------------------------------------------------
+// Command line (bt.c): each command parses its own flags with one helper.
+
+typedef struct {
+    const char *name;  // "--config"
+    int takes_value;   // 0 = a switch
+    const char *help;  // one line for `bt CMD --help`
+    const char *value; // last value given (or "1" for a switch), NULL if absent
+    const char *values[32]; // every value, for repeatable flags such as --ablate
+    int n_values;
+} Opt;
+
+// Fills opts (ended by a {0} entry) from argv, argv[0] being the command name.
+// Returns 0, 1 after printing usage for --help, or -1 (unknown flag, missing value).
+// --quiet and --threads N are accepted by every command.
+int opts_parse(Opt *opts, int argc, char **argv, Err *err);
+int fail(const Err *err); // prints "bt: message" to stderr once, returns the exit code
+const char *opt_str(const Opt *opts, const char *name, const char *fallback);
+int opt_int(const Opt *opts, const char *name, long long lo, long long hi, long long fallback, long long *out, Err *err);
+
+extern int bt_quiet;   // --quiet: no progress on stderr
+extern int bt_threads; // threads in use (OpenMP), >= 1
+
+void set_threads(int n); // 0 = all cores
+void progress(const char *fmt, ...) __attribute__((format(printf, 1, 2))); // stderr unless --quiet
+
+// ----------------------------------------------------------------------------
+// Runs (bt.c): the one place that knows the run folder layout.
+
+#define ART_CONFIG_RESOLVED "config_resolved.ini"
+#define ART_META "meta.json"
+#define ART_EVENTS "analysis/backtracking_events.csv"
+#define ART_SUMMARY "analysis/summary_metrics.json"
+#define ART_LOGIT_LENS "analysis/logit_lens.csv"
+#define ART_ABLATION "analysis/ablation_importance.csv"
+#define ART_SELECTED "analysis/selected_layers.json"
+#define ART_RANDOM_LAYERS "analysis/random_layers.json"
+#define ART_CONDITIONS "analysis/condition_comparison.csv"
+#define ART_FORMATTING "analysis/formatting_summary.csv"
+
+typedef struct {
+    char id[128];  // run id, e.g. 20251223_123456
+    char dir[1024]; // runs_dir/id
+} Run;
+
+int run_current(const Config *c, Run *run, Err *err);  // reads runs/.current_run_id
+void run_path(const Run *run, char *out, size_t n, const char *rel); // runs/<id>/<rel>
+void run_generation_path(const Run *run, char *out, size_t n, const char *variant, const char *condition);
+
+// ----------------------------------------------------------------------------
+// Problems (bt.c)
+
+typedef struct {
+    char *id;       // "gsm8k_test_0042" or "builtin_007"
+    char *question;
+    char *gold;     // normalised gold answer, commas removed
+    char *answer;   // full reference answer text
+} Problem;
+
+void processed_path(const Config *c, char *out, size_t n); // <processed_dir>/gsm8k_<N>.jsonl or builtin_<N>.jsonl
+int problems_load(const char *path, Problem **out, int *n_out, Err *err);
+void problems_free(Problem *p, int n);
+
+// ----------------------------------------------------------------------------
+// Tokenizer (tokenizer.c): the single source of tokenization. Hugging Face
+// tokenizer.json byte-level BPE; encode yields byte spans in the input.
+
+typedef struct Tokenizer Tokenizer;
+
+typedef struct {
+    int id;
+    int start, end; // byte span of the token in the encoded text
+} Token;
+
+typedef struct {
+    Token *v; // (n)
+    int n, cap;
+} TokenList;
+
+int tokenizer_load(Tokenizer **out, const char *path, Err *err);
+void tokenizer_free(Tokenizer *t);
+int tokenizer_vocab_size(const Tokenizer *t); // largest id + 1
+// Appends the tokens of text[0..len) to out (added tokens split out first, then NFC, pre-tokenizer, BPE).
+int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, TokenList *out, Err *err);
+// Appends the bytes of ids to out; offsets (n + 1, or NULL) receive each token's start byte and the end.
+void tokenizer_decode(const Tokenizer *t, const int *ids, int n, Buf *out, int *offsets);
+const char *tokenizer_token_bytes(const Tokenizer *t, int id, int *n_bytes); // decoded bytes of one token, NULL if unknown
+int tokenizer_find(const Tokenizer *t, const char *bytes, int n_bytes);     // id whose decoded bytes are exactly these, -1 if none
+int tokenizer_is_special(const Tokenizer *t, int id);
+void tokens_free(TokenList *l);
+
+// ----------------------------------------------------------------------------
+// Model (model.c): a Hugging Face checkpoint directory, weights mmapped in their
+// stored dtype, an exact batched forward pass with capture and ablation hooks.
+
+typedef enum { DT_F32, DT_BF16, DT_F16 } DType;
+
+typedef struct {
+    const void *data; // into the mmap, NULL when absent (e.g. no bias)
+    DType dtype;
+    int rows, cols; // 2-D: (out, in) as stored; 1-D: rows = 1
+} Tensor;
+
+typedef struct {
+    char architecture[64]; // Qwen2ForCausalLM | Qwen3ForCausalLM | LlamaForCausalLM
+    int hidden_size, n_layers, n_heads, n_kv_heads, head_dim, intermediate_size, vocab_size;
+    int max_position;
+    float rms_norm_eps, rope_theta;
+    int rope_llama3; // rope_scaling type "llama3"
+    float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_original_max_position;
+    int tie_word_embeddings, qkv_bias, qk_norm;
+    int bos_token_id;  // -1 if none
+    int eos_ids[8];    // from config.json and generation_config.json
+    int n_eos;
+} ModelConfig;
+
+typedef struct {
+    Tensor attn_norm;                // (hidden)
+    Tensor wq, wk, wv, wo;           // (heads*head_dim, hidden), (kv*head_dim, hidden) x2, (hidden, heads*head_dim)
+    Tensor bq, bk, bv;               // (heads*head_dim), (kv*head_dim) x2; Qwen2 only
+    Tensor q_norm, k_norm;           // (head_dim); Qwen3 only
+    Tensor mlp_norm;                 // (hidden)
+    Tensor w_gate, w_up, w_down;     // (inter, hidden) x2, (hidden, inter)
+} LayerWeights;
+
+typedef struct {
+    ModelConfig cfg;
+    char dir[1024];
+    Tensor embed;          // (vocab, hidden)
+    LayerWeights *layers;  // (n_layers)
+    Tensor final_norm;     // (hidden)
+    Tensor lm_head;        // (vocab, hidden); the embedding when tied
+    float *inv_freq;       // (head_dim/2) RoPE inverse frequencies, scaling applied
+    void **maps;           // (n_maps) mmapped shard files
+    size_t *map_sizes;     // (n_maps)
+    int n_maps;
+    size_t bytes_mapped, bytes_allocated;
+} Model;
+
+int model_load(Model *m, const char *dir, Err *err);
+void model_free(Model *m);
+
+// Which components to ablate, applied to a component's output before the residual add.
+typedef struct {
+    int kind;                 // ABLATE_ZERO or ABLATE_MEAN
+    unsigned char *attn;      // (n_layers) 1 = replace the attention block output (after o_proj)
+    unsigned char *mlp;       // (n_layers) 1 = replace the MLP output (after down_proj)
+    unsigned char *head;      // (n_layers * n_heads) 1 = replace that head's output before o_proj; NULL = none
+    const float *attn_mean;   // (n_layers, hidden) for ABLATE_MEAN
+    const float *mlp_mean;    // (n_layers, hidden)
+    const float *head_mean;   // (n_layers, n_heads * head_dim)
+} AblationMask;
+
+// KV cache and scratch for one model: n_slots sequences of up to max_seq tokens,
+// forward calls of up to max_rows tokens.
+typedef struct RunState RunState;
+
+RunState *runstate_new(const Model *m, int n_slots, int max_seq, int max_rows, Err *err);
+void runstate_free(RunState *s);
+size_t runstate_bytes(const RunState *s);
+
+// One batched forward call. Row i is token[i] of the sequence in KV slot slot[i]
+// at position pos[i]; a row attends to its slot's positions 0..pos[i]. Rows of one
+// slot come in increasing pos; earlier positions must already be in the cache.
+typedef struct {
+    int n;                 // rows
+    const int *token;      // (n) token ids (ignored when first_layer > 0)
+    const int *slot;       // (n)
+    const int *pos;        // (n)
+    const AblationMask *const *mask; // (n) mask of each row, NULL entries (or NULL) = clean
+    // Replay from a layer: rows enter first_layer with residual x_in instead of the
+    // embedding, and do not write the cache (they attend to the clean cache 0..pos-1
+    // plus their own key/value): the onset-scope ablation scan.
+    int first_layer;
+    const float *x_in;     // (n, hidden) when first_layer > 0
+    // Outputs, each for rows whose index entry is >= 0 (that entry is the output row):
+    float *logits;         // (n_out, vocab)
+    const int *logits_row; // (n) or NULL = no logits
+    float *resid;          // (n_cap, n_layers + 1, hidden): [0] embeddings, [l] residual after block l-1 (pre final norm)
+    float *attn_out;       // (n_cap, n_layers, hidden) attention block outputs (before the residual add), or NULL
+    float *mlp_out;        // (n_cap, n_layers, hidden) MLP outputs, or NULL
+    const int *capture_row; // (n) or NULL = no capture
+} Forward;
+
+int model_forward(const Model *m, RunState *s, const Forward *f, Err *err);
+void model_final_logits(const Model *m, const float *resid, float *logits); // final norm + lm_head of one residual (hidden) -> (vocab)
+
+// ----------------------------------------------------------------------------
+// Commands: each returns an exit code. Defined in the file that owns the capability.
+
+int not_built(int argc, char **argv); // for a command whose capability does not exist yet: says so, exits 1
+
+int cmd_init_run(int argc, char **argv);
+int cmd_prepare_data(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_detect_events(int argc, char **argv);
+int cmd_logit_lens(int argc, char **argv);
+int cmd_ablation_scan(int argc, char **argv);
+int cmd_compare_conditions(int argc, char **argv);
+int cmd_formatting_sweep(int argc, char **argv);
+int cmd_make_report(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_model_info(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
+int cmd_forward(int argc, char **argv);
+int cmd_generate_ids(int argc, char **argv);
+int cmd_make_organism(int argc, char **argv);
+int cmd_make_bench_model(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+#endif

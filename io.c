@@ -1,0 +1,597 @@
+// io.c: errors, memory, byte buffers, whole-file writes, JSON reading and
+// writing, CSV writing. The one place that knows how bytes reach the disk.
+#include "bt.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+// ----------------------------------------------------------------------------
+// Errors
+
+static int err_set(Err *err, int code, const char *fmt, va_list ap) {
+    if (err) {
+        err->code = code;
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+    }
+    return -1;
+}
+
+int err_input(Err *err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    err_set(err, EXIT_BAD_INPUT, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int err_runtime(Err *err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    err_set(err, EXIT_RUNTIME, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+// ----------------------------------------------------------------------------
+// Memory
+
+static void out_of_memory(size_t n) {
+    fprintf(stderr, "bt: out of memory allocating %zu bytes\n", n);
+    exit(EXIT_RUNTIME);
+}
+
+void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) out_of_memory(n);
+    return p;
+}
+
+void *xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) out_of_memory(n * size);
+    return p;
+}
+
+void *xrealloc(void *p, size_t n) {
+    p = realloc(p, n ? n : 1);
+    if (!p) out_of_memory(n);
+    return p;
+}
+
+char *xstrndup(const char *s, size_t n) {
+    char *d = xmalloc(n + 1);
+    memcpy(d, s, n);
+    d[n] = 0;
+    return d;
+}
+
+char *xstrdup(const char *s) { return xstrndup(s, strlen(s)); }
+
+// ----------------------------------------------------------------------------
+// Byte buffers
+
+static void buf_reserve(Buf *b, size_t extra) {
+    if (b->len + extra + 1 <= b->cap) return;
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < b->len + extra + 1) cap *= 2;
+    b->data = xrealloc(b->data, cap);
+    b->cap = cap;
+}
+
+void buf_append(Buf *b, const void *p, size_t n) {
+    buf_reserve(b, n);
+    if (n) memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = 0;
+}
+
+void buf_puts(Buf *b, const char *s) { buf_append(b, s, strlen(s)); }
+void buf_putc(Buf *b, char c) { buf_append(b, &c, 1); }
+
+void buf_printf(Buf *b, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    buf_reserve(b, (size_t)n);
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+void buf_free(Buf *b) {
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+// Length of the valid UTF-8 sequence at s[0..n), 0 if invalid (overlongs, surrogates, > U+10FFFF).
+static int utf8_valid_len(const unsigned char *s, size_t n) {
+    unsigned c = s[0];
+    if (c < 0x80) return 1;
+    int len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 0;
+    if (len == 0 || c > 0xF4 || (size_t)len > n) return 0;
+    for (int i = 1; i < len; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    if (c == 0xE0 && s[1] < 0xA0) return 0;
+    if (c == 0xED && s[1] >= 0xA0) return 0;
+    if (c == 0xF0 && s[1] < 0x90) return 0;
+    if (c == 0xF4 && s[1] >= 0x90) return 0;
+    return len;
+}
+
+void buf_json_string(Buf *b, const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    buf_putc(b, '"');
+    for (size_t i = 0; i < n;) {
+        unsigned c = u[i];
+        if (c == '"' || c == '\\') {
+            buf_putc(b, '\\');
+            buf_putc(b, (char)c);
+            i++;
+        } else if (c < 0x20) {
+            switch (c) {
+            case '\n': buf_puts(b, "\\n"); break;
+            case '\t': buf_puts(b, "\\t"); break;
+            case '\r': buf_puts(b, "\\r"); break;
+            case '\b': buf_puts(b, "\\b"); break;
+            case '\f': buf_puts(b, "\\f"); break;
+            default: buf_printf(b, "\\u%04x", c);
+            }
+            i++;
+        } else if (c < 0x80) {
+            buf_putc(b, (char)c);
+            i++;
+        } else {
+            int len = utf8_valid_len(u + i, n - i);
+            if (len) {
+                buf_append(b, u + i, (size_t)len);
+                i += (size_t)len;
+            } else {
+                buf_puts(b, "\xEF\xBF\xBD"); // U+FFFD, as a lossy UTF-8 decode does
+                i++;
+            }
+        }
+    }
+    buf_putc(b, '"');
+}
+
+void buf_json_double(Buf *b, double x) {
+    if (!isfinite(x)) {
+        buf_puts(b, "null");
+        return;
+    }
+    char tmp[40];
+    for (int prec = 1; prec <= 17; prec++) { // shortest form that reads back exactly
+        snprintf(tmp, sizeof tmp, "%.*g", prec, x);
+        if (strtod(tmp, NULL) == x) break;
+    }
+    buf_puts(b, tmp);
+}
+
+void buf_csv_field(Buf *b, const char *s, size_t n) {
+    int quote = n > 0 && (s[0] == ' ' || s[n - 1] == ' ');
+    for (size_t i = 0; i < n && !quote; i++)
+        quote = s[i] == ',' || s[i] == '"' || s[i] == '\n' || s[i] == '\r';
+    if (!quote) {
+        buf_append(b, s, n);
+        return;
+    }
+    buf_putc(b, '"');
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"') buf_putc(b, '"');
+        buf_putc(b, s[i]);
+    }
+    buf_putc(b, '"');
+}
+
+// ----------------------------------------------------------------------------
+// Files
+
+int read_file(const char *path, Buf *out, Err *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return err_input(err, "%s: cannot open: %s", path, strerror(errno));
+    char chunk[65536];
+    size_t got;
+    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) buf_append(out, chunk, got);
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) return err_input(err, "%s: read error", path);
+    if (!out->data) buf_append(out, "", 0);
+    return 0;
+}
+
+int path_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+int path_is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int mkdir_p(const char *path, Err *err) {
+    char tmp[4096];
+    size_t n = strlen(path);
+    if (n == 0) return 0;
+    if (n >= sizeof tmp) return err_input(err, "%s: path too long", path);
+    memcpy(tmp, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (tmp[i] != '/' && tmp[i] != 0) continue;
+        char saved = tmp[i];
+        tmp[i] = 0;
+        if (mkdir(tmp, 0777) != 0 && errno != EEXIST)
+            return err_runtime(err, "%s: cannot create directory: %s", tmp, strerror(errno));
+        tmp[i] = saved;
+    }
+    if (!path_is_dir(path)) return err_runtime(err, "%s: exists and is not a directory", path);
+    return 0;
+}
+
+static int mkdir_parent(const char *path, Err *err) {
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path) return 0;
+    char dir[4096];
+    size_t n = (size_t)(slash - path);
+    if (n >= sizeof dir) return err_input(err, "%s: path too long", path);
+    memcpy(dir, path, n);
+    dir[n] = 0;
+    return mkdir_p(dir, err);
+}
+
+static int write_all(int fd, const void *data, size_t n) {
+    const char *p = data;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+int write_file_atomic(const char *path, const void *data, size_t n, Err *err) {
+    if (mkdir_parent(path, err)) return -1;
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0666);
+    if (fd < 0) return err_runtime(err, "%s: cannot create: %s", tmp, strerror(errno));
+    if (write_all(fd, data, n) != 0 || fsync(fd) != 0) {
+        int e = errno;
+        close(fd);
+        unlink(tmp);
+        return err_runtime(err, "%s: write failed: %s", path, strerror(e));
+    }
+    close(fd);
+    if (rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return err_runtime(err, "%s: cannot rename into place: %s", path, strerror(e));
+    }
+    return 0;
+}
+
+int append_durable(const char *path, const void *data, size_t n, Err *err) {
+    if (mkdir_parent(path, err)) return -1;
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0666);
+    if (fd < 0) return err_runtime(err, "%s: cannot open for append: %s", path, strerror(errno));
+    if (write_all(fd, data, n) != 0 || fsync(fd) != 0) {
+        int e = errno;
+        close(fd);
+        return err_runtime(err, "%s: append failed: %s", path, strerror(e));
+    }
+    close(fd);
+    return 0;
+}
+
+int copy_file_atomic(const char *from, const char *to, Err *err) {
+    Buf b = {0};
+    int rc = read_file(from, &b, err);
+    if (rc == 0) rc = write_file_atomic(to, b.data, b.len, err);
+    buf_free(&b);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
+// JSON reading: recursive descent over the buffer, emitting jsmn-style spans.
+
+#define JSON_MAX_DEPTH 256
+
+typedef struct {
+    Json *j;
+    size_t i; // cursor
+    int cap;  // allocated tokens
+    Err *err;
+} JsonParser;
+
+int json_line(const Json *j, int t) {
+    size_t end = t >= 0 && t < j->n_tok ? (size_t)j->tok[t].start : 0;
+    int line = 1;
+    for (size_t i = 0; i < end && i < j->len; i++) line += j->src[i] == '\n';
+    return line;
+}
+
+static int jp_fail(JsonParser *p, const char *what) {
+    int line = 1;
+    for (size_t i = 0; i < p->i && i < p->j->len; i++) line += p->j->src[i] == '\n';
+    return err_input(p->err, "%s:%d: invalid JSON: %s", p->j->name ? p->j->name : "<json>", line, what);
+}
+
+static void jp_skip_ws(JsonParser *p) {
+    const char *s = p->j->src;
+    while (p->i < p->j->len && (s[p->i] == ' ' || s[p->i] == '\t' || s[p->i] == '\n' || s[p->i] == '\r')) p->i++;
+}
+
+static int jp_new(JsonParser *p, JsonType type) {
+    Json *j = p->j;
+    if (j->n_tok == p->cap) {
+        p->cap = p->cap ? p->cap * 2 : 256;
+        j->tok = xrealloc(j->tok, (size_t)p->cap * sizeof *j->tok);
+    }
+    JsonTok *t = &j->tok[j->n_tok];
+    t->type = type;
+    t->start = (int)p->i;
+    t->end = t->start;
+    t->size = 0;
+    t->next = j->n_tok + 1;
+    return j->n_tok++;
+}
+
+static int hex4(const char *s) {
+    int v = 0;
+    for (int k = 0; k < 4; k++) {
+        char c = s[k];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= c - '0';
+        else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
+        else return -1;
+    }
+    return v;
+}
+
+static int jp_string(JsonParser *p) {
+    const char *s = p->j->src;
+    size_t n = p->j->len;
+    p->i++; // opening quote
+    int t = jp_new(p, JSON_STRING);
+    while (p->i < n) {
+        unsigned char c = (unsigned char)s[p->i];
+        if (c == '"') {
+            p->j->tok[t].end = (int)p->i;
+            p->i++;
+            p->j->tok[t].next = p->j->n_tok;
+            return t;
+        }
+        if (c < 0x20) return jp_fail(p, "control character in string");
+        if (c == '\\') {
+            if (p->i + 1 >= n) break;
+            char e = s[p->i + 1];
+            if (e == 'u') {
+                if (p->i + 6 > n || hex4(s + p->i + 2) < 0) return jp_fail(p, "bad \\u escape");
+                p->i += 6;
+                continue;
+            }
+            if (!strchr("\"\\/bfnrt", e) || e == 0) return jp_fail(p, "bad escape in string");
+            p->i += 2;
+            continue;
+        }
+        p->i++;
+    }
+    return jp_fail(p, "unterminated string");
+}
+
+static int jp_number(JsonParser *p) {
+    const char *s = p->j->src;
+    size_t n = p->j->len;
+    int t = jp_new(p, JSON_NUMBER);
+    if (p->i < n && s[p->i] == '-') p->i++;
+    if (p->i >= n || s[p->i] < '0' || s[p->i] > '9') return jp_fail(p, "bad number");
+    if (s[p->i] == '0') p->i++;
+    else
+        while (p->i < n && s[p->i] >= '0' && s[p->i] <= '9') p->i++;
+    if (p->i < n && s[p->i] == '.') {
+        p->i++;
+        if (p->i >= n || s[p->i] < '0' || s[p->i] > '9') return jp_fail(p, "bad number");
+        while (p->i < n && s[p->i] >= '0' && s[p->i] <= '9') p->i++;
+    }
+    if (p->i < n && (s[p->i] == 'e' || s[p->i] == 'E')) {
+        p->i++;
+        if (p->i < n && (s[p->i] == '+' || s[p->i] == '-')) p->i++;
+        if (p->i >= n || s[p->i] < '0' || s[p->i] > '9') return jp_fail(p, "bad number");
+        while (p->i < n && s[p->i] >= '0' && s[p->i] <= '9') p->i++;
+    }
+    p->j->tok[t].end = (int)p->i;
+    return t;
+}
+
+static int jp_value(JsonParser *p, int depth) {
+    const char *s = p->j->src;
+    size_t n = p->j->len;
+    jp_skip_ws(p);
+    if (p->i >= n) return jp_fail(p, "unexpected end of input");
+    if (depth > JSON_MAX_DEPTH) return jp_fail(p, "nested too deeply");
+    char c = s[p->i];
+    if (c == '{' || c == '[') {
+        int is_obj = c == '{';
+        int t = jp_new(p, is_obj ? JSON_OBJECT : JSON_ARRAY);
+        p->i++;
+        jp_skip_ws(p);
+        if (p->i < n && s[p->i] == (is_obj ? '}' : ']')) {
+            p->i++;
+        } else {
+            for (;;) {
+                if (is_obj) {
+                    jp_skip_ws(p);
+                    if (p->i >= n || s[p->i] != '"') return jp_fail(p, "expected a string key");
+                    if (jp_string(p) < 0) return -1;
+                    jp_skip_ws(p);
+                    if (p->i >= n || s[p->i] != ':') return jp_fail(p, "expected ':' after key");
+                    p->i++;
+                }
+                if (jp_value(p, depth + 1) < 0) return -1;
+                p->j->tok[t].size++;
+                jp_skip_ws(p);
+                if (p->i < n && s[p->i] == ',') {
+                    p->i++;
+                    continue;
+                }
+                if (p->i < n && s[p->i] == (is_obj ? '}' : ']')) {
+                    p->i++;
+                    break;
+                }
+                return jp_fail(p, is_obj ? "expected ',' or '}'" : "expected ',' or ']'");
+            }
+        }
+        p->j->tok[t].end = (int)p->i;
+        p->j->tok[t].next = p->j->n_tok;
+        return t;
+    }
+    if (c == '"') return jp_string(p);
+    if (c == '-' || (c >= '0' && c <= '9')) return jp_number(p);
+    static const struct { const char *word; JsonType type; } literals[] = {
+        {"true", JSON_BOOL}, {"false", JSON_BOOL}, {"null", JSON_NULL}};
+    for (int k = 0; k < 3; k++) {
+        size_t len = strlen(literals[k].word);
+        if (p->i + len <= n && memcmp(s + p->i, literals[k].word, len) == 0) {
+            int t = jp_new(p, literals[k].type);
+            p->i += len;
+            p->j->tok[t].end = (int)p->i;
+            return t;
+        }
+    }
+    return jp_fail(p, "unexpected character");
+}
+
+int json_parse(Json *j, const char *src, size_t len, const char *name, Err *err) {
+    memset(j, 0, sizeof *j);
+    j->src = src;
+    j->len = len;
+    j->name = name;
+    if (len >= (size_t)1 << 31) return err_input(err, "%s: JSON text larger than 2 GB", name);
+    JsonParser p = {j, 0, 0, err};
+    if (jp_value(&p, 0) < 0) {
+        json_free(j);
+        return -1;
+    }
+    jp_skip_ws(&p);
+    if (p.i != len) {
+        jp_fail(&p, "trailing characters after the value");
+        json_free(j);
+        return -1;
+    }
+    return 0;
+}
+
+void json_free(Json *j) {
+    free(j->tok);
+    j->tok = NULL;
+    j->n_tok = 0;
+}
+
+int json_string(const Json *j, int t, Buf *out) {
+    if (t < 0 || t >= j->n_tok || j->tok[t].type != JSON_STRING) return -1;
+    const char *s = j->src;
+    int i = j->tok[t].start, end = j->tok[t].end;
+    while (i < end) {
+        int run = i;
+        while (run < end && s[run] != '\\') run++;
+        buf_append(out, s + i, (size_t)(run - i));
+        i = run;
+        if (i >= end) break;
+        char e = s[i + 1];
+        i += 2;
+        switch (e) {
+        case 'b': buf_putc(out, '\b'); break;
+        case 'f': buf_putc(out, '\f'); break;
+        case 'n': buf_putc(out, '\n'); break;
+        case 'r': buf_putc(out, '\r'); break;
+        case 't': buf_putc(out, '\t'); break;
+        case 'u': {
+            unsigned cp = (unsigned)hex4(s + i);
+            i += 4;
+            if (cp >= 0xD800 && cp < 0xDC00 && i + 6 <= end && s[i] == '\\' && s[i + 1] == 'u') {
+                int lo = hex4(s + i + 2);
+                if (lo >= 0xDC00 && lo < 0xE000) {
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + ((unsigned)lo - 0xDC00);
+                    i += 6;
+                }
+            }
+            if (cp >= 0xD800 && cp < 0xE000) cp = 0xFFFD; // lone surrogate
+            char u[4];
+            int n;
+            if (cp < 0x80) { u[0] = (char)cp; n = 1; }
+            else if (cp < 0x800) { u[0] = (char)(0xC0 | cp >> 6); u[1] = (char)(0x80 | (cp & 0x3F)); n = 2; }
+            else if (cp < 0x10000) { u[0] = (char)(0xE0 | cp >> 12); u[1] = (char)(0x80 | ((cp >> 6) & 0x3F)); u[2] = (char)(0x80 | (cp & 0x3F)); n = 3; }
+            else { u[0] = (char)(0xF0 | cp >> 18); u[1] = (char)(0x80 | ((cp >> 12) & 0x3F)); u[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); u[3] = (char)(0x80 | (cp & 0x3F)); n = 4; }
+            buf_append(out, u, (size_t)n);
+            break;
+        }
+        default: buf_putc(out, e); // " \ /
+        }
+    }
+    if (!out->data) buf_append(out, "", 0);
+    return 0;
+}
+
+char *json_strdup(const Json *j, int t) {
+    Buf b = {0};
+    if (json_string(j, t, &b) < 0) return NULL;
+    return b.data;
+}
+
+int json_eq(const Json *j, int t, const char *s) {
+    if (t < 0 || t >= j->n_tok || j->tok[t].type != JSON_STRING) return 0;
+    size_t n = strlen(s);
+    const JsonTok *k = &j->tok[t];
+    if (memchr(j->src + k->start, '\\', (size_t)(k->end - k->start)) == NULL)
+        return (size_t)(k->end - k->start) == n && memcmp(j->src + k->start, s, n) == 0;
+    Buf b = {0};
+    json_string(j, t, &b);
+    int eq = b.len == n && memcmp(b.data, s, n) == 0;
+    buf_free(&b);
+    return eq;
+}
+
+int json_key(const Json *j, int obj, const char *key) {
+    if (obj < 0 || obj >= j->n_tok || j->tok[obj].type != JSON_OBJECT) return -1;
+    JSON_FOR_OBJECT(j, obj, i, k)
+        if (json_eq(j, k, key)) return k + 1;
+    return -1;
+}
+
+int json_number(const Json *j, int t, double *out) {
+    if (t < 0 || t >= j->n_tok || j->tok[t].type != JSON_NUMBER) return -1;
+    char tmp[128];
+    int n = j->tok[t].end - j->tok[t].start;
+    if (n >= (int)sizeof tmp) n = (int)sizeof tmp - 1;
+    memcpy(tmp, j->src + j->tok[t].start, (size_t)n);
+    tmp[n] = 0;
+    *out = strtod(tmp, NULL);
+    return 0;
+}
+
+int json_int(const Json *j, int t, long long *out) {
+    double d;
+    if (json_number(j, t, &d) < 0 || d != floor(d) || fabs(d) > 9007199254740992.0) return -1;
+    *out = (long long)d;
+    return 0;
+}
+
+int json_bool(const Json *j, int t, int *out) {
+    if (t < 0 || t >= j->n_tok || j->tok[t].type != JSON_BOOL) return -1;
+    *out = j->src[j->tok[t].start] == 't';
+    return 0;
+}

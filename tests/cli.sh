@@ -1,0 +1,32 @@
+#!/bin/sh
+# tests/cli.sh: the command line as a user meets it: exit codes, messages, files.
+# Each case runs in a scratch directory holding a copy of configs/.
+BT=$(cd "$(dirname "$BT")" && pwd)/$(basename "$BT")
+ROOT=$(pwd)
+SHARED=${BT_SHARED:-$ROOT/../shared}
+pass=0; fail=0; skip=0
+ok()   { echo "ok   $1"; pass=$((pass + 1)); }
+bad()  { echo "FAIL $1: $2"; fail=$((fail + 1)); }
+skipped() { echo "skip $1: $2"; skip=$((skip + 1)); }
+scratch() { d=$(mktemp -d "$ROOT/build/tmp/cli.XXXXXX"); cp -r "$ROOT/configs" "$d/"; cd "$d" || exit 1; }
+# expect NAME CODE PATTERN CMD...: exit code CODE and PATTERN (grep -E) in stdout+stderr.
+expect() {
+    name=$1; code=$2; pattern=$3; shift 3
+    out=$("$@" 2>&1); rc=$?
+    if [ $rc -ne "$code" ]; then bad "$name" "exit $rc, wanted $code: $(echo "$out" | head -n 3)"; return; fi
+    if [ -n "$pattern" ] && ! echo "$out" | grep -qE -- "$pattern"; then bad "$name" "output lacks /$pattern/: $(echo "$out" | head -n 3)"; return; fi
+    ok "$name"
+}
+
+scratch
+expect "help lists every command" 0 "formatting-sweep" "$BT" --help
+for c in init-run prepare-data generate detect-events logit-lens ablation-scan compare-conditions \
+         formatting-sweep make-report run model-info tokenize detokenize forward generate-ids; do
+    "$BT" --help | grep -q "^  $c " || bad "help lists $c" "missing"
+    expect "$c --help" 0 "usage: bt $c" "$BT" $c --help
+done
+expect "unknown command" 2 "unknown command 'frobnicate'" "$BT" frobnicate
+
+[ -n "$(ls "$ROOT"/tests/cli_*.sh 2>/dev/null)" ] && for f in "$ROOT"/tests/cli_*.sh; do . "$f"; done
+
+echo "cli: $pass passed, $fail failed, $skip skipped"

@@ -1,0 +1,6 @@
+// tests/test_model.c
+#include "test.h"
+
+const TestCase tests_model[] = {
+    {0, 0},
+};

@@ -1,0 +1,87 @@
+// tests/unit.c: runs every test group; prints one line per test and the totals.
+// usage: build/unit [substring]   (only tests whose name contains it)
+#include "test.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+extern const TestCase tests_io[];
+extern const TestCase tests_config[];
+extern const TestCase tests_tokenizer[];
+extern const TestCase tests_model[];
+
+static const TestCase *groups[] = {tests_io, tests_config, tests_tokenizer, tests_model};
+
+static int current_failed, current_skipped;
+static char skip_reason[512];
+static const char *current_name;
+
+void test_fail(const char *file, int line, const char *fmt, ...) {
+    if (current_failed < 5) { // the first few failures of a test are enough to read
+        va_list ap;
+        va_start(ap, fmt);
+        fprintf(stderr, "  %s:%d: ", file, line);
+        vfprintf(stderr, fmt, ap);
+        fprintf(stderr, "\n");
+        va_end(ap);
+    }
+    current_failed++;
+}
+
+void test_skip(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(skip_reason, sizeof skip_reason, fmt, ap);
+    va_end(ap);
+    current_skipped = 1;
+}
+
+const char *shared_path(const char *rel) {
+    static char paths[8][1024];
+    static int next;
+    const char *root = getenv("BT_SHARED") ? getenv("BT_SHARED") : "../shared";
+    char *p = paths[next++ % 8];
+    snprintf(p, 1024, "%s/%s", root, rel);
+    return access(p, R_OK) == 0 ? p : NULL;
+}
+
+const char *test_tmpdir(void) {
+    static char dir[1024];
+    static int counter;
+    snprintf(dir, sizeof dir, "build/tmp/unit_%ld_%d", (long)getpid(), counter++);
+    char cmd[1100];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", dir, dir);
+    if (system(cmd) != 0) fprintf(stderr, "cannot create %s\n", dir);
+    return dir;
+}
+
+int main(int argc, char **argv) {
+    const char *filter = argc > 1 ? argv[1] : NULL;
+    bt_quiet = 1;
+    set_threads(0);
+    int passed = 0, failed = 0, skipped = 0;
+    for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
+        for (const TestCase *t = groups[g]; t->name; t++) {
+            if (filter && !strstr(t->name, filter)) continue;
+            current_failed = current_skipped = 0;
+            current_name = t->name;
+            t->fn();
+            if (current_failed) {
+                printf("FAIL %s\n", t->name);
+                failed++;
+            } else if (current_skipped) {
+                printf("skip %s: %s\n", t->name, skip_reason);
+                skipped++;
+            } else {
+                printf("ok   %s\n", t->name);
+                passed++;
+            }
+            fflush(stdout);
+        }
+    }
+    printf("unit: %d passed, %d failed, %d skipped\n", passed, failed, skipped);
+    return failed ? 1 : 0;
+}
