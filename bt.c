@@ -115,8 +115,744 @@ int not_built(int argc, char **argv) {
     return EXIT_RUNTIME;
 }
 
-int cmd_init_run(int argc, char **argv) { return not_built(argc, argv); }
-int cmd_prepare_data(int argc, char **argv) { return not_built(argc, argv); }
+// ----------------------------------------------------------------------------
+// Config: a small INI parser (inih's shape) and one table of known keys.
+
+typedef enum { KEY_STRING, KEY_INT, KEY_FLOAT, KEY_BOOL, KEY_CHOICE, KEY_LIST, KEY_TRIGGERS } KeyType;
+
+typedef struct {
+    const char *section, *key;
+    KeyType type;
+    const char *default_value;
+    double lo, hi;       // KEY_INT / KEY_FLOAT range, inclusive
+    const char *choices; // KEY_CHOICE: "a|b", stored as the index
+    size_t offset;       // of the field in Config
+    size_t count_offset; // KEY_LIST / KEY_TRIGGERS: the int holding the count
+} ConfigKey;
+
+#define FIELD(f) offsetof(Config, f)
+static const ConfigKey config_keys[] = {
+    {"run", "runs_dir", KEY_STRING, "runs", 0, 0, NULL, FIELD(runs_dir), 0},
+    {"run", "seed", KEY_INT, "1234", 0, 9007199254740991.0, NULL, FIELD(seed), 0},
+    {"run", "threads", KEY_INT, "0", 0, 1024, NULL, FIELD(threads), 0},
+    {"model", "path", KEY_STRING, "models/organism", 0, 0, NULL, FIELD(model_path), 0},
+    {"model", "max_seq_len", KEY_INT, "4096", 16, 1048576, NULL, FIELD(max_seq_len), 0},
+    {"model", "make_organism", KEY_BOOL, "false", 0, 0, NULL, FIELD(make_organism), 0},
+    {"data", "source", KEY_CHOICE, "gsm8k", 0, 0, "gsm8k|builtin", FIELD(data_source), 0},
+    {"data", "path", KEY_STRING, "../shared/gsm8k/test.jsonl", 0, 0, NULL, FIELD(data_path), 0},
+    {"data", "n_problems", KEY_INT, "200", 1, 1000000, NULL, FIELD(n_problems), 0},
+    {"data", "processed_dir", KEY_STRING, "data/processed", 0, 0, NULL, FIELD(processed_dir), 0},
+    {"generation", "max_new_tokens", KEY_INT, "1024", 1, 1048576, NULL, FIELD(max_new_tokens), 0},
+    {"generation", "temperature", KEY_FLOAT, "0.6", 0, 100, NULL, FIELD(temperature), 0},
+    {"generation", "top_p", KEY_FLOAT, "0.95", 1e-9, 1, NULL, FIELD(top_p), 0},
+    {"generation", "batch_size", KEY_INT, "16", 1, 4096, NULL, FIELD(batch_size), 0},
+    {"generation", "samples_per_problem", KEY_INT, "1", 1, 100000, NULL, FIELD(samples_per_problem), 0},
+    {"generation", "variants", KEY_LIST, "baseline_think_newline", 0, 0, NULL, FIELD(variants), FIELD(n_variants)},
+    {"detection", "triggers", KEY_TRIGGERS, "Wait | Actually | Hold on | Hmm | But wait | Let me double-check | Let me re-check | Let me recheck",
+     0, 0, NULL, FIELD(triggers), FIELD(n_triggers)},
+    {"detection", "controls_per_event", KEY_INT, "1", 0, 100, NULL, FIELD(controls_per_event), 0},
+    {"detection", "control_min_distance", KEY_INT, "5", 0, 100000, NULL, FIELD(control_min_distance), 0},
+    {"logit_lens", "variant", KEY_STRING, "baseline_think_newline", 0, 0, NULL, FIELD(lens_variant), 0},
+    {"logit_lens", "max_events", KEY_INT, "200", 1, 1000000, NULL, FIELD(lens_max_events), 0},
+    {"ablation", "kind", KEY_CHOICE, "zero", 0, 0, "zero|mean", FIELD(ablation_kind), 0},
+    {"ablation", "scope", KEY_CHOICE, "all", 0, 0, "all|onset", FIELD(ablation_scope), 0},
+    {"ablation", "top_k_attn", KEY_INT, "4", 0, 4096, NULL, FIELD(top_k_attn), 0},
+    {"ablation", "top_k_mlp", KEY_INT, "2", 0, 4096, NULL, FIELD(top_k_mlp), 0},
+    {"ablation", "max_events", KEY_INT, "100", 1, 1000000, NULL, FIELD(ablation_max_events), 0},
+    {"hypotheses", "alpha", KEY_FLOAT, "0.05", 1e-12, 0.5, NULL, FIELD(alpha), 0},
+    {"hypotheses", "h1_min_relative_drop", KEY_FLOAT, "0.5", 0, 1, NULL, FIELD(h1_min_relative_drop), 0},
+    {"hypotheses", "h2_min_rate_ratio", KEY_FLOAT, "2.0", 1, 1e9, NULL, FIELD(h2_min_rate_ratio), 0},
+    {"report", "path", KEY_STRING, "reports/backtracking_state_transition_report.md", 0, 0, NULL, FIELD(report_path), 0},
+    {"report", "figures_dir", KEY_STRING, "figures", 0, 0, NULL, FIELD(figures_dir), 0},
+};
+#define N_CONFIG_KEYS (sizeof config_keys / sizeof config_keys[0])
+#define VARIANT_PREFIX "variant."
+
+// Strips leading and trailing whitespace in place.
+static char *strip(char *s) {
+    while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') s++;
+    char *e = s + strlen(s);
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n')) *--e = 0;
+    return s;
+}
+
+// Decodes C escapes (\n \t \\ \" \') of a template; returns NULL on an unknown escape.
+static char *unescape_template(const char *s) {
+    char *out = xmalloc(strlen(s) + 1), *o = out;
+    for (; *s; s++) {
+        if (*s != '\\') {
+            *o++ = *s;
+            continue;
+        }
+        switch (*++s) {
+        case 'n': *o++ = '\n'; break;
+        case 't': *o++ = '\t'; break;
+        case 'r': *o++ = '\r'; break;
+        case '\\': *o++ = '\\'; break;
+        case '"': *o++ = '"'; break;
+        case '\'': *o++ = '\''; break;
+        default: free(out); return NULL;
+        }
+    }
+    *o = 0;
+    return out;
+}
+
+static void escape_template(Buf *b, const char *s) {
+    for (; *s; s++) {
+        if (*s == '\n') buf_puts(b, "\\n");
+        else if (*s == '\t') buf_puts(b, "\\t");
+        else if (*s == '\r') buf_puts(b, "\\r");
+        else if (*s == '\\') buf_puts(b, "\\\\");
+        else buf_putc(b, *s);
+    }
+}
+
+static void free_list(char **items, int n) {
+    for (int i = 0; i < n; i++) free(items[i]);
+    free(items);
+}
+
+// Splits s on sep into trimmed, non-empty items.
+static int split_list(const char *s, char sep, char ***out) {
+    char *copy = xstrdup(s), *p = copy;
+    char **items = NULL;
+    int n = 0;
+    for (;;) {
+        char *end = strchr(p, sep);
+        if (end) *end = 0;
+        char *item = strip(p);
+        if (*item) {
+            items = xrealloc(items, (size_t)(n + 1) * sizeof *items);
+            items[n++] = xstrdup(item);
+        }
+        if (!end) break;
+        p = end + 1;
+    }
+    free(copy);
+    *out = items;
+    return n;
+}
+
+// Sets one key from its text value; where names "file:line" for messages.
+static int config_set(Config *c, const ConfigKey *k, const char *value, const char *where, Err *err) {
+    char *field = (char *)c + k->offset;
+    char *end;
+    switch (k->type) {
+    case KEY_STRING:
+        if (!*value) return err_input(err, "%s: [%s] %s must not be empty", where, k->section, k->key);
+        free(*(char **)field);
+        *(char **)field = xstrdup(value);
+        return 0;
+    case KEY_INT: {
+        errno = 0;
+        long long v = strtoll(value, &end, 10);
+        if (!*value || *end || errno) return err_input(err, "%s: [%s] %s: '%s' is not an integer", where, k->section, k->key, value);
+        if (v < k->lo || v > k->hi)
+            return err_input(err, "%s: [%s] %s = %lld is out of range [%.0f, %.0f]", where, k->section, k->key, v, k->lo, k->hi);
+        if (k->offset == FIELD(seed)) *(long long *)field = v;
+        else *(int *)field = (int)v;
+        return 0;
+    }
+    case KEY_FLOAT: {
+        errno = 0;
+        double v = strtod(value, &end);
+        if (!*value || *end || errno || v != v) return err_input(err, "%s: [%s] %s: '%s' is not a number", where, k->section, k->key, value);
+        if (v < k->lo || v > k->hi)
+            return err_input(err, "%s: [%s] %s = %g is out of range [%g, %g]", where, k->section, k->key, v, k->lo, k->hi);
+        *(double *)field = v;
+        return 0;
+    }
+    case KEY_BOOL:
+        if (strcmp(value, "true") == 0) *(int *)field = 1;
+        else if (strcmp(value, "false") == 0) *(int *)field = 0;
+        else return err_input(err, "%s: [%s] %s: '%s' is not true or false", where, k->section, k->key, value);
+        return 0;
+    case KEY_CHOICE: {
+        int index = 0;
+        for (const char *ch = k->choices; *ch; index++) {
+            size_t len = strcspn(ch, "|");
+            if (strlen(value) == len && strncmp(ch, value, len) == 0) {
+                *(int *)field = index;
+                return 0;
+            }
+            ch += len + (ch[len] == '|');
+        }
+        return err_input(err, "%s: [%s] %s: '%s' is not one of %s", where, k->section, k->key, value, k->choices);
+    }
+    case KEY_LIST:
+    case KEY_TRIGGERS: {
+        char **items;
+        int n = split_list(value, k->type == KEY_LIST ? ',' : '|', &items);
+        if (n == 0) return err_input(err, "%s: [%s] %s: empty list", where, k->section, k->key);
+        free_list(*(char ***)field, *(int *)((char *)c + k->count_offset));
+        *(char ***)field = items;
+        *(int *)((char *)c + k->count_offset) = n;
+        return 0;
+    }
+    }
+    return 0;
+}
+
+static const char *choice_name(const char *choices, int index, char *out, size_t n) {
+    for (int i = 0; i < index && strchr(choices, '|'); i++) choices = strchr(choices, '|') + 1;
+    size_t len = strcspn(choices, "|");
+    snprintf(out, n, "%.*s", (int)len, choices);
+    return out;
+}
+
+void config_write_resolved(const Config *c, Buf *out) {
+    buf_printf(out, "; resolved configuration (every key with its effective value), from %s\n", c->file ? c->file : "defaults");
+    const char *section = "";
+    for (size_t i = 0; i < N_CONFIG_KEYS; i++) {
+        const ConfigKey *k = &config_keys[i];
+        if (strcmp(section, k->section) != 0) buf_printf(out, "\n[%s]\n", section = k->section);
+        const char *field = (const char *)c + k->offset;
+        buf_printf(out, "%s = ", k->key);
+        char name[64];
+        switch (k->type) {
+        case KEY_STRING: buf_puts(out, *(char *const *)field); break;
+        case KEY_INT:
+            if (k->offset == FIELD(seed)) buf_printf(out, "%lld", *(const long long *)field);
+            else buf_printf(out, "%d", *(const int *)field);
+            break;
+        case KEY_FLOAT: buf_json_double(out, *(const double *)field); break;
+        case KEY_BOOL: buf_puts(out, *(const int *)field ? "true" : "false"); break;
+        case KEY_CHOICE: buf_puts(out, choice_name(k->choices, *(const int *)field, name, sizeof name)); break;
+        case KEY_LIST:
+        case KEY_TRIGGERS: {
+            char *const *items = *(char **const *)field;
+            int n = *(const int *)((const char *)c + k->count_offset);
+            for (int j = 0; j < n; j++) buf_printf(out, "%s%s", j ? (k->type == KEY_LIST ? ", " : " | ") : "", items[j]);
+            break;
+        }
+        }
+        buf_putc(out, '\n');
+    }
+    for (int v = 0; v < c->n_variant_defs; v++) {
+        buf_printf(out, "\n[%s%s]\ntemplate = \"", VARIANT_PREFIX, c->variant_defs[v].name);
+        escape_template(out, c->variant_defs[v].template_text);
+        buf_puts(out, "\"\n");
+    }
+}
+
+const Variant *config_variant(const Config *c, const char *name) {
+    for (int i = 0; i < c->n_variant_defs; i++)
+        if (strcmp(c->variant_defs[i].name, name) == 0) return &c->variant_defs[i];
+    return NULL;
+}
+
+static int valid_name(const char *s) {
+    if (!*s) return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '_' || *s == '-' || *s == '.'))
+            return 0;
+    return 1;
+}
+
+void config_free(Config *c) {
+    for (size_t i = 0; i < N_CONFIG_KEYS; i++) {
+        const ConfigKey *k = &config_keys[i];
+        char *field = (char *)c + k->offset;
+        if (k->type == KEY_STRING) free(*(char **)field);
+        if (k->type == KEY_LIST || k->type == KEY_TRIGGERS) free_list(*(char ***)field, *(int *)((char *)c + k->count_offset));
+    }
+    for (int v = 0; v < c->n_variant_defs; v++) {
+        free(c->variant_defs[v].name);
+        free(c->variant_defs[v].template_text);
+    }
+    free(c->variant_defs);
+    free(c->file);
+    memset(c, 0, sizeof *c);
+}
+
+int config_load(Config *c, const char *path, Err *err) {
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < N_CONFIG_KEYS; i++)
+        if (config_set(c, &config_keys[i], config_keys[i].default_value, "defaults", err)) return -1;
+    c->file = xstrdup(path);
+    Buf text = {0};
+    if (read_file(path, &text, err)) {
+        config_free(c);
+        return -1;
+    }
+    int line_no = 0, variants_line = 0, lens_line = 0;
+    int seen[N_CONFIG_KEYS] = {0};
+    char section[256] = "";
+    Variant *variant = NULL; // the [variant.NAME] section being read
+    char where[1200];
+    char *p = text.data;
+    while (p && *p) {
+        char *next = strchr(p, '\n');
+        if (next) *next++ = 0;
+        line_no++;
+        snprintf(where, sizeof where, "%s:%d", path, line_no);
+        char *line = strip(p);
+        p = next;
+        if (*line == 0 || *line == ';' || *line == '#') continue;
+        if (*line == '[') {
+            char *close = strchr(line, ']');
+            if (!close) { err_input(err, "%s: unterminated section header '%s'", where, line); goto fail; }
+            if (*strip(close + 1)) { err_input(err, "%s: text after section header", where); goto fail; }
+            *close = 0;
+            snprintf(section, sizeof section, "%s", strip(line + 1));
+            variant = NULL;
+            if (strncmp(section, VARIANT_PREFIX, strlen(VARIANT_PREFIX)) == 0) {
+                const char *name = section + strlen(VARIANT_PREFIX);
+                if (!valid_name(name)) { err_input(err, "%s: bad variant name '%s' (letters, digits, _ - .)", where, name); goto fail; }
+                if (config_variant(c, name)) { err_input(err, "%s: variant '%s' defined twice", where, name); goto fail; }
+                c->variant_defs = xrealloc(c->variant_defs, (size_t)(c->n_variant_defs + 1) * sizeof *c->variant_defs);
+                variant = &c->variant_defs[c->n_variant_defs++];
+                variant->name = xstrdup(name);
+                variant->template_text = NULL;
+                continue;
+            }
+            size_t i = 0;
+            while (i < N_CONFIG_KEYS && strcmp(config_keys[i].section, section) != 0) i++;
+            if (i == N_CONFIG_KEYS) { err_input(err, "%s: unknown section [%s]", where, section); goto fail; }
+            continue;
+        }
+        char *eq = strchr(line, '=');
+        if (!eq) { err_input(err, "%s: expected 'key = value', found '%s'", where, line); goto fail; }
+        *eq = 0;
+        char *key = strip(line), *value = strip(eq + 1);
+        if (!*section) { err_input(err, "%s: key '%s' outside any section", where, key); goto fail; }
+        if (variant) {
+            if (strcmp(key, "template") != 0) { err_input(err, "%s: unknown key '%s' in [%s] (only 'template')", where, key, section); goto fail; }
+            if (variant->template_text) { err_input(err, "%s: template given twice in [%s]", where, section); goto fail; }
+            size_t vlen = strlen(value);
+            if (vlen >= 2 && value[0] == '"' && value[vlen - 1] == '"') { // quotes keep edge spaces
+                value[vlen - 1] = 0;
+                value++;
+            }
+            variant->template_text = unescape_template(value);
+            if (!variant->template_text) { err_input(err, "%s: unknown escape in template (use \\n \\t \\r \\\\ \\\" \\')", where); goto fail; }
+            if (!strstr(variant->template_text, "{question}")) { err_input(err, "%s: template of [%s] has no {question}", where, section); goto fail; }
+            continue;
+        }
+        size_t i = 0;
+        while (i < N_CONFIG_KEYS && !(strcmp(config_keys[i].section, section) == 0 && strcmp(config_keys[i].key, key) == 0)) i++;
+        if (i == N_CONFIG_KEYS) { err_input(err, "%s: unknown key '%s' in [%s]", where, key, section); goto fail; }
+        if (seen[i]) { err_input(err, "%s: key '%s' in [%s] given twice (first on line %d)", where, key, section, seen[i]); goto fail; }
+        seen[i] = line_no;
+        if (config_set(c, &config_keys[i], value, where, err)) goto fail;
+        if (config_keys[i].offset == FIELD(variants)) variants_line = line_no;
+        if (config_keys[i].offset == FIELD(lens_variant)) lens_line = line_no;
+    }
+    for (int v = 0; v < c->n_variant_defs; v++)
+        if (!c->variant_defs[v].template_text) { err_input(err, "%s: [variant.%s] has no template", path, c->variant_defs[v].name); goto fail; }
+    for (int v = 0; v < c->n_variants; v++)
+        if (!config_variant(c, c->variants[v])) {
+            err_input(err, "%s:%d: [generation] variants names '%s' but there is no [variant.%s] section", path, variants_line, c->variants[v], c->variants[v]);
+            goto fail;
+        }
+    if (!config_variant(c, c->lens_variant)) {
+        err_input(err, "%s:%d: [logit_lens] variant '%s' has no [variant.%s] section", path, lens_line, c->lens_variant, c->lens_variant);
+        goto fail;
+    }
+    buf_free(&text);
+    return 0;
+fail:
+    buf_free(&text);
+    config_free(c);
+    return -1;
+}
+
+// ----------------------------------------------------------------------------
+// Runs: runs/<id>/ holds everything one experiment writes; runs/.current_run_id names it.
+
+#define CURRENT_RUN_FILE ".current_run_id"
+
+void run_path(const Run *run, char *out, size_t n, const char *rel) { snprintf(out, n, "%s/%s", run->dir, rel); }
+
+void run_generation_path(const Run *run, char *out, size_t n, const char *variant, const char *condition) {
+    snprintf(out, n, "%s/generations/%s/%s.jsonl", run->dir, variant, condition);
+}
+
+int run_current(const Config *c, Run *run, Err *err) {
+    char path[1100];
+    snprintf(path, sizeof path, "%s/%s", c->runs_dir, CURRENT_RUN_FILE);
+    Buf b = {0};
+    Err ignored;
+    if (read_file(path, &b, &ignored))
+        return err_input(err, "no current run: %s is missing (run `bt init-run --config %s` first)", path, c->file);
+    char *id = strip(b.data);
+    if (!valid_name(id) || strlen(id) >= sizeof run->id) {
+        err_input(err, "%s: bad run id '%s'", path, id);
+        buf_free(&b);
+        return -1;
+    }
+    snprintf(run->id, sizeof run->id, "%s", id);
+    snprintf(run->dir, sizeof run->dir, "%s/%s", c->runs_dir, id);
+    buf_free(&b);
+    if (!path_is_dir(run->dir)) return err_input(err, "current run %s: %s does not exist (run `bt init-run` again)", run->id, run->dir);
+    return 0;
+}
+
+// Loads the config and the current run, the start of every stage after init-run.
+static int stage_begin(Config *c, Run *run, const Opt *opts, Err *err) {
+    if (config_load(c, opt_str(opts, "--config", BT_DEFAULT_CONFIG), err)) return -1;
+    if (!opt_str(opts, "--threads", NULL)) set_threads(c->threads);
+    if (run_current(c, run, err)) {
+        config_free(c);
+        return -1;
+    }
+    return 0;
+}
+
+// The git commit of the checkout bt runs in, read from .git without running git.
+static void git_sha(char *out, size_t n) {
+    snprintf(out, n, "unknown");
+    Buf head = {0};
+    Err ignored;
+    if (read_file(".git/HEAD", &head, &ignored)) return;
+    char *h = strip(head.data);
+    if (strncmp(h, "ref: ", 5) != 0) {
+        if (strlen(h) == 40) snprintf(out, n, "%s", h);
+        buf_free(&head);
+        return;
+    }
+    char path[1100];
+    snprintf(path, sizeof path, ".git/%s", h + 5);
+    Buf ref = {0};
+    if (read_file(path, &ref, &ignored) == 0 && strlen(strip(ref.data)) == 40) {
+        snprintf(out, n, "%s", strip(ref.data));
+    } else if (read_file(".git/packed-refs", &ref, &ignored) == 0) { // "<sha> <ref>" lines
+        char *line = ref.data;
+        while (line && *line) {
+            char *nl = strchr(line, '\n');
+            if (nl) *nl = 0;
+            if (strlen(line) > 41 && line[40] == ' ' && strcmp(line + 41, h + 5) == 0) {
+                snprintf(out, n, "%.40s", line);
+                break;
+            }
+            line = nl ? nl + 1 : NULL;
+        }
+    }
+    buf_free(&ref);
+    buf_free(&head);
+}
+
+// FNV-1a, 64 bit: a stable digest of the resolved config for the report.
+static uint64_t fnv1a64(const char *s, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+// The model's id: config.json's _name_or_path when it has one, else the directory name.
+static void model_id(const char *model_dir, char *out, size_t n) {
+    char path[1100];
+    snprintf(path, sizeof path, "%s/config.json", model_dir);
+    Buf b = {0};
+    Json j;
+    Err ignored;
+    out[0] = 0;
+    if (read_file(path, &b, &ignored) == 0 && json_parse(&j, b.data, b.len, path, &ignored) == 0) {
+        char *name = json_strdup(&j, json_key(&j, 0, "_name_or_path"));
+        if (name && *name) snprintf(out, n, "%s", name);
+        free(name);
+        json_free(&j);
+    }
+    buf_free(&b);
+    if (!out[0]) {
+        size_t len = strlen(model_dir);
+        while (len > 1 && model_dir[len - 1] == '/') len--;
+        const char *base = model_dir;
+        for (size_t i = 0; i < len; i++)
+            if (model_dir[i] == '/') base = model_dir + i + 1;
+        snprintf(out, n, "%.*s", (int)(len - (size_t)(base - model_dir)), base);
+    }
+}
+
+int cmd_init_run(int argc, char **argv) {
+    Opt opts[] = {OPT("--config", 1, "config file (default " BT_DEFAULT_CONFIG ")"), OPT("--run-id", 1, "run id (default: UTC YYYYMMDD_HHMMSS)"), OPT_END};
+    Err err = {0};
+    int r = opts_parse(opts, argc, argv, &err);
+    if (r) return r < 0 ? fail(&err) : 0;
+    Config c;
+    if (config_load(&c, opt_str(opts, "--config", BT_DEFAULT_CONFIG), &err)) return fail(&err);
+    if (!opt_str(opts, "--threads", NULL)) set_threads(c.threads);
+    Run run;
+    const char *given = opt_str(opts, "--run-id", NULL);
+    time_t now = time(NULL);
+    struct tm utc;
+    gmtime_r(&now, &utc);
+    char stamp[64], utc_time[64];
+    strftime(stamp, sizeof stamp, "%Y%m%d_%H%M%S", &utc);
+    strftime(utc_time, sizeof utc_time, "%Y-%m-%dT%H:%M:%SZ", &utc);
+    if (given && (!valid_name(given) || strlen(given) >= 100)) {
+        err_input(&err, "--run-id '%s': use letters, digits, _ - . (at most 99)", given);
+        goto out;
+    }
+    snprintf(run.id, sizeof run.id, "%s", given ? given : stamp);
+    snprintf(run.dir, sizeof run.dir, "%s/%s", c.runs_dir, run.id);
+    for (int k = 2; !given && path_exists(run.dir) && k < 1000; k++) { // two runs in one second
+        snprintf(run.id, sizeof run.id, "%s_%d", stamp, k);
+        snprintf(run.dir, sizeof run.dir, "%s/%s", c.runs_dir, run.id);
+    }
+    if (given && path_exists(run.dir)) {
+        err_input(&err, "run %s already exists in %s", run.id, c.runs_dir);
+        goto out;
+    }
+    if (mkdir_p(run.dir, &err)) goto out;
+    Buf resolved = {0}, meta = {0};
+    config_write_resolved(&c, &resolved);
+    char path[1200], sha[64], id[512];
+    git_sha(sha, sizeof sha);
+    model_id(c.model_path, id, sizeof id);
+    buf_puts(&meta, "{\n  \"run_id\": ");
+    buf_json_string(&meta, run.id, strlen(run.id));
+    buf_puts(&meta, ",\n  \"git_sha\": ");
+    buf_json_string(&meta, sha, strlen(sha));
+    buf_printf(&meta, ",\n  \"utc_time\": \"%s\",\n  \"model_path\": ", utc_time);
+    buf_json_string(&meta, c.model_path, strlen(c.model_path));
+    buf_puts(&meta, ",\n  \"model_id\": ");
+    buf_json_string(&meta, id, strlen(id));
+    buf_puts(&meta, ",\n  \"config\": ");
+    buf_json_string(&meta, c.file, strlen(c.file));
+    buf_printf(&meta, ",\n  \"config_digest\": \"fnv1a64:%016llx\",\n  \"bt_version\": \"%s\",\n  \"threads\": %d\n}\n",
+               (unsigned long long)fnv1a64(resolved.data, resolved.len), BT_VERSION, bt_threads);
+    run_path(&run, path, sizeof path, ART_CONFIG_RESOLVED);
+    int rc = write_file_atomic(path, resolved.data, resolved.len, &err);
+    run_path(&run, path, sizeof path, ART_META);
+    if (rc == 0) rc = write_file_atomic(path, meta.data, meta.len, &err);
+    snprintf(path, sizeof path, "%s/%s", c.runs_dir, CURRENT_RUN_FILE);
+    if (rc == 0) rc = write_file_atomic(path, run.id, strlen(run.id), &err);
+    buf_free(&resolved);
+    buf_free(&meta);
+    if (rc == 0) printf("%s\n", run.dir);
+out:
+    config_free(&c);
+    return err.msg[0] ? fail(&err) : 0;
+}
+
+// ----------------------------------------------------------------------------
+// Problems: GSM8K JSONL in, data/processed/<source>_<N>.jsonl out.
+
+// Arithmetic word problems written for bt (not from GSM8K): question, gold answer.
+static const char *const builtin_problems[][2] = {
+    {"Mia has 12 apples and buys 7 more. How many apples does she have now?", "19"},
+    {"A baker makes 48 rolls and puts them in bags of 6. How many bags does he fill?", "8"},
+    {"Tom reads 15 pages a day for 6 days. How many pages does he read?", "90"},
+    {"A bus holds 40 people. 23 get on at the first stop and 9 more at the second. How many seats are still empty?", "8"},
+    {"Sara saves 5 dollars a week. How many dollars has she saved after 13 weeks?", "65"},
+    {"A garden has 7 rows of 9 tulips. 14 tulips are picked. How many tulips are left?", "49"},
+    {"Ben buys 3 notebooks at 4 dollars each and a pen for 2 dollars. How much does he spend?", "14"},
+    {"A train travels 60 miles an hour for 3 hours and then 45 miles an hour for 2 hours. How far does it go?", "270"},
+    {"Lena has 100 stickers. She gives 35 to her brother and 20 to a friend. How many does she keep?", "45"},
+    {"There are 24 students in a class and a third of them walk to school. How many students walk?", "8"},
+    {"A shop sells pencils in packs of 10. Kim needs 73 pencils. How many packs must she buy?", "8"},
+    {"A farmer has 18 cows and twice as many sheep. How many animals does he have in all?", "54"},
+    {"Omar runs 4 laps of a 400 meter track every morning. How many meters does he run in 5 mornings?", "8000"},
+    {"A pizza is cut into 8 slices. 5 friends each eat 3 slices. How many pizzas did they need at least?", "2"},
+    {"Jade earns 11 dollars an hour and works 7 hours. She spends 30 dollars on lunch and a book. How much is left?", "47"},
+    {"A box has 6 red, 9 blue and 5 green marbles. How many marbles are not blue?", "11"},
+    {"Paul is 9 years old. His mother is 4 times as old. How old will his mother be in 5 years?", "41"},
+    {"A tank holds 250 liters. It is filled at 25 liters a minute. How many minutes does it take to fill it from empty?", "10"},
+    {"Nina bakes 3 trays of 12 cookies and eats 4. She shares the rest equally with 3 friends, herself included. How many cookies does each get?", "8"},
+    {"A movie starts at 7 pm and lasts 135 minutes. How many minutes after 9 pm does it end?", "15"},
+    {"Leo has 5 boxes with 16 crayons each. He loses 12 crayons. How many crayons does he have?", "68"},
+    {"A ticket costs 8 dollars for adults and 5 dollars for children. What do 2 adults and 3 children pay?", "31"},
+    {"A rope is 84 meters long and is cut into pieces of 7 meters. How many pieces are there?", "12"},
+    {"Ella plants 5 seeds a day for 2 weeks. How many seeds does she plant?", "70"},
+    {"A library has 320 books and lends out a quarter of them. How many books stay on the shelves?", "240"},
+    {"Max buys 2 shirts at 15 dollars and pays with a 50 dollar bill. How much change does he get?", "20"},
+    {"A recipe needs 3 eggs for 12 muffins. How many eggs are needed for 36 muffins?", "9"},
+    {"Ivy walks 2 kilometers to school and back every day. How many kilometers does she walk in 5 school days?", "20"},
+    {"A hotel has 9 floors with 14 rooms each. 37 rooms are empty. How many rooms are taken?", "89"},
+    {"Sam had 60 dollars. He spent half on shoes and 12 dollars on socks. How much does he have left?", "18"},
+    {"A car uses 6 liters of fuel for every 100 kilometers. How many liters does it use for 450 kilometers?", "27"},
+    {"Zoe scores 17, 23 and 20 points in three games. What is her average score?", "20"},
+    {"A classroom has 5 tables with 4 chairs each, and 3 extra chairs by the wall. How many chairs are there?", "23"},
+    {"Ann picks 45 strawberries and Bob picks 3 times as many. How many do they pick together?", "180"},
+    {"A clock gains 2 minutes every day. How many minutes does it gain in 3 weeks?", "42"},
+    {"A school orders 12 boxes of 25 pencils and hands out 260. How many pencils are left?", "40"},
+    {"Dan swims 30 lengths on Monday and 10 more on Tuesday than on Monday. How many lengths does he swim on both days?", "70"},
+    {"A packet of tea has 80 bags. Ruth uses 4 bags a day. How many days does the packet last?", "20"},
+    {"Each of 7 kites needs 3 meters of string. String comes in 10 meter rolls. How many rolls are needed?", "3"},
+    {"A fruit stall sells 14 melons in the morning and 19 in the afternoon at 3 dollars each. How much money does it take in?", "99"},
+};
+#define N_BUILTIN (int)(sizeof builtin_problems / sizeof builtin_problems[0])
+
+void processed_path(const Config *c, char *out, size_t n) {
+    snprintf(out, n, "%s/%s_%d.jsonl", c->processed_dir, c->data_source == SOURCE_BUILTIN ? "builtin" : "gsm8k", c->n_problems);
+}
+
+void problems_free(Problem *p, int n) {
+    for (int i = 0; i < n; i++) {
+        free(p[i].id);
+        free(p[i].question);
+        free(p[i].gold);
+        free(p[i].answer);
+    }
+    free(p);
+}
+
+// Gold answer of a GSM8K solution: the text after "#### ", commas removed.
+static char *gold_from_answer(const char *answer) {
+    const char *mark = strstr(answer, "#### ");
+    if (!mark) return NULL;
+    Buf b = {0};
+    for (const char *s = mark + 5; *s && *s != '\n'; s++)
+        if (*s != ',') buf_putc(&b, *s);
+    if (!b.data) return NULL;
+    char *g = xstrdup(strip(b.data));
+    buf_free(&b);
+    if (!*g) {
+        free(g);
+        return NULL;
+    }
+    return g;
+}
+
+// Reads a JSONL file of problems. With gsm8k_layout, records are GSM8K's
+// {question, answer} and the gold answer is extracted; otherwise bt's
+// processed records {id, question, gold, answer}.
+static int read_problems(const char *path, int gsm8k_layout, Problem **out, int *n_out, Err *err) {
+    Buf text = {0};
+    if (read_file(path, &text, err)) return -1;
+    Problem *list = NULL;
+    int n = 0, line_no = 0;
+    char *p = text.data;
+    const char *stem = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    size_t stem_len = strcspn(stem, ".");
+    while (*p) {
+        char *nl = strchr(p, '\n');
+        size_t len = nl ? (size_t)(nl - p) : strlen(p);
+        line_no++;
+        char *line = p;
+        p = nl ? nl + 1 : p + len;
+        int blank = 1;
+        for (size_t i = 0; i < len; i++) blank &= line[i] == ' ' || line[i] == '\t' || line[i] == '\r';
+        if (blank) continue;
+        char name[1200];
+        snprintf(name, sizeof name, "%s:%d", path, line_no);
+        Json j;
+        if (json_parse(&j, line, len, path, err)) {
+            // json_parse counts lines within this one line; name the file's line instead.
+            char *colon = strstr(err->msg, ": invalid JSON");
+            err_input(err, "%s: %s", name, colon ? colon + 2 : "invalid JSON");
+            goto fail;
+        }
+        if (j.tok[0].type != JSON_OBJECT) {
+            json_free(&j);
+            err_input(err, "%s: expected a JSON object", name);
+            goto fail;
+        }
+        Problem pr = {0};
+        pr.question = json_strdup(&j, json_key(&j, 0, "question"));
+        pr.answer = json_strdup(&j, json_key(&j, 0, "answer"));
+        if (gsm8k_layout) {
+            if (pr.answer) pr.gold = gold_from_answer(pr.answer);
+            Buf id = {0};
+            buf_printf(&id, "%.*s_%04d", (int)stem_len, stem, line_no - 1);
+            pr.id = id.data;
+        } else {
+            pr.id = json_strdup(&j, json_key(&j, 0, "id"));
+            pr.gold = json_strdup(&j, json_key(&j, 0, "gold"));
+        }
+        json_free(&j);
+        const char *missing = !pr.question ? "question" : !pr.answer ? "answer" : !pr.id ? "id" : NULL;
+        if (missing || !pr.gold) {
+            if (missing) err_input(err, "%s: missing string field \"%s\"", name, missing);
+            else if (gsm8k_layout) err_input(err, "%s: answer has no '#### ' gold answer", name);
+            else err_input(err, "%s: missing string field \"gold\"", name);
+            free(pr.id); free(pr.question); free(pr.gold); free(pr.answer);
+            goto fail;
+        }
+        list = xrealloc(list, (size_t)(n + 1) * sizeof *list);
+        list[n++] = pr;
+    }
+    buf_free(&text);
+    *out = list;
+    *n_out = n;
+    return 0;
+fail:
+    buf_free(&text);
+    problems_free(list, n);
+    return -1;
+}
+
+int problems_load(const char *path, Problem **out, int *n_out, Err *err) { return read_problems(path, 0, out, n_out, err); }
+
+static int cmp_int(const void *a, const void *b) { return (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b); }
+
+int cmd_prepare_data(int argc, char **argv) {
+    Opt opts[] = {OPT("--config", 1, "config file (default " BT_DEFAULT_CONFIG ")"), OPT_END};
+    Err err = {0};
+    int r = opts_parse(opts, argc, argv, &err);
+    if (r) return r < 0 ? fail(&err) : 0;
+    Config c;
+    Run run;
+    if (stage_begin(&c, &run, opts, &err)) return fail(&err);
+    Problem *all = NULL, *chosen = NULL;
+    int n_all = 0, n = c.n_problems;
+    char organism_config[1100];
+    snprintf(organism_config, sizeof organism_config, "%s/config.json", c.model_path);
+    if (c.make_organism && !path_exists(organism_config)) {
+        progress("prepare-data: writing the embedded organism to %s\n", c.model_path);
+        if (organism_write(c.model_path, &err)) goto out;
+    }
+    if (c.data_source == SOURCE_BUILTIN) {
+        if (n > N_BUILTIN) {
+            err_input(&err, "%s: [data] n_problems = %d but there are %d built-in problems", c.file, n, N_BUILTIN);
+            goto out;
+        }
+        chosen = xcalloc((size_t)n, sizeof *chosen);
+        for (int i = 0; i < n; i++) {
+            char id[32];
+            snprintf(id, sizeof id, "builtin_%03d", i);
+            Buf answer = {0};
+            buf_printf(&answer, "#### %s", builtin_problems[i][1]);
+            chosen[i] = (Problem){xstrdup(id), xstrdup(builtin_problems[i][0]), xstrdup(builtin_problems[i][1]), answer.data};
+        }
+    } else {
+        if (read_problems(c.data_path, 1, &all, &n_all, &err)) goto out;
+        if (n > n_all) {
+            err_input(&err, "%s: [data] n_problems = %d but %s has %d problems", c.file, n, c.data_path, n_all);
+            goto out;
+        }
+        // A seeded partial Fisher-Yates shuffle picks n of them; kept in file order.
+        int *index = xmalloc((size_t)n_all * sizeof *index);
+        for (int i = 0; i < n_all; i++) index[i] = i;
+        Rng rng;
+        rng_seed(&rng, seed_mix((uint64_t)c.seed, 0xDA7A));
+        for (int i = 0; i < n; i++) {
+            int k = i + (int)rng_below(&rng, (uint64_t)(n_all - i));
+            int t = index[i]; index[i] = index[k]; index[k] = t;
+        }
+        qsort(index, (size_t)n, sizeof *index, cmp_int);
+        chosen = xcalloc((size_t)n, sizeof *chosen);
+        for (int i = 0; i < n; i++) {
+            chosen[i] = all[index[i]];
+            all[index[i]] = (Problem){0};
+        }
+        free(index);
+    }
+    Buf out = {0};
+    for (int i = 0; i < n; i++) {
+        buf_puts(&out, "{\"id\": ");
+        buf_json_string(&out, chosen[i].id, strlen(chosen[i].id));
+        buf_puts(&out, ", \"question\": ");
+        buf_json_string(&out, chosen[i].question, strlen(chosen[i].question));
+        buf_puts(&out, ", \"gold\": ");
+        buf_json_string(&out, chosen[i].gold, strlen(chosen[i].gold));
+        buf_puts(&out, ", \"answer\": ");
+        buf_json_string(&out, chosen[i].answer, strlen(chosen[i].answer));
+        buf_puts(&out, "}\n");
+    }
+    char path[1100];
+    processed_path(&c, path, sizeof path);
+    if (write_file_atomic(path, out.data, out.len, &err) == 0) printf("%s\n", path);
+    buf_free(&out);
+out:
+    problems_free(all, n_all);
+    problems_free(chosen, chosen ? n : 0);
+    config_free(&c);
+    return err.msg[0] ? fail(&err) : 0;
+}
+
 int cmd_generate(int argc, char **argv) { return not_built(argc, argv); }
 int cmd_detect_events(int argc, char **argv) { return not_built(argc, argv); }
 int cmd_run(int argc, char **argv) { return not_built(argc, argv); }
@@ -124,6 +860,7 @@ int cmd_run(int argc, char **argv) { return not_built(argc, argv); }
 // ----------------------------------------------------------------------------
 // Commands
 
+#ifndef BT_NO_MAIN
 typedef struct {
     const char *name;
     int (*fn)(int argc, char **argv);
@@ -161,7 +898,6 @@ static void print_help(void) {
     printf("\n--config defaults to %s. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or input.\n", BT_DEFAULT_CONFIG);
 }
 
-#ifndef BT_NO_MAIN
 int main(int argc, char **argv) {
     set_threads(0);
     if (argc < 2) {

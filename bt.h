@@ -199,7 +199,10 @@ typedef struct {
     int n_values;
 } Opt;
 
-// Fills opts (ended by a {0} entry) from argv, argv[0] being the command name.
+#define OPT(name, takes_value, help) {name, takes_value, help, NULL, {0}, 0}
+#define OPT_END {0}
+
+// Fills opts (ended by OPT_END) from argv, argv[0] being the command name.
 // Returns 0, 1 after printing usage for --help, or -1 (unknown flag, missing value).
 // --quiet and --threads N are accepted by every command.
 int opts_parse(Opt *opts, int argc, char **argv, Err *err);
@@ -374,6 +377,11 @@ typedef struct {
 
 int model_forward(const Model *m, RunState *s, const Forward *f, Err *err);
 void model_final_logits(const Model *m, const float *resid, float *logits); // final norm + lm_head of one residual (hidden) -> (vocab)
+
+// ----------------------------------------------------------------------------
+// Organism (organism.c): the embedded planted-mechanism model.
+
+int organism_write(const char *dir, Err *err); // writes a Hugging Face model directory
 
 // ----------------------------------------------------------------------------
 // Commands: each returns an exit code. Defined in the file that owns the capability.

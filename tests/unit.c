@@ -52,7 +52,7 @@ const char *test_tmpdir(void) {
     static char dir[1024];
     static int counter;
     snprintf(dir, sizeof dir, "build/tmp/unit_%ld_%d", (long)getpid(), counter++);
-    char cmd[1100];
+    char cmd[2200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", dir, dir);
     if (system(cmd) != 0) fprintf(stderr, "cannot create %s\n", dir);
     return dir;
