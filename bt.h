@@ -365,7 +365,8 @@ typedef struct {
     // embedding, and do not write the cache (they attend to the clean cache 0..pos-1
     // plus their own key/value): the onset-scope ablation scan.
     int first_layer;
-    const float *x_in;     // (n, hidden) when first_layer > 0
+    const float *x_in;     // (n, hidden) required when first_layer > 0; optional at 0 (replaces the embeddings)
+    int replay;            // 1 = replay semantics (cache not written) also at first_layer 0, e.g. ablating layer 0 at one position
     // Outputs, each for rows whose index entry is >= 0 (that entry is the output row):
     float *logits;         // (n_out, vocab)
     const int *logits_row; // (n) or NULL = no logits
@@ -377,6 +378,9 @@ typedef struct {
 
 int model_forward(const Model *m, RunState *s, const Forward *f, Err *err);
 void model_final_logits(const Model *m, const float *resid, float *logits); // final norm + lm_head of one residual (hidden) -> (vocab)
+size_t model_kv_bytes_per_token(const Model *m); // KV cache bytes one position of one sequence takes
+void tensor_row_f32(const Tensor *t, int row, float *out); // row of a 2-D tensor (cols values) as F32
+float tensor_at(const Tensor *t, size_t i);                 // element i (row-major) as F32
 
 // ----------------------------------------------------------------------------
 // Organism (organism.c): the embedded planted-mechanism model.

@@ -1,8 +1,1270 @@
-// model.c: safetensors loader and the batched forward pass (not built yet).
+// model.c: Hugging Face checkpoints (config.json + safetensors, mmapped read-only
+// in their stored dtype) and the exact batched forward pass with capture and
+// ablation hooks; the inspection commands model-info, forward and generate-ids.
+// Read top to bottom: stored numbers, safetensors, config.json, loading, the run
+// state, the blocks (rmsnorm, matmul, rope, attention), the forward pass, commands.
 #include "bt.h"
 
-int cmd_model_info(int argc, char **argv) { return not_built(argc, argv); }
-int cmd_forward(int argc, char **argv) { return not_built(argc, argv); }
-int cmd_generate_ids(int argc, char **argv) { return not_built(argc, argv); }
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#else
+#pragma GCC diagnostic ignored "-Wunknown-pragmas" // built without OpenMP: the omp loops run serially
+#endif
+
+#define ST_MAX_HEADER_BYTES (100u << 20) // the safetensors format caps its JSON header at 100 MB
+#define ST_MAX_DIMS 8
+#define MAX_EOS 8             // eos ids kept (ModelConfig.eos_ids)
+#define MATMUL_W_ROWS 4       // weight rows per matmul block: each x load feeds this many dot products
+#define MATMUL_CHUNK 256      // weight columns converted to F32 at a time, on the stack
+#define LOGIT_ROWS_MAX 64     // rows per lm_head pass (scratch: LOGIT_ROWS_MAX x vocab floats)
+#define CMD_MAX_ROWS 256      // prefill chunk of the inspection commands
+
+static int max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+// ----------------------------------------------------------------------------
+// Stored numbers: F32, BF16, F16 read as F32 (both 16-bit widenings are exact)
+
+static inline float bf16_to_f32(uint16_t b) {
+    uint32_t bits = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff, bits;
+    if (exponent == 0x1f) bits = sign | 0x7f800000u | (mantissa << 13); // inf, NaN
+    else if (exponent) bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    else { // zero or subnormal: mantissa * 2^-24 is exact in F32
+        float f = (float)mantissa * 0x1p-24f;
+        return sign ? -f : f;
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static const char *dtype_name(DType d) { return d == DT_F32 ? "F32" : d == DT_BF16 ? "BF16" : "F16"; }
+static size_t dtype_bytes(DType d) { return d == DT_F32 ? 4 : 2; }
+
+// n values of row `row` from column `col` on, as F32.
+static void tensor_span_f32(const Tensor *t, int row, int col, int n, float *out) {
+    size_t off = (size_t)row * (size_t)t->cols + (size_t)col;
+    if (t->dtype == DT_F32) {
+        memcpy(out, (const float *)t->data + off, (size_t)n * sizeof(float));
+    } else if (t->dtype == DT_BF16) {
+        const uint16_t *p = (const uint16_t *)t->data + off;
+        for (int i = 0; i < n; i++) out[i] = bf16_to_f32(p[i]);
+    } else {
+        const uint16_t *p = (const uint16_t *)t->data + off;
+        for (int i = 0; i < n; i++) out[i] = f16_to_f32(p[i]);
+    }
+}
+
+void tensor_row_f32(const Tensor *t, int row, float *out) { tensor_span_f32(t, row, 0, t->cols, out); }
+
+float tensor_at(const Tensor *t, size_t i) {
+    if (t->dtype == DT_F32) return ((const float *)t->data)[i];
+    uint16_t v = ((const uint16_t *)t->data)[i];
+    return t->dtype == DT_BF16 ? bf16_to_f32(v) : f16_to_f32(v);
+}
+
+// ----------------------------------------------------------------------------
+// safetensors: u64 little-endian header length, JSON header {name: {dtype, shape,
+// data_offsets [begin, end) relative to the data section}}, then the data.
+
+typedef struct {
+    char *name;                    // tensor name (owned)
+    int file;                      // index into Checkpoint.paths
+    char dtype[16];                // as written in the header
+    int dtype_id;                  // DType, or -1 for a dtype bt does not compute with
+    int n_dims;
+    long long shape[ST_MAX_DIMS];  // (n_dims)
+    size_t begin, end;             // byte range in the data section
+    const void *data;              // into the mmap
+} StEntry;
+
+typedef struct {
+    StEntry *v; // (n) every tensor of every mapped file
+    int n, cap;
+    char **paths; // (n_files) file paths, for messages
+    int n_files;
+    char index_path[1100]; // model.safetensors.index.json, "" for a single file
+} Checkpoint;
+
+static const struct {
+    const char *name;
+    int bytes;
+    int dtype_id; // -1: a valid safetensors dtype that bt does not compute with
+} st_dtypes[] = {
+    {"F32", 4, DT_F32}, {"BF16", 2, DT_BF16}, {"F16", 2, DT_F16},
+    {"F64", 8, -1}, {"I64", 8, -1}, {"U64", 8, -1}, {"I32", 4, -1}, {"U32", 4, -1}, {"I16", 2, -1},
+    {"U16", 2, -1}, {"I8", 1, -1}, {"U8", 1, -1}, {"BOOL", 1, -1}, {"F8_E4M3", 1, -1}, {"F8_E5M2", 1, -1},
+};
+
+static void checkpoint_free(Checkpoint *ck) {
+    for (int i = 0; i < ck->n; i++) free(ck->v[i].name);
+    free(ck->v);
+    for (int i = 0; i < ck->n_files; i++) free(ck->paths[i]);
+    free(ck->paths);
+    memset(ck, 0, sizeof *ck);
+}
+
+static int checkpoint_find(const Checkpoint *ck, const char *name) {
+    for (int i = 0; i < ck->n; i++)
+        if (strcmp(ck->v[i].name, name) == 0) return i;
+    return -1;
+}
+
+static int cmp_entry_begin(const void *a, const void *b) {
+    const StEntry *x = *(const StEntry *const *)a, *y = *(const StEntry *const *)b;
+    return x->begin < y->begin ? -1 : x->begin > y->begin ? 1 : (x->end > y->end) - (x->end < y->end);
+}
+
+// Reads one tensor's header entry (value token t) into e; the name is already set.
+static int st_entry(const Json *j, int t, StEntry *e, const char *path, size_t data_bytes, size_t data_start, Err *err) {
+    if (j->tok[t].type != JSON_OBJECT) return err_input(err, "%s: tensor '%s': header entry is not an object", path, e->name);
+    int dt = json_key(j, t, "dtype"), sh = json_key(j, t, "shape"), off = json_key(j, t, "data_offsets");
+    if (dt < 0 || sh < 0 || off < 0) return err_input(err, "%s: tensor '%s': header entry lacks dtype, shape or data_offsets", path, e->name);
+    Buf b = {0};
+    if (json_string(j, dt, &b) < 0 || b.len >= sizeof e->dtype) {
+        buf_free(&b);
+        return err_input(err, "%s: tensor '%s': dtype is not a known name", path, e->name);
+    }
+    memcpy(e->dtype, b.data, b.len + 1);
+    buf_free(&b);
+    int elem_bytes = 0;
+    for (size_t k = 0; k < sizeof st_dtypes / sizeof st_dtypes[0]; k++)
+        if (strcmp(st_dtypes[k].name, e->dtype) == 0) {
+            elem_bytes = st_dtypes[k].bytes;
+            e->dtype_id = st_dtypes[k].dtype_id;
+        }
+    if (!elem_bytes) return err_input(err, "%s: tensor '%s': unknown dtype '%s'", path, e->name, e->dtype);
+    if (j->tok[sh].type != JSON_ARRAY || j->tok[sh].size > ST_MAX_DIMS)
+        return err_input(err, "%s: tensor '%s': shape is not an array of at most %d sizes", path, e->name, ST_MAX_DIMS);
+    unsigned long long n_elems = 1;
+    e->n_dims = 0;
+    JSON_FOR_ARRAY(j, sh, i, d) {
+        long long v;
+        if (json_int(j, d, &v) < 0 || v < 0 || v > (1LL << 40))
+            return err_input(err, "%s: tensor '%s': shape has a bad size", path, e->name);
+        e->shape[e->n_dims++] = v;
+        n_elems *= (unsigned long long)v;
+        if (n_elems > (1ULL << 50)) return err_input(err, "%s: tensor '%s': shape is too large", path, e->name);
+    }
+    long long begin, end;
+    if (j->tok[off].type != JSON_ARRAY || j->tok[off].size != 2 || json_int(j, off + 1, &begin) < 0 ||
+        json_int(j, j->tok[off + 1].next, &end) < 0)
+        return err_input(err, "%s: tensor '%s': data_offsets is not [begin, end]", path, e->name);
+    if (begin < 0 || end < begin || (unsigned long long)end > data_bytes)
+        return err_input(err, "%s: tensor '%s': data_offsets [%lld, %lld] out of range (data section has %zu bytes)",
+                         path, e->name, begin, end, data_bytes);
+    if ((unsigned long long)(end - begin) != n_elems * (unsigned long long)elem_bytes)
+        return err_input(err, "%s: tensor '%s': data_offsets hold %lld bytes but shape x %s needs %llu",
+                         path, e->name, end - begin, e->dtype, n_elems * (unsigned long long)elem_bytes);
+    if ((data_start + (size_t)begin) % (size_t)elem_bytes)
+        return err_input(err, "%s: tensor '%s': data is not aligned to its %d-byte elements", path, e->name, elem_bytes);
+    e->begin = (size_t)begin;
+    e->end = (size_t)end;
+    return 0;
+}
+
+// Maps one safetensors file read-only, validates its header and adds its tensors to ck.
+static int st_map(Model *m, Checkpoint *ck, const char *path, Err *err) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return err_input(err, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return err_input(err, "%s: not a regular file", path);
+    }
+    size_t size = (size_t)st.st_size;
+    if (size < 8) {
+        close(fd);
+        return err_input(err, "%s: truncated: %zu bytes, too short for a safetensors header", path, size);
+    }
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) return err_runtime(err, "%s: cannot mmap: %s", path, strerror(errno));
+    m->maps = xrealloc(m->maps, (size_t)(m->n_maps + 1) * sizeof *m->maps);
+    m->map_sizes = xrealloc(m->map_sizes, (size_t)(m->n_maps + 1) * sizeof *m->map_sizes);
+    m->maps[m->n_maps] = map;
+    m->map_sizes[m->n_maps++] = size;
+    m->bytes_mapped += size;
+    int file = ck->n_files++;
+    ck->paths = xrealloc(ck->paths, (size_t)ck->n_files * sizeof *ck->paths);
+    ck->paths[file] = xstrdup(path);
+
+    const unsigned char *p = map;
+    unsigned long long header_bytes = 0;
+    for (int i = 7; i >= 0; i--) header_bytes = header_bytes << 8 | p[i];
+    if (header_bytes > size - 8)
+        return err_input(err, "%s: header length %llu runs past the end of the file (%zu bytes)", path, header_bytes, size);
+    if (header_bytes > ST_MAX_HEADER_BYTES)
+        return err_input(err, "%s: header length %llu is over the 100 MB limit", path, header_bytes);
+    size_t data_start = 8 + (size_t)header_bytes, data_bytes = size - data_start;
+    Json j;
+    if (json_parse(&j, (const char *)p + 8, (size_t)header_bytes, path, err) < 0) return -1;
+    if (j.tok[0].type != JSON_OBJECT) {
+        json_free(&j);
+        return err_input(err, "%s: header is not a JSON object", path);
+    }
+    int first = ck->n, rc = 0;
+    JSON_FOR_OBJECT(&j, 0, i, k) {
+        if (json_eq(&j, k, "__metadata__")) continue;
+        if (ck->n == ck->cap) {
+            ck->cap = ck->cap ? 2 * ck->cap : 512;
+            ck->v = xrealloc(ck->v, (size_t)ck->cap * sizeof *ck->v);
+        }
+        StEntry *e = &ck->v[ck->n];
+        memset(e, 0, sizeof *e);
+        e->name = json_strdup(&j, k);
+        e->file = file;
+        ck->n++;
+        if (checkpoint_find(ck, e->name) != ck->n - 1) {
+            rc = err_input(err, "%s: tensor '%s' appears twice in the checkpoint", path, e->name);
+            break;
+        }
+        if ((rc = st_entry(&j, k + 1, e, path, data_bytes, data_start, err)) < 0) break;
+        e->data = p + data_start + e->begin;
+    }
+    json_free(&j);
+    if (rc < 0) return -1;
+    // No two tensors may share bytes: sort this file's entries by offset and compare neighbours.
+    int n_file = ck->n - first;
+    StEntry **by_begin = xmalloc((size_t)(n_file ? n_file : 1) * sizeof *by_begin);
+    for (int i = 0; i < n_file; i++) by_begin[i] = &ck->v[first + i];
+    qsort(by_begin, (size_t)n_file, sizeof *by_begin, cmp_entry_begin);
+    for (int i = 0; i + 1 < n_file && rc == 0; i++)
+        if (by_begin[i]->end > by_begin[i + 1]->begin && by_begin[i + 1]->end > by_begin[i + 1]->begin)
+            rc = err_input(err, "%s: tensors '%s' and '%s' overlap (bytes %zu-%zu and %zu-%zu)", path, by_begin[i]->name,
+                           by_begin[i + 1]->name, by_begin[i]->begin, by_begin[i]->end, by_begin[i + 1]->begin, by_begin[i + 1]->end);
+    free(by_begin);
+    return rc;
+}
+
+// Maps DIR/model.safetensors, or every shard named by DIR/model.safetensors.index.json.
+static int st_map_checkpoint(Model *m, Checkpoint *ck, const char *dir, Err *err) {
+    char path[1100];
+    snprintf(ck->index_path, sizeof ck->index_path, "%s/model.safetensors.index.json", dir);
+    if (!path_exists(ck->index_path)) {
+        ck->index_path[0] = 0;
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        if (!path_exists(path)) return err_input(err, "%s: no model.safetensors or model.safetensors.index.json", dir);
+        return st_map(m, ck, path, err);
+    }
+    const char *ipath = ck->index_path;
+    Buf text = {0};
+    Json j = {0};
+    if (read_file(ipath, &text, err) < 0) return -1;
+    int rc = json_parse(&j, text.data, text.len, ipath, err);
+    int wm = rc < 0 ? -1 : json_key(&j, 0, "weight_map");
+    if (rc == 0 && (wm < 0 || j.tok[wm].type != JSON_OBJECT)) rc = err_input(err, "%s: no weight_map object", ipath);
+    // Map each shard once, in order of first mention.
+    if (rc == 0) JSON_FOR_OBJECT(&j, wm, i, k) {
+        char *file = json_strdup(&j, k + 1);
+        if (!file || !*file || strchr(file, '/') || strcmp(file, "..") == 0) {
+            rc = err_input(err, "%s:%d: weight_map value is not a file name in %s", ipath, json_line(&j, k + 1), dir);
+        } else {
+            snprintf(path, sizeof path, "%s/%s", dir, file);
+            int seen = 0;
+            for (int f = 0; f < ck->n_files; f++) seen |= strcmp(ck->paths[f], path) == 0;
+            if (!seen && !path_exists(path)) rc = err_input(err, "%s: shard '%s' (listed in %s) does not exist", path, file, ipath);
+            else if (!seen) rc = st_map(m, ck, path, err);
+        }
+        free(file);
+        if (rc < 0) break;
+    }
+    // Every tensor the index names must be in the shard it names.
+    if (rc == 0) JSON_FOR_OBJECT(&j, wm, i, k) {
+        char *name = json_strdup(&j, k), *file = json_strdup(&j, k + 1);
+        snprintf(path, sizeof path, "%s/%s", dir, file);
+        int e = checkpoint_find(ck, name);
+        if (e < 0 || strcmp(ck->paths[ck->v[e].file], path) != 0)
+            rc = err_input(err, "%s: tensor '%s' is not in %s, where %s places it", path, name, file, ipath);
+        free(name);
+        free(file);
+        if (rc < 0) break;
+    }
+    json_free(&j);
+    buf_free(&text);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
+// config.json (and generation_config.json for eos ids)
+
+static const char *const architectures[] = {"Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM"};
+
+// A positive integer key; fallback when absent or null (fallback < 0: required).
+static int cfg_int(const Json *j, const char *key, long long fallback, int *out, const char *path, Err *err) {
+    int t = json_key(j, 0, key);
+    long long v;
+    if (t < 0 || j->tok[t].type == JSON_NULL) {
+        if (fallback < 0) return err_input(err, "%s: '%s' is missing", path, key);
+        *out = (int)fallback;
+        return 0;
+    }
+    if (json_int(j, t, &v) < 0 || v <= 0 || v > (1LL << 30))
+        return err_input(err, "%s:%d: '%s' must be a positive integer", path, json_line(j, t), key);
+    *out = (int)v;
+    return 0;
+}
+
+static int cfg_float(const Json *j, int obj, const char *key, double fallback, float *out, const char *path, Err *err) {
+    int t = json_key(j, obj, key);
+    double v;
+    if (t < 0 || j->tok[t].type == JSON_NULL) {
+        if (fallback < 0) return err_input(err, "%s: '%s' is missing", path, key);
+        *out = (float)fallback;
+        return 0;
+    }
+    if (json_number(j, t, &v) < 0 || !(v > 0) || !isfinite(v))
+        return err_input(err, "%s:%d: '%s' must be a positive number", path, json_line(j, t), key);
+    *out = (float)v;
+    return 0;
+}
+
+static int cfg_bool(const Json *j, const char *key, int fallback, int *out, const char *path, Err *err) {
+    int t = json_key(j, 0, key);
+    if (t < 0 || j->tok[t].type == JSON_NULL) {
+        *out = fallback;
+        return 0;
+    }
+    if (json_bool(j, t, out) < 0) return err_input(err, "%s:%d: '%s' must be true or false", path, json_line(j, t), key);
+    return 0;
+}
+
+// eos_token_id may be an int, a list of ints, or null; ids are added once each.
+static int cfg_eos(ModelConfig *c, const Json *j, const char *path, Err *err) {
+    int t = json_key(j, 0, "eos_token_id");
+    if (t < 0 || j->tok[t].type == JSON_NULL) return 0;
+    int one = j->tok[t].type != JSON_ARRAY, n = one ? 1 : j->tok[t].size, e = one ? t : t + 1;
+    for (int i = 0; i < n; i++, e = j->tok[e].next) {
+        long long id;
+        if (json_int(j, e, &id) < 0 || id < 0 || id > INT32_MAX)
+            return err_input(err, "%s:%d: eos_token_id must be an id, a list of ids, or null", path, json_line(j, e));
+        int known = 0;
+        for (int k = 0; k < c->n_eos; k++) known |= c->eos_ids[k] == id;
+        if (!known && c->n_eos == MAX_EOS) return err_input(err, "%s: more than %d eos ids", path, MAX_EOS);
+        if (!known) c->eos_ids[c->n_eos++] = (int)id;
+    }
+    return 0;
+}
+
+static int cfg_bos(ModelConfig *c, const Json *j, const char *path, Err *err) {
+    int t = json_key(j, 0, "bos_token_id");
+    long long id;
+    if (t < 0 || j->tok[t].type == JSON_NULL) return 0;
+    if (json_int(j, t, &id) < 0 || id < 0 || id > INT32_MAX) return err_input(err, "%s:%d: bad bos_token_id", path, json_line(j, t));
+    c->bos_token_id = (int)id;
+    return 0;
+}
+
+static int cfg_rope_scaling(ModelConfig *c, const Json *j, const char *path, Err *err) {
+    int rs = json_key(j, 0, "rope_scaling");
+    if (rs < 0 || j->tok[rs].type == JSON_NULL) return 0;
+    if (j->tok[rs].type != JSON_OBJECT) return err_input(err, "%s:%d: rope_scaling must be an object or null", path, json_line(j, rs));
+    int type = json_key(j, rs, "rope_type");
+    if (type < 0) type = json_key(j, rs, "type"); // the older spelling
+    Buf name = {0};
+    if (json_string(j, type, &name) < 0) return err_input(err, "%s:%d: rope_scaling has no rope_type", path, json_line(j, rs));
+    int rc = 0;
+    if (strcmp(name.data, "default") == 0) {
+        // plain RoPE
+    } else if (strcmp(name.data, "llama3") == 0) {
+        float orig = 0;
+        c->rope_llama3 = 1;
+        if (cfg_float(j, rs, "factor", -1, &c->rope_factor, path, err) < 0 ||
+            cfg_float(j, rs, "low_freq_factor", -1, &c->rope_low_freq_factor, path, err) < 0 ||
+            cfg_float(j, rs, "high_freq_factor", -1, &c->rope_high_freq_factor, path, err) < 0 ||
+            cfg_float(j, rs, "original_max_position_embeddings", -1, &orig, path, err) < 0)
+            rc = -1;
+        else if (c->rope_high_freq_factor <= c->rope_low_freq_factor)
+            rc = err_input(err, "%s: rope_scaling: high_freq_factor must exceed low_freq_factor", path);
+        c->rope_original_max_position = (int)orig;
+    } else {
+        rc = err_input(err, "%s:%d: rope_scaling type '%s' is not supported (none or \"llama3\")", path, json_line(j, type), name.data);
+    }
+    buf_free(&name);
+    return rc;
+}
+
+static int config_parse(ModelConfig *c, const char *dir, Err *err) {
+    char path[1100];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    Buf text = {0};
+    Json j = {0};
+    memset(c, 0, sizeof *c);
+    c->bos_token_id = -1;
+    if (!path_exists(path)) return err_input(err, "%s: no config.json: not a Hugging Face model directory", dir);
+    if (read_file(path, &text, err) < 0) return -1;
+    int rc = json_parse(&j, text.data, text.len, path, err);
+    if (rc == 0 && j.tok[0].type != JSON_OBJECT) rc = err_input(err, "%s: not a JSON object", path);
+    if (rc < 0) goto done;
+
+    int arch = json_key(&j, 0, "architectures");
+    Buf name = {0};
+    if (arch < 0 || j.tok[arch].type != JSON_ARRAY || j.tok[arch].size < 1 || json_string(&j, arch + 1, &name) < 0) {
+        rc = err_input(err, "%s: 'architectures' must list the model class", path);
+        goto done;
+    }
+    int known = 0;
+    for (size_t i = 0; i < sizeof architectures / sizeof architectures[0]; i++) known |= strcmp(name.data, architectures[i]) == 0;
+    if (!known || name.len >= sizeof c->architecture) {
+        rc = err_input(err, "%s:%d: unsupported architecture '%s' (supported: Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM)",
+                       path, json_line(&j, arch + 1), name.data);
+        buf_free(&name);
+        goto done;
+    }
+    memcpy(c->architecture, name.data, name.len + 1);
+    buf_free(&name);
+    int is_qwen2 = strcmp(c->architecture, "Qwen2ForCausalLM") == 0, is_qwen3 = strcmp(c->architecture, "Qwen3ForCausalLM") == 0;
+
+    if ((rc = cfg_int(&j, "hidden_size", -1, &c->hidden_size, path, err)) < 0) goto done;
+    if ((rc = cfg_int(&j, "num_hidden_layers", -1, &c->n_layers, path, err)) < 0) goto done;
+    if ((rc = cfg_int(&j, "num_attention_heads", -1, &c->n_heads, path, err)) < 0) goto done;
+    if ((rc = cfg_int(&j, "num_key_value_heads", c->n_heads, &c->n_kv_heads, path, err)) < 0) goto done;
+    if ((rc = cfg_int(&j, "head_dim", c->hidden_size / c->n_heads, &c->head_dim, path, err)) < 0) goto done;
+    if ((rc = cfg_int(&j, "intermediate_size", -1, &c->intermediate_size, path, err)) < 0) goto done;
+    if ((rc = cfg_int(&j, "vocab_size", -1, &c->vocab_size, path, err)) < 0) goto done;
+    if ((rc = cfg_int(&j, "max_position_embeddings", 4096, &c->max_position, path, err)) < 0) goto done;
+    if ((rc = cfg_float(&j, 0, "rms_norm_eps", 1e-6, &c->rms_norm_eps, path, err)) < 0) goto done;
+    if ((rc = cfg_float(&j, 0, "rope_theta", 10000.0, &c->rope_theta, path, err)) < 0) goto done;
+    if ((rc = cfg_bool(&j, "tie_word_embeddings", 0, &c->tie_word_embeddings, path, err)) < 0) goto done;
+    if ((rc = cfg_rope_scaling(c, &j, path, err)) < 0) goto done;
+    if ((rc = cfg_eos(c, &j, path, err)) < 0 || (rc = cfg_bos(c, &j, path, err)) < 0) goto done;
+    c->qkv_bias = is_qwen2; // Qwen2 attention always has q/k/v bias, never o bias
+    c->qk_norm = is_qwen3;
+
+    // Options these architectures allow but bt does not compute: refuse rather than be wrong.
+    int attention_bias = 0, mlp_bias = 0, sliding = 0;
+    if ((rc = cfg_bool(&j, "attention_bias", 0, &attention_bias, path, err)) < 0) goto done;
+    if ((rc = cfg_bool(&j, "mlp_bias", 0, &mlp_bias, path, err)) < 0) goto done;
+    if ((rc = cfg_bool(&j, "use_sliding_window", 0, &sliding, path, err)) < 0) goto done;
+    if (!is_qwen2 && (attention_bias || mlp_bias)) { rc = err_input(err, "%s: attention_bias / mlp_bias true is not supported", path); goto done; }
+    if (sliding) { rc = err_input(err, "%s: use_sliding_window true is not supported", path); goto done; }
+    int act = json_key(&j, 0, "hidden_act");
+    if (act >= 0 && !json_eq(&j, act, "silu")) { rc = err_input(err, "%s:%d: hidden_act must be \"silu\"", path, json_line(&j, act)); goto done; }
+    if (c->n_heads % c->n_kv_heads)
+        rc = err_input(err, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->n_heads, c->n_kv_heads);
+    else if (c->head_dim % 2)
+        rc = err_input(err, "%s: head_dim %d must be even for RoPE", path, c->head_dim);
+done:
+    json_free(&j);
+    buf_free(&text);
+    if (rc < 0) return -1;
+
+    // generation_config.json may add eos ids (and a bos id).
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    if (!path_exists(path)) return 0;
+    if (read_file(path, &text, err) < 0) return -1;
+    rc = json_parse(&j, text.data, text.len, path, err);
+    if (rc == 0 && j.tok[0].type != JSON_OBJECT) rc = err_input(err, "%s: not a JSON object", path);
+    if (rc == 0) rc = cfg_eos(c, &j, path, err);
+    if (rc == 0 && c->bos_token_id < 0) rc = cfg_bos(c, &j, path, err);
+    json_free(&j);
+    buf_free(&text);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
+// Loading: every tensor the architecture needs, by its Hugging Face name, bound
+// with the shape the config implies. The same list drives model-info.
+
+typedef struct {
+    char name[96];
+    Tensor *t;
+    int rows, cols; // expected shape; rows = 0 for a 1-D tensor of cols values
+} TensorSlot;
+
+// Fills slots (when non-NULL) and returns how many tensors this model has.
+static int model_slots(Model *m, TensorSlot *slots) {
+    const ModelConfig *c = &m->cfg;
+    int n = 0, D = c->hidden_size, q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
+#define SLOT(ptr, r, cc, ...) do { if (slots) { snprintf(slots[n].name, sizeof slots[n].name, __VA_ARGS__); \
+    slots[n].t = (ptr); slots[n].rows = (r); slots[n].cols = (cc); } n++; } while (0)
+    SLOT(&m->embed, c->vocab_size, D, "model.embed_tokens.weight");
+    for (int l = 0; l < c->n_layers; l++) {
+        LayerWeights *w = &m->layers[l];
+        SLOT(&w->attn_norm, 0, D, "model.layers.%d.input_layernorm.weight", l);
+        SLOT(&w->wq, q_dim, D, "model.layers.%d.self_attn.q_proj.weight", l);
+        SLOT(&w->wk, kv_dim, D, "model.layers.%d.self_attn.k_proj.weight", l);
+        SLOT(&w->wv, kv_dim, D, "model.layers.%d.self_attn.v_proj.weight", l);
+        if (c->qkv_bias) {
+            SLOT(&w->bq, 0, q_dim, "model.layers.%d.self_attn.q_proj.bias", l);
+            SLOT(&w->bk, 0, kv_dim, "model.layers.%d.self_attn.k_proj.bias", l);
+            SLOT(&w->bv, 0, kv_dim, "model.layers.%d.self_attn.v_proj.bias", l);
+        }
+        if (c->qk_norm) {
+            SLOT(&w->q_norm, 0, c->head_dim, "model.layers.%d.self_attn.q_norm.weight", l);
+            SLOT(&w->k_norm, 0, c->head_dim, "model.layers.%d.self_attn.k_norm.weight", l);
+        }
+        SLOT(&w->wo, D, q_dim, "model.layers.%d.self_attn.o_proj.weight", l);
+        SLOT(&w->mlp_norm, 0, D, "model.layers.%d.post_attention_layernorm.weight", l);
+        SLOT(&w->w_gate, c->intermediate_size, D, "model.layers.%d.mlp.gate_proj.weight", l);
+        SLOT(&w->w_up, c->intermediate_size, D, "model.layers.%d.mlp.up_proj.weight", l);
+        SLOT(&w->w_down, D, c->intermediate_size, "model.layers.%d.mlp.down_proj.weight", l);
+    }
+    SLOT(&m->final_norm, 0, D, "model.norm.weight");
+    if (!c->tie_word_embeddings) SLOT(&m->lm_head, c->vocab_size, D, "lm_head.weight");
+#undef SLOT
+    return n;
+}
+
+static int bind_tensor(Model *m, const Checkpoint *ck, const TensorSlot *s, Err *err) {
+    int e = checkpoint_find(ck, s->name);
+    if (e < 0)
+        return err_input(err, "%s: tensor '%s' is missing", ck->index_path[0] ? ck->index_path : ck->paths[0], s->name);
+    const StEntry *x = &ck->v[e];
+    const char *path = ck->paths[x->file];
+    int want_dims = s->rows ? 2 : 1;
+    int ok = x->n_dims == want_dims && (want_dims == 1 ? x->shape[0] == s->cols : x->shape[0] == s->rows && x->shape[1] == s->cols);
+    if (!ok) {
+        char got[128] = "[", want[64];
+        for (int d = 0; d < x->n_dims; d++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? ", " : "", x->shape[d]);
+        strcat(got, "]");
+        if (s->rows) snprintf(want, sizeof want, "[%d, %d]", s->rows, s->cols);
+        else snprintf(want, sizeof want, "[%d]", s->cols);
+        return err_input(err, "%s: tensor '%s': shape %s, expected %s from config.json", path, s->name, got, want);
+    }
+    if (x->dtype_id < 0) return err_input(err, "%s: tensor '%s': dtype %s is not supported (F32, BF16, F16)", path, s->name, x->dtype);
+    s->t->data = x->data;
+    s->t->dtype = (DType)x->dtype_id;
+    s->t->rows = s->rows ? s->rows : 1;
+    s->t->cols = s->cols;
+    (void)m;
+    return 0;
+}
+
+// HF's inverse frequencies in F32, as HF computes them (llama3 scaling included).
+static void rope_inv_freq(const ModelConfig *c, float *inv_freq) {
+    int half = c->head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float exponent = (float)(2 * i) / (float)c->head_dim;
+        float inv = 1.0f / powf(c->rope_theta, exponent);
+        if (c->rope_llama3) {
+            float orig = (float)c->rope_original_max_position, low = c->rope_low_freq_factor, high = c->rope_high_freq_factor;
+            float wavelen = (float)(2.0 * M_PI) / inv;
+            if (wavelen > orig / low) {
+                inv = inv / c->rope_factor;
+            } else if (!(wavelen < orig / high)) { // between the bands: interpolate
+                float smooth = (orig / wavelen - low) / (high - low);
+                inv = (1.0f - smooth) * inv / c->rope_factor + smooth * inv;
+            }
+        }
+        inv_freq[i] = inv;
+    }
+}
+
+void model_free(Model *m) {
+    for (int i = 0; i < m->n_maps; i++) munmap(m->maps[i], m->map_sizes[i]);
+    free(m->maps);
+    free(m->map_sizes);
+    free(m->layers);
+    free(m->inv_freq);
+    memset(m, 0, sizeof *m);
+}
+
+int model_load(Model *m, const char *dir, Err *err) {
+    memset(m, 0, sizeof *m);
+    if (strlen(dir) >= sizeof m->dir - 64) return err_input(err, "%s: model path too long", dir);
+    if (!path_is_dir(dir)) return err_input(err, "%s: not a model directory", dir);
+    snprintf(m->dir, sizeof m->dir, "%s", dir);
+    if (config_parse(&m->cfg, dir, err) < 0) return -1;
+    Checkpoint ck = {0};
+    if (st_map_checkpoint(m, &ck, dir, err) < 0) {
+        checkpoint_free(&ck);
+        model_free(m);
+        return -1;
+    }
+    m->layers = xcalloc((size_t)m->cfg.n_layers, sizeof *m->layers);
+    int n_slots = model_slots(m, NULL);
+    TensorSlot *slots = xmalloc((size_t)n_slots * sizeof *slots);
+    model_slots(m, slots);
+    int rc = 0;
+    for (int i = 0; i < n_slots && rc == 0; i++) rc = bind_tensor(m, &ck, &slots[i], err);
+    free(slots);
+    checkpoint_free(&ck);
+    if (rc < 0) {
+        model_free(m);
+        return -1;
+    }
+    if (m->cfg.tie_word_embeddings) m->lm_head = m->embed;
+    m->inv_freq = xmalloc((size_t)(m->cfg.head_dim / 2) * sizeof *m->inv_freq);
+    rope_inv_freq(&m->cfg, m->inv_freq);
+    m->bytes_allocated = (size_t)m->cfg.n_layers * sizeof *m->layers + (size_t)(m->cfg.head_dim / 2) * sizeof(float) +
+                         (size_t)m->n_maps * (sizeof *m->maps + sizeof *m->map_sizes);
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// Run state: the KV cache of n_slots sequences and the scratch of one call
+
+struct RunState {
+    int n_slots, max_seq, max_rows;
+    int n_threads;      // threads with their own score buffer
+    int logit_rows;     // rows per lm_head pass
+    float *key_cache;   // (n_layers, n_slots, max_seq, kv_dim) keys after RoPE
+    float *value_cache; // (n_layers, n_slots, max_seq, kv_dim)
+    int *slot_len;      // (n_slots) positions 0..slot_len-1 are in the cache
+    int *slot_len_call; // (n_slots) slot_len as this call will leave it (validation)
+    float *x;           // (max_rows, hidden) residual stream
+    float *xb;          // (max_rows, hidden) normed input of a block
+    float *block_out;   // (max_rows, hidden) attention or MLP output before the residual add
+    float *q;           // (max_rows, n_heads * head_dim) queries after RoPE
+    float *k, *v;       // (max_rows, kv_dim) keys (after RoPE) and values of this call's rows
+    float *heads;       // (max_rows, n_heads * head_dim) attention output of each head, before o_proj
+    float *hb, *hb2;    // (max_rows, intermediate) gate and up projections
+    float *rope_cos;    // (max_rows, head_dim / 2) of each row's position
+    float *rope_sin;    // (max_rows, head_dim / 2)
+    float *scores;      // (n_threads, max_seq) attention scores of one (row, head)
+    float *logits;      // (logit_rows, vocab)
+    size_t bytes;       // everything above
+};
+
+static float *rs_alloc(RunState *s, size_t n, int *failed) {
+    float *p = calloc(n ? n : 1, sizeof(float));
+    if (!p) *failed = 1;
+    s->bytes += n * sizeof(float);
+    return p;
+}
+
+RunState *runstate_new(const Model *m, int n_slots, int max_seq, int max_rows, Err *err) {
+    const ModelConfig *c = &m->cfg;
+    if (n_slots < 1 || max_seq < 1 || max_rows < 1)
+        return err_runtime(err, "runstate: n_slots, max_seq and max_rows must be positive"), NULL;
+    size_t kv_dim = (size_t)c->n_kv_heads * (size_t)c->head_dim, q_dim = (size_t)c->n_heads * (size_t)c->head_dim;
+    size_t cache = (size_t)c->n_layers * (size_t)n_slots * (size_t)max_seq * kv_dim;
+    if ((double)c->n_layers * n_slots * max_seq * (double)kv_dim * 8 > 1e13)
+        return err_runtime(err, "runstate: KV cache for %d x %d positions is too large", n_slots, max_seq), NULL;
+    RunState *s = xcalloc(1, sizeof *s);
+    s->n_slots = n_slots;
+    s->max_seq = max_seq;
+    s->max_rows = max_rows;
+    s->n_threads = max_threads();
+    s->logit_rows = max_rows < LOGIT_ROWS_MAX ? max_rows : LOGIT_ROWS_MAX;
+    size_t R = (size_t)max_rows, D = (size_t)c->hidden_size;
+    int failed = 0;
+    s->key_cache = rs_alloc(s, cache, &failed);
+    s->value_cache = rs_alloc(s, cache, &failed);
+    s->x = rs_alloc(s, R * D, &failed);
+    s->xb = rs_alloc(s, R * D, &failed);
+    s->block_out = rs_alloc(s, R * D, &failed);
+    s->q = rs_alloc(s, R * q_dim, &failed);
+    s->k = rs_alloc(s, R * kv_dim, &failed);
+    s->v = rs_alloc(s, R * kv_dim, &failed);
+    s->heads = rs_alloc(s, R * q_dim, &failed);
+    s->hb = rs_alloc(s, R * (size_t)c->intermediate_size, &failed);
+    s->hb2 = rs_alloc(s, R * (size_t)c->intermediate_size, &failed);
+    s->rope_cos = rs_alloc(s, R * (size_t)(c->head_dim / 2), &failed);
+    s->rope_sin = rs_alloc(s, R * (size_t)(c->head_dim / 2), &failed);
+    s->scores = rs_alloc(s, (size_t)s->n_threads * (size_t)max_seq, &failed);
+    s->logits = rs_alloc(s, (size_t)s->logit_rows * (size_t)c->vocab_size, &failed);
+    s->slot_len = xcalloc((size_t)n_slots, sizeof *s->slot_len);
+    s->slot_len_call = xcalloc((size_t)n_slots, sizeof *s->slot_len_call);
+    s->bytes += 2 * (size_t)n_slots * sizeof(int);
+    if (failed) {
+        size_t bytes = s->bytes;
+        runstate_free(s);
+        return err_runtime(err, "runstate: cannot allocate %zu bytes (KV cache and scratch)", bytes), NULL;
+    }
+    return s;
+}
+
+void runstate_free(RunState *s) {
+    if (!s) return;
+    float *bufs[] = {s->key_cache, s->value_cache, s->x, s->xb, s->block_out, s->q, s->k, s->v, s->heads,
+                     s->hb, s->hb2, s->rope_cos, s->rope_sin, s->scores, s->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    free(s->slot_len);
+    free(s->slot_len_call);
+    free(s);
+}
+
+size_t runstate_bytes(const RunState *s) { return s->bytes; }
+
+size_t model_kv_bytes_per_token(const Model *m) {
+    return 2 * (size_t)m->cfg.n_layers * (size_t)m->cfg.n_kv_heads * (size_t)m->cfg.head_dim * sizeof(float);
+}
+
+// ----------------------------------------------------------------------------
+// The blocks
+
+// HF RMSNorm: weight * (x * rsqrt(mean(x^2) + eps)), F32 (the sum of squares in double).
+static void rmsnorm(float *out, const float *x, const Tensor *weight, int n, float eps) {
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float r = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++) out[i] = tensor_at(weight, (size_t)i) * (x[i] * r);
+}
+
+// The hot spot: out(n, d_out) = x(n, d_in) · W(d_out, d_in)^T (+ bias), W in its stored dtype.
+// Parallel over blocks of MATMUL_W_ROWS weight rows: a block's weights are converted to F32
+// once per MATMUL_CHUNK columns and reused by all n rows of x (prefill, batched decode), and
+// each x value feeds all the block's rows. Every output element sums its chunks in a fixed
+// order in one thread, so the result is the same for any thread count and any n.
+static void matmul(float *out, const float *x, int n, const Tensor *w, const Tensor *bias) {
+    int d_out = w->rows, d_in = w->cols;
+    int n_blocks = (d_out + MATMUL_W_ROWS - 1) / MATMUL_W_ROWS;
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < n_blocks; b++) {
+        int o0 = b * MATMUL_W_ROWS, nw = d_out - o0 < MATMUL_W_ROWS ? d_out - o0 : MATMUL_W_ROWS;
+        float wc[MATMUL_W_ROWS][MATMUL_CHUNK]; // this block's weights, columns c..c+len
+        for (int c = 0; c < d_in; c += MATMUL_CHUNK) {
+            int len = d_in - c < MATMUL_CHUNK ? d_in - c : MATMUL_CHUNK;
+            for (int k = 0; k < MATMUL_W_ROWS; k++) tensor_span_f32(w, o0 + (k < nw ? k : 0), c, len, wc[k]);
+            for (int r = 0; r < n; r++) {
+                const float *xr = x + (size_t)r * d_in + c;
+                float sum[MATMUL_W_ROWS] = {0};
+                for (int i = 0; i < len; i++)
+                    for (int k = 0; k < MATMUL_W_ROWS; k++) sum[k] += xr[i] * wc[k][i];
+                float *o = out + (size_t)r * d_out + o0;
+                for (int k = 0; k < nw; k++) o[k] = c ? o[k] + sum[k] : sum[k];
+            }
+        }
+        if (bias && bias->data)
+            for (int r = 0; r < n; r++)
+                for (int k = 0; k < nw; k++) out[(size_t)r * d_out + o0 + k] += tensor_at(bias, (size_t)(o0 + k));
+    }
+}
+
+// HF rotate_half RoPE on one head: pairs (i, i + half), cos/sin tables cat(freqs, freqs).
+static void rope(float *v, const float *cos_t, const float *sin_t, int head_dim) {
+    int half = head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float x1 = v[i], x2 = v[i + half];
+        v[i] = x1 * cos_t[i] - x2 * sin_t[i];
+        v[i + half] = x2 * cos_t[i] + x1 * sin_t[i];
+    }
+}
+
+static void ablate(float *v, int n, int kind, const float *mean) {
+    if (kind == ABLATE_MEAN) memcpy(v, mean, (size_t)n * sizeof *v);
+    else memset(v, 0, (size_t)n * sizeof *v);
+}
+
+// Causal attention of every row and head over its slot's cache (positions 0..pos; a
+// replayed row reads the cache for 0..pos-1 and its own key/value at pos). Scores and
+// softmax in F32 as HF: scale head_dim^-0.5, max-subtracted exp, normalised, then V.
+static void attention(const Model *m, RunState *s, const Forward *f, int layer, int replay) {
+    const ModelConfig *c = &m->cfg;
+    int hd = c->head_dim, kv_dim = c->n_kv_heads * hd, q_dim = c->n_heads * hd, group = c->n_heads / c->n_kv_heads;
+    float scale = 1.0f / sqrtf((float)hd);
+    int n_pairs = f->n * c->n_heads;
+    int n_threads = max_threads() < s->n_threads ? max_threads() : s->n_threads;
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int ph = 0; ph < n_pairs; ph++) {
+        int i = ph / c->n_heads, h = ph % c->n_heads, kvh = h / group, pos = f->pos[i];
+        const float *q = s->q + (size_t)i * q_dim + (size_t)h * hd;
+        size_t base = ((size_t)layer * s->n_slots + (size_t)f->slot[i]) * s->max_seq;
+        const float *kc = s->key_cache + base * kv_dim + (size_t)kvh * hd, *vc = s->value_cache + base * kv_dim + (size_t)kvh * hd;
+        const float *k_self = s->k + (size_t)i * kv_dim + (size_t)kvh * hd, *v_self = s->v + (size_t)i * kv_dim + (size_t)kvh * hd;
+        float *scores = s->scores + (size_t)thread_id() * s->max_seq;
+        float max = -INFINITY;
+        for (int p = 0; p <= pos; p++) {
+            const float *k = replay && p == pos ? k_self : kc + (size_t)p * kv_dim;
+            float dot = 0;
+            for (int d = 0; d < hd; d++) dot += q[d] * k[d];
+            scores[p] = dot * scale;
+            if (scores[p] > max) max = scores[p];
+        }
+        float sum = 0;
+        for (int p = 0; p <= pos; p++) {
+            scores[p] = expf(scores[p] - max);
+            sum += scores[p];
+        }
+        for (int p = 0; p <= pos; p++) scores[p] /= sum;
+        float *out = s->heads + (size_t)i * q_dim + (size_t)h * hd;
+        for (int d = 0; d < hd; d++) out[d] = 0;
+        for (int p = 0; p <= pos; p++) {
+            const float *v = replay && p == pos ? v_self : vc + (size_t)p * kv_dim;
+            for (int d = 0; d < hd; d++) out[d] += scores[p] * v[d];
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// The forward pass
+
+// Checks a call against the run state before anything is computed.
+static int forward_check(const Model *m, RunState *s, const Forward *f, int replay, Err *err) {
+    const ModelConfig *c = &m->cfg;
+    if (f->n > s->max_rows) return err_runtime(err, "model_forward: %d rows, run state holds %d", f->n, s->max_rows);
+    if (f->first_layer < 0 || f->first_layer > c->n_layers)
+        return err_runtime(err, "model_forward: first_layer %d out of range [0, %d]", f->first_layer, c->n_layers);
+    if (f->first_layer > 0 && !f->x_in) return err_runtime(err, "model_forward: first_layer %d without x_in", f->first_layer);
+    if (f->resid && !f->capture_row) return err_runtime(err, "model_forward: resid without capture_row");
+    memcpy(s->slot_len_call, s->slot_len, (size_t)s->n_slots * sizeof *s->slot_len);
+    for (int i = 0; i < f->n; i++) {
+        int slot = f->slot[i], pos = f->pos[i];
+        if (!f->x_in && (f->token[i] < 0 || f->token[i] >= c->vocab_size))
+            return err_input(err, "token id %d out of range [0, %d)", f->token[i], c->vocab_size);
+        if (slot < 0 || slot >= s->n_slots) return err_runtime(err, "model_forward: row %d: slot %d out of range [0, %d)", i, slot, s->n_slots);
+        if (pos < 0 || pos >= s->max_seq)
+            return err_input(err, "position %d out of range: the run state holds %d positions", pos, s->max_seq);
+        if (pos > s->slot_len_call[slot])
+            return err_runtime(err, "model_forward: row %d: slot %d position %d, but only positions 0..%d are cached", i, slot, pos,
+                               s->slot_len_call[slot] - 1);
+        if (!replay) s->slot_len_call[slot] = pos + 1;
+        const AblationMask *mk = f->mask ? f->mask[i] : NULL;
+        if (mk && mk->kind == ABLATE_MEAN) {
+            int need_attn = 0, need_mlp = 0, need_head = 0;
+            for (int l = 0; l < c->n_layers; l++) {
+                need_attn |= mk->attn && mk->attn[l];
+                need_mlp |= mk->mlp && mk->mlp[l];
+                for (int h = 0; mk->head && h < c->n_heads; h++) need_head |= mk->head[l * c->n_heads + h];
+            }
+            if ((need_attn && !mk->attn_mean) || (need_mlp && !mk->mlp_mean) || (need_head && !mk->head_mean))
+                return err_runtime(err, "model_forward: row %d: mean ablation without its mean vectors", i);
+        }
+    }
+    return 0;
+}
+
+int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
+    const ModelConfig *c = &m->cfg;
+    int replay = f->first_layer > 0 || f->replay;
+    if (f->n <= 0) return 0;
+    if (forward_check(m, s, f, replay, err) < 0) return -1;
+    if (!replay) memcpy(s->slot_len, s->slot_len_call, (size_t)s->n_slots * sizeof *s->slot_len);
+    int n = f->n, D = c->hidden_size, L = c->n_layers, hd = c->head_dim, half = hd / 2, H = c->n_heads;
+    int q_dim = H * hd, kv_dim = c->n_kv_heads * hd, inter = c->intermediate_size;
+    float eps = c->rms_norm_eps;
+#define CAPTURE(buf, per_row, i, l) ((buf) + ((size_t)f->capture_row[i] * (per_row) + (size_t)(l)) * D)
+#define MASK(i) (f->mask ? f->mask[i] : NULL)
+
+    // Embeddings (or the residual a replay enters with) and each row's RoPE table.
+    for (int i = 0; i < n; i++) {
+        float *x = s->x + (size_t)i * D;
+        if (f->x_in) memcpy(x, f->x_in + (size_t)i * D, (size_t)D * sizeof *x);
+        else tensor_row_f32(&m->embed, f->token[i], x);
+        if (f->resid && f->capture_row[i] >= 0) memcpy(CAPTURE(f->resid, L + 1, i, f->first_layer), x, (size_t)D * sizeof *x);
+        for (int k = 0; k < half; k++) {
+            float angle = (float)f->pos[i] * m->inv_freq[k];
+            s->rope_cos[(size_t)i * half + k] = cosf(angle);
+            s->rope_sin[(size_t)i * half + k] = sinf(angle);
+        }
+    }
+
+    for (int l = f->first_layer; l < L; l++) {
+        const LayerWeights *w = &m->layers[l];
+        size_t cache_layer = (size_t)l * s->n_slots * s->max_seq;
+
+        // Attention: x += o_proj(attention(rope(q), rope(k), v)) of the normed residual.
+        for (int i = 0; i < n; i++) rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, &w->attn_norm, D, eps);
+        matmul(s->q, s->xb, n, &w->wq, &w->bq);
+        matmul(s->k, s->xb, n, &w->wk, &w->bk);
+        matmul(s->v, s->xb, n, &w->wv, &w->bv);
+        for (int i = 0; i < n; i++) {
+            const float *cos_t = s->rope_cos + (size_t)i * half, *sin_t = s->rope_sin + (size_t)i * half;
+            for (int h = 0; h < H; h++) {
+                float *q = s->q + (size_t)i * q_dim + (size_t)h * hd;
+                if (c->qk_norm) rmsnorm(q, q, &w->q_norm, hd, eps);
+                rope(q, cos_t, sin_t, hd);
+            }
+            for (int h = 0; h < c->n_kv_heads; h++) {
+                float *k = s->k + (size_t)i * kv_dim + (size_t)h * hd;
+                if (c->qk_norm) rmsnorm(k, k, &w->k_norm, hd, eps);
+                rope(k, cos_t, sin_t, hd);
+            }
+            if (!replay) { // every row's key/value is cached before any row attends
+                size_t at = (cache_layer + (size_t)f->slot[i] * s->max_seq + (size_t)f->pos[i]) * kv_dim;
+                memcpy(s->key_cache + at, s->k + (size_t)i * kv_dim, (size_t)kv_dim * sizeof(float));
+                memcpy(s->value_cache + at, s->v + (size_t)i * kv_dim, (size_t)kv_dim * sizeof(float));
+            }
+        }
+        attention(m, s, f, l, replay);
+        for (int i = 0; i < n; i++) {
+            const AblationMask *mk = MASK(i);
+            for (int h = 0; mk && mk->head && h < H; h++)
+                if (mk->head[l * H + h])
+                    ablate(s->heads + (size_t)i * q_dim + (size_t)h * hd, hd, mk->kind, mk->head_mean + (size_t)l * q_dim + (size_t)h * hd);
+        }
+        matmul(s->block_out, s->heads, n, &w->wo, NULL);
+        for (int i = 0; i < n; i++) {
+            const AblationMask *mk = MASK(i);
+            float *out = s->block_out + (size_t)i * D, *x = s->x + (size_t)i * D;
+            if (mk && mk->attn && mk->attn[l]) ablate(out, D, mk->kind, mk->attn_mean + (size_t)l * D);
+            if (f->attn_out && f->capture_row && f->capture_row[i] >= 0) memcpy(CAPTURE(f->attn_out, L, i, l), out, (size_t)D * sizeof *out);
+            for (int d = 0; d < D; d++) x[d] += out[d];
+        }
+
+        // MLP: x += down(silu(gate(h)) * up(h)), h the normed residual.
+        for (int i = 0; i < n; i++) rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, &w->mlp_norm, D, eps);
+        matmul(s->hb, s->xb, n, &w->w_gate, NULL);
+        matmul(s->hb2, s->xb, n, &w->w_up, NULL);
+        for (size_t e = 0; e < (size_t)n * inter; e++) s->hb[e] = s->hb[e] / (1.0f + expf(-s->hb[e])) * s->hb2[e];
+        matmul(s->block_out, s->hb, n, &w->w_down, NULL);
+        for (int i = 0; i < n; i++) {
+            const AblationMask *mk = MASK(i);
+            float *out = s->block_out + (size_t)i * D, *x = s->x + (size_t)i * D;
+            if (mk && mk->mlp && mk->mlp[l]) ablate(out, D, mk->kind, mk->mlp_mean + (size_t)l * D);
+            if (f->mlp_out && f->capture_row && f->capture_row[i] >= 0) memcpy(CAPTURE(f->mlp_out, L, i, l), out, (size_t)D * sizeof *out);
+            for (int d = 0; d < D; d++) x[d] += out[d];
+            if (f->resid && f->capture_row[i] >= 0) memcpy(CAPTURE(f->resid, L + 1, i, l + 1), x, (size_t)D * sizeof *x);
+        }
+    }
+
+    // Logits: final norm + lm_head of the rows that want them, LOGIT_ROWS_MAX at a time.
+    if (f->logits && f->logits_row) {
+        int i = 0, V = c->vocab_size;
+        while (i < n) {
+            int rows[LOGIT_ROWS_MAX], n_rows = 0;
+            for (; i < n && n_rows < s->logit_rows; i++)
+                if (f->logits_row[i] >= 0) {
+                    rmsnorm(s->xb + (size_t)n_rows * D, s->x + (size_t)i * D, &m->final_norm, D, eps);
+                    rows[n_rows++] = i;
+                }
+            if (!n_rows) break;
+            matmul(s->logits, s->xb, n_rows, &m->lm_head, NULL);
+            for (int r = 0; r < n_rows; r++)
+                memcpy(f->logits + (size_t)f->logits_row[rows[r]] * V, s->logits + (size_t)r * V, (size_t)V * sizeof(float));
+        }
+    }
+#undef CAPTURE
+#undef MASK
+    return 0;
+}
+
+void model_final_logits(const Model *m, const float *resid, float *logits) {
+    float *normed = xmalloc((size_t)m->cfg.hidden_size * sizeof *normed);
+    rmsnorm(normed, resid, &m->final_norm, m->cfg.hidden_size, m->cfg.rms_norm_eps);
+    matmul(logits, normed, 1, &m->lm_head, NULL);
+    free(normed);
+}
+
+// ----------------------------------------------------------------------------
+// Commands: model-info, forward, generate-ids
+
+// Shortest decimal that reads back as the same float.
+static void buf_float(Buf *b, float x) {
+    if (!isfinite(x)) {
+        buf_puts(b, "null");
+        return;
+    }
+    char tmp[32];
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(tmp, sizeof tmp, "%.*g", prec, (double)x);
+        if (strtof(tmp, NULL) == x) break;
+    }
+    buf_puts(b, tmp);
+}
+
+static void write_stdout(const Buf *b) {
+    if (b->len) fwrite(b->data, 1, b->len, stdout);
+    fflush(stdout);
+}
+
+// "1,2,3" -> ids; each must be an id of this model.
+static int parse_ids(const char *s, const Model *m, int **ids_out, int *n_out, Err *err) {
+    int n = 0, cap = 16, *ids = xmalloc((size_t)cap * sizeof *ids);
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || (*end && *end != ',')) {
+            free(ids);
+            return err_input(err, "--ids: '%s' is not a comma-separated list of token ids", s);
+        }
+        if (v < 0 || v >= m->cfg.vocab_size) {
+            free(ids);
+            return err_input(err, "--ids: token id %ld out of range [0, %d) of %s", v, m->cfg.vocab_size, m->dir);
+        }
+        if (n == cap) ids = xrealloc(ids, (size_t)(cap *= 2) * sizeof *ids);
+        ids[n++] = (int)v;
+        p = *end ? end + 1 : end;
+        if (*end && !*p) {
+            free(ids);
+            return err_input(err, "--ids: '%s' ends with a comma", s);
+        }
+    }
+    if (!n) {
+        free(ids);
+        return err_input(err, "--ids: no token ids given");
+    }
+    *ids_out = ids;
+    *n_out = n;
+    return 0;
+}
+
+// Runs ids through slot 0 from position start, CMD_MAX_ROWS rows per call; logits (n, vocab)
+// of every row when all_logits, else of the last row only (into logits[0]); resid (n, L+1,
+// hidden) when non-NULL.
+static int run_ids(const Model *m, RunState *s, const int *ids, int n, int start, const AblationMask *mask,
+                   int all_logits, float *logits, float *resid, Err *err) {
+    int rows = n < CMD_MAX_ROWS ? n : CMD_MAX_ROWS;
+    int *slot = xcalloc((size_t)rows, sizeof *slot), *pos = xmalloc((size_t)rows * sizeof *pos);
+    int *logits_row = xmalloc((size_t)rows * sizeof *logits_row), *capture_row = xmalloc((size_t)rows * sizeof *capture_row);
+    const AblationMask **masks = xmalloc((size_t)rows * sizeof *masks);
+    int rc = 0;
+    for (int i0 = 0; i0 < n && rc == 0; i0 += rows) {
+        int k = n - i0 < rows ? n - i0 : rows;
+        for (int r = 0; r < k; r++) {
+            pos[r] = start + i0 + r;
+            logits_row[r] = all_logits ? r : (i0 + r == n - 1 ? 0 : -1);
+            capture_row[r] = r;
+            masks[r] = mask;
+        }
+        Forward f = {.n = k, .token = ids + i0, .slot = slot, .pos = pos, .mask = masks,
+                     .logits = all_logits ? logits + (size_t)i0 * m->cfg.vocab_size : logits, .logits_row = logits_row,
+                     .resid = resid ? resid + (size_t)i0 * (m->cfg.n_layers + 1) * m->cfg.hidden_size : NULL,
+                     .capture_row = resid ? capture_row : NULL};
+        rc = model_forward(m, s, &f, err);
+    }
+    free(slot);
+    free(pos);
+    free(logits_row);
+    free(capture_row);
+    free(masks);
+    return rc;
+}
+
+static int argmax(const float *v, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[best]) best = i; // first of equal maxima, as torch.argmax
+    return best;
+}
+
+int cmd_model_info(int argc, char **argv) {
+    Opt opts[] = {OPT("--model", 1, "Hugging Face model directory"), OPT_END};
+    Err err = {0};
+    int r = opts_parse(opts, argc, argv, &err);
+    if (r) return r > 0 ? EXIT_OK : fail(&err);
+    const char *dir = opt_str(opts, "--model", NULL);
+    if (!dir) return err_input(&err, "model-info: --model DIR is required"), fail(&err);
+    Model m;
+    if (model_load(&m, dir, &err) < 0) return fail(&err);
+    const ModelConfig *c = &m.cfg;
+    Buf b = {0};
+    buf_puts(&b, "{\"model\":");
+    buf_json_string(&b, dir, strlen(dir));
+    buf_printf(&b, ",\"architecture\":\"%s\",\"hidden_size\":%d,\"n_layers\":%d,\"n_heads\":%d,\"n_kv_heads\":%d,\"head_dim\":%d",
+               c->architecture, c->hidden_size, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim);
+    buf_printf(&b, ",\"intermediate_size\":%d,\"vocab_size\":%d,\"max_position\":%d,\"rms_norm_eps\":", c->intermediate_size,
+               c->vocab_size, c->max_position);
+    buf_float(&b, c->rms_norm_eps);
+    buf_puts(&b, ",\"rope_theta\":");
+    buf_float(&b, c->rope_theta);
+    if (c->rope_llama3) {
+        buf_puts(&b, ",\"rope_scaling\":{\"type\":\"llama3\",\"factor\":");
+        buf_float(&b, c->rope_factor);
+        buf_puts(&b, ",\"low_freq_factor\":");
+        buf_float(&b, c->rope_low_freq_factor);
+        buf_puts(&b, ",\"high_freq_factor\":");
+        buf_float(&b, c->rope_high_freq_factor);
+        buf_printf(&b, ",\"original_max_position\":%d}", c->rope_original_max_position);
+    } else {
+        buf_puts(&b, ",\"rope_scaling\":null");
+    }
+    buf_printf(&b, ",\"tie_word_embeddings\":%s,\"qkv_bias\":%s,\"qk_norm\":%s", c->tie_word_embeddings ? "true" : "false",
+               c->qkv_bias ? "true" : "false", c->qk_norm ? "true" : "false");
+    if (c->bos_token_id >= 0) buf_printf(&b, ",\"bos_token_id\":%d", c->bos_token_id);
+    else buf_puts(&b, ",\"bos_token_id\":null");
+    buf_puts(&b, ",\"eos_token_ids\":[");
+    for (int i = 0; i < c->n_eos; i++) buf_printf(&b, "%s%d", i ? "," : "", c->eos_ids[i]);
+    buf_puts(&b, "]");
+    int n_slots = model_slots(&m, NULL);
+    TensorSlot *slots = xmalloc((size_t)n_slots * sizeof *slots);
+    model_slots(&m, slots);
+    long long n_params = 0;
+    size_t weight_bytes = 0;
+    for (int i = 0; i < n_slots; i++) {
+        n_params += (long long)slots[i].t->rows * slots[i].t->cols;
+        weight_bytes += (size_t)slots[i].t->rows * slots[i].t->cols * dtype_bytes(slots[i].t->dtype);
+    }
+    buf_printf(&b, ",\"n_params\":%lld,\"weight_bytes\":%zu,\"bytes_mapped\":%zu,\"bytes_allocated\":%zu,\"kv_cache_bytes_per_token\":%zu",
+               n_params, weight_bytes, m.bytes_mapped, m.bytes_allocated, model_kv_bytes_per_token(&m));
+    buf_puts(&b, ",\"tensors\":[");
+    for (int i = 0; i < n_slots; i++) {
+        const Tensor *t = slots[i].t;
+        buf_printf(&b, "%s{\"name\":\"%s\",\"dtype\":\"%s\",\"shape\":", i ? "," : "", slots[i].name, dtype_name(t->dtype));
+        if (slots[i].rows) buf_printf(&b, "[%d,%d]}", t->rows, t->cols);
+        else buf_printf(&b, "[%d]}", t->cols);
+    }
+    buf_puts(&b, "]}\n");
+    write_stdout(&b);
+    buf_free(&b);
+    free(slots);
+    model_free(&m);
+    return EXIT_OK;
+}
+
+// "attn:L", "mlp:L" or "head:L.H" into mask.
+static int parse_ablation(const char *spec, const ModelConfig *c, AblationMask *mask, Err *err) {
+    int layer, head = -1, used = 0;
+    char kind[8];
+    if (sscanf(spec, "%7[a-z]:%d%n", kind, &layer, &used) == 2 && spec[used] == '.' && strcmp(kind, "head") == 0) {
+        int more = 0;
+        if (sscanf(spec + used, ".%d%n", &head, &more) != 1) used = -1;
+        else used += more;
+    }
+    if (used <= 0 || spec[used] || (strcmp(kind, "head") == 0) != (head >= 0) ||
+        (strcmp(kind, "attn") && strcmp(kind, "mlp") && strcmp(kind, "head")))
+        return err_input(err, "--ablate: '%s' is not attn:L, mlp:L or head:L.H", spec);
+    if (layer < 0 || layer >= c->n_layers) return err_input(err, "--ablate %s: layer %d out of range [0, %d)", spec, layer, c->n_layers);
+    if (head >= c->n_heads) return err_input(err, "--ablate %s: head %d out of range [0, %d)", spec, head, c->n_heads);
+    if (kind[0] == 'a') mask->attn[layer] = 1;
+    else if (kind[0] == 'm') mask->mlp[layer] = 1;
+    else mask->head[layer * c->n_heads + head] = 1;
+    return 0;
+}
+
+int cmd_forward(int argc, char **argv) {
+    Opt opts[] = {OPT("--model", 1, "Hugging Face model directory"),
+                  OPT("--ids", 1, "token ids, comma-separated"),
+                  OPT("--ablate", 1, "zero a component: attn:L, mlp:L or head:L.H (repeatable)"),
+                  OPT("--hidden", 0, "also print the residual stream: L+1 vectors per position"),
+                  OPT("--top", 1, "print the K largest logits as [id, logit] pairs instead of all"),
+                  OPT_END};
+    Err err = {0};
+    int r = opts_parse(opts, argc, argv, &err);
+    if (r) return r > 0 ? EXIT_OK : fail(&err);
+    const char *dir = opt_str(opts, "--model", NULL), *ids_text = opt_str(opts, "--ids", NULL);
+    long long top_k = 0;
+    if (!dir || !ids_text) return err_input(&err, "forward: --model DIR and --ids 1,2,3 are required"), fail(&err);
+    Model m;
+    if (model_load(&m, dir, &err) < 0) return fail(&err);
+    const ModelConfig *c = &m.cfg;
+    int *ids = NULL, n = 0, rc = 0, hidden = opt_str(opts, "--hidden", NULL) != NULL;
+    AblationMask mask = {ABLATE_ZERO, xcalloc((size_t)c->n_layers, 1), xcalloc((size_t)c->n_layers, 1),
+                         xcalloc((size_t)c->n_layers * c->n_heads, 1), NULL, NULL, NULL};
+    int n_ablate = 0;
+    for (const Opt *o = opts; o->name; o++)
+        if (strcmp(o->name, "--ablate") == 0)
+            for (int i = 0; i < o->n_values && rc == 0; i++, n_ablate++) rc = parse_ablation(o->values[i], c, &mask, &err);
+    if (rc == 0) rc = opt_int(opts, "--top", 1, c->vocab_size, 0, &top_k, &err);
+    if (rc == 0) rc = parse_ids(ids_text, &m, &ids, &n, &err);
+    RunState *s = rc == 0 ? runstate_new(&m, 1, n, n < CMD_MAX_ROWS ? n : CMD_MAX_ROWS, &err) : NULL;
+    if (rc == 0 && !s) rc = -1;
+    int V = c->vocab_size, D = c->hidden_size, L = c->n_layers;
+    float *logits = rc == 0 ? xmalloc((size_t)n * V * sizeof *logits) : NULL;
+    float *resid = rc == 0 && hidden ? xmalloc((size_t)n * (L + 1) * D * sizeof *resid) : NULL;
+    if (rc == 0) rc = run_ids(&m, s, ids, n, 0, n_ablate ? &mask : NULL, 1, logits, resid, &err);
+    if (rc == 0) {
+        Buf b = {0};
+        int *order = top_k ? xmalloc((size_t)V * sizeof *order) : NULL;
+        for (int i = 0; i < n; i++) {
+            const float *lg = logits + (size_t)i * V;
+            buf_printf(&b, "{\"pos\":%d,", i);
+            if (top_k) { // selection of the K largest, ties to the lower id
+                buf_puts(&b, "\"top\":[");
+                for (int v = 0; v < V; v++) order[v] = v;
+                for (int k = 0; k < top_k; k++) {
+                    int best = k;
+                    for (int v = k + 1; v < V; v++)
+                        if (lg[order[v]] > lg[order[best]] || (lg[order[v]] == lg[order[best]] && order[v] < order[best])) best = v;
+                    int t = order[k];
+                    order[k] = order[best];
+                    order[best] = t;
+                    buf_printf(&b, "%s[%d,", k ? "," : "", order[k]);
+                    buf_float(&b, lg[order[k]]);
+                    buf_putc(&b, ']');
+                }
+            } else {
+                buf_puts(&b, "\"logits\":[");
+                for (int v = 0; v < V; v++) {
+                    if (v) buf_putc(&b, ',');
+                    buf_float(&b, lg[v]);
+                }
+            }
+            buf_putc(&b, ']');
+            if (hidden) {
+                buf_puts(&b, ",\"hidden\":[");
+                for (int l = 0; l <= L; l++) {
+                    const float *h = resid + ((size_t)i * (L + 1) + l) * D;
+                    buf_puts(&b, l ? ",[" : "[");
+                    for (int d = 0; d < D; d++) {
+                        if (d) buf_putc(&b, ',');
+                        buf_float(&b, h[d]);
+                    }
+                    buf_putc(&b, ']');
+                }
+                buf_putc(&b, ']');
+            }
+            buf_puts(&b, "}\n");
+            if (b.len > (1u << 20)) { // stream long outputs; nothing is written before the pass succeeded
+                write_stdout(&b);
+                b.len = 0;
+            }
+        }
+        write_stdout(&b);
+        buf_free(&b);
+        free(order);
+    }
+    free(logits);
+    free(resid);
+    free(ids);
+    free(mask.attn);
+    free(mask.mlp);
+    free(mask.head);
+    runstate_free(s);
+    model_free(&m);
+    return rc < 0 ? fail(&err) : EXIT_OK;
+}
+
+int cmd_generate_ids(int argc, char **argv) {
+    Opt opts[] = {OPT("--model", 1, "Hugging Face model directory"),
+                  OPT("--ids", 1, "prompt token ids, comma-separated"),
+                  OPT("--max-new", 1, "tokens to generate at most (stops after an eos id); prints the new ids"),
+                  OPT_END};
+    Err err = {0};
+    int r = opts_parse(opts, argc, argv, &err);
+    if (r) return r > 0 ? EXIT_OK : fail(&err);
+    const char *dir = opt_str(opts, "--model", NULL), *ids_text = opt_str(opts, "--ids", NULL);
+    if (!dir || !ids_text) return err_input(&err, "generate-ids: --model DIR and --ids 1,2,3 are required"), fail(&err);
+    long long max_new;
+    if (opt_int(opts, "--max-new", 0, 1 << 20, 16, &max_new, &err) < 0) return fail(&err);
+    Model m;
+    if (model_load(&m, dir, &err) < 0) return fail(&err);
+    int *ids = NULL, n = 0, rc = parse_ids(ids_text, &m, &ids, &n, &err);
+    RunState *s = rc == 0 ? runstate_new(&m, 1, n + (int)max_new, n < CMD_MAX_ROWS ? n : CMD_MAX_ROWS, &err) : NULL;
+    if (rc == 0 && !s) rc = -1;
+    float *logits = xmalloc((size_t)m.cfg.vocab_size * sizeof *logits);
+    Buf b = {0};
+    buf_puts(&b, "{\"ids\":[");
+    if (rc == 0 && max_new > 0) rc = run_ids(&m, s, ids, n, 0, NULL, 0, logits, NULL, &err);
+    for (int k = 0; rc == 0 && k < max_new; k++) {
+        int next = argmax(logits, m.cfg.vocab_size), is_eos = 0;
+        buf_printf(&b, "%s%d", k ? "," : "", next);
+        for (int e = 0; e < m.cfg.n_eos; e++) is_eos |= next == m.cfg.eos_ids[e];
+        if (is_eos || k + 1 == max_new) break;
+        rc = run_ids(&m, s, &next, 1, n + k, NULL, 0, logits, NULL, &err);
+    }
+    buf_puts(&b, "]}\n");
+    if (rc == 0) write_stdout(&b);
+    buf_free(&b);
+    free(logits);
+    free(ids);
+    runstate_free(s);
+    model_free(&m);
+    return rc < 0 ? fail(&err) : EXIT_OK;
+}
+
 int cmd_make_bench_model(int argc, char **argv) { return not_built(argc, argv); }
 int cmd_bench(int argc, char **argv) { return not_built(argc, argv); }
