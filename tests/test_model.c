@@ -486,7 +486,7 @@ static void t_model_replay(void) {
     }
 
     // Ablations at position p only: many masks in one replay batch versus full passes.
-    struct { const char *component; int layer, head; } cases[] = {{"attn", 0, 0}, {"mlp", 0, 0}, {"head", 0, 1}, {"attn", 1, 0}, {"mlp", 2, 0}};
+    struct { const char *component; int layer, head; } cases[] = {{"mlp", 2, 0}, {"mlp", 0, 0}, {"head", 0, 1}, {"attn", 1, 0}, {"attn", 0, 0}}; // last changes later keys
     enum { N_CASES = sizeof cases / sizeof cases[0] };
     MaskStore ms[N_CASES];
     const AblationMask *masks[N_CASES], **full_masks = xcalloc((size_t)T, sizeof *full_masks);
