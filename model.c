@@ -24,6 +24,7 @@
 #define MAX_EOS 8             // eos ids kept (ModelConfig.eos_ids)
 #define MATMUL_W_ROWS 4       // weight rows per matmul block: each x load feeds this many dot products
 #define MATMUL_CHUNK 256      // weight columns converted to F32 at a time, on the stack
+#define MATMUL_LANES 8        // independent partial sums per dot product: what SIMD lanes compute
 #define LOGIT_ROWS_MAX 64     // rows per lm_head pass (scratch: LOGIT_ROWS_MAX x vocab floats)
 #define CMD_MAX_ROWS 256      // prefill chunk of the inspection commands
 
@@ -632,6 +633,7 @@ struct RunState {
     float *value_cache; // (n_layers, n_slots, max_seq, kv_dim)
     int *slot_len;      // (n_slots) positions 0..slot_len-1 are in the cache
     int *slot_len_call; // (n_slots) slot_len as this call will leave it (validation)
+    int *slot_pos_call; // (n_slots) last position this call writes in each slot, -1 = none (validation)
     float *x;           // (max_rows, hidden) residual stream
     float *xb;          // (max_rows, hidden) normed input of a block
     float *block_out;   // (max_rows, hidden) attention or MLP output before the residual add
@@ -686,7 +688,8 @@ RunState *runstate_new(const Model *m, int n_slots, int max_seq, int max_rows, E
     s->logits = rs_alloc(s, (size_t)s->logit_rows * (size_t)c->vocab_size, &failed);
     s->slot_len = xcalloc((size_t)n_slots, sizeof *s->slot_len);
     s->slot_len_call = xcalloc((size_t)n_slots, sizeof *s->slot_len_call);
-    s->bytes += 2 * (size_t)n_slots * sizeof(int);
+    s->slot_pos_call = xcalloc((size_t)n_slots, sizeof *s->slot_pos_call);
+    s->bytes += 3 * (size_t)n_slots * sizeof(int);
     if (failed) {
         size_t bytes = s->bytes;
         runstate_free(s);
@@ -702,6 +705,7 @@ void runstate_free(RunState *s) {
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s->slot_len);
     free(s->slot_len_call);
+    free(s->slot_pos_call);
     free(s);
 }
 
@@ -739,17 +743,36 @@ static void matmul(float *out, const float *x, int n, const Tensor *w, const Ten
             for (int k = 0; k < MATMUL_W_ROWS; k++) tensor_span_f32(w, o0 + (k < nw ? k : 0), c, len, wc[k]);
             for (int r = 0; r < n; r++) {
                 const float *xr = x + (size_t)r * d_in + c;
-                float sum[MATMUL_W_ROWS] = {0};
-                for (int i = 0; i < len; i++)
-                    for (int k = 0; k < MATMUL_W_ROWS; k++) sum[k] += xr[i] * wc[k][i];
+                float acc[MATMUL_W_ROWS][MATMUL_LANES] = {{0}}; // lane l sums the columns i = l mod LANES
+                int i = 0;
+                for (; i + MATMUL_LANES <= len; i += MATMUL_LANES)
+                    for (int k = 0; k < MATMUL_W_ROWS; k++)
+                        for (int l = 0; l < MATMUL_LANES; l++) acc[k][l] += xr[i + l] * wc[k][i + l];
+                for (; i < len; i++)
+                    for (int k = 0; k < MATMUL_W_ROWS; k++) acc[k][i % MATMUL_LANES] += xr[i] * wc[k][i];
                 float *o = out + (size_t)r * d_out + o0;
-                for (int k = 0; k < nw; k++) o[k] = c ? o[k] + sum[k] : sum[k];
+                for (int k = 0; k < nw; k++) {
+                    float sum = 0;
+                    for (int l = 0; l < MATMUL_LANES; l++) sum += acc[k][l];
+                    o[k] = c ? o[k] + sum : sum;
+                }
             }
         }
         if (bias && bias->data)
             for (int r = 0; r < n; r++)
                 for (int k = 0; k < nw; k++) out[(size_t)r * d_out + o0 + k] += tensor_at(bias, (size_t)(o0 + k));
     }
+}
+
+// Dot product in MATMUL_LANES partial sums (vectorisable, fixed order).
+static float dot(const float *a, const float *b, int n) {
+    float acc[MATMUL_LANES] = {0}, sum = 0;
+    int i = 0;
+    for (; i + MATMUL_LANES <= n; i += MATMUL_LANES)
+        for (int l = 0; l < MATMUL_LANES; l++) acc[l] += a[i + l] * b[i + l];
+    for (; i < n; i++) acc[i % MATMUL_LANES] += a[i] * b[i];
+    for (int l = 0; l < MATMUL_LANES; l++) sum += acc[l];
+    return sum;
 }
 
 // HF rotate_half RoPE on one head: pairs (i, i + half), cos/sin tables cat(freqs, freqs).
@@ -775,7 +798,8 @@ static void attention(const Model *m, RunState *s, const Forward *f, int layer, 
     int hd = c->head_dim, kv_dim = c->n_kv_heads * hd, q_dim = c->n_heads * hd, group = c->n_heads / c->n_kv_heads;
     float scale = 1.0f / sqrtf((float)hd);
     int n_pairs = f->n * c->n_heads;
-    int n_threads = max_threads() < s->n_threads ? max_threads() : s->n_threads;
+    int n_threads = max_threads() < s->n_threads ? max_threads() : s->n_threads; // threads with a score buffer
+    (void)n_threads;                                                            // unused without OpenMP
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int ph = 0; ph < n_pairs; ph++) {
         int i = ph / c->n_heads, h = ph % c->n_heads, kvh = h / group, pos = f->pos[i];
@@ -787,9 +811,7 @@ static void attention(const Model *m, RunState *s, const Forward *f, int layer, 
         float max = -INFINITY;
         for (int p = 0; p <= pos; p++) {
             const float *k = replay && p == pos ? k_self : kc + (size_t)p * kv_dim;
-            float dot = 0;
-            for (int d = 0; d < hd; d++) dot += q[d] * k[d];
-            scores[p] = dot * scale;
+            scores[p] = dot(q, k, hd) * scale;
             if (scores[p] > max) max = scores[p];
         }
         float sum = 0;
@@ -819,6 +841,7 @@ static int forward_check(const Model *m, RunState *s, const Forward *f, int repl
     if (f->first_layer > 0 && !f->x_in) return err_runtime(err, "model_forward: first_layer %d without x_in", f->first_layer);
     if (f->resid && !f->capture_row) return err_runtime(err, "model_forward: resid without capture_row");
     memcpy(s->slot_len_call, s->slot_len, (size_t)s->n_slots * sizeof *s->slot_len);
+    for (int k = 0; k < s->n_slots; k++) s->slot_pos_call[k] = -1;
     for (int i = 0; i < f->n; i++) {
         int slot = f->slot[i], pos = f->pos[i];
         if (!f->x_in && (f->token[i] < 0 || f->token[i] >= c->vocab_size))
@@ -829,7 +852,10 @@ static int forward_check(const Model *m, RunState *s, const Forward *f, int repl
         if (pos > s->slot_len_call[slot])
             return err_runtime(err, "model_forward: row %d: slot %d position %d, but only positions 0..%d are cached", i, slot, pos,
                                s->slot_len_call[slot] - 1);
-        if (!replay) s->slot_len_call[slot] = pos + 1;
+        if (!replay && pos <= s->slot_pos_call[slot]) // two rows would write one cache entry
+            return err_runtime(err, "model_forward: row %d: slot %d position %d after position %d in the same call", i, slot, pos,
+                               s->slot_pos_call[slot]);
+        if (!replay) s->slot_len_call[slot] = pos + 1, s->slot_pos_call[slot] = pos;
         const AblationMask *mk = f->mask ? f->mask[i] : NULL;
         if (mk && mk->kind == ABLATE_MEAN) {
             int need_attn = 0, need_mlp = 0, need_head = 0;
@@ -1135,88 +1161,98 @@ static int parse_ablation(const char *spec, const ModelConfig *c, AblationMask *
     return 0;
 }
 
+typedef struct {
+    float logit;
+    int id;
+} Ranked;
+
+static int cmp_ranked(const void *a, const void *b) { // larger logit first, ties to the lower id
+    const Ranked *x = a, *y = b;
+    if (x->logit != y->logit) return x->logit > y->logit ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+// One JSON line per position: logits (all, or the top K as [id, logit]) and the residual stream.
+static void print_position(Buf *b, int pos, const float *logits, int V, int top_k, Ranked *ranked, const float *resid, int L, int D) {
+    buf_printf(b, "{\"pos\":%d,", pos);
+    if (top_k) {
+        for (int v = 0; v < V; v++) ranked[v] = (Ranked){logits[v], v};
+        qsort(ranked, (size_t)V, sizeof *ranked, cmp_ranked);
+        buf_puts(b, "\"top\":[");
+        for (int k = 0; k < top_k; k++) {
+            buf_printf(b, "%s[%d,", k ? "," : "", ranked[k].id);
+            buf_float(b, ranked[k].logit);
+            buf_putc(b, ']');
+        }
+    } else {
+        buf_puts(b, "\"logits\":[");
+        for (int v = 0; v < V; v++) {
+            if (v) buf_putc(b, ',');
+            buf_float(b, logits[v]);
+        }
+    }
+    buf_putc(b, ']');
+    if (resid) {
+        buf_puts(b, ",\"hidden\":[");
+        for (int l = 0; l <= L; l++) {
+            buf_puts(b, l ? ",[" : "[");
+            for (int d = 0; d < D; d++) {
+                if (d) buf_putc(b, ',');
+                buf_float(b, resid[(size_t)l * D + d]);
+            }
+            buf_putc(b, ']');
+        }
+        buf_putc(b, ']');
+    }
+    buf_puts(b, "}\n");
+}
+
 int cmd_forward(int argc, char **argv) {
     Opt opts[] = {OPT("--model", 1, "Hugging Face model directory"),
                   OPT("--ids", 1, "token ids, comma-separated"),
-                  OPT("--ablate", 1, "zero a component: attn:L, mlp:L or head:L.H (repeatable)"),
-                  OPT("--hidden", 0, "also print the residual stream: L+1 vectors per position"),
-                  OPT("--top", 1, "print the K largest logits as [id, logit] pairs instead of all"),
+                  OPT("--ablate", 1, "zero a component at every position: attn:L, mlp:L or head:L.H (repeatable)"),
+                  OPT("--hidden", 0, "also print the residual stream: L+1 vectors per position, [0] = embeddings"),
+                  OPT("--top", 1, "print the K largest logits as \"top\": [[id, logit], ...] instead of all"),
                   OPT_END};
     Err err = {0};
     int r = opts_parse(opts, argc, argv, &err);
     if (r) return r > 0 ? EXIT_OK : fail(&err);
     const char *dir = opt_str(opts, "--model", NULL), *ids_text = opt_str(opts, "--ids", NULL);
-    long long top_k = 0;
     if (!dir || !ids_text) return err_input(&err, "forward: --model DIR and --ids 1,2,3 are required"), fail(&err);
     Model m;
     if (model_load(&m, dir, &err) < 0) return fail(&err);
     const ModelConfig *c = &m.cfg;
-    int *ids = NULL, n = 0, rc = 0, hidden = opt_str(opts, "--hidden", NULL) != NULL;
-    AblationMask mask = {ABLATE_ZERO, xcalloc((size_t)c->n_layers, 1), xcalloc((size_t)c->n_layers, 1),
-                         xcalloc((size_t)c->n_layers * c->n_heads, 1), NULL, NULL, NULL};
-    int n_ablate = 0;
+    int V = c->vocab_size, D = c->hidden_size, L = c->n_layers, hidden = opt_str(opts, "--hidden", NULL) != NULL;
+    AblationMask mask = {ABLATE_ZERO, xcalloc((size_t)L, 1), xcalloc((size_t)L, 1), xcalloc((size_t)L * c->n_heads, 1), NULL, NULL, NULL};
+    int *ids = NULL, n = 0, rc = 0, n_ablate = 0;
+    long long top_k = 0;
     for (const Opt *o = opts; o->name; o++)
         if (strcmp(o->name, "--ablate") == 0)
             for (int i = 0; i < o->n_values && rc == 0; i++, n_ablate++) rc = parse_ablation(o->values[i], c, &mask, &err);
-    if (rc == 0) rc = opt_int(opts, "--top", 1, c->vocab_size, 0, &top_k, &err);
+    if (rc == 0) rc = opt_int(opts, "--top", 1, V, 0, &top_k, &err);
     if (rc == 0) rc = parse_ids(ids_text, &m, &ids, &n, &err);
-    RunState *s = rc == 0 ? runstate_new(&m, 1, n, n < CMD_MAX_ROWS ? n : CMD_MAX_ROWS, &err) : NULL;
+    int rows = n < CMD_MAX_ROWS ? n : CMD_MAX_ROWS;
+    RunState *s = rc == 0 ? runstate_new(&m, 1, n, rows, &err) : NULL;
     if (rc == 0 && !s) rc = -1;
-    int V = c->vocab_size, D = c->hidden_size, L = c->n_layers;
-    float *logits = rc == 0 ? xmalloc((size_t)n * V * sizeof *logits) : NULL;
-    float *resid = rc == 0 && hidden ? xmalloc((size_t)n * (L + 1) * D * sizeof *resid) : NULL;
-    if (rc == 0) rc = run_ids(&m, s, ids, n, 0, n_ablate ? &mask : NULL, 1, logits, resid, &err);
-    if (rc == 0) {
-        Buf b = {0};
-        int *order = top_k ? xmalloc((size_t)V * sizeof *order) : NULL;
-        for (int i = 0; i < n; i++) {
-            const float *lg = logits + (size_t)i * V;
-            buf_printf(&b, "{\"pos\":%d,", i);
-            if (top_k) { // selection of the K largest, ties to the lower id
-                buf_puts(&b, "\"top\":[");
-                for (int v = 0; v < V; v++) order[v] = v;
-                for (int k = 0; k < top_k; k++) {
-                    int best = k;
-                    for (int v = k + 1; v < V; v++)
-                        if (lg[order[v]] > lg[order[best]] || (lg[order[v]] == lg[order[best]] && order[v] < order[best])) best = v;
-                    int t = order[k];
-                    order[k] = order[best];
-                    order[best] = t;
-                    buf_printf(&b, "%s[%d,", k ? "," : "", order[k]);
-                    buf_float(&b, lg[order[k]]);
-                    buf_putc(&b, ']');
-                }
-            } else {
-                buf_puts(&b, "\"logits\":[");
-                for (int v = 0; v < V; v++) {
-                    if (v) buf_putc(&b, ',');
-                    buf_float(&b, lg[v]);
-                }
-            }
-            buf_putc(&b, ']');
-            if (hidden) {
-                buf_puts(&b, ",\"hidden\":[");
-                for (int l = 0; l <= L; l++) {
-                    const float *h = resid + ((size_t)i * (L + 1) + l) * D;
-                    buf_puts(&b, l ? ",[" : "[");
-                    for (int d = 0; d < D; d++) {
-                        if (d) buf_putc(&b, ',');
-                        buf_float(&b, h[d]);
-                    }
-                    buf_putc(&b, ']');
-                }
-                buf_putc(&b, ']');
-            }
-            buf_puts(&b, "}\n");
-            if (b.len > (1u << 20)) { // stream long outputs; nothing is written before the pass succeeded
+    float *logits = xmalloc((size_t)rows * V * sizeof *logits);
+    float *resid = hidden ? xmalloc((size_t)rows * (L + 1) * D * sizeof *resid) : NULL;
+    Ranked *ranked = top_k ? xmalloc((size_t)V * sizeof *ranked) : NULL;
+    Buf b = {0};
+    // Every input was checked above, so a chunk's output is final once it is computed.
+    for (int i0 = 0; rc == 0 && i0 < n; i0 += rows) {
+        int k = n - i0 < rows ? n - i0 : rows;
+        rc = run_ids(&m, s, ids + i0, k, i0, n_ablate ? &mask : NULL, 1, logits, resid, &err);
+        for (int i = 0; rc == 0 && i < k; i++) {
+            print_position(&b, i0 + i, logits + (size_t)i * V, V, (int)top_k, ranked, resid ? resid + (size_t)i * (L + 1) * D : NULL, L, D);
+            if (b.len > (1u << 20)) {
                 write_stdout(&b);
                 b.len = 0;
             }
         }
-        write_stdout(&b);
-        buf_free(&b);
-        free(order);
     }
+    if (rc == 0) write_stdout(&b);
+    buf_free(&b);
+    free(ranked);
     free(logits);
     free(resid);
     free(ids);

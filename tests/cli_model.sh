@@ -18,6 +18,10 @@ else
         expect "generate-ids $name equals HF greedy" 0 "^\{\"ids\":\[$want\]\}$" "$BT" generate-ids --model "$d" --ids "$prompt" --max-new 24 --threads 2
     done
 
+    d=$REF/llama3_tiny
+    prompt=$(grep -o '"input_ids":\[\[[0-9,]*\]' "$d/expected.json" | sed 's/.*\[\[//; s/\]$//')
+    first=$(grep -o '"new_tokens":\[[0-9]*' "$d/expected.json" | sed 's/.*\[//')
+    expect "forward --top 1 of the last position is HF's first greedy token" 0 "^\{\"pos\":47,\"top\":\[\[$first," sh -c "\"$BT\" forward --model $d --ids $prompt --top 1 | tail -n 1"
     out=$("$BT" forward --model $M --ids 5,17,300,2)
     n=$(echo "$out" | wc -l)
     n_logits=$(echo "$out" | head -n 1 | grep -o , | wc -l) # "pos":0, then 383 between logits

@@ -572,6 +572,12 @@ static void t_model_forward_rejects_bad_calls(void) {
     slot[0] = 2;
     CHECK(model_forward(&ref.m, s, &f, &err) == -1 && strstr(err.msg, "slot"));
     slot[0] = 0;
+    f.n = 2; // two rows writing slot 0 position 0
+    pos[1] = 0;
+    CHECK(model_forward(&ref.m, s, &f, &err) == -1 && strstr(err.msg, "same call"));
+    pos[1] = 1;
+    CHECK(model_forward(&ref.m, s, &f, &err) == 0);
+    f.n = 1;
     f.first_layer = 1;
     CHECK(model_forward(&ref.m, s, &f, &err) == -1 && strstr(err.msg, "x_in"));
     runstate_free(s);
