@@ -345,7 +345,10 @@ typedef struct {
 } AblationMask;
 
 // KV cache and scratch for one model: n_slots sequences of up to max_seq tokens,
-// forward calls of up to max_rows tokens.
+// forward calls of up to max_rows tokens. The cache is F32; attention score buffers
+// exist for the threads in use at creation (more threads later are capped to those).
+// It remembers how many positions of each slot are cached: a row at pos p needs
+// 0..p-1 there (a row at a smaller pos than cached rewinds the slot to p + 1).
 typedef struct RunState RunState;
 
 RunState *runstate_new(const Model *m, int n_slots, int max_seq, int max_rows, Err *err);
@@ -376,6 +379,10 @@ typedef struct {
     const int *capture_row; // (n) or NULL = no capture
 } Forward;
 
+// Returns -1 with a message for a call that breaks the contract (rows > max_rows, a slot or
+// position out of range, a position whose prefix is not cached, two rows writing one cache
+// entry, mean ablation without means) before computing anything; token ids out of range
+// and positions past max_seq are EXIT_BAD_INPUT, the rest EXIT_RUNTIME.
 int model_forward(const Model *m, RunState *s, const Forward *f, Err *err);
 void model_final_logits(const Model *m, const float *resid, float *logits); // final norm + lm_head of one residual (hidden) -> (vocab)
 size_t model_kv_bytes_per_token(const Model *m); // KV cache bytes one position of one sequence takes

@@ -535,7 +535,7 @@ static int model_slots(Model *m, TensorSlot *slots) {
     return n;
 }
 
-static int bind_tensor(Model *m, const Checkpoint *ck, const TensorSlot *s, Err *err) {
+static int bind_tensor(const Checkpoint *ck, const TensorSlot *s, Err *err) {
     int e = checkpoint_find(ck, s->name);
     if (e < 0)
         return err_input(err, "%s: tensor '%s' is missing", ck->index_path[0] ? ck->index_path : ck->paths[0], s->name);
@@ -557,7 +557,6 @@ static int bind_tensor(Model *m, const Checkpoint *ck, const TensorSlot *s, Err 
     s->t->dtype = (DType)x->dtype_id;
     s->t->rows = s->rows ? s->rows : 1;
     s->t->cols = s->cols;
-    (void)m;
     return 0;
 }
 
@@ -607,7 +606,7 @@ int model_load(Model *m, const char *dir, Err *err) {
     TensorSlot *slots = xmalloc((size_t)n_slots * sizeof *slots);
     model_slots(m, slots);
     int rc = 0;
-    for (int i = 0; i < n_slots && rc == 0; i++) rc = bind_tensor(m, &ck, &slots[i], err);
+    for (int i = 0; i < n_slots && rc == 0; i++) rc = bind_tensor(&ck, &slots[i], err);
     free(slots);
     checkpoint_free(&ck);
     if (rc < 0) {
@@ -800,7 +799,7 @@ static void attention(const Model *m, RunState *s, const Forward *f, int layer, 
     int n_pairs = f->n * c->n_heads;
     int n_threads = max_threads() < s->n_threads ? max_threads() : s->n_threads; // threads with a score buffer
     (void)n_threads;                                                            // unused without OpenMP
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+#pragma omp parallel for num_threads(n_threads) schedule(static, 1) // round robin: rows of a prefill differ in length
     for (int ph = 0; ph < n_pairs; ph++) {
         int i = ph / c->n_heads, h = ph % c->n_heads, kvh = h / group, pos = f->pos[i];
         const float *q = s->q + (size_t)i * q_dim + (size_t)h * hd;
