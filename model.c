@@ -253,15 +253,20 @@ static int st_map(Model *m, Checkpoint *ck, const char *path, Err *err) {
     }
     json_free(&j);
     if (rc < 0) return -1;
-    // No two tensors may share bytes: sort this file's entries by offset and compare neighbours.
+    // No two tensors may share bytes: in order of offset, each starts after every earlier one ends.
     int n_file = ck->n - first;
     StEntry **by_begin = xmalloc((size_t)(n_file ? n_file : 1) * sizeof *by_begin);
     for (int i = 0; i < n_file; i++) by_begin[i] = &ck->v[first + i];
     qsort(by_begin, (size_t)n_file, sizeof *by_begin, cmp_entry_begin);
-    for (int i = 0; i + 1 < n_file && rc == 0; i++)
-        if (by_begin[i]->end > by_begin[i + 1]->begin && by_begin[i + 1]->end > by_begin[i + 1]->begin)
-            rc = err_input(err, "%s: tensors '%s' and '%s' overlap (bytes %zu-%zu and %zu-%zu)", path, by_begin[i]->name,
-                           by_begin[i + 1]->name, by_begin[i]->begin, by_begin[i]->end, by_begin[i + 1]->begin, by_begin[i + 1]->end);
+    const StEntry *reach = NULL; // the earlier tensor that ends last
+    for (int i = 0; i < n_file && rc == 0; i++) {
+        const StEntry *e = by_begin[i];
+        if (e->end == e->begin) continue; // empty tensors hold no bytes
+        if (reach && reach->end > e->begin)
+            rc = err_input(err, "%s: tensors '%s' and '%s' overlap (bytes %zu-%zu and %zu-%zu)", path, reach->name, e->name,
+                           reach->begin, reach->end, e->begin, e->end);
+        if (!reach || e->end > reach->end) reach = e;
+    }
     free(by_begin);
     return rc;
 }

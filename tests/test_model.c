@@ -780,6 +780,53 @@ static void t_model_eos_ids(void) {
     expect_load_error(d, "bad eos", "generation_config.json:1: eos_token_id must be", NULL);
 }
 
+// Random damage to a shard's header never crashes the loader: it loads (and runs) or says why.
+static void t_model_fuzz_safetensors_header(void) {
+    const char *d = copy_model("qwen2_tiny_bf16_tied");
+    if (!d) SKIP("shared/reference/qwen2_tiny_bf16_tied is absent");
+    char path[1100];
+    snprintf(path, sizeof path, "%s/model-00002-of-00002.safetensors", d);
+    Buf orig = {0};
+    Err err = {0};
+    CHECK(read_file(path, &orig, &err) == 0);
+    size_t header = 8 + ((unsigned char)orig.data[0] | (size_t)(unsigned char)orig.data[1] << 8);
+    static const char alphabet[] = "{}[],:\"0123456789-eE. aFBI\\";
+    Rng rng;
+    rng_seed(&rng, 20251223);
+    int loaded = 0, refused = 0;
+    char *bytes = xmalloc(orig.len);
+    for (int iter = 0; iter < 300; iter++) {
+        memcpy(bytes, orig.data, orig.len);
+        int n_edits = 1 + (int)rng_below(&rng, 3);
+        for (int e = 0; e < n_edits; e++) {
+            size_t at = rng_below(&rng, 10) == 0 ? rng_below(&rng, 8) : 8 + rng_below(&rng, header - 8);
+            bytes[at] = alphabet[rng_below(&rng, sizeof alphabet - 1)];
+        }
+        size_t len = rng_below(&rng, 8) == 0 ? rng_below(&rng, orig.len) : orig.len;
+        FILE *f = fopen(path, "wb");
+        CHECK(f && fwrite(bytes, 1, len, f) == len);
+        if (f) fclose(f);
+        Model m;
+        memset(&err, 0, sizeof err);
+        if (model_load(&m, d, &err) == 0) {
+            RunState *s = runstate_new(&m, 1, 4, 4, &err);
+            int ids[4] = {1, 2, 3, 4};
+            float *logits = xmalloc((size_t)4 * m.cfg.vocab_size * sizeof(float));
+            if (s) run_seq(&m, s, 0, ids, 4, NULL, logits, NULL, NULL, NULL);
+            free(logits);
+            runstate_free(s);
+            model_free(&m);
+            loaded++;
+        } else {
+            CHECKF(err.code == EXIT_BAD_INPUT && err.msg[0], "iteration %d: code %d '%s'", iter, err.code, err.msg);
+            refused++;
+        }
+    }
+    CHECK(refused > 200 && loaded + refused == 300); // most damage is caught; some edits (padding, a digit of a 1-D shape) are not damage
+    free(bytes);
+    buf_free(&orig);
+}
+
 const TestCase tests_model[] = {
     {"model_reference_config_weights_rope", t_model_reference_config_weights_rope},
     {"model_reference_logits_and_hidden", t_model_reference_logits_and_hidden},
@@ -793,5 +840,6 @@ const TestCase tests_model[] = {
     {"model_bad_safetensors", t_model_bad_safetensors},
     {"model_bad_config_and_shards", t_model_bad_config_and_shards},
     {"model_eos_ids", t_model_eos_ids},
+    {"model_fuzz_safetensors_header", t_model_fuzz_safetensors_header},
     {0, 0},
 };
