@@ -476,8 +476,12 @@ static int config_parse(ModelConfig *c, const char *dir, Err *err) {
     if (act >= 0 && !json_eq(&j, act, "silu")) { rc = err_input(err, "%s:%d: hidden_act must be \"silu\"", path, json_line(&j, act)); goto done; }
     if (c->n_heads % c->n_kv_heads)
         rc = err_input(err, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->n_heads, c->n_kv_heads);
-    else if (c->head_dim % 2)
-        rc = err_input(err, "%s: head_dim %d must be even for RoPE", path, c->head_dim);
+    else if (c->head_dim < 2 || c->head_dim % 2)
+        rc = err_input(err, "%s: head_dim %d must be even and positive for RoPE", path, c->head_dim);
+    else if (c->n_layers > 4096 || c->n_heads > 4096 || c->head_dim > 4096 || c->hidden_size > (1 << 20) ||
+             c->intermediate_size > (1 << 22) || c->vocab_size > (1 << 24))
+        rc = err_input(err, "%s: sizes beyond what bt supports (layers, heads, head_dim <= 4096; hidden <= 2^20; "
+                       "intermediate <= 2^22; vocab <= 2^24)", path);
 done:
     json_free(&j);
     buf_free(&text);

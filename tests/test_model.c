@@ -607,6 +607,18 @@ static const char *copy_model(const char *name) {
     return dst;
 }
 
+// text with its first `from` replaced by `to` into out; 0, or -1 when from is absent.
+static int replace_first(Buf *out, const char *text, size_t len, const char *from, const char *to) {
+    char *copy = xstrndup(text, len), *at = strstr(copy, from);
+    if (at) {
+        buf_append(out, copy, (size_t)(at - copy));
+        buf_puts(out, to);
+        buf_append(out, at + strlen(from), len - (size_t)(at - copy) - strlen(from));
+    }
+    free(copy);
+    return at ? 0 : -1;
+}
+
 // Replaces the first `from` in the text of DIR/FILE by `to`.
 static void edit_text(const char *dir, const char *file, const char *from, const char *to) {
     char path[1100];
@@ -614,14 +626,8 @@ static void edit_text(const char *dir, const char *file, const char *from, const
     Buf b = {0}, out = {0};
     Err err = {0};
     CHECKF(read_file(path, &b, &err) == 0, "%s", err.msg);
-    char *at = b.data ? strstr(b.data, from) : NULL;
-    CHECKF(at != NULL, "'%s' not in %s", from, path);
-    if (at) {
-        buf_append(&out, b.data, (size_t)(at - b.data));
-        buf_puts(&out, to);
-        buf_puts(&out, at + strlen(from));
-        CHECK(write_file_atomic(path, out.data, out.len, &err) == 0);
-    }
+    CHECKF(replace_first(&out, b.data, b.len, from, to) == 0, "'%s' not in %s", from, path);
+    CHECK(write_file_atomic(path, out.data, out.len, &err) == 0);
     buf_free(&b);
     buf_free(&out);
 }
@@ -630,29 +636,21 @@ static void edit_text(const char *dir, const char *file, const char *from, const
 static void edit_header(const char *dir, const char *file, const char *from, const char *to) {
     char path[1100];
     snprintf(path, sizeof path, "%s/%s", dir, file);
-    Buf b = {0}, out = {0};
+    Buf b = {0}, h = {0}, out = {0};
     Err err = {0};
     CHECKF(read_file(path, &b, &err) == 0, "%s", err.msg);
     uint64_t n = 0;
     for (int i = 7; i >= 0; i--) n = n << 8 | (unsigned char)b.data[i];
-    char *header = xstrndup(b.data + 8, (size_t)n), *at = strstr(header, from);
-    CHECKF(at != NULL, "'%s' not in the header of %s", from, path);
-    if (at) {
-        Buf h = {0};
-        buf_append(&h, header, (size_t)(at - header));
-        buf_puts(&h, to);
-        buf_puts(&h, at + strlen(from));
-        while (h.len % 8) buf_putc(&h, ' ');
-        unsigned char len[8];
-        for (int i = 0; i < 8; i++) len[i] = (unsigned char)(h.len >> (8 * i));
-        buf_append(&out, len, 8);
-        buf_append(&out, h.data, h.len);
-        buf_append(&out, b.data + 8 + n, b.len - 8 - (size_t)n);
-        CHECK(write_file_atomic(path, out.data, out.len, &err) == 0);
-        buf_free(&h);
-    }
-    free(header);
+    CHECKF(replace_first(&h, b.data + 8, (size_t)n, from, to) == 0, "'%s' not in the header of %s", from, path);
+    while (h.len % 8) buf_putc(&h, ' ');
+    unsigned char len[8];
+    for (int i = 0; i < 8; i++) len[i] = (unsigned char)((uint64_t)h.len >> (8 * i));
+    buf_append(&out, len, 8);
+    buf_append(&out, h.data, h.len);
+    buf_append(&out, b.data + 8 + n, b.len - 8 - (size_t)n);
+    CHECK(write_file_atomic(path, out.data, out.len, &err) == 0);
     buf_free(&b);
+    buf_free(&h);
     buf_free(&out);
 }
 
@@ -732,6 +730,9 @@ static void t_model_bad_config_and_shards(void) {
     d = copy_model("qwen2_tiny_f32");
     edit_text(d, "config.json", "\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3");
     expect_load_error(d, "heads", "config.json: num_attention_heads 4 is not a multiple of num_key_value_heads 3", NULL);
+    d = copy_model("qwen2_tiny_f32");
+    edit_text(d, "config.json", "\"num_attention_heads\": 4", "\"num_attention_heads\": 128");
+    expect_load_error(d, "derived head_dim 0", "config.json: head_dim 0 must be even and positive", NULL);
     d = copy_model("qwen2_tiny_f32");
     edit_text(d, "config.json", "\"hidden_size\": 64,", "");
     expect_load_error(d, "missing key", "config.json: 'hidden_size' is missing", NULL);
