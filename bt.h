@@ -376,6 +376,50 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err);
 void model_final_logits(const Model *m, const float *resid, float *logits); // final norm + lm_head of one residual (hidden) -> (vocab)
 
 // ----------------------------------------------------------------------------
+// Statistics (analysis.c): 95% intervals and tests, each checked against
+// published values in tests/test_stats.c. An undefined result is NaN, never a guess.
+
+#define Z95 1.959963984540054     // two-sided 95% standard normal quantile
+#define STAT_RESAMPLES 10000      // bootstrap resamples and permutations the analyses use
+#define FISHER_REL_TOL 1e-7       // tables this close to the observed one count as "as extreme" (as R and scipy)
+
+typedef struct {
+    double est, lo, hi; // point estimate and 95% bounds; NaN when undefined
+} Interval;
+
+typedef struct {
+    double stat; // Pearson X^2; NaN when the test is undefined
+    int df;      // groups used - 1
+    double p;    // upper tail of chi-square(df) at stat; NaN when undefined
+    int n_groups; // groups used: those with at least one trial
+} ChiSquare;
+
+// Wilson score interval for k successes in n trials; n = 0 gives est, lo, hi all NaN.
+Interval wilson95(long long k, long long n);
+// Fisher's exact test of the 2x2 table [[a, b], [c, d]], two-sided: the summed
+// probability of every table with the same margins no more likely than this one.
+// Log-factorials, so margins in the millions are fine; an empty table gives 1.
+double fisher_exact_p(long long a, long long b, long long c, long long d);
+double gamma_q(double a, double x); // upper regularized incomplete gamma Q(a, x); NaN unless a > 0, x >= 0
+double chi2_sf(double x, double df); // P(X >= x), X ~ chi-square(df)
+// Pearson chi-square test that k[i] / n[i] are one proportion across groups.
+// Groups with n[i] = 0 are left out. Undefined (stat and p NaN) when fewer than
+// two groups remain or when every trial succeeded or every trial failed.
+ChiSquare chi2_homogeneity(const long long *k, const long long *n, int n_groups);
+double mean_of(const double *x, int n); // NaN when n = 0
+double sd_of(const double *x, int n);   // sample standard deviation (n - 1); NaN when n < 2
+// Percentile bootstrap 95% intervals from n_resamples resamples drawn with an
+// Rng seeded with seed: the same inputs and seed give the same interval. est is
+// the statistic on the data itself; no data gives all NaN.
+Interval bootstrap_mean95(const double *x, int n, int n_resamples, uint64_t seed);
+Interval bootstrap_diff95(const double *x, int nx, const double *y, int ny, int n_resamples, uint64_t seed);  // mean(x) - mean(y)
+// mean(x) / mean(y); a resample with mean(y) = 0 counts as +inf, so a bound can be inf.
+Interval bootstrap_ratio95(const double *x, int nx, const double *y, int ny, int n_resamples, uint64_t seed);
+// Two-sided permutation test of mean(x) = mean(y): (1 + #{|diff*| >= |diff|}) / (1 + n_permutations).
+// NaN when either group is empty.
+double permutation_p(const double *x, int nx, const double *y, int ny, int n_permutations, uint64_t seed);
+
+// ----------------------------------------------------------------------------
 // Commands: each returns an exit code. Defined in the file that owns the capability.
 
 int not_built(int argc, char **argv); // for a command whose capability does not exist yet: says so, exits 1
