@@ -10,7 +10,7 @@
 // SVG writer
 
 enum { TITLE_PX = 18, LABEL_PX = 14, TICK_PX = 12, NOTE_PX = 12, LEGEND_PX = 12, BAR_LABEL_PX = 10 };
-enum { MAX_TICKS = 12, TICK_LEN_PX = 5, LEGEND_ROW_PX = 20, MARGIN_PX = 24, MAX_BAR_PX = 80 };
+enum { MAX_TICKS = 12, TICK_LEN_PX = 5, LEGEND_ROW_PX = 20, MARGIN_PX = 24, MAX_BAR_PX = 80, BAR_LABEL_ROOM_PX = 16 };
 
 #define CHAR_EM 0.55           // width of an average character in em; no font metrics in an SVG writer
 #define AXIS_COLOR "#333333"
@@ -18,7 +18,8 @@ enum { MAX_TICKS = 12, TICK_LEN_PX = 5, LEGEND_ROW_PX = 20, MARGIN_PX = 24, MAX_
 #define ZERO_COLOR "#999999"
 #define TEXT_COLOR "#222222"
 #define NOTE_COLOR "#555555"
-#define SLANT_DEG 35.0         // slant of category labels too wide for their slot
+#define SLANT_DEG 35           // slant of category labels too wide for their slot
+#define SLANT_RAD (SLANT_DEG * 3.14159265358979 / 180)
 #define MAX_SLANT_LABEL_PX 320 // longer category labels are shortened with an ellipsis
 
 static double text_px(const char *text, double font_px) {
@@ -66,25 +67,25 @@ void svg_escape(Buf *b, const char *text) {
     }
 }
 
-// Copies text into out (cap bytes), cut on a character boundary with an ellipsis
-// so that it is at most max_px wide at font_px.
+// Copies text into out (cap bytes); when it is wider than max_px at font_px (or
+// longer than cap), cut on a character boundary and ended with an ellipsis.
 static void text_fit(const char *text, double max_px, double font_px, char *out, size_t cap) {
-    size_t max_chars = max_px / (font_px * CHAR_EM) < 2 ? 2 : (size_t)(max_px / (font_px * CHAR_EM));
-    size_t chars = 0, i = 0, cut = 0, n = strlen(text);
-    while (i < n && chars < max_chars) {
-        if (chars == max_chars - 1) cut = i;
-        i++;
-        while (i < n && ((unsigned char)text[i] & 0xC0) == 0x80) i++;
-        chars++;
-    }
-    if (i >= n && n < cap) { // fits whole
+    size_t n = strlen(text);
+    if (text_px(text, font_px) <= max_px && n < cap) {
         memcpy(out, text, n + 1);
         return;
     }
-    if (cut + 4 > cap) cut = cap > 4 ? cap - 4 : 0;
-    while (cut > 0 && ((unsigned char)text[cut] & 0xC0) == 0x80) cut--;
-    memcpy(out, text, cut);
-    memcpy(out + cut, "\xE2\x80\xA6", 4); // U+2026 and the terminator
+    double fit = max_px / (font_px * CHAR_EM);
+    size_t max_chars = fit < 2 ? 2 : (size_t)fit, chars = 0, i = 0;
+    while (i < n && chars + 1 < max_chars) { // keep max_chars - 1 characters, then the ellipsis
+        size_t next = i + 1;
+        while (next < n && ((unsigned char)text[next] & 0xC0) == 0x80) next++;
+        if (next + 4 > cap) break;
+        i = next;
+        chars++;
+    }
+    memcpy(out, text, i);
+    memcpy(out + i, "\xE2\x80\xA6", 4); // U+2026 and the terminator
 }
 
 static void svg_text(Svg *s, double x, double y, int font_px, const char *anchor, const char *color,
@@ -251,11 +252,12 @@ static void draw_y_axis(Svg *s, const Ticks *t, const char *y_label) {
     buf_printf(o, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"1\"/>\n", s->left,
                s->top, s->left, s->bottom, AXIS_COLOR);
     if (!y_label) return;
-    double cy = (s->top + s->bottom) / 2;
+    // The title sits just left of the tick labels, wherever the left margin ended up.
+    double cy = (s->top + s->bottom) / 2, cx = s->left - TICK_LEN_PX - ticks_label_px(t) - 12 - LABEL_PX / 2.0;
     char fitted[256], rotate[64];
     text_fit(y_label, s->bottom - s->top, LABEL_PX, fitted, sizeof fitted);
-    snprintf(rotate, sizeof rotate, "transform=\"rotate(-90 %.1f %.1f)\"", 20.0, cy);
-    svg_text(s, 20, cy, LABEL_PX, "middle", TEXT_COLOR, rotate, fitted);
+    snprintf(rotate, sizeof rotate, "transform=\"rotate(-90 %.1f %.1f)\"", cx, cy);
+    svg_text(s, cx, cy, LABEL_PX, "middle", TEXT_COLOR, rotate, fitted);
 }
 
 static void draw_x_title(Svg *s, const char *x_label) {
@@ -272,7 +274,7 @@ static void set_y_range(Svg *s, double y_min, double y_max, Ticks *t) {
     *t = ticks_make(&y_min, &y_max, 6, 0, 1);
     s->y_min = y_min;
     s->y_max = y_max;
-    s->left = 20 + LABEL_PX / 2 + 12 + ticks_label_px(t) + TICK_LEN_PX; // axis title, gap, tick labels, tick
+    s->left = 20 + LABEL_PX / 2.0 + 12 + ticks_label_px(t) + TICK_LEN_PX; // axis title, gap, tick labels, tick
 }
 
 void svg_axes(Svg *s, double x_min, double x_max, double y_min, double y_max, const char *x_label,
@@ -284,7 +286,8 @@ void svg_axes(Svg *s, double x_min, double x_max, double y_min, double y_max, co
     double pad = (x_max - x_min) * 0.03;
     x_min -= pad;
     x_max += pad;
-    tx = ticks_make(&x_min, &x_max, (int)((s->right - s->left) / 70), x_integer, 0);
+    int max_x_ticks = (int)((s->right - s->left) / (x_integer ? 40 : 70)); // room for each tick label
+    tx = ticks_make(&x_min, &x_max, max_x_ticks > 2 ? max_x_ticks : 2, x_integer, 0);
     s->x_min = x_min;
     s->x_max = x_max;
     draw_y_axis(s, &ty, y_label);
@@ -308,14 +311,13 @@ void svg_axes_categories(Svg *s, const char *const *categories, int n, double y_
         if (text_px(categories[i], TICK_PX) > widest) widest = text_px(categories[i], TICK_PX);
     int slant = widest > slot - 8;
     double label_px = widest < MAX_SLANT_LABEL_PX ? widest : MAX_SLANT_LABEL_PX;
-    double rad = SLANT_DEG * 3.14159265358979 / 180;
-    if (slant) s->bottom = s->height - (TICK_LEN_PX + 8 + label_px * sin(rad) + TICK_PX * cos(rad) + 32);
+    if (slant) s->bottom = s->height - (TICK_LEN_PX + 8 + label_px * sin(SLANT_RAD) + TICK_PX * cos(SLANT_RAD) + 32);
     Ticks ty;
     set_y_range(s, y_min, y_max, &ty);
     if (slant && categories) { // the first label reaches left of its tick: keep it on the canvas
         double first = text_px(categories[0], TICK_PX), reach;
         first = first < MAX_SLANT_LABEL_PX ? first : MAX_SLANT_LABEL_PX;
-        reach = first * cos(rad) - (s->right - s->left) / n / 2 + 8;
+        reach = first * cos(SLANT_RAD) - (s->right - s->left) / n / 2 + 8;
         if (s->left < reach) s->left = reach;
     }
     slot = (s->right - s->left) / n; // the left margin moved
@@ -331,7 +333,7 @@ void svg_axes_categories(Svg *s, const char *const *categories, int n, double y_
             char rotate[80];
             text_fit(categories[i], MAX_SLANT_LABEL_PX, TICK_PX, fitted, sizeof fitted);
             py = s->bottom + TICK_LEN_PX + 10;
-            snprintf(rotate, sizeof rotate, "transform=\"rotate(-%.0f %.1f %.1f)\"", SLANT_DEG, px + 4, py);
+            snprintf(rotate, sizeof rotate, "transform=\"rotate(-%d %.1f %.1f)\"", SLANT_DEG, px + 4, py);
             svg_text(s, px + 4, py, TICK_PX, "end", TEXT_COLOR, rotate, fitted);
         } else {
             text_fit(categories[i], slot - 4, TICK_PX, fitted, sizeof fitted);
@@ -391,6 +393,7 @@ void svg_error_bar(Svg *s, double x, double lo, double hi, double cap_px) {
 
 void svg_bars(Svg *s, int n_groups, int n_series, const double *value, const double *lo, const double *hi,
               const char *const *colors, const char *const *labels) {
+    if (n_groups <= 0 || n_series <= 0) return;
     double unit_px = (s->right - s->left) / (s->x_max - s->x_min); // px per category
     double group_w = 0.8, bar_w = group_w / n_series;                // in category units
     if (bar_w * unit_px > MAX_BAR_PX) { // a few categories: keep bars slim, the group centred
@@ -414,7 +417,8 @@ void svg_bars(Svg *s, int n_groups, int n_series, const double *value, const dou
                 if (lo && hi && !isnan(hi[i]) && sy(s, hi[i]) < top_y) top_y = sy(s, hi[i]);
             }
             const char *label = labels ? labels[i] : isnan(v) ? "n/a" : NULL;
-            if (label && text_px(label, BAR_LABEL_PX) <= bar_px + 4 && top_y - 5 > s->top + BAR_LABEL_PX)
+            // A label may rise into the margin above the plot (BAR_LABEL_ROOM_PX), not further.
+            if (label && text_px(label, BAR_LABEL_PX) <= bar_px + 4 && top_y - 5 - BAR_LABEL_PX >= s->top - BAR_LABEL_ROOM_PX)
                 svg_text(s, sx(s, xc), top_y - 5, BAR_LABEL_PX, "middle", NOTE_COLOR, "class=\"barlabel\"", label);
         }
 }
@@ -436,7 +440,7 @@ void svg_highlight_x(Svg *s, double x0, double x1, const char *color) {
     px0 = px0 < s->left ? s->left : px0;
     px1 = px1 > s->right ? s->right : px1;
     if (px1 <= px0) return;
-    buf_printf(s->out, "<rect class=\"mark\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\" fill-opacity=\"0.30\"/>\n",
+    buf_printf(s->out, "<rect class=\"highlight\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\" fill-opacity=\"0.30\"/>\n",
                px0, s->top, px1 - px0, s->bottom - s->top, color);
 }
 
@@ -498,7 +502,9 @@ static int any_finite(const double *v, int n) {
 }
 
 // Rates with Wilson intervals as bars: series j of group g is k[j][g] / n[j][g].
-// Shared by the four figures of proportions.
+// Shared by the four figures of proportions, which have one or two series.
+enum { MAX_RATE_SERIES = 2 };
+
 typedef struct {
     const char *name, *color;
     const long long *k, *n; // (n_groups) each
@@ -516,7 +522,7 @@ static int rate_figure(const char *path, const char *title, const char *note, co
     for (int g = 0; groups && g < n_groups; g++)
         if (text_px(groups[g], TICK_PX) > widest) widest = text_px(groups[g], TICK_PX);
     if (n_groups > 0 && widest > (width - 100.0) / n_groups - 8) {
-        double slanted = (widest < MAX_SLANT_LABEL_PX ? widest : MAX_SLANT_LABEL_PX) * sin(SLANT_DEG * 3.14159265358979 / 180);
+        double slanted = (widest < MAX_SLANT_LABEL_PX ? widest : MAX_SLANT_LABEL_PX) * sin(SLANT_RAD);
         if (slanted > 60) height += (int)(slanted - 60);
     }
     Buf b = {0};
@@ -527,16 +533,26 @@ static int rate_figure(const char *path, const char *title, const char *note, co
         svg_end(&s);
         return figure_write(path, &b, err);
     }
-    SvgKey keys[8];
-    int n_keys = 0;
-    for (int j = 0; j < n_series && n_keys < 7; j++) keys[n_keys++] = (SvgKey){series[j].name, series[j].color, SVG_KEY_BAR};
-    keys[n_keys++] = (SvgKey){"95% Wilson CI (label: k/n)", INK, SVG_KEY_ERROR_BAR};
-    svg_legend(&s, keys, n_keys);
     int n_bars = n_groups * n_series;
+    char **labels = xmalloc((size_t)n_bars * sizeof *labels); // (n_groups, n_series) "k/n"
+    double widest_label = 0, bar_px = (width - 100.0) / n_bars * 0.8;
+    for (int g = 0; g < n_groups; g++)
+        for (int j = 0; j < n_series; j++) {
+            char label[64];
+            snprintf(label, sizeof label, "%lld/%lld", series[j].k[g], series[j].n[g]);
+            labels[g * n_series + j] = xstrdup(label);
+            if (text_px(label, BAR_LABEL_PX) > widest_label) widest_label = text_px(label, BAR_LABEL_PX);
+        }
+    int show_labels = widest_label <= (bar_px < MAX_BAR_PX ? bar_px : MAX_BAR_PX) + 4; // as svg_bars decides; else the legend promises in vain
+    SvgKey keys[MAX_RATE_SERIES + 1];
+    int n_keys = 0;
+    for (int j = 0; j < n_series; j++) keys[n_keys++] = (SvgKey){series[j].name, series[j].color, SVG_KEY_BAR};
+    keys[n_keys++] = (SvgKey){show_labels ? "95% Wilson CI (label: k/n)" : "95% Wilson CI", INK, SVG_KEY_ERROR_BAR};
+    svg_legend(&s, keys, n_keys);
+    s.top += BAR_LABEL_ROOM_PX;
     double *value = xmalloc((size_t)n_bars * 3 * sizeof *value); // (3, n_groups, n_series): value, lo, hi
     double *lo = value + n_bars, *hi = lo + n_bars;
-    char **labels = xmalloc((size_t)n_bars * sizeof *labels);         // (n_groups, n_series) "k/n"
-    const char *colors[8];
+    const char *colors[MAX_RATE_SERIES];
     for (int g = 0; g < n_groups; g++)
         for (int j = 0; j < n_series; j++) {
             int i = g * n_series + j;
@@ -544,13 +560,10 @@ static int rate_figure(const char *path, const char *title, const char *note, co
             value[i] = w.est;
             lo[i] = w.lo;
             hi[i] = w.hi;
-            char label[64];
-            snprintf(label, sizeof label, "%lld/%lld", series[j].k[g], series[j].n[g]);
-            labels[i] = xstrdup(label);
         }
-    for (int j = 0; j < n_series && j < 8; j++) colors[j] = series[j].color;
+    for (int j = 0; j < n_series; j++) colors[j] = series[j].color;
     svg_axes_categories(&s, groups, n_groups, 0, 1, x_label, y_label);
-    svg_bars(&s, n_groups, n_series, value, lo, hi, colors, (const char *const *)labels);
+    svg_bars(&s, n_groups, n_series, value, lo, hi, colors, show_labels ? (const char *const *)labels : NULL);
     svg_end(&s);
     for (int i = 0; i < n_bars; i++) free(labels[i]);
     free(labels);

@@ -258,6 +258,18 @@ static void t_writer_axes_and_ticks(void) {
     CHECK(s.y_min == -14 && s.y_max == 0);
     CHECK(count(b.data, "class=\"pt\"") == 2 && count(b.data, "class=\"line\"") == 1); // NaN is a gap
     buf_free(&b);
+    // scatter: filled points and open rings, NaN left out; a legend row per what fits
+    svg_begin(&s, &b, 640, 400, "t", NULL);
+    SvgKey keys[] = {{"points", "#4477aa", SVG_KEY_RING}, {"a band", "#777777", SVG_KEY_BAND}};
+    svg_legend(&s, keys, 2);
+    CHECK(s.top > 48 && strstr(b.data, ">points</text>") && strstr(b.data, ">a band</text>"));
+    svg_axes(&s, 0, 1, 0, 1, "x", "y", 0);
+    double px[3] = {0.1, 0.5, NAN}, py[3] = {0.2, 0.9, 0.3};
+    svg_scatter(&s, px, py, 3, "#4477aa", 0);
+    svg_scatter(&s, px, py, 3, "#4477aa", 1);
+    svg_end(&s);
+    CHECK(count(b.data, "class=\"pt\"") == 2 && count(b.data, "class=\"mark\"") == 2 && xml_check(b.data) == NULL);
+    buf_free(&b);
     // a rate axis: 0.0 .. 1.0 by 0.2
     svg_begin(&s, &b, 640, 400, "t", "n");
     const char *cats[] = {"a", "b"};
@@ -306,7 +318,7 @@ static void t_figures_synthetic(void) {
         }
         if (f == 3) { // two panels of events and controls per layer, three selected layers highlighted
             CHECK(count(svg, "class=\"bar\"") == 4 * N_LAYERS && count(svg, "class=\"err\"") == 4 * N_LAYERS);
-            CHECK(count(svg, "class=\"mark\"") == 3 && strstr(svg, "selected for targeted ablation"));
+            CHECK(count(svg, "class=\"highlight\"") == 3 && strstr(svg, "selected for targeted ablation"));
             CHECK(strstr(svg, ">attention output ablated</text>") && strstr(svg, ">MLP output ablated</text>"));
             CHECK(count(svg, ">drop in log p(onset)</text>") == 2 && count(svg, ">layer</text>") == 1);
         }
@@ -352,6 +364,17 @@ static void t_figures_partial_data(void) {
     svg = load_figure(path, "Backtracking rate by prompt variant");
     CHECK(count(svg, "class=\"bar\"") == 2 && strstr(svg, ">0/0</text>") && strstr(svg, ">b &amp; &lt;c&gt;</text>"));
     CHECK(strstr(svg, "note with &quot;quotes&quot;"));
+    free(svg);
+    // a name too long to show whole is shortened with an ellipsis, not run off the canvas
+    char longname[600];
+    memset(longname, 'x', sizeof longname - 1);
+    longname[sizeof longname - 1] = 0;
+    memcpy(longname, "caf\xC3\xA9", 5);
+    const char *named[] = {longname};
+    path_in(path, sizeof path, dir, "long.svg");
+    CHECK(fig_rate_by_variant(path, named, k1, n1, 1, longname, &err) == 0);
+    svg = load_figure(path, "Backtracking rate by prompt variant");
+    CHECK(count(svg, ">caf\xC3\xA9xxx") == 2 && count(svg, "x\xE2\x80\xA6</text>") == 2 && !strstr(svg, longname));
     free(svg);
     // logit lens with events but no controls, and a layer missing
     double mean[4] = {-9, -7, NAN, -2}, lo[4] = {-10, -8, NAN, -3}, hi[4] = {-8, -6, NAN, -1};
