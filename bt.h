@@ -395,6 +395,140 @@ float tensor_at(const Tensor *t, size_t i);                 // element i (row-ma
 int organism_write(const char *dir, Err *err); // writes a Hugging Face model directory
 
 // ----------------------------------------------------------------------------
+// Statistics (analysis.c): 95% intervals and tests, each checked against
+// published values in tests/test_stats.c. An undefined result is NaN, never a guess.
+
+#define Z95 1.959963984540054     // two-sided 95% standard normal quantile
+#define STAT_RESAMPLES 10000      // bootstrap resamples and permutations the analyses use
+#define FISHER_REL_TOL 1e-7       // tables this close to the observed one count as "as extreme" (as R and scipy)
+
+typedef struct {
+    double est, lo, hi; // point estimate and 95% bounds; NaN when undefined
+} Interval;
+
+typedef struct {
+    double stat; // Pearson X^2; NaN when the test is undefined
+    int df;      // groups used - 1
+    double p;    // upper tail of chi-square(df) at stat; NaN when undefined
+    int n_groups; // groups used: those with at least one trial
+} ChiSquare;
+
+// Wilson score interval for k successes in n trials; n = 0 gives est, lo, hi all NaN.
+Interval wilson95(long long k, long long n);
+// Fisher's exact test of the 2x2 table [[a, b], [c, d]], two-sided: the summed
+// probability of every table with the same margins no more likely than this one.
+// Log-factorials, so margins in the millions are fine; an empty table gives 1.
+double fisher_exact_p(long long a, long long b, long long c, long long d);
+double gamma_q(double a, double x); // upper regularized incomplete gamma Q(a, x); NaN unless a > 0, x >= 0
+double chi2_sf(double x, double df); // P(X >= x), X ~ chi-square(df)
+// Pearson chi-square test that k[i] / n[i] are one proportion across groups.
+// Groups with n[i] = 0 are left out. Undefined (stat and p NaN) when fewer than
+// two groups remain or when every trial succeeded or every trial failed.
+ChiSquare chi2_homogeneity(const long long *k, const long long *n, int n_groups);
+double mean_of(const double *x, int n); // NaN when n = 0
+double sd_of(const double *x, int n);   // sample standard deviation (n - 1); NaN when n < 2
+// Percentile bootstrap 95% intervals from n_resamples resamples drawn with an
+// Rng seeded with seed: the same inputs and seed give the same interval. est is
+// the statistic on the data itself; no data gives all NaN.
+Interval bootstrap_mean95(const double *x, int n, int n_resamples, uint64_t seed);
+Interval bootstrap_diff95(const double *x, int nx, const double *y, int ny, int n_resamples, uint64_t seed);  // mean(x) - mean(y)
+// mean(x) / mean(y); a resample with mean(y) = 0 counts as +inf, so a bound can be inf.
+Interval bootstrap_ratio95(const double *x, int nx, const double *y, int ny, int n_resamples, uint64_t seed);
+// Two-sided permutation test of mean(x) = mean(y): (1 + #{|diff*| >= |diff|}) / (1 + n_permutations).
+// NaN when either group is empty.
+double permutation_p(const double *x, int nx, const double *y, int ny, int n_permutations, uint64_t seed);
+
+// ----------------------------------------------------------------------------
+// Figures (report.c): a small SVG 1.1 writer, stb-style (a handful of calls that
+// append to a Buf), and one function per figure of the spec. A figure is
+// self-contained (no scripts, fonts or links), its text escaped, its numbers
+// printed at fixed precision: the same data gives the same bytes.
+
+#define FIG_RATE_BY_VARIANT "backtracking_rate_by_variant.svg"
+#define FIG_BT_VS_ACCURACY "backtracking_vs_accuracy.svg"
+#define FIG_LOGIT_LENS "wait_logit_lens_bt_vs_control.svg"
+#define FIG_ABLATION "ablation_importance_by_layer.svg"
+#define FIG_RATE_BY_CONDITION "backtracking_rate_by_condition.svg"
+#define FIG_FORMATTING "formatting_effect_on_backtracking.svg"
+
+enum { SVG_KEY_BAR, SVG_KEY_LINE, SVG_KEY_DASHED, SVG_KEY_RING, SVG_KEY_ERROR_BAR, SVG_KEY_BAND };
+
+typedef struct {
+    const char *name;  // legend text
+    const char *color; // "#rrggbb"
+    int style;         // SVG_KEY_*: the swatch drawn beside the name
+} SvgKey;
+
+typedef struct {
+    Buf *out;
+    int width, height;                 // canvas, px
+    double left, top, right, bottom;   // plot area, px; set by svg_begin, svg_legend and the axes calls
+    double x_min, x_max, y_min, y_max; // data range of the plot area (categories: x = 0..n-1)
+} Svg;
+
+// Call order: svg_begin, svg_legend, one axes call, then series, then svg_end. Panels: set
+// top and bottom of the plot area before each further axes call. NULL axis labels are left out.
+void svg_begin(Svg *s, Buf *out, int width, int height, const char *title, const char *note); // note: grey line under the title, or NULL
+void svg_legend(Svg *s, const SvgKey *keys, int n); // rows centred under the title; moves the plot area down
+// Numeric axes with "nice" ticks covering [x_min, x_max] x [y_min, y_max]; x_integer: ticks on whole numbers.
+void svg_axes(Svg *s, double x_min, double x_max, double y_min, double y_max, const char *x_label,
+              const char *y_label, int x_integer);
+// Categorical x axis (category i at x = i; long names slanted, then shortened) and a numeric y axis.
+void svg_axes_categories(Svg *s, const char *const *categories, int n, double y_min, double y_max,
+                         const char *x_label, const char *y_label);
+// A line through (x[i], y[i]) (x NULL: x = i) with a band from lo to hi (NULL: none); NaN leaves a gap.
+void svg_line_series(Svg *s, const double *x, const double *y, const double *lo, const double *hi, int n,
+                     const char *color, int dashed, double opacity);
+// Grouped bars: value, lo, hi are (n_groups, n_series); colors (n_series); labels (n_groups, n_series)
+// or NULL: small text above each bar when it fits. A NaN value draws no bar, only its label.
+void svg_bars(Svg *s, int n_groups, int n_series, const double *value, const double *lo, const double *hi,
+              const char *const *colors, const char *const *labels);
+void svg_error_bar(Svg *s, double x, double lo, double hi, double cap_px); // vertical whisker in data units
+void svg_scatter(Svg *s, const double *x, const double *y, int n, const char *color, int open); // open: rings
+void svg_highlight_x(Svg *s, double x0, double x1, const char *color); // translucent column over [x0, x1]
+void svg_no_data(Svg *s, const char *why); // "no data" and the reason, where the plot would be
+void svg_end(Svg *s);
+void svg_escape(Buf *b, const char *text); // XML text/attribute escaping; control bytes and bad UTF-8 dropped
+
+// One series of means with 95% CI bounds, each (n); NaN marks a missing value, lo/hi NULL = no band.
+typedef struct {
+    const double *mean, *lo, *hi;
+} CiSeries;
+
+// The six figures. Each writes one SVG to path whole (temp file + rename) and
+// returns 0, or -1 with err filled. Inputs are plain arrays; rates come as counts
+// (k of n) and get Wilson 95% intervals here. Empty input (no variants, zero
+// completions, no events) gives a figure that says "no data". note: one line
+// under the title (model, run id, a test result), or NULL.
+//
+// Backtracking rate per prompt variant: bt_k[i] of n[i] completions have >= 1 event.
+int fig_rate_by_variant(const char *path, const char *const *variants, const long long *bt_k, const long long *n,
+                        int n_variants, const char *note, Err *err);
+// Accuracy with vs without backtracking per group (e.g. "variant / condition"): correct_bt[i] of
+// n_bt[i] completions with an event are correct, correct_nobt[i] of n_nobt[i] without.
+int fig_bt_vs_accuracy(const char *path, const char *const *groups, const long long *correct_bt,
+                       const long long *n_bt, const long long *correct_nobt, const long long *n_nobt, int n_groups,
+                       const char *note, Err *err);
+// Logit lens: events and controls are (n_layers + 1) per layer (0 = embeddings): mean log p of
+// the onset token at pred_pos with 95% CI. controls may be NULL or n_controls 0.
+int fig_logit_lens(const char *path, int n_layers, const CiSeries *events, int n_events, const CiSeries *controls,
+                   int n_controls, const char *note, Err *err);
+// Ablation scan: (n_layers) mean drop in log p(onset) with 95% CI when layer l's attention / MLP
+// output is ablated, over events and (control_* may be NULL) over controls. Two panels, attention
+// above MLP; the selected layers (indices) are highlighted.
+int fig_ablation_importance(const char *path, int n_layers, const CiSeries *attn, const CiSeries *mlp, int n_events,
+                            const CiSeries *control_attn, const CiSeries *control_mlp, int n_controls,
+                            const int *selected_attn, int n_selected_attn, const int *selected_mlp,
+                            int n_selected_mlp, const char *note, Err *err);
+// Backtracking rate per condition (baseline, targeted_ablation, random_ablation): bt_k[i] of n[i].
+int fig_rate_by_condition(const char *path, const char *const *conditions, const long long *bt_k,
+                          const long long *n, int n_conditions, const char *note, Err *err);
+// Formatting sweep: per variant the backtracking rate bt_k[i] / n[i] and, when correct is not
+// NULL, the accuracy correct[i] / n[i] beside it.
+int fig_formatting_effect(const char *path, const char *const *variants, const long long *bt_k, const long long *n,
+                          const long long *correct, int n_variants, const char *note, Err *err);
+
+// ----------------------------------------------------------------------------
 // Commands: each returns an exit code. Defined in the file that owns the capability.
 
 int not_built(int argc, char **argv); // for a command whose capability does not exist yet: says so, exits 1

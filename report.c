@@ -1,4 +1,707 @@
-// report.c: SVG figures and the markdown report (not built yet).
+// report.c: everything a person looks at. The SVG writer, the six figures,
+// then (not built yet) the markdown report.
 #include "bt.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+// ----------------------------------------------------------------------------
+// SVG writer
+
+enum { TITLE_PX = 18, LABEL_PX = 14, TICK_PX = 12, NOTE_PX = 12, LEGEND_PX = 12, BAR_LABEL_PX = 10 };
+enum { MAX_TICKS = 12, TICK_LEN_PX = 5, LEGEND_ROW_PX = 20, MARGIN_PX = 24, MAX_BAR_PX = 80, BAR_LABEL_ROOM_PX = 16 };
+
+#define CHAR_EM 0.55           // width of an average character in em; no font metrics in an SVG writer
+#define AXIS_COLOR "#333333"
+#define GRID_COLOR "#e6e6e6"
+#define ZERO_COLOR "#999999"
+#define TEXT_COLOR "#222222"
+#define NOTE_COLOR "#555555"
+#define SLANT_DEG 35           // slant of category labels too wide for their slot
+#define SLANT_RAD (SLANT_DEG * 3.14159265358979 / 180)
+#define MAX_SLANT_LABEL_PX 320 // longer category labels are shortened with an ellipsis
+
+static double text_px(const char *text, double font_px) {
+    size_t chars = 0;
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++) chars += (*p & 0xC0) != 0x80;
+    return (double)chars * font_px * CHAR_EM;
+}
+
+// Length in bytes of the valid UTF-8 sequence at s (at most n bytes), 0 if invalid.
+static int utf8_len(const unsigned char *s, size_t n) {
+    int len = s[0] < 0x80 ? 1 : s[0] >= 0xC2 && s[0] <= 0xDF ? 2 : s[0] >= 0xE0 && s[0] <= 0xEF ? 3
+            : s[0] >= 0xF0 && s[0] <= 0xF4 ? 4 : 0;
+    if (len == 0 || (size_t)len > n) return 0;
+    for (int i = 1; i < len; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    if (len == 3 && ((s[0] == 0xE0 && s[1] < 0xA0) || (s[0] == 0xED && s[1] >= 0xA0))) return 0; // overlong, surrogate
+    if (len == 4 && ((s[0] == 0xF0 && s[1] < 0x90) || (s[0] == 0xF4 && s[1] >= 0x90))) return 0;
+    if (len == 3 && s[0] == 0xEF && s[1] == 0xBF && s[2] >= 0xBE) return 0; // U+FFFE, U+FFFF: not XML characters
+    return len;
+}
+
+void svg_escape(Buf *b, const char *text) {
+    const unsigned char *p = (const unsigned char *)text;
+    size_t n = strlen(text);
+    for (size_t i = 0; i < n;) {
+        unsigned char c = p[i];
+        if (c == '&') buf_puts(b, "&amp;");
+        else if (c == '<') buf_puts(b, "&lt;");
+        else if (c == '>') buf_puts(b, "&gt;");
+        else if (c == '"') buf_puts(b, "&quot;");
+        else if (c == '\'') buf_puts(b, "&apos;");
+        else if (c == '\t' || c == '\n' || c == '\r') buf_putc(b, ' ');
+        else if (c < 0x20 || c == 0x7F) { // XML 1.0 has no place for these
+        } else {
+            int len = utf8_len(p + i, n - i);
+            if (len == 0) { // a stray byte: skip it, keep the rest readable
+                i++;
+                continue;
+            }
+            buf_append(b, p + i, (size_t)len);
+            i += (size_t)len;
+            continue;
+        }
+        i++;
+    }
+}
+
+// Copies text into out (cap bytes); when it is wider than max_px at font_px (or
+// longer than cap), cut on a character boundary and ended with an ellipsis.
+static void text_fit(const char *text, double max_px, double font_px, char *out, size_t cap) {
+    size_t n = strlen(text);
+    if (text_px(text, font_px) <= max_px && n < cap) {
+        memcpy(out, text, n + 1);
+        return;
+    }
+    double fit = max_px / (font_px * CHAR_EM);
+    size_t max_chars = fit < 2 ? 2 : (size_t)fit, chars = 0, i = 0;
+    while (i < n && chars + 1 < max_chars) { // keep max_chars - 1 characters, then the ellipsis
+        size_t next = i + 1;
+        while (next < n && ((unsigned char)text[next] & 0xC0) == 0x80) next++;
+        if (next + 4 > cap) break;
+        i = next;
+        chars++;
+    }
+    memcpy(out, text, i);
+    memcpy(out + i, "\xE2\x80\xA6", 4); // U+2026 and the terminator
+}
+
+static void svg_text(Svg *s, double x, double y, int font_px, const char *anchor, const char *color,
+                     const char *extra, const char *text) {
+    buf_printf(s->out, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"%d\" text-anchor=\"%s\" fill=\"%s\"%s%s>", x, y,
+               font_px, anchor, color, extra ? " " : "", extra ? extra : "");
+    svg_escape(s->out, text);
+    buf_puts(s->out, "</text>\n");
+}
+
+void svg_begin(Svg *s, Buf *out, int width, int height, const char *title, const char *note) {
+    memset(s, 0, sizeof *s);
+    s->out = out;
+    s->width = width;
+    s->height = height;
+    buf_printf(out,
+               "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+               "<svg xmlns=\"http://www.w3.org/2000/svg\" version=\"1.1\" width=\"%d\" height=\"%d\" "
+               "viewBox=\"0 0 %d %d\" font-family=\"sans-serif\">\n<title>",
+               width, height, width, height);
+    svg_escape(out, title);
+    buf_printf(out, "</title>\n<rect x=\"0\" y=\"0\" width=\"%d\" height=\"%d\" fill=\"#ffffff\"/>\n", width, height);
+    char fitted[512];
+    text_fit(title, width - 2 * MARGIN_PX, TITLE_PX, fitted, sizeof fitted);
+    svg_text(s, width / 2.0, 30, TITLE_PX, "middle", TEXT_COLOR, "font-weight=\"bold\"", fitted);
+    s->top = 48;
+    if (note && note[0]) {
+        text_fit(note, width - 2 * MARGIN_PX, NOTE_PX, fitted, sizeof fitted);
+        svg_text(s, width / 2.0, 50, NOTE_PX, "middle", NOTE_COLOR, NULL, fitted);
+        s->top = 64;
+    }
+    s->left = 72;
+    s->right = width - MARGIN_PX;
+    s->bottom = height - 56;
+    s->x_min = s->y_min = 0;
+    s->x_max = s->y_max = 1;
+}
+
+static double sx(const Svg *s, double x) { return s->left + (x - s->x_min) / (s->x_max - s->x_min) * (s->right - s->left); }
+
+// y in px, kept inside the plot area so an infinite bound draws to the edge.
+static double sy(const Svg *s, double y) {
+    double py = s->bottom - (y - s->y_min) / (s->y_max - s->y_min) * (s->bottom - s->top);
+    if (isnan(py)) return s->bottom;
+    return py < s->top ? s->top : py > s->bottom ? s->bottom : py;
+}
+
+static double key_width(const SvgKey *k) { return 22 + 6 + text_px(k->name, LEGEND_PX) + 16; }
+
+static void legend_swatch(Svg *s, const SvgKey *k, double x, double y) { // (x, y): left end, vertical middle
+    Buf *o = s->out;
+    switch (k->style) {
+    case SVG_KEY_BAR:
+        buf_printf(o, "<rect x=\"%.1f\" y=\"%.1f\" width=\"16\" height=\"11\" fill=\"%s\"/>\n", x + 3, y - 5.5, k->color);
+        break;
+    case SVG_KEY_LINE:
+    case SVG_KEY_DASHED:
+        buf_printf(o, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"%s/>\n", x,
+                   y, x + 22, y, k->color, k->style == SVG_KEY_DASHED ? " stroke-dasharray=\"6 3\"" : "");
+        break;
+    case SVG_KEY_RING:
+        buf_printf(o, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"6\" fill=\"none\" stroke=\"%s\" stroke-width=\"2\"/>\n",
+                   x + 11, y, k->color);
+        break;
+    case SVG_KEY_ERROR_BAR:
+        buf_printf(o, "<path d=\"M%.1f %.1fV%.1fM%.1f %.1fH%.1fM%.1f %.1fH%.1f\" stroke=\"%s\" stroke-width=\"1.5\" "
+                      "fill=\"none\"/>\n",
+                   x + 11, y - 7, y + 7, x + 7, y - 7, x + 15, x + 7, y + 7, x + 15, k->color);
+        break;
+    default: // SVG_KEY_BAND
+        buf_printf(o, "<rect x=\"%.1f\" y=\"%.1f\" width=\"22\" height=\"12\" fill=\"%s\" fill-opacity=\"0.25\"/>\n", x,
+                   y - 6, k->color);
+    }
+}
+
+void svg_legend(Svg *s, const SvgKey *keys, int n) {
+    double avail = s->width - 2 * MARGIN_PX, y = s->top + 4;
+    for (int first = 0; first < n;) {
+        int last = first; // one row: as many keys as fit, at least one
+        double row = key_width(&keys[first]);
+        while (last + 1 < n && row + key_width(&keys[last + 1]) <= avail) row += key_width(&keys[++last]);
+        double x = (s->width - row + 16) / 2; // the trailing gap of the last key does not count
+        for (int i = first; i <= last; i++) {
+            legend_swatch(s, &keys[i], x, y + 6);
+            svg_text(s, x + 28, y + 10, LEGEND_PX, "start", TEXT_COLOR, NULL, keys[i].name);
+            x += key_width(&keys[i]);
+        }
+        y += LEGEND_ROW_PX;
+        first = last + 1;
+    }
+    s->top = y + 8;
+}
+
+// Nice step (1, 2 or 5 times a power of ten) giving at most about max_ticks ticks over span.
+static double nice_step(double span, int max_ticks) {
+    double raw = span / max_ticks, mag = pow(10, floor(log10(raw))), f = raw / mag;
+    return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10) * mag;
+}
+
+typedef struct {
+    double v[MAX_TICKS + 2]; // tick values
+    int n;
+    int decimals; // printed precision, from the step
+} Ticks;
+
+// Widens a degenerate or non-finite range so that it can be drawn.
+static void range_fix(double *lo, double *hi) {
+    if (!isfinite(*lo) || !isfinite(*hi)) *lo = 0, *hi = 1;
+    if (*lo > *hi) {
+        double t = *lo;
+        *lo = *hi;
+        *hi = t;
+    }
+    if (*hi - *lo < 1e-12 * (fabs(*lo) + fabs(*hi)) || *hi == *lo) {
+        double pad = *lo == 0 ? 1 : fabs(*lo) * 0.1;
+        *lo -= pad;
+        *hi += pad;
+    }
+}
+
+// Ticks for [lo, hi]; when snap, the range itself grows to whole steps.
+static Ticks ticks_make(double *lo, double *hi, int max_ticks, int integer, int snap) {
+    Ticks t = {{0}, 0, 0};
+    range_fix(lo, hi);
+    double step = nice_step(*hi - *lo, max_ticks);
+    if (integer && step < 1) step = 1;
+    if (snap) {
+        *lo = floor(*lo / step + 1e-9) * step;
+        *hi = ceil(*hi / step - 1e-9) * step;
+    }
+    double first = ceil(*lo / step - 1e-9) * step;
+    for (int i = 0; t.n < MAX_TICKS + 1; i++) {
+        double v = first + i * step;
+        if (v > *hi + step * 1e-9) break;
+        t.v[t.n++] = fabs(v) < step * 1e-9 ? 0 : v; // no "-0"
+    }
+    t.decimals = step >= 1 ? 0 : (int)ceil(-log10(step) - 1e-9);
+    return t;
+}
+
+static double ticks_label_px(const Ticks *t) {
+    double w = 0;
+    for (int i = 0; i < t->n; i++) {
+        char label[64];
+        snprintf(label, sizeof label, "%.*f", t->decimals, t->v[i]);
+        if (text_px(label, TICK_PX) > w) w = text_px(label, TICK_PX);
+    }
+    return w;
+}
+
+// The y axis: grid, zero line, ticks, labels and the rotated axis title.
+static void draw_y_axis(Svg *s, const Ticks *t, const char *y_label) {
+    Buf *o = s->out;
+    for (int i = 0; i < t->n; i++) {
+        double py = sy(s, t->v[i]);
+        buf_printf(o, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"1\"/>\n", s->left,
+                   py, s->right, py, t->v[i] == 0 && s->y_min < 0 ? ZERO_COLOR : GRID_COLOR);
+        buf_printf(o, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"1\"/>\n",
+                   s->left - TICK_LEN_PX, py, s->left, py, AXIS_COLOR);
+        char label[64];
+        snprintf(label, sizeof label, "%.*f", t->decimals, t->v[i]);
+        svg_text(s, s->left - TICK_LEN_PX - 3, py + 4, TICK_PX, "end", TEXT_COLOR, NULL, label);
+    }
+    buf_printf(o, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"1\"/>\n", s->left,
+               s->top, s->left, s->bottom, AXIS_COLOR);
+    if (!y_label) return;
+    // The title sits just left of the tick labels, wherever the left margin ended up.
+    double cy = (s->top + s->bottom) / 2, cx = s->left - TICK_LEN_PX - ticks_label_px(t) - 12 - LABEL_PX / 2.0;
+    char fitted[256], rotate[64];
+    text_fit(y_label, s->bottom - s->top, LABEL_PX, fitted, sizeof fitted);
+    snprintf(rotate, sizeof rotate, "transform=\"rotate(-90 %.1f %.1f)\"", cx, cy);
+    svg_text(s, cx, cy, LABEL_PX, "middle", TEXT_COLOR, rotate, fitted);
+}
+
+static void draw_x_title(Svg *s, const char *x_label) {
+    char fitted[256];
+    if (x_label) {
+        text_fit(x_label, s->right - s->left, LABEL_PX, fitted, sizeof fitted);
+        svg_text(s, (s->left + s->right) / 2, s->height - 14, LABEL_PX, "middle", TEXT_COLOR, NULL, fitted);
+    }
+    buf_printf(s->out, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"1\"/>\n",
+               s->left, s->bottom, s->right, s->bottom, AXIS_COLOR);
+}
+
+static void set_y_range(Svg *s, double y_min, double y_max, Ticks *t) {
+    *t = ticks_make(&y_min, &y_max, 6, 0, 1);
+    s->y_min = y_min;
+    s->y_max = y_max;
+    s->left = 20 + LABEL_PX / 2.0 + 12 + ticks_label_px(t) + TICK_LEN_PX; // axis title, gap, tick labels, tick
+}
+
+void svg_axes(Svg *s, double x_min, double x_max, double y_min, double y_max, const char *x_label,
+              const char *y_label, int x_integer) {
+    Ticks ty, tx;
+    set_y_range(s, y_min, y_max, &ty);
+    // The x range is the data's own (lines should reach the edges), padded a little for the end markers.
+    range_fix(&x_min, &x_max);
+    double pad = (x_max - x_min) * 0.03;
+    x_min -= pad;
+    x_max += pad;
+    int max_x_ticks = (int)((s->right - s->left) / (x_integer ? 40 : 70)); // room for each tick label
+    tx = ticks_make(&x_min, &x_max, max_x_ticks > 2 ? max_x_ticks : 2, x_integer, 0);
+    s->x_min = x_min;
+    s->x_max = x_max;
+    draw_y_axis(s, &ty, y_label);
+    for (int i = 0; i < tx.n; i++) {
+        double px = sx(s, tx.v[i]);
+        buf_printf(s->out, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"1\"/>\n",
+                   px, s->bottom, px, s->bottom + TICK_LEN_PX, AXIS_COLOR);
+        char label[64];
+        snprintf(label, sizeof label, "%.*f", tx.decimals, tx.v[i]);
+        svg_text(s, px, s->bottom + TICK_LEN_PX + 14, TICK_PX, "middle", TEXT_COLOR, NULL, label);
+    }
+    draw_x_title(s, x_label);
+}
+
+void svg_axes_categories(Svg *s, const char *const *categories, int n, double y_min, double y_max,
+                         const char *x_label, const char *y_label) {
+    if (n < 1) n = 1; // an axis without categories still draws
+    // Lay out the labels first: slanted labels need a deeper bottom margin, which the y scale depends on.
+    double slot = (s->right - s->left) / n, widest = 0;
+    for (int i = 0; categories && i < n; i++)
+        if (text_px(categories[i], TICK_PX) > widest) widest = text_px(categories[i], TICK_PX);
+    int slant = widest > slot - 8;
+    double label_px = widest < MAX_SLANT_LABEL_PX ? widest : MAX_SLANT_LABEL_PX;
+    if (slant) s->bottom = s->height - (TICK_LEN_PX + 8 + label_px * sin(SLANT_RAD) + TICK_PX * cos(SLANT_RAD) + 32);
+    Ticks ty;
+    set_y_range(s, y_min, y_max, &ty);
+    if (slant && categories) { // the first label reaches left of its tick: keep it on the canvas
+        double first = text_px(categories[0], TICK_PX), reach;
+        first = first < MAX_SLANT_LABEL_PX ? first : MAX_SLANT_LABEL_PX;
+        reach = first * cos(SLANT_RAD) - (s->right - s->left) / n / 2 + 8;
+        if (s->left < reach) s->left = reach;
+    }
+    slot = (s->right - s->left) / n; // the left margin moved
+    s->x_min = -0.5;
+    s->x_max = n - 0.5;
+    draw_y_axis(s, &ty, y_label);
+    for (int i = 0; categories && i < n; i++) {
+        double px = sx(s, i), py = s->bottom + TICK_LEN_PX + 14;
+        char fitted[256];
+        buf_printf(s->out, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"1\"/>\n",
+                   px, s->bottom, px, s->bottom + TICK_LEN_PX, AXIS_COLOR);
+        if (slant) {
+            char rotate[80];
+            text_fit(categories[i], MAX_SLANT_LABEL_PX, TICK_PX, fitted, sizeof fitted);
+            py = s->bottom + TICK_LEN_PX + 10;
+            snprintf(rotate, sizeof rotate, "transform=\"rotate(-%d %.1f %.1f)\"", SLANT_DEG, px + 4, py);
+            svg_text(s, px + 4, py, TICK_PX, "end", TEXT_COLOR, rotate, fitted);
+        } else {
+            text_fit(categories[i], slot - 4, TICK_PX, fitted, sizeof fitted);
+            svg_text(s, px, py, TICK_PX, "middle", TEXT_COLOR, NULL, fitted);
+        }
+    }
+    draw_x_title(s, x_label);
+}
+
+void svg_line_series(Svg *s, const double *x, const double *y, const double *lo, const double *hi, int n,
+                     const char *color, int dashed, double opacity) {
+    Buf *o = s->out;
+#define X_AT(i) (x ? x[i] : (double)(i))
+    // Band: one polygon per run of points whose bounds are both known.
+    for (int i = 0; lo && hi && i < n;) {
+        if (!isfinite(X_AT(i)) || isnan(lo[i]) || isnan(hi[i])) {
+            i++;
+            continue;
+        }
+        int j = i;
+        while (j + 1 < n && isfinite(X_AT(j + 1)) && !isnan(lo[j + 1]) && !isnan(hi[j + 1])) j++;
+        buf_printf(o, "<polygon class=\"band\" fill=\"%s\" fill-opacity=\"%.2f\" stroke=\"none\" points=\"", color,
+                   0.22 * opacity);
+        for (int k = i; k <= j; k++) buf_printf(o, "%.1f,%.1f ", sx(s, X_AT(k)), sy(s, hi[k]));
+        for (int k = j; k >= i; k--) buf_printf(o, "%.1f,%.1f%s", sx(s, X_AT(k)), sy(s, lo[k]), k > i ? " " : "");
+        buf_puts(o, "\"/>\n");
+        i = j + 1;
+    }
+    for (int i = 0; i < n;) { // Line: one polyline per run of known values.
+        if (!isfinite(X_AT(i)) || isnan(y[i])) {
+            i++;
+            continue;
+        }
+        int j = i;
+        while (j + 1 < n && isfinite(X_AT(j + 1)) && !isnan(y[j + 1])) j++;
+        buf_printf(o, "<polyline class=\"line\" fill=\"none\" stroke=\"%s\" stroke-opacity=\"%.2f\" stroke-width=\"2\"%s points=\"",
+                   color, opacity, dashed ? " stroke-dasharray=\"6 3\"" : "");
+        for (int k = i; k <= j; k++) buf_printf(o, "%.1f,%.1f%s", sx(s, X_AT(k)), sy(s, y[k]), k < j ? " " : "");
+        buf_puts(o, "\"/>\n");
+        i = j + 1;
+    }
+    for (int i = 0; i < n; i++)
+        if (isfinite(X_AT(i)) && !isnan(y[i]))
+            buf_printf(o, "<circle class=\"pt\" cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\" fill-opacity=\"%.2f\"/>\n",
+                       sx(s, X_AT(i)), sy(s, y[i]), color, opacity);
+#undef X_AT
+}
+
+void svg_error_bar(Svg *s, double x, double lo, double hi, double cap_px) {
+    if (isnan(lo) || isnan(hi) || isnan(x)) return;
+    double px = sx(s, x), y0 = sy(s, lo), y1 = sy(s, hi), c = cap_px / 2;
+    buf_printf(s->out,
+               "<path class=\"err\" d=\"M%.1f %.1fV%.1fM%.1f %.1fH%.1fM%.1f %.1fH%.1f\" stroke=\"%s\" "
+               "stroke-width=\"1.5\" fill=\"none\"/>\n",
+               px, y0, y1, px - c, y0, px + c, px - c, y1, px + c, TEXT_COLOR);
+}
+
+void svg_bars(Svg *s, int n_groups, int n_series, const double *value, const double *lo, const double *hi,
+              const char *const *colors, const char *const *labels) {
+    if (n_groups <= 0 || n_series <= 0) return;
+    double unit_px = (s->right - s->left) / (s->x_max - s->x_min); // px per category
+    double group_w = 0.8, bar_w = group_w / n_series;                // in category units
+    if (bar_w * unit_px > MAX_BAR_PX) { // a few categories: keep bars slim, the group centred
+        bar_w = MAX_BAR_PX / unit_px;
+        group_w = bar_w * n_series;
+    }
+    double bar_px = bar_w * unit_px;
+    double base = s->y_min > 0 ? s->y_min : s->y_max < 0 ? s->y_max : 0;
+    for (int g = 0; g < n_groups; g++)
+        for (int j = 0; j < n_series; j++) {
+            int i = g * n_series + j;
+            double xc = g - group_w / 2 + (j + 0.5) * bar_w, v = value[i];
+            double x0 = sx(s, xc - bar_w / 2) + 1, w = bar_px - 2 > 1 ? bar_px - 2 : 1;
+            double top_y = sy(s, base);
+            if (!isnan(v)) {
+                double y0 = sy(s, v > base ? v : base), y1 = sy(s, v > base ? base : v);
+                buf_printf(s->out, "<rect class=\"bar\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"/>\n",
+                           x0, y0, w, y1 - y0, colors[j]);
+                if (lo && hi) svg_error_bar(s, xc, lo[i], hi[i], w * 0.5 < 12 ? w * 0.5 : 12);
+                top_y = sy(s, v);
+                if (lo && hi && !isnan(hi[i]) && sy(s, hi[i]) < top_y) top_y = sy(s, hi[i]);
+            }
+            const char *label = labels ? labels[i] : isnan(v) ? "n/a" : NULL;
+            // A label may rise into the margin above the plot (BAR_LABEL_ROOM_PX), not further.
+            if (label && text_px(label, BAR_LABEL_PX) <= bar_px + 4 && top_y - 5 - BAR_LABEL_PX >= s->top - BAR_LABEL_ROOM_PX)
+                svg_text(s, sx(s, xc), top_y - 5, BAR_LABEL_PX, "middle", NOTE_COLOR, "class=\"barlabel\"", label);
+        }
+}
+
+void svg_scatter(Svg *s, const double *x, const double *y, int n, const char *color, int open) {
+    for (int i = 0; i < n; i++) {
+        if (isnan(x[i]) || isnan(y[i])) continue;
+        if (open)
+            buf_printf(s->out, "<circle class=\"mark\" cx=\"%.1f\" cy=\"%.1f\" r=\"7\" fill=\"none\" stroke=\"%s\" stroke-width=\"2\"/>\n",
+                       sx(s, x[i]), sy(s, y[i]), color);
+        else
+            buf_printf(s->out, "<circle class=\"pt\" cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"%s\"/>\n", sx(s, x[i]),
+                       sy(s, y[i]), color);
+    }
+}
+
+void svg_highlight_x(Svg *s, double x0, double x1, const char *color) {
+    double px0 = sx(s, x0), px1 = sx(s, x1);
+    px0 = px0 < s->left ? s->left : px0;
+    px1 = px1 > s->right ? s->right : px1;
+    if (px1 <= px0) return;
+    buf_printf(s->out, "<rect class=\"highlight\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\" fill-opacity=\"0.30\"/>\n",
+               px0, s->top, px1 - px0, s->bottom - s->top, color);
+}
+
+void svg_no_data(Svg *s, const char *why) {
+    s->left = MARGIN_PX; // no axes: the box sits centred
+    s->right = s->width - MARGIN_PX;
+    double cx = (s->left + s->right) / 2, cy = (s->top + s->bottom) / 2;
+    buf_printf(s->out,
+               "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"#fafafa\" stroke=\"#cccccc\" "
+               "stroke-dasharray=\"4 3\"/>\n",
+               s->left, s->top, s->right - s->left, s->bottom - s->top);
+    svg_text(s, cx, cy, 22, "middle", NOTE_COLOR, "class=\"nodata\"", "no data");
+    if (why && why[0]) {
+        char fitted[512];
+        text_fit(why, s->right - s->left - 20, LABEL_PX, fitted, sizeof fitted);
+        svg_text(s, cx, cy + 26, LABEL_PX, "middle", NOTE_COLOR, NULL, fitted);
+    }
+}
+
+void svg_end(Svg *s) { buf_puts(s->out, "</svg>\n"); }
+
+// ----------------------------------------------------------------------------
+// Figures
+
+// Paul Tol's "bright" scheme: distinct for colour-blind readers and in grey print.
+#define BLUE "#4477aa"
+#define RED "#ee6677"
+#define GREEN "#228833"
+#define GREY "#777777"
+#define INK "#222222"
+#define LIGHT_BLUE "#b4c9dd" // BLUE mixed 60% with white: the same quantity over controls
+#define YELLOW "#ccbb44"
+
+enum { FIG_HEIGHT = 500, ABLATION_HEIGHT = 640, FIG_MIN_WIDTH = 720, FIG_MAX_WIDTH = 1600, BAR_SLOT_PX = 44 };
+
+static int figure_width(int n_bars) {
+    int w = 200 + n_bars * BAR_SLOT_PX;
+    return w < FIG_MIN_WIDTH ? FIG_MIN_WIDTH : w > FIG_MAX_WIDTH ? FIG_MAX_WIDTH : w;
+}
+
+static int figure_write(const char *path, Buf *b, Err *err) {
+    int rc = write_file_atomic(path, b->data, b->len, err);
+    buf_free(b);
+    return rc;
+}
+
+static void min_max(const double *v, int n, double *lo, double *hi) { // over finite values only
+    for (int i = 0; v && i < n; i++)
+        if (isfinite(v[i])) {
+            if (v[i] < *lo) *lo = v[i];
+            if (v[i] > *hi) *hi = v[i];
+        }
+}
+
+static int any_finite(const double *v, int n) {
+    for (int i = 0; v && i < n; i++)
+        if (isfinite(v[i])) return 1;
+    return 0;
+}
+
+// Rates with Wilson intervals as bars: series j of group g is k[j][g] / n[j][g].
+// Shared by the four figures of proportions, which have one or two series.
+enum { MAX_RATE_SERIES = 2 };
+
+typedef struct {
+    const char *name, *color;
+    const long long *k, *n; // (n_groups) each
+} RateSeries;
+
+static int rate_figure(const char *path, const char *title, const char *note, const char *x_label,
+                       const char *y_label, const char *const *groups, int n_groups, const RateSeries *series,
+                       int n_series, const char *empty_why, Err *err) {
+    long long total = 0;
+    for (int j = 0; j < n_series; j++)
+        for (int g = 0; g < n_groups; g++) total += series[j].n[g] > 0 ? series[j].n[g] : 0;
+    // Long group names are slanted below the axis: make room for them rather than cut them.
+    int width = figure_width(n_groups * n_series), height = FIG_HEIGHT;
+    double widest = 0;
+    for (int g = 0; groups && g < n_groups; g++)
+        if (text_px(groups[g], TICK_PX) > widest) widest = text_px(groups[g], TICK_PX);
+    if (n_groups > 0 && widest > (width - 100.0) / n_groups - 8) {
+        double slanted = (widest < MAX_SLANT_LABEL_PX ? widest : MAX_SLANT_LABEL_PX) * sin(SLANT_RAD);
+        if (slanted > 60) height += (int)(slanted - 60);
+    }
+    Buf b = {0};
+    Svg s;
+    svg_begin(&s, &b, width, height, title, note);
+    if (n_groups <= 0 || total == 0) {
+        svg_no_data(&s, empty_why);
+        svg_end(&s);
+        return figure_write(path, &b, err);
+    }
+    int n_bars = n_groups * n_series;
+    char **labels = xmalloc((size_t)n_bars * sizeof *labels); // (n_groups, n_series) "k/n"
+    double widest_label = 0, bar_px = (width - 100.0) / n_bars * 0.8;
+    for (int g = 0; g < n_groups; g++)
+        for (int j = 0; j < n_series; j++) {
+            char label[64];
+            snprintf(label, sizeof label, "%lld/%lld", series[j].k[g], series[j].n[g]);
+            labels[g * n_series + j] = xstrdup(label);
+            if (text_px(label, BAR_LABEL_PX) > widest_label) widest_label = text_px(label, BAR_LABEL_PX);
+        }
+    int show_labels = widest_label <= (bar_px < MAX_BAR_PX ? bar_px : MAX_BAR_PX) + 4; // as svg_bars decides; else the legend promises in vain
+    SvgKey keys[MAX_RATE_SERIES + 1];
+    int n_keys = 0;
+    for (int j = 0; j < n_series; j++) keys[n_keys++] = (SvgKey){series[j].name, series[j].color, SVG_KEY_BAR};
+    keys[n_keys++] = (SvgKey){show_labels ? "95% Wilson CI (label: k/n)" : "95% Wilson CI", INK, SVG_KEY_ERROR_BAR};
+    svg_legend(&s, keys, n_keys);
+    s.top += BAR_LABEL_ROOM_PX;
+    double *value = xmalloc((size_t)n_bars * 3 * sizeof *value); // (3, n_groups, n_series): value, lo, hi
+    double *lo = value + n_bars, *hi = lo + n_bars;
+    const char *colors[MAX_RATE_SERIES];
+    for (int g = 0; g < n_groups; g++)
+        for (int j = 0; j < n_series; j++) {
+            int i = g * n_series + j;
+            Interval w = wilson95(series[j].k[g], series[j].n[g]);
+            value[i] = w.est;
+            lo[i] = w.lo;
+            hi[i] = w.hi;
+        }
+    for (int j = 0; j < n_series; j++) colors[j] = series[j].color;
+    svg_axes_categories(&s, groups, n_groups, 0, 1, x_label, y_label);
+    svg_bars(&s, n_groups, n_series, value, lo, hi, colors, show_labels ? (const char *const *)labels : NULL);
+    svg_end(&s);
+    for (int i = 0; i < n_bars; i++) free(labels[i]);
+    free(labels);
+    free(value);
+    return figure_write(path, &b, err);
+}
+
+int fig_rate_by_variant(const char *path, const char *const *variants, const long long *bt_k, const long long *n,
+                        int n_variants, const char *note, Err *err) {
+    RateSeries rate = {"backtracking rate (completions with \xE2\x89\xA5 1 event)", BLUE, bt_k, n};
+    return rate_figure(path, "Backtracking rate by prompt variant", note, "prompt variant", "backtracking rate",
+                       variants, n_variants, &rate, 1, "no completions", err);
+}
+
+int fig_rate_by_condition(const char *path, const char *const *conditions, const long long *bt_k,
+                          const long long *n, int n_conditions, const char *note, Err *err) {
+    RateSeries rate = {"backtracking rate (completions with \xE2\x89\xA5 1 event)", BLUE, bt_k, n};
+    return rate_figure(path, "Backtracking rate by ablation condition", note, "condition", "backtracking rate",
+                       conditions, n_conditions, &rate, 1, "no completions", err);
+}
+
+int fig_bt_vs_accuracy(const char *path, const char *const *groups, const long long *correct_bt,
+                       const long long *n_bt, const long long *correct_nobt, const long long *n_nobt, int n_groups,
+                       const char *note, Err *err) {
+    RateSeries acc[2] = {{"completions with backtracking", RED, correct_bt, n_bt},
+                         {"completions without backtracking", BLUE, correct_nobt, n_nobt}};
+    return rate_figure(path, "Accuracy with vs without backtracking", note, "variant / condition", "accuracy",
+                       groups, n_groups, acc, 2, "no completions", err);
+}
+
+int fig_formatting_effect(const char *path, const char *const *variants, const long long *bt_k, const long long *n,
+                          const long long *correct, int n_variants, const char *note, Err *err) {
+    RateSeries rates[2] = {{"backtracking rate", BLUE, bt_k, n}, {"accuracy", GREEN, correct, n}};
+    return rate_figure(path, "Effect of output formatting on backtracking", note, "prompt variant",
+                       "proportion of completions", variants, n_variants, rates, correct ? 2 : 1, "no completions",
+                       err);
+}
+
+int fig_logit_lens(const char *path, int n_layers, const CiSeries *events, int n_events, const CiSeries *controls,
+                   int n_controls, const char *note, Err *err) {
+    Buf b = {0};
+    Svg s;
+    int n_points = n_layers + 1;
+    svg_begin(&s, &b, 800, FIG_HEIGHT, "Logit lens: onset token at backtracking events vs controls", note);
+    if (n_layers < 0 || n_events <= 0 || !events || !any_finite(events->mean, n_points)) {
+        svg_no_data(&s, n_events <= 0 ? "no backtracking events" : "no layers");
+        svg_end(&s);
+        return figure_write(path, &b, err);
+    }
+    int with_controls = controls && n_controls > 0 && any_finite(controls->mean, n_points);
+    char event_name[96], control_name[96];
+    snprintf(event_name, sizeof event_name, "backtracking events (n = %d)", n_events);
+    snprintf(control_name, sizeof control_name, "position-matched controls (n = %d)", with_controls ? n_controls : 0);
+    SvgKey keys[] = {{event_name, BLUE, SVG_KEY_LINE}, {control_name, GREY, SVG_KEY_DASHED}, {"95% CI", GREY, SVG_KEY_BAND}};
+    svg_legend(&s, keys, 3);
+    double lo = INFINITY, hi = -INFINITY;
+    min_max(events->mean, n_points, &lo, &hi);
+    min_max(events->lo, n_points, &lo, &hi);
+    min_max(events->hi, n_points, &lo, &hi);
+    if (with_controls) {
+        min_max(controls->mean, n_points, &lo, &hi);
+        min_max(controls->lo, n_points, &lo, &hi);
+        min_max(controls->hi, n_points, &lo, &hi);
+    }
+    svg_axes(&s, 0, n_layers, lo, hi, "layer (0 = embeddings)", "mean log p(onset token)", 1);
+    if (with_controls) svg_line_series(&s, NULL, controls->mean, controls->lo, controls->hi, n_points, GREY, 1, 1);
+    svg_line_series(&s, NULL, events->mean, events->lo, events->hi, n_points, BLUE, 0, 1);
+    svg_end(&s);
+    return figure_write(path, &b, err);
+}
+
+// One panel of the ablation figure: events (and controls) as bars per layer, selected layers highlighted.
+static void ablation_panel(Svg *s, const char *title, int n_layers, double lo, double hi, const CiSeries *events,
+                           const CiSeries *controls, const int *selected, int n_selected, const char *x_label) {
+    svg_axes(s, -0.5, n_layers - 0.5, lo, hi, x_label, "drop in log p(onset)", 1);
+    for (int i = 0; i < n_selected; i++)
+        if (selected[i] >= 0 && selected[i] < n_layers) svg_highlight_x(s, selected[i] - 0.5, selected[i] + 0.5, YELLOW);
+    svg_text(s, s->left, s->top - 8, LABEL_PX, "start", TEXT_COLOR, "font-weight=\"bold\"", title);
+    int n_series = controls ? 2 : 1;
+    double *v = xmalloc((size_t)n_layers * 2 * 3 * sizeof *v); // (3, n_layers, n_series): mean, lo, hi
+    double *vlo = v + n_layers * n_series, *vhi = vlo + n_layers * n_series;
+    for (int l = 0; l < n_layers; l++)
+        for (int j = 0; j < n_series; j++) {
+            const CiSeries *c = j == 0 ? events : controls;
+            int i = l * n_series + j;
+            v[i] = c->mean[l];
+            vlo[i] = c->lo ? c->lo[l] : NAN;
+            vhi[i] = c->hi ? c->hi[l] : NAN;
+        }
+    const char *colors[2] = {BLUE, LIGHT_BLUE};
+    svg_bars(s, n_layers, n_series, v, vlo, vhi, colors, NULL);
+    free(v);
+}
+
+int fig_ablation_importance(const char *path, int n_layers, const CiSeries *attn, const CiSeries *mlp, int n_events,
+                            const CiSeries *control_attn, const CiSeries *control_mlp, int n_controls,
+                            const int *selected_attn, int n_selected_attn, const int *selected_mlp,
+                            int n_selected_mlp, const char *note, Err *err) {
+    Buf b = {0};
+    Svg s;
+    svg_begin(&s, &b, 800, ABLATION_HEIGHT, "Ablation importance by layer: drop in log p(onset token)", note);
+    if (n_layers <= 0 || n_events <= 0 || !attn || !mlp ||
+        (!any_finite(attn->mean, n_layers) && !any_finite(mlp->mean, n_layers))) {
+        svg_no_data(&s, n_events <= 0 ? "no backtracking events" : "no layers");
+        svg_end(&s);
+        return figure_write(path, &b, err);
+    }
+    int with_controls = n_controls > 0 && control_attn && control_mlp;
+    char event_name[96], control_name[96];
+    snprintf(event_name, sizeof event_name, "backtracking events (n = %d)", n_events);
+    snprintf(control_name, sizeof control_name, "position-matched controls (n = %d)", with_controls ? n_controls : 0);
+    SvgKey keys[] = {{event_name, BLUE, SVG_KEY_BAR}, {control_name, LIGHT_BLUE, SVG_KEY_BAR},
+                     {"selected for targeted ablation", YELLOW, SVG_KEY_BAND}, {"95% CI", INK, SVG_KEY_ERROR_BAR}};
+    svg_legend(&s, keys, 4);
+    double lo = 0, hi = 0; // zero stays in view: "no effect" is the reference; both panels share the scale
+    const CiSeries *all[] = {attn, mlp, with_controls ? control_attn : NULL, with_controls ? control_mlp : NULL};
+    for (int i = 0; i < 4; i++)
+        if (all[i]) {
+            min_max(all[i]->mean, n_layers, &lo, &hi);
+            min_max(all[i]->lo, n_layers, &lo, &hi);
+            min_max(all[i]->hi, n_layers, &lo, &hi);
+        }
+    // Each panel has its title above it; between them the upper panel's tick labels.
+    double title_px = 24, gap = 36 + title_px, bottom = s.bottom;
+    s.top += title_px;
+    double panel = (bottom - s.top - gap) / 2;
+    s.bottom = s.top + panel;
+    ablation_panel(&s, "attention output ablated", n_layers, lo, hi, attn, with_controls ? control_attn : NULL,
+                   selected_attn, n_selected_attn, NULL);
+    s.top = s.bottom + gap;
+    s.bottom = bottom;
+    ablation_panel(&s, "MLP output ablated", n_layers, lo, hi, mlp, with_controls ? control_mlp : NULL, selected_mlp,
+                   n_selected_mlp, "layer");
+    svg_end(&s);
+    return figure_write(path, &b, err);
+}
+
+// ----------------------------------------------------------------------------
+// Commands
 
 int cmd_make_report(int argc, char **argv) { return not_built(argc, argv); }
