@@ -13,8 +13,8 @@ scratch() { d=$(mktemp -d "$ROOT/build/tmp/cli.XXXXXX"); cp -r "$ROOT/configs" "
 expect() {
     name=$1; code=$2; pattern=$3; shift 3
     out=$("$@" 2>&1); rc=$?
-    if [ $rc -ne "$code" ]; then bad "$name" "exit $rc, wanted $code: $(echo "$out" | head -n 3)"; return; fi
-    if [ -n "$pattern" ] && ! echo "$out" | grep -qE -- "$pattern"; then bad "$name" "output lacks /$pattern/: $(echo "$out" | head -n 3)"; return; fi
+    if [ $rc -ne "$code" ]; then bad "$name" "exit $rc, wanted $code: $(printf '%s\n' "$out" | head -n 3)"; return; fi
+    if [ -n "$pattern" ] && ! printf '%s\n' "$out" | grep -qE -- "$pattern"; then bad "$name" "output lacks /$pattern/: $(printf '%s\n' "$out" | head -n 3)"; return; fi
     ok "$name"
 }
 
