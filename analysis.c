@@ -1275,6 +1275,7 @@ static int scan_write(const Config *c, const Run *run, const char *variant, cons
     // Rank attention layers and MLP layers apart by their mean effect on events.
     const ScanResult **order[2];
     int top_k[2] = {c->top_k_attn < n_layers ? c->top_k_attn : n_layers, c->top_k_mlp < n_layers ? c->top_k_mlp : n_layers};
+    if (n_events == 0) top_k[0] = top_k[1] = 0; // nothing measured, nothing selected
     int *rank = xmalloc((size_t)2 * n_layers * sizeof *rank);
     for (int comp = 0; comp < 2; comp++) {
         order[comp] = xmalloc((size_t)n_layers * sizeof *order[comp]);
@@ -1375,13 +1376,12 @@ int cmd_ablation_scan(int argc, char **argv) {
     if (analysis_open(&c, &m, &tok, &err)) goto out;
     opened = 1;
     if (items_load(&c, &run, tok, variant, c.ablation_max_events, &it, &err)) goto out;
-    if (it.n_events == 0) {
-        err_input(&err, "no events of variant %s in run %s: nothing to scan (generate more, or check [detection] triggers)", variant, run.id);
-        goto out;
-    }
+    if (it.n_events == 0) // the outputs say so: no effects, no layers selected, a "no data" figure
+        fprintf(stderr, "bt ablation-scan: warning: no events of variant %s in run %s: nothing to scan, no layers selected\n", variant, run.id);
     n_layers = m.cfg.n_layers;
     int hidden = m.cfg.hidden_size, vocab = m.cfg.vocab_size;
     int n_slots = it.n_seqs < c.batch_size ? it.n_seqs : c.batch_size;
+    if (n_slots < 1) n_slots = 1;
     if (forcer_init(&f, &m, n_slots, items_max_tokens(&it), ANALYSIS_MAX_ROWS, &err)) goto out;
     if (c.ablation_kind == ABLATE_MEAN && estimate_means(&f, &it, &run, &attn_mean, &mlp_mean, &err)) goto out;
     // One mask per (layer, component): masks[2l] ablates attention l, masks[2l+1] MLP l.

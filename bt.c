@@ -15,6 +15,7 @@
 
 int bt_quiet = 0;
 int bt_threads = 1;
+static int threads_flag = -1; // --threads N given on the command line, -1 if not: it beats [run] threads
 
 // ----------------------------------------------------------------------------
 // Flags
@@ -68,6 +69,7 @@ int opts_parse(Opt *opts, int argc, char **argv, Err *err) {
             long n = strtol(argv[++i], &end, 10);
             if (*end || n < 0 || n > 1024) return err_input(err, "%s: --threads: '%s' is not a thread count", argv[0], argv[i]);
             set_threads((int)n);
+            threads_flag = (int)n;
             continue;
         }
         Opt *o = opts;
@@ -493,7 +495,7 @@ int run_current(const Config *c, Run *run, Err *err) {
 // Loads the config and the current run, the start of every stage after init-run.
 int stage_begin(Config *c, Run *run, const Opt *opts, Err *err) {
     if (config_load(c, opt_str(opts, "--config", BT_DEFAULT_CONFIG), err)) return -1;
-    if (!opt_str(opts, "--threads", NULL)) set_threads(c->threads);
+    set_threads(threads_flag >= 0 ? threads_flag : c->threads);
     if (run_current(c, run, err)) {
         config_free(c);
         return -1;
@@ -573,7 +575,7 @@ int cmd_init_run(int argc, char **argv) {
     if (r) return r < 0 ? fail(&err) : 0;
     Config c;
     if (config_load(&c, opt_str(opts, "--config", BT_DEFAULT_CONFIG), &err)) return fail(&err);
-    if (!opt_str(opts, "--threads", NULL)) set_threads(c.threads);
+    set_threads(threads_flag >= 0 ? threads_flag : c.threads);
     Run run;
     const char *given = opt_str(opts, "--run-id", NULL);
     time_t now = time(NULL);
@@ -1627,7 +1629,7 @@ int cmd_run(int argc, char **argv) {
     Config c;
     if (config_load(&c, config, &err)) return fail(&err);
     char threads[16];
-    snprintf(threads, sizeof threads, "%d", opt_str(opts, "--threads", NULL) ? bt_threads : c.threads);
+    snprintf(threads, sizeof threads, "%d", threads_flag >= 0 ? threads_flag : c.threads);
     const char *variant = c.lens_variant;
     struct { int (*fn)(int, char **); const char *args[4]; } stages[] = {
         {cmd_init_run, {"init-run"}},
