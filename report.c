@@ -816,7 +816,6 @@ int cmd_make_report(int argc, char **argv) {
     char written[64];
     strftime(written, sizeof written, "%Y-%m-%dT%H:%M:%SZ", &utc);
     double alpha = c.alpha;
-    const char *variant = c.lens_variant;
 
     // H1 and H0 from the condition comparison.
     Verdict h1 = INCONCLUSIVE, h0 = INCONCLUSIVE, h2 = INCONCLUSIVE;
@@ -825,15 +824,15 @@ int cmd_make_report(int argc, char **argv) {
     int rt = have_conditions ? find_row(&conditions, "condition", "targeted_ablation") : -1;
     int rr = have_conditions ? find_row(&conditions, "condition", "random_ablation") : -1;
     if (rb < 0 || rt < 0 || rr < 0) {
-        buf_puts(&h1_why, "the condition comparison has not run (run compare-conditions), so there is no causal test.");
-        buf_puts(&h0_why, "the condition comparison has not run.");
+        buf_puts(&h1_why, "The condition comparison has not run (run compare-conditions), so there is no causal test.");
+        buf_puts(&h0_why, "The condition comparison has not run.");
     } else {
         double base = cell_num(&conditions, rb, "backtracking_rate"), targ = cell_num(&conditions, rt, "backtracking_rate");
         double rand_rate = cell_num(&conditions, rr, "backtracking_rate");
         double drop = cell_num(&conditions, rt, "relative_drop_vs_baseline"), rand_drop = cell_num(&conditions, rr, "relative_drop_vs_baseline");
         double p_tb = cell_num(&conditions, rt, "fisher_p_vs_baseline"), p_tr = cell_num(&conditions, rt, "fisher_p_targeted_vs_random");
         Buf nums = {0};
-        buf_printf(&nums, "targeted ablation (%s) changed the backtracking rate of %s from ", cell(&conditions, 0, "variant"), variant);
+        buf_printf(&nums, "Targeted ablation changed the backtracking rate of %s from ", cell(&conditions, 0, "variant"));
         fmt_ci(&nums, base, cell_num(&conditions, rb, "rate_ci_lo"), cell_num(&conditions, rb, "rate_ci_hi"));
         buf_puts(&nums, " to ");
         fmt_ci(&nums, targ, cell_num(&conditions, rt, "rate_ci_lo"), cell_num(&conditions, rt, "rate_ci_hi"));
@@ -845,37 +844,37 @@ int cmd_make_report(int argc, char **argv) {
         fmt_p(&nums, p_tr);
         buf_printf(&nums, "). Criteria: relative drop >= %g and p < %g against baseline and against random.", c.h1_min_relative_drop, alpha);
         if (!(cell_num(&conditions, rb, "with_backtracking") > 0)) {
-            buf_printf(&h1_why, "the baseline has no backtracking to remove. %s", nums.data);
+            buf_printf(&h1_why, "The baseline has no backtracking to remove. %s", nums.data);
         } else if (drop >= c.h1_min_relative_drop && p_tb < alpha && p_tr < alpha) {
             h1 = SUPPORTED;
             buf_printf(&h1_why, "%s", nums.data);
         } else if (drop < c.h1_min_relative_drop) {
             h1 = NOT_SUPPORTED;
-            buf_printf(&h1_why, "the drop is below the pre-registered size. %s", nums.data);
+            buf_printf(&h1_why, "The drop is below the pre-registered size. %s", nums.data);
         } else {
-            buf_printf(&h1_why, "the drop reaches the pre-registered size but is not significant against %s. %s",
+            buf_printf(&h1_why, "The drop reaches the pre-registered size but is not significant against %s. %s",
                        p_tb >= alpha ? "the baseline" : "the random control", nums.data);
         }
         // H0 is the diffuse alternative: no small set reliably reduces backtracking.
         if (h1 == SUPPORTED) {
             h0 = NOT_SUPPORTED;
-            buf_printf(&h0_why, "a small targeted set reliably reduces backtracking (see H1), unlike a random set of the same shape.");
+            buf_printf(&h0_why, "A small targeted set reliably reduces backtracking (see H1), unlike a random set of the same shape.");
         } else if (h1 == NOT_SUPPORTED && (p_tb >= alpha || drop < c.h1_min_relative_drop)) {
             h0 = SUPPORTED;
-            buf_printf(&h0_why, "ablating the %d attention and %d MLP layers the scan ranked highest did not reduce backtracking by the pre-registered amount (relative drop %.3g, p = ",
+            buf_printf(&h0_why, "Ablating the %d attention and %d MLP layers the scan ranked highest did not reduce backtracking by the pre-registered amount (relative drop %.3g, p = ",
                        c.top_k_attn, c.top_k_mlp, drop);
             fmt_p(&h0_why, p_tb);
             buf_puts(&h0_why, ").");
         } else {
-            buf_puts(&h0_why, "it stands or falls with H1, which is inconclusive.");
+            buf_puts(&h0_why, "It stands or falls with H1, which is inconclusive.");
         }
         buf_free(&nums);
     }
     // H2 from the formatting sweep.
     if (!have_formatting || formatting.n_rows == 0) {
-        buf_puts(&h2_why, "the formatting sweep has not run (run formatting-sweep).");
+        buf_puts(&h2_why, "The formatting sweep has not run (run formatting-sweep).");
     } else if (formatting.n_rows < 2) {
-        buf_puts(&h2_why, "only one prompt variant was generated; format dependence needs two or more.");
+        buf_puts(&h2_why, "Only one prompt variant was generated; format dependence needs two or more.");
     } else {
         double chi_p = cell_num(&formatting, 0, "chi2_p"), ratio = cell_num(&formatting, 0, "max_min_rate_ratio");
         int hi = 0, lo = 0;
@@ -884,7 +883,7 @@ int cmd_make_report(int argc, char **argv) {
             if (cell_num(&formatting, v, "backtracking_rate") < cell_num(&formatting, lo, "backtracking_rate")) lo = v;
         }
         Buf nums = {0};
-        buf_printf(&nums, "backtracking rates range from %.3g (%s) to %.3g (%s), a max/min ratio of %.3g; chi-square across %d variants = %.3g (df %d), p = ",
+        buf_printf(&nums, "Backtracking rates range from %.3g (%s) to %.3g (%s), a max/min ratio of %.3g; chi-square across %d variants = %.3g (df %d), p = ",
                    cell_num(&formatting, lo, "backtracking_rate"), cell(&formatting, lo, "variant"), cell_num(&formatting, hi, "backtracking_rate"),
                    cell(&formatting, hi, "variant"), ratio, formatting.n_rows, cell_num(&formatting, 0, "chi2_stat"),
                    (int)cell_num(&formatting, 0, "chi2_df"));
@@ -897,7 +896,7 @@ int cmd_make_report(int argc, char **argv) {
         }
         buf_printf(&nums, "; accuracy on the same problems spans %.3g to %.3g. Criteria: chi-square p < %g and max/min rate ratio >= %g.",
                    acc_lo, acc_hi, alpha, c.h2_min_rate_ratio);
-        if (chi_p != chi_p) buf_printf(&h2_why, "the chi-square test is undefined (no variant backtracks, or all always do). %s", nums.data);
+        if (chi_p != chi_p) buf_printf(&h2_why, "The chi-square test is undefined (no variant backtracks, or all always do). %s", nums.data);
         else if (chi_p < alpha && ratio >= c.h2_min_rate_ratio) { h2 = SUPPORTED; buf_printf(&h2_why, "%s", nums.data); }
         else { h2 = NOT_SUPPORTED; buf_printf(&h2_why, "%s", nums.data); }
         buf_free(&nums);
@@ -913,9 +912,9 @@ int cmd_make_report(int argc, char **argv) {
     buf_printf(&md, "| run | git SHA | model | config | config digest | run created | report written | bt | threads |\n|---|---|---|---|---|---|---|---|---|\n");
     buf_printf(&md, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n\n", run.id, sha, model_id, c.file, digest, created, written, BT_VERSION, threads);
     buf_puts(&md, "## Verdicts\n\n");
-    buf_printf(&md, "H1 (localized trigger): %s\n\nWhy: %s\n\n", verdict_names[h1], h1_why.data ? h1_why.data : "");
-    buf_printf(&md, "H0 (diffuse/reroutable): %s\n\nWhy: %s\n\n", verdict_names[h0], h0_why.data ? h0_why.data : "");
-    buf_printf(&md, "H2 (format dependence): %s\n\nWhy: %s\n\n", verdict_names[h2], h2_why.data ? h2_why.data : "");
+    buf_printf(&md, "H1 (localized trigger): %s\n\n%s\n\n", verdict_names[h1], h1_why.data ? h1_why.data : "");
+    buf_printf(&md, "H0 (diffuse/reroutable): %s\n\n%s\n\n", verdict_names[h0], h0_why.data ? h0_why.data : "");
+    buf_printf(&md, "H2 (format dependence): %s\n\n%s\n\n", verdict_names[h2], h2_why.data ? h2_why.data : "");
 
     // Backtracking per variant.
     buf_puts(&md, "## Backtracking by prompt format\n\n");

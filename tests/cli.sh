@@ -18,6 +18,8 @@ expect() {
     ok "$name"
 }
 
+# CLI_ONLY=NAME runs only tests/cli_NAME.sh (while working on one part).
+if [ -z "${CLI_ONLY:-}" ]; then
 scratch
 expect "help lists every command" 0 "formatting-sweep" "$BT" --help
 for c in init-run prepare-data generate detect-events logit-lens ablation-scan compare-conditions \
@@ -26,7 +28,8 @@ for c in init-run prepare-data generate detect-events logit-lens ablation-scan c
     expect "$c --help" 0 "usage: bt $c" "$BT" $c --help
 done
 expect "unknown command" 2 "unknown command 'frobnicate'" "$BT" frobnicate
+fi
 
-[ -n "$(ls "$ROOT"/tests/cli_*.sh 2>/dev/null)" ] && for f in "$ROOT"/tests/cli_*.sh; do . "$f"; done
+for f in "$ROOT"/tests/cli_${CLI_ONLY:-*}.sh; do [ -f "$f" ] && . "$f"; done
 
 echo "cli: $pass passed, $fail failed, $skip skipped"
