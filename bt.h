@@ -30,6 +30,7 @@ int err_runtime(Err *err, const char *fmt, ...) __attribute__((format(printf, 2,
 // Memory and byte buffers (io.c)
 
 void *xmalloc(size_t n);             // exits 1 with a message when out of memory
+int cmp_int_asc(const void *a, const void *b); // qsort comparator for int
 void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
@@ -212,6 +213,7 @@ typedef struct {
 
 #define OPT(name, takes_value, help) {name, takes_value, help, NULL, {0}, 0}
 #define OPT_END {0}
+#define OPT_CONFIG OPT("--config", 1, "config file (default " BT_DEFAULT_CONFIG ")")
 
 // Fills opts (ended by OPT_END) from argv, argv[0] being the command name.
 // Returns 0, 1 after printing usage for --help, or -1 (unknown flag, missing value).
@@ -248,7 +250,8 @@ typedef struct {
 } Run;
 
 int run_current(const Config *c, Run *run, Err *err);  // reads runs/.current_run_id
-int stage_begin(Config *c, Run *run, const Opt *opts, Err *err); // config (--config) + current run + threads
+// A stage's start: flags, config (--config), threads, current run; 0 to go on, else 1 and the exit code.
+int stage_open(int argc, char **argv, Opt *opts, Config *c, Run *run, int *exit_code);
 void run_path(const Run *run, char *out, size_t n, const char *rel); // runs/<id>/<rel>
 void run_generation_path(const Run *run, char *out, size_t n, const char *variant, const char *condition);
 
