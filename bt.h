@@ -255,13 +255,15 @@ void problems_free(Problem *p, int n);
 
 // ----------------------------------------------------------------------------
 // Tokenizer (tokenizer.c): the single source of tokenization. Hugging Face
-// tokenizer.json byte-level BPE; encode yields byte spans in the input.
+// tokenizer.json byte-level BPE (Qwen2/2.5/3, DeepSeek-R1-Distill, Llama 3, GPT-2
+// style); encode yields byte spans in the input. Load and use are thread-safe:
+// a loaded Tokenizer is never written again.
 
 typedef struct Tokenizer Tokenizer;
 
 typedef struct {
     int id;
-    int start, end; // byte span of the token in the encoded text
+    int start, end; // byte span [start, end) of the token in the encoded text
 } Token;
 
 typedef struct {
@@ -269,17 +271,41 @@ typedef struct {
     int n, cap;
 } TokenList;
 
+// Errors (exit 2) name the file and line: bad JSON, wrong types, duplicate ids or
+// strings, merges naming tokens not in the vocab, and any pipeline bt does not
+// implement (non-BPE models, normalizers other than NFC, unknown Split regexes).
 int tokenizer_load(Tokenizer **out, const char *path, Err *err);
 void tokenizer_free(Tokenizer *t);
 int tokenizer_vocab_size(const Tokenizer *t); // largest id + 1
-// Appends the tokens of text[0..len) to out (added tokens split out first, then NFC, pre-tokenizer, BPE).
+// Appends the tokens of text[0..len) to out: added tokens split out of the raw text
+// first, then NFC (when the file asks for it), the pre-tokenizer, BPE. Any bytes
+// are accepted (an invalid UTF-8 byte is a character of no class). Spans are
+// offsets in text and tile it: they start at 0, each starts where the previous
+// ended, the last ends at len. Where NFC changes the text, the token holding the
+// first byte of the changed stretch spans all of its original bytes, and tokens
+// starting later inside it start at its end. Fails only for texts of 2 GB or more.
 int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, TokenList *out, Err *err);
-// Appends the bytes of ids to out; offsets (n + 1, or NULL) receive each token's start byte and the end.
+// Appends the bytes of ids to out (an added token gives its content; unknown ids
+// give nothing). offsets (n + 1 entries, or NULL) receive the offset in out->data
+// where each token's bytes start, then out->len. decode(encode(s)) == s for any
+// bytes s when the tokenizer has no normalizer; with NFC, the text between added
+// tokens comes back in NFC (so == s when s is NFC).
 void tokenizer_decode(const Tokenizer *t, const int *ids, int n, Buf *out, int *offsets);
 const char *tokenizer_token_bytes(const Tokenizer *t, int id, int *n_bytes); // decoded bytes of one token, NULL if unknown
-int tokenizer_find(const Tokenizer *t, const char *bytes, int n_bytes);     // id whose decoded bytes are exactly these, -1 if none
-int tokenizer_is_special(const Tokenizer *t, int id);
+// Id whose decoded bytes are exactly these, -1 if none; an added token first, as in encoding.
+int tokenizer_find(const Tokenizer *t, const char *bytes, int n_bytes);
+int tokenizer_is_special(const Tokenizer *t, int id); // an added token marked "special"
 void tokens_free(TokenList *l);
+
+// Encoding speed on the texts of a file (each string value of a JSONL object, or
+// each line), encoded one text at a time on one thread, repeated until min_seconds.
+typedef struct {
+    int n_texts, passes;
+    long long n_bytes, n_tokens; // one pass
+    double seconds;              // all passes
+    double mb_s;                 // 10^6 bytes encoded per second
+} TokenizerBench;
+int tokenizer_bench(const Tokenizer *t, const char *path, double min_seconds, TokenizerBench *b, Err *err);
 
 // ----------------------------------------------------------------------------
 // Model (model.c): a Hugging Face checkpoint directory, weights mmapped in their
