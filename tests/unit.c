@@ -12,8 +12,9 @@ extern const TestCase tests_io[];
 extern const TestCase tests_config[];
 extern const TestCase tests_tokenizer[];
 extern const TestCase tests_model[];
+extern const TestCase tests_organism[];
 
-static const TestCase *groups[] = {tests_io, tests_config, tests_tokenizer, tests_model};
+static const TestCase *groups[] = {tests_io, tests_config, tests_tokenizer, tests_model, tests_organism};
 
 static int current_failed, current_skipped;
 static char skip_reason[512];
