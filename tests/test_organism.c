@@ -396,6 +396,56 @@ static void t_organism_ablations(void) {
     org_close(&o);
 }
 
+// Mean ablation with the means over every position of the baseline variant's prompts and
+// completions: the flag's mean is about "outside <think>", so it too removes " Wait".
+static void t_organism_mean_ablation(void) {
+    Org o;
+    if (org_open(&o)) return;
+    int L = o.m.cfg.n_layers, D = o.m.cfg.hidden_size, rows = 0;
+    double *sum = xcalloc(2 * (size_t)L * D, sizeof *sum); // [attn | mlp][layer][dim]
+    Buf text = {0};
+    TokenList ids = {0};
+    Err err = {0};
+    for (int q = 0; q < N_QUESTIONS; q++) {
+        prompt_text(&text, 0, questions[q], completion);
+        encode(&o, text.data, &ids);
+        int n = ids.n, *tok = xmalloc(n * sizeof *tok), *slot = xcalloc(n, sizeof *slot), *pos = xmalloc(n * sizeof *pos);
+        float *out = xmalloc(2 * (size_t)n * L * D * sizeof *out);
+        for (int i = 0; i < n; i++) tok[i] = ids.v[i].id, pos[i] = i;
+        RunState *s = runstate_new(&o.m, 1, n, n, &err);
+        Forward f = {.n = n, .token = tok, .slot = slot, .pos = pos, .attn_out = out, .mlp_out = out + (size_t)n * L * D, .capture_row = pos};
+        CHECKF(s && model_forward(&o.m, s, &f, &err) == 0, "%s", err.msg);
+        for (int k = 0; k < 2; k++)
+            for (size_t i = 0; i < (size_t)n * L * D; i++) sum[(size_t)k * L * D + i % ((size_t)L * D)] += out[(size_t)k * n * L * D + i];
+        rows += n;
+        runstate_free(s);
+        free(tok), free(slot), free(pos), free(out);
+    }
+    float *mean = xmalloc(2 * (size_t)L * D * sizeof *mean);
+    for (size_t i = 0; i < 2 * (size_t)L * D; i++) mean[i] = (float)(sum[i] / rows);
+    static double clean[1024], clean1[1024], p[1024], p1[1024];
+    int prompt_n = wait_probs(&o, 0, questions[1], NULL, &ids, (double *[2]){clean, clean1});
+    for (int c = 0; c < 2 * L; c++) {
+        Ablation a;
+        AblationMask *mask = ablate(&a, &o, c < L ? 'a' : 'm', c % L, 0);
+        mask->kind = ABLATE_MEAN, mask->attn_mean = mean, mask->mlp_mean = mean + (size_t)L * D;
+        wait_probs(&o, 0, questions[1], mask, &ids, (double *[2]){p, p1});
+        int planted = c == o.attn_layer || c == L + o.mlp_layer;
+        double worst = 0;
+        for (int i = prompt_n; i < ids.n; i++)
+            if (ids.v[i].id == o.dot_id && clean[i] > 0.1) {
+                double d = planted ? p[i] : fabs(p[i] - clean[i]);
+                worst = d > worst ? d : worst;
+            }
+        if (planted) CHECKF(worst < 0.01, "%s %d mean-ablated: p(Wait) still %.3g", c < L ? "attn" : "mlp", c % L, worst);
+        else CHECKF(worst < P_TOL, "%s %d mean-ablated: p(Wait) moved by %.4f", c < L ? "attn" : "mlp", c % L, worst);
+    }
+    free(mean), free(sum);
+    tokens_free(&ids);
+    buf_free(&text);
+    org_close(&o);
+}
+
 // ----------------------------------------------------------------------------
 // Generated text
 
@@ -541,6 +591,7 @@ const TestCase tests_organism[] = {
     {"organism_wait_only_at_sentence_ends_in_think", t_organism_wait_only_at_sentence_ends_in_think},
     {"organism_position_does_not_matter", t_organism_position_does_not_matter},
     {"organism_ablations", t_organism_ablations},
+    {"organism_mean_ablation", t_organism_mean_ablation},
     {"organism_greedy", t_organism_greedy},
     {"organism_sampled", t_organism_sampled},
     {0, 0},
