@@ -480,9 +480,23 @@ typedef struct {
 int find_triggers(const char *text, size_t n, char *const *triggers, int n_triggers, TriggerHit *hits, int max_hits);
 
 // ----------------------------------------------------------------------------
-// Organism (organism.c): the embedded planted-mechanism model.
+// Organism (organism.c): the embedded planted-mechanism model. A Qwen2 directory
+// whose weights are constructed so that " Wait" follows a "." inside an open <think>
+// with a set probability, decided by one attention head and one MLP layer; the same
+// facts are in its config.json under "bt_organism".
 
-int organism_write(const char *dir, Err *err); // writes a Hugging Face model directory
+#define ORGANISM_ATTN_LAYER 1     // head 0 moves "inside <think>" into the residual stream
+#define ORGANISM_MLP_LAYER 2      // turns that flag + "." into the trigger's logit
+#define ORGANISM_TRIGGER " Wait"  // the onset token (one token)
+#define ORGANISM_P_WAIT 0.35      // p(trigger | ".", inside <think>) when sampling at ORGANISM_TEMPERATURE
+#define ORGANISM_TEMPERATURE 0.6  // the bigram table reproduces its text's frequencies at this temperature
+
+// Writes config.json (last), generation_config.json, tokenizer.json, tokenizer_config.json
+// and model.safetensors into dir (created if missing); the same bytes every time.
+int organism_write(const char *dir, Err *err);
+// A safetensors file of n tensors, in the order given; a tensor with rows = 1 is 1-D.
+// Built in memory and written with write_file_atomic.
+int safetensors_write(const char *path, const char *const *names, const Tensor *tensors, int n, Err *err);
 
 // ----------------------------------------------------------------------------
 // Statistics (analysis.c): 95% intervals and tests, each checked against
