@@ -3,6 +3,7 @@
 #include "bt.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 
 int bt_quiet = 0;
 int bt_threads = 1;
+static int threads_flag = -1; // --threads N given on the command line, -1 if not: it beats [run] threads
 
 // ----------------------------------------------------------------------------
 // Flags
@@ -67,6 +69,7 @@ int opts_parse(Opt *opts, int argc, char **argv, Err *err) {
             long n = strtol(argv[++i], &end, 10);
             if (*end || n < 0 || n > 1024) return err_input(err, "%s: --threads: '%s' is not a thread count", argv[0], argv[i]);
             set_threads((int)n);
+            threads_flag = (int)n;
             continue;
         }
         Opt *o = opts;
@@ -490,9 +493,9 @@ int run_current(const Config *c, Run *run, Err *err) {
 }
 
 // Loads the config and the current run, the start of every stage after init-run.
-static int stage_begin(Config *c, Run *run, const Opt *opts, Err *err) {
+int stage_begin(Config *c, Run *run, const Opt *opts, Err *err) {
     if (config_load(c, opt_str(opts, "--config", BT_DEFAULT_CONFIG), err)) return -1;
-    if (!opt_str(opts, "--threads", NULL)) set_threads(c->threads);
+    set_threads(threads_flag >= 0 ? threads_flag : c->threads);
     if (run_current(c, run, err)) {
         config_free(c);
         return -1;
@@ -572,7 +575,7 @@ int cmd_init_run(int argc, char **argv) {
     if (r) return r < 0 ? fail(&err) : 0;
     Config c;
     if (config_load(&c, opt_str(opts, "--config", BT_DEFAULT_CONFIG), &err)) return fail(&err);
-    if (!opt_str(opts, "--threads", NULL)) set_threads(c.threads);
+    set_threads(threads_flag >= 0 ? threads_flag : c.threads);
     Run run;
     const char *given = opt_str(opts, "--run-id", NULL);
     time_t now = time(NULL);
@@ -853,9 +856,821 @@ out:
     return err.msg[0] ? fail(&err) : 0;
 }
 
-int cmd_generate(int argc, char **argv) { return not_built(argc, argv); }
-int cmd_detect_events(int argc, char **argv) { return not_built(argc, argv); }
-int cmd_run(int argc, char **argv) { return not_built(argc, argv); }
+// ----------------------------------------------------------------------------
+// Answers: the predicted answer of a completion and its comparison with gold.
+
+// Canonical form of an answer: no spaces, commas or '$' (or \$), no trailing '.',
+// and numbers in one spelling (12.50 and 12.5, 7.0 and 7 compare equal).
+void answer_normalize(const char *s, size_t n, char *out, size_t out_n) {
+    char tmp[256];
+    size_t k = 0;
+    for (size_t i = 0; i < n && k + 1 < sizeof tmp; i++) {
+        if (s[i] == '\\' && i + 1 < n && s[i + 1] == '$') continue; // LaTeX \$
+        if (s[i] != ' ' && s[i] != ',' && s[i] != '$' && s[i] != '\n' && s[i] != '\t') tmp[k++] = s[i];
+    }
+    while (k > 0 && tmp[k - 1] == '.') k--;
+    tmp[k] = 0;
+    char *end;
+    double v = strtod(tmp, &end);
+    if (k > 0 && *end == 0 && tmp[0] != '+' && (tmp[0] == '-' || (tmp[0] >= '0' && tmp[0] <= '9') || tmp[0] == '.') && v == v)
+        snprintf(out, out_n, "%.12g", v);
+    else
+        snprintf(out, out_n, "%s", tmp);
+}
+
+static int is_digit(char c) { return c >= '0' && c <= '9'; }
+
+// Finds the last number ("-1,234.5") in s[0..n); returns its start and length.
+static int last_number(const char *s, size_t n, size_t *start, size_t *len) {
+    int found = 0;
+    for (size_t i = 0; i < n;) {
+        if (!is_digit(s[i])) { i++; continue; }
+        size_t b = i;
+        if (b > 0 && s[b - 1] == '-') b--;
+        while (i < n && (is_digit(s[i]) || ((s[i] == ',' || s[i] == '.') && i + 1 < n && is_digit(s[i + 1])))) i++;
+        *start = b;
+        *len = i - b;
+        found = 1;
+    }
+    return found;
+}
+
+static const char *find_last(const char *s, size_t n, const char *needle) {
+    size_t m = strlen(needle);
+    for (size_t i = n >= m ? n - m + 1 : 0; i-- > 0;)
+        if (memcmp(s + i, needle, m) == 0) return s + i;
+    return NULL;
+}
+
+// The predicted answer of a completion: the last \boxed{...}, else the number
+// after the last "####", else the last number after </think> (anywhere when the
+// prompt left no <think> open). Empty when there is none.
+void answer_extract(const char *text, size_t n, int thinking_open, char *out, size_t out_n) {
+    out[0] = 0;
+    const char *boxed = find_last(text, n, "\\boxed{");
+    if (boxed) {
+        const char *p = boxed + 7, *end = text + n;
+        int depth = 1;
+        const char *q = p;
+        while (q < end && depth > 0) {
+            if (*q == '{') depth++;
+            if (*q == '}') depth--;
+            if (depth > 0) q++;
+        }
+        if (depth == 0) {
+            answer_normalize(p, (size_t)(q - p), out, out_n);
+            return;
+        }
+    }
+    const char *hashes = find_last(text, n, "####");
+    if (hashes) {
+        size_t rest = n - (size_t)(hashes + 4 - text), start, len;
+        const char *line_end = memchr(hashes + 4, '\n', rest);
+        if (line_end) rest = (size_t)(line_end - (hashes + 4));
+        if (last_number(hashes + 4, rest, &start, &len)) {
+            // The first number after ####, not the last on its line.
+            size_t i = 0;
+            const char *h = hashes + 4;
+            while (i < rest && !is_digit(h[i])) i++;
+            start = i > 0 && h[i - 1] == '-' ? i - 1 : i;
+            while (i < rest && (is_digit(h[i]) || ((h[i] == ',' || h[i] == '.') && i + 1 < rest && is_digit(h[i + 1])))) i++;
+            answer_normalize(h + start, i - start, out, out_n);
+            return;
+        }
+    }
+    const char *close = find_last(text, n, "</think>");
+    const char *from = close ? close + 8 : thinking_open ? NULL : text;
+    size_t start, len;
+    if (from && last_number(from, (size_t)(text + n - from), &start, &len)) answer_normalize(from + start, len, out, out_n);
+}
+
+int answer_correct(const char *predicted, const char *gold) {
+    char g[256];
+    answer_normalize(gold, strlen(gold), g, sizeof g);
+    return predicted[0] && strcmp(predicted, g) == 0;
+}
+
+// ----------------------------------------------------------------------------
+// Generation: seeded sampling, continuous batching over KV slots, records
+// appended in job order so a file never depends on batch size or threads.
+
+static const char *const condition_names[] = {"baseline", "targeted_ablation", "random_ablation"};
+enum { COND_BASELINE, COND_TARGETED, COND_RANDOM, N_CONDITIONS };
+
+// Renders a variant template: every {question} replaced by the question.
+static char *render_prompt(const char *template_text, const char *question) {
+    Buf b = {0};
+    const char *p = template_text, *q;
+    while ((q = strstr(p, "{question}"))) {
+        buf_append(&b, p, (size_t)(q - p));
+        buf_puts(&b, question);
+        p = q + strlen("{question}");
+    }
+    buf_puts(&b, p);
+    return b.data;
+}
+
+// Whether a prompt leaves a <think> open (so the completion starts inside thinking).
+int prompt_thinking_open(const char *prompt) {
+    const char *open = find_last(prompt, strlen(prompt), "<think>");
+    const char *close = find_last(prompt, strlen(prompt), "</think>");
+    return open && (!close || close < open);
+}
+
+// Seed of one completion: a function of (run seed, problem id, sample) only,
+// so the same completion is drawn whatever else is in its batch.
+static uint64_t completion_seed(long long run_seed, const char *problem_id, int sample) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (const char *s = problem_id; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
+    return seed_mix(seed_mix((uint64_t)run_seed, h), (uint64_t)sample);
+}
+
+typedef struct {
+    float p;
+    int id;
+} Candidate;
+
+static int cmp_candidate(const void *a, const void *b) {
+    const Candidate *x = a, *y = b;
+    if (x->p != y->p) return x->p < y->p ? 1 : -1;
+    return x->id - y->id;
+}
+
+// Draws the next token: greedy at temperature 0, else temperature + top-p
+// (the smallest set of most likely tokens whose mass reaches top_p, as HF).
+static int sample_token(const float *logits, int vocab, double temperature, double top_p, Rng *rng, Candidate *scratch) {
+    int best = 0;
+    for (int i = 1; i < vocab; i++)
+        if (logits[i] > logits[best]) best = i;
+    if (temperature <= 0) return best;
+    // Tokens more than 40 nats below the best carry < 1e-17 of the mass: skip them.
+    double max = logits[best], sum = 0;
+    int n = 0;
+    for (int i = 0; i < vocab; i++) {
+        double z = (logits[i] - max) / temperature;
+        if (z < -40) continue;
+        double p = exp(z);
+        scratch[n++] = (Candidate){(float)p, i};
+        sum += p;
+    }
+    qsort(scratch, (size_t)n, sizeof *scratch, cmp_candidate);
+    double cum = 0;
+    int keep = 0;
+    while (keep < n) {
+        cum += scratch[keep++].p / sum;
+        if (cum >= top_p) break;
+    }
+    double kept = 0;
+    for (int i = 0; i < keep; i++) kept += scratch[i].p;
+    double u = rng_uniform(rng) * kept;
+    for (int i = 0; i < keep; i++) {
+        u -= scratch[i].p;
+        if (u < 0) return scratch[i].id;
+    }
+    return scratch[keep - 1].id;
+}
+
+// One completion to produce.
+typedef struct {
+    int problem;     // index into the problems
+    int sample;      // 0 .. samples_per_problem-1
+    char *prompt;    // rendered template
+    TokenList prompt_tokens;
+    uint64_t seed;
+    Rng rng;
+    int *ids;        // (max_new_tokens) completion token ids
+    int n_ids;
+    int n_fed;       // prompt tokens already in the KV cache
+    const char *finish_reason; // NULL while running
+    double start_s, end_s;
+    char *record;    // the finished JSONL line, until written
+    int written;     // record appended to the file
+} Job;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void format_duration(char *out, size_t n, double s) {
+    if (s < 0 || s != s) snprintf(out, n, "?");
+    else if (s < 60) snprintf(out, n, "%.0fs", s);
+    else if (s < 3600) snprintf(out, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    else snprintf(out, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+}
+
+
+void layer_set_free(LayerSet *s) {
+    free(s->attn_layers);
+    free(s->mlp_layers);
+    memset(s, 0, sizeof *s);
+}
+
+static void layer_set_json(Buf *b, const LayerSet *s) {
+    buf_printf(b, "{\"kind\": \"%s\", \"attn_layers\": [", s->kind == ABLATE_MEAN ? "mean" : "zero");
+    for (int i = 0; i < s->n_attn; i++) buf_printf(b, "%s%d", i ? ", " : "", s->attn_layers[i]);
+    buf_puts(b, "], \"mlp_layers\": [");
+    for (int i = 0; i < s->n_mlp; i++) buf_printf(b, "%s%d", i ? ", " : "", s->mlp_layers[i]);
+    buf_puts(b, "]}");
+}
+
+static int read_int_array(const Json *j, int t, int **out, int *n, int n_layers, const char *path, const char *key, Err *err) {
+    if (t < 0 || j->tok[t].type != JSON_ARRAY) return err_input(err, "%s: \"%s\" must be an array of layer indices", path, key);
+    *out = xmalloc((size_t)(j->tok[t].size + 1) * sizeof **out);
+    *n = 0;
+    JSON_FOR_ARRAY(j, t, i, e) {
+        long long v;
+        if (json_int(j, e, &v) || v < 0 || v >= n_layers) {
+            free(*out);
+            *out = NULL;
+            return err_input(err, "%s:%d: \"%s\"[%d] is not a layer index in [0, %d)", path, json_line(j, e), key, i, n_layers);
+        }
+        (*out)[(*n)++] = (int)v;
+    }
+    return 0;
+}
+
+// Reads {"attn_layers": [...], "mlp_layers": [...]} (selected or random layers).
+int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err) {
+    memset(s, 0, sizeof *s);
+    Buf text = {0};
+    Json j;
+    if (read_file(path, &text, err)) return -1;
+    int rc = json_parse(&j, text.data, text.len, path, err);
+    if (rc == 0) {
+        rc = read_int_array(&j, json_key(&j, 0, "attn_layers"), &s->attn_layers, &s->n_attn, n_layers, path, "attn_layers", err);
+        if (rc == 0) rc = read_int_array(&j, json_key(&j, 0, "mlp_layers"), &s->mlp_layers, &s->n_mlp, n_layers, path, "mlp_layers", err);
+        json_free(&j);
+    }
+    buf_free(&text);
+    if (rc) layer_set_free(s);
+    return rc;
+}
+
+// Draws as many attention and MLP layers as the targeted set has, none of them
+// targeted, from the run seed (the seed's fix 4: a shape-matched control).
+static int draw_random_layers(const LayerSet *targeted, int n_layers, long long seed, LayerSet *out, Err *err) {
+    memset(out, 0, sizeof *out);
+    out->kind = targeted->kind;
+    Rng rng;
+    rng_seed(&rng, seed_mix((uint64_t)seed, 0x5A4D0A));
+    for (int part = 0; part < 2; part++) {
+        const int *chosen = part ? targeted->mlp_layers : targeted->attn_layers;
+        int n_chosen = part ? targeted->n_mlp : targeted->n_attn;
+        int *pool = xmalloc((size_t)n_layers * sizeof *pool), n_pool = 0;
+        for (int l = 0; l < n_layers; l++) {
+            int taken = 0;
+            for (int i = 0; i < n_chosen; i++) taken |= chosen[i] == l;
+            if (!taken) pool[n_pool++] = l;
+        }
+        if (n_pool < n_chosen) {
+            free(pool);
+            layer_set_free(out);
+            return err_input(err, "cannot draw %d random %s layers outside the %d targeted ones: the model has %d layers",
+                             n_chosen, part ? "MLP" : "attention", n_chosen, n_layers);
+        }
+        for (int i = 0; i < n_chosen; i++) { // partial Fisher-Yates
+            int k = i + (int)rng_below(&rng, (uint64_t)(n_pool - i));
+            int t = pool[i]; pool[i] = pool[k]; pool[k] = t;
+        }
+        qsort(pool, (size_t)n_chosen, sizeof *pool, cmp_int);
+        if (part) { out->mlp_layers = pool; out->n_mlp = n_chosen; }
+        else { out->attn_layers = pool; out->n_attn = n_chosen; }
+    }
+    return 0;
+}
+
+// Reads analysis/component_means.json (written by ablation-scan): the mean
+// output of every attention block and MLP over the run's completions.
+int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mean, float **mlp_mean, Err *err) {
+    char path[1200];
+    run_path(run, path, sizeof path, ART_MEANS);
+    Buf text = {0};
+    Json j;
+    *attn_mean = *mlp_mean = NULL;
+    if (!path_exists(path)) return err_input(err, "no %s in run %s: run ablation-scan with [ablation] kind = mean first", ART_MEANS, run->id);
+    if (read_file(path, &text, err)) return -1;
+    if (json_parse(&j, text.data, text.len, path, err)) {
+        buf_free(&text);
+        return -1;
+    }
+    int rc = 0;
+    size_t n = (size_t)mc->n_layers * (size_t)mc->hidden_size;
+    const char *keys[2] = {"attn", "mlp"};
+    float **outs[2] = {attn_mean, mlp_mean};
+    for (int part = 0; part < 2 && rc == 0; part++) {
+        int t = json_key(&j, 0, keys[part]);
+        if (t < 0 || j.tok[t].type != JSON_ARRAY || (size_t)j.tok[t].size != n) {
+            rc = err_input(err, "%s: \"%s\" must hold %d x %d numbers for this model", path, keys[part], mc->n_layers, mc->hidden_size);
+            break;
+        }
+        float *v = xmalloc(n * sizeof *v);
+        JSON_FOR_ARRAY(&j, t, i, e) {
+            double d;
+            if (json_number(&j, e, &d)) { rc = err_input(err, "%s:%d: not a number", path, json_line(&j, e)); break; }
+            v[i] = (float)d;
+        }
+        *outs[part] = v;
+    }
+    json_free(&j);
+    buf_free(&text);
+    if (rc) {
+        free(*attn_mean);
+        free(*mlp_mean);
+        *attn_mean = *mlp_mean = NULL;
+    }
+    return rc;
+}
+
+// Builds the AblationMask of a condition (NULL mask for baseline).
+static int condition_mask(const Config *c, const Run *run, const Model *m, int condition, LayerSet *set, AblationMask *mask, float **means, Err *err) {
+    memset(set, 0, sizeof *set);
+    memset(mask, 0, sizeof *mask);
+    if (condition == COND_BASELINE) return 0;
+    int n_layers = m->cfg.n_layers;
+    char selected[1200], random_path[1200];
+    run_path(run, selected, sizeof selected, ART_SELECTED);
+    run_path(run, random_path, sizeof random_path, ART_RANDOM_LAYERS);
+    if (!path_exists(selected)) return err_input(err, "no %s in run %s: run ablation-scan first", ART_SELECTED, run->id);
+    if (condition == COND_TARGETED) {
+        if (layer_set_read(selected, n_layers, set, err)) return -1;
+    } else if (path_exists(random_path)) { // drawn once per run, reused on resume
+        if (layer_set_read(random_path, n_layers, set, err)) return -1;
+    } else {
+        LayerSet targeted;
+        if (layer_set_read(selected, n_layers, &targeted, err)) return -1;
+        int rc = draw_random_layers(&targeted, n_layers, c->seed, set, err);
+        layer_set_free(&targeted);
+        if (rc) return -1;
+        set->kind = c->ablation_kind;
+        Buf b = {0};
+        layer_set_json(&b, set);
+        buf_putc(&b, '\n');
+        rc = write_file_atomic(random_path, b.data, b.len, err);
+        buf_free(&b);
+        if (rc) return -1;
+    }
+    set->kind = c->ablation_kind;
+    mask->kind = c->ablation_kind;
+    mask->attn = xcalloc((size_t)n_layers, 1);
+    mask->mlp = xcalloc((size_t)n_layers, 1);
+    for (int i = 0; i < set->n_attn; i++) mask->attn[set->attn_layers[i]] = 1;
+    for (int i = 0; i < set->n_mlp; i++) mask->mlp[set->mlp_layers[i]] = 1;
+    if (c->ablation_kind == ABLATE_MEAN) {
+        float *attn_mean, *mlp_mean;
+        if (component_means_read(run, &m->cfg, &attn_mean, &mlp_mean, err)) return -1;
+        mask->attn_mean = attn_mean;
+        mask->mlp_mean = mlp_mean;
+        means[0] = attn_mean;
+        means[1] = mlp_mean;
+    }
+    return 0;
+}
+
+// Reads the (problem_id, sample) pairs already in a generation file; a torn
+// last line (a crash mid-append) is cut off so the file holds whole records.
+static int resume_scan(const char *path, char ***done_ids, int **done_samples, int *n_done, Err *err) {
+    *done_ids = NULL;
+    *done_samples = NULL;
+    *n_done = 0;
+    if (!path_exists(path)) return 0;
+    Buf text = {0};
+    if (read_file(path, &text, err)) return -1;
+    size_t good_end = 0;
+    int line_no = 0;
+    for (size_t at = 0; at < text.len;) {
+        char *nl = memchr(text.data + at, '\n', text.len - at);
+        line_no++;
+        if (!nl) break; // no newline: torn
+        Json j;
+        Err perr;
+        size_t len = (size_t)(nl - (text.data + at));
+        if (json_parse(&j, text.data + at, len, path, &perr) == 0) {
+            char *id = json_strdup(&j, json_key(&j, 0, "problem_id"));
+            long long sample;
+            if (id && json_int(&j, json_key(&j, 0, "sample"), &sample) == 0) {
+                *done_ids = xrealloc(*done_ids, (size_t)(*n_done + 1) * sizeof **done_ids);
+                *done_samples = xrealloc(*done_samples, (size_t)(*n_done + 1) * sizeof **done_samples);
+                (*done_ids)[*n_done] = id;
+                (*done_samples)[(*n_done)++] = (int)sample;
+                json_free(&j);
+                at += len + 1;
+                good_end = at;
+                continue;
+            }
+            free(id);
+            json_free(&j);
+        }
+        if (nl + 1 != text.data + text.len) { // a bad line before the end is not a torn write
+            buf_free(&text);
+            return err_input(err, "%s:%d: not a generation record; remove the file to regenerate", path, line_no);
+        }
+        break;
+    }
+    int rc = 0;
+    if (good_end != text.len) {
+        progress("generate: %s: dropping a torn last record (%zu bytes) left by an interrupted run\n", path, text.len - good_end);
+        rc = write_file_atomic(path, text.data, good_end, err);
+    }
+    buf_free(&text);
+    return rc;
+}
+
+// Renders the finished job as one JSON line.
+static char *job_record(const Job *job, const Problem *pr, const char *variant, const char *condition, const Tokenizer *tok,
+                        const LayerSet *set, int thinking_open) {
+    Buf b = {0}, text = {0};
+    tokenizer_decode(tok, job->ids, job->n_ids, &text, NULL);
+    if (!text.data) buf_append(&text, "", 0);
+    char predicted[256];
+    answer_extract(text.data, text.len, thinking_open, predicted, sizeof predicted);
+    buf_puts(&b, "{\"problem_id\": ");
+    buf_json_string(&b, pr->id, strlen(pr->id));
+    buf_puts(&b, ", \"variant\": ");
+    buf_json_string(&b, variant, strlen(variant));
+    buf_printf(&b, ", \"condition\": \"%s\", \"sample\": %d, \"seed\": %llu, \"prompt\": ", condition, job->sample,
+               (unsigned long long)job->seed);
+    buf_json_string(&b, job->prompt, strlen(job->prompt));
+    buf_printf(&b, ", \"prompt_tokens\": %d, \"completion\": ", job->prompt_tokens.n);
+    buf_json_string(&b, text.data, text.len);
+    buf_puts(&b, ", \"completion_ids\": [");
+    for (int i = 0; i < job->n_ids; i++) buf_printf(&b, "%s%d", i ? "," : "", job->ids[i]);
+    buf_printf(&b, "], \"completion_tokens\": %d, \"finish_reason\": \"%s\", \"gold\": ", job->n_ids, job->finish_reason);
+    buf_json_string(&b, pr->gold, strlen(pr->gold));
+    buf_puts(&b, ", \"predicted\": ");
+    buf_json_string(&b, predicted, strlen(predicted));
+    buf_printf(&b, ", \"correct\": %s, \"ablation\": ", answer_correct(predicted, pr->gold) ? "true" : "false");
+    if (set->n_attn + set->n_mlp) layer_set_json(&b, set);
+    else buf_puts(&b, "null");
+    buf_puts(&b, "}\n");
+    buf_free(&text);
+    return b.data;
+}
+
+// Generates every missing completion of one variant under one condition.
+static int generate_variant(const Config *c, const Run *run, const Model *m, const Tokenizer *tok, const Problem *problems,
+                            int n_problems, const Variant *variant, int condition, const AblationMask *mask,
+                            const LayerSet *set, Err *err) {
+    const char *condition_name = condition_names[condition];
+    char path[1200], timing_path[1300];
+    run_generation_path(run, path, sizeof path, variant->name, condition_name);
+    snprintf(timing_path, sizeof timing_path, "%.*s.timing.jsonl", (int)(strlen(path) - 6), path);
+    char **done_ids;
+    int *done_samples, n_done;
+    if (resume_scan(path, &done_ids, &done_samples, &n_done, err)) return -1;
+    // The work list: every (problem, sample) without a record, in order.
+    int n_total = n_problems * c->samples_per_problem, n_jobs = 0;
+    Job *jobs = xcalloc((size_t)n_total, sizeof *jobs);
+    int max_prompt = 0, thinking_open = 0;
+    int rc = 0;
+    for (int p = 0; p < n_problems && rc == 0; p++) {
+        for (int s = 0; s < c->samples_per_problem && rc == 0; s++) {
+            int done = 0;
+            for (int d = 0; d < n_done && !done; d++) done = done_samples[d] == s && strcmp(done_ids[d], problems[p].id) == 0;
+            if (done) continue;
+            Job *job = &jobs[n_jobs++];
+            job->problem = p;
+            job->sample = s;
+            job->prompt = render_prompt(variant->template_text, problems[p].question);
+            rc = tokenizer_encode(tok, job->prompt, strlen(job->prompt), &job->prompt_tokens, err);
+            if (rc == 0 && job->prompt_tokens.n == 0) rc = err_input(err, "%s: variant %s gives an empty prompt", c->file, variant->name);
+            if (rc == 0 && job->prompt_tokens.n + 1 > c->max_seq_len)
+                rc = err_input(err, "problem %s: prompt of %d tokens does not fit [model] max_seq_len = %d", problems[p].id,
+                               job->prompt_tokens.n, c->max_seq_len);
+            if (job->prompt_tokens.n > max_prompt) max_prompt = job->prompt_tokens.n;
+            job->seed = completion_seed(c->seed, problems[p].id, s);
+            rng_seed(&job->rng, job->seed);
+            job->ids = xmalloc((size_t)c->max_new_tokens * sizeof *job->ids);
+        }
+    }
+    for (int d = 0; d < n_done; d++) free(done_ids[d]);
+    free(done_ids);
+    free(done_samples);
+    thinking_open = prompt_thinking_open(variant->template_text);
+    int n_slots = c->batch_size < n_jobs ? c->batch_size : n_jobs;
+    int max_seq = max_prompt + c->max_new_tokens;
+    if (max_seq > c->max_seq_len) max_seq = c->max_seq_len;
+    const int prefill_rows = 512; // rows of prompt per forward call, bounds the activations
+    int max_rows = n_slots + prefill_rows;
+    RunState *state = NULL;
+    if (rc == 0 && n_jobs > 0) {
+        state = runstate_new(m, n_slots, max_seq, max_rows, err);
+        if (!state) rc = -1;
+    }
+    int vocab = m->cfg.vocab_size;
+    int *slot_job = xmalloc((size_t)(n_slots ? n_slots : 1) * sizeof *slot_job); // job in each slot, -1 = free
+    int *row_token = xmalloc((size_t)max_rows * sizeof *row_token), *row_slot = xmalloc((size_t)max_rows * sizeof *row_slot);
+    int *row_pos = xmalloc((size_t)max_rows * sizeof *row_pos), *row_logits = xmalloc((size_t)max_rows * sizeof *row_logits);
+    const AblationMask **row_mask = xmalloc((size_t)max_rows * sizeof *row_mask);
+    float *logits = xmalloc((size_t)(n_slots ? n_slots : 1) * (size_t)vocab * sizeof *logits);
+    int *logit_slot = xmalloc((size_t)(n_slots ? n_slots : 1) * sizeof *logit_slot);
+    Candidate *scratch = xmalloc((size_t)vocab * sizeof *scratch);
+    for (int s = 0; s < n_slots; s++) slot_job[s] = -1;
+    int next_job = 0, next_write = 0, n_finished = 0;
+    long long tokens_made = 0;
+    double t0 = now_s(), last_report = 0;
+    while (rc == 0 && next_write < n_jobs) {
+        for (int s = 0; s < n_slots; s++)
+            if (slot_job[s] < 0 && next_job < n_jobs) {
+                slot_job[s] = next_job;
+                jobs[next_job++].start_s = now_s();
+            }
+        // One forward call: each running slot contributes its next decode token
+        // or its next chunk of prompt; logits only where a token is due.
+        int n = 0, n_out = 0, budget = prefill_rows;
+        for (int s = 0; s < n_slots; s++) {
+            if (slot_job[s] < 0) continue;
+            Job *job = &jobs[slot_job[s]];
+            int plen = job->prompt_tokens.n;
+            if (job->n_fed < plen) {
+                int take = plen - job->n_fed;
+                if (take > budget) take = budget;
+                if (take == 0) continue;
+                budget -= take;
+                for (int i = 0; i < take; i++, n++) {
+                    row_token[n] = job->prompt_tokens.v[job->n_fed + i].id;
+                    row_slot[n] = s;
+                    row_pos[n] = job->n_fed + i;
+                    row_logits[n] = -1;
+                    row_mask[n] = mask;
+                }
+                job->n_fed += take;
+                if (job->n_fed == plen) {
+                    row_logits[n - 1] = n_out;
+                    logit_slot[n_out++] = s;
+                }
+            } else {
+                row_token[n] = job->ids[job->n_ids - 1];
+                row_slot[n] = s;
+                row_pos[n] = plen + job->n_ids - 1;
+                row_logits[n] = n_out;
+                row_mask[n] = mask;
+                logit_slot[n_out++] = s;
+                n++;
+            }
+        }
+        Forward f = {.n = n, .token = row_token, .slot = row_slot, .pos = row_pos, .mask = mask ? row_mask : NULL,
+                     .logits = logits, .logits_row = row_logits};
+        if (n > 0 && model_forward(m, state, &f, err)) {
+            rc = -1;
+            break;
+        }
+        for (int o = 0; o < n_out; o++) {
+            int s = logit_slot[o];
+            Job *job = &jobs[slot_job[s]];
+            int token = sample_token(logits + (size_t)o * vocab, vocab, c->temperature, c->top_p, &job->rng, scratch);
+            int is_eos = 0;
+            for (int e = 0; e < m->cfg.n_eos; e++) is_eos |= token == m->cfg.eos_ids[e];
+            if (is_eos) job->finish_reason = "eos";
+            else {
+                job->ids[job->n_ids++] = token;
+                tokens_made++;
+                if (job->n_ids == c->max_new_tokens) job->finish_reason = "length";
+                else if (job->prompt_tokens.n + job->n_ids > max_seq) job->finish_reason = "max_seq_len"; // no room to feed it
+            }
+            if (job->finish_reason) {
+                job->end_s = now_s();
+                job->record = job_record(job, &problems[job->problem], variant->name, condition_name, tok, set, thinking_open);
+                slot_job[s] = -1;
+                n_finished++;
+            }
+        }
+        // Records go out in job order: each one as soon as all before it are out.
+        while (rc == 0 && next_write < n_jobs && jobs[next_write].record && !jobs[next_write].written) {
+            Job *job = &jobs[next_write];
+            rc = append_durable(path, job->record, strlen(job->record), err);
+            Buf timing = {0};
+            double secs = job->end_s - job->start_s;
+            buf_puts(&timing, "{\"problem_id\": ");
+            buf_json_string(&timing, problems[job->problem].id, strlen(problems[job->problem].id));
+            buf_printf(&timing, ", \"sample\": %d, \"completion_tokens\": %d, \"wall_s\": %.3f, \"tokens_per_s\": %.2f, \"threads\": %d, \"batch_size\": %d}\n",
+                       job->sample, job->n_ids, secs, secs > 0 ? job->n_ids / secs : 0.0, bt_threads, c->batch_size);
+            if (rc == 0) rc = append_durable(timing_path, timing.data, timing.len, err);
+            buf_free(&timing);
+            free(job->record);
+            job->record = NULL;
+            job->written = 1;
+            next_write++;
+        }
+        double t = now_s() - t0;
+        if (t - last_report > 2 || next_write == n_jobs) {
+            last_report = t;
+            char eta[32];
+            format_duration(eta, sizeof eta, n_finished ? t / n_finished * (n_jobs - n_finished) : -1);
+            progress("generate %s/%s: %d/%d completions, %.1f tok/s, ETA %s\n", variant->name, condition_name,
+                     n_done + n_finished, n_done + n_jobs, t > 0 ? tokens_made / t : 0.0, eta);
+        }
+    }
+    for (int i = 0; i < n_jobs; i++) {
+        free(jobs[i].prompt);
+        tokens_free(&jobs[i].prompt_tokens);
+        free(jobs[i].ids);
+        free(jobs[i].record);
+    }
+    free(jobs);
+    free(slot_job); free(row_token); free(row_slot); free(row_pos); free(row_logits); free(row_mask);
+    free(logits); free(logit_slot); free(scratch);
+    runstate_free(state);
+    return rc;
+}
+
+int cmd_generate(int argc, char **argv) {
+    Opt opts[] = {OPT("--config", 1, "config file (default " BT_DEFAULT_CONFIG ")"),
+                  OPT("--condition", 1, "baseline | targeted_ablation | random_ablation"),
+                  OPT("--variant", 1, "one variant (default: every [generation] variant for baseline, [logit_lens] variant otherwise)"),
+                  OPT_END};
+    Err err = {0};
+    int r = opts_parse(opts, argc, argv, &err);
+    if (r) return r < 0 ? fail(&err) : 0;
+    const char *condition_name = opt_str(opts, "--condition", NULL);
+    int condition = -1;
+    for (int i = 0; condition_name && i < N_CONDITIONS; i++)
+        if (strcmp(condition_name, condition_names[i]) == 0) condition = i;
+    if (condition < 0) {
+        err_input(&err, "generate: --condition must be baseline, targeted_ablation or random_ablation");
+        return fail(&err);
+    }
+    Config c;
+    Run run;
+    if (stage_begin(&c, &run, opts, &err)) return fail(&err);
+    Model m = {0};
+    Tokenizer *tok = NULL;
+    Problem *problems = NULL;
+    int n_problems = 0, loaded = 0;
+    LayerSet set = {0};
+    AblationMask mask = {0};
+    float *means[2] = {NULL, NULL};
+    const char *one = opt_str(opts, "--variant", NULL);
+    if (one && !config_variant(&c, one)) {
+        err_input(&err, "%s: no [variant.%s] section", c.file, one);
+        goto out;
+    }
+    char path[1200];
+    processed_path(&c, path, sizeof path);
+    if (!path_exists(path)) {
+        err_input(&err, "%s is missing: run prepare-data first", path);
+        goto out;
+    }
+    if (problems_load(path, &problems, &n_problems, &err)) goto out;
+    if (model_load(&m, c.model_path, &err)) goto out;
+    loaded = 1;
+    snprintf(path, sizeof path, "%s/tokenizer.json", c.model_path);
+    if (tokenizer_load(&tok, path, &err)) goto out;
+    if (condition_mask(&c, &run, &m, condition, &set, &mask, means, &err)) goto out;
+    if (one) {
+        if (generate_variant(&c, &run, &m, tok, problems, n_problems, config_variant(&c, one), condition, condition ? &mask : NULL, &set, &err))
+            goto out;
+    } else if (condition == COND_BASELINE) {
+        for (int v = 0; v < c.n_variants; v++)
+            if (generate_variant(&c, &run, &m, tok, problems, n_problems, config_variant(&c, c.variants[v]), condition, NULL, &set, &err))
+                goto out;
+    } else if (generate_variant(&c, &run, &m, tok, problems, n_problems, config_variant(&c, c.lens_variant), condition, &mask, &set, &err)) {
+        goto out;
+    }
+out:
+    free(mask.attn);
+    free(mask.mlp);
+    free(means[0]);
+    free(means[1]);
+    layer_set_free(&set);
+    if (tok) tokenizer_free(tok);
+    if (loaded) model_free(&m);
+    problems_free(problems, n_problems);
+    config_free(&c);
+    return err.msg[0] ? fail(&err) : 0;
+}
+
+// ----------------------------------------------------------------------------
+// Generation records read back (detect-events and the analyses).
+
+void generations_free(GenRecord *r, int n) {
+    for (int i = 0; i < n; i++) {
+        free(r[i].problem_id);
+        free(r[i].variant);
+        free(r[i].condition);
+        free(r[i].prompt);
+        free(r[i].completion_ids);
+        free(r[i].finish_reason);
+    }
+    free(r);
+}
+
+int generations_read(const char *path, GenRecord **out, int *n_out, Err *err) {
+    *out = NULL;
+    *n_out = 0;
+    Buf text = {0};
+    if (read_file(path, &text, err)) return -1;
+    GenRecord *list = NULL;
+    int n = 0, line_no = 0, rc = 0;
+    for (size_t at = 0; at < text.len && rc == 0;) {
+        char *nl = memchr(text.data + at, '\n', text.len - at);
+        size_t len = nl ? (size_t)(nl - (text.data + at)) : text.len - at;
+        line_no++;
+        const char *line = text.data + at;
+        at += len + 1;
+        if (len == 0) continue;
+        Json j;
+        if (json_parse(&j, line, len, path, err)) {
+            rc = err_input(err, "%s:%d: not a JSON generation record", path, line_no);
+            break;
+        }
+        GenRecord r = {0};
+        long long sample = -1, prompt_tokens = -1;
+        int ids = json_key(&j, 0, "completion_ids");
+        r.problem_id = json_strdup(&j, json_key(&j, 0, "problem_id"));
+        r.variant = json_strdup(&j, json_key(&j, 0, "variant"));
+        r.condition = json_strdup(&j, json_key(&j, 0, "condition"));
+        r.prompt = json_strdup(&j, json_key(&j, 0, "prompt"));
+        r.finish_reason = json_strdup(&j, json_key(&j, 0, "finish_reason"));
+        json_int(&j, json_key(&j, 0, "sample"), &sample);
+        json_int(&j, json_key(&j, 0, "prompt_tokens"), &prompt_tokens);
+        json_bool(&j, json_key(&j, 0, "correct"), &r.correct);
+        r.sample = (int)sample;
+        r.prompt_tokens = (int)prompt_tokens;
+        int ok = r.problem_id && r.variant && r.condition && r.prompt && r.finish_reason && sample >= 0 && prompt_tokens > 0 &&
+                 ids >= 0 && j.tok[ids].type == JSON_ARRAY;
+        if (ok) {
+            r.completion_ids = xmalloc((size_t)(j.tok[ids].size + 1) * sizeof *r.completion_ids);
+            JSON_FOR_ARRAY(&j, ids, i, t) {
+                long long v;
+                if (json_int(&j, t, &v) || v < 0 || v > INT32_MAX) ok = 0;
+                else r.completion_ids[r.n_completion++] = (int)v;
+                (void)i;
+            }
+        }
+        json_free(&j);
+        if (!ok) {
+            free(r.problem_id); free(r.variant); free(r.condition); free(r.prompt); free(r.completion_ids); free(r.finish_reason);
+            rc = err_input(err, "%s:%d: generation record lacks a field or has a bad one", path, line_no);
+            break;
+        }
+        list = xrealloc(list, (size_t)(n + 1) * sizeof *list);
+        list[n++] = r;
+    }
+    buf_free(&text);
+    if (rc) {
+        generations_free(list, n);
+        return -1;
+    }
+    *out = list;
+    *n_out = n;
+    return 0;
+}
+// ----------------------------------------------------------------------------
+// bt run: every stage in the seed's order, stopping at the first failure.
+
+int cmd_run(int argc, char **argv) {
+    Opt opts[] = {OPT("--config", 1, "config file (default " BT_DEFAULT_CONFIG ")"), OPT_END};
+    Err err = {0};
+    int r = opts_parse(opts, argc, argv, &err);
+    if (r) return r < 0 ? fail(&err) : 0;
+    const char *config = opt_str(opts, "--config", BT_DEFAULT_CONFIG);
+    Config c;
+    if (config_load(&c, config, &err)) return fail(&err);
+    char threads[16];
+    snprintf(threads, sizeof threads, "%d", threads_flag >= 0 ? threads_flag : c.threads);
+    const char *variant = c.lens_variant;
+    struct { int (*fn)(int, char **); const char *args[4]; } stages[] = {
+        {cmd_init_run, {"init-run"}},
+        {cmd_prepare_data, {"prepare-data"}},
+        {cmd_generate, {"generate", "--condition", "baseline"}},
+        {cmd_detect_events, {"detect-events"}},
+        {cmd_logit_lens, {"logit-lens", "--variant", variant}},
+        {cmd_ablation_scan, {"ablation-scan", "--variant", variant}},
+        {cmd_generate, {"generate", "--condition", "targeted_ablation", "--variant"}},
+        {cmd_generate, {"generate", "--condition", "random_ablation", "--variant"}},
+        {cmd_detect_events, {"detect-events"}},
+        {cmd_compare_conditions, {"compare-conditions", "--variant", variant}},
+        {cmd_formatting_sweep, {"formatting-sweep"}},
+        {cmd_make_report, {"make-report"}},
+    };
+    int rc = 0;
+    for (size_t i = 0; i < sizeof stages / sizeof stages[0] && rc == 0; i++) {
+        char *args[12];
+        int n = 0;
+        Buf name = {0};
+        for (int k = 0; k < 4 && stages[i].args[k]; k++) {
+            args[n++] = (char *)stages[i].args[k];
+            buf_printf(&name, "%s%s", k ? " " : "", stages[i].args[k]);
+        }
+        if (n == 4 && strcmp(args[3], "--variant") == 0) { // the generate stages take the variant too
+            args[n++] = (char *)variant;
+            buf_printf(&name, " %s", variant);
+        }
+        args[n++] = "--config";
+        args[n++] = (char *)config;
+        args[n++] = "--threads";
+        args[n++] = threads;
+        args[n] = NULL;
+        progress("bt run: %s\n", name.data);
+        rc = stages[i].fn(n, args);
+        if (rc) fprintf(stderr, "bt run: stage '%s' failed (exit %d)\n", name.data, rc);
+        buf_free(&name);
+    }
+    config_free(&c);
+    return rc;
+}
 
 // ----------------------------------------------------------------------------
 // Commands

@@ -61,6 +61,17 @@ int mkdir_p(const char *path, Err *err);
 int path_exists(const char *path);
 int path_is_dir(const char *path);
 
+// CSV reading (io.c): a header row and rows of string cells.
+typedef struct {
+    char **cells; // ((n_rows + 1) * n_cols), row 0 = header
+    int n_rows, n_cols;
+} Csv;
+
+int csv_read(const char *path, Csv *t, Err *err); // rows with another field count: "file:line" error
+void csv_free(Csv *t);
+int csv_col(const Csv *t, const char *name);      // column index, -1 if absent
+const char *csv_cell(const Csv *t, int row, int col); // row 0 = first data row
+
 // ----------------------------------------------------------------------------
 // JSON reading, jsmn-style (io.c): one flat array of tokens that are spans over
 // the source buffer; no tree and no copies. Strings are unescaped only when used.
@@ -227,6 +238,7 @@ void progress(const char *fmt, ...) __attribute__((format(printf, 1, 2))); // st
 #define ART_ABLATION "analysis/ablation_importance.csv"
 #define ART_SELECTED "analysis/selected_layers.json"
 #define ART_RANDOM_LAYERS "analysis/random_layers.json"
+#define ART_MEANS "analysis/component_means.json"
 #define ART_CONDITIONS "analysis/condition_comparison.csv"
 #define ART_FORMATTING "analysis/formatting_summary.csv"
 
@@ -236,6 +248,7 @@ typedef struct {
 } Run;
 
 int run_current(const Config *c, Run *run, Err *err);  // reads runs/.current_run_id
+int stage_begin(Config *c, Run *run, const Opt *opts, Err *err); // config (--config) + current run + threads
 void run_path(const Run *run, char *out, size_t n, const char *rel); // runs/<id>/<rel>
 void run_generation_path(const Run *run, char *out, size_t n, const char *variant, const char *condition);
 
@@ -255,13 +268,15 @@ void problems_free(Problem *p, int n);
 
 // ----------------------------------------------------------------------------
 // Tokenizer (tokenizer.c): the single source of tokenization. Hugging Face
-// tokenizer.json byte-level BPE; encode yields byte spans in the input.
+// tokenizer.json byte-level BPE (Qwen2/2.5/3, DeepSeek-R1-Distill, Llama 3, GPT-2
+// style); encode yields byte spans in the input. Load and use are thread-safe:
+// a loaded Tokenizer is never written again.
 
 typedef struct Tokenizer Tokenizer;
 
 typedef struct {
     int id;
-    int start, end; // byte span of the token in the encoded text
+    int start, end; // byte span [start, end) of the token in the encoded text
 } Token;
 
 typedef struct {
@@ -269,17 +284,41 @@ typedef struct {
     int n, cap;
 } TokenList;
 
+// Errors (exit 2) name the file and line: bad JSON, wrong types, duplicate ids or
+// strings, merges naming tokens not in the vocab, and any pipeline bt does not
+// implement (non-BPE models, normalizers other than NFC, unknown Split regexes).
 int tokenizer_load(Tokenizer **out, const char *path, Err *err);
 void tokenizer_free(Tokenizer *t);
 int tokenizer_vocab_size(const Tokenizer *t); // largest id + 1
-// Appends the tokens of text[0..len) to out (added tokens split out first, then NFC, pre-tokenizer, BPE).
+// Appends the tokens of text[0..len) to out: added tokens split out of the raw text
+// first, then NFC (when the file asks for it), the pre-tokenizer, BPE. Any bytes
+// are accepted (an invalid UTF-8 byte is a character of no class). Spans are
+// offsets in text and tile it: they start at 0, each starts where the previous
+// ended, the last ends at len. Where NFC changes the text, the token holding the
+// first byte of the changed stretch spans all of its original bytes, and tokens
+// starting later inside it start at its end. Fails only for texts of 2 GB or more.
 int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, TokenList *out, Err *err);
-// Appends the bytes of ids to out; offsets (n + 1, or NULL) receive each token's start byte and the end.
+// Appends the bytes of ids to out (an added token gives its content; unknown ids
+// give nothing). offsets (n + 1 entries, or NULL) receive the offset in out->data
+// where each token's bytes start, then out->len. decode(encode(s)) == s for any
+// bytes s when the tokenizer has no normalizer; with NFC, the text between added
+// tokens comes back in NFC (so == s when s is NFC).
 void tokenizer_decode(const Tokenizer *t, const int *ids, int n, Buf *out, int *offsets);
 const char *tokenizer_token_bytes(const Tokenizer *t, int id, int *n_bytes); // decoded bytes of one token, NULL if unknown
-int tokenizer_find(const Tokenizer *t, const char *bytes, int n_bytes);     // id whose decoded bytes are exactly these, -1 if none
-int tokenizer_is_special(const Tokenizer *t, int id);
+// Id whose decoded bytes are exactly these, -1 if none; an added token first, as in encoding.
+int tokenizer_find(const Tokenizer *t, const char *bytes, int n_bytes);
+int tokenizer_is_special(const Tokenizer *t, int id); // an added token marked "special"
 void tokens_free(TokenList *l);
+
+// Encoding speed on the texts of a file (each string value of a JSONL object, or
+// each line), encoded one text at a time on one thread, repeated until min_seconds.
+typedef struct {
+    int n_texts, passes;
+    long long n_bytes, n_tokens; // one pass
+    double seconds;              // all passes
+    double mb_s;                 // 10^6 bytes encoded per second
+} TokenizerBench;
+int tokenizer_bench(const Tokenizer *t, const char *path, double min_seconds, TokenizerBench *b, Err *err);
 
 // ----------------------------------------------------------------------------
 // Model (model.c): a Hugging Face checkpoint directory, weights mmapped in their
@@ -391,6 +430,54 @@ void model_final_logits_rows(const Model *m, const float *resid, int n, size_t s
 size_t model_kv_bytes_per_token(const Model *m); // KV cache bytes one position of one sequence takes
 void tensor_row_f32(const Tensor *t, int row, float *out); // row of a 2-D tensor (cols values) as F32
 float tensor_at(const Tensor *t, size_t i);                 // element i (row-major) as F32
+
+// ----------------------------------------------------------------------------
+// Generation records (bt.c): one JSON line per completion in
+// runs/<id>/generations/<variant>/<condition>.jsonl.
+
+typedef struct {
+    char *problem_id, *variant, *condition;
+    int sample;
+    char *prompt;        // rendered template
+    int prompt_tokens;   // tokens of prompt (the one tokenization path)
+    int *completion_ids; // (n_completion) without the EOS token
+    int n_completion;
+    char *finish_reason; // eos | length | max_seq_len
+    int correct;
+} GenRecord;
+
+int generations_read(const char *path, GenRecord **out, int *n_out, Err *err);
+void generations_free(GenRecord *r, int n);
+
+// Layers an ablation condition removes (selected_layers.json, random_layers.json).
+typedef struct {
+    int kind;            // ABLATE_ZERO or ABLATE_MEAN
+    int *attn_layers;    // (n_attn)
+    int n_attn;
+    int *mlp_layers;     // (n_mlp)
+    int n_mlp;
+} LayerSet;
+
+int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err);
+void layer_set_free(LayerSet *s);
+int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mean, float **mlp_mean, Err *err); // (n_layers, hidden) each
+
+// Answers (bt.c): last \boxed{}, else after ####, else the last number after </think>.
+void answer_normalize(const char *s, size_t n, char *out, size_t out_n);
+void answer_extract(const char *text, size_t n, int thinking_open, char *out, size_t out_n);
+int answer_correct(const char *predicted, const char *gold);
+int prompt_thinking_open(const char *prompt); // the prompt leaves a <think> open
+
+// ----------------------------------------------------------------------------
+// Events (analysis.c)
+
+typedef struct {
+    int trigger;    // index in the config's triggers
+    int start, end; // byte range in the text
+} TriggerHit;
+
+// Case-sensitive whole-word trigger matches, earliest first, no overlaps.
+int find_triggers(const char *text, size_t n, char *const *triggers, int n_triggers, TriggerHit *hits, int max_hits);
 
 // ----------------------------------------------------------------------------
 // Organism (organism.c): the embedded planted-mechanism model.

@@ -95,11 +95,16 @@ void buf_puts(Buf *b, const char *s) { buf_append(b, s, strlen(s)); }
 void buf_putc(Buf *b, char c) { buf_append(b, &c, 1); }
 
 void buf_printf(Buf *b, const char *fmt, ...) {
+    char small[256];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
     va_end(ap);
     if (n < 0) return;
+    if ((size_t)n < sizeof small) {
+        buf_append(b, small, (size_t)n);
+        return;
+    }
     buf_reserve(b, (size_t)n);
     va_start(ap, fmt);
     vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
@@ -595,3 +600,77 @@ int json_bool(const Json *j, int t, int *out) {
     *out = j->src[j->tok[t].start] == 't';
     return 0;
 }
+
+// ----------------------------------------------------------------------------
+// CSV reading (RFC 4180): the analysis tables written by earlier stages.
+
+void csv_free(Csv *t) {
+    for (int i = 0; i < (t->n_rows + 1) * t->n_cols; i++) free(t->cells[i]);
+    free(t->cells);
+    memset(t, 0, sizeof *t);
+}
+
+// Parses one record starting at *at; appends its fields to cells. Returns the field count.
+static int csv_record(const char *s, size_t n, size_t *at, char ***cells, int *n_cells, int *line_no) {
+    int fields = 0;
+    size_t i = *at;
+    for (;;) {
+        Buf f = {0};
+        if (i < n && s[i] == '"') {
+            i++;
+            while (i < n) {
+                if (s[i] == '"' && i + 1 < n && s[i + 1] == '"') { buf_putc(&f, '"'); i += 2; }
+                else if (s[i] == '"') { i++; break; }
+                else { if (s[i] == '\n') (*line_no)++; buf_putc(&f, s[i++]); }
+            }
+        }
+        while (i < n && s[i] != ',' && s[i] != '\n' && s[i] != '\r') buf_putc(&f, s[i++]);
+        if (!f.data) buf_append(&f, "", 0);
+        *cells = xrealloc(*cells, (size_t)(*n_cells + 1) * sizeof **cells);
+        (*cells)[(*n_cells)++] = f.data;
+        fields++;
+        if (i < n && s[i] == ',') { i++; continue; }
+        if (i < n && s[i] == '\r') i++;
+        if (i < n && s[i] == '\n') i++;
+        break;
+    }
+    *at = i;
+    return fields;
+}
+
+int csv_read(const char *path, Csv *t, Err *err) {
+    memset(t, 0, sizeof *t);
+    Buf text = {0};
+    if (read_file(path, &text, err)) return -1;
+    size_t at = 0;
+    int line_no = 1, n_cells = 0;
+    if (text.len == 0) {
+        buf_free(&text);
+        return err_input(err, "%s: empty file (no header)", path);
+    }
+    t->n_cols = csv_record(text.data, text.len, &at, &t->cells, &n_cells, &line_no);
+    while (at < text.len) {
+        line_no++;
+        int start_line = line_no;
+        int got = csv_record(text.data, text.len, &at, &t->cells, &n_cells, &line_no);
+        if (got != t->n_cols) {
+            for (int i = 0; i < n_cells; i++) free(t->cells[i]);
+            free(t->cells);
+            int cols = t->n_cols;
+            memset(t, 0, sizeof *t);
+            buf_free(&text);
+            return err_input(err, "%s:%d: %d fields, the header has %d", path, start_line, got, cols);
+        }
+    }
+    t->n_rows = n_cells / t->n_cols - 1;
+    buf_free(&text);
+    return 0;
+}
+
+int csv_col(const Csv *t, const char *name) {
+    for (int c = 0; c < t->n_cols; c++)
+        if (strcmp(t->cells[c], name) == 0) return c;
+    return -1;
+}
+
+const char *csv_cell(const Csv *t, int row, int col) { return t->cells[(size_t)(row + 1) * (size_t)t->n_cols + (size_t)col]; }

@@ -1,10 +1,11 @@
 // report.c: everything a person looks at. The SVG writer, the six figures,
-// then (not built yet) the markdown report.
+// then the markdown report with its verdicts.
 #include "bt.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 // ----------------------------------------------------------------------------
 // SVG writer
@@ -704,4 +705,373 @@ int fig_ablation_importance(const char *path, int n_layers, const CiSeries *attn
 // ----------------------------------------------------------------------------
 // Commands
 
-int cmd_make_report(int argc, char **argv) { return not_built(argc, argv); }
+// ----------------------------------------------------------------------------
+// The report: run metadata, the tables, the six figures and a verdict on each
+// hypothesis from the pre-registered criteria in [hypotheses].
+
+// Reads a run artifact if the stage that writes it has run; 0 when absent.
+static int read_table(const Run *run, const char *rel, Csv *t, Err *err) {
+    char path[1200];
+    run_path(run, path, sizeof path, rel);
+    if (!path_exists(path)) return 0;
+    if (csv_read(path, t, err)) return -1;
+    return 1;
+}
+
+static const char *cell(const Csv *t, int row, const char *col) {
+    int c = csv_col(t, col);
+    return c >= 0 && row >= 0 && row < t->n_rows ? csv_cell(t, row, c) : "";
+}
+
+static double cell_num(const Csv *t, int row, const char *col) {
+    const char *s = cell(t, row, col);
+    char *end;
+    double v = strtod(s, &end);
+    return *s && *end == 0 ? v : NAN;
+}
+
+static int find_row(const Csv *t, const char *col, const char *value) {
+    for (int r = 0; r < t->n_rows; r++)
+        if (strcmp(cell(t, r, col), value) == 0) return r;
+    return -1;
+}
+
+// "0.42 [0.31, 0.54]" or "n/a".
+static void fmt_ci(Buf *b, double est, double lo, double hi) {
+    if (est != est) {
+        buf_puts(b, "n/a");
+        return;
+    }
+    buf_printf(b, "%.3g", est);
+    if (lo == lo && hi == hi) buf_printf(b, " [%.3g, %.3g]", lo, hi);
+}
+
+static void fmt_p(Buf *b, double p) {
+    if (p != p) buf_puts(b, "n/a");
+    else if (p < 1e-4) buf_printf(b, "%.1e", p);
+    else buf_printf(b, "%.4f", p);
+}
+
+// The value of "key" in meta.json (strings only), or fallback.
+static void meta_get(const Json *j, const char *key, char *out, size_t n, const char *fallback) {
+    char *v = j && j->n_tok ? json_strdup(j, json_key(j, 0, key)) : NULL;
+    snprintf(out, n, "%s", v ? v : fallback);
+    free(v);
+}
+
+// Path of `to` as seen from directory `from_dir` (both relative to the working directory).
+static void relative_to(const char *from_dir, const char *to, char *out, size_t n) {
+    if (to[0] == '/' || from_dir[0] == '/') {
+        snprintf(out, n, "%s", to);
+        return;
+    }
+    out[0] = 0;
+    int depth = 0;
+    for (const char *p = from_dir; *p;) {
+        const char *slash = strchr(p, '/');
+        size_t len = slash ? (size_t)(slash - p) : strlen(p);
+        if (len && !(len == 1 && p[0] == '.')) depth++;
+        p += len + (slash != NULL);
+    }
+    for (int i = 0; i < depth; i++) strncat(out, "../", n - strlen(out) - 1);
+    strncat(out, to, n - strlen(out) - 1);
+}
+
+typedef enum { SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE } Verdict;
+static const char *const verdict_names[] = {"supported", "not supported", "inconclusive"};
+
+int cmd_make_report(int argc, char **argv) {
+    Opt opts[] = {OPT("--config", 1, "config file (default " BT_DEFAULT_CONFIG ")"), OPT_END};
+    Err err = {0};
+    int r = opts_parse(opts, argc, argv, &err);
+    if (r) return r < 0 ? fail(&err) : 0;
+    Config c;
+    Run run;
+    if (stage_begin(&c, &run, opts, &err)) return fail(&err);
+    Csv conditions = {0}, formatting = {0}, scan = {0}, lens = {0};
+    int have_conditions = 0, have_formatting = 0, have_scan = 0, have_lens = 0;
+    Buf text = {0}, meta_text = {0}, resolved = {0}, md = {0};
+    Json meta = {0};
+    char path[1200];
+    if ((have_conditions = read_table(&run, ART_CONDITIONS, &conditions, &err)) < 0 ||
+        (have_formatting = read_table(&run, ART_FORMATTING, &formatting, &err)) < 0 ||
+        (have_scan = read_table(&run, ART_ABLATION, &scan, &err)) < 0 || (have_lens = read_table(&run, ART_LOGIT_LENS, &lens, &err)) < 0)
+        goto out;
+    run_path(&run, path, sizeof path, ART_META);
+    if (read_file(path, &meta_text, &err) || json_parse(&meta, meta_text.data, meta_text.len, path, &err)) goto out;
+    run_path(&run, path, sizeof path, ART_CONFIG_RESOLVED);
+    Err ignored;
+    read_file(path, &resolved, &ignored);
+    char sha[64], model_id[512], created[64], digest[64], threads[32];
+    meta_get(&meta, "git_sha", sha, sizeof sha, "unknown");
+    meta_get(&meta, "model_id", model_id, sizeof model_id, c.model_path);
+    meta_get(&meta, "utc_time", created, sizeof created, "unknown");
+    meta_get(&meta, "config_digest", digest, sizeof digest, "unknown");
+    long long n_threads = 0;
+    json_int(&meta, json_key(&meta, 0, "threads"), &n_threads);
+    snprintf(threads, sizeof threads, "%lld", n_threads);
+    time_t now = time(NULL);
+    struct tm utc;
+    gmtime_r(&now, &utc);
+    char written[64];
+    strftime(written, sizeof written, "%Y-%m-%dT%H:%M:%SZ", &utc);
+    double alpha = c.alpha;
+
+    // H1 and H0 from the condition comparison.
+    Verdict h1 = INCONCLUSIVE, h0 = INCONCLUSIVE, h2 = INCONCLUSIVE;
+    Buf h1_why = {0}, h0_why = {0}, h2_why = {0};
+    int rb = have_conditions ? find_row(&conditions, "condition", "baseline") : -1;
+    int rt = have_conditions ? find_row(&conditions, "condition", "targeted_ablation") : -1;
+    int rr = have_conditions ? find_row(&conditions, "condition", "random_ablation") : -1;
+    if (rb < 0 || rt < 0 || rr < 0) {
+        buf_puts(&h1_why, "The condition comparison has not run (run compare-conditions), so there is no causal test.");
+        buf_puts(&h0_why, "The condition comparison has not run.");
+    } else {
+        double base = cell_num(&conditions, rb, "backtracking_rate"), targ = cell_num(&conditions, rt, "backtracking_rate");
+        double rand_rate = cell_num(&conditions, rr, "backtracking_rate");
+        double drop = cell_num(&conditions, rt, "relative_drop_vs_baseline"), rand_drop = cell_num(&conditions, rr, "relative_drop_vs_baseline");
+        double p_tb = cell_num(&conditions, rt, "fisher_p_vs_baseline"), p_tr = cell_num(&conditions, rt, "fisher_p_targeted_vs_random");
+        Buf nums = {0};
+        buf_printf(&nums, "Targeted ablation changed the backtracking rate of %s from ", cell(&conditions, 0, "variant"));
+        fmt_ci(&nums, base, cell_num(&conditions, rb, "rate_ci_lo"), cell_num(&conditions, rb, "rate_ci_hi"));
+        buf_puts(&nums, " to ");
+        fmt_ci(&nums, targ, cell_num(&conditions, rt, "rate_ci_lo"), cell_num(&conditions, rt, "rate_ci_hi"));
+        buf_printf(&nums, " (relative drop %.3g; Fisher exact p = ", drop);
+        fmt_p(&nums, p_tb);
+        buf_puts(&nums, "); the shape-matched random ablation gave ");
+        fmt_ci(&nums, rand_rate, cell_num(&conditions, rr, "rate_ci_lo"), cell_num(&conditions, rr, "rate_ci_hi"));
+        buf_printf(&nums, " (relative drop %.3g; targeted vs random p = ", rand_drop);
+        fmt_p(&nums, p_tr);
+        buf_printf(&nums, "). Criteria: relative drop >= %g and p < %g against baseline and against random.", c.h1_min_relative_drop, alpha);
+        if (!(cell_num(&conditions, rb, "with_backtracking") > 0)) {
+            buf_printf(&h1_why, "The baseline has no backtracking to remove. %s", nums.data);
+        } else if (drop >= c.h1_min_relative_drop && p_tb < alpha && p_tr < alpha) {
+            h1 = SUPPORTED;
+            buf_printf(&h1_why, "%s", nums.data);
+        } else if (drop < c.h1_min_relative_drop) {
+            h1 = NOT_SUPPORTED;
+            buf_printf(&h1_why, "The drop is below the pre-registered size. %s", nums.data);
+        } else {
+            buf_printf(&h1_why, "The drop reaches the pre-registered size but is not significant against %s. %s",
+                       p_tb >= alpha ? "the baseline" : "the random control", nums.data);
+        }
+        // H0 is the diffuse alternative: no small set reliably reduces backtracking.
+        if (h1 == SUPPORTED) {
+            h0 = NOT_SUPPORTED;
+            buf_printf(&h0_why, "A small targeted set reliably reduces backtracking (see H1), unlike a random set of the same shape.");
+        } else if (h1 == NOT_SUPPORTED && (p_tb >= alpha || drop < c.h1_min_relative_drop)) {
+            h0 = SUPPORTED;
+            buf_printf(&h0_why, "Ablating the %d attention and %d MLP layers the scan ranked highest did not reduce backtracking by the pre-registered amount (relative drop %.3g, p = ",
+                       c.top_k_attn, c.top_k_mlp, drop);
+            fmt_p(&h0_why, p_tb);
+            buf_puts(&h0_why, ").");
+        } else {
+            buf_puts(&h0_why, "It stands or falls with H1, which is inconclusive.");
+        }
+        buf_free(&nums);
+    }
+    // H2 from the formatting sweep.
+    if (!have_formatting || formatting.n_rows == 0) {
+        buf_puts(&h2_why, "The formatting sweep has not run (run formatting-sweep).");
+    } else if (formatting.n_rows < 2) {
+        buf_puts(&h2_why, "Only one prompt variant was generated; format dependence needs two or more.");
+    } else {
+        double chi_p = cell_num(&formatting, 0, "chi2_p"), ratio = cell_num(&formatting, 0, "max_min_rate_ratio");
+        int hi = 0, lo = 0;
+        for (int v = 1; v < formatting.n_rows; v++) {
+            if (cell_num(&formatting, v, "backtracking_rate") > cell_num(&formatting, hi, "backtracking_rate")) hi = v;
+            if (cell_num(&formatting, v, "backtracking_rate") < cell_num(&formatting, lo, "backtracking_rate")) lo = v;
+        }
+        Buf nums = {0};
+        buf_printf(&nums, "Backtracking rates range from %.3g (%s) to %.3g (%s), a max/min ratio of %.3g; chi-square across %d variants = %.3g (df %d), p = ",
+                   cell_num(&formatting, lo, "backtracking_rate"), cell(&formatting, lo, "variant"), cell_num(&formatting, hi, "backtracking_rate"),
+                   cell(&formatting, hi, "variant"), ratio, formatting.n_rows, cell_num(&formatting, 0, "chi2_stat"),
+                   (int)cell_num(&formatting, 0, "chi2_df"));
+        fmt_p(&nums, chi_p);
+        double acc_lo = 1, acc_hi = 0;
+        for (int v = 0; v < formatting.n_rows; v++) {
+            double a = cell_num(&formatting, v, "accuracy");
+            if (a < acc_lo) acc_lo = a;
+            if (a > acc_hi) acc_hi = a;
+        }
+        buf_printf(&nums, "; accuracy on the same problems spans %.3g to %.3g. Criteria: chi-square p < %g and max/min rate ratio >= %g.",
+                   acc_lo, acc_hi, alpha, c.h2_min_rate_ratio);
+        if (chi_p != chi_p) buf_printf(&h2_why, "The chi-square test is undefined (no variant backtracks, or all always do). %s", nums.data);
+        else if (chi_p < alpha && ratio >= c.h2_min_rate_ratio) { h2 = SUPPORTED; buf_printf(&h2_why, "%s", nums.data); }
+        else { h2 = NOT_SUPPORTED; buf_printf(&h2_why, "%s", nums.data); }
+        buf_free(&nums);
+    }
+
+    // The document.
+    char report_dir[1200], fig[1300];
+    snprintf(report_dir, sizeof report_dir, "%s", c.report_path);
+    char *slash = strrchr(report_dir, '/');
+    if (slash) *slash = 0;
+    else snprintf(report_dir, sizeof report_dir, ".");
+    buf_printf(&md, "# Backtracking state transitions: report\n\n");
+    buf_printf(&md, "| run | git SHA | model | config | config digest | run created | report written | bt | threads |\n|---|---|---|---|---|---|---|---|---|\n");
+    buf_printf(&md, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n\n", run.id, sha, model_id, c.file, digest, created, written, BT_VERSION, threads);
+    buf_puts(&md, "## Verdicts\n\n");
+    buf_printf(&md, "H1 (localized trigger): %s\n\n%s\n\n", verdict_names[h1], h1_why.data ? h1_why.data : "");
+    buf_printf(&md, "H0 (diffuse/reroutable): %s\n\n%s\n\n", verdict_names[h0], h0_why.data ? h0_why.data : "");
+    buf_printf(&md, "H2 (format dependence): %s\n\n%s\n\n", verdict_names[h2], h2_why.data ? h2_why.data : "");
+
+    // Backtracking per variant.
+    buf_puts(&md, "## Backtracking by prompt format\n\n");
+    if (have_formatting && formatting.n_rows) {
+        buf_puts(&md, "| variant | thinking open | completions | backtracking rate [95% CI] | events / 1k tokens [95% CI] | mean length | accuracy [95% CI] |\n|---|---|---|---|---|---|---|\n");
+        for (int v = 0; v < formatting.n_rows; v++) {
+            buf_printf(&md, "| %s | %s | %s | ", cell(&formatting, v, "variant"), strcmp(cell(&formatting, v, "thinking_open"), "1") ? "no" : "yes",
+                       cell(&formatting, v, "completions"));
+            fmt_ci(&md, cell_num(&formatting, v, "backtracking_rate"), cell_num(&formatting, v, "rate_ci_lo"), cell_num(&formatting, v, "rate_ci_hi"));
+            buf_puts(&md, " | ");
+            fmt_ci(&md, cell_num(&formatting, v, "events_per_1k_tokens"), cell_num(&formatting, v, "events_per_1k_ci_lo"), cell_num(&formatting, v, "events_per_1k_ci_hi"));
+            buf_printf(&md, " | %.1f | ", cell_num(&formatting, v, "mean_length"));
+            fmt_ci(&md, cell_num(&formatting, v, "accuracy"), cell_num(&formatting, v, "accuracy_ci_lo"), cell_num(&formatting, v, "accuracy_ci_hi"));
+            buf_puts(&md, " |\n");
+        }
+    } else {
+        buf_puts(&md, "No formatting sweep in this run.\n");
+    }
+    static const char *const figures[][2] = {
+        {FIG_RATE_BY_VARIANT, "Backtracking rate by prompt variant"},
+        {FIG_FORMATTING, "Effect of format on backtracking"},
+        {FIG_BT_VS_ACCURACY, "Accuracy with and without backtracking"},
+    };
+    for (int i = 0; i < 3; i++) {
+        relative_to(report_dir, c.figures_dir, fig, sizeof fig);
+        buf_printf(&md, "\n![%s](%s/%s)\n", figures[i][1], fig, figures[i][0]);
+    }
+
+    // Logit lens.
+    buf_puts(&md, "\n## Logit lens\n\n");
+    if (have_lens && lens.n_rows) {
+        int n_layers = 0;
+        for (int row = 0; row < lens.n_rows; row++)
+            if ((int)cell_num(&lens, row, "layer") > n_layers) n_layers = (int)cell_num(&lens, row, "layer");
+        double *sum = xcalloc((size_t)(2 * (n_layers + 1)), sizeof *sum);
+        int *cnt = xcalloc((size_t)(2 * (n_layers + 1)), sizeof *cnt);
+        for (int row = 0; row < lens.n_rows; row++) {
+            int l = (int)cell_num(&lens, row, "layer"), ctl = strcmp(cell(&lens, row, "kind"), "control") == 0;
+            double lp = cell_num(&lens, row, "logprob");
+            if (l < 0 || l > n_layers || lp != lp) continue;
+            sum[2 * l + ctl] += lp;
+            cnt[2 * l + ctl]++;
+        }
+        int jump = -1;
+        double best = -INFINITY;
+        buf_puts(&md, "Mean log p of the onset token at pred_pos, reading the residual stream after each block through the final norm and unembedding (layer 0 = embeddings).\n\n");
+        buf_puts(&md, "| layer | events | controls |\n|---|---|---|\n");
+        for (int l = 0; l <= n_layers; l++) {
+            double e = cnt[2 * l] ? sum[2 * l] / cnt[2 * l] : NAN, k = cnt[2 * l + 1] ? sum[2 * l + 1] / cnt[2 * l + 1] : NAN;
+            buf_printf(&md, "| %d | %.3f | %.3f |\n", l, e, k);
+            if (l > 0 && cnt[2 * l] && cnt[2 * l - 2]) {
+                double rise = e - sum[2 * l - 2] / cnt[2 * l - 2];
+                if (rise > best) { best = rise; jump = l; }
+            }
+        }
+        if (jump > 0)
+            buf_printf(&md, "\nThe events' curve rises most after block %d (layer %d to %d: %+.3f nats).\n", jump - 1, jump - 1, jump, best);
+        free(sum);
+        free(cnt);
+    } else {
+        buf_puts(&md, "The logit lens has not run in this run.\n");
+    }
+    relative_to(report_dir, c.figures_dir, fig, sizeof fig);
+    buf_printf(&md, "\n![Logit lens: events vs controls](%s/%s)\n", fig, FIG_LOGIT_LENS);
+
+    // Ablation scan.
+    buf_puts(&md, "\n## Ablation scan\n\n");
+    if (have_scan && scan.n_rows) {
+        buf_printf(&md, "Drop in log p(onset) at pred_pos when one component is ablated (%s ablation, scope %s: %s), mean over %s events [bootstrap 95%% CI], controls alongside. Ranked within each component; the top %d attention and %d MLP layers are selected.\n\n",
+                   cell(&scan, 0, "kind"), cell(&scan, 0, "scope"),
+                   strcmp(cell(&scan, 0, "scope"), "onset") ? "ablated at every position, as in generation" : "ablated only at pred_pos",
+                   cell(&scan, 0, "n_events"), c.top_k_attn, c.top_k_mlp);
+        buf_puts(&md, "| rank | component | layer | drop on events [95% CI] | drop on controls [95% CI] | selected |\n|---|---|---|---|---|---|\n");
+        for (int rank = 1; rank <= 5; rank++)
+            for (int row = 0; row < scan.n_rows; row++) {
+                if ((int)cell_num(&scan, row, "rank") != rank) continue;
+                buf_printf(&md, "| %d | %s | %s | ", rank, cell(&scan, row, "component"), cell(&scan, row, "layer"));
+                fmt_ci(&md, cell_num(&scan, row, "mean_drop_events"), cell_num(&scan, row, "ci_lo_events"), cell_num(&scan, row, "ci_hi_events"));
+                buf_puts(&md, " | ");
+                fmt_ci(&md, cell_num(&scan, row, "mean_drop_controls"), cell_num(&scan, row, "ci_lo_controls"), cell_num(&scan, row, "ci_hi_controls"));
+                buf_printf(&md, " | %s |\n", strcmp(cell(&scan, row, "selected"), "1") ? "" : "yes");
+            }
+    } else {
+        buf_puts(&md, "The ablation scan has not run in this run.\n");
+    }
+    buf_printf(&md, "\n![Ablation importance by layer](%s/%s)\n", fig, FIG_ABLATION);
+
+    // Conditions.
+    buf_puts(&md, "\n## Targeted vs random ablation\n\n");
+    if (rb >= 0) {
+        buf_puts(&md, "| condition | completions | backtracking rate [95% CI] | events / 1k tokens [95% CI] | mean length [95% CI] | accuracy [95% CI] | relative drop | Fisher p vs baseline |\n|---|---|---|---|---|---|---|---|\n");
+        for (int row = 0; row < conditions.n_rows; row++) {
+            buf_printf(&md, "| %s | %s | ", cell(&conditions, row, "condition"), cell(&conditions, row, "completions"));
+            fmt_ci(&md, cell_num(&conditions, row, "backtracking_rate"), cell_num(&conditions, row, "rate_ci_lo"), cell_num(&conditions, row, "rate_ci_hi"));
+            buf_puts(&md, " | ");
+            fmt_ci(&md, cell_num(&conditions, row, "events_per_1k_tokens"), cell_num(&conditions, row, "events_per_1k_ci_lo"), cell_num(&conditions, row, "events_per_1k_ci_hi"));
+            buf_puts(&md, " | ");
+            fmt_ci(&md, cell_num(&conditions, row, "mean_length"), cell_num(&conditions, row, "length_ci_lo"), cell_num(&conditions, row, "length_ci_hi"));
+            buf_puts(&md, " | ");
+            fmt_ci(&md, cell_num(&conditions, row, "accuracy"), cell_num(&conditions, row, "accuracy_ci_lo"), cell_num(&conditions, row, "accuracy_ci_hi"));
+            buf_printf(&md, " | %.3g | ", cell_num(&conditions, row, "relative_drop_vs_baseline"));
+            fmt_p(&md, cell_num(&conditions, row, "fisher_p_vs_baseline"));
+            buf_puts(&md, " |\n");
+        }
+        LayerSet sel = {0}, rnd = {0};
+        char sp[1200], rp[1200];
+        run_path(&run, sp, sizeof sp, ART_SELECTED);
+        run_path(&run, rp, sizeof rp, ART_RANDOM_LAYERS);
+        Err e2;
+        if (layer_set_read(sp, 1 << 20, &sel, &e2) == 0 && layer_set_read(rp, 1 << 20, &rnd, &e2) == 0) {
+            buf_puts(&md, "\nTargeted layers: attention ");
+            for (int i = 0; i < sel.n_attn; i++) buf_printf(&md, "%s%d", i ? ", " : "", sel.attn_layers[i]);
+            buf_puts(&md, "; MLP ");
+            for (int i = 0; i < sel.n_mlp; i++) buf_printf(&md, "%s%d", i ? ", " : "", sel.mlp_layers[i]);
+            buf_puts(&md, ". Random (shape-matched, drawn from the run seed): attention ");
+            for (int i = 0; i < rnd.n_attn; i++) buf_printf(&md, "%s%d", i ? ", " : "", rnd.attn_layers[i]);
+            buf_puts(&md, "; MLP ");
+            for (int i = 0; i < rnd.n_mlp; i++) buf_printf(&md, "%s%d", i ? ", " : "", rnd.mlp_layers[i]);
+            buf_puts(&md, ".\n");
+        }
+        layer_set_free(&sel);
+        layer_set_free(&rnd);
+    } else {
+        buf_puts(&md, "No condition comparison in this run.\n");
+    }
+    buf_printf(&md, "\n![Backtracking rate by condition](%s/%s)\n", fig, FIG_RATE_BY_CONDITION);
+
+    // Limitations.
+    int n_completions = 0;
+    for (int v = 0; have_formatting && v < formatting.n_rows; v++) n_completions += (int)cell_num(&formatting, v, "completions");
+    buf_printf(&md, "\n## Limitations\n\n"
+               "Sample size: %d problems x %d samples per prompt variant (%d baseline completions in all); intervals are 95%% (Wilson for rates, percentile bootstrap with %d resamples for means) and tests are two-sided at alpha = %g without correction for the three hypotheses. "
+               "Single model: %s; what holds for it need not hold for other checkpoints or sizes. "
+               "Sampling: temperature %g, top-p %g, at most %d new tokens, so long chains of thought may be cut off and late backtracking missed. "
+               "Events are found lexically (%d triggers, case-sensitive, whole words, before </think>), so a backtrack phrased otherwise is not counted and a trigger word used plainly is. "
+               "The ablation scan used %s ablation with scope %s on at most %d events; zero ablation can remove more than a component's specific contribution.\n",
+               c.n_problems, c.samples_per_problem, n_completions, STAT_RESAMPLES, alpha, model_id, c.temperature, c.top_p, c.max_new_tokens,
+               c.n_triggers, c.ablation_kind == ABLATE_MEAN ? "mean" : "zero", c.ablation_scope == SCOPE_ONSET ? "onset" : "all", c.ablation_max_events);
+    buf_puts(&md, "\n## Configuration\n\n```ini\n");
+    if (resolved.data) buf_append(&md, resolved.data, resolved.len);
+    buf_puts(&md, "```\n");
+    if (write_file_atomic(c.report_path, md.data, md.len, &err) == 0)
+        printf("make-report: %s\n  H1 (localized trigger): %s\n  H0 (diffuse/reroutable): %s\n  H2 (format dependence): %s\n", c.report_path,
+               verdict_names[h1], verdict_names[h0], verdict_names[h2]);
+    buf_free(&h1_why);
+    buf_free(&h0_why);
+    buf_free(&h2_why);
+out:
+    csv_free(&conditions);
+    csv_free(&formatting);
+    csv_free(&scan);
+    csv_free(&lens);
+    json_free(&meta);
+    buf_free(&text);
+    buf_free(&meta_text);
+    buf_free(&resolved);
+    buf_free(&md);
+    config_free(&c);
+    return err.msg[0] ? fail(&err) : 0;
+}

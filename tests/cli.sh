@@ -13,11 +13,13 @@ scratch() { d=$(mktemp -d "$ROOT/build/tmp/cli.XXXXXX"); cp -r "$ROOT/configs" "
 expect() {
     name=$1; code=$2; pattern=$3; shift 3
     out=$("$@" 2>&1); rc=$?
-    if [ $rc -ne "$code" ]; then bad "$name" "exit $rc, wanted $code: $(echo "$out" | head -n 3)"; return; fi
-    if [ -n "$pattern" ] && ! echo "$out" | grep -qE -- "$pattern"; then bad "$name" "output lacks /$pattern/: $(echo "$out" | head -n 3)"; return; fi
+    if [ $rc -ne "$code" ]; then bad "$name" "exit $rc, wanted $code: $(printf '%s\n' "$out" | head -n 3)"; return; fi
+    if [ -n "$pattern" ] && ! printf '%s\n' "$out" | grep -qE -- "$pattern"; then bad "$name" "output lacks /$pattern/: $(printf '%s\n' "$out" | head -n 3)"; return; fi
     ok "$name"
 }
 
+# CLI_ONLY=NAME runs only tests/cli_NAME.sh (while working on one part).
+if [ -z "${CLI_ONLY:-}" ]; then
 scratch
 expect "help lists every command" 0 "formatting-sweep" "$BT" --help
 for c in init-run prepare-data generate detect-events logit-lens ablation-scan compare-conditions \
@@ -26,7 +28,8 @@ for c in init-run prepare-data generate detect-events logit-lens ablation-scan c
     expect "$c --help" 0 "usage: bt $c" "$BT" $c --help
 done
 expect "unknown command" 2 "unknown command 'frobnicate'" "$BT" frobnicate
+fi
 
-[ -n "$(ls "$ROOT"/tests/cli_*.sh 2>/dev/null)" ] && for f in "$ROOT"/tests/cli_*.sh; do . "$f"; done
+for f in "$ROOT"/tests/cli_${CLI_ONLY:-*}.sh; do [ -f "$f" ] && . "$f"; done
 
 echo "cli: $pass passed, $fail failed, $skip skipped"
