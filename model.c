@@ -955,20 +955,31 @@ TILES_AVX512(tiles_bf16_avx512, DT_BF16)
 TILES_AVX512(tiles_f16_avx512, DT_F16)
 TILES_AVX512(tiles_f32_avx512, DT_F32)
 
-// Weight rows o0..o1 against all n staged rows: chunk by chunk, each chunk's weights (a
-// block of at most MATMUL_BLOCK_BYTES) stay in cache while every tile of x passes.
+typedef void TilesFn(int R, int W, const float *xs, size_t ldx, const void *w, size_t d_in, int k0, int k1, float *out, size_t ldo);
+
+// The tile of rows r0.. and weight rows o.. (up to o1) over the chunk of columns from k0.
+AVX512 static INLINE void tile_at(TilesFn *tiles, const float *xs, size_t ldx, int n, const Tensor *w, int r0, int o, int o1, int k0,
+                                  float *out) {
+    size_t d_in = (size_t)w->cols;
+    int k1 = w->cols - k0 < MATMUL_K_CHUNK ? w->cols : k0 + MATMUL_K_CHUNK;
+    tiles(n - r0 < MATMUL_TILE_X ? n - r0 : MATMUL_TILE_X, o1 - o < MATMUL_TILE_W ? o1 - o : MATMUL_TILE_W, xs + (size_t)r0 * ldx, ldx,
+          (const char *)w->data + (size_t)o * d_in * dtype_bytes(w->dtype), d_in, k0, k1, out + (size_t)r0 * w->rows + o, (size_t)w->rows);
+}
+
+// Weight rows o0..o1 against all n staged rows; either loop order does the same operations
+// for each output. One tile of rows (decode): each weight row front to back, as memory
+// streams best. More: chunk by chunk, the block's chunk of weights (at most
+// MATMUL_BLOCK_BYTES) staying in cache while every tile of x passes.
 AVX512 static void matmul_rows_avx512(float *out, const float *xs, size_t ldx, int n, const Tensor *w, int o0, int o1) {
-    void (*tiles)(int, int, const float *, size_t, const void *, size_t, int, int, float *, size_t) =
-        w->dtype == DT_BF16 ? tiles_bf16_avx512 : w->dtype == DT_F16 ? tiles_f16_avx512 : tiles_f32_avx512;
-    size_t d_in = (size_t)w->cols, elem = dtype_bytes(w->dtype);
-    for (int k0 = 0; k0 < w->cols; k0 += MATMUL_K_CHUNK) {
-        int k1 = w->cols - k0 < MATMUL_K_CHUNK ? w->cols : k0 + MATMUL_K_CHUNK;
-        for (int r0 = 0; r0 < n; r0 += MATMUL_TILE_X)
-            for (int o = o0; o < o1; o += MATMUL_TILE_W)
-                tiles(n - r0 < MATMUL_TILE_X ? n - r0 : MATMUL_TILE_X, o1 - o < MATMUL_TILE_W ? o1 - o : MATMUL_TILE_W,
-                      xs + (size_t)r0 * ldx, ldx, (const char *)w->data + (size_t)o * d_in * elem, d_in, k0, k1,
-                      out + (size_t)r0 * w->rows + o, (size_t)w->rows);
+    TilesFn *tiles = w->dtype == DT_BF16 ? tiles_bf16_avx512 : w->dtype == DT_F16 ? tiles_f16_avx512 : tiles_f32_avx512;
+    if (n <= MATMUL_TILE_X) {
+        for (int o = o0; o < o1; o += MATMUL_TILE_W)
+            for (int k0 = 0; k0 < w->cols; k0 += MATMUL_K_CHUNK) tile_at(tiles, xs, ldx, n, w, 0, o, o1, k0, out);
+        return;
     }
+    for (int k0 = 0; k0 < w->cols; k0 += MATMUL_K_CHUNK)
+        for (int r0 = 0; r0 < n; r0 += MATMUL_TILE_X)
+            for (int o = o0; o < o1; o += MATMUL_TILE_W) tile_at(tiles, xs, ldx, n, w, r0, o, o1, k0, out);
 }
 
 // q · k over n values: two accumulators, the tail masked; a fixed order for each n.
@@ -1072,7 +1083,7 @@ static void matmul(const Model *m, float *out, const float *x, int n, const Tens
 #endif
     int n_blocks = (d_out + block - 1) / block;
     double macs = (double)n * d_out * d_in;
-#pragma omp parallel for schedule(static) if (macs >= PARALLEL_MIN_MACS)
+#pragma omp parallel for schedule(dynamic, 1) if (macs >= PARALLEL_MIN_MACS) // dynamic: a thread that lost its core to another process does less
     for (int b = 0; b < n_blocks; b++) {
         int o0 = b * block, o1 = d_out - o0 < block ? d_out : o0 + block;
 #ifdef HAVE_AVX512
@@ -1616,6 +1627,8 @@ int cmd_generate_ids(int argc, char **argv) {
 #define BENCH_SEQ_TOKENS 384                // logit lens and ablation scans: prompt + completion
 #define BENCH_SCAN_TIMED 3                  // scope all: forwards timed (clean, attn:0, mlp:L-1) of the 2L + 1
 #define BENCH_BANDWIDTH_BYTES (512u << 20)  // read-bandwidth buffer: far past the last-level cache
+#define BENCH_MEMORY_SEQS 16                // --only memory: generate this many sequences ...
+#define BENCH_MEMORY_TOKENS 2048            // ... to this many tokens (half prompt, half generated)
 
 typedef struct {
     const char *name, *architecture;
@@ -1628,7 +1641,7 @@ typedef struct {
 static const BenchShape bench_shapes[] = {
     {"r1-distill-qwen-1.5b", "Qwen2ForCausalLM", 1536, 8960, 28, 12, 2, 128, 151936, 131072, 0, 151646, 151643, 10000},
     {"qwen3-0.6b", "Qwen3ForCausalLM", 1024, 3072, 28, 16, 8, 128, 151936, 40960, 1, 151643, 151645, 1000000},
-    {"tiny", "Qwen2ForCausalLM", 96, 200, 2, 4, 2, 24, 1001, 4096, 0, 1, 2, 10000},
+    {"tiny", "Qwen2ForCausalLM", 96, 1100, 2, 4, 2, 24, 1001, 4096, 0, 1, 2, 10000}, // 1100 > MATMUL_K_CHUNK
 };
 
 static double now_s(void) {
@@ -1830,19 +1843,23 @@ static int bench_forward(const Model *m, RunState *s, const int *ids, int n, int
     return rc;
 }
 
-// Greedy generation of `steps` tokens for n_seq sequences at once after prompts of
-// BENCH_DECODE_PROMPT tokens (prefill not timed); completion tokens per second.
-static int bench_generate(const Model *m, int n_seq, int steps, const int *prompt, double *tok_s, Err *err) {
-    int P = BENCH_DECODE_PROMPT, V = m->cfg.vocab_size;
-    RunState *s = runstate_new(m, n_seq, P + steps, n_seq > P ? n_seq : P, err);
+// Greedy generation of `steps` tokens for n_seq sequences at once after prompts of P
+// tokens (sequence q's prompt is ids q..q+P-1; prefilled BENCH_PREFILL_TOKENS rows per
+// call, not timed); completion tokens per second.
+static int bench_generate(const Model *m, int n_seq, int P, int steps, const int *ids, double *tok_s, Err *err) {
+    int V = m->cfg.vocab_size, chunk = P < BENCH_PREFILL_TOKENS ? P : BENCH_PREFILL_TOKENS;
+    RunState *s = runstate_new(m, n_seq, P + steps, n_seq > chunk ? n_seq : chunk, err);
     if (!s) return -1;
     int *token = xmalloc((size_t)n_seq * sizeof *token), *slot = xmalloc((size_t)n_seq * sizeof *slot);
     int *pos = xmalloc((size_t)n_seq * sizeof *pos), *row = xmalloc((size_t)n_seq * sizeof *row);
     float *logits = xmalloc((size_t)n_seq * V * sizeof *logits);
     int rc = 0;
-    for (int q = 0; q < n_seq && rc == 0; q++) rc = bench_forward(m, s, prompt + q, P, q, 0, NULL, logits + (size_t)q * V, NULL, err);
+    for (int q = 0; q < n_seq; q++)
+        for (int p = 0; p < P && rc == 0; p += chunk)
+            rc = bench_forward(m, s, ids + q + p, P - p < chunk ? P - p : chunk, q, p, NULL, logits + (size_t)q * V, NULL, err);
     double t0 = now_s();
     for (int k = 0; k < steps && rc == 0; k++) {
+        if (k % 64 == 63) progress("bench: step %d/%d\n", k + 1, steps);
         for (int q = 0; q < n_seq; q++) token[q] = argmax(logits + (size_t)q * V, V), slot[q] = q, pos[q] = P + k, row[q] = q;
         Forward f = {.n = n_seq, .token = token, .slot = slot, .pos = pos, .logits = logits, .logits_row = row};
         rc = model_forward(m, s, &f, err);
@@ -1909,6 +1926,12 @@ static double median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+static double peak_rss_mb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0; // Linux reports KiB
+}
+
 static int bench_wants(const char *only, const char *name) {
     if (!only) return 1;
     size_t n = strlen(name);
@@ -1917,8 +1940,8 @@ static int bench_wants(const char *only, const char *name) {
     return 0;
 }
 
-enum { BENCH_PREFILL, BENCH_DECODE, BENCH_GEN16, BENCH_GEN64, BENCH_LENS, BENCH_SCAN_ALL, BENCH_SCAN_ONSET, N_BENCH };
-static const char *const bench_names[N_BENCH] = {"prefill", "decode", "gen16", "gen64", "lens", "scan", "scan"};
+enum { BENCH_PREFILL, BENCH_DECODE, BENCH_GEN16, BENCH_GEN64, BENCH_LENS, BENCH_SCAN_ALL, BENCH_SCAN_ONSET, BENCH_MEMORY, N_BENCH };
+static const char *const bench_names[N_BENCH] = {"prefill", "decode", "gen16", "gen64", "lens", "scan", "scan", "memory"};
 
 typedef struct {
     const Model *m;
@@ -1952,7 +1975,7 @@ static int bench_once(BenchCtx *b, int what, double *value, Err *err) {
         break;
     case BENCH_GEN16:
     case BENCH_GEN64:
-        rc = bench_generate(m, what == BENCH_GEN16 ? 16 : 64, BENCH_GEN_STEPS, b->ids, value, err);
+        rc = bench_generate(m, what == BENCH_GEN16 ? 16 : 64, BENCH_DECODE_PROMPT, BENCH_GEN_STEPS, b->ids, value, err);
         break;
     case BENCH_LENS: // the residual after every layer at the last position, each through final norm + lm_head
         rc = bench_forward(m, b->s, b->ids, S, 0, 0, NULL, NULL, b->resid, err);
@@ -1966,6 +1989,10 @@ static int bench_once(BenchCtx *b, int what, double *value, Err *err) {
         if (rc == 0) rc = bench_forward(m, b->s, b->ids, S, 0, 0, &b->attn, b->logits, NULL, err);
         if (rc == 0) rc = bench_forward(m, b->s, b->ids, S, 0, 0, &b->mlp, b->logits, NULL, err);
         *value = (now_s() - t0) * (2 * L + 1) / BENCH_SCAN_TIMED;
+        break;
+    case BENCH_MEMORY: // the 6 GB promise, measured: value = peak RSS after the run (MB)
+        rc = bench_generate(m, BENCH_MEMORY_SEQS, BENCH_MEMORY_TOKENS / 2, BENCH_MEMORY_TOKENS / 2, b->ids, &(double){0}, err);
+        *value = peak_rss_mb();
         break;
     case BENCH_SCAN_ONSET: // a clean forward capturing the event row, then per layer one replay of two rows
         rc = bench_forward(m, b->s, b->ids, S, 0, 0, NULL, b->logits, b->resid, err);
@@ -1988,7 +2015,7 @@ static int bench_once(BenchCtx *b, int what, double *value, Err *err) {
 // Each wanted measurement `repeat` times; values[what] = the median, NAN when not wanted.
 static int bench_run(const Model *m, int repeat, const char *only, double values[N_BENCH], Err *err) {
     const ModelConfig *c = &m->cfg;
-    int L = c->n_layers, n_ids = BENCH_PREFILL_TOKENS > 64 * BENCH_DECODE_PROMPT ? BENCH_PREFILL_TOKENS : 64 * BENCH_DECODE_PROMPT;
+    int L = c->n_layers, n_ids = BENCH_MEMORY_TOKENS + 64; // enough for every measurement
     BenchCtx b = {.m = m, .ids = xmalloc((size_t)n_ids * sizeof(int)), .logits = xmalloc((size_t)(L + 1) * c->vocab_size * sizeof(float)),
                   .resid = xmalloc((size_t)(L + 1) * c->hidden_size * sizeof(float)), .x_in = xmalloc((size_t)2 * c->hidden_size * sizeof(float)),
                   .attn_on = xcalloc((size_t)L, 1), .mlp_on = xcalloc((size_t)L, 1), .none = xcalloc((size_t)L, 1)};
@@ -2003,13 +2030,14 @@ static int bench_run(const Model *m, int repeat, const char *only, double values
     double *runs = xmalloc((size_t)repeat * sizeof *runs);
     for (int what = 0; what < N_BENCH && rc == 0; what++) {
         values[what] = NAN;
-        if (!bench_wants(only, bench_names[what])) continue;
-        for (int r = 0; r < repeat && rc == 0; r++) {
+        if (!bench_wants(only, bench_names[what]) || (what == BENCH_MEMORY && !only)) continue; // memory: minutes, on request
+        int runs_wanted = what == BENCH_MEMORY ? 1 : repeat;
+        for (int r = 0; r < runs_wanted && rc == 0; r++) {
             progress("bench: %s%s %d/%d\n", bench_names[what], what == BENCH_SCAN_ALL ? " all" : what == BENCH_SCAN_ONSET ? " onset" : "",
                      r + 1, repeat);
             rc = bench_once(&b, what, &runs[r], err);
         }
-        if (rc == 0) values[what] = median(runs, repeat);
+        if (rc == 0) values[what] = median(runs, runs_wanted);
     }
     free(runs);
     free(b.ids);
@@ -2026,7 +2054,7 @@ static int bench_run(const Model *m, int repeat, const char *only, double values
 int cmd_bench(int argc, char **argv) {
     Opt opts[] = {OPT("--model", 1, "Hugging Face model directory (see make-bench-model)"),
                   OPT("--repeat", 1, "runs of each measurement; the median is printed (default 3)"),
-                  OPT("--only", 1, "comma-separated subset: prefill,decode,gen16,gen64,lens,scan,bandwidth"),
+                  OPT("--only", 1, "comma-separated subset: prefill,decode,gen16,gen64,lens,scan,bandwidth; or memory (minutes)"),
                   OPT("--json", 0, "print one JSON object instead of the table"), OPT_END};
     Err err = {0};
     int r = opts_parse(opts, argc, argv, &err);
@@ -2050,8 +2078,7 @@ int cmd_bench(int argc, char **argv) {
         model_free(&m);
         return fail(&err);
     }
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru); // before the bandwidth buffer
+    double rss_mb = peak_rss_mb(); // before the bandwidth buffer
     if (bench_wants(only, "bandwidth") || bench_wants(only, "decode")) bandwidth = bench_bandwidth(&m);
     struct {
         const char *key, *what, *fmt, *unit;
@@ -2065,7 +2092,8 @@ int cmd_bench(int argc, char **argv) {
         {"scan_s_per_event_all", "ablation scan, scope all", "%.1f", "s/event (2L+1 forwards of 384 tokens, 3 timed)", values[BENCH_SCAN_ALL]},
         {"scan_s_per_event_onset", "ablation scan, scope onset", "%.2f", "s/event", values[BENCH_SCAN_ONSET]},
         {"tokenizer_mb_s", "tokenizer", "%.1f", "MB/s", NAN},
-        {"peak_rss_mb", "peak RSS", "%.0f", "MB", (double)ru.ru_maxrss / 1024.0},
+        {"peak_rss_mb", "peak RSS", "%.0f", "MB", rss_mb},
+        {"memory_16x2048_rss_mb", "generating 16 x 2048 tokens", "%.0f", "MB peak RSS (--only memory)", values[BENCH_MEMORY]},
         {"bandwidth_gb_s", "read bandwidth", "%.1f", "GB/s", bandwidth},
         {"roofline_fraction", "decode roofline fraction", "%.2f", "(weight bytes per token x decode tokens/s / bandwidth)",
          weight_bytes * values[BENCH_DECODE] / (bandwidth * 1e9)},

@@ -840,7 +840,7 @@ static void t_model_fuzz_safetensors_header(void) {
 
 // ----------------------------------------------------------------------------
 // Batch invariance: bitwise, on random-weight models whose sizes are not multiples of
-// the SIMD widths (hidden 96, intermediate 200, head_dim 24, vocab 1001)
+// the SIMD widths (hidden 96, intermediate 1100, head_dim 24, vocab 1001)
 
 // make-bench-model --shape tiny into a fresh directory; NULL on failure.
 static const char *make_tiny(const char *dtype) {
@@ -931,6 +931,42 @@ static void t_model_batch_invariance_bitwise(void) {
     }
 }
 
+// The AVX-512 and portable kernels agree to HF's tolerances on every dtype, including a
+// matmul wider than one AVX-512 column chunk (intermediate 1100), over prefill and decode.
+static void t_model_kernels_agree(void) {
+    const char *dtypes[] = {"bf16", "f16", "f32"};
+    for (int dt = 0; dt < 3; dt++) {
+        const char *dir = make_tiny(dtypes[dt]);
+        Model m;
+        Err err = {0};
+        if (!dir || model_load(&m, dir, &err) < 0) {
+            CHECKF(0, "%s", err.msg);
+            continue;
+        }
+        if (!m.simd) {
+            model_free(&m);
+            SKIP("this CPU has no AVX-512 (or BT_NO_SIMD is set)");
+        }
+        int V = m.cfg.vocab_size, D = m.cfg.hidden_size, L = m.cfg.n_layers, T = 40, ids[40];
+        for (int t = 0; t < T; t++) ids[t] = (t * 101 + 3) % V;
+        float *logits[2], *resid[2];
+        for (int simd = 0; simd < 2; simd++) {
+            m.simd = simd;
+            RunState *s = new_state(&m, 1, T + 1, T);
+            logits[simd] = xmalloc((size_t)(T + 1) * V * sizeof(float));
+            resid[simd] = xmalloc((size_t)T * (L + 1) * D * sizeof(float));
+            run_seq(&m, s, 0, ids, T, NULL, logits[simd], resid[simd], NULL, NULL);
+            run_row(&m, s, 0, ids[0], T, NULL, logits[simd] + (size_t)T * V);
+            runstate_free(s);
+        }
+        double dl = max_abs_diff(logits[0], logits[1], (size_t)(T + 1) * V), dh = max_abs_diff(resid[0], resid[1], (size_t)T * (L + 1) * D);
+        CHECKF(dl <= ATOL_LOGITS && dh <= ATOL_HIDDEN, "%s: kernels differ by %g (logits), %g (hidden)", dtypes[dt], dl, dh);
+        CHECKF(dl > 0, "%s: kernels agree bitwise: is the AVX-512 path in use?", dtypes[dt]);
+        for (int k = 0; k < 2; k++) free(logits[k]), free(resid[k]);
+        model_free(&m);
+    }
+}
+
 // Final norm + lm_head of many residuals at once is bitwise the forward pass's logits.
 static void t_model_final_logits_rows(void) {
     const char *dir = make_tiny("bf16");
@@ -974,5 +1010,6 @@ const TestCase tests_model[] = {
     {"model_fuzz_safetensors_header", t_model_fuzz_safetensors_header},
     {"model_batch_invariance_bitwise", t_model_batch_invariance_bitwise},
     {"model_final_logits_rows", t_model_final_logits_rows},
+    {"model_kernels_agree", t_model_kernels_agree},
     {0, 0},
 };
