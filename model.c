@@ -1627,6 +1627,7 @@ int cmd_generate_ids(int argc, char **argv) {
 #define BENCH_SEQ_TOKENS 384                // logit lens and ablation scans: prompt + completion
 #define BENCH_SCAN_TIMED 3                  // scope all: forwards timed (clean, attn:0, mlp:L-1) of the 2L + 1
 #define BENCH_BANDWIDTH_BYTES (512u << 20)  // read-bandwidth buffer: far past the last-level cache
+#define BENCH_TEXT_BYTES (1u << 20)         // tokenizer text when no --text is given
 #define BENCH_MEMORY_SEQS 16                // --only memory: generate this many sequences ...
 #define BENCH_MEMORY_TOKENS 2048            // ... to this many tokens (half prompt, half generated)
 
@@ -1888,6 +1889,38 @@ AVX512 static float sum_avx512(const float *v, size_t n) {
 }
 #endif
 
+// Tokenizer speed on a text file, or on BENCH_TEXT_BYTES of seeded reasoning-like text.
+static int bench_tokenizer(const char *tokenizer_path, const char *text_path, double *mb_s, Err *err) {
+    static const char *const words[] = {"Wait", ",", " so", " the", " answer", " is", " $", "12", "3", ".", " Let", " me", " check",
+                                        ":", " 4", " *", " 7", " =", " 28", "\n\n", " Actually", " each", " of", " eggs", " per",
+                                        " day", " she", " sells", " 0", ".5", " dollars", " Hmm", "?", " total", " (", ")", " \u00e9t\u00e9"};
+    Tokenizer *t;
+    if (tokenizer_load(&t, tokenizer_path, err) < 0) return -1;
+    char tmp[] = "/tmp/bt_bench_text_XXXXXX";
+    int rc = 0;
+    if (!text_path) { // one text per line, as tokenizer_bench reads a plain file
+        Buf text = {0};
+        Rng rng;
+        rng_seed(&rng, 5);
+        while (text.len < BENCH_TEXT_BYTES) {
+            int n = 20 + (int)rng_below(&rng, 200);
+            for (int i = 0; i < n; i++) buf_puts(&text, words[rng_below(&rng, sizeof words / sizeof words[0])]);
+            buf_putc(&text, '\n');
+        }
+        int fd = mkstemp(tmp);
+        if (fd < 0 || write(fd, text.data, text.len) != (ssize_t)text.len) rc = err_runtime(err, "%s: cannot write the benchmark text", tmp);
+        if (fd >= 0) close(fd);
+        buf_free(&text);
+        text_path = tmp;
+    }
+    TokenizerBench tb;
+    if (rc == 0) rc = tokenizer_bench(t, text_path, 1.0, &tb, err);
+    if (rc == 0) *mb_s = tb.mb_s;
+    if (text_path == tmp) unlink(tmp);
+    tokenizer_free(t);
+    return rc;
+}
+
 static double bench_bandwidth(const Model *m) {
     size_t n = BENCH_BANDWIDTH_BYTES / sizeof(float), per = 1u << 20; // floats per work item
     float *buf = xmalloc(n * sizeof *buf);
@@ -2054,7 +2087,9 @@ static int bench_run(const Model *m, int repeat, const char *only, double values
 int cmd_bench(int argc, char **argv) {
     Opt opts[] = {OPT("--model", 1, "Hugging Face model directory (see make-bench-model)"),
                   OPT("--repeat", 1, "runs of each measurement; the median is printed (default 3)"),
-                  OPT("--only", 1, "comma-separated subset: prefill,decode,gen16,gen64,lens,scan,bandwidth; or memory (minutes)"),
+                  OPT("--only", 1, "comma-separated subset: prefill,decode,gen16,gen64,lens,scan,tokenizer,bandwidth; or memory (minutes)"),
+                  OPT("--tokenizer", 1, "tokenizer.json to time (default: the model directory's, if any)"),
+                  OPT("--text", 1, "text to tokenize: JSONL (every string) or lines (default: 1 MB of generated text)"),
                   OPT("--json", 0, "print one JSON object instead of the table"), OPT_END};
     Err err = {0};
     int r = opts_parse(opts, argc, argv, &err);
@@ -2078,7 +2113,17 @@ int cmd_bench(int argc, char **argv) {
         model_free(&m);
         return fail(&err);
     }
-    double rss_mb = peak_rss_mb(); // before the bandwidth buffer
+    double rss_mb = peak_rss_mb(), tokenizer_mb_s = NAN; // RSS before the bandwidth buffer and the tokenizer
+    char tokenizer_path[1200];
+    snprintf(tokenizer_path, sizeof tokenizer_path, "%s/tokenizer.json", dir);
+    const char *tok = opt_str(opts, "--tokenizer", path_exists(tokenizer_path) ? tokenizer_path : NULL);
+    if (tok && bench_wants(only, "tokenizer")) {
+        progress("bench: tokenizer\n");
+        if (bench_tokenizer(tok, opt_str(opts, "--text", NULL), &tokenizer_mb_s, &err) < 0) {
+            model_free(&m);
+            return fail(&err);
+        }
+    }
     if (bench_wants(only, "bandwidth") || bench_wants(only, "decode")) bandwidth = bench_bandwidth(&m);
     struct {
         const char *key, *what, *fmt, *unit;
@@ -2091,7 +2136,7 @@ int cmd_bench(int argc, char **argv) {
         {"lens_items_s", "logit lens, 384 tokens", "%.3f", "items/s", values[BENCH_LENS]},
         {"scan_s_per_event_all", "ablation scan, scope all", "%.1f", "s/event (2L+1 forwards of 384 tokens, 3 timed)", values[BENCH_SCAN_ALL]},
         {"scan_s_per_event_onset", "ablation scan, scope onset", "%.2f", "s/event", values[BENCH_SCAN_ONSET]},
-        {"tokenizer_mb_s", "tokenizer", "%.1f", "MB/s", NAN},
+        {"tokenizer_mb_s", "tokenizer", "%.1f", "MB/s (one thread)", tokenizer_mb_s},
         {"peak_rss_mb", "peak RSS", "%.0f", "MB", rss_mb},
         {"memory_16x2048_rss_mb", "generating 16 x 2048 tokens", "%.0f", "MB peak RSS (--only memory)", values[BENCH_MEMORY]},
         {"bandwidth_gb_s", "read bandwidth", "%.1f", "GB/s", bandwidth},

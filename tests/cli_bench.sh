@@ -31,3 +31,12 @@ expect "bench --only, portable kernels" 0 '"kernels":"portable".*"prefill_tok_s"
     env BT_NO_SIMD=1 "$BT" bench --model tiny --repeat 1 --only prefill --json --quiet
 expect "bench without --model" 2 "--model DIR is required" "$BT" bench
 expect "bench on a missing model" 2 "nowhere: not a model directory" "$BT" bench --model nowhere
+TOK=$SHARED/tokenizers/qwen2_5/tokenizer.json
+if [ -f "$TOK" ]; then
+    expect "bench --tokenizer" 0 '"tokenizer_mb_s":[0-9][0-9.e+-]*,' "$BT" bench --model tiny --only tokenizer --tokenizer "$TOK" --json --quiet
+    expect "bench --tokenizer --text" 0 '"tokenizer_mb_s":[0-9][0-9.e+-]*,' "$BT" bench --model tiny --only tokenizer --tokenizer "$TOK" \
+        --text "$SHARED/reference/README.md" --json --quiet
+    expect "bench with a bad tokenizer" 2 "tiny/config.json" "$BT" bench --model tiny --only tokenizer --tokenizer tiny/config.json
+else
+    skipped "bench --tokenizer" "$TOK is absent"
+fi
