@@ -840,7 +840,7 @@ static void t_model_fuzz_safetensors_header(void) {
 
 // ----------------------------------------------------------------------------
 // Batch invariance: bitwise, on random-weight models whose sizes are not multiples of
-// the SIMD widths (hidden 96, intermediate 1100, head_dim 24, vocab 1001)
+// the SIMD widths (hidden 96, intermediate 2100, head_dim 24, vocab 1001)
 
 // make-bench-model --shape tiny into a fresh directory; NULL on failure.
 static const char *make_tiny(const char *dtype) {
@@ -932,7 +932,7 @@ static void t_model_batch_invariance_bitwise(void) {
 }
 
 // The AVX-512 and portable kernels agree to HF's tolerances on every dtype, including a
-// matmul wider than one AVX-512 column chunk (intermediate 1100), over prefill and decode.
+// matmul wider than one AVX-512 column chunk (intermediate 2100), over prefill and decode.
 static void t_model_kernels_agree(void) {
     const char *dtypes[] = {"bf16", "f16", "f32"};
     for (int dt = 0; dt < 3; dt++) {
