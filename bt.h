@@ -370,6 +370,7 @@ typedef struct {
     size_t *map_sizes;     // (n_maps)
     int n_maps;
     size_t bytes_mapped, bytes_allocated;
+    int simd;              // 1 = AVX-512 kernels, 0 = portable C; chosen at load (CPU features, BT_NO_SIMD=1)
 } Model;
 
 int model_load(Model *m, const char *dir, Err *err);
@@ -427,6 +428,8 @@ typedef struct {
 // and positions past max_seq are EXIT_BAD_INPUT, the rest EXIT_RUNTIME.
 int model_forward(const Model *m, RunState *s, const Forward *f, Err *err);
 void model_final_logits(const Model *m, const float *resid, float *logits); // final norm + lm_head of one residual (hidden) -> (vocab)
+// The same for n residuals, resid + i * stride (floats) -> logits (n, vocab); bitwise what model_forward gives.
+void model_final_logits_rows(const Model *m, const float *resid, int n, size_t stride, float *logits);
 size_t model_kv_bytes_per_token(const Model *m); // KV cache bytes one position of one sequence takes
 void tensor_row_f32(const Tensor *t, int row, float *out); // row of a 2-D tensor (cols values) as F32
 float tensor_at(const Tensor *t, size_t i);                 // element i (row-major) as F32

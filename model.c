@@ -10,7 +10,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #ifdef _OPENMP
@@ -22,9 +24,15 @@
 #define ST_MAX_HEADER_BYTES (100u << 20) // the safetensors format caps its JSON header at 100 MB
 #define ST_MAX_DIMS 8
 #define MAX_EOS 8             // eos ids kept (ModelConfig.eos_ids)
-#define MATMUL_W_ROWS 4       // weight rows per matmul block: each x load feeds this many dot products
-#define MATMUL_CHUNK 256      // weight columns converted to F32 at a time, on the stack
-#define MATMUL_LANES 8        // independent partial sums per dot product: what SIMD lanes compute
+#define MATMUL_W_ROWS 4       // portable: weight rows per block, each x load feeds this many dot products
+#define MATMUL_CHUNK 256      // portable: weight columns converted to F32 at a time, on the stack
+#define MATMUL_LANES 8        // portable: independent partial sums per dot product (what SIMD lanes compute)
+#define MATMUL_TILE_X 4       // AVX-512: rows of x per tile
+#define MATMUL_TILE_W 4       // AVX-512: weight rows per tile (4 x 4 accumulators of 16 lanes)
+#define MATMUL_K_CHUNK 2048   // AVX-512: columns summed in registers before a partial sum is stored (multiple of 32)
+#define MATMUL_BLOCK_BYTES (128u << 10) // AVX-512: weights of one thread's block, kept in L2 while x passes
+#define MATMUL_PREFETCH_BYTES 1024 // AVX-512: how far ahead in each weight row to prefetch from memory
+#define PARALLEL_MIN_MACS 2e5 // smaller matmuls and attentions run on one thread: waking threads costs more
 #define LOGIT_ROWS_MAX 64     // rows per lm_head pass (scratch: LOGIT_ROWS_MAX x vocab floats)
 #define CMD_MAX_ROWS 256      // prefill chunk of the inspection commands
 
@@ -598,6 +606,8 @@ void model_free(Model *m) {
     memset(m, 0, sizeof *m);
 }
 
+static int choose_simd(void); // the hot spot: which kernels this CPU runs
+
 int model_load(Model *m, const char *dir, Err *err) {
     memset(m, 0, sizeof *m);
     if (strlen(dir) >= sizeof m->dir - 64) return err_input(err, "%s: model path too long", dir);
@@ -625,9 +635,18 @@ int model_load(Model *m, const char *dir, Err *err) {
     if (m->cfg.tie_word_embeddings) m->lm_head = m->embed;
     m->inv_freq = xmalloc((size_t)(m->cfg.head_dim / 2) * sizeof *m->inv_freq);
     rope_inv_freq(&m->cfg, m->inv_freq);
+    m->simd = choose_simd();
     m->bytes_allocated = (size_t)m->cfg.n_layers * sizeof *m->layers + (size_t)(m->cfg.head_dim / 2) * sizeof(float) +
                          (size_t)m->n_maps * (sizeof *m->maps + sizeof *m->map_sizes);
     return 0;
+}
+
+// Columns of the matmul staging buffer: the widest matmul input, padded to 32.
+static size_t stage_cols(const Model *m) {
+    const ModelConfig *c = &m->cfg;
+    int widest = c->hidden_size > c->intermediate_size ? c->hidden_size : c->intermediate_size;
+    if (c->n_heads * c->head_dim > widest) widest = c->n_heads * c->head_dim;
+    return (size_t)(widest + 31) / 32 * 32;
 }
 
 // ----------------------------------------------------------------------------
@@ -653,6 +672,7 @@ struct RunState {
     float *rope_sin;    // (max_rows, head_dim / 2)
     float *scores;      // (n_threads, max_seq) attention scores of one (row, head)
     float *logits;      // (logit_rows, vocab)
+    float *stage;       // (max_rows, round_up(max(hidden, q_dim, intermediate), 32)) x as the AVX-512 matmul reads it
     size_t bytes;       // everything above
 };
 
@@ -694,6 +714,7 @@ RunState *runstate_new(const Model *m, int n_slots, int max_seq, int max_rows, E
     s->rope_sin = rs_alloc(s, R * (size_t)(c->head_dim / 2), &failed);
     s->scores = rs_alloc(s, (size_t)s->n_threads * (size_t)max_seq, &failed);
     s->logits = rs_alloc(s, (size_t)s->logit_rows * (size_t)c->vocab_size, &failed);
+    s->stage = rs_alloc(s, R * stage_cols(m), &failed);
     s->slot_len = xcalloc((size_t)n_slots, sizeof *s->slot_len);
     s->slot_len_call = xcalloc((size_t)n_slots, sizeof *s->slot_len_call);
     s->slot_pos_call = xcalloc((size_t)n_slots, sizeof *s->slot_pos_call);
@@ -709,7 +730,7 @@ RunState *runstate_new(const Model *m, int n_slots, int max_seq, int max_rows, E
 void runstate_free(RunState *s) {
     if (!s) return;
     float *bufs[] = {s->key_cache, s->value_cache, s->x, s->xb, s->block_out, s->q, s->k, s->v, s->heads,
-                     s->hb, s->hb2, s->rope_cos, s->rope_sin, s->scores, s->logits};
+                     s->hb, s->hb2, s->rope_cos, s->rope_sin, s->scores, s->logits, s->stage};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s->slot_len);
     free(s->slot_len_call);
@@ -734,55 +755,6 @@ static void rmsnorm(float *out, const float *x, const Tensor *weight, int n, flo
     for (int i = 0; i < n; i++) out[i] = tensor_at(weight, (size_t)i) * (x[i] * r);
 }
 
-// The hot spot: out(n, d_out) = x(n, d_in) · W(d_out, d_in)^T (+ bias), W in its stored dtype.
-// Parallel over blocks of MATMUL_W_ROWS weight rows: a block's weights are converted to F32
-// once per MATMUL_CHUNK columns and reused by all n rows of x (prefill, batched decode), and
-// each x value feeds all the block's rows. Every output element sums its chunks in a fixed
-// order in one thread, so the result is the same for any thread count and any n.
-static void matmul(float *out, const float *x, int n, const Tensor *w, const Tensor *bias) {
-    int d_out = w->rows, d_in = w->cols;
-    int n_blocks = (d_out + MATMUL_W_ROWS - 1) / MATMUL_W_ROWS;
-#pragma omp parallel for schedule(static)
-    for (int b = 0; b < n_blocks; b++) {
-        int o0 = b * MATMUL_W_ROWS, nw = d_out - o0 < MATMUL_W_ROWS ? d_out - o0 : MATMUL_W_ROWS;
-        float wc[MATMUL_W_ROWS][MATMUL_CHUNK]; // this block's weights, columns c..c+len
-        for (int c = 0; c < d_in; c += MATMUL_CHUNK) {
-            int len = d_in - c < MATMUL_CHUNK ? d_in - c : MATMUL_CHUNK;
-            for (int k = 0; k < MATMUL_W_ROWS; k++) tensor_span_f32(w, o0 + (k < nw ? k : 0), c, len, wc[k]);
-            for (int r = 0; r < n; r++) {
-                const float *xr = x + (size_t)r * d_in + c;
-                float acc[MATMUL_W_ROWS][MATMUL_LANES] = {{0}}; // lane l sums the columns i = l mod LANES
-                int i = 0;
-                for (; i + MATMUL_LANES <= len; i += MATMUL_LANES)
-                    for (int k = 0; k < MATMUL_W_ROWS; k++)
-                        for (int l = 0; l < MATMUL_LANES; l++) acc[k][l] += xr[i + l] * wc[k][i + l];
-                for (; i < len; i++)
-                    for (int k = 0; k < MATMUL_W_ROWS; k++) acc[k][i % MATMUL_LANES] += xr[i] * wc[k][i];
-                float *o = out + (size_t)r * d_out + o0;
-                for (int k = 0; k < nw; k++) {
-                    float sum = 0;
-                    for (int l = 0; l < MATMUL_LANES; l++) sum += acc[k][l];
-                    o[k] = c ? o[k] + sum : sum;
-                }
-            }
-        }
-        if (bias && bias->data)
-            for (int r = 0; r < n; r++)
-                for (int k = 0; k < nw; k++) out[(size_t)r * d_out + o0 + k] += tensor_at(bias, (size_t)(o0 + k));
-    }
-}
-
-// Dot product in MATMUL_LANES partial sums (vectorisable, fixed order).
-static float dot(const float *a, const float *b, int n) {
-    float acc[MATMUL_LANES] = {0}, sum = 0;
-    int i = 0;
-    for (; i + MATMUL_LANES <= n; i += MATMUL_LANES)
-        for (int l = 0; l < MATMUL_LANES; l++) acc[l] += a[i + l] * b[i + l];
-    for (; i < n; i++) acc[i % MATMUL_LANES] += a[i] * b[i];
-    for (int l = 0; l < MATMUL_LANES; l++) sum += acc[l];
-    return sum;
-}
-
 // HF rotate_half RoPE on one head: pairs (i, i + half), cos/sin tables cat(freqs, freqs).
 static void rope(float *v, const float *cos_t, const float *sin_t, int head_dim) {
     int half = head_dim / 2;
@@ -798,6 +770,354 @@ static void ablate(float *v, int n, int kind, const float *mean) {
     else memset(v, 0, (size_t)n * sizeof *v);
 }
 
+// ----------------------------------------------------------------------------
+// The hot spot: matmul, attention and the SiLU gate, in portable C and in AVX-512.
+//
+// Nearly all the time goes here: decoding streams every weight once per step (memory
+// bound), prefill and batched generation reuse each weight for many rows (FMA bound).
+// Each model picks its kernels once, at load: AVX-512 when the CPU has it (run-time
+// detection, functions compiled with `target` attributes, so `cc` needs no -m flags)
+// unless BT_NO_SIMD=1, else portable C. Both keep the two promises bt is built on:
+// - batch invariance: each output element of a row is summed in an order fixed by the
+//   tensor shapes alone, never by n, by the other rows, or by where the row falls in a
+//   tile, so a row's logits are bitwise the same alone or in any batch;
+// - thread invariance: each output element is computed whole by one thread.
+// The two paths round differently from each other; each meets HF's tolerances. Products
+// are F32 (a BF16 weight times an F32 activation is exact before the add), never BF16.
+
+static void matmul_rows_portable(float *out, const float *x, int n, const Tensor *w, int o0, int o1) {
+    int d_out = w->rows, d_in = w->cols;
+    for (int b = o0; b < o1; b += MATMUL_W_ROWS) {
+        int nw = o1 - b < MATMUL_W_ROWS ? o1 - b : MATMUL_W_ROWS;
+        float wc[MATMUL_W_ROWS][MATMUL_CHUNK]; // this block's weights, columns c..c+len
+        for (int c = 0; c < d_in; c += MATMUL_CHUNK) {
+            int len = d_in - c < MATMUL_CHUNK ? d_in - c : MATMUL_CHUNK;
+            for (int k = 0; k < MATMUL_W_ROWS; k++) tensor_span_f32(w, b + (k < nw ? k : 0), c, len, wc[k]);
+            for (int r = 0; r < n; r++) {
+                const float *xr = x + (size_t)r * d_in + c;
+                float acc[MATMUL_W_ROWS][MATMUL_LANES] = {{0}}; // lane l sums the columns i = l mod LANES
+                int i = 0;
+                for (; i + MATMUL_LANES <= len; i += MATMUL_LANES)
+                    for (int k = 0; k < MATMUL_W_ROWS; k++)
+                        for (int l = 0; l < MATMUL_LANES; l++) acc[k][l] += xr[i + l] * wc[k][i + l];
+                for (; i < len; i++)
+                    for (int k = 0; k < MATMUL_W_ROWS; k++) acc[k][i % MATMUL_LANES] += xr[i] * wc[k][i];
+                float *o = out + (size_t)r * d_out + b;
+                for (int k = 0; k < nw; k++) {
+                    float sum = 0;
+                    for (int l = 0; l < MATMUL_LANES; l++) sum += acc[k][l];
+                    o[k] = c ? o[k] + sum : sum;
+                }
+            }
+        }
+    }
+}
+
+// Dot product in MATMUL_LANES partial sums (vectorisable, fixed order).
+static float dot_portable(const float *a, const float *b, int n) {
+    float acc[MATMUL_LANES] = {0}, sum = 0;
+    int i = 0;
+    for (; i + MATMUL_LANES <= n; i += MATMUL_LANES)
+        for (int l = 0; l < MATMUL_LANES; l++) acc[l] += a[i + l] * b[i + l];
+    for (; i < n; i++) acc[i % MATMUL_LANES] += a[i] * b[i];
+    for (int l = 0; l < MATMUL_LANES; l++) sum += acc[l];
+    return sum;
+}
+
+// One query head over keys/values at positions 0..pos (row p of keys at k + p * stride;
+// self_k/self_v, when non-NULL, replace position pos). scores holds pos + 1 floats.
+static void attend_portable(const float *q, const float *k, const float *v, size_t stride, const float *self_k,
+                            const float *self_v, int pos, int hd, float scale, float *scores, float *out) {
+    float max = -INFINITY, sum = 0;
+    for (int p = 0; p <= pos; p++) {
+        scores[p] = dot_portable(q, self_k && p == pos ? self_k : k + (size_t)p * stride, hd) * scale;
+        if (scores[p] > max) max = scores[p];
+    }
+    for (int p = 0; p <= pos; p++) {
+        scores[p] = expf(scores[p] - max);
+        sum += scores[p];
+    }
+    for (int p = 0; p <= pos; p++) scores[p] /= sum;
+    for (int d = 0; d < hd; d++) out[d] = 0;
+    for (int p = 0; p <= pos; p++) {
+        const float *vp = self_v && p == pos ? self_v : v + (size_t)p * stride;
+        for (int d = 0; d < hd; d++) out[d] += scores[p] * vp[d];
+    }
+}
+
+// gate[i] = silu(gate[i]) * up[i], silu(x) = x / (1 + e^-x) as torch computes it.
+static void silu_gate_portable(float *gate, const float *up, size_t n) {
+    for (size_t i = 0; i < n; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_AVX512 1
+#include <immintrin.h>
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define INLINE inline __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 8") // small loops over tile rows: registers, not memory
+
+static int cpu_has_avx512(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
+}
+
+// Sum of 16 lanes as a fixed tree (halves, then quarters, ...): the same for every caller.
+AVX512 static INLINE float hsum_avx512(__m512 v) {
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+}
+
+// e^x within 2 ulp: Cephes' expf polynomial on r = x - n ln2 (|r| <= ln2 / 2), times 2^n.
+AVX512 static INLINE __m512 exp_avx512(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(88.7228394f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+static INLINE __mmask16 mask16(int left) { return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (left > 0 ? left : 0)) - 1); }
+
+// Weights of row `row`, columns k..k+31, as two F32 vectors (a, b) laid out as the staged x
+// (x_stage): BF16 splits even and odd columns, which a shift and a mask do in place;
+// F16 and F32 take k..k+15 and k+16..k+31. Columns past `left` read as zero.
+AVX512 static INLINE void w_load_avx512(DType dtype, const void *w, size_t at, int left, __m512 *a, __m512 *b) {
+    if (dtype == DT_BF16) {
+        const uint16_t *p = (const uint16_t *)w + at;
+        __m512i raw = left >= 32 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16((__mmask32)((1u << left) - 1), p);
+        *a = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+        *b = _mm512_castsi512_ps(_mm512_and_si512(raw, _mm512_set1_epi32((int)0xffff0000u)));
+    } else if (dtype == DT_F16) {
+        const uint16_t *p = (const uint16_t *)w + at;
+        __m256i lo = left >= 32 ? _mm256_loadu_si256((const __m256i *)p) : _mm256_maskz_loadu_epi16(mask16(left), p);
+        __m256i hi = left >= 32 ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_maskz_loadu_epi16(mask16(left - 16), p + 16);
+        *a = _mm512_cvtph_ps(lo);
+        *b = _mm512_cvtph_ps(hi);
+    } else {
+        const float *p = (const float *)w + at;
+        *a = left >= 32 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(mask16(left), p);
+        *b = left >= 32 ? _mm512_loadu_ps(p + 16) : _mm512_maskz_loadu_ps(mask16(left - 16), p + 16);
+    }
+}
+
+// A tile: R staged x rows (stride ldx) times W weight rows (stride d_in), columns k0..k1 of
+// one chunk. Lane l of acc[r][j] sums the products of lane l of each 32-column step, in
+// column order; the chunk's sum (hsum) is stored (k0 = 0) or added to out. Every tile shape
+// does exactly these operations for each of its outputs, so the shape never shows.
+AVX512 static INLINE void tile_avx512(DType dtype, int R, int W, const float *xs, size_t ldx, const void *w, size_t d_in,
+                                      int k0, int k1, int prefetch, float *out, size_t ldo) {
+    __m512 acc[MATMUL_TILE_X][MATMUL_TILE_W];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < W; j++) acc[r][j] = _mm512_setzero_ps();
+    for (int k = k0; k < k1; k += 32) {
+        __m512 wa[MATMUL_TILE_W], wb[MATMUL_TILE_W];
+        if (prefetch) // weights coming from memory: ask ahead, which the prefetchers alone do not do enough
+            UNROLL for (int j = 0; j < W; j++) {
+                const char *ahead = (const char *)w + ((size_t)j * d_in + (size_t)k) * (dtype == DT_F32 ? 4 : 2) + MATMUL_PREFETCH_BYTES;
+                _mm_prefetch(ahead, _MM_HINT_T0);
+                if (dtype == DT_F32) _mm_prefetch(ahead + 64, _MM_HINT_T0); // 32 F32 columns are two cache lines
+            }
+        UNROLL for (int j = 0; j < W; j++) w_load_avx512(dtype, w, (size_t)j * d_in + (size_t)k, k1 - k, &wa[j], &wb[j]);
+        UNROLL for (int r = 0; r < R; r++) {
+            __m512 xa = _mm512_loadu_ps(xs + (size_t)r * ldx + k), xb = _mm512_loadu_ps(xs + (size_t)r * ldx + k + 16);
+            UNROLL for (int j = 0; j < W; j++) {
+                acc[r][j] = _mm512_fmadd_ps(xa, wa[j], acc[r][j]);
+                acc[r][j] = _mm512_fmadd_ps(xb, wb[j], acc[r][j]);
+            }
+        }
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < W; j++) {
+        float sum = hsum_avx512(acc[r][j]), *o = out + (size_t)r * ldo + j;
+        *o = k0 ? *o + sum : sum;
+    }
+}
+
+// Every tile of one dtype: full tiles, short ones for the last rows of x, single outputs
+// for the last weight rows. (One function per dtype keeps the dtype a constant.)
+#define TILES_AVX512(name, dtype)                                                                                          \
+    AVX512 static void name(int R, int W, const float *xs, size_t ldx, const void *w, size_t d_in, int k0, int k1,       \
+                            int prefetch, float *out, size_t ldo) {                                                                     \
+        if (W == MATMUL_TILE_W) switch (R) {                                                                               \
+            case 4: tile_avx512(dtype, 4, MATMUL_TILE_W, xs, ldx, w, d_in, k0, k1, prefetch, out, ldo); return;                     \
+            case 3: tile_avx512(dtype, 3, MATMUL_TILE_W, xs, ldx, w, d_in, k0, k1, prefetch, out, ldo); return;                     \
+            case 2: tile_avx512(dtype, 2, MATMUL_TILE_W, xs, ldx, w, d_in, k0, k1, prefetch, out, ldo); return;                     \
+            case 1: tile_avx512(dtype, 1, MATMUL_TILE_W, xs, ldx, w, d_in, k0, k1, prefetch, out, ldo); return;                     \
+            }                                                                                                              \
+        for (int r = 0; r < R; r++)                                                                                        \
+            for (int j = 0; j < W; j++)                                                                                    \
+                tile_avx512(dtype, 1, 1, xs + (size_t)r * ldx, ldx, (const char *)w + (size_t)j * d_in * (dtype == DT_F32 ? 4 : 2), \
+                            d_in, k0, k1, prefetch, out + (size_t)r * ldo + j, ldo);                                                \
+    }
+TILES_AVX512(tiles_bf16_avx512, DT_BF16)
+TILES_AVX512(tiles_f16_avx512, DT_F16)
+TILES_AVX512(tiles_f32_avx512, DT_F32)
+
+typedef void TilesFn(int R, int W, const float *xs, size_t ldx, const void *w, size_t d_in, int k0, int k1, int prefetch, float *out,
+                     size_t ldo);
+
+// The tile of rows r0.. and weight rows o.. (up to o1) over the chunk of columns from k0.
+AVX512 static INLINE void tile_at(TilesFn *tiles, const float *xs, size_t ldx, int n, const Tensor *w, int r0, int o, int o1, int k0,
+                                  int prefetch, float *out) {
+    size_t d_in = (size_t)w->cols;
+    int k1 = w->cols - k0 < MATMUL_K_CHUNK ? w->cols : k0 + MATMUL_K_CHUNK;
+    tiles(n - r0 < MATMUL_TILE_X ? n - r0 : MATMUL_TILE_X, o1 - o < MATMUL_TILE_W ? o1 - o : MATMUL_TILE_W, xs + (size_t)r0 * ldx, ldx,
+          (const char *)w->data + (size_t)o * d_in * dtype_bytes(w->dtype), d_in, k0, k1, prefetch, out + (size_t)r0 * w->rows + o,
+          (size_t)w->rows);
+}
+
+// Weight rows o0..o1 against all n staged rows; either loop order does the same operations
+// for each output, and the first tile of rows prefetches the weights from memory. One tile
+// of rows (decode): each weight row front to back, as memory streams best. More: chunk by
+// chunk, the block's chunk of weights (at most MATMUL_BLOCK_BYTES) staying in L2 while
+// every tile of x passes, each tile's chunk of x staying in L1 while it meets them all.
+AVX512 static void matmul_rows_avx512(float *out, const float *xs, size_t ldx, int n, const Tensor *w, int o0, int o1) {
+    TilesFn *tiles = w->dtype == DT_BF16 ? tiles_bf16_avx512 : w->dtype == DT_F16 ? tiles_f16_avx512 : tiles_f32_avx512;
+    if (n <= MATMUL_TILE_X) {
+        for (int o = o0; o < o1; o += MATMUL_TILE_W)
+            for (int k0 = 0; k0 < w->cols; k0 += MATMUL_K_CHUNK) tile_at(tiles, xs, ldx, n, w, 0, o, o1, k0, 1, out);
+        return;
+    }
+    for (int k0 = 0; k0 < w->cols; k0 += MATMUL_K_CHUNK)
+        for (int r0 = 0; r0 < n; r0 += MATMUL_TILE_X)
+            for (int o = o0; o < o1; o += MATMUL_TILE_W) tile_at(tiles, xs, ldx, n, w, r0, o, o1, k0, r0 == 0, out);
+}
+
+// q · k over n values: two accumulators, the tail masked; a fixed order for each n.
+AVX512 static INLINE float dot_avx512(const float *a, const float *b, int n) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = mask16(n - i);
+        acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc0);
+    }
+    return hsum_avx512(_mm512_add_ps(acc0, acc1));
+}
+
+// attend_portable's arithmetic in AVX-512 (scores summed in 16 lanes, V by FMA).
+AVX512 static void attend_avx512(const float *q, const float *k, const float *v, size_t stride, const float *self_k,
+                                 const float *self_v, int pos, int hd, float scale, float *scores, float *out) {
+    int n = pos + 1;
+    __m512 vmax = _mm512_set1_ps(-INFINITY), vsum = _mm512_setzero_ps();
+    for (int p = 0; p < n; p++) scores[p] = dot_avx512(q, self_k && p == pos ? self_k : k + (size_t)p * stride, hd) * scale;
+    for (int p = 0; p < n; p += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, mask16(n - p), scores + p));
+    __m512 max = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)); // max is exact in any order
+    for (int p = 0; p < n; p += 16) {
+        __mmask16 m = mask16(n - p);
+        __m512 e = exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + p), max));
+        vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(m, e));
+        _mm512_mask_storeu_ps(scores + p, m, e);
+    }
+    __m512 sum = _mm512_set1_ps(hsum_avx512(vsum));
+    for (int p = 0; p < n; p += 16) {
+        __mmask16 m = mask16(n - p);
+        _mm512_mask_storeu_ps(scores + p, m, _mm512_div_ps(_mm512_maskz_loadu_ps(m, scores + p), sum));
+    }
+    for (int d0 = 0; d0 < hd; d0 += 128) { // 8 vectors of out at a time stay in registers
+        __m512 acc[8];
+        __mmask16 m[8];
+        UNROLL for (int j = 0; j < 8; j++) acc[j] = _mm512_setzero_ps(), m[j] = mask16(hd - d0 - 16 * j);
+        for (int p = 0; p < n; p++) {
+            const float *vp = (self_v && p == pos ? self_v : v + (size_t)p * stride) + d0;
+            __m512 s = _mm512_set1_ps(scores[p]);
+            UNROLL for (int j = 0; j < 8; j++) acc[j] = _mm512_fmadd_ps(s, _mm512_maskz_loadu_ps(m[j], vp + 16 * j), acc[j]);
+        }
+        UNROLL for (int j = 0; j < 8; j++) _mm512_mask_storeu_ps(out + d0 + 16 * j, m[j], acc[j]);
+    }
+}
+
+AVX512 static void silu_gate_avx512(float *gate, const float *up, size_t n) {
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = mask16(n - i < 16 ? (int)(n - i) : 16);
+        __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
+        __m512 s = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+        _mm512_mask_storeu_ps(gate + i, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, up + i)));
+    }
+}
+#else
+static int cpu_has_avx512(void) { return 0; }
+#endif
+
+// The kernels a model uses: AVX-512 when the CPU has it, unless BT_NO_SIMD is set (not "0").
+static int choose_simd(void) {
+    const char *off = getenv("BT_NO_SIMD");
+    return !(off && *off && strcmp(off, "0") != 0) && cpu_has_avx512();
+}
+
+// x (n, d_in) as the AVX-512 tiles read it (w_load_avx512): rows padded with zeros to a
+// multiple of 32 columns, BF16's even/odd split applied per 32 columns. Returns x itself
+// when it already is that.
+static const float *x_stage(const float *x, int n, int d_in, DType dtype, float *stage) {
+    int ld = (d_in + 31) / 32 * 32;
+    if (dtype != DT_BF16 && ld == d_in) return x;
+    for (int r = 0; r < n; r++) {
+        const float *xr = x + (size_t)r * d_in;
+        float *sr = stage + (size_t)r * ld;
+        for (int k = 0; k < ld; k += 32)
+            for (int i = 0; i < 32; i++) {
+                int col = dtype == DT_BF16 ? k + (i < 16 ? 2 * i : 2 * (i - 16) + 1) : k + i;
+                sr[k + i] = col < d_in ? xr[col] : 0.0f;
+            }
+    }
+    return stage;
+}
+
+// out(n, d_out) = x(n, d_in) · W(d_out, d_in)^T (+ bias), W in its stored dtype. Threads
+// take blocks of weight rows; stage holds n x round_up(d_in, 32) floats for AVX-512.
+static void matmul(const Model *m, float *out, const float *x, int n, const Tensor *w, const Tensor *bias, float *stage) {
+    int d_out = w->rows, d_in = w->cols;
+    int block = MATMUL_W_ROWS;
+    const float *xs = x;
+    size_t ldx = (size_t)d_in;
+#ifdef HAVE_AVX512
+    if (m->simd) {
+        int chunk = d_in < MATMUL_K_CHUNK ? d_in : MATMUL_K_CHUNK;
+        block = (int)(MATMUL_BLOCK_BYTES / ((size_t)chunk * dtype_bytes(w->dtype))) / MATMUL_TILE_W * MATMUL_TILE_W;
+        if (block < MATMUL_TILE_W) block = MATMUL_TILE_W;
+        xs = x_stage(x, n, d_in, w->dtype, stage);
+        ldx = (size_t)(d_in + 31) / 32 * 32;
+    }
+#endif
+    int n_blocks = (d_out + block - 1) / block;
+    double macs = (double)n * d_out * d_in;
+#pragma omp parallel for schedule(dynamic, 1) if (macs >= PARALLEL_MIN_MACS) // dynamic: a thread that lost its core to another process does less
+    for (int b = 0; b < n_blocks; b++) {
+        int o0 = b * block, o1 = d_out - o0 < block ? d_out : o0 + block;
+#ifdef HAVE_AVX512
+        if (m->simd) matmul_rows_avx512(out, xs, ldx, n, w, o0, o1);
+        else
+#endif
+            matmul_rows_portable(out, x, n, w, o0, o1);
+        if (bias && bias->data)
+            for (int r = 0; r < n; r++)
+                for (int o = o0; o < o1; o++) out[(size_t)r * d_out + o] += tensor_at(bias, (size_t)o);
+    }
+    (void)ldx;
+}
+
+static void silu_gate(const Model *m, float *gate, const float *up, size_t n) {
+#ifdef HAVE_AVX512
+    if (m->simd) {
+        silu_gate_avx512(gate, up, n);
+        return;
+    }
+#endif
+    silu_gate_portable(gate, up, n);
+}
+
 // Causal attention of every row and head over its slot's cache (positions 0..pos; a
 // replayed row reads the cache for 0..pos-1 and its own key/value at pos). Scores and
 // softmax in F32 as HF: scale head_dim^-0.5, max-subtracted exp, normalised, then V.
@@ -807,33 +1127,22 @@ static void attention(const Model *m, RunState *s, const Forward *f, int layer, 
     float scale = 1.0f / sqrtf((float)hd);
     int n_pairs = f->n * c->n_heads;
     int n_threads = max_threads() < s->n_threads ? max_threads() : s->n_threads; // threads with a score buffer
-    (void)n_threads;                                                            // unused without OpenMP
-#pragma omp parallel for num_threads(n_threads) schedule(static, 1) // round robin: rows of a prefill differ in length
+    double macs = 0;
+    for (int i = 0; i < f->n; i++) macs += 2.0 * (f->pos[i] + 1) * c->n_heads * hd;
+    (void)n_threads, (void)macs; // unused without OpenMP
+#pragma omp parallel for num_threads(n_threads) schedule(static, 1) if (macs >= PARALLEL_MIN_MACS) // round robin: rows of a prefill differ in length
     for (int ph = 0; ph < n_pairs; ph++) {
-        int i = ph / c->n_heads, h = ph % c->n_heads, kvh = h / group, pos = f->pos[i];
+        int i = ph / c->n_heads, h = ph % c->n_heads, kvh = h / group;
+        size_t base = ((size_t)layer * s->n_slots + (size_t)f->slot[i]) * s->max_seq * kv_dim + (size_t)kvh * hd;
         const float *q = s->q + (size_t)i * q_dim + (size_t)h * hd;
-        size_t base = ((size_t)layer * s->n_slots + (size_t)f->slot[i]) * s->max_seq;
-        const float *kc = s->key_cache + base * kv_dim + (size_t)kvh * hd, *vc = s->value_cache + base * kv_dim + (size_t)kvh * hd;
-        const float *k_self = s->k + (size_t)i * kv_dim + (size_t)kvh * hd, *v_self = s->v + (size_t)i * kv_dim + (size_t)kvh * hd;
-        float *scores = s->scores + (size_t)thread_id() * s->max_seq;
-        float max = -INFINITY;
-        for (int p = 0; p <= pos; p++) {
-            const float *k = replay && p == pos ? k_self : kc + (size_t)p * kv_dim;
-            scores[p] = dot(q, k, hd) * scale;
-            if (scores[p] > max) max = scores[p];
-        }
-        float sum = 0;
-        for (int p = 0; p <= pos; p++) {
-            scores[p] = expf(scores[p] - max);
-            sum += scores[p];
-        }
-        for (int p = 0; p <= pos; p++) scores[p] /= sum;
-        float *out = s->heads + (size_t)i * q_dim + (size_t)h * hd;
-        for (int d = 0; d < hd; d++) out[d] = 0;
-        for (int p = 0; p <= pos; p++) {
-            const float *v = replay && p == pos ? v_self : vc + (size_t)p * kv_dim;
-            for (int d = 0; d < hd; d++) out[d] += scores[p] * v[d];
-        }
+        const float *self_k = replay ? s->k + (size_t)i * kv_dim + (size_t)kvh * hd : NULL;
+        const float *self_v = replay ? s->v + (size_t)i * kv_dim + (size_t)kvh * hd : NULL;
+        float *scores = s->scores + (size_t)thread_id() * s->max_seq, *out = s->heads + (size_t)i * q_dim + (size_t)h * hd;
+#ifdef HAVE_AVX512
+        if (m->simd) attend_avx512(q, s->key_cache + base, s->value_cache + base, (size_t)kv_dim, self_k, self_v, f->pos[i], hd, scale, scores, out);
+        else
+#endif
+            attend_portable(q, s->key_cache + base, s->value_cache + base, (size_t)kv_dim, self_k, self_v, f->pos[i], hd, scale, scores, out);
     }
 }
 
@@ -910,9 +1219,9 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
 
         // Attention: x += o_proj(attention(rope(q), rope(k), v)) of the normed residual.
         for (int i = 0; i < n; i++) rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, &w->attn_norm, D, eps);
-        matmul(s->q, s->xb, n, &w->wq, &w->bq);
-        matmul(s->k, s->xb, n, &w->wk, &w->bk);
-        matmul(s->v, s->xb, n, &w->wv, &w->bv);
+        matmul(m, s->q, s->xb, n, &w->wq, &w->bq, s->stage);
+        matmul(m, s->k, s->xb, n, &w->wk, &w->bk, s->stage);
+        matmul(m, s->v, s->xb, n, &w->wv, &w->bv, s->stage);
         for (int i = 0; i < n; i++) {
             const float *cos_t = s->rope_cos + (size_t)i * half, *sin_t = s->rope_sin + (size_t)i * half;
             for (int h = 0; h < H; h++) {
@@ -938,7 +1247,7 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
                 if (mk->head[l * H + h])
                     ablate(s->heads + (size_t)i * q_dim + (size_t)h * hd, hd, mk->kind, mk->head_mean + (size_t)l * q_dim + (size_t)h * hd);
         }
-        matmul(s->block_out, s->heads, n, &w->wo, NULL);
+        matmul(m, s->block_out, s->heads, n, &w->wo, NULL, s->stage);
         for (int i = 0; i < n; i++) {
             const AblationMask *mk = MASK(i);
             float *out = s->block_out + (size_t)i * D, *x = s->x + (size_t)i * D;
@@ -949,10 +1258,10 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
 
         // MLP: x += down(silu(gate(h)) * up(h)), h the normed residual.
         for (int i = 0; i < n; i++) rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, &w->mlp_norm, D, eps);
-        matmul(s->hb, s->xb, n, &w->w_gate, NULL);
-        matmul(s->hb2, s->xb, n, &w->w_up, NULL);
-        for (size_t e = 0; e < (size_t)n * inter; e++) s->hb[e] = s->hb[e] / (1.0f + expf(-s->hb[e])) * s->hb2[e];
-        matmul(s->block_out, s->hb, n, &w->w_down, NULL);
+        matmul(m, s->hb, s->xb, n, &w->w_gate, NULL, s->stage);
+        matmul(m, s->hb2, s->xb, n, &w->w_up, NULL, s->stage);
+        silu_gate(m, s->hb, s->hb2, (size_t)n * inter);
+        matmul(m, s->block_out, s->hb, n, &w->w_down, NULL, s->stage);
         for (int i = 0; i < n; i++) {
             const AblationMask *mk = MASK(i);
             float *out = s->block_out + (size_t)i * D, *x = s->x + (size_t)i * D;
@@ -974,7 +1283,7 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
                     rows[n_rows++] = i;
                 }
             if (!n_rows) break;
-            matmul(s->logits, s->xb, n_rows, &m->lm_head, NULL);
+            matmul(m, s->logits, s->xb, n_rows, &m->lm_head, NULL, s->stage);
             for (int r = 0; r < n_rows; r++)
                 memcpy(f->logits + (size_t)f->logits_row[rows[r]] * V, s->logits + (size_t)r * V, (size_t)V * sizeof(float));
         }
@@ -984,12 +1293,19 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
     return 0;
 }
 
-void model_final_logits(const Model *m, const float *resid, float *logits) {
-    float *normed = xmalloc((size_t)m->cfg.hidden_size * sizeof *normed);
-    rmsnorm(normed, resid, &m->final_norm, m->cfg.hidden_size, m->cfg.rms_norm_eps);
-    matmul(logits, normed, 1, &m->lm_head, NULL);
+void model_final_logits_rows(const Model *m, const float *resid, int n, size_t stride, float *logits) {
+    int D = m->cfg.hidden_size, rows = n < LOGIT_ROWS_MAX ? n : LOGIT_ROWS_MAX;
+    float *normed = xmalloc((size_t)rows * D * sizeof *normed), *stage = xmalloc((size_t)rows * stage_cols(m) * sizeof *stage);
+    for (int i0 = 0; i0 < n; i0 += rows) {
+        int k = n - i0 < rows ? n - i0 : rows;
+        for (int r = 0; r < k; r++) rmsnorm(normed + (size_t)r * D, resid + (size_t)(i0 + r) * stride, &m->final_norm, D, m->cfg.rms_norm_eps);
+        matmul(m, logits + (size_t)i0 * m->cfg.vocab_size, normed, k, &m->lm_head, NULL, stage);
+    }
     free(normed);
+    free(stage);
 }
+
+void model_final_logits(const Model *m, const float *resid, float *logits) { model_final_logits_rows(m, resid, 1, 0, logits); }
 
 // ----------------------------------------------------------------------------
 // Commands: model-info, forward, generate-ids
@@ -1310,5 +1626,556 @@ int cmd_generate_ids(int argc, char **argv) {
     return rc < 0 ? fail(&err) : EXIT_OK;
 }
 
-int cmd_make_bench_model(int argc, char **argv) { return not_built(argc, argv); }
-int cmd_bench(int argc, char **argv) { return not_built(argc, argv); }
+// ----------------------------------------------------------------------------
+// Benchmark models (make-bench-model) and the benchmark (bench)
+
+#define BENCH_SHARD_BYTES (1u << 30)        // make-bench-model: shard size (a shard is built in memory)
+#define BENCH_PREFILL_TOKENS 512            // prefill: one prompt of this many tokens, in one call
+#define BENCH_DECODE_PROMPT 16              // decode and generation: prompt tokens per sequence (not timed)
+#define BENCH_DECODE_TOKENS 64              // decode at batch 1: tokens timed
+#define BENCH_GEN_STEPS 32                  // batched generation: steps timed
+#define BENCH_SEQ_TOKENS 384                // logit lens and ablation scans: prompt + completion
+#define BENCH_SCAN_TIMED 3                  // scope all: forwards timed (clean, attn:0, mlp:L-1) of the 2L + 1
+#define BENCH_BANDWIDTH_BYTES (512u << 20)  // read-bandwidth buffer: far past the last-level cache
+#define BENCH_TEXT_BYTES (1u << 20)         // tokenizer text when no --text is given
+#define BENCH_MEMORY_SEQS 16                // --only memory: generate this many sequences ...
+#define BENCH_MEMORY_TOKENS 2048            // ... to this many tokens (half prompt, half generated)
+
+typedef struct {
+    const char *name, *architecture;
+    int hidden_size, intermediate_size, n_layers, n_heads, n_kv_heads, head_dim, vocab_size, max_position;
+    int tie_word_embeddings, bos_token_id, eos_token_id;
+    double rope_theta;
+} BenchShape;
+
+// The real models' shapes; "tiny" has sizes that are not multiples of the SIMD widths.
+static const BenchShape bench_shapes[] = {
+    {"r1-distill-qwen-1.5b", "Qwen2ForCausalLM", 1536, 8960, 28, 12, 2, 128, 151936, 131072, 0, 151646, 151643, 10000},
+    {"qwen3-0.6b", "Qwen3ForCausalLM", 1024, 3072, 28, 16, 8, 128, 151936, 40960, 1, 151643, 151645, 1000000},
+    {"tiny", "Qwen2ForCausalLM", 96, 2100, 2, 4, 2, 24, 1001, 4096, 0, 1, 2, 10000}, // 2100 > MATMUL_K_CHUNK
+};
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static uint16_t f32_to_bf16(float f) { // round to nearest even
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1)) >> 16);
+}
+
+static uint16_t f32_to_f16(float f) { // round to nearest even; |f| well inside F16's range here
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    uint32_t sign = (b >> 16) & 0x8000, mag = b & 0x7fffffff;
+    if (mag < 0x38800000u) { // below F16's smallest normal: a multiple of 2^-24
+        float a = fabsf(f) * 0x1p24f;
+        return (uint16_t)(sign | (uint32_t)lrintf(a));
+    }
+    uint32_t h = ((mag >> 13) - (112u << 10)), rest = mag & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
+    return (uint16_t)(sign | (h > 0x7bff ? 0x7bff : h));
+}
+
+// n values center + U(-spread, spread) in dtype, from one seeded stream.
+static void bench_fill(void *data, DType dtype, size_t n, float center, float spread, uint64_t seed) {
+    Rng rng;
+    rng_seed(&rng, seed);
+    for (size_t i = 0; i < n; i++) {
+        float v = center + spread * (float)((double)(rng_next(&rng) >> 40) * 0x1p-23 - 1.0);
+        if (dtype == DT_F32) ((float *)data)[i] = v;
+        else if (dtype == DT_BF16) ((uint16_t *)data)[i] = f32_to_bf16(v);
+        else ((uint16_t *)data)[i] = f32_to_f16(v);
+    }
+}
+
+// A safetensors file of n tensors (a tensor with rows = 1 is 1-D), built in memory.
+// TODO: organism.c's safetensors_write replaces this once it is in main.
+static int bench_safetensors_write(const char *path, const char *const *names, const Tensor *tensors, int n, Err *err) {
+    Buf header = {0};
+    size_t offset = 0;
+    buf_puts(&header, "{\"__metadata__\":{\"format\":\"pt\"}");
+    for (int i = 0; i < n; i++) {
+        size_t bytes = (size_t)tensors[i].rows * tensors[i].cols * dtype_bytes(tensors[i].dtype);
+        buf_printf(&header, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[", names[i], dtype_name(tensors[i].dtype));
+        if (tensors[i].rows > 1) buf_printf(&header, "%d,", tensors[i].rows);
+        buf_printf(&header, "%d],\"data_offsets\":[%zu,%zu]}", tensors[i].cols, offset, offset + bytes);
+        offset += bytes;
+    }
+    buf_putc(&header, '}');
+    while (header.len % 8) buf_putc(&header, ' '); // the data starts 8-byte aligned
+    size_t total = 8 + header.len + offset;
+    unsigned char *file = xmalloc(total), *p = file;
+    for (int i = 0; i < 8; i++) *p++ = (unsigned char)((uint64_t)header.len >> (8 * i));
+    memcpy(p, header.data, header.len);
+    p += header.len;
+    for (int i = 0; i < n; i++) {
+        size_t bytes = (size_t)tensors[i].rows * tensors[i].cols * dtype_bytes(tensors[i].dtype);
+        memcpy(p, tensors[i].data, bytes);
+        p += bytes;
+    }
+    int rc = write_file_atomic(path, file, total, err);
+    free(file);
+    buf_free(&header);
+    return rc;
+}
+
+// config.json of a shape, as Hugging Face writes it (the keys bt and transformers read).
+static void bench_config_json(Buf *b, const BenchShape *sh, DType dtype) {
+    int qwen3 = strcmp(sh->architecture, "Qwen3ForCausalLM") == 0;
+    buf_printf(b, "{\n  \"architectures\": [\"%s\"],\n  \"model_type\": \"%s\",\n", sh->architecture, qwen3 ? "qwen3" : "qwen2");
+    buf_printf(b, "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n", sh->hidden_size,
+               sh->intermediate_size, sh->n_layers);
+    buf_printf(b, "  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n", sh->n_heads, sh->n_kv_heads);
+    if (qwen3) buf_printf(b, "  \"head_dim\": %d,\n  \"attention_bias\": false,\n", sh->head_dim);
+    buf_printf(b, "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": 1e-06,\n", sh->vocab_size,
+               sh->max_position);
+    buf_printf(b, "  \"rope_theta\": %.1f,\n  \"rope_scaling\": null,\n  \"hidden_act\": \"silu\",\n", sh->rope_theta);
+    buf_printf(b, "  \"tie_word_embeddings\": %s,\n  \"use_sliding_window\": false,\n", sh->tie_word_embeddings ? "true" : "false");
+    buf_printf(b, "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n  \"torch_dtype\": \"%s\"\n}\n", sh->bos_token_id,
+               sh->eos_token_id, dtype == DT_F32 ? "float32" : dtype == DT_BF16 ? "bfloat16" : "float16");
+}
+
+// Writes a random-weight model of a shape into dir: shards of at most BENCH_SHARD_BYTES
+// (with model.safetensors.index.json) or one model.safetensors, then config.json.
+static int bench_model_write(const char *dir, const BenchShape *sh, DType dtype, uint64_t seed, Err *err) {
+    Model m = {0};
+    ModelConfig *c = &m.cfg;
+    c->hidden_size = sh->hidden_size, c->intermediate_size = sh->intermediate_size, c->n_layers = sh->n_layers;
+    c->n_heads = sh->n_heads, c->n_kv_heads = sh->n_kv_heads, c->head_dim = sh->head_dim, c->vocab_size = sh->vocab_size;
+    c->tie_word_embeddings = sh->tie_word_embeddings;
+    c->qkv_bias = strcmp(sh->architecture, "Qwen2ForCausalLM") == 0;
+    c->qk_norm = strcmp(sh->architecture, "Qwen3ForCausalLM") == 0;
+    m.layers = xcalloc((size_t)c->n_layers, sizeof *m.layers);
+    int n_slots = model_slots(&m, NULL);
+    TensorSlot *slots = xmalloc((size_t)n_slots * sizeof *slots);
+    model_slots(&m, slots);
+    int *shard = xmalloc((size_t)n_slots * sizeof *shard), n_shards = 1;
+    size_t in_shard = 0, total = 0;
+    for (int i = 0; i < n_slots; i++) { // consecutive tensors fill a shard up to the limit
+        size_t bytes = (size_t)(slots[i].rows ? slots[i].rows : 1) * slots[i].cols * dtype_bytes(dtype);
+        if (in_shard && in_shard + bytes > BENCH_SHARD_BYTES) n_shards++, in_shard = 0;
+        shard[i] = n_shards - 1;
+        in_shard += bytes;
+        total += bytes;
+    }
+    int rc = mkdir_p(dir, err);
+    Buf index = {0};
+    buf_printf(&index, "{\n  \"metadata\": {\"total_size\": %zu},\n  \"weight_map\": {", total);
+    for (int k = 0, first = 0; rc == 0 && k < n_shards; k++) {
+        char file[64], path[1200];
+        if (n_shards == 1) snprintf(file, sizeof file, "model.safetensors");
+        else snprintf(file, sizeof file, "model-%05d-of-%05d.safetensors", k + 1, n_shards);
+        snprintf(path, sizeof path, "%s/%s", dir, file);
+        int n = 0;
+        while (first + n < n_slots && shard[first + n] == k) n++;
+        const char **names = xmalloc((size_t)n * sizeof *names);
+        Tensor *tensors = xcalloc((size_t)n, sizeof *tensors);
+        for (int i = 0; i < n; i++) {
+            const TensorSlot *s = &slots[first + i];
+            Tensor *t = &tensors[i];
+            size_t len = strlen(s->name);
+            t->rows = s->rows ? s->rows : 1;
+            t->cols = s->cols;
+            t->dtype = dtype;
+            t->data = xmalloc((size_t)t->rows * t->cols * dtype_bytes(dtype));
+            names[i] = s->name;
+            // Norm weights near 1, small biases, other weights of variance ~ 1 / fan_in (activations stay O(1)).
+            int is_norm = len > 11 && strcmp(s->name + len - 11, "norm.weight") == 0, is_bias = len > 4 && strcmp(s->name + len - 4, "bias") == 0;
+            float center = is_norm ? 1.0f : 0.0f, spread = is_norm ? 0.1f : is_bias ? 0.02f : 1.7f / sqrtf((float)t->cols);
+            bench_fill((void *)t->data, dtype, (size_t)t->rows * t->cols, center, spread, seed_mix(seed, (uint64_t)(first + i)));
+            buf_printf(&index, "%s\n    \"%s\": \"%s\"", first + i ? "," : "", s->name, file);
+        }
+        progress("make-bench-model: %s (%d tensors)\n", path, n);
+        rc = bench_safetensors_write(path, names, tensors, n, err);
+        for (int i = 0; i < n; i++) free((void *)tensors[i].data);
+        free(tensors);
+        free(names);
+        first += n;
+    }
+    buf_puts(&index, "\n  }\n}\n");
+    char path[1200];
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    if (rc == 0 && n_shards > 1) rc = write_file_atomic(path, index.data, index.len, err);
+    Buf config = {0};
+    bench_config_json(&config, sh, dtype);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (rc == 0) rc = write_file_atomic(path, config.data, config.len, err); // last: a model dir only once complete
+    buf_free(&config);
+    buf_free(&index);
+    free(shard);
+    free(slots);
+    free(m.layers);
+    return rc;
+}
+
+int cmd_make_bench_model(int argc, char **argv) {
+    Opt opts[] = {OPT("--shape", 1, "r1-distill-qwen-1.5b | qwen3-0.6b | tiny"),
+                  OPT("--dtype", 1, "bf16 (default) | f16 | f32"),
+                  OPT("--seed", 1, "random seed (default 0)"), OPT_END};
+    Err err = {0};
+    const char *dir = argc > 1 && argv[1][0] != '-' ? argv[1] : NULL;
+    int r = opts_parse(opts, argc - (dir != NULL), argv + (dir != NULL), &err);
+    if (r) return r > 0 ? EXIT_OK : fail(&err);
+    const char *shape = opt_str(opts, "--shape", NULL), *dtype_text = opt_str(opts, "--dtype", "bf16");
+    if (!dir || !shape) return err_input(&err, "make-bench-model: usage: bt make-bench-model DIR --shape NAME [--dtype bf16|f16|f32]"), fail(&err);
+    const BenchShape *sh = NULL;
+    for (size_t i = 0; i < sizeof bench_shapes / sizeof bench_shapes[0]; i++)
+        if (strcmp(bench_shapes[i].name, shape) == 0) sh = &bench_shapes[i];
+    if (!sh) return err_input(&err, "make-bench-model: --shape '%s' is not r1-distill-qwen-1.5b, qwen3-0.6b or tiny", shape), fail(&err);
+    DType dtype = strcmp(dtype_text, "f32") == 0 ? DT_F32 : strcmp(dtype_text, "f16") == 0 ? DT_F16 : DT_BF16;
+    if (dtype == DT_BF16 && strcmp(dtype_text, "bf16") != 0)
+        return err_input(&err, "make-bench-model: --dtype '%s' is not bf16, f16 or f32", dtype_text), fail(&err);
+    long long seed;
+    if (opt_int(opts, "--seed", 0, INT64_MAX, 0, &seed, &err) < 0) return fail(&err);
+    if (bench_model_write(dir, sh, dtype, (uint64_t)seed, &err) < 0) return fail(&err);
+    return EXIT_OK;
+}
+
+// --- bench
+
+// One call: ids[0..n) of `slot` at positions start.., the same mask on every row; logits of
+// the last row into logits (when non-NULL), its residuals (L+1, hidden) into resid (when non-NULL).
+static int bench_forward(const Model *m, RunState *s, const int *ids, int n, int slot, int start, const AblationMask *mask,
+                         float *logits, float *resid, Err *err) {
+    int *slots = xmalloc((size_t)n * sizeof *slots), *pos = xmalloc((size_t)n * sizeof *pos), *last = xmalloc((size_t)n * sizeof *last);
+    const AblationMask **masks = xmalloc((size_t)n * sizeof *masks);
+    for (int i = 0; i < n; i++) slots[i] = slot, pos[i] = start + i, last[i] = i == n - 1 ? 0 : -1, masks[i] = mask;
+    Forward f = {.n = n, .token = ids, .slot = slots, .pos = pos, .mask = masks, .logits = logits, .logits_row = logits ? last : NULL,
+                 .resid = resid, .capture_row = resid ? last : NULL};
+    int rc = model_forward(m, s, &f, err);
+    free(slots);
+    free(pos);
+    free(last);
+    free(masks);
+    return rc;
+}
+
+// Greedy generation of `steps` tokens for n_seq sequences at once after prompts of P
+// tokens (sequence q's prompt is ids q..q+P-1; prefilled BENCH_PREFILL_TOKENS rows per
+// call, not timed); completion tokens per second.
+static int bench_generate(const Model *m, int n_seq, int P, int steps, const int *ids, double *tok_s, Err *err) {
+    int V = m->cfg.vocab_size, chunk = P < BENCH_PREFILL_TOKENS ? P : BENCH_PREFILL_TOKENS;
+    RunState *s = runstate_new(m, n_seq, P + steps, n_seq > chunk ? n_seq : chunk, err);
+    if (!s) return -1;
+    int *token = xmalloc((size_t)n_seq * sizeof *token), *slot = xmalloc((size_t)n_seq * sizeof *slot);
+    int *pos = xmalloc((size_t)n_seq * sizeof *pos), *row = xmalloc((size_t)n_seq * sizeof *row);
+    float *logits = xmalloc((size_t)n_seq * V * sizeof *logits);
+    int rc = 0;
+    for (int q = 0; q < n_seq; q++)
+        for (int p = 0; p < P && rc == 0; p += chunk)
+            rc = bench_forward(m, s, ids + q + p, P - p < chunk ? P - p : chunk, q, p, NULL, logits + (size_t)q * V, NULL, err);
+    double t0 = now_s();
+    for (int k = 0; k < steps && rc == 0; k++) {
+        if (k % 64 == 63) progress("bench: step %d/%d\n", k + 1, steps);
+        for (int q = 0; q < n_seq; q++) token[q] = argmax(logits + (size_t)q * V, V), slot[q] = q, pos[q] = P + k, row[q] = q;
+        Forward f = {.n = n_seq, .token = token, .slot = slot, .pos = pos, .logits = logits, .logits_row = row};
+        rc = model_forward(m, s, &f, err);
+    }
+    *tok_s = (double)n_seq * steps / (now_s() - t0);
+    free(token);
+    free(slot);
+    free(pos);
+    free(row);
+    free(logits);
+    runstate_free(s);
+    return rc;
+}
+
+// Read bandwidth: the best of a few passes summing a buffer far larger than the caches.
+#ifdef HAVE_AVX512
+AVX512 static float sum_avx512(const float *v, size_t n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i + 64 <= n; i += 64) {
+        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(v + i));
+        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(v + i + 16));
+        a2 = _mm512_add_ps(a2, _mm512_loadu_ps(v + i + 32));
+        a3 = _mm512_add_ps(a3, _mm512_loadu_ps(v + i + 48));
+    }
+    return hsum_avx512(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+#endif
+
+// Tokenizer speed on a text file, or on BENCH_TEXT_BYTES of seeded reasoning-like text.
+static int bench_tokenizer(const char *tokenizer_path, const char *text_path, double *mb_s, Err *err) {
+    static const char *const words[] = {"Wait", ",", " so", " the", " answer", " is", " $", "12", "3", ".", " Let", " me", " check",
+                                        ":", " 4", " *", " 7", " =", " 28", "\n\n", " Actually", " each", " of", " eggs", " per",
+                                        " day", " she", " sells", " 0", ".5", " dollars", " Hmm", "?", " total", " (", ")", " \u00e9t\u00e9"};
+    Tokenizer *t;
+    if (tokenizer_load(&t, tokenizer_path, err) < 0) return -1;
+    char tmp[] = "/tmp/bt_bench_text_XXXXXX";
+    int rc = 0;
+    if (!text_path) { // one text per line, as tokenizer_bench reads a plain file
+        Buf text = {0};
+        Rng rng;
+        rng_seed(&rng, 5);
+        while (text.len < BENCH_TEXT_BYTES) {
+            int n = 20 + (int)rng_below(&rng, 200);
+            for (int i = 0; i < n; i++) buf_puts(&text, words[rng_below(&rng, sizeof words / sizeof words[0])]);
+            buf_putc(&text, '\n');
+        }
+        int fd = mkstemp(tmp);
+        if (fd < 0 || write(fd, text.data, text.len) != (ssize_t)text.len) rc = err_runtime(err, "%s: cannot write the benchmark text", tmp);
+        if (fd >= 0) close(fd);
+        buf_free(&text);
+        text_path = tmp;
+    }
+    TokenizerBench tb;
+    if (rc == 0) rc = tokenizer_bench(t, text_path, 1.0, &tb, err);
+    if (rc == 0) *mb_s = tb.mb_s;
+    if (text_path == tmp) unlink(tmp);
+    tokenizer_free(t);
+    return rc;
+}
+
+static double bench_bandwidth(const Model *m) {
+    size_t n = BENCH_BANDWIDTH_BYTES / sizeof(float), per = 1u << 20; // floats per work item
+    float *buf = xmalloc(n * sizeof *buf);
+    for (size_t i = 0; i < n; i++) buf[i] = 1.0f;
+    double best = 0;
+    for (int pass = 0; pass < 5; pass++) {
+        double t0 = now_s(), total = 0;
+#pragma omp parallel for schedule(static) reduction(+ : total)
+        for (size_t i = 0; i < n; i += per) {
+#ifdef HAVE_AVX512
+            if (m->simd) {
+                total += sum_avx512(buf + i, per);
+                continue;
+            }
+#endif
+            float acc[MATMUL_LANES] = {0};
+            for (size_t k = i; k < i + per; k += MATMUL_LANES)
+                for (int l = 0; l < MATMUL_LANES; l++) acc[l] += buf[k + l];
+            for (int l = 0; l < MATMUL_LANES; l++) total += acc[l];
+        }
+        double gb_s = (double)n * sizeof *buf / (now_s() - t0) / 1e9;
+        if (total == (double)n && gb_s > best) best = gb_s; // the sum checks that every value was read
+    }
+    free(buf);
+    (void)m;
+    return best;
+}
+
+static double median(double *v, int n) {
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+            double t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static double peak_rss_mb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0; // Linux reports KiB
+}
+
+static int bench_wants(const char *only, const char *name) {
+    if (!only) return 1;
+    size_t n = strlen(name);
+    for (const char *p = only; (p = strstr(p, name)); p += n)
+        if ((p == only || p[-1] == ',') && (p[n] == ',' || !p[n])) return 1;
+    return 0;
+}
+
+enum { BENCH_PREFILL, BENCH_DECODE, BENCH_GEN16, BENCH_GEN64, BENCH_LENS, BENCH_SCAN_ALL, BENCH_SCAN_ONSET, BENCH_MEMORY, N_BENCH };
+static const char *const bench_names[N_BENCH] = {"prefill", "decode", "gen16", "gen64", "lens", "scan", "scan", "memory"};
+
+typedef struct {
+    const Model *m;
+    RunState *s;       // one slot, BENCH_PREFILL_TOKENS positions and rows
+    int *ids;          // (n_ids) random token ids
+    float *logits;     // (L + 1, vocab)
+    float *resid;      // (L + 1, hidden)
+    float *x_in;       // (2, hidden) replay input
+    unsigned char *attn_on, *mlp_on, *none; // (n_layers) masks: attention, MLP, nothing
+    AblationMask attn, mlp;
+} BenchCtx;
+
+// One run of one measurement: its value (tokens/s, items/s or s/event).
+static int bench_once(BenchCtx *b, int what, double *value, Err *err) {
+    const Model *m = b->m;
+    int L = m->cfg.n_layers, V = m->cfg.vocab_size, D = m->cfg.hidden_size, S = BENCH_SEQ_TOKENS, rc = 0;
+    double t0 = now_s();
+    switch (what) {
+    case BENCH_PREFILL:
+        rc = bench_forward(m, b->s, b->ids, BENCH_PREFILL_TOKENS, 0, 0, NULL, b->logits, NULL, err);
+        *value = BENCH_PREFILL_TOKENS / (now_s() - t0);
+        break;
+    case BENCH_DECODE:
+        rc = bench_forward(m, b->s, b->ids, BENCH_DECODE_PROMPT, 0, 0, NULL, b->logits, NULL, err);
+        t0 = now_s();
+        for (int k = 0; k < BENCH_DECODE_TOKENS && rc == 0; k++) {
+            int next = argmax(b->logits, V);
+            rc = bench_forward(m, b->s, &next, 1, 0, BENCH_DECODE_PROMPT + k, NULL, b->logits, NULL, err);
+        }
+        *value = BENCH_DECODE_TOKENS / (now_s() - t0);
+        break;
+    case BENCH_GEN16:
+    case BENCH_GEN64:
+        rc = bench_generate(m, what == BENCH_GEN16 ? 16 : 64, BENCH_DECODE_PROMPT, BENCH_GEN_STEPS, b->ids, value, err);
+        break;
+    case BENCH_LENS: // the residual after every layer at the last position, each through final norm + lm_head
+        rc = bench_forward(m, b->s, b->ids, S, 0, 0, NULL, NULL, b->resid, err);
+        if (rc == 0) model_final_logits_rows(m, b->resid, L + 1, (size_t)D, b->logits);
+        *value = 1 / (now_s() - t0);
+        break;
+    case BENCH_SCAN_ALL: // 2L + 1 forwards that cost the same: BENCH_SCAN_TIMED timed, the event extrapolated
+        memset(b->attn_on, 0, (size_t)L), memset(b->mlp_on, 0, (size_t)L);
+        b->attn_on[0] = b->mlp_on[L - 1] = 1;
+        rc = bench_forward(m, b->s, b->ids, S, 0, 0, NULL, b->logits, NULL, err);
+        if (rc == 0) rc = bench_forward(m, b->s, b->ids, S, 0, 0, &b->attn, b->logits, NULL, err);
+        if (rc == 0) rc = bench_forward(m, b->s, b->ids, S, 0, 0, &b->mlp, b->logits, NULL, err);
+        *value = (now_s() - t0) * (2 * L + 1) / BENCH_SCAN_TIMED;
+        break;
+    case BENCH_MEMORY: // the 6 GB promise, measured: value = peak RSS after the run (MB)
+        rc = bench_generate(m, BENCH_MEMORY_SEQS, BENCH_MEMORY_TOKENS / 2, BENCH_MEMORY_TOKENS / 2, b->ids, &(double){0}, err);
+        *value = peak_rss_mb();
+        break;
+    case BENCH_SCAN_ONSET: // a clean forward capturing the event row, then per layer one replay of two rows
+        rc = bench_forward(m, b->s, b->ids, S, 0, 0, NULL, b->logits, b->resid, err);
+        for (int l = 0; l < L && rc == 0; l++) {
+            memset(b->attn_on, 0, (size_t)L), memset(b->mlp_on, 0, (size_t)L);
+            b->attn_on[l] = b->mlp_on[l] = 1;
+            for (int r = 0; r < 2; r++) memcpy(b->x_in + (size_t)r * D, b->resid + (size_t)l * D, (size_t)D * sizeof *b->x_in);
+            int token[2] = {b->ids[S - 1], b->ids[S - 1]}, slot[2] = {0, 0}, pos[2] = {S - 1, S - 1}, row[2] = {0, 1};
+            const AblationMask *masks[2] = {&b->attn, &b->mlp};
+            Forward f = {.n = 2, .token = token, .slot = slot, .pos = pos, .mask = masks, .first_layer = l, .x_in = b->x_in,
+                         .replay = 1, .logits = b->logits, .logits_row = row};
+            rc = model_forward(m, b->s, &f, err);
+        }
+        *value = now_s() - t0;
+        break;
+    }
+    return rc;
+}
+
+// Each wanted measurement `repeat` times; values[what] = the median, NAN when not wanted.
+static int bench_run(const Model *m, int repeat, const char *only, double values[N_BENCH], Err *err) {
+    const ModelConfig *c = &m->cfg;
+    int L = c->n_layers, n_ids = BENCH_MEMORY_TOKENS + 64; // enough for every measurement
+    BenchCtx b = {.m = m, .ids = xmalloc((size_t)n_ids * sizeof(int)), .logits = xmalloc((size_t)(L + 1) * c->vocab_size * sizeof(float)),
+                  .resid = xmalloc((size_t)(L + 1) * c->hidden_size * sizeof(float)), .x_in = xmalloc((size_t)2 * c->hidden_size * sizeof(float)),
+                  .attn_on = xcalloc((size_t)L, 1), .mlp_on = xcalloc((size_t)L, 1), .none = xcalloc((size_t)L, 1)};
+    b.attn = (AblationMask){ABLATE_ZERO, b.attn_on, b.none, NULL, NULL, NULL, NULL};
+    b.mlp = (AblationMask){ABLATE_ZERO, b.none, b.mlp_on, NULL, NULL, NULL, NULL};
+    Rng rng;
+    rng_seed(&rng, 20240607);
+    for (int i = 0; i < n_ids; i++) b.ids[i] = (int)rng_below(&rng, (uint64_t)c->vocab_size);
+    int rows = BENCH_PREFILL_TOKENS > BENCH_SEQ_TOKENS ? BENCH_PREFILL_TOKENS : BENCH_SEQ_TOKENS, rc = 0;
+    b.s = runstate_new(m, 1, rows, rows, err);
+    if (!b.s) rc = -1;
+    double *runs = xmalloc((size_t)repeat * sizeof *runs);
+    for (int what = 0; what < N_BENCH && rc == 0; what++) {
+        values[what] = NAN;
+        if (!bench_wants(only, bench_names[what]) || (what == BENCH_MEMORY && !only)) continue; // memory: minutes, on request
+        int runs_wanted = what == BENCH_MEMORY ? 1 : repeat;
+        for (int r = 0; r < runs_wanted && rc == 0; r++) {
+            progress("bench: %s%s %d/%d\n", bench_names[what], what == BENCH_SCAN_ALL ? " all" : what == BENCH_SCAN_ONSET ? " onset" : "",
+                     r + 1, repeat);
+            rc = bench_once(&b, what, &runs[r], err);
+        }
+        if (rc == 0) values[what] = median(runs, runs_wanted);
+    }
+    free(runs);
+    free(b.ids);
+    free(b.logits);
+    free(b.resid);
+    free(b.x_in);
+    free(b.attn_on);
+    free(b.mlp_on);
+    free(b.none);
+    runstate_free(b.s);
+    return rc;
+}
+
+int cmd_bench(int argc, char **argv) {
+    Opt opts[] = {OPT("--model", 1, "Hugging Face model directory (see make-bench-model)"),
+                  OPT("--repeat", 1, "runs of each measurement; the median is printed (default 3)"),
+                  OPT("--only", 1, "comma-separated subset: prefill,decode,gen16,gen64,lens,scan,tokenizer,bandwidth; or memory (minutes)"),
+                  OPT("--tokenizer", 1, "tokenizer.json to time (default: the model directory's, if any)"),
+                  OPT("--text", 1, "text to tokenize: JSONL (every string) or lines (default: 1 MB of generated text)"),
+                  OPT("--json", 0, "print one JSON object instead of the table"), OPT_END};
+    Err err = {0};
+    int r = opts_parse(opts, argc, argv, &err);
+    if (r) return r > 0 ? EXIT_OK : fail(&err);
+    const char *dir = opt_str(opts, "--model", NULL), *only = opt_str(opts, "--only", NULL);
+    long long repeat;
+    if (!dir) return err_input(&err, "bench: --model DIR is required"), fail(&err);
+    if (opt_int(opts, "--repeat", 1, 100, 3, &repeat, &err) < 0) return fail(&err);
+    Model m;
+    if (model_load(&m, dir, &err) < 0) return fail(&err);
+    // Weight bytes a decode step reads: every tensor but the embedding, of which it reads one row.
+    double weight_bytes = 0, values[N_BENCH], bandwidth = NAN;
+    int n_slots = model_slots(&m, NULL);
+    TensorSlot *slots = xmalloc((size_t)n_slots * sizeof *slots);
+    model_slots(&m, slots);
+    for (int i = 0; i < n_slots; i++)
+        if (slots[i].t != &m.embed || m.cfg.tie_word_embeddings)
+            weight_bytes += (double)slots[i].t->rows * slots[i].t->cols * (double)dtype_bytes(slots[i].t->dtype);
+    free(slots);
+    if (bench_run(&m, (int)repeat, only, values, &err) < 0) {
+        model_free(&m);
+        return fail(&err);
+    }
+    double rss_mb = peak_rss_mb(), tokenizer_mb_s = NAN; // RSS before the bandwidth buffer and the tokenizer
+    char tokenizer_path[1200];
+    snprintf(tokenizer_path, sizeof tokenizer_path, "%s/tokenizer.json", dir);
+    const char *tok = opt_str(opts, "--tokenizer", path_exists(tokenizer_path) ? tokenizer_path : NULL);
+    if (tok && bench_wants(only, "tokenizer")) {
+        progress("bench: tokenizer\n");
+        if (bench_tokenizer(tok, opt_str(opts, "--text", NULL), &tokenizer_mb_s, &err) < 0) {
+            model_free(&m);
+            return fail(&err);
+        }
+    }
+    if (bench_wants(only, "bandwidth") || bench_wants(only, "decode")) bandwidth = bench_bandwidth(&m);
+    struct {
+        const char *key, *what, *fmt, *unit;
+        double v;
+    } rows[] = {
+        {"prefill_tok_s", "prefill, 512-token prompt", "%.1f", "tokens/s", values[BENCH_PREFILL]},
+        {"decode_tok_s", "decode, batch 1", "%.2f", "tokens/s", values[BENCH_DECODE]},
+        {"gen16_tok_s", "generation, batch 16", "%.1f", "completion tokens/s", values[BENCH_GEN16]},
+        {"gen64_tok_s", "generation, batch 64", "%.1f", "completion tokens/s", values[BENCH_GEN64]},
+        {"lens_items_s", "logit lens, 384 tokens", "%.3f", "items/s", values[BENCH_LENS]},
+        {"scan_s_per_event_all", "ablation scan, scope all", "%.1f", "s/event (2L+1 forwards of 384 tokens, 3 timed)", values[BENCH_SCAN_ALL]},
+        {"scan_s_per_event_onset", "ablation scan, scope onset", "%.2f", "s/event", values[BENCH_SCAN_ONSET]},
+        {"tokenizer_mb_s", "tokenizer", "%.1f", "MB/s (one thread)", tokenizer_mb_s},
+        {"peak_rss_mb", "peak RSS", "%.0f", "MB", rss_mb},
+        {"memory_16x2048_rss_mb", "generating 16 x 2048 tokens", "%.0f", "MB peak RSS (--only memory)", values[BENCH_MEMORY]},
+        {"bandwidth_gb_s", "read bandwidth", "%.1f", "GB/s", bandwidth},
+        {"roofline_fraction", "decode roofline fraction", "%.2f", "(weight bytes per token x decode tokens/s / bandwidth)",
+         weight_bytes * values[BENCH_DECODE] / (bandwidth * 1e9)},
+    };
+    int n_rows = (int)(sizeof rows / sizeof rows[0]);
+    const char *kernels = m.simd ? "avx512" : "portable";
+    Buf b = {0};
+    if (opt_str(opts, "--json", NULL)) {
+        buf_puts(&b, "{\"model\":");
+        buf_json_string(&b, dir, strlen(dir));
+        buf_printf(&b, ",\"threads\":%d,\"kernels\":\"%s\",\"weight_bytes_per_token\":%.0f", bt_threads, kernels, weight_bytes);
+        for (int i = 0; i < n_rows; i++) {
+            buf_printf(&b, ",\"%s\":", rows[i].key);
+            buf_json_double(&b, rows[i].v);
+        }
+        buf_puts(&b, "}\n");
+    } else {
+        buf_printf(&b, "bt bench: %s (%s, %s weights, %.2f GB per token), %d threads, %s kernels, median of %lld\n", dir,
+                   m.cfg.architecture, dtype_name(m.lm_head.dtype), weight_bytes / 1e9, bt_threads, kernels, repeat);
+        for (int i = 0; i < n_rows; i++) {
+            char v[32] = "null";
+            if (!isnan(rows[i].v)) snprintf(v, sizeof v, rows[i].fmt, rows[i].v);
+            buf_printf(&b, "  %-28s %10s  %s\n", rows[i].what, v, rows[i].unit);
+        }
+    }
+    write_stdout(&b);
+    buf_free(&b);
+    model_free(&m);
+    return EXIT_OK;
+}

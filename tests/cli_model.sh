@@ -16,6 +16,8 @@ else
         prompt=$(grep -o '"input_ids":\[\[[0-9,]*\]' "$d/expected.json" | sed 's/.*\[\[//; s/\]$//')
         want=$(grep -o '"new_tokens":\[[0-9,]*\]' "$d/expected.json" | sed 's/.*:\[//; s/\]$//')
         expect "generate-ids $name equals HF greedy" 0 "^\{\"ids\":\[$want\]\}$" "$BT" generate-ids --model "$d" --ids "$prompt" --max-new 24 --threads 2
+        expect "generate-ids $name equals HF greedy, portable kernels" 0 "^\{\"ids\":\[$want\]\}$" \
+            env BT_NO_SIMD=1 "$BT" generate-ids --model "$d" --ids "$prompt" --max-new 24 --threads 1
     done
 
     d=$REF/llama3_tiny

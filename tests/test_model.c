@@ -10,6 +10,7 @@ static const char *const ref_models[] = {"qwen2_tiny_f32", "qwen2_tiny_bf16_tied
 #define ATOL_LOGITS 1e-4
 #define ATOL_HIDDEN 2e-4
 #define REF_MAX_SEQ 128 // longest reference sequence (80) plus the 24 greedy tokens
+#define KERNELS(simd) ((simd) ? "avx512" : "portable")
 
 // ----------------------------------------------------------------------------
 // Reference data
@@ -220,7 +221,9 @@ static void t_model_reference_logits_and_hidden(void) {
         RunState *s = new_state(&ref.m, 1, REF_MAX_SEQ, REF_MAX_SEQ);
         int inputs = jkey(j, 0, "input_ids");
         CHECK(j->tok[inputs].size == 3);
+        for (int simd = ref.m.simd; simd >= 0; simd--) // the AVX-512 kernels when the CPU has them, then portable C
         for (int seq = 0; seq < j->tok[inputs].size; seq++) {
+            ref.m.simd = simd;
             int ids[REF_MAX_SEQ], T = jints(j, jat(j, inputs, seq), ids, REF_MAX_SEQ);
             float *logits = xmalloc((size_t)T * V * sizeof(float)), *resid = xmalloc((size_t)T * (L + 1) * D * sizeof(float));
             float *want = xmalloc((size_t)V * sizeof(float));
@@ -239,8 +242,8 @@ static void t_model_reference_logits_and_hidden(void) {
                         if (d > worst_hidden) worst_hidden = d;
                     }
                 }
-                CHECKF(worst_logit <= ATOL_LOGITS, "%s seq %d: logits differ by %g", ref_models[r], seq, worst_logit);
-                CHECKF(worst_hidden <= ATOL_HIDDEN, "%s seq %d: hidden states differ by %g", ref_models[r], seq, worst_hidden);
+                CHECKF(worst_logit <= ATOL_LOGITS, "%s %s seq %d: logits differ by %g", ref_models[r], KERNELS(simd), seq, worst_logit);
+                CHECKF(worst_hidden <= ATOL_HIDDEN, "%s %s seq %d: hidden states differ by %g", ref_models[r], KERNELS(simd), seq, worst_hidden);
             }
             free(logits);
             free(resid);
@@ -261,28 +264,31 @@ static void t_model_reference_greedy(void) {
         int ids[REF_MAX_SEQ], want[64], T = jints(j, jat(j, jkey(j, 0, "input_ids"), 0), ids, REF_MAX_SEQ);
         int n_new = jints(j, jkey(j, g, "new_tokens"), want, 64), step_logits = jkey(j, g, "logits_from_last_prompt_position");
         CHECK(n_new == 24);
-        RunState *s = new_state(&ref.m, 1, REF_MAX_SEQ, REF_MAX_SEQ);
-        float *logits = xmalloc((size_t)T * V * sizeof(float)), *expect = xmalloc((size_t)V * sizeof(float));
-        int ok = run_seq(&ref.m, s, 0, ids, T, NULL, logits, NULL, NULL, NULL) == 0;
-        float *step = logits + (size_t)(T - 1) * V;
-        int same = 0;
-        double worst = 0;
-        for (int k = 0; ok && k < n_new; k++) {
-            jfloats(j, jat(j, step_logits, k), expect, V);
-            double d = max_abs_diff(step, expect, (size_t)V);
-            if (d > worst) worst = d;
-            int best = 0;
-            for (int v = 1; v < V; v++)
-                if (step[v] > step[best]) best = v;
-            if (best != want[k]) break;
-            same++;
-            ok = run_row(&ref.m, s, 0, best, T + k, NULL, step) == 0;
+        for (int simd = ref.m.simd; simd >= 0; simd--) {
+            ref.m.simd = simd;
+            RunState *s = new_state(&ref.m, 1, REF_MAX_SEQ, REF_MAX_SEQ);
+            float *logits = xmalloc((size_t)T * V * sizeof(float)), *expect = xmalloc((size_t)V * sizeof(float));
+            int ok = run_seq(&ref.m, s, 0, ids, T, NULL, logits, NULL, NULL, NULL) == 0;
+            float *step = logits + (size_t)(T - 1) * V;
+            int same = 0;
+            double worst = 0;
+            for (int k = 0; ok && k < n_new; k++) {
+                jfloats(j, jat(j, step_logits, k), expect, V);
+                double d = max_abs_diff(step, expect, (size_t)V);
+                if (d > worst) worst = d;
+                int best = 0;
+                for (int v = 1; v < V; v++)
+                    if (step[v] > step[best]) best = v;
+                if (best != want[k]) break;
+                same++;
+                ok = run_row(&ref.m, s, 0, best, T + k, NULL, step) == 0;
+            }
+            CHECKF(same == n_new, "%s %s: greedy token %d differs", ref_models[r], KERNELS(simd), same);
+            CHECKF(worst <= ATOL_LOGITS, "%s %s: step logits differ by %g", ref_models[r], KERNELS(simd), worst);
+            free(logits);
+            free(expect);
+            runstate_free(s);
         }
-        CHECKF(same == n_new, "%s: greedy token %d differs", ref_models[r], same);
-        CHECKF(worst <= ATOL_LOGITS, "%s: step logits differ by %g", ref_models[r], worst);
-        free(logits);
-        free(expect);
-        runstate_free(s);
         ref_close(&ref);
     }
 }
@@ -295,32 +301,36 @@ static void t_model_reference_ablations(void) {
         const Json *j = &ref.j;
         int V = ref.m.cfg.vocab_size, ab = jkey(j, 0, "ablations");
         int ids[REF_MAX_SEQ], T = jints(j, jat(j, jkey(j, 0, "input_ids"), 0), ids, REF_MAX_SEQ);
-        RunState *s = new_state(&ref.m, 1, REF_MAX_SEQ, REF_MAX_SEQ);
-        float *logits = xmalloc((size_t)T * V * sizeof(float)), *want = xmalloc((size_t)V * sizeof(float));
-        run_seq(&ref.m, s, 0, ids, T, NULL, logits, NULL, NULL, NULL);
-        jfloats(j, jkey(j, ab, "baseline_logits"), want, V);
-        CHECK(max_abs_diff(logits + (size_t)(T - 1) * V, want, (size_t)V) <= ATOL_LOGITS);
-        int results = jkey(j, ab, "results"), n_results = 0;
-        JSON_FOR_ARRAY(j, results, i, e) {
-            long long layer, head = 0;
-            json_int(j, jkey(j, e, "layer"), &layer);
-            json_int(j, jkey(j, e, "head"), &head);
-            char *component = json_strdup(j, jkey(j, e, "component"));
-            MaskStore ms;
-            const AblationMask *mask = mask_zero(&ms, component, (int)layer, (int)head, ref.m.cfg.n_heads);
-            run_seq(&ref.m, s, 0, ids, T, mask, logits, NULL, NULL, NULL);
-            jfloats(j, jkey(j, e, "logits"), want, V);
-            double d = max_abs_diff(logits + (size_t)(T - 1) * V, want, (size_t)V), change;
-            json_number(j, jkey(j, e, "max_abs_change"), &change);
-            CHECKF(d <= ATOL_LOGITS, "%s: ablating %s layer %lld head %lld: logits differ by %g", ref_models[r], component, layer, head, d);
-            CHECK(change > 100 * ATOL_LOGITS); // the ablation matters, so the check above can fail
-            free(component);
-            n_results++;
+        for (int simd = ref.m.simd; simd >= 0; simd--) {
+            ref.m.simd = simd;
+            RunState *s = new_state(&ref.m, 1, REF_MAX_SEQ, REF_MAX_SEQ);
+            float *logits = xmalloc((size_t)T * V * sizeof(float)), *want = xmalloc((size_t)V * sizeof(float));
+            run_seq(&ref.m, s, 0, ids, T, NULL, logits, NULL, NULL, NULL);
+            jfloats(j, jkey(j, ab, "baseline_logits"), want, V);
+            CHECK(max_abs_diff(logits + (size_t)(T - 1) * V, want, (size_t)V) <= ATOL_LOGITS);
+            int results = jkey(j, ab, "results"), n_results = 0;
+            JSON_FOR_ARRAY(j, results, i, e) {
+                long long layer, head = 0;
+                json_int(j, jkey(j, e, "layer"), &layer);
+                json_int(j, jkey(j, e, "head"), &head);
+                char *component = json_strdup(j, jkey(j, e, "component"));
+                MaskStore ms;
+                const AblationMask *mask = mask_zero(&ms, component, (int)layer, (int)head, ref.m.cfg.n_heads);
+                run_seq(&ref.m, s, 0, ids, T, mask, logits, NULL, NULL, NULL);
+                jfloats(j, jkey(j, e, "logits"), want, V);
+                double d = max_abs_diff(logits + (size_t)(T - 1) * V, want, (size_t)V), change;
+                json_number(j, jkey(j, e, "max_abs_change"), &change);
+                CHECKF(d <= ATOL_LOGITS, "%s %s: ablating %s layer %lld head %lld: logits differ by %g", ref_models[r], KERNELS(simd), component,
+                       layer, head, d);
+                CHECK(change > 100 * ATOL_LOGITS); // the ablation matters, so the check above can fail
+                free(component);
+                n_results++;
+            }
+            CHECK(n_results == 6);
+            free(logits);
+            free(want);
+            runstate_free(s);
         }
-        CHECK(n_results == 6);
-        free(logits);
-        free(want);
-        runstate_free(s);
         ref_close(&ref);
     }
 }
@@ -828,6 +838,162 @@ static void t_model_fuzz_safetensors_header(void) {
     buf_free(&orig);
 }
 
+// ----------------------------------------------------------------------------
+// Batch invariance: bitwise, on random-weight models whose sizes are not multiples of
+// the SIMD widths (hidden 96, intermediate 2100, head_dim 24, vocab 1001)
+
+// make-bench-model --shape tiny into a fresh directory; NULL on failure.
+static const char *make_tiny(const char *dtype) {
+    static char dir[1024];
+    snprintf(dir, sizeof dir, "%s/tiny_%s", test_tmpdir(), dtype);
+    char *argv[] = {"make-bench-model", dir, "--shape", "tiny", "--dtype", (char *)dtype, "--seed", "7", NULL};
+    int rc = cmd_make_bench_model(8, argv);
+    CHECKF(rc == 0, "make-bench-model %s failed", dtype);
+    return rc == 0 ? dir : NULL;
+}
+
+// One row's logits are bitwise the same alone and inside batches of 3, 8 and 17 rows (at
+// the front or the back, beside sequences of other lengths), with 1 and 2 threads, for
+// prefill rows and decode rows, in every dtype and with both kernels.
+static void t_model_batch_invariance_bitwise(void) {
+    const char *dtypes[] = {"bf16", "f16", "f32"};
+    enum { P = 21, MAX_N = 17, MAX_SEQ = 32 };
+    int sizes[] = {1, 3, 8, 17};
+    for (int dt = 0; dt < 3; dt++) {
+        const char *dir = make_tiny(dtypes[dt]);
+        Model m;
+        Err err = {0};
+        if (!dir || model_load(&m, dir, &err) < 0) {
+            CHECKF(0, "%s", err.msg);
+            continue;
+        }
+        int V = m.cfg.vocab_size, prompt[MAX_N][P + 3], len[MAX_N];
+        Rng rng;
+        rng_seed(&rng, 99);
+        for (int q = 0; q < MAX_N; q++) {
+            len[q] = P - 2 + q % 5; // other sequences are 19..23 tokens long
+            for (int t = 0; t < P + 3; t++) prompt[q][t] = (int)rng_below(&rng, (uint64_t)V);
+        }
+        int *token = xmalloc((size_t)MAX_N * (P + 3) * sizeof(int)), *slot = xmalloc((size_t)MAX_N * (P + 3) * sizeof(int));
+        int *pos = xmalloc((size_t)MAX_N * (P + 3) * sizeof(int)), *row = xmalloc((size_t)MAX_N * (P + 3) * sizeof(int));
+        float *alone = xmalloc((size_t)(P + 1) * V * sizeof(float)), *batch = xmalloc((size_t)MAX_N * (P + 3) * V * sizeof(float));
+        for (int simd = m.simd; simd >= 0; simd--) {
+            m.simd = simd;
+            // The target alone: its prompt (P rows) in one call, then one decode row.
+            RunState *s = new_state(&m, 1, MAX_SEQ, MAX_SEQ);
+            int next = prompt[0][P];
+            run_seq(&m, s, 0, prompt[0], P, NULL, alone, NULL, NULL, NULL);
+            run_row(&m, s, 0, next, P, NULL, alone + (size_t)P * V);
+            runstate_free(s);
+            for (int si = 0; si < 4; si++)
+                for (int threads = 1; threads <= 2; threads++)
+                    for (int back = 0; back <= (sizes[si] > 1); back++) {
+                        int n_seq = sizes[si], target = back ? n_seq - 1 : 0, n = 0;
+                        set_threads(threads);
+                        s = new_state(&m, n_seq, MAX_SEQ, MAX_N * (P + 3));
+                        // Prefill: every sequence's prompt in one call, interleaved by position.
+                        for (int t = 0; t < P + 3; t++)
+                            for (int q = 0; q < n_seq; q++) {
+                                int k = q == target ? 0 : q + 1 < MAX_N ? q + 1 : q, L_q = q == target ? P : len[k];
+                                if (t >= L_q) continue;
+                                token[n] = prompt[k][t], slot[n] = q, pos[n] = t, row[n] = n;
+                                n++;
+                            }
+                        Forward f = {.n = n, .token = token, .slot = slot, .pos = pos, .logits = batch, .logits_row = row};
+                        CHECKF(model_forward(&m, s, &f, &err) == 0, "%s", err.msg);
+                        int same = 1;
+                        for (int i = 0; i < n; i++)
+                            if (slot[i] == target) same &= memcmp(batch + (size_t)i * V, alone + (size_t)pos[i] * V, (size_t)V * sizeof(float)) == 0;
+                        // Decode: one row per sequence, each at its own position.
+                        n = 0;
+                        for (int q = 0; q < n_seq; q++) {
+                            int k = q == target ? 0 : q + 1 < MAX_N ? q + 1 : q;
+                            token[n] = q == target ? next : prompt[k][len[k] - 1], slot[n] = q, pos[n] = q == target ? P : len[k], row[n] = n;
+                            n++;
+                        }
+                        Forward g = {.n = n, .token = token, .slot = slot, .pos = pos, .logits = batch, .logits_row = row};
+                        CHECKF(model_forward(&m, s, &g, &err) == 0, "%s", err.msg);
+                        same &= memcmp(batch + (size_t)target * V, alone + (size_t)P * V, (size_t)V * sizeof(float)) == 0;
+                        CHECKF(same, "%s %s: %d sequences (target at %d), %d threads: logits differ from the row alone", dtypes[dt],
+                               KERNELS(simd), n_seq, target, threads);
+                        runstate_free(s);
+                    }
+            set_threads(0);
+        }
+        // The two kernels agree to HF's tolerance with each other, not bitwise.
+        free(token);
+        free(slot);
+        free(pos);
+        free(row);
+        free(alone);
+        free(batch);
+        model_free(&m);
+    }
+}
+
+// The AVX-512 and portable kernels agree to HF's tolerances on every dtype, including a
+// matmul wider than one AVX-512 column chunk (intermediate 2100), over prefill and decode.
+static void t_model_kernels_agree(void) {
+    const char *dtypes[] = {"bf16", "f16", "f32"};
+    for (int dt = 0; dt < 3; dt++) {
+        const char *dir = make_tiny(dtypes[dt]);
+        Model m;
+        Err err = {0};
+        if (!dir || model_load(&m, dir, &err) < 0) {
+            CHECKF(0, "%s", err.msg);
+            continue;
+        }
+        if (!m.simd) {
+            model_free(&m);
+            SKIP("this CPU has no AVX-512 (or BT_NO_SIMD is set)");
+        }
+        int V = m.cfg.vocab_size, D = m.cfg.hidden_size, L = m.cfg.n_layers, T = 40, ids[40];
+        for (int t = 0; t < T; t++) ids[t] = (t * 101 + 3) % V;
+        float *logits[2], *resid[2];
+        for (int simd = 0; simd < 2; simd++) {
+            m.simd = simd;
+            RunState *s = new_state(&m, 1, T + 1, T);
+            logits[simd] = xmalloc((size_t)(T + 1) * V * sizeof(float));
+            resid[simd] = xmalloc((size_t)T * (L + 1) * D * sizeof(float));
+            run_seq(&m, s, 0, ids, T, NULL, logits[simd], resid[simd], NULL, NULL);
+            run_row(&m, s, 0, ids[0], T, NULL, logits[simd] + (size_t)T * V);
+            runstate_free(s);
+        }
+        double dl = max_abs_diff(logits[0], logits[1], (size_t)(T + 1) * V), dh = max_abs_diff(resid[0], resid[1], (size_t)T * (L + 1) * D);
+        CHECKF(dl <= ATOL_LOGITS && dh <= ATOL_HIDDEN, "%s: kernels differ by %g (logits), %g (hidden)", dtypes[dt], dl, dh);
+        CHECKF(dl > 0, "%s: kernels agree bitwise: is the AVX-512 path in use?", dtypes[dt]);
+        for (int k = 0; k < 2; k++) free(logits[k]), free(resid[k]);
+        model_free(&m);
+    }
+}
+
+// Final norm + lm_head of many residuals at once is bitwise the forward pass's logits.
+static void t_model_final_logits_rows(void) {
+    const char *dir = make_tiny("bf16");
+    Model m;
+    Err err = {0};
+    if (!dir || model_load(&m, dir, &err) < 0) {
+        CHECKF(0, "%s", err.msg);
+        return;
+    }
+    int V = m.cfg.vocab_size, D = m.cfg.hidden_size, L = m.cfg.n_layers, T = 70, ids[70];
+    for (int t = 0; t < T; t++) ids[t] = (t * 37 + 5) % V;
+    for (int simd = m.simd; simd >= 0; simd--) {
+        m.simd = simd;
+        RunState *s = new_state(&m, 1, T, T);
+        float *logits = xmalloc((size_t)T * V * sizeof(float)), *resid = xmalloc((size_t)T * (L + 1) * D * sizeof(float));
+        float *rows = xmalloc((size_t)T * V * sizeof(float));
+        run_seq(&m, s, 0, ids, T, NULL, logits, resid, NULL, NULL);
+        model_final_logits_rows(&m, resid + (size_t)L * D, T, (size_t)(L + 1) * D, rows); // more rows than one lm_head pass
+        CHECKF(memcmp(rows, logits, (size_t)T * V * sizeof(float)) == 0, "%s: final logits of %d rows differ", KERNELS(simd), T);
+        free(logits);
+        free(resid);
+        free(rows);
+        runstate_free(s);
+    }
+    model_free(&m);
+}
+
 const TestCase tests_model[] = {
     {"model_reference_config_weights_rope", t_model_reference_config_weights_rope},
     {"model_reference_logits_and_hidden", t_model_reference_logits_and_hidden},
@@ -842,5 +1008,8 @@ const TestCase tests_model[] = {
     {"model_bad_config_and_shards", t_model_bad_config_and_shards},
     {"model_eos_ids", t_model_eos_ids},
     {"model_fuzz_safetensors_header", t_model_fuzz_safetensors_header},
+    {"model_batch_invariance_bitwise", t_model_batch_invariance_bitwise},
+    {"model_final_logits_rows", t_model_final_logits_rows},
+    {"model_kernels_agree", t_model_kernels_agree},
     {0, 0},
 };
