@@ -46,6 +46,7 @@ void buf_append(Buf *b, const void *p, size_t n);
 void buf_puts(Buf *b, const char *s);
 void buf_putc(Buf *b, char c);
 void buf_printf(Buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void buf_utf8(Buf *b, uint32_t cp); // the UTF-8 encoding of code point cp
 void buf_json_string(Buf *b, const char *s, size_t n); // quoted and escaped; invalid UTF-8 becomes U+FFFD
 void buf_json_double(Buf *b, double x);                // shortest round-trip form; NaN/inf as null
 void buf_csv_field(Buf *b, const char *s, size_t n);   // RFC 4180: quoted when it holds , " or newline

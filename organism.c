@@ -426,9 +426,7 @@ static int byte_char(int b) {
 // Appends a token's bytes spelled in that alphabet (UTF-8).
 static void put_byte_level(Buf *s, const OrgToken *t) {
     for (int i = 0; i < t->len; i++) {
-        int c = byte_char((unsigned char)t->bytes[i]);
-        if (c < 0x80) buf_putc(s, (char)c);
-        else buf_putc(s, (char)(0xC0 | c >> 6)), buf_putc(s, (char)(0x80 | (c & 0x3F)));
+        buf_utf8(s, (uint32_t)byte_char((unsigned char)t->bytes[i]));
     }
 }
 
