@@ -408,12 +408,15 @@ typedef struct {
     const int *slot;       // (n)
     const int *pos;        // (n)
     const AblationMask *const *mask; // (n) mask of each row, NULL entries (or NULL) = clean
-    // Replay from a layer: rows enter first_layer with residual x_in instead of the
-    // embedding, and do not write the cache (they attend to the clean cache 0..pos-1
-    // plus their own key/value): the onset-scope ablation scan.
+    // Start at a layer: rows enter first_layer with residual x_in instead of the embedding.
+    // Layers below first_layer are not computed and their cache entries are left as they
+    // are, so the caller must have cached them (e.g. a clean pass over the same positions):
+    // the scope-all ablation scan resumes each ablated pass from the clean residual.
     int first_layer;
     const float *x_in;     // (n, hidden) required when first_layer > 0; optional at 0 (replaces the embeddings)
-    int replay;            // 1 = replay semantics (cache not written) also at first_layer 0, e.g. ablating layer 0 at one position
+    // Replay: rows do not write the cache; each attends to the cached 0..pos-1 plus its own
+    // key/value, so many variants of one position fit in one call (the onset-scope scan).
+    int replay;
     // Outputs, each for rows whose index entry is >= 0 (that entry is the output row):
     float *logits;         // (n_out, vocab)
     const int *logits_row; // (n) or NULL = no logits

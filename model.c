@@ -1190,7 +1190,7 @@ static int forward_check(const Model *m, RunState *s, const Forward *f, int repl
 
 int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
     const ModelConfig *c = &m->cfg;
-    int replay = f->first_layer > 0 || f->replay;
+    int replay = f->replay;
     if (f->n <= 0) return 0;
     if (forward_check(m, s, f, replay, err) < 0) return -1;
     if (!replay) memcpy(s->slot_len, s->slot_len_call, (size_t)s->n_slots * sizeof *s->slot_len);

@@ -486,7 +486,7 @@ static void t_model_replay(void) {
     for (int l = 1; l <= L; l++) {
         int zero = 0, slot = 0;
         for (size_t i = 0; i < (size_t)(L + 1) * D; i++) cap[i] = -7.0f;
-        Forward f = {.n = 1, .slot = &slot, .pos = &p, .first_layer = l, .x_in = clean_resid + (size_t)l * D,
+        Forward f = {.n = 1, .slot = &slot, .pos = &p, .first_layer = l, .x_in = clean_resid + (size_t)l * D, .replay = 1,
                      .logits = out, .logits_row = &zero, .resid = cap, .capture_row = &zero};
         Err err = {0};
         CHECKF(model_forward(&ref.m, s, &f, &err) == 0, "%s", err.msg);
@@ -545,7 +545,7 @@ static void t_model_replay(void) {
         const AblationMask *mk = mask_zero(&m1, "attn", L - 1, 0, H);
         int zero = 0, slot = 0;
         Forward r = {.n = 1, .slot = &slot, .pos = &p, .mask = &mk, .first_layer = L - 1, .x_in = clean_resid + (size_t)(L - 1) * D,
-                     .logits = out, .logits_row = &zero};
+                     .replay = 1, .logits = out, .logits_row = &zero};
         CHECKF(model_forward(&ref.m, s, &r, &err) == 0, "%s", err.msg);
         jfloats(j, jkey(j, e, "logits"), want, V);
         CHECK(max_abs_diff(out, want, (size_t)V) <= ATOL_LOGITS);
@@ -558,6 +558,52 @@ static void t_model_replay(void) {
     free(logits);
     free(resid);
     runstate_free(s);
+    ref_close(&ref);
+}
+
+// Starting a pass at layer l from the clean residual, ablating a component of layer l
+// at every position, gives bitwise the logits of the full ablated pass and leaves the
+// cache as the full pass would: the next token's logits agree too.
+static void t_model_resume_from_layer(void) {
+    Ref ref;
+    if (ref_open(&ref, "qwen2_tiny_f32") < 0) SKIP("shared/reference/qwen2_tiny_f32 is absent");
+    const Json *j = &ref.j;
+    int V = ref.m.cfg.vocab_size, D = ref.m.cfg.hidden_size, L = ref.m.cfg.n_layers, H = ref.m.cfg.n_heads;
+    int ids[REF_MAX_SEQ], T = jints(j, jat(j, jkey(j, 0, "input_ids"), 0), ids, REF_MAX_SEQ) - 1, next = ids[T];
+    RunState *s = new_state(&ref.m, 1, REF_MAX_SEQ, REF_MAX_SEQ), *s_full = new_state(&ref.m, 1, REF_MAX_SEQ, REF_MAX_SEQ);
+    float *resid = xmalloc((size_t)T * (L + 1) * D * sizeof(float)), *x_in = xmalloc((size_t)T * D * sizeof(float));
+    float *full = xmalloc((size_t)(T + 1) * V * sizeof(float)), *resumed = xmalloc((size_t)(T + 1) * V * sizeof(float));
+    run_seq(&ref.m, s, 0, ids, T, NULL, full, resid, NULL, NULL);
+    int *slot = xcalloc((size_t)T, sizeof(int)), *pos = xmalloc((size_t)T * sizeof(int));
+    const AblationMask **masks = xmalloc((size_t)T * sizeof *masks);
+    for (int t = 0; t < T; t++) pos[t] = t;
+    for (int k = 0; k < 2 * L; k++) { // layers in increasing order, as the scan goes: each pass overwrites the last one's cache
+        int l = k / 2;
+        MaskStore ms;
+        const AblationMask *mk = mask_zero(&ms, k % 2 ? "mlp" : "attn", l, 0, H);
+        run_seq(&ref.m, s_full, 0, ids, T, mk, full, NULL, NULL, NULL);
+        run_row(&ref.m, s_full, 0, next, T, mk, full + (size_t)T * V);
+        for (int t = 0; t < T; t++) {
+            masks[t] = mk;
+            memcpy(x_in + (size_t)t * D, resid + ((size_t)t * (L + 1) + l) * D, (size_t)D * sizeof(float));
+        }
+        Forward f = {.n = T, .slot = slot, .pos = pos, .mask = masks, .first_layer = l, .x_in = x_in, .logits = resumed, .logits_row = pos};
+        Err err = {0};
+        CHECKF(model_forward(&ref.m, s, &f, &err) == 0, "%s", err.msg);
+        run_row(&ref.m, s, 0, next, T, mk, resumed + (size_t)T * V);
+        CHECKF(memcmp(resumed, full, (size_t)T * V * sizeof(float)) == 0, "%s %d: resumed pass differs from the full pass", k % 2 ? "mlp" : "attn", l);
+        CHECKF(memcmp(resumed + (size_t)T * V, full + (size_t)T * V, (size_t)V * sizeof(float)) == 0,
+               "%s %d: the next token after a resumed pass differs", k % 2 ? "mlp" : "attn", l);
+    }
+    free(slot);
+    free(pos);
+    free(masks);
+    free(resid);
+    free(x_in);
+    free(full);
+    free(resumed);
+    runstate_free(s);
+    runstate_free(s_full);
     ref_close(&ref);
 }
 
@@ -1003,6 +1049,7 @@ const TestCase tests_model[] = {
     {"model_threads_identical", t_model_threads_identical},
     {"model_captures_and_mean_ablation", t_model_captures_and_mean_ablation},
     {"model_replay", t_model_replay},
+    {"model_resume_from_layer", t_model_resume_from_layer},
     {"model_forward_rejects_bad_calls", t_model_forward_rejects_bad_calls},
     {"model_bad_safetensors", t_model_bad_safetensors},
     {"model_bad_config_and_shards", t_model_bad_config_and_shards},
