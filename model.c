@@ -795,6 +795,9 @@ static void ablate(float *v, int n, int kind, const float *mean) {
 // The two paths round differently from each other; each meets HF's tolerances. Products
 // are F32 (a BF16 weight times an F32 activation is exact before the add), never BF16.
 
+// Portable: weight rows o0..o1 in blocks of MATMUL_W_ROWS, converted to F32 MATMUL_CHUNK
+// columns at a time and reused by all n rows; lane l sums the columns l mod MATMUL_LANES,
+// the lanes then the chunks add in order.
 static void matmul_rows_portable(float *out, const float *x, int n, const Tensor *w, int o0, int o1) {
     int d_out = w->rows, d_in = w->cols;
     for (int b = o0; b < o1; b += MATMUL_W_ROWS) {
@@ -901,9 +904,9 @@ AVX512 static INLINE __m512 exp_avx512(__m512 x) {
 
 static INLINE __mmask16 mask16(int left) { return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (left > 0 ? left : 0)) - 1); }
 
-// Weights of row `row`, columns k..k+31, as two F32 vectors (a, b) laid out as the staged x
-// (x_stage): BF16 splits even and odd columns, which a shift and a mask do in place;
-// F16 and F32 take k..k+15 and k+16..k+31. Columns past `left` read as zero.
+// 32 weights from element `at` (a row's columns k..k+31) as two F32 vectors (a, b) laid out
+// as the staged x (x_stage): BF16 splits even and odd columns, which a shift and a mask do
+// in place; F16 and F32 take k..k+15 and k+16..k+31. Columns past `left` read as zero.
 AVX512 static INLINE void w_load_avx512(DType dtype, const void *w, size_t at, int left, __m512 *a, __m512 *b) {
     if (dtype == DT_BF16) {
         const uint16_t *p = (const uint16_t *)w + at;
