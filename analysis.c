@@ -215,7 +215,6 @@ double permutation_p(const double *x, int nx, const double *y, int ny, int n_per
     return (1.0 + (double)extreme) / (1.0 + n_permutations);
 }
 
-static int cmp_int_asc(const void *a, const void *b) { return (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b); }
 
 
 // Writes a figure into the run and copies it to [report] figures_dir.
@@ -450,13 +449,12 @@ static int detect_figures(const Config *c, const Run *run, const RunEvents *ev, 
 #define EVENTS_HEADER "run_id,kind,event_id,variant,condition,problem_id,sample,trigger,char_offset,token_offset,onset_token_id,onset_token,prompt_tokens,pred_pos,completion_tokens,token_at_offset\n"
 
 int cmd_detect_events(int argc, char **argv) {
-    Opt opts[] = {OPT("--config", 1, "config file (default " BT_DEFAULT_CONFIG ")"), OPT_END};
+    Opt opts[] = {OPT_CONFIG, OPT_END};
     Err err = {0};
-    int r = opts_parse(opts, argc, argv, &err);
-    if (r) return r < 0 ? fail(&err) : 0;
     Config c;
     Run run;
-    if (stage_begin(&c, &run, opts, &err)) return fail(&err);
+    int exit_code;
+    if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
     Tokenizer *tok = NULL;
     RunEvents ev = {0};
     char path[1200];
@@ -640,14 +638,13 @@ static int events_csv_open(const Run *run, Csv *events, Err *err) {
 // Compare conditions: baseline vs targeted vs random ablation of one variant.
 
 int cmd_compare_conditions(int argc, char **argv) {
-    Opt opts[] = {OPT("--config", 1, "config file (default " BT_DEFAULT_CONFIG ")"),
+    Opt opts[] = {OPT_CONFIG,
                   OPT("--variant", 1, "variant to compare (default [logit_lens] variant)"), OPT_END};
     Err err = {0};
-    int r = opts_parse(opts, argc, argv, &err);
-    if (r) return r < 0 ? fail(&err) : 0;
     Config c;
     Run run;
-    if (stage_begin(&c, &run, opts, &err)) return fail(&err);
+    int exit_code;
+    if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
     const char *variant = opt_str(opts, "--variant", c.lens_variant);
     static const char *const conditions[3] = {"baseline", "targeted_ablation", "random_ablation"};
     GenRecord *recs[3] = {0};
@@ -708,13 +705,12 @@ out:
 // Formatting sweep: the baseline variants side by side, chi-square across them.
 
 int cmd_formatting_sweep(int argc, char **argv) {
-    Opt opts[] = {OPT("--config", 1, "config file (default " BT_DEFAULT_CONFIG ")"), OPT_END};
+    Opt opts[] = {OPT_CONFIG, OPT_END};
     Err err = {0};
-    int r = opts_parse(opts, argc, argv, &err);
-    if (r) return r < 0 ? fail(&err) : 0;
     Config c;
     Run run;
-    if (stage_begin(&c, &run, opts, &err)) return fail(&err);
+    int exit_code;
+    if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
     int nv = c.n_variants;
     GenRecord **recs = xcalloc((size_t)nv, sizeof *recs);
     int *n = xcalloc((size_t)nv, sizeof *n), **n_events = xcalloc((size_t)nv, sizeof *n_events);
@@ -1118,14 +1114,13 @@ static int item_read_index(const Items *it, int i) {
 // final norm and the unembedding: the onset token's logit, log-prob and rank.
 
 int cmd_logit_lens(int argc, char **argv) {
-    Opt opts[] = {OPT("--config", 1, "config file (default " BT_DEFAULT_CONFIG ")"),
+    Opt opts[] = {OPT_CONFIG,
                   OPT("--variant", 1, "variant whose baseline events to read (default [logit_lens] variant)"), OPT_END};
     Err err = {0};
-    int r = opts_parse(opts, argc, argv, &err);
-    if (r) return r < 0 ? fail(&err) : 0;
     Config c;
     Run run;
-    if (stage_begin(&c, &run, opts, &err)) return fail(&err);
+    int exit_code;
+    if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
     const char *variant = opt_str(opts, "--variant", c.lens_variant);
     Model m = {0};
     Tokenizer *tok = NULL;
@@ -1353,14 +1348,13 @@ static int scan_write(const Config *c, const Run *run, const char *variant, cons
 }
 
 int cmd_ablation_scan(int argc, char **argv) {
-    Opt opts[] = {OPT("--config", 1, "config file (default " BT_DEFAULT_CONFIG ")"),
+    Opt opts[] = {OPT_CONFIG,
                   OPT("--variant", 1, "variant whose baseline events to scan (default [logit_lens] variant)"), OPT_END};
     Err err = {0};
-    int r = opts_parse(opts, argc, argv, &err);
-    if (r) return r < 0 ? fail(&err) : 0;
     Config c;
     Run run;
-    if (stage_begin(&c, &run, opts, &err)) return fail(&err);
+    int exit_code;
+    if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
     const char *variant = opt_str(opts, "--variant", c.lens_variant);
     Model m = {0};
     Tokenizer *tok = NULL;

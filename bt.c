@@ -492,13 +492,24 @@ int run_current(const Config *c, Run *run, Err *err) {
     return 0;
 }
 
-// Loads the config and the current run, the start of every stage after init-run.
-int stage_begin(Config *c, Run *run, const Opt *opts, Err *err) {
-    if (config_load(c, opt_str(opts, "--config", BT_DEFAULT_CONFIG), err)) return -1;
+// The start of every stage after init-run: its flags, the config, the current run.
+// Returns 0 to go on, else 1 with *exit_code the command's exit code (0 after --help).
+int stage_open(int argc, char **argv, Opt *opts, Config *c, Run *run, int *exit_code) {
+    Err err = {0};
+    int r = opts_parse(opts, argc, argv, &err);
+    if (r) {
+        *exit_code = r < 0 ? fail(&err) : 0;
+        return 1;
+    }
+    if (config_load(c, opt_str(opts, "--config", BT_DEFAULT_CONFIG), &err)) {
+        *exit_code = fail(&err);
+        return 1;
+    }
     set_threads(threads_flag >= 0 ? threads_flag : c->threads);
-    if (run_current(c, run, err)) {
+    if (run_current(c, run, &err)) {
         config_free(c);
-        return -1;
+        *exit_code = fail(&err);
+        return 1;
     }
     return 0;
 }
@@ -569,7 +580,7 @@ static void model_id(const char *model_dir, char *out, size_t n) {
 }
 
 int cmd_init_run(int argc, char **argv) {
-    Opt opts[] = {OPT("--config", 1, "config file (default " BT_DEFAULT_CONFIG ")"), OPT("--run-id", 1, "run id (default: UTC YYYYMMDD_HHMMSS)"), OPT_END};
+    Opt opts[] = {OPT_CONFIG, OPT("--run-id", 1, "run id (default: UTC YYYYMMDD_HHMMSS)"), OPT_END};
     Err err = {0};
     int r = opts_parse(opts, argc, argv, &err);
     if (r) return r < 0 ? fail(&err) : 0;
@@ -779,16 +790,13 @@ fail:
 
 int problems_load(const char *path, Problem **out, int *n_out, Err *err) { return read_problems(path, 0, out, n_out, err); }
 
-static int cmp_int(const void *a, const void *b) { return (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b); }
-
 int cmd_prepare_data(int argc, char **argv) {
-    Opt opts[] = {OPT("--config", 1, "config file (default " BT_DEFAULT_CONFIG ")"), OPT_END};
+    Opt opts[] = {OPT_CONFIG, OPT_END};
     Err err = {0};
-    int r = opts_parse(opts, argc, argv, &err);
-    if (r) return r < 0 ? fail(&err) : 0;
     Config c;
     Run run;
-    if (stage_begin(&c, &run, opts, &err)) return fail(&err);
+    int exit_code;
+    if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
     Problem *all = NULL, *chosen = NULL;
     int n_all = 0, n = c.n_problems;
     char organism_config[1100];
@@ -825,7 +833,7 @@ int cmd_prepare_data(int argc, char **argv) {
             int k = i + (int)rng_below(&rng, (uint64_t)(n_all - i));
             int t = index[i]; index[i] = index[k]; index[k] = t;
         }
-        qsort(index, (size_t)n, sizeof *index, cmp_int);
+        qsort(index, (size_t)n, sizeof *index, cmp_int_asc);
         chosen = xcalloc((size_t)n, sizeof *chosen);
         for (int i = 0; i < n; i++) {
             chosen[i] = all[index[i]];
@@ -1134,7 +1142,7 @@ static int draw_random_layers(const LayerSet *targeted, int n_layers, long long 
             int k = i + (int)rng_below(&rng, (uint64_t)(n_pool - i));
             int t = pool[i]; pool[i] = pool[k]; pool[k] = t;
         }
-        qsort(pool, (size_t)n_chosen, sizeof *pool, cmp_int);
+        qsort(pool, (size_t)n_chosen, sizeof *pool, cmp_int_asc);
         if (part) { out->mlp_layers = pool; out->n_mlp = n_chosen; }
         else { out->attn_layers = pool; out->n_attn = n_chosen; }
     }
@@ -1476,24 +1484,19 @@ static int generate_variant(const Config *c, const Run *run, const Model *m, con
 }
 
 int cmd_generate(int argc, char **argv) {
-    Opt opts[] = {OPT("--config", 1, "config file (default " BT_DEFAULT_CONFIG ")"),
+    Opt opts[] = {OPT_CONFIG,
                   OPT("--condition", 1, "baseline | targeted_ablation | random_ablation"),
                   OPT("--variant", 1, "one variant (default: every [generation] variant for baseline, [logit_lens] variant otherwise)"),
                   OPT_END};
     Err err = {0};
-    int r = opts_parse(opts, argc, argv, &err);
-    if (r) return r < 0 ? fail(&err) : 0;
+    Config c;
+    Run run;
+    int exit_code;
+    if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
     const char *condition_name = opt_str(opts, "--condition", NULL);
     int condition = -1;
     for (int i = 0; condition_name && i < N_CONDITIONS; i++)
         if (strcmp(condition_name, condition_names[i]) == 0) condition = i;
-    if (condition < 0) {
-        err_input(&err, "generate: --condition must be baseline, targeted_ablation or random_ablation");
-        return fail(&err);
-    }
-    Config c;
-    Run run;
-    if (stage_begin(&c, &run, opts, &err)) return fail(&err);
     Model m = {0};
     Tokenizer *tok = NULL;
     Problem *problems = NULL;
@@ -1502,6 +1505,10 @@ int cmd_generate(int argc, char **argv) {
     AblationMask mask = {0};
     float *means[2] = {NULL, NULL};
     const char *one = opt_str(opts, "--variant", NULL);
+    if (condition < 0) {
+        err_input(&err, "generate: --condition must be baseline, targeted_ablation or random_ablation");
+        goto out;
+    }
     if (one && !config_variant(&c, one)) {
         err_input(&err, "%s: no [variant.%s] section", c.file, one);
         goto out;
@@ -1621,7 +1628,7 @@ int generations_read(const char *path, GenRecord **out, int *n_out, Err *err) {
 // bt run: every stage in the seed's order, stopping at the first failure.
 
 int cmd_run(int argc, char **argv) {
-    Opt opts[] = {OPT("--config", 1, "config file (default " BT_DEFAULT_CONFIG ")"), OPT_END};
+    Opt opts[] = {OPT_CONFIG, OPT_END};
     Err err = {0};
     int r = opts_parse(opts, argc, argv, &err);
     if (r) return r < 0 ? fail(&err) : 0;

@@ -30,6 +30,7 @@ int err_runtime(Err *err, const char *fmt, ...) __attribute__((format(printf, 2,
 // Memory and byte buffers (io.c)
 
 void *xmalloc(size_t n);             // exits 1 with a message when out of memory
+int cmp_int_asc(const void *a, const void *b); // qsort comparator for int
 void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
@@ -45,6 +46,7 @@ void buf_append(Buf *b, const void *p, size_t n);
 void buf_puts(Buf *b, const char *s);
 void buf_putc(Buf *b, char c);
 void buf_printf(Buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void buf_utf8(Buf *b, uint32_t cp); // the UTF-8 encoding of code point cp
 void buf_json_string(Buf *b, const char *s, size_t n); // quoted and escaped; invalid UTF-8 becomes U+FFFD
 void buf_json_double(Buf *b, double x);                // shortest round-trip form; NaN/inf as null
 void buf_csv_field(Buf *b, const char *s, size_t n);   // RFC 4180: quoted when it holds , " or newline
@@ -212,6 +214,7 @@ typedef struct {
 
 #define OPT(name, takes_value, help) {name, takes_value, help, NULL, {0}, 0}
 #define OPT_END {0}
+#define OPT_CONFIG OPT("--config", 1, "config file (default " BT_DEFAULT_CONFIG ")")
 
 // Fills opts (ended by OPT_END) from argv, argv[0] being the command name.
 // Returns 0, 1 after printing usage for --help, or -1 (unknown flag, missing value).
@@ -248,7 +251,8 @@ typedef struct {
 } Run;
 
 int run_current(const Config *c, Run *run, Err *err);  // reads runs/.current_run_id
-int stage_begin(Config *c, Run *run, const Opt *opts, Err *err); // config (--config) + current run + threads
+// A stage's start: flags, config (--config), threads, current run; 0 to go on, else 1 and the exit code.
+int stage_open(int argc, char **argv, Opt *opts, Config *c, Run *run, int *exit_code);
 void run_path(const Run *run, char *out, size_t n, const char *rel); // runs/<id>/<rel>
 void run_generation_path(const Run *run, char *out, size_t n, const char *variant, const char *condition);
 
@@ -480,9 +484,23 @@ typedef struct {
 int find_triggers(const char *text, size_t n, char *const *triggers, int n_triggers, TriggerHit *hits, int max_hits);
 
 // ----------------------------------------------------------------------------
-// Organism (organism.c): the embedded planted-mechanism model.
+// Organism (organism.c): the embedded planted-mechanism model. A Qwen2 directory
+// whose weights are constructed so that " Wait" follows a "." inside an open <think>
+// with a set probability, decided by one attention head and one MLP layer; the same
+// facts are in its config.json under "bt_organism".
 
-int organism_write(const char *dir, Err *err); // writes a Hugging Face model directory
+#define ORGANISM_ATTN_LAYER 1     // head 0 moves "inside <think>" into the residual stream
+#define ORGANISM_MLP_LAYER 2      // turns that flag + "." into the trigger's logit
+#define ORGANISM_TRIGGER " Wait"  // the onset token (one token)
+#define ORGANISM_P_WAIT 0.35      // p(trigger | ".", inside <think>) when sampling at ORGANISM_TEMPERATURE
+#define ORGANISM_TEMPERATURE 0.6  // the bigram table reproduces its text's frequencies at this temperature
+
+// Writes config.json (last), generation_config.json, tokenizer.json, tokenizer_config.json
+// and model.safetensors into dir (created if missing); the same bytes every time.
+int organism_write(const char *dir, Err *err);
+// A safetensors file of n tensors, in the order given; a tensor with rows = 1 is 1-D.
+// Built in memory and written with write_file_atomic.
+int safetensors_write(const char *path, const char *const *names, const Tensor *tensors, int n, Err *err);
 
 // ----------------------------------------------------------------------------
 // Statistics (analysis.c): 95% intervals and tests, each checked against

@@ -1756,37 +1756,6 @@ static void bench_fill(void *data, DType dtype, size_t n, float center, float sp
     }
 }
 
-// A safetensors file of n tensors (a tensor with rows = 1 is 1-D), built in memory.
-// TODO: organism.c's safetensors_write replaces this once it is in main.
-static int bench_safetensors_write(const char *path, const char *const *names, const Tensor *tensors, int n, Err *err) {
-    Buf header = {0};
-    size_t offset = 0;
-    buf_puts(&header, "{\"__metadata__\":{\"format\":\"pt\"}");
-    for (int i = 0; i < n; i++) {
-        size_t bytes = (size_t)tensors[i].rows * tensors[i].cols * dtype_bytes(tensors[i].dtype);
-        buf_printf(&header, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[", names[i], dtype_name(tensors[i].dtype));
-        if (tensors[i].rows > 1) buf_printf(&header, "%d,", tensors[i].rows);
-        buf_printf(&header, "%d],\"data_offsets\":[%zu,%zu]}", tensors[i].cols, offset, offset + bytes);
-        offset += bytes;
-    }
-    buf_putc(&header, '}');
-    while (header.len % 8) buf_putc(&header, ' '); // the data starts 8-byte aligned
-    size_t total = 8 + header.len + offset;
-    unsigned char *file = xmalloc(total), *p = file;
-    for (int i = 0; i < 8; i++) *p++ = (unsigned char)((uint64_t)header.len >> (8 * i));
-    memcpy(p, header.data, header.len);
-    p += header.len;
-    for (int i = 0; i < n; i++) {
-        size_t bytes = (size_t)tensors[i].rows * tensors[i].cols * dtype_bytes(tensors[i].dtype);
-        memcpy(p, tensors[i].data, bytes);
-        p += bytes;
-    }
-    int rc = write_file_atomic(path, file, total, err);
-    free(file);
-    buf_free(&header);
-    return rc;
-}
-
 // config.json of a shape, as Hugging Face writes it (the keys bt and transformers read).
 static void bench_config_json(Buf *b, const BenchShape *sh, DType dtype) {
     int qwen3 = strcmp(sh->architecture, "Qwen3ForCausalLM") == 0;
@@ -1854,7 +1823,7 @@ static int bench_model_write(const char *dir, const BenchShape *sh, DType dtype,
             buf_printf(&index, "%s\n    \"%s\": \"%s\"", first + i ? "," : "", s->name, file);
         }
         progress("make-bench-model: %s (%d tensors)\n", path, n);
-        rc = bench_safetensors_write(path, names, tensors, n, err);
+        rc = safetensors_write(path, names, tensors, n, err);
         for (int i = 0; i < n; i++) free((void *)tensors[i].data);
         free(tensors);
         free(names);

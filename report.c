@@ -781,13 +781,12 @@ typedef enum { SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE } Verdict;
 static const char *const verdict_names[] = {"supported", "not supported", "inconclusive"};
 
 int cmd_make_report(int argc, char **argv) {
-    Opt opts[] = {OPT("--config", 1, "config file (default " BT_DEFAULT_CONFIG ")"), OPT_END};
+    Opt opts[] = {OPT_CONFIG, OPT_END};
     Err err = {0};
-    int r = opts_parse(opts, argc, argv, &err);
-    if (r) return r < 0 ? fail(&err) : 0;
     Config c;
     Run run;
-    if (stage_begin(&c, &run, opts, &err)) return fail(&err);
+    int exit_code;
+    if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
     Csv conditions = {0}, formatting = {0}, scan = {0}, lens = {0};
     int have_conditions = 0, have_formatting = 0, have_scan = 0, have_lens = 0;
     Buf text = {0}, meta_text = {0}, resolved = {0}, md = {0};

@@ -42,15 +42,6 @@ static Tokenizer *load_shared(const char *dir) {
     return t;
 }
 
-static void utf8_put(Buf *b, uint32_t cp) {
-    char u[4];
-    int n;
-    if (cp < 0x80) { u[0] = (char)cp; n = 1; }
-    else if (cp < 0x800) { u[0] = (char)(0xC0 | cp >> 6); u[1] = (char)(0x80 | (cp & 0x3F)); n = 2; }
-    else if (cp < 0x10000) { u[0] = (char)(0xE0 | cp >> 12); u[1] = (char)(0x80 | ((cp >> 6) & 0x3F)); u[2] = (char)(0x80 | (cp & 0x3F)); n = 3; }
-    else { u[0] = (char)(0xF0 | cp >> 18); u[1] = (char)(0x80 | ((cp >> 12) & 0x3F)); u[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); u[3] = (char)(0x80 | (cp & 0x3F)); n = 4; }
-    buf_append(b, u, (size_t)n);
-}
 
 // ----------------------------------------------------------------------------
 // Hugging Face's encodings: every line of every expected.jsonl
@@ -185,7 +176,7 @@ static uint32_t byte_char(int b) {
 
 static void byte_level_json(Buf *out, const char *s, size_t n) {
     Buf u = {0};
-    for (size_t i = 0; i < n; i++) utf8_put(&u, byte_char((unsigned char)s[i]));
+    for (size_t i = 0; i < n; i++) buf_utf8(&u, byte_char((unsigned char)s[i]));
     buf_json_string(out, u.data ? u.data : "", u.len);
     buf_free(&u);
 }
@@ -245,7 +236,7 @@ static const char *synth_write(const Synth *s) {
             Buf u = {0};
             for (int side = 0; side < 2; side++) {
                 if (side) buf_putc(&u, ' ');
-                for (const char *c = s->merges[k + side]; *c; c++) utf8_put(&u, byte_char((unsigned char)*c));
+                for (const char *c = s->merges[k + side]; *c; c++) buf_utf8(&u, byte_char((unsigned char)*c));
             }
             buf_json_string(&j, u.data, u.len);
             buf_free(&u);
@@ -482,7 +473,7 @@ static void random_unicode(Rng *r, Buf *b, int with_marks) {
     int len = (int)rng_below(r, 40);
     for (int k = 0; k < len; k++) {
         const uint32_t *g = ranges[rng_below(r, (uint64_t)n_ranges)];
-        utf8_put(b, g[0] + (uint32_t)rng_below(r, g[1] - g[0] + 1));
+        buf_utf8(b, g[0] + (uint32_t)rng_below(r, g[1] - g[0] + 1));
     }
 }
 
