@@ -2110,7 +2110,7 @@ static int bench_run(const Model *m, int repeat, const char *only, double values
         int runs_wanted = what == BENCH_MEMORY ? 1 : repeat;
         for (int r = 0; r < runs_wanted && rc == 0; r++) {
             progress("bench: %s%s %d/%d\n", bench_names[what], what == BENCH_SCAN_ALL ? " all" : what == BENCH_SCAN_ONSET ? " onset" : "",
-                     r + 1, repeat);
+                     r + 1, runs_wanted);
             rc = bench_once(&b, what, &runs[r], err);
         }
         if (rc == 0) values[what] = median(runs, runs_wanted);
