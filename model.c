@@ -33,6 +33,8 @@
 #define MATMUL_BLOCK_BYTES (128u << 10) // AVX-512: weights of one thread's block, kept in L2 while x passes
 #define MATMUL_PREFETCH_BYTES 1024 // AVX-512: how far ahead in each weight row to prefetch from memory
 #define PARALLEL_MIN_MACS 2e5 // smaller matmuls and attentions run on one thread: waking threads costs more
+#define ATTN_HEADS 6          // AVX-512 attention: query heads sharing a key head, taken together
+#define KEY_BLOCK 16          // positions per block of the key cache, stored dimension-major (16 keys' d side by side)
 #define LOGIT_ROWS_MAX 64     // rows per lm_head pass (scratch: LOGIT_ROWS_MAX x vocab floats)
 #define CMD_MAX_ROWS 256      // prefill chunk of the inspection commands
 
@@ -654,10 +656,11 @@ static size_t stage_cols(const Model *m) {
 
 struct RunState {
     int n_slots, max_seq, max_rows;
+    int max_seq_pad;    // max_seq rounded up to two key blocks (the AVX-512 attention reads them in pairs)
     int n_threads;      // threads with their own score buffer
     int logit_rows;     // rows per lm_head pass
-    float *key_cache;   // (n_layers, n_slots, max_seq, kv_dim) keys after RoPE
-    float *value_cache; // (n_layers, n_slots, max_seq, kv_dim)
+    float *key_cache;   // (n_layers, n_slots, n_kv_heads, max_seq_pad / KEY_BLOCK, head_dim, KEY_BLOCK) keys after RoPE
+    float *value_cache; // (n_layers, n_slots, n_kv_heads, max_seq_pad, head_dim)
     int *slot_len;      // (n_slots) positions 0..slot_len-1 are in the cache
     int *slot_len_call; // (n_slots) slot_len as this call will leave it (validation)
     int *slot_pos_call; // (n_slots) last position this call writes in each slot, -1 = none (validation)
@@ -670,7 +673,7 @@ struct RunState {
     float *hb, *hb2;    // (max_rows, intermediate) gate and up projections
     float *rope_cos;    // (max_rows, head_dim / 2) of each row's position
     float *rope_sin;    // (max_rows, head_dim / 2)
-    float *scores;      // (n_threads, max_seq) attention scores of one (row, head)
+    float *scores;      // (n_threads, n_heads / n_kv_heads, max_seq_pad) attention scores of one row's heads of one kv head
     float *logits;      // (logit_rows, vocab)
     float *stage;       // (max_rows, round_up(max(hidden, q_dim, intermediate), 32)) x as the AVX-512 matmul reads it
     size_t bytes;       // everything above
@@ -688,12 +691,13 @@ RunState *runstate_new(const Model *m, int n_slots, int max_seq, int max_rows, E
     if (n_slots < 1 || max_seq < 1 || max_rows < 1)
         return err_runtime(err, "runstate: n_slots, max_seq and max_rows must be positive"), NULL;
     size_t kv_dim = (size_t)c->n_kv_heads * (size_t)c->head_dim, q_dim = (size_t)c->n_heads * (size_t)c->head_dim;
-    size_t cache = (size_t)c->n_layers * (size_t)n_slots * (size_t)max_seq * kv_dim;
     if ((double)c->n_layers * n_slots * max_seq * (double)kv_dim * 8 > 1e13)
         return err_runtime(err, "runstate: KV cache for %d x %d positions is too large", n_slots, max_seq), NULL;
     RunState *s = xcalloc(1, sizeof *s);
     s->n_slots = n_slots;
     s->max_seq = max_seq;
+    s->max_seq_pad = (max_seq + 2 * KEY_BLOCK - 1) / (2 * KEY_BLOCK) * (2 * KEY_BLOCK);
+    size_t cache = (size_t)c->n_layers * (size_t)n_slots * (size_t)s->max_seq_pad * kv_dim;
     s->max_rows = max_rows;
     s->n_threads = max_threads();
     s->logit_rows = max_rows < LOGIT_ROWS_MAX ? max_rows : LOGIT_ROWS_MAX;
@@ -712,7 +716,7 @@ RunState *runstate_new(const Model *m, int n_slots, int max_seq, int max_rows, E
     s->hb2 = rs_alloc(s, R * (size_t)c->intermediate_size, &failed);
     s->rope_cos = rs_alloc(s, R * (size_t)(c->head_dim / 2), &failed);
     s->rope_sin = rs_alloc(s, R * (size_t)(c->head_dim / 2), &failed);
-    s->scores = rs_alloc(s, (size_t)s->n_threads * (size_t)max_seq, &failed);
+    s->scores = rs_alloc(s, (size_t)s->n_threads * (size_t)(c->n_heads / c->n_kv_heads) * (size_t)s->max_seq_pad, &failed);
     s->logits = rs_alloc(s, (size_t)s->logit_rows * (size_t)c->vocab_size, &failed);
     s->stage = rs_alloc(s, R * stage_cols(m), &failed);
     s->slot_len = xcalloc((size_t)n_slots, sizeof *s->slot_len);
@@ -739,6 +743,12 @@ void runstate_free(RunState *s) {
 }
 
 size_t runstate_bytes(const RunState *s) { return s->bytes; }
+
+// Offset of one (layer, slot, kv head)'s keys in key_cache and values in value_cache.
+static size_t kv_base(const RunState *s, const ModelConfig *c, int layer, int slot, int kv_head) {
+    return (((size_t)layer * s->n_slots + (size_t)slot) * (size_t)c->n_kv_heads + (size_t)kv_head) * (size_t)s->max_seq_pad *
+           (size_t)c->head_dim;
+}
 
 size_t model_kv_bytes_per_token(const Model *m) {
     return 2 * (size_t)m->cfg.n_layers * (size_t)m->cfg.n_kv_heads * (size_t)m->cfg.head_dim * sizeof(float);
@@ -785,6 +795,9 @@ static void ablate(float *v, int n, int kind, const float *mean) {
 // The two paths round differently from each other; each meets HF's tolerances. Products
 // are F32 (a BF16 weight times an F32 activation is exact before the add), never BF16.
 
+// Portable: weight rows o0..o1 in blocks of MATMUL_W_ROWS, converted to F32 MATMUL_CHUNK
+// columns at a time and reused by all n rows; lane l sums the columns l mod MATMUL_LANES,
+// the lanes then the chunks add in order.
 static void matmul_rows_portable(float *out, const float *x, int n, const Tensor *w, int o0, int o1) {
     int d_out = w->rows, d_in = w->cols;
     for (int b = o0; b < o1; b += MATMUL_W_ROWS) {
@@ -813,35 +826,37 @@ static void matmul_rows_portable(float *out, const float *x, int n, const Tensor
     }
 }
 
-// Dot product in MATMUL_LANES partial sums (vectorisable, fixed order).
-static float dot_portable(const float *a, const float *b, int n) {
+// q · k over hd values in MATMUL_LANES partial sums, k's values `stride` floats apart.
+static float dot_strided(const float *q, const float *k, size_t stride, int hd) {
     float acc[MATMUL_LANES] = {0}, sum = 0;
-    int i = 0;
-    for (; i + MATMUL_LANES <= n; i += MATMUL_LANES)
-        for (int l = 0; l < MATMUL_LANES; l++) acc[l] += a[i + l] * b[i + l];
-    for (; i < n; i++) acc[i % MATMUL_LANES] += a[i] * b[i];
+    for (int d = 0; d < hd; d++) acc[d % MATMUL_LANES] += q[d] * k[(size_t)d * stride];
     for (int l = 0; l < MATMUL_LANES; l++) sum += acc[l];
     return sum;
 }
 
-// One query head over keys/values at positions 0..pos (row p of keys at k + p * stride;
-// self_k/self_v, when non-NULL, replace position pos). scores holds pos + 1 floats.
-static void attend_portable(const float *q, const float *k, const float *v, size_t stride, const float *self_k,
-                            const float *self_v, int pos, int hd, float scale, float *scores, float *out) {
-    float max = -INFINITY, sum = 0;
-    for (int p = 0; p <= pos; p++) {
-        scores[p] = dot_portable(q, self_k && p == pos ? self_k : k + (size_t)p * stride, hd) * scale;
-        if (scores[p] > max) max = scores[p];
-    }
-    for (int p = 0; p <= pos; p++) {
-        scores[p] = expf(scores[p] - max);
-        sum += scores[p];
-    }
-    for (int p = 0; p <= pos; p++) scores[p] /= sum;
-    for (int d = 0; d < hd; d++) out[d] = 0;
-    for (int p = 0; p <= pos; p++) {
-        const float *vp = self_v && p == pos ? self_v : v + (size_t)p * stride;
-        for (int d = 0; d < hd; d++) out[d] += scores[p] * vp[d];
+// The `group` query heads that share one key/value head (q, out: group x hd) over positions
+// 0..pos. keys: blocks of KEY_BLOCK positions stored dimension-major; values: (pos, hd);
+// self_k/self_v (replay) stand for position pos. scores: group x seq_stride floats.
+static void attend_portable(const float *q, const float *keys, const float *values, const float *self_k, const float *self_v, int pos,
+                            int hd, int group, int seq_stride, float scale, float *scores, float *out) {
+    for (int h = 0; h < group; h++) {
+        const float *qh = q + (size_t)h * hd;
+        float *sc = scores + (size_t)h * seq_stride, *o = out + (size_t)h * hd, max = -INFINITY, sum = 0;
+        for (int p = 0; p <= pos; p++) {
+            const float *key = keys + (size_t)(p / KEY_BLOCK) * hd * KEY_BLOCK + p % KEY_BLOCK;
+            sc[p] = (self_k && p == pos ? dot_strided(qh, self_k, 1, hd) : dot_strided(qh, key, KEY_BLOCK, hd)) * scale;
+            if (sc[p] > max) max = sc[p];
+        }
+        for (int p = 0; p <= pos; p++) {
+            sc[p] = expf(sc[p] - max);
+            sum += sc[p];
+        }
+        for (int p = 0; p <= pos; p++) sc[p] /= sum;
+        for (int d = 0; d < hd; d++) o[d] = 0;
+        for (int p = 0; p <= pos; p++) {
+            const float *vp = self_v && p == pos ? self_v : values + (size_t)p * hd;
+            for (int d = 0; d < hd; d++) o[d] += sc[p] * vp[d];
+        }
     }
 }
 
@@ -889,9 +904,9 @@ AVX512 static INLINE __m512 exp_avx512(__m512 x) {
 
 static INLINE __mmask16 mask16(int left) { return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (left > 0 ? left : 0)) - 1); }
 
-// Weights of row `row`, columns k..k+31, as two F32 vectors (a, b) laid out as the staged x
-// (x_stage): BF16 splits even and odd columns, which a shift and a mask do in place;
-// F16 and F32 take k..k+15 and k+16..k+31. Columns past `left` read as zero.
+// 32 weights from element `at` (a row's columns k..k+31) as two F32 vectors (a, b) laid out
+// as the staged x (x_stage): BF16 splits even and odd columns, which a shift and a mask do
+// in place; F16 and F32 take k..k+15 and k+16..k+31. Columns past `left` read as zero.
 AVX512 static INLINE void w_load_avx512(DType dtype, const void *w, size_t at, int left, __m512 *a, __m512 *b) {
     if (dtype == DT_BF16) {
         const uint16_t *p = (const uint16_t *)w + at;
@@ -992,50 +1007,97 @@ AVX512 static void matmul_rows_avx512(float *out, const float *xs, size_t ldx, i
             for (int o = o0; o < o1; o += MATMUL_TILE_W) tile_at(tiles, xs, ldx, n, w, r0, o, o1, k0, r0 == 0, out);
 }
 
-// q · k over n values: two accumulators, the tail masked; a fixed order for each n.
-AVX512 static INLINE float dot_avx512(const float *a, const float *b, int n) {
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int i = 0;
-    for (; i + 32 <= n; i += 32) {
-        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
+// Scores of G heads (q: G x hd) against the 32 keys of a pair of key blocks from kb: lane
+// j of acc[h][t] sums q[h][d] * key(16 t + j)[d] over d in order, one FMA per d, so no
+// horizontal sums; scaled into scores[h * seq_stride + p0 ..]. Lanes past the last
+// position read stale keys and are never used.
+AVX512 static INLINE void scores_avx512(int G, const float *q, int hd, const float *kb, float scale, float *scores, int seq_stride, int p0) {
+    __m512 acc[ATTN_HEADS][2];
+    UNROLL for (int h = 0; h < G; h++) acc[h][0] = acc[h][1] = _mm512_setzero_ps();
+    for (int d = 0; d < hd; d++) {
+        __m512 k0 = _mm512_loadu_ps(kb + (size_t)d * KEY_BLOCK), k1 = _mm512_loadu_ps(kb + (size_t)(hd + d) * KEY_BLOCK);
+        UNROLL for (int h = 0; h < G; h++) {
+            __m512 qd = _mm512_set1_ps(q[(size_t)h * hd + d]);
+            acc[h][0] = _mm512_fmadd_ps(qd, k0, acc[h][0]);
+            acc[h][1] = _mm512_fmadd_ps(qd, k1, acc[h][1]);
+        }
     }
-    for (; i < n; i += 16) {
-        __mmask16 m = mask16(n - i);
-        acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc0);
+    UNROLL for (int h = 0; h < G; h++) {
+        float *sc = scores + (size_t)h * seq_stride + p0;
+        _mm512_storeu_ps(sc, _mm512_mul_ps(acc[h][0], _mm512_set1_ps(scale)));
+        _mm512_storeu_ps(sc + KEY_BLOCK, _mm512_mul_ps(acc[h][1], _mm512_set1_ps(scale)));
     }
-    return hsum_avx512(_mm512_add_ps(acc0, acc1));
 }
 
-// attend_portable's arithmetic in AVX-512 (scores summed in 16 lanes, V by FMA).
-AVX512 static void attend_avx512(const float *q, const float *k, const float *v, size_t stride, const float *self_k,
-                                 const float *self_v, int pos, int hd, float scale, float *scores, float *out) {
-    int n = pos + 1;
-    __m512 vmax = _mm512_set1_ps(-INFINITY), vsum = _mm512_setzero_ps();
-    for (int p = 0; p < n; p++) scores[p] = dot_avx512(q, self_k && p == pos ? self_k : k + (size_t)p * stride, hd) * scale;
-    for (int p = 0; p < n; p += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, mask16(n - p), scores + p));
-    __m512 max = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)); // max is exact in any order
-    for (int p = 0; p < n; p += 16) {
-        __mmask16 m = mask16(n - p);
-        __m512 e = exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + p), max));
-        vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(m, e));
-        _mm512_mask_storeu_ps(scores + p, m, e);
-    }
-    __m512 sum = _mm512_set1_ps(hsum_avx512(vsum));
-    for (int p = 0; p < n; p += 16) {
-        __mmask16 m = mask16(n - p);
-        _mm512_mask_storeu_ps(scores + p, m, _mm512_div_ps(_mm512_maskz_loadu_ps(m, scores + p), sum));
-    }
-    for (int d0 = 0; d0 < hd; d0 += 128) { // 8 vectors of out at a time stay in registers
-        __m512 acc[8];
-        __mmask16 m[8];
-        UNROLL for (int j = 0; j < 8; j++) acc[j] = _mm512_setzero_ps(), m[j] = mask16(hd - d0 - 16 * j);
-        for (int p = 0; p < n; p++) {
-            const float *vp = (self_v && p == pos ? self_v : v + (size_t)p * stride) + d0;
-            __m512 s = _mm512_set1_ps(scores[p]);
-            UNROLL for (int j = 0; j < 8; j++) acc[j] = _mm512_fmadd_ps(s, _mm512_maskz_loadu_ps(m[j], vp + 16 * j), acc[j]);
+// out[h] (VEC vectors of dimensions from d0) = sum over p of prob[h][p] * value(p), in position order.
+AVX512 static INLINE void values_avx512(int G, int VEC, const float *probs, int seq_stride, const float *values, const float *self_v,
+                                        int pos, int hd, int d0, float *out) {
+    __m512 acc[ATTN_HEADS][8];
+    __mmask16 m[8];
+    UNROLL for (int v = 0; v < VEC; v++) m[v] = mask16(hd - d0 - 16 * v);
+    UNROLL for (int h = 0; h < G; h++) UNROLL for (int v = 0; v < VEC; v++) acc[h][v] = _mm512_setzero_ps();
+    for (int p = 0; p <= pos; p++) {
+        const float *vp = (self_v && p == pos ? self_v : values + (size_t)p * hd) + d0;
+        __m512 val[8];
+        UNROLL for (int v = 0; v < VEC; v++) val[v] = _mm512_maskz_loadu_ps(m[v], vp + 16 * v);
+        UNROLL for (int h = 0; h < G; h++) {
+            __m512 prob = _mm512_set1_ps(probs[(size_t)h * seq_stride + p]);
+            UNROLL for (int v = 0; v < VEC; v++) acc[h][v] = _mm512_fmadd_ps(prob, val[v], acc[h][v]);
         }
-        UNROLL for (int j = 0; j < 8; j++) _mm512_mask_storeu_ps(out + d0 + 16 * j, m[j], acc[j]);
+    }
+    UNROLL for (int h = 0; h < G; h++) UNROLL for (int v = 0; v < VEC; v++) _mm512_mask_storeu_ps(out + (size_t)h * hd + d0 + 16 * v, m[v], acc[h][v]);
+}
+
+// attend_portable's arithmetic, ATTN_HEADS heads at a time: scores by key blocks, a
+// vectorised softmax per head, then values with each value row loaded once for all heads.
+AVX512 static void attend_avx512(const float *q, const float *keys, const float *values, const float *self_k, const float *self_v, int pos,
+                                 int hd, int group, int seq_stride, float scale, float *scores, float *out) {
+    for (int h0 = 0; h0 < group; h0 += ATTN_HEADS) {
+        int G = group - h0 < ATTN_HEADS ? group - h0 : ATTN_HEADS, n = pos + 1;
+        const float *qg = q + (size_t)h0 * hd;
+        for (int p0 = 0; p0 < n; p0 += 2 * KEY_BLOCK) {
+            const float *kb = keys + (size_t)(p0 / KEY_BLOCK) * hd * KEY_BLOCK;
+            switch (G) { // constant head counts keep the accumulators in registers
+            case 1: scores_avx512(1, qg, hd, kb, scale, scores, seq_stride, p0); break;
+            case 2: scores_avx512(2, qg, hd, kb, scale, scores, seq_stride, p0); break;
+            case 3: scores_avx512(3, qg, hd, kb, scale, scores, seq_stride, p0); break;
+            case 4: scores_avx512(4, qg, hd, kb, scale, scores, seq_stride, p0); break;
+            case 5: scores_avx512(5, qg, hd, kb, scale, scores, seq_stride, p0); break;
+            default: scores_avx512(6, qg, hd, kb, scale, scores, seq_stride, p0); break;
+            }
+        }
+        for (int h = 0; h < G; h++) {
+            float *sc = scores + (size_t)h * seq_stride;
+            if (self_k) { // the same FMAs in the same order as a cached key's lane
+                float acc = 0;
+                for (int d = 0; d < hd; d++) acc = fmaf(qg[(size_t)h * hd + d], self_k[d], acc);
+                sc[pos] = acc * scale;
+            }
+            __m512 vmax = _mm512_set1_ps(-INFINITY), vsum = _mm512_setzero_ps();
+            for (int p = 0; p < n; p += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, mask16(n - p), sc + p));
+            __m512 max = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)); // max is exact in any order
+            for (int p = 0; p < n; p += 16) {
+                __mmask16 m = mask16(n - p);
+                __m512 e = exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc + p), max));
+                vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(m, e));
+                _mm512_mask_storeu_ps(sc + p, m, e);
+            }
+            __m512 sum = _mm512_set1_ps(hsum_avx512(vsum));
+            for (int p = 0; p < n; p += 16) {
+                __mmask16 m = mask16(n - p);
+                _mm512_mask_storeu_ps(sc + p, m, _mm512_div_ps(_mm512_maskz_loadu_ps(m, sc + p), sum));
+            }
+        }
+        float *og = out + (size_t)h0 * hd;
+        for (int d0 = 0; d0 < hd; d0 += G <= 2 ? 128 : 64)
+            switch (G) { // up to 2 heads: 8 vectors of dimensions at a time, else 4 (the accumulators fill the registers)
+            case 1: values_avx512(1, 8, scores, seq_stride, values, self_v, pos, hd, d0, og); break;
+            case 2: values_avx512(2, 8, scores, seq_stride, values, self_v, pos, hd, d0, og); break;
+            case 3: values_avx512(3, 4, scores, seq_stride, values, self_v, pos, hd, d0, og); break;
+            case 4: values_avx512(4, 4, scores, seq_stride, values, self_v, pos, hd, d0, og); break;
+            case 5: values_avx512(5, 4, scores, seq_stride, values, self_v, pos, hd, d0, og); break;
+            default: values_avx512(6, 4, scores, seq_stride, values, self_v, pos, hd, d0, og); break;
+            }
     }
 }
 
@@ -1121,28 +1183,29 @@ static void silu_gate(const Model *m, float *gate, const float *up, size_t n) {
 // Causal attention of every row and head over its slot's cache (positions 0..pos; a
 // replayed row reads the cache for 0..pos-1 and its own key/value at pos). Scores and
 // softmax in F32 as HF: scale head_dim^-0.5, max-subtracted exp, normalised, then V.
+// The query heads that share a key/value head go together, each key read once for all.
 static void attention(const Model *m, RunState *s, const Forward *f, int layer, int replay) {
     const ModelConfig *c = &m->cfg;
     int hd = c->head_dim, kv_dim = c->n_kv_heads * hd, q_dim = c->n_heads * hd, group = c->n_heads / c->n_kv_heads;
     float scale = 1.0f / sqrtf((float)hd);
-    int n_pairs = f->n * c->n_heads;
+    int n_pairs = f->n * c->n_kv_heads;
     int n_threads = max_threads() < s->n_threads ? max_threads() : s->n_threads; // threads with a score buffer
     double macs = 0;
     for (int i = 0; i < f->n; i++) macs += 2.0 * (f->pos[i] + 1) * c->n_heads * hd;
     (void)n_threads, (void)macs; // unused without OpenMP
-#pragma omp parallel for num_threads(n_threads) schedule(static, 1) if (macs >= PARALLEL_MIN_MACS) // round robin: rows of a prefill differ in length
-    for (int ph = 0; ph < n_pairs; ph++) {
-        int i = ph / c->n_heads, h = ph % c->n_heads, kvh = h / group;
-        size_t base = ((size_t)layer * s->n_slots + (size_t)f->slot[i]) * s->max_seq * kv_dim + (size_t)kvh * hd;
-        const float *q = s->q + (size_t)i * q_dim + (size_t)h * hd;
-        const float *self_k = replay ? s->k + (size_t)i * kv_dim + (size_t)kvh * hd : NULL;
-        const float *self_v = replay ? s->v + (size_t)i * kv_dim + (size_t)kvh * hd : NULL;
-        float *scores = s->scores + (size_t)thread_id() * s->max_seq, *out = s->heads + (size_t)i * q_dim + (size_t)h * hd;
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (macs >= PARALLEL_MIN_MACS) // rows of a prefill differ in length
+    for (int pair = 0; pair < n_pairs; pair++) {
+        int i = pair / c->n_kv_heads, g = pair % c->n_kv_heads;
+        size_t base = kv_base(s, c, layer, f->slot[i], g);
+        const float *q = s->q + (size_t)i * q_dim + (size_t)g * group * hd;
+        const float *self_k = replay ? s->k + (size_t)i * kv_dim + (size_t)g * hd : NULL;
+        const float *self_v = replay ? s->v + (size_t)i * kv_dim + (size_t)g * hd : NULL;
+        float *scores = s->scores + (size_t)thread_id() * group * s->max_seq_pad, *out = s->heads + (size_t)i * q_dim + (size_t)g * group * hd;
 #ifdef HAVE_AVX512
-        if (m->simd) attend_avx512(q, s->key_cache + base, s->value_cache + base, (size_t)kv_dim, self_k, self_v, f->pos[i], hd, scale, scores, out);
+        if (m->simd) attend_avx512(q, s->key_cache + base, s->value_cache + base, self_k, self_v, f->pos[i], hd, group, s->max_seq_pad, scale, scores, out);
         else
 #endif
-            attend_portable(q, s->key_cache + base, s->value_cache + base, (size_t)kv_dim, self_k, self_v, f->pos[i], hd, scale, scores, out);
+            attend_portable(q, s->key_cache + base, s->value_cache + base, self_k, self_v, f->pos[i], hd, group, s->max_seq_pad, scale, scores, out);
     }
 }
 
@@ -1215,7 +1278,6 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
 
     for (int l = f->first_layer; l < L; l++) {
         const LayerWeights *w = &m->layers[l];
-        size_t cache_layer = (size_t)l * s->n_slots * s->max_seq;
 
         // Attention: x += o_proj(attention(rope(q), rope(k), v)) of the normed residual.
         for (int i = 0; i < n; i++) rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, &w->attn_norm, D, eps);
@@ -1234,10 +1296,12 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
                 if (c->qk_norm) rmsnorm(k, k, &w->k_norm, hd, eps);
                 rope(k, cos_t, sin_t, hd);
             }
-            if (!replay) { // every row's key/value is cached before any row attends
-                size_t at = (cache_layer + (size_t)f->slot[i] * s->max_seq + (size_t)f->pos[i]) * kv_dim;
-                memcpy(s->key_cache + at, s->k + (size_t)i * kv_dim, (size_t)kv_dim * sizeof(float));
-                memcpy(s->value_cache + at, s->v + (size_t)i * kv_dim, (size_t)kv_dim * sizeof(float));
+            for (int h = 0; h < c->n_kv_heads && !replay; h++) { // every row's key/value is cached before any row attends
+                int p = f->pos[i];
+                size_t base = kv_base(s, c, l, f->slot[i], h);
+                float *key = s->key_cache + base + (size_t)(p / KEY_BLOCK) * hd * KEY_BLOCK + p % KEY_BLOCK;
+                for (int d = 0; d < hd; d++) key[(size_t)d * KEY_BLOCK] = s->k[(size_t)i * kv_dim + (size_t)h * hd + d];
+                memcpy(s->value_cache + base + (size_t)p * hd, s->v + (size_t)i * kv_dim + (size_t)h * hd, (size_t)hd * sizeof(float));
             }
         }
         attention(m, s, f, l, replay);
@@ -2046,7 +2110,7 @@ static int bench_run(const Model *m, int repeat, const char *only, double values
         int runs_wanted = what == BENCH_MEMORY ? 1 : repeat;
         for (int r = 0; r < runs_wanted && rc == 0; r++) {
             progress("bench: %s%s %d/%d\n", bench_names[what], what == BENCH_SCAN_ALL ? " all" : what == BENCH_SCAN_ONSET ? " onset" : "",
-                     r + 1, repeat);
+                     r + 1, runs_wanted);
             rc = bench_once(&b, what, &runs[r], err);
         }
         if (rc == 0) values[what] = median(runs, runs_wanted);
