@@ -961,6 +961,7 @@ typedef struct {
     int n_slots, max_rows;
     int *token, *slot, *pos, *logits_row, *capture_row; // (max_rows) row buffers
     const AblationMask **mask;                          // (max_rows)
+    float *x_in;                                        // (max_rows, hidden) residuals rows enter with
 } Forcer;
 
 static int forcer_init(Forcer *f, const Model *m, int n_slots, int max_seq, int max_rows, Err *err) {
@@ -976,12 +977,13 @@ static int forcer_init(Forcer *f, const Model *m, int n_slots, int max_seq, int 
     f->logits_row = xmalloc((size_t)max_rows * sizeof *f->logits_row);
     f->capture_row = xmalloc((size_t)max_rows * sizeof *f->capture_row);
     f->mask = xmalloc((size_t)max_rows * sizeof *f->mask);
+    f->x_in = xmalloc((size_t)max_rows * m->cfg.hidden_size * sizeof *f->x_in);
     return 0;
 }
 
 static void forcer_free(Forcer *f) {
     runstate_free(f->state);
-    free(f->token); free(f->slot); free(f->pos); free(f->logits_row); free(f->capture_row); free(f->mask);
+    free(f->token); free(f->slot); free(f->pos); free(f->logits_row); free(f->capture_row); free(f->mask); free(f->x_in);
     memset(f, 0, sizeof *f);
 }
 
@@ -993,6 +995,12 @@ typedef struct {
     // Component means: every position's attention and MLP outputs summed (double, fixed order).
     double *attn_sum, *mlp_sum; // (n_layers, hidden) or NULL
     long long *n_summed;
+    // Every position's residuals, sequence after sequence (not with resid or the sums):
+    float *resid_all;           // (group positions, n_layers + 1, hidden) or NULL
+    // Start at first_layer from these residuals (laid out as resid_all) instead of the
+    // embeddings; the cache below first_layer must hold this group's clean pass.
+    const float *enter;
+    int first_layer;
 } PassOut;
 
 // Runs seqs[0..n) (n <= n_slots; sequence i in slot i) through the model.
@@ -1000,10 +1008,13 @@ static int force_group(Forcer *f, const Seq *seqs, int n, const PassOut *out, Er
     const ModelConfig *mc = &f->m->cfg;
     int hidden = mc->hidden_size, n_layers = mc->n_layers;
     int *fed = xcalloc((size_t)n, sizeof *fed), *read_base = xmalloc((size_t)n * sizeof *read_base);
-    int total_reads = 0;
+    int *pos_base = xmalloc((size_t)n * sizeof *pos_base); // first row of each sequence in resid_all / enter
+    int total_reads = 0, total_pos = 0;
     for (int i = 0; i < n; i++) {
         read_base[i] = total_reads;
         total_reads += seqs[i].n_read;
+        pos_base[i] = total_pos;
+        total_pos += seqs[i].n_tokens;
     }
     int want_components = out->attn_sum != NULL;
     float *logits_buf = NULL, *resid_buf = NULL, *attn_buf = NULL, *mlp_buf = NULL;
@@ -1029,15 +1040,19 @@ static int force_group(Forcer *f, const Seq *seqs, int n, const PassOut *out, Er
                 while (r < q->n_read && q->read_pos[r] < p) r++;
                 row_read[rows] = r < q->n_read && q->read_pos[r] == p ? read_base[i] + r : -1;
                 f->logits_row[rows] = row_read[rows] >= 0 ? rows : -1;
-                f->capture_row[rows] = want_components || (out->resid && row_read[rows] >= 0) ? rows : -1;
+                f->capture_row[rows] = out->resid_all ? pos_base[i] + p : want_components || (out->resid && row_read[rows] >= 0) ? rows : -1;
+                if (out->enter)
+                    memcpy(f->x_in + (size_t)rows * hidden, out->enter + ((size_t)(pos_base[i] + p) * (n_layers + 1) + out->first_layer) * hidden,
+                           (size_t)hidden * sizeof *f->x_in);
                 rows++;
             }
         }
         if (rows == 0) break;
         Forward fw = {.n = rows, .token = f->token, .slot = f->slot, .pos = f->pos, .mask = out->mask ? f->mask : NULL,
+                      .first_layer = out->enter ? out->first_layer : 0, .x_in = out->enter ? f->x_in : NULL,
                       .logits = logits_buf, .logits_row = out->logits ? f->logits_row : NULL,
-                      .resid = resid_buf, .attn_out = attn_buf, .mlp_out = mlp_buf,
-                      .capture_row = out->resid || want_components ? f->capture_row : NULL};
+                      .resid = out->resid_all ? out->resid_all : resid_buf, .attn_out = attn_buf, .mlp_out = mlp_buf,
+                      .capture_row = out->resid || out->resid_all || want_components ? f->capture_row : NULL};
         if ((rc = model_forward(f->m, f->state, &fw, err))) break;
         for (int r = 0; r < rows; r++) {
             int g = row_read[r];
@@ -1055,7 +1070,7 @@ static int force_group(Forcer *f, const Seq *seqs, int n, const PassOut *out, Er
             }
         }
     }
-    free(fed); free(read_base); free(logits_buf); free(resid_buf); free(attn_buf); free(mlp_buf); free(row_read);
+    free(fed); free(read_base); free(pos_base); free(logits_buf); free(resid_buf); free(attn_buf); free(mlp_buf); free(row_read);
     return rc;
 }
 
@@ -1108,6 +1123,7 @@ static int item_read_index(const Items *it, int i) {
 }
 
 #define ANALYSIS_MAX_ROWS 512 // rows per forward call in teacher-forced passes
+#define ANALYSIS_CAPTURE_BYTES ((size_t)1 << 30) // scope-all scan: clean residuals kept per group of completions
 
 // ----------------------------------------------------------------------------
 // Logit lens: at each item's pred_pos, every layer's residual through the
@@ -1347,6 +1363,19 @@ static int scan_write(const Config *c, const Run *run, const char *variant, cons
     return rc;
 }
 
+// The group of completions from s0 a scan pass takes: at most n_slots, and at most
+// max_positions positions in all unless that is fewer than one (0 = no bound).
+static int scan_group(const Items *it, int s0, int n_slots, size_t max_positions, int *reads, int *positions) {
+    int n = 0;
+    *reads = *positions = 0;
+    for (; s0 + n < it->n_seqs && n < n_slots; n++) {
+        const Seq *q = &it->seqs[s0 + n];
+        if (max_positions && n > 0 && (size_t)(*positions + q->n_tokens) > max_positions) break;
+        *reads += q->n_read, *positions += q->n_tokens;
+    }
+    return n;
+}
+
 int cmd_ablation_scan(int argc, char **argv) {
     Opt opts[] = {OPT_CONFIG,
                   OPT("--variant", 1, "variant whose baseline events to scan (default [logit_lens] variant)"), OPT_END};
@@ -1360,7 +1389,7 @@ int cmd_ablation_scan(int argc, char **argv) {
     Tokenizer *tok = NULL;
     Items it = {0};
     Forcer f = {0};
-    float *attn_mean = NULL, *mlp_mean = NULL, *ablated = NULL, *resid = NULL, *clean_logits = NULL, *x_in = NULL;
+    float *attn_mean = NULL, *mlp_mean = NULL, *ablated = NULL, *resid = NULL, *clean_logits = NULL;
     double *drop = NULL, *vals = NULL, *clean_lp = NULL;
     int *item_read = NULL;
     int n_layers = 0;
@@ -1385,65 +1414,72 @@ int cmd_ablation_scan(int argc, char **argv) {
                                   .attn_mean = attn_mean, .mlp_mean = mlp_mean};
         (k % 2 ? masks[k].mlp : masks[k].attn)[k / 2] = 1;
     }
-    int n_reads = items_total_reads(&it);
     item_read = xmalloc((size_t)(it.n_items + 1) * sizeof *item_read);
     for (int i = 0; i < it.n_items; i++) item_read[i] = item_read_index(&it, i);
     drop = xmalloc((size_t)(it.n_items + 1) * 2 * n_layers * sizeof *drop); // (n_items, 2 n_layers)
-    clean_logits = xmalloc((size_t)(n_reads + 1) * vocab * sizeof *clean_logits);
-    for (int s0 = 0, base = 0; s0 < it.n_seqs; s0 += n_slots) { // clean pass
-        int n = it.n_seqs - s0 < n_slots ? it.n_seqs - s0 : n_slots;
-        PassOut out = {.logits = clean_logits + (size_t)base * vocab};
-        if (force_group(&f, it.seqs + s0, n, &out, &err)) goto out;
-        for (int i = 0; i < n; i++) base += it.seqs[s0 + i].n_read;
-    }
     clean_lp = xmalloc((size_t)(it.n_items + 1) * sizeof *clean_lp);
-    for (int i = 0; i < it.n_items; i++)
-        clean_lp[i] = log_prob(clean_logits + (size_t)item_read[i] * vocab, vocab, it.items[i].onset_token_id, NULL);
-    ablated = xmalloc((size_t)(n_reads + 1) * vocab * sizeof *ablated);
+    // Groups of completions, one per slot; scope all keeps every position's clean
+    // residuals of a group, so its groups are also bounded by ANALYSIS_CAPTURE_BYTES.
+    size_t position_bytes = (size_t)(n_layers + 1) * hidden * sizeof(float);
+    size_t max_positions = c.ablation_scope == SCOPE_ALL ? ANALYSIS_CAPTURE_BYTES / position_bytes : 0;
+    int max_group_reads = 1, max_group_positions = 1;
+    for (int s0 = 0, n, reads, positions; s0 < it.n_seqs; s0 += n) {
+        n = scan_group(&it, s0, n_slots, max_positions, &reads, &positions);
+        if (reads > max_group_reads) max_group_reads = reads;
+        if (positions > max_group_positions) max_group_positions = positions;
+    }
+    clean_logits = xmalloc((size_t)max_group_reads * vocab * sizeof *clean_logits);
     if (c.ablation_scope == SCOPE_ALL) {
-        // The component ablated at every position, as generation-time ablation does.
-        for (int k = 0; k < 2 * n_layers; k++) {
-            for (int s0 = 0, base = 0; s0 < it.n_seqs; s0 += n_slots) {
-                int n = it.n_seqs - s0 < n_slots ? it.n_seqs - s0 : n_slots;
-                PassOut out = {.mask = &masks[k], .logits = ablated + (size_t)base * vocab};
-                if (force_group(&f, it.seqs + s0, n, &out, &err)) goto out;
-                for (int i = 0; i < n; i++) base += it.seqs[s0 + i].n_read;
-            }
-            for (int i = 0; i < it.n_items; i++)
-                drop[(size_t)i * 2 * n_layers + k] = clean_lp[i] - log_prob(ablated + (size_t)item_read[i] * vocab, vocab, it.items[i].onset_token_id, NULL);
-            progress("ablation-scan: %d/%d components\n", k + 1, 2 * n_layers);
-        }
+        resid = xmalloc((size_t)max_group_positions * position_bytes);
+        ablated = xmalloc((size_t)max_group_reads * vocab * sizeof *ablated);
     } else {
-        // Onset scope: ablate only at pred_pos; replay the layers from the ablated
-        // one up for that position over the clean KV cache of its completion.
-        resid = xmalloc((size_t)(n_reads + 1) * (n_layers + 1) * hidden * sizeof *resid);
-        int max_replay = ANALYSIS_MAX_ROWS;
-        x_in = xmalloc((size_t)max_replay * hidden * sizeof *x_in);
-        int *row_slot = xmalloc((size_t)max_replay * sizeof(int)), *row_pos = xmalloc((size_t)max_replay * sizeof(int));
-        int *row_out = xmalloc((size_t)max_replay * sizeof(int)), *row_read = xmalloc((size_t)max_replay * sizeof(int)), *row_k = xmalloc((size_t)max_replay * sizeof(int));
-        const AblationMask **row_mask = xmalloc((size_t)max_replay * sizeof *row_mask);
-        float *replay_logits = xmalloc((size_t)max_replay * vocab * sizeof *replay_logits);
-        int rc = 0;
-        for (int s0 = 0, base = 0; s0 < it.n_seqs && rc == 0; s0 += n_slots) {
-            int n = it.n_seqs - s0 < n_slots ? it.n_seqs - s0 : n_slots;
-            PassOut out = {.resid = resid + (size_t)base * (n_layers + 1) * hidden};
-            if ((rc = force_group(&f, it.seqs + s0, n, &out, &err))) break;
-            int group_reads = 0;
-            for (int i = 0; i < n; i++) group_reads += it.seqs[s0 + i].n_read;
+        resid = xmalloc((size_t)max_group_reads * position_bytes);
+    }
+    int max_replay = f.max_rows;
+    float *x_in = f.x_in;
+    int *row_slot = xmalloc((size_t)max_replay * sizeof(int)), *row_pos = xmalloc((size_t)max_replay * sizeof(int));
+    int *row_out = xmalloc((size_t)max_replay * sizeof(int)), *row_read = xmalloc((size_t)max_replay * sizeof(int)), *row_k = xmalloc((size_t)max_replay * sizeof(int));
+    const AblationMask **row_mask = xmalloc((size_t)max_replay * sizeof *row_mask);
+    float *replay_logits = xmalloc((size_t)max_replay * vocab * sizeof *replay_logits);
+    int rc = 0;
+    for (int s0 = 0, n, base = 0, group_reads, positions; s0 < it.n_seqs && rc == 0; s0 += n, base += group_reads) {
+        n = scan_group(&it, s0, n_slots, max_positions, &group_reads, &positions);
+        // The clean pass: logits at the reads, and the residuals the ablated passes start from.
+        PassOut clean = {.logits = clean_logits};
+        if (c.ablation_scope == SCOPE_ALL) clean.resid_all = resid;
+        else clean.resid = resid;
+        if ((rc = force_group(&f, it.seqs + s0, n, &clean, &err))) break;
+        for (int i = 0; i < it.n_items; i++)
+            if (item_read[i] >= base && item_read[i] < base + group_reads)
+                clean_lp[i] = log_prob(clean_logits + (size_t)(item_read[i] - base) * vocab, vocab, it.items[i].onset_token_id, NULL);
+        if (c.ablation_scope == SCOPE_ALL) {
+            // The component ablated at every position, as generation-time ablation does; each
+            // pass starts at the ablated layer from the clean residual (the layers below are clean).
+            for (int k = 0; k < 2 * n_layers && rc == 0; k++) {
+                PassOut out = {.mask = &masks[k], .logits = ablated, .enter = resid, .first_layer = k / 2};
+                if ((rc = force_group(&f, it.seqs + s0, n, &out, &err))) break;
+                for (int i = 0; i < it.n_items; i++)
+                    if (item_read[i] >= base && item_read[i] < base + group_reads)
+                        drop[(size_t)i * 2 * n_layers + k] =
+                            clean_lp[i] - log_prob(ablated + (size_t)(item_read[i] - base) * vocab, vocab, it.items[i].onset_token_id, NULL);
+            }
+        } else {
+            // Onset scope: ablate only at pred_pos; replay the layers from the ablated
+            // one up for that position over the clean KV cache of its completion.
             for (int l = 0; l < n_layers && rc == 0; l++) {
                 // Rows: every read of the group x {attention, MLP} of layer l.
                 for (int start = 0; start < 2 * group_reads && rc == 0; start += max_replay) {
                     int rows = 2 * group_reads - start < max_replay ? 2 * group_reads - start : max_replay;
                     for (int q = 0; q < rows; q++) {
-                        int j = (start + q) / 2, comp = (start + q) % 2, g = base + j, s = 0, acc = 0;
-                        while (acc + it.seqs[s0 + s].n_read <= j) acc += it.seqs[s0 + s++].n_read;
-                        row_slot[q] = s;
-                        row_pos[q] = it.seqs[s0 + s].read_pos[j - acc];
+                        int j = (start + q) / 2, comp = (start + q) % 2, sq = 0, acc = 0;
+                        while (acc + it.seqs[s0 + sq].n_read <= j) acc += it.seqs[s0 + sq++].n_read;
+                        row_slot[q] = sq;
+                        row_pos[q] = it.seqs[s0 + sq].read_pos[j - acc];
                         row_mask[q] = &masks[2 * l + comp];
                         row_out[q] = q;
-                        row_read[q] = g;
+                        row_read[q] = base + j;
                         row_k[q] = 2 * l + comp;
-                        memcpy(x_in + (size_t)q * hidden, resid + ((size_t)g * (n_layers + 1) + l) * hidden, (size_t)hidden * sizeof *x_in);
+                        memcpy(x_in + (size_t)q * hidden, resid + ((size_t)j * (n_layers + 1) + l) * hidden, (size_t)hidden * sizeof *x_in);
                     }
                     // token is unused when rows enter with x_in; row_pos stands in for it.
                     Forward fw = {.n = rows, .token = row_pos, .slot = row_slot, .pos = row_pos, .mask = row_mask, .first_layer = l,
@@ -1456,12 +1492,11 @@ int cmd_ablation_scan(int argc, char **argv) {
                                     clean_lp[i] - log_prob(replay_logits + (size_t)q * vocab, vocab, it.items[i].onset_token_id, NULL);
                 }
             }
-            base += group_reads;
-            progress("ablation-scan: %d/%d completions\n", s0 + n, it.n_seqs);
         }
-        free(row_slot); free(row_pos); free(row_out); free(row_read); free(row_k); free(row_mask); free(replay_logits);
-        if (rc) goto out;
+        progress("ablation-scan: %d/%d completions\n", s0 + n, it.n_seqs);
     }
+    free(row_slot); free(row_pos); free(row_out); free(row_read); free(row_k); free(row_mask); free(replay_logits);
+    if (rc) goto out;
     // Mean drop with bootstrap 95% CI per component, events and controls apart.
     results = xcalloc((size_t)2 * n_layers, sizeof *results);
     vals = xmalloc((size_t)(it.n_items + 1) * sizeof *vals);
@@ -1486,7 +1521,7 @@ out:
             free(masks[k].attn);
             free(masks[k].mlp);
         }
-    free(masks); free(attn_mean); free(mlp_mean); free(ablated); free(resid); free(clean_logits); free(x_in);
+    free(masks); free(attn_mean); free(mlp_mean); free(ablated); free(resid); free(clean_logits);
     free(drop); free(vals); free(results); free(clean_lp); free(item_read);
     forcer_free(&f);
     items_free(&it);

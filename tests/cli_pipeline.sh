@@ -81,6 +81,13 @@ n_fig=0; for f in backtracking_rate_by_variant backtracking_vs_accuracy wait_log
     [ -s runs/$id/figures/$f.svg ] && cmp -s runs/$id/figures/$f.svg figures/$f.svg && grep -q "](../figures/$f.svg)" $report && n_fig=$((n_fig + 1))
 done
 [ $n_fig -eq 6 ] && ok "six figures in the run, copied to figures/, embedded in the report" || bad "six figures" "$n_fig of 6"
+# The scope-all scan resumes each ablated pass from a group's clean residuals: its
+# numbers do not depend on how completions are grouped, nor on the thread count.
+cp $A/ablation_importance.csv imp_batch16.csv
+sed 's/^batch_size = .*/batch_size = 1/' e2e.ini > b1.ini
+if "$BT" ablation-scan --config b1.ini --threads 1 --quiet >/dev/null && cmp -s $A/ablation_importance.csv imp_batch16.csv; then
+    ok "scope-all scan: the same CSV with one completion per group on one thread as with 16 on two"
+else bad "scope-all scan grouping" "$(diff imp_batch16.csv $A/ablation_importance.csv | head -n 4)"; fi
 # The cheap onset scope (ablate only at pred_pos, replay the layers above over the
 # clean cache) finds the same components.
 sed 's/^scope = all/scope = onset/' e2e.ini > onset.ini
