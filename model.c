@@ -2203,7 +2203,7 @@ int cmd_bench(int argc, char **argv) {
         {"gen16_tok_s", "generation, batch 16", "%.1f", "completion tokens/s", values[BENCH_GEN16]},
         {"gen64_tok_s", "generation, batch 64", "%.1f", "completion tokens/s", values[BENCH_GEN64]},
         {"lens_items_s", "logit lens, 384 tokens", "%.3f", "items/s", values[BENCH_LENS]},
-        {"scan_s_per_event_all", "ablation scan, scope all", "%.1f", "s/event (2L+1 forwards of 384 tokens, 3 timed)", values[BENCH_SCAN_ALL]},
+        {"scan_s_per_event_all", "ablation scan, scope all", "%.1f", "s/event (384 tokens: a clean pass, then 2L passes each from its layer)", values[BENCH_SCAN_ALL]},
         {"scan_s_per_event_onset", "ablation scan, scope onset", "%.2f", "s/event", values[BENCH_SCAN_ONSET]},
         {"tokenizer_mb_s", "tokenizer", "%.1f", "MB/s (one thread)", tokenizer_mb_s},
         {"peak_rss_mb", "peak RSS", "%.0f", "MB", rss_mb},
