@@ -1089,19 +1089,6 @@ static double log_prob(const float *logits, int vocab, int token, int *rank) {
     return (double)logits[token] - max - log(sum);
 }
 
-// Opens the model and tokenizer of the config, sized for the items.
-static int analysis_open(const Config *c, Model *m, Tokenizer **tok, Err *err) {
-    char path[1200];
-    snprintf(path, sizeof path, "%s/tokenizer.json", c->model_path);
-    if (tokenizer_load(tok, path, err)) return -1;
-    if (model_load(m, c->model_path, err)) {
-        tokenizer_free(*tok);
-        *tok = NULL;
-        return -1;
-    }
-    return 0;
-}
-
 static int items_max_tokens(const Items *it) {
     int max = 1;
     for (int s = 0; s < it->n_seqs; s++)
@@ -1125,6 +1112,34 @@ static int item_read_index(const Items *it, int i) {
 #define ANALYSIS_MAX_ROWS 512 // rows per forward call in teacher-forced passes
 #define ANALYSIS_CAPTURE_BYTES ((size_t)1 << 30) // scope-all scan: clean residuals kept per group of completions
 
+// What a teacher-forcing stage works on: the config's model and tokenizer, the items
+// of one variant, and a Forcer with a slot per completion, up to batch_size of them.
+typedef struct {
+    Model m;
+    int model_loaded;
+    Tokenizer *tok;
+    Items it;
+    Forcer f;
+} Analysis;
+
+static int analysis_open(const Config *c, const Run *run, const char *variant, int max_events, Analysis *a, Err *err) {
+    memset(a, 0, sizeof *a);
+    char path[1200];
+    snprintf(path, sizeof path, "%s/tokenizer.json", c->model_path);
+    if (tokenizer_load(&a->tok, path, err) || model_load(&a->m, c->model_path, err)) return -1;
+    a->model_loaded = 1;
+    if (items_load(c, run, a->tok, variant, max_events, &a->it, err)) return -1;
+    int n_slots = a->it.n_seqs < c->batch_size ? a->it.n_seqs : c->batch_size;
+    return forcer_init(&a->f, &a->m, n_slots < 1 ? 1 : n_slots, items_max_tokens(&a->it), ANALYSIS_MAX_ROWS, err);
+}
+
+static void analysis_close(Analysis *a) {
+    forcer_free(&a->f);
+    items_free(&a->it);
+    if (a->tok) tokenizer_free(a->tok);
+    if (a->model_loaded) model_free(&a->m);
+}
+
 // ----------------------------------------------------------------------------
 // Logit lens: at each item's pred_pos, every layer's residual through the
 // final norm and the unembedding: the onset token's logit, log-prob and rank.
@@ -1138,39 +1153,30 @@ int cmd_logit_lens(int argc, char **argv) {
     int exit_code;
     if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
     const char *variant = opt_str(opts, "--variant", c.lens_variant);
-    Model m = {0};
-    Tokenizer *tok = NULL;
-    Items it = {0};
-    Forcer f = {0};
+    Analysis a = {0};
     float *resid = NULL, *logits = NULL;
     double *lp_all = NULL;
     Buf csv = {0};
-    int opened = 0;
-    if (analysis_open(&c, &m, &tok, &err)) goto out;
-    opened = 1;
-    if (items_load(&c, &run, tok, variant, c.lens_max_events, &it, &err)) goto out;
-    int n_layers = m.cfg.n_layers, hidden = m.cfg.hidden_size, vocab = m.cfg.vocab_size;
-    int n_slots = it.n_seqs < c.batch_size ? it.n_seqs : c.batch_size;
-    if (n_slots < 1) n_slots = 1;
-    if (forcer_init(&f, &m, n_slots, items_max_tokens(&it), ANALYSIS_MAX_ROWS, &err)) goto out;
-    int n_reads = items_total_reads(&it);
+    if (analysis_open(&c, &run, variant, c.lens_max_events, &a, &err)) goto out;
+    int n_layers = a.m.cfg.n_layers, hidden = a.m.cfg.hidden_size, vocab = a.m.cfg.vocab_size, n_slots = a.f.n_slots;
+    int n_reads = items_total_reads(&a.it);
     resid = xmalloc((size_t)(n_reads + 1) * (n_layers + 1) * hidden * sizeof *resid);
-    for (int s0 = 0, base = 0; s0 < it.n_seqs; s0 += n_slots) {
-        int n = it.n_seqs - s0 < n_slots ? it.n_seqs - s0 : n_slots;
+    for (int s0 = 0, base = 0; s0 < a.it.n_seqs; s0 += n_slots) {
+        int n = a.it.n_seqs - s0 < n_slots ? a.it.n_seqs - s0 : n_slots;
         PassOut out = {.resid = resid + (size_t)base * (n_layers + 1) * hidden};
-        if (force_group(&f, it.seqs + s0, n, &out, &err)) goto out;
-        for (int i = 0; i < n; i++) base += it.seqs[s0 + i].n_read;
-        progress("logit-lens: %d/%d completions\n", s0 + n, it.n_seqs);
+        if (force_group(&a.f, a.it.seqs + s0, n, &out, &err)) goto out;
+        for (int i = 0; i < n; i++) base += a.it.seqs[s0 + i].n_read;
+        progress("logit-lens: %d/%d completions\n", s0 + n, a.it.n_seqs);
     }
     buf_puts(&csv, "run_id,kind,event_id,variant,problem_id,sample,pred_pos,onset_token_id,layer,logit,logprob,rank\n");
     logits = xmalloc((size_t)vocab * sizeof *logits);
-    lp_all = xmalloc((size_t)(it.n_items + 1) * (n_layers + 1) * sizeof *lp_all); // (n_items, n_layers + 1)
-    for (int i = 0; i < it.n_items; i++) {
-        const Item *x = &it.items[i];
-        const GenRecord *rec = &it.records[x->record];
-        const float *rv = resid + (size_t)item_read_index(&it, i) * (n_layers + 1) * hidden;
+    lp_all = xmalloc((size_t)(a.it.n_items + 1) * (n_layers + 1) * sizeof *lp_all); // (n_items, n_layers + 1)
+    for (int i = 0; i < a.it.n_items; i++) {
+        const Item *x = &a.it.items[i];
+        const GenRecord *rec = &a.it.records[x->record];
+        const float *rv = resid + (size_t)item_read_index(&a.it, i) * (n_layers + 1) * hidden;
         for (int l = 0; l <= n_layers; l++) {
-            model_final_logits(&m, rv + (size_t)l * hidden, logits);
+            model_final_logits(&a.m, rv + (size_t)l * hidden, logits);
             int rank;
             double lp = log_prob(logits, vocab, x->onset_token_id, &rank);
             lp_all[(size_t)i * (n_layers + 1) + l] = lp;
@@ -1185,15 +1191,15 @@ int cmd_logit_lens(int argc, char **argv) {
     run_path(&run, path, sizeof path, ART_LOGIT_LENS);
     if (write_file_atomic(path, csv.data, csv.len, &err)) goto out;
     // The figure: mean log p(onset) per layer with bootstrap 95% CIs, events vs controls.
-    double *series = xmalloc((size_t)6 * (n_layers + 1) * sizeof *series), *vals = xmalloc((size_t)(it.n_items + 1) * sizeof *vals);
+    double *series = xmalloc((size_t)6 * (n_layers + 1) * sizeof *series), *vals = xmalloc((size_t)(a.it.n_items + 1) * sizeof *vals);
     CiSeries cs[2];
     int counts[2] = {0, 0};
     for (int ctl = 0; ctl < 2; ctl++) {
         double *mean = series + (size_t)(3 * ctl) * (n_layers + 1), *lo = mean + n_layers + 1, *hi = lo + n_layers + 1;
         for (int l = 0; l <= n_layers; l++) {
             int nv = 0;
-            for (int i = 0; i < it.n_items; i++)
-                if (it.items[i].is_control == ctl) vals[nv++] = lp_all[(size_t)i * (n_layers + 1) + l];
+            for (int i = 0; i < a.it.n_items; i++)
+                if (a.it.items[i].is_control == ctl) vals[nv++] = lp_all[(size_t)i * (n_layers + 1) + l];
             Interval ci = bootstrap_mean95(vals, nv, STAT_RESAMPLES, seed_mix(seed_mix((uint64_t)c.seed, 0x1E45), (uint64_t)(2 * l + ctl)));
             mean[l] = ci.est;
             lo[l] = ci.lo;
@@ -1209,16 +1215,13 @@ int cmd_logit_lens(int argc, char **argv) {
     free(series);
     free(vals);
     if (frc || publish_figure(&c, &run, FIG_LOGIT_LENS, &err)) goto out;
-    printf("logit-lens: %d events, %d controls, %d layers\n", it.n_events, it.n_items - it.n_events, n_layers + 1);
+    printf("logit-lens: %d events, %d controls, %d layers\n", a.it.n_events, a.it.n_items - a.it.n_events, n_layers + 1);
 out:
     buf_free(&csv);
     free(resid);
     free(logits);
     free(lp_all);
-    forcer_free(&f);
-    items_free(&it);
-    if (tok) tokenizer_free(tok);
-    if (opened) model_free(&m);
+    analysis_close(&a);
     config_free(&c);
     return err.msg[0] ? fail(&err) : 0;
 }
@@ -1385,28 +1388,19 @@ int cmd_ablation_scan(int argc, char **argv) {
     int exit_code;
     if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
     const char *variant = opt_str(opts, "--variant", c.lens_variant);
-    Model m = {0};
-    Tokenizer *tok = NULL;
-    Items it = {0};
-    Forcer f = {0};
+    Analysis a = {0};
     float *attn_mean = NULL, *mlp_mean = NULL, *ablated = NULL, *resid = NULL, *clean_logits = NULL;
     double *drop = NULL, *vals = NULL, *clean_lp = NULL;
     int *item_read = NULL;
     int n_layers = 0;
     ScanResult *results = NULL;
     AblationMask *masks = NULL;
-    int opened = 0;
-    if (analysis_open(&c, &m, &tok, &err)) goto out;
-    opened = 1;
-    if (items_load(&c, &run, tok, variant, c.ablation_max_events, &it, &err)) goto out;
-    if (it.n_events == 0) // the outputs say so: no effects, no layers selected, a "no data" figure
+    if (analysis_open(&c, &run, variant, c.ablation_max_events, &a, &err)) goto out;
+    if (a.it.n_events == 0) // the outputs say so: no effects, no layers selected, a "no data" figure
         fprintf(stderr, "bt ablation-scan: warning: no events of variant %s in run %s: nothing to scan, no layers selected\n", variant, run.id);
-    n_layers = m.cfg.n_layers;
-    int hidden = m.cfg.hidden_size, vocab = m.cfg.vocab_size;
-    int n_slots = it.n_seqs < c.batch_size ? it.n_seqs : c.batch_size;
-    if (n_slots < 1) n_slots = 1;
-    if (forcer_init(&f, &m, n_slots, items_max_tokens(&it), ANALYSIS_MAX_ROWS, &err)) goto out;
-    if (c.ablation_kind == ABLATE_MEAN && estimate_means(&f, &it, &run, &attn_mean, &mlp_mean, &err)) goto out;
+    n_layers = a.m.cfg.n_layers;
+    int hidden = a.m.cfg.hidden_size, vocab = a.m.cfg.vocab_size, n_slots = a.f.n_slots;
+    if (c.ablation_kind == ABLATE_MEAN && estimate_means(&a.f, &a.it, &run, &attn_mean, &mlp_mean, &err)) goto out;
     // One mask per (layer, component): masks[2l] ablates attention l, masks[2l+1] MLP l.
     masks = xcalloc((size_t)2 * n_layers, sizeof *masks);
     for (int k = 0; k < 2 * n_layers; k++) {
@@ -1414,17 +1408,17 @@ int cmd_ablation_scan(int argc, char **argv) {
                                   .attn_mean = attn_mean, .mlp_mean = mlp_mean};
         (k % 2 ? masks[k].mlp : masks[k].attn)[k / 2] = 1;
     }
-    item_read = xmalloc((size_t)(it.n_items + 1) * sizeof *item_read);
-    for (int i = 0; i < it.n_items; i++) item_read[i] = item_read_index(&it, i);
-    drop = xmalloc((size_t)(it.n_items + 1) * 2 * n_layers * sizeof *drop); // (n_items, 2 n_layers)
-    clean_lp = xmalloc((size_t)(it.n_items + 1) * sizeof *clean_lp);
+    item_read = xmalloc((size_t)(a.it.n_items + 1) * sizeof *item_read);
+    for (int i = 0; i < a.it.n_items; i++) item_read[i] = item_read_index(&a.it, i);
+    drop = xmalloc((size_t)(a.it.n_items + 1) * 2 * n_layers * sizeof *drop); // (n_items, 2 n_layers)
+    clean_lp = xmalloc((size_t)(a.it.n_items + 1) * sizeof *clean_lp);
     // Groups of completions, one per slot; scope all keeps every position's clean
     // residuals of a group, so its groups are also bounded by ANALYSIS_CAPTURE_BYTES.
     size_t position_bytes = (size_t)(n_layers + 1) * hidden * sizeof(float);
     size_t max_positions = c.ablation_scope == SCOPE_ALL ? ANALYSIS_CAPTURE_BYTES / position_bytes : 0;
     int max_group_reads = 1, max_group_positions = 1;
-    for (int s0 = 0, n, reads, positions; s0 < it.n_seqs; s0 += n) {
-        n = scan_group(&it, s0, n_slots, max_positions, &reads, &positions);
+    for (int s0 = 0, n, reads, positions; s0 < a.it.n_seqs; s0 += n) {
+        n = scan_group(&a.it, s0, n_slots, max_positions, &reads, &positions);
         if (reads > max_group_reads) max_group_reads = reads;
         if (positions > max_group_positions) max_group_positions = positions;
     }
@@ -1435,33 +1429,33 @@ int cmd_ablation_scan(int argc, char **argv) {
     } else {
         resid = xmalloc((size_t)max_group_reads * position_bytes);
     }
-    int max_replay = f.max_rows;
-    float *x_in = f.x_in;
+    int max_replay = a.f.max_rows;
+    float *x_in = a.f.x_in;
     int *row_slot = xmalloc((size_t)max_replay * sizeof(int)), *row_pos = xmalloc((size_t)max_replay * sizeof(int));
     int *row_out = xmalloc((size_t)max_replay * sizeof(int)), *row_read = xmalloc((size_t)max_replay * sizeof(int)), *row_k = xmalloc((size_t)max_replay * sizeof(int));
     const AblationMask **row_mask = xmalloc((size_t)max_replay * sizeof *row_mask);
     float *replay_logits = xmalloc((size_t)max_replay * vocab * sizeof *replay_logits);
     int rc = 0;
-    for (int s0 = 0, n, base = 0, group_reads, positions; s0 < it.n_seqs && rc == 0; s0 += n, base += group_reads) {
-        n = scan_group(&it, s0, n_slots, max_positions, &group_reads, &positions);
+    for (int s0 = 0, n, base = 0, group_reads, positions; s0 < a.it.n_seqs && rc == 0; s0 += n, base += group_reads) {
+        n = scan_group(&a.it, s0, n_slots, max_positions, &group_reads, &positions);
         // The clean pass: logits at the reads, and the residuals the ablated passes start from.
         PassOut clean = {.logits = clean_logits};
         if (c.ablation_scope == SCOPE_ALL) clean.resid_all = resid;
         else clean.resid = resid;
-        if ((rc = force_group(&f, it.seqs + s0, n, &clean, &err))) break;
-        for (int i = 0; i < it.n_items; i++)
+        if ((rc = force_group(&a.f, a.it.seqs + s0, n, &clean, &err))) break;
+        for (int i = 0; i < a.it.n_items; i++)
             if (item_read[i] >= base && item_read[i] < base + group_reads)
-                clean_lp[i] = log_prob(clean_logits + (size_t)(item_read[i] - base) * vocab, vocab, it.items[i].onset_token_id, NULL);
+                clean_lp[i] = log_prob(clean_logits + (size_t)(item_read[i] - base) * vocab, vocab, a.it.items[i].onset_token_id, NULL);
         if (c.ablation_scope == SCOPE_ALL) {
             // The component ablated at every position, as generation-time ablation does; each
             // pass starts at the ablated layer from the clean residual (the layers below are clean).
             for (int k = 0; k < 2 * n_layers && rc == 0; k++) {
                 PassOut out = {.mask = &masks[k], .logits = ablated, .enter = resid, .first_layer = k / 2};
-                if ((rc = force_group(&f, it.seqs + s0, n, &out, &err))) break;
-                for (int i = 0; i < it.n_items; i++)
+                if ((rc = force_group(&a.f, a.it.seqs + s0, n, &out, &err))) break;
+                for (int i = 0; i < a.it.n_items; i++)
                     if (item_read[i] >= base && item_read[i] < base + group_reads)
                         drop[(size_t)i * 2 * n_layers + k] =
-                            clean_lp[i] - log_prob(ablated + (size_t)(item_read[i] - base) * vocab, vocab, it.items[i].onset_token_id, NULL);
+                            clean_lp[i] - log_prob(ablated + (size_t)(item_read[i] - base) * vocab, vocab, a.it.items[i].onset_token_id, NULL);
             }
         } else {
             // Onset scope: ablate only at pred_pos; replay the layers from the ablated
@@ -1472,48 +1466,48 @@ int cmd_ablation_scan(int argc, char **argv) {
                     int rows = 2 * group_reads - start < max_replay ? 2 * group_reads - start : max_replay;
                     for (int q = 0; q < rows; q++) {
                         int j = (start + q) / 2, comp = (start + q) % 2, sq = 0, acc = 0;
-                        while (acc + it.seqs[s0 + sq].n_read <= j) acc += it.seqs[s0 + sq++].n_read;
+                        while (acc + a.it.seqs[s0 + sq].n_read <= j) acc += a.it.seqs[s0 + sq++].n_read;
                         row_slot[q] = sq;
-                        row_pos[q] = it.seqs[s0 + sq].read_pos[j - acc];
+                        row_pos[q] = a.it.seqs[s0 + sq].read_pos[j - acc];
                         row_mask[q] = &masks[2 * l + comp];
                         row_out[q] = q;
                         row_read[q] = base + j;
                         row_k[q] = 2 * l + comp;
                         memcpy(x_in + (size_t)q * hidden, resid + ((size_t)j * (n_layers + 1) + l) * hidden, (size_t)hidden * sizeof *x_in);
                     }
-                    // token is unused when rows enter with x_in; row_pos stands in for it.
+                    // token is unused when rows enter with x_in; row_pos stands in for a.it.
                     Forward fw = {.n = rows, .token = row_pos, .slot = row_slot, .pos = row_pos, .mask = row_mask, .first_layer = l,
                                   .x_in = x_in, .replay = 1, .logits = replay_logits, .logits_row = row_out};
-                    if ((rc = model_forward(&m, f.state, &fw, &err))) break;
+                    if ((rc = model_forward(&a.m, a.f.state, &fw, &err))) break;
                     for (int q = 0; q < rows; q++)
-                        for (int i = 0; i < it.n_items; i++)
+                        for (int i = 0; i < a.it.n_items; i++)
                             if (item_read[i] == row_read[q])
                                 drop[(size_t)i * 2 * n_layers + row_k[q]] =
-                                    clean_lp[i] - log_prob(replay_logits + (size_t)q * vocab, vocab, it.items[i].onset_token_id, NULL);
+                                    clean_lp[i] - log_prob(replay_logits + (size_t)q * vocab, vocab, a.it.items[i].onset_token_id, NULL);
                 }
             }
         }
-        progress("ablation-scan: %d/%d completions\n", s0 + n, it.n_seqs);
+        progress("ablation-scan: %d/%d completions\n", s0 + n, a.it.n_seqs);
     }
     free(row_slot); free(row_pos); free(row_out); free(row_read); free(row_k); free(row_mask); free(replay_logits);
     if (rc) goto out;
     // Mean drop with bootstrap 95% CI per component, events and controls apart.
     results = xcalloc((size_t)2 * n_layers, sizeof *results);
-    vals = xmalloc((size_t)(it.n_items + 1) * sizeof *vals);
+    vals = xmalloc((size_t)(a.it.n_items + 1) * sizeof *vals);
     for (int k = 0; k < 2 * n_layers; k++) {
         results[k].layer = k / 2;
         results[k].component = k % 2;
         for (int want_control = 0; want_control < 2; want_control++) {
             int nv = 0;
-            for (int i = 0; i < it.n_items; i++)
-                if (it.items[i].is_control == want_control) vals[nv++] = drop[(size_t)i * 2 * n_layers + k];
+            for (int i = 0; i < a.it.n_items; i++)
+                if (a.it.items[i].is_control == want_control) vals[nv++] = drop[(size_t)i * 2 * n_layers + k];
             Interval ci = bootstrap_mean95(vals, nv, STAT_RESAMPLES, seed_mix(seed_mix((uint64_t)c.seed, 0xAB1A7E), (uint64_t)(2 * k + want_control)));
             if (want_control) results[k].controls = ci;
             else results[k].events = ci;
         }
     }
-    if (scan_write(&c, &run, variant, results, n_layers, it.n_events, it.n_items - it.n_events, &err)) goto out;
-    printf("ablation-scan: %d events, %d controls, %d components (%s ablation, scope %s)\n", it.n_events, it.n_items - it.n_events,
+    if (scan_write(&c, &run, variant, results, n_layers, a.it.n_events, a.it.n_items - a.it.n_events, &err)) goto out;
+    printf("ablation-scan: %d events, %d controls, %d components (%s ablation, scope %s)\n", a.it.n_events, a.it.n_items - a.it.n_events,
            2 * n_layers, c.ablation_kind == ABLATE_MEAN ? "mean" : "zero", c.ablation_scope == SCOPE_ONSET ? "onset" : "all");
 out:
     if (masks)
@@ -1523,10 +1517,7 @@ out:
         }
     free(masks); free(attn_mean); free(mlp_mean); free(ablated); free(resid); free(clean_logits);
     free(drop); free(vals); free(results); free(clean_lp); free(item_read);
-    forcer_free(&f);
-    items_free(&it);
-    if (tok) tokenizer_free(tok);
-    if (opened) model_free(&m);
+    analysis_close(&a);
     config_free(&c);
     return err.msg[0] ? fail(&err) : 0;
 }
