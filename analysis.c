@@ -1429,12 +1429,12 @@ int cmd_ablation_scan(int argc, char **argv) {
     } else {
         resid = xmalloc((size_t)max_group_reads * position_bytes);
     }
-    int max_replay = a.f.max_rows;
-    float *x_in = a.f.x_in;
+    // Onset scope: rows of one replay call (reads x components of a layer), none for scope all.
+    int max_replay = c.ablation_scope == SCOPE_ONSET ? a.f.max_rows : 0;
+    float *x_in = a.f.x_in, *replay_logits = xmalloc((size_t)max_replay * vocab * sizeof *replay_logits);
     int *row_slot = xmalloc((size_t)max_replay * sizeof(int)), *row_pos = xmalloc((size_t)max_replay * sizeof(int));
     int *row_out = xmalloc((size_t)max_replay * sizeof(int)), *row_read = xmalloc((size_t)max_replay * sizeof(int)), *row_k = xmalloc((size_t)max_replay * sizeof(int));
     const AblationMask **row_mask = xmalloc((size_t)max_replay * sizeof *row_mask);
-    float *replay_logits = xmalloc((size_t)max_replay * vocab * sizeof *replay_logits);
     int rc = 0;
     for (int s0 = 0, n, base = 0, group_reads, positions; s0 < a.it.n_seqs && rc == 0; s0 += n, base += group_reads) {
         n = scan_group(&a.it, s0, n_slots, max_positions, &group_reads, &positions);
