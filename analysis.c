@@ -217,18 +217,131 @@ double permutation_p(const double *x, int nx, const double *y, int ny, int n_per
 
 
 
-// Writes a figure into the run and copies it to [report] figures_dir.
-static int publish_figure(const Config *c, const Run *run, const char *name, Err *err) {
-    char from[1200], to[1200];
-    run_path(run, from, sizeof from, "figures/");
-    snprintf(from + strlen(from), sizeof from - strlen(from), "%s", name);
-    snprintf(to, sizeof to, "%s/%s", c->figures_dir, name);
-    return copy_file_atomic(from, to, err);
+// ----------------------------------------------------------------------------
+// Ablation design: which layers a condition removes. ablation-scan writes the selected
+// layers (and, for mean ablation, each component's mean output); the random control is
+// drawn from the run seed; generation reads them back.
+
+void layer_set_free(LayerSet *s) {
+    free(s->attn_layers);
+    free(s->mlp_layers);
+    memset(s, 0, sizeof *s);
 }
 
-static void figure_path(const Run *run, const char *name, char *out, size_t n) {
-    run_path(run, out, n, "figures/");
-    snprintf(out + strlen(out), n - strlen(out), "%s", name);
+void layer_set_json(Buf *b, const LayerSet *s) {
+    buf_printf(b, "{\"kind\": \"%s\", \"attn_layers\": [", s->kind == ABLATE_MEAN ? "mean" : "zero");
+    for (int i = 0; i < s->n_attn; i++) buf_printf(b, "%s%d", i ? ", " : "", s->attn_layers[i]);
+    buf_puts(b, "], \"mlp_layers\": [");
+    for (int i = 0; i < s->n_mlp; i++) buf_printf(b, "%s%d", i ? ", " : "", s->mlp_layers[i]);
+    buf_puts(b, "]}");
+}
+
+static int read_int_array(const Json *j, int t, int **out, int *n, int n_layers, const char *path, const char *key, Err *err) {
+    if (t < 0 || j->tok[t].type != JSON_ARRAY) return err_input(err, "%s: \"%s\" must be an array of layer indices", path, key);
+    *out = xmalloc((size_t)(j->tok[t].size + 1) * sizeof **out);
+    *n = 0;
+    JSON_FOR_ARRAY(j, t, i, e) {
+        long long v;
+        if (json_int(j, e, &v) || v < 0 || v >= n_layers) {
+            free(*out);
+            *out = NULL;
+            return err_input(err, "%s:%d: \"%s\"[%d] is not a layer index in [0, %d)", path, json_line(j, e), key, i, n_layers);
+        }
+        (*out)[(*n)++] = (int)v;
+    }
+    return 0;
+}
+
+// Reads {"attn_layers": [...], "mlp_layers": [...]} (selected or random layers).
+int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err) {
+    memset(s, 0, sizeof *s);
+    Buf text = {0};
+    Json j;
+    if (read_file(path, &text, err)) return -1;
+    int rc = json_parse(&j, text.data, text.len, path, err);
+    if (rc == 0) {
+        rc = read_int_array(&j, json_key(&j, 0, "attn_layers"), &s->attn_layers, &s->n_attn, n_layers, path, "attn_layers", err);
+        if (rc == 0) rc = read_int_array(&j, json_key(&j, 0, "mlp_layers"), &s->mlp_layers, &s->n_mlp, n_layers, path, "mlp_layers", err);
+        json_free(&j);
+    }
+    buf_free(&text);
+    if (rc) layer_set_free(s);
+    return rc;
+}
+
+// Draws as many attention and MLP layers as the targeted set has, none of them
+// targeted, from the run seed (the seed's fix 4: a shape-matched control).
+int draw_random_layers(const LayerSet *targeted, int n_layers, long long seed, LayerSet *out, Err *err) {
+    memset(out, 0, sizeof *out);
+    out->kind = targeted->kind;
+    Rng rng;
+    rng_seed(&rng, seed_mix((uint64_t)seed, 0x5A4D0A));
+    for (int part = 0; part < 2; part++) {
+        const int *chosen = part ? targeted->mlp_layers : targeted->attn_layers;
+        int n_chosen = part ? targeted->n_mlp : targeted->n_attn;
+        int *pool = xmalloc((size_t)n_layers * sizeof *pool), n_pool = 0;
+        for (int l = 0; l < n_layers; l++) {
+            int taken = 0;
+            for (int i = 0; i < n_chosen; i++) taken |= chosen[i] == l;
+            if (!taken) pool[n_pool++] = l;
+        }
+        if (n_pool < n_chosen) {
+            free(pool);
+            layer_set_free(out);
+            return err_input(err, "cannot draw %d random %s layers outside the %d targeted ones: the model has %d layers",
+                             n_chosen, part ? "MLP" : "attention", n_chosen, n_layers);
+        }
+        for (int i = 0; i < n_chosen; i++) { // partial Fisher-Yates
+            int k = i + (int)rng_below(&rng, (uint64_t)(n_pool - i));
+            int t = pool[i]; pool[i] = pool[k]; pool[k] = t;
+        }
+        qsort(pool, (size_t)n_chosen, sizeof *pool, cmp_int_asc);
+        if (part) { out->mlp_layers = pool; out->n_mlp = n_chosen; }
+        else { out->attn_layers = pool; out->n_attn = n_chosen; }
+    }
+    return 0;
+}
+
+// Reads analysis/component_means.json (written by ablation-scan): the mean
+// output of every attention block and MLP over the run's completions.
+int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mean, float **mlp_mean, Err *err) {
+    char path[1200];
+    run_path(run, path, sizeof path, ART_MEANS);
+    Buf text = {0};
+    Json j;
+    *attn_mean = *mlp_mean = NULL;
+    if (!path_exists(path)) return err_input(err, "no %s in run %s: run ablation-scan with [ablation] kind = mean first", ART_MEANS, run->id);
+    if (read_file(path, &text, err)) return -1;
+    if (json_parse(&j, text.data, text.len, path, err)) {
+        buf_free(&text);
+        return -1;
+    }
+    int rc = 0;
+    size_t n = (size_t)mc->n_layers * (size_t)mc->hidden_size;
+    const char *keys[2] = {"attn", "mlp"};
+    float **outs[2] = {attn_mean, mlp_mean};
+    for (int part = 0; part < 2 && rc == 0; part++) {
+        int t = json_key(&j, 0, keys[part]);
+        if (t < 0 || j.tok[t].type != JSON_ARRAY || (size_t)j.tok[t].size != n) {
+            rc = err_input(err, "%s: \"%s\" must hold %d x %d numbers for this model", path, keys[part], mc->n_layers, mc->hidden_size);
+            break;
+        }
+        float *v = xmalloc(n * sizeof *v);
+        JSON_FOR_ARRAY(&j, t, i, e) {
+            double d;
+            if (json_number(&j, e, &d)) { rc = err_input(err, "%s:%d: not a number", path, json_line(&j, e)); break; }
+            v[i] = (float)d;
+        }
+        *outs[part] = v;
+    }
+    json_free(&j);
+    buf_free(&text);
+    if (rc) {
+        free(*attn_mean);
+        free(*mlp_mean);
+        *attn_mean = *mlp_mean = NULL;
+    }
+    return rc;
 }
 
 // ----------------------------------------------------------------------------
@@ -400,52 +513,6 @@ static void event_row(Buf *b, const Run *run, const Tokenizer *tok, const char *
     buf_printf(b, ",%d,%d,%d,%d\n", rec->prompt_tokens, rec->prompt_tokens + k - 1, rec->n_completion, rec->completion_ids[k < rec->n_completion ? k : 0]);
 }
 
-// The two figures detect-events has the data for: the baseline backtracking
-// rate per variant, and accuracy with vs without backtracking per group.
-static int detect_figures(const Config *c, const Run *run, const RunEvents *ev, Err *err) {
-    int n = ev->n_records;
-    const char **names = xcalloc((size_t)(c->n_variant_defs + n + 1), sizeof *names);
-    char **groups = xcalloc((size_t)(n + 1), sizeof *groups);
-    long long *bt_k = xcalloc((size_t)(n + 1), sizeof *bt_k), *total = xcalloc((size_t)(n + 1), sizeof *total);
-    long long *correct_bt = xcalloc((size_t)(n + 1), sizeof *correct_bt), *n_bt = xcalloc((size_t)(n + 1), sizeof *n_bt);
-    long long *correct_nobt = xcalloc((size_t)(n + 1), sizeof *correct_nobt), *n_nobt = xcalloc((size_t)(n + 1), sizeof *n_nobt);
-    int n_names = 0, n_groups = 0;
-    for (int v = 0; v < c->n_variants; v++) { // baseline rate per configured variant that was generated
-        long long k = 0, m = 0;
-        for (int r = 0; r < n; r++)
-            if (strcmp(ev->records[r].variant, c->variants[v]) == 0 && strcmp(ev->records[r].condition, "baseline") == 0) {
-                m++;
-                k += ev->first_event[r + 1] > ev->first_event[r];
-            }
-        if (m == 0) continue;
-        names[n_names] = c->variants[v];
-        bt_k[n_names] = k;
-        total[n_names++] = m;
-    }
-    for (int r = 0; r < n; r++) { // accuracy per variant / condition group, in reading order
-        int g = 0;
-        char label[300];
-        snprintf(label, sizeof label, "%s / %s", ev->records[r].variant, ev->records[r].condition);
-        while (g < n_groups && strcmp(groups[g], label) != 0) g++;
-        if (g == n_groups) groups[n_groups++] = xstrdup(label);
-        int has_bt = ev->first_event[r + 1] > ev->first_event[r];
-        (has_bt ? n_bt : n_nobt)[g]++;
-        (has_bt ? correct_bt : correct_nobt)[g] += ev->records[r].correct;
-    }
-    char path[1200], note[256];
-    snprintf(note, sizeof note, "run %s; baseline completions; error bars: Wilson 95%% CI", run->id);
-    figure_path(run, FIG_RATE_BY_VARIANT, path, sizeof path);
-    int rc = fig_rate_by_variant(path, names, bt_k, total, n_names, note, err);
-    if (rc == 0) rc = publish_figure(c, run, FIG_RATE_BY_VARIANT, err);
-    snprintf(note, sizeof note, "run %s; completions with >= 1 event vs none; Wilson 95%% CI", run->id);
-    figure_path(run, FIG_BT_VS_ACCURACY, path, sizeof path);
-    if (rc == 0) rc = fig_bt_vs_accuracy(path, (const char *const *)groups, correct_bt, n_bt, correct_nobt, n_nobt, n_groups, note, err);
-    if (rc == 0) rc = publish_figure(c, run, FIG_BT_VS_ACCURACY, err);
-    for (int g = 0; g < n_groups; g++) free(groups[g]);
-    free(groups); free(names); free(bt_k); free(total); free(correct_bt); free(n_bt); free(correct_nobt); free(n_nobt);
-    return rc;
-}
-
 #define EVENTS_HEADER "run_id,kind,event_id,variant,condition,problem_id,sample,trigger,char_offset,token_offset,onset_token_id,onset_token,prompt_tokens,pred_pos,completion_tokens,token_at_offset\n"
 
 int cmd_detect_events(int argc, char **argv) {
@@ -528,7 +595,7 @@ int cmd_detect_events(int argc, char **argv) {
         buf_json_double(&js, (double)correct / n);
         buf_puts(&js, ", \"mean_length\": ");
         buf_json_double(&js, (double)tokens / n);
-        buf_puts(&js, ", \"accuracy_with_backtracking\": ");
+        buf_printf(&js, ", \"correct_with_backtracking\": %d, \"accuracy_with_backtracking\": ", correct_bt);
         buf_json_double(&js, with_bt ? (double)correct_bt / with_bt : NAN);
         buf_puts(&js, ", \"accuracy_without_backtracking\": ");
         buf_json_double(&js, n - with_bt ? (double)(correct - correct_bt) / (n - with_bt) : NAN);
@@ -538,7 +605,7 @@ int cmd_detect_events(int argc, char **argv) {
     run_path(&run, path, sizeof path, ART_SUMMARY);
     int wrc = write_file_atomic(path, js.data, js.len, &err);
     buf_free(&js);
-    if (wrc || detect_figures(&c, &run, &ev, &err)) goto out;
+    if (wrc) goto out;
     printf("detect-events: %d completions, %d events, %d controls\n", ev.n_records, ev.n_events, n_controls);
 out:
     run_events_free(&ev);
@@ -679,15 +746,6 @@ int cmd_compare_conditions(int argc, char **argv) {
     char path[1200];
     run_path(&run, path, sizeof path, ART_CONDITIONS);
     if (write_file_atomic(path, csv.data, csv.len, &err)) goto out;
-    long long bt_k[3], nn[3];
-    for (int k = 0; k < 3; k++) {
-        bt_k[k] = g[k].with_bt;
-        nn[k] = g[k].n;
-    }
-    char note[256];
-    snprintf(note, sizeof note, "%s, run %s; Fisher p targeted vs baseline %.3g, vs random %.3g", variant, run.id, p_vs_baseline, p_vs_random);
-    figure_path(&run, FIG_RATE_BY_CONDITION, path, sizeof path);
-    if (fig_rate_by_condition(path, conditions, bt_k, nn, 3, note, &err) || publish_figure(&c, &run, FIG_RATE_BY_CONDITION, &err)) goto out;
     printf("compare-conditions: backtracking rate baseline %.3f, targeted %.3f, random %.3f; Fisher p targeted vs baseline %.3g\n",
            g[0].rate.est, g[1].rate.est, g[2].rate.est, p_vs_baseline);
 out:
@@ -715,7 +773,7 @@ int cmd_formatting_sweep(int argc, char **argv) {
     GenRecord **recs = xcalloc((size_t)nv, sizeof *recs);
     int *n = xcalloc((size_t)nv, sizeof *n), **n_events = xcalloc((size_t)nv, sizeof *n_events);
     GroupStats *g = xcalloc((size_t)nv, sizeof *g);
-    long long *bt_k = xcalloc((size_t)nv, sizeof *bt_k), *nn = xcalloc((size_t)nv, sizeof *nn), *correct = xcalloc((size_t)nv, sizeof *correct);
+    long long *bt_k = xcalloc((size_t)nv, sizeof *bt_k), *nn = xcalloc((size_t)nv, sizeof *nn);
     const char **names = xcalloc((size_t)nv, sizeof *names);
     Csv events = {0};
     Buf csv = {0};
@@ -729,7 +787,6 @@ int cmd_formatting_sweep(int argc, char **argv) {
         names[used] = c.variants[v];
         bt_k[used] = g[used].with_bt;
         nn[used] = g[used].n;
-        correct[used] = g[used].correct;
         used++;
     }
     if (used == 0) {
@@ -758,10 +815,6 @@ int cmd_formatting_sweep(int argc, char **argv) {
     char path[1200];
     run_path(&run, path, sizeof path, ART_FORMATTING);
     if (write_file_atomic(path, csv.data, csv.len, &err)) goto out;
-    char note[256];
-    snprintf(note, sizeof note, "run %s; chi-square across variants %.3g (df %d), p = %.3g", run.id, chi.stat, chi.df, chi.p);
-    figure_path(&run, FIG_FORMATTING, path, sizeof path);
-    if (fig_formatting_effect(path, names, bt_k, nn, correct, used, note, &err) || publish_figure(&c, &run, FIG_FORMATTING, &err)) goto out;
     printf("formatting-sweep: %d variants, chi-square %.3g (df %d) p = %.3g, max/min rate ratio %.3g\n", used, chi.stat, chi.df, chi.p, ratio);
     if (used < nv) progress("formatting-sweep: %d of %d variants have no baseline generations and are left out\n", nv - used, nv);
 out:
@@ -769,7 +822,7 @@ out:
         generations_free(recs[v], n[v]);
         free(n_events[v]);
     }
-    free(recs); free(n); free(n_events); free(g); free(bt_k); free(nn); free(correct); free(names);
+    free(recs); free(n); free(n_events); free(g); free(bt_k); free(nn); free(names);
     csv_free(&events);
     buf_free(&csv);
     config_free(&c);
@@ -791,19 +844,12 @@ typedef struct {
 } Item;
 
 typedef struct {
-    int record;       // completion
-    int *tokens;      // (n_tokens) prompt + completion up to the last pred_pos read
-    int n_tokens;
-    int *read_pos;    // (n_read) increasing
-    int n_read;
-} Seq;
-
-typedef struct {
     GenRecord *records; // completions of one variant, baseline condition
     int n_records;
     Item *items;        // (n_items) events first, then controls
     int n_items, n_events;
-    Seq *seqs;          // (n_seqs)
+    ForcedSeq *seqs;    // (n_seqs) one per completion: prompt + completion up to its last pred_pos
+    int *seq_record;    // (n_seqs) the completion of each
     int n_seqs;
 } Items;
 
@@ -815,6 +861,7 @@ static void items_free(Items *it) {
         free(it->seqs[s].read_pos);
     }
     free(it->seqs);
+    free(it->seq_record);
     memset(it, 0, sizeof *it);
 }
 
@@ -866,15 +913,15 @@ static int items_load(const Config *c, const Run *run, const Tokenizer *tok, con
         n_rows = max_events;
         qsort(rows, (size_t)n_rows, sizeof *rows, cmp_int_asc);
     }
-    int *chosen_ids = xmalloc((size_t)(n_rows + 1) * sizeof *chosen_ids);
-    for (int i = 0; i < n_rows; i++) chosen_ids[i] = atoi(csv_cell(&csv, rows[i], col[1]));
+    int n_chosen = n_rows, *chosen_ids = xmalloc((size_t)(n_chosen + 1) * sizeof *chosen_ids);
+    for (int i = 0; i < n_chosen; i++) chosen_ids[i] = atoi(csv_cell(&csv, rows[i], col[1]));
     // Controls of the chosen events follow the events.
     for (int r = 0; r < csv.n_rows; r++) {
         if (strcmp(csv_cell(&csv, r, col[0]), "control") != 0 || strcmp(csv_cell(&csv, r, col[2]), variant) != 0 ||
             strcmp(csv_cell(&csv, r, col[3]), "baseline") != 0)
             continue;
         int id = atoi(csv_cell(&csv, r, col[1])), keep = 0;
-        for (int i = 0; i < n_rows && !keep; i++) keep = chosen_ids[i] == id;
+        for (int i = 0; i < n_chosen && !keep; i++) keep = chosen_ids[i] == id;
         if (keep) {
             rows = xrealloc(rows, (size_t)(n_rows + 1) * sizeof *rows);
             rows[n_rows++] = r;
@@ -910,12 +957,13 @@ static int items_load(const Config *c, const Run *run, const Tokenizer *tok, con
     if (rc) return -1;
     // One sequence per completion: prompt tokens (the one tokenization path) + completion.
     it->seqs = xcalloc((size_t)(it->n_items + 1), sizeof *it->seqs);
+    it->seq_record = xcalloc((size_t)(it->n_items + 1), sizeof *it->seq_record);
     TokenList prompt = {0};
     for (int i = 0; i < it->n_items && rc == 0; i++) {
         Item *x = &it->items[i];
         int s = 0;
-        while (s < it->n_seqs && it->seqs[s].record != x->record) s++;
-        Seq *q = &it->seqs[s];
+        while (s < it->n_seqs && it->seq_record[s] != x->record) s++;
+        ForcedSeq *q = &it->seqs[s];
         if (s == it->n_seqs) {
             const GenRecord *rec = &it->records[x->record];
             prompt.n = 0;
@@ -927,7 +975,7 @@ static int items_load(const Config *c, const Run *run, const Tokenizer *tok, con
                 break;
             }
             it->n_seqs++;
-            q->record = x->record;
+            it->seq_record[s] = x->record;
             q->tokens = xmalloc((size_t)(prompt.n + rec->n_completion + 1) * sizeof *q->tokens);
             for (int t = 0; t < prompt.n; t++) q->tokens[t] = prompt.v[t].id;
             memcpy(q->tokens + prompt.n, rec->completion_ids, (size_t)rec->n_completion * sizeof *q->tokens);
@@ -943,150 +991,12 @@ static int items_load(const Config *c, const Run *run, const Tokenizer *tok, con
     if (rc) return -1;
     for (int s = 0; s < it->n_seqs; s++) qsort(it->seqs[s].read_pos, (size_t)it->seqs[s].n_read, sizeof(int), cmp_int_asc);
     for (int i = 0; i < it->n_items; i++) {
-        const Seq *q = &it->seqs[it->items[i].seq];
+        const ForcedSeq *q = &it->seqs[it->items[i].seq];
         int r = 0;
         while (q->read_pos[r] != it->items[i].pred_pos) r++;
         it->items[i].read = r;
     }
     return 0;
-}
-
-// ----------------------------------------------------------------------------
-// Teacher forcing: sequences through the model, n_slots at a time, in chunks
-// of at most max_rows rows; outputs at each sequence's read positions.
-
-typedef struct {
-    const Model *m;
-    RunState *state;
-    int n_slots, max_rows;
-    int *token, *slot, *pos, *logits_row, *capture_row; // (max_rows) row buffers
-    const AblationMask **mask;                          // (max_rows)
-    float *x_in;                                        // (max_rows, hidden) residuals rows enter with
-} Forcer;
-
-static int forcer_init(Forcer *f, const Model *m, int n_slots, int max_seq, int max_rows, Err *err) {
-    memset(f, 0, sizeof *f);
-    f->m = m;
-    f->n_slots = n_slots;
-    f->max_rows = max_rows;
-    f->state = runstate_new(m, n_slots, max_seq, max_rows, err);
-    if (!f->state) return -1;
-    f->token = xmalloc((size_t)max_rows * sizeof *f->token);
-    f->slot = xmalloc((size_t)max_rows * sizeof *f->slot);
-    f->pos = xmalloc((size_t)max_rows * sizeof *f->pos);
-    f->logits_row = xmalloc((size_t)max_rows * sizeof *f->logits_row);
-    f->capture_row = xmalloc((size_t)max_rows * sizeof *f->capture_row);
-    f->mask = xmalloc((size_t)max_rows * sizeof *f->mask);
-    f->x_in = xmalloc((size_t)max_rows * m->cfg.hidden_size * sizeof *f->x_in);
-    return 0;
-}
-
-static void forcer_free(Forcer *f) {
-    runstate_free(f->state);
-    free(f->token); free(f->slot); free(f->pos); free(f->logits_row); free(f->capture_row); free(f->mask); free(f->x_in);
-    memset(f, 0, sizeof *f);
-}
-
-// What one pass over a group of sequences reads out.
-typedef struct {
-    const AblationMask *mask; // every row, NULL = clean
-    float *logits;            // (n_reads, vocab): at read positions, in sequence then read order; or NULL
-    float *resid;             // (n_reads, n_layers + 1, hidden) or NULL
-    // Component means: every position's attention and MLP outputs summed (double, fixed order).
-    double *attn_sum, *mlp_sum; // (n_layers, hidden) or NULL
-    long long *n_summed;
-    // Every position's residuals, sequence after sequence (not with resid or the sums):
-    float *resid_all;           // (group positions, n_layers + 1, hidden) or NULL
-    // Start at first_layer from these residuals (laid out as resid_all) instead of the
-    // embeddings; the cache below first_layer must hold this group's clean pass.
-    const float *enter;
-    int first_layer;
-} PassOut;
-
-// Runs seqs[0..n) (n <= n_slots; sequence i in slot i) through the model.
-static int force_group(Forcer *f, const Seq *seqs, int n, const PassOut *out, Err *err) {
-    const ModelConfig *mc = &f->m->cfg;
-    int hidden = mc->hidden_size, n_layers = mc->n_layers;
-    int *fed = xcalloc((size_t)n, sizeof *fed), *read_base = xmalloc((size_t)n * sizeof *read_base);
-    int *pos_base = xmalloc((size_t)n * sizeof *pos_base); // first row of each sequence in resid_all / enter
-    int total_reads = 0, total_pos = 0;
-    for (int i = 0; i < n; i++) {
-        read_base[i] = total_reads;
-        total_reads += seqs[i].n_read;
-        pos_base[i] = total_pos;
-        total_pos += seqs[i].n_tokens;
-    }
-    int want_components = out->attn_sum != NULL;
-    float *logits_buf = NULL, *resid_buf = NULL, *attn_buf = NULL, *mlp_buf = NULL;
-    if (out->logits) logits_buf = xmalloc((size_t)f->max_rows * (size_t)mc->vocab_size * sizeof(float));
-    if (out->resid) resid_buf = xmalloc((size_t)f->max_rows * (size_t)(n_layers + 1) * (size_t)hidden * sizeof(float));
-    if (want_components) {
-        attn_buf = xmalloc((size_t)f->max_rows * (size_t)n_layers * (size_t)hidden * sizeof(float));
-        mlp_buf = xmalloc((size_t)f->max_rows * (size_t)n_layers * (size_t)hidden * sizeof(float));
-    }
-    int *row_read = xmalloc((size_t)f->max_rows * sizeof *row_read); // global read index of a row, -1 none
-    int rc = 0;
-    for (;;) {
-        int rows = 0;
-        for (int i = 0; i < n && rows < f->max_rows; i++) {
-            const Seq *q = &seqs[i];
-            int r = 0;
-            while (fed[i] < q->n_tokens && rows < f->max_rows) {
-                int p = fed[i]++;
-                f->token[rows] = q->tokens[p];
-                f->slot[rows] = i;
-                f->pos[rows] = p;
-                f->mask[rows] = out->mask;
-                while (r < q->n_read && q->read_pos[r] < p) r++;
-                row_read[rows] = r < q->n_read && q->read_pos[r] == p ? read_base[i] + r : -1;
-                f->logits_row[rows] = row_read[rows] >= 0 ? rows : -1;
-                f->capture_row[rows] = out->resid_all ? pos_base[i] + p : want_components || (out->resid && row_read[rows] >= 0) ? rows : -1;
-                if (out->enter)
-                    memcpy(f->x_in + (size_t)rows * hidden, out->enter + ((size_t)(pos_base[i] + p) * (n_layers + 1) + out->first_layer) * hidden,
-                           (size_t)hidden * sizeof *f->x_in);
-                rows++;
-            }
-        }
-        if (rows == 0) break;
-        Forward fw = {.n = rows, .token = f->token, .slot = f->slot, .pos = f->pos, .mask = out->mask ? f->mask : NULL,
-                      .first_layer = out->enter ? out->first_layer : 0, .x_in = out->enter ? f->x_in : NULL,
-                      .logits = logits_buf, .logits_row = out->logits ? f->logits_row : NULL,
-                      .resid = out->resid_all ? out->resid_all : resid_buf, .attn_out = attn_buf, .mlp_out = mlp_buf,
-                      .capture_row = out->resid || out->resid_all || want_components ? f->capture_row : NULL};
-        if ((rc = model_forward(f->m, f->state, &fw, err))) break;
-        for (int r = 0; r < rows; r++) {
-            int g = row_read[r];
-            if (g >= 0 && out->logits)
-                memcpy(out->logits + (size_t)g * mc->vocab_size, logits_buf + (size_t)r * mc->vocab_size, (size_t)mc->vocab_size * sizeof(float));
-            if (g >= 0 && out->resid)
-                memcpy(out->resid + (size_t)g * (n_layers + 1) * hidden, resid_buf + (size_t)r * (n_layers + 1) * hidden,
-                       (size_t)(n_layers + 1) * hidden * sizeof(float));
-            if (want_components) {
-                for (size_t k = 0; k < (size_t)n_layers * hidden; k++) {
-                    out->attn_sum[k] += attn_buf[(size_t)r * n_layers * hidden + k];
-                    out->mlp_sum[k] += mlp_buf[(size_t)r * n_layers * hidden + k];
-                }
-                (*out->n_summed)++;
-            }
-        }
-    }
-    free(fed); free(read_base); free(pos_base); free(logits_buf); free(resid_buf); free(attn_buf); free(mlp_buf); free(row_read);
-    return rc;
-}
-
-// log p(token) under logits (vocab), and the token's rank (0 = most likely).
-static double log_prob(const float *logits, int vocab, int token, int *rank) {
-    double max = logits[0];
-    for (int v = 1; v < vocab; v++)
-        if (logits[v] > max) max = logits[v];
-    double sum = 0;
-    int above = 0;
-    for (int v = 0; v < vocab; v++) {
-        sum += exp((double)logits[v] - max);
-        above += logits[v] > logits[token];
-    }
-    if (rank) *rank = above;
-    return (double)logits[token] - max - log(sum);
 }
 
 static int items_max_tokens(const Items *it) {
@@ -1155,7 +1065,6 @@ int cmd_logit_lens(int argc, char **argv) {
     const char *variant = opt_str(opts, "--variant", c.lens_variant);
     Analysis a = {0};
     float *resid = NULL, *logits = NULL;
-    double *lp_all = NULL;
     Buf csv = {0};
     if (analysis_open(&c, &run, variant, c.lens_max_events, &a, &err)) goto out;
     int n_layers = a.m.cfg.n_layers, hidden = a.m.cfg.hidden_size, vocab = a.m.cfg.vocab_size, n_slots = a.f.n_slots;
@@ -1170,7 +1079,6 @@ int cmd_logit_lens(int argc, char **argv) {
     }
     buf_puts(&csv, "run_id,kind,event_id,variant,problem_id,sample,pred_pos,onset_token_id,layer,logit,logprob,rank\n");
     logits = xmalloc((size_t)vocab * sizeof *logits);
-    lp_all = xmalloc((size_t)(a.it.n_items + 1) * (n_layers + 1) * sizeof *lp_all); // (n_items, n_layers + 1)
     for (int i = 0; i < a.it.n_items; i++) {
         const Item *x = &a.it.items[i];
         const GenRecord *rec = &a.it.records[x->record];
@@ -1179,7 +1087,6 @@ int cmd_logit_lens(int argc, char **argv) {
             model_final_logits(&a.m, rv + (size_t)l * hidden, logits);
             int rank;
             double lp = log_prob(logits, vocab, x->onset_token_id, &rank);
-            lp_all[(size_t)i * (n_layers + 1) + l] = lp;
             buf_printf(&csv, "%s,%s,%d,", run.id, x->is_control ? "control" : "event", x->event_id);
             buf_csv_field(&csv, variant, strlen(variant));
             buf_putc(&csv, ',');
@@ -1190,37 +1097,11 @@ int cmd_logit_lens(int argc, char **argv) {
     char path[1200];
     run_path(&run, path, sizeof path, ART_LOGIT_LENS);
     if (write_file_atomic(path, csv.data, csv.len, &err)) goto out;
-    // The figure: mean log p(onset) per layer with bootstrap 95% CIs, events vs controls.
-    double *series = xmalloc((size_t)6 * (n_layers + 1) * sizeof *series), *vals = xmalloc((size_t)(a.it.n_items + 1) * sizeof *vals);
-    CiSeries cs[2];
-    int counts[2] = {0, 0};
-    for (int ctl = 0; ctl < 2; ctl++) {
-        double *mean = series + (size_t)(3 * ctl) * (n_layers + 1), *lo = mean + n_layers + 1, *hi = lo + n_layers + 1;
-        for (int l = 0; l <= n_layers; l++) {
-            int nv = 0;
-            for (int i = 0; i < a.it.n_items; i++)
-                if (a.it.items[i].is_control == ctl) vals[nv++] = lp_all[(size_t)i * (n_layers + 1) + l];
-            Interval ci = bootstrap_mean95(vals, nv, STAT_RESAMPLES, seed_mix(seed_mix((uint64_t)c.seed, 0x1E45), (uint64_t)(2 * l + ctl)));
-            mean[l] = ci.est;
-            lo[l] = ci.lo;
-            hi[l] = ci.hi;
-            counts[ctl] = nv;
-        }
-        cs[ctl] = (CiSeries){mean, lo, hi};
-    }
-    char note[256];
-    snprintf(note, sizeof note, "%s, run %s; log p of the onset token at pred_pos, per layer", variant, run.id);
-    figure_path(&run, FIG_LOGIT_LENS, path, sizeof path);
-    int frc = fig_logit_lens(path, n_layers, &cs[0], counts[0], &cs[1], counts[1], note, &err);
-    free(series);
-    free(vals);
-    if (frc || publish_figure(&c, &run, FIG_LOGIT_LENS, &err)) goto out;
     printf("logit-lens: %d events, %d controls, %d layers\n", a.it.n_events, a.it.n_items - a.it.n_events, n_layers + 1);
 out:
     buf_free(&csv);
     free(resid);
     free(logits);
-    free(lp_all);
     analysis_close(&a);
     config_free(&c);
     return err.msg[0] ? fail(&err) : 0;
@@ -1314,12 +1195,9 @@ static int scan_write(const Config *c, const Run *run, const char *variant, cons
     buf_puts(&js, "{\n  \"variant\": ");
     buf_json_string(&js, variant, strlen(variant));
     buf_printf(&js, ",\n  \"kind\": \"%s\",\n  \"scope\": \"%s\",\n  \"n_events\": %d,\n  \"n_controls\": %d", kind, scope, n_events, n_controls);
-    int *selected[2];
     for (int comp = 0; comp < 2; comp++) {
-        selected[comp] = xmalloc((size_t)(top_k[comp] + 1) * sizeof(int));
         buf_printf(&js, ",\n  \"%s_layers\": [", comp ? "mlp" : "attn");
         for (int i = 0; i < top_k[comp]; i++) {
-            selected[comp][i] = order[comp][i]->layer;
             buf_printf(&js, "%s%d", i ? ", " : "", order[comp][i]->layer);
         }
         buf_printf(&js, "],\n  \"%s_effects\": [", comp ? "mlp" : "attn");
@@ -1335,31 +1213,7 @@ static int scan_write(const Config *c, const Run *run, const char *variant, cons
     int rc = write_file_atomic(path, csv.data, csv.len, err);
     run_path(run, path, sizeof path, ART_SELECTED);
     if (rc == 0) rc = write_file_atomic(path, js.data, js.len, err);
-    // The figure: mean drop per layer, attention and MLP, events and controls.
-    double *series = xmalloc((size_t)12 * n_layers * sizeof *series);
-    CiSeries cs[4]; // attn events, mlp events, attn controls, mlp controls
-    for (int s = 0; s < 4; s++) {
-        double *mean = series + (size_t)(3 * s) * n_layers, *lo = mean + n_layers, *hi = lo + n_layers;
-        for (int l = 0; l < n_layers; l++) {
-            const Interval *ci = s < 2 ? &results[2 * l + s % 2].events : &results[2 * l + s % 2].controls;
-            mean[l] = ci->est;
-            lo[l] = ci->lo;
-            hi[l] = ci->hi;
-        }
-        cs[s] = (CiSeries){mean, lo, hi};
-    }
-    char note[256];
-    snprintf(note, sizeof note, "%s, run %s; %s ablation, scope %s; selected layers ringed", variant, run->id, kind, scope);
-    figure_path(run, FIG_ABLATION, path, sizeof path);
-    if (rc == 0)
-        rc = fig_ablation_importance(path, n_layers, &cs[0], &cs[1], n_events, &cs[2], &cs[3], n_controls, selected[0], top_k[0],
-                                     selected[1], top_k[1], note, err);
-    if (rc == 0) rc = publish_figure(c, run, FIG_ABLATION, err);
-    free(series);
-    for (int comp = 0; comp < 2; comp++) {
-        free(order[comp]);
-        free(selected[comp]);
-    }
+    for (int comp = 0; comp < 2; comp++) free(order[comp]);
     free(rank);
     buf_free(&csv);
     buf_free(&js);
@@ -1372,7 +1226,7 @@ static int scan_group(const Items *it, int s0, int n_slots, size_t max_positions
     int n = 0;
     *reads = *positions = 0;
     for (; s0 + n < it->n_seqs && n < n_slots; n++) {
-        const Seq *q = &it->seqs[s0 + n];
+        const ForcedSeq *q = &it->seqs[s0 + n];
         if (max_positions && n > 0 && (size_t)(*positions + q->n_tokens) > max_positions) break;
         *reads += q->n_read, *positions += q->n_tokens;
     }

@@ -108,14 +108,42 @@ int opt_int(const Opt *opts, const char *name, long long lo, long long hi, long 
     return 0;
 }
 
-int not_built(int argc, char **argv) {
-    for (int i = 1; i < argc; i++)
-        if (strcmp(argv[i], "--help") == 0) {
-            printf("usage: bt %s   (not built yet in this version of bt)\n", argv[0]);
-            return EXIT_OK;
+// "1,2,3" -> ids, each in [0, vocab) of the model in dir.
+int parse_ids(const char *s, int vocab, const char *dir, int **ids_out, int *n_out, Err *err) {
+    int n = 0, cap = 16, *ids = xmalloc((size_t)cap * sizeof *ids);
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || (*end && *end != ',')) {
+            free(ids);
+            return err_input(err, "--ids: '%s' is not a comma-separated list of token ids", s);
         }
-    fprintf(stderr, "bt %s: not built yet in this version of bt\n", argv[0]);
-    return EXIT_RUNTIME;
+        if (v < 0 || v >= vocab) {
+            free(ids);
+            return err_input(err, "--ids: token id %ld out of range [0, %d) of %s", v, vocab, dir);
+        }
+        if (n == cap) ids = xrealloc(ids, (size_t)(cap *= 2) * sizeof *ids);
+        ids[n++] = (int)v;
+        p = *end ? end + 1 : end;
+        if (*end && !*p) {
+            free(ids);
+            return err_input(err, "--ids: '%s' ends with a comma", s);
+        }
+    }
+    if (!n) {
+        free(ids);
+        return err_input(err, "--ids: no token ids given");
+    }
+    *ids_out = ids;
+    *n_out = n;
+    return 0;
+}
+
+void write_stdout(const Buf *b) {
+    if (b->len) fwrite(b->data, 1, b->len, stdout);
+    fflush(stdout);
 }
 
 // ----------------------------------------------------------------------------
@@ -146,8 +174,10 @@ static const ConfigKey config_keys[] = {
     {"data", "n_problems", KEY_INT, "200", 1, 1000000, NULL, FIELD(n_problems), 0},
     {"data", "processed_dir", KEY_STRING, "data/processed", 0, 0, NULL, FIELD(processed_dir), 0},
     {"generation", "max_new_tokens", KEY_INT, "1024", 1, 1048576, NULL, FIELD(max_new_tokens), 0},
-    {"generation", "temperature", KEY_FLOAT, "0.6", 0, 100, NULL, FIELD(temperature), 0},
-    {"generation", "top_p", KEY_FLOAT, "0.95", 1e-9, 1, NULL, FIELD(top_p), 0},
+    // Sampling: a key left out takes the model's generation_config.json value (config_sampler).
+    {"generation", "temperature", KEY_FLOAT, NULL, 0, 100, NULL, FIELD(temperature), 0},
+    {"generation", "top_k", KEY_INT, NULL, 0, 1 << 30, NULL, FIELD(top_k), 0},
+    {"generation", "top_p", KEY_FLOAT, NULL, 1e-9, 1, NULL, FIELD(top_p), 0},
     {"generation", "batch_size", KEY_INT, "16", 1, 4096, NULL, FIELD(batch_size), 0},
     {"generation", "samples_per_problem", KEY_INT, "1", 1, 100000, NULL, FIELD(samples_per_problem), 0},
     {"generation", "variants", KEY_LIST, "baseline_think_newline", 0, 0, NULL, FIELD(variants), FIELD(n_variants)},
@@ -311,6 +341,11 @@ void config_write_resolved(const Config *c, Buf *out) {
         const ConfigKey *k = &config_keys[i];
         if (strcmp(section, k->section) != 0) buf_printf(out, "\n[%s]\n", section = k->section);
         const char *field = (const char *)c + k->offset;
+        if (!k->default_value && ((k->type == KEY_FLOAT && isnan(*(const double *)field)) ||
+                                  (k->type == KEY_INT && *(const int *)field < 0))) {
+            buf_printf(out, "; %s: from the model's generation_config.json\n", k->key);
+            continue;
+        }
         buf_printf(out, "%s = ", k->key);
         char name[64];
         switch (k->type) {
@@ -371,8 +406,10 @@ void config_free(Config *c) {
 
 int config_load(Config *c, const char *path, Err *err) {
     memset(c, 0, sizeof *c);
+    c->temperature = c->top_p = NAN, c->top_k = -1; // unset: the model decides
     for (size_t i = 0; i < N_CONFIG_KEYS; i++)
-        if (config_set(c, &config_keys[i], config_keys[i].default_value, "defaults", err)) return -1;
+        if (config_keys[i].default_value && config_set(c, &config_keys[i], config_keys[i].default_value, "defaults", err))
+            return -1;
     c->file = xstrdup(path);
     Buf text = {0};
     if (read_file(path, &text, err)) {
@@ -547,13 +584,6 @@ static void git_sha(char *out, size_t n) {
     buf_free(&head);
 }
 
-// FNV-1a, 64 bit: a stable digest of the resolved config for the report.
-static uint64_t fnv1a64(const char *s, size_t n) {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ULL;
-    return h;
-}
-
 // The model's id: config.json's _name_or_path when it has one, else the directory name.
 static void model_id(const char *model_dir, char *out, size_t n) {
     char path[1100];
@@ -609,6 +639,19 @@ int cmd_init_run(int argc, char **argv) {
         err_input(&err, "run %s already exists in %s", run.id, c.runs_dir);
         goto out;
     }
+    char model_config[1100];
+    snprintf(model_config, sizeof model_config, "%s/config.json", c.model_path);
+    if (c.make_organism && !path_exists(model_config)) {
+        progress("init-run: writing the embedded organism to %s\n", c.model_path);
+        if (organism_write(c.model_path, &err)) goto out;
+    }
+    // The sampling the run will use, when the model is there to say what it leaves to it.
+    ModelConfig mc;
+    if (path_exists(model_config)) {
+        if (model_config_read(c.model_path, &mc, &err)) goto out;
+        Sampler sampler = config_sampler(&c, &mc);
+        c.temperature = sampler.temperature, c.top_k = sampler.top_k, c.top_p = sampler.top_p;
+    }
     if (mkdir_p(run.dir, &err)) goto out;
     Buf resolved = {0}, meta = {0};
     config_write_resolved(&c, &resolved);
@@ -625,7 +668,14 @@ int cmd_init_run(int argc, char **argv) {
     buf_json_string(&meta, id, strlen(id));
     buf_puts(&meta, ",\n  \"config\": ");
     buf_json_string(&meta, c.file, strlen(c.file));
-    buf_printf(&meta, ",\n  \"config_digest\": \"fnv1a64:%016llx\",\n  \"bt_version\": \"%s\",\n  \"threads\": %d\n}\n",
+    buf_puts(&meta, ",\n  \"sampling\": {\"temperature\": "); // null: left to a model not there yet
+    buf_json_double(&meta, c.temperature);
+    buf_puts(&meta, ", \"top_k\": ");
+    if (c.top_k >= 0) buf_printf(&meta, "%d", c.top_k);
+    else buf_puts(&meta, "null");
+    buf_puts(&meta, ", \"top_p\": ");
+    buf_json_double(&meta, c.top_p);
+    buf_printf(&meta, "},\n  \"config_digest\": \"fnv1a64:%016llx\",\n  \"bt_version\": \"%s\",\n  \"threads\": %d\n}\n",
                (unsigned long long)fnv1a64(resolved.data, resolved.len), BT_VERSION, bt_threads);
     run_path(&run, path, sizeof path, ART_CONFIG_RESOLVED);
     int rc = write_file_atomic(path, resolved.data, resolved.len, &err);
@@ -799,12 +849,6 @@ int cmd_prepare_data(int argc, char **argv) {
     if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
     Problem *all = NULL, *chosen = NULL;
     int n_all = 0, n = c.n_problems;
-    char organism_config[1100];
-    snprintf(organism_config, sizeof organism_config, "%s/config.json", c.model_path);
-    if (c.make_organism && !path_exists(organism_config)) {
-        progress("prepare-data: writing the embedded organism to %s\n", c.model_path);
-        if (organism_write(c.model_path, &err)) goto out;
-    }
     if (c.data_source == SOURCE_BUILTIN) {
         if (n > N_BUILTIN) {
             err_input(&err, "%s: [data] n_problems = %d but there are %d built-in problems", c.file, n, N_BUILTIN);
@@ -952,32 +996,6 @@ void answer_extract(const char *text, size_t n, int thinking_open, char *out, si
     if (from && last_number(from, (size_t)(text + n - from), &start, &len)) answer_normalize(from + start, len, out, out_n);
 }
 
-int answer_correct(const char *predicted, const char *gold) {
-    char g[256];
-    answer_normalize(gold, strlen(gold), g, sizeof g);
-    return predicted[0] && strcmp(predicted, g) == 0;
-}
-
-// ----------------------------------------------------------------------------
-// Generation: seeded sampling, continuous batching over KV slots, records
-// appended in job order so a file never depends on batch size or threads.
-
-static const char *const condition_names[] = {"baseline", "targeted_ablation", "random_ablation"};
-enum { COND_BASELINE, COND_TARGETED, COND_RANDOM, N_CONDITIONS };
-
-// Renders a variant template: every {question} replaced by the question.
-static char *render_prompt(const char *template_text, const char *question) {
-    Buf b = {0};
-    const char *p = template_text, *q;
-    while ((q = strstr(p, "{question}"))) {
-        buf_append(&b, p, (size_t)(q - p));
-        buf_puts(&b, question);
-        p = q + strlen("{question}");
-    }
-    buf_puts(&b, p);
-    return b.data;
-}
-
 // Whether a prompt leaves a <think> open (so the completion starts inside thinking).
 int prompt_thinking_open(const char *prompt) {
     const char *open = find_last(prompt, strlen(prompt), "<think>");
@@ -985,645 +1003,12 @@ int prompt_thinking_open(const char *prompt) {
     return open && (!close || close < open);
 }
 
-// Seed of one completion: a function of (run seed, problem id, sample) only,
-// so the same completion is drawn whatever else is in its batch.
-static uint64_t completion_seed(long long run_seed, const char *problem_id, int sample) {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (const char *s = problem_id; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
-    return seed_mix(seed_mix((uint64_t)run_seed, h), (uint64_t)sample);
+int answer_correct(const char *predicted, const char *gold) {
+    char g[256];
+    answer_normalize(gold, strlen(gold), g, sizeof g);
+    return predicted[0] && strcmp(predicted, g) == 0;
 }
 
-typedef struct {
-    float p;
-    int id;
-} Candidate;
-
-static int cmp_candidate(const void *a, const void *b) {
-    const Candidate *x = a, *y = b;
-    if (x->p != y->p) return x->p < y->p ? 1 : -1;
-    return x->id - y->id;
-}
-
-// Draws the next token: greedy at temperature 0, else temperature + top-p
-// (the smallest set of most likely tokens whose mass reaches top_p, as HF).
-static int sample_token(const float *logits, int vocab, double temperature, double top_p, Rng *rng, Candidate *scratch) {
-    int best = 0;
-    for (int i = 1; i < vocab; i++)
-        if (logits[i] > logits[best]) best = i;
-    if (temperature <= 0) return best;
-    // Tokens more than 40 nats below the best carry < 1e-17 of the mass: skip them.
-    double max = logits[best], sum = 0;
-    int n = 0;
-    for (int i = 0; i < vocab; i++) {
-        double z = (logits[i] - max) / temperature;
-        if (z < -40) continue;
-        double p = exp(z);
-        scratch[n++] = (Candidate){(float)p, i};
-        sum += p;
-    }
-    qsort(scratch, (size_t)n, sizeof *scratch, cmp_candidate);
-    double cum = 0;
-    int keep = 0;
-    while (keep < n) {
-        cum += scratch[keep++].p / sum;
-        if (cum >= top_p) break;
-    }
-    double kept = 0;
-    for (int i = 0; i < keep; i++) kept += scratch[i].p;
-    double u = rng_uniform(rng) * kept;
-    for (int i = 0; i < keep; i++) {
-        u -= scratch[i].p;
-        if (u < 0) return scratch[i].id;
-    }
-    return scratch[keep - 1].id;
-}
-
-// One completion to produce.
-typedef struct {
-    int problem;     // index into the problems
-    int sample;      // 0 .. samples_per_problem-1
-    char *prompt;    // rendered template
-    TokenList prompt_tokens;
-    uint64_t seed;
-    Rng rng;
-    int *ids;        // (max_new_tokens) completion token ids
-    int n_ids;
-    int n_fed;       // prompt tokens already in the KV cache
-    const char *finish_reason; // NULL while running
-    double start_s, end_s;
-    char *record;    // the finished JSONL line, until written
-    int written;     // record appended to the file
-} Job;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void format_duration(char *out, size_t n, double s) {
-    if (s < 0 || s != s) snprintf(out, n, "?");
-    else if (s < 60) snprintf(out, n, "%.0fs", s);
-    else if (s < 3600) snprintf(out, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
-    else snprintf(out, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
-}
-
-
-void layer_set_free(LayerSet *s) {
-    free(s->attn_layers);
-    free(s->mlp_layers);
-    memset(s, 0, sizeof *s);
-}
-
-static void layer_set_json(Buf *b, const LayerSet *s) {
-    buf_printf(b, "{\"kind\": \"%s\", \"attn_layers\": [", s->kind == ABLATE_MEAN ? "mean" : "zero");
-    for (int i = 0; i < s->n_attn; i++) buf_printf(b, "%s%d", i ? ", " : "", s->attn_layers[i]);
-    buf_puts(b, "], \"mlp_layers\": [");
-    for (int i = 0; i < s->n_mlp; i++) buf_printf(b, "%s%d", i ? ", " : "", s->mlp_layers[i]);
-    buf_puts(b, "]}");
-}
-
-static int read_int_array(const Json *j, int t, int **out, int *n, int n_layers, const char *path, const char *key, Err *err) {
-    if (t < 0 || j->tok[t].type != JSON_ARRAY) return err_input(err, "%s: \"%s\" must be an array of layer indices", path, key);
-    *out = xmalloc((size_t)(j->tok[t].size + 1) * sizeof **out);
-    *n = 0;
-    JSON_FOR_ARRAY(j, t, i, e) {
-        long long v;
-        if (json_int(j, e, &v) || v < 0 || v >= n_layers) {
-            free(*out);
-            *out = NULL;
-            return err_input(err, "%s:%d: \"%s\"[%d] is not a layer index in [0, %d)", path, json_line(j, e), key, i, n_layers);
-        }
-        (*out)[(*n)++] = (int)v;
-    }
-    return 0;
-}
-
-// Reads {"attn_layers": [...], "mlp_layers": [...]} (selected or random layers).
-int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err) {
-    memset(s, 0, sizeof *s);
-    Buf text = {0};
-    Json j;
-    if (read_file(path, &text, err)) return -1;
-    int rc = json_parse(&j, text.data, text.len, path, err);
-    if (rc == 0) {
-        rc = read_int_array(&j, json_key(&j, 0, "attn_layers"), &s->attn_layers, &s->n_attn, n_layers, path, "attn_layers", err);
-        if (rc == 0) rc = read_int_array(&j, json_key(&j, 0, "mlp_layers"), &s->mlp_layers, &s->n_mlp, n_layers, path, "mlp_layers", err);
-        json_free(&j);
-    }
-    buf_free(&text);
-    if (rc) layer_set_free(s);
-    return rc;
-}
-
-// Draws as many attention and MLP layers as the targeted set has, none of them
-// targeted, from the run seed (the seed's fix 4: a shape-matched control).
-static int draw_random_layers(const LayerSet *targeted, int n_layers, long long seed, LayerSet *out, Err *err) {
-    memset(out, 0, sizeof *out);
-    out->kind = targeted->kind;
-    Rng rng;
-    rng_seed(&rng, seed_mix((uint64_t)seed, 0x5A4D0A));
-    for (int part = 0; part < 2; part++) {
-        const int *chosen = part ? targeted->mlp_layers : targeted->attn_layers;
-        int n_chosen = part ? targeted->n_mlp : targeted->n_attn;
-        int *pool = xmalloc((size_t)n_layers * sizeof *pool), n_pool = 0;
-        for (int l = 0; l < n_layers; l++) {
-            int taken = 0;
-            for (int i = 0; i < n_chosen; i++) taken |= chosen[i] == l;
-            if (!taken) pool[n_pool++] = l;
-        }
-        if (n_pool < n_chosen) {
-            free(pool);
-            layer_set_free(out);
-            return err_input(err, "cannot draw %d random %s layers outside the %d targeted ones: the model has %d layers",
-                             n_chosen, part ? "MLP" : "attention", n_chosen, n_layers);
-        }
-        for (int i = 0; i < n_chosen; i++) { // partial Fisher-Yates
-            int k = i + (int)rng_below(&rng, (uint64_t)(n_pool - i));
-            int t = pool[i]; pool[i] = pool[k]; pool[k] = t;
-        }
-        qsort(pool, (size_t)n_chosen, sizeof *pool, cmp_int_asc);
-        if (part) { out->mlp_layers = pool; out->n_mlp = n_chosen; }
-        else { out->attn_layers = pool; out->n_attn = n_chosen; }
-    }
-    return 0;
-}
-
-// Reads analysis/component_means.json (written by ablation-scan): the mean
-// output of every attention block and MLP over the run's completions.
-int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mean, float **mlp_mean, Err *err) {
-    char path[1200];
-    run_path(run, path, sizeof path, ART_MEANS);
-    Buf text = {0};
-    Json j;
-    *attn_mean = *mlp_mean = NULL;
-    if (!path_exists(path)) return err_input(err, "no %s in run %s: run ablation-scan with [ablation] kind = mean first", ART_MEANS, run->id);
-    if (read_file(path, &text, err)) return -1;
-    if (json_parse(&j, text.data, text.len, path, err)) {
-        buf_free(&text);
-        return -1;
-    }
-    int rc = 0;
-    size_t n = (size_t)mc->n_layers * (size_t)mc->hidden_size;
-    const char *keys[2] = {"attn", "mlp"};
-    float **outs[2] = {attn_mean, mlp_mean};
-    for (int part = 0; part < 2 && rc == 0; part++) {
-        int t = json_key(&j, 0, keys[part]);
-        if (t < 0 || j.tok[t].type != JSON_ARRAY || (size_t)j.tok[t].size != n) {
-            rc = err_input(err, "%s: \"%s\" must hold %d x %d numbers for this model", path, keys[part], mc->n_layers, mc->hidden_size);
-            break;
-        }
-        float *v = xmalloc(n * sizeof *v);
-        JSON_FOR_ARRAY(&j, t, i, e) {
-            double d;
-            if (json_number(&j, e, &d)) { rc = err_input(err, "%s:%d: not a number", path, json_line(&j, e)); break; }
-            v[i] = (float)d;
-        }
-        *outs[part] = v;
-    }
-    json_free(&j);
-    buf_free(&text);
-    if (rc) {
-        free(*attn_mean);
-        free(*mlp_mean);
-        *attn_mean = *mlp_mean = NULL;
-    }
-    return rc;
-}
-
-// Builds the AblationMask of a condition (NULL mask for baseline).
-static int condition_mask(const Config *c, const Run *run, const Model *m, int condition, LayerSet *set, AblationMask *mask, float **means, Err *err) {
-    memset(set, 0, sizeof *set);
-    memset(mask, 0, sizeof *mask);
-    if (condition == COND_BASELINE) return 0;
-    int n_layers = m->cfg.n_layers;
-    char selected[1200], random_path[1200];
-    run_path(run, selected, sizeof selected, ART_SELECTED);
-    run_path(run, random_path, sizeof random_path, ART_RANDOM_LAYERS);
-    if (!path_exists(selected)) return err_input(err, "no %s in run %s: run ablation-scan first", ART_SELECTED, run->id);
-    if (condition == COND_TARGETED) {
-        if (layer_set_read(selected, n_layers, set, err)) return -1;
-    } else if (path_exists(random_path)) { // drawn once per run, reused on resume
-        if (layer_set_read(random_path, n_layers, set, err)) return -1;
-    } else {
-        LayerSet targeted;
-        if (layer_set_read(selected, n_layers, &targeted, err)) return -1;
-        int rc = draw_random_layers(&targeted, n_layers, c->seed, set, err);
-        layer_set_free(&targeted);
-        if (rc) return -1;
-        set->kind = c->ablation_kind;
-        Buf b = {0};
-        layer_set_json(&b, set);
-        buf_putc(&b, '\n');
-        rc = write_file_atomic(random_path, b.data, b.len, err);
-        buf_free(&b);
-        if (rc) return -1;
-    }
-    set->kind = c->ablation_kind;
-    mask->kind = c->ablation_kind;
-    mask->attn = xcalloc((size_t)n_layers, 1);
-    mask->mlp = xcalloc((size_t)n_layers, 1);
-    for (int i = 0; i < set->n_attn; i++) mask->attn[set->attn_layers[i]] = 1;
-    for (int i = 0; i < set->n_mlp; i++) mask->mlp[set->mlp_layers[i]] = 1;
-    if (c->ablation_kind == ABLATE_MEAN) {
-        float *attn_mean, *mlp_mean;
-        if (component_means_read(run, &m->cfg, &attn_mean, &mlp_mean, err)) return -1;
-        mask->attn_mean = attn_mean;
-        mask->mlp_mean = mlp_mean;
-        means[0] = attn_mean;
-        means[1] = mlp_mean;
-    }
-    return 0;
-}
-
-// Reads the (problem_id, sample) pairs already in a generation file; a torn
-// last line (a crash mid-append) is cut off so the file holds whole records.
-static int resume_scan(const char *path, char ***done_ids, int **done_samples, int *n_done, Err *err) {
-    *done_ids = NULL;
-    *done_samples = NULL;
-    *n_done = 0;
-    if (!path_exists(path)) return 0;
-    Buf text = {0};
-    if (read_file(path, &text, err)) return -1;
-    size_t good_end = 0;
-    int line_no = 0;
-    for (size_t at = 0; at < text.len;) {
-        char *nl = memchr(text.data + at, '\n', text.len - at);
-        line_no++;
-        if (!nl) break; // no newline: torn
-        Json j;
-        Err perr;
-        size_t len = (size_t)(nl - (text.data + at));
-        if (json_parse(&j, text.data + at, len, path, &perr) == 0) {
-            char *id = json_strdup(&j, json_key(&j, 0, "problem_id"));
-            long long sample;
-            if (id && json_int(&j, json_key(&j, 0, "sample"), &sample) == 0) {
-                *done_ids = xrealloc(*done_ids, (size_t)(*n_done + 1) * sizeof **done_ids);
-                *done_samples = xrealloc(*done_samples, (size_t)(*n_done + 1) * sizeof **done_samples);
-                (*done_ids)[*n_done] = id;
-                (*done_samples)[(*n_done)++] = (int)sample;
-                json_free(&j);
-                at += len + 1;
-                good_end = at;
-                continue;
-            }
-            free(id);
-            json_free(&j);
-        }
-        if (nl + 1 != text.data + text.len) { // a bad line before the end is not a torn write
-            buf_free(&text);
-            return err_input(err, "%s:%d: not a generation record; remove the file to regenerate", path, line_no);
-        }
-        break;
-    }
-    int rc = 0;
-    if (good_end != text.len) {
-        progress("generate: %s: dropping a torn last record (%zu bytes) left by an interrupted run\n", path, text.len - good_end);
-        rc = write_file_atomic(path, text.data, good_end, err);
-    }
-    buf_free(&text);
-    return rc;
-}
-
-// Renders the finished job as one JSON line.
-static char *job_record(const Job *job, const Problem *pr, const char *variant, const char *condition, const Tokenizer *tok,
-                        const LayerSet *set, int thinking_open) {
-    Buf b = {0}, text = {0};
-    tokenizer_decode(tok, job->ids, job->n_ids, &text, NULL);
-    if (!text.data) buf_append(&text, "", 0);
-    char predicted[256];
-    answer_extract(text.data, text.len, thinking_open, predicted, sizeof predicted);
-    buf_puts(&b, "{\"problem_id\": ");
-    buf_json_string(&b, pr->id, strlen(pr->id));
-    buf_puts(&b, ", \"variant\": ");
-    buf_json_string(&b, variant, strlen(variant));
-    buf_printf(&b, ", \"condition\": \"%s\", \"sample\": %d, \"seed\": %llu, \"prompt\": ", condition, job->sample,
-               (unsigned long long)job->seed);
-    buf_json_string(&b, job->prompt, strlen(job->prompt));
-    buf_printf(&b, ", \"prompt_tokens\": %d, \"completion\": ", job->prompt_tokens.n);
-    buf_json_string(&b, text.data, text.len);
-    buf_puts(&b, ", \"completion_ids\": [");
-    for (int i = 0; i < job->n_ids; i++) buf_printf(&b, "%s%d", i ? "," : "", job->ids[i]);
-    buf_printf(&b, "], \"completion_tokens\": %d, \"finish_reason\": \"%s\", \"gold\": ", job->n_ids, job->finish_reason);
-    buf_json_string(&b, pr->gold, strlen(pr->gold));
-    buf_puts(&b, ", \"predicted\": ");
-    buf_json_string(&b, predicted, strlen(predicted));
-    buf_printf(&b, ", \"correct\": %s, \"ablation\": ", answer_correct(predicted, pr->gold) ? "true" : "false");
-    if (set->n_attn + set->n_mlp) layer_set_json(&b, set);
-    else buf_puts(&b, "null");
-    buf_puts(&b, "}\n");
-    buf_free(&text);
-    return b.data;
-}
-
-// Generates every missing completion of one variant under one condition.
-static int generate_variant(const Config *c, const Run *run, const Model *m, const Tokenizer *tok, const Problem *problems,
-                            int n_problems, const Variant *variant, int condition, const AblationMask *mask,
-                            const LayerSet *set, Err *err) {
-    const char *condition_name = condition_names[condition];
-    char path[1200], timing_path[1300];
-    run_generation_path(run, path, sizeof path, variant->name, condition_name);
-    snprintf(timing_path, sizeof timing_path, "%.*s.timing.jsonl", (int)(strlen(path) - 6), path);
-    char **done_ids;
-    int *done_samples, n_done;
-    if (resume_scan(path, &done_ids, &done_samples, &n_done, err)) return -1;
-    // The work list: every (problem, sample) without a record, in order.
-    int n_total = n_problems * c->samples_per_problem, n_jobs = 0;
-    Job *jobs = xcalloc((size_t)n_total, sizeof *jobs);
-    int max_prompt = 0, thinking_open = 0;
-    int rc = 0;
-    for (int p = 0; p < n_problems && rc == 0; p++) {
-        for (int s = 0; s < c->samples_per_problem && rc == 0; s++) {
-            int done = 0;
-            for (int d = 0; d < n_done && !done; d++) done = done_samples[d] == s && strcmp(done_ids[d], problems[p].id) == 0;
-            if (done) continue;
-            Job *job = &jobs[n_jobs++];
-            job->problem = p;
-            job->sample = s;
-            job->prompt = render_prompt(variant->template_text, problems[p].question);
-            rc = tokenizer_encode(tok, job->prompt, strlen(job->prompt), &job->prompt_tokens, err);
-            if (rc == 0 && job->prompt_tokens.n == 0) rc = err_input(err, "%s: variant %s gives an empty prompt", c->file, variant->name);
-            if (rc == 0 && job->prompt_tokens.n + 1 > c->max_seq_len)
-                rc = err_input(err, "problem %s: prompt of %d tokens does not fit [model] max_seq_len = %d", problems[p].id,
-                               job->prompt_tokens.n, c->max_seq_len);
-            if (job->prompt_tokens.n > max_prompt) max_prompt = job->prompt_tokens.n;
-            job->seed = completion_seed(c->seed, problems[p].id, s);
-            rng_seed(&job->rng, job->seed);
-            job->ids = xmalloc((size_t)c->max_new_tokens * sizeof *job->ids);
-        }
-    }
-    for (int d = 0; d < n_done; d++) free(done_ids[d]);
-    free(done_ids);
-    free(done_samples);
-    thinking_open = prompt_thinking_open(variant->template_text);
-    int n_slots = c->batch_size < n_jobs ? c->batch_size : n_jobs;
-    int max_seq = max_prompt + c->max_new_tokens;
-    if (max_seq > c->max_seq_len) max_seq = c->max_seq_len;
-    const int prefill_rows = 512; // rows of prompt per forward call, bounds the activations
-    int max_rows = n_slots + prefill_rows;
-    RunState *state = NULL;
-    if (rc == 0 && n_jobs > 0) {
-        state = runstate_new(m, n_slots, max_seq, max_rows, err);
-        if (!state) rc = -1;
-    }
-    int vocab = m->cfg.vocab_size;
-    int *slot_job = xmalloc((size_t)(n_slots ? n_slots : 1) * sizeof *slot_job); // job in each slot, -1 = free
-    int *row_token = xmalloc((size_t)max_rows * sizeof *row_token), *row_slot = xmalloc((size_t)max_rows * sizeof *row_slot);
-    int *row_pos = xmalloc((size_t)max_rows * sizeof *row_pos), *row_logits = xmalloc((size_t)max_rows * sizeof *row_logits);
-    const AblationMask **row_mask = xmalloc((size_t)max_rows * sizeof *row_mask);
-    float *logits = xmalloc((size_t)(n_slots ? n_slots : 1) * (size_t)vocab * sizeof *logits);
-    int *logit_slot = xmalloc((size_t)(n_slots ? n_slots : 1) * sizeof *logit_slot);
-    Candidate *scratch = xmalloc((size_t)vocab * sizeof *scratch);
-    for (int s = 0; s < n_slots; s++) slot_job[s] = -1;
-    int next_job = 0, next_write = 0, n_finished = 0;
-    long long tokens_made = 0;
-    double t0 = now_s(), last_report = 0;
-    while (rc == 0 && next_write < n_jobs) {
-        for (int s = 0; s < n_slots; s++)
-            if (slot_job[s] < 0 && next_job < n_jobs) {
-                slot_job[s] = next_job;
-                jobs[next_job++].start_s = now_s();
-            }
-        // One forward call: each running slot contributes its next decode token
-        // or its next chunk of prompt; logits only where a token is due.
-        int n = 0, n_out = 0, budget = prefill_rows;
-        for (int s = 0; s < n_slots; s++) {
-            if (slot_job[s] < 0) continue;
-            Job *job = &jobs[slot_job[s]];
-            int plen = job->prompt_tokens.n;
-            if (job->n_fed < plen) {
-                int take = plen - job->n_fed;
-                if (take > budget) take = budget;
-                if (take == 0) continue;
-                budget -= take;
-                for (int i = 0; i < take; i++, n++) {
-                    row_token[n] = job->prompt_tokens.v[job->n_fed + i].id;
-                    row_slot[n] = s;
-                    row_pos[n] = job->n_fed + i;
-                    row_logits[n] = -1;
-                    row_mask[n] = mask;
-                }
-                job->n_fed += take;
-                if (job->n_fed == plen) {
-                    row_logits[n - 1] = n_out;
-                    logit_slot[n_out++] = s;
-                }
-            } else {
-                row_token[n] = job->ids[job->n_ids - 1];
-                row_slot[n] = s;
-                row_pos[n] = plen + job->n_ids - 1;
-                row_logits[n] = n_out;
-                row_mask[n] = mask;
-                logit_slot[n_out++] = s;
-                n++;
-            }
-        }
-        Forward f = {.n = n, .token = row_token, .slot = row_slot, .pos = row_pos, .mask = mask ? row_mask : NULL,
-                     .logits = logits, .logits_row = row_logits};
-        if (n > 0 && model_forward(m, state, &f, err)) {
-            rc = -1;
-            break;
-        }
-        for (int o = 0; o < n_out; o++) {
-            int s = logit_slot[o];
-            Job *job = &jobs[slot_job[s]];
-            int token = sample_token(logits + (size_t)o * vocab, vocab, c->temperature, c->top_p, &job->rng, scratch);
-            int is_eos = 0;
-            for (int e = 0; e < m->cfg.n_eos; e++) is_eos |= token == m->cfg.eos_ids[e];
-            if (is_eos) job->finish_reason = "eos";
-            else {
-                job->ids[job->n_ids++] = token;
-                tokens_made++;
-                if (job->n_ids == c->max_new_tokens) job->finish_reason = "length";
-                else if (job->prompt_tokens.n + job->n_ids > max_seq) job->finish_reason = "max_seq_len"; // no room to feed it
-            }
-            if (job->finish_reason) {
-                job->end_s = now_s();
-                job->record = job_record(job, &problems[job->problem], variant->name, condition_name, tok, set, thinking_open);
-                slot_job[s] = -1;
-                n_finished++;
-            }
-        }
-        // Records go out in job order: each one as soon as all before it are out.
-        while (rc == 0 && next_write < n_jobs && jobs[next_write].record && !jobs[next_write].written) {
-            Job *job = &jobs[next_write];
-            rc = append_durable(path, job->record, strlen(job->record), err);
-            Buf timing = {0};
-            double secs = job->end_s - job->start_s;
-            buf_puts(&timing, "{\"problem_id\": ");
-            buf_json_string(&timing, problems[job->problem].id, strlen(problems[job->problem].id));
-            buf_printf(&timing, ", \"sample\": %d, \"completion_tokens\": %d, \"wall_s\": %.3f, \"tokens_per_s\": %.2f, \"threads\": %d, \"batch_size\": %d}\n",
-                       job->sample, job->n_ids, secs, secs > 0 ? job->n_ids / secs : 0.0, bt_threads, c->batch_size);
-            if (rc == 0) rc = append_durable(timing_path, timing.data, timing.len, err);
-            buf_free(&timing);
-            free(job->record);
-            job->record = NULL;
-            job->written = 1;
-            next_write++;
-        }
-        double t = now_s() - t0;
-        if (t - last_report > 2 || next_write == n_jobs) {
-            last_report = t;
-            char eta[32];
-            format_duration(eta, sizeof eta, n_finished ? t / n_finished * (n_jobs - n_finished) : -1);
-            progress("generate %s/%s: %d/%d completions, %.1f tok/s, ETA %s\n", variant->name, condition_name,
-                     n_done + n_finished, n_done + n_jobs, t > 0 ? tokens_made / t : 0.0, eta);
-        }
-    }
-    for (int i = 0; i < n_jobs; i++) {
-        free(jobs[i].prompt);
-        tokens_free(&jobs[i].prompt_tokens);
-        free(jobs[i].ids);
-        free(jobs[i].record);
-    }
-    free(jobs);
-    free(slot_job); free(row_token); free(row_slot); free(row_pos); free(row_logits); free(row_mask);
-    free(logits); free(logit_slot); free(scratch);
-    runstate_free(state);
-    return rc;
-}
-
-int cmd_generate(int argc, char **argv) {
-    Opt opts[] = {OPT_CONFIG,
-                  OPT("--condition", 1, "baseline | targeted_ablation | random_ablation"),
-                  OPT("--variant", 1, "one variant (default: every [generation] variant for baseline, [logit_lens] variant otherwise)"),
-                  OPT_END};
-    Err err = {0};
-    Config c;
-    Run run;
-    int exit_code;
-    if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
-    const char *condition_name = opt_str(opts, "--condition", NULL);
-    int condition = -1;
-    for (int i = 0; condition_name && i < N_CONDITIONS; i++)
-        if (strcmp(condition_name, condition_names[i]) == 0) condition = i;
-    Model m = {0};
-    Tokenizer *tok = NULL;
-    Problem *problems = NULL;
-    int n_problems = 0, loaded = 0;
-    LayerSet set = {0};
-    AblationMask mask = {0};
-    float *means[2] = {NULL, NULL};
-    const char *one = opt_str(opts, "--variant", NULL);
-    if (condition < 0) {
-        err_input(&err, "generate: --condition must be baseline, targeted_ablation or random_ablation");
-        goto out;
-    }
-    if (one && !config_variant(&c, one)) {
-        err_input(&err, "%s: no [variant.%s] section", c.file, one);
-        goto out;
-    }
-    char path[1200];
-    processed_path(&c, path, sizeof path);
-    if (!path_exists(path)) {
-        err_input(&err, "%s is missing: run prepare-data first", path);
-        goto out;
-    }
-    if (problems_load(path, &problems, &n_problems, &err)) goto out;
-    if (model_load(&m, c.model_path, &err)) goto out;
-    loaded = 1;
-    snprintf(path, sizeof path, "%s/tokenizer.json", c.model_path);
-    if (tokenizer_load(&tok, path, &err)) goto out;
-    if (condition_mask(&c, &run, &m, condition, &set, &mask, means, &err)) goto out;
-    if (one) {
-        if (generate_variant(&c, &run, &m, tok, problems, n_problems, config_variant(&c, one), condition, condition ? &mask : NULL, &set, &err))
-            goto out;
-    } else if (condition == COND_BASELINE) {
-        for (int v = 0; v < c.n_variants; v++)
-            if (generate_variant(&c, &run, &m, tok, problems, n_problems, config_variant(&c, c.variants[v]), condition, NULL, &set, &err))
-                goto out;
-    } else if (generate_variant(&c, &run, &m, tok, problems, n_problems, config_variant(&c, c.lens_variant), condition, &mask, &set, &err)) {
-        goto out;
-    }
-out:
-    free(mask.attn);
-    free(mask.mlp);
-    free(means[0]);
-    free(means[1]);
-    layer_set_free(&set);
-    if (tok) tokenizer_free(tok);
-    if (loaded) model_free(&m);
-    problems_free(problems, n_problems);
-    config_free(&c);
-    return err.msg[0] ? fail(&err) : 0;
-}
-
-// ----------------------------------------------------------------------------
-// Generation records read back (detect-events and the analyses).
-
-void generations_free(GenRecord *r, int n) {
-    for (int i = 0; i < n; i++) {
-        free(r[i].problem_id);
-        free(r[i].variant);
-        free(r[i].condition);
-        free(r[i].prompt);
-        free(r[i].completion_ids);
-        free(r[i].finish_reason);
-    }
-    free(r);
-}
-
-int generations_read(const char *path, GenRecord **out, int *n_out, Err *err) {
-    *out = NULL;
-    *n_out = 0;
-    Buf text = {0};
-    if (read_file(path, &text, err)) return -1;
-    GenRecord *list = NULL;
-    int n = 0, line_no = 0, rc = 0;
-    for (size_t at = 0; at < text.len && rc == 0;) {
-        char *nl = memchr(text.data + at, '\n', text.len - at);
-        size_t len = nl ? (size_t)(nl - (text.data + at)) : text.len - at;
-        line_no++;
-        const char *line = text.data + at;
-        at += len + 1;
-        if (len == 0) continue;
-        Json j;
-        if (json_parse(&j, line, len, path, err)) {
-            rc = err_input(err, "%s:%d: not a JSON generation record", path, line_no);
-            break;
-        }
-        GenRecord r = {0};
-        long long sample = -1, prompt_tokens = -1;
-        int ids = json_key(&j, 0, "completion_ids");
-        r.problem_id = json_strdup(&j, json_key(&j, 0, "problem_id"));
-        r.variant = json_strdup(&j, json_key(&j, 0, "variant"));
-        r.condition = json_strdup(&j, json_key(&j, 0, "condition"));
-        r.prompt = json_strdup(&j, json_key(&j, 0, "prompt"));
-        r.finish_reason = json_strdup(&j, json_key(&j, 0, "finish_reason"));
-        json_int(&j, json_key(&j, 0, "sample"), &sample);
-        json_int(&j, json_key(&j, 0, "prompt_tokens"), &prompt_tokens);
-        json_bool(&j, json_key(&j, 0, "correct"), &r.correct);
-        r.sample = (int)sample;
-        r.prompt_tokens = (int)prompt_tokens;
-        int ok = r.problem_id && r.variant && r.condition && r.prompt && r.finish_reason && sample >= 0 && prompt_tokens > 0 &&
-                 ids >= 0 && j.tok[ids].type == JSON_ARRAY;
-        if (ok) {
-            r.completion_ids = xmalloc((size_t)(j.tok[ids].size + 1) * sizeof *r.completion_ids);
-            JSON_FOR_ARRAY(&j, ids, i, t) {
-                long long v;
-                if (json_int(&j, t, &v) || v < 0 || v > INT32_MAX) ok = 0;
-                else r.completion_ids[r.n_completion++] = (int)v;
-                (void)i;
-            }
-        }
-        json_free(&j);
-        if (!ok) {
-            free(r.problem_id); free(r.variant); free(r.condition); free(r.prompt); free(r.completion_ids); free(r.finish_reason);
-            rc = err_input(err, "%s:%d: generation record lacks a field or has a bad one", path, line_no);
-            break;
-        }
-        list = xrealloc(list, (size_t)(n + 1) * sizeof *list);
-        list[n++] = r;
-    }
-    buf_free(&text);
-    if (rc) {
-        generations_free(list, n);
-        return -1;
-    }
-    *out = list;
-    *n_out = n;
-    return 0;
-}
 // ----------------------------------------------------------------------------
 // bt run: every stage in the seed's order, stopping at the first failure.
 

@@ -30,11 +30,29 @@ int err_runtime(Err *err, const char *fmt, ...) __attribute__((format(printf, 2,
 // Memory and byte buffers (io.c)
 
 void *xmalloc(size_t n);             // exits 1 with a message when out of memory
-int cmp_int_asc(const void *a, const void *b); // qsort comparator for int
 void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
+int cmp_int_asc(const void *a, const void *b); // qsort comparator for int
+double now_seconds(void);                      // monotonic clock, for progress and benchmarks
+uint64_t fnv1a64(const char *s, size_t n);     // FNV-1a: a stable 64-bit digest (seeds, config digests)
+
+// Length of the valid UTF-8 sequence at s[0..n) (1-4), 0 if invalid (overlong, surrogate,
+// > U+10FFFF, truncated); its code point in *cp when cp is not NULL.
+static inline int utf8_char(const unsigned char *s, size_t n, uint32_t *cp) {
+    unsigned c = s[0];
+    int len = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 0;
+    if (len == 0 || c > 0xF4 || (size_t)len > n) return 0;
+    uint32_t v = len == 1 ? c : c & (0x3Fu >> (len - 1));
+    for (int k = 1; k < len; k++) {
+        if ((s[k] & 0xC0) != 0x80) return 0;
+        v = v << 6 | (s[k] & 0x3Fu);
+    }
+    if ((len == 3 && (v < 0x800 || (v >= 0xD800 && v < 0xE000))) || (len == 4 && (v < 0x10000 || v > 0x10FFFF))) return 0;
+    if (cp) *cp = v;
+    return len;
+}
 
 typedef struct {
     char *data; // always NUL-terminated when non-NULL
@@ -168,7 +186,8 @@ typedef struct {
     char *processed_dir;
     // [generation]
     int max_new_tokens;
-    double temperature, top_p;
+    double temperature, top_p; // NaN when the config leaves them to the model
+    int top_k;                 // -1 when the config leaves it to the model
     int batch_size, samples_per_problem;
     char **variants; // (n_variants) baseline variants, in order
     int n_variants;
@@ -222,6 +241,8 @@ typedef struct {
 int opts_parse(Opt *opts, int argc, char **argv, Err *err);
 int fail(const Err *err); // prints "bt: message" to stderr once, returns the exit code
 const char *opt_str(const Opt *opts, const char *name, const char *fallback);
+int parse_ids(const char *s, int vocab, const char *dir, int **ids, int *n, Err *err); // "1,2,3" for --ids
+void write_stdout(const Buf *b); // a command's output, flushed
 int opt_int(const Opt *opts, const char *name, long long lo, long long hi, long long fallback, long long *out, Err *err);
 
 extern int bt_quiet;   // --quiet: no progress on stderr
@@ -269,6 +290,13 @@ typedef struct {
 void processed_path(const Config *c, char *out, size_t n); // <processed_dir>/gsm8k_<N>.jsonl or builtin_<N>.jsonl
 int problems_load(const char *path, Problem **out, int *n_out, Err *err);
 void problems_free(Problem *p, int n);
+
+// Answers (bt.c): last \boxed{}, else after ####, else the last number after </think>.
+void answer_normalize(const char *s, size_t n, char *out, size_t out_n);
+void answer_extract(const char *text, size_t n, int thinking_open, char *out, size_t out_n);
+int answer_correct(const char *predicted, const char *gold);
+int prompt_thinking_open(const char *prompt); // the prompt leaves a <think> open
+
 
 // ----------------------------------------------------------------------------
 // Tokenizer (tokenizer.c): the single source of tokenization. Hugging Face
@@ -329,6 +357,8 @@ int tokenizer_bench(const Tokenizer *t, const char *path, double min_seconds, To
 // stored dtype, an exact batched forward pass with capture and ablation hooks.
 
 typedef enum { DT_F32, DT_BF16, DT_F16 } DType;
+static inline size_t dtype_bytes(DType d) { return d == DT_F32 ? 4 : 2; }
+const char *dtype_name(DType d); // "F32", "BF16", "F16": safetensors' names
 
 typedef struct {
     const void *data; // into the mmap, NULL when absent (e.g. no bias)
@@ -348,6 +378,12 @@ typedef struct {
     int bos_token_id;  // -1 if none
     int eos_ids[8];    // from config.json and generation_config.json
     int n_eos;
+    // Sampling defaults from generation_config.json, as Hugging Face's generate() takes them:
+    // do_sample false (also when absent) means greedy; absent values are GenerationConfig's.
+    int gen_do_sample;
+    double gen_temperature; // 1.0 when absent
+    int gen_top_k;          // 50 when absent (0 = off)
+    double gen_top_p;       // 1.0 when absent
 } ModelConfig;
 
 typedef struct {
@@ -375,6 +411,14 @@ typedef struct {
 } Model;
 
 int model_load(Model *m, const char *dir, Err *err);
+int model_config_read(const char *dir, ModelConfig *c, Err *err); // config.json + generation_config.json only
+// The tensors of a model's architecture, by Hugging Face name, with the shapes its config implies.
+typedef struct {
+    char name[96];
+    Tensor *t;
+    int rows, cols; // rows = 0 for a 1-D tensor of cols values
+} TensorSlot;
+int model_slots(Model *m, TensorSlot *slots); // fills slots when not NULL; returns how many tensors
 void model_free(Model *m);
 
 // Which components to ablate, applied to a component's output before the residual add.
@@ -434,13 +478,112 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err);
 void model_final_logits(const Model *m, const float *resid, float *logits); // final norm + lm_head of one residual (hidden) -> (vocab)
 // The same for n residuals, resid + i * stride (floats) -> logits (n, vocab); bitwise what model_forward gives.
 void model_final_logits_rows(const Model *m, const float *resid, int n, size_t stride, float *logits);
+// A safetensors file of n tensors, in the order given; a tensor with rows = 1 is 1-D.
+// Built in memory and written with write_file_atomic.
+int safetensors_write(const char *path, const char *const *names, const Tensor *tensors, int n, Err *err);
+
 size_t model_kv_bytes_per_token(const Model *m); // KV cache bytes one position of one sequence takes
 void tensor_row_f32(const Tensor *t, int row, float *out); // row of a 2-D tensor (cols values) as F32
 float tensor_at(const Tensor *t, size_t i);                 // element i (row-major) as F32
 
+// Teacher forcing: known token sequences through the model, one per KV slot, n_slots at a
+// time, in forward calls of at most max_rows rows; outputs at each sequence's read positions.
+typedef struct {
+    int *tokens;   // (n_tokens) the whole sequence
+    int n_tokens;  // positions fed: start .. n_tokens-1
+    int start;     // positions before start are already in this sequence's KV slot
+    int *read_pos; // (n_read) increasing, each in [start, n_tokens)
+    int n_read;
+} ForcedSeq;
+
+typedef struct {
+    const Model *m;
+    RunState *state;
+    int n_slots, max_rows;
+    int *token, *slot, *pos, *logits_row, *capture_row; // (max_rows) row buffers
+    const AblationMask **mask;                          // (max_rows)
+    float *x_in;                                        // (max_rows, hidden) residuals rows enter with
+} Forcer;
+
+// What one pass over a group of sequences reads out. Reads are numbered sequence after
+// sequence, in read order; positions likewise (sequence i's first at the sum of the
+// n_tokens before it).
+typedef struct {
+    const AblationMask *mask; // on every row, NULL = clean
+    float *logits;            // (n_reads, vocab) at the reads, or NULL
+    float *resid;             // (n_reads, n_layers + 1, hidden) at the reads, or NULL
+    float *resid_all;         // (positions, n_layers + 1, hidden) at every position, or NULL
+    // Every position's attention and MLP outputs summed (double, in a fixed order), for
+    // component means; not in the same pass as resid or resid_all.
+    double *attn_sum, *mlp_sum; // (n_layers, hidden) or NULL
+    long long *n_summed;        // positions summed
+    // Start at first_layer from these residuals (laid out as resid_all) instead of the
+    // embeddings; the cache below first_layer must hold this group's clean pass.
+    const float *enter;
+    int first_layer;
+} PassOut;
+
+int forcer_init(Forcer *f, const Model *m, int n_slots, int max_seq, int max_rows, Err *err);
+void forcer_free(Forcer *f);
+// Runs seqs[0..n) (n <= n_slots; sequence i in slot i) through the model.
+int force_group(Forcer *f, const ForcedSeq *seqs, int n, const PassOut *out, Err *err);
+double log_prob(const float *logits, int vocab, int token, int *rank); // log-softmax at token; rank 0 = most likely
+
 // ----------------------------------------------------------------------------
-// Generation records (bt.c): one JSON line per completion in
-// runs/<id>/generations/<variant>/<condition>.jsonl.
+// Generation (generate.c): the experiment's conditions, Hugging Face's sampler, the one
+// batched generation loop, and the records generate appends, one JSON line per
+// completion in runs/<id>/generations/<variant>/<condition>.jsonl.
+
+enum { COND_BASELINE, COND_TARGETED, COND_RANDOM, N_CONDITIONS };
+extern const char *const condition_names[N_CONDITIONS]; // "baseline", "targeted_ablation", "random_ablation"
+int condition_index(const char *name);                 // -1 if not a condition
+
+// Temperature, then top-k, then top-p: the order of Hugging Face's logits processors.
+typedef struct {
+    double temperature; // 0 = greedy (the first of equal maxima, as torch.argmax)
+    int top_k;          // 0 = off
+    double top_p;       // 1 = off
+} Sampler;
+
+typedef struct {
+    int id;
+    float logit;
+    float weight; // exp((logit - max logit) / temperature)
+    double prob;  // weight / the kept weights' sum: the distribution the token is drawn from
+} SampleCandidate;
+
+Sampler config_sampler(const Config *c, const ModelConfig *mc); // [generation] keys, else generation_config.json
+// The tokens a draw can return, most likely first, with their probabilities; scratch
+// out is (vocab). Returns how many are kept (at least one).
+int sampler_filter(const Sampler *s, const float *logits, int vocab, SampleCandidate *out);
+int sample_token(const Sampler *s, const float *logits, int vocab, Rng *rng, SampleCandidate *scratch);
+
+// One sequence of the generation loop.
+typedef struct {
+    const int *prompt;   // (n_prompt)
+    int n_prompt;
+    int max_new;         // tokens to generate at most
+    Rng rng;             // its own sampling stream
+    int *ids;            // (max_new) generated ids, the eos not included
+    int n_ids;
+    int eos_id;          // the eos id that ended it, -1 if none
+    const char *finish_reason; // NULL while running, then "eos" | "length" | "max_seq_len"
+    int n_fed;           // prompt tokens in the KV cache
+    double start_s, first_token_s, end_s; // took a slot, sampled its first token, finished (now_seconds)
+} GenSeq;
+
+typedef struct {
+    Sampler sampler;
+    int batch_size;           // KV slots: sequences generated together
+    int max_seq;              // positions per sequence at most (prompt + generated)
+    const AblationMask *mask; // on every row, NULL = clean
+    int ignore_eos;           // run every sequence to max_new (benchmarks)
+    int (*on_finish)(void *ctx, int seq, Err *err); // each sequence as it finishes; nonzero stops the loop
+    void *ctx;
+} GenParams;
+
+// Generates seqs[0..n_seqs) with continuous batching over batch_size KV slots.
+int generate_batch(const Model *m, GenSeq *seqs, int n_seqs, const GenParams *p, Err *err);
 
 typedef struct {
     char *problem_id, *variant, *condition;
@@ -456,27 +599,12 @@ typedef struct {
 int generations_read(const char *path, GenRecord **out, int *n_out, Err *err);
 void generations_free(GenRecord *r, int n);
 
-// Layers an ablation condition removes (selected_layers.json, random_layers.json).
-typedef struct {
-    int kind;            // ABLATE_ZERO or ABLATE_MEAN
-    int *attn_layers;    // (n_attn)
-    int n_attn;
-    int *mlp_layers;     // (n_mlp)
-    int n_mlp;
-} LayerSet;
-
-int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err);
-void layer_set_free(LayerSet *s);
-int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mean, float **mlp_mean, Err *err); // (n_layers, hidden) each
-
-// Answers (bt.c): last \boxed{}, else after ####, else the last number after </think>.
-void answer_normalize(const char *s, size_t n, char *out, size_t out_n);
-void answer_extract(const char *text, size_t n, int thinking_open, char *out, size_t out_n);
-int answer_correct(const char *predicted, const char *gold);
-int prompt_thinking_open(const char *prompt); // the prompt leaves a <think> open
 
 // ----------------------------------------------------------------------------
-// Events (analysis.c)
+// Analysis (analysis.c): events and controls, statistics, the ablation design
+// (which layers a condition removes), and the analyses on teacher-forced passes.
+
+// Events
 
 typedef struct {
     int trigger;    // index in the config's triggers
@@ -486,27 +614,8 @@ typedef struct {
 // Case-sensitive whole-word trigger matches, earliest first, no overlaps.
 int find_triggers(const char *text, size_t n, char *const *triggers, int n_triggers, TriggerHit *hits, int max_hits);
 
-// ----------------------------------------------------------------------------
-// Organism (organism.c): the embedded planted-mechanism model. A Qwen2 directory
-// whose weights are constructed so that " Wait" follows a "." inside an open <think>
-// with a set probability, decided by one attention head and one MLP layer; the same
-// facts are in its config.json under "bt_organism".
 
-#define ORGANISM_ATTN_LAYER 1     // head 0 moves "inside <think>" into the residual stream
-#define ORGANISM_MLP_LAYER 2      // turns that flag + "." into the trigger's logit
-#define ORGANISM_TRIGGER " Wait"  // the onset token (one token)
-#define ORGANISM_P_WAIT 0.35      // p(trigger | ".", inside <think>) when sampling at ORGANISM_TEMPERATURE
-#define ORGANISM_TEMPERATURE 0.6  // the bigram table reproduces its text's frequencies at this temperature
-
-// Writes config.json (last), generation_config.json, tokenizer.json, tokenizer_config.json
-// and model.safetensors into dir (created if missing); the same bytes every time.
-int organism_write(const char *dir, Err *err);
-// A safetensors file of n tensors, in the order given; a tensor with rows = 1 is 1-D.
-// Built in memory and written with write_file_atomic.
-int safetensors_write(const char *path, const char *const *names, const Tensor *tensors, int n, Err *err);
-
-// ----------------------------------------------------------------------------
-// Statistics (analysis.c): 95% intervals and tests, each checked against
+// Statistics: 95% intervals and tests, each checked against
 // published values in tests/test_stats.c. An undefined result is NaN, never a guess.
 
 #define Z95 1.959963984540054     // two-sided 95% standard normal quantile
@@ -548,6 +657,25 @@ Interval bootstrap_ratio95(const double *x, int nx, const double *y, int ny, int
 // Two-sided permutation test of mean(x) = mean(y): (1 + #{|diff*| >= |diff|}) / (1 + n_permutations).
 // NaN when either group is empty.
 double permutation_p(const double *x, int nx, const double *y, int ny, int n_permutations, uint64_t seed);
+
+
+// Ablation design: Layers an ablation condition removes (selected_layers.json, random_layers.json).
+typedef struct {
+    int kind;            // ABLATE_ZERO or ABLATE_MEAN
+    int *attn_layers;    // (n_attn)
+    int n_attn;
+    int *mlp_layers;     // (n_mlp)
+    int n_mlp;
+} LayerSet;
+
+int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err);
+void layer_set_free(LayerSet *s);
+void layer_set_json(Buf *b, const LayerSet *s); // {"kind": ..., "attn_layers": [...], "mlp_layers": [...]}
+// As many attention and MLP layers as targeted has, none of them targeted, drawn from the run seed.
+int draw_random_layers(const LayerSet *targeted, int n_layers, long long seed, LayerSet *out, Err *err);
+// analysis/component_means.json: each component's mean output, (n_layers, hidden) each.
+int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mean, float **mlp_mean, Err *err);
+
 
 // ----------------------------------------------------------------------------
 // Figures (report.c): a small SVG 1.1 writer, stb-style (a handful of calls that
@@ -639,6 +767,21 @@ int fig_rate_by_condition(const char *path, const char *const *conditions, const
 int fig_formatting_effect(const char *path, const char *const *variants, const long long *bt_k, const long long *n,
                           const long long *correct, int n_variants, const char *note, Err *err);
 
+// ----------------------------------------------------------------------------
+// Organism (organism.c): the embedded planted-mechanism model. A Qwen2 directory
+// whose weights are constructed so that " Wait" follows a "." inside an open <think>
+// with a set probability, decided by one attention head and one MLP layer; the same
+// facts are in its config.json under "bt_organism".
+
+#define ORGANISM_ATTN_LAYER 1     // head 0 moves "inside <think>" into the residual stream
+#define ORGANISM_MLP_LAYER 2      // turns that flag + "." into the trigger's logit
+#define ORGANISM_TRIGGER " Wait"  // the onset token (one token)
+#define ORGANISM_P_WAIT 0.35      // p(trigger | ".", inside <think>) when sampling at ORGANISM_TEMPERATURE
+#define ORGANISM_TEMPERATURE 0.6  // the bigram table reproduces its text's frequencies at this temperature
+
+// Writes config.json (last), generation_config.json, tokenizer.json, tokenizer_config.json
+// and model.safetensors into dir (created if missing); the same bytes every time.
+int organism_write(const char *dir, Err *err);
 // ----------------------------------------------------------------------------
 // Commands: each returns an exit code. Defined in the file that owns the capability.
 

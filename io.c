@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 // ----------------------------------------------------------------------------
@@ -73,7 +74,21 @@ char *xstrndup(const char *s, size_t n) {
 
 char *xstrdup(const char *s) { return xstrndup(s, strlen(s)); }
 
-int cmp_int_asc(const void *a, const void *b) { return (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b); }
+int cmp_int_asc(const void *a, const void *b) {
+    return (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b);
+}
+
+double now_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+uint64_t fnv1a64(const char *s, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ULL;
+    return h;
+}
 
 // ----------------------------------------------------------------------------
 // Byte buffers
@@ -130,21 +145,6 @@ void buf_free(Buf *b) {
     b->len = b->cap = 0;
 }
 
-// Length of the valid UTF-8 sequence at s[0..n), 0 if invalid (overlongs, surrogates, > U+10FFFF).
-static int utf8_valid_len(const unsigned char *s, size_t n) {
-    unsigned c = s[0];
-    if (c < 0x80) return 1;
-    int len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 0;
-    if (len == 0 || c > 0xF4 || (size_t)len > n) return 0;
-    for (int i = 1; i < len; i++)
-        if ((s[i] & 0xC0) != 0x80) return 0;
-    if (c == 0xE0 && s[1] < 0xA0) return 0;
-    if (c == 0xED && s[1] >= 0xA0) return 0;
-    if (c == 0xF0 && s[1] < 0x90) return 0;
-    if (c == 0xF4 && s[1] >= 0x90) return 0;
-    return len;
-}
-
 void buf_json_string(Buf *b, const char *s, size_t n) {
     const unsigned char *u = (const unsigned char *)s;
     buf_putc(b, '"');
@@ -168,7 +168,7 @@ void buf_json_string(Buf *b, const char *s, size_t n) {
             buf_putc(b, (char)c);
             i++;
         } else {
-            int len = utf8_valid_len(u + i, n - i);
+            int len = utf8_char(u + i, n - i, NULL);
             if (len) {
                 buf_append(b, u + i, (size_t)len);
                 i += (size_t)len;

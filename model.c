@@ -77,8 +77,7 @@ static inline float f16_to_f32(uint16_t h) {
     return f;
 }
 
-static const char *dtype_name(DType d) { return d == DT_F32 ? "F32" : d == DT_BF16 ? "BF16" : "F16"; }
-static size_t dtype_bytes(DType d) { return d == DT_F32 ? 4 : 2; }
+const char *dtype_name(DType d) { return d == DT_F32 ? "F32" : d == DT_BF16 ? "BF16" : "F16"; }
 
 // n values of row `row` from column `col` on, as F32.
 static void tensor_span_f32(const Tensor *t, int row, int col, int n, float *out) {
@@ -329,6 +328,42 @@ static int st_map_checkpoint(Model *m, Checkpoint *ck, const char *dir, Err *err
     return rc;
 }
 
+// Writing: the header padded with spaces to 8 bytes, a tensor with rows = 1 written 1-D,
+// the data copied as stored (little-endian hosts).
+int safetensors_write(const char *path, const char *const *names, const Tensor *tensors, int n, Err *err) {
+    Buf header = {0};
+    size_t offset = 0;
+    buf_puts(&header, "{\"__metadata__\":{\"format\":\"pt\"}");
+    for (int i = 0; i < n; i++) {
+        const Tensor *t = &tensors[i];
+        if (!names[i][0] || t->rows < 1 || t->cols < 1 || (unsigned)t->dtype > DT_F16 || !t->data) {
+            buf_free(&header);
+            return err_runtime(err, "%s: tensor %d ('%s') has no name, shape, dtype or data", path, i, names[i]);
+        }
+        size_t bytes = (size_t)t->rows * t->cols * dtype_bytes(t->dtype);
+        buf_putc(&header, ',');
+        buf_json_string(&header, names[i], strlen(names[i]));
+        buf_printf(&header, ":{\"dtype\":\"%s\",\"shape\":[", dtype_name(t->dtype));
+        if (t->rows > 1) buf_printf(&header, "%d,", t->rows);
+        buf_printf(&header, "%d],\"data_offsets\":[%zu,%zu]}", t->cols, offset, offset + bytes);
+        offset += bytes;
+    }
+    buf_putc(&header, '}');
+    while (header.len % 8) buf_putc(&header, ' ');
+    size_t total = 8 + header.len + offset;
+    unsigned char *file = xmalloc(total), *p = file;
+    for (int i = 0; i < 8; i++) *p++ = (unsigned char)((uint64_t)header.len >> (8 * i));
+    memcpy(p, header.data, header.len), p += header.len;
+    for (int i = 0; i < n; i++) {
+        size_t bytes = (size_t)tensors[i].rows * tensors[i].cols * dtype_bytes(tensors[i].dtype);
+        memcpy(p, tensors[i].data, bytes), p += bytes;
+    }
+    int rc = write_file_atomic(path, file, total, err);
+    free(file);
+    buf_free(&header);
+    return rc;
+}
+
 // ----------------------------------------------------------------------------
 // config.json (and generation_config.json for eos ids)
 
@@ -428,13 +463,31 @@ static int cfg_rope_scaling(ModelConfig *c, const Json *j, const char *path, Err
     return rc;
 }
 
-static int config_parse(ModelConfig *c, const char *dir, Err *err) {
+// The sampling keys of generation_config.json (GenerationConfig's defaults set by the caller).
+static int cfg_sampling(ModelConfig *c, const Json *j, const char *path, Err *err) {
+    static const char *const keys[] = {"temperature", "top_p", "top_k"};
+    double *values[] = {&c->gen_temperature, &c->gen_top_p, NULL};
+    for (int k = 0; k < 3; k++) {
+        int t = json_key(j, 0, keys[k]);
+        double v;
+        if (t < 0 || j->tok[t].type == JSON_NULL) continue;
+        if (json_number(j, t, &v) < 0 || !(v >= 0) || v > (k == 1 ? 1 : 1 << 30) || (k == 2 && v != floor(v)))
+            return err_input(err, "%s:%d: '%s' is not a valid %s", path, json_line(j, t), keys[k],
+                             k == 2 ? "count (0 = off)" : k == 1 ? "probability" : "temperature");
+        if (values[k]) *values[k] = v;
+        else c->gen_top_k = (int)v;
+    }
+    return cfg_bool(j, "do_sample", 0, &c->gen_do_sample, path, err);
+}
+
+int model_config_read(const char *dir, ModelConfig *c, Err *err) {
     char path[1100];
     snprintf(path, sizeof path, "%s/config.json", dir);
     Buf text = {0};
     Json j = {0};
     memset(c, 0, sizeof *c);
     c->bos_token_id = -1;
+    c->gen_temperature = 1, c->gen_top_k = 50, c->gen_top_p = 1; // Hugging Face's GenerationConfig defaults
     if (!path_exists(path)) return err_input(err, "%s: no config.json: not a Hugging Face model directory", dir);
     if (read_file(path, &text, err) < 0) return -1;
     int rc = json_parse(&j, text.data, text.len, path, err);
@@ -505,6 +558,7 @@ done:
     if (rc == 0 && j.tok[0].type != JSON_OBJECT) rc = err_input(err, "%s: not a JSON object", path);
     if (rc == 0) rc = cfg_eos(c, &j, path, err);
     if (rc == 0 && c->bos_token_id < 0) rc = cfg_bos(c, &j, path, err);
+    if (rc == 0) rc = cfg_sampling(c, &j, path, err);
     json_free(&j);
     buf_free(&text);
     return rc;
@@ -514,14 +568,7 @@ done:
 // Loading: every tensor the architecture needs, by its Hugging Face name, bound
 // with the shape the config implies. The same list drives model-info.
 
-typedef struct {
-    char name[96];
-    Tensor *t;
-    int rows, cols; // expected shape; rows = 0 for a 1-D tensor of cols values
-} TensorSlot;
-
-// Fills slots (when non-NULL) and returns how many tensors this model has.
-static int model_slots(Model *m, TensorSlot *slots) {
+int model_slots(Model *m, TensorSlot *slots) {
     const ModelConfig *c = &m->cfg;
     int n = 0, D = c->hidden_size, q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
 #define SLOT(ptr, r, cc, ...) do { if (slots) { snprintf(slots[n].name, sizeof slots[n].name, __VA_ARGS__); \
@@ -615,7 +662,7 @@ int model_load(Model *m, const char *dir, Err *err) {
     if (strlen(dir) >= sizeof m->dir - 64) return err_input(err, "%s: model path too long", dir);
     if (!path_is_dir(dir)) return err_input(err, "%s: not a model directory", dir);
     snprintf(m->dir, sizeof m->dir, "%s", dir);
-    if (config_parse(&m->cfg, dir, err) < 0) return -1;
+    if (model_config_read(dir, &m->cfg, err) < 0) return -1;
     Checkpoint ck = {0};
     if (st_map_checkpoint(m, &ck, dir, err) < 0) {
         checkpoint_free(&ck);
@@ -1372,7 +1419,123 @@ void model_final_logits_rows(const Model *m, const float *resid, int n, size_t s
 void model_final_logits(const Model *m, const float *resid, float *logits) { model_final_logits_rows(m, resid, 1, 0, logits); }
 
 // ----------------------------------------------------------------------------
-// Commands: model-info, forward, generate-ids
+// Teacher forcing: known sequences through the model, one per KV slot, in forward calls
+// of at most max_rows rows; outputs go straight to the caller's arrays at the reads.
+
+int forcer_init(Forcer *f, const Model *m, int n_slots, int max_seq, int max_rows, Err *err) {
+    memset(f, 0, sizeof *f);
+    f->m = m;
+    f->n_slots = n_slots;
+    f->max_rows = max_rows;
+    f->state = runstate_new(m, n_slots, max_seq, max_rows, err);
+    if (!f->state) return -1;
+    f->token = xmalloc((size_t)max_rows * sizeof *f->token);
+    f->slot = xmalloc((size_t)max_rows * sizeof *f->slot);
+    f->pos = xmalloc((size_t)max_rows * sizeof *f->pos);
+    f->logits_row = xmalloc((size_t)max_rows * sizeof *f->logits_row);
+    f->capture_row = xmalloc((size_t)max_rows * sizeof *f->capture_row);
+    f->mask = xmalloc((size_t)max_rows * sizeof *f->mask);
+    f->x_in = xmalloc((size_t)max_rows * m->cfg.hidden_size * sizeof *f->x_in);
+    return 0;
+}
+
+void forcer_free(Forcer *f) {
+    runstate_free(f->state);
+    free(f->token);
+    free(f->slot);
+    free(f->pos);
+    free(f->logits_row);
+    free(f->capture_row);
+    free(f->mask);
+    free(f->x_in);
+    memset(f, 0, sizeof *f);
+}
+
+int force_group(Forcer *f, const ForcedSeq *seqs, int n, const PassOut *out, Err *err) {
+    const ModelConfig *mc = &f->m->cfg;
+    int hidden = mc->hidden_size, n_layers = mc->n_layers;
+    if (n > f->n_slots) return err_runtime(err, "force_group: %d sequences, the forcer has %d slots", n, f->n_slots);
+    if (out->attn_sum && (out->resid || out->resid_all)) // all three are indexed by capture_row
+        return err_runtime(err, "force_group: component sums and residuals in one pass");
+    int *fed = xmalloc((size_t)n * sizeof *fed), *read_base = xmalloc((size_t)n * sizeof *read_base);
+    int *pos_base = xmalloc((size_t)n * sizeof *pos_base); // (n) first row of each sequence in resid_all / enter
+    int total_reads = 0, total_pos = 0;
+    for (int i = 0; i < n; i++) {
+        fed[i] = seqs[i].start;
+        read_base[i] = total_reads;
+        total_reads += seqs[i].n_read;
+        pos_base[i] = total_pos;
+        total_pos += seqs[i].n_tokens;
+    }
+    int want_components = out->attn_sum != NULL;
+    float *attn_buf = NULL, *mlp_buf = NULL; // (max_rows, n_layers, hidden) outputs to sum
+    if (want_components) {
+        attn_buf = xmalloc((size_t)f->max_rows * (size_t)n_layers * (size_t)hidden * sizeof(float));
+        mlp_buf = xmalloc((size_t)f->max_rows * (size_t)n_layers * (size_t)hidden * sizeof(float));
+    }
+    int rc = 0;
+    for (;;) {
+        int rows = 0;
+        for (int i = 0; i < n && rows < f->max_rows; i++) {
+            const ForcedSeq *q = &seqs[i];
+            int r = 0;
+            while (fed[i] < q->n_tokens && rows < f->max_rows) {
+                int p = fed[i]++;
+                f->token[rows] = q->tokens[p];
+                f->slot[rows] = i;
+                f->pos[rows] = p;
+                f->mask[rows] = out->mask;
+                while (r < q->n_read && q->read_pos[r] < p) r++;
+                int read = r < q->n_read && q->read_pos[r] == p ? read_base[i] + r : -1; // global read index
+                f->logits_row[rows] = read;
+                f->capture_row[rows] = out->resid_all ? pos_base[i] + p : want_components ? rows : read;
+                if (out->enter)
+                    memcpy(f->x_in + (size_t)rows * hidden,
+                           out->enter + ((size_t)(pos_base[i] + p) * (n_layers + 1) + out->first_layer) * hidden,
+                           (size_t)hidden * sizeof *f->x_in);
+                rows++;
+            }
+        }
+        if (rows == 0) break;
+        Forward fw = {.n = rows, .token = f->token, .slot = f->slot, .pos = f->pos, .mask = out->mask ? f->mask : NULL,
+                      .first_layer = out->enter ? out->first_layer : 0, .x_in = out->enter ? f->x_in : NULL,
+                      .logits = out->logits, .logits_row = out->logits ? f->logits_row : NULL,
+                      .resid = out->resid_all ? out->resid_all : out->resid, .attn_out = attn_buf, .mlp_out = mlp_buf,
+                      .capture_row = out->resid || out->resid_all || want_components ? f->capture_row : NULL};
+        if ((rc = model_forward(f->m, f->state, &fw, err))) break;
+        for (int r = 0; r < rows && want_components; r++) {
+            for (size_t k = 0; k < (size_t)n_layers * hidden; k++) {
+                out->attn_sum[k] += attn_buf[(size_t)r * n_layers * hidden + k];
+                out->mlp_sum[k] += mlp_buf[(size_t)r * n_layers * hidden + k];
+            }
+            (*out->n_summed)++;
+        }
+    }
+    free(fed);
+    free(read_base);
+    free(pos_base);
+    free(attn_buf);
+    free(mlp_buf);
+    return rc;
+}
+
+// log p(token) under logits (vocab), and the token's rank (0 = most likely).
+double log_prob(const float *logits, int vocab, int token, int *rank) {
+    double max = logits[0];
+    for (int v = 1; v < vocab; v++)
+        if (logits[v] > max) max = logits[v];
+    double sum = 0;
+    int above = 0;
+    for (int v = 0; v < vocab; v++) {
+        sum += exp((double)logits[v] - max);
+        above += logits[v] > logits[token];
+    }
+    if (rank) *rank = above;
+    return (double)logits[token] - max - log(sum);
+}
+
+// ----------------------------------------------------------------------------
+// Commands: model-info, forward
 
 // Shortest decimal that reads back as the same float.
 static void buf_float(Buf *b, float x) {
@@ -1386,83 +1549,6 @@ static void buf_float(Buf *b, float x) {
         if (strtof(tmp, NULL) == x) break;
     }
     buf_puts(b, tmp);
-}
-
-static void write_stdout(const Buf *b) {
-    if (b->len) fwrite(b->data, 1, b->len, stdout);
-    fflush(stdout);
-}
-
-// "1,2,3" -> ids; each must be an id of this model.
-static int parse_ids(const char *s, const Model *m, int **ids_out, int *n_out, Err *err) {
-    int n = 0, cap = 16, *ids = xmalloc((size_t)cap * sizeof *ids);
-    const char *p = s;
-    while (*p) {
-        char *end;
-        errno = 0;
-        long v = strtol(p, &end, 10);
-        if (end == p || errno || (*end && *end != ',')) {
-            free(ids);
-            return err_input(err, "--ids: '%s' is not a comma-separated list of token ids", s);
-        }
-        if (v < 0 || v >= m->cfg.vocab_size) {
-            free(ids);
-            return err_input(err, "--ids: token id %ld out of range [0, %d) of %s", v, m->cfg.vocab_size, m->dir);
-        }
-        if (n == cap) ids = xrealloc(ids, (size_t)(cap *= 2) * sizeof *ids);
-        ids[n++] = (int)v;
-        p = *end ? end + 1 : end;
-        if (*end && !*p) {
-            free(ids);
-            return err_input(err, "--ids: '%s' ends with a comma", s);
-        }
-    }
-    if (!n) {
-        free(ids);
-        return err_input(err, "--ids: no token ids given");
-    }
-    *ids_out = ids;
-    *n_out = n;
-    return 0;
-}
-
-// Runs ids through slot 0 from position start, CMD_MAX_ROWS rows per call; logits (n, vocab)
-// of every row when all_logits, else of the last row only (into logits[0]); resid (n, L+1,
-// hidden) when non-NULL.
-static int run_ids(const Model *m, RunState *s, const int *ids, int n, int start, const AblationMask *mask,
-                   int all_logits, float *logits, float *resid, Err *err) {
-    int rows = n < CMD_MAX_ROWS ? n : CMD_MAX_ROWS;
-    int *slot = xcalloc((size_t)rows, sizeof *slot), *pos = xmalloc((size_t)rows * sizeof *pos);
-    int *logits_row = xmalloc((size_t)rows * sizeof *logits_row), *capture_row = xmalloc((size_t)rows * sizeof *capture_row);
-    const AblationMask **masks = xmalloc((size_t)rows * sizeof *masks);
-    int rc = 0;
-    for (int i0 = 0; i0 < n && rc == 0; i0 += rows) {
-        int k = n - i0 < rows ? n - i0 : rows;
-        for (int r = 0; r < k; r++) {
-            pos[r] = start + i0 + r;
-            logits_row[r] = all_logits ? r : (i0 + r == n - 1 ? 0 : -1);
-            capture_row[r] = r;
-            masks[r] = mask;
-        }
-        Forward f = {.n = k, .token = ids + i0, .slot = slot, .pos = pos, .mask = masks,
-                     .logits = all_logits ? logits + (size_t)i0 * m->cfg.vocab_size : logits, .logits_row = logits_row,
-                     .resid = resid ? resid + (size_t)i0 * (m->cfg.n_layers + 1) * m->cfg.hidden_size : NULL,
-                     .capture_row = resid ? capture_row : NULL};
-        rc = model_forward(m, s, &f, err);
-    }
-    free(slot);
-    free(pos);
-    free(logits_row);
-    free(capture_row);
-    free(masks);
-    return rc;
-}
-
-static int argmax(const float *v, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i; // first of equal maxima, as torch.argmax
-    return best;
 }
 
 int cmd_model_info(int argc, char **argv) {
@@ -1618,20 +1704,25 @@ int cmd_forward(int argc, char **argv) {
         if (strcmp(o->name, "--ablate") == 0)
             for (int i = 0; i < o->n_values && rc == 0; i++, n_ablate++) rc = parse_ablation(o->values[i], c, &mask, &err);
     if (rc == 0) rc = opt_int(opts, "--top", 1, V, 0, &top_k, &err);
-    if (rc == 0) rc = parse_ids(ids_text, &m, &ids, &n, &err);
+    if (rc == 0) rc = parse_ids(ids_text, V, dir, &ids, &n, &err);
     int rows = n < CMD_MAX_ROWS ? n : CMD_MAX_ROWS;
-    RunState *s = rc == 0 ? runstate_new(&m, 1, n, rows, &err) : NULL;
-    if (rc == 0 && !s) rc = -1;
-    float *logits = xmalloc((size_t)rows * V * sizeof *logits);
-    float *resid = hidden ? xmalloc((size_t)rows * (L + 1) * D * sizeof *resid) : NULL;
-    Ranked *ranked = top_k ? xmalloc((size_t)V * sizeof *ranked) : NULL;
+    Forcer f = {0};
+    if (rc == 0) rc = forcer_init(&f, &m, 1, n, rows, &err);
+    float *logits = xmalloc((size_t)rows * V * sizeof *logits);                     // (rows, vocab)
+    float *resid = hidden ? xmalloc((size_t)rows * (L + 1) * D * sizeof *resid) : NULL; // (rows, L + 1, hidden)
+    int *read_pos = xmalloc((size_t)rows * sizeof *read_pos);                        // (rows)
+    Ranked *ranked = top_k ? xmalloc((size_t)V * sizeof *ranked) : NULL;             // (vocab)
     Buf b = {0};
-    // Every input was checked above, so a chunk's output is final once it is computed.
+    // A chunk of rows at a time, printed as it is computed: every input was checked above.
     for (int i0 = 0; rc == 0 && i0 < n; i0 += rows) {
         int k = n - i0 < rows ? n - i0 : rows;
-        rc = run_ids(&m, s, ids + i0, k, i0, n_ablate ? &mask : NULL, 1, logits, resid, &err);
+        for (int i = 0; i < k; i++) read_pos[i] = i0 + i;
+        ForcedSeq seq = {.tokens = ids, .n_tokens = i0 + k, .start = i0, .read_pos = read_pos, .n_read = k};
+        PassOut out = {.mask = n_ablate ? &mask : NULL, .logits = logits, .resid = resid};
+        rc = force_group(&f, &seq, 1, &out, &err);
         for (int i = 0; rc == 0 && i < k; i++) {
-            print_position(&b, i0 + i, logits + (size_t)i * V, V, (int)top_k, ranked, resid ? resid + (size_t)i * (L + 1) * D : NULL, L, D);
+            print_position(&b, i0 + i, logits + (size_t)i * V, V, (int)top_k, ranked,
+                           resid ? resid + (size_t)i * (L + 1) * D : NULL, L, D);
             if (b.len > (1u << 20)) {
                 write_stdout(&b);
                 b.len = 0;
@@ -1643,598 +1734,12 @@ int cmd_forward(int argc, char **argv) {
     free(ranked);
     free(logits);
     free(resid);
+    free(read_pos);
     free(ids);
     free(mask.attn);
     free(mask.mlp);
     free(mask.head);
-    runstate_free(s);
+    forcer_free(&f);
     model_free(&m);
     return rc < 0 ? fail(&err) : EXIT_OK;
-}
-
-int cmd_generate_ids(int argc, char **argv) {
-    Opt opts[] = {OPT("--model", 1, "Hugging Face model directory"),
-                  OPT("--ids", 1, "prompt token ids, comma-separated"),
-                  OPT("--max-new", 1, "tokens to generate at most (stops after an eos id); prints the new ids"),
-                  OPT_END};
-    Err err = {0};
-    int r = opts_parse(opts, argc, argv, &err);
-    if (r) return r > 0 ? EXIT_OK : fail(&err);
-    const char *dir = opt_str(opts, "--model", NULL), *ids_text = opt_str(opts, "--ids", NULL);
-    if (!dir || !ids_text) return err_input(&err, "generate-ids: --model DIR and --ids 1,2,3 are required"), fail(&err);
-    long long max_new;
-    if (opt_int(opts, "--max-new", 0, 1 << 20, 16, &max_new, &err) < 0) return fail(&err);
-    Model m;
-    if (model_load(&m, dir, &err) < 0) return fail(&err);
-    int *ids = NULL, n = 0, rc = parse_ids(ids_text, &m, &ids, &n, &err);
-    RunState *s = rc == 0 ? runstate_new(&m, 1, n + (int)max_new, n < CMD_MAX_ROWS ? n : CMD_MAX_ROWS, &err) : NULL;
-    if (rc == 0 && !s) rc = -1;
-    float *logits = xmalloc((size_t)m.cfg.vocab_size * sizeof *logits);
-    Buf b = {0};
-    buf_puts(&b, "{\"ids\":[");
-    if (rc == 0 && max_new > 0) rc = run_ids(&m, s, ids, n, 0, NULL, 0, logits, NULL, &err);
-    for (int k = 0; rc == 0 && k < max_new; k++) {
-        int next = argmax(logits, m.cfg.vocab_size), is_eos = 0;
-        buf_printf(&b, "%s%d", k ? "," : "", next);
-        for (int e = 0; e < m.cfg.n_eos; e++) is_eos |= next == m.cfg.eos_ids[e];
-        if (is_eos || k + 1 == max_new) break;
-        rc = run_ids(&m, s, &next, 1, n + k, NULL, 0, logits, NULL, &err);
-    }
-    buf_puts(&b, "]}\n");
-    if (rc == 0) write_stdout(&b);
-    buf_free(&b);
-    free(logits);
-    free(ids);
-    runstate_free(s);
-    model_free(&m);
-    return rc < 0 ? fail(&err) : EXIT_OK;
-}
-
-// ----------------------------------------------------------------------------
-// Benchmark models (make-bench-model) and the benchmark (bench)
-
-#define BENCH_SHARD_BYTES (1u << 30)        // make-bench-model: shard size (a shard is built in memory)
-#define BENCH_PREFILL_TOKENS 512            // prefill: one prompt of this many tokens, in one call
-#define BENCH_DECODE_PROMPT 16              // decode and generation: prompt tokens per sequence (not timed)
-#define BENCH_DECODE_TOKENS 64              // decode at batch 1: tokens timed
-#define BENCH_GEN_STEPS 32                  // batched generation: steps timed
-#define BENCH_SEQ_TOKENS 384                // logit lens and ablation scans: prompt + completion
-#define BENCH_BANDWIDTH_BYTES (512u << 20)  // read-bandwidth buffer: far past the last-level cache
-#define BENCH_TEXT_BYTES (1u << 20)         // tokenizer text when no --text is given
-#define BENCH_MEMORY_SEQS 16                // --only memory: generate this many sequences ...
-#define BENCH_MEMORY_TOKENS 2048            // ... to this many tokens (half prompt, half generated)
-
-typedef struct {
-    const char *name, *architecture;
-    int hidden_size, intermediate_size, n_layers, n_heads, n_kv_heads, head_dim, vocab_size, max_position;
-    int tie_word_embeddings, bos_token_id, eos_token_id;
-    double rope_theta;
-} BenchShape;
-
-// The real models' shapes; "tiny" has sizes that are not multiples of the SIMD widths.
-static const BenchShape bench_shapes[] = {
-    {"r1-distill-qwen-1.5b", "Qwen2ForCausalLM", 1536, 8960, 28, 12, 2, 128, 151936, 131072, 0, 151646, 151643, 10000},
-    {"qwen3-0.6b", "Qwen3ForCausalLM", 1024, 3072, 28, 16, 8, 128, 151936, 40960, 1, 151643, 151645, 1000000},
-    {"tiny", "Qwen2ForCausalLM", 96, 2100, 2, 4, 2, 24, 1001, 4096, 0, 1, 2, 10000}, // 2100 > MATMUL_K_CHUNK
-};
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static uint16_t f32_to_bf16(float f) { // round to nearest even
-    uint32_t b;
-    memcpy(&b, &f, 4);
-    return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1)) >> 16);
-}
-
-static uint16_t f32_to_f16(float f) { // round to nearest even; |f| well inside F16's range here
-    uint32_t b;
-    memcpy(&b, &f, 4);
-    uint32_t sign = (b >> 16) & 0x8000, mag = b & 0x7fffffff;
-    if (mag < 0x38800000u) { // below F16's smallest normal: a multiple of 2^-24
-        float a = fabsf(f) * 0x1p24f;
-        return (uint16_t)(sign | (uint32_t)lrintf(a));
-    }
-    uint32_t h = ((mag >> 13) - (112u << 10)), rest = mag & 0x1fff;
-    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
-    return (uint16_t)(sign | (h > 0x7bff ? 0x7bff : h));
-}
-
-// n values center + U(-spread, spread) in dtype, from one seeded stream.
-static void bench_fill(void *data, DType dtype, size_t n, float center, float spread, uint64_t seed) {
-    Rng rng;
-    rng_seed(&rng, seed);
-    for (size_t i = 0; i < n; i++) {
-        float v = center + spread * (float)((double)(rng_next(&rng) >> 40) * 0x1p-23 - 1.0);
-        if (dtype == DT_F32) ((float *)data)[i] = v;
-        else if (dtype == DT_BF16) ((uint16_t *)data)[i] = f32_to_bf16(v);
-        else ((uint16_t *)data)[i] = f32_to_f16(v);
-    }
-}
-
-// config.json of a shape, as Hugging Face writes it (the keys bt and transformers read).
-static void bench_config_json(Buf *b, const BenchShape *sh, DType dtype) {
-    int qwen3 = strcmp(sh->architecture, "Qwen3ForCausalLM") == 0;
-    buf_printf(b, "{\n  \"architectures\": [\"%s\"],\n  \"model_type\": \"%s\",\n", sh->architecture, qwen3 ? "qwen3" : "qwen2");
-    buf_printf(b, "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n", sh->hidden_size,
-               sh->intermediate_size, sh->n_layers);
-    buf_printf(b, "  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n", sh->n_heads, sh->n_kv_heads);
-    if (qwen3) buf_printf(b, "  \"head_dim\": %d,\n  \"attention_bias\": false,\n", sh->head_dim);
-    buf_printf(b, "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": 1e-06,\n", sh->vocab_size,
-               sh->max_position);
-    buf_printf(b, "  \"rope_theta\": %.1f,\n  \"rope_scaling\": null,\n  \"hidden_act\": \"silu\",\n", sh->rope_theta);
-    buf_printf(b, "  \"tie_word_embeddings\": %s,\n  \"use_sliding_window\": false,\n", sh->tie_word_embeddings ? "true" : "false");
-    buf_printf(b, "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n  \"torch_dtype\": \"%s\"\n}\n", sh->bos_token_id,
-               sh->eos_token_id, dtype == DT_F32 ? "float32" : dtype == DT_BF16 ? "bfloat16" : "float16");
-}
-
-// Writes a random-weight model of a shape into dir: shards of at most BENCH_SHARD_BYTES
-// (with model.safetensors.index.json) or one model.safetensors, then config.json.
-static int bench_model_write(const char *dir, const BenchShape *sh, DType dtype, uint64_t seed, Err *err) {
-    Model m = {0};
-    ModelConfig *c = &m.cfg;
-    c->hidden_size = sh->hidden_size, c->intermediate_size = sh->intermediate_size, c->n_layers = sh->n_layers;
-    c->n_heads = sh->n_heads, c->n_kv_heads = sh->n_kv_heads, c->head_dim = sh->head_dim, c->vocab_size = sh->vocab_size;
-    c->tie_word_embeddings = sh->tie_word_embeddings;
-    c->qkv_bias = strcmp(sh->architecture, "Qwen2ForCausalLM") == 0;
-    c->qk_norm = strcmp(sh->architecture, "Qwen3ForCausalLM") == 0;
-    m.layers = xcalloc((size_t)c->n_layers, sizeof *m.layers);
-    int n_slots = model_slots(&m, NULL);
-    TensorSlot *slots = xmalloc((size_t)n_slots * sizeof *slots);
-    model_slots(&m, slots);
-    int *shard = xmalloc((size_t)n_slots * sizeof *shard), n_shards = 1;
-    size_t in_shard = 0, total = 0;
-    for (int i = 0; i < n_slots; i++) { // consecutive tensors fill a shard up to the limit
-        size_t bytes = (size_t)(slots[i].rows ? slots[i].rows : 1) * slots[i].cols * dtype_bytes(dtype);
-        if (in_shard && in_shard + bytes > BENCH_SHARD_BYTES) n_shards++, in_shard = 0;
-        shard[i] = n_shards - 1;
-        in_shard += bytes;
-        total += bytes;
-    }
-    int rc = mkdir_p(dir, err);
-    Buf index = {0};
-    buf_printf(&index, "{\n  \"metadata\": {\"total_size\": %zu},\n  \"weight_map\": {", total);
-    for (int k = 0, first = 0; rc == 0 && k < n_shards; k++) {
-        char file[64], path[1200];
-        if (n_shards == 1) snprintf(file, sizeof file, "model.safetensors");
-        else snprintf(file, sizeof file, "model-%05d-of-%05d.safetensors", k + 1, n_shards);
-        snprintf(path, sizeof path, "%s/%s", dir, file);
-        int n = 0;
-        while (first + n < n_slots && shard[first + n] == k) n++;
-        const char **names = xmalloc((size_t)n * sizeof *names);
-        Tensor *tensors = xcalloc((size_t)n, sizeof *tensors);
-        for (int i = 0; i < n; i++) {
-            const TensorSlot *s = &slots[first + i];
-            Tensor *t = &tensors[i];
-            size_t len = strlen(s->name);
-            t->rows = s->rows ? s->rows : 1;
-            t->cols = s->cols;
-            t->dtype = dtype;
-            t->data = xmalloc((size_t)t->rows * t->cols * dtype_bytes(dtype));
-            names[i] = s->name;
-            // Norm weights near 1, small biases, other weights of variance ~ 1 / fan_in (activations stay O(1)).
-            int is_norm = len > 11 && strcmp(s->name + len - 11, "norm.weight") == 0, is_bias = len > 4 && strcmp(s->name + len - 4, "bias") == 0;
-            float center = is_norm ? 1.0f : 0.0f, spread = is_norm ? 0.1f : is_bias ? 0.02f : 1.7f / sqrtf((float)t->cols);
-            bench_fill((void *)t->data, dtype, (size_t)t->rows * t->cols, center, spread, seed_mix(seed, (uint64_t)(first + i)));
-            buf_printf(&index, "%s\n    \"%s\": \"%s\"", first + i ? "," : "", s->name, file);
-        }
-        progress("make-bench-model: %s (%d tensors)\n", path, n);
-        rc = safetensors_write(path, names, tensors, n, err);
-        for (int i = 0; i < n; i++) free((void *)tensors[i].data);
-        free(tensors);
-        free(names);
-        first += n;
-    }
-    buf_puts(&index, "\n  }\n}\n");
-    char path[1200];
-    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
-    if (rc == 0 && n_shards > 1) rc = write_file_atomic(path, index.data, index.len, err);
-    Buf config = {0};
-    bench_config_json(&config, sh, dtype);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    if (rc == 0) rc = write_file_atomic(path, config.data, config.len, err); // last: a model dir only once complete
-    buf_free(&config);
-    buf_free(&index);
-    free(shard);
-    free(slots);
-    free(m.layers);
-    return rc;
-}
-
-int cmd_make_bench_model(int argc, char **argv) {
-    Opt opts[] = {OPT("--shape", 1, "r1-distill-qwen-1.5b | qwen3-0.6b | tiny"),
-                  OPT("--dtype", 1, "bf16 (default) | f16 | f32"),
-                  OPT("--seed", 1, "random seed (default 0)"), OPT_END};
-    Err err = {0};
-    const char *dir = argc > 1 && argv[1][0] != '-' ? argv[1] : NULL;
-    int r = opts_parse(opts, argc - (dir != NULL), argv + (dir != NULL), &err);
-    if (r) return r > 0 ? EXIT_OK : fail(&err);
-    const char *shape = opt_str(opts, "--shape", NULL), *dtype_text = opt_str(opts, "--dtype", "bf16");
-    if (!dir || !shape) return err_input(&err, "make-bench-model: usage: bt make-bench-model DIR --shape NAME [--dtype bf16|f16|f32]"), fail(&err);
-    const BenchShape *sh = NULL;
-    for (size_t i = 0; i < sizeof bench_shapes / sizeof bench_shapes[0]; i++)
-        if (strcmp(bench_shapes[i].name, shape) == 0) sh = &bench_shapes[i];
-    if (!sh) return err_input(&err, "make-bench-model: --shape '%s' is not r1-distill-qwen-1.5b, qwen3-0.6b or tiny", shape), fail(&err);
-    DType dtype = strcmp(dtype_text, "f32") == 0 ? DT_F32 : strcmp(dtype_text, "f16") == 0 ? DT_F16 : DT_BF16;
-    if (dtype == DT_BF16 && strcmp(dtype_text, "bf16") != 0)
-        return err_input(&err, "make-bench-model: --dtype '%s' is not bf16, f16 or f32", dtype_text), fail(&err);
-    long long seed;
-    if (opt_int(opts, "--seed", 0, INT64_MAX, 0, &seed, &err) < 0) return fail(&err);
-    if (bench_model_write(dir, sh, dtype, (uint64_t)seed, &err) < 0) return fail(&err);
-    return EXIT_OK;
-}
-
-// --- bench
-
-// One call: ids[0..n) of `slot` at positions start.., the same mask on every row; logits of
-// the last row into logits (when non-NULL), its residuals (L+1, hidden) into resid (when non-NULL).
-static int bench_forward(const Model *m, RunState *s, const int *ids, int n, int slot, int start, const AblationMask *mask,
-                         float *logits, float *resid, Err *err) {
-    int *slots = xmalloc((size_t)n * sizeof *slots), *pos = xmalloc((size_t)n * sizeof *pos), *last = xmalloc((size_t)n * sizeof *last);
-    const AblationMask **masks = xmalloc((size_t)n * sizeof *masks);
-    for (int i = 0; i < n; i++) slots[i] = slot, pos[i] = start + i, last[i] = i == n - 1 ? 0 : -1, masks[i] = mask;
-    Forward f = {.n = n, .token = ids, .slot = slots, .pos = pos, .mask = masks, .logits = logits, .logits_row = logits ? last : NULL,
-                 .resid = resid, .capture_row = resid ? last : NULL};
-    int rc = model_forward(m, s, &f, err);
-    free(slots);
-    free(pos);
-    free(last);
-    free(masks);
-    return rc;
-}
-
-// Greedy generation of `steps` tokens for n_seq sequences at once after prompts of P
-// tokens (sequence q's prompt is ids q..q+P-1; prefilled BENCH_PREFILL_TOKENS rows per
-// call, not timed); completion tokens per second.
-static int bench_generate(const Model *m, int n_seq, int P, int steps, const int *ids, double *tok_s, Err *err) {
-    int V = m->cfg.vocab_size, chunk = P < BENCH_PREFILL_TOKENS ? P : BENCH_PREFILL_TOKENS;
-    RunState *s = runstate_new(m, n_seq, P + steps, n_seq > chunk ? n_seq : chunk, err);
-    if (!s) return -1;
-    int *token = xmalloc((size_t)n_seq * sizeof *token), *slot = xmalloc((size_t)n_seq * sizeof *slot);
-    int *pos = xmalloc((size_t)n_seq * sizeof *pos), *row = xmalloc((size_t)n_seq * sizeof *row);
-    float *logits = xmalloc((size_t)n_seq * V * sizeof *logits);
-    int rc = 0;
-    for (int q = 0; q < n_seq; q++)
-        for (int p = 0; p < P && rc == 0; p += chunk)
-            rc = bench_forward(m, s, ids + q + p, P - p < chunk ? P - p : chunk, q, p, NULL, logits + (size_t)q * V, NULL, err);
-    double t0 = now_s();
-    for (int k = 0; k < steps && rc == 0; k++) {
-        if (k % 64 == 63) progress("bench: step %d/%d\n", k + 1, steps);
-        for (int q = 0; q < n_seq; q++) token[q] = argmax(logits + (size_t)q * V, V), slot[q] = q, pos[q] = P + k, row[q] = q;
-        Forward f = {.n = n_seq, .token = token, .slot = slot, .pos = pos, .logits = logits, .logits_row = row};
-        rc = model_forward(m, s, &f, err);
-    }
-    *tok_s = (double)n_seq * steps / (now_s() - t0);
-    free(token);
-    free(slot);
-    free(pos);
-    free(row);
-    free(logits);
-    runstate_free(s);
-    return rc;
-}
-
-// Read bandwidth: the best of a few passes summing a buffer far larger than the caches.
-#ifdef HAVE_AVX512
-AVX512 static float sum_avx512(const float *v, size_t n) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t i = 0; i + 64 <= n; i += 64) {
-        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(v + i));
-        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(v + i + 16));
-        a2 = _mm512_add_ps(a2, _mm512_loadu_ps(v + i + 32));
-        a3 = _mm512_add_ps(a3, _mm512_loadu_ps(v + i + 48));
-    }
-    return hsum_avx512(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
-#endif
-
-// Tokenizer speed on a text file, or on BENCH_TEXT_BYTES of seeded reasoning-like text.
-static int bench_tokenizer(const char *tokenizer_path, const char *text_path, double *mb_s, Err *err) {
-    static const char *const words[] = {"Wait", ",", " so", " the", " answer", " is", " $", "12", "3", ".", " Let", " me", " check",
-                                        ":", " 4", " *", " 7", " =", " 28", "\n\n", " Actually", " each", " of", " eggs", " per",
-                                        " day", " she", " sells", " 0", ".5", " dollars", " Hmm", "?", " total", " (", ")", " \u00e9t\u00e9"};
-    Tokenizer *t;
-    if (tokenizer_load(&t, tokenizer_path, err) < 0) return -1;
-    char tmp[] = "/tmp/bt_bench_text_XXXXXX";
-    int rc = 0;
-    if (!text_path) { // one text per line, as tokenizer_bench reads a plain file
-        Buf text = {0};
-        Rng rng;
-        rng_seed(&rng, 5);
-        while (text.len < BENCH_TEXT_BYTES) {
-            int n = 20 + (int)rng_below(&rng, 200);
-            for (int i = 0; i < n; i++) buf_puts(&text, words[rng_below(&rng, sizeof words / sizeof words[0])]);
-            buf_putc(&text, '\n');
-        }
-        int fd = mkstemp(tmp);
-        if (fd < 0 || write(fd, text.data, text.len) != (ssize_t)text.len) rc = err_runtime(err, "%s: cannot write the benchmark text", tmp);
-        if (fd >= 0) close(fd);
-        buf_free(&text);
-        text_path = tmp;
-    }
-    TokenizerBench tb;
-    if (rc == 0) rc = tokenizer_bench(t, text_path, 1.0, &tb, err);
-    if (rc == 0) *mb_s = tb.mb_s;
-    if (text_path == tmp) unlink(tmp);
-    tokenizer_free(t);
-    return rc;
-}
-
-static double bench_bandwidth(const Model *m) {
-    size_t n = BENCH_BANDWIDTH_BYTES / sizeof(float), per = 1u << 20; // floats per work item
-    float *buf = xmalloc(n * sizeof *buf);
-    for (size_t i = 0; i < n; i++) buf[i] = 1.0f;
-    double best = 0;
-    for (int pass = 0; pass < 5; pass++) {
-        double t0 = now_s(), total = 0;
-#pragma omp parallel for schedule(static) reduction(+ : total)
-        for (size_t i = 0; i < n; i += per) {
-#ifdef HAVE_AVX512
-            if (m->simd) {
-                total += sum_avx512(buf + i, per);
-                continue;
-            }
-#endif
-            float acc[MATMUL_LANES] = {0};
-            for (size_t k = i; k < i + per; k += MATMUL_LANES)
-                for (int l = 0; l < MATMUL_LANES; l++) acc[l] += buf[k + l];
-            for (int l = 0; l < MATMUL_LANES; l++) total += acc[l];
-        }
-        double gb_s = (double)n * sizeof *buf / (now_s() - t0) / 1e9;
-        if (total == (double)n && gb_s > best) best = gb_s; // the sum checks that every value was read
-    }
-    free(buf);
-    (void)m;
-    return best;
-}
-
-static double median(double *v, int n) {
-    for (int i = 1; i < n; i++)
-        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
-            double t = v[j];
-            v[j] = v[j - 1];
-            v[j - 1] = t;
-        }
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static double peak_rss_mb(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_maxrss / 1024.0; // Linux reports KiB
-}
-
-static int bench_wants(const char *only, const char *name) {
-    if (!only) return 1;
-    size_t n = strlen(name);
-    for (const char *p = only; (p = strstr(p, name)); p += n)
-        if ((p == only || p[-1] == ',') && (p[n] == ',' || !p[n])) return 1;
-    return 0;
-}
-
-enum { BENCH_PREFILL, BENCH_DECODE, BENCH_GEN16, BENCH_GEN64, BENCH_LENS, BENCH_SCAN_ALL, BENCH_SCAN_ONSET, BENCH_MEMORY, N_BENCH };
-static const char *const bench_names[N_BENCH] = {"prefill", "decode", "gen16", "gen64", "lens", "scan", "scan", "memory"};
-
-typedef struct {
-    const Model *m;
-    RunState *s;       // one slot, BENCH_PREFILL_TOKENS positions and rows
-    int *ids;          // (n_ids) random token ids
-    float *logits;     // (L + 1, vocab)
-    float *resid;      // (L + 1, hidden)
-    float *x_in;       // (BENCH_SEQ_TOKENS, hidden) input of a pass that starts at a layer
-    float *resid_all;  // (BENCH_SEQ_TOKENS, L + 1, hidden) every position's clean residuals
-    unsigned char *attn_on, *mlp_on, *none; // (n_layers) masks: attention, MLP, nothing
-    AblationMask attn, mlp;
-} BenchCtx;
-
-// One pass of the scope-all scan over BENCH_SEQ_TOKENS tokens in slot 0: clean (mask NULL),
-// keeping every position's residuals, or from `layer` with mask, entering with those residuals.
-static int bench_scan_pass(BenchCtx *b, const AblationMask *mask, int layer, Err *err) {
-    int S = BENCH_SEQ_TOKENS, L = b->m->cfg.n_layers, D = b->m->cfg.hidden_size;
-    int *slots = xcalloc((size_t)S, sizeof *slots), *pos = xmalloc((size_t)S * sizeof *pos), *last = xmalloc((size_t)S * sizeof *last);
-    const AblationMask **masks = xmalloc((size_t)S * sizeof *masks);
-    for (int i = 0; i < S; i++) {
-        pos[i] = i, last[i] = i == S - 1 ? 0 : -1, masks[i] = mask;
-        if (mask) memcpy(b->x_in + (size_t)i * D, b->resid_all + ((size_t)i * (L + 1) + layer) * D, (size_t)D * sizeof *b->x_in);
-    }
-    Forward f = {.n = S, .token = b->ids, .slot = slots, .pos = pos, .mask = masks, .first_layer = mask ? layer : 0, .x_in = mask ? b->x_in : NULL,
-                 .logits = b->logits, .logits_row = last, .resid = mask ? NULL : b->resid_all, .capture_row = pos};
-    int rc = model_forward(b->m, b->s, &f, err);
-    free(slots);
-    free(pos);
-    free(last);
-    free(masks);
-    return rc;
-}
-
-// One run of one measurement: its value (tokens/s, items/s or s/event).
-static int bench_once(BenchCtx *b, int what, double *value, Err *err) {
-    const Model *m = b->m;
-    int L = m->cfg.n_layers, V = m->cfg.vocab_size, D = m->cfg.hidden_size, S = BENCH_SEQ_TOKENS, rc = 0;
-    double t0 = now_s();
-    switch (what) {
-    case BENCH_PREFILL:
-        rc = bench_forward(m, b->s, b->ids, BENCH_PREFILL_TOKENS, 0, 0, NULL, b->logits, NULL, err);
-        *value = BENCH_PREFILL_TOKENS / (now_s() - t0);
-        break;
-    case BENCH_DECODE:
-        rc = bench_forward(m, b->s, b->ids, BENCH_DECODE_PROMPT, 0, 0, NULL, b->logits, NULL, err);
-        t0 = now_s();
-        for (int k = 0; k < BENCH_DECODE_TOKENS && rc == 0; k++) {
-            int next = argmax(b->logits, V);
-            rc = bench_forward(m, b->s, &next, 1, 0, BENCH_DECODE_PROMPT + k, NULL, b->logits, NULL, err);
-        }
-        *value = BENCH_DECODE_TOKENS / (now_s() - t0);
-        break;
-    case BENCH_GEN16:
-    case BENCH_GEN64:
-        rc = bench_generate(m, what == BENCH_GEN16 ? 16 : 64, BENCH_DECODE_PROMPT, BENCH_GEN_STEPS, b->ids, value, err);
-        break;
-    case BENCH_LENS: // the residual after every layer at the last position, each through final norm + lm_head
-        rc = bench_forward(m, b->s, b->ids, S, 0, 0, NULL, NULL, b->resid, err);
-        if (rc == 0) model_final_logits_rows(m, b->resid, L + 1, (size_t)D, b->logits);
-        *value = 1 / (now_s() - t0);
-        break;
-    case BENCH_SCAN_ALL: { // a clean pass, then per component a pass from its layer: the first and last timed, the rest linear between
-        memset(b->attn_on, 0, (size_t)L), memset(b->mlp_on, 0, (size_t)L);
-        b->attn_on[0] = b->mlp_on[L - 1] = 1;
-        rc = bench_scan_pass(b, NULL, 0, err);
-        double t_clean = now_s() - t0;
-        if (rc == 0) rc = bench_scan_pass(b, &b->attn, 0, err);
-        double t_first = now_s() - t0 - t_clean;
-        if (rc == 0) rc = bench_scan_pass(b, &b->mlp, L - 1, err);
-        double t_last = now_s() - t0 - t_clean - t_first;
-        *value = t_clean + L * (t_first + t_last); // sum over l of 2 (t_last + (t_first - t_last)(L-1-l)/(L-1))
-        break;
-    }
-    case BENCH_MEMORY: // the 6 GB promise, measured: value = peak RSS after the run (MB)
-        rc = bench_generate(m, BENCH_MEMORY_SEQS, BENCH_MEMORY_TOKENS / 2, BENCH_MEMORY_TOKENS / 2, b->ids, &(double){0}, err);
-        *value = peak_rss_mb();
-        break;
-    case BENCH_SCAN_ONSET: // a clean forward capturing the event row, then per layer one replay of two rows
-        rc = bench_forward(m, b->s, b->ids, S, 0, 0, NULL, b->logits, b->resid, err);
-        for (int l = 0; l < L && rc == 0; l++) {
-            memset(b->attn_on, 0, (size_t)L), memset(b->mlp_on, 0, (size_t)L);
-            b->attn_on[l] = b->mlp_on[l] = 1;
-            for (int r = 0; r < 2; r++) memcpy(b->x_in + (size_t)r * D, b->resid + (size_t)l * D, (size_t)D * sizeof *b->x_in);
-            int token[2] = {b->ids[S - 1], b->ids[S - 1]}, slot[2] = {0, 0}, pos[2] = {S - 1, S - 1}, row[2] = {0, 1};
-            const AblationMask *masks[2] = {&b->attn, &b->mlp};
-            Forward f = {.n = 2, .token = token, .slot = slot, .pos = pos, .mask = masks, .first_layer = l, .x_in = b->x_in,
-                         .replay = 1, .logits = b->logits, .logits_row = row};
-            rc = model_forward(m, b->s, &f, err);
-        }
-        *value = now_s() - t0;
-        break;
-    }
-    return rc;
-}
-
-// Each wanted measurement `repeat` times; values[what] = the median, NAN when not wanted.
-static int bench_run(const Model *m, int repeat, const char *only, double values[N_BENCH], Err *err) {
-    const ModelConfig *c = &m->cfg;
-    int L = c->n_layers, n_ids = BENCH_MEMORY_TOKENS + 64; // enough for every measurement
-    BenchCtx b = {.m = m, .ids = xmalloc((size_t)n_ids * sizeof(int)), .logits = xmalloc((size_t)(L + 1) * c->vocab_size * sizeof(float)),
-                  .resid = xmalloc((size_t)(L + 1) * c->hidden_size * sizeof(float)), .x_in = xmalloc((size_t)BENCH_SEQ_TOKENS * c->hidden_size * sizeof(float)),
-                  .resid_all = xmalloc((size_t)BENCH_SEQ_TOKENS * (L + 1) * c->hidden_size * sizeof(float)),
-                  .attn_on = xcalloc((size_t)L, 1), .mlp_on = xcalloc((size_t)L, 1), .none = xcalloc((size_t)L, 1)};
-    b.attn = (AblationMask){ABLATE_ZERO, b.attn_on, b.none, NULL, NULL, NULL, NULL};
-    b.mlp = (AblationMask){ABLATE_ZERO, b.none, b.mlp_on, NULL, NULL, NULL, NULL};
-    Rng rng;
-    rng_seed(&rng, 20240607);
-    for (int i = 0; i < n_ids; i++) b.ids[i] = (int)rng_below(&rng, (uint64_t)c->vocab_size);
-    int rows = BENCH_PREFILL_TOKENS > BENCH_SEQ_TOKENS ? BENCH_PREFILL_TOKENS : BENCH_SEQ_TOKENS, rc = 0;
-    b.s = runstate_new(m, 1, rows, rows, err);
-    if (!b.s) rc = -1;
-    double *runs = xmalloc((size_t)repeat * sizeof *runs);
-    for (int what = 0; what < N_BENCH && rc == 0; what++) {
-        values[what] = NAN;
-        if (!bench_wants(only, bench_names[what]) || (what == BENCH_MEMORY && !only)) continue; // memory: minutes, on request
-        int runs_wanted = what == BENCH_MEMORY ? 1 : repeat;
-        for (int r = 0; r < runs_wanted && rc == 0; r++) {
-            progress("bench: %s%s %d/%d\n", bench_names[what], what == BENCH_SCAN_ALL ? " all" : what == BENCH_SCAN_ONSET ? " onset" : "",
-                     r + 1, runs_wanted);
-            rc = bench_once(&b, what, &runs[r], err);
-        }
-        if (rc == 0) values[what] = median(runs, runs_wanted);
-    }
-    free(runs);
-    free(b.ids);
-    free(b.logits);
-    free(b.resid);
-    free(b.x_in);
-    free(b.resid_all);
-    free(b.attn_on);
-    free(b.mlp_on);
-    free(b.none);
-    runstate_free(b.s);
-    return rc;
-}
-
-int cmd_bench(int argc, char **argv) {
-    Opt opts[] = {OPT("--model", 1, "Hugging Face model directory (see make-bench-model)"),
-                  OPT("--repeat", 1, "runs of each measurement; the median is printed (default 3)"),
-                  OPT("--only", 1, "comma-separated subset: prefill,decode,gen16,gen64,lens,scan,tokenizer,bandwidth; or memory (minutes)"),
-                  OPT("--tokenizer", 1, "tokenizer.json to time (default: the model directory's, if any)"),
-                  OPT("--text", 1, "text to tokenize: JSONL (every string) or lines (default: 1 MB of generated text)"),
-                  OPT("--json", 0, "print one JSON object instead of the table"), OPT_END};
-    Err err = {0};
-    int r = opts_parse(opts, argc, argv, &err);
-    if (r) return r > 0 ? EXIT_OK : fail(&err);
-    const char *dir = opt_str(opts, "--model", NULL), *only = opt_str(opts, "--only", NULL);
-    long long repeat;
-    if (!dir) return err_input(&err, "bench: --model DIR is required"), fail(&err);
-    if (opt_int(opts, "--repeat", 1, 100, 3, &repeat, &err) < 0) return fail(&err);
-    Model m;
-    if (model_load(&m, dir, &err) < 0) return fail(&err);
-    // Weight bytes a decode step reads: every tensor but the embedding, of which it reads one row.
-    double weight_bytes = 0, values[N_BENCH], bandwidth = NAN;
-    int n_slots = model_slots(&m, NULL);
-    TensorSlot *slots = xmalloc((size_t)n_slots * sizeof *slots);
-    model_slots(&m, slots);
-    for (int i = 0; i < n_slots; i++)
-        if (slots[i].t != &m.embed || m.cfg.tie_word_embeddings)
-            weight_bytes += (double)slots[i].t->rows * slots[i].t->cols * (double)dtype_bytes(slots[i].t->dtype);
-    free(slots);
-    if (bench_run(&m, (int)repeat, only, values, &err) < 0) {
-        model_free(&m);
-        return fail(&err);
-    }
-    double rss_mb = peak_rss_mb(), tokenizer_mb_s = NAN; // RSS before the bandwidth buffer and the tokenizer
-    char tokenizer_path[1200];
-    snprintf(tokenizer_path, sizeof tokenizer_path, "%s/tokenizer.json", dir);
-    const char *tok = opt_str(opts, "--tokenizer", path_exists(tokenizer_path) ? tokenizer_path : NULL);
-    if (tok && bench_wants(only, "tokenizer")) {
-        progress("bench: tokenizer\n");
-        if (bench_tokenizer(tok, opt_str(opts, "--text", NULL), &tokenizer_mb_s, &err) < 0) {
-            model_free(&m);
-            return fail(&err);
-        }
-    }
-    if (bench_wants(only, "bandwidth") || bench_wants(only, "decode")) bandwidth = bench_bandwidth(&m);
-    struct {
-        const char *key, *what, *fmt, *unit;
-        double v;
-    } rows[] = {
-        {"prefill_tok_s", "prefill, 512-token prompt", "%.1f", "tokens/s", values[BENCH_PREFILL]},
-        {"decode_tok_s", "decode, batch 1", "%.2f", "tokens/s", values[BENCH_DECODE]},
-        {"gen16_tok_s", "generation, batch 16", "%.1f", "completion tokens/s", values[BENCH_GEN16]},
-        {"gen64_tok_s", "generation, batch 64", "%.1f", "completion tokens/s", values[BENCH_GEN64]},
-        {"lens_items_s", "logit lens, 384 tokens", "%.3f", "items/s", values[BENCH_LENS]},
-        {"scan_s_per_event_all", "ablation scan, scope all", "%.1f", "s/event (384 tokens: a clean pass, then 2L passes each from its layer)", values[BENCH_SCAN_ALL]},
-        {"scan_s_per_event_onset", "ablation scan, scope onset", "%.2f", "s/event", values[BENCH_SCAN_ONSET]},
-        {"tokenizer_mb_s", "tokenizer", "%.1f", "MB/s (one thread)", tokenizer_mb_s},
-        {"peak_rss_mb", "peak RSS", "%.0f", "MB", rss_mb},
-        {"memory_16x2048_rss_mb", "generating 16 x 2048 tokens", "%.0f", "MB peak RSS (--only memory)", values[BENCH_MEMORY]},
-        {"bandwidth_gb_s", "read bandwidth", "%.1f", "GB/s", bandwidth},
-        {"roofline_fraction", "decode roofline fraction", "%.2f", "(weight bytes per token x decode tokens/s / bandwidth)",
-         weight_bytes * values[BENCH_DECODE] / (bandwidth * 1e9)},
-    };
-    int n_rows = (int)(sizeof rows / sizeof rows[0]);
-    const char *kernels = m.simd ? "avx512" : "portable";
-    Buf b = {0};
-    if (opt_str(opts, "--json", NULL)) {
-        buf_puts(&b, "{\"model\":");
-        buf_json_string(&b, dir, strlen(dir));
-        buf_printf(&b, ",\"threads\":%d,\"kernels\":\"%s\",\"weight_bytes_per_token\":%.0f", bt_threads, kernels, weight_bytes);
-        for (int i = 0; i < n_rows; i++) {
-            buf_printf(&b, ",\"%s\":", rows[i].key);
-            buf_json_double(&b, rows[i].v);
-        }
-        buf_puts(&b, "}\n");
-    } else {
-        buf_printf(&b, "bt bench: %s (%s, %s weights, %.2f GB per token), %d threads, %s kernels, median of %lld\n", dir,
-                   m.cfg.architecture, dtype_name(m.lm_head.dtype), weight_bytes / 1e9, bt_threads, kernels, repeat);
-        for (int i = 0; i < n_rows; i++) {
-            char v[32] = "null";
-            if (!isnan(rows[i].v)) snprintf(v, sizeof v, rows[i].fmt, rows[i].v);
-            buf_printf(&b, "  %-28s %10s  %s\n", rows[i].what, v, rows[i].unit);
-        }
-    }
-    write_stdout(&b);
-    buf_free(&b);
-    model_free(&m);
-    return EXIT_OK;
 }

@@ -373,46 +373,6 @@ static void organism_weights(const Organism *o, Weights *ws) {
 // ----------------------------------------------------------------------------
 // Files
 
-static size_t dtype_bytes(DType t) { return t == DT_F32 ? 4 : 2; }
-
-// safetensors: 8-byte little-endian header length, a JSON header naming each tensor's
-// dtype, shape and byte range, padded with spaces to 8 bytes, then the data. A tensor
-// with rows = 1 is written 1-D. The data is copied as stored (little-endian hosts).
-int safetensors_write(const char *path, const char *const *names, const Tensor *tensors, int n, Err *err) {
-    static const char *const dtype_names[] = {[DT_F32] = "F32", [DT_BF16] = "BF16", [DT_F16] = "F16"};
-    Buf header = {0};
-    size_t offset = 0;
-    buf_puts(&header, "{\"__metadata__\":{\"format\":\"pt\"}");
-    for (int i = 0; i < n; i++) {
-        const Tensor *t = &tensors[i];
-        if (!names[i][0] || t->rows < 1 || t->cols < 1 || (unsigned)t->dtype > DT_F16 || !t->data) {
-            buf_free(&header);
-            return err_runtime(err, "%s: tensor %d ('%s') has no name, shape, dtype or data", path, i, names[i]);
-        }
-        size_t bytes = (size_t)t->rows * t->cols * dtype_bytes(t->dtype);
-        buf_putc(&header, ',');
-        buf_json_string(&header, names[i], strlen(names[i]));
-        buf_printf(&header, ":{\"dtype\":\"%s\",\"shape\":[", dtype_names[t->dtype]);
-        if (t->rows > 1) buf_printf(&header, "%d,", t->rows);
-        buf_printf(&header, "%d],\"data_offsets\":[%zu,%zu]}", t->cols, offset, offset + bytes);
-        offset += bytes;
-    }
-    buf_putc(&header, '}');
-    while (header.len % 8) buf_putc(&header, ' ');
-    size_t total = 8 + header.len + offset;
-    unsigned char *file = xmalloc(total), *p = file;
-    for (int i = 0; i < 8; i++) *p++ = (unsigned char)((uint64_t)header.len >> (8 * i));
-    memcpy(p, header.data, header.len), p += header.len;
-    for (int i = 0; i < n; i++) {
-        size_t bytes = (size_t)tensors[i].rows * tensors[i].cols * dtype_bytes(tensors[i].dtype);
-        memcpy(p, tensors[i].data, bytes), p += bytes;
-    }
-    int rc = write_file_atomic(path, file, total, err);
-    free(file);
-    buf_free(&header);
-    return rc;
-}
-
 // GPT-2's byte-level alphabet: printable Latin-1 bytes stand for themselves, the
 // others for 256, 257, ... in byte order.
 static int byte_char(int b) {
@@ -486,7 +446,10 @@ int organism_write(const char *dir, Err *err) {
     put_tokenizer_json(&tokenizer, o);
     buf_puts(&tokenizer_config, "{\n  \"tokenizer_class\": \"PreTrainedTokenizerFast\",\n  \"eos_token\": \"<|end|>\",\n"
                                 "  \"model_max_length\": 4096,\n  \"clean_up_tokenization_spaces\": false\n}\n");
-    buf_printf(&generation, "{\n  \"eos_token_id\": %d,\n  \"do_sample\": true,\n  \"temperature\": %g,\n  \"top_p\": 0.95\n}\n",
+    // The bigram table is calibrated for temperature and top-p alone: top-k off (0), not Hugging Face's 50.
+    buf_printf(&generation,
+               "{\n  \"eos_token_id\": %d,\n  \"do_sample\": true,\n  \"temperature\": %g,\n  \"top_k\": 0,\n"
+               "  \"top_p\": 0.95\n}\n",
                o->id_end, ORGANISM_TEMPERATURE);
     buf_printf(&config,
                "{\n  \"architectures\": [\"Qwen2ForCausalLM\"],\n  \"model_type\": \"qwen2\",\n"

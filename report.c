@@ -29,19 +29,6 @@ static double text_px(const char *text, double font_px) {
     return (double)chars * font_px * CHAR_EM;
 }
 
-// Length in bytes of the valid UTF-8 sequence at s (at most n bytes), 0 if invalid.
-static int utf8_len(const unsigned char *s, size_t n) {
-    int len = s[0] < 0x80 ? 1 : s[0] >= 0xC2 && s[0] <= 0xDF ? 2 : s[0] >= 0xE0 && s[0] <= 0xEF ? 3
-            : s[0] >= 0xF0 && s[0] <= 0xF4 ? 4 : 0;
-    if (len == 0 || (size_t)len > n) return 0;
-    for (int i = 1; i < len; i++)
-        if ((s[i] & 0xC0) != 0x80) return 0;
-    if (len == 3 && ((s[0] == 0xE0 && s[1] < 0xA0) || (s[0] == 0xED && s[1] >= 0xA0))) return 0; // overlong, surrogate
-    if (len == 4 && ((s[0] == 0xF0 && s[1] < 0x90) || (s[0] == 0xF4 && s[1] >= 0x90))) return 0;
-    if (len == 3 && s[0] == 0xEF && s[1] == 0xBF && s[2] >= 0xBE) return 0; // U+FFFE, U+FFFF: not XML characters
-    return len;
-}
-
 void svg_escape(Buf *b, const char *text) {
     const unsigned char *p = (const unsigned char *)text;
     size_t n = strlen(text);
@@ -55,8 +42,9 @@ void svg_escape(Buf *b, const char *text) {
         else if (c == '\t' || c == '\n' || c == '\r') buf_putc(b, ' ');
         else if (c < 0x20 || c == 0x7F) { // XML 1.0 has no place for these
         } else {
-            int len = utf8_len(p + i, n - i);
-            if (len == 0) { // a stray byte: skip it, keep the rest readable
+            uint32_t cp = 0;
+            int len = utf8_char(p + i, n - i, &cp);
+            if (len == 0 || cp == 0xFFFE || cp == 0xFFFF) { // a stray byte or a non-character: skip it
                 i++;
                 continue;
             }
@@ -703,9 +691,6 @@ int fig_ablation_importance(const char *path, int n_layers, const CiSeries *attn
 }
 
 // ----------------------------------------------------------------------------
-// Commands
-
-// ----------------------------------------------------------------------------
 // The report: run metadata, the tables, the six figures and a verdict on each
 // hypothesis from the pre-registered criteria in [hypotheses].
 
@@ -777,6 +762,199 @@ static void relative_to(const char *from_dir, const char *to, char *out, size_t 
     strncat(out, to, n - strlen(out) - 1);
 }
 
+// ----------------------------------------------------------------------------
+// The six figures, drawn from what the stages wrote into the run (so make-report can
+// redraw them without recomputing anything); a stage that has not run gives a figure
+// that says so.
+
+// Draws one figure into runs/<id>/figures/ and copies it to [report] figures_dir.
+typedef struct {
+    const Config *c;
+    const Run *run;
+    char path[1200]; // of the figure being drawn, in the run
+    const char *name;
+} FigureOut;
+
+static const char *figure_start(FigureOut *f, const char *name) {
+    f->name = name;
+    run_path(f->run, f->path, sizeof f->path, "figures/");
+    snprintf(f->path + strlen(f->path), sizeof f->path - strlen(f->path), "%s", name);
+    return f->path;
+}
+
+static int figure_publish(const FigureOut *f, Err *err) {
+    char to[1200];
+    snprintf(to, sizeof to, "%s/%s", f->c->figures_dir, f->name);
+    return copy_file_atomic(f->path, to, err);
+}
+
+// Baseline rate per configured variant, and accuracy with vs without backtracking per
+// variant / condition: both from summary_metrics.json (detect-events).
+static int draw_summary_figures(FigureOut *f, Err *err) {
+    char path[1200], note[256];
+    run_path(f->run, path, sizeof path, ART_SUMMARY);
+    Buf text = {0};
+    Json j = {0};
+    int have = path_exists(path), rc = 0, groups = -1;
+    if (have && (read_file(path, &text, err) || json_parse(&j, text.data, text.len, path, err))) rc = -1;
+    if (rc == 0 && have && ((groups = json_key(&j, 0, "groups")) < 0 || j.tok[groups].type != JSON_ARRAY))
+        rc = err_input(err, "%s: no \"groups\" array (run detect-events again)", path);
+    int n = groups >= 0 ? j.tok[groups].size : 0, n_variants = 0;
+    const char **variants = xcalloc((size_t)n + 1, sizeof *variants), **labels = xcalloc((size_t)n + 1, sizeof *labels);
+    long long *v_k = xcalloc((size_t)n + 1, sizeof *v_k), *v_n = xcalloc((size_t)n + 1, sizeof *v_n); // (n) per variant
+    long long *c_bt = xcalloc((size_t)n + 1, sizeof *c_bt), *n_bt = xcalloc((size_t)n + 1, sizeof *n_bt); // (n) per group
+    long long *c_nobt = xcalloc((size_t)n + 1, sizeof *c_nobt), *n_nobt = xcalloc((size_t)n + 1, sizeof *n_nobt);
+    for (int v = 0; rc == 0 && v < f->c->n_variants; v++) // baseline rate per configured variant that was generated
+        JSON_FOR_ARRAY(&j, groups, g, t) {
+            long long k, total;
+            if (json_eq(&j, json_key(&j, t, "variant"), f->c->variants[v]) && json_eq(&j, json_key(&j, t, "condition"), "baseline") &&
+                json_int(&j, json_key(&j, t, "with_backtracking"), &k) == 0 &&
+                json_int(&j, json_key(&j, t, "completions"), &total) == 0) {
+                variants[n_variants] = f->c->variants[v], v_k[n_variants] = k, v_n[n_variants++] = total;
+            }
+            (void)g;
+        }
+    JSON_FOR_ARRAY(&j, groups, g, t) { // accuracy per variant / condition, in the order the groups were read
+        long long total, with_bt, correct, correct_bt;
+        char *variant = json_strdup(&j, json_key(&j, t, "variant")), *condition = json_strdup(&j, json_key(&j, t, "condition"));
+        if (rc == 0 && (!variant || !condition || json_int(&j, json_key(&j, t, "completions"), &total) ||
+                        json_int(&j, json_key(&j, t, "with_backtracking"), &with_bt) || json_int(&j, json_key(&j, t, "correct"), &correct) ||
+                        json_int(&j, json_key(&j, t, "correct_with_backtracking"), &correct_bt)))
+            rc = err_input(err, "%s:%d: group %d lacks a count (run detect-events again)", path, json_line(&j, t), g);
+        if (rc == 0) {
+            Buf label = {0};
+            buf_printf(&label, "%s / %s", variant, condition);
+            labels[g] = label.data;
+            c_bt[g] = correct_bt, n_bt[g] = with_bt, c_nobt[g] = correct - correct_bt, n_nobt[g] = total - with_bt;
+        }
+        free(variant);
+        free(condition);
+    }
+    if (!have) snprintf(note, sizeof note, "run %s; detect-events has not run", f->run->id);
+    else snprintf(note, sizeof note, "run %s; baseline completions; error bars: Wilson 95%% CI", f->run->id);
+    if (rc == 0) rc = fig_rate_by_variant(figure_start(f, FIG_RATE_BY_VARIANT), variants, v_k, v_n, n_variants, note, err);
+    if (rc == 0) rc = figure_publish(f, err);
+    if (have) snprintf(note, sizeof note, "run %s; completions with >= 1 event vs none; Wilson 95%% CI", f->run->id);
+    if (rc == 0)
+        rc = fig_bt_vs_accuracy(figure_start(f, FIG_BT_VS_ACCURACY), labels, c_bt, n_bt, c_nobt, n_nobt, have ? n : 0, note, err);
+    if (rc == 0) rc = figure_publish(f, err);
+    for (int g = 0; g < n; g++) free((char *)labels[g]);
+    free(labels), free(variants), free(v_k), free(v_n), free(c_bt), free(n_bt), free(c_nobt), free(n_nobt);
+    json_free(&j);
+    buf_free(&text);
+    return rc;
+}
+
+// Logit lens: mean log p(onset) per layer with bootstrap 95% CIs, events vs controls.
+static int draw_lens_figure(FigureOut *f, const Csv *lens, int have, Err *err) {
+    int n_layers = 0, rows = have ? lens->n_rows : 0;
+    for (int r = 0; r < rows; r++)
+        if ((int)cell_num(lens, r, "layer") > n_layers) n_layers = (int)cell_num(lens, r, "layer");
+    double *series = xmalloc((size_t)6 * (n_layers + 1) * sizeof *series), *vals = xmalloc((size_t)(rows + 1) * sizeof *vals);
+    CiSeries cs[2];
+    int counts[2] = {0, 0};
+    for (int ctl = 0; ctl < 2; ctl++) {
+        double *mean = series + (size_t)(3 * ctl) * (n_layers + 1), *lo = mean + n_layers + 1, *hi = lo + n_layers + 1;
+        for (int l = 0; l <= n_layers; l++) {
+            int nv = 0;
+            for (int r = 0; r < rows; r++)
+                if ((int)cell_num(lens, r, "layer") == l && (strcmp(cell(lens, r, "kind"), "control") == 0) == ctl)
+                    vals[nv++] = cell_num(lens, r, "logprob");
+            Interval ci = bootstrap_mean95(vals, nv, STAT_RESAMPLES,
+                                           seed_mix(seed_mix((uint64_t)f->c->seed, 0x1E45), (uint64_t)(2 * l + ctl)));
+            mean[l] = ci.est, lo[l] = ci.lo, hi[l] = ci.hi;
+            counts[ctl] = nv;
+        }
+        cs[ctl] = (CiSeries){mean, lo, hi};
+    }
+    char note[256];
+    if (have) snprintf(note, sizeof note, "%s, run %s; log p of the onset token at pred_pos, per layer", cell(lens, 0, "variant"),
+                       f->run->id);
+    else snprintf(note, sizeof note, "run %s; logit-lens has not run", f->run->id);
+    int rc = fig_logit_lens(figure_start(f, FIG_LOGIT_LENS), n_layers, &cs[0], counts[0], &cs[1], counts[1], note, err);
+    free(series);
+    free(vals);
+    return rc ? rc : figure_publish(f, err);
+}
+
+// Ablation scan: mean drop per layer, attention and MLP, events and controls; selected layers ringed.
+static int draw_scan_figure(FigureOut *f, const Csv *scan, int have, Err *err) {
+    int n_layers = 0, rows = have ? scan->n_rows : 0;
+    for (int r = 0; r < rows; r++)
+        if ((int)cell_num(scan, r, "layer") + 1 > n_layers) n_layers = (int)cell_num(scan, r, "layer") + 1;
+    double *series = xmalloc((size_t)(12 * n_layers + 1) * sizeof *series);
+    int *selected = xmalloc((size_t)(2 * n_layers + 1) * sizeof *selected), n_selected[2] = {0, 0};
+    CiSeries cs[4]; // attn events, mlp events, attn controls, mlp controls
+    static const char *const columns[2][3] = {{"mean_drop_events", "ci_lo_events", "ci_hi_events"},
+                                              {"mean_drop_controls", "ci_lo_controls", "ci_hi_controls"}};
+    for (int k = 0; k < 12 * n_layers; k++) series[k] = NAN;
+    for (int r = 0; r < rows; r++) { // series 2 ctl + comp, parts mean, lo, hi: series[((3 s) + part) n_layers + l]
+        int l = (int)cell_num(scan, r, "layer"), comp = strcmp(cell(scan, r, "component"), "mlp") == 0;
+        if (l < 0 || l >= n_layers) continue;
+        for (int ctl = 0; ctl < 2; ctl++)
+            for (int part = 0; part < 3; part++)
+                series[(size_t)(3 * (2 * ctl + comp) + part) * n_layers + l] = cell_num(scan, r, columns[ctl][part]);
+    }
+    for (int rank = 1; rank <= n_layers; rank++) // the selected layers, best first
+        for (int r = 0; r < rows; r++) {
+            int comp = strcmp(cell(scan, r, "component"), "mlp") == 0;
+            if ((int)cell_num(scan, r, "rank") == rank && strcmp(cell(scan, r, "selected"), "1") == 0 &&
+                n_selected[comp] < n_layers)
+                selected[comp * n_layers + n_selected[comp]++] = (int)cell_num(scan, r, "layer");
+        }
+    for (int k = 0; k < 4; k++) {
+        const double *mean = series + (size_t)(3 * k) * n_layers;
+        cs[k] = (CiSeries){mean, mean + n_layers, mean + 2 * n_layers};
+    }
+    char note[256];
+    if (have && rows)
+        snprintf(note, sizeof note, "%s, run %s; %s ablation, scope %s; selected layers ringed", cell(scan, 0, "variant"),
+                 f->run->id, cell(scan, 0, "kind"), cell(scan, 0, "scope"));
+    else snprintf(note, sizeof note, "run %s; ablation-scan has not run", f->run->id);
+    int n_events = rows ? (int)cell_num(scan, 0, "n_events") : 0, n_controls = rows ? (int)cell_num(scan, 0, "n_controls") : 0;
+    int rc = fig_ablation_importance(figure_start(f, FIG_ABLATION), n_layers, &cs[0], &cs[1], n_events, &cs[2], &cs[3],
+                                     n_controls, selected, n_selected[0], selected + n_layers, n_selected[1], note, err);
+    free(series);
+    free(selected);
+    return rc ? rc : figure_publish(f, err);
+}
+
+// Rates per condition (compare-conditions) and per format (formatting-sweep).
+static int draw_rate_figures(FigureOut *f, const Csv *conditions, int have_conditions, const Csv *formatting,
+                             int have_formatting, Err *err) {
+    int n = have_conditions ? conditions->n_rows : 0, nv = have_formatting ? formatting->n_rows : 0;
+    const char **names = xcalloc((size_t)(n + nv + 1), sizeof *names);
+    long long *k = xcalloc((size_t)(n + nv + 1), sizeof *k), *total = xcalloc((size_t)(n + nv + 1), sizeof *total);
+    long long *correct = xcalloc((size_t)(nv + 1), sizeof *correct);
+    char note[256];
+    for (int r = 0; r < n; r++) {
+        names[r] = cell(conditions, r, "condition");
+        k[r] = (long long)cell_num(conditions, r, "with_backtracking");
+        total[r] = (long long)cell_num(conditions, r, "completions");
+    }
+    int rt = have_conditions ? find_row(conditions, "condition", "targeted_ablation") : -1;
+    if (rt >= 0)
+        snprintf(note, sizeof note, "%s, run %s; Fisher p targeted vs baseline %.3g, vs random %.3g", cell(conditions, rt, "variant"),
+                 f->run->id, cell_num(conditions, rt, "fisher_p_vs_baseline"), cell_num(conditions, rt, "fisher_p_targeted_vs_random"));
+    else snprintf(note, sizeof note, "run %s; compare-conditions has not run", f->run->id);
+    int rc = fig_rate_by_condition(figure_start(f, FIG_RATE_BY_CONDITION), names, k, total, n, note, err);
+    if (rc == 0) rc = figure_publish(f, err);
+    for (int v = 0; v < nv; v++) {
+        names[v] = cell(formatting, v, "variant");
+        k[v] = (long long)cell_num(formatting, v, "with_backtracking");
+        total[v] = (long long)cell_num(formatting, v, "completions");
+        correct[v] = (long long)cell_num(formatting, v, "correct");
+    }
+    if (nv)
+        snprintf(note, sizeof note, "run %s; chi-square across variants %.3g (df %d), p = %.3g", f->run->id,
+                 cell_num(formatting, 0, "chi2_stat"), (int)cell_num(formatting, 0, "chi2_df"), cell_num(formatting, 0, "chi2_p"));
+    else snprintf(note, sizeof note, "run %s; formatting-sweep has not run", f->run->id);
+    if (rc == 0) rc = fig_formatting_effect(figure_start(f, FIG_FORMATTING), names, k, total, correct, nv, note, err);
+    if (rc == 0) rc = figure_publish(f, err);
+    free(names), free(k), free(total), free(correct);
+    return rc;
+}
+
 typedef enum { SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE } Verdict;
 static const char *const verdict_names[] = {"supported", "not supported", "inconclusive"};
 
@@ -795,6 +973,11 @@ int cmd_make_report(int argc, char **argv) {
     if ((have_conditions = read_table(&run, ART_CONDITIONS, &conditions, &err)) < 0 ||
         (have_formatting = read_table(&run, ART_FORMATTING, &formatting, &err)) < 0 ||
         (have_scan = read_table(&run, ART_ABLATION, &scan, &err)) < 0 || (have_lens = read_table(&run, ART_LOGIT_LENS, &lens, &err)) < 0)
+        goto out;
+    FigureOut figures_out = {.c = &c, .run = &run};
+    if (draw_summary_figures(&figures_out, &err) || draw_lens_figure(&figures_out, &lens, have_lens, &err) ||
+        draw_scan_figure(&figures_out, &scan, have_scan, &err) ||
+        draw_rate_figures(&figures_out, &conditions, have_conditions, &formatting, have_formatting, &err))
         goto out;
     run_path(&run, path, sizeof path, ART_META);
     if (read_file(path, &meta_text, &err) || json_parse(&meta, meta_text.data, meta_text.len, path, &err)) goto out;

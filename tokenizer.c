@@ -828,39 +828,10 @@ enum { HANGUL_S = 0xAC00, HANGUL_L = 0x1100, HANGUL_V = 0x1161, HANGUL_T = 0x11A
 // Decodes the character at s[0..n): its length, and its code point in *cp
 // (CP_OPAQUE | byte and length 1 for a byte that starts no valid sequence).
 static inline int utf8_decode(const unsigned char *s, int n, uint32_t *cp) {
-    unsigned c = s[0];
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    int len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 0;
-    if (len == 0 || c > 0xF4 || len > n) goto invalid;
-    uint32_t v = c & (0x3F >> (len - 1));
-    for (int k = 1; k < len; k++) {
-        if ((s[k] & 0xC0) != 0x80) goto invalid;
-        v = v << 6 | (s[k] & 0x3F);
-    }
-    if ((len == 3 && (v < 0x800 || (v >= 0xD800 && v < 0xE000))) || (len == 4 && (v < 0x10000 || v > 0x10FFFF)))
-        goto invalid;
-    *cp = v;
-    return len;
-invalid:
-    *cp = CP_OPAQUE | c;
+    int len = utf8_char(s, (size_t)n, cp);
+    if (len) return len;
+    *cp = CP_OPAQUE | s[0];
     return 1;
-}
-
-static int utf8_encode(uint32_t cp, unsigned char *out) {
-    if (cp >= CP_OPAQUE) { out[0] = (unsigned char)(cp & 0xFF); return 1; }
-    if (cp < 0x80) { out[0] = (unsigned char)cp; return 1; }
-    if (cp < 0x800) { out[0] = (unsigned char)(0xC0 | cp >> 6); out[1] = (unsigned char)(0x80 | (cp & 0x3F)); return 2; }
-    if (cp < 0x10000) {
-        out[0] = (unsigned char)(0xE0 | cp >> 12); out[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
-        out[2] = (unsigned char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    out[0] = (unsigned char)(0xF0 | cp >> 18); out[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
-    out[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F)); out[3] = (unsigned char)(0x80 | (cp & 0x3F));
-    return 4;
 }
 
 // Value of the run holding cp in a table of (start << shift | value), starts ascending from 0.
@@ -1069,8 +1040,10 @@ static void nfc_region(const Tokenizer *t, EncodeScratch *sc, const unsigned cha
             c[n_out++] = c[k];
         }
     }
-    unsigned char u[4];
-    for (int k = 0; k < n_out; k++) buf_append(out, u, (size_t)utf8_encode(c[k], u));
+    for (int k = 0; k < n_out; k++) {
+        if (c[k] >= CP_OPAQUE) buf_putc(out, (char)(c[k] & 0xFF));
+        else buf_utf8(out, c[k]);
+    }
 }
 
 static void norm_map_put(EncodeScratch *sc, size_t at, int orig) {
@@ -1990,12 +1963,6 @@ int tokenizer_is_special(const Tokenizer *t, int id) { return id >= 0 && id < t-
 
 // ----------------------------------------------------------------------------
 // Benchmark
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 // Texts of a benchmark file: every string value of each JSONL object, or the line itself.
 static int bench_texts(const char *path, Buf *texts, int **ends, int *n_texts, Err *err) {

@@ -7,9 +7,9 @@ sed -e 's/^n_problems = 40/n_problems = 10/' -e 's/^samples_per_problem = 2/samp
     -e 's/^max_new_tokens = 96/max_new_tokens = 64/' -e 's/^batch_size = 16/batch_size = 8/' \
     configs/backtracking_state_transition.ini > small.ini
 if "$BT" init-run --config small.ini --quiet >/dev/null && "$BT" prepare-data --config small.ini --quiet >/dev/null; then
-    ok "organism built by prepare-data"
+    ok "organism built by init-run"
 else
-    bad "organism built by prepare-data" "$("$BT" prepare-data --config small.ini 2>&1 | tail -n 2)"
+    bad "organism built by init-run" "$("$BT" prepare-data --config small.ini 2>&1 | tail -n 2)"
 fi
 gen() { # gen OUT_NAME THREADS BATCH: baseline generation of baseline_think_newline, file copied to OUT_NAME
     sed "s/^batch_size = .*/batch_size = $3/" small.ini > b.ini
@@ -101,6 +101,13 @@ if "$BT" ablation-scan --config mean.ini --quiet >/dev/null && grep -q '"positio
    "$BT" generate --config mean.ini --condition targeted_ablation --quiet && grep -q '"kind": "mean"' runs/$id/generations/baseline_think_newline/targeted_ablation.jsonl; then
     ok "mean ablation: component means written, used by the scan and by generation"
 else bad "mean ablation" "failed"; fi
+
+# A scan of fewer events than the run holds reads the controls of the chosen events only.
+sed 's/^max_events = 100/max_events = 5/' e2e.ini > five.ini
+if "$BT" ablation-scan --config five.ini --quiet >/dev/null && grep -q '"n_events": 5,' $A/selected_layers.json &&
+   [ "$(sed -n 's/.*"n_controls": \([0-9]*\).*/\1/p' $A/selected_layers.json)" -le 5 ]; then
+    ok "ablation scan of 5 chosen events reads at most their 5 controls"
+else bad "ablation scan of 5 chosen events" "$(grep n_ $A/selected_layers.json | tr -d '\n')"; fi
 
 # Stages run out of order say what to run first; an experiment without a single
 # event still runs to a report that says why nothing can be concluded.

@@ -131,13 +131,13 @@ static void path_in(char *out, size_t n, const char *dir, const char *name) { sn
 // ----------------------------------------------------------------------------
 // Synthetic data shaped like a run of the organism
 
-enum { N_VARIANTS = 5, N_CONDITIONS = 3, N_LAYERS = 12 };
+enum { N_VARIANTS = 5, N_CONDS = 3, N_LAYERS = 12 };
 static const char *variants[N_VARIANTS] = {"baseline_think_newline", "think_no_newline", "no_think_tag",
                                            "empty_think", "plain_qa"};
-static const char *conditions[N_CONDITIONS] = {"baseline", "targeted_ablation", "random_ablation"};
+static const char *conditions[N_CONDS] = {"baseline", "targeted_ablation", "random_ablation"};
 static const long long var_bt[N_VARIANTS] = {124, 110, 24, 6, 0}, var_n[N_VARIANTS] = {200, 200, 200, 200, 200};
 static const long long var_correct[N_VARIANTS] = {150, 146, 131, 98, 90};
-static const long long cond_bt[N_CONDITIONS] = {124, 21, 117}, cond_n[N_CONDITIONS] = {200, 200, 200};
+static const long long cond_bt[N_CONDS] = {124, 21, 117}, cond_n[N_CONDS] = {200, 200, 200};
 
 typedef struct {
     double mean[N_LAYERS + 1], lo[N_LAYERS + 1], hi[N_LAYERS + 1];
@@ -152,17 +152,17 @@ static void write_synthetic(const char *dir) {
     path_in(path, sizeof path, dir, FIG_RATE_BY_VARIANT);
     CHECK(fig_rate_by_variant(path, variants, var_bt, var_n, N_VARIANTS, "model: organism; run 20250101_000000", &err) == 0);
     path_in(path, sizeof path, dir, FIG_RATE_BY_CONDITION);
-    CHECK(fig_rate_by_condition(path, conditions, cond_bt, cond_n, N_CONDITIONS,
+    CHECK(fig_rate_by_condition(path, conditions, cond_bt, cond_n, N_CONDS,
                                 "targeted vs baseline: Fisher p < 1e-20; targeted vs random: p < 1e-18", &err) == 0);
     path_in(path, sizeof path, dir, FIG_FORMATTING);
     CHECK(fig_formatting_effect(path, variants, var_bt, var_n, var_correct, N_VARIANTS, "chi-square p < 1e-30", &err) == 0);
 
-    const char *groups[N_VARIANTS * N_CONDITIONS];
-    char names[N_VARIANTS * N_CONDITIONS][96];
+    const char *groups[N_VARIANTS * N_CONDS];
+    char names[N_VARIANTS * N_CONDS][96];
     long long c_bt[15], n_bt[15], c_no[15], n_no[15];
     for (int v = 0; v < N_VARIANTS; v++)
-        for (int c = 0; c < N_CONDITIONS; c++) {
-            int i = v * N_CONDITIONS + c;
+        for (int c = 0; c < N_CONDS; c++) {
+            int i = v * N_CONDS + c;
             snprintf(names[i], sizeof names[i], "%s / %s", variants[v], conditions[c]);
             groups[i] = names[i];
             n_bt[i] = c == 1 ? var_bt[v] / 6 : var_bt[v];

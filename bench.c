@@ -1,0 +1,539 @@
+// bench.c: benchmark models and the benchmark. make-bench-model writes a seeded
+// random-weight model of a real shape as an ordinary Hugging Face directory; bench
+// times what the pipeline spends its hours on (prefill, decode and batched generation
+// through the one generation loop, teacher-forced analyses, the tokenizer) beside the
+// machine's read bandwidth. Read top to bottom: shapes, writing a model, measurements,
+// the command.
+#include "bt.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_AVX512 1
+#define AVX512 __attribute__((target("avx512f")))
+#endif
+
+#define BENCH_SHARD_BYTES (1u << 30)        // make-bench-model: shard size (a shard is built in memory)
+#define BENCH_PREFILL_TOKENS 512            // prefill: one prompt of this many tokens, in one call
+#define BENCH_DECODE_PROMPT 16              // decode and generation: prompt tokens per sequence (not timed)
+#define BENCH_DECODE_TOKENS 64              // decode at batch 1: tokens timed
+#define BENCH_GEN_STEPS 32                  // batched generation: steps timed
+#define BENCH_SEQ_TOKENS 384                // logit lens and ablation scans: prompt + completion
+#define BENCH_BANDWIDTH_BYTES (512u << 20)  // read-bandwidth buffer: far past the last-level cache
+#define BENCH_TEXT_BYTES (1u << 20)         // tokenizer text when no --text is given
+#define BENCH_MEMORY_SEQS 16                // --only memory: generate this many sequences ...
+#define BENCH_MEMORY_TOKENS 2048            // ... to this many tokens (half prompt, half generated)
+#define BENCH_SUM_LANES 8                   // portable read-bandwidth loop: independent partial sums
+
+typedef struct {
+    const char *name, *architecture;
+    int hidden_size, intermediate_size, n_layers, n_heads, n_kv_heads, head_dim, vocab_size, max_position;
+    int tie_word_embeddings, bos_token_id, eos_token_id;
+    double rope_theta;
+} BenchShape;
+
+// The real models' shapes; "tiny" has sizes that are not multiples of the SIMD widths.
+static const BenchShape bench_shapes[] = {
+    {"r1-distill-qwen-1.5b", "Qwen2ForCausalLM", 1536, 8960, 28, 12, 2, 128, 151936, 131072, 0, 151646, 151643, 10000},
+    {"qwen3-0.6b", "Qwen3ForCausalLM", 1024, 3072, 28, 16, 8, 128, 151936, 40960, 1, 151643, 151645, 1000000},
+    {"tiny", "Qwen2ForCausalLM", 96, 2100, 2, 4, 2, 24, 1001, 4096, 0, 1, 2, 10000}, // 2100 > MATMUL_K_CHUNK
+};
+
+static uint16_t f32_to_bf16(float f) { // round to nearest even
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1)) >> 16);
+}
+
+static uint16_t f32_to_f16(float f) { // round to nearest even; |f| well inside F16's range here
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    uint32_t sign = (b >> 16) & 0x8000, mag = b & 0x7fffffff;
+    if (mag < 0x38800000u) { // below F16's smallest normal: a multiple of 2^-24
+        float a = fabsf(f) * 0x1p24f;
+        return (uint16_t)(sign | (uint32_t)lrintf(a));
+    }
+    uint32_t h = ((mag >> 13) - (112u << 10)), rest = mag & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
+    return (uint16_t)(sign | (h > 0x7bff ? 0x7bff : h));
+}
+
+// n values center + U(-spread, spread) in dtype, from one seeded stream.
+static void bench_fill(void *data, DType dtype, size_t n, float center, float spread, uint64_t seed) {
+    Rng rng;
+    rng_seed(&rng, seed);
+    for (size_t i = 0; i < n; i++) {
+        float v = center + spread * (float)((double)(rng_next(&rng) >> 40) * 0x1p-23 - 1.0);
+        if (dtype == DT_F32) ((float *)data)[i] = v;
+        else if (dtype == DT_BF16) ((uint16_t *)data)[i] = f32_to_bf16(v);
+        else ((uint16_t *)data)[i] = f32_to_f16(v);
+    }
+}
+
+// config.json of a shape, as Hugging Face writes it (the keys bt and transformers read).
+static void bench_config_json(Buf *b, const BenchShape *sh, DType dtype) {
+    int qwen3 = strcmp(sh->architecture, "Qwen3ForCausalLM") == 0;
+    buf_printf(b, "{\n  \"architectures\": [\"%s\"],\n  \"model_type\": \"%s\",\n", sh->architecture, qwen3 ? "qwen3" : "qwen2");
+    buf_printf(b, "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n", sh->hidden_size,
+               sh->intermediate_size, sh->n_layers);
+    buf_printf(b, "  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n", sh->n_heads, sh->n_kv_heads);
+    if (qwen3) buf_printf(b, "  \"head_dim\": %d,\n  \"attention_bias\": false,\n", sh->head_dim);
+    buf_printf(b, "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": 1e-06,\n", sh->vocab_size,
+               sh->max_position);
+    buf_printf(b, "  \"rope_theta\": %.1f,\n  \"rope_scaling\": null,\n  \"hidden_act\": \"silu\",\n", sh->rope_theta);
+    buf_printf(b, "  \"tie_word_embeddings\": %s,\n  \"use_sliding_window\": false,\n", sh->tie_word_embeddings ? "true" : "false");
+    buf_printf(b, "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n  \"torch_dtype\": \"%s\"\n}\n", sh->bos_token_id,
+               sh->eos_token_id, dtype == DT_F32 ? "float32" : dtype == DT_BF16 ? "bfloat16" : "float16");
+}
+
+// Writes a random-weight model of a shape into dir: shards of at most BENCH_SHARD_BYTES
+// (with model.safetensors.index.json) or one model.safetensors, then config.json.
+static int bench_model_write(const char *dir, const BenchShape *sh, DType dtype, uint64_t seed, Err *err) {
+    Model m = {0};
+    ModelConfig *c = &m.cfg;
+    c->hidden_size = sh->hidden_size, c->intermediate_size = sh->intermediate_size, c->n_layers = sh->n_layers;
+    c->n_heads = sh->n_heads, c->n_kv_heads = sh->n_kv_heads, c->head_dim = sh->head_dim, c->vocab_size = sh->vocab_size;
+    c->tie_word_embeddings = sh->tie_word_embeddings;
+    c->qkv_bias = strcmp(sh->architecture, "Qwen2ForCausalLM") == 0;
+    c->qk_norm = strcmp(sh->architecture, "Qwen3ForCausalLM") == 0;
+    m.layers = xcalloc((size_t)c->n_layers, sizeof *m.layers);
+    int n_slots = model_slots(&m, NULL);
+    TensorSlot *slots = xmalloc((size_t)n_slots * sizeof *slots);
+    model_slots(&m, slots);
+    int *shard = xmalloc((size_t)n_slots * sizeof *shard), n_shards = 1;
+    size_t in_shard = 0, total = 0;
+    for (int i = 0; i < n_slots; i++) { // consecutive tensors fill a shard up to the limit
+        size_t bytes = (size_t)(slots[i].rows ? slots[i].rows : 1) * slots[i].cols * dtype_bytes(dtype);
+        if (in_shard && in_shard + bytes > BENCH_SHARD_BYTES) n_shards++, in_shard = 0;
+        shard[i] = n_shards - 1;
+        in_shard += bytes;
+        total += bytes;
+    }
+    int rc = mkdir_p(dir, err);
+    Buf index = {0};
+    buf_printf(&index, "{\n  \"metadata\": {\"total_size\": %zu},\n  \"weight_map\": {", total);
+    for (int k = 0, first = 0; rc == 0 && k < n_shards; k++) {
+        char file[64], path[1200];
+        if (n_shards == 1) snprintf(file, sizeof file, "model.safetensors");
+        else snprintf(file, sizeof file, "model-%05d-of-%05d.safetensors", k + 1, n_shards);
+        snprintf(path, sizeof path, "%s/%s", dir, file);
+        int n = 0;
+        while (first + n < n_slots && shard[first + n] == k) n++;
+        const char **names = xmalloc((size_t)n * sizeof *names);
+        Tensor *tensors = xcalloc((size_t)n, sizeof *tensors);
+        for (int i = 0; i < n; i++) {
+            const TensorSlot *s = &slots[first + i];
+            Tensor *t = &tensors[i];
+            size_t len = strlen(s->name);
+            t->rows = s->rows ? s->rows : 1;
+            t->cols = s->cols;
+            t->dtype = dtype;
+            t->data = xmalloc((size_t)t->rows * t->cols * dtype_bytes(dtype));
+            names[i] = s->name;
+            // Norm weights near 1, small biases, other weights of variance ~ 1 / fan_in (activations stay O(1)).
+            int is_norm = len > 11 && strcmp(s->name + len - 11, "norm.weight") == 0, is_bias = len > 4 && strcmp(s->name + len - 4, "bias") == 0;
+            float center = is_norm ? 1.0f : 0.0f, spread = is_norm ? 0.1f : is_bias ? 0.02f : 1.7f / sqrtf((float)t->cols);
+            bench_fill((void *)t->data, dtype, (size_t)t->rows * t->cols, center, spread, seed_mix(seed, (uint64_t)(first + i)));
+            buf_printf(&index, "%s\n    \"%s\": \"%s\"", first + i ? "," : "", s->name, file);
+        }
+        progress("make-bench-model: %s (%d tensors)\n", path, n);
+        rc = safetensors_write(path, names, tensors, n, err);
+        for (int i = 0; i < n; i++) free((void *)tensors[i].data);
+        free(tensors);
+        free(names);
+        first += n;
+    }
+    buf_puts(&index, "\n  }\n}\n");
+    char path[1200];
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    if (rc == 0 && n_shards > 1) rc = write_file_atomic(path, index.data, index.len, err);
+    Buf config = {0};
+    bench_config_json(&config, sh, dtype);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (rc == 0) rc = write_file_atomic(path, config.data, config.len, err); // last: a model dir only once complete
+    buf_free(&config);
+    buf_free(&index);
+    free(shard);
+    free(slots);
+    free(m.layers);
+    return rc;
+}
+
+int cmd_make_bench_model(int argc, char **argv) {
+    Opt opts[] = {OPT("--shape", 1, "r1-distill-qwen-1.5b | qwen3-0.6b | tiny"),
+                  OPT("--dtype", 1, "bf16 (default) | f16 | f32"),
+                  OPT("--seed", 1, "random seed (default 0)"), OPT_END};
+    Err err = {0};
+    const char *dir = argc > 1 && argv[1][0] != '-' ? argv[1] : NULL;
+    int r = opts_parse(opts, argc - (dir != NULL), argv + (dir != NULL), &err);
+    if (r) return r > 0 ? EXIT_OK : fail(&err);
+    const char *shape = opt_str(opts, "--shape", NULL), *dtype_text = opt_str(opts, "--dtype", "bf16");
+    if (!dir || !shape) return err_input(&err, "make-bench-model: usage: bt make-bench-model DIR --shape NAME [--dtype bf16|f16|f32]"), fail(&err);
+    const BenchShape *sh = NULL;
+    for (size_t i = 0; i < sizeof bench_shapes / sizeof bench_shapes[0]; i++)
+        if (strcmp(bench_shapes[i].name, shape) == 0) sh = &bench_shapes[i];
+    if (!sh) return err_input(&err, "make-bench-model: --shape '%s' is not r1-distill-qwen-1.5b, qwen3-0.6b or tiny", shape), fail(&err);
+    DType dtype = strcmp(dtype_text, "f32") == 0 ? DT_F32 : strcmp(dtype_text, "f16") == 0 ? DT_F16 : DT_BF16;
+    if (dtype == DT_BF16 && strcmp(dtype_text, "bf16") != 0)
+        return err_input(&err, "make-bench-model: --dtype '%s' is not bf16, f16 or f32", dtype_text), fail(&err);
+    long long seed;
+    if (opt_int(opts, "--seed", 0, INT64_MAX, 0, &seed, &err) < 0) return fail(&err);
+    if (bench_model_write(dir, sh, dtype, (uint64_t)seed, &err) < 0) return fail(&err);
+    return EXIT_OK;
+}
+
+// ----------------------------------------------------------------------------
+// Measurements
+
+// The default config's sampler, so the generation figures include sampling.
+static const Sampler bench_sampler = {.temperature = 0.6, .top_k = 50, .top_p = 0.95};
+
+// n_seq sequences through the one generation loop: prompts of P tokens (sequence q's prompt
+// is ids q..q+P-1), steps tokens each, every eos ignored. Completion tokens per second from
+// the moment the last sequence has its first token (prompts in) to the end.
+static int bench_generate(const Model *m, int n_seq, int P, int steps, const int *ids, const Sampler *sampler,
+                          double *tok_s, Err *err) {
+    GenSeq *seqs = xcalloc((size_t)n_seq, sizeof *seqs);
+    for (int q = 0; q < n_seq; q++) {
+        seqs[q] = (GenSeq){.prompt = ids + q, .n_prompt = P, .max_new = steps,
+                           .ids = xmalloc((size_t)steps * sizeof *seqs[q].ids)};
+        rng_seed(&seqs[q].rng, seed_mix(0xBE7C, (uint64_t)q));
+    }
+    GenParams params = {.sampler = *sampler, .batch_size = n_seq, .max_seq = P + steps, .ignore_eos = 1};
+    int rc = generate_batch(m, seqs, n_seq, &params, err);
+    double t0 = 0, t1 = 0;
+    long long tokens = 0;
+    for (int q = 0; q < n_seq; q++) {
+        if (seqs[q].first_token_s > t0) t0 = seqs[q].first_token_s;
+        if (seqs[q].end_s > t1) t1 = seqs[q].end_s;
+        tokens += seqs[q].n_ids - 1;
+        free(seqs[q].ids);
+    }
+    free(seqs);
+    *tok_s = tokens / (t1 - t0);
+    return rc;
+}
+
+// One teacher-forced pass over ids[0..n) in slot 0 with mask on every row; the last
+// position's logits (when logits) and residuals (when resid).
+static int bench_forward(Forcer *f, int *ids, int n, const AblationMask *mask, float *logits, float *resid,
+                         Err *err) {
+    int last = n - 1;
+    ForcedSeq seq = {.tokens = ids, .n_tokens = n, .read_pos = &last, .n_read = 1};
+    PassOut out = {.mask = mask, .logits = logits, .resid = resid};
+    return force_group(f, &seq, 1, &out, err);
+}
+
+// Read bandwidth: the best of a few passes summing a buffer far larger than the caches.
+#ifdef HAVE_AVX512
+AVX512 static float sum_avx512(const float *v, size_t n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i + 64 <= n; i += 64) {
+        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(v + i));
+        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(v + i + 16));
+        a2 = _mm512_add_ps(a2, _mm512_loadu_ps(v + i + 32));
+        a3 = _mm512_add_ps(a3, _mm512_loadu_ps(v + i + 48));
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+#endif
+
+// Tokenizer speed on a text file, or on BENCH_TEXT_BYTES of seeded reasoning-like text.
+static int bench_tokenizer(const char *tokenizer_path, const char *text_path, double *mb_s, Err *err) {
+    static const char *const words[] = {"Wait", ",", " so", " the", " answer", " is", " $", "12", "3", ".", " Let", " me", " check",
+                                        ":", " 4", " *", " 7", " =", " 28", "\n\n", " Actually", " each", " of", " eggs", " per",
+                                        " day", " she", " sells", " 0", ".5", " dollars", " Hmm", "?", " total", " (", ")", " \u00e9t\u00e9"};
+    Tokenizer *t;
+    if (tokenizer_load(&t, tokenizer_path, err) < 0) return -1;
+    char tmp[] = "/tmp/bt_bench_text_XXXXXX";
+    int rc = 0;
+    if (!text_path) { // one text per line, as tokenizer_bench reads a plain file
+        Buf text = {0};
+        Rng rng;
+        rng_seed(&rng, 5);
+        while (text.len < BENCH_TEXT_BYTES) {
+            int n = 20 + (int)rng_below(&rng, 200);
+            for (int i = 0; i < n; i++) buf_puts(&text, words[rng_below(&rng, sizeof words / sizeof words[0])]);
+            buf_putc(&text, '\n');
+        }
+        int fd = mkstemp(tmp);
+        if (fd < 0 || write(fd, text.data, text.len) != (ssize_t)text.len) rc = err_runtime(err, "%s: cannot write the benchmark text", tmp);
+        if (fd >= 0) close(fd);
+        buf_free(&text);
+        text_path = tmp;
+    }
+    TokenizerBench tb;
+    if (rc == 0) rc = tokenizer_bench(t, text_path, 1.0, &tb, err);
+    if (rc == 0) *mb_s = tb.mb_s;
+    if (text_path == tmp) unlink(tmp);
+    tokenizer_free(t);
+    return rc;
+}
+
+static double bench_bandwidth(const Model *m) {
+    size_t n = BENCH_BANDWIDTH_BYTES / sizeof(float), per = 1u << 20; // floats per work item
+    float *buf = xmalloc(n * sizeof *buf);
+    for (size_t i = 0; i < n; i++) buf[i] = 1.0f;
+    double best = 0;
+    for (int pass = 0; pass < 5; pass++) {
+        double t0 = now_seconds(), total = 0;
+#pragma omp parallel for schedule(static) reduction(+ : total)
+        for (size_t i = 0; i < n; i += per) {
+#ifdef HAVE_AVX512
+            if (m->simd) {
+                total += sum_avx512(buf + i, per);
+                continue;
+            }
+#endif
+            float acc[BENCH_SUM_LANES] = {0};
+            for (size_t k = i; k < i + per; k += BENCH_SUM_LANES)
+                for (int l = 0; l < BENCH_SUM_LANES; l++) acc[l] += buf[k + l];
+            for (int l = 0; l < BENCH_SUM_LANES; l++) total += acc[l];
+        }
+        double gb_s = (double)n * sizeof *buf / (now_seconds() - t0) / 1e9;
+        if (total == (double)n && gb_s > best) best = gb_s; // the sum checks that every value was read
+    }
+    free(buf);
+    (void)m;
+    return best;
+}
+
+static double median(double *v, int n) {
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+            double t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static double peak_rss_mb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0; // Linux reports KiB
+}
+
+static int bench_wants(const char *only, const char *name) {
+    if (!only) return 1;
+    size_t n = strlen(name);
+    for (const char *p = only; (p = strstr(p, name)); p += n)
+        if ((p == only || p[-1] == ',') && (p[n] == ',' || !p[n])) return 1;
+    return 0;
+}
+
+enum { BENCH_PREFILL, BENCH_DECODE, BENCH_GEN16, BENCH_GEN64, BENCH_LENS, BENCH_SCAN_ALL, BENCH_SCAN_ONSET, BENCH_MEMORY, N_BENCH };
+static const char *const bench_names[N_BENCH] = {"prefill", "decode", "gen16", "gen64", "lens", "scan", "scan", "memory"};
+
+typedef struct {
+    const Model *m;
+    Forcer f;          // one slot, BENCH_PREFILL_TOKENS positions and rows
+    int *ids;          // (n_ids) random token ids
+    float *logits;     // (L + 1, vocab)
+    float *resid;      // (L + 1, hidden)
+    float *x_in;       // (2, hidden) rows a replay enters with
+    float *resid_all;  // (BENCH_SEQ_TOKENS, L + 1, hidden) every position's clean residuals
+    unsigned char *attn_on, *mlp_on, *none; // (n_layers) masks: attention, MLP, nothing
+    AblationMask attn, mlp;
+} BenchCtx;
+
+// One pass of the scope-all scan over BENCH_SEQ_TOKENS tokens: clean (mask NULL), keeping
+// every position's residuals, or from `layer` with mask, entering with those residuals.
+static int bench_scan_pass(BenchCtx *b, const AblationMask *mask, int layer, Err *err) {
+    int last = BENCH_SEQ_TOKENS - 1;
+    ForcedSeq seq = {.tokens = b->ids, .n_tokens = BENCH_SEQ_TOKENS, .read_pos = &last, .n_read = 1};
+    PassOut out = {.mask = mask, .logits = b->logits};
+    if (mask) out.enter = b->resid_all, out.first_layer = layer;
+    else out.resid_all = b->resid_all;
+    return force_group(&b->f, &seq, 1, &out, err);
+}
+
+// One run of one measurement: its value (tokens/s, items/s, s/event or MB).
+static int bench_once(BenchCtx *b, int what, double *value, Err *err) {
+    const Model *m = b->m;
+    int L = m->cfg.n_layers, D = m->cfg.hidden_size, S = BENCH_SEQ_TOKENS, rc = 0;
+    double t0 = now_seconds();
+    switch (what) {
+    case BENCH_PREFILL:
+        rc = bench_forward(&b->f, b->ids, BENCH_PREFILL_TOKENS, NULL, b->logits, NULL, err);
+        *value = BENCH_PREFILL_TOKENS / (now_seconds() - t0);
+        break;
+    case BENCH_DECODE:
+        rc = bench_generate(m, 1, BENCH_DECODE_PROMPT, BENCH_DECODE_TOKENS + 1, b->ids, &bench_sampler, value, err);
+        break;
+    case BENCH_GEN16:
+    case BENCH_GEN64:
+        rc = bench_generate(m, what == BENCH_GEN16 ? 16 : 64, BENCH_DECODE_PROMPT, BENCH_GEN_STEPS + 1, b->ids,
+                            &bench_sampler, value, err);
+        break;
+    case BENCH_LENS: // the residual after every layer at the last position, each through final norm + lm_head
+        rc = bench_forward(&b->f, b->ids, S, NULL, NULL, b->resid, err);
+        if (rc == 0) model_final_logits_rows(m, b->resid, L + 1, (size_t)D, b->logits);
+        *value = 1 / (now_seconds() - t0);
+        break;
+    case BENCH_SCAN_ALL: { // a clean pass, then per component a pass from its layer: first and last timed
+        memset(b->attn_on, 0, (size_t)L), memset(b->mlp_on, 0, (size_t)L);
+        b->attn_on[0] = b->mlp_on[L - 1] = 1;
+        rc = bench_scan_pass(b, NULL, 0, err);
+        double t_clean = now_seconds() - t0;
+        if (rc == 0) rc = bench_scan_pass(b, &b->attn, 0, err);
+        double t_first = now_seconds() - t0 - t_clean;
+        if (rc == 0) rc = bench_scan_pass(b, &b->mlp, L - 1, err);
+        double t_last = now_seconds() - t0 - t_clean - t_first;
+        *value = t_clean + L * (t_first + t_last); // sum over l of 2 (t_last + (t_first - t_last)(L-1-l)/(L-1))
+        break;
+    }
+    case BENCH_MEMORY: // the 6 GB promise, measured: value = peak RSS after the run (MB)
+        rc = bench_generate(m, BENCH_MEMORY_SEQS, BENCH_MEMORY_TOKENS / 2, BENCH_MEMORY_TOKENS / 2, b->ids,
+                            &bench_sampler, &(double){0}, err);
+        *value = peak_rss_mb();
+        break;
+    case BENCH_SCAN_ONSET: // a clean forward capturing the event row, then per layer one replay of two rows
+        rc = bench_forward(&b->f, b->ids, S, NULL, b->logits, b->resid, err);
+        for (int l = 0; l < L && rc == 0; l++) {
+            memset(b->attn_on, 0, (size_t)L), memset(b->mlp_on, 0, (size_t)L);
+            b->attn_on[l] = b->mlp_on[l] = 1;
+            for (int r = 0; r < 2; r++)
+                memcpy(b->x_in + (size_t)r * D, b->resid + (size_t)l * D, (size_t)D * sizeof *b->x_in);
+            int token[2] = {b->ids[S - 1], b->ids[S - 1]}, slot[2] = {0, 0}, pos[2] = {S - 1, S - 1}, row[2] = {0, 1};
+            const AblationMask *masks[2] = {&b->attn, &b->mlp};
+            Forward f = {.n = 2, .token = token, .slot = slot, .pos = pos, .mask = masks, .first_layer = l,
+                         .x_in = b->x_in, .replay = 1, .logits = b->logits, .logits_row = row};
+            rc = model_forward(m, b->f.state, &f, err);
+        }
+        *value = now_seconds() - t0;
+        break;
+    }
+    return rc;
+}
+
+// Each wanted measurement `repeat` times; values[what] = the median, NAN when not wanted.
+static int bench_run(const Model *m, int repeat, const char *only, double values[N_BENCH], Err *err) {
+    const ModelConfig *c = &m->cfg;
+    int L = c->n_layers, D = c->hidden_size, n_ids = BENCH_MEMORY_TOKENS + 64; // enough for every measurement
+    BenchCtx b = {.m = m, .ids = xmalloc((size_t)n_ids * sizeof(int)),
+                  .logits = xmalloc((size_t)(L + 1) * c->vocab_size * sizeof(float)),
+                  .resid = xmalloc((size_t)(L + 1) * D * sizeof(float)), .x_in = xmalloc((size_t)2 * D * sizeof(float)),
+                  .resid_all = xmalloc((size_t)BENCH_SEQ_TOKENS * (L + 1) * D * sizeof(float)),
+                  .attn_on = xcalloc((size_t)L, 1), .mlp_on = xcalloc((size_t)L, 1), .none = xcalloc((size_t)L, 1)};
+    b.attn = (AblationMask){.kind = ABLATE_ZERO, .attn = b.attn_on, .mlp = b.none};
+    b.mlp = (AblationMask){.kind = ABLATE_ZERO, .attn = b.none, .mlp = b.mlp_on};
+    Rng rng;
+    rng_seed(&rng, 20240607);
+    for (int i = 0; i < n_ids; i++) b.ids[i] = (int)rng_below(&rng, (uint64_t)c->vocab_size);
+    int rows = BENCH_PREFILL_TOKENS > BENCH_SEQ_TOKENS ? BENCH_PREFILL_TOKENS : BENCH_SEQ_TOKENS;
+    int rc = forcer_init(&b.f, m, 1, rows, rows, err);
+    double *runs = xmalloc((size_t)repeat * sizeof *runs);
+    for (int what = 0; what < N_BENCH && rc == 0; what++) {
+        values[what] = NAN;
+        if (!bench_wants(only, bench_names[what]) || (what == BENCH_MEMORY && !only)) continue; // memory: on request
+        int runs_wanted = what == BENCH_MEMORY ? 1 : repeat;
+        for (int r = 0; r < runs_wanted && rc == 0; r++) {
+            progress("bench: %s%s %d/%d\n", bench_names[what],
+                     what == BENCH_SCAN_ALL ? " all" : what == BENCH_SCAN_ONSET ? " onset" : "", r + 1, runs_wanted);
+            rc = bench_once(&b, what, &runs[r], err);
+        }
+        if (rc == 0) values[what] = median(runs, runs_wanted);
+    }
+    free(runs);
+    free(b.ids);
+    free(b.logits);
+    free(b.resid);
+    free(b.x_in);
+    free(b.resid_all);
+    free(b.attn_on);
+    free(b.mlp_on);
+    free(b.none);
+    forcer_free(&b.f);
+    return rc;
+}
+
+int cmd_bench(int argc, char **argv) {
+    Opt opts[] = {OPT("--model", 1, "Hugging Face model directory (see make-bench-model)"),
+                  OPT("--repeat", 1, "runs of each measurement; the median is printed (default 3)"),
+                  OPT("--only", 1, "comma-separated subset: prefill,decode,gen16,gen64,lens,scan,tokenizer,bandwidth; or memory (minutes)"),
+                  OPT("--tokenizer", 1, "tokenizer.json to time (default: the model directory's, if any)"),
+                  OPT("--text", 1, "text to tokenize: JSONL (every string) or lines (default: 1 MB of generated text)"),
+                  OPT("--json", 0, "print one JSON object instead of the table"), OPT_END};
+    Err err = {0};
+    int r = opts_parse(opts, argc, argv, &err);
+    if (r) return r > 0 ? EXIT_OK : fail(&err);
+    const char *dir = opt_str(opts, "--model", NULL), *only = opt_str(opts, "--only", NULL);
+    long long repeat;
+    if (!dir) return err_input(&err, "bench: --model DIR is required"), fail(&err);
+    if (opt_int(opts, "--repeat", 1, 100, 3, &repeat, &err) < 0) return fail(&err);
+    Model m;
+    if (model_load(&m, dir, &err) < 0) return fail(&err);
+    // Weight bytes a decode step reads: every tensor but the embedding, of which it reads one row.
+    double weight_bytes = 0, values[N_BENCH], bandwidth = NAN;
+    int n_slots = model_slots(&m, NULL);
+    TensorSlot *slots = xmalloc((size_t)n_slots * sizeof *slots);
+    model_slots(&m, slots);
+    for (int i = 0; i < n_slots; i++)
+        if (slots[i].t != &m.embed || m.cfg.tie_word_embeddings)
+            weight_bytes += (double)slots[i].t->rows * slots[i].t->cols * (double)dtype_bytes(slots[i].t->dtype);
+    free(slots);
+    if (bench_run(&m, (int)repeat, only, values, &err) < 0) {
+        model_free(&m);
+        return fail(&err);
+    }
+    double rss_mb = peak_rss_mb(), tokenizer_mb_s = NAN; // RSS before the bandwidth buffer and the tokenizer
+    char tokenizer_path[1200];
+    snprintf(tokenizer_path, sizeof tokenizer_path, "%s/tokenizer.json", dir);
+    const char *tok = opt_str(opts, "--tokenizer", path_exists(tokenizer_path) ? tokenizer_path : NULL);
+    if (tok && bench_wants(only, "tokenizer")) {
+        progress("bench: tokenizer\n");
+        if (bench_tokenizer(tok, opt_str(opts, "--text", NULL), &tokenizer_mb_s, &err) < 0) {
+            model_free(&m);
+            return fail(&err);
+        }
+    }
+    if (bench_wants(only, "bandwidth") || bench_wants(only, "decode")) bandwidth = bench_bandwidth(&m);
+    struct {
+        const char *key, *what, *fmt, *unit;
+        double v;
+    } rows[] = {
+        {"prefill_tok_s", "prefill, 512-token prompt", "%.1f", "tokens/s", values[BENCH_PREFILL]},
+        {"decode_tok_s", "decode, batch 1", "%.2f", "tokens/s", values[BENCH_DECODE]},
+        {"gen16_tok_s", "generation, batch 16", "%.1f", "completion tokens/s", values[BENCH_GEN16]},
+        {"gen64_tok_s", "generation, batch 64", "%.1f", "completion tokens/s", values[BENCH_GEN64]},
+        {"lens_items_s", "logit lens, 384 tokens", "%.3f", "items/s", values[BENCH_LENS]},
+        {"scan_s_per_event_all", "ablation scan, scope all", "%.1f", "s/event (384 tokens: a clean pass, then 2L passes each from its layer)", values[BENCH_SCAN_ALL]},
+        {"scan_s_per_event_onset", "ablation scan, scope onset", "%.2f", "s/event", values[BENCH_SCAN_ONSET]},
+        {"tokenizer_mb_s", "tokenizer", "%.1f", "MB/s (one thread)", tokenizer_mb_s},
+        {"peak_rss_mb", "peak RSS", "%.0f", "MB", rss_mb},
+        {"memory_16x2048_rss_mb", "generating 16 x 2048 tokens", "%.0f", "MB peak RSS (--only memory)", values[BENCH_MEMORY]},
+        {"bandwidth_gb_s", "read bandwidth", "%.1f", "GB/s", bandwidth},
+        {"roofline_fraction", "decode roofline fraction", "%.2f", "(weight bytes per token x decode tokens/s / bandwidth)",
+         weight_bytes * values[BENCH_DECODE] / (bandwidth * 1e9)},
+    };
+    int n_rows = (int)(sizeof rows / sizeof rows[0]);
+    const char *kernels = m.simd ? "avx512" : "portable";
+    Buf b = {0};
+    if (opt_str(opts, "--json", NULL)) {
+        buf_puts(&b, "{\"model\":");
+        buf_json_string(&b, dir, strlen(dir));
+        buf_printf(&b, ",\"threads\":%d,\"kernels\":\"%s\",\"weight_bytes_per_token\":%.0f", bt_threads, kernels, weight_bytes);
+        for (int i = 0; i < n_rows; i++) {
+            buf_printf(&b, ",\"%s\":", rows[i].key);
+            buf_json_double(&b, rows[i].v);
+        }
+        buf_puts(&b, "}\n");
+    } else {
+        buf_printf(&b, "bt bench: %s (%s, %s weights, %.2f GB per token), %d threads, %s kernels, median of %lld\n", dir,
+                   m.cfg.architecture, dtype_name(m.lm_head.dtype), weight_bytes / 1e9, bt_threads, kernels, repeat);
+        for (int i = 0; i < n_rows; i++) {
+            char v[32] = "null";
+            if (!isnan(rows[i].v)) snprintf(v, sizeof v, rows[i].fmt, rows[i].v);
+            buf_printf(&b, "  %-28s %10s  %s\n", rows[i].what, v, rows[i].unit);
+        }
+    }
+    write_stdout(&b);
+    buf_free(&b);
+    model_free(&m);
+    return EXIT_OK;
+}

@@ -1,0 +1,705 @@
+// generate.c: sampling and generation, right after the forward pass. The experiment's
+// conditions and their ablation masks, the sampler (temperature, top-k, top-p, in the
+// order of Hugging Face's logits processors), the one batched generation loop over KV
+// slots, the records it appends, and the commands generate and generate-ids.
+// Read top to bottom: conditions, sampler, the generation loop, records, commands.
+#include "bt.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GEN_PREFILL_ROWS 512 // rows of prompt per forward call: bounds the activations of a prefill
+#define GEN_MIN_LOGIT_NATS 40 // tokens this far (after temperature) below the best carry < 1e-17 of the mass
+#define SAMPLER_FIRST_SORT 64 // candidates the sampler sorts first; it takes more only when it must
+
+// ----------------------------------------------------------------------------
+// Conditions: what a generation file was generated under.
+
+const char *const condition_names[N_CONDITIONS] = {"baseline", "targeted_ablation", "random_ablation"};
+
+int condition_index(const char *name) {
+    for (int i = 0; name && i < N_CONDITIONS; i++)
+        if (strcmp(name, condition_names[i]) == 0) return i;
+    return -1;
+}
+
+// The layers a condition ablates (none for baseline) and its AblationMask; the random set
+// is drawn once per run from the run seed and kept in the run, so a resume reuses it.
+static int condition_mask(const Config *c, const Run *run, const Model *m, int condition, LayerSet *set,
+                          AblationMask *mask, float **means, Err *err) {
+    memset(set, 0, sizeof *set);
+    memset(mask, 0, sizeof *mask);
+    if (condition == COND_BASELINE) return 0;
+    int n_layers = m->cfg.n_layers;
+    char selected[1200], random_path[1200];
+    run_path(run, selected, sizeof selected, ART_SELECTED);
+    run_path(run, random_path, sizeof random_path, ART_RANDOM_LAYERS);
+    if (!path_exists(selected)) return err_input(err, "no %s in run %s: run ablation-scan first", ART_SELECTED, run->id);
+    if (condition == COND_TARGETED) {
+        if (layer_set_read(selected, n_layers, set, err)) return -1;
+    } else if (path_exists(random_path)) {
+        if (layer_set_read(random_path, n_layers, set, err)) return -1;
+    } else {
+        LayerSet targeted;
+        if (layer_set_read(selected, n_layers, &targeted, err)) return -1;
+        int rc = draw_random_layers(&targeted, n_layers, c->seed, set, err);
+        layer_set_free(&targeted);
+        if (rc) return -1;
+        set->kind = c->ablation_kind;
+        Buf b = {0};
+        layer_set_json(&b, set);
+        buf_putc(&b, '\n');
+        rc = write_file_atomic(random_path, b.data, b.len, err);
+        buf_free(&b);
+        if (rc) return -1;
+    }
+    set->kind = c->ablation_kind;
+    mask->kind = c->ablation_kind;
+    mask->attn = xcalloc((size_t)n_layers, 1);
+    mask->mlp = xcalloc((size_t)n_layers, 1);
+    for (int i = 0; i < set->n_attn; i++) mask->attn[set->attn_layers[i]] = 1;
+    for (int i = 0; i < set->n_mlp; i++) mask->mlp[set->mlp_layers[i]] = 1;
+    if (c->ablation_kind == ABLATE_MEAN) {
+        if (component_means_read(run, &m->cfg, &means[0], &means[1], err)) return -1;
+        mask->attn_mean = means[0];
+        mask->mlp_mean = means[1];
+    }
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// Sampler: Hugging Face's temperature, top-k and top-p warpers, in that order, then a
+// draw from what is left. Candidates are ordered by weight (ties to the lower id).
+
+// The run's sampler: the config's values, and for a key it leaves out the model's
+// generation_config.json, as Hugging Face's generate() would use it.
+Sampler config_sampler(const Config *c, const ModelConfig *mc) {
+    Sampler s = {c->temperature, c->top_k, c->top_p};
+    if (isnan(s.temperature)) s.temperature = mc->gen_do_sample ? mc->gen_temperature : 0;
+    if (s.top_k < 0) s.top_k = mc->gen_top_k;
+    if (isnan(s.top_p)) s.top_p = mc->gen_top_p;
+    return s;
+}
+
+static int cmp_candidate(const void *a, const void *b) {
+    const SampleCandidate *x = a, *y = b;
+    if (x->weight != y->weight) return x->weight < y->weight ? 1 : -1;
+    return x->id - y->id;
+}
+
+static void swap_candidates(SampleCandidate *a, SampleCandidate *b) {
+    SampleCandidate t = *a;
+    *a = *b;
+    *b = t;
+}
+
+// Moves the m best of a[0..n) to a[0..m), in no order (quickselect, median-of-three pivots).
+static void select_best(SampleCandidate *a, int n, int m) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi && m > lo && m <= hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (cmp_candidate(&a[mid], &a[lo]) < 0) swap_candidates(&a[mid], &a[lo]);
+        if (cmp_candidate(&a[hi], &a[lo]) < 0) swap_candidates(&a[hi], &a[lo]);
+        if (cmp_candidate(&a[hi], &a[mid]) < 0) swap_candidates(&a[hi], &a[mid]);
+        SampleCandidate pivot = a[mid];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (cmp_candidate(&a[i], &pivot) < 0) i++;
+            while (cmp_candidate(&a[j], &pivot) > 0) j--;
+            if (i <= j) swap_candidates(&a[i++], &a[j--]);
+        }
+        if (m <= j) hi = j;
+        else if (m >= i) lo = i;
+        else break;
+    }
+}
+
+int sampler_filter(const Sampler *s, const float *logits, int vocab, SampleCandidate *out) {
+    float max = logits[0];
+    for (int i = 1; i < vocab; i++)
+        if (logits[i] > max) max = logits[i];
+    int n = 0;
+    double sum = 0;
+    for (int i = 0; i < vocab; i++) {
+        double z = (logits[i] - max) / s->temperature;
+        if (z < -GEN_MIN_LOGIT_NATS) continue;
+        double w = exp(z);
+        out[n++] = (SampleCandidate){.id = i, .logit = logits[i], .weight = (float)w};
+        sum += w;
+    }
+    // Only the best few are ever needed in order: sort the best m, and take more while
+    // top-k's ties or top-p's mass reach past them (the same result as sorting all n).
+    for (int m = n < SAMPLER_FIRST_SORT ? n : SAMPLER_FIRST_SORT;; m = 2 * m < n ? 2 * m : n) {
+        if (s->top_k > 0 && m < n && m <= s->top_k) continue;
+        select_best(out, n, m);
+        qsort(out, (size_t)m, sizeof *out, cmp_candidate);
+        // top-k keeps every token whose logit reaches the k-th largest (ties kept, as torch.topk's threshold).
+        int k_end = n;
+        double k_sum = sum;
+        if (s->top_k > 0 && s->top_k < n) {
+            k_end = s->top_k;
+            while (k_end < m && out[k_end].logit == out[s->top_k - 1].logit) k_end++;
+            if (k_end == m && m < n) continue; // ties may go on past the sorted part
+            if (k_end < n) {
+                k_sum = 0;
+                for (int i = 0; i < k_end; i++) k_sum += out[i].weight;
+            }
+        }
+        // top-p keeps the most likely tokens until their mass reaches top_p (at least one).
+        double cum = 0;
+        int keep = 0;
+        while (keep < k_end && keep < m) {
+            cum += out[keep++].weight / k_sum;
+            if (cum >= s->top_p) break;
+        }
+        if (cum < s->top_p && keep < k_end) continue; // the mass goes on past the sorted part
+        double kept = 0;
+        for (int i = 0; i < keep; i++) kept += out[i].weight;
+        for (int i = 0; i < keep; i++) out[i].prob = out[i].weight / kept;
+        return keep;
+    }
+}
+
+// The first of equal maxima, as torch.argmax.
+static int argmax(const float *v, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[best]) best = i;
+    return best;
+}
+
+int sample_token(const Sampler *s, const float *logits, int vocab, Rng *rng, SampleCandidate *scratch) {
+    if (s->temperature <= 0) return argmax(logits, vocab);
+    int n = sampler_filter(s, logits, vocab, scratch);
+    double kept = 0;
+    for (int i = 0; i < n; i++) kept += scratch[i].weight;
+    double u = rng_uniform(rng) * kept;
+    for (int i = 0; i < n; i++) {
+        u -= scratch[i].weight;
+        if (u < 0) return scratch[i].id;
+    }
+    return scratch[n - 1].id;
+}
+
+// ----------------------------------------------------------------------------
+// The generation loop: continuous batching over batch_size KV slots. A free slot takes
+// the next sequence; each forward call feeds every running slot its next decode token or
+// its next chunk of prompt; a finished sequence frees its slot at once. Every sequence
+// samples from its own stream, so what it generates does not depend on its neighbours.
+
+int generate_batch(const Model *m, GenSeq *seqs, int n_seqs, const GenParams *p, Err *err) {
+    if (n_seqs == 0) return 0;
+    int n_slots = p->batch_size < n_seqs ? p->batch_size : n_seqs, vocab = m->cfg.vocab_size;
+    int max_seq = 1;
+    for (int i = 0; i < n_seqs; i++) {
+        if (seqs[i].n_prompt < 1) return err_input(err, "generate: sequence %d has an empty prompt", i);
+        if (seqs[i].n_prompt + seqs[i].max_new > max_seq) max_seq = seqs[i].n_prompt + seqs[i].max_new;
+    }
+    if (max_seq > p->max_seq) max_seq = p->max_seq;
+    int max_rows = n_slots + GEN_PREFILL_ROWS;
+    RunState *state = runstate_new(m, n_slots, max_seq, max_rows, err);
+    if (!state) return -1;
+    int *slot_seq = xmalloc((size_t)n_slots * sizeof *slot_seq); // (n_slots) sequence in each slot, -1 = free
+    int *row_token = xmalloc((size_t)max_rows * sizeof *row_token);   // (max_rows) of one forward call
+    int *row_slot = xmalloc((size_t)max_rows * sizeof *row_slot);     // (max_rows)
+    int *row_pos = xmalloc((size_t)max_rows * sizeof *row_pos);       // (max_rows)
+    int *row_logits = xmalloc((size_t)max_rows * sizeof *row_logits); // (max_rows) output row, -1 = none
+    const AblationMask **row_mask = xmalloc((size_t)max_rows * sizeof *row_mask); // (max_rows)
+    float *logits = xmalloc((size_t)n_slots * (size_t)vocab * sizeof *logits);     // (n_slots, vocab)
+    int *logit_slot = xmalloc((size_t)n_slots * sizeof *logit_slot);  // (n_slots) slot of each logits row
+    SampleCandidate *scratch = xmalloc((size_t)vocab * sizeof *scratch); // (vocab)
+    for (int s = 0; s < n_slots; s++) slot_seq[s] = -1;
+    int next_seq = 0, n_done = 0, rc = 0;
+    while (rc == 0 && n_done < n_seqs) {
+        for (int s = 0; s < n_slots; s++)
+            if (slot_seq[s] < 0 && next_seq < n_seqs) {
+                slot_seq[s] = next_seq;
+                seqs[next_seq].n_fed = 0;
+                seqs[next_seq].eos_id = -1;
+                seqs[next_seq++].start_s = now_seconds();
+            }
+        int n = 0, n_out = 0, budget = GEN_PREFILL_ROWS;
+        for (int s = 0; s < n_slots; s++) {
+            if (slot_seq[s] < 0) continue;
+            GenSeq *q = &seqs[slot_seq[s]];
+            if (q->n_fed < q->n_prompt) {
+                int take = q->n_prompt - q->n_fed;
+                if (take > budget) take = budget;
+                if (take == 0) continue;
+                budget -= take;
+                for (int i = 0; i < take; i++, n++) {
+                    row_token[n] = q->prompt[q->n_fed + i];
+                    row_slot[n] = s;
+                    row_pos[n] = q->n_fed + i;
+                    row_logits[n] = -1;
+                    row_mask[n] = p->mask;
+                }
+                q->n_fed += take;
+                if (q->n_fed == q->n_prompt) { // the prompt is in: its last row predicts the first token
+                    row_logits[n - 1] = n_out;
+                    logit_slot[n_out++] = s;
+                }
+            } else {
+                row_token[n] = q->ids[q->n_ids - 1];
+                row_slot[n] = s;
+                row_pos[n] = q->n_prompt + q->n_ids - 1;
+                row_logits[n] = n_out;
+                row_mask[n] = p->mask;
+                logit_slot[n_out++] = s;
+                n++;
+            }
+        }
+        Forward f = {.n = n, .token = row_token, .slot = row_slot, .pos = row_pos, .mask = p->mask ? row_mask : NULL,
+                     .logits = logits, .logits_row = row_logits};
+        if (n > 0 && (rc = model_forward(m, state, &f, err))) break;
+        for (int o = 0; o < n_out && rc == 0; o++) {
+            int s = logit_slot[o], index = slot_seq[s];
+            GenSeq *q = &seqs[index];
+            int token = sample_token(&p->sampler, logits + (size_t)o * vocab, vocab, &q->rng, scratch), is_eos = 0;
+            if (q->n_ids == 0) q->first_token_s = now_seconds();
+            for (int e = 0; e < m->cfg.n_eos && !p->ignore_eos; e++) is_eos |= token == m->cfg.eos_ids[e];
+            if (is_eos) {
+                q->eos_id = token;
+                q->finish_reason = "eos";
+            } else {
+                q->ids[q->n_ids++] = token;
+                if (q->n_ids == q->max_new) q->finish_reason = "length";
+                else if (q->n_prompt + q->n_ids > max_seq) q->finish_reason = "max_seq_len"; // no room to feed it
+            }
+            if (q->finish_reason) {
+                q->end_s = now_seconds();
+                slot_seq[s] = -1;
+                n_done++;
+                if (p->on_finish) rc = p->on_finish(p->ctx, index, err);
+            }
+        }
+    }
+    free(slot_seq);
+    free(row_token);
+    free(row_slot);
+    free(row_pos);
+    free(row_logits);
+    free(row_mask);
+    free(logits);
+    free(logit_slot);
+    free(scratch);
+    runstate_free(state);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
+// Generation records: one JSON line per completion, appended in (problem, sample)
+// order as soon as every record before it is out, so a file never depends on batch
+// size or threads, and a crash loses at most the completions still running.
+
+// Renders a variant template: every {question} replaced by the question.
+static char *render_prompt(const char *template_text, const char *question) {
+    Buf b = {0};
+    const char *p = template_text, *q;
+    while ((q = strstr(p, "{question}"))) {
+        buf_append(&b, p, (size_t)(q - p));
+        buf_puts(&b, question);
+        p = q + strlen("{question}");
+    }
+    buf_puts(&b, p);
+    return b.data;
+}
+
+// Seed of one completion: a function of (run seed, problem id, sample) only,
+// so the same completion is drawn whatever else is in its batch.
+static uint64_t completion_seed(long long run_seed, const char *problem_id, int sample) {
+    return seed_mix(seed_mix((uint64_t)run_seed, fnv1a64(problem_id, strlen(problem_id))), (uint64_t)sample);
+}
+
+// Reads the (problem_id, sample) pairs already in a generation file; a torn
+// last line (a crash mid-append) is cut off so the file holds whole records.
+static int resume_scan(const char *path, char ***done_ids, int **done_samples, int *n_done, Err *err) {
+    *done_ids = NULL;
+    *done_samples = NULL;
+    *n_done = 0;
+    if (!path_exists(path)) return 0;
+    Buf text = {0};
+    if (read_file(path, &text, err)) return -1;
+    size_t good_end = 0;
+    int line_no = 0;
+    for (size_t at = 0; at < text.len;) {
+        char *nl = memchr(text.data + at, '\n', text.len - at);
+        line_no++;
+        if (!nl) break; // no newline: torn
+        Json j;
+        Err perr;
+        size_t len = (size_t)(nl - (text.data + at));
+        if (json_parse(&j, text.data + at, len, path, &perr) == 0) {
+            char *id = json_strdup(&j, json_key(&j, 0, "problem_id"));
+            long long sample;
+            if (id && json_int(&j, json_key(&j, 0, "sample"), &sample) == 0) {
+                *done_ids = xrealloc(*done_ids, (size_t)(*n_done + 1) * sizeof **done_ids);
+                *done_samples = xrealloc(*done_samples, (size_t)(*n_done + 1) * sizeof **done_samples);
+                (*done_ids)[*n_done] = id;
+                (*done_samples)[(*n_done)++] = (int)sample;
+                json_free(&j);
+                at += len + 1;
+                good_end = at;
+                continue;
+            }
+            free(id);
+            json_free(&j);
+        }
+        if (nl + 1 != text.data + text.len) { // a bad line before the end is not a torn write
+            buf_free(&text);
+            return err_input(err, "%s:%d: not a generation record; remove the file to regenerate", path, line_no);
+        }
+        break;
+    }
+    int rc = 0;
+    if (good_end != text.len) {
+        progress("generate: %s: dropping a torn last record (%zu bytes) left by an interrupted run\n", path,
+                 text.len - good_end);
+        rc = write_file_atomic(path, text.data, good_end, err);
+    }
+    buf_free(&text);
+    return rc;
+}
+
+// One completion of a variant to produce, and where its record goes.
+typedef struct {
+    int problem;    // index into the problems
+    int sample;     // 0 .. samples_per_problem-1
+    uint64_t seed;  // of its sampling stream
+    char *prompt;   // rendered template
+    TokenList prompt_tokens;
+    int *prompt_ids; // (prompt_tokens.n)
+    char *record;   // the finished JSONL line, until written
+} Job;
+
+// What the records of one generation file need while the loop runs.
+typedef struct {
+    const Config *c;
+    const Problem *problems;
+    const char *variant, *condition;
+    const Tokenizer *tok;
+    const LayerSet *set;   // what the condition ablates
+    int thinking_open;     // the variant's prompt leaves <think> open
+    Job *jobs;             // (n_jobs)
+    GenSeq *seqs;          // (n_jobs): seqs[i] generates jobs[i]
+    int n_jobs, n_done_before, next_write, n_finished;
+    long long tokens_made;
+    const char *path, *timing_path;
+    double t0, last_report;
+} RecordWriter;
+
+// Renders a finished completion as one JSON line.
+static char *job_record(const RecordWriter *w, const Job *job, const GenSeq *q) {
+    const Problem *pr = &w->problems[job->problem];
+    Buf b = {0}, text = {0};
+    tokenizer_decode(w->tok, q->ids, q->n_ids, &text, NULL);
+    if (!text.data) buf_append(&text, "", 0);
+    char predicted[256];
+    answer_extract(text.data, text.len, w->thinking_open, predicted, sizeof predicted);
+    buf_puts(&b, "{\"problem_id\": ");
+    buf_json_string(&b, pr->id, strlen(pr->id));
+    buf_puts(&b, ", \"variant\": ");
+    buf_json_string(&b, w->variant, strlen(w->variant));
+    buf_printf(&b, ", \"condition\": \"%s\", \"sample\": %d, \"seed\": %llu, \"prompt\": ", w->condition, job->sample,
+               (unsigned long long)job->seed);
+    buf_json_string(&b, job->prompt, strlen(job->prompt));
+    buf_printf(&b, ", \"prompt_tokens\": %d, \"completion\": ", job->prompt_tokens.n);
+    buf_json_string(&b, text.data, text.len);
+    buf_puts(&b, ", \"completion_ids\": [");
+    for (int i = 0; i < q->n_ids; i++) buf_printf(&b, "%s%d", i ? "," : "", q->ids[i]);
+    buf_printf(&b, "], \"completion_tokens\": %d, \"finish_reason\": \"%s\", \"gold\": ", q->n_ids, q->finish_reason);
+    buf_json_string(&b, pr->gold, strlen(pr->gold));
+    buf_puts(&b, ", \"predicted\": ");
+    buf_json_string(&b, predicted, strlen(predicted));
+    buf_printf(&b, ", \"correct\": %s, \"ablation\": ", answer_correct(predicted, pr->gold) ? "true" : "false");
+    if (w->set->n_attn + w->set->n_mlp) layer_set_json(&b, w->set);
+    else buf_puts(&b, "null");
+    buf_puts(&b, "}\n");
+    buf_free(&text);
+    return b.data;
+}
+
+static void format_duration(char *out, size_t n, double s) {
+    if (s < 0 || s != s) snprintf(out, n, "?");
+    else if (s < 60) snprintf(out, n, "%.0fs", s);
+    else if (s < 3600) snprintf(out, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    else snprintf(out, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+}
+
+// on_finish of the loop: the record of sequence i, then every record that is next in
+// job order goes out (appended with fsync), with its timing in the sidecar.
+static int record_finished(void *ctx, int i, Err *err) {
+    RecordWriter *w = ctx;
+    w->jobs[i].record = job_record(w, &w->jobs[i], &w->seqs[i]);
+    w->n_finished++;
+    w->tokens_made += w->seqs[i].n_ids;
+    int rc = 0;
+    while (rc == 0 && w->next_write < w->n_jobs && w->jobs[w->next_write].record) {
+        Job *job = &w->jobs[w->next_write];
+        const GenSeq *q = &w->seqs[w->next_write];
+        rc = append_durable(w->path, job->record, strlen(job->record), err);
+        Buf timing = {0};
+        double secs = q->end_s - q->start_s;
+        const char *id = w->problems[job->problem].id;
+        buf_puts(&timing, "{\"problem_id\": ");
+        buf_json_string(&timing, id, strlen(id));
+        buf_printf(&timing, ", \"sample\": %d, \"completion_tokens\": %d, \"wall_s\": %.3f, \"tokens_per_s\": %.2f, "
+                            "\"threads\": %d, \"batch_size\": %d}\n",
+                   job->sample, q->n_ids, secs, secs > 0 ? q->n_ids / secs : 0.0, bt_threads, w->c->batch_size);
+        if (rc == 0) rc = append_durable(w->timing_path, timing.data, timing.len, err);
+        buf_free(&timing);
+        free(job->record);
+        job->record = NULL;
+        w->next_write++;
+    }
+    double t = now_seconds() - w->t0;
+    if (t - w->last_report > 2 || w->next_write == w->n_jobs) {
+        w->last_report = t;
+        char eta[32];
+        format_duration(eta, sizeof eta, t / w->n_finished * (w->n_jobs - w->n_finished));
+        progress("generate %s/%s: %d/%d completions, %.1f tok/s, ETA %s\n", w->variant, w->condition,
+                 w->n_done_before + w->n_finished, w->n_done_before + w->n_jobs, t > 0 ? w->tokens_made / t : 0.0, eta);
+    }
+    return rc;
+}
+
+// Generates every missing completion of one variant under one condition.
+static int generate_variant(const Config *c, const Run *run, const Model *m, const Tokenizer *tok,
+                            const Problem *problems, int n_problems, const Variant *variant, int condition,
+                            const AblationMask *mask, const LayerSet *set, Err *err) {
+    char path[1200], timing_path[1300];
+    run_generation_path(run, path, sizeof path, variant->name, condition_names[condition]);
+    snprintf(timing_path, sizeof timing_path, "%.*s.timing.jsonl", (int)(strlen(path) - 6), path);
+    char **done_ids;
+    int *done_samples, n_done;
+    if (resume_scan(path, &done_ids, &done_samples, &n_done, err)) return -1;
+    // The work list: every (problem, sample) without a record, in order.
+    int n_total = n_problems * c->samples_per_problem;
+    RecordWriter w = {.c = c, .problems = problems, .variant = variant->name, .condition = condition_names[condition],
+                      .tok = tok, .set = set, .thinking_open = prompt_thinking_open(variant->template_text),
+                      .n_done_before = n_done, .path = path, .timing_path = timing_path};
+    w.jobs = xcalloc((size_t)n_total + 1, sizeof *w.jobs);
+    w.seqs = xcalloc((size_t)n_total + 1, sizeof *w.seqs);
+    int rc = 0;
+    for (int p = 0; p < n_problems && rc == 0; p++) {
+        for (int s = 0; s < c->samples_per_problem && rc == 0; s++) {
+            int done = 0;
+            for (int d = 0; d < n_done && !done; d++)
+                done = done_samples[d] == s && strcmp(done_ids[d], problems[p].id) == 0;
+            if (done) continue;
+            Job *job = &w.jobs[w.n_jobs];
+            GenSeq *q = &w.seqs[w.n_jobs++];
+            job->problem = p;
+            job->sample = s;
+            job->prompt = render_prompt(variant->template_text, problems[p].question);
+            rc = tokenizer_encode(tok, job->prompt, strlen(job->prompt), &job->prompt_tokens, err);
+            if (rc == 0 && job->prompt_tokens.n == 0)
+                rc = err_input(err, "%s: variant %s gives an empty prompt", c->file, variant->name);
+            if (rc == 0 && job->prompt_tokens.n + 1 > c->max_seq_len)
+                rc = err_input(err, "problem %s: prompt of %d tokens does not fit [model] max_seq_len = %d",
+                               problems[p].id, job->prompt_tokens.n, c->max_seq_len);
+            job->prompt_ids = xmalloc((size_t)(job->prompt_tokens.n + 1) * sizeof *job->prompt_ids);
+            for (int t = 0; t < job->prompt_tokens.n; t++) job->prompt_ids[t] = job->prompt_tokens.v[t].id;
+            job->seed = completion_seed(c->seed, problems[p].id, s);
+            *q = (GenSeq){.prompt = job->prompt_ids, .n_prompt = job->prompt_tokens.n, .max_new = c->max_new_tokens,
+                          .ids = xmalloc((size_t)c->max_new_tokens * sizeof *q->ids)};
+            rng_seed(&q->rng, job->seed);
+        }
+    }
+    for (int d = 0; d < n_done; d++) free(done_ids[d]);
+    free(done_ids);
+    free(done_samples);
+    GenParams params = {.sampler = config_sampler(c, &m->cfg), .batch_size = c->batch_size, .max_seq = c->max_seq_len,
+                        .mask = mask, .on_finish = record_finished, .ctx = &w};
+    w.t0 = now_seconds();
+    if (rc == 0) rc = generate_batch(m, w.seqs, w.n_jobs, &params, err);
+    for (int i = 0; i < w.n_jobs; i++) {
+        free(w.jobs[i].prompt);
+        tokens_free(&w.jobs[i].prompt_tokens);
+        free(w.jobs[i].prompt_ids);
+        free(w.jobs[i].record);
+        free(w.seqs[i].ids);
+    }
+    free(w.jobs);
+    free(w.seqs);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
+// Generation records read back (detect-events and the analyses).
+
+void generations_free(GenRecord *r, int n) {
+    for (int i = 0; i < n; i++) {
+        free(r[i].problem_id);
+        free(r[i].variant);
+        free(r[i].condition);
+        free(r[i].prompt);
+        free(r[i].completion_ids);
+        free(r[i].finish_reason);
+    }
+    free(r);
+}
+
+int generations_read(const char *path, GenRecord **out, int *n_out, Err *err) {
+    *out = NULL;
+    *n_out = 0;
+    Buf text = {0};
+    if (read_file(path, &text, err)) return -1;
+    GenRecord *list = NULL;
+    int n = 0, line_no = 0, rc = 0;
+    for (size_t at = 0; at < text.len && rc == 0;) {
+        char *nl = memchr(text.data + at, '\n', text.len - at);
+        size_t len = nl ? (size_t)(nl - (text.data + at)) : text.len - at;
+        line_no++;
+        const char *line = text.data + at;
+        at += len + 1;
+        if (len == 0) continue;
+        Json j;
+        if (json_parse(&j, line, len, path, err)) {
+            rc = err_input(err, "%s:%d: not a JSON generation record", path, line_no);
+            break;
+        }
+        GenRecord r = {0};
+        long long sample = -1, prompt_tokens = -1;
+        int ids = json_key(&j, 0, "completion_ids");
+        r.problem_id = json_strdup(&j, json_key(&j, 0, "problem_id"));
+        r.variant = json_strdup(&j, json_key(&j, 0, "variant"));
+        r.condition = json_strdup(&j, json_key(&j, 0, "condition"));
+        r.prompt = json_strdup(&j, json_key(&j, 0, "prompt"));
+        r.finish_reason = json_strdup(&j, json_key(&j, 0, "finish_reason"));
+        json_int(&j, json_key(&j, 0, "sample"), &sample);
+        json_int(&j, json_key(&j, 0, "prompt_tokens"), &prompt_tokens);
+        json_bool(&j, json_key(&j, 0, "correct"), &r.correct);
+        r.sample = (int)sample;
+        r.prompt_tokens = (int)prompt_tokens;
+        int ok = r.problem_id && r.variant && r.condition && r.prompt && r.finish_reason && sample >= 0 &&
+                 prompt_tokens > 0 && ids >= 0 && j.tok[ids].type == JSON_ARRAY;
+        if (ok) {
+            r.completion_ids = xmalloc((size_t)(j.tok[ids].size + 1) * sizeof *r.completion_ids);
+            JSON_FOR_ARRAY(&j, ids, i, t) {
+                long long v;
+                if (json_int(&j, t, &v) || v < 0 || v > INT32_MAX) ok = 0;
+                else r.completion_ids[r.n_completion++] = (int)v;
+                (void)i;
+            }
+        }
+        json_free(&j);
+        if (!ok) {
+            free(r.problem_id);
+            free(r.variant);
+            free(r.condition);
+            free(r.prompt);
+            free(r.completion_ids);
+            free(r.finish_reason);
+            rc = err_input(err, "%s:%d: generation record lacks a field or has a bad one", path, line_no);
+            break;
+        }
+        list = xrealloc(list, (size_t)(n + 1) * sizeof *list);
+        list[n++] = r;
+    }
+    buf_free(&text);
+    if (rc) {
+        generations_free(list, n);
+        return -1;
+    }
+    *out = list;
+    *n_out = n;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// Commands: generate, generate-ids
+
+int cmd_generate(int argc, char **argv) {
+    Opt opts[] = {OPT_CONFIG, OPT("--condition", 1, "baseline | targeted_ablation | random_ablation"),
+                  OPT("--variant", 1,
+                      "one variant (default: every [generation] variant for baseline, [logit_lens] variant otherwise)"),
+                  OPT_END};
+    Err err = {0};
+    Config c;
+    Run run;
+    int exit_code;
+    if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
+    int condition = condition_index(opt_str(opts, "--condition", NULL));
+    Model m = {0};
+    Tokenizer *tok = NULL;
+    Problem *problems = NULL;
+    int n_problems = 0, loaded = 0;
+    LayerSet set = {0};
+    AblationMask mask = {0};
+    float *means[2] = {NULL, NULL};
+    const char *one = opt_str(opts, "--variant", NULL);
+    if (condition < 0) {
+        err_input(&err, "generate: --condition must be baseline, targeted_ablation or random_ablation");
+        goto out;
+    }
+    if (one && !config_variant(&c, one)) {
+        err_input(&err, "%s: no [variant.%s] section", c.file, one);
+        goto out;
+    }
+    char path[1200];
+    processed_path(&c, path, sizeof path);
+    if (!path_exists(path)) {
+        err_input(&err, "%s is missing: run prepare-data first", path);
+        goto out;
+    }
+    if (problems_load(path, &problems, &n_problems, &err)) goto out;
+    if (model_load(&m, c.model_path, &err)) goto out;
+    loaded = 1;
+    snprintf(path, sizeof path, "%s/tokenizer.json", c.model_path);
+    if (tokenizer_load(&tok, path, &err)) goto out;
+    if (condition_mask(&c, &run, &m, condition, &set, &mask, means, &err)) goto out;
+    const AblationMask *row_mask = condition == COND_BASELINE ? NULL : &mask;
+    // Baseline generates every configured variant unless one is named; ablations the lens variant.
+    int n_gen = one || condition != COND_BASELINE ? 1 : c.n_variants;
+    for (int v = 0; v < n_gen; v++) {
+        const char *name = one ? one : condition == COND_BASELINE ? c.variants[v] : c.lens_variant;
+        if (generate_variant(&c, &run, &m, tok, problems, n_problems, config_variant(&c, name), condition, row_mask,
+                             &set, &err))
+            goto out;
+    }
+out:
+    free(mask.attn);
+    free(mask.mlp);
+    free(means[0]);
+    free(means[1]);
+    layer_set_free(&set);
+    if (tok) tokenizer_free(tok);
+    if (loaded) model_free(&m);
+    problems_free(problems, n_problems);
+    config_free(&c);
+    return err.msg[0] ? fail(&err) : 0;
+}
+
+int cmd_generate_ids(int argc, char **argv) {
+    Opt opts[] = {OPT("--model", 1, "Hugging Face model directory"),
+                  OPT("--ids", 1, "prompt token ids, comma-separated"),
+                  OPT("--max-new", 1, "tokens to generate at most (stops after an eos id); prints the new ids"),
+                  OPT_END};
+    Err err = {0};
+    int r = opts_parse(opts, argc, argv, &err);
+    if (r) return r > 0 ? EXIT_OK : fail(&err);
+    const char *dir = opt_str(opts, "--model", NULL), *ids_text = opt_str(opts, "--ids", NULL);
+    if (!dir || !ids_text) return err_input(&err, "generate-ids: --model DIR and --ids 1,2,3 are required"), fail(&err);
+    long long max_new;
+    if (opt_int(opts, "--max-new", 0, 1 << 20, 16, &max_new, &err) < 0) return fail(&err);
+    Model m;
+    if (model_load(&m, dir, &err) < 0) return fail(&err);
+    int *ids = NULL, n = 0, rc = parse_ids(ids_text, m.cfg.vocab_size, m.dir, &ids, &n, &err);
+    GenSeq q = {.prompt = ids, .n_prompt = n, .max_new = (int)max_new, .eos_id = -1};
+    q.ids = xmalloc((size_t)(max_new + 1) * sizeof *q.ids);
+    GenParams greedy = {.sampler = {.temperature = 0}, .batch_size = 1, .max_seq = n + (int)max_new};
+    if (rc == 0 && max_new > 0) rc = generate_batch(&m, &q, 1, &greedy, &err);
+    Buf b = {0};
+    buf_puts(&b, "{\"ids\":[");
+    for (int k = 0; k < q.n_ids; k++) buf_printf(&b, "%s%d", k ? "," : "", q.ids[k]);
+    if (q.eos_id >= 0) buf_printf(&b, "%s%d", q.n_ids ? "," : "", q.eos_id); // the eos that ended it, as HF prints it
+    buf_puts(&b, "]}\n");
+    if (rc == 0) write_stdout(&b);
+    buf_free(&b);
+    free(q.ids);
+    free(ids);
+    model_free(&m);
+    return rc < 0 ? fail(&err) : EXIT_OK;
+}
