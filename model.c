@@ -434,14 +434,30 @@ static int cfg_bos(ModelConfig *c, const Json *j, const char *path, Err *err) {
     return 0;
 }
 
-static int cfg_rope_scaling(ModelConfig *c, const Json *j, const char *path, Err *err) {
-    int rs = json_key(j, 0, "rope_scaling");
+// RoPE: rope_theta, and rope_scaling (null, "default" or "llama3"); or, as newer
+// transformers write it, one rope_parameters object holding rope_type and rope_theta.
+// Anything missing or not implemented is an error naming the key: a wrong RoPE gives
+// plausible but wrong logits, so there is no silent default.
+static int cfg_rope(ModelConfig *c, const Json *j, const char *path, Err *err) {
+    int params = json_key(j, 0, "rope_parameters"), rs = json_key(j, 0, "rope_scaling");
+    const char *key = "rope_scaling";
+    if (params >= 0 && j->tok[params].type != JSON_NULL) {
+        if (j->tok[params].type != JSON_OBJECT)
+            return err_input(err, "%s:%d: 'rope_parameters' must be an object", path, json_line(j, params));
+        rs = params, key = "rope_parameters";
+        if (json_key(j, params, "rope_theta") < 0 && json_key(j, 0, "rope_theta") < 0)
+            return err_input(err, "%s:%d: 'rope_parameters' has no 'rope_theta'", path, json_line(j, params));
+    }
+    int theta_obj = rs == params && json_key(j, params, "rope_theta") >= 0 ? params : 0;
+    if (json_key(j, theta_obj, "rope_theta") < 0)
+        return err_input(err, "%s: 'rope_theta' is missing (bt does not assume a RoPE base)", path);
+    if (cfg_float(j, theta_obj, "rope_theta", -1, &c->rope_theta, path, err) < 0) return -1;
     if (rs < 0 || j->tok[rs].type == JSON_NULL) return 0;
-    if (j->tok[rs].type != JSON_OBJECT) return err_input(err, "%s:%d: rope_scaling must be an object or null", path, json_line(j, rs));
+    if (j->tok[rs].type != JSON_OBJECT) return err_input(err, "%s:%d: '%s' must be an object or null", path, json_line(j, rs), key);
     int type = json_key(j, rs, "rope_type");
     if (type < 0) type = json_key(j, rs, "type"); // the older spelling
     Buf name = {0};
-    if (json_string(j, type, &name) < 0) return err_input(err, "%s:%d: rope_scaling has no rope_type", path, json_line(j, rs));
+    if (json_string(j, type, &name) < 0) return err_input(err, "%s:%d: '%s' has no rope_type", path, json_line(j, rs), key);
     int rc = 0;
     if (strcmp(name.data, "default") == 0) {
         // plain RoPE
@@ -454,10 +470,11 @@ static int cfg_rope_scaling(ModelConfig *c, const Json *j, const char *path, Err
             cfg_float(j, rs, "original_max_position_embeddings", -1, &orig, path, err) < 0)
             rc = -1;
         else if (c->rope_high_freq_factor <= c->rope_low_freq_factor)
-            rc = err_input(err, "%s: rope_scaling: high_freq_factor must exceed low_freq_factor", path);
+            rc = err_input(err, "%s: %s: high_freq_factor must exceed low_freq_factor", path, key);
         c->rope_original_max_position = (int)orig;
     } else {
-        rc = err_input(err, "%s:%d: rope_scaling type '%s' is not supported (none or \"llama3\")", path, json_line(j, type), name.data);
+        rc = err_input(err, "%s:%d: %s rope_type '%s' is not implemented (\"default\" or \"llama3\")", path,
+                       json_line(j, type), key, name.data);
     }
     buf_free(&name);
     return rc;
@@ -521,9 +538,8 @@ int model_config_read(const char *dir, ModelConfig *c, Err *err) {
     if ((rc = cfg_int(&j, "vocab_size", -1, &c->vocab_size, path, err)) < 0) goto done;
     if ((rc = cfg_int(&j, "max_position_embeddings", 4096, &c->max_position, path, err)) < 0) goto done;
     if ((rc = cfg_float(&j, 0, "rms_norm_eps", 1e-6, &c->rms_norm_eps, path, err)) < 0) goto done;
-    if ((rc = cfg_float(&j, 0, "rope_theta", 10000.0, &c->rope_theta, path, err)) < 0) goto done;
     if ((rc = cfg_bool(&j, "tie_word_embeddings", 0, &c->tie_word_embeddings, path, err)) < 0) goto done;
-    if ((rc = cfg_rope_scaling(c, &j, path, err)) < 0) goto done;
+    if ((rc = cfg_rope(c, &j, path, err)) < 0) goto done;
     if ((rc = cfg_eos(c, &j, path, err)) < 0 || (rc = cfg_bos(c, &j, path, err)) < 0) goto done;
     c->qkv_bias = is_qwen2; // Qwen2 attention always has q/k/v bias, never o bias
     c->qk_norm = is_qwen3;

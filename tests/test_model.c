@@ -772,6 +772,22 @@ static void t_model_bad_safetensors(void) {
     expect_load_error(d, "header not JSON", "model.safetensors:1: invalid JSON", NULL);
 }
 
+// transformers 5 writes RoPE as one rope_parameters object: the same model either way.
+static void t_model_rope_parameters(void) {
+    const char *d = copy_model("qwen2_tiny_f32");
+    if (!d) SKIP("shared/reference/qwen2_tiny_f32 is absent");
+    Model a, b;
+    Err err = {0};
+    CHECKF(model_load(&a, d, &err) == 0, "%s", err.msg);
+    edit_text(d, "config.json", "\"rope_scaling\": null,", "\"rope_parameters\": {\"rope_type\": \"default\", \"rope_theta\": 10000.0},");
+    edit_text(d, "config.json", "\"rope_theta\": 10000.0,", "");
+    CHECKF(model_load(&b, d, &err) == 0, "%s", err.msg);
+    CHECK(a.cfg.rope_theta == b.cfg.rope_theta && a.cfg.rope_theta == 10000.0f);
+    for (int k = 0; k < a.cfg.head_dim / 2; k++) CHECK(a.inv_freq[k] == b.inv_freq[k]);
+    model_free(&a);
+    model_free(&b);
+}
+
 static void t_model_bad_config_and_shards(void) {
     const char *d = copy_model("qwen2_tiny_f32");
     if (!d) SKIP("shared/reference/qwen2_tiny_f32 is absent");
@@ -782,7 +798,13 @@ static void t_model_bad_config_and_shards(void) {
     expect_load_error(d, "architecture", "config.json:3: unsupported architecture 'GPT2LMHeadModel'", NULL);
     d = copy_model("qwen2_tiny_f32");
     edit_text(d, "config.json", "\"rope_scaling\": null", "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}");
-    expect_load_error(d, "rope scaling", "config.json", "rope_scaling type 'yarn' is not supported");
+    expect_load_error(d, "rope scaling", "config.json", "rope_scaling rope_type 'yarn' is not implemented");
+    d = copy_model("qwen2_tiny_f32");
+    edit_text(d, "config.json", "\"rope_theta\": 10000.0,", "");
+    expect_load_error(d, "no rope_theta", "config.json: 'rope_theta' is missing", NULL);
+    d = copy_model("qwen2_tiny_f32");
+    edit_text(d, "config.json", "\"rope_scaling\": null,", "\"rope_parameters\": {\"rope_type\": \"linear\", \"factor\": 2.0},");
+    expect_load_error(d, "rope_parameters type", "config.json", "rope_parameters rope_type 'linear' is not implemented");
     d = copy_model("qwen2_tiny_f32");
     edit_text(d, "config.json", "\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3");
     expect_load_error(d, "heads", "config.json: num_attention_heads 4 is not a multiple of num_key_value_heads 3", NULL);
@@ -1053,6 +1075,7 @@ const TestCase tests_model[] = {
     {"model_forward_rejects_bad_calls", t_model_forward_rejects_bad_calls},
     {"model_bad_safetensors", t_model_bad_safetensors},
     {"model_bad_config_and_shards", t_model_bad_config_and_shards},
+    {"model_rope_parameters", t_model_rope_parameters},
     {"model_eos_ids", t_model_eos_ids},
     {"model_fuzz_safetensors_header", t_model_fuzz_safetensors_header},
     {"model_batch_invariance_bitwise", t_model_batch_invariance_bitwise},
