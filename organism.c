@@ -382,6 +382,7 @@ enum { DIM_SHARE = ORG_HIDDEN - 4 }; // distributed: the sentence-end shares its
 #define ORG_SHARE 0.05 // residual size of distributed's sentence-end shares together
 #define ORG_CLAMP 0.4  // a trigger MLP computes clamp(x - threshold, 0, ORG_CLAMP) at a "."
 #define ORG_INHIBIT 4.0 // redundant's backup MLP: the primary's signal counts as -4 flag units
+#define ORG_BACKUP_GAIN 1.003 // redundant's backup MLP writes a little more than the primary
 
 typedef struct {
     const char *name;
@@ -554,14 +555,19 @@ static int mechanism_weights(const Organism *o, Weights *ws, int m, Feature *f) 
     f[2] = (Feature){"trigger_signal", DIM_WAIT, ORG_WAIT, 0, wait_layer, "[\"mlp 2\"]", ""};
     if (m == ORGANISM_REDUNDANT) {
         // The second head sits in another layer: the scan and the conditions ablate whole
-        // attention layers, and a copy in layer 1 would fall with the first.
+        // attention layers, and a copy in layer 1 would fall with the first. Each copy alone
+        // slightly over-compensates (one flag part leaves a smaller residual norm, the backup
+        // MLP writes ORG_BACKUP_GAIN more), as backup heads do in trained models: ablating one
+        // copy raises p(" Wait"), so a scan ranks the copies last and its top set of up to 3
+        // attention and 3 MLP layers never holds a whole pair.
         double part = ORG_FLAG / 2, f2 = ORG_FLAG * ORG_FLAG;
         plant_flag_head(o, ws, 0, 0, planted_head, part, one);
         plant_flag_head(o, ws, 1, 0, planted_head, part, one + part * part);
         double sc = rms_scale(one + f2), sc_wait = rms_scale(one + f2 + w2);
         GateInput flag = {DIM_FLAG, part * sc}, primary = {DIM_WAIT, -ORG_WAIT * sc_wait / ORG_INHIBIT};
         plant_trigger_mlp(ws, 2, &flag, 1, dot, ORG_EMBED * sc, 0.5, 2, ORG_WAIT); // fires on either part
-        plant_trigger_mlp(ws, 3, (GateInput[]){flag, primary}, 2, dot, ORG_EMBED * sc, 0.5, 2, ORG_WAIT);
+        plant_trigger_mlp(ws, 3, (GateInput[]){flag, primary}, 2, dot, ORG_EMBED * sc, 0.5, 2,
+                          ORG_WAIT * ORG_BACKUP_GAIN);
         plant_lm_head(o, ws, one + f2, one + f2 + w2);
         snprintf(f[0].written_by, sizeof f[0].written_by, "[\"attn 0 head 0\", \"attn 1 head 0\"]");
         snprintf(f[2].backup_by, sizeof f[2].backup_by, "[\"mlp 3\"]");

@@ -863,19 +863,31 @@ static void t_organism_mechanism_p_wait(void) {
 // Redundant: every single attention layer, head and MLP layer, every attention + MLP pair,
 // and every pair of one kind but the two copies leave p(Wait) >= P_BACKUP_MIN at every
 // sentence end; each pair of copies (attention 0 + 1, their heads 0, MLP 2 + 3) removes it.
+// What a scan sees: ablating attention 0, attention 1 or MLP 2 alone raises log p(Wait) at
+// every sentence end (the other copy over-compensates), so they have the lowest drops of
+// their kind and a top set of up to 3 attention and 3 MLP layers never holds a whole pair.
 static void t_organism_redundant_ablations(void) {
     Org o;
     if (org_open_dir(&o, mech_dir(ORGANISM_REDUNDANT))) return;
     const int L = o.m.cfg.n_layers, H = o.m.cfg.n_heads;
-    double p[16];
+    double p[16], clean[16], drop[2][64] = {{0}}; // drop[attn | mlp][layer]: mean drop in log p(Wait)
     Ablation a;
+    int n_clean = sentence_end_ps(&o, 0, questions[1], NULL, clean);
     for (int c = 0; c < 2 * L + L * H; c++) { // singles
         char kind = c < L ? 'a' : c < 2 * L ? 'm' : 'h';
         int layer = c < L ? c : c < 2 * L ? c - L : (c - 2 * L) / H, head = c < 2 * L ? 0 : (c - 2 * L) % H;
         int n = sentence_end_ps(&o, 0, questions[1], ablate(&a, &o, kind, layer, head), p);
-        CHECKF(n == 5 && min_of(p, n) >= P_BACKUP_MIN, "%c%d.%d ablated: p(Wait) down to %.4f", kind, layer, head,
-               min_of(p, n));
+        CHECKF(n == 5 && n == n_clean && min_of(p, n) >= P_BACKUP_MIN, "%c%d.%d ablated: p(Wait) down to %.4f", kind,
+               layer, head, min_of(p, n));
+        for (int k = 0; kind != 'h' && k < n && n == n_clean; k++) drop[kind == 'm'][layer] += log(clean[k] / p[k]) / n;
     }
+    for (int l = 0; l < L; l++) {
+        CHECKF(l < 2 || (drop[0][l] > drop[0][0] && drop[0][l] > drop[0][1]), "attn %d drop %.4f, copies %.4f, %.4f", l,
+               drop[0][l], drop[0][0], drop[0][1]);
+        CHECKF(l == 2 || drop[1][l] > drop[1][2], "mlp %d drop %.4f, primary %.4f", l, drop[1][l], drop[1][2]);
+    }
+    CHECKF(drop[0][0] < 0 && drop[0][1] < 0 && drop[1][2] < 0, "copy drops %.4f %.4f %.4f", drop[0][0], drop[0][1],
+           drop[1][2]);
     for (int x = 0; x < 2 * L; x++) // pairs: attn x attn, attn x mlp, mlp x mlp
         for (int y = x + 1; y < 2 * L; y++) {
             AblationMask *mask = ablate(&a, &o, x < L ? 'a' : 'm', x % L, 0);
