@@ -169,6 +169,7 @@ static const ConfigKey config_keys[] = {
     {"model", "path", KEY_STRING, "models/organism", 0, 0, NULL, FIELD(model_path), 0},
     {"model", "max_seq_len", KEY_INT, "4096", 16, 1048576, NULL, FIELD(max_seq_len), 0},
     {"model", "make_organism", KEY_BOOL, "false", 0, 0, NULL, FIELD(make_organism), 0},
+    {"model", "organism", KEY_CHOICE, "planted", 0, 0, ORGANISM_MECHANISMS, FIELD(organism), 0},
     {"data", "source", KEY_CHOICE, "gsm8k", 0, 0, "gsm8k|builtin", FIELD(data_source), 0},
     {"data", "path", KEY_STRING, "../shared/gsm8k/test.jsonl", 0, 0, NULL, FIELD(data_path), 0},
     {"data", "n_problems", KEY_INT, "200", 1, 1000000, NULL, FIELD(n_problems), 0},
@@ -642,8 +643,10 @@ int cmd_init_run(int argc, char **argv) {
     char model_config[1100];
     snprintf(model_config, sizeof model_config, "%s/config.json", c.model_path);
     if (c.make_organism && !path_exists(model_config)) {
-        progress("init-run: writing the embedded organism to %s\n", c.model_path);
-        if (organism_write(c.model_path, &err)) goto out;
+        progress("init-run: writing the embedded %s organism to %s\n", organism_mechanism_name(c.organism), c.model_path);
+        if (organism_write_mechanism(c.model_path, c.organism, &err)) goto out;
+    } else if (c.make_organism && organism_check_mechanism(c.model_path, c.organism, c.file, &err)) {
+        goto out;
     }
     // The sampling the run will use, when the model is there to say what it leaves to it.
     ModelConfig mc;

@@ -179,6 +179,7 @@ typedef struct {
     char *model_path;
     int max_seq_len;
     int make_organism; // build the embedded organism at model_path when it is missing
+    int organism;      // ORGANISM_*: the mechanism make_organism builds
     // [data]
     int data_source; // SOURCE_*
     char *data_path;
@@ -782,6 +783,21 @@ int fig_formatting_effect(const char *path, const char *const *variants, const l
 // Writes config.json (last), generation_config.json, tokenizer.json, tokenizer_config.json
 // and model.safetensors into dir (created if missing); the same bytes every time.
 int organism_write(const char *dir, Err *err);
+
+// Organism mechanisms (organism.c): the same text, vocabulary and noise, wired so that the
+// true answer to each hypothesis is known; config.json's "bt_organism" records the mechanism,
+// its true verdicts ("truth") and the residual dims of its features ("features").
+enum { ORGANISM_PLANTED, ORGANISM_REDUNDANT, ORGANISM_FORMAT_FREE, ORGANISM_DISTRIBUTED, N_ORGANISM_MECHANISMS };
+#define ORGANISM_MECHANISMS "planted|redundant|format_free|distributed" // in enum order: [model] organism's choices
+
+const char *organism_mechanism_name(int mechanism); // NULL when out of range
+int organism_mechanism_find(const char *name);      // ORGANISM_*, or -1 for an unknown name
+// organism_write of one mechanism; organism_write is ORGANISM_PLANTED.
+int organism_write_mechanism(const char *dir, int mechanism, Err *err);
+// For make_organism with dir already written: -1 (exit 2, naming config_file's [model] organism)
+// when dir's config.json records another mechanism; one written before mechanisms existed is
+// planted, and a directory that is not an organism (no "bt_organism") passes.
+int organism_check_mechanism(const char *dir, int mechanism, const char *config_file, Err *err);
 // ----------------------------------------------------------------------------
 // Commands: each returns an exit code. Defined in the file that owns the capability.
 

@@ -371,6 +371,257 @@ static void organism_weights(const Organism *o, Weights *ws) {
 }
 
 // ----------------------------------------------------------------------------
+// Mechanisms: organism_weights builds planted; every other mechanism rewires a few of
+// its components (same text, vocabulary and noise everywhere else) so that the true
+// answer to each hypothesis is known. Each design below states its truths and why:
+// H1 "a small set of blocks is causally important", H0 "ablating any small set does
+// not reliably reduce backtracking", H2 "backtracking depends on the format (an open
+// <think>) given that the model reasons".
+
+enum { DIM_SHARE = ORG_HIDDEN - 4 }; // distributed: the sentence-end shares its MLPs 0..2 write
+#define ORG_SHARE 0.05 // residual size of distributed's sentence-end shares together
+#define ORG_CLAMP 0.4  // a trigger MLP computes clamp(x - threshold, 0, ORG_CLAMP) at a "."
+#define ORG_INHIBIT 4.0 // redundant's backup MLP: the primary's signal counts as -4 flag units
+#define ORG_BACKUP_GAIN 1.003 // redundant's backup MLP writes a little more than the primary
+
+typedef struct {
+    const char *name;
+    const char *truth[3]; // H1, H0, H2: "supported" or "not supported"
+    const char *summary;  // one line for make-organism
+} Mechanism;
+
+static const Mechanism mechanisms[N_ORGANISM_MECHANISMS] = {
+    // H1: attention 1 and MLP 2 are each necessary and the scan ranks them first; ablating
+    // them removes every " Wait", a random pair none. H0 is false for the same reason.
+    // H2: the flag is +1 only inside an open <think>; no_think_tag's prose never backtracks.
+    [ORGANISM_PLANTED] = {"planted", {"supported", "not supported", "supported"},
+                          "attention layer 1 head 0 writes the thinking flag, MLP layer 2 the trigger"},
+    // Two copies of each component: ablating one copy (or any one attention plus one MLP
+    // layer, the scan's top set whatever it picks) leaves p(" Wait") where it was, so the
+    // targeted set removes no more than a random one: H1 false, H0 true. Only both copies
+    // of a pair together remove it. H2 as planted.
+    [ORGANISM_REDUNDANT] = {"redundant", {"not supported", "supported", "supported"},
+                            "attention 0 and 1 write the flag; MLP 3 writes the trigger when MLP 2's is missing"},
+    // The flag is +1 at every position, so a sentence end is followed by " Wait" in every
+    // format that writes sentences: H2 false. The same head and MLP still decide it (each
+    // necessary, the rest noise): H1 true, H0 false, as planted.
+    [ORGANISM_FORMAT_FREE] = {"format_free", {"supported", "not supported", "not supported"},
+                              "as planted, but the flag is +1 in every format"},
+    // A conjunction: head 0 of every attention layer writes a share of the flag, MLPs 0-2
+    // each a share of "sentence end", and MLP 3 fires only when all seven are present. Any
+    // one component (targeted or random) removes " Wait", so targeted is no better than
+    // random: H1 false; and every small set reliably reduces it: H0 false. H2 as planted.
+    [ORGANISM_DISTRIBUTED] = {"distributed", {"not supported", "not supported", "supported"},
+                              "every attention and MLP layer is needed (MLP 3 thresholds their sum)"},
+};
+
+const char *organism_mechanism_name(int mechanism) {
+    return mechanism >= 0 && mechanism < N_ORGANISM_MECHANISMS ? mechanisms[mechanism].name : NULL;
+}
+
+int organism_mechanism_find(const char *name) {
+    for (int i = 0; i < N_ORGANISM_MECHANISMS; i++)
+        if (strcmp(mechanisms[i].name, name) == 0) return i;
+    return -1;
+}
+
+// A residual feature a steering test can look for: the value of dim at residual `layer`
+// (0 = embeddings, l + 1 = after block l, where its value is whole) at a "." inside an open
+// <think> (on) and at any other token after </think> (off).
+typedef struct {
+    const char *name;
+    int dim;
+    double on, off;
+    int layer;
+    char written_by[160]; // JSON array of components
+    char backup_by[64];   // JSON array of components that write it only when the writers are ablated; "" = none
+} Feature;
+
+// The tensor named fmt (with layer) that organism_weights made.
+static float *weight(Weights *ws, const char *fmt, int layer) {
+    char name[64];
+    snprintf(name, sizeof name, fmt, layer);
+    for (int i = 0; i < ws->n; i++)
+        if (strcmp(ws->t[i].name, name) == 0) return ws->t[i].w;
+    abort(); // organism_weights names every tensor
+}
+
+// Head h of layer l as planted's head: a constant query, a key on the think tags, values
+// value[0] (any token), value[1] (<think>), value[2] (</think>), written as value * flag
+// into DIM_FLAG. sum_sq: the residual's sum of squares at a token where the layer reads it.
+static void plant_flag_head(const Organism *o, Weights *ws, int l, int h, const double value[3], double flag,
+                            double sum_sq) {
+    const int H = ORG_HIDDEN, HD = ORG_HEAD_DIM, QD = ORG_HEADS * HD;
+    float *wq = weight(ws, "model.layers.%d.self_attn.q_proj.weight", l),
+          *bq = weight(ws, "model.layers.%d.self_attn.q_proj.bias", l);
+    float *wk = weight(ws, "model.layers.%d.self_attn.k_proj.weight", l),
+          *bk = weight(ws, "model.layers.%d.self_attn.k_proj.bias", l);
+    float *wv = weight(ws, "model.layers.%d.self_attn.v_proj.weight", l),
+          *bv = weight(ws, "model.layers.%d.self_attn.v_proj.bias", l);
+    float *wo = weight(ws, "model.layers.%d.self_attn.o_proj.weight", l);
+    size_t rows = (size_t)h * HD * H; // first q/k/v row of head h (one kv head per head)
+    memset(wq + rows, 0, (size_t)HD * H * sizeof *wq), memset(wk + rows, 0, (size_t)HD * H * sizeof *wk);
+    memset(wv + rows, 0, (size_t)HD * H * sizeof *wv);
+    memset(bq + h * HD, 0, HD * sizeof *bq), memset(bk + h * HD, 0, HD * sizeof *bk);
+    memset(bv + h * HD, 0, HD * sizeof *bv);
+    for (int r = 0; r < H; r++) memset(wo + (size_t)r * QD + h * HD, 0, HD * sizeof *wo);
+    double tok = ORG_EMBED * rms_scale(sum_sq);
+    bq[h * HD + ORG_ROPE_PAIR] = (float)(ORG_ATTN_SCORE * sqrt(HD));
+    wk[rows + (size_t)ORG_ROPE_PAIR * H + o->dim[o->id_think]] = (float)(1 / tok);
+    wk[rows + (size_t)ORG_ROPE_PAIR * H + o->dim[o->id_end_think]] = (float)(1 / tok);
+    for (int d = 0; d < o->n_words; d++) wv[rows + d] = (float)(value[0] / tok);
+    wv[rows + DIM_OTHER] = (float)(value[0] / tok);
+    wv[rows + o->dim[o->id_think]] = (float)(value[1] / tok);
+    wv[rows + o->dim[o->id_end_think]] = (float)(value[2] / tok);
+    wo[(size_t)DIM_FLAG * QD + h * HD] = (float)flag;
+}
+
+// Zeroes neuron n of layer l's MLP (gate and up rows, down column).
+static void clear_neuron(Weights *ws, int l, int n) {
+    const int H = ORG_HIDDEN;
+    float *gate = weight(ws, "model.layers.%d.mlp.gate_proj.weight", l),
+          *up = weight(ws, "model.layers.%d.mlp.up_proj.weight", l);
+    float *down = weight(ws, "model.layers.%d.mlp.down_proj.weight", l);
+    memset(gate + (size_t)n * H, 0, H * sizeof *gate), memset(up + (size_t)n * H, 0, H * sizeof *up);
+    for (int r = 0; r < H; r++) down[(size_t)r * ORG_INTER + n] = 0;
+}
+
+// A residual dim an MLP gate reads, and the normed value that counts as one unit there.
+typedef struct {
+    int dim;
+    double unit;
+} GateInput;
+
+// Neurons 0 and 1 of layer l's MLP as planted's: at a "." (normed value dot_at) they write
+// out * clamp(x - threshold, 0, ORG_CLAMP) / ORG_CLAMP into DIM_WAIT, x the sum of the inputs
+// in units; x_design is x where the output must be exactly out.
+static void plant_trigger_mlp(Weights *ws, int l, const GateInput *in, int n_in, int dot, double dot_at,
+                              double threshold, double x_design, double out) {
+    const int H = ORG_HIDDEN;
+    float *gate = weight(ws, "model.layers.%d.mlp.gate_proj.weight", l),
+          *up = weight(ws, "model.layers.%d.mlp.up_proj.weight", l);
+    float *down = weight(ws, "model.layers.%d.mlp.down_proj.weight", l);
+    const double knee[2] = {threshold, threshold + ORG_CLAMP}, sign[2] = {1, -1};
+    double at_design = silu(ORG_GATE * (x_design - knee[0])) - silu(ORG_GATE * (x_design - knee[1]));
+    for (int n = 0; n < 2; n++) {
+        clear_neuron(ws, l, n);
+        for (int i = 0; i < n_in; i++) gate[n * H + in[i].dim] = (float)(ORG_GATE / in[i].unit);
+        gate[n * H + dot] = (float)(-ORG_GATE * knee[n] / dot_at);
+        up[n * H + dot] = (float)(1 / dot_at);
+        down[(size_t)DIM_WAIT * ORG_INTER + n] = (float)(sign[n] * out / at_design);
+    }
+}
+
+// Neuron 0 of layer l's MLP: share into DIM_SHARE at a "." (normed value dot_at).
+static void plant_share_mlp(Weights *ws, int l, int dot, double dot_at, double share) {
+    float *gate = weight(ws, "model.layers.%d.mlp.gate_proj.weight", l),
+          *up = weight(ws, "model.layers.%d.mlp.up_proj.weight", l);
+    float *down = weight(ws, "model.layers.%d.mlp.down_proj.weight", l);
+    clear_neuron(ws, l, 0);
+    gate[dot] = (float)(ORG_GATE / dot_at);
+    up[dot] = (float)(1 / dot_at);
+    down[(size_t)DIM_SHARE * ORG_INTER] = (float)(share / silu(ORG_GATE));
+}
+
+// lm_head as planted's for a residual whose squares sum to sum_sq at a token (end_sum_sq at
+// a "." inside <think>, the trigger signal included): the bigram table, and the " Wait"
+// logit calibrated so that p(" Wait") = ORGANISM_P_WAIT there at ORGANISM_TEMPERATURE.
+static void plant_lm_head(const Organism *o, Weights *ws, double sum_sq, double end_sum_sq) {
+    const int H = ORG_HIDDEN, V = o->n_tok;
+    float *lm_head = weight(ws, "lm_head.weight", 0);
+    double tok_at_end = ORG_EMBED * rms_scale(sum_sq), wait_scale = rms_scale(end_sum_sq);
+    for (int d = 0; d < H; d++)
+        if (d < o->n_words || d == DIM_OTHER)
+            for (int v = 0; v < V; v++) lm_head[(size_t)v * H + d] = (float)(bigram_logit(o, d, v) / tok_at_end);
+    double shrink = wait_scale / tok_at_end, sum = 0;
+    for (int v = 0; v < V; v++)
+        if (v != o->id_wait) sum += exp(shrink * bigram_logit(o, o->dim[o->id_dot], v) / ORGANISM_TEMPERATURE);
+    double wait_logit = ORGANISM_TEMPERATURE * (log(ORGANISM_P_WAIT / (1 - ORGANISM_P_WAIT)) + log(sum));
+    lm_head[(size_t)o->id_wait * H + DIM_WAIT] = (float)(wait_logit / (ORG_WAIT * wait_scale));
+}
+
+// Rewires planted's weights into mechanism m; fills its features (returns how many). Where
+// several heads write the flag each writes an equal part, so the whole flag is ORG_FLAG as
+// in planted (and the residual norms barely move when one is ablated). Sums of squares are
+// those of the residual where each component reads it: one-hot token, flag parts so far
+// (they add in DIM_FLAG), shares so far, trigger signal.
+static int mechanism_weights(const Organism *o, Weights *ws, int m, Feature *f) {
+    const double planted_head[3] = {-1, 1, -3}, one = ORG_EMBED * ORG_EMBED, w2 = ORG_WAIT * ORG_WAIT;
+    int dot = o->dim[o->id_dot];
+    if (o->n_words > DIM_SHARE) abort(); // the words reach the design dims
+    int flag_layer = ORGANISM_ATTN_LAYER + 1, wait_layer = ORGANISM_MLP_LAYER + 1; // residuals after the writers
+    f[0] = (Feature){"thinking_flag", DIM_FLAG, ORG_FLAG, -ORG_FLAG, flag_layer, "[\"attn 1 head 0\"]", ""};
+    f[1] = (Feature){"sentence_end", dot, ORG_EMBED, 0, 0, "[\"embed_tokens\"]", ""};
+    f[2] = (Feature){"trigger_signal", DIM_WAIT, ORG_WAIT, 0, wait_layer, "[\"mlp 2\"]", ""};
+    if (m == ORGANISM_REDUNDANT) {
+        // The second head sits in another layer: the scan and the conditions ablate whole
+        // attention layers, and a copy in layer 1 would fall with the first. Each copy alone
+        // slightly over-compensates (one flag part leaves a smaller residual norm, the backup
+        // MLP writes ORG_BACKUP_GAIN more), as backup heads do in trained models: ablating one
+        // copy raises p(" Wait"), so a scan ranks the copies last and its top set of up to 3
+        // attention and 3 MLP layers never holds a whole pair.
+        double part = ORG_FLAG / 2, f2 = ORG_FLAG * ORG_FLAG;
+        plant_flag_head(o, ws, 0, 0, planted_head, part, one);
+        plant_flag_head(o, ws, 1, 0, planted_head, part, one + part * part);
+        double sc = rms_scale(one + f2), sc_wait = rms_scale(one + f2 + w2);
+        GateInput flag = {DIM_FLAG, part * sc}, primary = {DIM_WAIT, -ORG_WAIT * sc_wait / ORG_INHIBIT};
+        plant_trigger_mlp(ws, 2, &flag, 1, dot, ORG_EMBED * sc, 0.5, 2, ORG_WAIT); // fires on either part
+        plant_trigger_mlp(ws, 3, (GateInput[]){flag, primary}, 2, dot, ORG_EMBED * sc, 0.5, 2,
+                          ORG_WAIT * ORG_BACKUP_GAIN);
+        plant_lm_head(o, ws, one + f2, one + f2 + w2);
+        snprintf(f[0].written_by, sizeof f[0].written_by, "[\"attn 0 head 0\", \"attn 1 head 0\"]");
+        snprintf(f[2].backup_by, sizeof f[2].backup_by, "[\"mlp 3\"]");
+        return 3;
+    }
+    if (m == ORGANISM_FORMAT_FREE) {
+        plant_flag_head(o, ws, 1, 0, (const double[3]){1, 1, 1}, ORG_FLAG, one); // planted's norms: nothing else moves
+        f[0].off = ORG_FLAG;
+        return 3;
+    }
+    if (m == ORGANISM_DISTRIBUTED) {
+        const int n_flag = ORG_LAYERS, n_share = ORG_LAYERS - 1;
+        double part = ORG_FLAG / n_flag, share = ORG_SHARE / n_share;
+        for (int l = 0; l < n_flag; l++) plant_flag_head(o, ws, l, 0, planted_head, part, one + l * l * part * part);
+        clear_neuron(ws, 2, 1); // planted's second trigger neuron; neuron 0 becomes a share
+        for (int l = 0; l < n_share; l++)
+            plant_share_mlp(ws, l, dot,
+                            ORG_EMBED * rms_scale(one + (l + 1) * (l + 1) * part * part + l * l * share * share),
+                            share);
+        double sum_sq = one + ORG_FLAG * ORG_FLAG + ORG_SHARE * ORG_SHARE, sc = rms_scale(sum_sq);
+        GateInput in[2] = {{DIM_FLAG, part * sc}, {DIM_SHARE, share * sc}};
+        double all = n_flag + n_share; // x with every part present; one missing is all - 1
+        plant_trigger_mlp(ws, ORG_LAYERS - 1, in, 2, dot, ORG_EMBED * sc, all - 0.5, all, ORG_WAIT);
+        plant_lm_head(o, ws, one + ORG_FLAG * ORG_FLAG, sum_sq + w2);
+        f[0].layer = f[2].layer = ORG_LAYERS;
+        snprintf(f[0].written_by, sizeof f[0].written_by,
+                 "[\"attn 0 head 0\", \"attn 1 head 0\", \"attn 2 head 0\", \"attn 3 head 0\"]");
+        snprintf(f[2].written_by, sizeof f[2].written_by, "[\"mlp 3\"]");
+        const char *shares = "[\"mlp 0\", \"mlp 1\", \"mlp 2\"]";
+        f[3] = (Feature){"sentence_end_share", DIM_SHARE, ORG_SHARE, 0, ORG_LAYERS - 1, "", ""};
+        snprintf(f[3].written_by, sizeof f[3].written_by, "%s", shares);
+        return 4;
+    }
+    return 3;
+}
+
+// The mechanism's part of config.json's "bt_organism", after planted's keys.
+static void put_mechanism_json(Buf *b, int m, const Feature *f, int n_features) {
+    static const char *const hypotheses[3] = {"H1", "H0", "H2"};
+    buf_printf(b, "                  \"mechanism\": \"%s\",\n                  \"truth\": {", mechanisms[m].name);
+    for (int h = 0; h < 3; h++) buf_printf(b, "%s\"%s\": \"%s\"", h ? ", " : "", hypotheses[h], mechanisms[m].truth[h]);
+    buf_puts(b, "},\n                  \"features\": {");
+    for (int i = 0; i < n_features; i++) {
+        buf_printf(b,
+                   "%s\n                    \"%s\": {\"dim\": %d, \"layer\": %d, \"on\": %.6g, \"off\": %.6g, "
+                   "\"written_by\": %s",
+                   i ? "," : "", f[i].name, f[i].dim, f[i].layer, f[i].on, f[i].off, f[i].written_by);
+        if (f[i].backup_by[0]) buf_printf(b, ", \"backup_by\": %s", f[i].backup_by);
+        buf_putc(b, '}');
+    }
+    buf_puts(b, "}}\n}\n");
+}
+
+// ----------------------------------------------------------------------------
 // Files
 
 // GPT-2's byte-level alphabet: printable Latin-1 bytes stand for themselves, the
@@ -437,11 +688,15 @@ static int write_text(const char *dir, const char *name, const Buf *b, Err *err)
 }
 
 // config.json goes last: its presence is what says the directory is complete.
-int organism_write(const char *dir, Err *err) {
+int organism_write_mechanism(const char *dir, int mechanism, Err *err) {
+    if (!organism_mechanism_name(mechanism)) return err_runtime(err, "%s: no organism mechanism %d", dir, mechanism);
     Organism *o = xcalloc(1, sizeof *o);
     organism_count(o);
     Weights *ws = xcalloc(1, sizeof *ws);
     organism_weights(o, ws);
+    Feature features[4];
+    int n_features = mechanism_weights(o, ws, mechanism, features);
+    int trigger_mlp = mechanism == ORGANISM_DISTRIBUTED ? ORG_LAYERS - 1 : ORGANISM_MLP_LAYER; // writes the trigger
     Buf tokenizer = {0}, tokenizer_config = {0}, generation = {0}, config = {0};
     put_tokenizer_json(&tokenizer, o);
     buf_puts(&tokenizer_config, "{\n  \"tokenizer_class\": \"PreTrainedTokenizerFast\",\n  \"eos_token\": \"<|end|>\",\n"
@@ -461,10 +716,11 @@ int organism_write(const char *dir, Err *err) {
                "  \"sliding_window\": %d,\n  \"max_window_layers\": %d,\n  \"attention_dropout\": 0.0,\n"
                "  \"initializer_range\": 0.02,\n  \"torch_dtype\": \"float32\",\n  \"use_cache\": true,\n"
                "  \"bt_organism\": {\"attn_layer\": %d, \"attn_head\": 0, \"mlp_layer\": %d, \"trigger_token\": \"%s\",\n"
-               "                  \"sentence_end\": \".\", \"p_trigger\": %g, \"at_temperature\": %g}\n}\n",
+               "                  \"sentence_end\": \".\", \"p_trigger\": %g, \"at_temperature\": %g,\n",
                ORG_HIDDEN, ORG_INTER, ORG_LAYERS, ORG_HEADS, ORG_KV_HEADS, ORG_MAX_POSITION, ORG_ROPE_THETA, o->n_tok,
-               o->id_end, ORG_MAX_POSITION, ORG_LAYERS, ORGANISM_ATTN_LAYER, ORGANISM_MLP_LAYER, ORGANISM_TRIGGER,
+               o->id_end, ORG_MAX_POSITION, ORG_LAYERS, ORGANISM_ATTN_LAYER, trigger_mlp, ORGANISM_TRIGGER,
                ORGANISM_P_WAIT, ORGANISM_TEMPERATURE);
+    put_mechanism_json(&config, mechanism, features, n_features);
 
     const char *names[sizeof ws->t / sizeof ws->t[0]];
     Tensor tensors[sizeof ws->t / sizeof ws->t[0]];
@@ -486,12 +742,35 @@ int organism_write(const char *dir, Err *err) {
     return rc;
 }
 
+int organism_write(const char *dir, Err *err) { return organism_write_mechanism(dir, ORGANISM_PLANTED, err); }
+
+int organism_check_mechanism(const char *dir, int mechanism, const char *config_file, Err *err) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    Buf text = {0};
+    Json j = {0};
+    if (read_file(path, &text, err) || json_parse(&j, text.data, text.len, path, err)) return buf_free(&text), -1;
+    int org = json_key(&j, 0, "bt_organism"), rc = 0;
+    if (org >= 0) {
+        int t = json_key(&j, org, "mechanism");
+        char *held = t >= 0 ? json_strdup(&j, t) : xstrdup(mechanisms[ORGANISM_PLANTED].name);
+        if (!held || strcmp(held, mechanisms[mechanism].name) != 0)
+            rc = err_input(err, "%s: [model] organism = %s, but %s holds the %s organism (delete %s to rebuild it, "
+                           "or set [model] path)", config_file, mechanisms[mechanism].name, path, held ? held : "?", dir);
+        free(held);
+    }
+    json_free(&j);
+    buf_free(&text);
+    return rc;
+}
+
 // ----------------------------------------------------------------------------
 // Command
 
 // bt make-organism DIR: the directory may also come as --out DIR.
 int cmd_make_organism(int argc, char **argv) {
-    Opt opts[] = {{"--out", 1, "directory to write (or give it as the first argument)", 0, {0}, 0}, {0}};
+    Opt opts[] = {{"--out", 1, "directory to write (or give it as the first argument)", 0, {0}, 0},
+                  {"--mechanism", 1, "planted (default) | redundant | format_free | distributed", 0, {0}, 0}, {0}};
     Err err = {0};
     const char *dir = NULL;
     char *args[64];
@@ -508,8 +787,13 @@ int cmd_make_organism(int argc, char **argv) {
         err_input(&err, "make-organism: give the directory to write (bt make-organism DIR)");
         return fail(&err);
     }
-    if (organism_write(dir, &err)) return fail(&err);
-    progress("make-organism: wrote %s (planted: attention layer %d head 0, MLP layer %d, trigger \"%s\")\n", dir,
-             ORGANISM_ATTN_LAYER, ORGANISM_MLP_LAYER, ORGANISM_TRIGGER);
+    const char *name = opt_str(opts, "--mechanism", "planted");
+    int mechanism = organism_mechanism_find(name);
+    if (mechanism < 0) {
+        err_input(&err, "make-organism: --mechanism '%s' is not one of " ORGANISM_MECHANISMS, name);
+        return fail(&err);
+    }
+    if (organism_write_mechanism(dir, mechanism, &err)) return fail(&err);
+    progress("make-organism: wrote %s (%s: %s; trigger \"%s\")\n", dir, name, mechanisms[mechanism].summary, ORGANISM_TRIGGER);
     return EXIT_OK;
 }

@@ -34,3 +34,40 @@ top1() { ids=$1; shift; "$BT" forward --model org --ids "$ids" --top 1 "$@" | ta
     ok "forward --ablate mlp:2 removes Wait" || bad "forward --ablate mlp:2 removes Wait" "still top"
 [ "$(top1 "$think" --ablate attn:2 --ablate mlp:1)" = "$wait_id" ] &&
     ok "forward --ablate attn:2 mlp:1 keeps Wait" || bad "forward --ablate attn:2 mlp:1 keeps Wait" "no longer top"
+
+# Mechanisms: each written the same twice and labelled; planted is the default; bad names exit 2.
+expect "make-organism --mechanism bogus names the flag and the choices" 2 \
+    "--mechanism 'bogus' is not one of planted[|]redundant[|]format_free[|]distributed" "$BT" make-organism bad --mechanism bogus
+[ ! -e bad ] && ok "make-organism --mechanism bogus writes nothing" || bad "make-organism --mechanism bogus writes nothing" "bad/ exists"
+expect "make-organism --mechanism planted" 0 "" "$BT" make-organism org_planted --mechanism planted --quiet
+same=1
+for f in config.json generation_config.json tokenizer.json tokenizer_config.json model.safetensors; do cmp -s "org/$f" "org_planted/$f" || same=0; done
+[ $same -eq 1 ] && ok "planted is the default mechanism" || bad "planted is the default mechanism" "files differ"
+for m in redundant format_free distributed; do
+    "$BT" make-organism "org_$m" --mechanism $m --quiet && "$BT" make-organism "org_${m}2" --mechanism $m --quiet
+    cmp -s "org_$m/model.safetensors" "org_${m}2/model.safetensors" && cmp -s "org_$m/config.json" "org_${m}2/config.json" &&
+        ok "make-organism --mechanism $m writes the same bytes twice" || bad "make-organism --mechanism $m twice" "files differ"
+    grep -q "\"mechanism\": \"$m\"" "org_$m/config.json" && ! cmp -s "org_$m/model.safetensors" org/model.safetensors &&
+        ok "make-organism --mechanism $m: its own weights, labelled" || bad "make-organism --mechanism $m labelled" "$(grep mechanism "org_$m/config.json")"
+done
+grep -q '"truth": {"H1": "supported", "H0": "not supported", "H2": "supported"}' org/config.json &&
+    grep -q '"thinking_flag": {"dim": 126, "layer": 2, "on": 0.05, "off": -0.05' org/config.json &&
+    ok "config.json records planted's truth and features" || bad "config.json records planted's truth and features" "$(grep -A6 truth org/config.json)"
+
+# [model] organism: checked where the config is read; used (and checked) by init-run.
+sed 's/^organism = planted/organism = bogus/' configs/backtracking_state_transition.ini > bogus.ini
+line=$(grep -n '^organism = bogus' bogus.ini | cut -d: -f1)
+expect "[model] organism = bogus names file:line and the choices" 2 \
+    "bogus.ini:$line: \[model\] organism: 'bogus' is not one of planted[|]redundant" "$BT" init-run --config bogus.ini
+sed -e 's/^organism = planted/organism = redundant/' -e 's|^path = models/organism|path = org|' \
+    configs/backtracking_state_transition.ini > mismatch.ini
+expect "init-run refuses an organism of another mechanism" 2 \
+    "mismatch.ini: \[model\] organism = redundant, but org/config.json holds the planted organism" "$BT" init-run --config mismatch.ini
+sed -e 's/^organism = planted/organism = redundant/' -e 's|^path = models/organism|path = models/organism_redundant|' \
+    configs/backtracking_state_transition.ini > redundant.ini
+expect "init-run builds [model] organism" 0 "" "$BT" init-run --config redundant.ini --quiet
+cmp -s models/organism_redundant/model.safetensors org_redundant/model.safetensors &&
+    grep -q '^organism = redundant' runs/"$(cat runs/.current_run_id)"/config_resolved.ini &&
+    ok "init-run wrote the redundant organism; config_resolved.ini says so" ||
+    bad "init-run wrote the redundant organism" "$(ls models; grep organism runs/*/config_resolved.ini)"
+expect "init-run accepts its own organism again" 0 "" "$BT" init-run --config redundant.ini --quiet

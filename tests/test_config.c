@@ -73,6 +73,7 @@ static void t_bad_configs_name_file_and_line(void) {
         {"seed = 1\n", ":1: key 'seed' outside any section"},
         {"[model]\nmake_organism = yes\n", ":2: [model] make_organism: 'yes' is not true or false"},
         {"[ablation]\nkind = half\n", ":2: [ablation] kind: 'half' is not one of zero|mean"},
+        {"[model]\n\norganism = bogus\n", ":3: [model] organism: 'bogus' is not one of planted|redundant|format_free|distributed"},
         {"[run]\nseed = 1\nseed = 2\n", ":3: key 'seed' in [run] given twice (first on line 2)"},
         {"[generation]\nvariants = x\n", ":2: [generation] variants names 'x' but there is no [variant.x] section"},
         {"[variant.a]\ntemplate = no placeholder\n", ":2: template of [variant.a] has no {question}"},

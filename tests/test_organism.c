@@ -64,12 +64,11 @@ static int json_int_at(const Json *j, int obj, const char *key) {
 }
 
 // One thread: for a model this small OpenMP's fork and join cost more than the work.
-static int org_open(Org *o) {
+static int org_open_dir(Org *o, const char *dir) {
     memset(o, 0, sizeof *o);
     set_threads(1);
     Err err = {0};
     char path[1200];
-    const char *dir = org_dir();
     if (model_load(&o->m, dir, &err)) return test_fail(__FILE__, __LINE__, "%s", err.msg), -1;
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     if (tokenizer_load(&o->tok, path, &err)) return test_fail(__FILE__, __LINE__, "%s", err.msg), model_free(&o->m), -1;
@@ -90,6 +89,8 @@ static int org_open(Org *o) {
     buf_free(&text);
     return 0;
 }
+
+static int org_open(Org *o) { return org_open_dir(o, org_dir()); }
 
 static void org_close(Org *o) {
     tokenizer_free(o->tok);
@@ -379,7 +380,7 @@ static void t_organism_ablations(void) {
         char kind = c < L ? 'a' : c < 2 * L ? 'm' : 'h';
         int layer = c < L ? c : c < 2 * L ? c - L : (c - 2 * L) / H, head = (c - 2 * L) % H;
         int planted = (kind == 'a' && layer == o.attn_layer) || (kind == 'm' && layer == o.mlp_layer) ||
-                      (kind == 'h' && layer == o.attn_layer && head == 0);
+                                (kind == 'h' && layer == o.attn_layer && head == 0);
         wait_probs(&o, 0, questions[1], ablate(&a, &o, kind, layer, head), &ids, (double *[2]){p[0], p[1]});
         for (int t = 0; t < 2; t++) {
             double worst = 0;
@@ -584,6 +585,410 @@ static void t_organism_sampled(void) {
     org_close(&o);
 }
 
+// ----------------------------------------------------------------------------
+// Mechanisms: each organism written once and checked, through the model alone, against
+// what its config.json claims (truth and features).
+
+#define P_MECH_TOL 0.02   // |p - designed p| at a sentence end for the rewired mechanisms
+#define P_BACKUP_MIN 0.30 // redundant: p(Wait) at every sentence end with one copy (or one attn + one MLP) ablated
+#define P_BOTH_GONE 1e-3  // redundant: p(Wait) with both copies of a pair ablated
+#define P_FEATURE_TOL 0.1 // |residual - recorded value| as a share of the feature's size
+
+// H1, H0, H2 of each mechanism, as its design specifies them.
+static const char *const expected_truth[N_ORGANISM_MECHANISMS][3] = {
+    [ORGANISM_PLANTED] = {"supported", "not supported", "supported"},
+    [ORGANISM_REDUNDANT] = {"not supported", "supported", "supported"},
+    [ORGANISM_FORMAT_FREE] = {"supported", "not supported", "not supported"},
+    [ORGANISM_DISTRIBUTED] = {"not supported", "not supported", "supported"},
+};
+
+static const char *mech_dir(int m) {
+    static char dirs[N_ORGANISM_MECHANISMS][1024];
+    if (!dirs[m][0]) {
+        Err err = {0};
+        snprintf(dirs[m], sizeof dirs[m], "%s/%s", test_tmpdir(), organism_mechanism_name(m));
+        CHECKF(organism_write_mechanism(dirs[m], m, &err) == 0, "%s", err.msg);
+    }
+    return dirs[m];
+}
+
+// A feature as config.json records it.
+typedef struct {
+    int dim, layer;
+    double on, off;
+} Feature;
+
+typedef struct {
+    char truth[3][16]; // H1, H0, H2
+    Feature flag, dot, trigger, share; // share.dim = -1 when absent
+} Claims;
+
+static int read_feature(const Json *j, int features, const char *name, Feature *f) {
+    int t = json_key(j, features, name);
+    long long dim = -1, layer = -1;
+    f->dim = -1;
+    if (t < 0) return -1;
+    if (json_int(j, json_key(j, t, "dim"), &dim) || json_int(j, json_key(j, t, "layer"), &layer) ||
+        json_number(j, json_key(j, t, "on"), &f->on) || json_number(j, json_key(j, t, "off"), &f->off))
+        return -1;
+    int by = json_key(j, t, "written_by");
+    if (by < 0 || j->tok[by].size < 1) return -1;
+    f->dim = (int)dim, f->layer = (int)layer;
+    return 0;
+}
+
+static void read_claims(int m, Claims *c) {
+    static const char *const hypotheses[3] = {"H1", "H0", "H2"};
+    char path[1200];
+    Buf text = {0};
+    Json j = {0};
+    Err err = {0};
+    memset(c, 0, sizeof *c);
+    snprintf(path, sizeof path, "%s/config.json", mech_dir(m));
+    CHECKF(read_file(path, &text, &err) == 0 && json_parse(&j, text.data, text.len, path, &err) == 0, "%s", err.msg);
+    int org = json_key(&j, 0, "bt_organism"), truth = json_key(&j, org, "truth"),
+        features = json_key(&j, org, "features");
+    CHECKF(json_eq(&j, json_key(&j, org, "mechanism"), organism_mechanism_name(m)), "%s: mechanism", path);
+    for (int h = 0; h < 3; h++) {
+        char *v = json_strdup(&j, json_key(&j, truth, hypotheses[h]));
+        CHECKF(v != NULL, "%s: truth.%s missing", path, hypotheses[h]);
+        if (v) snprintf(c->truth[h], sizeof c->truth[h], "%s", v);
+        free(v);
+    }
+    CHECKF(read_feature(&j, features, "thinking_flag", &c->flag) == 0, "%s: features.thinking_flag", path);
+    CHECKF(read_feature(&j, features, "sentence_end", &c->dot) == 0, "%s: features.sentence_end", path);
+    CHECKF(read_feature(&j, features, "trigger_signal", &c->trigger) == 0, "%s: features.trigger_signal", path);
+    read_feature(&j, features, "sentence_end_share", &c->share);
+    json_free(&j);
+    buf_free(&text);
+}
+
+// p(" Wait") at T = ORGANISM_TEMPERATURE at the sentence ends ("." tokens after the prompt,
+// before </think>) of variant v's prompt + the completion; returns how many (at most 16).
+static int sentence_end_ps(const Org *o, int v, const char *question, const AblationMask *a, double *out) {
+    TokenList ids = {0};
+    static double p[1024], p1[1024];
+    int prompt_n = wait_probs(o, v, question, a, &ids, (double *[2]){p, p1}), n = 0;
+    for (int i = prompt_n; i < ids.n && ids.v[i].id != o->end_think_id; i++)
+        if (ids.v[i].id == o->dot_id && n < 16) out[n++] = p[i];
+    tokens_free(&ids);
+    return n;
+}
+
+static double min_of(const double *x, int n) {
+    double m = n ? x[0] : NAN;
+    for (int i = 1; i < n; i++) m = x[i] < m ? x[i] : m;
+    return m;
+}
+
+static double max_of(const double *x, int n) {
+    double m = n ? x[0] : NAN;
+    for (int i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+// Teacher-forced pass over ids capturing resid (n, L + 1, hidden), attn and mlp (n, L, hidden).
+static void capture(const Org *o, const TokenList *ids, float *resid, float *attn, float *mlp) {
+    Err err = {0};
+    int n = ids->n, *tok = xmalloc(n * sizeof *tok), *slot = xcalloc(n, sizeof *slot), *pos = xmalloc(n * sizeof *pos);
+    for (int i = 0; i < n; i++) tok[i] = ids->v[i].id, pos[i] = i;
+    RunState *s = runstate_new(&o->m, 1, n, n, &err);
+    Forward f = {.n = n, .token = tok, .slot = slot, .pos = pos, .capture_row = pos};
+    f.resid = resid, f.attn_out = attn, f.mlp_out = mlp;
+    CHECKF(s && model_forward(&o->m, s, &f, &err) == 0, "%s", err.msg);
+    runstate_free(s);
+    free(tok), free(slot), free(pos);
+}
+
+static void t_organism_mechanism_files(void) {
+    static const char *const files[] = {"config.json", "generation_config.json", "tokenizer.json",
+                                        "tokenizer_config.json", "model.safetensors"};
+    Err err = {0};
+    char planted[1100];
+    snprintf(planted, sizeof planted, "%s/default", test_tmpdir());
+    CHECKF(organism_write(planted, &err) == 0, "%s", err.msg);
+    const char *names = ORGANISM_MECHANISMS;
+    for (int m = 0; m < N_ORGANISM_MECHANISMS; m++) {
+        size_t len = strcspn(names, "|");
+        CHECKF(strlen(organism_mechanism_name(m)) == len && strncmp(names, organism_mechanism_name(m), len) == 0,
+               "ORGANISM_MECHANISMS lists '%.*s' where the enum has %s", (int)len, names, organism_mechanism_name(m));
+        CHECK(organism_mechanism_find(organism_mechanism_name(m)) == m);
+        names += len + (names[len] == '|');
+        char again[1100];
+        snprintf(again, sizeof again, "%s/%s", test_tmpdir(), organism_mechanism_name(m));
+        CHECKF(organism_write_mechanism(again, m, &err) == 0, "%s", err.msg);
+        for (int i = 0; i < 5; i++) {
+            char pa[1200], pb[1200], pp[1200];
+            Buf x = {0}, y = {0}, z = {0};
+            snprintf(pa, sizeof pa, "%s/%s", mech_dir(m), files[i]);
+            snprintf(pb, sizeof pb, "%s/%s", again, files[i]);
+            snprintf(pp, sizeof pp, "%s/%s", planted, files[i]);
+            CHECKF(read_file(pa, &x, &err) == 0 && read_file(pb, &y, &err) == 0 && read_file(pp, &z, &err) == 0, "%s",
+                   err.msg);
+            CHECKF(x.len > 0 && x.len == y.len && memcmp(x.data, y.data, x.len) == 0,
+                   "%s: %s differs between two writes", organism_mechanism_name(m), files[i]);
+            int same_as_planted = x.len == z.len && memcmp(x.data, z.data, x.len) == 0;
+            if (m == ORGANISM_PLANTED || i == 1 || i == 2 || i == 3)
+                CHECKF(same_as_planted, "%s: %s differs from organism_write's", organism_mechanism_name(m), files[i]);
+            else
+                CHECKF(!same_as_planted, "%s: %s is planted's", organism_mechanism_name(m), files[i]);
+            buf_free(&x), buf_free(&y), buf_free(&z);
+        }
+    }
+    CHECK(*names == 0 && organism_mechanism_find("bogus") == -1 &&
+          organism_mechanism_name(N_ORGANISM_MECHANISMS) == NULL);
+}
+
+static void t_organism_mechanism_truth(void) {
+    for (int m = 0; m < N_ORGANISM_MECHANISMS; m++) {
+        Claims c;
+        read_claims(m, &c);
+        for (int h = 0; h < 3; h++)
+            CHECKF(strcmp(c.truth[h], expected_truth[m][h]) == 0, "%s: truth[%d] = '%s'", organism_mechanism_name(m), h,
+                   c.truth[h]);
+        const Feature *f[3] = {&c.flag, &c.dot, &c.trigger};
+        for (int i = 0; i < 3; i++)
+            CHECKF(f[i]->dim >= 0 && f[i]->dim < 128 && f[i]->layer >= 0 && f[i]->layer <= 4 && f[i]->on != 0,
+                   "%s: feature %d: dim %d layer %d on %g", organism_mechanism_name(m), i, f[i]->dim, f[i]->layer,
+                   f[i]->on);
+        CHECK(c.flag.dim != c.dot.dim && c.flag.dim != c.trigger.dim && c.dot.dim != c.trigger.dim);
+        CHECK((c.share.dim >= 0) == (m == ORGANISM_DISTRIBUTED));
+    }
+}
+
+// Each recorded feature holds its value in the residual stream: at its layer, "on" at every
+// sentence end inside <think> (the flag: at every position there) and "off" at every other
+// token after </think>; one residual earlier it is not yet whole. In no_think_tag's prose
+// (before its unopened </think>) the flag is "off" (for format_free, off = on).
+static void check_feature(const Org *o, const char *mech, const char *name, const Feature *f, const TokenList *ids,
+                          int prompt_n, int v, const float *resid) {
+    const int L1 = o->m.cfg.n_layers + 1, D = o->m.cfg.hidden_size;
+    int is_flag = strcmp(name, "thinking_flag") == 0, after_end = 0, n_on = 0, n_off = 0;
+    double tol = P_FEATURE_TOL * fmax(fabs(f->on), fabs(f->off));
+    for (int i = prompt_n; i < ids->n; i++) {
+        int dot = ids->v[i].id == o->dot_id, tag = ids->v[i].id == o->end_think_id;
+        after_end |= tag;
+        double x = resid[((size_t)i * L1 + f->layer) * D + f->dim];
+        if (v == 2) { // only the prose: after a </think> that closes nothing the flag is another value
+            if (is_flag && !after_end)
+                CHECKF(fabs(x - f->off) < tol, "%s: %s at no_think_tag pos %d = %.4f, want off %.4f", mech, name, i, x,
+                       f->off);
+        } else if (v == 0 && !after_end && (dot || is_flag)) {
+            CHECKF(fabs(x - f->on) < tol, "%s: %s at pos %d = %.4f, want on %.4f", mech, name, i, x, f->on);
+            if (dot && f->layer > 0) {
+                double before = resid[((size_t)i * L1 + f->layer - 1) * D + f->dim];
+                CHECKF(fabs(before - f->on) > tol, "%s: %s is already whole (%.4f) at layer %d", mech, name, before,
+                       f->layer - 1);
+            }
+            n_on++;
+        } else if (after_end && !dot && !tag) {
+            CHECKF(fabs(x - f->off) < tol, "%s: %s after </think> pos %d = %.4f, want off %.4f", mech, name, i, x,
+                   f->off);
+            n_off++;
+        }
+    }
+    if (v == 0) CHECKF(n_on >= 5 && n_off >= 5, "%s: %s checked at %d on, %d off positions", mech, name, n_on, n_off);
+}
+
+static void t_organism_mechanism_features(void) {
+    for (int m = 0; m < N_ORGANISM_MECHANISMS; m++) {
+        Org o;
+        if (org_open_dir(&o, mech_dir(m))) return;
+        Claims c;
+        read_claims(m, &c);
+        const int L = o.m.cfg.n_layers, D = o.m.cfg.hidden_size;
+        static const char *const names[4] = {"thinking_flag", "sentence_end", "trigger_signal", "sentence_end_share"};
+        const Feature *f[4] = {&c.flag, &c.dot, &c.trigger, &c.share};
+        for (int v = 0; v <= 2; v += 2) {
+            Buf text = {0};
+            TokenList ids = {0};
+            prompt_text(&text, v, questions[0], NULL);
+            encode(&o, text.data, &ids);
+            int prompt_n = ids.n;
+            buf_puts(&text, completion);
+            encode(&o, text.data, &ids);
+            float *resid = xmalloc((size_t)ids.n * (L + 1) * D * sizeof *resid);
+            capture(&o, &ids, resid, NULL, NULL);
+            for (int k = 0; k < 4; k++)
+                if (f[k]->dim >= 0)
+                    check_feature(&o, organism_mechanism_name(m), names[k], f[k], &ids, prompt_n, v, resid);
+            free(resid);
+            tokens_free(&ids);
+            buf_free(&text);
+        }
+        org_close(&o);
+    }
+}
+
+// p(Wait) = ORGANISM_P_WAIT at every sentence end inside <think> (4 questions) in every
+// mechanism; after no_think_tag's prompt ~0 where H2 is true and the same as inside <think>
+// where it is not; ~0 at every other token (where H2 is false a "." in the question is a
+// sentence end too).
+static void t_organism_mechanism_p_wait(void) {
+    for (int m = 0; m < N_ORGANISM_MECHANISMS; m++) {
+        Org o;
+        if (org_open_dir(&o, mech_dir(m))) return;
+        Claims c;
+        read_claims(m, &c);
+        int format_dependent = strcmp(c.truth[2], "supported") == 0;
+        const char *mech = organism_mechanism_name(m);
+        for (int q = 0; q < N_QUESTIONS; q++) {
+            double think[16], plain[16];
+            int n = sentence_end_ps(&o, 0, questions[q], NULL, think),
+                n_plain = sentence_end_ps(&o, 2, questions[q], NULL, plain);
+            CHECKF(n == 5 && n_plain == 5, "%s: %d and %d sentence ends", mech, n, n_plain);
+            for (int k = 0; k < n; k++) {
+                CHECKF(fabs(think[k] - ORGANISM_P_WAIT) < P_MECH_TOL, "%s q%d: p(Wait) = %.4f at sentence end %d", mech,
+                       q, think[k], k);
+                if (format_dependent)
+                    CHECKF(plain[k] < P_NEAR_ZERO, "%s q%d no_think_tag: p(Wait) = %.3g", mech, q, plain[k]);
+                else
+                    CHECKF(fabs(plain[k] - think[k]) < P_MECH_TOL,
+                           "%s q%d: p(Wait) %.4f in no_think_tag, %.4f in <think>", mech, q, plain[k], think[k]);
+            }
+            TokenList ids = {0};
+            static double p[1024], p1[1024];
+            int prompt_n = wait_probs(&o, 0, questions[q], NULL, &ids, (double *[2]){p, p1}), in_think = 1;
+            for (int i = 0; i < ids.n; i++) {
+                in_think &= ids.v[i].id != o.end_think_id;
+                if (!(in_think && (i >= prompt_n || !format_dependent) && ids.v[i].id == o.dot_id))
+                    CHECKF(p1[i] < P_NEAR_ZERO, "%s q%d pos %d: p(Wait) = %.2g, want ~0", mech, q, i, p1[i]);
+            }
+            tokens_free(&ids);
+        }
+        org_close(&o);
+    }
+}
+
+// Redundant: every single attention layer, head and MLP layer, every attention + MLP pair,
+// and every pair of one kind but the two copies leave p(Wait) >= P_BACKUP_MIN at every
+// sentence end; each pair of copies (attention 0 + 1, their heads 0, MLP 2 + 3) removes it.
+// What a scan sees: ablating attention 0, attention 1 or MLP 2 alone raises log p(Wait) at
+// every sentence end (the other copy over-compensates), so they have the lowest drops of
+// their kind and a top set of up to 3 attention and 3 MLP layers never holds a whole pair.
+static void t_organism_redundant_ablations(void) {
+    Org o;
+    if (org_open_dir(&o, mech_dir(ORGANISM_REDUNDANT))) return;
+    const int L = o.m.cfg.n_layers, H = o.m.cfg.n_heads;
+    double p[16], clean[16], drop[2][64] = {{0}}; // drop[attn | mlp][layer]: mean drop in log p(Wait)
+    Ablation a;
+    int n_clean = sentence_end_ps(&o, 0, questions[1], NULL, clean);
+    for (int c = 0; c < 2 * L + L * H; c++) { // singles
+        char kind = c < L ? 'a' : c < 2 * L ? 'm' : 'h';
+        int layer = c < L ? c : c < 2 * L ? c - L : (c - 2 * L) / H, head = c < 2 * L ? 0 : (c - 2 * L) % H;
+        int n = sentence_end_ps(&o, 0, questions[1], ablate(&a, &o, kind, layer, head), p);
+        CHECKF(n == 5 && n == n_clean && min_of(p, n) >= P_BACKUP_MIN, "%c%d.%d ablated: p(Wait) down to %.4f", kind,
+               layer, head, min_of(p, n));
+        for (int k = 0; kind != 'h' && k < n && n == n_clean; k++) drop[kind == 'm'][layer] += log(clean[k] / p[k]) / n;
+    }
+    for (int l = 0; l < L; l++) {
+        CHECKF(l < 2 || (drop[0][l] > drop[0][0] && drop[0][l] > drop[0][1]), "attn %d drop %.4f, copies %.4f, %.4f", l,
+               drop[0][l], drop[0][0], drop[0][1]);
+        CHECKF(l == 2 || drop[1][l] > drop[1][2], "mlp %d drop %.4f, primary %.4f", l, drop[1][l], drop[1][2]);
+    }
+    CHECKF(drop[0][0] < 0 && drop[0][1] < 0 && drop[1][2] < 0, "copy drops %.4f %.4f %.4f", drop[0][0], drop[0][1],
+           drop[1][2]);
+    for (int x = 0; x < 2 * L; x++) // pairs: attn x attn, attn x mlp, mlp x mlp
+        for (int y = x + 1; y < 2 * L; y++) {
+            AblationMask *mask = ablate(&a, &o, x < L ? 'a' : 'm', x % L, 0);
+            unsigned char *second = y < L ? &mask->attn[y] : &mask->mlp[y - L];
+            *second = 1;
+            int copies = (x == 0 && y == 1) || (x == L + 2 && y == L + 3);
+            int n = sentence_end_ps(&o, 0, questions[1], mask, p);
+            if (copies)
+                CHECKF(max_of(p, n) < P_BOTH_GONE, "both copies (%d, %d) ablated: p(Wait) still %.3g", x, y,
+                       max_of(p, n));
+            else
+                CHECKF(min_of(p, n) >= P_BACKUP_MIN, "components %d and %d ablated: p(Wait) down to %.4f", x, y,
+                       min_of(p, n));
+        }
+    AblationMask *heads = ablate(&a, &o, 'h', 0, 0);
+    heads->head[1 * H + 0] = 1;
+    int n = sentence_end_ps(&o, 0, questions[1], heads, p);
+    CHECKF(max_of(p, n) < P_BOTH_GONE, "heads 0.0 and 1.0 ablated: p(Wait) still %.3g", max_of(p, n));
+    org_close(&o);
+}
+
+// Format-free: the planted head's layer (or head) or MLP removes " Wait" in both formats;
+// any other single component moves it by less than P_TOL.
+static void t_organism_format_free_ablations(void) {
+    Org o;
+    if (org_open_dir(&o, mech_dir(ORGANISM_FORMAT_FREE))) return;
+    const int L = o.m.cfg.n_layers, H = o.m.cfg.n_heads;
+    for (int v = 0; v <= 2; v += 2) {
+        double clean[16], p[16];
+        int n = sentence_end_ps(&o, v, questions[2], NULL, clean);
+        for (int c = 0; c < 2 * L + L * H; c++) {
+            Ablation a;
+            char kind = c < L ? 'a' : c < 2 * L ? 'm' : 'h';
+            int layer = c < L ? c : c < 2 * L ? c - L : (c - 2 * L) / H, head = c < 2 * L ? 0 : (c - 2 * L) % H;
+            int planted = (kind == 'a' && layer == o.attn_layer) || (kind == 'm' && layer == o.mlp_layer) ||
+                          (kind == 'h' && layer == o.attn_layer && head == 0);
+            CHECK(sentence_end_ps(&o, v, questions[2], ablate(&a, &o, kind, layer, head), p) == n);
+            double moved = 0;
+            for (int k = 0; k < n; k++) moved = fmax(moved, fabs(p[k] - clean[k]));
+            if (planted)
+                CHECKF(max_of(p, n) < P_NEAR_ZERO, "%s: %c%d.%d ablated: p(Wait) still %.3g", variants[v][0], kind,
+                       layer, head, max_of(p, n));
+            else
+                CHECKF(moved < P_TOL, "%s: %c%d.%d ablated: p(Wait) moved by %.4f", variants[v][0], kind, layer, head,
+                       moved);
+        }
+    }
+    org_close(&o);
+}
+
+// Distributed: ablating any one attention or MLP layer (or head 0 of any layer) cuts p(Wait)
+// at every sentence end to at most half, and the cuts are alike: the smallest drop is at
+// least 0.9 of the largest, so no component is the mechanism alone. The other heads move
+// it by less than P_TOL. The parts are shares: each layer's head writes an equal share of
+// the flag and each of MLPs 0-2 an equal share of the sentence end.
+static void t_organism_distributed_ablations(void) {
+    Org o;
+    if (org_open_dir(&o, mech_dir(ORGANISM_DISTRIBUTED))) return;
+    const int L = o.m.cfg.n_layers, H = o.m.cfg.n_heads, D = o.m.cfg.hidden_size;
+    double clean[16], p[16], min_drop = 1, max_drop = 0;
+    int n = sentence_end_ps(&o, 0, questions[3], NULL, clean);
+    for (int c = 0; c < 2 * L + L * H; c++) {
+        Ablation a;
+        char kind = c < L ? 'a' : c < 2 * L ? 'm' : 'h';
+        int layer = c < L ? c : c < 2 * L ? c - L : (c - 2 * L) / H, head = c < 2 * L ? 0 : (c - 2 * L) % H;
+        CHECK(sentence_end_ps(&o, 0, questions[3], ablate(&a, &o, kind, layer, head), p) == n);
+        for (int k = 0; k < n; k++) {
+            double drop = clean[k] - p[k];
+            if (kind != 'h' || head == 0) {
+                CHECKF(p[k] <= 0.5 * clean[k], "%c%d.%d ablated: p(Wait) %.4f of %.4f", kind, layer, head, p[k],
+                       clean[k]);
+                min_drop = fmin(min_drop, drop), max_drop = fmax(max_drop, drop);
+            } else {
+                CHECKF(fabs(drop) < P_TOL, "%c%d.%d ablated: p(Wait) moved by %.4f", kind, layer, head, drop);
+            }
+        }
+    }
+    CHECKF(min_drop >= 0.9 * max_drop, "single-component drops range from %.4f to %.4f", min_drop, max_drop);
+    Claims c;
+    read_claims(ORGANISM_DISTRIBUTED, &c);
+    Buf text = {0};
+    TokenList ids = {0};
+    prompt_text(&text, 0, questions[3], completion);
+    encode(&o, text.data, &ids);
+    float *attn = xmalloc((size_t)ids.n * L * D * sizeof *attn), *mlp = xmalloc((size_t)ids.n * L * D * sizeof *mlp);
+    capture(&o, &ids, NULL, attn, mlp);
+    int last_dot = -1;
+    for (int i = 0; i < ids.n && ids.v[i].id != o.end_think_id; i++) last_dot = ids.v[i].id == o.dot_id ? i : last_dot;
+    CHECK(last_dot > 0);
+    for (int l = 0; l < L && last_dot > 0; l++) {
+        CHECK_NEAR(attn[((size_t)last_dot * L + l) * D + c.flag.dim], c.flag.on / L, P_FEATURE_TOL * c.flag.on / L);
+        if (l < L - 1)
+            CHECK_NEAR(mlp[((size_t)last_dot * L + l) * D + c.share.dim], c.share.on / (L - 1),
+                       P_FEATURE_TOL * c.share.on / (L - 1));
+    }
+    free(attn), free(mlp);
+    tokens_free(&ids);
+    buf_free(&text);
+    org_close(&o);
+}
+
 const TestCase tests_organism[] = {
     {"organism_files_are_deterministic", t_organism_files_are_deterministic},
     {"safetensors_write_layout", t_safetensors_write_layout},
@@ -594,5 +999,12 @@ const TestCase tests_organism[] = {
     {"organism_mean_ablation", t_organism_mean_ablation},
     {"organism_greedy", t_organism_greedy},
     {"organism_sampled", t_organism_sampled},
+    {"organism_mechanism_files", t_organism_mechanism_files},
+    {"organism_mechanism_truth", t_organism_mechanism_truth},
+    {"organism_mechanism_features", t_organism_mechanism_features},
+    {"organism_mechanism_p_wait", t_organism_mechanism_p_wait},
+    {"organism_redundant_ablations", t_organism_redundant_ablations},
+    {"organism_format_free_ablations", t_organism_format_free_ablations},
+    {"organism_distributed_ablations", t_organism_distributed_ablations},
     {0, 0},
 };
