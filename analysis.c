@@ -217,6 +217,85 @@ double permutation_p(const double *x, int nx, const double *y, int ny, int n_per
 
 
 
+double binomial_tail_p(long long k, long long n, double p) {
+    if (n < 0 || k < 0 || !(p >= 0 && p <= 1)) return NAN;
+    if (k == 0) return 1;
+    if (k > n) return 0;
+    double sum = 0; // terms from the far end first: the small ones are not lost to rounding
+    for (long long x = n; x >= k; x--) {
+        if (p == 0) break;
+        if (p == 1) return 1;
+        sum += exp(log_choose(n, x) + (double)x * log(p) + (double)(n - x) * log1p(-p));
+    }
+    return sum > 1 ? 1 : sum;
+}
+
+double mcnemar_p(long long b, long long c) { return binomial_tail_p(b, b + c, 0.5); }
+
+void holm_adjust(const double *p, int n, double *adjusted) {
+    int *order = xmalloc((size_t)(n + 1) * sizeof *order); // (n) indices of the defined p-values, smallest first
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        adjusted[i] = NAN;
+        if (!isnan(p[i])) order[m++] = i;
+    }
+    for (int i = 1; i < m; i++) // insertion sort: n is the handful of hypotheses
+        for (int j = i; j > 0 && p[order[j]] < p[order[j - 1]]; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    double running = 0;
+    for (int r = 0; r < m; r++) {
+        double a = (m - r) * p[order[r]];
+        if (a > running) running = a;
+        adjusted[order[r]] = running > 1 ? 1 : running;
+    }
+    free(order);
+}
+
+Interval cluster_bootstrap95(ClusterStat stat, const void *ctx, int n_clusters, int n_resamples, uint64_t seed,
+                             double threshold, double *share_at_least) {
+    Interval r = {NAN, NAN, NAN};
+    if (share_at_least) *share_at_least = NAN;
+    if (n_clusters <= 0 || n_resamples <= 0) return r;
+    int *weights = xmalloc((size_t)n_clusters * sizeof *weights); // (n_clusters) draws of each cluster
+    for (int c = 0; c < n_clusters; c++) weights[c] = 1;
+    r.est = stat(ctx, weights);
+    double *stats = xmalloc((size_t)n_resamples * sizeof *stats); // (n_resamples)
+    Rng rng;
+    rng_seed(&rng, seed);
+    int n_defined = 0, at_least = 0;
+    for (int b = 0; b < n_resamples; b++) {
+        memset(weights, 0, (size_t)n_clusters * sizeof *weights);
+        for (int c = 0; c < n_clusters; c++) weights[rng_below(&rng, (uint64_t)n_clusters)]++;
+        double v = stat(ctx, weights);
+        if (isnan(v)) continue; // a resample where the statistic is undefined (e.g. 0/0) says nothing
+        stats[n_defined++] = v;
+        at_least += v >= threshold;
+    }
+    if (n_defined > 0) {
+        qsort(stats, (size_t)n_defined, sizeof *stats, cmp_double_nan_last);
+        r.lo = sorted_quantile(stats, n_defined, 0.025);
+        r.hi = sorted_quantile(stats, n_defined, 0.975);
+        if (share_at_least) *share_at_least = (1.0 + at_least) / (1.0 + n_defined);
+    }
+    free(weights);
+    free(stats);
+    return r;
+}
+
+double normal_quantile(double q) {
+    if (!(q > 0 && q < 1)) return q == 0 ? -INFINITY : q == 1 ? INFINITY : NAN;
+    double lo = -40, hi = 40; // bisection on the normal cdf: 200 halvings reach double precision
+    for (int i = 0; i < 200; i++) {
+        double mid = 0.5 * (lo + hi);
+        if (0.5 * erfc(-mid / sqrt(2.0)) < q) lo = mid;
+        else hi = mid;
+    }
+    return 0.5 * (lo + hi);
+}
+
 // ----------------------------------------------------------------------------
 // Ablation design: which layers a condition removes. ablation-scan writes the selected
 // layers (and, for mean ablation, each component's mean output); the random control is
@@ -269,37 +348,93 @@ int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err) {
     return rc;
 }
 
-// Draws as many attention and MLP layers as the targeted set has, none of them
-// targeted, from the run seed (the seed's fix 4: a shape-matched control).
-int draw_random_layers(const LayerSet *targeted, int n_layers, long long seed, LayerSet *out, Err *err) {
+// One shape-matched draw: as many attention and MLP layers as targeted has, none of them
+// targeted, by a partial Fisher-Yates shuffle of the other layers (the seed's fix 4).
+static void draw_one(const LayerSet *targeted, int n_layers, Rng *rng, LayerSet *out) {
     memset(out, 0, sizeof *out);
     out->kind = targeted->kind;
-    Rng rng;
-    rng_seed(&rng, seed_mix((uint64_t)seed, 0x5A4D0A));
     for (int part = 0; part < 2; part++) {
         const int *chosen = part ? targeted->mlp_layers : targeted->attn_layers;
         int n_chosen = part ? targeted->n_mlp : targeted->n_attn;
-        int *pool = xmalloc((size_t)n_layers * sizeof *pool), n_pool = 0;
+        int *pool = xmalloc((size_t)n_layers * sizeof *pool), n_pool = 0; // (n_layers) the untargeted layers
         for (int l = 0; l < n_layers; l++) {
             int taken = 0;
             for (int i = 0; i < n_chosen; i++) taken |= chosen[i] == l;
             if (!taken) pool[n_pool++] = l;
         }
-        if (n_pool < n_chosen) {
-            free(pool);
-            layer_set_free(out);
-            return err_input(err, "cannot draw %d random %s layers outside the %d targeted ones: the model has %d layers",
-                             n_chosen, part ? "MLP" : "attention", n_chosen, n_layers);
-        }
-        for (int i = 0; i < n_chosen; i++) { // partial Fisher-Yates
-            int k = i + (int)rng_below(&rng, (uint64_t)(n_pool - i));
-            int t = pool[i]; pool[i] = pool[k]; pool[k] = t;
+        for (int i = 0; i < n_chosen; i++) {
+            int k = i + (int)rng_below(rng, (uint64_t)(n_pool - i));
+            int t = pool[i];
+            pool[i] = pool[k];
+            pool[k] = t;
         }
         qsort(pool, (size_t)n_chosen, sizeof *pool, cmp_int_asc);
-        if (part) { out->mlp_layers = pool; out->n_mlp = n_chosen; }
-        else { out->attn_layers = pool; out->n_attn = n_chosen; }
+        if (part) out->mlp_layers = pool, out->n_mlp = n_chosen;
+        else out->attn_layers = pool, out->n_attn = n_chosen;
+    }
+}
+
+static int same_layers(const LayerSet *a, const LayerSet *b) {
+    if (a->n_attn != b->n_attn || a->n_mlp != b->n_mlp) return 0;
+    for (int i = 0; i < a->n_attn; i++)
+        if (a->attn_layers[i] != b->attn_layers[i]) return 0;
+    for (int i = 0; i < a->n_mlp; i++)
+        if (a->mlp_layers[i] != b->mlp_layers[i]) return 0;
+    return 1;
+}
+
+int draw_random_layers(const LayerSet *targeted, int n_layers, long long seed, int n_draws, LayerSet *draws, Err *err) {
+    int free_attn = n_layers - targeted->n_attn, free_mlp = n_layers - targeted->n_mlp;
+    if (free_attn < targeted->n_attn || free_mlp < targeted->n_mlp)
+        return err_input(err, "cannot draw %d attention and %d MLP layers outside the targeted ones: the model has %d layers",
+                         targeted->n_attn, targeted->n_mlp, n_layers);
+    double possible = exp(lgamma(free_attn + 1.0) - lgamma(targeted->n_attn + 1.0) - lgamma(free_attn - targeted->n_attn + 1.0) +
+                          lgamma(free_mlp + 1.0) - lgamma(targeted->n_mlp + 1.0) - lgamma(free_mlp - targeted->n_mlp + 1.0));
+    uint64_t base = seed_mix((uint64_t)seed, 0x5A4D0A);
+    for (int d = 0; d < n_draws; d++) {
+        for (int attempt = 0;; attempt++) { // a draw equal to an earlier one is drawn again, while others remain
+            Rng rng;
+            rng_seed(&rng, d == 0 && attempt == 0 ? base : seed_mix(base, (uint64_t)d * 1000003 + (uint64_t)attempt));
+            draw_one(targeted, n_layers, &rng, &draws[d]);
+            int repeat = 0;
+            for (int e = 0; e < d && !repeat; e++) repeat = same_layers(&draws[e], &draws[d]);
+            if (!repeat || d + 0.5 >= possible || attempt >= 10000) break;
+            layer_set_free(&draws[d]);
+        }
     }
     return 0;
+}
+
+// random_layers.json: {"kind": ..., "draws": [{"attn_layers": [...], "mlp_layers": [...]}, ...]}.
+int ablation_design_read(const Run *run, int n_layers, int draw, LayerSet *set, Err *err) {
+    char path[1200];
+    memset(set, 0, sizeof *set);
+    run_path(run, path, sizeof path, draw ? ART_RANDOM_LAYERS : ART_SELECTED);
+    if (!path_exists(path)) return err_input(err, "no %s in run %s: run ablation-scan first", draw ? ART_RANDOM_LAYERS : ART_SELECTED, run->id);
+    if (!draw) return layer_set_read(path, n_layers, set, err);
+    Buf text = {0};
+    Json j;
+    if (read_file(path, &text, err)) return -1;
+    int rc = json_parse(&j, text.data, text.len, path, err);
+    if (rc == 0) {
+        int draws = json_key(&j, 0, "draws");
+        if (draws < 0 || j.tok[draws].type != JSON_ARRAY)
+            rc = err_input(err, "%s: no \"draws\" array (written by another version? run ablation-scan again)", path);
+        else if (draw > j.tok[draws].size)
+            rc = err_input(err, "%s holds %d random draws, not %d: run ablation-scan again", path, j.tok[draws].size, draw);
+        JSON_FOR_ARRAY(&j, draws, i, t) {
+            if (rc || i != draw - 1) continue;
+            rc = read_int_array(&j, json_key(&j, t, "attn_layers"), &set->attn_layers, &set->n_attn, n_layers, path,
+                                "attn_layers", err);
+            if (rc == 0)
+                rc = read_int_array(&j, json_key(&j, t, "mlp_layers"), &set->mlp_layers, &set->n_mlp, n_layers, path,
+                                    "mlp_layers", err);
+        }
+        json_free(&j);
+    }
+    buf_free(&text);
+    if (rc) layer_set_free(set);
+    return rc;
 }
 
 // Reads analysis/component_means.json (written by ablation-scan): the mean
@@ -403,9 +538,11 @@ typedef struct {
     int *first_event;   // (n_records + 1) events of record r: first_event[r] .. first_event[r+1]-1
     Event *events;      // (n_events)
     int n_events;
+    int *sentence_ends; // (n_records) opportunities to backtrack in each thinking part
 } RunEvents;
 
 static void run_events_free(RunEvents *e) {
+    free(e->sentence_ends);
     generations_free(e->records, e->n_records);
     free(e->first_event);
     free(e->events);
@@ -414,28 +551,27 @@ static void run_events_free(RunEvents *e) {
 
 // Lists generations/<variant>/<condition>.jsonl in a stable order: the
 // config's variants first, then any other variant folder, conditions in order.
-static int generation_files(const Config *c, const Run *run, char ***out, Err *err) {
-    (void)err;
-    static const char *const conditions[] = {"baseline", "targeted_ablation", "random_ablation"};
-    char **files = NULL;
-    int n = 0;
-    for (int v = 0; v < c->n_variant_defs; v++) {
-        for (int k = 0; k < 3; k++) {
-            char path[1200];
-            run_generation_path(run, path, sizeof path, c->variant_defs[v].name, conditions[k]);
-            if (!path_exists(path)) continue;
-            files = xrealloc(files, (size_t)(n + 1) * sizeof *files);
-            files[n++] = xstrdup(path);
-        }
+// Opportunities to backtrack in text[0..n): sentence boundaries with more text after them. A
+// boundary is a '.', '!' or '?' followed by white space, or a line break; what follows it must
+// hold a non-space character before the end (so a final "\\boxed{3}." offers none).
+int count_sentence_ends(const char *text, size_t n) {
+    int count = 0;
+    for (size_t i = 0; i < n; i++) {
+        int end = text[i] == '\n' || ((text[i] == '.' || text[i] == '!' || text[i] == '?') && i + 1 < n &&
+                                       (text[i + 1] == ' ' || text[i + 1] == '\n' || text[i + 1] == '\t' || text[i + 1] == '\r'));
+        if (!end) continue;
+        size_t j = i + 1;
+        while (j < n && (text[j] == ' ' || text[j] == '\n' || text[j] == '\t' || text[j] == '\r')) j++;
+        if (j < n) count++;
+        i = j - 1; // "\n\n" or ". \n" is one boundary
     }
-    *out = files;
-    return n;
+    return count;
 }
 
 static int detect_run_events(const Config *c, const Run *run, const Tokenizer *tok, RunEvents *ev, Err *err) {
     memset(ev, 0, sizeof *ev);
     char **files;
-    int n_files = generation_files(c, run, &files, err);
+    int n_files = run_generation_files(c, run, &files, err);
     int rc = 0;
     for (int f = 0; f < n_files && rc == 0; f++) {
         GenRecord *recs;
@@ -453,6 +589,7 @@ static int detect_run_events(const Config *c, const Run *run, const Tokenizer *t
     if (rc) return -1;
     if (ev->n_records == 0) return err_input(err, "no generations in run %s: run generate first", run->id);
     ev->first_event = xmalloc((size_t)(ev->n_records + 1) * sizeof *ev->first_event);
+    ev->sentence_ends = xcalloc((size_t)ev->n_records + 1, sizeof *ev->sentence_ends);
     Buf text = {0};
     int *offsets = NULL, cap = 0;
     TriggerHit hits[256];
@@ -470,6 +607,7 @@ static int detect_run_events(const Config *c, const Run *run, const Tokenizer *t
         size_t thinking_len = 0;
         while (thinking_len + 8 <= text.len && memcmp(text.data + thinking_len, "</think>", 8) != 0) thinking_len++;
         if (thinking_len + 8 > text.len) thinking_len = text.len;
+        ev->sentence_ends[r] = count_sentence_ends(text.data, thinking_len);
         int n_hits = find_triggers(text.data, thinking_len, c->triggers, c->n_triggers, hits, 256);
         ev->events = xrealloc(ev->events, (size_t)(ev->n_events + n_hits + 1) * sizeof *ev->events);
         for (int h = 0; h < n_hits; h++) {
@@ -513,6 +651,8 @@ static void event_row(Buf *b, const Run *run, const Tokenizer *tok, const char *
     buf_printf(b, ",%d,%d,%d,%d\n", rec->prompt_tokens, rec->prompt_tokens + k - 1, rec->n_completion, rec->completion_ids[k < rec->n_completion ? k : 0]);
 }
 
+#define COMPLETIONS_HEADER "run_id,variant,condition,problem_id,sample,thinking_open,completion_tokens,finish_reason," \
+    "truncated,correct,events,sentence_ends,reasons\n"
 #define EVENTS_HEADER "run_id,kind,event_id,variant,condition,problem_id,sample,trigger,char_offset,token_offset,onset_token_id,onset_token,prompt_tokens,pred_pos,completion_tokens,token_at_offset\n"
 
 int cmd_detect_events(int argc, char **argv) {
@@ -606,6 +746,25 @@ int cmd_detect_events(int argc, char **argv) {
     int wrc = write_file_atomic(path, js.data, js.len, &err);
     buf_free(&js);
     if (wrc) goto out;
+    // One row per completion: what the comparisons and the sweep count, without re-reading text.
+    buf_puts(&csv, COMPLETIONS_HEADER);
+    for (int r = 0; r < ev.n_records; r++) {
+        const GenRecord *rec = &ev.records[r];
+        int truncated = strcmp(rec->finish_reason, "eos") != 0;
+        buf_printf(&csv, "%s,", run.id);
+        buf_csv_field(&csv, rec->variant, strlen(rec->variant));
+        buf_putc(&csv, ',');
+        buf_csv_field(&csv, rec->condition, strlen(rec->condition));
+        buf_putc(&csv, ',');
+        buf_csv_field(&csv, rec->problem_id, strlen(rec->problem_id));
+        buf_printf(&csv, ",%d,%d,%d,%s,%d,%d,%d,%d,%d\n", rec->sample, prompt_thinking_open(rec->prompt), rec->n_completion,
+                   rec->finish_reason, truncated, rec->correct, ev.first_event[r + 1] - ev.first_event[r],
+                   ev.sentence_ends[r], ev.sentence_ends[r] > 0);
+    }
+    run_path(&run, path, sizeof path, ART_COMPLETIONS);
+    wrc = write_file_atomic(path, csv.data, csv.len, &err);
+    buf_free(&csv);
+    if (wrc) goto out;
     printf("detect-events: %d completions, %d events, %d controls\n", ev.n_records, ev.n_events, n_controls);
 out:
     run_events_free(&ev);
@@ -615,35 +774,193 @@ out:
 }
 
 // ----------------------------------------------------------------------------
-// Group statistics shared by detect-events, compare-conditions and the
-// formatting sweep: one variant x condition's completions and their events.
+// Completions as the comparisons count them: analysis/completions.csv (detect-events),
+// one row per completion, grouped by condition, with problems as the clusters that every
+// bootstrap resamples (completions of one problem are not independent).
 
 typedef struct {
-    int n, with_bt, events, correct, correct_bt;
-    long long tokens;
-    Interval rate, accuracy, events_per_1k, mean_length; // 95% CIs: Wilson for proportions, bootstrap for the others
-} GroupStats;
+    int cluster, sample;     // problem index in the Clusters, sample number
+    int events, tokens, correct, truncated, sentence_ends, thinking_open;
+} Completion;
 
-static GroupStats group_stats(const GenRecord *recs, const int *n_events, int n, uint64_t seed) {
-    GroupStats g = {0};
-    double *ev = xmalloc((size_t)(n + 1) * sizeof *ev), *len = xmalloc((size_t)(n + 1) * sizeof *len);
-    for (int i = 0; i < n; i++) {
-        g.n++;
-        g.events += n_events[i];
-        g.with_bt += n_events[i] > 0;
-        g.tokens += recs[i].n_completion;
-        g.correct += recs[i].correct;
-        g.correct_bt += recs[i].correct && n_events[i] > 0;
-        ev[i] = 1000.0 * n_events[i];
-        len[i] = recs[i].n_completion;
+typedef struct {
+    char name[96];           // the condition (or variant) these completions belong to
+    Completion *c;           // (n)
+    int n;
+} CompletionGroup;
+
+typedef struct {
+    char **problem_ids;      // (n_clusters)
+    int n_clusters;
+} Clusters;
+
+static int cluster_of(Clusters *cl, const char *problem_id) {
+    for (int i = 0; i < cl->n_clusters; i++)
+        if (strcmp(cl->problem_ids[i], problem_id) == 0) return i;
+    cl->problem_ids = xrealloc(cl->problem_ids, (size_t)(cl->n_clusters + 1) * sizeof *cl->problem_ids);
+    cl->problem_ids[cl->n_clusters] = xstrdup(problem_id);
+    return cl->n_clusters++;
+}
+
+static void clusters_free(Clusters *cl) {
+    for (int i = 0; i < cl->n_clusters; i++) free(cl->problem_ids[i]);
+    free(cl->problem_ids);
+    memset(cl, 0, sizeof *cl);
+}
+
+// Reads completions.csv; keeps the rows with column `by` equal to want (NULL: every row),
+// grouped by the other of variant/condition, in the order they first appear.
+static int completions_load(const Run *run, const char *key_col, const char *key, const char *group_col,
+                            CompletionGroup **groups, int *n_groups, Clusters *cl, Err *err) {
+    char path[1200];
+    run_path(run, path, sizeof path, ART_COMPLETIONS);
+    if (!path_exists(path)) return err_input(err, "no %s in run %s: run detect-events first", ART_COMPLETIONS, run->id);
+    Csv t;
+    if (csv_read(path, &t, err)) return -1;
+    static const char *const cols[] = {"problem_id", "sample", "events", "completion_tokens", "correct", "truncated",
+                                       "sentence_ends", "thinking_open"};
+    int col[8], kc = csv_col(&t, key_col), gc = csv_col(&t, group_col), rc = 0;
+    for (int k = 0; k < 8; k++)
+        if ((col[k] = csv_col(&t, cols[k])) < 0) rc = err_input(err, "%s: no column '%s' (run detect-events again)", path, cols[k]);
+    if (rc == 0 && (kc < 0 || gc < 0)) rc = err_input(err, "%s: no variant or condition column (run detect-events again)", path);
+    *groups = NULL;
+    *n_groups = 0;
+    for (int r = 0; rc == 0 && r < t.n_rows; r++) {
+        if (key && strcmp(csv_cell(&t, r, kc), key) != 0) continue;
+        const char *name = csv_cell(&t, r, gc);
+        int g = 0;
+        while (g < *n_groups && strcmp((*groups)[g].name, name) != 0) g++;
+        if (g == *n_groups) {
+            *groups = xrealloc(*groups, (size_t)(g + 1) * sizeof **groups);
+            (*groups)[g] = (CompletionGroup){0};
+            snprintf((*groups)[g].name, sizeof (*groups)[g].name, "%s", name);
+            (*n_groups)++;
+        }
+        CompletionGroup *grp = &(*groups)[g];
+        long long v[8];
+        for (int k = 1; k < 8 && rc == 0; k++)
+            if (csv_cell_int(&t, r, col[k], 0, 1LL << 30, &v[k]))
+                rc = err_input(err, "%s:%d: column '%s' holds '%s', not a count", path, r + 2, cols[k], csv_cell(&t, r, col[k]));
+        if (rc) break;
+        grp->c = xrealloc(grp->c, (size_t)(grp->n + 1) * sizeof *grp->c);
+        grp->c[grp->n++] = (Completion){cluster_of(cl, csv_cell(&t, r, col[0])), (int)v[1], (int)v[2], (int)v[3], (int)v[4],
+                                        (int)v[5], (int)v[6], (int)v[7]};
     }
-    g.rate = wilson95(g.with_bt, g.n);
-    g.accuracy = wilson95(g.correct, g.n);
-    g.events_per_1k = bootstrap_ratio95(ev, n, len, n, STAT_RESAMPLES, seed_mix(seed, 1));
-    g.mean_length = bootstrap_mean95(len, n, STAT_RESAMPLES, seed_mix(seed, 2));
-    free(ev);
-    free(len);
-    return g;
+    csv_free(&t);
+    return rc;
+}
+
+static void groups_free(CompletionGroup *g, int n) {
+    for (int i = 0; i < n; i++) free(g[i].c);
+    free(g);
+}
+
+static const CompletionGroup *group_find(const CompletionGroup *g, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(g[i].name, name) == 0) return &g[i];
+    return NULL;
+}
+
+// Per-cluster sums of one group, what every statistic below is a ratio of.
+typedef struct {
+    double *n, *bt, *events, *tokens, *opportunities, *reasoning, *reasoning_bt, *reasoning_events;
+} Sums; // each (n_clusters)
+
+static Sums sums_of(const CompletionGroup *g, int n_clusters, int (*keep)(const Completion *)) {
+    Sums s;
+    double **f[] = {&s.n, &s.bt, &s.events, &s.tokens, &s.opportunities, &s.reasoning, &s.reasoning_bt, &s.reasoning_events};
+    for (int k = 0; k < 8; k++) *f[k] = xcalloc((size_t)n_clusters + 1, sizeof(double));
+    for (int i = 0; g && i < g->n; i++) {
+        const Completion *c = &g->c[i];
+        if (keep && !keep(c)) continue;
+        int k = c->cluster, reasons = c->sentence_ends > 0;
+        s.n[k]++, s.bt[k] += c->events > 0, s.events[k] += c->events, s.tokens[k] += c->tokens;
+        s.opportunities[k] += reasons ? c->sentence_ends : 0, s.reasoning[k] += reasons;
+        s.reasoning_bt[k] += reasons && c->events > 0, s.reasoning_events[k] += reasons ? c->events : 0;
+    }
+    return s;
+}
+
+static void sums_free(Sums *s) {
+    free(s->n), free(s->bt), free(s->events), free(s->tokens), free(s->opportunities), free(s->reasoning);
+    free(s->reasoning_bt), free(s->reasoning_events);
+}
+
+typedef struct {
+    const Sums *a, *b, *c; // the groups a statistic compares
+    int n_clusters;
+    double scale;
+} SumsCtx;
+
+static double wsum(const double *x, const int *w, int n) {
+    double s = 0;
+    for (int i = 0; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+static double rate_of(const Sums *s, const int *w, int n) {
+    double d = wsum(s->n, w, n);
+    return d > 0 ? wsum(s->bt, w, n) / d : NAN;
+}
+
+static double stat_events_per_1k(const void *ctx, const int *w) {
+    const SumsCtx *x = ctx;
+    double t = wsum(x->a->tokens, w, x->n_clusters);
+    return t > 0 ? 1000 * wsum(x->a->events, w, x->n_clusters) / t : NAN;
+}
+
+static double stat_mean_length(const void *ctx, const int *w) {
+    const SumsCtx *x = ctx;
+    double d = wsum(x->a->n, w, x->n_clusters);
+    return d > 0 ? wsum(x->a->tokens, w, x->n_clusters) / d : NAN;
+}
+
+// 1 - rate(a) / rate(b): the share of b's backtracking that a removes.
+static double stat_relative_drop(const void *ctx, const int *w) {
+    const SumsCtx *x = ctx;
+    double base = rate_of(x->b, w, x->n_clusters);
+    return base > 0 ? 1 - rate_of(x->a, w, x->n_clusters) / base : NAN;
+}
+
+// (rate(c) - rate(a)) / rate(b): how much more of baseline b's backtracking a removes than c does.
+static double stat_advantage(const void *ctx, const int *w) {
+    const SumsCtx *x = ctx;
+    double base = rate_of(x->b, w, x->n_clusters);
+    return base > 0 ? (rate_of(x->c, w, x->n_clusters) - rate_of(x->a, w, x->n_clusters)) / base : NAN;
+}
+
+// Events per opportunity (sentence end) among reasoning completions: a's over b's when b is set.
+static double stat_opportunity_rate(const void *ctx, const int *w) {
+    const SumsCtx *x = ctx;
+    double oa = wsum(x->a->opportunities, w, x->n_clusters);
+    double ra = oa > 0 ? wsum(x->a->reasoning_events, w, x->n_clusters) / oa : NAN;
+    if (!x->b) return ra;
+    double ob = wsum(x->b->opportunities, w, x->n_clusters);
+    double rb = ob > 0 ? wsum(x->b->reasoning_events, w, x->n_clusters) / ob : NAN;
+    return isnan(ra) || isnan(rb) ? NAN : rb > 0 ? ra / rb : ra > 0 ? INFINITY : NAN;
+}
+
+// A statistic on the data itself: every cluster once.
+static double stat_estimate(ClusterStat stat, const void *ctx, int n_clusters) {
+    int *ones = xmalloc((size_t)(n_clusters + 1) * sizeof *ones);
+    for (int k = 0; k < n_clusters; k++) ones[k] = 1;
+    double v = stat(ctx, ones);
+    free(ones);
+    return v;
+}
+
+// McNemar counts of pairs (same problem and sample, so the same sampling seed) between
+// groups a and b: yes_no = backtracked in a but not in b, no_yes the other way.
+static void mcnemar_counts(const CompletionGroup *a, const CompletionGroup *b, long long *yes_no, long long *no_yes) {
+    *yes_no = *no_yes = 0;
+    for (int i = 0; i < a->n; i++)
+        for (int j = 0; j < b->n; j++)
+            if (a->c[i].cluster == b->c[j].cluster && a->c[i].sample == b->c[j].sample) {
+                int x = a->c[i].events > 0, y = b->c[j].events > 0;
+                *yes_no += x && !y;
+                *no_yes += !x && y;
+                break;
+            }
 }
 
 static void put_num(Buf *b, double x) {
@@ -652,115 +969,223 @@ static void put_num(Buf *b, double x) {
     else buf_puts(b, "nan");
 }
 
+static void put_interval(Buf *b, Interval ci) {
+    put_num(b, ci.est);
+    put_num(b, ci.lo);
+    put_num(b, ci.hi);
+}
+
 #define GROUP_STATS_HEADER "completions,with_backtracking,backtracking_rate,rate_ci_lo,rate_ci_hi,events,completion_tokens," \
-    "events_per_1k_tokens,events_per_1k_ci_lo,events_per_1k_ci_hi,mean_length,length_ci_lo,length_ci_hi,correct,accuracy,accuracy_ci_lo,accuracy_ci_hi"
+    "events_per_1k_tokens,events_per_1k_ci_lo,events_per_1k_ci_hi,mean_length,length_ci_lo,length_ci_hi,correct,accuracy," \
+    "accuracy_ci_lo,accuracy_ci_hi,truncated,truncated_share"
 
-static void group_stats_csv(Buf *b, const GroupStats *g) {
-    buf_printf(b, ",%d,%d", g->n, g->with_bt);
-    put_num(b, g->rate.est); put_num(b, g->rate.lo); put_num(b, g->rate.hi);
-    buf_printf(b, ",%d,%lld", g->events, g->tokens);
-    put_num(b, g->events_per_1k.est); put_num(b, g->events_per_1k.lo); put_num(b, g->events_per_1k.hi);
-    put_num(b, g->mean_length.est); put_num(b, g->mean_length.lo); put_num(b, g->mean_length.hi);
-    buf_printf(b, ",%d", g->correct);
-    put_num(b, g->accuracy.est); put_num(b, g->accuracy.lo); put_num(b, g->accuracy.hi);
-}
-
-// The completions of one variant x condition and the event count of each,
-// counted from backtracking_events.csv (the pipeline's record of events).
-static int load_group(const Run *run, const Csv *events, const char *variant, const char *condition, GenRecord **recs, int *n,
-                      int **n_events, Err *err) {
-    char path[1200];
-    *recs = NULL;
-    *n = 0;
-    *n_events = NULL;
-    run_generation_path(run, path, sizeof path, variant, condition);
-    if (!path_exists(path)) return 1; // absent: the caller decides
-    if (generations_read(path, recs, n, err)) return -1;
-    *n_events = xcalloc((size_t)(*n + 1), sizeof **n_events);
-    int kind = csv_col(events, "kind"), var = csv_col(events, "variant"), cond = csv_col(events, "condition");
-    int prob = csv_col(events, "problem_id"), sample = csv_col(events, "sample");
-    if (kind < 0 || var < 0 || cond < 0 || prob < 0 || sample < 0)
-        return err_input(err, "%s: missing columns (run detect-events again)", ART_EVENTS);
-    for (int r = 0; r < events->n_rows; r++) {
-        if (strcmp(csv_cell(events, r, kind), "event") || strcmp(csv_cell(events, r, var), variant) || strcmp(csv_cell(events, r, cond), condition))
-            continue;
-        int s = atoi(csv_cell(events, r, sample));
-        for (int i = 0; i < *n; i++)
-            if ((*recs)[i].sample == s && strcmp((*recs)[i].problem_id, csv_cell(events, r, prob)) == 0) {
-                (*n_events)[i]++;
-                break;
-            }
+// Rates (Wilson) and ratios (bootstrap over problems) of one group, as CSV cells.
+static void group_stats_csv(Buf *b, const CompletionGroup *g, const Sums *s, int n_clusters, uint64_t seed) {
+    long long n = g->n, bt = 0, events = 0, tokens = 0, correct = 0, truncated = 0;
+    for (int i = 0; i < g->n; i++) {
+        bt += g->c[i].events > 0, events += g->c[i].events, tokens += g->c[i].tokens;
+        correct += g->c[i].correct, truncated += g->c[i].truncated;
     }
-    return 0;
+    SumsCtx x = {.a = s, .n_clusters = n_clusters};
+    buf_printf(b, ",%lld,%lld", n, bt);
+    put_interval(b, wilson95(bt, n));
+    buf_printf(b, ",%lld,%lld", events, tokens);
+    put_interval(b, cluster_bootstrap95(stat_events_per_1k, &x, n_clusters, STAT_RESAMPLES, seed_mix(seed, 1), 0, NULL));
+    put_interval(b, cluster_bootstrap95(stat_mean_length, &x, n_clusters, STAT_RESAMPLES, seed_mix(seed, 2), 0, NULL));
+    buf_printf(b, ",%lld", correct);
+    put_interval(b, wilson95(correct, n));
+    buf_printf(b, ",%lld", truncated);
+    put_num(b, n ? (double)truncated / n : NAN);
 }
 
-static int events_csv_open(const Run *run, Csv *events, Err *err) {
-    char path[1200];
-    run_path(run, path, sizeof path, ART_EVENTS);
-    if (!path_exists(path)) return err_input(err, "no events in run %s: run detect-events first", run->id);
-    return csv_read(path, events, err);
+// The collateral damage of each ablation condition (collateral-damage stage), if it has run.
+static Interval collateral_of(const Csv *t, int have, const char *condition) {
+    Interval r = {NAN, NAN, NAN};
+    int cc = have ? csv_col(t, "condition") : -1, e = csv_col(t, "nll_increase"), lo = csv_col(t, "ci_lo"), hi = csv_col(t, "ci_hi");
+    for (int row = 0; cc >= 0 && e >= 0 && lo >= 0 && hi >= 0 && row < t->n_rows; row++)
+        if (strcmp(csv_cell(t, row, cc), condition) == 0) {
+            r.est = atof(csv_cell(t, row, e)), r.lo = atof(csv_cell(t, row, lo)), r.hi = atof(csv_cell(t, row, hi));
+        }
+    return r;
 }
 
 // ----------------------------------------------------------------------------
-// Compare conditions: baseline vs targeted vs random ablation of one variant.
+// Compare conditions: baseline vs the targeted ablation vs each shape-matched random
+// draw of one variant. Baseline and ablated completions share their sampling seeds
+// (problem, sample), so the tests are paired (McNemar) and one-sided, in the direction
+// the hypotheses claim; intervals resample problems.
+
+#define CONDITIONS_HEADER "run_id,variant,condition," GROUP_STATS_HEADER ",relative_drop_vs_baseline,drop_ci_lo,drop_ci_hi," \
+    "p_drop_at_least_min,pairs_yes_no,pairs_no_yes,p_vs_baseline,targeted_advantage,advantage_ci_lo,advantage_ci_hi," \
+    "p_targeted_vs_this,collateral_nll,collateral_ci_lo,collateral_ci_hi\n"
 
 int cmd_compare_conditions(int argc, char **argv) {
-    Opt opts[] = {OPT_CONFIG,
-                  OPT("--variant", 1, "variant to compare (default [logit_lens] variant)"), OPT_END};
+    Opt opts[] = {OPT_CONFIG, OPT("--variant", 1, "variant to compare (default [logit_lens] variant)"), OPT_END};
     Err err = {0};
     Config c;
     Run run;
     int exit_code;
     if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
     const char *variant = opt_str(opts, "--variant", c.lens_variant);
-    static const char *const conditions[3] = {"baseline", "targeted_ablation", "random_ablation"};
-    GenRecord *recs[3] = {0};
-    int n[3] = {0}, *n_events[3] = {0};
-    GroupStats g[3];
-    Csv events = {0};
+    int n_cond = 2 + c.random_draws, n_groups = 0, have_collateral = 0;
+    CompletionGroup *groups = NULL;
+    const CompletionGroup **g = xcalloc((size_t)n_cond + 1, sizeof *g); // baseline, targeted, random draws
+    char (*names)[64] = xcalloc((size_t)n_cond + 1, sizeof *names);
+    Clusters cl = {0};
+    Csv collateral = {0};
     Buf csv = {0};
-    if (events_csv_open(&run, &events, &err)) goto out;
-    for (int k = 0; k < 3; k++) {
-        int rc = load_group(&run, &events, variant, conditions[k], &recs[k], &n[k], &n_events[k], &err);
-        if (rc < 0) goto out;
-        if (rc > 0) {
-            err_input(&err, "no %s generations of variant %s in run %s: run generate --condition %s --variant %s first", conditions[k],
-                      variant, run.id, conditions[k], variant);
+    Sums *sums = xcalloc((size_t)n_cond + 2, sizeof *sums);
+    if (completions_load(&run, "variant", variant, "condition", &groups, &n_groups, &cl, &err)) goto out;
+    for (int k = 0; k < n_cond; k++) {
+        Condition cond = {k == 0 ? COND_BASELINE : k == 1 ? COND_TARGETED : COND_RANDOM, k >= 2 ? k - 1 : 0};
+        condition_format(&cond, names[k], sizeof names[k]);
+        if (!(g[k] = group_find(groups, n_groups, names[k]))) {
+            err_input(&err, "no %s completions of variant %s in run %s: run generate --condition %s --variant %s, then "
+                            "detect-events", names[k], variant, run.id, names[k], variant);
             goto out;
         }
-        g[k] = group_stats(recs[k], n_events[k], n[k], seed_mix((uint64_t)c.seed, 0xC0DE + (uint64_t)k));
-    }
-    double p_vs_baseline = fisher_exact_p(g[1].with_bt, g[1].n - g[1].with_bt, g[0].with_bt, g[0].n - g[0].with_bt);
-    double p_vs_random = fisher_exact_p(g[1].with_bt, g[1].n - g[1].with_bt, g[2].with_bt, g[2].n - g[2].with_bt);
-    buf_puts(&csv, "run_id,variant,condition," GROUP_STATS_HEADER ",relative_drop_vs_baseline,fisher_p_vs_baseline,fisher_p_targeted_vs_random\n");
-    for (int k = 0; k < 3; k++) {
-        buf_printf(&csv, "%s,", run.id);
-        buf_csv_field(&csv, variant, strlen(variant));
-        buf_printf(&csv, ",%s", conditions[k]);
-        group_stats_csv(&csv, &g[k]);
-        put_num(&csv, k ? 1.0 - g[k].rate.est / g[0].rate.est : 0.0);
-        put_num(&csv, k ? fisher_exact_p(g[k].with_bt, g[k].n - g[k].with_bt, g[0].with_bt, g[0].n - g[0].with_bt) : NAN);
-        put_num(&csv, k == 1 ? p_vs_random : NAN);
-        buf_putc(&csv, '\n');
     }
     char path[1200];
+    run_path(&run, path, sizeof path, ART_COLLATERAL);
+    if (path_exists(path) && csv_read(path, &collateral, &err)) goto out;
+    have_collateral = path_exists(path);
+    int nc = cl.n_clusters;
+    for (int k = 0; k < n_cond; k++) sums[k] = sums_of(g[k], nc, NULL);
+    // The random draws pooled: every draw's completions together.
+    CompletionGroup pooled = {.name = "random_pooled"};
+    for (int k = 2; k < n_cond; k++) {
+        pooled.c = xrealloc(pooled.c, (size_t)(pooled.n + g[k]->n) * sizeof *pooled.c);
+        memcpy(pooled.c + pooled.n, g[k]->c, (size_t)g[k]->n * sizeof *pooled.c);
+        pooled.n += g[k]->n;
+    }
+    sums[n_cond] = sums_of(&pooled, nc, NULL);
+    buf_puts(&csv, CONDITIONS_HEADER);
+    uint64_t seed = seed_mix((uint64_t)c.seed, 0xC0DE);
+    for (int k = 0; k <= n_cond; k++) {
+        const CompletionGroup *grp = k < n_cond ? g[k] : &pooled;
+        buf_printf(&csv, "%s,", run.id);
+        buf_csv_field(&csv, variant, strlen(variant));
+        buf_printf(&csv, ",%s", grp->name);
+        group_stats_csv(&csv, grp, &sums[k], nc, seed_mix(seed, (uint64_t)k));
+        SumsCtx drop = {.a = &sums[k], .b = &sums[0], .n_clusters = nc};
+        double p_at_least = NAN;
+        Interval d = k ? cluster_bootstrap95(stat_relative_drop, &drop, nc, STAT_RESAMPLES, seed_mix(seed, 100 + (uint64_t)k),
+                                             c.h1_min_relative_drop, &p_at_least)
+                       : (Interval){NAN, NAN, NAN};
+        put_interval(&csv, d);
+        put_num(&csv, p_at_least);
+        long long yes_no = 0, no_yes = 0;
+        if (k > 0 && k < n_cond) mcnemar_counts(g[0], g[k], &yes_no, &no_yes);
+        buf_printf(&csv, ",%lld,%lld", yes_no, no_yes);
+        put_num(&csv, k > 0 && k < n_cond ? mcnemar_p(yes_no, no_yes) : NAN);
+        // Random draws: how much more the targeted set removes, and the paired test of it.
+        Interval adv = {NAN, NAN, NAN};
+        double p_adv = NAN;
+        if (k >= 2) {
+            SumsCtx x = {.a = &sums[1], .b = &sums[0], .c = &sums[k], .n_clusters = nc};
+            adv = cluster_bootstrap95(stat_advantage, &x, nc, STAT_RESAMPLES, seed_mix(seed, 200 + (uint64_t)k), 0, NULL);
+            if (k < n_cond) {
+                long long r_yes_t_no, r_no_t_yes;
+                mcnemar_counts(g[k], g[1], &r_yes_t_no, &r_no_t_yes);
+                p_adv = mcnemar_p(r_yes_t_no, r_no_t_yes);
+            }
+        }
+        put_interval(&csv, adv);
+        put_num(&csv, p_adv);
+        put_interval(&csv, k ? collateral_of(&collateral, have_collateral, grp->name) : (Interval){NAN, NAN, NAN});
+        buf_putc(&csv, '\n');
+    }
+    free(pooled.c);
     run_path(&run, path, sizeof path, ART_CONDITIONS);
     if (write_file_atomic(path, csv.data, csv.len, &err)) goto out;
-    printf("compare-conditions: backtracking rate baseline %.3f, targeted %.3f, random %.3f; Fisher p targeted vs baseline %.3g\n",
-           g[0].rate.est, g[1].rate.est, g[2].rate.est, p_vs_baseline);
-out:
-    for (int k = 0; k < 3; k++) {
-        generations_free(recs[k], n[k]);
-        free(n_events[k]);
+    printf("compare-conditions: %s: backtracking rate", variant);
+    for (int k = 0; k < n_cond; k++) {
+        long long bt = 0;
+        for (int i = 0; i < g[k]->n; i++) bt += g[k]->c[i].events > 0;
+        printf("%s %s %.3f", k ? "," : "", names[k], g[k]->n ? (double)bt / g[k]->n : NAN);
     }
-    csv_free(&events);
+    printf("\n");
+out:
+    for (int k = 0; k <= n_cond; k++) sums_free(&sums[k]);
+    free(sums);
+    groups_free(groups, n_groups);
+    free(g);
+    free(names);
+    clusters_free(&cl);
+    csv_free(&collateral);
     buf_free(&csv);
     config_free(&c);
     return err.msg[0] ? fail(&err) : 0;
 }
 
 // ----------------------------------------------------------------------------
-// Formatting sweep: the baseline variants side by side, chi-square across them.
+// Formatting sweep: the baseline variants side by side. Whether a format makes the model
+// reason at all is one finding (the share of completions whose thinking part has a
+// sentence end to backtrack after); H2 is decided on backtracking given reasoning: events
+// per opportunity in the variants that leave <think> open against the others, among
+// completions that reason, so a format in which the model writes no reasoning cannot
+// make H2 true.
+
+static int reasons(const Completion *c) { return c->sentence_ends > 0; }
+
+// One-sided permutation test that think-open completions backtrack more per opportunity
+// than the others: labels are shuffled among each problem's reasoning completions, so
+// problems are compared with themselves. The statistic is the difference of pooled rates.
+static double h2_permutation_p(const CompletionGroup *g, int n_groups, int n_clusters, int n_permutations, uint64_t seed) {
+    int n = 0;
+    for (int v = 0; v < n_groups; v++)
+        for (int i = 0; i < g[v].n; i++) n += reasons(&g[v].c[i]);
+    const Completion **all = xmalloc((size_t)(n + 1) * sizeof *all); // (n) reasoning completions, by problem
+    int *label = xmalloc((size_t)(n + 1) * sizeof *label), *start = xcalloc((size_t)n_clusters + 2, sizeof *start);
+    for (int v = 0; v < n_groups; v++)
+        for (int i = 0; i < g[v].n; i++)
+            if (reasons(&g[v].c[i])) start[g[v].c[i].cluster + 1]++;
+    for (int k = 0; k < n_clusters; k++) start[k + 1] += start[k];
+    int *fill = xmalloc((size_t)n_clusters * sizeof *fill);
+    memcpy(fill, start, (size_t)n_clusters * sizeof *fill);
+    for (int v = 0; v < n_groups; v++)
+        for (int i = 0; i < g[v].n; i++)
+            if (reasons(&g[v].c[i])) {
+                int at = fill[g[v].c[i].cluster]++;
+                all[at] = &g[v].c[i];
+                label[at] = g[v].c[i].thinking_open;
+            }
+    double observed = NAN, total[2][2] = {{0}}; // [think][events, opportunities]
+    for (int i = 0; i < n; i++) total[label[i]][0] += all[i]->events, total[label[i]][1] += all[i]->sentence_ends;
+    double p = NAN;
+    if (total[0][1] > 0 && total[1][1] > 0) {
+        observed = total[1][0] / total[1][1] - total[0][0] / total[0][1];
+        double tol = 1e-12 * (fabs(observed) + 1);
+        Rng rng;
+        rng_seed(&rng, seed);
+        long long extreme = 0;
+        for (int b = 0; b < n_permutations; b++) {
+            double t[2][2] = {{0}};
+            for (int k = 0; k < n_clusters; k++) // shuffle the labels within the problem
+                for (int i = start[k]; i < start[k + 1]; i++) {
+                    int j = i + (int)rng_below(&rng, (uint64_t)(start[k + 1] - i));
+                    int l = label[i];
+                    label[i] = label[j];
+                    label[j] = l;
+                    t[label[i]][0] += all[i]->events, t[label[i]][1] += all[i]->sentence_ends;
+                }
+            double stat = t[1][1] > 0 && t[0][1] > 0 ? t[1][0] / t[1][1] - t[0][0] / t[0][1] : -INFINITY;
+            extreme += stat >= observed - tol;
+        }
+        p = (1.0 + (double)extreme) / (1.0 + n_permutations);
+    }
+    free(all);
+    free(label);
+    free(start);
+    free(fill);
+    return p;
+}
+
+#define FORMATTING_HEADER "run_id,variant,thinking_open," GROUP_STATS_HEADER ",reasoning,reasoning_share,reasoning_ci_lo," \
+    "reasoning_ci_hi,opportunities,reasoning_events,events_per_opportunity,epo_ci_lo,epo_ci_hi,reasoning_with_backtracking," \
+    "reasoning_rate,reasoning_rate_ci_lo,reasoning_rate_ci_hi,chi2_stat,chi2_df,chi2_p,max_min_rate_ratio," \
+    "h2_think_reasoning,h2_no_think_reasoning,h2_rate_think,h2_rate_no_think,h2_ratio,h2_ratio_ci_lo,h2_ratio_ci_hi,h2_p," \
+    "h2_p_ratio_at_least_min\n"
 
 int cmd_formatting_sweep(int argc, char **argv) {
     Opt opts[] = {OPT_CONFIG, OPT_END};
@@ -769,61 +1194,108 @@ int cmd_formatting_sweep(int argc, char **argv) {
     Run run;
     int exit_code;
     if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
-    int nv = c.n_variants;
-    GenRecord **recs = xcalloc((size_t)nv, sizeof *recs);
-    int *n = xcalloc((size_t)nv, sizeof *n), **n_events = xcalloc((size_t)nv, sizeof *n_events);
-    GroupStats *g = xcalloc((size_t)nv, sizeof *g);
-    long long *bt_k = xcalloc((size_t)nv, sizeof *bt_k), *nn = xcalloc((size_t)nv, sizeof *nn);
-    const char **names = xcalloc((size_t)nv, sizeof *names);
-    Csv events = {0};
+    CompletionGroup *all = NULL, *g = xcalloc((size_t)c.n_variants + 1, sizeof *g);
+    int n_all = 0, used = 0;
+    Clusters cl = {0};
     Buf csv = {0};
-    int used = 0;
-    if (events_csv_open(&run, &events, &err)) goto out;
-    for (int v = 0; v < nv; v++) {
-        int rc = load_group(&run, &events, c.variants[v], "baseline", &recs[used], &n[used], &n_events[used], &err);
-        if (rc < 0) goto out;
-        if (rc > 0) continue; // a variant not generated is left out, and said so below
-        g[used] = group_stats(recs[used], n_events[used], n[used], seed_mix((uint64_t)c.seed, 0xF0F0 + (uint64_t)v));
-        names[used] = c.variants[v];
-        bt_k[used] = g[used].with_bt;
-        nn[used] = g[used].n;
-        used++;
+    Sums *sums = xcalloc((size_t)c.n_variants + 2, sizeof *sums), think = {0}, no_think = {0};
+    long long *bt_k = xcalloc((size_t)c.n_variants + 1, sizeof *bt_k), *nn = xcalloc((size_t)c.n_variants + 1, sizeof *nn);
+    if (completions_load(&run, "condition", "baseline", "variant", &all, &n_all, &cl, &err)) goto out;
+    for (int v = 0; v < c.n_variants; v++) { // the configured variants, in order; one not generated is left out
+        const CompletionGroup *x = group_find(all, n_all, c.variants[v]);
+        if (x) g[used++] = *x;
     }
     if (used == 0) {
         err_input(&err, "no baseline generations in run %s: run generate --condition baseline first", run.id);
         goto out;
     }
+    int nc = cl.n_clusters;
+    uint64_t seed = seed_mix((uint64_t)c.seed, 0xF0F0);
+    for (int v = 0; v < used; v++) {
+        sums[v] = sums_of(&g[v], nc, NULL);
+        for (int i = 0; i < g[v].n; i++) bt_k[v] += g[v].c[i].events > 0;
+        nn[v] = g[v].n;
+    }
+    // H2: think-open variants against the others, over their reasoning completions.
+    CompletionGroup side[2] = {{.name = "no_think"}, {.name = "think"}};
+    for (int v = 0; v < used; v++)
+        for (int i = 0; i < g[v].n; i++) {
+            CompletionGroup *x = &side[g[v].c[i].thinking_open];
+            x->c = xrealloc(x->c, (size_t)(x->n + 1) * sizeof *x->c);
+            x->c[x->n++] = g[v].c[i];
+        }
+    think = sums_of(&side[1], nc, reasons), no_think = sums_of(&side[0], nc, reasons);
+    int reasoning[2] = {0, 0};
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < side[k].n; i++) reasoning[k] += reasons(&side[k].c[i]);
+    SumsCtx h2 = {.a = &think, .b = &no_think, .n_clusters = nc}, rate_think = {.a = &think, .n_clusters = nc};
+    SumsCtx rate_no_think = {.a = &no_think, .n_clusters = nc};
+    double p_at_least = NAN;
+    Interval ratio = cluster_bootstrap95(stat_opportunity_rate, &h2, nc, STAT_RESAMPLES, seed_mix(seed, 300),
+                                         c.h2_min_rate_ratio, &p_at_least);
+    double h2_p = h2_permutation_p(g, used, nc, STAT_RESAMPLES, seed_mix(seed, 301));
+    double rate_think_est = stat_estimate(stat_opportunity_rate, &rate_think, nc);
+    double rate_no_think_est = stat_estimate(stat_opportunity_rate, &rate_no_think, nc);
     ChiSquare chi = chi2_homogeneity(bt_k, nn, used);
     double max_rate = -1, min_rate = 2;
     for (int v = 0; v < used; v++) {
-        if (g[v].rate.est > max_rate) max_rate = g[v].rate.est;
-        if (g[v].rate.est < min_rate) min_rate = g[v].rate.est;
+        double r = (double)bt_k[v] / nn[v];
+        if (r > max_rate) max_rate = r;
+        if (r < min_rate) min_rate = r;
     }
-    double ratio = min_rate > 0 ? max_rate / min_rate : max_rate > 0 ? INFINITY : NAN;
-    buf_puts(&csv, "run_id,variant,thinking_open," GROUP_STATS_HEADER ",chi2_stat,chi2_df,chi2_p,max_min_rate_ratio\n");
+    double max_min = min_rate > 0 ? max_rate / min_rate : max_rate > 0 ? INFINITY : NAN;
+    buf_puts(&csv, FORMATTING_HEADER);
     for (int v = 0; v < used; v++) {
+        long long n_reason = 0, opps = 0, r_events = 0, r_bt = 0;
+        for (int i = 0; i < g[v].n; i++)
+            if (reasons(&g[v].c[i])) {
+                n_reason++, opps += g[v].c[i].sentence_ends, r_events += g[v].c[i].events;
+                r_bt += g[v].c[i].events > 0;
+            }
         buf_printf(&csv, "%s,", run.id);
-        buf_csv_field(&csv, names[v], strlen(names[v]));
-        buf_printf(&csv, ",%d", prompt_thinking_open(config_variant(&c, names[v])->template_text));
-        group_stats_csv(&csv, &g[v]);
+        buf_csv_field(&csv, g[v].name, strlen(g[v].name));
+        buf_printf(&csv, ",%d", g[v].n ? g[v].c[0].thinking_open : 0);
+        group_stats_csv(&csv, &g[v], &sums[v], nc, seed_mix(seed, (uint64_t)v));
+        buf_printf(&csv, ",%lld", n_reason);
+        put_interval(&csv, wilson95(n_reason, g[v].n));
+        buf_printf(&csv, ",%lld,%lld", opps, r_events);
+        SumsCtx x = {.a = &sums[v], .n_clusters = nc};
+        put_interval(&csv, cluster_bootstrap95(stat_opportunity_rate, &x, nc, STAT_RESAMPLES, seed_mix(seed, 400 + (uint64_t)v),
+                                               0, NULL));
+        buf_printf(&csv, ",%lld", r_bt);
+        put_interval(&csv, wilson95(r_bt, n_reason));
         put_num(&csv, chi.stat);
         buf_printf(&csv, ",%d", chi.df);
         put_num(&csv, chi.p);
-        put_num(&csv, ratio);
+        put_num(&csv, max_min);
+        buf_printf(&csv, ",%d,%d", reasoning[1], reasoning[0]);
+        put_num(&csv, rate_think_est);
+        put_num(&csv, rate_no_think_est);
+        put_interval(&csv, ratio);
+        put_num(&csv, h2_p);
+        put_num(&csv, p_at_least);
         buf_putc(&csv, '\n');
     }
     char path[1200];
     run_path(&run, path, sizeof path, ART_FORMATTING);
     if (write_file_atomic(path, csv.data, csv.len, &err)) goto out;
-    printf("formatting-sweep: %d variants, chi-square %.3g (df %d) p = %.3g, max/min rate ratio %.3g\n", used, chi.stat, chi.df, chi.p, ratio);
-    if (used < nv) progress("formatting-sweep: %d of %d variants have no baseline generations and are left out\n", nv - used, nv);
+    printf("formatting-sweep: %d variants; events per opportunity among reasoning completions, <think> open vs not: "
+           "ratio %.3g [%.3g, %.3g], one-sided permutation p = %.3g\n", used, ratio.est, ratio.lo, ratio.hi, h2_p);
+    if (used < c.n_variants)
+        progress("formatting-sweep: %d of %d variants have no baseline generations and are left out\n", c.n_variants - used,
+                 c.n_variants);
+    free(side[0].c);
+    free(side[1].c);
 out:
-    for (int v = 0; v < nv; v++) {
-        generations_free(recs[v], n[v]);
-        free(n_events[v]);
-    }
-    free(recs); free(n); free(n_events); free(g); free(bt_k); free(nn); free(names);
-    csv_free(&events);
+    for (int v = 0; v < used; v++) sums_free(&sums[v]);
+    sums_free(&think);
+    sums_free(&no_think);
+    free(sums);
+    groups_free(all, n_all);
+    free(g);
+    free(bt_k);
+    free(nn);
+    clusters_free(&cl);
     buf_free(&csv);
     config_free(&c);
     return err.msg[0] ? fail(&err) : 0;
@@ -1155,13 +1627,36 @@ static int estimate_means(Forcer *f, const Items *it, const Run *run, float **at
 typedef struct {
     int layer, component; // component 0 = attention, 1 = MLP
     Interval events, controls;
+    Interval specificity; // drop on events minus drop on controls: what the ranking uses
 } ScanResult;
 
+// Ranked by specificity, so a component whose ablation breaks everything (events and
+// controls alike) does not rank first; by the event drop alone when there are no controls.
 static int cmp_effect(const void *a, const void *b) {
     const ScanResult *x = *(const ScanResult *const *)a, *y = *(const ScanResult *const *)b;
-    double ex = x->events.est == x->events.est ? x->events.est : -INFINITY, ey = y->events.est == y->events.est ? y->events.est : -INFINITY;
+    double ex = !isnan(x->specificity.est) ? x->specificity.est : !isnan(x->events.est) ? x->events.est : -INFINITY;
+    double ey = !isnan(y->specificity.est) ? y->specificity.est : !isnan(y->events.est) ? y->events.est : -INFINITY;
     if (ex != ey) return ex < ey ? 1 : -1;
     return x->layer - y->layer;
+}
+
+// Item-level drops grouped by problem, for bootstrap intervals that resample problems.
+typedef struct {
+    const double *drop;     // (n_items) of one component
+    const int *cluster;     // (n_items)
+    const Item *items;      // (n_items)
+    int n_items, want;      // want: 0 events, 1 controls, 2 events minus controls
+} DropCtx;
+
+static double stat_drop(const void *ctx, const int *w) {
+    const DropCtx *x = ctx;
+    double sum[2] = {0, 0}, n[2] = {0, 0};
+    for (int i = 0; i < x->n_items; i++) {
+        int k = x->items[i].is_control;
+        sum[k] += w[x->cluster[i]] * x->drop[i], n[k] += w[x->cluster[i]];
+    }
+    double mean_e = n[0] > 0 ? sum[0] / n[0] : NAN, mean_c = n[1] > 0 ? sum[1] / n[1] : NAN;
+    return x->want == 0 ? mean_e : x->want == 1 ? mean_c : mean_e - mean_c;
 }
 
 // Writes ablation_importance.csv, selected_layers.json and the figure.
@@ -1181,7 +1676,8 @@ static int scan_write(const Config *c, const Run *run, const char *variant, cons
     const char *kind = c->ablation_kind == ABLATE_MEAN ? "mean" : "zero", *scope = c->ablation_scope == SCOPE_ONSET ? "onset" : "all";
     Buf csv = {0}, js = {0};
     buf_puts(&csv, "run_id,variant,layer,component,kind,scope,n_events,mean_drop_events,ci_lo_events,ci_hi_events,"
-                   "n_controls,mean_drop_controls,ci_lo_controls,ci_hi_controls,rank,selected\n");
+                   "n_controls,mean_drop_controls,ci_lo_controls,ci_hi_controls,specificity,specificity_ci_lo,"
+                   "specificity_ci_hi,rank,selected\n");
     for (int k = 0; k < 2 * n_layers; k++) {
         const ScanResult *x = &results[k];
         buf_printf(&csv, "%s,", run->id);
@@ -1190,6 +1686,7 @@ static int scan_write(const Config *c, const Run *run, const char *variant, cons
         put_num(&csv, x->events.est); put_num(&csv, x->events.lo); put_num(&csv, x->events.hi);
         buf_printf(&csv, ",%d", n_controls);
         put_num(&csv, x->controls.est); put_num(&csv, x->controls.lo); put_num(&csv, x->controls.hi);
+        put_interval(&csv, x->specificity);
         buf_printf(&csv, ",%d,%d\n", rank[k], rank[k] <= top_k[x->component]);
     }
     buf_puts(&js, "{\n  \"variant\": ");
@@ -1208,11 +1705,32 @@ static int scan_write(const Config *c, const Run *run, const char *variant, cons
         buf_putc(&js, ']');
     }
     buf_puts(&js, "\n}\n");
+    // The shape-matched random controls, drawn now from the run seed so the design is fixed in one place.
+    LayerSet targeted = {.kind = c->ablation_kind, .n_attn = top_k[0], .n_mlp = top_k[1]};
+    targeted.attn_layers = xmalloc((size_t)(top_k[0] + 1) * sizeof(int));
+    targeted.mlp_layers = xmalloc((size_t)(top_k[1] + 1) * sizeof(int));
+    for (int i = 0; i < top_k[0]; i++) targeted.attn_layers[i] = order[0][i]->layer;
+    for (int i = 0; i < top_k[1]; i++) targeted.mlp_layers[i] = order[1][i]->layer;
+    LayerSet *draws = xcalloc((size_t)c->random_draws, sizeof *draws);
+    Buf random = {0};
+    int rc = draw_random_layers(&targeted, n_layers, c->seed, c->random_draws, draws, err);
+    buf_printf(&random, "{\"kind\": \"%s\", \"draws\": [", kind);
+    for (int d = 0; d < c->random_draws && rc == 0; d++) {
+        buf_puts(&random, d ? ",\n  " : "\n  ");
+        layer_set_json(&random, &draws[d]);
+    }
+    buf_puts(&random, "\n]}\n");
     char path[1200];
     run_path(run, path, sizeof path, ART_ABLATION);
-    int rc = write_file_atomic(path, csv.data, csv.len, err);
+    if (rc == 0) rc = write_file_atomic(path, csv.data, csv.len, err);
     run_path(run, path, sizeof path, ART_SELECTED);
     if (rc == 0) rc = write_file_atomic(path, js.data, js.len, err);
+    run_path(run, path, sizeof path, ART_RANDOM_LAYERS);
+    if (rc == 0) rc = write_file_atomic(path, random.data, random.len, err);
+    for (int d = 0; d < c->random_draws; d++) layer_set_free(&draws[d]);
+    free(draws);
+    layer_set_free(&targeted);
+    buf_free(&random);
     for (int comp = 0; comp < 2; comp++) free(order[comp]);
     free(rank);
     buf_free(&csv);
@@ -1345,21 +1863,26 @@ int cmd_ablation_scan(int argc, char **argv) {
     }
     free(row_slot); free(row_pos); free(row_out); free(row_read); free(row_k); free(row_mask); free(replay_logits);
     if (rc) goto out;
-    // Mean drop with bootstrap 95% CI per component, events and controls apart.
+    // Mean drop per component on events, on controls, and their difference, with 95% CIs
+    // from a bootstrap over problems (events share completions, completions share problems).
     results = xcalloc((size_t)2 * n_layers, sizeof *results);
     vals = xmalloc((size_t)(a.it.n_items + 1) * sizeof *vals);
+    int *cluster = xmalloc((size_t)(a.it.n_items + 1) * sizeof *cluster);
+    Clusters cl = {0};
+    for (int i = 0; i < a.it.n_items; i++) cluster[i] = cluster_of(&cl, a.it.records[a.it.items[i].record].problem_id);
     for (int k = 0; k < 2 * n_layers; k++) {
         results[k].layer = k / 2;
         results[k].component = k % 2;
-        for (int want_control = 0; want_control < 2; want_control++) {
-            int nv = 0;
-            for (int i = 0; i < a.it.n_items; i++)
-                if (a.it.items[i].is_control == want_control) vals[nv++] = drop[(size_t)i * 2 * n_layers + k];
-            Interval ci = bootstrap_mean95(vals, nv, STAT_RESAMPLES, seed_mix(seed_mix((uint64_t)c.seed, 0xAB1A7E), (uint64_t)(2 * k + want_control)));
-            if (want_control) results[k].controls = ci;
-            else results[k].events = ci;
+        for (int i = 0; i < a.it.n_items; i++) vals[i] = drop[(size_t)i * 2 * n_layers + k];
+        Interval *out[3] = {&results[k].events, &results[k].controls, &results[k].specificity};
+        for (int want = 0; want < 3; want++) {
+            DropCtx x = {vals, cluster, a.it.items, a.it.n_items, want};
+            *out[want] = cluster_bootstrap95(stat_drop, &x, cl.n_clusters, STAT_RESAMPLES,
+                                             seed_mix(seed_mix((uint64_t)c.seed, 0xAB1A7E), (uint64_t)(3 * k + want)), 0, NULL);
         }
     }
+    free(cluster);
+    clusters_free(&cl);
     if (scan_write(&c, &run, variant, results, n_layers, a.it.n_events, a.it.n_items - a.it.n_events, &err)) goto out;
     printf("ablation-scan: %d events, %d controls, %d components (%s ablation, scope %s)\n", a.it.n_events, a.it.n_items - a.it.n_events,
            2 * n_layers, c.ablation_kind == ABLATE_MEAN ? "mean" : "zero", c.ablation_scope == SCOPE_ONSET ? "onset" : "all");
@@ -1372,6 +1895,204 @@ out:
     free(masks); free(attn_mean); free(mlp_mean); free(ablated); free(resid); free(clean_logits);
     free(drop); free(vals); free(results); free(clean_lp); free(item_read);
     analysis_close(&a);
+    config_free(&c);
+    return err.msg[0] ? fail(&err) : 0;
+}
+
+// ----------------------------------------------------------------------------
+// Collateral damage: a model whose layers are zeroed can stop saying "Wait" simply because
+// it is broken. For each ablation condition (the targeted set and every random draw), the
+// baseline completions of the variant are teacher-forced clean and ablated at every
+// position, and the mean increase in negative log-likelihood of their tokens (trigger
+// onsets left out) is the damage done beside the drop in backtracking.
+
+#define COLLATERAL_CHUNK 256 // reads per forward call: bounds the logits buffer to this many vocab rows
+
+typedef struct {
+    const double *increase, *tokens; // (n_clusters) summed per problem
+    int n_clusters;
+} CollateralCtx;
+
+static double stat_collateral(const void *ctx, const int *w) {
+    const CollateralCtx *x = ctx;
+    double t = wsum(x->tokens, w, x->n_clusters);
+    return t > 0 ? wsum(x->increase, w, x->n_clusters) / t : NAN;
+}
+
+// Sum of -log p over the kept reads of one completion under mask; onset marks reads to skip.
+static int completion_nll(Forcer *f, int *tokens, int n_tokens, int first_read, const unsigned char *onset,
+                          const AblationMask *mask, float *logits, double *nll, Err *err) {
+    int vocab = f->m->cfg.vocab_size, read_pos[COLLATERAL_CHUNK];
+    *nll = 0;
+    for (int i0 = 0; i0 < n_tokens - 1; i0 += COLLATERAL_CHUNK) {
+        int end = i0 + COLLATERAL_CHUNK < n_tokens - 1 ? i0 + COLLATERAL_CHUNK : n_tokens - 1, n_read = 0;
+        for (int p = i0 > first_read ? i0 : first_read; p < end; p++) read_pos[n_read++] = p;
+        ForcedSeq seq = {.tokens = tokens, .n_tokens = end, .start = i0, .read_pos = read_pos, .n_read = n_read};
+        PassOut out = {.mask = mask, .logits = logits};
+        if (force_group(f, &seq, 1, &out, err)) return -1;
+        for (int r = 0; r < n_read; r++)
+            if (!onset[read_pos[r] - first_read])
+                *nll -= log_prob(logits + (size_t)r * vocab, vocab, tokens[read_pos[r] + 1], NULL);
+    }
+    return 0;
+}
+
+int cmd_collateral_damage(int argc, char **argv) {
+    Opt opts[] = {OPT_CONFIG, OPT("--variant", 1, "variant whose baseline completions to score (default [logit_lens] variant)"),
+                  OPT_END};
+    Err err = {0};
+    Config c;
+    Run run;
+    int exit_code;
+    if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
+    const char *variant = opt_str(opts, "--variant", c.lens_variant);
+    Model m = {0};
+    int loaded = 0, n_recs = 0, n_sets = 1 + c.random_draws, max_tokens = 1;
+    Tokenizer *tok = NULL;
+    GenRecord *recs = NULL;
+    Forcer f = {0};
+    Csv events = {0};
+    Clusters cl = {0};
+    LayerSet *sets = xcalloc((size_t)n_sets, sizeof *sets);
+    AblationMask *masks = xcalloc((size_t)n_sets, sizeof *masks);
+    float *means[2] = {NULL, NULL}, *logits = NULL;
+    double *nll = NULL, *tokens_kept = NULL; // (n_recs, 1 + n_sets) clean then each set; (n_recs)
+    Buf csv = {0};
+    char path[1200];
+    snprintf(path, sizeof path, "%s/tokenizer.json", c.model_path);
+    if (tokenizer_load(&tok, path, &err) || model_load(&m, c.model_path, &err)) goto out;
+    loaded = 1;
+    int L = m.cfg.n_layers;
+    for (int s = 0; s < n_sets; s++) {
+        if (ablation_design_read(&run, L, s, &sets[s], &err)) goto out;
+        masks[s] = (AblationMask){.kind = c.ablation_kind, .attn = xcalloc((size_t)L, 1), .mlp = xcalloc((size_t)L, 1)};
+        for (int i = 0; i < sets[s].n_attn; i++) masks[s].attn[sets[s].attn_layers[i]] = 1;
+        for (int i = 0; i < sets[s].n_mlp; i++) masks[s].mlp[sets[s].mlp_layers[i]] = 1;
+    }
+    if (c.ablation_kind == ABLATE_MEAN) {
+        if (component_means_read(&run, &m.cfg, &means[0], &means[1], &err)) goto out;
+        for (int s = 0; s < n_sets; s++) masks[s].attn_mean = means[0], masks[s].mlp_mean = means[1];
+    }
+    run_generation_path(&run, path, sizeof path, variant, "baseline");
+    if (!path_exists(path)) {
+        err_input(&err, "no baseline generations for variant %s in run %s: run generate first", variant, run.id);
+        goto out;
+    }
+    if (generations_read(path, &recs, &n_recs, &err)) goto out;
+    run_path(&run, path, sizeof path, ART_EVENTS);
+    if (!path_exists(path)) {
+        err_input(&err, "no events in run %s: run detect-events first", run.id);
+        goto out;
+    }
+    if (csv_read(path, &events, &err)) goto out;
+    int kc = csv_col(&events, "kind"), vc = csv_col(&events, "variant"), cc = csv_col(&events, "condition");
+    int pc = csv_col(&events, "problem_id"), sc = csv_col(&events, "sample"), oc = csv_col(&events, "token_offset");
+    if (kc < 0 || vc < 0 || cc < 0 || pc < 0 || sc < 0 || oc < 0) {
+        err_input(&err, "%s: missing columns (run detect-events again)", path);
+        goto out;
+    }
+    for (int r = 0; r < n_recs; r++)
+        if (recs[r].prompt_tokens + recs[r].n_completion > max_tokens) max_tokens = recs[r].prompt_tokens + recs[r].n_completion;
+    if (forcer_init(&f, &m, 1, max_tokens, COLLATERAL_CHUNK, &err)) goto out;
+    logits = xmalloc((size_t)COLLATERAL_CHUNK * m.cfg.vocab_size * sizeof *logits);
+    nll = xcalloc((size_t)(n_recs + 1) * (n_sets + 1), sizeof *nll);
+    tokens_kept = xcalloc((size_t)n_recs + 1, sizeof *tokens_kept);
+    int *cluster = xcalloc((size_t)n_recs + 1, sizeof *cluster);
+    TokenList prompt = {0};
+    int rc = 0;
+    for (int r = 0; r < n_recs && rc == 0; r++) {
+        const GenRecord *rec = &recs[r];
+        cluster[r] = cluster_of(&cl, rec->problem_id);
+        prompt.n = 0;
+        if ((rc = tokenizer_encode(tok, rec->prompt, strlen(rec->prompt), &prompt, &err))) break;
+        if (prompt.n != rec->prompt_tokens) {
+            rc = err_input(&err, "problem %s: the prompt now encodes to %d tokens, the record says %d (tokenizer changed?)",
+                           rec->problem_id, prompt.n, rec->prompt_tokens);
+            break;
+        }
+        int n_tokens = prompt.n + rec->n_completion, first_read = prompt.n - 1;
+        int *ids = xmalloc((size_t)(n_tokens + 1) * sizeof *ids);
+        for (int t = 0; t < prompt.n; t++) ids[t] = prompt.v[t].id;
+        memcpy(ids + prompt.n, rec->completion_ids, (size_t)rec->n_completion * sizeof *ids);
+        unsigned char *onset = xcalloc((size_t)rec->n_completion + 1, 1); // (n_completion) reads that predict an event
+        for (int e = 0; e < events.n_rows; e++) {
+            long long k, sample;
+            if (strcmp(csv_cell(&events, e, kc), "event") || strcmp(csv_cell(&events, e, vc), variant) ||
+                strcmp(csv_cell(&events, e, cc), "baseline") || strcmp(csv_cell(&events, e, pc), rec->problem_id) ||
+                csv_cell_int(&events, e, sc, 0, INT32_MAX, &sample) || sample != rec->sample)
+                continue;
+            if (csv_cell_int(&events, e, oc, 0, rec->n_completion - 1, &k)) {
+                rc = err_input(&err, "%s:%d: token_offset '%s' does not fit its completion (run detect-events again)", path,
+                               e + 2, csv_cell(&events, e, oc));
+                break;
+            }
+            onset[k] = 1;
+        }
+        for (int k = 0; k < rec->n_completion; k++) tokens_kept[r] += !onset[k];
+        for (int s = 0; s <= n_sets && rc == 0; s++)
+            rc = completion_nll(&f, ids, n_tokens, first_read, onset, s ? &masks[s - 1] : NULL, logits,
+                                &nll[(size_t)r * (n_sets + 1) + s], &err);
+        free(ids);
+        free(onset);
+        if ((r + 1) % 16 == 0 || r + 1 == n_recs) progress("collateral-damage: %d/%d completions\n", r + 1, n_recs);
+    }
+    tokens_free(&prompt);
+    buf_puts(&csv, "run_id,variant,condition,attn_layers,mlp_layers,completions,tokens,nll_clean,nll_ablated,nll_increase,"
+                   "ci_lo,ci_hi\n");
+    double *increase = xcalloc((size_t)cl.n_clusters + 1, sizeof *increase), *kept = xcalloc((size_t)cl.n_clusters + 1, sizeof *kept);
+    for (int s = 0; s < n_sets && rc == 0; s++) {
+        Condition cond = {s ? COND_RANDOM : COND_TARGETED, s};
+        char name[64];
+        condition_format(&cond, name, sizeof name);
+        double total_clean = 0, total_ablated = 0, total_tokens = 0;
+        memset(increase, 0, (size_t)cl.n_clusters * sizeof *increase);
+        memset(kept, 0, (size_t)cl.n_clusters * sizeof *kept);
+        for (int r = 0; r < n_recs; r++) {
+            double clean = nll[(size_t)r * (n_sets + 1)], ablated = nll[(size_t)r * (n_sets + 1) + s + 1];
+            increase[cluster[r]] += ablated - clean, kept[cluster[r]] += tokens_kept[r];
+            total_clean += clean, total_ablated += ablated, total_tokens += tokens_kept[r];
+        }
+        CollateralCtx x = {increase, kept, cl.n_clusters};
+        Interval ci = cluster_bootstrap95(stat_collateral, &x, cl.n_clusters, STAT_RESAMPLES,
+                                          seed_mix(seed_mix((uint64_t)c.seed, 0xC011A7), (uint64_t)s), 0, NULL);
+        buf_printf(&csv, "%s,", run.id);
+        buf_csv_field(&csv, variant, strlen(variant));
+        buf_printf(&csv, ",%s,", name);
+        for (int i = 0; i < sets[s].n_attn; i++) buf_printf(&csv, "%s%d", i ? " " : "", sets[s].attn_layers[i]);
+        buf_putc(&csv, ',');
+        for (int i = 0; i < sets[s].n_mlp; i++) buf_printf(&csv, "%s%d", i ? " " : "", sets[s].mlp_layers[i]);
+        buf_printf(&csv, ",%d,%.0f", n_recs, total_tokens);
+        put_num(&csv, total_tokens > 0 ? total_clean / total_tokens : NAN);
+        put_num(&csv, total_tokens > 0 ? total_ablated / total_tokens : NAN);
+        put_interval(&csv, ci);
+        buf_putc(&csv, '\n');
+    }
+    free(increase);
+    free(kept);
+    free(cluster);
+    run_path(&run, path, sizeof path, ART_COLLATERAL);
+    if (rc == 0 && write_file_atomic(path, csv.data, csv.len, &err) == 0)
+        printf("collateral-damage: %d completions of %s under %d ablation sets\n", n_recs, variant, n_sets);
+out:
+    for (int s = 0; s < n_sets; s++) {
+        layer_set_free(&sets[s]);
+        free(masks[s].attn);
+        free(masks[s].mlp);
+    }
+    free(sets);
+    free(masks);
+    free(means[0]);
+    free(means[1]);
+    free(logits);
+    free(nll);
+    free(tokens_kept);
+    forcer_free(&f);
+    generations_free(recs, n_recs);
+    csv_free(&events);
+    clusters_free(&cl);
+    if (tok) tokenizer_free(tok);
+    if (loaded) model_free(&m);
+    buf_free(&csv);
     config_free(&c);
     return err.msg[0] ? fail(&err) : 0;
 }

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <time.h>
 #include <unistd.h>
 #ifdef _OPENMP
@@ -193,9 +194,11 @@ static const ConfigKey config_keys[] = {
     {"ablation", "top_k_attn", KEY_INT, "4", 0, 4096, NULL, FIELD(top_k_attn), 0},
     {"ablation", "top_k_mlp", KEY_INT, "2", 0, 4096, NULL, FIELD(top_k_mlp), 0},
     {"ablation", "max_events", KEY_INT, "100", 1, 1000000, NULL, FIELD(ablation_max_events), 0},
+    {"ablation", "random_draws", KEY_INT, "3", 1, MAX_RANDOM_DRAWS, NULL, FIELD(random_draws), 0},
     {"hypotheses", "alpha", KEY_FLOAT, "0.05", 1e-12, 0.5, NULL, FIELD(alpha), 0},
     {"hypotheses", "h1_min_relative_drop", KEY_FLOAT, "0.5", 0, 1, NULL, FIELD(h1_min_relative_drop), 0},
     {"hypotheses", "h2_min_rate_ratio", KEY_FLOAT, "2.0", 1, 1e9, NULL, FIELD(h2_min_rate_ratio), 0},
+    {"hypotheses", "max_collateral_nll", KEY_FLOAT, "0.5", 0, 1e9, NULL, FIELD(max_collateral_nll), 0},
     {"report", "path", KEY_STRING, "reports/backtracking_state_transition_report.md", 0, 0, NULL, FIELD(report_path), 0},
     {"report", "figures_dir", KEY_STRING, "figures", 0, 0, NULL, FIELD(figures_dir), 0},
 };
@@ -508,6 +511,48 @@ void run_path(const Run *run, char *out, size_t n, const char *rel) { snprintf(o
 
 void run_generation_path(const Run *run, char *out, size_t n, const char *variant, const char *condition) {
     snprintf(out, n, "%s/generations/%s/%s.jsonl", run->dir, variant, condition);
+}
+
+// Canonical order of conditions within a variant: baseline, targeted, random draws in order, others by name.
+static int cmp_condition_file(const void *a, const void *b) {
+    const char *x = *(const char *const *)a, *y = *(const char *const *)b;
+    Condition cx, cy;
+    int kx = condition_parse(x, &cx) ? N_CONDITIONS : cx.kind, ky = condition_parse(y, &cy) ? N_CONDITIONS : cy.kind;
+    if (kx != ky) return kx - ky;
+    if (kx == COND_RANDOM && cx.draw != cy.draw) return cx.draw - cy.draw;
+    return strcmp(x, y);
+}
+
+int run_generation_files(const Config *c, const Run *run, char ***paths, Err *err) {
+    (void)err;
+    char **out = NULL;
+    int n = 0;
+    for (int v = 0; v < c->n_variant_defs; v++) {
+        char dir[1200];
+        snprintf(dir, sizeof dir, "%s/generations/%s", run->dir, c->variant_defs[v].name);
+        DIR *d = opendir(dir);
+        if (!d) continue;
+        char **names = NULL;
+        int n_names = 0;
+        for (struct dirent *e; (e = readdir(d));) {
+            size_t len = strlen(e->d_name);
+            if (len <= 6 || strcmp(e->d_name + len - 6, ".jsonl") != 0 || memchr(e->d_name, '.', len - 6)) continue;
+            names = xrealloc(names, (size_t)(n_names + 1) * sizeof *names);
+            names[n_names++] = xstrndup(e->d_name, len - 6); // a condition: no dot (not a sidecar or shard)
+        }
+        closedir(d);
+        qsort(names, (size_t)n_names, sizeof *names, cmp_condition_file);
+        for (int i = 0; i < n_names; i++) {
+            char path[1200];
+            run_generation_path(run, path, sizeof path, c->variant_defs[v].name, names[i]);
+            out = xrealloc(out, (size_t)(n + 1) * sizeof *out);
+            out[n++] = xstrdup(path);
+            free(names[i]);
+        }
+        free(names);
+    }
+    *paths = out;
+    return n;
 }
 
 int run_current(const Config *c, Run *run, Err *err) {
@@ -1035,6 +1080,7 @@ int cmd_run(int argc, char **argv) {
         {cmd_ablation_scan, {"ablation-scan", "--variant", variant}},
         {cmd_generate, {"generate", "--condition", "targeted_ablation", "--variant"}},
         {cmd_generate, {"generate", "--condition", "random_ablation", "--variant"}},
+        {cmd_collateral_damage, {"collateral-damage", "--variant", variant}},
         {cmd_detect_events, {"detect-events"}},
         {cmd_compare_conditions, {"compare-conditions", "--variant", variant}},
         {cmd_formatting_sweep, {"formatting-sweep"}},
@@ -1084,6 +1130,7 @@ static const Command commands[] = {
     {"detect-events", cmd_detect_events, "find backtracking events and position-matched controls"},
     {"logit-lens", cmd_logit_lens, "onset-token logit, log-prob and rank by layer"},
     {"ablation-scan", cmd_ablation_scan, "effect of ablating each layer's attention and MLP"},
+    {"collateral-damage", cmd_collateral_damage, "NLL the ablations add to the baseline text (specificity)"},
     {"compare-conditions", cmd_compare_conditions, "baseline vs targeted vs random ablation"},
     {"formatting-sweep", cmd_formatting_sweep, "backtracking across prompt formats"},
     {"make-report", cmd_make_report, "write the markdown report with hypothesis verdicts"},
@@ -1102,7 +1149,7 @@ static void print_help(void) {
     printf("bt %s: the backtracking state-transition pipeline\n\nusage: bt COMMAND [flags]   (bt COMMAND --help for its flags)\n\n", BT_VERSION);
     printf("pipeline stages:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
-        if (i == 10) printf("\ninspection and tools:\n");
+        if (strcmp(commands[i].name, "model-info") == 0) printf("\ninspection and tools:\n");
         printf("  %-19s %s\n", commands[i].name, commands[i].summary);
     }
     printf("\n--config defaults to %s. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or input.\n", BT_DEFAULT_CONFIG);

@@ -1,7 +1,7 @@
 // bt: the backtracking state-transition pipeline in C.
 // One header for the whole program: data structures first, then the functions
-// each source file provides, in the order bt.c, io.c, tokenizer.c, model.c,
-// analysis.c, report.c.
+// each source file provides, in the order a reader goes: io.c, bt.c, tokenizer.c,
+// model.c, generate.c, analysis.c, report.c, organism.c, bench.c.
 #ifndef BT_H
 #define BT_H
 
@@ -91,6 +91,7 @@ int csv_read(const char *path, Csv *t, Err *err); // rows with another field cou
 void csv_free(Csv *t);
 int csv_col(const Csv *t, const char *name);      // column index, -1 if absent
 const char *csv_cell(const Csv *t, int row, int col); // row 0 = first data row
+int csv_cell_int(const Csv *t, int row, int col, long long lo, long long hi, long long *out); // -1 unless an integer in range
 
 // ----------------------------------------------------------------------------
 // JSON reading, jsmn-style (io.c): one flat array of tokens that are spans over
@@ -163,6 +164,7 @@ static inline double rng_normal(Rng *r) { // Box-Muller
 enum { SOURCE_GSM8K, SOURCE_BUILTIN };
 enum { ABLATE_ZERO, ABLATE_MEAN };
 enum { SCOPE_ALL, SCOPE_ONSET };
+#define MAX_RANDOM_DRAWS 100 // [ablation] random_draws at most
 
 typedef struct {
     char *name;          // from the section name [variant.NAME]
@@ -205,8 +207,10 @@ typedef struct {
     int ablation_scope; // SCOPE_*
     int top_k_attn, top_k_mlp;
     int ablation_max_events;
+    int random_draws;   // shape-matched random layer sets, each its own condition
     // [hypotheses]
     double alpha, h1_min_relative_drop, h2_min_rate_ratio;
+    double max_collateral_nll; // nats per token an ablation may add to the baseline text before H1 distrusts it
     // [report]
     char *report_path;
     char *figures_dir;
@@ -259,6 +263,8 @@ void progress(const char *fmt, ...) __attribute__((format(printf, 1, 2))); // st
 #define ART_META "meta.json"
 #define ART_EVENTS "analysis/backtracking_events.csv"
 #define ART_SUMMARY "analysis/summary_metrics.json"
+#define ART_COMPLETIONS "analysis/completions.csv"
+#define ART_COLLATERAL "analysis/collateral_damage.csv"
 #define ART_LOGIT_LENS "analysis/logit_lens.csv"
 #define ART_ABLATION "analysis/ablation_importance.csv"
 #define ART_SELECTED "analysis/selected_layers.json"
@@ -277,6 +283,9 @@ int run_current(const Config *c, Run *run, Err *err);  // reads runs/.current_ru
 int stage_open(int argc, char **argv, Opt *opts, Config *c, Run *run, int *exit_code);
 void run_path(const Run *run, char *out, size_t n, const char *rel); // runs/<id>/<rel>
 void run_generation_path(const Run *run, char *out, size_t n, const char *variant, const char *condition);
+// Every generation file of the run: variant by variant in the config's order, and within a
+// variant baseline, targeted_ablation, random_ablation_1.., then other conditions by name.
+int run_generation_files(const Config *c, const Run *run, char ***paths, Err *err);
 
 // ----------------------------------------------------------------------------
 // Problems (bt.c)
@@ -536,8 +545,16 @@ double log_prob(const float *logits, int vocab, int token, int *rank); // log-so
 // completion in runs/<id>/generations/<variant>/<condition>.jsonl.
 
 enum { COND_BASELINE, COND_TARGETED, COND_RANDOM, N_CONDITIONS };
-extern const char *const condition_names[N_CONDITIONS]; // "baseline", "targeted_ablation", "random_ablation"
-int condition_index(const char *name);                 // -1 if not a condition
+
+// A condition and its name: "baseline", "targeted_ablation", "random_ablation_K" (draw K,
+// 1-based; draw 0 = every draw, named "random_ablation", only as a --condition).
+typedef struct {
+    int kind; // COND_*
+    int draw; // COND_RANDOM: 1 .. random_draws, or 0 for all
+} Condition;
+
+int condition_parse(const char *name, Condition *out); // -1 if not a condition name
+void condition_format(const Condition *c, char *out, size_t n);
 
 // Temperature, then top-k, then top-p: the order of Hugging Face's logits processors.
 typedef struct {
@@ -612,6 +629,9 @@ typedef struct {
     int start, end; // byte range in the text
 } TriggerHit;
 
+// Opportunities to backtrack: sentence boundaries ('.', '!' or '?' then white space, or a line
+// break) with more text after them. A completion "reasons" when its thinking part has one.
+int count_sentence_ends(const char *text, size_t n);
 // Case-sensitive whole-word trigger matches, earliest first, no overlaps.
 int find_triggers(const char *text, size_t n, char *const *triggers, int n_triggers, TriggerHit *hits, int max_hits);
 
@@ -660,6 +680,23 @@ Interval bootstrap_ratio95(const double *x, int nx, const double *y, int ny, int
 double permutation_p(const double *x, int nx, const double *y, int ny, int n_permutations, uint64_t seed);
 
 
+// P(X >= k) for X ~ Binomial(n, p), summed exactly in logs; 1 when k = 0, NaN for bad arguments.
+double binomial_tail_p(long long k, long long n, double p);
+// Exact one-sided McNemar test on paired yes/no outcomes: b pairs went yes -> no, c went
+// no -> yes; the p-value of "the change lowers the rate", P(X >= b), X ~ Binomial(b + c, 1/2).
+double mcnemar_p(long long b, long long c);
+// Holm's step-down adjustment of n p-values (NaN entries are left out and stay NaN).
+void holm_adjust(const double *p, int n, double *adjusted);
+// Percentile bootstrap over clusters (e.g. problems, whose completions are not independent):
+// each resample draws n_clusters clusters with replacement and calls stat with weights[c] =
+// the times cluster c was drawn (all 1 for the estimate). Resamples where stat is NaN are
+// left out. share_at_least (or NULL) receives (1 + #{stat* >= threshold}) / (1 + resamples),
+// a one-sided bootstrap p-value for "the statistic is below threshold".
+typedef double (*ClusterStat)(const void *ctx, const int *weights);
+Interval cluster_bootstrap95(ClusterStat stat, const void *ctx, int n_clusters, int n_resamples, uint64_t seed,
+                             double threshold, double *share_at_least);
+double normal_quantile(double q); // the standard normal quantile (probit)
+
 // Ablation design: Layers an ablation condition removes (selected_layers.json, random_layers.json).
 typedef struct {
     int kind;            // ABLATE_ZERO or ABLATE_MEAN
@@ -672,8 +709,11 @@ typedef struct {
 int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err);
 void layer_set_free(LayerSet *s);
 void layer_set_json(Buf *b, const LayerSet *s); // {"kind": ..., "attn_layers": [...], "mlp_layers": [...]}
-// As many attention and MLP layers as targeted has, none of them targeted, drawn from the run seed.
-int draw_random_layers(const LayerSet *targeted, int n_layers, long long seed, LayerSet *out, Err *err);
+// n_draws sets of as many attention and MLP layers as targeted has, none of them targeted,
+// drawn from the run seed; distinct sets while the model has that many.
+int draw_random_layers(const LayerSet *targeted, int n_layers, long long seed, int n_draws, LayerSet *draws, Err *err);
+// The design ablation-scan wrote: draw 0 = the targeted (selected) layers, d >= 1 = random draw d.
+int ablation_design_read(const Run *run, int n_layers, int draw, LayerSet *set, Err *err);
 // analysis/component_means.json: each component's mean output, (n_layers, hidden) each.
 int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mean, float **mlp_mean, Err *err);
 
@@ -763,10 +803,10 @@ int fig_ablation_importance(const char *path, int n_layers, const CiSeries *attn
 // Backtracking rate per condition (baseline, targeted_ablation, random_ablation): bt_k[i] of n[i].
 int fig_rate_by_condition(const char *path, const char *const *conditions, const long long *bt_k,
                           const long long *n, int n_conditions, const char *note, Err *err);
-// Formatting sweep: per variant the backtracking rate bt_k[i] / n[i] and, when correct is not
-// NULL, the accuracy correct[i] / n[i] beside it.
-int fig_formatting_effect(const char *path, const char *const *variants, const long long *bt_k, const long long *n,
-                          const long long *correct, int n_variants, const char *note, Err *err);
+// Formatting sweep: per variant the backtracking rate of the completions that reason
+// (reasoning_bt[i] of reasoning[i]) and the share that reason (reasoning[i] of n[i]).
+int fig_formatting_effect(const char *path, const char *const *variants, const long long *reasoning_bt,
+                          const long long *reasoning, const long long *n, int n_variants, const char *note, Err *err);
 
 // ----------------------------------------------------------------------------
 // Organism (organism.c): the embedded planted-mechanism model. A Qwen2 directory
@@ -810,6 +850,7 @@ int cmd_detect_events(int argc, char **argv);
 int cmd_logit_lens(int argc, char **argv);
 int cmd_ablation_scan(int argc, char **argv);
 int cmd_compare_conditions(int argc, char **argv);
+int cmd_collateral_damage(int argc, char **argv);
 int cmd_formatting_sweep(int argc, char **argv);
 int cmd_make_report(int argc, char **argv);
 int cmd_run(int argc, char **argv);

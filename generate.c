@@ -16,44 +16,36 @@
 // ----------------------------------------------------------------------------
 // Conditions: what a generation file was generated under.
 
-const char *const condition_names[N_CONDITIONS] = {"baseline", "targeted_ablation", "random_ablation"};
-
-int condition_index(const char *name) {
-    for (int i = 0; name && i < N_CONDITIONS; i++)
-        if (strcmp(name, condition_names[i]) == 0) return i;
+int condition_parse(const char *name, Condition *out) {
+    static const char *const kinds[N_CONDITIONS] = {"baseline", "targeted_ablation", "random_ablation"};
+    *out = (Condition){-1, 0};
+    for (int k = 0; name && k < N_CONDITIONS; k++) {
+        size_t n = strlen(kinds[k]);
+        if (strncmp(name, kinds[k], n) != 0) continue;
+        if (name[n] == 0) return *out = (Condition){k, 0}, 0;
+        char *end;
+        long draw = k == COND_RANDOM && name[n] == '_' ? strtol(name + n + 1, &end, 10) : 0;
+        if (draw >= 1 && draw <= MAX_RANDOM_DRAWS && *end == 0 && name[n + 1] != '0')
+            return *out = (Condition){k, (int)draw}, 0;
+    }
     return -1;
 }
 
-// The layers a condition ablates (none for baseline) and its AblationMask; the random set
-// is drawn once per run from the run seed and kept in the run, so a resume reuses it.
-static int condition_mask(const Config *c, const Run *run, const Model *m, int condition, LayerSet *set,
+void condition_format(const Condition *c, char *out, size_t n) {
+    static const char *const kinds[N_CONDITIONS] = {"baseline", "targeted_ablation", "random_ablation"};
+    if (c->kind == COND_RANDOM && c->draw > 0) snprintf(out, n, "%s_%d", kinds[c->kind], c->draw);
+    else snprintf(out, n, "%s", kinds[c->kind]);
+}
+
+// The layers a condition ablates (none for baseline) and its AblationMask, from the
+// ablation design ablation-scan wrote into the run.
+static int condition_mask(const Config *c, const Run *run, const Model *m, const Condition *cond, LayerSet *set,
                           AblationMask *mask, float **means, Err *err) {
     memset(set, 0, sizeof *set);
     memset(mask, 0, sizeof *mask);
-    if (condition == COND_BASELINE) return 0;
+    if (cond->kind == COND_BASELINE) return 0;
     int n_layers = m->cfg.n_layers;
-    char selected[1200], random_path[1200];
-    run_path(run, selected, sizeof selected, ART_SELECTED);
-    run_path(run, random_path, sizeof random_path, ART_RANDOM_LAYERS);
-    if (!path_exists(selected)) return err_input(err, "no %s in run %s: run ablation-scan first", ART_SELECTED, run->id);
-    if (condition == COND_TARGETED) {
-        if (layer_set_read(selected, n_layers, set, err)) return -1;
-    } else if (path_exists(random_path)) {
-        if (layer_set_read(random_path, n_layers, set, err)) return -1;
-    } else {
-        LayerSet targeted;
-        if (layer_set_read(selected, n_layers, &targeted, err)) return -1;
-        int rc = draw_random_layers(&targeted, n_layers, c->seed, set, err);
-        layer_set_free(&targeted);
-        if (rc) return -1;
-        set->kind = c->ablation_kind;
-        Buf b = {0};
-        layer_set_json(&b, set);
-        buf_putc(&b, '\n');
-        rc = write_file_atomic(random_path, b.data, b.len, err);
-        buf_free(&b);
-        if (rc) return -1;
-    }
+    if (ablation_design_read(run, n_layers, cond->kind == COND_RANDOM ? cond->draw : 0, set, err)) return -1;
     set->kind = c->ablation_kind;
     mask->kind = c->ablation_kind;
     mask->attn = xcalloc((size_t)n_layers, 1);
@@ -466,17 +458,17 @@ static int record_finished(void *ctx, int i, Err *err) {
 
 // Generates every missing completion of one variant under one condition.
 static int generate_variant(const Config *c, const Run *run, const Model *m, const Tokenizer *tok,
-                            const Problem *problems, int n_problems, const Variant *variant, int condition,
+                            const Problem *problems, int n_problems, const Variant *variant, const char *condition,
                             const AblationMask *mask, const LayerSet *set, Err *err) {
     char path[1200], timing_path[1300];
-    run_generation_path(run, path, sizeof path, variant->name, condition_names[condition]);
+    run_generation_path(run, path, sizeof path, variant->name, condition);
     snprintf(timing_path, sizeof timing_path, "%.*s.timing.jsonl", (int)(strlen(path) - 6), path);
     char **done_ids;
     int *done_samples, n_done;
     if (resume_scan(path, &done_ids, &done_samples, &n_done, err)) return -1;
     // The work list: every (problem, sample) without a record, in order.
     int n_total = n_problems * c->samples_per_problem;
-    RecordWriter w = {.c = c, .problems = problems, .variant = variant->name, .condition = condition_names[condition],
+    RecordWriter w = {.c = c, .problems = problems, .variant = variant->name, .condition = condition,
                       .tok = tok, .set = set, .thinking_open = prompt_thinking_open(variant->template_text),
                       .n_done_before = n_done, .path = path, .timing_path = timing_path};
     w.jobs = xcalloc((size_t)n_total + 1, sizeof *w.jobs);
@@ -612,7 +604,8 @@ int generations_read(const char *path, GenRecord **out, int *n_out, Err *err) {
 // Commands: generate, generate-ids
 
 int cmd_generate(int argc, char **argv) {
-    Opt opts[] = {OPT_CONFIG, OPT("--condition", 1, "baseline | targeted_ablation | random_ablation"),
+    Opt opts[] = {OPT_CONFIG,
+                  OPT("--condition", 1, "baseline | targeted_ablation | random_ablation (every draw) | random_ablation_K"),
                   OPT("--variant", 1,
                       "one variant (default: every [generation] variant for baseline, [logit_lens] variant otherwise)"),
                   OPT_END};
@@ -621,17 +614,20 @@ int cmd_generate(int argc, char **argv) {
     Run run;
     int exit_code;
     if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
-    int condition = condition_index(opt_str(opts, "--condition", NULL));
+    Condition cond;
+    const char *condition = opt_str(opts, "--condition", NULL);
     Model m = {0};
     Tokenizer *tok = NULL;
     Problem *problems = NULL;
     int n_problems = 0, loaded = 0;
-    LayerSet set = {0};
-    AblationMask mask = {0};
-    float *means[2] = {NULL, NULL};
     const char *one = opt_str(opts, "--variant", NULL);
-    if (condition < 0) {
-        err_input(&err, "generate: --condition must be baseline, targeted_ablation or random_ablation");
+    if (condition_parse(condition, &cond)) {
+        err_input(&err, "generate: --condition must be baseline, targeted_ablation, random_ablation or random_ablation_K "
+                        "(K = 1 .. [ablation] random_draws)");
+        goto out;
+    }
+    if (cond.kind == COND_RANDOM && cond.draw > c.random_draws) {
+        err_input(&err, "generate: --condition %s: %s has [ablation] random_draws = %d", condition, c.file, c.random_draws);
         goto out;
     }
     if (one && !config_variant(&c, one)) {
@@ -649,22 +645,31 @@ int cmd_generate(int argc, char **argv) {
     loaded = 1;
     snprintf(path, sizeof path, "%s/tokenizer.json", c.model_path);
     if (tokenizer_load(&tok, path, &err)) goto out;
-    if (condition_mask(&c, &run, &m, condition, &set, &mask, means, &err)) goto out;
-    const AblationMask *row_mask = condition == COND_BASELINE ? NULL : &mask;
-    // Baseline generates every configured variant unless one is named; ablations the lens variant.
-    int n_gen = one || condition != COND_BASELINE ? 1 : c.n_variants;
-    for (int v = 0; v < n_gen; v++) {
-        const char *name = one ? one : condition == COND_BASELINE ? c.variants[v] : c.lens_variant;
-        if (generate_variant(&c, &run, &m, tok, problems, n_problems, config_variant(&c, name), condition, row_mask,
-                             &set, &err))
-            goto out;
+    // random_ablation alone means every draw; baseline every configured variant unless one is named.
+    int first_draw = cond.kind == COND_RANDOM ? (cond.draw ? cond.draw : 1) : 0;
+    int last_draw = cond.kind == COND_RANDOM ? (cond.draw ? cond.draw : c.random_draws) : 0;
+    for (int draw = first_draw; draw <= last_draw; draw++) {
+        Condition this = {cond.kind, draw};
+        char name[64];
+        condition_format(&this, name, sizeof name);
+        LayerSet set = {0};
+        AblationMask mask = {0};
+        float *means[2] = {NULL, NULL};
+        int rc = condition_mask(&c, &run, &m, &this, &set, &mask, means, &err);
+        int n_gen = one || cond.kind != COND_BASELINE ? 1 : c.n_variants;
+        for (int v = 0; v < n_gen && rc == 0; v++) {
+            const char *variant = one ? one : cond.kind == COND_BASELINE ? c.variants[v] : c.lens_variant;
+            rc = generate_variant(&c, &run, &m, tok, problems, n_problems, config_variant(&c, variant), name,
+                                  cond.kind == COND_BASELINE ? NULL : &mask, &set, &err);
+        }
+        free(mask.attn);
+        free(mask.mlp);
+        free(means[0]);
+        free(means[1]);
+        layer_set_free(&set);
+        if (rc) goto out;
     }
 out:
-    free(mask.attn);
-    free(mask.mlp);
-    free(means[0]);
-    free(means[1]);
-    layer_set_free(&set);
     if (tok) tokenizer_free(tok);
     if (loaded) model_free(&m);
     problems_free(problems, n_problems);

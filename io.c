@@ -680,3 +680,13 @@ int csv_col(const Csv *t, const char *name) {
 }
 
 const char *csv_cell(const Csv *t, int row, int col) { return t->cells[(size_t)(row + 1) * (size_t)t->n_cols + (size_t)col]; }
+
+int csv_cell_int(const Csv *t, int row, int col, long long lo, long long hi, long long *out) {
+    const char *s = csv_cell(t, row, col);
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}

@@ -583,12 +583,12 @@ int fig_bt_vs_accuracy(const char *path, const char *const *groups, const long l
                        groups, n_groups, acc, 2, "no completions", err);
 }
 
-int fig_formatting_effect(const char *path, const char *const *variants, const long long *bt_k, const long long *n,
-                          const long long *correct, int n_variants, const char *note, Err *err) {
-    RateSeries rates[2] = {{"backtracking rate", BLUE, bt_k, n}, {"accuracy", GREEN, correct, n}};
+int fig_formatting_effect(const char *path, const char *const *variants, const long long *reasoning_bt,
+                          const long long *reasoning, const long long *n, int n_variants, const char *note, Err *err) {
+    RateSeries rates[2] = {{"backtracking rate of completions that reason", BLUE, reasoning_bt, reasoning},
+                           {"share of completions that reason", GREEN, reasoning, n}};
     return rate_figure(path, "Effect of output formatting on backtracking", note, "prompt variant",
-                       "proportion of completions", variants, n_variants, rates, correct ? 2 : 1, "no completions",
-                       err);
+                       "proportion of completions", variants, n_variants, rates, 2, "no completions", err);
 }
 
 int fig_logit_lens(const char *path, int n_layers, const CiSeries *events, int n_events, const CiSeries *controls,
@@ -939,17 +939,24 @@ static int draw_rate_figures(FigureOut *f, const Csv *conditions, int have_condi
     else snprintf(note, sizeof note, "run %s; compare-conditions has not run", f->run->id);
     int rc = fig_rate_by_condition(figure_start(f, FIG_RATE_BY_CONDITION), names, k, total, n, note, err);
     if (rc == 0) rc = figure_publish(f, err);
-    for (int v = 0; v < nv; v++) {
+    for (int v = 0; v < nv; v++) { // correct holds the reasoning completions here
         names[v] = cell(formatting, v, "variant");
-        k[v] = (long long)cell_num(formatting, v, "with_backtracking");
+        k[v] = (long long)cell_num(formatting, v, "reasoning_with_backtracking");
+        correct[v] = (long long)cell_num(formatting, v, "reasoning");
         total[v] = (long long)cell_num(formatting, v, "completions");
-        correct[v] = (long long)cell_num(formatting, v, "correct");
     }
-    if (nv)
-        snprintf(note, sizeof note, "run %s; chi-square across variants %.3g (df %d), p = %.3g", f->run->id,
-                 cell_num(formatting, 0, "chi2_stat"), (int)cell_num(formatting, 0, "chi2_df"), cell_num(formatting, 0, "chi2_p"));
+    double ratio = nv ? cell_num(formatting, 0, "h2_ratio") : NAN;
+    if (nv && isfinite(ratio))
+        snprintf(note, sizeof note, "run %s; per opportunity, <think> open vs not: ratio %.3g, p = %.3g; Wilson 95%% CI",
+                 f->run->id, ratio, cell_num(formatting, 0, "h2_p"));
+    else if (nv && isinf(ratio))
+        snprintf(note, sizeof note, "run %s; per opportunity, no backtracking without <think> open (p = %.3g); Wilson 95%% CI",
+                 f->run->id, cell_num(formatting, 0, "h2_p"));
+    else if (nv)
+        snprintf(note, sizeof note, "run %s; no completions that reason on one side of <think> open vs not; Wilson 95%% CI",
+                 f->run->id);
     else snprintf(note, sizeof note, "run %s; formatting-sweep has not run", f->run->id);
-    if (rc == 0) rc = fig_formatting_effect(figure_start(f, FIG_FORMATTING), names, k, total, correct, nv, note, err);
+    if (rc == 0) rc = fig_formatting_effect(figure_start(f, FIG_FORMATTING), names, k, correct, total, nv, note, err);
     if (rc == 0) rc = figure_publish(f, err);
     free(names), free(k), free(total), free(correct);
     return rc;
@@ -957,6 +964,222 @@ static int draw_rate_figures(FigureOut *f, const Csv *conditions, int have_condi
 
 typedef enum { SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE } Verdict;
 static const char *const verdict_names[] = {"supported", "not supported", "inconclusive"};
+
+// One hypothesis: its verdict, the p-value of the test whose rejection supports it (raw and
+// Holm-adjusted over the hypotheses tested), and the numbers behind it in words.
+typedef struct {
+    const char *name;    // "H1 (localized trigger)"
+    Verdict verdict;
+    double p_raw, p_adj; // NaN when the test could not run
+    int decided_by_p;    // supported needs p_adj < alpha as well as the effect: decided after Holm
+    long long n;         // the sample behind p, for what a larger one would take
+    const char *unit;    // what n counts
+    Buf why, needed;     // the evidence; when inconclusive, what a larger experiment would take
+} Hypothesis;
+
+// Completions per condition at which an interval [.., bound] around est would end at target,
+// taking half-widths to shrink as 1/sqrt(n); 0 when target is not between est and bound.
+static long long completions_needed(long long n, double est, double bound, double target) {
+    if (!(isfinite(est) && isfinite(bound)) || (target - est) * (bound - est) <= 0 || fabs(target - est) >= fabs(bound - est))
+        return 0;
+    double k = (bound - est) / (target - est);
+    return (long long)ceil((double)n * k * k);
+}
+
+// The same for a one-sided p-value: z grows as sqrt(n).
+static long long completions_needed_p(long long n, double p, double alpha) {
+    double z = normal_quantile(1 - p), z_need = normal_quantile(1 - alpha);
+    if (!(z > 0) || !isfinite(z) || p < alpha) return 0;
+    return (long long)ceil((double)n * (z_need / z) * (z_need / z));
+}
+
+static const char *condition_label(const Csv *t, int row) { return cell(t, row, "condition"); }
+
+// H1 (localized trigger) and H0 (diffuse/reroutable) from condition_comparison.csv.
+static void decide_ablation(const Config *c, const Csv *t, int have, Hypothesis *h1, Hypothesis *h0) {
+    double min_drop = c->h1_min_relative_drop;
+    int rb = have ? find_row(t, "condition", "baseline") : -1, rt = have ? find_row(t, "condition", "targeted_ablation") : -1;
+    if (rb < 0 || rt < 0) {
+        buf_puts(&h1->why, "The condition comparison has not run (run compare-conditions), so there is no causal test.");
+        buf_puts(&h0->why, "The condition comparison has not run.");
+        return;
+    }
+    long long n = (long long)cell_num(t, rb, "completions");
+    if (!(cell_num(t, rb, "with_backtracking") > 0)) {
+        buf_puts(&h1->why, "The baseline has no backtracking to remove, so no ablation can be tested.");
+        buf_puts(&h0->why, "The baseline has no backtracking to remove.");
+        return;
+    }
+    double d = cell_num(t, rt, "relative_drop_vs_baseline"), d_lo = cell_num(t, rt, "drop_ci_lo");
+    double d_hi = cell_num(t, rt, "drop_ci_hi"), p_tb = cell_num(t, rt, "p_vs_baseline");
+    double collateral = cell_num(t, rt, "collateral_nll"), collateral_hi = cell_num(t, rt, "collateral_ci_hi");
+    // H1: an intersection-union test, every part must hold, so its p-value is the largest.
+    double p_h1 = p_tb, worst_adv = INFINITY, worst_adv_hi = INFINITY, least_adv = INFINITY;
+    int n_draws = 0, worst = -1;
+    double p_h0 = cell_num(t, rt, "p_drop_at_least_min");
+    int reliable_set = d_lo >= min_drop ? rt : -1;
+    Buf draws = {0};
+    for (int r = 0; r < t->n_rows; r++) {
+        if (strncmp(condition_label(t, r), "random_ablation_", 16) != 0) continue;
+        n_draws++;
+        double p = cell_num(t, r, "p_targeted_vs_this"), adv = cell_num(t, r, "targeted_advantage");
+        double adv_hi = cell_num(t, r, "advantage_ci_hi"), dr = cell_num(t, r, "relative_drop_vs_baseline");
+        if (!(p <= p_h1)) p_h1 = p;
+        if (!(adv >= least_adv)) least_adv = adv;
+        if (adv_hi < worst_adv_hi || worst < 0) worst_adv_hi = adv_hi, worst_adv = adv, worst = r;
+        double p0 = cell_num(t, r, "p_drop_at_least_min");
+        if (!(p0 <= p_h0)) p_h0 = p0;
+        if (reliable_set < 0 && cell_num(t, r, "drop_ci_lo") >= min_drop) reliable_set = r;
+        buf_printf(&draws, "%s%s %.3g [%.3g, %.3g]", n_draws > 1 ? "; " : "", condition_label(t, r), dr,
+                   cell_num(t, r, "drop_ci_lo"), cell_num(t, r, "drop_ci_hi"));
+    }
+    Buf nums = {0};
+    buf_printf(&nums, "Targeted ablation removed %.3g [95%% CI %.3g, %.3g] of the baseline backtracking rate (%.3g) of %s "
+                      "(one-sided paired McNemar p = ", d, d_lo, d_hi, cell_num(t, rb, "backtracking_rate"),
+               cell(t, rt, "variant"));
+    fmt_p(&nums, p_tb);
+    buf_printf(&nums, "); the %d shape-matched random draws removed %s", n_draws, draws.data ? draws.data : "nothing");
+    if (worst >= 0) {
+        buf_printf(&nums, "; the targeted set's advantage over the least favourable draw (%s) is %.3g [%.3g, %.3g] (one-sided "
+                          "McNemar p = ", condition_label(t, worst), worst_adv, cell_num(t, worst, "advantage_ci_lo"), worst_adv_hi);
+        fmt_p(&nums, cell_num(t, worst, "p_targeted_vs_this"));
+        buf_puts(&nums, ")");
+    }
+    if (isnan(collateral)) buf_puts(&nums, "; collateral damage was not measured (run collateral-damage)");
+    else buf_printf(&nums, "; the targeted ablation adds %.3g [%.3g, %.3g] nats per token to the baseline text", collateral,
+                    cell_num(t, rt, "collateral_ci_lo"), collateral_hi);
+    buf_puts(&nums, ".");
+    h1->p_raw = p_h1, h1->decided_by_p = 1;
+    h0->p_raw = p_h0;
+    // H1: not supported on positive evidence only: the drop, or the advantage over some draw,
+    // is reliably below the pre-registered size.
+    if (d_hi < min_drop) {
+        h1->verdict = NOT_SUPPORTED;
+        buf_printf(&h1->why, "The targeted drop is reliably below %g (its upper bound is %.3g). %s", min_drop, d_hi, nums.data);
+    } else if (worst >= 0 && worst_adv_hi < min_drop) {
+        h1->verdict = NOT_SUPPORTED;
+        buf_printf(&h1->why, "The targeted set does no better than a random set of the same shape: its advantage over %s is "
+                             "reliably below %g. %s", condition_label(t, worst), min_drop, nums.data);
+    } else if (!(d >= min_drop)) {
+        buf_printf(&h1->why, "The drop is below %g but not reliably so. %s", min_drop, nums.data);
+        long long k = completions_needed(n, d, d_hi, min_drop);
+        if (k) buf_printf(&h1->needed, "About %lld completions per condition would put the drop's upper bound below %g.", k,
+                          min_drop);
+    } else if (!(least_adv >= min_drop)) {
+        buf_printf(&h1->why, "The targeted set's advantage over some random draw is below %g but not reliably so. %s",
+                   min_drop, nums.data);
+        long long k = completions_needed(n, worst_adv, worst_adv_hi, min_drop);
+        if (k) buf_printf(&h1->needed, "About %lld completions per condition would put that advantage's upper bound below %g.",
+                          k, min_drop);
+    } else if (isnan(collateral) || collateral > c->max_collateral_nll) {
+        buf_printf(&h1->why, "%s %s", isnan(collateral) ? "The drop reaches the pre-registered size, but without the collateral "
+                                                          "damage it cannot be told from a broken model."
+                                                        : "The drop reaches the pre-registered size, but the ablation also "
+                                                          "damages the model (more than [hypotheses] max_collateral_nll)."
+                   , nums.data);
+        h1->decided_by_p = 0;
+    } else {
+        h1->verdict = SUPPORTED; // provisional: decided_by_p, so it also needs the Holm-adjusted p below alpha
+        buf_printf(&h1->why, "%s", nums.data);
+    }
+    // H0: supported on positive evidence: every tested set's drop is reliably below the size.
+    if (reliable_set >= 0) {
+        h0->verdict = NOT_SUPPORTED;
+        buf_printf(&h0->why, "A small set reliably reduces backtracking: %s removes %.3g [%.3g, %.3g] of it, at least %g.",
+                   condition_label(t, reliable_set), cell_num(t, reliable_set, "relative_drop_vs_baseline"),
+                   cell_num(t, reliable_set, "drop_ci_lo"), cell_num(t, reliable_set, "drop_ci_hi"), min_drop);
+    } else {
+        h0->verdict = SUPPORTED; // provisional: needs the Holm-adjusted p below alpha
+        h0->decided_by_p = 1;
+        buf_printf(&h0->why, "The test is that every tested set (the targeted one and each random draw) removes less than %g "
+                             "of the backtracking (p = the largest bootstrap share of resamples at or above %g). %s",
+                   min_drop, min_drop, nums.data);
+        double worst_hi = d_hi, worst_est = d;
+        for (int r = 0; r < t->n_rows; r++)
+            if (strncmp(condition_label(t, r), "random_ablation_", 16) == 0 && cell_num(t, r, "drop_ci_hi") > worst_hi)
+                worst_hi = cell_num(t, r, "drop_ci_hi"), worst_est = cell_num(t, r, "relative_drop_vs_baseline");
+        long long k = completions_needed(n, worst_est, worst_hi, min_drop);
+        if (k) buf_printf(&h0->needed, "About %lld completions per condition would put every set's upper bound below %g.", k,
+                          min_drop);
+    }
+    h1->n = h0->n = n;
+    buf_free(&draws);
+    buf_free(&nums);
+}
+
+// H2 (format dependence) from formatting_summary.csv: backtracking per opportunity among
+// completions that reason, think-open variants against the others.
+static void decide_format(const Config *c, const Csv *t, int have, Hypothesis *h2) {
+    if (!have || t->n_rows == 0) {
+        buf_puts(&h2->why, "The formatting sweep has not run (run formatting-sweep).");
+        return;
+    }
+    int think = (int)cell_num(t, 0, "h2_think_reasoning"), no_think = (int)cell_num(t, 0, "h2_no_think_reasoning");
+    double ratio = cell_num(t, 0, "h2_ratio"), lo = cell_num(t, 0, "h2_ratio_ci_lo"), hi = cell_num(t, 0, "h2_ratio_ci_hi");
+    Buf nums = {0};
+    buf_printf(&nums, "Among completions that reason (a thinking part with a sentence end to backtrack after), variants that "
+                      "leave <think> open backtrack %.3g times per opportunity (%d completions) and the others %.3g (%d "
+                      "completions): a ratio of %.3g [95%% CI %.3g, %.3g], one-sided permutation p = ",
+               cell_num(t, 0, "h2_rate_think"), think, cell_num(t, 0, "h2_rate_no_think"), no_think, ratio, lo, hi);
+    fmt_p(&nums, cell_num(t, 0, "h2_p"));
+    buf_printf(&nums, " (labels permuted within problems). Criteria: ratio >= %g with Holm-adjusted p < %g (supported), or "
+                      "the ratio's upper bound below %g (not supported).", c->h2_min_rate_ratio, c->alpha, c->h2_min_rate_ratio);
+    if (think == 0 || no_think == 0) {
+        buf_printf(&h2->why, "No %s variant has a completion that reasons, so backtracking given reasoning cannot be compared "
+                             "across formats; whether a format makes the model reason at all is reported below, as its own "
+                             "finding.", think == 0 ? "think-open" : "no-think");
+        buf_free(&nums);
+        return;
+    }
+    h2->p_raw = cell_num(t, 0, "h2_p"), h2->n = think + no_think;
+    if (hi < c->h2_min_rate_ratio) {
+        h2->verdict = NOT_SUPPORTED;
+        buf_printf(&h2->why, "A format dependence of the pre-registered size is ruled out. %s", nums.data);
+    } else if (ratio >= c->h2_min_rate_ratio) {
+        h2->verdict = SUPPORTED, h2->decided_by_p = 1;
+        buf_printf(&h2->why, "%s", nums.data);
+    } else {
+        buf_printf(&h2->why, "The ratio is below %g but not reliably so. %s", c->h2_min_rate_ratio, nums.data);
+        long long k = completions_needed(think + no_think, ratio, hi, c->h2_min_rate_ratio);
+        if (k) buf_printf(&h2->needed, "About %lld reasoning completions in all would decide it.", k);
+    }
+    buf_free(&nums);
+}
+
+// Holm over the hypotheses that have a p-value; a provisional "supported" stands only when
+// its adjusted p is below alpha, and otherwise becomes inconclusive with what would decide it.
+static void holm_verdicts(const Config *c, Hypothesis *h, int n) {
+    double p[8], adj[8];
+    for (int i = 0; i < n; i++) p[i] = h[i].p_raw;
+    holm_adjust(p, n, adj);
+    for (int i = 0; i < n; i++) {
+        h[i].p_adj = adj[i];
+        if (h[i].verdict != SUPPORTED || !h[i].decided_by_p || adj[i] < c->alpha) continue;
+        h[i].verdict = INCONCLUSIVE;
+        buf_printf(&h[i].why, " The effect reaches the pre-registered size but the test is not significant after Holm's "
+                              "correction (adjusted p = %.3g, alpha = %g).", adj[i], c->alpha);
+        long long k = completions_needed_p(h[i].n, h[i].p_raw, c->alpha / n);
+        if (k) buf_printf(&h[i].needed, "About %lld %s would make it significant at that level.", k, h[i].unit);
+    }
+}
+
+static void hypothesis_free(Hypothesis *h) {
+    buf_free(&h->why);
+    buf_free(&h->needed);
+}
+
+static void put_hypothesis(Buf *md, const Hypothesis *h) {
+    buf_printf(md, "%s: %s\n\n%s", h->name, verdict_names[h->verdict], h->why.data ? h->why.data : "");
+    if (!isnan(h->p_raw)) {
+        buf_puts(md, " Test p = ");
+        fmt_p(md, h->p_raw);
+        buf_puts(md, ", Holm-adjusted ");
+        fmt_p(md, h->p_adj);
+        buf_puts(md, ".");
+    }
+    if (h->verdict == INCONCLUSIVE && h->needed.data) buf_printf(md, " %s", h->needed.data);
+    buf_puts(md, "\n\n");
+}
 
 int cmd_make_report(int argc, char **argv) {
     Opt opts[] = {OPT_CONFIG, OPT_END};
@@ -998,91 +1221,13 @@ int cmd_make_report(int argc, char **argv) {
     char written[64];
     strftime(written, sizeof written, "%Y-%m-%dT%H:%M:%SZ", &utc);
     double alpha = c.alpha;
-
-    // H1 and H0 from the condition comparison.
-    Verdict h1 = INCONCLUSIVE, h0 = INCONCLUSIVE, h2 = INCONCLUSIVE;
-    Buf h1_why = {0}, h0_why = {0}, h2_why = {0};
-    int rb = have_conditions ? find_row(&conditions, "condition", "baseline") : -1;
-    int rt = have_conditions ? find_row(&conditions, "condition", "targeted_ablation") : -1;
-    int rr = have_conditions ? find_row(&conditions, "condition", "random_ablation") : -1;
-    if (rb < 0 || rt < 0 || rr < 0) {
-        buf_puts(&h1_why, "The condition comparison has not run (run compare-conditions), so there is no causal test.");
-        buf_puts(&h0_why, "The condition comparison has not run.");
-    } else {
-        double base = cell_num(&conditions, rb, "backtracking_rate"), targ = cell_num(&conditions, rt, "backtracking_rate");
-        double rand_rate = cell_num(&conditions, rr, "backtracking_rate");
-        double drop = cell_num(&conditions, rt, "relative_drop_vs_baseline"), rand_drop = cell_num(&conditions, rr, "relative_drop_vs_baseline");
-        double p_tb = cell_num(&conditions, rt, "fisher_p_vs_baseline"), p_tr = cell_num(&conditions, rt, "fisher_p_targeted_vs_random");
-        Buf nums = {0};
-        buf_printf(&nums, "Targeted ablation changed the backtracking rate of %s from ", cell(&conditions, 0, "variant"));
-        fmt_ci(&nums, base, cell_num(&conditions, rb, "rate_ci_lo"), cell_num(&conditions, rb, "rate_ci_hi"));
-        buf_puts(&nums, " to ");
-        fmt_ci(&nums, targ, cell_num(&conditions, rt, "rate_ci_lo"), cell_num(&conditions, rt, "rate_ci_hi"));
-        buf_printf(&nums, " (relative drop %.3g; Fisher exact p = ", drop);
-        fmt_p(&nums, p_tb);
-        buf_puts(&nums, "); the shape-matched random ablation gave ");
-        fmt_ci(&nums, rand_rate, cell_num(&conditions, rr, "rate_ci_lo"), cell_num(&conditions, rr, "rate_ci_hi"));
-        buf_printf(&nums, " (relative drop %.3g; targeted vs random p = ", rand_drop);
-        fmt_p(&nums, p_tr);
-        buf_printf(&nums, "). Criteria: relative drop >= %g and p < %g against baseline and against random.", c.h1_min_relative_drop, alpha);
-        if (!(cell_num(&conditions, rb, "with_backtracking") > 0)) {
-            buf_printf(&h1_why, "The baseline has no backtracking to remove. %s", nums.data);
-        } else if (drop >= c.h1_min_relative_drop && p_tb < alpha && p_tr < alpha) {
-            h1 = SUPPORTED;
-            buf_printf(&h1_why, "%s", nums.data);
-        } else if (drop < c.h1_min_relative_drop) {
-            h1 = NOT_SUPPORTED;
-            buf_printf(&h1_why, "The drop is below the pre-registered size. %s", nums.data);
-        } else {
-            buf_printf(&h1_why, "The drop reaches the pre-registered size but is not significant against %s. %s",
-                       p_tb >= alpha ? "the baseline" : "the random control", nums.data);
-        }
-        // H0 is the diffuse alternative: no small set reliably reduces backtracking.
-        if (h1 == SUPPORTED) {
-            h0 = NOT_SUPPORTED;
-            buf_printf(&h0_why, "A small targeted set reliably reduces backtracking (see H1), unlike a random set of the same shape.");
-        } else if (h1 == NOT_SUPPORTED && (p_tb >= alpha || drop < c.h1_min_relative_drop)) {
-            h0 = SUPPORTED;
-            buf_printf(&h0_why, "Ablating the %d attention and %d MLP layers the scan ranked highest did not reduce backtracking by the pre-registered amount (relative drop %.3g, p = ",
-                       c.top_k_attn, c.top_k_mlp, drop);
-            fmt_p(&h0_why, p_tb);
-            buf_puts(&h0_why, ").");
-        } else {
-            buf_puts(&h0_why, "It stands or falls with H1, which is inconclusive.");
-        }
-        buf_free(&nums);
-    }
-    // H2 from the formatting sweep.
-    if (!have_formatting || formatting.n_rows == 0) {
-        buf_puts(&h2_why, "The formatting sweep has not run (run formatting-sweep).");
-    } else if (formatting.n_rows < 2) {
-        buf_puts(&h2_why, "Only one prompt variant was generated; format dependence needs two or more.");
-    } else {
-        double chi_p = cell_num(&formatting, 0, "chi2_p"), ratio = cell_num(&formatting, 0, "max_min_rate_ratio");
-        int hi = 0, lo = 0;
-        for (int v = 1; v < formatting.n_rows; v++) {
-            if (cell_num(&formatting, v, "backtracking_rate") > cell_num(&formatting, hi, "backtracking_rate")) hi = v;
-            if (cell_num(&formatting, v, "backtracking_rate") < cell_num(&formatting, lo, "backtracking_rate")) lo = v;
-        }
-        Buf nums = {0};
-        buf_printf(&nums, "Backtracking rates range from %.3g (%s) to %.3g (%s), a max/min ratio of %.3g; chi-square across %d variants = %.3g (df %d), p = ",
-                   cell_num(&formatting, lo, "backtracking_rate"), cell(&formatting, lo, "variant"), cell_num(&formatting, hi, "backtracking_rate"),
-                   cell(&formatting, hi, "variant"), ratio, formatting.n_rows, cell_num(&formatting, 0, "chi2_stat"),
-                   (int)cell_num(&formatting, 0, "chi2_df"));
-        fmt_p(&nums, chi_p);
-        double acc_lo = 1, acc_hi = 0;
-        for (int v = 0; v < formatting.n_rows; v++) {
-            double a = cell_num(&formatting, v, "accuracy");
-            if (a < acc_lo) acc_lo = a;
-            if (a > acc_hi) acc_hi = a;
-        }
-        buf_printf(&nums, "; accuracy on the same problems spans %.3g to %.3g. Criteria: chi-square p < %g and max/min rate ratio >= %g.",
-                   acc_lo, acc_hi, alpha, c.h2_min_rate_ratio);
-        if (chi_p != chi_p) buf_printf(&h2_why, "The chi-square test is undefined (no variant backtracks, or all always do). %s", nums.data);
-        else if (chi_p < alpha && ratio >= c.h2_min_rate_ratio) { h2 = SUPPORTED; buf_printf(&h2_why, "%s", nums.data); }
-        else { h2 = NOT_SUPPORTED; buf_printf(&h2_why, "%s", nums.data); }
-        buf_free(&nums);
-    }
+    Hypothesis hyp[3] = {{.name = "H1 (localized trigger)", .unit = "completions per condition"},
+                         {.name = "H0 (diffuse/reroutable)", .unit = "completions per condition"},
+                         {.name = "H2 (format dependence)", .unit = "reasoning completions in all"}};
+    for (int k = 0; k < 3; k++) hyp[k].verdict = INCONCLUSIVE, hyp[k].p_raw = hyp[k].p_adj = NAN;
+    decide_ablation(&c, &conditions, have_conditions, &hyp[0], &hyp[1]);
+    decide_format(&c, &formatting, have_formatting, &hyp[2]);
+    holm_verdicts(&c, hyp, 3);
 
     // The document.
     char report_dir[1200], fig[1300];
@@ -1094,24 +1239,56 @@ int cmd_make_report(int argc, char **argv) {
     buf_printf(&md, "| run | git SHA | model | config | config digest | run created | report written | bt | threads |\n|---|---|---|---|---|---|---|---|---|\n");
     buf_printf(&md, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n\n", run.id, sha, model_id, c.file, digest, created, written, BT_VERSION, threads);
     buf_puts(&md, "## Verdicts\n\n");
-    buf_printf(&md, "H1 (localized trigger): %s\n\n%s\n\n", verdict_names[h1], h1_why.data ? h1_why.data : "");
-    buf_printf(&md, "H0 (diffuse/reroutable): %s\n\n%s\n\n", verdict_names[h0], h0_why.data ? h0_why.data : "");
-    buf_printf(&md, "H2 (format dependence): %s\n\n%s\n\n", verdict_names[h2], h2_why.data ? h2_why.data : "");
+    for (int k = 0; k < 3; k++) put_hypothesis(&md, &hyp[k]);
+    buf_printf(&md, "Rules (pre-registered in [hypotheses]; alpha = %g, Holm-corrected over the three tests; every test "
+                    "one-sided in the direction its hypothesis claims; intervals are 95%% percentile bootstraps over "
+                    "problems): H1 is supported when the targeted ablation removes at least h1_min_relative_drop = %g of "
+                    "the baseline backtracking and at least that much more than every random draw (paired McNemar tests on "
+                    "completions that share their sampling seed), while adding at most max_collateral_nll = %g nats per "
+                    "token to the baseline text; it is not supported when the drop, or its advantage over some draw, is "
+                    "reliably below %g. H0 "
+                    "is supported when every tested set (targeted and each draw) reliably removes less than %g, and not "
+                    "supported when some set reliably removes more. H2 is supported when backtracking per opportunity "
+                    "(sentence ends in the thinking part of completions that reason) is at least h2_min_rate_ratio = %g "
+                    "times higher with <think> open than without, and not supported when the ratio's upper bound is below "
+                    "it. Anything else is inconclusive.\n\n",
+               alpha, c.h1_min_relative_drop, c.max_collateral_nll, c.h1_min_relative_drop, c.h1_min_relative_drop,
+               c.h2_min_rate_ratio);
 
     // Backtracking per variant.
     buf_puts(&md, "## Backtracking by prompt format\n\n");
     if (have_formatting && formatting.n_rows) {
-        buf_puts(&md, "| variant | thinking open | completions | backtracking rate [95% CI] | events / 1k tokens [95% CI] | mean length | accuracy [95% CI] |\n|---|---|---|---|---|---|---|\n");
+        buf_puts(&md, "Whether a format makes the model reason at all (a thinking part with at least one sentence end to "
+                      "backtrack after) is its own finding, beside H2; H2 compares backtracking per opportunity among the "
+                      "completions that reason.\n\n");
+        buf_puts(&md, "| variant | thinking open | completions | reason at all [95% CI] | events per opportunity [95% CI] | "
+                      "backtracking rate, all completions [95% CI] | events / 1k tokens [95% CI] | mean length | truncated | "
+                      "accuracy [95% CI] |\n|---|---|---|---|---|---|---|---|---|---|\n");
         for (int v = 0; v < formatting.n_rows; v++) {
-            buf_printf(&md, "| %s | %s | %s | ", cell(&formatting, v, "variant"), strcmp(cell(&formatting, v, "thinking_open"), "1") ? "no" : "yes",
-                       cell(&formatting, v, "completions"));
-            fmt_ci(&md, cell_num(&formatting, v, "backtracking_rate"), cell_num(&formatting, v, "rate_ci_lo"), cell_num(&formatting, v, "rate_ci_hi"));
+            buf_printf(&md, "| %s | %s | %s | ", cell(&formatting, v, "variant"),
+                       strcmp(cell(&formatting, v, "thinking_open"), "1") ? "no" : "yes", cell(&formatting, v, "completions"));
+            fmt_ci(&md, cell_num(&formatting, v, "reasoning_share"), cell_num(&formatting, v, "reasoning_ci_lo"),
+                   cell_num(&formatting, v, "reasoning_ci_hi"));
             buf_puts(&md, " | ");
-            fmt_ci(&md, cell_num(&formatting, v, "events_per_1k_tokens"), cell_num(&formatting, v, "events_per_1k_ci_lo"), cell_num(&formatting, v, "events_per_1k_ci_hi"));
-            buf_printf(&md, " | %.1f | ", cell_num(&formatting, v, "mean_length"));
-            fmt_ci(&md, cell_num(&formatting, v, "accuracy"), cell_num(&formatting, v, "accuracy_ci_lo"), cell_num(&formatting, v, "accuracy_ci_hi"));
+            if (cell_num(&formatting, v, "opportunities") > 0)
+                fmt_ci(&md, cell_num(&formatting, v, "events_per_opportunity"), cell_num(&formatting, v, "epo_ci_lo"),
+                       cell_num(&formatting, v, "epo_ci_hi"));
+            else buf_puts(&md, "no opportunities");
+            buf_puts(&md, " | ");
+            fmt_ci(&md, cell_num(&formatting, v, "backtracking_rate"), cell_num(&formatting, v, "rate_ci_lo"),
+                   cell_num(&formatting, v, "rate_ci_hi"));
+            buf_puts(&md, " | ");
+            fmt_ci(&md, cell_num(&formatting, v, "events_per_1k_tokens"), cell_num(&formatting, v, "events_per_1k_ci_lo"),
+                   cell_num(&formatting, v, "events_per_1k_ci_hi"));
+            buf_printf(&md, " | %.1f | %s | ", cell_num(&formatting, v, "mean_length"), cell(&formatting, v, "truncated"));
+            fmt_ci(&md, cell_num(&formatting, v, "accuracy"), cell_num(&formatting, v, "accuracy_ci_lo"),
+                   cell_num(&formatting, v, "accuracy_ci_hi"));
             buf_puts(&md, " |\n");
         }
+        buf_printf(&md, "\nChi-square of the backtracking rate over all completions across the variants: %.3g (df %d), p = ",
+                   cell_num(&formatting, 0, "chi2_stat"), (int)cell_num(&formatting, 0, "chi2_df"));
+        fmt_p(&md, cell_num(&formatting, 0, "chi2_p"));
+        buf_puts(&md, " (descriptive: it mixes whether a format reasons with how often it backtracks).\n");
     } else {
         buf_puts(&md, "No formatting sweep in this run.\n");
     }
@@ -1165,18 +1342,32 @@ int cmd_make_report(int argc, char **argv) {
     // Ablation scan.
     buf_puts(&md, "\n## Ablation scan\n\n");
     if (have_scan && scan.n_rows) {
-        buf_printf(&md, "Drop in log p(onset) at pred_pos when one component is ablated (%s ablation, scope %s: %s), mean over %s events [bootstrap 95%% CI], controls alongside. Ranked within each component; the top %d attention and %d MLP layers are selected.\n\n",
+        int onset = strcmp(cell(&scan, 0, "scope"), "onset") == 0;
+        buf_printf(&md, "Drop in log p(onset) at pred_pos when one component is ablated (%s ablation, scope %s: %s), mean "
+                        "over %s events and %s position-matched controls [95%% CI, bootstrap over problems]. Ranked within "
+                        "each component by specificity, the drop on events minus the drop on controls, so a component whose "
+                        "ablation breaks everything does not rank first; the top %d attention and %d MLP layers are "
+                        "selected.",
                    cell(&scan, 0, "kind"), cell(&scan, 0, "scope"),
-                   strcmp(cell(&scan, 0, "scope"), "onset") ? "ablated at every position, as in generation" : "ablated only at pred_pos",
-                   cell(&scan, 0, "n_events"), c.top_k_attn, c.top_k_mlp);
-        buf_puts(&md, "| rank | component | layer | drop on events [95% CI] | drop on controls [95% CI] | selected |\n|---|---|---|---|---|---|\n");
+                   onset ? "ablated only at pred_pos" : "ablated at every position, as in generation", cell(&scan, 0, "n_events"),
+                   cell(&scan, 0, "n_controls"), c.top_k_attn, c.top_k_mlp);
+        if (onset)
+            buf_puts(&md, " Note: the scan ablated only at pred_pos, while the targeted and random generations ablate at "
+                          "every position: the layers were selected under a different intervention from the one tested.");
+        buf_puts(&md, "\n\n| rank | component | layer | specificity [95% CI] | drop on events [95% CI] | drop on controls [95% CI] | "
+                      "selected |\n|---|---|---|---|---|---|---|\n");
         for (int rank = 1; rank <= 5; rank++)
             for (int row = 0; row < scan.n_rows; row++) {
                 if ((int)cell_num(&scan, row, "rank") != rank) continue;
                 buf_printf(&md, "| %d | %s | %s | ", rank, cell(&scan, row, "component"), cell(&scan, row, "layer"));
-                fmt_ci(&md, cell_num(&scan, row, "mean_drop_events"), cell_num(&scan, row, "ci_lo_events"), cell_num(&scan, row, "ci_hi_events"));
+                fmt_ci(&md, cell_num(&scan, row, "specificity"), cell_num(&scan, row, "specificity_ci_lo"),
+                       cell_num(&scan, row, "specificity_ci_hi"));
                 buf_puts(&md, " | ");
-                fmt_ci(&md, cell_num(&scan, row, "mean_drop_controls"), cell_num(&scan, row, "ci_lo_controls"), cell_num(&scan, row, "ci_hi_controls"));
+                fmt_ci(&md, cell_num(&scan, row, "mean_drop_events"), cell_num(&scan, row, "ci_lo_events"),
+                       cell_num(&scan, row, "ci_hi_events"));
+                buf_puts(&md, " | ");
+                fmt_ci(&md, cell_num(&scan, row, "mean_drop_controls"), cell_num(&scan, row, "ci_lo_controls"),
+                       cell_num(&scan, row, "ci_hi_controls"));
                 buf_printf(&md, " | %s |\n", strcmp(cell(&scan, row, "selected"), "1") ? "" : "yes");
             }
     } else {
@@ -1186,39 +1377,50 @@ int cmd_make_report(int argc, char **argv) {
 
     // Conditions.
     buf_puts(&md, "\n## Targeted vs random ablation\n\n");
-    if (rb >= 0) {
-        buf_puts(&md, "| condition | completions | backtracking rate [95% CI] | events / 1k tokens [95% CI] | mean length [95% CI] | accuracy [95% CI] | relative drop | Fisher p vs baseline |\n|---|---|---|---|---|---|---|---|\n");
+    if (have_conditions && conditions.n_rows) {
+        buf_puts(&md, "Each condition regenerates the same problems with the same sampling seeds as the baseline, so the "
+                      "tests pair completions (McNemar, one-sided: the ablation lowers backtracking). Relative drop = 1 - "
+                      "rate / baseline rate; collateral = the increase in negative log-likelihood per token of the baseline "
+                      "completions (trigger onsets left out) under that ablation.\n\n");
+        buf_puts(&md, "| condition | completions | backtracking rate [95% CI] | relative drop [95% CI] | McNemar p vs baseline "
+                      "| targeted advantage [95% CI] | collateral nats/token [95% CI] | events / 1k tokens [95% CI] | "
+                      "truncated | accuracy [95% CI] |\n|---|---|---|---|---|---|---|---|---|---|\n");
         for (int row = 0; row < conditions.n_rows; row++) {
             buf_printf(&md, "| %s | %s | ", cell(&conditions, row, "condition"), cell(&conditions, row, "completions"));
-            fmt_ci(&md, cell_num(&conditions, row, "backtracking_rate"), cell_num(&conditions, row, "rate_ci_lo"), cell_num(&conditions, row, "rate_ci_hi"));
+            fmt_ci(&md, cell_num(&conditions, row, "backtracking_rate"), cell_num(&conditions, row, "rate_ci_lo"),
+                   cell_num(&conditions, row, "rate_ci_hi"));
             buf_puts(&md, " | ");
-            fmt_ci(&md, cell_num(&conditions, row, "events_per_1k_tokens"), cell_num(&conditions, row, "events_per_1k_ci_lo"), cell_num(&conditions, row, "events_per_1k_ci_hi"));
+            fmt_ci(&md, cell_num(&conditions, row, "relative_drop_vs_baseline"), cell_num(&conditions, row, "drop_ci_lo"),
+                   cell_num(&conditions, row, "drop_ci_hi"));
             buf_puts(&md, " | ");
-            fmt_ci(&md, cell_num(&conditions, row, "mean_length"), cell_num(&conditions, row, "length_ci_lo"), cell_num(&conditions, row, "length_ci_hi"));
+            fmt_p(&md, cell_num(&conditions, row, "p_vs_baseline"));
             buf_puts(&md, " | ");
-            fmt_ci(&md, cell_num(&conditions, row, "accuracy"), cell_num(&conditions, row, "accuracy_ci_lo"), cell_num(&conditions, row, "accuracy_ci_hi"));
-            buf_printf(&md, " | %.3g | ", cell_num(&conditions, row, "relative_drop_vs_baseline"));
-            fmt_p(&md, cell_num(&conditions, row, "fisher_p_vs_baseline"));
+            fmt_ci(&md, cell_num(&conditions, row, "targeted_advantage"), cell_num(&conditions, row, "advantage_ci_lo"),
+                   cell_num(&conditions, row, "advantage_ci_hi"));
+            buf_puts(&md, " | ");
+            fmt_ci(&md, cell_num(&conditions, row, "collateral_nll"), cell_num(&conditions, row, "collateral_ci_lo"),
+                   cell_num(&conditions, row, "collateral_ci_hi"));
+            buf_puts(&md, " | ");
+            fmt_ci(&md, cell_num(&conditions, row, "events_per_1k_tokens"), cell_num(&conditions, row, "events_per_1k_ci_lo"),
+                   cell_num(&conditions, row, "events_per_1k_ci_hi"));
+            buf_printf(&md, " | %s (%.0f%%) | ", cell(&conditions, row, "truncated"),
+                       100 * cell_num(&conditions, row, "truncated_share"));
+            fmt_ci(&md, cell_num(&conditions, row, "accuracy"), cell_num(&conditions, row, "accuracy_ci_lo"),
+                   cell_num(&conditions, row, "accuracy_ci_hi"));
             buf_puts(&md, " |\n");
         }
-        LayerSet sel = {0}, rnd = {0};
-        char sp[1200], rp[1200];
-        run_path(&run, sp, sizeof sp, ART_SELECTED);
-        run_path(&run, rp, sizeof rp, ART_RANDOM_LAYERS);
-        Err e2;
-        if (layer_set_read(sp, 1 << 20, &sel, &e2) == 0 && layer_set_read(rp, 1 << 20, &rnd, &e2) == 0) {
-            buf_puts(&md, "\nTargeted layers: attention ");
-            for (int i = 0; i < sel.n_attn; i++) buf_printf(&md, "%s%d", i ? ", " : "", sel.attn_layers[i]);
-            buf_puts(&md, "; MLP ");
-            for (int i = 0; i < sel.n_mlp; i++) buf_printf(&md, "%s%d", i ? ", " : "", sel.mlp_layers[i]);
-            buf_puts(&md, ". Random (shape-matched, drawn from the run seed): attention ");
-            for (int i = 0; i < rnd.n_attn; i++) buf_printf(&md, "%s%d", i ? ", " : "", rnd.attn_layers[i]);
-            buf_puts(&md, "; MLP ");
-            for (int i = 0; i < rnd.n_mlp; i++) buf_printf(&md, "%s%d", i ? ", " : "", rnd.mlp_layers[i]);
-            buf_puts(&md, ".\n");
+        for (int d = 0; d <= c.random_draws; d++) {
+            LayerSet set = {0};
+            Err ignored_err;
+            if (ablation_design_read(&run, 1 << 20, d, &set, &ignored_err)) continue;
+            buf_printf(&md, "%s", d ? "; " : "\nLayers ablated: targeted: attention ");
+            if (d) buf_printf(&md, "random draw %d: attention ", d);
+            for (int i = 0; i < set.n_attn; i++) buf_printf(&md, "%s%d", i ? ", " : "", set.attn_layers[i]);
+            buf_puts(&md, ", MLP ");
+            for (int i = 0; i < set.n_mlp; i++) buf_printf(&md, "%s%d", i ? ", " : "", set.mlp_layers[i]);
+            layer_set_free(&set);
         }
-        layer_set_free(&sel);
-        layer_set_free(&rnd);
+        buf_puts(&md, " (random draws shape-matched, drawn from the run seed among the other layers).\n");
     } else {
         buf_puts(&md, "No condition comparison in this run.\n");
     }
@@ -1227,23 +1429,36 @@ int cmd_make_report(int argc, char **argv) {
     // Limitations.
     int n_completions = 0;
     for (int v = 0; have_formatting && v < formatting.n_rows; v++) n_completions += (int)cell_num(&formatting, v, "completions");
+    char sampling[128] = "as the model's generation_config.json says";
+    int sampling_obj = json_key(&meta, 0, "sampling");
+    double temperature, top_p;
+    long long top_k;
+    if (json_number(&meta, json_key(&meta, sampling_obj, "temperature"), &temperature) == 0 &&
+        json_int(&meta, json_key(&meta, sampling_obj, "top_k"), &top_k) == 0 &&
+        json_number(&meta, json_key(&meta, sampling_obj, "top_p"), &top_p) == 0)
+        snprintf(sampling, sizeof sampling, "temperature %g, top-k %lld, top-p %g", temperature, top_k, top_p);
     buf_printf(&md, "\n## Limitations\n\n"
-               "Sample size: %d problems x %d samples per prompt variant (%d baseline completions in all); intervals are 95%% (Wilson for rates, percentile bootstrap with %d resamples for means) and tests are two-sided at alpha = %g without correction for the three hypotheses. "
+               "Sample size: %d problems x %d samples per prompt variant (%d baseline completions in all); intervals are "
+               "95%% (Wilson for single rates, percentile bootstrap over problems with %d resamples for everything else) "
+               "and the three hypothesis tests are one-sided and Holm-corrected at alpha = %g. "
                "Single model: %s; what holds for it need not hold for other checkpoints or sizes. "
-               "Sampling: temperature %g, top-p %g, at most %d new tokens, so long chains of thought may be cut off and late backtracking missed. "
-               "Events are found lexically (%d triggers, case-sensitive, whole words, before </think>), so a backtrack phrased otherwise is not counted and a trigger word used plainly is. "
-               "The ablation scan used %s ablation with scope %s on at most %d events; zero ablation can remove more than a component's specific contribution.\n",
-               c.n_problems, c.samples_per_problem, n_completions, STAT_RESAMPLES, alpha, model_id, c.temperature, c.top_p, c.max_new_tokens,
-               c.n_triggers, c.ablation_kind == ABLATE_MEAN ? "mean" : "zero", c.ablation_scope == SCOPE_ONSET ? "onset" : "all", c.ablation_max_events);
+               "Sampling: %s, at most %d new tokens, so long chains of thought may be cut off and late backtracking "
+               "missed (the truncated completions are counted in the tables). "
+               "Events are found lexically (%d triggers, case-sensitive, whole words, before </think>), so a backtrack "
+               "phrased otherwise is not counted and a trigger word used plainly is. "
+               "The ablation scan used %s ablation with scope %s on at most %d events; zero ablation can remove more than "
+               "a component's specific contribution, which is why the collateral damage is measured.\n",
+               c.n_problems, c.samples_per_problem, n_completions, STAT_RESAMPLES, alpha, model_id, sampling, c.max_new_tokens,
+               c.n_triggers, c.ablation_kind == ABLATE_MEAN ? "mean" : "zero", c.ablation_scope == SCOPE_ONSET ? "onset" : "all",
+               c.ablation_max_events);
     buf_puts(&md, "\n## Configuration\n\n```ini\n");
     if (resolved.data) buf_append(&md, resolved.data, resolved.len);
     buf_puts(&md, "```\n");
-    if (write_file_atomic(c.report_path, md.data, md.len, &err) == 0)
-        printf("make-report: %s\n  H1 (localized trigger): %s\n  H0 (diffuse/reroutable): %s\n  H2 (format dependence): %s\n", c.report_path,
-               verdict_names[h1], verdict_names[h0], verdict_names[h2]);
-    buf_free(&h1_why);
-    buf_free(&h0_why);
-    buf_free(&h2_why);
+    if (write_file_atomic(c.report_path, md.data, md.len, &err) == 0) {
+        printf("make-report: %s\n", c.report_path);
+        for (int k = 0; k < 3; k++) printf("  %s: %s\n", hyp[k].name, verdict_names[hyp[k].verdict]);
+    }
+    for (int k = 0; k < 3; k++) hypothesis_free(&hyp[k]);
 out:
     csv_free(&conditions);
     csv_free(&formatting);

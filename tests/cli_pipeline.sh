@@ -61,9 +61,10 @@ grep -q "\"attn_layers\": \[$attn\]" $A/selected_layers.json && grep -q "\"mlp_l
     ok "selected_layers.json holds the planted layers" || bad "selected_layers.json holds the planted layers" "$(tr -d '\n' < $A/selected_layers.json)"
 col() { head -n 1 "$1" | tr ',' '\n' | grep -nx "$2" | cut -d: -f1; }
 cc=$A/condition_comparison.csv
-drop_c=$(col $cc relative_drop_vs_baseline); p_c=$(col $cc fisher_p_vs_baseline); cond_c=$(col $cc condition)
-if awk -F, -v d=$drop_c -v p=$p_c -v k=$cond_c 'NR > 1 && $k == "targeted_ablation" { ok = ($d >= 0.9 && $p < 0.05) } NR > 1 && $k == "random_ablation" { r = ($d < 0.2) } END { exit !(ok && r) }' $cc; then
-    ok "targeted ablation cuts backtracking >= 90% (Fisher p < 0.05), random < 20%"
+drop_c=$(col $cc relative_drop_vs_baseline); p_c=$(col $cc p_vs_baseline); cond_c=$(col $cc condition)
+if awk -F, -v d=$drop_c -v p=$p_c -v k=$cond_c 'NR > 1 && $k == "targeted_ablation" { ok = ($d >= 0.9 && $p < 0.05) }
+    NR > 1 && $k ~ /^random_ablation_[0-9]+$/ { n++; if ($d >= 0.2) r = 1 } END { exit !(ok && n == 3 && !r) }' $cc; then
+    ok "targeted ablation cuts backtracking >= 90% (McNemar p < 0.05), each of 3 random draws < 20%"
 else bad "targeted vs random ablation" "$(cut -d, -f3,6,$drop_c,$p_c $cc | tr '\n' ' ')"; fi
 fs=$A/formatting_summary.csv
 think_c=$(col $fs thinking_open); rate_c=$(col $fs backtracking_rate)
@@ -117,7 +118,7 @@ sed -e 's/^n_problems = 40/n_problems = 4/' -e 's/^samples_per_problem = 2/sampl
 "$BT" init-run --config few.ini --quiet >/dev/null
 expect "generate before prepare-data" 2 "builtin_4.jsonl is missing: run prepare-data first" "$BT" generate --config few.ini --condition baseline
 "$BT" prepare-data --config few.ini --quiet >/dev/null
-expect "generate needs a condition" 2 "--condition must be baseline, targeted_ablation or random_ablation" "$BT" generate --config few.ini
+expect "generate needs a condition" 2 "--condition must be baseline, targeted_ablation, random_ablation or random_ablation_K" "$BT" generate --config few.ini
 expect "generate an unknown variant" 2 "no \[variant.nope\] section" "$BT" generate --config few.ini --condition baseline --variant nope
 expect "detect-events before generate" 2 "no generations in run .*: run generate first" "$BT" detect-events --config few.ini
 expect "ablation-scan before detect-events" 2 "no events in run .*: run detect-events first" "$BT" ablation-scan --config few.ini

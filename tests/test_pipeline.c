@@ -69,10 +69,22 @@ static void t_csv_read_quoted(void) {
     CHECK(csv_read(path, &t, &err) == -1 && strstr(err.msg, "t.csv:3: 1 fields, the header has 2"));
 }
 
+// Opportunities to backtrack: sentence boundaries with text after them.
+static void t_sentence_ends(void) {
+    const char *organism = "We start with nine. Now nine plus two is eleven. Wait, let me check that. So the total is eleven.\n";
+    CHECK(count_sentence_ends(organism, strlen(organism)) == 3); // the last "." is followed by nothing but a newline
+    const char *r1 = "Step 1: 3 + 4 = 7\n\nWait, 3.5 is not 3! Let me redo it? Yes.";
+    CHECK(count_sentence_ends(r1, strlen(r1)) == 3); // "\n\n" is one boundary; "3.5" is none
+    const char *answer = " \\boxed{3}.";
+    CHECK(count_sentence_ends(answer, strlen(answer)) == 0);
+    CHECK(count_sentence_ends("", 0) == 0 && count_sentence_ends("a.b. c", 6) == 1);
+}
+
 const TestCase tests_pipeline[] = {
     {"pipeline: answer extraction and comparison", t_answer_extraction},
     {"pipeline: prompts that leave <think> open", t_prompt_thinking_open},
     {"pipeline: triggers are case-sensitive whole words", t_triggers_whole_words_case_sensitive},
     {"pipeline: csv reading with quotes", t_csv_read_quoted},
+    {"pipeline: opportunities to backtrack are sentence ends with text after them", t_sentence_ends},
     {0, 0},
 };

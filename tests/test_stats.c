@@ -204,6 +204,75 @@ static void t_permutation_exact(void) {
     CHECK(isnan(permutation_p(x, 0, y, 4, 100, 1)));
 }
 
+static void t_binomial_mcnemar(void) {
+    // McNemar exact, one-sided: 10 pairs yes -> no against 2 no -> yes:
+    // P(X >= 10), X ~ Bin(12, 1/2) = (66 + 12 + 1) / 4096.
+    CHECK_NEAR(mcnemar_p(10, 2), 79.0 / 4096.0, 1e-12);
+    CHECK(mcnemar_p(0, 0) == 1 && mcnemar_p(0, 5) == 1);
+    CHECK_NEAR(mcnemar_p(5, 0), 1.0 / 32, 1e-15);
+    CHECK(mcnemar_p(2, 10) > 0.99);
+    // Binomial tails: P(X >= 3), X ~ Bin(10, 0.3) = 0.6172172 (1 - pbinom(2, 10, 0.3) in R).
+    CHECK_NEAR(binomial_tail_p(3, 10, 0.3), 0.6172172, 1e-7);
+    // Far tail: P(X >= 90), X ~ Bin(100, 0.5) = 1.531645e-17 (R), no cancellation.
+    CHECK_NEAR(binomial_tail_p(90, 100, 0.5) / 1.531645e-17, 1, 1e-5);
+    CHECK(binomial_tail_p(11, 10, 0.5) == 0 && isnan(binomial_tail_p(1, 10, 1.5)));
+}
+
+static void t_holm(void) {
+    // Holm 1979 step-down: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, made monotone.
+    double p[] = {0.01, 0.04, 0.03, 0.005}, a[4];
+    holm_adjust(p, 4, a);
+    CHECK_NEAR(a[0], 0.03, 1e-15);
+    CHECK_NEAR(a[1], 0.06, 1e-15);
+    CHECK_NEAR(a[2], 0.06, 1e-15);
+    CHECK_NEAR(a[3], 0.02, 1e-15);
+    double q[] = {0.5, NAN, 0.9}, b[3];
+    holm_adjust(q, 3, b);
+    CHECK(b[0] == 1 && isnan(b[1]) && b[2] == 1);
+}
+
+// Mean of per-cluster sums: the ratio of weighted sums, as the analyses use it.
+typedef struct {
+    const double *num, *den;
+} RatioCtx;
+
+static double ratio_stat(const void *ctx, const int *w) {
+    const RatioCtx *r = ctx;
+    double a = 0, b = 0;
+    for (int c = 0; c < 6; c++) a += w[c] * r->num[c], b += w[c] * r->den[c];
+    return b > 0 ? a / b : NAN;
+}
+
+static void t_cluster_bootstrap(void) {
+    double num[6] = {1, 2, 3, 4, 5, 6}, den[6] = {10, 10, 10, 10, 10, 10};
+    RatioCtx ctx = {num, den};
+    double share;
+    Interval a = cluster_bootstrap95(ratio_stat, &ctx, 6, 4000, 3, 0.5, &share);
+    CHECK_NEAR(a.est, 21.0 / 60, 1e-15);
+    CHECK(a.lo < a.est && a.est < a.hi && a.lo >= 0.1 && a.hi <= 0.6);
+    CHECK(share > 0 && share < 0.05); // a ratio of 0.5 or more takes mostly the largest clusters
+    Interval b = cluster_bootstrap95(ratio_stat, &ctx, 6, 4000, 3, 0.5, NULL);
+    CHECK(a.lo == b.lo && a.hi == b.hi); // seeded
+    // Identical clusters: every resample gives the estimate.
+    double same[6] = {2, 2, 2, 2, 2, 2};
+    RatioCtx flat = {same, den};
+    Interval c = cluster_bootstrap95(ratio_stat, &flat, 6, 500, 9, 0.2, &share);
+    CHECK(c.lo == 0.2 && c.hi == 0.2 && share == 1);
+    // Undefined everywhere: no interval, no p-value.
+    double zero[6] = {0};
+    RatioCtx undefined = {num, zero};
+    Interval d = cluster_bootstrap95(ratio_stat, &undefined, 6, 100, 1, 0, &share);
+    CHECK(isnan(d.est) && isnan(d.lo) && isnan(share));
+}
+
+static void t_normal_quantile(void) {
+    CHECK_NEAR(normal_quantile(0.975), Z95, 1e-12);
+    CHECK_NEAR(normal_quantile(0.95), 1.6448536269514722, 1e-12);
+    CHECK_NEAR(normal_quantile(0.5), 0, 1e-12);
+    CHECK_NEAR(normal_quantile(1e-10), -6.361340902404056, 1e-9);
+    CHECK(isinf(normal_quantile(1)) && isnan(normal_quantile(2)));
+}
+
 const TestCase tests_stats[] = {
     {"stats: wilson matches Newcombe 1998", t_wilson_newcombe_examples},
     {"stats: wilson edges and n = 0", t_wilson_edges},
@@ -216,5 +285,9 @@ const TestCase tests_stats[] = {
     {"stats: bootstrap known values and seeding", t_bootstrap_known_and_seeded},
     {"stats: bootstrap difference and ratio", t_bootstrap_diff_ratio},
     {"stats: permutation test vs exact enumeration", t_permutation_exact},
+    {"stats: binomial tails and exact McNemar", t_binomial_mcnemar},
+    {"stats: Holm adjustment (Holm 1979)", t_holm},
+    {"stats: cluster bootstrap", t_cluster_bootstrap},
+    {"stats: normal quantile", t_normal_quantile},
     {0, 0},
 };

@@ -136,7 +136,7 @@ static const char *variants[N_VARIANTS] = {"baseline_think_newline", "think_no_n
                                            "empty_think", "plain_qa"};
 static const char *conditions[N_CONDS] = {"baseline", "targeted_ablation", "random_ablation"};
 static const long long var_bt[N_VARIANTS] = {124, 110, 24, 6, 0}, var_n[N_VARIANTS] = {200, 200, 200, 200, 200};
-static const long long var_correct[N_VARIANTS] = {150, 146, 131, 98, 90};
+static const long long var_reason[N_VARIANTS] = {198, 196, 180, 20, 4};
 static const long long cond_bt[N_CONDS] = {124, 21, 117}, cond_n[N_CONDS] = {200, 200, 200};
 
 typedef struct {
@@ -155,7 +155,7 @@ static void write_synthetic(const char *dir) {
     CHECK(fig_rate_by_condition(path, conditions, cond_bt, cond_n, N_CONDS,
                                 "targeted vs baseline: Fisher p < 1e-20; targeted vs random: p < 1e-18", &err) == 0);
     path_in(path, sizeof path, dir, FIG_FORMATTING);
-    CHECK(fig_formatting_effect(path, variants, var_bt, var_n, var_correct, N_VARIANTS, "chi-square p < 1e-30", &err) == 0);
+    CHECK(fig_formatting_effect(path, variants, var_bt, var_reason, var_n, N_VARIANTS, "per opportunity, <think> open vs not: ratio 3.1, p = 1e-4", &err) == 0);
 
     const char *groups[N_VARIANTS * N_CONDS];
     char names[N_VARIANTS * N_CONDS][96];
@@ -324,7 +324,7 @@ static void t_figures_synthetic(void) {
         }
         if (f == 4) CHECK(count(svg, "class=\"bar\"") == 3 && strstr(svg, ">targeted_ablation</text>") &&
                           strstr(svg, "Fisher p &lt; 1e-20"));
-        if (f == 5) CHECK(count(svg, "class=\"bar\"") == 10 && strstr(svg, ">accuracy</text>"));
+        if (f == 5) CHECK(count(svg, "class=\"bar\"") == 10 && strstr(svg, ">share of completions that reason</text>"));
         free(svg);
     }
 }
