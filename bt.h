@@ -447,13 +447,18 @@ float tensor_at(const Tensor *t, size_t i);                 // element i (row-ma
 // positions cannot change the metric and are not computed).
 
 // Scratch of the gradient pass for sequences of up to max_tokens positions: the residual
-// stream at every layer boundary, one layer's recomputed internals, the gradients.
+// stream at every layer boundary, one layer's internals and the gradients (about 1.05 GB for
+// 4096 positions of R1-Distill-Qwen-1.5B), plus keep_bytes in which the forward keeps layers'
+// internals so that the backward need not recompute them: a pass costs one forward and one
+// backward when every layer fits, one more forward of the layers that do not (same results).
 typedef struct GradState GradState;
 
-GradState *gradstate_new(const Model *m, int max_tokens, Err *err);
+#define GRAD_KEEP_BYTES ((size_t)1536 << 20) // a keep budget: every layer of 480 positions of R1-Distill-Qwen-1.5B
+
+GradState *gradstate_new(const Model *m, int max_tokens, size_t keep_bytes, Err *err);
 void gradstate_free(GradState *gs);
-size_t gradstate_bytes(const GradState *gs);          // everything gradstate_new allocated
-size_t model_gradient_bytes(const Model *m, int max_tokens); // the same, without allocating
+size_t gradstate_bytes(const GradState *gs); // everything gradstate_new allocated
+size_t model_gradient_bytes(const Model *m, int max_tokens, size_t keep_bytes); // the same, without allocating
 
 typedef struct {
     // The target: ids 0..pred_pos of token (n >= pred_pos + 1) are read.
@@ -477,6 +482,7 @@ typedef struct {
     double *score_attn;    // (n_layers) estimated change of the metric when the component is ablated at every position
     double *score_mlp;     // (n_layers)
     double *score_head;    // (n_layers, n_heads)
+    int layers_kept;       // layers whose internals the forward kept (the rest were recomputed)
 } Gradient;
 
 // Fills g's wanted outputs. Bitwise the same for any thread count; the forward activations

@@ -107,12 +107,14 @@ static void grads_free(Grads *r) {
     free(r->g.score_attn), free(r->g.score_mlp), free(r->g.score_head);
 }
 
+static size_t keep_bytes = GRAD_KEEP_BYTES; // what run_grad passes
+
 static int run_grad(const Model *m, Grads *r) {
     Err err = {0};
-    GradState *gs = gradstate_new(m, r->g.pred_pos + 1, &err);
+    GradState *gs = gradstate_new(m, r->g.pred_pos + 1, keep_bytes, &err);
     CHECKF(gs != NULL, "%s", err.msg);
     if (!gs) return -1;
-    CHECK(gradstate_bytes(gs) == model_gradient_bytes(m, r->g.pred_pos + 1));
+    CHECK(gradstate_bytes(gs) == model_gradient_bytes(m, r->g.pred_pos + 1, keep_bytes));
     int rc = model_gradient(m, gs, &r->g, &err);
     CHECKF(rc == 0, "%s", err.msg);
     gradstate_free(gs);
@@ -353,7 +355,7 @@ static void t_grad_finite_differences(void) {
     }
 }
 
-// A sequence longer than GRAD_ROWS: the row chunks of the pass meet.
+// A sequence longer than GRAD_ROWS: the row chunks of the pass meet; every layer recomputed.
 static void t_grad_finite_differences_long(void) {
     Model m;
     int ids[3][96], n_ids[3];
@@ -364,7 +366,12 @@ static void t_grad_finite_differences_long(void) {
     for (int i = 0; i < LONG_SEQ; i++) seq[i] = (int)rng_below(&rng, (uint64_t)m.cfg.vocab_size);
     Grads gr;
     grads_alloc(&gr, &m.cfg, seq, LONG_SEQ, LONG_SEQ - 1, 7);
-    if (run_grad(&m, &gr) == 0) printf("     qwen2_tiny_f32, %d tokens: worst relative error %.2g\n", LONG_SEQ, fd_check_all(&m, &gr, "long"));
+    keep_bytes = 0; // every layer recomputed
+    if (run_grad(&m, &gr) == 0) {
+        CHECK(gr.g.layers_kept == 0);
+        printf("     qwen2_tiny_f32, %d tokens, layers recomputed: worst relative error %.2g\n", LONG_SEQ, fd_check_all(&m, &gr, "long"));
+    }
+    keep_bytes = GRAD_KEEP_BYTES;
     grads_free(&gr);
     model_free(&m);
 }
@@ -467,6 +474,16 @@ static void t_grad_threads_and_kernels(void) {
     set_threads(2);
     run_grad(&m, &two);
     CHECKF(grads_equal(&one, &two, c), "gradients differ between 1 and 2 threads (kernels %s)", m.simd ? "avx512" : "portable");
+    CHECK(two.g.layers_kept == c->n_layers);
+    // Kept or recomputed, a layer's internals are the forward's: the same bits with none, one or every layer kept.
+    size_t all_layers = model_gradient_bytes(&m, n - 1, SIZE_MAX) - model_gradient_bytes(&m, n - 1, 0);
+    size_t budgets[2] = {0, all_layers / c->n_layers};
+    for (int k = 0; k < 2; k++) {
+        keep_bytes = budgets[k];
+        run_grad(&m, &one);
+        CHECKF(one.g.layers_kept == k && grads_equal(&one, &two, c), "%d layers kept: gradients differ from every layer kept", one.g.layers_kept);
+    }
+    keep_bytes = GRAD_KEEP_BYTES;
     int simd = m.simd;
     m.simd = 0;
     run_grad(&m, &portable);
@@ -629,11 +646,13 @@ static void t_grad_memory_bound(void) {
     Model m = {0};
     m.cfg = (ModelConfig){.hidden_size = 1536, .n_layers = 28, .n_heads = 12, .n_kv_heads = 2, .head_dim = 128,
                           .intermediate_size = 8960, .vocab_size = 151936};
-    size_t bytes = model_gradient_bytes(&m, 4096);
-    printf("     gradient pass, R1-Distill-Qwen-1.5B shape, 4096 tokens: %.1f MB beyond the weights\n", bytes / 1e6);
-    CHECKF(bytes < 4000000000u, "%zu bytes", bytes);
+    size_t bytes = model_gradient_bytes(&m, 4096, 0), keep = model_gradient_bytes(&m, 4096, GRAD_KEEP_BYTES);
+    printf("     gradient pass, R1-Distill-Qwen-1.5B shape, 4096 tokens: %.1f MB beyond the weights, %.1f MB with GRAD_KEEP_BYTES\n",
+           bytes / 1e6, keep / 1e6);
+    CHECKF(keep < 4000000000u, "%zu bytes", keep);
+    CHECK(keep - bytes <= GRAD_KEEP_BYTES);
     // The residual stream is the largest part; nothing grows with tokens x vocab.
-    CHECK(model_gradient_bytes(&m, 4096) - model_gradient_bytes(&m, 2048) < (size_t)2048 * 30 * 1536 * 4 * 2);
+    CHECK(model_gradient_bytes(&m, 4096, 0) - model_gradient_bytes(&m, 2048, 0) < (size_t)2048 * 30 * 1536 * 4 * 2);
 }
 
 static void t_grad_rejects_bad_input(void) {
@@ -641,7 +660,7 @@ static void t_grad_rejects_bad_input(void) {
     int ids[3][96], n_ids[3];
     if (ref_load("qwen2_tiny_f32", &m, ids, n_ids) < 0) SKIP("shared/reference/qwen2_tiny_f32 is absent");
     Err err = {0};
-    GradState *gs = gradstate_new(&m, 8, &err);
+    GradState *gs = gradstate_new(&m, 8, 0, &err);
     int V = m.cfg.vocab_size, bad[4] = {1, 2, V, 3};
     Gradient cases[] = {
         {.token = ids[0], .n = 8, .pred_pos = 8, .onset_token_id = 1},  {.token = ids[0], .n = 8, .pred_pos = -1, .onset_token_id = 1},
