@@ -2357,12 +2357,56 @@ static void print_position(Buf *b, int pos, const float *logits, int V, int top_
     buf_puts(b, "}\n");
 }
 
+// forward --grad POS:TOKEN: zero-ablation attribution of every attention and MLP layer and
+// every head for log p(TOKEN) at POS, as one JSON object.
+static int forward_grad(const Model *m, const int *ids, int n, const char *spec, Err *err) {
+    const ModelConfig *c = &m->cfg;
+    long pos, token;
+    char *end;
+    errno = 0;
+    pos = strtol(spec, &end, 10);
+    if (end == spec || *end != ':' || errno) return err_input(err, "--grad: '%s' is not POS:TOKEN", spec);
+    const char *rest = end + 1;
+    token = strtol(rest, &end, 10);
+    if (end == rest || *end || errno) return err_input(err, "--grad: '%s' is not POS:TOKEN", spec);
+    if (pos < 0 || pos >= n) return err_input(err, "--grad %s: position %ld out of range [0, %d) of --ids", spec, pos, n);
+    if (token < 0 || token >= c->vocab_size) return err_input(err, "--grad %s: token id %ld out of range [0, %d) of %s", spec, token, c->vocab_size, m->dir);
+    int L = c->n_layers, H = c->n_heads;
+    double *attn = xmalloc((size_t)L * sizeof *attn), *mlp = xmalloc((size_t)L * sizeof *mlp), *head = xmalloc((size_t)L * H * sizeof *head);
+    Gradient g = {.token = ids, .n = n, .pred_pos = (int)pos, .onset_token_id = (int)token, .score_attn = attn, .score_mlp = mlp, .score_head = head};
+    GradState *gs = gradstate_new(m, (int)pos + 1, GRAD_KEEP_BYTES, err);
+    int rc = gs ? model_gradient(m, gs, &g, err) : -1;
+    if (rc == 0) {
+        Buf b = {0};
+        buf_printf(&b, "{\"pred_pos\":%ld,\"onset_token_id\":%ld,\"metric\":", pos, token);
+        buf_json_double(&b, g.metric);
+        buf_puts(&b, ",\"ablation\":\"zero\",\"attn\":[");
+        for (int l = 0; l < L; l++) buf_puts(&b, l ? "," : ""), buf_json_double(&b, attn[l]);
+        buf_puts(&b, "],\"mlp\":[");
+        for (int l = 0; l < L; l++) buf_puts(&b, l ? "," : ""), buf_json_double(&b, mlp[l]);
+        buf_puts(&b, "],\"head\":[");
+        for (int l = 0; l < L; l++) {
+            buf_puts(&b, l ? ",[" : "[");
+            for (int h = 0; h < H; h++) buf_puts(&b, h ? "," : ""), buf_json_double(&b, head[(size_t)l * H + h]);
+            buf_putc(&b, ']');
+        }
+        buf_puts(&b, "]}\n");
+        write_stdout(&b);
+        buf_free(&b);
+    }
+    gradstate_free(gs);
+    free(attn), free(mlp), free(head);
+    return rc;
+}
+
 int cmd_forward(int argc, char **argv) {
     Opt opts[] = {OPT("--model", 1, "Hugging Face model directory"),
                   OPT("--ids", 1, "token ids, comma-separated"),
                   OPT("--ablate", 1, "zero a component at every position: attn:L, mlp:L or head:L.H (repeatable)"),
                   OPT("--hidden", 0, "also print the residual stream: L+1 vectors per position, [0] = embeddings"),
                   OPT("--top", 1, "print the K largest logits as \"top\": [[id, logit], ...] instead of all"),
+                  OPT("--grad", 1, "POS:TOKEN: instead, the estimated change of log p(TOKEN) at POS when each attention "
+                                   "and MLP layer and each head is zero-ablated (attribution patching), as one JSON object"),
                   OPT_END};
     Err err = {0};
     int r = opts_parse(opts, argc, argv, &err);
@@ -2381,9 +2425,13 @@ int cmd_forward(int argc, char **argv) {
             for (int i = 0; i < o->n_values && rc == 0; i++, n_ablate++) rc = parse_ablation(o->values[i], c, &mask, &err);
     if (rc == 0) rc = opt_int(opts, "--top", 1, V, 0, &top_k, &err);
     if (rc == 0) rc = parse_ids(ids_text, &m, &ids, &n, &err);
+    const char *grad = opt_str(opts, "--grad", NULL);
+    if (rc == 0 && grad && (n_ablate || hidden || top_k)) rc = err_input(&err, "forward: --grad goes with none of --ablate, --hidden, --top");
+    if (rc == 0 && grad) rc = forward_grad(&m, ids, n, grad, &err);
+    if (grad || rc < 0) n = 0; // nothing more to compute
     int rows = n < CMD_MAX_ROWS ? n : CMD_MAX_ROWS;
-    RunState *s = rc == 0 ? runstate_new(&m, 1, n, rows, &err) : NULL;
-    if (rc == 0 && !s) rc = -1;
+    RunState *s = rc == 0 && n ? runstate_new(&m, 1, n, rows, &err) : NULL;
+    if (rc == 0 && n && !s) rc = -1;
     float *logits = xmalloc((size_t)rows * V * sizeof *logits);
     float *resid = hidden ? xmalloc((size_t)rows * (L + 1) * D * sizeof *resid) : NULL;
     Ranked *ranked = top_k ? xmalloc((size_t)V * sizeof *ranked) : NULL;
