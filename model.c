@@ -1411,7 +1411,7 @@ typedef struct {
     float *k, *v;       // (n, kv_dim) keys after RoPE, values
     float *gate, *up;   // (rows, intermediate) gate and up projections, then their gradients
     float *mlp_out;     // (rows, hidden) MLP output
-    int kept;           // 1: kept from the forward, gate, up and mlp_out hold n rows; 0: recomputed, GRAD_ROWS rows (a chunk)
+    int kept;           // 1: kept from the forward (gate, up, mlp_out: n rows); 0: recomputed (GRAD_ROWS rows, a chunk)
 } LayerActs;
 
 struct GradState {
@@ -1426,12 +1426,12 @@ struct GradState {
     float *dheads;      // (max_tokens, q_dim) d metric / d heads
     float *dq;          // (max_tokens, q_dim) d metric / d q, then d q_pre
     float *dk, *dv;     // (max_tokens, kv_dim) d metric / d keys (then d k_pre) and values
-    float *key_cache;   // (n_kv_heads, max_pad / KEY_BLOCK, head_dim, KEY_BLOCK) keys as the attention kernels read them
+    float *key_cache;   // (n_kv_heads, max_pad / KEY_BLOCK, head_dim, KEY_BLOCK) keys as the attention kernels read
     float *value_cache; // (n_kv_heads, max_pad, head_dim)
-    float *value_blocks; // (n_kv_heads, max_pad / KEY_BLOCK, head_dim, KEY_BLOCK) values laid out as the keys (AVX-512 backward)
+    float *value_blocks; // (n_kv_heads, max_pad / KEY_BLOCK, head_dim, KEY_BLOCK) values as the keys (AVX-512)
     float *rope_cos;    // (max_tokens, head_dim / 2) of each position
     float *rope_sin;    // (max_tokens, head_dim / 2)
-    float *probs;       // (max_tokens (max_tokens + 1) / 2) one head's attention probabilities, row t from t (t + 1) / 2
+    float *probs;       // (max_tokens (max_tokens + 1) / 2) one head's attention probabilities, row t at t (t + 1) / 2
     float *dscores;     // (max_tokens (max_tokens + 1) / 2) d metric / d that head's scores (scale applied)
     float *scores;      // (n_threads, n_heads / n_kv_heads, max_pad) the attention kernels' score buffers
     float *row_scratch; // (n_threads, 2, max_pad) AVX-512 backward: one row's scores and d metric / d probabilities
@@ -1446,25 +1446,31 @@ struct GradState {
 
 // Floats of one kept layer of n positions.
 static size_t grad_layer_floats(const ModelConfig *c, int n) {
-    size_t D = (size_t)c->hidden_size, q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+    size_t D = (size_t)c->hidden_size, q_dim = (size_t)c->n_heads * c->head_dim,
+           kv_dim = (size_t)c->n_kv_heads * c->head_dim;
     return (size_t)n * (3 * D + 3 * q_dim + 3 * kv_dim + 2 * (size_t)c->intermediate_size);
 }
 
 // Every buffer of a GradState and its size in floats: gradstate_new allocates this table,
 // model_gradient_bytes sums it. Returns the number of buffers.
-static int grad_layout(const Model *m, int max_tokens, size_t keep_floats, int n_threads, GradState *gs, float **bufs[], size_t sizes[]) {
+static int grad_layout(const Model *m, int max_tokens, size_t keep_floats, int n_threads, GradState *gs, float **bufs[],
+                       size_t sizes[]) {
     const ModelConfig *c = &m->cfg;
-    size_t N = (size_t)max_tokens, D = (size_t)c->hidden_size, hd = (size_t)c->head_dim, q_dim = (size_t)c->n_heads * hd;
+    size_t N = (size_t)max_tokens, D = (size_t)c->hidden_size, hd = (size_t)c->head_dim,
+           q_dim = (size_t)c->n_heads * hd;
     size_t kv_dim = (size_t)c->n_kv_heads * hd, inter = (size_t)c->intermediate_size, R = GRAD_ROWS;
     size_t pad = (N + 2 * KEY_BLOCK - 1) / (2 * KEY_BLOCK) * (2 * KEY_BLOCK), tri = N * (N + 1) / 2;
     int k = 0;
 #define GRAD_BUF(field, count) (bufs[k] = &gs->field, sizes[k++] = (count))
     GRAD_BUF(resid, N * (size_t)(c->n_layers + 1) * D);
-    GRAD_BUF(work.x_mid, N * D), GRAD_BUF(work.attn_out, N * D), GRAD_BUF(work.q_pre, N * q_dim), GRAD_BUF(work.q, N * q_dim);
-    GRAD_BUF(work.heads, N * q_dim), GRAD_BUF(work.k_pre, N * kv_dim), GRAD_BUF(work.k, N * kv_dim), GRAD_BUF(work.v, N * kv_dim);
+    GRAD_BUF(work.x_mid, N * D), GRAD_BUF(work.attn_out, N * D), GRAD_BUF(work.q_pre, N * q_dim),
+        GRAD_BUF(work.q, N * q_dim);
+    GRAD_BUF(work.heads, N * q_dim), GRAD_BUF(work.k_pre, N * kv_dim), GRAD_BUF(work.k, N * kv_dim),
+        GRAD_BUF(work.v, N * kv_dim);
     GRAD_BUF(work.gate, R * inter), GRAD_BUF(work.up, R * inter), GRAD_BUF(work.mlp_out, R * D);
     GRAD_BUF(keep, keep_floats);
-    GRAD_BUF(dx, N * D), GRAD_BUF(dheads, N * q_dim), GRAD_BUF(dq, N * q_dim), GRAD_BUF(dk, N * kv_dim), GRAD_BUF(dv, N * kv_dim);
+    GRAD_BUF(dx, N * D), GRAD_BUF(dheads, N * q_dim), GRAD_BUF(dq, N * q_dim), GRAD_BUF(dk, N * kv_dim),
+        GRAD_BUF(dv, N * kv_dim);
     GRAD_BUF(key_cache, pad * kv_dim), GRAD_BUF(value_cache, pad * kv_dim), GRAD_BUF(value_blocks, pad * kv_dim);
     GRAD_BUF(rope_cos, N * (hd / 2)), GRAD_BUF(rope_sin, N * (hd / 2));
     GRAD_BUF(probs, tri), GRAD_BUF(dscores, tri);
@@ -1504,7 +1510,8 @@ GradState *gradstate_new(const Model *m, int max_tokens, size_t keep_bytes, Err 
     size_t sizes[GRAD_MAX_BUFS];
     int n = grad_layout(m, max_tokens, gs->keep_floats, gs->n_threads, gs, bufs, sizes), failed = 0;
     for (int i = 0; i < n; i++) {
-        *bufs[i] = calloc(sizes[i] ? sizes[i] : 1, sizeof(float)); // calloc: the kernels read key blocks past the last position
+        // calloc: the attention kernels read key blocks past the last position
+        *bufs[i] = calloc(sizes[i] ? sizes[i] : 1, sizeof(float));
         failed |= !*bufs[i];
         gs->owned[gs->n_owned++] = *bufs[i];
         gs->bytes += sizes[i] * sizeof(float);
@@ -1528,9 +1535,11 @@ void gradstate_free(GradState *gs) {
 // (the backward reaches them first); returns how many fit.
 static int grad_keep(const Model *m, GradState *gs, int n) {
     const ModelConfig *c = &m->cfg;
-    size_t D = (size_t)c->hidden_size, q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+    size_t D = (size_t)c->hidden_size, q_dim = (size_t)c->n_heads * c->head_dim,
+           kv_dim = (size_t)c->n_kv_heads * c->head_dim;
     size_t per_layer = grad_layer_floats(c, n), N = (size_t)n, inter = (size_t)c->intermediate_size;
-    int n_kept = per_layer ? (int)(gs->keep_floats / per_layer < (size_t)c->n_layers ? gs->keep_floats / per_layer : (size_t)c->n_layers) : 0;
+    size_t fit = per_layer ? gs->keep_floats / per_layer : 0;
+    int n_kept = fit < (size_t)c->n_layers ? (int)fit : c->n_layers;
     memset(gs->kept, 0, (size_t)c->n_layers * sizeof *gs->kept);
     float *p = gs->keep;
     for (int i = 0; i < n_kept; i++) {
@@ -1557,7 +1566,8 @@ size_t gradstate_bytes(const GradState *gs) { return gs->bytes; }
 
 // The transpose of rmsnorm at x: dx (+)= r w dy - x r^3 / n sum_i w_i dy_i x_i, r as rmsnorm computes it.
 // dx may be dy (then accumulate is 0).
-static void rmsnorm_backward(float *dx, const float *x, const Tensor *weight, const float *dy, int n, float eps, int accumulate) {
+static void rmsnorm_backward(float *dx, const float *x, const Tensor *weight, const float *dy, int n, float eps,
+                             int accumulate) {
     double ss = 0, dot = 0;
     for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
     float r = 1.0f / sqrtf((float)(ss / n) + eps);
@@ -1586,7 +1596,8 @@ static void axpy(float *y, float a, const float *x, int n) {
 
 // Portable transposed matmul of output columns c0..c1: weight rows converted GRAD_K_CHUNK at
 // a time; each output element sums its products in weight-row order.
-static void matmul_t_cols_portable(float *out, const float *dy, int n, const Tensor *w, int c0, int c1, int accumulate) {
+static void matmul_t_cols_portable(float *out, const float *dy, int n, const Tensor *w, int c0, int c1,
+                                   int accumulate) {
     int d_out = w->rows, d_in = w->cols, nc = c1 - c0;
     float wc[GRAD_K_CHUNK][GRAD_COLS]; // weight rows o0.., columns c0..c1 as F32, zero past c1
     for (int o0 = 0; o0 < d_out; o0 += GRAD_K_CHUNK) {
@@ -1632,7 +1643,8 @@ AVX512 static INLINE void w_cols_avx512(DType dtype, const void *w, size_t at, i
 AVX512 static INLINE void out_load_avx512(DType dtype, const float *out, int left, __m512 v[4]) {
     UNROLL for (int j = 0; j < 4; j++) v[j] = _mm512_maskz_loadu_ps(mask16(left - 16 * j), out + 16 * j);
     if (dtype != DT_BF16) return;
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+                  odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     UNROLL for (int j = 0; j < 2; j++) {
         __m512 lo = v[2 * j], hi = v[2 * j + 1];
         v[2 * j] = _mm512_permutex2var_ps(lo, even, hi);
@@ -1642,7 +1654,8 @@ AVX512 static INLINE void out_load_avx512(DType dtype, const float *out, int lef
 
 AVX512 static INLINE void out_store_avx512(DType dtype, float *out, int left, __m512 v[4]) {
     if (dtype == DT_BF16) {
-        const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+        const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
+                      hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
         UNROLL for (int j = 0; j < 2; j++) {
             __m512 e = v[2 * j], o = v[2 * j + 1];
             v[2 * j] = _mm512_permutex2var_ps(e, lo, o);
@@ -1654,8 +1667,8 @@ AVX512 static INLINE void out_store_avx512(DType dtype, float *out, int left, __
 
 // R rows (dy rows ld_dy apart) times weight rows o0..o1 into 64 output columns from c0: one FMA
 // per weight row and lane, in row order, continuing from out when load.
-AVX512 static INLINE void tile_t_avx512(DType dtype, int R, const float *dy, size_t ld_dy, const void *w, size_t d_in, int c0, int left,
-                                        int o0, int o1, int load, float *out, size_t ldo) {
+AVX512 static INLINE void tile_t_avx512(DType dtype, int R, const float *dy, size_t ld_dy, const void *w, size_t d_in,
+                                        int c0, int left, int o0, int o1, int load, float *out, size_t ldo) {
     __m512 acc[GRAD_TILE_ROWS][4];
     UNROLL for (int r = 0; r < R; r++) {
         if (load) out_load_avx512(dtype, out + (size_t)r * ldo + c0, left, acc[r]);
@@ -1672,13 +1685,18 @@ AVX512 static INLINE void tile_t_avx512(DType dtype, int R, const float *dy, siz
     UNROLL for (int r = 0; r < R; r++) out_store_avx512(dtype, out + (size_t)r * ldo + c0, left, acc[r]);
 }
 
-#define TILE_T(dtype, R) tile_t_avx512(dtype, R, g, (size_t)d_out, w->data, (size_t)d_in, c0, c1 - c0, o0, o1, load, o, (size_t)d_in)
-#define TILES_T(dtype) switch (R) { case 6: TILE_T(dtype, 6); break; case 5: TILE_T(dtype, 5); break; case 4: TILE_T(dtype, 4); break; \
-                                    case 3: TILE_T(dtype, 3); break; case 2: TILE_T(dtype, 2); break; default: TILE_T(dtype, 1); break; }
+#define TILE_T(dtype, R)                                                                                               \
+    tile_t_avx512(dtype, R, g, (size_t)d_out, w->data, (size_t)d_in, c0, c1 - c0, o0, o1, load, o, (size_t)d_in)
+#define TILES_T(dtype)                                                                                          \
+    switch (R) { /* constant row counts keep the accumulators in registers */                                 \
+    case 6: TILE_T(dtype, 6); break; case 5: TILE_T(dtype, 5); break; case 4: TILE_T(dtype, 4); break;        \
+    case 3: TILE_T(dtype, 3); break; case 2: TILE_T(dtype, 2); break; default: TILE_T(dtype, 1); break;       \
+    }
 
 // AVX-512 transposed matmul of output columns c0..c1 (at most GRAD_COLS): GRAD_K_CHUNK weight rows
 // of the block stay in L1 while every tile of rows passes.
-AVX512 static void matmul_t_cols_avx512(float *out, const float *dy, int n, const Tensor *w, int c0, int c1, int accumulate) {
+AVX512 static void matmul_t_cols_avx512(float *out, const float *dy, int n, const Tensor *w, int c0, int c1,
+                                        int accumulate) {
     int d_out = w->rows, d_in = w->cols;
     for (int o0 = 0; o0 < d_out; o0 += GRAD_K_CHUNK) {
         int o1 = d_out - o0 < GRAD_K_CHUNK ? d_out : o0 + GRAD_K_CHUNK, load = o0 > 0 || accumulate;
@@ -1715,14 +1733,17 @@ static void matmul_t(const Model *m, float *out, const float *dy, int n, const T
 }
 
 // matmul in calls of GRAD_ROWS rows (the stage holds that many); bitwise one call's result.
-static void matmul_chunked(const Model *m, GradState *gs, float *out, const float *x, int n, const Tensor *w, const Tensor *bias) {
+static void matmul_chunked(const Model *m, GradState *gs, float *out, const float *x, int n, const Tensor *w,
+                           const Tensor *bias) {
     for (int r0 = 0; r0 < n; r0 += GRAD_ROWS)
-        matmul(m, out + (size_t)r0 * w->rows, x + (size_t)r0 * w->cols, n - r0 < GRAD_ROWS ? n - r0 : GRAD_ROWS, w, bias, gs->stage);
+        matmul(m, out + (size_t)r0 * w->rows, x + (size_t)r0 * w->cols, n - r0 < GRAD_ROWS ? n - r0 : GRAD_ROWS, w,
+               bias, gs->stage);
 }
 
 // acc + one component's attribution over rows 0..n-1 of dim values (g and a rows g_stride and
 // a_stride floats apart): -g . a (zero ablation), or g . (mean - a); rows then values in order.
-static double score_rows(double acc, const float *g, size_t g_stride, const float *a, size_t a_stride, int n, int dim, const float *mean) {
+static double score_rows(double acc, const float *g, size_t g_stride, const float *a, size_t a_stride, int n, int dim,
+                         const float *mean) {
     for (int t = 0; t < n; t++)
         for (int d = 0; d < dim; d++) {
             double ga = (double)g[(size_t)t * g_stride + d], av = (double)a[(size_t)t * a_stride + d];
@@ -1733,7 +1754,8 @@ static double score_rows(double acc, const float *g, size_t g_stride, const floa
 
 // Copies rows 0..n-1 of dim values from src (rows src_stride apart) to dst (dst_stride apart).
 static void copy_rows(float *dst, size_t dst_stride, const float *src, size_t src_stride, int n, int dim) {
-    for (int t = 0; t < n; t++) memcpy(dst + (size_t)t * dst_stride, src + (size_t)t * src_stride, (size_t)dim * sizeof *dst);
+    for (int t = 0; t < n; t++)
+        memcpy(dst + (size_t)t * dst_stride, src + (size_t)t * src_stride, (size_t)dim * sizeof *dst);
 }
 
 // --- one layer, forward (kept or recomputed) and backward
@@ -1752,7 +1774,8 @@ static void grad_attention_forward(const Model *m, GradState *gs, LayerActs *a, 
     float eps = c->rms_norm_eps, scale = 1.0f / sqrtf((float)hd);
     for (int r0 = 0; r0 < n; r0 += GRAD_ROWS) {
         int k = n - r0 < GRAD_ROWS ? n - r0 : GRAD_ROWS;
-        for (int i = 0; i < k; i++) rmsnorm(gs->xb + (size_t)i * D, grad_resid_at(m, gs, r0 + i, l), &w->attn_norm, D, eps);
+        for (int i = 0; i < k; i++)
+            rmsnorm(gs->xb + (size_t)i * D, grad_resid_at(m, gs, r0 + i, l), &w->attn_norm, D, eps);
         matmul(m, a->q_pre + (size_t)r0 * q_dim, gs->xb, k, &w->wq, &w->bq, gs->stage);
         matmul(m, a->k_pre + (size_t)r0 * kv_dim, gs->xb, k, &w->wk, &w->bk, gs->stage);
         matmul(m, a->v + (size_t)r0 * kv_dim, gs->xb, k, &w->wv, &w->bv, gs->stage);
@@ -1770,9 +1793,11 @@ static void grad_attention_forward(const Model *m, GradState *gs, LayerActs *a, 
             float *k = a->k + (size_t)t * kv_dim + (size_t)h * hd;
             if (c->qk_norm) rmsnorm(k, k, &w->k_norm, hd, eps);
             rope(k, cos_t, sin_t, hd);
-            float *key = gs->key_cache + (size_t)h * gs->max_pad * hd + (size_t)(t / KEY_BLOCK) * hd * KEY_BLOCK + t % KEY_BLOCK;
+            float *key =
+                gs->key_cache + (size_t)h * gs->max_pad * hd + (size_t)(t / KEY_BLOCK) * hd * KEY_BLOCK + t % KEY_BLOCK;
             for (int d = 0; d < hd; d++) key[(size_t)d * KEY_BLOCK] = k[d];
-            memcpy(gs->value_cache + ((size_t)h * gs->max_pad + (size_t)t) * hd, a->v + (size_t)t * kv_dim + (size_t)h * hd, (size_t)hd * sizeof(float));
+            memcpy(gs->value_cache + ((size_t)h * gs->max_pad + (size_t)t) * hd,
+                   a->v + (size_t)t * kv_dim + (size_t)h * hd, (size_t)hd * sizeof(float));
         }
     }
     int n_pairs = n * KV, n_threads = max_threads() < gs->n_threads ? max_threads() : gs->n_threads;
@@ -1782,8 +1807,10 @@ static void grad_attention_forward(const Model *m, GradState *gs, LayerActs *a, 
     for (int pair = 0; pair < n_pairs; pair++) {
         int t = pair / KV, g = pair % KV;
         const float *q = a->q + (size_t)t * q_dim + (size_t)g * group * hd;
-        const float *keys = gs->key_cache + (size_t)g * gs->max_pad * hd, *values = gs->value_cache + (size_t)g * gs->max_pad * hd;
-        float *scores = gs->scores + (size_t)thread_id() * group * gs->max_pad, *out = a->heads + (size_t)t * q_dim + (size_t)g * group * hd;
+        const float *keys = gs->key_cache + (size_t)g * gs->max_pad * hd,
+                    *values = gs->value_cache + (size_t)g * gs->max_pad * hd;
+        float *scores = gs->scores + (size_t)thread_id() * group * gs->max_pad,
+              *out = a->heads + (size_t)t * q_dim + (size_t)g * group * hd;
 #ifdef HAVE_AVX512
         if (m->simd) attend_avx512(q, keys, values, NULL, NULL, t, hd, group, gs->max_pad, scale, scores, out);
         else
@@ -1808,7 +1835,8 @@ static void grad_mlp_forward(const Model *m, GradState *gs, LayerActs *a, int l,
     int D = c->hidden_size;
     size_t base = mlp_base(a, r0), inter = (size_t)c->intermediate_size;
     float *gate = a->gate + base * inter, *up = a->up + base * inter;
-    for (int i = 0; i < k; i++) rmsnorm(gs->xb + (size_t)i * D, a->x_mid + (size_t)(r0 + i) * D, &w->mlp_norm, D, c->rms_norm_eps);
+    for (int i = 0; i < k; i++)
+        rmsnorm(gs->xb + (size_t)i * D, a->x_mid + (size_t)(r0 + i) * D, &w->mlp_norm, D, c->rms_norm_eps);
     matmul(m, gate, gs->xb, k, &w->w_gate, NULL, gs->stage);
     matmul(m, up, gs->xb, k, &w->w_up, NULL, gs->stage);
     memcpy(gs->act, gate, (size_t)k * inter * sizeof *gs->act);
@@ -1833,8 +1861,8 @@ static void grad_mlp_backward(const Model *m, GradState *gs, LayerActs *a, int l
     matmul_t(m, gs->xb, gate, k, &w->w_gate, 0);
     matmul_t(m, gs->xb, up, k, &w->w_up, 1);
     for (int i = 0; i < k; i++)
-        rmsnorm_backward(gs->dx + (size_t)(r0 + i) * D, a->x_mid + (size_t)(r0 + i) * D, &w->mlp_norm, gs->xb + (size_t)i * D, D,
-                         c->rms_norm_eps, 1);
+        rmsnorm_backward(gs->dx + (size_t)(r0 + i) * D, a->x_mid + (size_t)(r0 + i) * D, &w->mlp_norm,
+                         gs->xb + (size_t)i * D, D, c->rms_norm_eps, 1);
 }
 
 // Query head h at position t: its probabilities over 0..t (recomputed in F32 as the forward
@@ -1876,7 +1904,8 @@ static void head_backward_keys(const Model *m, GradState *gs, const LayerActs *a
     for (int t = u0; t < n; t++) {
         size_t row = (size_t)t * (t + 1) / 2;
         const float *p = gs->probs + row, *ds = gs->dscores + row;
-        const float *q = a->q + (size_t)t * q_dim + (size_t)h * hd, *dout = gs->dheads + (size_t)t * q_dim + (size_t)h * hd;
+        const float *q = a->q + (size_t)t * q_dim + (size_t)h * hd,
+                    *dout = gs->dheads + (size_t)t * q_dim + (size_t)h * hd;
         int last = u1 - 1 < t ? u1 - 1 : t;
         for (int u = u0; u <= last; u++) {
             axpy(gs->dk + (size_t)u * kv_dim + (size_t)g * hd, ds[u], q, hd);
@@ -1888,12 +1917,15 @@ static void head_backward_keys(const Model *m, GradState *gs, const LayerActs *a
 #ifdef HAVE_AVX512
 // head_backward_row in AVX-512: scores and d metric / d probabilities 32 keys at a time from the
 // dimension-major key and value blocks (the forward's score kernel), a vectorised softmax, then dq.
-AVX512 static void head_backward_row_avx512(const Model *m, GradState *gs, const LayerActs *a, int h, int t, float *scratch) {
+AVX512 static void head_backward_row_avx512(const Model *m, GradState *gs, const LayerActs *a, int h, int t,
+                                            float *scratch) {
     const ModelConfig *c = &m->cfg;
-    int hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, g = h / (c->n_heads / c->n_kv_heads), n = t + 1;
+    int hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, g = h / (c->n_heads / c->n_kv_heads),
+        n = t + 1;
     float scale = 1.0f / sqrtf((float)hd);
     const float *q = a->q + (size_t)t * q_dim + (size_t)h * hd, *dout = gs->dheads + (size_t)t * q_dim + (size_t)h * hd;
-    const float *kb = gs->key_cache + (size_t)g * gs->max_pad * hd, *vb = gs->value_blocks + (size_t)g * gs->max_pad * hd;
+    const float *kb = gs->key_cache + (size_t)g * gs->max_pad * hd,
+                *vb = gs->value_blocks + (size_t)g * gs->max_pad * hd;
     const float *keys = a->k + (size_t)g * hd;
     size_t row = (size_t)t * (t + 1) / 2;
     float *p = gs->probs + row, *ds = gs->dscores + row, *dq = gs->dq + (size_t)t * q_dim + (size_t)h * hd;
@@ -1922,7 +1954,8 @@ AVX512 static void head_backward_row_avx512(const Model *m, GradState *gs, const
     __m512 expected = _mm512_set1_ps(hsum_avx512(vexp)), vscale = _mm512_set1_ps(scale);
     for (int u = 0; u < n; u += 16) { // softmax: ds = p (dp - sum p dp), scale applied
         __mmask16 k = mask16(n - u);
-        __m512 d = _mm512_mul_ps(_mm512_mul_ps(vscale, _mm512_loadu_ps(sc + u)), _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dp + u), expected));
+        __m512 d = _mm512_mul_ps(_mm512_mul_ps(vscale, _mm512_loadu_ps(sc + u)),
+                                 _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dp + u), expected));
         _mm512_mask_storeu_ps(ds + u, k, d);
     }
     for (int d0 = 0; d0 < hd; d0 += 128) { // dq = sum over u of ds(u) k(u), 8 vectors of dimensions at a time
@@ -1932,7 +1965,8 @@ AVX512 static void head_backward_row_avx512(const Model *m, GradState *gs, const
         for (int u = 0; u < n; u++) {
             __m512 s = _mm512_set1_ps(ds[u]);
             const float *ku = keys + (size_t)u * kv_dim + d0;
-            UNROLL for (int v = 0; v < 8; v++) acc[v] = _mm512_fmadd_ps(s, _mm512_maskz_loadu_ps(mk[v], ku + 16 * v), acc[v]);
+            UNROLL for (int v = 0; v < 8; v++)
+                acc[v] = _mm512_fmadd_ps(s, _mm512_maskz_loadu_ps(mk[v], ku + 16 * v), acc[v]);
         }
         UNROLL for (int v = 0; v < 8; v++) _mm512_mask_storeu_ps(dq + d0 + 16 * v, mk[v], acc[v]);
     }
@@ -1940,7 +1974,8 @@ AVX512 static void head_backward_row_avx512(const Model *m, GradState *gs, const
 
 // head_backward_keys in AVX-512: per key position, its sums over the query positions in
 // registers (4 vectors of dimensions for dk, 4 for dv), then added to dk and dv.
-AVX512 static void head_backward_keys_avx512(const Model *m, GradState *gs, const LayerActs *a, int h, int u0, int u1, int n) {
+AVX512 static void head_backward_keys_avx512(const Model *m, GradState *gs, const LayerActs *a, int h, int u0, int u1,
+                                             int n) {
     const ModelConfig *c = &m->cfg;
     int hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, g = h / (c->n_heads / c->n_kv_heads);
     for (int u = u0; u < u1; u++)
@@ -1951,16 +1986,20 @@ AVX512 static void head_backward_keys_avx512(const Model *m, GradState *gs, cons
             for (int t = u; t < n; t++) {
                 size_t at = (size_t)t * (t + 1) / 2 + (size_t)u;
                 __m512 s = _mm512_set1_ps(gs->dscores[at]), pr = _mm512_set1_ps(gs->probs[at]);
-                const float *q = a->q + (size_t)t * q_dim + (size_t)h * hd + d0, *dout = gs->dheads + (size_t)t * q_dim + (size_t)h * hd + d0;
+                const float *q = a->q + (size_t)t * q_dim + (size_t)h * hd + d0,
+                            *dout = gs->dheads + (size_t)t * q_dim + (size_t)h * hd + d0;
                 UNROLL for (int v = 0; v < 4; v++) {
                     ak[v] = _mm512_fmadd_ps(s, _mm512_maskz_loadu_ps(mk[v], q + 16 * v), ak[v]);
                     av[v] = _mm512_fmadd_ps(pr, _mm512_maskz_loadu_ps(mk[v], dout + 16 * v), av[v]);
                 }
             }
-            float *dk = gs->dk + (size_t)u * kv_dim + (size_t)g * hd + d0, *dv = gs->dv + (size_t)u * kv_dim + (size_t)g * hd + d0;
+            float *dk = gs->dk + (size_t)u * kv_dim + (size_t)g * hd + d0,
+                  *dv = gs->dv + (size_t)u * kv_dim + (size_t)g * hd + d0;
             UNROLL for (int v = 0; v < 4; v++) {
-                _mm512_mask_storeu_ps(dk + 16 * v, mk[v], _mm512_add_ps(_mm512_maskz_loadu_ps(mk[v], dk + 16 * v), ak[v]));
-                _mm512_mask_storeu_ps(dv + 16 * v, mk[v], _mm512_add_ps(_mm512_maskz_loadu_ps(mk[v], dv + 16 * v), av[v]));
+                _mm512_mask_storeu_ps(dk + 16 * v, mk[v],
+                                      _mm512_add_ps(_mm512_maskz_loadu_ps(mk[v], dk + 16 * v), ak[v]));
+                _mm512_mask_storeu_ps(dv + 16 * v, mk[v],
+                                      _mm512_add_ps(_mm512_maskz_loadu_ps(mk[v], dv + 16 * v), av[v]));
             }
         }
 }
@@ -1979,7 +2018,8 @@ static void grad_attention_backward(const Model *m, GradState *gs, const LayerAc
     memset(gs->dk, 0, (size_t)n * kv_dim * sizeof *gs->dk);
     memset(gs->dv, 0, (size_t)n * kv_dim * sizeof *gs->dv);
     int n_threads = max_threads() < gs->n_threads ? max_threads() : gs->n_threads; // threads with a scratch row
-    for (int t = 0; t < n && m->simd; t++) // keys and values laid out for the score kernel (a kept layer's keys are not cached)
+    // Keys and values laid out for the score kernel (a kept layer's keys are in no cache).
+    for (int t = 0; t < n && m->simd; t++)
         for (int g = 0; g < KV; g++) {
             size_t at = (size_t)g * gs->max_pad * hd + (size_t)(t / KEY_BLOCK) * hd * KEY_BLOCK + t % KEY_BLOCK;
             for (int d = 0; d < hd; d++) {
@@ -1991,7 +2031,8 @@ static void grad_attention_backward(const Model *m, GradState *gs, const LayerAc
 #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 16) if (macs >= PARALLEL_MIN_MACS)
         for (int t = 0; t < n; t++) {
 #ifdef HAVE_AVX512
-            if (m->simd) head_backward_row_avx512(m, gs, a, h, t, gs->row_scratch + (size_t)thread_id() * 2 * gs->max_pad);
+            if (m->simd)
+                head_backward_row_avx512(m, gs, a, h, t, gs->row_scratch + (size_t)thread_id() * 2 * gs->max_pad);
             else
 #endif
                 head_backward_row(m, gs, a, h, t);
@@ -2012,12 +2053,14 @@ static void grad_attention_backward(const Model *m, GradState *gs, const LayerAc
         for (int h = 0; h < H; h++) {
             float *dq = gs->dq + (size_t)t * q_dim + (size_t)h * hd;
             rope_backward(dq, cos_t, sin_t, hd);
-            if (c->qk_norm) rmsnorm_backward(dq, a->q_pre + (size_t)t * q_dim + (size_t)h * hd, &w->q_norm, dq, hd, eps, 0);
+            if (c->qk_norm)
+                rmsnorm_backward(dq, a->q_pre + (size_t)t * q_dim + (size_t)h * hd, &w->q_norm, dq, hd, eps, 0);
         }
         for (int h = 0; h < KV; h++) {
             float *dk = gs->dk + (size_t)t * kv_dim + (size_t)h * hd;
             rope_backward(dk, cos_t, sin_t, hd);
-            if (c->qk_norm) rmsnorm_backward(dk, a->k_pre + (size_t)t * kv_dim + (size_t)h * hd, &w->k_norm, dk, hd, eps, 0);
+            if (c->qk_norm)
+                rmsnorm_backward(dk, a->k_pre + (size_t)t * kv_dim + (size_t)h * hd, &w->k_norm, dk, hd, eps, 0);
         }
     }
     for (int r0 = 0; r0 < n; r0 += GRAD_ROWS) {
@@ -2026,7 +2069,8 @@ static void grad_attention_backward(const Model *m, GradState *gs, const LayerAc
         matmul_t(m, gs->xb, gs->dk + (size_t)r0 * kv_dim, k, &w->wk, 1);
         matmul_t(m, gs->xb, gs->dv + (size_t)r0 * kv_dim, k, &w->wv, 1);
         for (int i = 0; i < k; i++)
-            rmsnorm_backward(gs->dx + (size_t)(r0 + i) * D, grad_resid_at(m, gs, r0 + i, l), &w->attn_norm, gs->xb + (size_t)i * D, D, eps, 1);
+            rmsnorm_backward(gs->dx + (size_t)(r0 + i) * D, grad_resid_at(m, gs, r0 + i, l), &w->attn_norm,
+                             gs->xb + (size_t)i * D, D, eps, 1);
     }
 }
 
@@ -2034,15 +2078,19 @@ static void grad_attention_backward(const Model *m, GradState *gs, const LayerAc
 
 int model_gradient(const Model *m, GradState *gs, Gradient *g, Err *err) {
     const ModelConfig *c = &m->cfg;
-    int P = g->pred_pos, n = P + 1, D = c->hidden_size, L = c->n_layers, V = c->vocab_size, hd = c->head_dim, half = hd / 2;
+    int P = g->pred_pos, n = P + 1, D = c->hidden_size, L = c->n_layers, V = c->vocab_size, hd = c->head_dim,
+        half = hd / 2;
     int H = c->n_heads, q_dim = H * hd;
     size_t LD = (size_t)L * D, LQ = (size_t)L * q_dim;
     if (P < 0 || P >= g->n) return err_input(err, "gradient: pred_pos %d out of range [0, %d)", P, g->n);
-    if (n > gs->max_tokens) return err_input(err, "gradient: pred_pos %d out of range: the gradient state holds %d positions", P, gs->max_tokens);
+    if (n > gs->max_tokens)
+        return err_input(err, "gradient: pred_pos %d out of range: the gradient state holds %d positions", P,
+                         gs->max_tokens);
     if (g->onset_token_id < 0 || g->onset_token_id >= V)
         return err_input(err, "gradient: onset token id %d out of range [0, %d)", g->onset_token_id, V);
     for (int t = 0; t < n; t++)
-        if (g->token[t] < 0 || g->token[t] >= V) return err_input(err, "gradient: token id %d out of range [0, %d)", g->token[t], V);
+        if (g->token[t] < 0 || g->token[t] >= V)
+            return err_input(err, "gradient: token id %d out of range [0, %d)", g->token[t], V);
     g->layers_kept = grad_keep(m, gs, n);
 #define ACTS(l) (gs->kept[l].kept ? &gs->kept[l] : &gs->work)
 
@@ -2062,7 +2110,8 @@ int model_gradient(const Model *m, GradState *gs, Gradient *g, Err *err) {
             int k = n - r0 < GRAD_ROWS ? n - r0 : GRAD_ROWS;
             grad_mlp_forward(m, gs, a, l, r0, k);
             for (int i = 0; i < k; i++) {
-                const float *mid = a->x_mid + (size_t)(r0 + i) * D, *out = a->mlp_out + (mlp_base(a, r0) + (size_t)i) * D;
+                const float *mid = a->x_mid + (size_t)(r0 + i) * D,
+                            *out = a->mlp_out + (mlp_base(a, r0) + (size_t)i) * D;
                 float *x = grad_resid_at(m, gs, r0 + i, l + 1);
                 for (int d = 0; d < D; d++) x[d] = mid[d] + out[d];
             }
@@ -2086,7 +2135,8 @@ int model_gradient(const Model *m, GradState *gs, Gradient *g, Err *err) {
     if (g->grad_resid) copy_rows(g->grad_resid + (size_t)L * D, (size_t)(L + 1) * D, gs->dx, D, n, D);
 
     for (int l = L - 1; l >= 0; l--) {
-        const float *attn_mean = g->attn_mean ? g->attn_mean + (size_t)l * D : NULL, *mlp_mean = g->mlp_mean ? g->mlp_mean + (size_t)l * D : NULL;
+        const float *attn_mean = g->attn_mean ? g->attn_mean + (size_t)l * D : NULL,
+                    *mlp_mean = g->mlp_mean ? g->mlp_mean + (size_t)l * D : NULL;
         LayerActs *a = ACTS(l);
         if (!a->kept) grad_attention_forward(m, gs, a, l, n);
         if (g->attn_out) copy_rows(g->attn_out + (size_t)l * D, LD, a->attn_out, D, n, D);
@@ -2107,8 +2157,9 @@ int model_gradient(const Model *m, GradState *gs, Gradient *g, Err *err) {
         matmul_t(m, gs->dheads, gs->dx, n, &m->layers[l].wo, 0);
         if (g->grad_head) copy_rows(g->grad_head + (size_t)l * q_dim, LQ, gs->dheads, q_dim, n, q_dim);
         for (int h = 0; g->score_head && h < H; h++)
-            g->score_head[(size_t)l * H + h] = score_rows(0, gs->dheads + (size_t)h * hd, q_dim, a->heads + (size_t)h * hd, q_dim, n, hd,
-                                                          g->head_mean ? g->head_mean + (size_t)l * q_dim + (size_t)h * hd : NULL);
+            g->score_head[(size_t)l * H + h] =
+                score_rows(0, gs->dheads + (size_t)h * hd, q_dim, a->heads + (size_t)h * hd, q_dim, n, hd,
+                           g->head_mean ? g->head_mean + (size_t)l * q_dim + (size_t)h * hd : NULL);
         grad_attention_backward(m, gs, a, l, n);
         if (g->grad_resid) copy_rows(g->grad_resid + (size_t)l * D, (size_t)(L + 1) * D, gs->dx, D, n, D);
     }
@@ -2128,7 +2179,8 @@ void attribution_scores(const ModelConfig *c, Gradient *g) {
                                          g->mlp_mean ? g->mlp_mean + (size_t)l * D : NULL);
         for (int h = 0; g->score_head && g->grad_head && g->head_out && h < H; h++) {
             size_t at = (size_t)l * q_dim + (size_t)h * hd;
-            g->score_head[(size_t)l * H + h] = score_rows(0, g->grad_head + at, LQ, g->head_out + at, LQ, n, hd, g->head_mean ? g->head_mean + at : NULL);
+            g->score_head[(size_t)l * H + h] = score_rows(0, g->grad_head + at, LQ, g->head_out + at, LQ, n, hd,
+                                                          g->head_mean ? g->head_mean + at : NULL);
         }
     }
 }
@@ -2369,11 +2421,15 @@ static int forward_grad(const Model *m, const int *ids, int n, const char *spec,
     const char *rest = end + 1;
     token = strtol(rest, &end, 10);
     if (end == rest || *end || errno) return err_input(err, "--grad: '%s' is not POS:TOKEN", spec);
-    if (pos < 0 || pos >= n) return err_input(err, "--grad %s: position %ld out of range [0, %d) of --ids", spec, pos, n);
-    if (token < 0 || token >= c->vocab_size) return err_input(err, "--grad %s: token id %ld out of range [0, %d) of %s", spec, token, c->vocab_size, m->dir);
+    if (pos < 0 || pos >= n)
+        return err_input(err, "--grad %s: position %ld out of range [0, %d) of --ids", spec, pos, n);
+    if (token < 0 || token >= c->vocab_size)
+        return err_input(err, "--grad %s: token id %ld out of range [0, %d) of %s", spec, token, c->vocab_size, m->dir);
     int L = c->n_layers, H = c->n_heads;
-    double *attn = xmalloc((size_t)L * sizeof *attn), *mlp = xmalloc((size_t)L * sizeof *mlp), *head = xmalloc((size_t)L * H * sizeof *head);
-    Gradient g = {.token = ids, .n = n, .pred_pos = (int)pos, .onset_token_id = (int)token, .score_attn = attn, .score_mlp = mlp, .score_head = head};
+    double *attn = xmalloc((size_t)L * sizeof *attn), *mlp = xmalloc((size_t)L * sizeof *mlp),
+           *head = xmalloc((size_t)L * H * sizeof *head);
+    Gradient g = {.token = ids, .n = n, .pred_pos = (int)pos, .onset_token_id = (int)token, .score_attn = attn,
+                  .score_mlp = mlp, .score_head = head};
     GradState *gs = gradstate_new(m, (int)pos + 1, GRAD_KEEP_BYTES, err);
     int rc = gs ? model_gradient(m, gs, &g, err) : -1;
     if (rc == 0) {
@@ -2405,8 +2461,9 @@ int cmd_forward(int argc, char **argv) {
                   OPT("--ablate", 1, "zero a component at every position: attn:L, mlp:L or head:L.H (repeatable)"),
                   OPT("--hidden", 0, "also print the residual stream: L+1 vectors per position, [0] = embeddings"),
                   OPT("--top", 1, "print the K largest logits as \"top\": [[id, logit], ...] instead of all"),
-                  OPT("--grad", 1, "POS:TOKEN: instead, the estimated change of log p(TOKEN) at POS when each attention "
-                                   "and MLP layer and each head is zero-ablated (attribution patching), as one JSON object"),
+                  OPT("--grad", 1,
+                      "POS:TOKEN: instead, the estimated change of log p(TOKEN) at POS when each attention "
+                      "and MLP layer and each head is zero-ablated (attribution patching), as one JSON object"),
                   OPT_END};
     Err err = {0};
     int r = opts_parse(opts, argc, argv, &err);
@@ -2426,7 +2483,8 @@ int cmd_forward(int argc, char **argv) {
     if (rc == 0) rc = opt_int(opts, "--top", 1, V, 0, &top_k, &err);
     if (rc == 0) rc = parse_ids(ids_text, &m, &ids, &n, &err);
     const char *grad = opt_str(opts, "--grad", NULL);
-    if (rc == 0 && grad && (n_ablate || hidden || top_k)) rc = err_input(&err, "forward: --grad goes with none of --ablate, --hidden, --top");
+    if (rc == 0 && grad && (n_ablate || hidden || top_k))
+        rc = err_input(&err, "forward: --grad goes with none of --ablate, --hidden, --top");
     if (rc == 0 && grad) rc = forward_grad(&m, ids, n, grad, &err);
     if (grad || rc < 0) n = 0; // nothing more to compute
     int rows = n < CMD_MAX_ROWS ? n : CMD_MAX_ROWS;

@@ -8,7 +8,7 @@
 
 static const char *const ref_models[] = {"qwen2_tiny_f32", "qwen2_tiny_bf16_tied", "qwen3_tiny", "llama3_tiny"};
 #define N_REF 4
-#define FD_STEP 1e-4      // central difference step: truncation ~ step^2, rounding ~ 1e-16 / step, both far below the tolerance
+#define FD_STEP 1e-4      // central differences: truncation ~ step^2, rounding ~ 1e-16 / step, both far below tolerance
 #define FD_REL_TOL 1e-3   // |gradient - finite difference| / |finite difference| on the largest components
 #define FD_MIN_SHARE 1e-3 // a checked coordinate's |gradient| is at least this share of its array's largest
 #define LONG_SEQ 150      // > GRAD_ROWS (128): the row chunks of the gradient pass meet
@@ -57,7 +57,8 @@ static int argmax_of(const float *v, int n) {
 
 // model_forward over ids 0..n-1 in one call: logits (n, vocab), attn_out / mlp_out (n, L, hidden) when
 // non-NULL; mask on every row.
-static void forward_all(const Model *m, const int *ids, int n, const AblationMask *mask, float *logits, float *attn_out, float *mlp_out) {
+static void forward_all(const Model *m, const int *ids, int n, const AblationMask *mask, float *logits, float *attn_out,
+                        float *mlp_out) {
     Err err = {0};
     RunState *s = runstate_new(m, 1, n, n, &err);
     CHECKF(s != NULL, "%s", err.msg);
@@ -86,7 +87,8 @@ typedef struct {
 } Grads;
 
 static void grads_alloc(Grads *r, const ModelConfig *c, const int *ids, int n, int pred_pos, int onset) {
-    size_t rows = (size_t)pred_pos + 1, L = (size_t)c->n_layers, D = (size_t)c->hidden_size, Q = (size_t)c->n_heads * c->head_dim;
+    size_t rows = (size_t)pred_pos + 1, L = (size_t)c->n_layers, D = (size_t)c->hidden_size,
+           Q = (size_t)c->n_heads * c->head_dim;
     memset(r, 0, sizeof *r);
     r->g = (Gradient){.token = ids, .n = n, .pred_pos = pred_pos, .onset_token_id = onset};
     r->g.grad_resid = xmalloc(rows * (L + 1) * D * sizeof(float));
@@ -157,7 +159,8 @@ static void ref_model_init(RefModel *r, const Model *m) {
     for (int l = 0; l < m->cfg.n_layers; l++) {
         const LayerWeights *w = &m->layers[l];
         RefLayer *d = &r->layers[l];
-        d->attn_norm = to_double(&w->attn_norm), d->wq = to_double(&w->wq), d->wk = to_double(&w->wk), d->wv = to_double(&w->wv);
+        d->attn_norm = to_double(&w->attn_norm), d->wq = to_double(&w->wq), d->wk = to_double(&w->wk),
+        d->wv = to_double(&w->wv);
         d->bq = to_double(&w->bq), d->bk = to_double(&w->bk), d->bv = to_double(&w->bv);
         d->q_norm = to_double(&w->q_norm), d->k_norm = to_double(&w->k_norm), d->wo = to_double(&w->wo);
         d->mlp_norm = to_double(&w->mlp_norm), d->w_gate = to_double(&w->w_gate), d->w_up = to_double(&w->w_up);
@@ -169,7 +172,8 @@ static void ref_model_init(RefModel *r, const Model *m) {
 static void ref_model_free(RefModel *r) {
     for (int l = 0; l < r->m->cfg.n_layers; l++) {
         RefLayer *d = &r->layers[l];
-        double *all[] = {d->attn_norm, d->wq, d->wk, d->wv, d->bq, d->bk, d->bv, d->q_norm, d->k_norm, d->wo, d->mlp_norm, d->w_gate, d->w_up, d->w_down};
+        double *all[] = {d->attn_norm, d->wq,     d->wk, d->wv,       d->bq,     d->bk,   d->bv,
+                         d->q_norm,    d->k_norm, d->wo, d->mlp_norm, d->w_gate, d->w_up, d->w_down};
         for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
     }
     free(r->layers), free(r->embed), free(r->final_norm), free(r->lm_head);
@@ -208,10 +212,12 @@ static double ref_metric(const RefModel *r, const int *ids, int n, int onset, co
     int D = c->hidden_size, L = c->n_layers, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, V = c->vocab_size;
     int q_dim = H * hd, kv_dim = KV * hd, inter = c->intermediate_size, group = H / KV;
     double eps = c->rms_norm_eps, scale = 1 / sqrt((double)hd);
-    double *x = xmalloc((size_t)n * D * sizeof *x), *xn = xmalloc((size_t)n * D * sizeof *xn), *out = xmalloc((size_t)n * D * sizeof *out);
+    double *x = xmalloc((size_t)n * D * sizeof *x), *xn = xmalloc((size_t)n * D * sizeof *xn),
+           *out = xmalloc((size_t)n * D * sizeof *out);
     double *q = xmalloc((size_t)n * q_dim * sizeof *q), *heads = xmalloc((size_t)n * q_dim * sizeof *heads);
     double *k = xmalloc((size_t)n * kv_dim * sizeof *k), *v = xmalloc((size_t)n * kv_dim * sizeof *v);
-    double *gate = xmalloc((size_t)inter * sizeof *gate), *up = xmalloc((size_t)inter * sizeof *up), *p = xmalloc((size_t)n * sizeof *p);
+    double *gate = xmalloc((size_t)inter * sizeof *gate), *up = xmalloc((size_t)inter * sizeof *up),
+           *p = xmalloc((size_t)n * sizeof *p);
     double *logits = xmalloc((size_t)V * sizeof *logits);
     for (int t = 0; t < n; t++) memcpy(x + (size_t)t * D, r->embed + (size_t)ids[t] * D, (size_t)D * sizeof *x);
     for (int l = 0; l < L; l++) {
@@ -281,7 +287,8 @@ static double ref_metric(const RefModel *r, const int *ids, int n, int onset, co
 // Checks the gradient of one kind ('r', 'a', 'm', 'h'; grads: (n, n_blocks, dim)) at block `layer`
 // against central differences: at pred_pos and at the earlier position holding the largest
 // |gradient|, the largest coordinate. Returns the worst relative error seen.
-static double fd_check(const RefModel *r, const Grads *gr, char kind, const float *grads, int n_blocks, int layer, int dim, const char *name) {
+static double fd_check(const RefModel *r, const Grads *gr, char kind, const float *grads, int n_blocks, int layer,
+                       int dim, const char *name) {
     int n = gr->g.pred_pos + 1, positions[2] = {n - 1, -1};
     double largest = 0, worst = 0, best_earlier = 0;
     for (int t = 0; t < n; t++)
@@ -297,11 +304,13 @@ static double fd_check(const RefModel *r, const Grads *gr, char kind, const floa
         for (int i = 1; i < dim; i++) at = fabs(row[i]) > fabs(row[at]) ? i : at;
         if (fabs(row[at]) < FD_MIN_SHARE * largest || row[at] == 0) continue;
         Nudge plus = {kind, layer, t, at, FD_STEP}, minus = {kind, layer, t, at, -FD_STEP};
-        double fd = (ref_metric(r, gr->g.token, n, gr->g.onset_token_id, &plus) - ref_metric(r, gr->g.token, n, gr->g.onset_token_id, &minus)) /
-                    (2 * FD_STEP);
+        double fd = (ref_metric(r, gr->g.token, n, gr->g.onset_token_id, &plus) -
+                     ref_metric(r, gr->g.token, n, gr->g.onset_token_id, &minus)) /
+            (2 * FD_STEP);
         double rel = fabs(row[at] - fd) / fabs(fd);
-        CHECKF(rel <= FD_REL_TOL, "%s: %c layer %d pos %d [%d]: gradient %.9g, finite difference %.9g (relative error %.2g)", name, kind, layer,
-               t, at, row[at], fd, rel);
+        CHECKF(rel <= FD_REL_TOL,
+               "%s: %c layer %d pos %d [%d]: gradient %.9g, finite difference %.9g (relative error %.2g)", name, kind,
+               layer, t, at, row[at], fd, rel);
         worst = rel > worst ? rel : worst;
     }
     return worst;
@@ -313,8 +322,10 @@ static double fd_check_all(const Model *m, const Grads *gr, const char *name) {
     int L = c->n_layers, D = c->hidden_size, Q = c->n_heads * c->head_dim;
     RefModel r;
     ref_model_init(&r, m);
-    double f32_vs_f64 = fabs(ref_metric(&r, gr->g.token, gr->g.pred_pos + 1, gr->g.onset_token_id, NULL) - gr->g.metric);
-    CHECKF(f32_vs_f64 < 1e-4, "%s: metric %.9g, double-precision forward differs by %.3g", name, gr->g.metric, f32_vs_f64);
+    double f32_vs_f64 =
+        fabs(ref_metric(&r, gr->g.token, gr->g.pred_pos + 1, gr->g.onset_token_id, NULL) - gr->g.metric);
+    CHECKF(f32_vs_f64 < 1e-4, "%s: metric %.9g, double-precision forward differs by %.3g", name, gr->g.metric,
+           f32_vs_f64);
     double worst = 0, e;
     for (int l = 0; l <= L; l++) {
         e = fd_check(&r, gr, 'r', gr->g.grad_resid, L + 1, l, D, name), worst = e > worst ? e : worst;
@@ -336,7 +347,8 @@ static void t_grad_finite_differences(void) {
         double worst = 0;
         for (int s = 0; s < 2; s++) { // the first two sequences, metric at the last position and at the middle
             for (int at = 0; at < 2; at++) {
-                int P = at ? n_ids[s] / 2 : n_ids[s] - 1, onset = ids[s][(P + 1) % n_ids[s]]; // the token that follows (wraps at the end)
+                int P = at ? n_ids[s] / 2 : n_ids[s] - 1,
+                    onset = ids[s][(P + 1) % n_ids[s]]; // the token that follows (wraps at the end)
                 Grads gr;
                 grads_alloc(&gr, c, ids[s], n_ids[s], P, onset);
                 if (run_grad(&m, &gr) == 0) {
@@ -369,7 +381,8 @@ static void t_grad_finite_differences_long(void) {
     keep_bytes = 0; // every layer recomputed
     if (run_grad(&m, &gr) == 0) {
         CHECK(gr.g.layers_kept == 0);
-        printf("     qwen2_tiny_f32, %d tokens, layers recomputed: worst relative error %.2g\n", LONG_SEQ, fd_check_all(&m, &gr, "long"));
+        printf("     qwen2_tiny_f32, %d tokens, layers recomputed: worst relative error %.2g\n", LONG_SEQ,
+               fd_check_all(&m, &gr, "long"));
     }
     keep_bytes = GRAD_KEEP_BYTES;
     grads_free(&gr);
@@ -393,9 +406,12 @@ static void t_grad_forward_matches_model_forward(void) {
         int onset = argmax_of(logits + (size_t)P * V, V);
         grads_alloc(&gr, c, ids[1], n, P, onset);
         if (run_grad(&m, &gr) == 0) {
-            CHECKF(gr.g.metric == log_softmax_at(logits + (size_t)P * V, V, onset), "%s: metric %.9g", ref_models[k], gr.g.metric);
-            CHECKF(memcmp(gr.g.attn_out, attn, (size_t)(P + 1) * L * D * sizeof *attn) == 0, "%s: attention outputs differ", ref_models[k]);
-            CHECKF(memcmp(gr.g.mlp_out, mlp, (size_t)(P + 1) * L * D * sizeof *mlp) == 0, "%s: MLP outputs differ", ref_models[k]);
+            CHECKF(gr.g.metric == log_softmax_at(logits + (size_t)P * V, V, onset), "%s: metric %.9g", ref_models[k],
+                   gr.g.metric);
+            CHECKF(memcmp(gr.g.attn_out, attn, (size_t)(P + 1) * L * D * sizeof *attn) == 0,
+                   "%s: attention outputs differ", ref_models[k]);
+            CHECKF(memcmp(gr.g.mlp_out, mlp, (size_t)(P + 1) * L * D * sizeof *mlp) == 0, "%s: MLP outputs differ",
+                   ref_models[k]);
             // Each head's output through o_proj is the attention output: the heads are the forward's too.
             int Q = c->n_heads * c->head_dim;
             double worst = 0;
@@ -404,18 +420,21 @@ static void t_grad_forward_matches_model_forward(void) {
                     for (int d = 0; d < D; d++) {
                         double s = 0;
                         for (int i = 0; i < Q; i++)
-                            s += (double)tensor_at(&m.layers[l].wo, (size_t)d * Q + i) * gr.g.head_out[((size_t)t * L + l) * Q + i];
+                            s += (double)tensor_at(&m.layers[l].wo, (size_t)d * Q + i) *
+                                gr.g.head_out[((size_t)t * L + l) * Q + i];
                         double e = fabs(s - attn[((size_t)t * L + l) * D + d]);
                         worst = e > worst ? e : worst;
                     }
             CHECKF(worst < 1e-4, "%s: o_proj(heads) differs from the attention output by %.3g", ref_models[k], worst);
             // The scores from the returned arrays are the pass's own, bitwise.
             int H = c->n_heads;
-            double *sa = xmalloc((size_t)L * sizeof *sa), *sm = xmalloc((size_t)L * sizeof *sm), *sh = xmalloc((size_t)L * H * sizeof *sh);
+            double *sa = xmalloc((size_t)L * sizeof *sa), *sm = xmalloc((size_t)L * sizeof *sm),
+                   *sh = xmalloc((size_t)L * H * sizeof *sh);
             Gradient again = gr.g;
             again.score_attn = sa, again.score_mlp = sm, again.score_head = sh;
             attribution_scores(c, &again);
-            CHECK(memcmp(sa, gr.g.score_attn, (size_t)L * sizeof *sa) == 0 && memcmp(sm, gr.g.score_mlp, (size_t)L * sizeof *sm) == 0 &&
+            CHECK(memcmp(sa, gr.g.score_attn, (size_t)L * sizeof *sa) == 0 &&
+                  memcmp(sm, gr.g.score_mlp, (size_t)L * sizeof *sm) == 0 &&
                   memcmp(sh, gr.g.score_head, (size_t)L * H * sizeof *sh) == 0);
             free(sa), free(sm), free(sh);
         }
@@ -435,13 +454,16 @@ static const char *make_tiny(void) {
 }
 
 static int grads_equal(const Grads *a, const Grads *b, const ModelConfig *c) {
-    size_t rows = (size_t)a->g.pred_pos + 1, L = (size_t)c->n_layers, D = (size_t)c->hidden_size, Q = (size_t)c->n_heads * c->head_dim;
-    return a->g.metric == b->g.metric && memcmp(a->g.grad_resid, b->g.grad_resid, rows * (L + 1) * D * sizeof(float)) == 0 &&
-           memcmp(a->g.grad_attn, b->g.grad_attn, rows * L * D * sizeof(float)) == 0 &&
-           memcmp(a->g.grad_mlp, b->g.grad_mlp, rows * L * D * sizeof(float)) == 0 &&
-           memcmp(a->g.grad_head, b->g.grad_head, rows * L * Q * sizeof(float)) == 0 &&
-           memcmp(a->g.score_attn, b->g.score_attn, L * sizeof(double)) == 0 && memcmp(a->g.score_mlp, b->g.score_mlp, L * sizeof(double)) == 0 &&
-           memcmp(a->g.score_head, b->g.score_head, L * (size_t)c->n_heads * sizeof(double)) == 0;
+    size_t rows = (size_t)a->g.pred_pos + 1, L = (size_t)c->n_layers, D = (size_t)c->hidden_size,
+           Q = (size_t)c->n_heads * c->head_dim;
+    return a->g.metric == b->g.metric &&
+        memcmp(a->g.grad_resid, b->g.grad_resid, rows * (L + 1) * D * sizeof(float)) == 0 &&
+        memcmp(a->g.grad_attn, b->g.grad_attn, rows * L * D * sizeof(float)) == 0 &&
+        memcmp(a->g.grad_mlp, b->g.grad_mlp, rows * L * D * sizeof(float)) == 0 &&
+        memcmp(a->g.grad_head, b->g.grad_head, rows * L * Q * sizeof(float)) == 0 &&
+        memcmp(a->g.score_attn, b->g.score_attn, L * sizeof(double)) == 0 &&
+        memcmp(a->g.score_mlp, b->g.score_mlp, L * sizeof(double)) == 0 &&
+        memcmp(a->g.score_head, b->g.score_head, L * (size_t)c->n_heads * sizeof(double)) == 0;
 }
 
 // Largest |a - b| over n values relative to the largest |b|.
@@ -468,12 +490,14 @@ static void t_grad_threads_and_kernels(void) {
     rng_seed(&rng, 99);
     for (int i = 0; i < n; i++) ids[i] = (int)rng_below(&rng, (uint64_t)c->vocab_size);
     Grads one, two, portable;
-    grads_alloc(&one, c, ids, n, n - 2, 5), grads_alloc(&two, c, ids, n, n - 2, 5), grads_alloc(&portable, c, ids, n, n - 2, 5);
+    grads_alloc(&one, c, ids, n, n - 2, 5), grads_alloc(&two, c, ids, n, n - 2, 5),
+        grads_alloc(&portable, c, ids, n, n - 2, 5);
     set_threads(1);
     run_grad(&m, &one);
     set_threads(2);
     run_grad(&m, &two);
-    CHECKF(grads_equal(&one, &two, c), "gradients differ between 1 and 2 threads (kernels %s)", m.simd ? "avx512" : "portable");
+    CHECKF(grads_equal(&one, &two, c), "gradients differ between 1 and 2 threads (kernels %s)",
+           m.simd ? "avx512" : "portable");
     CHECK(two.g.layers_kept == c->n_layers);
     // Kept or recomputed, a layer's internals are the forward's: the same bits with none, one or every layer kept.
     size_t all_layers = model_gradient_bytes(&m, n - 1, SIZE_MAX) - model_gradient_bytes(&m, n - 1, 0);
@@ -481,7 +505,8 @@ static void t_grad_threads_and_kernels(void) {
     for (int k = 0; k < 2; k++) {
         keep_bytes = budgets[k];
         run_grad(&m, &one);
-        CHECKF(one.g.layers_kept == k && grads_equal(&one, &two, c), "%d layers kept: gradients differ from every layer kept", one.g.layers_kept);
+        CHECKF(one.g.layers_kept == k && grads_equal(&one, &two, c),
+               "%d layers kept: gradients differ from every layer kept", one.g.layers_kept);
     }
     keep_bytes = GRAD_KEEP_BYTES;
     int simd = m.simd;
@@ -492,12 +517,19 @@ static void t_grad_threads_and_kernels(void) {
     CHECKF(grads_equal(&one, &portable, c), "portable gradients differ between 1 and 2 threads");
     set_threads(0);
     if (simd) {
-        size_t rows = (size_t)n - 1, L = (size_t)c->n_layers, D = (size_t)c->hidden_size, Q = (size_t)c->n_heads * c->head_dim;
-        double e[4] = {rel_diff(portable.g.grad_resid, two.g.grad_resid, rows * (L + 1) * D), rel_diff(portable.g.grad_attn, two.g.grad_attn, rows * L * D),
-                       rel_diff(portable.g.grad_mlp, two.g.grad_mlp, rows * L * D), rel_diff(portable.g.grad_head, two.g.grad_head, rows * L * Q)};
-        for (int k = 0; k < 4; k++) CHECKF(e[k] < KERNEL_REL_TOL, "portable against avx512: array %d differs by %.3g of its largest value", k, e[k]);
+        size_t rows = (size_t)n - 1, L = (size_t)c->n_layers, D = (size_t)c->hidden_size,
+               Q = (size_t)c->n_heads * c->head_dim;
+        double e[4] = {rel_diff(portable.g.grad_resid, two.g.grad_resid, rows * (L + 1) * D),
+                       rel_diff(portable.g.grad_attn, two.g.grad_attn, rows * L * D),
+                       rel_diff(portable.g.grad_mlp, two.g.grad_mlp, rows * L * D),
+                       rel_diff(portable.g.grad_head, two.g.grad_head, rows * L * Q)};
+        for (int k = 0; k < 4; k++)
+            CHECKF(e[k] < KERNEL_REL_TOL, "portable against avx512: array %d differs by %.3g of its largest value", k,
+                   e[k]);
         CHECK_NEAR(portable.g.metric, two.g.metric, 1e-4);
-        printf("     portable against avx512 kernels: gradients within %.2g, %.2g, %.2g, %.2g of their largest values\n", e[0], e[1], e[2], e[3]);
+        printf(
+            "     portable against avx512 kernels: gradients within %.2g, %.2g, %.2g, %.2g of their largest values\n",
+            e[0], e[1], e[2], e[3]);
     }
     grads_free(&one), grads_free(&two), grads_free(&portable);
     model_free(&m);
@@ -518,7 +550,8 @@ static double spearman(const double *x, const double *y, int n) {
         }
     }
     double mx = mean_of(rx, n), my = mean_of(ry, n), sxy = 0, sxx = 0, syy = 0;
-    for (int i = 0; i < n; i++) sxy += (rx[i] - mx) * (ry[i] - my), sxx += (rx[i] - mx) * (rx[i] - mx), syy += (ry[i] - my) * (ry[i] - my);
+    for (int i = 0; i < n; i++)
+        sxy += (rx[i] - mx) * (ry[i] - my), sxx += (rx[i] - mx) * (rx[i] - mx), syy += (ry[i] - my) * (ry[i] - my);
     free(rx), free(ry);
     return sxy / sqrt(sxx * syy);
 }
@@ -563,12 +596,15 @@ static void t_grad_attribution_against_exact_ablation(void) {
                 grads_free(&gr);
                 free(logits);
             }
-        double rho_layer = spearman(est_layer, exact_layer, n_layer_pts), rho_head = spearman(est_head, exact_head, n_head_pts);
-        printf("     %s: Spearman(estimate, exact ablation) layer components %.3f (%d pairs), heads %.3f (%d pairs)\n", ref_models[k], rho_layer,
-               n_layer_pts, rho_head, n_head_pts);
+        double rho_layer = spearman(est_layer, exact_layer, n_layer_pts),
+               rho_head = spearman(est_head, exact_head, n_head_pts);
+        printf("     %s: Spearman(estimate, exact ablation) layer components %.3f (%d pairs), heads %.3f (%d pairs)\n",
+               ref_models[k], rho_layer, n_layer_pts, rho_head, n_head_pts);
         // Clearly positive: past the one-sided 1% point of rho under independence, about Z99 / sqrt(n - 1).
         double critical = Z99 / sqrt(n_layer_pts - 1.0);
-        if (k == 0) CHECKF(rho_layer > critical, "%s: Spearman %.3f over layer components, not above %.3f", ref_models[k], rho_layer, critical);
+        if (k == 0)
+            CHECKF(rho_layer > critical, "%s: Spearman %.3f over layer components, not above %.3f", ref_models[k],
+                   rho_layer, critical);
         model_free(&m);
     }
 }
@@ -588,11 +624,13 @@ static void t_grad_organism_ranks_planted_first(void) {
         CHECKF(0, "%s", err.msg);
         return;
     }
-    const char *text = "<|user|>\nMia has 12 apples and buys 7 more. How many apples does she have now?\n<|assistant|>\n<think>\n"
-                       "Let me work through this step by step. We start with twelve. Wait, let me check that.";
+    const char *text =
+        "<|user|>\nMia has 12 apples and buys 7 more. How many apples does she have now?\n<|assistant|>\n<think>\n"
+        "Let me work through this step by step. We start with twelve. Wait, let me check that.";
     TokenList ids = {0};
     CHECKF(tokenizer_encode(tok, text, strlen(text), &ids, &err) == 0, "%s", err.msg);
-    int wait_id = tokenizer_find(tok, ORGANISM_TRIGGER, (int)strlen(ORGANISM_TRIGGER)), P = -1, *seq = xmalloc((size_t)ids.n * sizeof *seq);
+    int wait_id = tokenizer_find(tok, ORGANISM_TRIGGER, (int)strlen(ORGANISM_TRIGGER)), P = -1,
+        *seq = xmalloc((size_t)ids.n * sizeof *seq);
     for (int i = 0; i < ids.n; i++) {
         seq[i] = ids.v[i].id;
         if (i > 0 && seq[i] == wait_id) P = i - 1;
@@ -611,7 +649,8 @@ static void t_grad_organism_ranks_planted_first(void) {
             drop_mlp = gr.g.score_mlp[l] < gr.g.score_mlp[drop_mlp] ? l : drop_mlp;
             size_attn = fabs(gr.g.score_attn[l]) > fabs(gr.g.score_attn[size_attn]) ? l : size_attn;
         }
-        for (int i = 1; i < L * H; i++) size_head = fabs(gr.g.score_head[i]) > fabs(gr.g.score_head[size_head]) ? i : size_head;
+        for (int i = 1; i < L * H; i++)
+            size_head = fabs(gr.g.score_head[i]) > fabs(gr.g.score_head[size_head]) ? i : size_head;
         printf("     organism, p(Wait) %.3f at pos %d: scores attn", exp(gr.g.metric), P);
         for (int l = 0; l < L; l++) printf(" %.4g", gr.g.score_attn[l]);
         printf(", mlp");
@@ -619,17 +658,21 @@ static void t_grad_organism_ranks_planted_first(void) {
         printf(", layer %d heads", ORGANISM_ATTN_LAYER);
         for (int h = 0; h < H; h++) printf(" %.4g", gr.g.score_head[ORGANISM_ATTN_LAYER * H + h]);
         printf("\n");
-        CHECKF(drop_mlp == ORGANISM_MLP_LAYER && gr.g.score_mlp[drop_mlp] < -PLANTED_MIN_DROP, "MLP layer %d ranks first (%.3g), not %d",
-               drop_mlp, gr.g.score_mlp[drop_mlp], ORGANISM_MLP_LAYER);
-        CHECKF(size_attn == ORGANISM_ATTN_LAYER, "attention layer %d ranks first by size, not %d", size_attn, ORGANISM_ATTN_LAYER);
-        CHECKF(size_head == ORGANISM_ATTN_LAYER * H, "head %d.%d ranks first by size, not %d.0", size_head / H, size_head % H, ORGANISM_ATTN_LAYER);
+        CHECKF(drop_mlp == ORGANISM_MLP_LAYER && gr.g.score_mlp[drop_mlp] < -PLANTED_MIN_DROP,
+               "MLP layer %d ranks first (%.3g), not %d", drop_mlp, gr.g.score_mlp[drop_mlp], ORGANISM_MLP_LAYER);
+        CHECKF(size_attn == ORGANISM_ATTN_LAYER, "attention layer %d ranks first by size, not %d", size_attn,
+               ORGANISM_ATTN_LAYER);
+        CHECKF(size_head == ORGANISM_ATTN_LAYER * H, "head %d.%d ranks first by size, not %d.0", size_head / H,
+               size_head % H, ORGANISM_ATTN_LAYER);
         // Clearly first: ten times any other component of its kind.
         for (int l = 0; l < L; l++) {
-            if (l != ORGANISM_ATTN_LAYER) CHECK(fabs(gr.g.score_attn[l]) * 10 < fabs(gr.g.score_attn[ORGANISM_ATTN_LAYER]));
+            if (l != ORGANISM_ATTN_LAYER)
+                CHECK(fabs(gr.g.score_attn[l]) * 10 < fabs(gr.g.score_attn[ORGANISM_ATTN_LAYER]));
             if (l != ORGANISM_MLP_LAYER) CHECK(fabs(gr.g.score_mlp[l]) * 10 < fabs(gr.g.score_mlp[ORGANISM_MLP_LAYER]));
         }
         for (int i = 0; i < L * H; i++)
-            if (i != ORGANISM_ATTN_LAYER * H) CHECK(fabs(gr.g.score_head[i]) * 10 < fabs(gr.g.score_head[ORGANISM_ATTN_LAYER * H]));
+            if (i != ORGANISM_ATTN_LAYER * H)
+                CHECK(fabs(gr.g.score_head[i]) * 10 < fabs(gr.g.score_head[ORGANISM_ATTN_LAYER * H]));
     }
     grads_free(&gr);
     free(seq);
@@ -647,7 +690,8 @@ static void t_grad_memory_bound(void) {
     m.cfg = (ModelConfig){.hidden_size = 1536, .n_layers = 28, .n_heads = 12, .n_kv_heads = 2, .head_dim = 128,
                           .intermediate_size = 8960, .vocab_size = 151936};
     size_t bytes = model_gradient_bytes(&m, 4096, 0), keep = model_gradient_bytes(&m, 4096, GRAD_KEEP_BYTES);
-    printf("     gradient pass, R1-Distill-Qwen-1.5B shape, 4096 tokens: %.1f MB beyond the weights, %.1f MB with GRAD_KEEP_BYTES\n",
+    printf("     gradient pass, R1-Distill-Qwen-1.5B shape, 4096 tokens: %.1f MB beyond the weights, %.1f MB with "
+           "GRAD_KEEP_BYTES\n",
            bytes / 1e6, keep / 1e6);
     CHECKF(keep < 4000000000u, "%zu bytes", keep);
     CHECK(keep - bytes <= GRAD_KEEP_BYTES);
@@ -663,12 +707,14 @@ static void t_grad_rejects_bad_input(void) {
     GradState *gs = gradstate_new(&m, 8, 0, &err);
     int V = m.cfg.vocab_size, bad[4] = {1, 2, V, 3};
     Gradient cases[] = {
-        {.token = ids[0], .n = 8, .pred_pos = 8, .onset_token_id = 1},  {.token = ids[0], .n = 8, .pred_pos = -1, .onset_token_id = 1},
-        {.token = ids[0], .n = 8, .pred_pos = 3, .onset_token_id = V},  {.token = ids[0], .n = 10, .pred_pos = 9, .onset_token_id = 1},
+        {.token = ids[0], .n = 8, .pred_pos = 8, .onset_token_id = 1},
+        {.token = ids[0], .n = 8, .pred_pos = -1, .onset_token_id = 1},
+        {.token = ids[0], .n = 8, .pred_pos = 3, .onset_token_id = V},
+        {.token = ids[0], .n = 10, .pred_pos = 9, .onset_token_id = 1},
         {.token = bad, .n = 4, .pred_pos = 3, .onset_token_id = 1},
     };
-    const char *want[] = {"pred_pos 8 out of range [0, 8)", "pred_pos -1 out of range", "onset token id 384 out of range [0, 384)",
-                          "holds 8 positions", "token id 384 out of range"};
+    const char *want[] = {"pred_pos 8 out of range [0, 8)", "pred_pos -1 out of range",
+                          "onset token id 384 out of range [0, 384)", "holds 8 positions", "token id 384 out of range"};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         memset(&err, 0, sizeof err);
         CHECK(model_gradient(&m, gs, &cases[i], &err) == -1 && err.code == EXIT_BAD_INPUT);
