@@ -436,7 +436,41 @@ static void t_grad_forward_matches_model_forward(void) {
             CHECK(memcmp(sa, gr.g.score_attn, (size_t)L * sizeof *sa) == 0 &&
                   memcmp(sm, gr.g.score_mlp, (size_t)L * sizeof *sm) == 0 &&
                   memcmp(sh, gr.g.score_head, (size_t)L * H * sizeof *sh) == 0);
-            free(sa), free(sm), free(sh);
+            // Mean ablation: g . (mean - a) = -g . a + g . mean; with mean = a unit vector e_d at every layer the
+            // difference is the sum over positions of g[d]. Inside the pass and from the arrays, bitwise alike.
+            int d = 1;
+            Grads mean;
+            grads_alloc(&mean, c, ids[1], n, P, onset);
+            float *attn_mean = xcalloc((size_t)L * D, sizeof *attn_mean);
+            float *head_mean = xcalloc((size_t)L * Q, sizeof *head_mean);
+            for (int l = 0; l < L; l++) attn_mean[(size_t)l * D + d] = 1, head_mean[(size_t)l * Q + d] = 1;
+            mean.g.attn_mean = mean.g.mlp_mean = attn_mean, mean.g.head_mean = head_mean;
+            if (run_grad(&m, &mean) == 0) {
+                for (int l = 0; l < L; l++) {
+                    double sum_attn = 0, sum_mlp = 0, sum_head = 0;
+                    for (int t = 0; t <= P; t++) {
+                        sum_attn += gr.g.grad_attn[((size_t)t * L + l) * D + d];
+                        sum_mlp += gr.g.grad_mlp[((size_t)t * L + l) * D + d];
+                        sum_head += gr.g.grad_head[((size_t)t * L + l) * Q + d]; // head 0's value d
+                    }
+                    CHECK_NEAR(mean.g.score_attn[l] - gr.g.score_attn[l], sum_attn, 1e-9 * (1 + fabs(sum_attn)));
+                    CHECK_NEAR(mean.g.score_mlp[l] - gr.g.score_mlp[l], sum_mlp, 1e-9 * (1 + fabs(sum_mlp)));
+                    const double *head_m = mean.g.score_head + (size_t)l * H, *head_z = gr.g.score_head + (size_t)l * H;
+                    CHECK_NEAR(head_m[0] - head_z[0], sum_head, 1e-9 * (1 + fabs(sum_head)));
+                    for (int h = 1; h < H; h++) CHECK(head_m[h] == head_z[h]);
+                }
+                Gradient again_mean = mean.g;
+                again_mean.score_attn = sa = xmalloc((size_t)L * sizeof *sa);
+                again_mean.score_mlp = sm = xmalloc((size_t)L * sizeof *sm);
+                again_mean.score_head = sh = xmalloc((size_t)L * H * sizeof *sh);
+                attribution_scores(c, &again_mean);
+                CHECK(memcmp(sa, mean.g.score_attn, (size_t)L * sizeof *sa) == 0);
+                CHECK(memcmp(sm, mean.g.score_mlp, (size_t)L * sizeof *sm) == 0);
+                CHECK(memcmp(sh, mean.g.score_head, (size_t)L * H * sizeof *sh) == 0);
+                free(sa), free(sm), free(sh);
+            }
+            grads_free(&mean);
+            free(attn_mean), free(head_mean);
         }
         grads_free(&gr);
         free(logits), free(attn), free(mlp);
