@@ -691,7 +691,21 @@ static void t_grad_organism_ranks_planted_first(void) {
         for (int l = 0; l < L; l++) printf(" %.4g", gr.g.score_mlp[l]);
         printf(", layer %d heads", ORGANISM_ATTN_LAYER);
         for (int h = 0; h < H; h++) printf(" %.4g", gr.g.score_head[ORGANISM_ATTN_LAYER * H + h]);
-        printf("\n");
+        // The exact effects of the planted components on this event, for the record.
+        unsigned char attn[64] = {0}, mlp[64] = {0}, head[256] = {0};
+        AblationMask mask = {ABLATE_ZERO, attn, mlp, head, NULL, NULL, NULL};
+        float *logits = xmalloc((size_t)(P + 1) * c->vocab_size * sizeof *logits);
+        double exact[3];
+        for (int k = 0; k < 3; k++) {
+            attn[ORGANISM_ATTN_LAYER] = k == 0, head[ORGANISM_ATTN_LAYER * H] = k == 1;
+            mlp[ORGANISM_MLP_LAYER] = k == 2;
+            forward_all(&m, seq, P + 1, &mask, logits, NULL, NULL);
+            exact[k] = log_softmax_at(logits + (size_t)P * c->vocab_size, c->vocab_size, wait_id) - gr.g.metric;
+        }
+        free(logits);
+        printf("; exact: attn %d %.4g, head %d.0 %.4g, mlp %d %.4g\n", ORGANISM_ATTN_LAYER, exact[0],
+               ORGANISM_ATTN_LAYER, exact[1], ORGANISM_MLP_LAYER, exact[2]);
+        CHECK(exact[0] < -PLANTED_MIN_DROP && exact[1] < -PLANTED_MIN_DROP && exact[2] < -PLANTED_MIN_DROP);
         CHECKF(drop_mlp == ORGANISM_MLP_LAYER && gr.g.score_mlp[drop_mlp] < -PLANTED_MIN_DROP,
                "MLP layer %d ranks first (%.3g), not %d", drop_mlp, gr.g.score_mlp[drop_mlp], ORGANISM_MLP_LAYER);
         CHECKF(size_attn == ORGANISM_ATTN_LAYER, "attention layer %d ranks first by size, not %d", size_attn,
