@@ -436,6 +436,7 @@ static void t_grad_forward_matches_model_forward(void) {
             CHECK(memcmp(sa, gr.g.score_attn, (size_t)L * sizeof *sa) == 0 &&
                   memcmp(sm, gr.g.score_mlp, (size_t)L * sizeof *sm) == 0 &&
                   memcmp(sh, gr.g.score_head, (size_t)L * H * sizeof *sh) == 0);
+            free(sa), free(sm), free(sh);
             // Mean ablation: g . (mean - a) = -g . a + g . mean; with mean = a unit vector e_d at every layer the
             // difference is the sum over positions of g[d]. Inside the pass and from the arrays, bitwise alike.
             int d = 1;
