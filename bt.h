@@ -453,7 +453,7 @@ float tensor_at(const Tensor *t, size_t i);                 // element i (row-ma
 // backward when every layer fits, one more forward of the layers that do not (same results).
 typedef struct GradState GradState;
 
-#define GRAD_KEEP_BYTES ((size_t)1536 << 20) // a keep budget: every layer of 480 positions of R1-Distill-Qwen-1.5B
+#define GRAD_KEEP_BYTES ((size_t)1536 << 20) // a keep budget: every layer of 515 positions of R1-Distill-Qwen-1.5B
 
 GradState *gradstate_new(const Model *m, int max_tokens, size_t keep_bytes, Err *err);
 void gradstate_free(GradState *gs);
