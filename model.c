@@ -1551,6 +1551,820 @@ double log_prob(const float *logits, int vocab, int token, int *rank) {
 }
 
 // ----------------------------------------------------------------------------
+// The gradient pass (attribution patching)
+//
+// metric = log p(onset | logits at P) of one teacher-forced sequence, P = pred_pos, and its
+// gradient with respect to activations, never weights. Positions after P cannot change the
+// metric, so only rows 0..P exist here. The forward keeps the residual stream at every layer
+// boundary, and each layer's internals (LayerActs) while they fit the state's keep budget; the
+// backward walks the layers down, recomputes the internals of a layer it did not keep from
+// the residual entering it with the forward's own kernels (so they are bitwise the forward's:
+// kept or recomputed, the result is the same), and reads them in reverse: final norm and
+// lm_head; then per layer the MLP (down_proj, SwiGLU, gate/up_proj, RMSNorm) and attention
+// (o_proj, softmax over positions, GQA, RoPE, q/k norms, q/k/v_proj, RMSNorm). The residual
+// add passes its gradient through, so d/d(MLP output) of layer l is d/d(residual after block
+// l) and d/d(attention output) is d/d(residual between the two blocks). Each gradient element
+// is summed in an order fixed by the shapes, by one thread: the same bits for any thread count.
+//
+// Memory (model_gradient_bytes), N = max_tokens, floats: the residual stream N (L+1) D;
+// one layer's internals and gradients N (3 D + 5 q_dim + 8 kv_dim + head_dim); one head's
+// probabilities and score gradients 2 x N (N+1) / 2 (the only N x N term: one head at a
+// time); MLP and matmul scratch for GRAD_ROWS rows; the logits of one position (no N x vocab
+// buffer); plus the keep budget. R1-Distill-Qwen-1.5B, N = 4096: 1.05 GB + the budget.
+
+#define GRAD_ROWS 128     // rows per matmul call and per MLP chunk (scratch: GRAD_ROWS x intermediate)
+#define GRAD_COLS 64      // transposed matmul: output columns per block, one thread's unit of work
+#define GRAD_K_CHUNK 128  // transposed matmul: weight rows per pass over a block (held in L1 while all rows pass)
+#define GRAD_TILE_ROWS 6  // AVX-512 transposed matmul: rows per tile (6 x 4 accumulators of 16 lanes)
+#define GRAD_KEY_BLOCK 16 // attention backward: key positions per block, one thread's unit of work
+#define GRAD_MAX_BUFS 32  // buffers of a GradState
+
+// One layer's internals over positions 0..n-1, as the forward computed them.
+typedef struct {
+    float *x_mid;       // (n, hidden) residual between the attention and the MLP
+    float *attn_out;    // (n, hidden) attention output
+    float *q_pre;       // (n, q_dim) query projections (bias added), before q_norm and RoPE
+    float *q;           // (n, q_dim) queries after RoPE
+    float *heads;       // (n, q_dim) each head's output before o_proj
+    float *k_pre;       // (n, kv_dim) key projections before k_norm and RoPE
+    float *k, *v;       // (n, kv_dim) keys after RoPE, values
+    float *gate, *up;   // (rows, intermediate) gate and up projections, then their gradients
+    float *mlp_out;     // (rows, hidden) MLP output
+    int kept;           // 1: kept from the forward (gate, up, mlp_out: n rows); 0: recomputed (GRAD_ROWS rows, a chunk)
+} LayerActs;
+
+struct GradState {
+    int max_tokens, max_pad; // positions; max_pad rounds up to two key blocks, as the attention kernels read them
+    int n_threads;           // threads with their own score buffer
+    size_t keep_floats;      // the keep budget
+    float *resid;       // (max_tokens, n_layers + 1, hidden) residual stream at every layer boundary
+    LayerActs work;     // a layer that is recomputed: max_tokens rows, its MLP GRAD_ROWS rows
+    float *keep;        // (keep_floats) kept layers' internals, laid out per call (grad_keep)
+    LayerActs *kept;    // (n_layers) this call's kept layers; .kept 0 = recomputed
+    float *dx;          // (max_tokens, hidden) d metric / d the residual at the current point of the backward
+    float *dheads;      // (max_tokens, q_dim) d metric / d heads
+    float *dq;          // (max_tokens, q_dim) d metric / d q, then d q_pre
+    float *dk, *dv;     // (max_tokens, kv_dim) d metric / d keys (then d k_pre) and values
+    float *key_cache;   // (n_kv_heads, max_pad / KEY_BLOCK, head_dim, KEY_BLOCK) keys as the attention kernels read
+    float *value_cache; // (n_kv_heads, max_pad, head_dim)
+    float *value_blocks; // (n_kv_heads, max_pad / KEY_BLOCK, head_dim, KEY_BLOCK) values as the keys (AVX-512)
+    float *rope_cos;    // (max_tokens, head_dim / 2) of each position
+    float *rope_sin;    // (max_tokens, head_dim / 2)
+    float *probs;       // (max_tokens (max_tokens + 1) / 2) one head's attention probabilities, row t at t (t + 1) / 2
+    float *dscores;     // (max_tokens (max_tokens + 1) / 2) d metric / d that head's scores (scale applied)
+    float *scores;      // (n_threads, n_heads / n_kv_heads, max_pad) the attention kernels' score buffers
+    float *row_scratch; // (n_threads, 2, max_pad) AVX-512 backward: one row's scores and d metric / d probabilities
+    float *xb;          // (GRAD_ROWS, hidden) a normed block input, or d metric / d it
+    float *act;         // (GRAD_ROWS, intermediate) silu(gate) * up, then its gradient
+    float *stage;       // (GRAD_ROWS, stage_cols) matmul input as the AVX-512 kernels read it
+    float *logits;      // (vocab) logits at pred_pos, then d metric / d them
+    float *owned[GRAD_MAX_BUFS]; // (n_owned) every buffer above, for gradstate_free
+    int n_owned;
+    size_t bytes;       // everything above
+};
+
+// Floats of one kept layer of n positions.
+static size_t grad_layer_floats(const ModelConfig *c, int n) {
+    size_t D = (size_t)c->hidden_size, q_dim = (size_t)c->n_heads * c->head_dim,
+           kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+    return (size_t)n * (3 * D + 3 * q_dim + 3 * kv_dim + 2 * (size_t)c->intermediate_size);
+}
+
+// Every buffer of a GradState and its size in floats: gradstate_new allocates this table,
+// model_gradient_bytes sums it. Returns the number of buffers.
+static int grad_layout(const Model *m, int max_tokens, size_t keep_floats, int n_threads, GradState *gs, float **bufs[],
+                       size_t sizes[]) {
+    const ModelConfig *c = &m->cfg;
+    size_t N = (size_t)max_tokens, D = (size_t)c->hidden_size, hd = (size_t)c->head_dim,
+           q_dim = (size_t)c->n_heads * hd;
+    size_t kv_dim = (size_t)c->n_kv_heads * hd, inter = (size_t)c->intermediate_size, R = GRAD_ROWS;
+    size_t pad = (N + 2 * KEY_BLOCK - 1) / (2 * KEY_BLOCK) * (2 * KEY_BLOCK), tri = N * (N + 1) / 2;
+    int k = 0;
+#define GRAD_BUF(field, count) (bufs[k] = &gs->field, sizes[k++] = (count))
+    GRAD_BUF(resid, N * (size_t)(c->n_layers + 1) * D);
+    GRAD_BUF(work.x_mid, N * D), GRAD_BUF(work.attn_out, N * D), GRAD_BUF(work.q_pre, N * q_dim),
+        GRAD_BUF(work.q, N * q_dim);
+    GRAD_BUF(work.heads, N * q_dim), GRAD_BUF(work.k_pre, N * kv_dim), GRAD_BUF(work.k, N * kv_dim),
+        GRAD_BUF(work.v, N * kv_dim);
+    GRAD_BUF(work.gate, R * inter), GRAD_BUF(work.up, R * inter), GRAD_BUF(work.mlp_out, R * D);
+    GRAD_BUF(keep, keep_floats);
+    GRAD_BUF(dx, N * D), GRAD_BUF(dheads, N * q_dim), GRAD_BUF(dq, N * q_dim), GRAD_BUF(dk, N * kv_dim),
+        GRAD_BUF(dv, N * kv_dim);
+    GRAD_BUF(key_cache, pad * kv_dim), GRAD_BUF(value_cache, pad * kv_dim), GRAD_BUF(value_blocks, pad * kv_dim);
+    GRAD_BUF(rope_cos, N * (hd / 2)), GRAD_BUF(rope_sin, N * (hd / 2));
+    GRAD_BUF(probs, tri), GRAD_BUF(dscores, tri);
+    GRAD_BUF(scores, (size_t)n_threads * (size_t)(c->n_heads / c->n_kv_heads) * pad);
+    GRAD_BUF(row_scratch, (size_t)n_threads * 2 * pad);
+    GRAD_BUF(xb, R * D), GRAD_BUF(act, R * inter), GRAD_BUF(stage, R * stage_cols(m));
+    GRAD_BUF(logits, (size_t)c->vocab_size);
+#undef GRAD_BUF
+    return k;
+}
+
+// The keep budget in floats: keep_bytes, but no more than every layer of max_tokens positions needs.
+static size_t grad_keep_floats(const Model *m, int max_tokens, size_t keep_bytes) {
+    size_t all = (size_t)m->cfg.n_layers * grad_layer_floats(&m->cfg, max_tokens);
+    return keep_bytes / sizeof(float) < all ? keep_bytes / sizeof(float) : all;
+}
+
+size_t model_gradient_bytes(const Model *m, int max_tokens, size_t keep_bytes) {
+    GradState dummy;
+    float **bufs[GRAD_MAX_BUFS];
+    size_t sizes[GRAD_MAX_BUFS], bytes = sizeof(GradState) + (size_t)m->cfg.n_layers * sizeof(LayerActs);
+    int n = grad_layout(m, max_tokens, grad_keep_floats(m, max_tokens, keep_bytes), max_threads(), &dummy, bufs, sizes);
+    for (int i = 0; i < n; i++) bytes += sizes[i] * sizeof(float);
+    return bytes;
+}
+
+GradState *gradstate_new(const Model *m, int max_tokens, size_t keep_bytes, Err *err) {
+    if (max_tokens < 1) return err_runtime(err, "gradstate: max_tokens must be positive"), NULL;
+    GradState *gs = xcalloc(1, sizeof *gs);
+    gs->max_tokens = max_tokens;
+    gs->max_pad = (max_tokens + 2 * KEY_BLOCK - 1) / (2 * KEY_BLOCK) * (2 * KEY_BLOCK);
+    gs->n_threads = max_threads();
+    gs->keep_floats = grad_keep_floats(m, max_tokens, keep_bytes);
+    gs->kept = xcalloc((size_t)m->cfg.n_layers, sizeof *gs->kept);
+    gs->bytes = sizeof *gs + (size_t)m->cfg.n_layers * sizeof *gs->kept;
+    float **bufs[GRAD_MAX_BUFS];
+    size_t sizes[GRAD_MAX_BUFS];
+    int n = grad_layout(m, max_tokens, gs->keep_floats, gs->n_threads, gs, bufs, sizes), failed = 0;
+    for (int i = 0; i < n; i++) {
+        // calloc: the attention kernels read key blocks past the last position
+        *bufs[i] = calloc(sizes[i] ? sizes[i] : 1, sizeof(float));
+        failed |= !*bufs[i];
+        gs->owned[gs->n_owned++] = *bufs[i];
+        gs->bytes += sizes[i] * sizeof(float);
+    }
+    if (failed) {
+        size_t bytes = gs->bytes;
+        gradstate_free(gs);
+        return err_runtime(err, "gradstate: cannot allocate %zu bytes for %d positions", bytes, max_tokens), NULL;
+    }
+    return gs;
+}
+
+void gradstate_free(GradState *gs) {
+    if (!gs) return;
+    for (int i = 0; i < gs->n_owned; i++) free(gs->owned[i]);
+    free(gs->kept);
+    free(gs);
+}
+
+// Lays out this call's kept layers in the keep budget, n positions each, the top layers first
+// (the backward reaches them first); returns how many fit.
+static int grad_keep(const Model *m, GradState *gs, int n) {
+    const ModelConfig *c = &m->cfg;
+    size_t D = (size_t)c->hidden_size, q_dim = (size_t)c->n_heads * c->head_dim,
+           kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+    size_t per_layer = grad_layer_floats(c, n), N = (size_t)n, inter = (size_t)c->intermediate_size;
+    size_t fit = per_layer ? gs->keep_floats / per_layer : 0;
+    int n_kept = fit < (size_t)c->n_layers ? (int)fit : c->n_layers;
+    memset(gs->kept, 0, (size_t)c->n_layers * sizeof *gs->kept);
+    float *p = gs->keep;
+    for (int i = 0; i < n_kept; i++) {
+        LayerActs *a = &gs->kept[c->n_layers - 1 - i];
+        a->x_mid = p, p += N * D;
+        a->attn_out = p, p += N * D;
+        a->q_pre = p, p += N * q_dim;
+        a->q = p, p += N * q_dim;
+        a->heads = p, p += N * q_dim;
+        a->k_pre = p, p += N * kv_dim;
+        a->k = p, p += N * kv_dim;
+        a->v = p, p += N * kv_dim;
+        a->gate = p, p += N * inter;
+        a->up = p, p += N * inter;
+        a->mlp_out = p, p += N * D;
+        a->kept = 1;
+    }
+    return n_kept;
+}
+
+size_t gradstate_bytes(const GradState *gs) { return gs->bytes; }
+
+// --- the transposes of the blocks
+
+// The transpose of rmsnorm at x: dx (+)= r w dy - x r^3 / n sum_i w_i dy_i x_i, r as rmsnorm computes it.
+// dx may be dy (then accumulate is 0).
+static void rmsnorm_backward(float *dx, const float *x, const Tensor *weight, const float *dy, int n, float eps,
+                             int accumulate) {
+    double ss = 0, dot = 0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float r = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++) dot += (double)tensor_at(weight, (size_t)i) * dy[i] * x[i];
+    float k = (float)(dot * r * r * r / n);
+    for (int i = 0; i < n; i++) {
+        float v = r * tensor_at(weight, (size_t)i) * dy[i] - x[i] * k;
+        dx[i] = accumulate ? dx[i] + v : v;
+    }
+}
+
+// The transpose of rope: the gradient of each pair rotated back by the same angle.
+static void rope_backward(float *g, const float *cos_t, const float *sin_t, int head_dim) {
+    int half = head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float g1 = g[i], g2 = g[i + half];
+        g[i] = g1 * cos_t[i] + g2 * sin_t[i];
+        g[i + half] = g2 * cos_t[i] - g1 * sin_t[i];
+    }
+}
+
+// y += a x over n values.
+static void axpy(float *y, float a, const float *x, int n) {
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+// Portable transposed matmul of output columns c0..c1: weight rows converted GRAD_K_CHUNK at
+// a time; each output element sums its products in weight-row order.
+static void matmul_t_cols_portable(float *out, const float *dy, int n, const Tensor *w, int c0, int c1,
+                                   int accumulate) {
+    int d_out = w->rows, d_in = w->cols, nc = c1 - c0;
+    float wc[GRAD_K_CHUNK][GRAD_COLS]; // weight rows o0.., columns c0..c1 as F32, zero past c1
+    for (int o0 = 0; o0 < d_out; o0 += GRAD_K_CHUNK) {
+        int no = d_out - o0 < GRAD_K_CHUNK ? d_out - o0 : GRAD_K_CHUNK;
+        for (int k = 0; k < no; k++) {
+            tensor_span_f32(w, o0 + k, c0, nc, wc[k]);
+            for (int j = nc; j < GRAD_COLS; j++) wc[k][j] = 0;
+        }
+        for (int r = 0; r < n; r++) {
+            float acc[GRAD_COLS], *o = out + (size_t)r * d_in + c0;
+            const float *g = dy + (size_t)r * d_out + o0;
+            for (int j = 0; j < GRAD_COLS; j++) acc[j] = (o0 || accumulate) && j < nc ? o[j] : 0.0f;
+            for (int k = 0; k < no; k++)
+                for (int j = 0; j < GRAD_COLS; j++) acc[j] += g[k] * wc[k][j];
+            memcpy(o, acc, (size_t)nc * sizeof *o);
+        }
+    }
+}
+
+#ifdef HAVE_AVX512
+// 64 columns of weight row data + at (fewer when left < 64, zero past it) as four F32 vectors. BF16
+// comes as the forward's staging lays it out, which a shift and a mask do in place: vector 2j holds
+// the even columns of the j-th 32, vector 2j + 1 the odd ones; F16 and F32 come in column order.
+AVX512 static INLINE void w_cols_avx512(DType dtype, const void *w, size_t at, int left, __m512 v[4]) {
+    if (dtype == DT_BF16) {
+        UNROLL for (int j = 0; j < 2; j++) {
+            int l = left - 32 * j;
+            __mmask32 m = l >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (l > 0 ? l : 0)) - 1);
+            __m512i raw = _mm512_maskz_loadu_epi16(m, (const uint16_t *)w + at + 32 * j);
+            v[2 * j] = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+            v[2 * j + 1] = _mm512_castsi512_ps(_mm512_and_si512(raw, _mm512_set1_epi32((int)0xffff0000u)));
+        }
+        return;
+    }
+    UNROLL for (int j = 0; j < 4; j++) {
+        __mmask16 m = mask16(left - 16 * j);
+        if (dtype == DT_F32) v[j] = _mm512_maskz_loadu_ps(m, (const float *)w + at + 16 * j);
+        else v[j] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)w + at + 16 * j));
+    }
+}
+
+// 64 output values from out (fewer when left < 64) in w_cols_avx512's layout for dtype, and back.
+AVX512 static INLINE void out_load_avx512(DType dtype, const float *out, int left, __m512 v[4]) {
+    UNROLL for (int j = 0; j < 4; j++) v[j] = _mm512_maskz_loadu_ps(mask16(left - 16 * j), out + 16 * j);
+    if (dtype != DT_BF16) return;
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+                  odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    UNROLL for (int j = 0; j < 2; j++) {
+        __m512 lo = v[2 * j], hi = v[2 * j + 1];
+        v[2 * j] = _mm512_permutex2var_ps(lo, even, hi);
+        v[2 * j + 1] = _mm512_permutex2var_ps(lo, odd, hi);
+    }
+}
+
+AVX512 static INLINE void out_store_avx512(DType dtype, float *out, int left, __m512 v[4]) {
+    if (dtype == DT_BF16) {
+        const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
+                      hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+        UNROLL for (int j = 0; j < 2; j++) {
+            __m512 e = v[2 * j], o = v[2 * j + 1];
+            v[2 * j] = _mm512_permutex2var_ps(e, lo, o);
+            v[2 * j + 1] = _mm512_permutex2var_ps(e, hi, o);
+        }
+    }
+    UNROLL for (int j = 0; j < 4; j++) _mm512_mask_storeu_ps(out + 16 * j, mask16(left - 16 * j), v[j]);
+}
+
+// R rows (dy rows ld_dy apart) times weight rows o0..o1 into 64 output columns from c0: one FMA
+// per weight row and lane, in row order, continuing from out when load.
+AVX512 static INLINE void tile_t_avx512(DType dtype, int R, const float *dy, size_t ld_dy, const void *w, size_t d_in,
+                                        int c0, int left, int o0, int o1, int load, float *out, size_t ldo) {
+    __m512 acc[GRAD_TILE_ROWS][4];
+    UNROLL for (int r = 0; r < R; r++) {
+        if (load) out_load_avx512(dtype, out + (size_t)r * ldo + c0, left, acc[r]);
+        else UNROLL for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
+    }
+    for (int o = o0; o < o1; o++) {
+        __m512 wv[4];
+        w_cols_avx512(dtype, w, (size_t)o * d_in + (size_t)c0, left, wv);
+        UNROLL for (int r = 0; r < R; r++) {
+            __m512 a = _mm512_set1_ps(dy[(size_t)r * ld_dy + o]);
+            UNROLL for (int j = 0; j < 4; j++) acc[r][j] = _mm512_fmadd_ps(a, wv[j], acc[r][j]);
+        }
+    }
+    UNROLL for (int r = 0; r < R; r++) out_store_avx512(dtype, out + (size_t)r * ldo + c0, left, acc[r]);
+}
+
+#define TILE_T(dtype, R)                                                                                               \
+    tile_t_avx512(dtype, R, g, (size_t)d_out, w->data, (size_t)d_in, c0, c1 - c0, o0, o1, load, o, (size_t)d_in)
+#define TILES_T(dtype)                                                                                          \
+    switch (R) { /* constant row counts keep the accumulators in registers */                                 \
+    case 6: TILE_T(dtype, 6); break; case 5: TILE_T(dtype, 5); break; case 4: TILE_T(dtype, 4); break;        \
+    case 3: TILE_T(dtype, 3); break; case 2: TILE_T(dtype, 2); break; default: TILE_T(dtype, 1); break;       \
+    }
+
+// AVX-512 transposed matmul of output columns c0..c1 (at most GRAD_COLS): GRAD_K_CHUNK weight rows
+// of the block stay in L1 while every tile of rows passes.
+AVX512 static void matmul_t_cols_avx512(float *out, const float *dy, int n, const Tensor *w, int c0, int c1,
+                                        int accumulate) {
+    int d_out = w->rows, d_in = w->cols;
+    for (int o0 = 0; o0 < d_out; o0 += GRAD_K_CHUNK) {
+        int o1 = d_out - o0 < GRAD_K_CHUNK ? d_out : o0 + GRAD_K_CHUNK, load = o0 > 0 || accumulate;
+        for (int r0 = 0; r0 < n; r0 += GRAD_TILE_ROWS) {
+            int R = n - r0 < GRAD_TILE_ROWS ? n - r0 : GRAD_TILE_ROWS;
+            const float *g = dy + (size_t)r0 * d_out;
+            float *o = out + (size_t)r0 * d_in;
+            if (w->dtype == DT_BF16) TILES_T(DT_BF16)
+            else if (w->dtype == DT_F16) TILES_T(DT_F16)
+            else TILES_T(DT_F32)
+        }
+    }
+}
+#undef TILES_T
+#undef TILE_T
+#endif
+
+// out (n, d_in) = [out +] dy (n, d_out) · W (d_out, d_in), W in its stored dtype: the transpose of
+// matmul (a bias passes no gradient on). Threads take blocks of GRAD_COLS output columns; each
+// output element is summed over the weight rows in order, whatever the blocking.
+static void matmul_t(const Model *m, float *out, const float *dy, int n, const Tensor *w, int accumulate) {
+    int d_in = w->cols, n_blocks = (d_in + GRAD_COLS - 1) / GRAD_COLS;
+    double macs = (double)n * w->rows * d_in;
+#pragma omp parallel for schedule(dynamic, 1) if (macs >= PARALLEL_MIN_MACS)
+    for (int b = 0; b < n_blocks; b++) {
+        int c0 = b * GRAD_COLS, c1 = d_in - c0 < GRAD_COLS ? d_in : c0 + GRAD_COLS;
+#ifdef HAVE_AVX512
+        if (m->simd) matmul_t_cols_avx512(out, dy, n, w, c0, c1, accumulate);
+        else
+#endif
+            matmul_t_cols_portable(out, dy, n, w, c0, c1, accumulate);
+    }
+    (void)m;
+}
+
+// matmul in calls of GRAD_ROWS rows (the stage holds that many); bitwise one call's result.
+static void matmul_chunked(const Model *m, GradState *gs, float *out, const float *x, int n, const Tensor *w,
+                           const Tensor *bias) {
+    for (int r0 = 0; r0 < n; r0 += GRAD_ROWS)
+        matmul(m, out + (size_t)r0 * w->rows, x + (size_t)r0 * w->cols, n - r0 < GRAD_ROWS ? n - r0 : GRAD_ROWS, w,
+               bias, gs->stage);
+}
+
+// acc + one component's attribution over rows 0..n-1 of dim values (g and a rows g_stride and
+// a_stride floats apart): -g . a (zero ablation), or g . (mean - a); rows then values in order.
+static double score_rows(double acc, const float *g, size_t g_stride, const float *a, size_t a_stride, int n, int dim,
+                         const float *mean) {
+    for (int t = 0; t < n; t++)
+        for (int d = 0; d < dim; d++) {
+            double ga = (double)g[(size_t)t * g_stride + d], av = (double)a[(size_t)t * a_stride + d];
+            acc += mean ? ga * ((double)mean[d] - av) : -ga * av;
+        }
+    return acc;
+}
+
+// Copies rows 0..n-1 of dim values from src (rows src_stride apart) to dst (dst_stride apart).
+static void copy_rows(float *dst, size_t dst_stride, const float *src, size_t src_stride, int n, int dim) {
+    for (int t = 0; t < n; t++)
+        memcpy(dst + (size_t)t * dst_stride, src + (size_t)t * src_stride, (size_t)dim * sizeof *dst);
+}
+
+// --- one layer, forward (kept or recomputed) and backward
+
+static float *grad_resid_at(const Model *m, const GradState *gs, int t, int l) {
+    return gs->resid + ((size_t)t * (m->cfg.n_layers + 1) + (size_t)l) * m->cfg.hidden_size;
+}
+
+// Layer l's attention over positions 0..n-1 into a, as model_forward computes it: q_pre, k_pre,
+// q, k, v, heads, attn_out, and x_mid = residual + attn_out.
+static void grad_attention_forward(const Model *m, GradState *gs, LayerActs *a, int l, int n) {
+    const ModelConfig *c = &m->cfg;
+    const LayerWeights *w = &m->layers[l];
+    int D = c->hidden_size, hd = c->head_dim, half = hd / 2, H = c->n_heads, KV = c->n_kv_heads;
+    int q_dim = H * hd, kv_dim = KV * hd, group = H / KV;
+    float eps = c->rms_norm_eps, scale = 1.0f / sqrtf((float)hd);
+    for (int r0 = 0; r0 < n; r0 += GRAD_ROWS) {
+        int k = n - r0 < GRAD_ROWS ? n - r0 : GRAD_ROWS;
+        for (int i = 0; i < k; i++)
+            rmsnorm(gs->xb + (size_t)i * D, grad_resid_at(m, gs, r0 + i, l), &w->attn_norm, D, eps);
+        matmul(m, a->q_pre + (size_t)r0 * q_dim, gs->xb, k, &w->wq, &w->bq, gs->stage);
+        matmul(m, a->k_pre + (size_t)r0 * kv_dim, gs->xb, k, &w->wk, &w->bk, gs->stage);
+        matmul(m, a->v + (size_t)r0 * kv_dim, gs->xb, k, &w->wv, &w->bv, gs->stage);
+    }
+    memcpy(a->q, a->q_pre, (size_t)n * q_dim * sizeof *a->q);
+    memcpy(a->k, a->k_pre, (size_t)n * kv_dim * sizeof *a->k);
+    for (int t = 0; t < n; t++) {
+        const float *cos_t = gs->rope_cos + (size_t)t * half, *sin_t = gs->rope_sin + (size_t)t * half;
+        for (int h = 0; h < H; h++) {
+            float *q = a->q + (size_t)t * q_dim + (size_t)h * hd;
+            if (c->qk_norm) rmsnorm(q, q, &w->q_norm, hd, eps);
+            rope(q, cos_t, sin_t, hd);
+        }
+        for (int h = 0; h < KV; h++) {
+            float *k = a->k + (size_t)t * kv_dim + (size_t)h * hd;
+            if (c->qk_norm) rmsnorm(k, k, &w->k_norm, hd, eps);
+            rope(k, cos_t, sin_t, hd);
+            float *key =
+                gs->key_cache + (size_t)h * gs->max_pad * hd + (size_t)(t / KEY_BLOCK) * hd * KEY_BLOCK + t % KEY_BLOCK;
+            for (int d = 0; d < hd; d++) key[(size_t)d * KEY_BLOCK] = k[d];
+            memcpy(gs->value_cache + ((size_t)h * gs->max_pad + (size_t)t) * hd,
+                   a->v + (size_t)t * kv_dim + (size_t)h * hd, (size_t)hd * sizeof(float));
+        }
+    }
+    int n_pairs = n * KV, n_threads = max_threads() < gs->n_threads ? max_threads() : gs->n_threads;
+    double macs = (double)n * (n + 1) * H * hd;
+    (void)n_threads, (void)macs, (void)scale; // unused without OpenMP
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (macs >= PARALLEL_MIN_MACS)
+    for (int pair = 0; pair < n_pairs; pair++) {
+        int t = pair / KV, g = pair % KV;
+        const float *q = a->q + (size_t)t * q_dim + (size_t)g * group * hd;
+        const float *keys = gs->key_cache + (size_t)g * gs->max_pad * hd,
+                    *values = gs->value_cache + (size_t)g * gs->max_pad * hd;
+        float *scores = gs->scores + (size_t)thread_id() * group * gs->max_pad,
+              *out = a->heads + (size_t)t * q_dim + (size_t)g * group * hd;
+#ifdef HAVE_AVX512
+        if (m->simd) attend_avx512(q, keys, values, NULL, NULL, t, hd, group, gs->max_pad, scale, scores, out);
+        else
+#endif
+            attend_portable(q, keys, values, NULL, NULL, t, hd, group, gs->max_pad, scale, scores, out);
+    }
+    matmul_chunked(m, gs, a->attn_out, a->heads, n, &w->wo, NULL);
+    for (int t = 0; t < n; t++) {
+        const float *x = grad_resid_at(m, gs, t, l), *out = a->attn_out + (size_t)t * D;
+        float *mid = a->x_mid + (size_t)t * D;
+        for (int d = 0; d < D; d++) mid[d] = x[d] + out[d];
+    }
+}
+
+// Row of a's MLP buffers that holds position r0: r0 when the layer is kept, 0 (a chunk) when not.
+static size_t mlp_base(const LayerActs *a, int r0) { return a->kept ? (size_t)r0 : 0; }
+
+// Layer l's MLP of rows r0..r0+k-1 (k <= GRAD_ROWS) from a's x_mid: gate, up and mlp_out into a.
+static void grad_mlp_forward(const Model *m, GradState *gs, LayerActs *a, int l, int r0, int k) {
+    const ModelConfig *c = &m->cfg;
+    const LayerWeights *w = &m->layers[l];
+    int D = c->hidden_size;
+    size_t base = mlp_base(a, r0), inter = (size_t)c->intermediate_size;
+    float *gate = a->gate + base * inter, *up = a->up + base * inter;
+    for (int i = 0; i < k; i++)
+        rmsnorm(gs->xb + (size_t)i * D, a->x_mid + (size_t)(r0 + i) * D, &w->mlp_norm, D, c->rms_norm_eps);
+    matmul(m, gate, gs->xb, k, &w->w_gate, NULL, gs->stage);
+    matmul(m, up, gs->xb, k, &w->w_up, NULL, gs->stage);
+    memcpy(gs->act, gate, (size_t)k * inter * sizeof *gs->act);
+    silu_gate(m, gs->act, up, (size_t)k * inter);
+    matmul(m, a->mlp_out + base * D, gs->act, k, &w->w_down, NULL, gs->stage);
+}
+
+// The MLP of rows r0..r0+k-1 in reverse: dx (d/d the residual after the block, which is d/d the
+// MLP output) becomes d/d x_mid. Reads a's gate and up of those rows and overwrites them.
+static void grad_mlp_backward(const Model *m, GradState *gs, LayerActs *a, int l, int r0, int k) {
+    const ModelConfig *c = &m->cfg;
+    const LayerWeights *w = &m->layers[l];
+    int D = c->hidden_size;
+    size_t base = mlp_base(a, r0), inter = (size_t)c->intermediate_size, n_inter = (size_t)k * inter;
+    float *gate = a->gate + base * inter, *up = a->up + base * inter;
+    matmul_t(m, gs->act, gs->dx + (size_t)r0 * D, k, &w->w_down, 0);
+    for (size_t i = 0; i < n_inter; i++) { // silu(g) u: d/dg = u s (1 + g (1 - s)), d/du = g s, s = sigmoid(g)
+        float gt = gate[i], s = 1.0f / (1.0f + expf(-gt)), da = gs->act[i];
+        gate[i] = da * up[i] * s * (1.0f + gt * (1.0f - s));
+        up[i] = da * gt * s;
+    }
+    matmul_t(m, gs->xb, gate, k, &w->w_gate, 0);
+    matmul_t(m, gs->xb, up, k, &w->w_up, 1);
+    for (int i = 0; i < k; i++)
+        rmsnorm_backward(gs->dx + (size_t)(r0 + i) * D, a->x_mid + (size_t)(r0 + i) * D, &w->mlp_norm,
+                         gs->xb + (size_t)i * D, D, c->rms_norm_eps, 1);
+}
+
+// Query head h at position t: its probabilities over 0..t (recomputed in F32 as the forward
+// does), d metric / d its scores (scale applied) and d metric / d its query.
+static void head_backward_row(const Model *m, GradState *gs, const LayerActs *a, int h, int t) {
+    const ModelConfig *c = &m->cfg;
+    int hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, g = h / (c->n_heads / c->n_kv_heads);
+    float scale = 1.0f / sqrtf((float)hd), max = -INFINITY, sum = 0;
+    const float *q = a->q + (size_t)t * q_dim + (size_t)h * hd, *dout = gs->dheads + (size_t)t * q_dim + (size_t)h * hd;
+    const float *keys = a->k + (size_t)g * hd, *values = a->v + (size_t)g * hd;
+    size_t row = (size_t)t * (t + 1) / 2;
+    float *p = gs->probs + row, *ds = gs->dscores + row, *dq = gs->dq + (size_t)t * q_dim + (size_t)h * hd;
+    for (int u = 0; u <= t; u++) {
+        p[u] = dot_strided(q, keys + (size_t)u * kv_dim, 1, hd) * scale;
+        if (p[u] > max) max = p[u];
+    }
+    for (int u = 0; u <= t; u++) {
+        p[u] = expf(p[u] - max);
+        sum += p[u];
+    }
+    double expected = 0; // sum over u of p(u) dp(u)
+    for (int u = 0; u <= t; u++) {
+        p[u] /= sum;
+        ds[u] = dot_strided(dout, values + (size_t)u * kv_dim, 1, hd); // d metric / d p(u)
+        expected += (double)p[u] * ds[u];
+    }
+    for (int d = 0; d < hd; d++) dq[d] = 0;
+    for (int u = 0; u <= t; u++) {
+        ds[u] = scale * p[u] * (ds[u] - (float)expected); // softmax: ds = p (dp - sum p dp)
+        axpy(dq, ds[u], keys + (size_t)u * kv_dim, hd);
+    }
+}
+
+// Query head h's share of d metric / d keys and values at positions u0..u1-1: sums over the
+// query positions t = u..n-1 in order, added to dk and dv.
+static void head_backward_keys(const Model *m, GradState *gs, const LayerActs *a, int h, int u0, int u1, int n) {
+    const ModelConfig *c = &m->cfg;
+    int hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, g = h / (c->n_heads / c->n_kv_heads);
+    for (int t = u0; t < n; t++) {
+        size_t row = (size_t)t * (t + 1) / 2;
+        const float *p = gs->probs + row, *ds = gs->dscores + row;
+        const float *q = a->q + (size_t)t * q_dim + (size_t)h * hd,
+                    *dout = gs->dheads + (size_t)t * q_dim + (size_t)h * hd;
+        int last = u1 - 1 < t ? u1 - 1 : t;
+        for (int u = u0; u <= last; u++) {
+            axpy(gs->dk + (size_t)u * kv_dim + (size_t)g * hd, ds[u], q, hd);
+            axpy(gs->dv + (size_t)u * kv_dim + (size_t)g * hd, p[u], dout, hd);
+        }
+    }
+}
+
+#ifdef HAVE_AVX512
+// head_backward_row in AVX-512: scores and d metric / d probabilities 32 keys at a time from the
+// dimension-major key and value blocks (the forward's score kernel), a vectorised softmax, then dq.
+AVX512 static void head_backward_row_avx512(const Model *m, GradState *gs, const LayerActs *a, int h, int t,
+                                            float *scratch) {
+    const ModelConfig *c = &m->cfg;
+    int hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, g = h / (c->n_heads / c->n_kv_heads),
+        n = t + 1;
+    float scale = 1.0f / sqrtf((float)hd);
+    const float *q = a->q + (size_t)t * q_dim + (size_t)h * hd, *dout = gs->dheads + (size_t)t * q_dim + (size_t)h * hd;
+    const float *kb = gs->key_cache + (size_t)g * gs->max_pad * hd,
+                *vb = gs->value_blocks + (size_t)g * gs->max_pad * hd;
+    const float *keys = a->k + (size_t)g * hd;
+    size_t row = (size_t)t * (t + 1) / 2;
+    float *p = gs->probs + row, *ds = gs->dscores + row, *dq = gs->dq + (size_t)t * q_dim + (size_t)h * hd;
+    float *sc = scratch, *dp = scratch + gs->max_pad; // (max_pad) each
+    for (int p0 = 0; p0 < n; p0 += 2 * KEY_BLOCK) {
+        scores_avx512(1, q, hd, kb + (size_t)(p0 / KEY_BLOCK) * hd * KEY_BLOCK, scale, sc, 0, p0);
+        scores_avx512(1, dout, hd, vb + (size_t)(p0 / KEY_BLOCK) * hd * KEY_BLOCK, 1.0f, dp, 0, p0);
+    }
+    __m512 vmax = _mm512_set1_ps(-INFINITY), vsum = _mm512_setzero_ps(), vexp = _mm512_setzero_ps();
+    for (int u = 0; u < n; u += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, mask16(n - u), sc + u));
+    __m512 max = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+    for (int u = 0; u < n; u += 16) {
+        __mmask16 k = mask16(n - u);
+        __m512 e = _mm512_maskz_mov_ps(k, exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, sc + u), max)));
+        vsum = _mm512_add_ps(vsum, e);
+        _mm512_storeu_ps(sc + u, e);
+    }
+    __m512 sum = _mm512_set1_ps(hsum_avx512(vsum));
+    for (int u = 0; u < n; u += 16) { // expected = sum over u of p(u) dp(u)
+        __mmask16 k = mask16(n - u);
+        __m512 pu = _mm512_div_ps(_mm512_loadu_ps(sc + u), sum);
+        _mm512_storeu_ps(sc + u, pu);
+        _mm512_mask_storeu_ps(p + u, k, pu);
+        vexp = _mm512_fmadd_ps(pu, _mm512_maskz_loadu_ps(k, dp + u), vexp);
+    }
+    __m512 expected = _mm512_set1_ps(hsum_avx512(vexp)), vscale = _mm512_set1_ps(scale);
+    for (int u = 0; u < n; u += 16) { // softmax: ds = p (dp - sum p dp), scale applied
+        __mmask16 k = mask16(n - u);
+        __m512 d = _mm512_mul_ps(_mm512_mul_ps(vscale, _mm512_loadu_ps(sc + u)),
+                                 _mm512_sub_ps(_mm512_maskz_loadu_ps(k, dp + u), expected));
+        _mm512_mask_storeu_ps(ds + u, k, d);
+    }
+    for (int d0 = 0; d0 < hd; d0 += 128) { // dq = sum over u of ds(u) k(u), 8 vectors of dimensions at a time
+        __m512 acc[8];
+        __mmask16 mk[8];
+        UNROLL for (int v = 0; v < 8; v++) mk[v] = mask16(hd - d0 - 16 * v), acc[v] = _mm512_setzero_ps();
+        for (int u = 0; u < n; u++) {
+            __m512 s = _mm512_set1_ps(ds[u]);
+            const float *ku = keys + (size_t)u * kv_dim + d0;
+            UNROLL for (int v = 0; v < 8; v++)
+                acc[v] = _mm512_fmadd_ps(s, _mm512_maskz_loadu_ps(mk[v], ku + 16 * v), acc[v]);
+        }
+        UNROLL for (int v = 0; v < 8; v++) _mm512_mask_storeu_ps(dq + d0 + 16 * v, mk[v], acc[v]);
+    }
+}
+
+// head_backward_keys in AVX-512: per key position, its sums over the query positions in
+// registers (4 vectors of dimensions for dk, 4 for dv), then added to dk and dv.
+AVX512 static void head_backward_keys_avx512(const Model *m, GradState *gs, const LayerActs *a, int h, int u0, int u1,
+                                             int n) {
+    const ModelConfig *c = &m->cfg;
+    int hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, g = h / (c->n_heads / c->n_kv_heads);
+    for (int u = u0; u < u1; u++)
+        for (int d0 = 0; d0 < hd; d0 += 64) {
+            __m512 ak[4], av[4];
+            __mmask16 mk[4];
+            UNROLL for (int v = 0; v < 4; v++) mk[v] = mask16(hd - d0 - 16 * v), ak[v] = av[v] = _mm512_setzero_ps();
+            for (int t = u; t < n; t++) {
+                size_t at = (size_t)t * (t + 1) / 2 + (size_t)u;
+                __m512 s = _mm512_set1_ps(gs->dscores[at]), pr = _mm512_set1_ps(gs->probs[at]);
+                const float *q = a->q + (size_t)t * q_dim + (size_t)h * hd + d0,
+                            *dout = gs->dheads + (size_t)t * q_dim + (size_t)h * hd + d0;
+                UNROLL for (int v = 0; v < 4; v++) {
+                    ak[v] = _mm512_fmadd_ps(s, _mm512_maskz_loadu_ps(mk[v], q + 16 * v), ak[v]);
+                    av[v] = _mm512_fmadd_ps(pr, _mm512_maskz_loadu_ps(mk[v], dout + 16 * v), av[v]);
+                }
+            }
+            float *dk = gs->dk + (size_t)u * kv_dim + (size_t)g * hd + d0,
+                  *dv = gs->dv + (size_t)u * kv_dim + (size_t)g * hd + d0;
+            UNROLL for (int v = 0; v < 4; v++) {
+                _mm512_mask_storeu_ps(dk + 16 * v, mk[v],
+                                      _mm512_add_ps(_mm512_maskz_loadu_ps(mk[v], dk + 16 * v), ak[v]));
+                _mm512_mask_storeu_ps(dv + 16 * v, mk[v],
+                                      _mm512_add_ps(_mm512_maskz_loadu_ps(mk[v], dv + 16 * v), av[v]));
+            }
+        }
+}
+#endif
+
+// Layer l's attention in reverse: dheads (d/d each head's output, set by the caller) through
+// softmax, GQA, RoPE and q/k norms to d/d q_pre, k_pre, v, then through q/k/v_proj and the
+// norm: dx (d/d x_mid) becomes d/d the residual entering the layer.
+static void grad_attention_backward(const Model *m, GradState *gs, const LayerActs *a, int l, int n) {
+    const ModelConfig *c = &m->cfg;
+    const LayerWeights *w = &m->layers[l];
+    int D = c->hidden_size, hd = c->head_dim, half = hd / 2, H = c->n_heads, KV = c->n_kv_heads;
+    int q_dim = H * hd, kv_dim = KV * hd, n_key_blocks = (n + GRAD_KEY_BLOCK - 1) / GRAD_KEY_BLOCK;
+    float eps = c->rms_norm_eps;
+    double macs = (double)n * (n + 1) * hd;
+    memset(gs->dk, 0, (size_t)n * kv_dim * sizeof *gs->dk);
+    memset(gs->dv, 0, (size_t)n * kv_dim * sizeof *gs->dv);
+    int n_threads = max_threads() < gs->n_threads ? max_threads() : gs->n_threads; // threads with a scratch row
+    // Keys and values laid out for the score kernel (a kept layer's keys are in no cache).
+    for (int t = 0; t < n && m->simd; t++)
+        for (int g = 0; g < KV; g++) {
+            size_t at = (size_t)g * gs->max_pad * hd + (size_t)(t / KEY_BLOCK) * hd * KEY_BLOCK + t % KEY_BLOCK;
+            for (int d = 0; d < hd; d++) {
+                gs->key_cache[at + (size_t)d * KEY_BLOCK] = a->k[(size_t)t * kv_dim + (size_t)g * hd + d];
+                gs->value_blocks[at + (size_t)d * KEY_BLOCK] = a->v[(size_t)t * kv_dim + (size_t)g * hd + d];
+            }
+        }
+    for (int h = 0; h < H; h++) { // one head's n x n at a time; its keys' sums continue the previous heads'
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 16) if (macs >= PARALLEL_MIN_MACS)
+        for (int t = 0; t < n; t++) {
+#ifdef HAVE_AVX512
+            if (m->simd)
+                head_backward_row_avx512(m, gs, a, h, t, gs->row_scratch + (size_t)thread_id() * 2 * gs->max_pad);
+            else
+#endif
+                head_backward_row(m, gs, a, h, t);
+        }
+#pragma omp parallel for schedule(dynamic, 1) if (macs >= PARALLEL_MIN_MACS)
+        for (int b = 0; b < n_key_blocks; b++) {
+            int u0 = b * GRAD_KEY_BLOCK, u1 = n - u0 < GRAD_KEY_BLOCK ? n : u0 + GRAD_KEY_BLOCK;
+#ifdef HAVE_AVX512
+            if (m->simd) head_backward_keys_avx512(m, gs, a, h, u0, u1, n);
+            else
+#endif
+                head_backward_keys(m, gs, a, h, u0, u1, n);
+        }
+    }
+    (void)macs, (void)n_threads;
+    for (int t = 0; t < n; t++) {
+        const float *cos_t = gs->rope_cos + (size_t)t * half, *sin_t = gs->rope_sin + (size_t)t * half;
+        for (int h = 0; h < H; h++) {
+            float *dq = gs->dq + (size_t)t * q_dim + (size_t)h * hd;
+            rope_backward(dq, cos_t, sin_t, hd);
+            if (c->qk_norm)
+                rmsnorm_backward(dq, a->q_pre + (size_t)t * q_dim + (size_t)h * hd, &w->q_norm, dq, hd, eps, 0);
+        }
+        for (int h = 0; h < KV; h++) {
+            float *dk = gs->dk + (size_t)t * kv_dim + (size_t)h * hd;
+            rope_backward(dk, cos_t, sin_t, hd);
+            if (c->qk_norm)
+                rmsnorm_backward(dk, a->k_pre + (size_t)t * kv_dim + (size_t)h * hd, &w->k_norm, dk, hd, eps, 0);
+        }
+    }
+    for (int r0 = 0; r0 < n; r0 += GRAD_ROWS) {
+        int k = n - r0 < GRAD_ROWS ? n - r0 : GRAD_ROWS;
+        matmul_t(m, gs->xb, gs->dq + (size_t)r0 * q_dim, k, &w->wq, 0);
+        matmul_t(m, gs->xb, gs->dk + (size_t)r0 * kv_dim, k, &w->wk, 1);
+        matmul_t(m, gs->xb, gs->dv + (size_t)r0 * kv_dim, k, &w->wv, 1);
+        for (int i = 0; i < k; i++)
+            rmsnorm_backward(gs->dx + (size_t)(r0 + i) * D, grad_resid_at(m, gs, r0 + i, l), &w->attn_norm,
+                             gs->xb + (size_t)i * D, D, eps, 1);
+    }
+}
+
+// --- the whole pass
+
+int model_gradient(const Model *m, GradState *gs, Gradient *g, Err *err) {
+    const ModelConfig *c = &m->cfg;
+    int P = g->pred_pos, n = P + 1, D = c->hidden_size, L = c->n_layers, V = c->vocab_size, hd = c->head_dim,
+        half = hd / 2;
+    int H = c->n_heads, q_dim = H * hd;
+    size_t LD = (size_t)L * D, LQ = (size_t)L * q_dim;
+    if (P < 0 || P >= g->n) return err_input(err, "gradient: pred_pos %d out of range [0, %d)", P, g->n);
+    if (n > gs->max_tokens)
+        return err_input(err, "gradient: pred_pos %d out of range: the gradient state holds %d positions", P,
+                         gs->max_tokens);
+    if (g->onset_token_id < 0 || g->onset_token_id >= V)
+        return err_input(err, "gradient: onset token id %d out of range [0, %d)", g->onset_token_id, V);
+    for (int t = 0; t < n; t++)
+        if (g->token[t] < 0 || g->token[t] >= V)
+            return err_input(err, "gradient: token id %d out of range [0, %d)", g->token[t], V);
+    g->layers_kept = grad_keep(m, gs, n);
+#define ACTS(l) (gs->kept[l].kept ? &gs->kept[l] : &gs->work)
+
+    // Forward: the residual stream at every layer boundary (and kept layers' internals), then the logits at pred_pos.
+    for (int t = 0; t < n; t++) {
+        tensor_row_f32(&m->embed, g->token[t], grad_resid_at(m, gs, t, 0));
+        for (int k = 0; k < half; k++) {
+            float angle = (float)t * m->inv_freq[k];
+            gs->rope_cos[(size_t)t * half + k] = cosf(angle);
+            gs->rope_sin[(size_t)t * half + k] = sinf(angle);
+        }
+    }
+    for (int l = 0; l < L; l++) {
+        LayerActs *a = ACTS(l);
+        grad_attention_forward(m, gs, a, l, n);
+        for (int r0 = 0; r0 < n; r0 += GRAD_ROWS) {
+            int k = n - r0 < GRAD_ROWS ? n - r0 : GRAD_ROWS;
+            grad_mlp_forward(m, gs, a, l, r0, k);
+            for (int i = 0; i < k; i++) {
+                const float *mid = a->x_mid + (size_t)(r0 + i) * D,
+                            *out = a->mlp_out + (mlp_base(a, r0) + (size_t)i) * D;
+                float *x = grad_resid_at(m, gs, r0 + i, l + 1);
+                for (int d = 0; d < D; d++) x[d] = mid[d] + out[d];
+            }
+        }
+    }
+    model_final_logits(m, grad_resid_at(m, gs, P, L), gs->logits);
+
+    // metric = log softmax at the onset token; d metric / d logits = onehot - softmax.
+    float *logits = gs->logits;
+    double max = logits[0], sum = 0;
+    for (int v = 1; v < V; v++) max = logits[v] > max ? logits[v] : max;
+    for (int v = 0; v < V; v++) sum += exp((double)logits[v] - max);
+    double log_z = max + log(sum);
+    g->metric = (double)logits[g->onset_token_id] - max - log(sum); // as analysis.c's log_prob
+    for (int v = 0; v < V; v++) logits[v] = (float)((v == g->onset_token_id) - exp((double)logits[v] - log_z));
+
+    // Final norm and lm_head in reverse: only pred_pos's residual reaches the metric.
+    memset(gs->dx, 0, (size_t)n * D * sizeof *gs->dx);
+    matmul_t(m, gs->xb, logits, 1, &m->lm_head, 0);
+    rmsnorm_backward(gs->dx + (size_t)P * D, grad_resid_at(m, gs, P, L), &m->final_norm, gs->xb, D, c->rms_norm_eps, 0);
+    if (g->grad_resid) copy_rows(g->grad_resid + (size_t)L * D, (size_t)(L + 1) * D, gs->dx, D, n, D);
+
+    for (int l = L - 1; l >= 0; l--) {
+        const float *attn_mean = g->attn_mean ? g->attn_mean + (size_t)l * D : NULL,
+                    *mlp_mean = g->mlp_mean ? g->mlp_mean + (size_t)l * D : NULL;
+        LayerActs *a = ACTS(l);
+        if (!a->kept) grad_attention_forward(m, gs, a, l, n);
+        if (g->attn_out) copy_rows(g->attn_out + (size_t)l * D, LD, a->attn_out, D, n, D);
+        if (g->head_out) copy_rows(g->head_out + (size_t)l * q_dim, LQ, a->heads, q_dim, n, q_dim);
+        double score_mlp = 0;
+        for (int r0 = 0; r0 < n; r0 += GRAD_ROWS) {
+            int k = n - r0 < GRAD_ROWS ? n - r0 : GRAD_ROWS;
+            if (!a->kept) grad_mlp_forward(m, gs, a, l, r0, k);
+            const float *mlp_out = a->mlp_out + mlp_base(a, r0) * D;
+            if (g->mlp_out) copy_rows(g->mlp_out + ((size_t)r0 * L + l) * D, LD, mlp_out, D, k, D);
+            if (g->grad_mlp) copy_rows(g->grad_mlp + ((size_t)r0 * L + l) * D, LD, gs->dx + (size_t)r0 * D, D, k, D);
+            score_mlp = score_rows(score_mlp, gs->dx + (size_t)r0 * D, D, mlp_out, D, k, D, mlp_mean);
+            grad_mlp_backward(m, gs, a, l, r0, k);
+        }
+        if (g->score_mlp) g->score_mlp[l] = score_mlp;
+        if (g->grad_attn) copy_rows(g->grad_attn + (size_t)l * D, LD, gs->dx, D, n, D);
+        if (g->score_attn) g->score_attn[l] = score_rows(0, gs->dx, D, a->attn_out, D, n, D, attn_mean);
+        matmul_t(m, gs->dheads, gs->dx, n, &m->layers[l].wo, 0);
+        if (g->grad_head) copy_rows(g->grad_head + (size_t)l * q_dim, LQ, gs->dheads, q_dim, n, q_dim);
+        for (int h = 0; g->score_head && h < H; h++)
+            g->score_head[(size_t)l * H + h] =
+                score_rows(0, gs->dheads + (size_t)h * hd, q_dim, a->heads + (size_t)h * hd, q_dim, n, hd,
+                           g->head_mean ? g->head_mean + (size_t)l * q_dim + (size_t)h * hd : NULL);
+        grad_attention_backward(m, gs, a, l, n);
+        if (g->grad_resid) copy_rows(g->grad_resid + (size_t)l * D, (size_t)(L + 1) * D, gs->dx, D, n, D);
+    }
+#undef ACTS
+    return 0;
+}
+
+void attribution_scores(const ModelConfig *c, Gradient *g) {
+    int n = g->pred_pos + 1, D = c->hidden_size, L = c->n_layers, H = c->n_heads, hd = c->head_dim, q_dim = H * hd;
+    size_t LD = (size_t)L * D, LQ = (size_t)L * q_dim;
+    for (int l = 0; l < L; l++) {
+        if (g->score_attn && g->grad_attn && g->attn_out)
+            g->score_attn[l] = score_rows(0, g->grad_attn + (size_t)l * D, LD, g->attn_out + (size_t)l * D, LD, n, D,
+                                          g->attn_mean ? g->attn_mean + (size_t)l * D : NULL);
+        if (g->score_mlp && g->grad_mlp && g->mlp_out)
+            g->score_mlp[l] = score_rows(0, g->grad_mlp + (size_t)l * D, LD, g->mlp_out + (size_t)l * D, LD, n, D,
+                                         g->mlp_mean ? g->mlp_mean + (size_t)l * D : NULL);
+        for (int h = 0; g->score_head && g->grad_head && g->head_out && h < H; h++) {
+            size_t at = (size_t)l * q_dim + (size_t)h * hd;
+            g->score_head[(size_t)l * H + h] = score_rows(0, g->grad_head + at, LQ, g->head_out + at, LQ, n, hd,
+                                                          g->head_mean ? g->head_mean + at : NULL);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
 // Commands: model-info, forward
 
 // Shortest decimal that reads back as the same float.
@@ -1697,12 +2511,61 @@ static void print_position(Buf *b, int pos, const float *logits, int V, int top_
     buf_puts(b, "}\n");
 }
 
+// forward --grad POS:TOKEN: zero-ablation attribution of every attention and MLP layer and
+// every head for log p(TOKEN) at POS, as one JSON object.
+static int forward_grad(const Model *m, const int *ids, int n, const char *spec, Err *err) {
+    const ModelConfig *c = &m->cfg;
+    long pos, token;
+    char *end;
+    errno = 0;
+    pos = strtol(spec, &end, 10);
+    if (end == spec || *end != ':' || errno) return err_input(err, "--grad: '%s' is not POS:TOKEN", spec);
+    const char *rest = end + 1;
+    token = strtol(rest, &end, 10);
+    if (end == rest || *end || errno) return err_input(err, "--grad: '%s' is not POS:TOKEN", spec);
+    if (pos < 0 || pos >= n)
+        return err_input(err, "--grad %s: position %ld out of range [0, %d) of --ids", spec, pos, n);
+    if (token < 0 || token >= c->vocab_size)
+        return err_input(err, "--grad %s: token id %ld out of range [0, %d) of %s", spec, token, c->vocab_size, m->dir);
+    int L = c->n_layers, H = c->n_heads;
+    double *attn = xmalloc((size_t)L * sizeof *attn), *mlp = xmalloc((size_t)L * sizeof *mlp),
+           *head = xmalloc((size_t)L * H * sizeof *head);
+    Gradient g = {.token = ids, .n = n, .pred_pos = (int)pos, .onset_token_id = (int)token, .score_attn = attn,
+                  .score_mlp = mlp, .score_head = head};
+    GradState *gs = gradstate_new(m, (int)pos + 1, GRAD_KEEP_BYTES, err);
+    int rc = gs ? model_gradient(m, gs, &g, err) : -1;
+    if (rc == 0) {
+        Buf b = {0};
+        buf_printf(&b, "{\"pred_pos\":%ld,\"onset_token_id\":%ld,\"metric\":", pos, token);
+        buf_json_double(&b, g.metric);
+        buf_puts(&b, ",\"ablation\":\"zero\",\"attn\":[");
+        for (int l = 0; l < L; l++) buf_puts(&b, l ? "," : ""), buf_json_double(&b, attn[l]);
+        buf_puts(&b, "],\"mlp\":[");
+        for (int l = 0; l < L; l++) buf_puts(&b, l ? "," : ""), buf_json_double(&b, mlp[l]);
+        buf_puts(&b, "],\"head\":[");
+        for (int l = 0; l < L; l++) {
+            buf_puts(&b, l ? ",[" : "[");
+            for (int h = 0; h < H; h++) buf_puts(&b, h ? "," : ""), buf_json_double(&b, head[(size_t)l * H + h]);
+            buf_putc(&b, ']');
+        }
+        buf_puts(&b, "]}\n");
+        write_stdout(&b);
+        buf_free(&b);
+    }
+    gradstate_free(gs);
+    free(attn), free(mlp), free(head);
+    return rc;
+}
+
 int cmd_forward(int argc, char **argv) {
     Opt opts[] = {OPT("--model", 1, "Hugging Face model directory"),
                   OPT("--ids", 1, "token ids, comma-separated"),
                   OPT("--ablate", 1, "zero a component at every position: attn:L, mlp:L or head:L.H (repeatable)"),
                   OPT("--hidden", 0, "also print the residual stream: L+1 vectors per position, [0] = embeddings"),
                   OPT("--top", 1, "print the K largest logits as \"top\": [[id, logit], ...] instead of all"),
+                  OPT("--grad", 1,
+                      "POS:TOKEN: instead, the estimated change of log p(TOKEN) at POS when each attention "
+                      "and MLP layer and each head is zero-ablated (attribution patching), as one JSON object"),
                   OPT_END};
     Err err = {0};
     int r = opts_parse(opts, argc, argv, &err);
@@ -1721,13 +2584,18 @@ int cmd_forward(int argc, char **argv) {
             for (int i = 0; i < o->n_values && rc == 0; i++, n_ablate++) rc = parse_ablation(o->values[i], c, &mask, &err);
     if (rc == 0) rc = opt_int(opts, "--top", 1, V, 0, &top_k, &err);
     if (rc == 0) rc = parse_ids(ids_text, V, dir, &ids, &n, &err);
+    const char *grad = opt_str(opts, "--grad", NULL);
+    if (rc == 0 && grad && (n_ablate || hidden || top_k))
+        rc = err_input(&err, "forward: --grad goes with none of --ablate, --hidden, --top");
+    if (rc == 0 && grad) rc = forward_grad(&m, ids, n, grad, &err);
+    if (grad || rc < 0) n = 0; // nothing more to compute
     int rows = n < CMD_MAX_ROWS ? n : CMD_MAX_ROWS;
     Forcer f = {0};
-    if (rc == 0) rc = forcer_init(&f, &m, 1, n, rows, &err);
-    float *logits = xmalloc((size_t)rows * V * sizeof *logits);                     // (rows, vocab)
-    float *resid = hidden ? xmalloc((size_t)rows * (L + 1) * D * sizeof *resid) : NULL; // (rows, L + 1, hidden)
-    int *read_pos = xmalloc((size_t)rows * sizeof *read_pos);                        // (rows)
-    Ranked *ranked = top_k ? xmalloc((size_t)V * sizeof *ranked) : NULL;             // (vocab)
+    if (rc == 0 && n) rc = forcer_init(&f, &m, 1, n, rows, &err);
+    float *logits = xmalloc((size_t)(rows + 1) * V * sizeof *logits);                     // (rows, vocab)
+    float *resid = hidden ? xmalloc((size_t)(rows + 1) * (L + 1) * D * sizeof *resid) : NULL; // (rows, L + 1, hidden)
+    int *read_pos = xmalloc((size_t)(rows + 1) * sizeof *read_pos);                        // (rows)
+    Ranked *ranked = top_k ? xmalloc((size_t)V * sizeof *ranked) : NULL;                   // (vocab)
     Buf b = {0};
     // A chunk of rows at a time, printed as it is computed: every input was checked above.
     for (int i0 = 0; rc == 0 && i0 < n; i0 += rows) {

@@ -1190,7 +1190,7 @@ int cmd_make_report(int argc, char **argv) {
     if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
     Csv conditions = {0}, formatting = {0}, scan = {0}, lens = {0};
     int have_conditions = 0, have_formatting = 0, have_scan = 0, have_lens = 0;
-    Buf text = {0}, meta_text = {0}, resolved = {0}, md = {0};
+    Buf meta_text = {0}, resolved = {0}, md = {0};
     Json meta = {0};
     char path[1200];
     if ((have_conditions = read_table(&run, ART_CONDITIONS, &conditions, &err)) < 0 ||
@@ -1465,7 +1465,6 @@ out:
     csv_free(&scan);
     csv_free(&lens);
     json_free(&meta);
-    buf_free(&text);
     buf_free(&meta_text);
     buf_free(&resolved);
     buf_free(&md);
