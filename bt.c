@@ -1152,17 +1152,24 @@ typedef struct {
     double seconds;       // the calibration took
 } Calibration;
 
-static int plan_calibrate(const Config *c, const Model *m, const int *prompt, int n_prompt, int batch, Calibration *cal,
-                          Err *err) {
+// Bytes of weights a forward step reads: every layer, the final norm and lm_head; an untied
+// embedding is read a row at a time and left out.
+static double plan_weight_bytes(Model *m) {
+    double bytes = 0;
+    TensorSlot *slots = xmalloc((size_t)model_slots(m, NULL) * sizeof *slots);
+    int n_tensors = model_slots(m, slots);
+    for (int i = 0; i < n_tensors; i++)
+        if (strcmp(slots[i].name, "model.embed_tokens.weight") != 0 || m->cfg.tie_word_embeddings)
+            bytes += (double)(slots[i].rows ? slots[i].rows : 1) * slots[i].cols * dtype_bytes(slots[i].t->dtype);
+    free(slots);
+    return bytes;
+}
+
+static int plan_calibrate(const Config *c, Model *m, const int *prompt, int n_prompt, int batch, Calibration *cal, Err *err) {
     const ModelConfig *mc = &m->cfg;
     double t_start = now_seconds();
     memset(cal, 0, sizeof *cal);
-    TensorSlot *slots = xmalloc((size_t)model_slots((Model *)m, NULL) * sizeof *slots);
-    int n_tensors = model_slots((Model *)m, slots);
-    for (int i = 0; i < n_tensors; i++)
-        if (strcmp(slots[i].name, "model.embed_tokens.weight") != 0 || mc->tie_word_embeddings) // a lookup reads one row
-            cal->weight_bytes += (double)(slots[i].rows ? slots[i].rows : 1) * slots[i].cols * dtype_bytes(slots[i].t->dtype);
-    free(slots);
+    cal->weight_bytes = plan_weight_bytes(m);
     // Teacher forcing: the prompt repeated to PLAN_PREFILL_TOKENS positions, one call as the analyses make them.
     int *tokens = xmalloc(PLAN_PREFILL_TOKENS * sizeof *tokens), read = PLAN_PREFILL_TOKENS - 1;
     for (int i = 0; i < PLAN_PREFILL_TOKENS; i++) tokens[i] = prompt[i % n_prompt];
@@ -1249,7 +1256,7 @@ static void plan_bytes(Buf *b, double bytes) {
 static void plan_line(Buf *b, const char *stage, const char *work, double seconds) {
     char t[32];
     format_duration(t, sizeof t, seconds);
-    buf_printf(b, "  %-32s %-78s %s\n", stage, work, t);
+    buf_printf(b, "  %-34s %-78s %s\n", stage, work, t);
 }
 
 // The plan of `bt run` under c, appended to out; calibrate = 0 leaves the times out.
@@ -1358,7 +1365,7 @@ static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
                       group_reads * vocab_bytes * (c->ablation_scope == SCOPE_ALL ? 2 : 1);
     double mem_peak = mem_gen > mem_lens ? mem_gen : mem_lens;
     if (mem_scan > mem_peak) mem_peak = mem_scan;
-    double weights = (double)m.bytes_mapped;
+    double weights = (double)m.bytes_mapped, weights_read = plan_weight_bytes(&m);
 
     Buf work = {0};
     buf_printf(out, "bt plan: %s on %s (%s, %d layers, hidden %d, vocab %d, ", c->file, c->model_path, mc->architecture, L,
@@ -1370,7 +1377,7 @@ static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
                c->n_problems, c->data_source == SOURCE_BUILTIN ? "built-in" : c->data_path, c->samples_per_problem,
                c->samples_per_problem > 1 ? "s" : "", c->n_variants, c->n_variants > 1 ? "s" : "", prompt_min, prompt_max,
                prompt_mean_all, c->max_new_tokens, c->batch_size);
-    buf_printf(out, "  %-32s %-78s %s\n", "stage", "work (at most)", cal_ok ? "time (at most)" : "time");
+    buf_printf(out, "  %-34s %-78s %s\n", "stage", "work (at most)", cal_ok ? "time (at most)" : "time");
     buf_printf(&work, "%lld completions, %lld new tokens, %.0f prompt tokens", n_gen, n_gen * c->max_new_tokens,
                (double)n_gen * prompt_mean_all);
     plan_line(out, "generate baseline", work.data, cal_ok ? t_gen : NAN);
@@ -1404,8 +1411,8 @@ static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
     buf_puts(out, ", scan ");
     plan_bytes(out, scan_resid);
     buf_puts(out, "\n  peak memory about ");
-    plan_bytes(out, weights + mem_peak);
-    buf_puts(out, " (weights + the largest stage's cache, scratch and activations)\n");
+    plan_bytes(out, weights_read + mem_peak);
+    buf_puts(out, " (the weights a step reads + the largest stage's cache, scratch and activations)\n");
     if (cal_ok) {
         buf_printf(out, "  calibration (%.1f s): teacher forcing %.1f tok/s, decode %.1f tok/s at batch %d, %.1f readouts/s\n",
                    cal.seconds, cal.prefill_tok_s, cal.batch / cal.step_s, cal.batch, 1 / cal.readout_s);

@@ -492,7 +492,8 @@ int cmd_capture(int argc, char **argv) {
     free(seq_record);
 
     // Groups of completions (as many as fit the slots and the memory bound), or one long
-    // completion in pieces; each group's rows go straight to their files.
+    // completion in pieces; each group's rows go straight to their files. --shard K/N, when the
+    // heavy stages get it, splits here: a shard takes its share of seqs and writes its own files.
     ProgressClock pc;
     progress_start(&pc);
     double t0 = now_seconds();
