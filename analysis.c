@@ -1491,8 +1491,7 @@ static int item_read_index(const Items *it, int i) {
     return g + it->items[i].read;
 }
 
-#define ANALYSIS_MAX_ROWS 512 // rows per forward call in teacher-forced passes
-#define ANALYSIS_CAPTURE_BYTES ((size_t)1 << 30) // scope-all scan: clean residuals kept per group of completions
+// ANALYSIS_MAX_ROWS and ANALYSIS_CAPTURE_BYTES (bt.h): the passes' shape, which bt plan sizes too.
 
 // What a teacher-forcing stage works on: the config's model and tokenizer, the items
 // of one variant, and a Forcer with a slot per completion, up to batch_size of them.
@@ -1523,6 +1522,65 @@ static void analysis_close(Analysis *a) {
 }
 
 // ----------------------------------------------------------------------------
+// Logit lens window: the onset token's log-prob by layer at the LENS_WINDOW positions up to
+// each item's pred_pos (analysis/logit_lens_window.csv, the event browser's heatmaps), read in
+// the logit lens's own pass.
+
+#define LENS_WINDOW 4 // positions pred_pos - 3 .. pred_pos
+
+// Adds the window's positions to every sequence's reads (kept increasing) and renumbers the items' reads.
+static void lens_window_reads(Items *it) {
+    for (int i = 0; i < it->n_items; i++) {
+        ForcedSeq *q = &it->seqs[it->items[i].seq];
+        for (int w = 1; w < LENS_WINDOW; w++) {
+            int p = it->items[i].pred_pos - w, r = 0;
+            while (r < q->n_read && q->read_pos[r] != p) r++;
+            if (p < 0 || r < q->n_read) continue;
+            q->read_pos = xrealloc(q->read_pos, (size_t)(q->n_read + 1) * sizeof *q->read_pos);
+            q->read_pos[q->n_read++] = p;
+        }
+    }
+    for (int s = 0; s < it->n_seqs; s++) qsort(it->seqs[s].read_pos, (size_t)it->seqs[s].n_read, sizeof(int), cmp_int_asc);
+    for (int i = 0; i < it->n_items; i++) {
+        const ForcedSeq *q = &it->seqs[it->items[i].seq];
+        int r = 0;
+        while (q->read_pos[r] != it->items[i].pred_pos) r++;
+        it->items[i].read = r;
+    }
+}
+
+// Rows of logit_lens_window.csv from resid (n_reads, n_layers + 1, hidden) of the lens pass.
+static void lens_window_csv(const Analysis *a, const Run *run, const char *variant, const float *resid, Buf *csv) {
+    int L = a->m.cfg.n_layers, D = a->m.cfg.hidden_size, V = a->m.cfg.vocab_size;
+    float *logits = xmalloc((size_t)(L + 1) * V * sizeof *logits); // (n_layers + 1, vocab)
+    buf_puts(csv, "run_id,kind,event_id,variant,problem_id,sample,pred_pos,offset,pos,onset_token_id,layer,logit,logprob,rank\n");
+    for (int i = 0; i < a->it.n_items; i++) {
+        const Item *x = &a->it.items[i];
+        const GenRecord *rec = &a->it.records[x->record];
+        const ForcedSeq *q = &a->it.seqs[x->seq];
+        int base = item_read_index(&a->it, i) - x->read;
+        for (int w = LENS_WINDOW - 1; w >= 0; w--) {
+            int p = x->pred_pos - w, r = 0;
+            if (p < 0) continue;
+            while (q->read_pos[r] != p) r++;
+            model_final_logits_rows(&a->m, resid + (size_t)(base + r) * (L + 1) * D, L + 1, (size_t)D, logits);
+            for (int l = 0; l <= L; l++) {
+                int rank;
+                const float *lg = logits + (size_t)l * V;
+                double lp = log_prob(lg, V, x->onset_token_id, &rank);
+                buf_printf(csv, "%s,%s,%d,", run->id, x->is_control ? "control" : "event", x->event_id);
+                buf_csv_field(csv, variant, strlen(variant));
+                buf_putc(csv, ',');
+                buf_csv_field(csv, rec->problem_id, strlen(rec->problem_id));
+                buf_printf(csv, ",%d,%d,%d,%d,%d,%d,%.6f,%.6f,%d\n", rec->sample, x->pred_pos, -w, p, x->onset_token_id, l,
+                           lg[x->onset_token_id], lp, rank);
+            }
+        }
+    }
+    free(logits);
+}
+
+// ----------------------------------------------------------------------------
 // Logit lens: at each item's pred_pos, every layer's residual through the
 // final norm and the unembedding: the onset token's logit, log-prob and rank.
 
@@ -1540,14 +1598,19 @@ int cmd_logit_lens(int argc, char **argv) {
     Buf csv = {0};
     if (analysis_open(&c, &run, variant, c.lens_max_events, &a, &err)) goto out;
     int n_layers = a.m.cfg.n_layers, hidden = a.m.cfg.hidden_size, vocab = a.m.cfg.vocab_size, n_slots = a.f.n_slots;
+    lens_window_reads(&a.it);
     int n_reads = items_total_reads(&a.it);
     resid = xmalloc((size_t)(n_reads + 1) * (n_layers + 1) * hidden * sizeof *resid);
+    ProgressClock pc;
+    progress_start(&pc);
+    double forced = 0, to_force = 0;
+    for (int s = 0; s < a.it.n_seqs; s++) to_force += a.it.seqs[s].n_tokens;
     for (int s0 = 0, base = 0; s0 < a.it.n_seqs; s0 += n_slots) {
         int n = a.it.n_seqs - s0 < n_slots ? a.it.n_seqs - s0 : n_slots;
         PassOut out = {.resid = resid + (size_t)base * (n_layers + 1) * hidden};
         if (force_group(&a.f, a.it.seqs + s0, n, &out, &err)) goto out;
-        for (int i = 0; i < n; i++) base += a.it.seqs[s0 + i].n_read;
-        progress("logit-lens: %d/%d completions\n", s0 + n, a.it.n_seqs);
+        for (int i = 0; i < n; i++) base += a.it.seqs[s0 + i].n_read, forced += a.it.seqs[s0 + i].n_tokens;
+        progress_eta(&pc, "logit-lens", s0 + n, a.it.n_seqs, "completions", forced, forced, to_force);
     }
     buf_puts(&csv, "run_id,kind,event_id,variant,problem_id,sample,pred_pos,onset_token_id,layer,logit,logprob,rank\n");
     logits = xmalloc((size_t)vocab * sizeof *logits);
@@ -1568,6 +1631,10 @@ int cmd_logit_lens(int argc, char **argv) {
     }
     char path[1200];
     run_path(&run, path, sizeof path, ART_LOGIT_LENS);
+    if (write_file_atomic(path, csv.data, csv.len, &err)) goto out;
+    csv.len = 0;
+    lens_window_csv(&a, &run, variant, resid, &csv);
+    run_path(&run, path, sizeof path, ART_LOGIT_LENS_WINDOW);
     if (write_file_atomic(path, csv.data, csv.len, &err)) goto out;
     printf("logit-lens: %d events, %d controls, %d layers\n", a.it.n_events, a.it.n_items - a.it.n_events, n_layers + 1);
 out:
@@ -1808,6 +1875,10 @@ int cmd_ablation_scan(int argc, char **argv) {
     int *row_out = xmalloc((size_t)max_replay * sizeof(int)), *row_read = xmalloc((size_t)max_replay * sizeof(int)), *row_k = xmalloc((size_t)max_replay * sizeof(int));
     const AblationMask **row_mask = xmalloc((size_t)max_replay * sizeof *row_mask);
     int rc = 0;
+    ProgressClock pc;
+    progress_start(&pc);
+    double scanned = 0, to_scan = 0;
+    for (int s = 0; s < a.it.n_seqs; s++) to_scan += a.it.seqs[s].n_tokens;
     for (int s0 = 0, n, base = 0, group_reads, positions; s0 < a.it.n_seqs && rc == 0; s0 += n, base += group_reads) {
         n = scan_group(&a.it, s0, n_slots, max_positions, &group_reads, &positions);
         // The clean pass: logits at the reads, and the residuals the ablated passes start from.
@@ -1859,7 +1930,8 @@ int cmd_ablation_scan(int argc, char **argv) {
                 }
             }
         }
-        progress("ablation-scan: %d/%d completions\n", s0 + n, a.it.n_seqs);
+        scanned += positions;
+        progress_eta(&pc, "ablation-scan", s0 + n, a.it.n_seqs, "completions", scanned, scanned, to_scan);
     }
     free(row_slot); free(row_pos); free(row_out); free(row_read); free(row_k); free(row_mask); free(replay_logits);
     if (rc) goto out;
@@ -2057,11 +2129,11 @@ int cmd_collateral_damage(int argc, char **argv) {
                                           seed_mix(seed_mix((uint64_t)c.seed, 0xC011A7), (uint64_t)s), 0, NULL);
         buf_printf(&csv, "%s,", run.id);
         buf_csv_field(&csv, variant, strlen(variant));
-        buf_printf(&csv, ",%s,", name);
+        buf_printf(&csv, ",%s,[", name); // "[1 2]": a list, read as text whatever its length
         for (int i = 0; i < sets[s].n_attn; i++) buf_printf(&csv, "%s%d", i ? " " : "", sets[s].attn_layers[i]);
-        buf_putc(&csv, ',');
+        buf_puts(&csv, "],[");
         for (int i = 0; i < sets[s].n_mlp; i++) buf_printf(&csv, "%s%d", i ? " " : "", sets[s].mlp_layers[i]);
-        buf_printf(&csv, ",%d,%.0f", n_recs, total_tokens);
+        buf_printf(&csv, "],%d,%.0f", n_recs, total_tokens);
         put_num(&csv, total_tokens > 0 ? total_clean / total_tokens : NAN);
         put_num(&csv, total_tokens > 0 ? total_ablated / total_tokens : NAN);
         put_interval(&csv, ci);

@@ -34,6 +34,39 @@ void progress(const char *fmt, ...) {
     va_end(ap);
 }
 
+double progress_every_s(void) {
+    static double every = -1;
+    if (every < 0) {
+        const char *env = getenv("BT_PROGRESS_EVERY_S");
+        char *end;
+        double v = env ? strtod(env, &end) : -1;
+        every = env && *env && !*end && v >= 0 ? v : PROGRESS_EVERY_S;
+    }
+    return every;
+}
+
+void progress_start(ProgressClock *pc) {
+    pc->t0 = now_seconds();
+    pc->last_s = 0;
+}
+
+void format_duration(char *out, size_t n, double s) {
+    if (s < 0 || s != s || s > 1e8) snprintf(out, n, "?");
+    else if (s < 60) snprintf(out, n, "%.0fs", s);
+    else if (s < 3600) snprintf(out, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    else snprintf(out, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+}
+
+void progress_eta(ProgressClock *pc, const char *stage, long long done, long long total, const char *unit,
+                  double tokens, double work_done, double work_total) {
+    double t = now_seconds() - pc->t0;
+    if (done < total && t - pc->last_s < progress_every_s()) return;
+    pc->last_s = t;
+    char eta[32];
+    format_duration(eta, sizeof eta, work_done > 0 ? t * (work_total - work_done) / work_done : NAN);
+    progress("%s: %lld/%lld %s, %.1f tok/s, ETA %s\n", stage, done, total, unit, t > 0 ? tokens / t : 0.0, eta);
+}
+
 void set_threads(int n) {
 #ifdef _OPENMP
     if (n <= 0) n = omp_get_num_procs();
@@ -201,6 +234,12 @@ static const ConfigKey config_keys[] = {
     {"hypotheses", "max_collateral_nll", KEY_FLOAT, "0.5", 0, 1e9, NULL, FIELD(max_collateral_nll), 0},
     {"report", "path", KEY_STRING, "reports/backtracking_state_transition_report.md", 0, 0, NULL, FIELD(report_path), 0},
     {"report", "figures_dir", KEY_STRING, "figures", 0, 0, NULL, FIELD(figures_dir), 0},
+    {"report", "events_path", KEY_STRING, "reports/events.html", 0, 0, NULL, FIELD(events_path), 0},
+    {"report", "max_events_shown", KEY_INT, "50", 0, 100000, NULL, FIELD(max_events_shown), 0},
+    {"capture", "max_memory_mb", KEY_FLOAT, "1024", 0.001, 1e7, NULL, FIELD(capture_max_memory_mb), 0},
+    {"capture", "max_file_mb", KEY_FLOAT, "4096", 0.001, 1e9, NULL, FIELD(capture_max_file_mb), 0},
+    {"capture", "window", KEY_INT, "8", 0, 100000, NULL, FIELD(capture_window), 0},
+    {"capture", "dtype", KEY_CHOICE, "f32", 0, 0, CAPTURE_DTYPES, FIELD(capture_dtype), 0},
 };
 #define N_CONFIG_KEYS (sizeof config_keys / sizeof config_keys[0])
 #define VARIANT_PREFIX "variant."
@@ -553,6 +592,10 @@ int run_generation_files(const Config *c, const Run *run, char ***paths, Err *er
     }
     *paths = out;
     return n;
+}
+
+void run_activation_path(const Run *run, char *out, size_t n, const char *file) {
+    snprintf(out, n, "%s/%s/%s", run->dir, ART_ACTIVATIONS, file);
 }
 
 int run_current(const Config *c, Run *run, Err *err) {
@@ -1060,14 +1103,33 @@ int answer_correct(const char *predicted, const char *gold) {
 // ----------------------------------------------------------------------------
 // bt run: every stage in the seed's order, stopping at the first failure.
 
+static int plan_write(const Config *c, int calibrate, Buf *out, Err *err);
+
 int cmd_run(int argc, char **argv) {
-    Opt opts[] = {OPT_CONFIG, OPT_END};
+    Opt opts[] = {OPT_CONFIG, OPT("--plan", 0, "print the plan (as bt plan) and stop; without it the plan comes first"), OPT_END};
     Err err = {0};
     int r = opts_parse(opts, argc, argv, &err);
     if (r) return r < 0 ? fail(&err) : 0;
     const char *config = opt_str(opts, "--config", BT_DEFAULT_CONFIG);
     Config c;
     if (config_load(&c, config, &err)) return fail(&err);
+    set_threads(threads_flag >= 0 ? threads_flag : c.threads);
+    int plan_only = opt_str(opts, "--plan", NULL) != NULL;
+    if (plan_only || !bt_quiet) { // the plan goes to stdout with --plan, else to stderr as progress
+        Buf plan = {0};
+        if (plan_write(&c, 1, &plan, &err)) {
+            buf_free(&plan);
+            config_free(&c);
+            return fail(&err);
+        }
+        if (plan_only) write_stdout(&plan);
+        else progress("%s", plan.data);
+        buf_free(&plan);
+        if (plan_only) {
+            config_free(&c);
+            return 0;
+        }
+    }
     char threads[16];
     snprintf(threads, sizeof threads, "%d", threads_flag >= 0 ? threads_flag : c.threads);
     const char *variant = c.lens_variant;
@@ -1114,6 +1176,321 @@ int cmd_run(int argc, char **argv) {
 }
 
 // ----------------------------------------------------------------------------
+// Plan: what `bt run` will do under a config, before it does it: the work of each heavy
+// stage, the memory it needs, and the wall time from a calibration of a few seconds on
+// the model. Events are not known before generation, so the analyses are sized at their
+// max_events and generation at max_new_tokens per completion: the plan is an upper bound.
+
+#define PLAN_PREFILL_TOKENS 256 // calibration: one teacher-forced sequence of this many positions
+#define PLAN_DECODE_PROMPT 8    // calibration: prompt tokens of each decoding sequence
+#define PLAN_DECODE_STEPS 8     // calibration: tokens each decoding sequence generates
+#define PLAN_READOUT_ROWS 8     // calibration: final norm + unembedding readouts timed
+#define PLAN_MIN_SECONDS 0.25   // calibration: each measurement repeats until it took this long ...
+#define PLAN_MAX_REPEATS 50     // ... or this many times (small models)
+#define PLAN_MB 1048576.0
+
+typedef struct {
+    double prefill_tok_s; // teacher-forced positions per second (prefill, logit lens, scans)
+    double step_s;        // one decode step of batch sequences at short context
+    int batch;            // sequences decoded together in the calibration
+    double readout_s;     // final norm + unembedding of one residual
+    double weight_bytes;  // weights read per decode step (every layer and lm_head)
+    double seconds;       // the calibration took
+} Calibration;
+
+// Bytes of weights a forward step reads: every layer, the final norm and lm_head; an untied
+// embedding is read a row at a time and left out.
+static double plan_weight_bytes(Model *m) {
+    double bytes = 0;
+    TensorSlot *slots = xmalloc((size_t)model_slots(m, NULL) * sizeof *slots);
+    int n_tensors = model_slots(m, slots);
+    for (int i = 0; i < n_tensors; i++)
+        if (strcmp(slots[i].name, "model.embed_tokens.weight") != 0 || m->cfg.tie_word_embeddings)
+            bytes += (double)(slots[i].rows ? slots[i].rows : 1) * slots[i].cols * dtype_bytes(slots[i].t->dtype);
+    free(slots);
+    return bytes;
+}
+
+static int plan_calibrate(const Config *c, Model *m, const int *prompt, int n_prompt, int batch, Calibration *cal, Err *err) {
+    const ModelConfig *mc = &m->cfg;
+    double t_start = now_seconds();
+    memset(cal, 0, sizeof *cal);
+    cal->weight_bytes = plan_weight_bytes(m);
+    // Teacher forcing: the prompt repeated to PLAN_PREFILL_TOKENS positions, one call as the analyses make them.
+    int *tokens = xmalloc(PLAN_PREFILL_TOKENS * sizeof *tokens), read = PLAN_PREFILL_TOKENS - 1;
+    for (int i = 0; i < PLAN_PREFILL_TOKENS; i++) tokens[i] = prompt[i % n_prompt];
+    Forcer f;
+    int rc = forcer_init(&f, m, 1, PLAN_PREFILL_TOKENS, ANALYSIS_MAX_ROWS, err);
+    float *logits = xmalloc((size_t)PLAN_READOUT_ROWS * mc->vocab_size * sizeof *logits);      // (rows, vocab)
+    float *resid = xcalloc((size_t)PLAN_READOUT_ROWS * mc->hidden_size, sizeof *resid);       // (rows, hidden)
+    if (rc == 0) {
+        ForcedSeq seq = {.tokens = tokens, .n_tokens = PLAN_PREFILL_TOKENS, .read_pos = &read, .n_read = 1};
+        PassOut out = {.logits = logits};
+        double t0 = now_seconds(), t = 0;
+        int reps = 0;
+        while (rc == 0 && reps < PLAN_MAX_REPEATS && (t = now_seconds() - t0) < PLAN_MIN_SECONDS)
+            rc = force_group(&f, &seq, 1, &out, err), reps++;
+        cal->prefill_tok_s = reps * PLAN_PREFILL_TOKENS / (now_seconds() - t0);
+        forcer_free(&f);
+    }
+    if (rc == 0) {
+        for (int i = 0; i < PLAN_READOUT_ROWS * mc->hidden_size; i++) resid[i] = (float)(i % 7) - 3;
+        double t0 = now_seconds();
+        int reps = 0;
+        while (reps < PLAN_MAX_REPEATS && now_seconds() - t0 < PLAN_MIN_SECONDS)
+            model_final_logits_rows(m, resid, PLAN_READOUT_ROWS, (size_t)mc->hidden_size, logits), reps++;
+        cal->readout_s = (now_seconds() - t0) / (reps * PLAN_READOUT_ROWS);
+    }
+    // Decoding: batch sequences through the one generation loop with the run's sampler.
+    GenSeq *seqs = xcalloc((size_t)batch, sizeof *seqs);
+    int *ids = xmalloc((size_t)batch * PLAN_DECODE_STEPS * sizeof *ids);
+    GenParams p = {.sampler = config_sampler(c, mc), .batch_size = batch, .max_seq = PLAN_DECODE_PROMPT + PLAN_DECODE_STEPS,
+                   .ignore_eos = 1};
+    double t0 = now_seconds(), decoding = 0;
+    int reps = 0;
+    while (rc == 0 && reps < PLAN_MAX_REPEATS && now_seconds() - t0 < PLAN_MIN_SECONDS) {
+        for (int i = 0; i < batch; i++) {
+            seqs[i] = (GenSeq){.prompt = prompt, .n_prompt = n_prompt < PLAN_DECODE_PROMPT ? n_prompt : PLAN_DECODE_PROMPT,
+                               .max_new = PLAN_DECODE_STEPS, .ids = ids + (size_t)i * PLAN_DECODE_STEPS};
+            rng_seed(&seqs[i].rng, (uint64_t)i);
+        }
+        if ((rc = generate_batch(m, seqs, batch, &p, err))) break;
+        double first = seqs[0].first_token_s, last = seqs[0].end_s; // the steps after every prompt is in
+        for (int i = 1; i < batch; i++) {
+            if (seqs[i].first_token_s > first) first = seqs[i].first_token_s;
+            if (seqs[i].end_s > last) last = seqs[i].end_s;
+        }
+        decoding += last - first;
+        reps++;
+    }
+    cal->step_s = reps ? decoding / reps / (PLAN_DECODE_STEPS - 1) : 0;
+    cal->batch = batch;
+    free(seqs);
+    free(ids);
+    free(tokens);
+    free(logits);
+    free(resid);
+    cal->seconds = now_seconds() - t_start;
+    return rc;
+}
+
+// Bytes of the KV cache and scratch of one RunState: the scratch measured on a one-position
+// state, the cache from the bytes per position.
+static double plan_state_bytes(const Model *m, int n_slots, int max_seq, int max_rows) {
+    Err ignored;
+    RunState *s = runstate_new(m, 1, 1, max_rows, &ignored);
+    double scratch = s ? (double)runstate_bytes(s) : 0;
+    runstate_free(s);
+    return scratch + (double)model_kv_bytes_per_token(m) * n_slots * max_seq;
+}
+
+// Seconds to generate n completions of mean_prompt prompt tokens and at most max_new tokens:
+// prefill, then steps of up to batch tokens whose time grows with the KV cache they read.
+static double plan_generate_s(const Calibration *cal, const Model *m, long long n, double mean_prompt, int max_new, int batch) {
+    if (n == 0) return 0;
+    int b = n < batch ? (int)n : batch;
+    double steps = (double)n * max_new / b, context = mean_prompt + max_new / 2.0;
+    double kv_s = b * context * (double)model_kv_bytes_per_token(m) / (cal->weight_bytes / cal->step_s); // at the weights' rate
+    return (double)n * mean_prompt / cal->prefill_tok_s + steps * (cal->step_s + kv_s);
+}
+
+static void plan_bytes(Buf *b, double bytes) {
+    if (bytes >= 1e9) buf_printf(b, "%.1f GB", bytes / 1e9);
+    else buf_printf(b, "%.0f MB", bytes / 1e6 < 1 ? 1 : bytes / 1e6);
+}
+
+static void plan_line(Buf *b, const char *stage, const char *work, double seconds) {
+    char t[32];
+    format_duration(t, sizeof t, seconds);
+    buf_printf(b, "  %-34s %-78s %s\n", stage, work, t);
+}
+
+// The plan of `bt run` under c, appended to out; calibrate = 0 leaves the times out.
+static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/config.json", c->model_path);
+    if (!path_exists(path) && c->make_organism) { // what init-run would do first; it takes milliseconds
+        progress("plan: writing the embedded %s organism to %s\n", organism_mechanism_name(c->organism), c->model_path);
+        if (organism_write_mechanism(c->model_path, c->organism, err)) return -1;
+    }
+    Model m;
+    Tokenizer *tok = NULL;
+    Problem *problems = NULL;
+    int n_problems = 0, rc = 0;
+    if (model_load(&m, c->model_path, err)) return -1;
+    snprintf(path, sizeof path, "%s/tokenizer.json", c->model_path);
+    if (tokenizer_load(&tok, path, err)) {
+        model_free(&m);
+        return -1;
+    }
+    // The problems: the processed set when prepare-data has run, else its source (all of GSM8K:
+    // the plan measures prompt lengths, not the seeded choice).
+    processed_path(c, path, sizeof path);
+    if (path_exists(path)) rc = problems_load(path, &problems, &n_problems, err);
+    else if (c->data_source == SOURCE_GSM8K) rc = read_problems(c->data_path, 1, &problems, &n_problems, err);
+    else {
+        n_problems = c->n_problems < N_BUILTIN ? c->n_problems : N_BUILTIN;
+        problems = xcalloc((size_t)n_problems, sizeof *problems);
+        for (int i = 0; i < n_problems; i++) problems[i].question = xstrdup(builtin_problems[i][0]);
+    }
+    const ModelConfig *mc = &m.cfg;
+    int L = mc->n_layers, lens_variant = 0, *first_prompt = NULL, n_first = 0;
+    long long per_variant = (long long)c->n_problems * c->samples_per_problem;
+    double prompt_mean_all = 0, lens_prompt_mean = 0;
+    int prompt_min = 1 << 30, prompt_max = 0;
+    TokenList tl = {0};
+    for (int v = 0; v < c->n_variants && rc == 0; v++) {
+        const Variant *var = config_variant(c, c->variants[v]);
+        double sum = 0;
+        for (int i = 0; i < n_problems && rc == 0; i++) {
+            char *prompt = render_prompt(var->template_text, problems[i].question);
+            tl.n = 0;
+            rc = tokenizer_encode(tok, prompt, strlen(prompt), &tl, err);
+            free(prompt);
+            sum += tl.n;
+            if (tl.n < prompt_min) prompt_min = tl.n;
+            if (tl.n > prompt_max) prompt_max = tl.n;
+            if (!first_prompt && tl.n > 0 && strcmp(var->name, c->lens_variant) == 0) {
+                n_first = tl.n;
+                first_prompt = xmalloc((size_t)n_first * sizeof *first_prompt);
+                for (int t = 0; t < n_first; t++) first_prompt[t] = tl.v[t].id;
+            }
+        }
+        prompt_mean_all += n_problems ? sum / n_problems / c->n_variants : 0;
+        if (strcmp(var->name, c->lens_variant) == 0) lens_prompt_mean = n_problems ? sum / n_problems : 0, lens_variant = 1;
+    }
+    if (!lens_variant && rc == 0) { // the lens variant is generated by the ablation stages even when not a baseline variant
+        const Variant *var = config_variant(c, c->lens_variant);
+        char *prompt = render_prompt(var->template_text, n_problems ? problems[0].question : "");
+        tl.n = 0;
+        rc = tokenizer_encode(tok, prompt, strlen(prompt), &tl, err);
+        free(prompt);
+        lens_prompt_mean = tl.n;
+        if (tl.n > prompt_max) prompt_max = tl.n;
+    }
+    if (!first_prompt && rc == 0) { // a prompt to calibrate on
+        n_first = tl.n ? tl.n : 1;
+        first_prompt = xcalloc((size_t)n_first, sizeof *first_prompt);
+        for (int t = 0; t < tl.n; t++) first_prompt[t] = tl.v[t].id;
+    }
+    tokens_free(&tl);
+    if (prompt_min > prompt_max) prompt_min = prompt_max;
+    Calibration cal = {0};
+    int gen_batch = per_variant * c->n_variants < c->batch_size ? (int)(per_variant * c->n_variants) : c->batch_size;
+    if (gen_batch < 1) gen_batch = 1;
+    if (rc == 0 && calibrate) rc = plan_calibrate(c, &m, first_prompt, n_first, gen_batch, &cal, err);
+    if (rc) goto out;
+
+    // The work, stage by stage.
+    int max_seq = prompt_max + c->max_new_tokens < c->max_seq_len ? prompt_max + c->max_new_tokens : c->max_seq_len;
+    double position_bytes = (double)(L + 1) * mc->hidden_size * sizeof(float), vocab_bytes = (double)mc->vocab_size * sizeof(float);
+    long long n_gen = per_variant * c->n_variants;
+    long long lens_items = (long long)c->lens_max_events * (1 + c->controls_per_event);
+    long long scan_items = (long long)c->ablation_max_events * (1 + c->controls_per_event);
+    long long lens_seqs = lens_items < per_variant ? lens_items : per_variant, scan_seqs = scan_items < per_variant ? scan_items : per_variant;
+    double seq_tokens = lens_prompt_mean + c->max_new_tokens;
+    if (seq_tokens > c->max_seq_len) seq_tokens = c->max_seq_len;
+    double t_gen = 0, t_lens = 0, t_scan = 0, t_ablate = 0;
+    int cal_ok = calibrate && cal.prefill_tok_s > 0 && cal.step_s > 0 && cal.readout_s > 0;
+    if (cal_ok) {
+        for (int v = 0; v < c->n_variants; v++) t_gen += plan_generate_s(&cal, &m, per_variant, prompt_mean_all, c->max_new_tokens, c->batch_size);
+        t_ablate = 2 * plan_generate_s(&cal, &m, per_variant, lens_prompt_mean, c->max_new_tokens, c->batch_size);
+        t_lens = lens_seqs * seq_tokens / cal.prefill_tok_s + lens_items * (L + 1) * cal.readout_s;
+        double passes = c->ablation_scope == SCOPE_ALL ? L + 2 : 1 + (double)(L + 1) * scan_items / (scan_seqs * seq_tokens);
+        t_scan = scan_seqs * seq_tokens * (passes + (c->ablation_kind == ABLATE_MEAN)) / cal.prefill_tok_s +
+                 scan_items * (2.0 * L + 1) * cal.readout_s;
+    }
+    int slots = c->batch_size, lens_slots = lens_seqs < slots ? (int)lens_seqs : slots, scan_slots = scan_seqs < slots ? (int)scan_seqs : slots;
+    double mem_gen = plan_state_bytes(&m, gen_batch, max_seq, gen_batch + GEN_PREFILL_ROWS) +
+                     gen_batch * vocab_bytes + mc->vocab_size * sizeof(SampleCandidate);
+    double mem_lens = plan_state_bytes(&m, lens_slots, max_seq, ANALYSIS_MAX_ROWS) + lens_items * position_bytes;
+    double group_positions = scan_slots * seq_tokens, group_reads = scan_items < scan_slots ? scan_items : scan_slots * (double)scan_items / scan_seqs;
+    double scan_resid = c->ablation_scope == SCOPE_ALL ? group_positions * position_bytes : group_reads * position_bytes;
+    if (scan_resid > (double)ANALYSIS_CAPTURE_BYTES && c->ablation_scope == SCOPE_ALL) scan_resid = (double)ANALYSIS_CAPTURE_BYTES;
+    double mem_scan = plan_state_bytes(&m, scan_slots, max_seq, ANALYSIS_MAX_ROWS) + scan_resid +
+                      group_reads * vocab_bytes * (c->ablation_scope == SCOPE_ALL ? 2 : 1);
+    double mem_peak = mem_gen > mem_lens ? mem_gen : mem_lens;
+    if (mem_scan > mem_peak) mem_peak = mem_scan;
+    double weights = (double)m.bytes_mapped, weights_read = plan_weight_bytes(&m);
+
+    Buf work = {0};
+    buf_printf(out, "bt plan: %s on %s (%s, %d layers, hidden %d, vocab %d, ", c->file, c->model_path, mc->architecture, L,
+               mc->hidden_size, mc->vocab_size);
+    plan_bytes(out, weights);
+    buf_printf(out, " of %s weights), %d thread%s\n", dtype_name(m.embed.dtype), bt_threads, bt_threads > 1 ? "s" : "");
+    buf_printf(out, "  %d problems (%s) x %d sample%s x %d variant%s; prompts %d-%d tokens (mean %.0f); at most %d new tokens "
+                    "each, batches of %d\n",
+               c->n_problems, c->data_source == SOURCE_BUILTIN ? "built-in" : c->data_path, c->samples_per_problem,
+               c->samples_per_problem > 1 ? "s" : "", c->n_variants, c->n_variants > 1 ? "s" : "", prompt_min, prompt_max,
+               prompt_mean_all, c->max_new_tokens, c->batch_size);
+    buf_printf(out, "  %-34s %-78s %s\n", "stage", "work (at most)", cal_ok ? "time (at most)" : "time");
+    buf_printf(&work, "%lld completions, %lld new tokens, %.0f prompt tokens", n_gen, n_gen * c->max_new_tokens,
+               (double)n_gen * prompt_mean_all);
+    plan_line(out, "generate baseline", work.data, cal_ok ? t_gen : NAN);
+    work.len = 0;
+    buf_printf(&work, "%lld events + controls in %lld completions: %.0f positions forced, %lld readouts", lens_items, lens_seqs,
+               lens_seqs * seq_tokens, lens_items * (L + 1));
+    plan_line(out, "logit-lens", work.data, cal_ok ? t_lens : NAN);
+    work.len = 0;
+    if (c->ablation_scope == SCOPE_ALL)
+        buf_printf(&work, "%lld items in %lld completions: 1 + %d passes (%d pass-equivalents) of %.0f positions", scan_items,
+                   scan_seqs, 2 * L, L + 2, scan_seqs * seq_tokens);
+    else
+        buf_printf(&work, "%lld items in %lld completions: 1 pass of %.0f positions, %lld replayed rows", scan_items, scan_seqs,
+                   scan_seqs * seq_tokens, scan_items * 2 * L);
+    char stage[64];
+    snprintf(stage, sizeof stage, "ablation-scan (%s, %s)", c->ablation_scope == SCOPE_ALL ? "scope all" : "scope onset",
+             c->ablation_kind == ABLATE_MEAN ? "mean" : "zero");
+    plan_line(out, stage, work.data, cal_ok ? t_scan : NAN);
+    work.len = 0;
+    buf_printf(&work, "2 x %lld completions of %s, %lld new tokens", per_variant, c->lens_variant, 2 * per_variant * c->max_new_tokens);
+    plan_line(out, "generate targeted, random", work.data, cal_ok ? t_ablate : NAN);
+    plan_line(out, "the other stages", "detect-events (twice), compare-conditions, formatting-sweep, make-report", cal_ok ? 0 : NAN);
+    work.len = 0;
+    buf_printf(out, "  memory: weights ");
+    plan_bytes(out, weights);
+    buf_printf(out, " (mmapped); KV cache %.0f KB per position: generation %d x %d positions = ", model_kv_bytes_per_token(&m) / 1024.0,
+               gen_batch, max_seq);
+    plan_bytes(out, (double)model_kv_bytes_per_token(&m) * gen_batch * max_seq);
+    buf_puts(out, "; activations: logit lens ");
+    plan_bytes(out, lens_items * position_bytes);
+    buf_puts(out, ", scan ");
+    plan_bytes(out, scan_resid);
+    buf_puts(out, "\n  peak memory about ");
+    plan_bytes(out, weights_read + mem_peak);
+    buf_puts(out, " (the weights a step reads + the largest stage's cache, scratch and activations)\n");
+    if (cal_ok) {
+        buf_printf(out, "  calibration (%.1f s): teacher forcing %.1f tok/s, decode %.1f tok/s at batch %d, %.1f readouts/s\n",
+                   cal.seconds, cal.prefill_tok_s, cal.batch / cal.step_s, cal.batch, 1 / cal.readout_s);
+        char total[32];
+        format_duration(total, sizeof total, t_gen + t_lens + t_scan + t_ablate);
+        buf_printf(out, "  estimate: at most %s, if every completion runs to max_new_tokens and the analyses reach max_events\n", total);
+    }
+    buf_free(&work);
+out:
+    free(first_prompt);
+    problems_free(problems, n_problems);
+    tokenizer_free(tok);
+    model_free(&m);
+    return rc;
+}
+
+int cmd_plan(int argc, char **argv) {
+    Opt opts[] = {OPT_CONFIG, OPT("--no-calibrate", 0, "counts and memory only: no timing on the model"), OPT_END};
+    Err err = {0};
+    int r = opts_parse(opts, argc, argv, &err);
+    if (r) return r < 0 ? fail(&err) : 0;
+    Config c;
+    if (config_load(&c, opt_str(opts, "--config", BT_DEFAULT_CONFIG), &err)) return fail(&err);
+    set_threads(threads_flag >= 0 ? threads_flag : c.threads);
+    Buf b = {0};
+    if (plan_write(&c, !opt_str(opts, "--no-calibrate", NULL), &b, &err) == 0) write_stdout(&b);
+    buf_free(&b);
+    config_free(&c);
+    return err.msg[0] ? fail(&err) : 0;
+}
+
+// ----------------------------------------------------------------------------
 // Commands
 
 #ifndef BT_NO_MAIN
@@ -1135,6 +1512,8 @@ static const Command commands[] = {
     {"formatting-sweep", cmd_formatting_sweep, "backtracking across prompt formats"},
     {"make-report", cmd_make_report, "write the markdown report with hypothesis verdicts"},
     {"run", cmd_run, "every stage above, in order"},
+    {"plan", cmd_plan, "what bt run will do, with time and memory estimated on the model"},
+    {"capture", cmd_capture, "activations at events, windows or whole completions to safetensors"},
     {"model-info", cmd_model_info, "architecture, shapes, dtypes, parameter count, memory"},
     {"tokenize", cmd_tokenize, "token ids and byte spans of text"},
     {"detokenize", cmd_detokenize, "text of token ids"},

@@ -214,6 +214,13 @@ typedef struct {
     // [report]
     char *report_path;
     char *figures_dir;
+    char *events_path;     // the event browser (events.html)
+    int max_events_shown;  // events the browser shows at most
+    // [capture]
+    double capture_max_memory_mb; // activations held in memory at once, MB (2^20 bytes)
+    double capture_max_file_mb;   // a capture splits into numbered files past this size, MB
+    int capture_window;           // --positions window: tokens each side of pred_pos
+    int capture_dtype;            // CAPTURE_F32 or CAPTURE_BF16
     // [variant.*]
     Variant *variant_defs; // (n_variant_defs)
     int n_variant_defs;
@@ -272,6 +279,8 @@ void progress(const char *fmt, ...) __attribute__((format(printf, 1, 2))); // st
 #define ART_MEANS "analysis/component_means.json"
 #define ART_CONDITIONS "analysis/condition_comparison.csv"
 #define ART_FORMATTING "analysis/formatting_summary.csv"
+#define ART_LOGIT_LENS_WINDOW "analysis/logit_lens_window.csv"
+#define ART_ACTIVATIONS "activations" // bt capture's safetensors files and their index CSVs
 
 typedef struct {
     char id[128];  // run id, e.g. 20251223_123456
@@ -286,6 +295,7 @@ void run_generation_path(const Run *run, char *out, size_t n, const char *varian
 // Every generation file of the run: variant by variant in the config's order, and within a
 // variant baseline, targeted_ablation, random_ablation_1.., then other conditions by name.
 int run_generation_files(const Config *c, const Run *run, char ***paths, Err *err);
+void run_activation_path(const Run *run, char *out, size_t n, const char *file); // runs/<id>/activations/<file>
 
 // ----------------------------------------------------------------------------
 // Problems (bt.c)
@@ -531,6 +541,7 @@ typedef struct {
     // embeddings; the cache below first_layer must hold this group's clean pass.
     const float *enter;
     int first_layer;
+    float *attn, *mlp; // (n_reads, n_layers, hidden) attention block and MLP outputs at the reads, or NULL
 } PassOut;
 
 int forcer_init(Forcer *f, const Model *m, int n_slots, int max_seq, int max_rows, Err *err);
@@ -652,6 +663,7 @@ typedef struct {
     const AblationMask *mask; // on every row, NULL = clean
     int ignore_eos;           // run every sequence to max_new (benchmarks)
     int (*on_finish)(void *ctx, int seq, Err *err); // each sequence as it finishes; nonzero stops the loop
+    void (*on_step)(void *ctx);                     // after each forward call (progress), or NULL
     void *ctx;
 } GenParams;
 
@@ -894,6 +906,33 @@ int organism_write_mechanism(const char *dir, int mechanism, Err *err);
 // planted, and a directory that is not an organism (no "bt_organism") passes.
 int organism_check_mechanism(const char *dir, int mechanism, const char *config_file, Err *err);
 // ----------------------------------------------------------------------------
+// Interop and looking: activations out to safetensors (capture.c), the event browser
+// (report.c), the plan of a run and progress with an ETA (bt.c).
+
+// The shapes of the heavy stages' forward calls, here because bt plan sizes them too.
+#define GEN_PREFILL_ROWS 512 // generate.c: rows of prompt per forward call: bounds the activations of a prefill
+#define ANALYSIS_MAX_ROWS 512 // analysis.c: rows per forward call in teacher-forced passes
+#define ANALYSIS_CAPTURE_BYTES ((size_t)1 << 30) // analysis.c: scope-all scan: clean residuals kept per group of completions
+
+enum { CAPTURE_F32, CAPTURE_BF16 };
+#define CAPTURE_DTYPES "f32|bf16" // in enum order: [capture] dtype's choices
+
+// A long stage's progress line, "stage: done/total unit, X tok/s, ETA T", printed at most every
+// progress_every_s() seconds and at the end. The ETA scales the time so far by the work left
+// (work_done of work_total, in any unit: tokens generated against the budget, positions forced).
+#define PROGRESS_EVERY_S 2.0
+double progress_every_s(void); // PROGRESS_EVERY_S, or $BT_PROGRESS_EVERY_S (tests and logs: 0 = every step)
+typedef struct {
+    double t0;     // the stage's start (now_seconds)
+    double last_s; // when the last line was printed, seconds after t0
+} ProgressClock;
+void progress_start(ProgressClock *pc);
+void progress_eta(ProgressClock *pc, const char *stage, long long done, long long total, const char *unit,
+                  double tokens, double work_done, double work_total);
+void format_duration(char *out, size_t n, double seconds); // "42s", "3m07s", "2h05m", "?" when unknown
+char *render_prompt(const char *template_text, const char *question); // generate.c: every {question} replaced
+
+// ----------------------------------------------------------------------------
 // Commands: each returns an exit code. Defined in the file that owns the capability.
 
 int not_built(int argc, char **argv); // for a command whose capability does not exist yet: says so, exits 1
@@ -908,7 +947,9 @@ int cmd_compare_conditions(int argc, char **argv);
 int cmd_collateral_damage(int argc, char **argv);
 int cmd_formatting_sweep(int argc, char **argv);
 int cmd_make_report(int argc, char **argv);
+int cmd_capture(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
 int cmd_model_info(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);

@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define GEN_PREFILL_ROWS 512 // rows of prompt per forward call: bounds the activations of a prefill
 #define GEN_MIN_LOGIT_NATS 40 // tokens this far (after temperature) below the best carry < 1e-17 of the mass
 #define SAMPLER_FIRST_SORT 64 // candidates the sampler sorts first; it takes more only when it must
 
@@ -266,6 +265,7 @@ int generate_batch(const Model *m, GenSeq *seqs, int n_seqs, const GenParams *p,
                 if (p->on_finish) rc = p->on_finish(p->ctx, index, err);
             }
         }
+        if (p->on_step && rc == 0) p->on_step(p->ctx);
     }
     free(slot_seq);
     free(row_token);
@@ -286,7 +286,7 @@ int generate_batch(const Model *m, GenSeq *seqs, int n_seqs, const GenParams *p,
 // size or threads, and a crash loses at most the completions still running.
 
 // Renders a variant template: every {question} replaced by the question.
-static char *render_prompt(const char *template_text, const char *question) {
+char *render_prompt(const char *template_text, const char *question) {
     Buf b = {0};
     const char *p = template_text, *q;
     while ((q = strstr(p, "{question}"))) {
@@ -376,9 +376,8 @@ typedef struct {
     Job *jobs;             // (n_jobs)
     GenSeq *seqs;          // (n_jobs): seqs[i] generates jobs[i]
     int n_jobs, n_done_before, next_write, n_finished;
-    long long tokens_made;
     const char *path, *timing_path;
-    double t0, last_report;
+    ProgressClock clock;
 } RecordWriter;
 
 // Renders a finished completion as one JSON line.
@@ -412,11 +411,20 @@ static char *job_record(const RecordWriter *w, const Job *job, const GenSeq *q) 
     return b.data;
 }
 
-static void format_duration(char *out, size_t n, double s) {
-    if (s < 0 || s != s) snprintf(out, n, "?");
-    else if (s < 60) snprintf(out, n, "%.0fs", s);
-    else if (s < 3600) snprintf(out, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
-    else snprintf(out, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+// Progress from the first steps on: tokens generated against the budget (max_new_tokens for every
+// completion still running, what it took for each finished one), at most every progress_every_s().
+static void generation_progress(void *ctx) {
+    RecordWriter *w = ctx;
+    if (w->n_finished < w->n_jobs && now_seconds() - w->clock.t0 - w->clock.last_s < progress_every_s()) return;
+    long long made = 0, budget = 0;
+    for (int i = 0; i < w->n_jobs; i++) {
+        made += w->seqs[i].n_ids;
+        budget += w->seqs[i].finish_reason ? w->seqs[i].n_ids : w->seqs[i].max_new;
+    }
+    char stage[300];
+    snprintf(stage, sizeof stage, "generate %s/%s", w->variant, w->condition);
+    progress_eta(&w->clock, stage, w->n_done_before + w->n_finished, w->n_done_before + w->n_jobs, "completions", (double)made,
+                 (double)made, (double)budget);
 }
 
 // on_finish of the loop: the record of sequence i, then every record that is next in
@@ -425,7 +433,6 @@ static int record_finished(void *ctx, int i, Err *err) {
     RecordWriter *w = ctx;
     w->jobs[i].record = job_record(w, &w->jobs[i], &w->seqs[i]);
     w->n_finished++;
-    w->tokens_made += w->seqs[i].n_ids;
     int rc = 0;
     while (rc == 0 && w->next_write < w->n_jobs && w->jobs[w->next_write].record) {
         Job *job = &w->jobs[w->next_write];
@@ -445,14 +452,7 @@ static int record_finished(void *ctx, int i, Err *err) {
         job->record = NULL;
         w->next_write++;
     }
-    double t = now_seconds() - w->t0;
-    if (t - w->last_report > 2 || w->next_write == w->n_jobs) {
-        w->last_report = t;
-        char eta[32];
-        format_duration(eta, sizeof eta, t / w->n_finished * (w->n_jobs - w->n_finished));
-        progress("generate %s/%s: %d/%d completions, %.1f tok/s, ETA %s\n", w->variant, w->condition,
-                 w->n_done_before + w->n_finished, w->n_done_before + w->n_jobs, t > 0 ? w->tokens_made / t : 0.0, eta);
-    }
+    generation_progress(w);
     return rc;
 }
 
@@ -503,8 +503,8 @@ static int generate_variant(const Config *c, const Run *run, const Model *m, con
     free(done_ids);
     free(done_samples);
     GenParams params = {.sampler = config_sampler(c, &m->cfg), .batch_size = c->batch_size, .max_seq = c->max_seq_len,
-                        .mask = mask, .on_finish = record_finished, .ctx = &w};
-    w.t0 = now_seconds();
+                        .mask = mask, .on_finish = record_finished, .on_step = generation_progress, .ctx = &w};
+    progress_start(&w.clock);
     if (rc == 0) rc = generate_batch(m, w.seqs, w.n_jobs, &params, err);
     for (int i = 0; i < w.n_jobs; i++) {
         free(w.jobs[i].prompt);

@@ -1473,6 +1473,9 @@ int force_group(Forcer *f, const ForcedSeq *seqs, int n, const PassOut *out, Err
     if (n > f->n_slots) return err_runtime(err, "force_group: %d sequences, the forcer has %d slots", n, f->n_slots);
     if (out->attn_sum && (out->resid || out->resid_all)) // all three are indexed by capture_row
         return err_runtime(err, "force_group: component sums and residuals in one pass");
+    int want_outputs = out->attn || out->mlp; // component outputs at the reads
+    if (want_outputs && (out->attn_sum || out->resid_all))
+        return err_runtime(err, "force_group: component outputs at reads with sums or every position's residuals");
     int *fed = xmalloc((size_t)n * sizeof *fed), *read_base = xmalloc((size_t)n * sizeof *read_base);
     int *pos_base = xmalloc((size_t)n * sizeof *pos_base); // (n) first row of each sequence in resid_all / enter
     int total_reads = 0, total_pos = 0;
@@ -1516,8 +1519,9 @@ int force_group(Forcer *f, const ForcedSeq *seqs, int n, const PassOut *out, Err
         Forward fw = {.n = rows, .token = f->token, .slot = f->slot, .pos = f->pos, .mask = out->mask ? f->mask : NULL,
                       .first_layer = out->enter ? out->first_layer : 0, .x_in = out->enter ? f->x_in : NULL,
                       .logits = out->logits, .logits_row = out->logits ? f->logits_row : NULL,
-                      .resid = out->resid_all ? out->resid_all : out->resid, .attn_out = attn_buf, .mlp_out = mlp_buf,
-                      .capture_row = out->resid || out->resid_all || want_components ? f->capture_row : NULL};
+                      .resid = out->resid_all ? out->resid_all : out->resid, .attn_out = want_components ? attn_buf : out->attn,
+                      .mlp_out = want_components ? mlp_buf : out->mlp,
+                      .capture_row = out->resid || out->resid_all || want_components || want_outputs ? f->capture_row : NULL};
         if ((rc = model_forward(f->m, f->state, &fw, err))) break;
         for (int r = 0; r < rows && want_components; r++) {
             for (size_t k = 0; k < (size_t)n_layers * hidden; k++) {

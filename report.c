@@ -1,5 +1,5 @@
 // report.c: everything a person looks at. The SVG writer, the six figures,
-// then the markdown report with its verdicts.
+// then the event browser and the markdown report with its verdicts.
 #include "bt.h"
 
 #include <math.h>
@@ -962,6 +962,356 @@ static int draw_rate_figures(FigureOut *f, const Csv *conditions, int have_condi
     return rc;
 }
 
+// ----------------------------------------------------------------------------
+// The event browser: [report] events_path (reports/events.html), one self-contained page
+// (inline CSS and SVG, a few lines of script for the filters, nothing fetched) that shows
+// each event in its text with the trigger marked, the final layer's p(onset) at pred_pos, a
+// logit-lens heatmap of the positions up to pred_pos, and its matched control beside it.
+// The page is well-formed XML as well as HTML, so a strict parser can check it.
+
+#define PAGE_CONTEXT_BEFORE 360 // bytes of completion shown before the trigger (or the control's token)
+#define PAGE_CONTEXT_AFTER 160  // and after it
+#define HEAT_CELL_W 26          // heatmap cell, px
+#define HEAT_CELL_H 9
+#define HEAT_FLOOR (-20.0)      // log p at or below this takes the palest colour
+#define HEAT_MAX_OFFSETS 16     // positions a heatmap shows at most
+
+// Completion text as HTML/XML character data: & < > " ' escaped, newlines kept, any other
+// control byte, invalid UTF-8 or non-character shown as U+FFFD.
+static void html_text(Buf *b, const char *text, size_t n) {
+    const unsigned char *p = (const unsigned char *)text;
+    for (size_t i = 0; i < n;) {
+        unsigned char ch = p[i];
+        uint32_t cp = 0;
+        int len = utf8_char(p + i, n - i, &cp);
+        if (ch == '&') buf_puts(b, "&amp;");
+        else if (ch == '<') buf_puts(b, "&lt;");
+        else if (ch == '>') buf_puts(b, "&gt;");
+        else if (ch == '"') buf_puts(b, "&quot;");
+        else if (ch == '\'') buf_puts(b, "&#39;");
+        else if (ch == '\n' || ch == '\t') buf_putc(b, (char)ch);
+        else if (len == 0 || ch < 0x20 || ch == 0x7F || cp == 0xFFFE || cp == 0xFFFF) buf_puts(b, "\xEF\xBF\xBD");
+        else {
+            buf_append(b, p + i, (size_t)len);
+            i += (size_t)len;
+            continue;
+        }
+        i += len > 0 ? (size_t)len : 1;
+    }
+}
+
+static void html_str(Buf *b, const char *s) { html_text(b, s, strlen(s)); }
+
+// One generation file of the run, loaded once.
+typedef struct {
+    char *variant, *condition;
+    GenRecord *recs;
+    int n;
+} PageGenerations;
+
+typedef struct {
+    const Config *c;
+    const Run *run;
+    Tokenizer *tok;
+    PageGenerations *files; // (n_files)
+    int n_files;
+    Csv events, lens, window;
+    int have_lens, have_window, n_layers;
+} Page;
+
+static const GenRecord *page_record(Page *pg, const char *variant, const char *condition, const char *problem_id, int sample,
+                                    Err *err) {
+    PageGenerations *g = NULL;
+    for (int i = 0; i < pg->n_files && !g; i++)
+        if (strcmp(pg->files[i].variant, variant) == 0 && strcmp(pg->files[i].condition, condition) == 0) g = &pg->files[i];
+    if (!g) {
+        char path[1200];
+        run_generation_path(pg->run, path, sizeof path, variant, condition);
+        pg->files = xrealloc(pg->files, (size_t)(pg->n_files + 1) * sizeof *pg->files);
+        g = &pg->files[pg->n_files++];
+        *g = (PageGenerations){xstrdup(variant), xstrdup(condition), NULL, 0};
+        if (generations_read(path, &g->recs, &g->n, err)) return NULL;
+    }
+    for (int r = 0; r < g->n; r++)
+        if (g->recs[r].sample == sample && strcmp(g->recs[r].problem_id, problem_id) == 0) return &g->recs[r];
+    err_input(err, "%s: problem %s sample %d of %s/%s is not among the generations (run detect-events again)", ART_EVENTS,
+              problem_id, sample, variant, condition);
+    return NULL;
+}
+
+// log p(onset) of (kind, event_id) in the logit lens at pred_pos, final layer; NaN when not read.
+static double page_final_logprob(const Page *pg, const char *kind, const char *event_id) {
+    for (int r = 0; pg->have_lens && r < pg->lens.n_rows; r++)
+        if ((int)cell_num(&pg->lens, r, "layer") == pg->n_layers && strcmp(cell(&pg->lens, r, "event_id"), event_id) == 0 &&
+            strcmp(cell(&pg->lens, r, "kind"), kind) == 0)
+            return cell_num(&pg->lens, r, "logprob");
+    return NAN;
+}
+
+// The completion text around byte `at`, with [mark_start, mark_end) marked as class mark_class.
+static void page_text(Buf *b, const Page *pg, const GenRecord *rec, int k, int char_offset, int mark_len, const char *mark_class) {
+    Buf text = {0};
+    int *offsets = xmalloc((size_t)(rec->n_completion + 1) * sizeof *offsets);
+    tokenizer_decode(pg->tok, rec->completion_ids, rec->n_completion, &text, offsets);
+    if (!text.data) buf_append(&text, "", 0);
+    int start = char_offset >= 0 ? char_offset : k < rec->n_completion ? offsets[k] : (int)text.len;
+    int end = char_offset >= 0 ? start + mark_len : k < rec->n_completion ? offsets[k + 1] : start;
+    if (start > (int)text.len) start = (int)text.len;
+    if (end > (int)text.len) end = (int)text.len;
+    int from = start, to = (int)text.len; // whole tokens within the context
+    for (int t = rec->n_completion; t >= 0; t--)
+        if (offsets[t] <= start && offsets[t] >= start - PAGE_CONTEXT_BEFORE) from = offsets[t];
+    for (int t = 0; t <= rec->n_completion; t++)
+        if (offsets[t] >= end && offsets[t] <= end + PAGE_CONTEXT_AFTER) to = offsets[t];
+    while (from > 0 && from < start && (text.data[from] & 0xC0) == 0x80) from++; // and whole characters
+    while (to < (int)text.len && to > end && (text.data[to] & 0xC0) == 0x80) to--;
+    buf_puts(b, "<pre>");
+    if (from > 0) buf_puts(b, "\xE2\x80\xA6");
+    html_text(b, text.data + from, (size_t)(start - from));
+    buf_printf(b, "<mark class=\"%s\">", mark_class);
+    html_text(b, text.data + start, (size_t)(end - start));
+    buf_puts(b, "</mark>");
+    html_text(b, text.data + end, (size_t)(to - end));
+    if (to < (int)text.len) buf_puts(b, "\xE2\x80\xA6");
+    buf_puts(b, "</pre>\n");
+    free(offsets);
+    buf_free(&text);
+}
+
+static void heat_color(double lp, char out[8]) { // white (log p <= HEAT_FLOOR) to dark blue (log p = 0)
+    double t = lp != lp ? 0 : lp <= HEAT_FLOOR ? 0 : lp >= 0 ? 1 : 1 - lp / HEAT_FLOOR;
+    static const double lo[3] = {247, 251, 255}, hi[3] = {8, 48, 107};
+    snprintf(out, 8, "#%02x%02x%02x", (int)(lo[0] + t * (hi[0] - lo[0])), (int)(lo[1] + t * (hi[1] - lo[1])),
+             (int)(lo[2] + t * (hi[2] - lo[2])));
+}
+
+// A heatmap of log p(onset) by layer (rows, the last layer on top) and position (columns, up
+// to pred_pos) from logit_lens_window.csv, for (kind, event_id); a note when it has none.
+static void page_heatmap(Buf *b, const Page *pg, const char *kind, const char *event_id, const char *title) {
+    int L = pg->n_layers, n_off = 0, offsets[HEAT_MAX_OFFSETS];
+    double *lp = xmalloc((size_t)HEAT_MAX_OFFSETS * (L + 1) * sizeof *lp); // (offsets, n_layers + 1)
+    for (int i = 0; i < HEAT_MAX_OFFSETS * (L + 1); i++) lp[i] = NAN;
+    for (int r = 0; pg->have_window && r < pg->window.n_rows; r++) {
+        if (strcmp(cell(&pg->window, r, "event_id"), event_id) != 0 || strcmp(cell(&pg->window, r, "kind"), kind) != 0) continue;
+        int off = (int)cell_num(&pg->window, r, "offset"), l = (int)cell_num(&pg->window, r, "layer"), j = 0;
+        while (j < n_off && offsets[j] != off) j++;
+        if (j == n_off && n_off < HEAT_MAX_OFFSETS) offsets[n_off++] = off;
+        if (j < n_off && l >= 0 && l <= L) lp[(size_t)j * (L + 1) + l] = cell_num(&pg->window, r, "logprob");
+    }
+    if (n_off == 0) {
+        buf_printf(b, "<p class=\"note\">%s: not in the logit lens window</p>\n", title);
+        free(lp);
+        return;
+    }
+    int left = 34, top = 20, w = left + n_off * HEAT_CELL_W + 6, h = top + (L + 1) * HEAT_CELL_H + 20;
+    buf_printf(b, "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"heat\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\">", w, h, w, h);
+    buf_puts(b, "<title>");
+    html_str(b, title);
+    buf_puts(b, "</title>");
+    buf_printf(b, "<text x=\"0\" y=\"12\" font-size=\"11\">");
+    html_str(b, title);
+    buf_puts(b, "</text>");
+    for (int j = 0; j < n_off; j++)
+        for (int l = 0; l <= L; l++) {
+            char color[8];
+            double v = lp[(size_t)j * (L + 1) + l];
+            heat_color(v, color);
+            buf_printf(b, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"><title>layer %d, pred_pos%+d: log p %.3f</title></rect>",
+                       left + j * HEAT_CELL_W, top + (L - l) * HEAT_CELL_H, HEAT_CELL_W - 1, HEAT_CELL_H - 1, color, l, offsets[j], v);
+        }
+    for (int l = 0; l <= L; l += L > 8 ? 4 : 1)
+        buf_printf(b, "<text x=\"%d\" y=\"%d\" font-size=\"9\" text-anchor=\"end\">L%d</text>", left - 3, top + (L - l) * HEAT_CELL_H + 8, l);
+    for (int j = 0; j < n_off; j++)
+        buf_printf(b, "<text x=\"%d\" y=\"%d\" font-size=\"9\" text-anchor=\"middle\">%+d</text>", left + j * HEAT_CELL_W + HEAT_CELL_W / 2,
+                   top + (L + 1) * HEAT_CELL_H + 11, offsets[j]);
+    buf_puts(b, "</svg>\n");
+    free(lp);
+}
+
+static void page_probability(Buf *b, double lp) {
+    if (lp != lp) buf_puts(b, "n/a");
+    else buf_printf(b, "%.3g", exp(lp));
+}
+
+static const char *const page_style =
+    "body{font:14px/1.4 sans-serif;margin:1.5em;color:#222;max-width:1400px}h1{font-size:1.4em}"
+    ".meta,.note{color:#555}.event{border-top:1px solid #ccc;padding:.6em 0}.event h2{font-size:1em;margin:.2em 0}"
+    ".pair{display:flex;gap:1.2em;flex-wrap:wrap}.side{flex:1 1 420px;min-width:0}.side h3{font-size:.9em;margin:.3em 0;color:#555}"
+    "pre{white-space:pre-wrap;word-wrap:break-word;font:12px/1.35 monospace;background:#f7f7f7;padding:.5em;margin:0;"
+    "max-height:14em;overflow:auto}mark.trigger{background:#ffd54f;font-weight:bold}mark.position{background:#9fd3f5}"
+    "form{position:sticky;top:0;background:#fff;padding:.4em 0;border-bottom:1px solid #ccc}svg.heat{margin-top:.4em}"
+    ".scale{display:inline-block;width:120px;height:10px;background:linear-gradient(to right,#f7fbff,#08306b);"
+    "vertical-align:middle}";
+
+// Filters without < or & so the page stays well-formed XML; #variant=V;condition=C presets them.
+static const char *const page_script =
+    "function bt_filter(){var v=document.getElementById('variant').value,c=document.getElementById('condition').value,n=0;"
+    "document.querySelectorAll('.event').forEach(function(e){var show=(v===''||e.dataset.variant===v)?"
+    "(c===''||e.dataset.condition===c):false;e.hidden=!show;if(show)n++;});"
+    "document.getElementById('shown').textContent=n+' shown';}"
+    "location.hash.slice(1).split(';').forEach(function(kv){var p=kv.split('='),s=document.getElementById(p[0]);"
+    "if(s)s.value=decodeURIComponent(p[1]||'');});"
+    "document.getElementById('variant').onchange=bt_filter;document.getElementById('condition').onchange=bt_filter;bt_filter();";
+
+static void page_select(Buf *b, const char *id, char **values, int n) {
+    buf_printf(b, "<label>%s <select id=\"%s\"><option value=\"\">all</option>", id, id);
+    for (int i = 0; i < n; i++) {
+        buf_puts(b, "<option value=\"");
+        html_str(b, values[i]);
+        buf_puts(b, "\">");
+        html_str(b, values[i]);
+        buf_puts(b, "</option>");
+    }
+    buf_puts(b, "</select></label> ");
+}
+
+static void add_unique(char ***list, int *n, const char *s) {
+    for (int i = 0; i < *n; i++)
+        if (strcmp((*list)[i], s) == 0) return;
+    *list = xrealloc(*list, (size_t)(*n + 1) * sizeof **list);
+    (*list)[(*n)++] = xstrdup(s);
+}
+
+static int events_page(const Config *c, const Run *run, const char *model_id, Err *err) {
+    Page pg = {.c = c, .run = run};
+    Buf page = {0};
+    char path[1200], **variants = NULL, **conditions = NULL;
+    int n_variants = 0, n_conditions = 0, have_events, rc = 0, n_shown = 0, n_total = 0;
+    int *chosen = NULL; // (n_shown) rows of the events CSV
+    if ((have_events = read_table(run, ART_EVENTS, &pg.events, err)) < 0 ||
+        (pg.have_lens = read_table(run, ART_LOGIT_LENS, &pg.lens, err)) < 0 ||
+        (pg.have_window = read_table(run, ART_LOGIT_LENS_WINDOW, &pg.window, err)) < 0) {
+        rc = -1;
+        goto out;
+    }
+    for (int r = 0; pg.have_lens && r < pg.lens.n_rows; r++)
+        if ((int)cell_num(&pg.lens, r, "layer") > pg.n_layers) pg.n_layers = (int)cell_num(&pg.lens, r, "layer");
+    // Up to max_events_shown events, taken in turn from each variant x condition so every filter has some.
+    int n_rows = have_events ? pg.events.n_rows : 0;
+    chosen = xmalloc((size_t)(n_rows + 1) * sizeof *chosen);
+    char *taken = xcalloc((size_t)n_rows + 1, 1);
+    for (int r = 0; r < n_rows; r++) {
+        if (strcmp(cell(&pg.events, r, "kind"), "event") != 0) continue;
+        n_total++;
+        add_unique(&variants, &n_variants, cell(&pg.events, r, "variant"));
+        add_unique(&conditions, &n_conditions, cell(&pg.events, r, "condition"));
+    }
+    for (int progress_made = 1; progress_made && n_shown < c->max_events_shown;) {
+        progress_made = 0;
+        for (int v = 0; v < n_variants; v++)
+            for (int k = 0; k < n_conditions && n_shown < c->max_events_shown; k++)
+                for (int r = 0; r < n_rows; r++)
+                    if (!taken[r] && strcmp(cell(&pg.events, r, "kind"), "event") == 0 &&
+                        strcmp(cell(&pg.events, r, "variant"), variants[v]) == 0 &&
+                        strcmp(cell(&pg.events, r, "condition"), conditions[k]) == 0) {
+                        taken[r] = 1, progress_made = 1, n_shown++;
+                        break;
+                    }
+    }
+    n_shown = 0;
+    for (int r = 0; r < n_rows; r++)
+        if (taken[r]) chosen[n_shown++] = r;
+    free(taken);
+    if (n_shown) {
+        snprintf(path, sizeof path, "%s/tokenizer.json", c->model_path);
+        if ((rc = tokenizer_load(&pg.tok, path, err))) goto out;
+    }
+
+    buf_puts(&page, "<!DOCTYPE html>\n<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"en\">\n<head>\n<meta charset=\"utf-8\"/>\n");
+    buf_puts(&page, "<title>Backtracking events, run ");
+    html_str(&page, run->id);
+    buf_printf(&page, "</title>\n<style>%s</style>\n</head>\n<body>\n<h1>Backtracking events</h1>\n<p class=\"meta\">run ", page_style);
+    html_str(&page, run->id);
+    buf_puts(&page, ", model ");
+    html_str(&page, model_id);
+    buf_printf(&page, ": %d of %d events shown ([report] max_events_shown = %d), each beside its position-matched control. "
+                      "p(onset) is the final layer's probability of the onset token at pred_pos. The heatmaps show log p(onset) "
+                      "by layer at the positions up to pred_pos (0); <span class=\"scale\"></span> %.0f to 0.</p>\n",
+               n_shown, n_total, c->max_events_shown, HEAT_FLOOR);
+    buf_puts(&page, "<form>");
+    page_select(&page, "variant", variants, n_variants);
+    page_select(&page, "condition", conditions, n_conditions);
+    buf_printf(&page, "<span id=\"shown\">%d shown</span></form>\n", n_shown);
+    if (!have_events) buf_puts(&page, "<p class=\"note\">detect-events has not run in this run.</p>\n");
+    else if (!n_shown) buf_puts(&page, "<p class=\"note\">This run has no backtracking events.</p>\n");
+    for (int i = 0; i < n_shown && rc == 0; i++) {
+        int r = chosen[i];
+        const char *variant = cell(&pg.events, r, "variant"), *condition = cell(&pg.events, r, "condition");
+        const char *event_id = cell(&pg.events, r, "event_id"), *trigger = cell(&pg.events, r, "trigger");
+        const GenRecord *rec = page_record(&pg, variant, condition, cell(&pg.events, r, "problem_id"),
+                                           (int)cell_num(&pg.events, r, "sample"), err);
+        if (!rec) {
+            rc = -1;
+            break;
+        }
+        int control = -1;
+        for (int q = 0; q < pg.events.n_rows && control < 0; q++)
+            if (strcmp(cell(&pg.events, q, "kind"), "control") == 0 && strcmp(cell(&pg.events, q, "event_id"), event_id) == 0) control = q;
+        const GenRecord *ctl = control < 0 ? NULL : page_record(&pg, variant, condition, cell(&pg.events, control, "problem_id"),
+                                                                 (int)cell_num(&pg.events, control, "sample"), err);
+        if (control >= 0 && !ctl) {
+            rc = -1;
+            break;
+        }
+        buf_puts(&page, "<div class=\"event\" data-variant=\"");
+        html_str(&page, variant);
+        buf_puts(&page, "\" data-condition=\"");
+        html_str(&page, condition);
+        buf_printf(&page, "\" id=\"event-%s\">\n<h2>event %s: \xE2\x80\x9C", event_id, event_id);
+        html_str(&page, trigger);
+        buf_puts(&page, "\xE2\x80\x9D in ");
+        html_str(&page, variant);
+        buf_puts(&page, " / ");
+        html_str(&page, condition);
+        buf_puts(&page, ", ");
+        html_str(&page, rec->problem_id);
+        buf_printf(&page, " sample %d, completion token %s (pred_pos %s), onset token ", rec->sample, cell(&pg.events, r, "token_offset"),
+                   cell(&pg.events, r, "pred_pos"));
+        html_str(&page, cell(&pg.events, r, "onset_token"));
+        buf_puts(&page, "; p(onset) ");
+        page_probability(&page, page_final_logprob(&pg, "event", event_id));
+        buf_puts(&page, ", control ");
+        page_probability(&page, control < 0 ? NAN : page_final_logprob(&pg, "control", event_id));
+        buf_puts(&page, "</h2>\n<div class=\"pair\">\n<div class=\"side\"><h3>event</h3>\n");
+        page_text(&page, &pg, rec, (int)cell_num(&pg.events, r, "token_offset"), (int)cell_num(&pg.events, r, "char_offset"),
+                  (int)strlen(trigger), "trigger");
+        page_heatmap(&page, &pg, "event", event_id, "event: log p(onset) by layer");
+        buf_puts(&page, "</div>\n<div class=\"side\"><h3>matched control");
+        if (ctl) {
+            buf_puts(&page, ": ");
+            html_str(&page, ctl->problem_id);
+            buf_printf(&page, " sample %d, the same token position</h3>\n", ctl->sample);
+            page_text(&page, &pg, ctl, (int)cell_num(&pg.events, control, "token_offset"), -1, 0, "position");
+            page_heatmap(&page, &pg, "control", event_id, "control: log p(onset) by layer");
+        } else {
+            buf_puts(&page, "</h3>\n<p class=\"note\">no completion of this group qualified as its control</p>\n");
+        }
+        buf_puts(&page, "</div>\n</div>\n</div>\n");
+    }
+    if (rc) goto out;
+    buf_printf(&page, "<script>%s</script>\n</body>\n</html>\n", page_script);
+    if ((rc = write_file_atomic(c->events_path, page.data, page.len, err)) == 0)
+        printf("make-report: %s (%d of %d events)\n", c->events_path, n_shown, n_total);
+out:
+    for (int i = 0; i < pg.n_files; i++) {
+        free(pg.files[i].variant);
+        free(pg.files[i].condition);
+        generations_free(pg.files[i].recs, pg.files[i].n);
+    }
+    free(pg.files);
+    for (int i = 0; i < n_variants; i++) free(variants[i]);
+    for (int i = 0; i < n_conditions; i++) free(conditions[i]);
+    free(variants);
+    free(conditions);
+    free(chosen);
+    csv_free(&pg.events);
+    csv_free(&pg.lens);
+    csv_free(&pg.window);
+    if (pg.tok) tokenizer_free(pg.tok);
+    buf_free(&page);
+    return rc;
+}
+
 typedef enum { SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE } Verdict;
 static const char *const verdict_names[] = {"supported", "not supported", "inconclusive"};
 
@@ -1214,6 +1564,7 @@ int cmd_make_report(int argc, char **argv) {
     meta_get(&meta, "config_digest", digest, sizeof digest, "unknown");
     long long n_threads = 0;
     json_int(&meta, json_key(&meta, 0, "threads"), &n_threads);
+    if (events_page(&c, &run, model_id, &err)) goto out;
     snprintf(threads, sizeof threads, "%lld", n_threads);
     time_t now = time(NULL);
     struct tm utc;
