@@ -2,6 +2,7 @@
 // scan, the condition comparison and the formatting sweep.
 #include "bt.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -617,7 +618,8 @@ static int load_group(const Run *run, const Csv *events, const char *variant, co
     for (int r = 0; r < events->n_rows; r++) {
         if (strcmp(csv_cell(events, r, kind), "event") || strcmp(csv_cell(events, r, var), variant) || strcmp(csv_cell(events, r, cond), condition))
             continue;
-        int s = atoi(csv_cell(events, r, sample));
+        long long s;
+        if (csv_int(events, r, sample, 0, INT_MAX, &s, err)) return -1;
         for (int i = 0; i < *n; i++)
             if ((*recs)[i].sample == s && strcmp((*recs)[i].problem_id, csv_cell(events, r, prob)) == 0) {
                 (*n_events)[i]++;
@@ -866,14 +868,17 @@ static int items_load(const Config *c, const Run *run, const Tokenizer *tok, con
         n_rows = max_events;
         qsort(rows, (size_t)n_rows, sizeof *rows, cmp_int_asc);
     }
-    int *chosen_ids = xmalloc((size_t)(n_rows + 1) * sizeof *chosen_ids);
-    for (int i = 0; i < n_rows; i++) chosen_ids[i] = atoi(csv_cell(&csv, rows[i], col[1]));
+    long long *chosen_ids = xmalloc((size_t)(n_rows + 1) * sizeof *chosen_ids);
+    int rc = 0;
+    for (int i = 0; i < n_rows && rc == 0; i++) rc = csv_int(&csv, rows[i], col[1], 0, INT_MAX, &chosen_ids[i], err);
     // Controls of the chosen events follow the events.
-    for (int r = 0; r < csv.n_rows; r++) {
+    for (int r = 0; r < csv.n_rows && rc == 0; r++) {
         if (strcmp(csv_cell(&csv, r, col[0]), "control") != 0 || strcmp(csv_cell(&csv, r, col[2]), variant) != 0 ||
             strcmp(csv_cell(&csv, r, col[3]), "baseline") != 0)
             continue;
-        int id = atoi(csv_cell(&csv, r, col[1])), keep = 0;
+        long long id;
+        int keep = 0;
+        if ((rc = csv_int(&csv, r, col[1], 0, INT_MAX, &id, err))) break;
         for (int i = 0; i < n_rows && !keep; i++) keep = chosen_ids[i] == id;
         if (keep) {
             rows = xrealloc(rows, (size_t)(n_rows + 1) * sizeof *rows);
@@ -882,15 +887,21 @@ static int items_load(const Config *c, const Run *run, const Tokenizer *tok, con
     }
     free(chosen_ids);
     it->items = xcalloc((size_t)(n_rows + 1), sizeof *it->items);
-    int rc = 0;
     for (int i = 0; i < n_rows && rc == 0; i++) {
         int r = rows[i];
         Item *x = &it->items[it->n_items];
+        long long event_id, pred_pos, onset, sample, prompt_tokens;
+        if (csv_int(&csv, r, col[1], 0, INT_MAX, &event_id, err) || csv_int(&csv, r, col[6], 0, INT_MAX - 1, &pred_pos, err) ||
+            csv_int(&csv, r, col[7], 0, tokenizer_vocab_size(tok) - 1, &onset, err) ||
+            csv_int(&csv, r, col[5], 0, INT_MAX, &sample, err) || csv_int(&csv, r, col[8], 1, INT_MAX, &prompt_tokens, err)) {
+            rc = -1;
+            break;
+        }
         x->is_control = strcmp(csv_cell(&csv, r, col[0]), "control") == 0;
-        x->event_id = atoi(csv_cell(&csv, r, col[1]));
-        x->pred_pos = atoi(csv_cell(&csv, r, col[6]));
-        x->onset_token_id = atoi(csv_cell(&csv, r, col[7]));
-        x->record = find_record(it, csv_cell(&csv, r, col[4]), atoi(csv_cell(&csv, r, col[5])));
+        x->event_id = (int)event_id;
+        x->pred_pos = (int)pred_pos;
+        x->onset_token_id = (int)onset;
+        x->record = find_record(it, csv_cell(&csv, r, col[4]), (int)sample);
         if (x->record < 0) {
             rc = err_input(err, "%s: problem %s sample %s of the events is not among the generations of %s", ART_EVENTS,
                            csv_cell(&csv, r, col[4]), csv_cell(&csv, r, col[5]), variant);
@@ -898,7 +909,7 @@ static int items_load(const Config *c, const Run *run, const Tokenizer *tok, con
         }
         const GenRecord *rec = &it->records[x->record];
         int k = x->pred_pos - rec->prompt_tokens + 1;
-        if (atoi(csv_cell(&csv, r, col[8])) != rec->prompt_tokens || k < 0 || k > rec->n_completion) {
+        if (prompt_tokens != rec->prompt_tokens || k < 0 || k > rec->n_completion) {
             rc = err_input(err, "%s: event %d does not fit its completion (run detect-events again)", ART_EVENTS, x->event_id);
             break;
         }
@@ -1129,6 +1140,10 @@ static int analysis_open(const Config *c, const Run *run, const char *variant, i
     if (tokenizer_load(&a->tok, path, err) || model_load(&a->m, c->model_path, err)) return -1;
     a->model_loaded = 1;
     if (items_load(c, run, a->tok, variant, max_events, &a->it, err)) return -1;
+    for (int i = 0; i < a->it.n_items; i++) // the analyses read logits at the onset id
+        if (a->it.items[i].onset_token_id >= a->m.cfg.vocab_size)
+            return err_input(err, "%s: onset token id %d is outside the model's vocabulary of %d", ART_EVENTS,
+                             a->it.items[i].onset_token_id, a->m.cfg.vocab_size);
     int n_slots = a->it.n_seqs < c->batch_size ? a->it.n_seqs : c->batch_size;
     return forcer_init(&a->f, &a->m, n_slots < 1 ? 1 : n_slots, items_max_tokens(&a->it), ANALYSIS_MAX_ROWS, err);
 }

@@ -67,6 +67,8 @@ int path_is_dir(const char *path);
 typedef struct {
     char **cells; // ((n_rows + 1) * n_cols), row 0 = header
     int n_rows, n_cols;
+    char *path;    // the file, for messages
+    int *row_line; // (n_rows + 1) source line where each row starts, row 0 = header
 } Csv;
 
 int csv_read(const char *path, Csv *t, Err *err); // rows with another field count: "file:line" error
@@ -662,5 +664,18 @@ int cmd_generate_ids(int argc, char **argv);
 int cmd_make_organism(int argc, char **argv);
 int cmd_make_bench_model(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+
+// ----------------------------------------------------------------------------
+// Reliability: checked readers and limits the parsers share (fuzzed in tests/fuzz/).
+
+// Checked CSV cells (io.c): -1 with "file:line: column 'name': ..." when the cell is not
+// an integer in [lo, hi] (csv_int) or not a finite number (csv_double).
+int csv_int(const Csv *t, int row, int col, long long lo, long long hi, long long *out, Err *err);
+int csv_double(const Csv *t, int row, int col, double *out, Err *err);
+// The most bytes of token strings a tokenizer may hold (tokenizer.c): UINT32_MAX, as offsets
+// into them are 32-bit; a load past it fails. Tests lower it to reach the limit.
+extern size_t tokenizer_pool_limit;
+// GSM8K's {question, answer} JSONL as prepare-data reads it (bt.c); ids are <file stem>_<line - 1>.
+int gsm8k_load(const char *path, Problem **out, int *n_out, Err *err);
 
 #endif

@@ -2,6 +2,7 @@
 // writing, CSV writing. The one place that knows how bytes reach the disk.
 #include "bt.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -219,9 +220,9 @@ int read_file(const char *path, Buf *out, Err *err) {
     char chunk[65536];
     size_t got;
     while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) buf_append(out, chunk, got);
-    int bad = ferror(f);
+    int bad = ferror(f), read_errno = errno; // EISDIR when path is a directory
     fclose(f);
-    if (bad) return err_input(err, "%s: read error", path);
+    if (bad) return err_input(err, "%s: cannot read: %s", path, strerror(read_errno));
     if (!out->data) buf_append(out, "", 0);
     return 0;
 }
@@ -585,12 +586,13 @@ int json_key(const Json *j, int obj, const char *key) {
 
 int json_number(const Json *j, int t, double *out) {
     if (t < 0 || t >= j->n_tok || j->tok[t].type != JSON_NUMBER) return -1;
-    char tmp[128];
-    int n = j->tok[t].end - j->tok[t].start;
-    if (n >= (int)sizeof tmp) n = (int)sizeof tmp - 1;
-    memcpy(tmp, j->src + j->tok[t].start, (size_t)n);
+    char small[128];
+    size_t n = (size_t)(j->tok[t].end - j->tok[t].start);
+    char *tmp = n < sizeof small ? small : xmalloc(n + 1); // all of a long number: cutting it changes its value
+    memcpy(tmp, j->src + j->tok[t].start, n);
     tmp[n] = 0;
     *out = strtod(tmp, NULL);
+    if (tmp != small) free(tmp);
     return 0;
 }
 
@@ -613,21 +615,29 @@ int json_bool(const Json *j, int t, int *out) {
 void csv_free(Csv *t) {
     for (int i = 0; i < (t->n_rows + 1) * t->n_cols; i++) free(t->cells[i]);
     free(t->cells);
+    free(t->path);
+    free(t->row_line);
     memset(t, 0, sizeof *t);
 }
 
-// Parses one record starting at *at; appends its fields to cells. Returns the field count.
+// Parses one record starting at *at; appends its fields to cells. Returns the field
+// count, or -1 when a quoted field runs to the end of the file.
 static int csv_record(const char *s, size_t n, size_t *at, char ***cells, int *n_cells, int *line_no) {
     int fields = 0;
     size_t i = *at;
     for (;;) {
         Buf f = {0};
         if (i < n && s[i] == '"') {
+            int closed = 0;
             i++;
             while (i < n) {
                 if (s[i] == '"' && i + 1 < n && s[i + 1] == '"') { buf_putc(&f, '"'); i += 2; }
-                else if (s[i] == '"') { i++; break; }
+                else if (s[i] == '"') { i++; closed = 1; break; }
                 else { if (s[i] == '\n') (*line_no)++; buf_putc(&f, s[i++]); }
+            }
+            if (!closed) {
+                buf_free(&f);
+                return -1;
             }
         }
         while (i < n && s[i] != ',' && s[i] != '\n' && s[i] != '\r') buf_putc(&f, s[i++]);
@@ -649,26 +659,30 @@ int csv_read(const char *path, Csv *t, Err *err) {
     Buf text = {0};
     if (read_file(path, &text, err)) return -1;
     size_t at = 0;
-    int line_no = 1, n_cells = 0;
+    int line_no = 1, n_cells = 0, n_records = 0;
     if (text.len == 0) {
         buf_free(&text);
         return err_input(err, "%s: empty file (no header)", path);
     }
-    t->n_cols = csv_record(text.data, text.len, &at, &t->cells, &n_cells, &line_no);
+    t->path = xstrdup(path);
     while (at < text.len) {
-        line_no++;
         int start_line = line_no;
         int got = csv_record(text.data, text.len, &at, &t->cells, &n_cells, &line_no);
+        line_no++;
+        if (n_records == 0 && got > 0) t->n_cols = got;
         if (got != t->n_cols) {
-            for (int i = 0; i < n_cells; i++) free(t->cells[i]);
-            free(t->cells);
             int cols = t->n_cols;
-            memset(t, 0, sizeof *t);
+            for (int i = 0; i < n_cells; i++) free(t->cells[i]);
+            t->n_rows = t->n_cols = 0;
+            csv_free(t);
             buf_free(&text);
+            if (got < 0) return err_input(err, "%s:%d: quoted field is not closed before the end of the file", path, start_line);
             return err_input(err, "%s:%d: %d fields, the header has %d", path, start_line, got, cols);
         }
+        t->row_line = xrealloc(t->row_line, (size_t)(n_records + 1) * sizeof *t->row_line);
+        t->row_line[n_records++] = start_line;
     }
-    t->n_rows = n_cells / t->n_cols - 1;
+    t->n_rows = n_records - 1;
     buf_free(&text);
     return 0;
 }
@@ -680,3 +694,29 @@ int csv_col(const Csv *t, const char *name) {
 }
 
 const char *csv_cell(const Csv *t, int row, int col) { return t->cells[(size_t)(row + 1) * (size_t)t->n_cols + (size_t)col]; }
+
+// ----------------------------------------------------------------------------
+// Checked CSV cells: a cell that is not the number its column holds is an error
+// naming the file, the row's line and the column, never a silent 0.
+
+int csv_int(const Csv *t, int row, int col, long long lo, long long hi, long long *out, Err *err) {
+    const char *s = csv_cell(t, row, col);
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi || isspace((unsigned char)*s))
+        return err_input(err, "%s:%d: column '%s': '%.40s' is not an integer in [%lld, %lld]", t->path, t->row_line[row + 1],
+                         t->cells[col], s, lo, hi);
+    *out = v;
+    return 0;
+}
+
+int csv_double(const Csv *t, int row, int col, double *out, Err *err) {
+    const char *s = csv_cell(t, row, col);
+    char *end;
+    double v = strtod(s, &end);
+    if (!*s || *end || isspace((unsigned char)*s) || !isfinite(v))
+        return err_input(err, "%s:%d: column '%s': '%.40s' is not a finite number", t->path, t->row_line[row + 1], t->cells[col], s);
+    *out = v;
+    return 0;
+}

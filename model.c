@@ -182,8 +182,9 @@ static int st_entry(const Json *j, int t, StEntry *e, const char *path, size_t d
         if (json_int(j, d, &v) < 0 || v < 0 || v > (1LL << 40))
             return err_input(err, "%s: tensor '%s': shape has a bad size", path, e->name);
         e->shape[e->n_dims++] = v;
+        if (v && n_elems > (1ULL << 50) / (unsigned long long)v) // bound before multiplying: the product must not wrap
+            return err_input(err, "%s: tensor '%s': shape is too large", path, e->name);
         n_elems *= (unsigned long long)v;
-        if (n_elems > (1ULL << 50)) return err_input(err, "%s: tensor '%s': shape is too large", path, e->name);
     }
     long long begin, end;
     if (j->tok[off].type != JSON_ARRAY || j->tok[off].size != 2 || json_int(j, off + 1, &begin) < 0 ||

@@ -16,8 +16,9 @@ extern const TestCase tests_stats[];
 extern const TestCase tests_svg[];
 extern const TestCase tests_pipeline[];
 extern const TestCase tests_organism[];
+extern const TestCase tests_reliability[];
 
-static const TestCase *groups[] = {tests_io, tests_config, tests_tokenizer, tests_model, tests_stats, tests_svg, tests_pipeline, tests_organism};
+static const TestCase *groups[] = {tests_io, tests_config, tests_tokenizer, tests_model, tests_stats, tests_svg, tests_pipeline, tests_organism, tests_reliability};
 
 static int current_failed, current_skipped;
 static char skip_reason[512];
