@@ -903,14 +903,15 @@ static int items_load(const Config *c, const Run *run, const Tokenizer *tok, con
         x->onset_token_id = (int)onset;
         x->record = find_record(it, csv_cell(&csv, r, col[4]), (int)sample);
         if (x->record < 0) {
-            rc = err_input(err, "%s: problem %s sample %s of the events is not among the generations of %s", ART_EVENTS,
-                           csv_cell(&csv, r, col[4]), csv_cell(&csv, r, col[5]), variant);
+            rc = err_input(err, "%s:%d: problem %s sample %s of the events is not among the generations of %s",
+                           csv.path, csv.row_line[r + 1], csv_cell(&csv, r, col[4]), csv_cell(&csv, r, col[5]), variant);
             break;
         }
         const GenRecord *rec = &it->records[x->record];
         int k = x->pred_pos - rec->prompt_tokens + 1;
         if (prompt_tokens != rec->prompt_tokens || k < 0 || k > rec->n_completion) {
-            rc = err_input(err, "%s: event %d does not fit its completion (run detect-events again)", ART_EVENTS, x->event_id);
+            rc = err_input(err, "%s:%d: event %d does not fit its completion (run detect-events again)", csv.path,
+                           csv.row_line[r + 1], x->event_id);
             break;
         }
         if (!x->is_control) it->n_events++;

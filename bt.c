@@ -375,7 +375,8 @@ int config_load(Config *c, const char *path, Err *err) {
         if (config_set(c, &config_keys[i], config_keys[i].default_value, "defaults", err)) return -1;
     c->file = xstrdup(path);
     Buf text = {0};
-    if (read_file(path, &text, err)) {
+    if (read_file(path, &text, err) || text_has_nul(path, &text, err)) {
+        buf_free(&text);
         config_free(c);
         return -1;
     }
@@ -446,11 +447,21 @@ int config_load(Config *c, const char *path, Err *err) {
         if (!c->variant_defs[v].template_text) { err_input(err, "%s: [variant.%s] has no template", path, c->variant_defs[v].name); goto fail; }
     for (int v = 0; v < c->n_variants; v++)
         if (!config_variant(c, c->variants[v])) {
-            err_input(err, "%s:%d: [generation] variants names '%s' but there is no [variant.%s] section", path, variants_line, c->variants[v], c->variants[v]);
+            if (variants_line)
+                err_input(err, "%s:%d: [generation] variants names '%s' but there is no [variant.%s] section", path, variants_line,
+                          c->variants[v], c->variants[v]);
+            else
+                err_input(err, "%s: [generation] variants is not given and its default '%s' has no [variant.%s] section", path,
+                          c->variants[v], c->variants[v]);
             goto fail;
         }
     if (!config_variant(c, c->lens_variant)) {
-        err_input(err, "%s:%d: [logit_lens] variant '%s' has no [variant.%s] section", path, lens_line, c->lens_variant, c->lens_variant);
+        if (lens_line)
+            err_input(err, "%s:%d: [logit_lens] variant '%s' has no [variant.%s] section", path, lens_line, c->lens_variant,
+                      c->lens_variant);
+        else
+            err_input(err, "%s: [logit_lens] variant is not given and its default '%s' has no [variant.%s] section", path,
+                      c->lens_variant, c->lens_variant);
         goto fail;
     }
     buf_free(&text);
@@ -725,7 +736,10 @@ static char *gold_from_answer(const char *answer) {
 // processed records {id, question, gold, answer}.
 static int read_problems(const char *path, int gsm8k_layout, Problem **out, int *n_out, Err *err) {
     Buf text = {0};
-    if (read_file(path, &text, err)) return -1;
+    if (read_file(path, &text, err) || text_has_nul(path, &text, err)) {
+        buf_free(&text);
+        return -1;
+    }
     Problem *list = NULL;
     int n = 0, line_no = 0;
     char *p = text.data;
@@ -749,9 +763,13 @@ static int read_problems(const char *path, int gsm8k_layout, Problem **out, int 
             err_input(err, "%s: %s", name, colon ? colon + 2 : "invalid JSON");
             goto fail;
         }
-        if (j.tok[0].type != JSON_OBJECT) {
+        int dup = json_duplicate_key(&j, 0); // a key given twice is refused, not resolved
+        if (j.tok[0].type != JSON_OBJECT || dup >= 0) {
+            char *key = dup >= 0 ? json_strdup(&j, dup) : NULL;
             json_free(&j);
-            err_input(err, "%s: expected a JSON object", name);
+            if (key) err_input(err, "%s: key \"%.200s\" appears twice", name, key);
+            else err_input(err, "%s: expected a JSON object", name);
+            free(key);
             goto fail;
         }
         Problem pr = {0};
@@ -1108,7 +1126,10 @@ int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err) {
     if (read_file(path, &text, err)) return -1;
     int rc = json_parse(&j, text.data, text.len, path, err);
     if (rc == 0) {
-        rc = read_int_array(&j, json_key(&j, 0, "attn_layers"), &s->attn_layers, &s->n_attn, n_layers, path, "attn_layers", err);
+        rc = json_unique_keys(&j, 0, err);
+        if (rc == 0)
+            rc = read_int_array(&j, json_key(&j, 0, "attn_layers"), &s->attn_layers, &s->n_attn, n_layers, path, "attn_layers",
+                                err);
         if (rc == 0) rc = read_int_array(&j, json_key(&j, 0, "mlp_layers"), &s->mlp_layers, &s->n_mlp, n_layers, path, "mlp_layers", err);
         json_free(&j);
     }
@@ -1164,7 +1185,7 @@ int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mea
         buf_free(&text);
         return -1;
     }
-    int rc = 0;
+    int rc = json_unique_keys(&j, 0, err);
     size_t n = (size_t)mc->n_layers * (size_t)mc->hidden_size;
     const char *keys[2] = {"attn", "mlp"};
     float **outs[2] = {attn_mean, mlp_mean};
@@ -1177,7 +1198,10 @@ int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mea
         float *v = xmalloc(n * sizeof *v);
         JSON_FOR_ARRAY(&j, t, i, e) {
             double d;
-            if (json_number(&j, e, &d)) { rc = err_input(err, "%s:%d: not a number", path, json_line(&j, e)); break; }
+            if (json_number(&j, e, &d) || !isfinite((float)d)) { // a mean replaces activations: inf or NaN would spread
+                rc = err_input(err, "%s:%d: \"%s\"[%d] is not a finite number", path, json_line(&j, e), keys[part], i);
+                break;
+            }
             v[i] = (float)d;
         }
         *outs[part] = v;
@@ -1580,7 +1604,10 @@ int generations_read(const char *path, GenRecord **out, int *n_out, Err *err) {
         if (len == 0) continue;
         Json j;
         if (json_parse(&j, line, len, path, err)) {
-            rc = err_input(err, "%s:%d: not a JSON generation record", path, line_no);
+            const char *why = strstr(err->msg, "invalid JSON: "); // json_parse counts lines within this one line
+            char reason[256];
+            snprintf(reason, sizeof reason, "%s", why ? why + strlen("invalid JSON: ") : "invalid JSON");
+            rc = err_input(err, "%s:%d: not a JSON generation record (%s)", path, line_no, reason);
             break;
         }
         GenRecord r = {0};
@@ -1596,9 +1623,12 @@ int generations_read(const char *path, GenRecord **out, int *n_out, Err *err) {
         int has_correct = json_bool(&j, json_key(&j, 0, "correct"), &r.correct) == 0; // absent is not "false"
         r.sample = (int)sample;
         r.prompt_tokens = (int)prompt_tokens;
+        int dup = json_duplicate_key(&j, 0); // a key given twice is refused, not resolved
+        char *twice = dup >= 0 ? json_strdup(&j, dup) : NULL;
         // The first field that is missing or bad (sample and prompt_tokens must fit an int).
-        const char *bad = !r.problem_id ? "problem_id" : !r.variant ? "variant" : !r.condition ? "condition" : !r.prompt ? "prompt"
-                          : !r.finish_reason ? "finish_reason" : sample < 0 || sample > INT32_MAX ? "sample"
+        const char *bad = twice ? twice : !r.problem_id ? "problem_id" : !r.variant ? "variant"
+                          : !r.condition ? "condition" : !r.prompt ? "prompt" : !r.finish_reason ? "finish_reason"
+                          : sample < 0 || sample > INT32_MAX ? "sample"
                           : prompt_tokens <= 0 || prompt_tokens > INT32_MAX ? "prompt_tokens" : !has_correct ? "correct"
                           : ids < 0 || j.tok[ids].type != JSON_ARRAY ? "completion_ids" : NULL;
         if (!bad) {
@@ -1613,9 +1643,14 @@ int generations_read(const char *path, GenRecord **out, int *n_out, Err *err) {
         json_free(&j);
         if (bad) {
             free(r.problem_id); free(r.variant); free(r.condition); free(r.prompt); free(r.completion_ids); free(r.finish_reason);
-            rc = err_input(err, "%s:%d: generation record: \"%s\" is missing or has a bad value", path, line_no, bad);
+            if (twice)
+                rc = err_input(err, "%s:%d: generation record: key \"%.200s\" appears twice", path, line_no, bad);
+            else rc = err_input(err, "%s:%d: generation record: \"%s\" is missing or has a bad value", path, line_no,
+                                bad);
+            free(twice);
             break;
         }
+        free(twice);
         list = xrealloc(list, (size_t)(n + 1) * sizeof *list);
         list[n++] = r;
     }

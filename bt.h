@@ -675,6 +675,14 @@ int csv_double(const Csv *t, int row, int col, double *out, Err *err);
 // The most bytes of token strings a tokenizer may hold (tokenizer.c): UINT32_MAX, as offsets
 // into them are 32-bit; a load past it fails. Tests lower it to reach the limit.
 extern size_t tokenizer_pool_limit;
+// Text files read line by line with C strings (INI, JSONL) refuse a NUL byte, which would
+// silently end the text early (io.c): "path:line: NUL byte in a text file".
+int text_has_nul(const char *path, const Buf *text, Err *err);
+// Duplicate keys in one JSON object (io.c): json_duplicate_key gives the key token that
+// repeats an earlier key, -1 if none (O(keys^2): for the small objects bt reads);
+// json_unique_keys fails with "name:line: key \"k\" appears twice in one object".
+int json_duplicate_key(const Json *j, int obj);
+int json_unique_keys(const Json *j, int obj, Err *err);
 // GSM8K's {question, answer} JSONL as prepare-data reads it (bt.c); ids are <file stem>_<line - 1>.
 int gsm8k_load(const char *path, Problem **out, int *n_out, Err *err);
 

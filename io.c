@@ -227,6 +227,14 @@ int read_file(const char *path, Buf *out, Err *err) {
     return 0;
 }
 
+int text_has_nul(const char *path, const Buf *text, Err *err) {
+    const char *nul = memchr(text->data, 0, text->len);
+    if (!nul) return 0;
+    int line = 1;
+    for (const char *q = text->data; q < nul; q++) line += *q == '\n';
+    return err_input(err, "%s:%d: NUL byte in a text file", path, line);
+}
+
 int path_exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0;
@@ -394,6 +402,12 @@ static int jp_string(JsonParser *p) {
             return t;
         }
         if (c < 0x20) return jp_fail(p, "control character in string");
+        if (c >= 0x80) { // JSON text is UTF-8 (RFC 8259)
+            int len = utf8_valid_len((const unsigned char *)s + p->i, n - p->i);
+            if (!len) return jp_fail(p, "invalid UTF-8 in string");
+            p->i += (size_t)len;
+            continue;
+        }
         if (c == '\\') {
             if (p->i + 1 >= n) break;
             char e = s[p->i + 1];
@@ -719,4 +733,42 @@ int csv_double(const Csv *t, int row, int col, double *out, Err *err) {
         return err_input(err, "%s:%d: column '%s': '%.40s' is not a finite number", t->path, t->row_line[row + 1], t->cells[col], s);
     *out = v;
     return 0;
+}
+
+// ----------------------------------------------------------------------------
+// Duplicate JSON keys: RFC 8259 leaves their meaning open (Python keeps the last, json_key
+// finds the first), so a file that depends on one is refused where bt reads small objects.
+
+static int json_same_string(const Json *j, int a, int b) {
+    const JsonTok *x = &j->tok[a], *y = &j->tok[b];
+    size_t nx = (size_t)(x->end - x->start), ny = (size_t)(y->end - y->start);
+    if (!memchr(j->src + x->start, '\\', nx) && !memchr(j->src + y->start, '\\', ny))
+        return nx == ny && memcmp(j->src + x->start, j->src + y->start, nx) == 0;
+    Buf bx = {0}, by = {0};
+    json_string(j, a, &bx);
+    json_string(j, b, &by);
+    int same = bx.len == by.len && memcmp(bx.data, by.data, bx.len) == 0;
+    buf_free(&bx);
+    buf_free(&by);
+    return same;
+}
+
+int json_duplicate_key(const Json *j, int obj) {
+    if (obj < 0 || obj >= j->n_tok || j->tok[obj].type != JSON_OBJECT) return -1;
+    JSON_FOR_OBJECT(j, obj, i, k) {
+        int earlier = obj + 1;
+        for (int e = 0; e < i; e++, earlier = j->tok[earlier + 1].next)
+            if (json_same_string(j, earlier, k)) return k;
+    }
+    return -1;
+}
+
+int json_unique_keys(const Json *j, int obj, Err *err) {
+    int k = json_duplicate_key(j, obj);
+    if (k < 0) return 0;
+    char *name = json_strdup(j, k);
+    const char *file = j->name ? j->name : "<json>";
+    err_input(err, "%s:%d: key \"%.200s\" appears twice in one object", file, json_line(j, k), name);
+    free(name);
+    return -1;
 }

@@ -157,6 +157,8 @@ static int cmp_entry_begin(const void *a, const void *b) {
 // Reads one tensor's header entry (value token t) into e; the name is already set.
 static int st_entry(const Json *j, int t, StEntry *e, const char *path, size_t data_bytes, size_t data_start, Err *err) {
     if (j->tok[t].type != JSON_OBJECT) return err_input(err, "%s: tensor '%s': header entry is not an object", path, e->name);
+    if (json_duplicate_key(j, t) >= 0)
+        return err_input(err, "%s: tensor '%s': header entry gives a key twice", path, e->name);
     int dt = json_key(j, t, "dtype"), sh = json_key(j, t, "shape"), off = json_key(j, t, "data_offsets");
     if (dt < 0 || sh < 0 || off < 0) return err_input(err, "%s: tensor '%s': header entry lacks dtype, shape or data_offsets", path, e->name);
     Buf b = {0};
@@ -358,8 +360,9 @@ static int cfg_float(const Json *j, int obj, const char *key, double fallback, f
         *out = (float)fallback;
         return 0;
     }
-    if (json_number(j, t, &v) < 0 || !(v > 0) || !isfinite(v))
-        return err_input(err, "%s:%d: '%s' must be a positive number", path, json_line(j, t), key);
+    // bt computes in float: the value must stay positive and finite as one
+    if (json_number(j, t, &v) < 0 || !(v > 0) || !isfinite(v) || !((float)v > 0) || isinf((float)v))
+        return err_input(err, "%s:%d: '%s' must be a positive number within float range", path, json_line(j, t), key);
     *out = (float)v;
     return 0;
 }
@@ -404,6 +407,7 @@ static int cfg_rope_scaling(ModelConfig *c, const Json *j, const char *path, Err
     int rs = json_key(j, 0, "rope_scaling");
     if (rs < 0 || j->tok[rs].type == JSON_NULL) return 0;
     if (j->tok[rs].type != JSON_OBJECT) return err_input(err, "%s:%d: rope_scaling must be an object or null", path, json_line(j, rs));
+    if (json_unique_keys(j, rs, err)) return -1;
     int type = json_key(j, rs, "rope_type");
     if (type < 0) type = json_key(j, rs, "type"); // the older spelling
     Buf name = {0};
@@ -440,6 +444,7 @@ static int config_parse(ModelConfig *c, const char *dir, Err *err) {
     if (read_file(path, &text, err) < 0) return -1;
     int rc = json_parse(&j, text.data, text.len, path, err);
     if (rc == 0 && j.tok[0].type != JSON_OBJECT) rc = err_input(err, "%s: not a JSON object", path);
+    if (rc == 0) rc = json_unique_keys(&j, 0, err);
     if (rc < 0) goto done;
 
     int arch = json_key(&j, 0, "architectures");
@@ -504,6 +509,7 @@ done:
     if (read_file(path, &text, err) < 0) return -1;
     rc = json_parse(&j, text.data, text.len, path, err);
     if (rc == 0 && j.tok[0].type != JSON_OBJECT) rc = err_input(err, "%s: not a JSON object", path);
+    if (rc == 0) rc = json_unique_keys(&j, 0, err);
     if (rc == 0) rc = cfg_eos(c, &j, path, err);
     if (rc == 0 && c->bos_token_id < 0) rc = cfg_bos(c, &j, path, err);
     json_free(&j);
