@@ -636,7 +636,7 @@ void csv_free(Csv *t) {
 
 // Parses one record starting at *at; appends its fields to cells. Returns the field
 // count, or -1 when a quoted field runs to the end of the file.
-static int csv_record(const char *s, size_t n, size_t *at, char ***cells, int *n_cells, int *line_no) {
+static int csv_record(const char *s, size_t n, size_t *at, char ***cells, int *n_cells, int *cap, int *line_no) {
     int fields = 0;
     size_t i = *at;
     for (;;) {
@@ -656,7 +656,10 @@ static int csv_record(const char *s, size_t n, size_t *at, char ***cells, int *n
         }
         while (i < n && s[i] != ',' && s[i] != '\n' && s[i] != '\r') buf_putc(&f, s[i++]);
         if (!f.data) buf_append(&f, "", 0);
-        *cells = xrealloc(*cells, (size_t)(*n_cells + 1) * sizeof **cells);
+        if (*n_cells == *cap) { // grow geometrically: a cell at a time is quadratic under ASan and valgrind
+            *cap = *cap ? 2 * *cap : 64;
+            *cells = xrealloc(*cells, (size_t)*cap * sizeof **cells);
+        }
         (*cells)[(*n_cells)++] = f.data;
         fields++;
         if (i < n && s[i] == ',') { i++; continue; }
@@ -673,7 +676,7 @@ int csv_read(const char *path, Csv *t, Err *err) {
     Buf text = {0};
     if (read_file(path, &text, err)) return -1;
     size_t at = 0;
-    int line_no = 1, n_cells = 0, n_records = 0;
+    int line_no = 1, n_cells = 0, cells_cap = 0, n_records = 0, lines_cap = 0;
     if (text.len == 0) {
         buf_free(&text);
         return err_input(err, "%s: empty file (no header)", path);
@@ -681,7 +684,7 @@ int csv_read(const char *path, Csv *t, Err *err) {
     t->path = xstrdup(path);
     while (at < text.len) {
         int start_line = line_no;
-        int got = csv_record(text.data, text.len, &at, &t->cells, &n_cells, &line_no);
+        int got = csv_record(text.data, text.len, &at, &t->cells, &n_cells, &cells_cap, &line_no);
         line_no++;
         if (n_records == 0 && got > 0) t->n_cols = got;
         if (got != t->n_cols) {
@@ -693,7 +696,10 @@ int csv_read(const char *path, Csv *t, Err *err) {
             if (got < 0) return err_input(err, "%s:%d: quoted field is not closed before the end of the file", path, start_line);
             return err_input(err, "%s:%d: %d fields, the header has %d", path, start_line, got, cols);
         }
-        t->row_line = xrealloc(t->row_line, (size_t)(n_records + 1) * sizeof *t->row_line);
+        if (n_records == lines_cap) {
+            lines_cap = lines_cap ? 2 * lines_cap : 64;
+            t->row_line = xrealloc(t->row_line, (size_t)lines_cap * sizeof *t->row_line);
+        }
         t->row_line[n_records++] = start_line;
     }
     t->n_rows = n_records - 1;

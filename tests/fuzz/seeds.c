@@ -17,8 +17,16 @@ static int one_char(const char *s) {
     return n == want;
 }
 
+typedef struct {
+    int start, end; // span of the source replaced
+    Buf text;       // by this
+} Edit;
+
+static int cmp_edit(const void *a, const void *b) { return ((const Edit *)a)->start - ((const Edit *)b)->start; }
+
 // Writes tokenizer.json `in` to `out` with the vocab cut to ids below max_id plus every
-// one-character token (the byte alphabet), and the merges of kept tokens only.
+// one-character token (the byte alphabet), the merges of kept tokens only, and the added
+// tokens renumbered just above the kept ids (so per-id tables stay small).
 int fuzz_shrink_tokenizer(const char *in, const char *out, int max_id) {
     Buf src = {0}, dst = {0};
     Json j;
@@ -29,17 +37,22 @@ int fuzz_shrink_tokenizer(const char *in, const char *out, int max_id) {
         return -1;
     }
     int model = json_key(&j, 0, "model"), vocab = json_key(&j, model, "vocab"), merges = json_key(&j, model, "merges");
-    if (vocab < 0 || merges < 0 || j.tok[vocab].type != JSON_OBJECT || j.tok[merges].type != JSON_ARRAY ||
-        j.tok[vocab].start > j.tok[merges].start) {
-        fprintf(stderr, "%s: no model.vocab object before a model.merges array\n", in);
+    int added = json_key(&j, 0, "added_tokens");
+    if (vocab < 0 || merges < 0 || j.tok[vocab].type != JSON_OBJECT || j.tok[merges].type != JSON_ARRAY) {
+        fprintf(stderr, "%s: no model.vocab object and model.merges array\n", in);
         json_free(&j);
         buf_free(&src);
         return -1;
     }
+    Edit *edits = xcalloc((size_t)(2 + (added >= 0 && j.tok[added].type == JSON_ARRAY ? j.tok[added].size : 0)), sizeof *edits);
+    int n_edits = 0;
     char **set = xmalloc((size_t)(j.tok[vocab].size + 1) * sizeof *set);
     int n_set = 0;
-    buf_append(&dst, src.data, (size_t)j.tok[vocab].start);
-    buf_putc(&dst, '{');
+    long long top_id = -1;
+    Edit *e = &edits[n_edits++];
+    e->start = j.tok[vocab].start;
+    e->end = j.tok[vocab].end;
+    buf_putc(&e->text, '{');
     JSON_FOR_OBJECT(&j, vocab, i, k) {
         long long id;
         char *name = json_strdup(&j, k);
@@ -47,27 +60,30 @@ int fuzz_shrink_tokenizer(const char *in, const char *out, int max_id) {
             free(name);
             continue;
         }
-        if (n_set) buf_puts(&dst, ", ");
-        buf_append(&dst, src.data + j.tok[k].start - 1, (size_t)(j.tok[k + 1].end - j.tok[k].start + 1));
+        if (n_set) buf_puts(&e->text, ", ");
+        buf_append(&e->text, src.data + j.tok[k].start - 1, (size_t)(j.tok[k + 1].end - j.tok[k].start + 1));
         set[n_set++] = name;
+        if (id > top_id) top_id = id;
     }
+    buf_putc(&e->text, '}');
     qsort(set, (size_t)n_set, sizeof *set, cmp_str);
-    buf_putc(&dst, '}');
-    buf_append(&dst, src.data + j.tok[vocab].end, (size_t)(j.tok[merges].start - j.tok[vocab].end));
-    buf_putc(&dst, '[');
+    e = &edits[n_edits++];
+    e->start = j.tok[merges].start;
+    e->end = j.tok[merges].end;
+    buf_putc(&e->text, '[');
     int n_merges = 0;
     Buf left = {0}, right = {0};
-    JSON_FOR_ARRAY(&j, merges, i, e) {
+    JSON_FOR_ARRAY(&j, merges, i, m) {
         left.len = right.len = 0;
-        if (j.tok[e].type == JSON_STRING) {
-            json_string(&j, e, &left);
+        if (j.tok[m].type == JSON_STRING) {
+            json_string(&j, m, &left);
             char *space = strchr(left.data, ' ');
             if (!space) continue;
             buf_puts(&right, space + 1);
             left.len = (size_t)(space - left.data);
             left.data[left.len] = 0;
-        } else if (j.tok[e].type == JSON_ARRAY && j.tok[e].size == 2) {
-            if (json_string(&j, e + 1, &left) || json_string(&j, j.tok[e + 1].next, &right)) continue;
+        } else if (j.tok[m].type == JSON_ARRAY && j.tok[m].size == 2) {
+            if (json_string(&j, m + 1, &left) || json_string(&j, j.tok[m + 1].next, &right)) continue;
         } else {
             continue;
         }
@@ -77,16 +93,33 @@ int fuzz_shrink_tokenizer(const char *in, const char *out, int max_id) {
         int keep = kept(set, n_set, left.data) && kept(set, n_set, right.data) && kept(set, n_set, both.data);
         buf_free(&both);
         if (!keep) continue;
-        if (n_merges++) buf_puts(&dst, ", ");
-        int quoted = j.tok[e].type == JSON_STRING;
-        buf_append(&dst, src.data + j.tok[e].start - quoted, (size_t)(j.tok[e].end - j.tok[e].start + 2 * quoted));
+        if (n_merges++) buf_puts(&e->text, ", ");
+        int quoted = j.tok[m].type == JSON_STRING;
+        buf_append(&e->text, src.data + j.tok[m].start - quoted, (size_t)(j.tok[m].end - j.tok[m].start + 2 * quoted));
     }
-    buf_putc(&dst, ']');
-    buf_append(&dst, src.data + j.tok[merges].end, src.len - (size_t)j.tok[merges].end);
+    buf_putc(&e->text, ']');
+    if (added >= 0 && j.tok[added].type == JSON_ARRAY) JSON_FOR_ARRAY(&j, added, i, a) {
+        int v = json_key(&j, a, "id");
+        if (v < 0) continue;
+        e = &edits[n_edits++];
+        e->start = j.tok[v].start;
+        e->end = j.tok[v].end;
+        buf_printf(&e->text, "%lld", top_id + 1 + i);
+    }
+    qsort(edits, (size_t)n_edits, sizeof *edits, cmp_edit);
+    int at = 0;
+    for (int k = 0; k < n_edits; k++) {
+        buf_append(&dst, src.data + at, (size_t)(edits[k].start - at));
+        buf_append(&dst, edits[k].text.data, edits[k].text.len);
+        at = edits[k].end;
+        buf_free(&edits[k].text);
+    }
+    buf_append(&dst, src.data + at, src.len - (size_t)at);
     int rc = write_file_atomic(out, dst.data, dst.len, &err);
     if (rc) fprintf(stderr, "%s\n", err.msg);
     for (int i = 0; i < n_set; i++) free(set[i]);
     free(set);
+    free(edits);
     buf_free(&left);
     buf_free(&right);
     buf_free(&dst);
