@@ -3,7 +3,9 @@
 #include "bt.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
@@ -288,6 +290,30 @@ static int write_all(int fd, const void *data, size_t n) {
     return 0;
 }
 
+// A writer killed between creating its temp file and renaming it leaves path.tmp.PID behind;
+// the next whole write of path removes those whose process is gone (a live one may be writing).
+static void remove_stale_temps(const char *path) {
+    const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+    if (slash == path) snprintf(dir, sizeof dir, "/");
+    DIR *d = opendir(dir);
+    if (!d) return;
+    size_t base_len = strlen(base);
+    struct dirent *ent;
+    while ((ent = readdir(d))) {
+        const char *name = ent->d_name;
+        if (strncmp(name, base, base_len) != 0 || strncmp(name + base_len, ".tmp.", 5) != 0) continue;
+        char *end;
+        long pid = strtol(name + base_len + 5, &end, 10);
+        if (*end || pid <= 0 || pid == (long)getpid() || !(kill((pid_t)pid, 0) != 0 && errno == ESRCH)) continue;
+        char stale[8192];
+        snprintf(stale, sizeof stale, "%s/%s", dir, name);
+        unlink(stale);
+    }
+    closedir(d);
+}
+
 int write_file_atomic(const char *path, const void *data, size_t n, Err *err) {
     if (mkdir_parent(path, err)) return -1;
     char tmp[4200];
@@ -306,6 +332,7 @@ int write_file_atomic(const char *path, const void *data, size_t n, Err *err) {
         unlink(tmp);
         return err_runtime(err, "%s: cannot rename into place: %s", path, strerror(e));
     }
+    remove_stale_temps(path);
     return 0;
 }
 

@@ -3,6 +3,8 @@
 #include "test.h"
 
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static int write_text(const char *path, const char *text) {
     Err err = {0};
@@ -174,6 +176,26 @@ static void t_tokenizer_pool_bounded_before_narrowing(void) {
     tokenizer_free(t);
 }
 
+// A writer killed before its rename leaves path.tmp.PID; the next write of path removes
+// it when that process is gone, and leaves a live process's temp file alone.
+static void t_stale_temp_files_removed(void) {
+    const char *dir = test_tmpdir();
+    pid_t child = fork();
+    if (child == 0) _exit(0);
+    CHECK(child > 0 && waitpid(child, NULL, 0) == child); // now a pid with no process
+    char path[1200], dead[1300], live[1300], other[1300];
+    snprintf(path, sizeof path, "%s/out.csv", dir);
+    snprintf(dead, sizeof dead, "%s.tmp.%ld", path, (long)child);
+    snprintf(live, sizeof live, "%s.tmp.%ld", path, (long)getppid());
+    snprintf(other, sizeof other, "%s/other.csv.tmp.%ld", dir, (long)child);
+    const char *partial = "half a fi";
+    CHECK(write_text(dead, partial) == 0 && write_text(live, partial) == 0 && write_text(other, partial) == 0);
+    Err err = {0};
+    CHECK(write_file_atomic(path, "a,b\n", 4, &err) == 0);
+    CHECK(!path_exists(dead));
+    CHECK(path_exists(live) && path_exists(other)); // a live writer's, and another file's
+}
+
 const TestCase tests_reliability[] = {
     {"reliability: safetensors shape bounded before it multiplies", t_safetensors_shape_bound_before_multiply},
     {"reliability: json numbers longer than 127 characters", t_json_long_numbers_keep_their_value},
@@ -181,5 +203,6 @@ const TestCase tests_reliability[] = {
     {"reliability: csv cells read as checked numbers", t_csv_checked_cells},
     {"reliability: generation record fields checked", t_generation_record_fields_checked},
     {"reliability: tokenizer pool bounded before narrowing", t_tokenizer_pool_bounded_before_narrowing},
+    {"reliability: stale temp files of killed writers removed", t_stale_temp_files_removed},
     {0, 0},
 };
