@@ -56,6 +56,10 @@ test-san:
 	$(MAKE) BUILD=build/san CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" build/san/bt build/san/unit build/san/fuzz_replay
 	BT=build/san/bt UNIT=build/san/unit FUZZ_REPLAY=build/san/fuzz_replay BT_SANITIZED=1 sh tests/run.sh
 
+# The unit tests and a small bt run under valgrind memcheck: no errors, no definite leaks (minutes).
+test-valgrind: bt $(BUILD)/unit
+	BT=$(BT) UNIT=$(UNIT) sh tests/valgrind.sh
+
 # make fuzz: every fuzz target for FUZZ_SECONDS each (clang + libFuzzer; skipped with a
 # message without them); crashes land in tests/fuzz/crashes/<target>/. FUZZ_TARGETS picks some.
 FUZZ_CC ?= clang
@@ -70,4 +74,4 @@ fuzz-targets:
 clean:
 	rm -rf build bt
 
-.PHONY: all test test-san fuzz fuzz-targets clean
+.PHONY: all test test-san test-valgrind fuzz fuzz-targets clean

@@ -759,8 +759,9 @@ static int read_problems(const char *path, int gsm8k_layout, Problem **out, int 
         Json j;
         if (json_parse(&j, line, len, path, err)) {
             // json_parse counts lines within this one line; name the file's line instead.
-            char *colon = strstr(err->msg, ": invalid JSON");
-            err_input(err, "%s: %s", name, colon ? colon + 2 : "invalid JSON");
+            char *colon = strstr(err->msg, ": invalid JSON"), reason[sizeof err->msg]; // copied: err->msg is rewritten
+            snprintf(reason, sizeof reason, "%s", colon ? colon + 2 : "invalid JSON");
+            err_input(err, "%s: %s", name, reason);
             goto fail;
         }
         int dup = json_duplicate_key(&j, 0); // a key given twice is refused, not resolved
