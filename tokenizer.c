@@ -1608,7 +1608,8 @@ static int load_json(Tokenizer *t, Loader *L) {
     if (j->tok[0].type != JSON_OBJECT) return load_fail(L, 0, "tokenizer.json must hold a JSON object, found %s", type_name(j->tok[0].type));
     int model = member(L, 0, "tokenizer", "model", JSON_OBJECT);
     if (model < 0) return model == -2 ? -1 : load_fail(L, 0, "no \"model\" object");
-    int twice = json_duplicate_key(j, 0) >= 0 ? json_duplicate_key(j, 0) : json_duplicate_key(j, model);
+    int twice = json_duplicate_key(j, 0); // a key given twice is refused, not resolved
+    if (twice < 0) twice = json_duplicate_key(j, model);
     if (twice >= 0) return load_fail(L, twice, "key '%.100s' appears twice in one object", string_copy(L, twice));
     if (load_model_options(t, L, model) || load_normalizer(t, L, 0) || load_pre_tokenizer(t, L, 0) || load_decoder(L, 0))
         return -1;
