@@ -38,7 +38,8 @@ mkdir -p "$W" && cd "$W" && cp -r "$ROOT/configs" .
 sed -e 's/^n_problems = 40/n_problems = 6/' -e 's/^max_new_tokens = 96/max_new_tokens = 48/' \
     configs/backtracking_state_transition.ini > small.ini
 sed 's/^kind = zero/kind = mean/' small.ini > mean.ini
-if "$BT" run --config small.ini --quiet >run.log 2>&1 && "$BT" ablation-scan --config mean.ini --quiet >>run.log 2>&1; then
+if "$BT" run --config small.ini --threads 1 --quiet >run.log 2>&1 &&
+   "$BT" ablation-scan --config mean.ini --threads 1 --quiet >>run.log 2>&1; then
     R=$W/runs/$(cat runs/.current_run_id)
     A=$R/analysis
     for g in "$R"/generations/*/*.jsonl; do
