@@ -2,6 +2,7 @@
 // scan, the condition comparison and the formatting sweep.
 #include "bt.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -339,7 +340,10 @@ int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err) {
     if (read_file(path, &text, err)) return -1;
     int rc = json_parse(&j, text.data, text.len, path, err);
     if (rc == 0) {
-        rc = read_int_array(&j, json_key(&j, 0, "attn_layers"), &s->attn_layers, &s->n_attn, n_layers, path, "attn_layers", err);
+        rc = json_unique_keys(&j, 0, err);
+        if (rc == 0)
+            rc = read_int_array(&j, json_key(&j, 0, "attn_layers"), &s->attn_layers, &s->n_attn, n_layers, path, "attn_layers",
+                                err);
         if (rc == 0) rc = read_int_array(&j, json_key(&j, 0, "mlp_layers"), &s->mlp_layers, &s->n_mlp, n_layers, path, "mlp_layers", err);
         json_free(&j);
     }
@@ -418,13 +422,16 @@ int ablation_design_read(const Run *run, int n_layers, int draw, LayerSet *set, 
     int rc = json_parse(&j, text.data, text.len, path, err);
     if (rc == 0) {
         int draws = json_key(&j, 0, "draws");
-        if (draws < 0 || j.tok[draws].type != JSON_ARRAY)
+        rc = json_unique_keys(&j, 0, err);
+        if (rc == 0 && (draws < 0 || j.tok[draws].type != JSON_ARRAY))
             rc = err_input(err, "%s: no \"draws\" array (written by another version? run ablation-scan again)", path);
-        else if (draw > j.tok[draws].size)
+        else if (rc == 0 && draw > j.tok[draws].size)
             rc = err_input(err, "%s holds %d random draws, not %d: run ablation-scan again", path, j.tok[draws].size, draw);
-        JSON_FOR_ARRAY(&j, draws, i, t) {
+        if (rc == 0) JSON_FOR_ARRAY(&j, draws, i, t) {
             if (rc || i != draw - 1) continue;
-            rc = read_int_array(&j, json_key(&j, t, "attn_layers"), &set->attn_layers, &set->n_attn, n_layers, path,
+            rc = json_unique_keys(&j, t, err);
+            if (rc == 0)
+                rc = read_int_array(&j, json_key(&j, t, "attn_layers"), &set->attn_layers, &set->n_attn, n_layers, path,
                                 "attn_layers", err);
             if (rc == 0)
                 rc = read_int_array(&j, json_key(&j, t, "mlp_layers"), &set->mlp_layers, &set->n_mlp, n_layers, path,
@@ -451,7 +458,7 @@ int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mea
         buf_free(&text);
         return -1;
     }
-    int rc = 0;
+    int rc = json_unique_keys(&j, 0, err);
     size_t n = (size_t)mc->n_layers * (size_t)mc->hidden_size;
     const char *keys[2] = {"attn", "mlp"};
     float **outs[2] = {attn_mean, mlp_mean};
@@ -464,7 +471,10 @@ int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mea
         float *v = xmalloc(n * sizeof *v);
         JSON_FOR_ARRAY(&j, t, i, e) {
             double d;
-            if (json_number(&j, e, &d)) { rc = err_input(err, "%s:%d: not a number", path, json_line(&j, e)); break; }
+            if (json_number(&j, e, &d) || !isfinite((float)d)) { // a mean replaces activations: inf or NaN would spread
+                rc = err_input(err, "%s:%d: \"%s\"[%d] is not a finite number", path, json_line(&j, e), keys[part], i);
+                break;
+            }
             v[i] = (float)d;
         }
         *outs[part] = v;
@@ -838,9 +848,7 @@ static int completions_load(const Run *run, const char *key_col, const char *key
         }
         CompletionGroup *grp = &(*groups)[g];
         long long v[8];
-        for (int k = 1; k < 8 && rc == 0; k++)
-            if (csv_cell_int(&t, r, col[k], 0, 1LL << 30, &v[k]))
-                rc = err_input(err, "%s:%d: column '%s' holds '%s', not a count", path, r + 2, cols[k], csv_cell(&t, r, col[k]));
+        for (int k = 1; k < 8 && rc == 0; k++) rc = csv_int(&t, r, col[k], 0, 1LL << 30, &v[k], err);
         if (rc) break;
         grp->c = xrealloc(grp->c, (size_t)(grp->n + 1) * sizeof *grp->c);
         grp->c[grp->n++] = (Completion){cluster_of(cl, csv_cell(&t, r, col[0])), (int)v[1], (int)v[2], (int)v[3], (int)v[4],
@@ -1004,7 +1012,14 @@ static Interval collateral_of(const Csv *t, int have, const char *condition) {
     int cc = have ? csv_col(t, "condition") : -1, e = csv_col(t, "nll_increase"), lo = csv_col(t, "ci_lo"), hi = csv_col(t, "ci_hi");
     for (int row = 0; cc >= 0 && e >= 0 && lo >= 0 && hi >= 0 && row < t->n_rows; row++)
         if (strcmp(csv_cell(t, row, cc), condition) == 0) {
-            r.est = atof(csv_cell(t, row, e)), r.lo = atof(csv_cell(t, row, lo)), r.hi = atof(csv_cell(t, row, hi));
+            double *out[3] = {&r.est, &r.lo, &r.hi};
+            int cols[3] = {e, lo, hi};
+            for (int k = 0; k < 3; k++) { // "nan" where the interval is undefined; anything unreadable is NaN too
+                char *end;
+                const char *cell = csv_cell(t, row, cols[k]);
+                double v = strtod(cell, &end);
+                *out[k] = *cell && !*end ? v : NAN;
+            }
         }
     return r;
 }
@@ -1385,14 +1400,17 @@ static int items_load(const Config *c, const Run *run, const Tokenizer *tok, con
         n_rows = max_events;
         qsort(rows, (size_t)n_rows, sizeof *rows, cmp_int_asc);
     }
-    int n_chosen = n_rows, *chosen_ids = xmalloc((size_t)(n_chosen + 1) * sizeof *chosen_ids);
-    for (int i = 0; i < n_chosen; i++) chosen_ids[i] = atoi(csv_cell(&csv, rows[i], col[1]));
+    int n_chosen = n_rows, rc = 0;
+    long long *chosen_ids = xmalloc((size_t)(n_chosen + 1) * sizeof *chosen_ids);
+    for (int i = 0; i < n_chosen && rc == 0; i++) rc = csv_int(&csv, rows[i], col[1], 0, INT_MAX, &chosen_ids[i], err);
     // Controls of the chosen events follow the events.
-    for (int r = 0; r < csv.n_rows; r++) {
+    for (int r = 0; r < csv.n_rows && rc == 0; r++) {
         if (strcmp(csv_cell(&csv, r, col[0]), "control") != 0 || strcmp(csv_cell(&csv, r, col[2]), variant) != 0 ||
             strcmp(csv_cell(&csv, r, col[3]), "baseline") != 0)
             continue;
-        int id = atoi(csv_cell(&csv, r, col[1])), keep = 0;
+        long long id;
+        int keep = 0;
+        if ((rc = csv_int(&csv, r, col[1], 0, INT_MAX, &id, err))) break;
         for (int i = 0; i < n_chosen && !keep; i++) keep = chosen_ids[i] == id;
         if (keep) {
             rows = xrealloc(rows, (size_t)(n_rows + 1) * sizeof *rows);
@@ -1401,24 +1419,31 @@ static int items_load(const Config *c, const Run *run, const Tokenizer *tok, con
     }
     free(chosen_ids);
     it->items = xcalloc((size_t)(n_rows + 1), sizeof *it->items);
-    int rc = 0;
     for (int i = 0; i < n_rows && rc == 0; i++) {
         int r = rows[i];
         Item *x = &it->items[it->n_items];
+        long long event_id, pred_pos, onset, sample, prompt_tokens;
+        if (csv_int(&csv, r, col[1], 0, INT_MAX, &event_id, err) || csv_int(&csv, r, col[6], 0, INT_MAX - 1, &pred_pos, err) ||
+            csv_int(&csv, r, col[7], 0, tokenizer_vocab_size(tok) - 1, &onset, err) ||
+            csv_int(&csv, r, col[5], 0, INT_MAX, &sample, err) || csv_int(&csv, r, col[8], 1, INT_MAX, &prompt_tokens, err)) {
+            rc = -1;
+            break;
+        }
         x->is_control = strcmp(csv_cell(&csv, r, col[0]), "control") == 0;
-        x->event_id = atoi(csv_cell(&csv, r, col[1]));
-        x->pred_pos = atoi(csv_cell(&csv, r, col[6]));
-        x->onset_token_id = atoi(csv_cell(&csv, r, col[7]));
-        x->record = find_record(it, csv_cell(&csv, r, col[4]), atoi(csv_cell(&csv, r, col[5])));
+        x->event_id = (int)event_id;
+        x->pred_pos = (int)pred_pos;
+        x->onset_token_id = (int)onset;
+        x->record = find_record(it, csv_cell(&csv, r, col[4]), (int)sample);
         if (x->record < 0) {
-            rc = err_input(err, "%s: problem %s sample %s of the events is not among the generations of %s", ART_EVENTS,
-                           csv_cell(&csv, r, col[4]), csv_cell(&csv, r, col[5]), variant);
+            rc = err_input(err, "%s:%d: problem %s sample %s of the events is not among the generations of %s",
+                           csv.path, csv.row_line[r + 1], csv_cell(&csv, r, col[4]), csv_cell(&csv, r, col[5]), variant);
             break;
         }
         const GenRecord *rec = &it->records[x->record];
         int k = x->pred_pos - rec->prompt_tokens + 1;
-        if (atoi(csv_cell(&csv, r, col[8])) != rec->prompt_tokens || k < 0 || k > rec->n_completion) {
-            rc = err_input(err, "%s: event %d does not fit its completion (run detect-events again)", ART_EVENTS, x->event_id);
+        if (prompt_tokens != rec->prompt_tokens || k < 0 || k > rec->n_completion) {
+            rc = err_input(err, "%s:%d: event %d does not fit its completion (run detect-events again)", csv.path,
+                           csv.row_line[r + 1], x->event_id);
             break;
         }
         if (!x->is_control) it->n_events++;
@@ -1510,6 +1535,10 @@ static int analysis_open(const Config *c, const Run *run, const char *variant, i
     if (tokenizer_load(&a->tok, path, err) || model_load(&a->m, c->model_path, err)) return -1;
     a->model_loaded = 1;
     if (items_load(c, run, a->tok, variant, max_events, &a->it, err)) return -1;
+    for (int i = 0; i < a->it.n_items; i++) // the analyses read logits at the onset id
+        if (a->it.items[i].onset_token_id >= a->m.cfg.vocab_size)
+            return err_input(err, "%s: onset token id %d is outside the model's vocabulary of %d", ART_EVENTS,
+                             a->it.items[i].onset_token_id, a->m.cfg.vocab_size);
     int n_slots = a->it.n_seqs < c->batch_size ? a->it.n_seqs : c->batch_size;
     return forcer_init(&a->f, &a->m, n_slots < 1 ? 1 : n_slots, items_max_tokens(&a->it), ANALYSIS_MAX_ROWS, err);
 }
@@ -2090,14 +2119,11 @@ int cmd_collateral_damage(int argc, char **argv) {
         for (int e = 0; e < events.n_rows; e++) {
             long long k, sample;
             if (strcmp(csv_cell(&events, e, kc), "event") || strcmp(csv_cell(&events, e, vc), variant) ||
-                strcmp(csv_cell(&events, e, cc), "baseline") || strcmp(csv_cell(&events, e, pc), rec->problem_id) ||
-                csv_cell_int(&events, e, sc, 0, INT32_MAX, &sample) || sample != rec->sample)
+                strcmp(csv_cell(&events, e, cc), "baseline") || strcmp(csv_cell(&events, e, pc), rec->problem_id))
                 continue;
-            if (csv_cell_int(&events, e, oc, 0, rec->n_completion - 1, &k)) {
-                rc = err_input(&err, "%s:%d: token_offset '%s' does not fit its completion (run detect-events again)", path,
-                               e + 2, csv_cell(&events, e, oc));
-                break;
-            }
+            if ((rc = csv_int(&events, e, sc, 0, INT32_MAX, &sample, &err))) break;
+            if (sample != rec->sample) continue;
+            if ((rc = csv_int(&events, e, oc, 0, rec->n_completion - 1, &k, &err))) break;
             onset[k] = 1;
         }
         for (int k = 0; k < rec->n_completion; k++) tokens_kept[r] += !onset[k];

@@ -455,7 +455,8 @@ int config_load(Config *c, const char *path, Err *err) {
             return -1;
     c->file = xstrdup(path);
     Buf text = {0};
-    if (read_file(path, &text, err)) {
+    if (read_file(path, &text, err) || text_has_nul(path, &text, err)) {
+        buf_free(&text);
         config_free(c);
         return -1;
     }
@@ -526,11 +527,21 @@ int config_load(Config *c, const char *path, Err *err) {
         if (!c->variant_defs[v].template_text) { err_input(err, "%s: [variant.%s] has no template", path, c->variant_defs[v].name); goto fail; }
     for (int v = 0; v < c->n_variants; v++)
         if (!config_variant(c, c->variants[v])) {
-            err_input(err, "%s:%d: [generation] variants names '%s' but there is no [variant.%s] section", path, variants_line, c->variants[v], c->variants[v]);
+            if (variants_line)
+                err_input(err, "%s:%d: [generation] variants names '%s' but there is no [variant.%s] section", path, variants_line,
+                          c->variants[v], c->variants[v]);
+            else
+                err_input(err, "%s: [generation] variants is not given and its default '%s' has no [variant.%s] section", path,
+                          c->variants[v], c->variants[v]);
             goto fail;
         }
     if (!config_variant(c, c->lens_variant)) {
-        err_input(err, "%s:%d: [logit_lens] variant '%s' has no [variant.%s] section", path, lens_line, c->lens_variant, c->lens_variant);
+        if (lens_line)
+            err_input(err, "%s:%d: [logit_lens] variant '%s' has no [variant.%s] section", path, lens_line, c->lens_variant,
+                      c->lens_variant);
+        else
+            err_input(err, "%s: [logit_lens] variant is not given and its default '%s' has no [variant.%s] section", path,
+                      c->lens_variant, c->lens_variant);
         goto fail;
     }
     buf_free(&text);
@@ -866,7 +877,10 @@ static char *gold_from_answer(const char *answer) {
 // processed records {id, question, gold, answer}.
 static int read_problems(const char *path, int gsm8k_layout, Problem **out, int *n_out, Err *err) {
     Buf text = {0};
-    if (read_file(path, &text, err)) return -1;
+    if (read_file(path, &text, err) || text_has_nul(path, &text, err)) {
+        buf_free(&text);
+        return -1;
+    }
     Problem *list = NULL;
     int n = 0, line_no = 0;
     char *p = text.data;
@@ -886,13 +900,18 @@ static int read_problems(const char *path, int gsm8k_layout, Problem **out, int 
         Json j;
         if (json_parse(&j, line, len, path, err)) {
             // json_parse counts lines within this one line; name the file's line instead.
-            char *colon = strstr(err->msg, ": invalid JSON");
-            err_input(err, "%s: %s", name, colon ? colon + 2 : "invalid JSON");
+            char *colon = strstr(err->msg, ": invalid JSON"), reason[sizeof err->msg]; // copied: err->msg is rewritten
+            snprintf(reason, sizeof reason, "%s", colon ? colon + 2 : "invalid JSON");
+            err_input(err, "%s: %s", name, reason);
             goto fail;
         }
-        if (j.tok[0].type != JSON_OBJECT) {
+        int dup = json_duplicate_key(&j, 0); // a key given twice is refused, not resolved
+        if (j.tok[0].type != JSON_OBJECT || dup >= 0) {
+            char *key = dup >= 0 ? json_strdup(&j, dup) : NULL;
             json_free(&j);
-            err_input(err, "%s: expected a JSON object", name);
+            if (key) err_input(err, "%s: key \"%.200s\" appears twice", name, key);
+            else err_input(err, "%s: expected a JSON object", name);
+            free(key);
             goto fail;
         }
         Problem pr = {0};
@@ -930,6 +949,7 @@ fail:
 }
 
 int problems_load(const char *path, Problem **out, int *n_out, Err *err) { return read_problems(path, 0, out, n_out, err); }
+int gsm8k_load(const char *path, Problem **out, int *n_out, Err *err) { return read_problems(path, 1, out, n_out, err); }
 
 int cmd_prepare_data(int argc, char **argv) {
     Opt opts[] = {OPT_CONFIG, OPT_END};

@@ -85,13 +85,14 @@ int path_is_dir(const char *path);
 typedef struct {
     char **cells; // ((n_rows + 1) * n_cols), row 0 = header
     int n_rows, n_cols;
+    char *path;    // the file, for messages
+    int *row_line; // (n_rows + 1) source line where each row starts, row 0 = header
 } Csv;
 
 int csv_read(const char *path, Csv *t, Err *err); // rows with another field count: "file:line" error
 void csv_free(Csv *t);
 int csv_col(const Csv *t, const char *name);      // column index, -1 if absent
 const char *csv_cell(const Csv *t, int row, int col); // row 0 = first data row
-int csv_cell_int(const Csv *t, int row, int col, long long lo, long long hi, long long *out); // -1 unless an integer in range
 
 // ----------------------------------------------------------------------------
 // JSON reading, jsmn-style (io.c): one flat array of tokens that are spans over
@@ -958,5 +959,26 @@ int cmd_generate_ids(int argc, char **argv);
 int cmd_make_organism(int argc, char **argv);
 int cmd_make_bench_model(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+
+// ----------------------------------------------------------------------------
+// Reliability: checked readers and limits the parsers share (fuzzed in tests/fuzz/).
+
+// Checked CSV cells (io.c): -1 with "file:line: column 'name': ..." when the cell is not
+// an integer in [lo, hi] (csv_int) or not a finite number (csv_double).
+int csv_int(const Csv *t, int row, int col, long long lo, long long hi, long long *out, Err *err);
+int csv_double(const Csv *t, int row, int col, double *out, Err *err);
+// The most bytes of token strings a tokenizer may hold (tokenizer.c): UINT32_MAX, as offsets
+// into them are 32-bit; a load past it fails. Tests lower it to reach the limit.
+extern size_t tokenizer_pool_limit;
+// Text files read line by line with C strings (INI, JSONL) refuse a NUL byte, which would
+// silently end the text early (io.c): "path:line: NUL byte in a text file".
+int text_has_nul(const char *path, const Buf *text, Err *err);
+// Duplicate keys in one JSON object (io.c): json_duplicate_key gives the key token that
+// repeats an earlier key, -1 if none (O(keys^2): for the small objects bt reads);
+// json_unique_keys fails with "name:line: key \"k\" appears twice in one object".
+int json_duplicate_key(const Json *j, int obj);
+int json_unique_keys(const Json *j, int obj, Err *err);
+// GSM8K's {question, answer} JSONL as prepare-data reads it (bt.c); ids are <file stem>_<line - 1>.
+int gsm8k_load(const char *path, Problem **out, int *n_out, Err *err);
 
 #endif

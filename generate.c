@@ -549,7 +549,10 @@ int generations_read(const char *path, GenRecord **out, int *n_out, Err *err) {
         if (len == 0) continue;
         Json j;
         if (json_parse(&j, line, len, path, err)) {
-            rc = err_input(err, "%s:%d: not a JSON generation record", path, line_no);
+            const char *why = strstr(err->msg, "invalid JSON: "); // json_parse counts lines within this one line
+            char reason[256];
+            snprintf(reason, sizeof reason, "%s", why ? why + strlen("invalid JSON: ") : "invalid JSON");
+            rc = err_input(err, "%s:%d: not a JSON generation record (%s)", path, line_no, reason);
             break;
         }
         GenRecord r = {0};
@@ -562,31 +565,42 @@ int generations_read(const char *path, GenRecord **out, int *n_out, Err *err) {
         r.finish_reason = json_strdup(&j, json_key(&j, 0, "finish_reason"));
         json_int(&j, json_key(&j, 0, "sample"), &sample);
         json_int(&j, json_key(&j, 0, "prompt_tokens"), &prompt_tokens);
-        json_bool(&j, json_key(&j, 0, "correct"), &r.correct);
+        int has_correct = json_bool(&j, json_key(&j, 0, "correct"), &r.correct) == 0; // absent is not "false"
         r.sample = (int)sample;
         r.prompt_tokens = (int)prompt_tokens;
-        int ok = r.problem_id && r.variant && r.condition && r.prompt && r.finish_reason && sample >= 0 &&
-                 prompt_tokens > 0 && ids >= 0 && j.tok[ids].type == JSON_ARRAY;
-        if (ok) {
+        int dup = json_duplicate_key(&j, 0); // a key given twice is refused, not resolved
+        char *twice = dup >= 0 ? json_strdup(&j, dup) : NULL;
+        // The first field that is missing or bad (sample and prompt_tokens must fit an int).
+        const char *bad = twice ? twice : !r.problem_id ? "problem_id" : !r.variant ? "variant"
+                          : !r.condition ? "condition" : !r.prompt ? "prompt" : !r.finish_reason ? "finish_reason"
+                          : sample < 0 || sample > INT32_MAX ? "sample"
+                          : prompt_tokens <= 0 || prompt_tokens > INT32_MAX ? "prompt_tokens" : !has_correct ? "correct"
+                          : ids < 0 || j.tok[ids].type != JSON_ARRAY ? "completion_ids" : NULL;
+        if (!bad) {
             r.completion_ids = xmalloc((size_t)(j.tok[ids].size + 1) * sizeof *r.completion_ids);
             JSON_FOR_ARRAY(&j, ids, i, t) {
                 long long v;
-                if (json_int(&j, t, &v) || v < 0 || v > INT32_MAX) ok = 0;
+                if (json_int(&j, t, &v) || v < 0 || v > INT32_MAX) bad = "completion_ids";
                 else r.completion_ids[r.n_completion++] = (int)v;
                 (void)i;
             }
         }
         json_free(&j);
-        if (!ok) {
+        if (bad) {
             free(r.problem_id);
             free(r.variant);
             free(r.condition);
             free(r.prompt);
             free(r.completion_ids);
             free(r.finish_reason);
-            rc = err_input(err, "%s:%d: generation record lacks a field or has a bad one", path, line_no);
+            if (twice)
+                rc = err_input(err, "%s:%d: generation record: key \"%.200s\" appears twice", path, line_no, bad);
+            else rc = err_input(err, "%s:%d: generation record: \"%s\" is missing or has a bad value", path, line_no,
+                                bad);
+            free(twice);
             break;
         }
+        free(twice);
         list = xrealloc(list, (size_t)(n + 1) * sizeof *list);
         list[n++] = r;
     }

@@ -156,6 +156,8 @@ static int cmp_entry_begin(const void *a, const void *b) {
 // Reads one tensor's header entry (value token t) into e; the name is already set.
 static int st_entry(const Json *j, int t, StEntry *e, const char *path, size_t data_bytes, size_t data_start, Err *err) {
     if (j->tok[t].type != JSON_OBJECT) return err_input(err, "%s: tensor '%s': header entry is not an object", path, e->name);
+    if (json_duplicate_key(j, t) >= 0)
+        return err_input(err, "%s: tensor '%s': header entry gives a key twice", path, e->name);
     int dt = json_key(j, t, "dtype"), sh = json_key(j, t, "shape"), off = json_key(j, t, "data_offsets");
     if (dt < 0 || sh < 0 || off < 0) return err_input(err, "%s: tensor '%s': header entry lacks dtype, shape or data_offsets", path, e->name);
     Buf b = {0};
@@ -181,8 +183,9 @@ static int st_entry(const Json *j, int t, StEntry *e, const char *path, size_t d
         if (json_int(j, d, &v) < 0 || v < 0 || v > (1LL << 40))
             return err_input(err, "%s: tensor '%s': shape has a bad size", path, e->name);
         e->shape[e->n_dims++] = v;
+        if (v && n_elems > (1ULL << 50) / (unsigned long long)v) // bound before multiplying: the product must not wrap
+            return err_input(err, "%s: tensor '%s': shape is too large", path, e->name);
         n_elems *= (unsigned long long)v;
-        if (n_elems > (1ULL << 50)) return err_input(err, "%s: tensor '%s': shape is too large", path, e->name);
     }
     long long begin, end;
     if (j->tok[off].type != JSON_ARRAY || j->tok[off].size != 2 || json_int(j, off + 1, &begin) < 0 ||
@@ -392,8 +395,9 @@ static int cfg_float(const Json *j, int obj, const char *key, double fallback, f
         *out = (float)fallback;
         return 0;
     }
-    if (json_number(j, t, &v) < 0 || !(v > 0) || !isfinite(v))
-        return err_input(err, "%s:%d: '%s' must be a positive number", path, json_line(j, t), key);
+    // bt computes in float: the value must stay positive and finite as one
+    if (json_number(j, t, &v) < 0 || !(v > 0) || !isfinite(v) || !((float)v > 0) || isinf((float)v))
+        return err_input(err, "%s:%d: '%s' must be a positive number within float range", path, json_line(j, t), key);
     *out = (float)v;
     return 0;
 }
@@ -454,6 +458,7 @@ static int cfg_rope(ModelConfig *c, const Json *j, const char *path, Err *err) {
     if (cfg_float(j, theta_obj, "rope_theta", -1, &c->rope_theta, path, err) < 0) return -1;
     if (rs < 0 || j->tok[rs].type == JSON_NULL) return 0;
     if (j->tok[rs].type != JSON_OBJECT) return err_input(err, "%s:%d: '%s' must be an object or null", path, json_line(j, rs), key);
+    if (json_unique_keys(j, rs, err)) return -1;
     int type = json_key(j, rs, "rope_type");
     if (type < 0) type = json_key(j, rs, "type"); // the older spelling
     Buf name = {0};
@@ -509,6 +514,7 @@ int model_config_read(const char *dir, ModelConfig *c, Err *err) {
     if (read_file(path, &text, err) < 0) return -1;
     int rc = json_parse(&j, text.data, text.len, path, err);
     if (rc == 0 && j.tok[0].type != JSON_OBJECT) rc = err_input(err, "%s: not a JSON object", path);
+    if (rc == 0) rc = json_unique_keys(&j, 0, err);
     if (rc < 0) goto done;
 
     int arch = json_key(&j, 0, "architectures");
@@ -572,6 +578,7 @@ done:
     if (read_file(path, &text, err) < 0) return -1;
     rc = json_parse(&j, text.data, text.len, path, err);
     if (rc == 0 && j.tok[0].type != JSON_OBJECT) rc = err_input(err, "%s: not a JSON object", path);
+    if (rc == 0) rc = json_unique_keys(&j, 0, err);
     if (rc == 0) rc = cfg_eos(c, &j, path, err);
     if (rc == 0 && c->bos_token_id < 0) rc = cfg_bos(c, &j, path, err);
     if (rc == 0) rc = cfg_sampling(c, &j, path, err);
