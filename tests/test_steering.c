@@ -3,6 +3,7 @@
 #include "test.h"
 
 #include <stdlib.h>
+#include <sys/wait.h>
 
 // Hanley & McNeil (1982), Radiology 143:29, Table 1: CT ratings (1 = definitely normal ..
 // 5 = definitely abnormal) of 58 normal and 51 abnormal patients; the published area is 0.893
@@ -354,6 +355,51 @@ static void t_safetensors_read_f32(void) {
     buf_free(&b);
 }
 
+// The dose-response figure from synthetic counts: two variants' direction (lines with bands), random
+// control (dashed) and project_out (rings with whiskers); byte-identical across writes; no data says so;
+// python3's XML parser (and headless Chromium, where installed) accept it.
+static void t_steering_figure(void) {
+    const char *dir = test_tmpdir();
+    char path[1200], again[1200], empty[1200];
+    snprintf(path, sizeof path, "%s/steer.svg", dir);
+    snprintf(again, sizeof again, "%s/steer_again.svg", dir);
+    snprintf(empty, sizeof empty, "%s/steer_empty.svg", dir);
+    const double alpha[5] = {-2, -1, 0, 1, 2}, zero[1] = {0};
+    const long long k_dir[5] = {0, 5, 40, 60, 75}, k_rand[5] = {38, 41, 40, 39, 42}, n[5] = {80, 80, 80, 80, 80};
+    const long long k_po[1] = {3}, n_po[1] = {80}, k_other[5] = {0, 0, 0, 20, 55};
+    SteerSeries series[5] = {{"think: direction", STEER_DIRECTION, 0, alpha, k_dir, n, 5},
+                             {"think: random direction", STEER_RANDOM, 0, alpha, k_rand, n, 5},
+                             {"think: project_out (at 0)", STEER_PROJECT_OUT, 0, zero, k_po, n_po, 1},
+                             {"no_think & <tag>: direction", STEER_DIRECTION, 1, alpha, k_other, n, 5},
+                             {"no_think & <tag>: random direction", STEER_RANDOM, 1, alpha, n, n, 5}};
+    Err err = {0};
+    CHECKF(fig_rate_by_steering(path, series, 5, "run x; steered after layer 2", &err) == 0, "%s", err.msg);
+    CHECKF(fig_rate_by_steering(again, series, 5, "run x; steered after layer 2", &err) == 0, "%s", err.msg);
+    SteerSeries none = {"nothing", STEER_DIRECTION, 0, alpha, k_po, n_po, 0};
+    CHECKF(fig_rate_by_steering(empty, &none, 0, NULL, &err) == 0, "%s", err.msg);
+    Buf a = {0}, b = {0}, e = {0};
+    CHECK(read_file(path, &a, &err) == 0 && read_file(again, &b, &err) == 0 && read_file(empty, &e, &err) == 0);
+    CHECK(a.len == b.len && memcmp(a.data, b.data, a.len) == 0);
+    const char *svg = a.data;
+    int lines = 0, dashed = 0, bands = 0, rings = 0;
+    for (const char *p = svg; (p = strstr(p, "class=\"line\"")); p++) lines++, dashed += strncmp(strstr(p, "stroke-width=\"2\""), "stroke-width=\"2\" stroke-dasharray", 33) == 0;
+    for (const char *p = svg; (p = strstr(p, "class=\"band\"")); p++) bands++;
+    for (const char *p = svg; (p = strstr(p, "class=\"mark\"")); p++) rings++;
+    CHECKF(lines == 4 && dashed == 2 && bands == 4 && rings == 1, "lines %d dashed %d bands %d rings %d", lines, dashed, bands, rings);
+    CHECK(strstr(svg, "Backtracking rate by steering strength") && strstr(svg, "no_think &amp; &lt;tag&gt;: direction"));
+    CHECK(strstr(e.data, "class=\"nodata\"") && !strstr(e.data, "class=\"line\""));
+    buf_free(&a), buf_free(&b), buf_free(&e);
+    if (system("python3 -c 'import xml.dom.minidom' >/dev/null 2>&1") != 0) SKIP("python3 not found");
+    char cmd[4000];
+    snprintf(cmd, sizeof cmd, "python3 tests/svg_check.py xml %s %s >/dev/null 2>&1", path, empty);
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "python3 tests/svg_check.py render %s >/dev/null 2>&1", path);
+    int rc = system(cmd);
+    rc = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+    if (rc == 77) SKIP("chromium not found: the steering figure parses as XML, rendering not checked");
+    CHECKF(rc == 0, "svg_check.py render exited %d", rc);
+}
+
 const TestCase tests_steering[] = {
     {"auroc_hanley_mcneil", t_auroc_hanley_mcneil},
     {"auroc_hand_and_weights", t_auroc_hand_and_weights},
@@ -363,5 +409,6 @@ const TestCase tests_steering[] = {
     {"steer_hook_batch_invariant", t_steer_hook_batch_invariant},
     {"steering_config", t_steering_config},
     {"safetensors_read_f32", t_safetensors_read_f32},
+    {"steering_figure", t_steering_figure},
     {0, 0},
 };
