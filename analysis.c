@@ -526,7 +526,8 @@ static int generation_files(const Config *c, const Run *run, char ***out, Err *e
     static const char *const conditions[] = {"baseline", "targeted_ablation", "random_ablation"};
     char **files = NULL;
     int n = 0;
-    SteerCondition *steer = xmalloc((size_t)(2 * c->n_steer_alphas + 1) * sizeof *steer); // then the steering conditions
+    // after the three conditions, each steering condition
+    SteerCondition *steer = xmalloc((size_t)(2 * c->n_steer_alphas + 1) * sizeof *steer);
     int n_steer = steer_conditions(c, NULL, steer);
     for (int v = 0; v < c->n_variant_defs; v++) {
         for (int k = 0; k < 3 + n_steer; k++) {
@@ -1600,7 +1601,8 @@ static int steer_set_load(const Config *c, const Run *run, const Tokenizer *tok,
     for (int r = 0; r < s->n_records; r++) mark[r] = xcalloc((size_t)(s->records[r].prompt_tokens + s->records[r].n_completion + 1), 1);
     Buf text = {0};
     int *offsets = NULL, rc = 0;
-    for (int r = 0; r < s->n_records; r++) { // the thinking text: positives (own), negatives (own or the other variant's)
+    // the thinking text: positives (own), negatives (own or the other variant's)
+    for (int r = 0; r < s->n_records; r++) {
         int own = r < s->n_own, want = (own && c->steer_positives == STEER_POSITIVES_THINKING ? STEER_POS : 0) |
                                        ((own ? strcmp(neg, "thinking") == 0 : neg_variant != NULL) ? STEER_NEG : 0);
         if (!want) continue;
@@ -1631,7 +1633,8 @@ static int steer_set_load(const Config *c, const Run *run, const Tokenizer *tok,
                        no_pos ? variant : neg_variant ? neg_variant : variant,
                        (no_pos ? c->steer_positives == STEER_POSITIVES_EVENTS : strcmp(neg, "controls") == 0) ? " has no events" : " has no thinking text");
     }
-    for (int part = 0; part < 2 && rc == 0; part++) { // each variant's completions with reads: shuffled, then alternating folds
+    // each variant's completions with reads: shuffled, then alternating folds
+    for (int part = 0; part < 2 && rc == 0; part++) {
         int lo = part ? s->n_own : 0, hi = part ? s->n_records : s->n_own, n = 0;
         for (int r = lo; r < hi; r++)
             if (fold[r] == 0) order[n++] = r;
@@ -1791,7 +1794,8 @@ int cmd_directions(int argc, char **argv) {
     obs = steer_sample(&s, c.seed, &n_obs);
     for (int o = 0; o < n_obs; o++)
         if (s.seq_fold[obs[o].seq] == 0) obs[o].stored = n_kept++;
-    kept = xmalloc((size_t)(n_kept + 1) * per * sizeof *kept);          // (n_kept, L + 1, hidden) fold 0's sampled residuals
+    // (n_kept, L + 1, hidden) fold 0's sampled residuals
+    kept = xmalloc((size_t)(n_kept + 1) * per * sizeof *kept);
     score = xmalloc((size_t)(n_obs + 1) * (L + 1) * sizeof *score);     // (L + 1, n_obs) held-out projections
     sum = xcalloc(4 * per, sizeof *sum);                                 // (2 folds, 2 sets, L + 1, hidden)
     sum_all = xcalloc(per, sizeof *sum_all);                             // (L + 1, hidden) over every read once
@@ -1802,7 +1806,8 @@ int cmd_directions(int argc, char **argv) {
     int have_fold0_dir = 0, next_obs = 0;
     for (int s0 = 0, n = 0; s0 < s.n_seqs; s0 += n) {
         size_t reads = 0;
-        for (n = 0; s0 + n < s.n_seqs && n < n_slots; n++) { // as many sequences as the capture bound allows (at least one)
+        // as many sequences as the capture bound allows (at least one)
+        for (n = 0; s0 + n < s.n_seqs && n < n_slots; n++) {
             if (n > 0 && reads + (size_t)s.seqs[s0 + n].n_read > cap_reads) break;
             reads += (size_t)s.seqs[s0 + n].n_read;
         }

@@ -207,7 +207,8 @@ static const ConfigKey config_keys[] = {
     {"steering", "window_len", KEY_INT, "11", 1, 4096, NULL, FIELD(steer_window_len), 0},
     {"steering", "layer", KEY_LAYER, "auto", 0, 4096, NULL, FIELD(steer_layer), 0},
     {"steering", "alphas", KEY_FLOATS, "-2, -1, -0.5, 0.5, 1, 2", -1000, 1000, NULL, FIELD(steer_alphas), FIELD(n_steer_alphas)},
-    {"steering", "variants", KEY_LIST, NULL, 0, 0, NULL, FIELD(steer_variants), FIELD(n_steer_variants)}, // [logit_lens] variant
+    // no default: steering_config_check makes it the [logit_lens] variant
+    {"steering", "variants", KEY_LIST, NULL, 0, 0, NULL, FIELD(steer_variants), FIELD(n_steer_variants)},
 };
 #define N_CONFIG_KEYS (sizeof config_keys / sizeof config_keys[0])
 #define VARIANT_PREFIX "variant."

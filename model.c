@@ -1424,7 +1424,8 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
             if (mk && mk->attn && mk->attn[l]) ablate(out, D, mk->kind, mk->attn_mean + (size_t)l * D);
             if (f->attn_out && f->capture_row && f->capture_row[i] >= 0) memcpy(CAPTURE(f->attn_out, L, i, l), out, (size_t)D * sizeof *out);
             for (int d = 0; d < D; d++) x[d] += out[d];
-            if (mk && mk->project_out) steer_residual(x, D, mk, -1); // the MLP reads a residual without the direction too
+            // the MLP reads a residual without the direction too
+            if (mk && mk->project_out) steer_residual(x, D, mk, -1);
         }
 
         // MLP: x += down(silu(gate(h)) * up(h)), h the normed residual.

@@ -1203,8 +1203,10 @@ static void steering_section(const Run *run, const Csv *sweep, int have, const c
     }
     csv_free(&dirs);
     if (have && sweep->n_rows) {
-        buf_printf(md, "Steered after layer %d (0 = embeddings) at every position; alpha in units of that layer's mean residual norm.\n\n",
-                   (int)cell_num(sweep, sweep->n_rows - 1, "layer"));
+        int layer = -1;
+        for (int r = 0; r < sweep->n_rows && layer < 0; r++) layer = (int)cell_num(sweep, r, "layer");
+        buf_printf(md, "Steered after layer %d (0 = embeddings) at every position; alpha in units of that layer's mean "
+                       "residual norm.\n\n", layer);
         buf_puts(md, "| variant | condition | alpha | completions | backtracking rate [95% CI] | events / 1k tokens [95% CI] | mean length | "
                      "accuracy | Fisher p vs baseline |\n|---|---|---|---|---|---|---|---|---|\n");
         for (int r = 0; r < sweep->n_rows; r++) {
