@@ -183,16 +183,16 @@ void write_stdout(const Buf *b) {
 // ----------------------------------------------------------------------------
 // Config: a small INI parser (inih's shape) and one table of known keys.
 
-typedef enum { KEY_STRING, KEY_INT, KEY_FLOAT, KEY_BOOL, KEY_CHOICE, KEY_LIST, KEY_TRIGGERS } KeyType;
+typedef enum { KEY_STRING, KEY_INT, KEY_FLOAT, KEY_BOOL, KEY_CHOICE, KEY_LIST, KEY_TRIGGERS, KEY_FLOATS, KEY_LAYER } KeyType;
 
 typedef struct {
     const char *section, *key;
     KeyType type;
     const char *default_value;
-    double lo, hi;       // KEY_INT / KEY_FLOAT range, inclusive
+    double lo, hi;       // KEY_INT / KEY_FLOAT / KEY_FLOATS / KEY_LAYER range, inclusive
     const char *choices; // KEY_CHOICE: "a|b", stored as the index
     size_t offset;       // of the field in Config
-    size_t count_offset; // KEY_LIST / KEY_TRIGGERS: the int holding the count
+    size_t count_offset; // KEY_LIST / KEY_TRIGGERS / KEY_FLOATS: the int holding the count
 } ConfigKey;
 
 #define FIELD(f) offsetof(Config, f)
@@ -231,6 +231,7 @@ static const ConfigKey config_keys[] = {
     {"hypotheses", "alpha", KEY_FLOAT, "0.05", 1e-12, 0.5, NULL, FIELD(alpha), 0},
     {"hypotheses", "h1_min_relative_drop", KEY_FLOAT, "0.5", 0, 1, NULL, FIELD(h1_min_relative_drop), 0},
     {"hypotheses", "h2_min_rate_ratio", KEY_FLOAT, "2.0", 1, 1e9, NULL, FIELD(h2_min_rate_ratio), 0},
+    {"hypotheses", "h3_min_rate_change", KEY_FLOAT, "0.2", 0, 1, NULL, FIELD(h3_min_rate_change), 0},
     {"hypotheses", "max_collateral_nll", KEY_FLOAT, "0.5", 0, 1e9, NULL, FIELD(max_collateral_nll), 0},
     {"report", "path", KEY_STRING, "reports/backtracking_state_transition_report.md", 0, 0, NULL, FIELD(report_path), 0},
     {"report", "figures_dir", KEY_STRING, "figures", 0, 0, NULL, FIELD(figures_dir), 0},
@@ -240,6 +241,16 @@ static const ConfigKey config_keys[] = {
     {"capture", "max_file_mb", KEY_FLOAT, "4096", 0.001, 1e9, NULL, FIELD(capture_max_file_mb), 0},
     {"capture", "window", KEY_INT, "8", 0, 100000, NULL, FIELD(capture_window), 0},
     {"capture", "dtype", KEY_CHOICE, "f32", 0, 0, CAPTURE_DTYPES, FIELD(capture_dtype), 0},
+    // Steering: defaults as Venhoff et al. (the window from the token before the onset, 10 tokens into it).
+    {"steering", "enabled", KEY_BOOL, "false", 0, 0, NULL, FIELD(steering_enabled), 0},
+    {"steering", "positives", KEY_CHOICE, "events", 0, 0, "events|thinking", FIELD(steer_positives), 0},
+    {"steering", "negatives", KEY_STRING, "thinking", 0, 0, NULL, FIELD(steer_negatives), 0},
+    {"steering", "window_start", KEY_INT, "-1", -4096, 4096, NULL, FIELD(steer_window_start), 0},
+    {"steering", "window_len", KEY_INT, "11", 1, 4096, NULL, FIELD(steer_window_len), 0},
+    {"steering", "layer", KEY_LAYER, "auto", 0, 4096, NULL, FIELD(steer_layer), 0},
+    {"steering", "alphas", KEY_FLOATS, "-2, -1, -0.5, 0.5, 1, 2", -1000, 1000, NULL, FIELD(steer_alphas), FIELD(n_steer_alphas)},
+    // no default: steering_config_check makes it the [logit_lens] variant
+    {"steering", "variants", KEY_LIST, NULL, 0, 0, NULL, FIELD(steer_variants), FIELD(n_steer_variants)},
 };
 #define N_CONFIG_KEYS (sizeof config_keys / sizeof config_keys[0])
 #define VARIANT_PREFIX "variant."
@@ -356,6 +367,45 @@ static int config_set(Config *c, const ConfigKey *k, const char *value, const ch
         }
         return err_input(err, "%s: [%s] %s: '%s' is not one of %s", where, k->section, k->key, value, k->choices);
     }
+    case KEY_FLOATS: { // a comma-separated list of distinct nonzero numbers
+        char **items;
+        int n = split_list(value, ',', &items), rc = 0;
+        if (n == 0) return err_input(err, "%s: [%s] %s: empty list", where, k->section, k->key);
+        double *v = xmalloc((size_t)n * sizeof *v);
+        for (int i = 0; i < n && rc == 0; i++) {
+            errno = 0;
+            v[i] = strtod(items[i], &end);
+            if (*end || errno || v[i] != v[i])
+                rc = err_input(err, "%s: [%s] %s: '%s' is not a number", where, k->section, k->key, items[i]);
+            else if (v[i] < k->lo || v[i] > k->hi || v[i] == 0)
+                rc = err_input(err, "%s: [%s] %s: %s is 0 or out of range [%g, %g]", where, k->section, k->key, items[i], k->lo, k->hi);
+            for (int j = 0; j < i && rc == 0; j++)
+                if (v[j] == v[i]) rc = err_input(err, "%s: [%s] %s: %s is listed twice", where, k->section, k->key, items[i]);
+        }
+        free_list(items, n);
+        if (rc) {
+            free(v);
+            return -1;
+        }
+        free(*(double **)field);
+        *(double **)field = v;
+        *(int *)((char *)c + k->count_offset) = n;
+        return 0;
+    }
+    case KEY_LAYER: { // "auto" or a layer index; the model bounds it when it is used
+        if (strcmp(value, "auto") == 0) {
+            *(int *)field = STEER_LAYER_AUTO;
+            return 0;
+        }
+        errno = 0;
+        long long v = strtoll(value, &end, 10);
+        if (!*value || *end || errno)
+            return err_input(err, "%s: [%s] %s: '%s' is not a layer number or auto", where, k->section, k->key, value);
+        if (v < k->lo || v > k->hi)
+            return err_input(err, "%s: [%s] %s = %lld is out of range [%.0f, %.0f]", where, k->section, k->key, v, k->lo, k->hi);
+        *(int *)field = (int)v;
+        return 0;
+    }
     case KEY_LIST:
     case KEY_TRIGGERS: {
         char **items;
@@ -407,6 +457,16 @@ void config_write_resolved(const Config *c, Buf *out) {
             for (int j = 0; j < n; j++) buf_printf(out, "%s%s", j ? (k->type == KEY_LIST ? ", " : " | ") : "", items[j]);
             break;
         }
+        case KEY_FLOATS:
+            for (int j = 0; j < *(const int *)((const char *)c + k->count_offset); j++) {
+                if (j) buf_puts(out, ", ");
+                buf_json_double(out, (*(double *const *)field)[j]);
+            }
+            break;
+        case KEY_LAYER:
+            if (*(const int *)field == STEER_LAYER_AUTO) buf_puts(out, "auto");
+            else buf_printf(out, "%d", *(const int *)field);
+            break;
         }
         buf_putc(out, '\n');
     }
@@ -437,6 +497,7 @@ void config_free(Config *c) {
         char *field = (char *)c + k->offset;
         if (k->type == KEY_STRING) free(*(char **)field);
         if (k->type == KEY_LIST || k->type == KEY_TRIGGERS) free_list(*(char ***)field, *(int *)((char *)c + k->count_offset));
+        if (k->type == KEY_FLOATS) free(*(double **)field);
     }
     for (int v = 0; v < c->n_variant_defs; v++) {
         free(c->variant_defs[v].name);
@@ -445,6 +506,32 @@ void config_free(Config *c) {
     free(c->variant_defs);
     free(c->file);
     memset(c, 0, sizeof *c);
+}
+
+// [steering] keys that name variants: negatives = controls | thinking | variant:NAME, and variants
+// (the [logit_lens] variant when the file names none).
+static int steering_config_check(Config *c, const char *path, const int *seen, Err *err) {
+    if (c->n_steer_variants == 0) {
+        c->steer_variants = xmalloc(sizeof *c->steer_variants);
+        c->steer_variants[c->n_steer_variants++] = xstrdup(c->lens_variant);
+    }
+    int neg_line = 0, var_line = 0;
+    for (size_t i = 0; i < N_CONFIG_KEYS; i++) {
+        if (config_keys[i].offset == FIELD(steer_negatives)) neg_line = seen[i];
+        if (config_keys[i].offset == FIELD(steer_variants)) var_line = seen[i];
+    }
+    const char *neg = c->steer_negatives, *name = strncmp(neg, "variant:", 8) == 0 ? neg + 8 : NULL;
+    if (strcmp(neg, "controls") && strcmp(neg, "thinking") && !name)
+        return err_input(err, "%s:%d: [steering] negatives: '%s' is not controls, thinking or variant:NAME", path, neg_line, neg);
+    if (c->steer_positives == STEER_POSITIVES_THINKING && strcmp(neg, "thinking") == 0)
+        return err_input(err, "%s:%d: [steering] positives = thinking and negatives = thinking contrast a set with itself", path, neg_line);
+    if (name && !config_variant(c, name))
+        return err_input(err, "%s:%d: [steering] negatives = %s: there is no [variant.%s] section", path, neg_line, neg, name);
+    for (int v = 0; v < c->n_steer_variants; v++)
+        if (!config_variant(c, c->steer_variants[v]))
+            return err_input(err, "%s:%d: [steering] variants names '%s' but there is no [variant.%s] section", path, var_line,
+                             c->steer_variants[v], c->steer_variants[v]);
+    return 0;
 }
 
 int config_load(Config *c, const char *path, Err *err) {
@@ -544,6 +631,7 @@ int config_load(Config *c, const char *path, Err *err) {
                       c->lens_variant, c->lens_variant);
         goto fail;
     }
+    if (steering_config_check(c, path, seen, err)) goto fail;
     buf_free(&text);
     return 0;
 fail:
@@ -586,9 +674,14 @@ int run_generation_files(const Config *c, const Run *run, char ***paths, Err *er
         int n_names = 0;
         for (struct dirent *e; (e = readdir(d));) {
             size_t len = strlen(e->d_name);
-            if (len <= 6 || strcmp(e->d_name + len - 6, ".jsonl") != 0 || memchr(e->d_name, '.', len - 6)) continue;
+            if (len <= 6 || strcmp(e->d_name + len - 6, ".jsonl") != 0) continue;
+            char *stem = xstrndup(e->d_name, len - 6); // a condition, unless a timing sidecar or a shard
+            if ((len > 13 && strcmp(stem + len - 13, ".timing") == 0) || strstr(stem, ".shard-")) {
+                free(stem);
+                continue;
+            }
             names = xrealloc(names, (size_t)(n_names + 1) * sizeof *names);
-            names[n_names++] = xstrndup(e->d_name, len - 6); // a condition: no dot (not a sidecar or shard)
+            names[n_names++] = stem;
         }
         closedir(d);
         qsort(names, (size_t)n_names, sizeof *names, cmp_condition_file);
@@ -1124,6 +1217,11 @@ int answer_correct(const char *predicted, const char *gold) {
 // bt run: every stage in the seed's order, stopping at the first failure.
 
 static int plan_write(const Config *c, int calibrate, Buf *out, Err *err);
+// The stages bt run leaves out unless [steering] enabled = true.
+static int steering_stage(int (*fn)(int, char **), const char *const *args) {
+    return fn == cmd_directions || fn == cmd_steering_sweep ||
+           (fn == cmd_generate && args[2] && steer_conditions(&(Config){0}, args[2], NULL) >= 0);
+}
 
 int cmd_run(int argc, char **argv) {
     Opt opts[] = {OPT_CONFIG, OPT("--plan", 0, "print the plan (as bt plan) and stop; without it the plan comes first"), OPT_END};
@@ -1163,13 +1261,19 @@ int cmd_run(int argc, char **argv) {
         {cmd_generate, {"generate", "--condition", "targeted_ablation", "--variant"}},
         {cmd_generate, {"generate", "--condition", "random_ablation", "--variant"}},
         {cmd_collateral_damage, {"collateral-damage", "--variant", variant}},
+        {cmd_directions, {"directions", "--variant", variant}},
+        {cmd_generate, {"generate", "--condition", "steer"}},
+        {cmd_generate, {"generate", "--condition", "steer_random"}},
+        {cmd_generate, {"generate", "--condition", "project_out"}},
         {cmd_detect_events, {"detect-events"}},
         {cmd_compare_conditions, {"compare-conditions", "--variant", variant}},
         {cmd_formatting_sweep, {"formatting-sweep"}},
+        {cmd_steering_sweep, {"steering-sweep"}},
         {cmd_make_report, {"make-report"}},
     };
     int rc = 0;
     for (size_t i = 0; i < sizeof stages / sizeof stages[0] && rc == 0; i++) {
+        if (!c.steering_enabled && steering_stage(stages[i].fn, stages[i].args)) continue;
         char *args[12];
         int n = 0;
         Buf name = {0};
@@ -1523,13 +1627,15 @@ typedef struct {
 static const Command commands[] = {
     {"init-run", cmd_init_run, "create runs/<run_id>/ and make it the current run"},
     {"prepare-data", cmd_prepare_data, "write the processed problem set (GSM8K or built-in)"},
-    {"generate", cmd_generate, "generate completions for a condition (baseline or ablation)"},
+    {"generate", cmd_generate, "generate completions for a condition (baseline, ablation or steering)"},
     {"detect-events", cmd_detect_events, "find backtracking events and position-matched controls"},
     {"logit-lens", cmd_logit_lens, "onset-token logit, log-prob and rank by layer"},
     {"ablation-scan", cmd_ablation_scan, "effect of ablating each layer's attention and MLP"},
     {"collateral-damage", cmd_collateral_damage, "NLL the ablations add to the baseline text (specificity)"},
     {"compare-conditions", cmd_compare_conditions, "baseline vs targeted vs random ablation"},
     {"formatting-sweep", cmd_formatting_sweep, "backtracking across prompt formats"},
+    {"directions", cmd_directions, "difference-of-means steering directions per layer, with held-out AUROC"},
+    {"steering-sweep", cmd_steering_sweep, "backtracking rate per steering alpha: direction, random control, project_out"},
     {"make-report", cmd_make_report, "write the markdown report with hypothesis verdicts"},
     {"run", cmd_run, "every stage above, in order"},
     {"plan", cmd_plan, "what bt run will do, with time and memory estimated on the model"},

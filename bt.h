@@ -166,6 +166,8 @@ enum { SOURCE_GSM8K, SOURCE_BUILTIN };
 enum { ABLATE_ZERO, ABLATE_MEAN };
 enum { SCOPE_ALL, SCOPE_ONSET };
 #define MAX_RANDOM_DRAWS 100 // [ablation] random_draws at most
+enum { STEER_POSITIVES_EVENTS, STEER_POSITIVES_THINKING };
+#define STEER_LAYER_AUTO (-1)
 
 typedef struct {
     char *name;          // from the section name [variant.NAME]
@@ -222,6 +224,18 @@ typedef struct {
     double capture_max_file_mb;   // a capture splits into numbered files past this size, MB
     int capture_window;           // --positions window: tokens each side of pred_pos
     int capture_dtype;            // CAPTURE_F32 or CAPTURE_BF16
+    // [steering]: difference-of-means directions, steered generation, H3
+    int steering_enabled;      // bt run runs directions, the steered conditions and steering-sweep
+    int steer_positives;       // STEER_POSITIVES_*
+    char *steer_negatives;     // "controls" | "thinking" | "variant:NAME"
+    int steer_window_start;    // the event window: tokens from the onset (-1 = the token before it)
+    int steer_window_len;      // tokens in the window
+    int steer_layer;           // the residual steered (0 = embeddings), STEER_LAYER_AUTO = best held-out AUROC
+    double *steer_alphas;      // (n_steer_alphas) in units of the layer's mean norm, nonzero
+    int n_steer_alphas;
+    char **steer_variants;     // (n_steer_variants) the variants bt run steers (default: the [logit_lens] variant)
+    int n_steer_variants;
+    double h3_min_rate_change; // [hypotheses]: smallest rate change across the alphas that counts as an effect
     // [variant.*]
     Variant *variant_defs; // (n_variant_defs)
     int n_variant_defs;
@@ -282,6 +296,9 @@ void progress(const char *fmt, ...) __attribute__((format(printf, 1, 2))); // st
 #define ART_FORMATTING "analysis/formatting_summary.csv"
 #define ART_LOGIT_LENS_WINDOW "analysis/logit_lens_window.csv"
 #define ART_ACTIVATIONS "activations" // bt capture's safetensors files and their index CSVs
+#define ART_DIRECTIONS "analysis/directions.safetensors"
+#define ART_DIRECTIONS_CSV "analysis/directions.csv"
+#define ART_STEERING_SWEEP "analysis/steering_sweep.csv"
 
 typedef struct {
     char id[128];  // run id, e.g. 20251223_123456
@@ -451,6 +468,10 @@ typedef struct {
     const float *attn_mean;   // (n_layers, hidden) for ABLATE_MEAN
     const float *mlp_mean;    // (n_layers, hidden)
     const float *head_mean;   // (n_layers, n_heads * head_dim)
+    // Steering acts on the residual stream itself, at every row the mask is on.
+    int steer_layer;          // the residual steer_add joins: 0 = embeddings, l = after block l-1 (logit-lens numbering)
+    const float *steer_add;   // (hidden) added to that residual; NULL = none
+    const float *project_out; // (hidden) unit direction whose component is removed from every residual; NULL = none
 } AblationMask;
 
 // KV cache and scratch for one model: n_slots sequences of up to max_seq tokens,
@@ -479,6 +500,7 @@ typedef struct {
     // the scope-all ablation scan resumes each ablated pass from the clean residual.
     int first_layer;
     const float *x_in;     // (n, hidden) required when first_layer > 0; optional at 0 (replaces the embeddings)
+                           // A mask's steering acts on the residuals the call forms: x_in at layer 0, not above.
     // Replay: rows do not write the cache; each attends to the cached 0..pos-1 plus its own
     // key/value, so many variants of one position fit in one call (the onset-scope scan).
     int replay;
@@ -502,6 +524,9 @@ void model_final_logits_rows(const Model *m, const float *resid, int n, size_t s
 // A safetensors file of n tensors, in the order given; a tensor with rows = 1 is 1-D.
 // Built in memory and written with write_file_atomic.
 int safetensors_write(const char *path, const char *const *names, const Tensor *tensors, int n, Err *err);
+// One 1-D (rows = 1) or 2-D tensor of a single safetensors file, as F32 in *out (rows, cols); errors
+// (exit 2) name the file and tensor.
+int safetensors_read_f32(const char *path, const char *name, float **out, int *rows, int *cols, Err *err);
 
 size_t model_kv_bytes_per_token(const Model *m); // KV cache bytes one position of one sequence takes
 void tensor_row_f32(const Tensor *t, int row, float *out); // row of a 2-D tensor (cols values) as F32
@@ -685,6 +710,38 @@ typedef struct {
 int generations_read(const char *path, GenRecord **out, int *n_out, Err *err);
 void generations_free(GenRecord *r, int n);
 
+// Steering conditions (generate.c): steer_<alpha> adds alpha x the steered layer's mean norm x the
+// unit direction to that residual at every position; steer_random_<alpha> a random unit direction
+// (drawn from the run seed) at the same scale; project_out removes the direction's component from
+// every residual. alpha is printed with "%+g" (steer_-2, steer_+0.5).
+enum { STEER_DIRECTION, STEER_RANDOM, STEER_PROJECT_OUT };
+#define STEER_GROUPS "steer | steer_random | project_out" // what generate --condition takes for them
+
+typedef struct {
+    char name[64]; // the condition: its generation file's name
+    int kind;      // STEER_*
+    double alpha;  // units of the layer's mean norm; 0 for project_out
+} SteerCondition;
+
+// The conditions of one group ("steer", "steer_random", "project_out"), or of all three when group is
+// NULL, in [steering] alphas order; out holds 2 * n_steer_alphas + 1. Returns how many, -1 for no group
+// (out NULL: only whether group names one).
+int steer_conditions(const Config *c, const char *group, SteerCondition *out);
+
+// The run's directions (analysis/directions.safetensors) and the layer a condition steers.
+typedef struct {
+    int n_layers, hidden;
+    float *directions; // (n_layers + 1, hidden) difference of means, [0] = embeddings
+    float *mean_norm;  // (n_layers + 1) norm of each layer's mean residual
+    int layer;         // the steered residual: [steering] layer, or the best held-out AUROC (directions.csv)
+} SteerDirections;
+
+int steer_directions_load(const Config *c, const Run *run, const ModelConfig *mc, SteerDirections *d, Err *err);
+void steer_directions_free(SteerDirections *d);
+// A condition's AblationMask: steer_add / project_out point into vec (hidden), which it fills.
+int steer_condition_mask(const Config *c, const SteerDirections *d, const SteerCondition *sc, AblationMask *mask,
+                         float *vec, Err *err);
+
 
 // ----------------------------------------------------------------------------
 // Analysis (analysis.c): events and controls, statistics, the ablation design
@@ -747,6 +804,21 @@ Interval bootstrap_ratio95(const double *x, int nx, const double *y, int ny, int
 // NaN when either group is empty.
 double permutation_p(const double *x, int nx, const double *y, int ny, int n_permutations, uint64_t seed);
 
+// Statistics for steering (analysis.c).
+// AUROC: the probability that a positive's score exceeds a negative's, ties counting half (the
+// Mann-Whitney U over n_pos x n_neg); weight (n) or NULL = 1 each. NaN without both kinds.
+double auroc(const double *score, const unsigned char *is_pos, const double *weight, int n);
+// Percentile bootstrap 95% interval of the AUROC resampling whole clusters (cluster[i] in
+// [0, n_clusters), e.g. the completion a position is in) with replacement; est is auroc().
+Interval auroc_cluster_bootstrap95(const double *score, const unsigned char *is_pos, const int *cluster, int n,
+                                   int n_clusters, int n_resamples, uint64_t seed);
+typedef struct {
+    double slope, lo, hi; // least-squares slope of the rate on x (weights n), 95% Wald interval (unpooled; NaN when every rate is 0 or 1)
+    double z, p;          // Cochran-Armitage trend statistic and two-sided p (pooled null variance)
+} Trend;
+// Cochran-Armitage test for a linear trend in k[i] / n[i] over scores x[i], i < m. slope, z and p
+// are NaN when x does not vary; z and p also when no trial (or every trial) succeeded.
+Trend cochran_armitage(const double *x, const long long *k, const long long *n, int m);
 
 // P(X >= k) for X ~ Binomial(n, p), summed exactly in logs; 1 when k = 0, NaN for bad arguments.
 double binomial_tail_p(long long k, long long n, double p);
@@ -798,6 +870,7 @@ int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mea
 #define FIG_ABLATION "ablation_importance_by_layer.svg"
 #define FIG_RATE_BY_CONDITION "backtracking_rate_by_condition.svg"
 #define FIG_FORMATTING "formatting_effect_on_backtracking.svg"
+#define FIG_RATE_BY_STEERING "backtracking_rate_by_steering.svg"
 
 enum { SVG_KEY_BAR, SVG_KEY_LINE, SVG_KEY_DASHED, SVG_KEY_RING, SVG_KEY_ERROR_BAR, SVG_KEY_BAND };
 
@@ -875,6 +948,19 @@ int fig_rate_by_condition(const char *path, const char *const *conditions, const
 // (reasoning_bt[i] of reasoning[i]) and the share that reason (reasoning[i] of n[i]).
 int fig_formatting_effect(const char *path, const char *const *variants, const long long *reasoning_bt,
                           const long long *reasoning, const long long *n, int n_variants, const char *note, Err *err);
+
+// Steering dose-response: each series is one steered variant's direction (a line), random control
+// (dashed) or project_out (rings with intervals): k[i] of n[i] completions backtrack at alpha[i]
+// (each (n_points)), with Wilson 95% bands.
+typedef struct {
+    const char *name;       // legend text
+    int kind;               // STEER_DIRECTION, STEER_RANDOM or STEER_PROJECT_OUT
+    int color;              // index of the variant: series of one variant share a colour
+    const double *alpha;    // (n_points) increasing for lines
+    const long long *k, *n; // (n_points)
+    int n_points;
+} SteerSeries;
+int fig_rate_by_steering(const char *path, const SteerSeries *series, int n_series, const char *note, Err *err);
 
 // ----------------------------------------------------------------------------
 // Organism (organism.c): the embedded planted-mechanism model. A Qwen2 directory
@@ -959,6 +1045,8 @@ int cmd_generate_ids(int argc, char **argv);
 int cmd_make_organism(int argc, char **argv);
 int cmd_make_bench_model(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_directions(int argc, char **argv);
+int cmd_steering_sweep(int argc, char **argv);
 
 // ----------------------------------------------------------------------------
 // Reliability: checked readers and limits the parsers share (fuzzed in tests/fuzz/).

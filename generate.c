@@ -372,6 +372,7 @@ typedef struct {
     const char *variant, *condition;
     const Tokenizer *tok;
     const LayerSet *set;   // what the condition ablates
+    const char *steering_json; // how a steering condition steers (a JSON object), NULL for the others
     int thinking_open;     // the variant's prompt leaves <think> open
     Job *jobs;             // (n_jobs)
     GenSeq *seqs;          // (n_jobs): seqs[i] generates jobs[i]
@@ -406,6 +407,7 @@ static char *job_record(const RecordWriter *w, const Job *job, const GenSeq *q) 
     buf_printf(&b, ", \"correct\": %s, \"ablation\": ", answer_correct(predicted, pr->gold) ? "true" : "false");
     if (w->set->n_attn + w->set->n_mlp) layer_set_json(&b, w->set);
     else buf_puts(&b, "null");
+    if (w->steering_json) buf_printf(&b, ", \"steering\": %s", w->steering_json);
     buf_puts(&b, "}\n");
     buf_free(&text);
     return b.data;
@@ -459,7 +461,7 @@ static int record_finished(void *ctx, int i, Err *err) {
 // Generates every missing completion of one variant under one condition.
 static int generate_variant(const Config *c, const Run *run, const Model *m, const Tokenizer *tok,
                             const Problem *problems, int n_problems, const Variant *variant, const char *condition,
-                            const AblationMask *mask, const LayerSet *set, Err *err) {
+                            const AblationMask *mask, const LayerSet *set, const char *steering_json, Err *err) {
     char path[1200], timing_path[1300];
     run_generation_path(run, path, sizeof path, variant->name, condition);
     snprintf(timing_path, sizeof timing_path, "%.*s.timing.jsonl", (int)(strlen(path) - 6), path);
@@ -469,7 +471,7 @@ static int generate_variant(const Config *c, const Run *run, const Model *m, con
     // The work list: every (problem, sample) without a record, in order.
     int n_total = n_problems * c->samples_per_problem;
     RecordWriter w = {.c = c, .problems = problems, .variant = variant->name, .condition = condition,
-                      .tok = tok, .set = set, .thinking_open = prompt_thinking_open(variant->template_text),
+                      .tok = tok, .set = set, .steering_json = steering_json, .thinking_open = prompt_thinking_open(variant->template_text),
                       .n_done_before = n_done, .path = path, .timing_path = timing_path};
     w.jobs = xcalloc((size_t)n_total + 1, sizeof *w.jobs);
     w.seqs = xcalloc((size_t)n_total + 1, sizeof *w.seqs);
@@ -615,13 +617,178 @@ int generations_read(const char *path, GenRecord **out, int *n_out, Err *err) {
 }
 
 // ----------------------------------------------------------------------------
+// Steering conditions: the run's difference-of-means direction (bt directions) added at one
+// layer at every position, a random direction of the same norm, or the direction projected out
+// of every residual. The hook is the AblationMask's steering fields, so the loop is the same.
+
+#define STEER_RANDOM_STREAM 0x5EE4D1 // the random control's direction: (run seed, this) only
+
+int steer_conditions(const Config *c, const char *group, SteerCondition *out) {
+    static const char *const groups[] = {"steer", "steer_random", "project_out"};
+    int n = 0, found = 0;
+    for (int g = 0; g < 3; g++) {
+        if (group && strcmp(group, groups[g]) != 0) continue;
+        found = 1;
+        if (g == STEER_PROJECT_OUT) {
+            if (out) out[n] = (SteerCondition){"project_out", STEER_PROJECT_OUT, 0};
+            n++;
+            continue;
+        }
+        for (int a = 0; a < c->n_steer_alphas && out; a++, n++) {
+            out[n] = (SteerCondition){"", g, c->steer_alphas[a]};
+            snprintf(out[n].name, sizeof out[n].name, "%s_%+g", groups[g], c->steer_alphas[a]);
+        }
+    }
+    return found ? n : -1;
+}
+
+void steer_directions_free(SteerDirections *d) {
+    free(d->directions);
+    free(d->mean_norm);
+    memset(d, 0, sizeof *d);
+}
+
+static double norm_of(const float *v, int n) {
+    double s = 0;
+    for (int i = 0; i < n; i++) s += (double)v[i] * v[i];
+    return sqrt(s);
+}
+
+// The layer of [steering] layer = auto: the row of directions.csv that bt directions marked best.
+static int steer_best_layer(const Run *run, int n_layers, int *layer, Err *err) {
+    char path[1200];
+    run_path(run, path, sizeof path, ART_DIRECTIONS_CSV);
+    Csv t;
+    if (!path_exists(path)) return err_input(err, "no %s in run %s: run directions first", ART_DIRECTIONS_CSV, run->id);
+    if (csv_read(path, &t, err)) return -1;
+    int col_layer = csv_col(&t, "layer"), col_best = csv_col(&t, "best_auroc");
+    *layer = -1;
+    for (int r = 0; r < t.n_rows && col_layer >= 0 && col_best >= 0; r++)
+        if (strcmp(csv_cell(&t, r, col_best), "1") == 0) *layer = atoi(csv_cell(&t, r, col_layer));
+    csv_free(&t);
+    if (*layer < 0 || *layer > n_layers)
+        return err_input(err, "%s: no layer marked best_auroc within [0, %d] (run directions again)", path, n_layers);
+    return 0;
+}
+
+int steer_directions_load(const Config *c, const Run *run, const ModelConfig *mc, SteerDirections *d, Err *err) {
+    memset(d, 0, sizeof *d);
+    char path[1200];
+    run_path(run, path, sizeof path, ART_DIRECTIONS);
+    if (!path_exists(path)) return err_input(err, "no %s in run %s: run directions first", ART_DIRECTIONS, run->id);
+    int rows, cols, norm_rows, norm_cols, L = mc->n_layers;
+    if (safetensors_read_f32(path, "directions", &d->directions, &rows, &cols, err) ||
+        safetensors_read_f32(path, "mean_norm", &d->mean_norm, &norm_rows, &norm_cols, err)) {
+        steer_directions_free(d);
+        return -1;
+    }
+    d->n_layers = L;
+    d->hidden = mc->hidden_size;
+    if (rows != L + 1 || cols != mc->hidden_size || norm_rows != 1 || norm_cols != L + 1) {
+        steer_directions_free(d);
+        return err_input(err, "%s: directions (%d, %d) and mean_norm (%d) do not fit this model's (%d, %d) (run directions again)",
+                         path, rows, cols, norm_rows * norm_cols, L + 1, mc->hidden_size);
+    }
+    if (c->steer_layer == STEER_LAYER_AUTO) {
+        if (steer_best_layer(run, L, &d->layer, err)) {
+            steer_directions_free(d);
+            return -1;
+        }
+    } else if (c->steer_layer > L) {
+        steer_directions_free(d);
+        return err_input(err, "%s: [steering] layer = %d is out of range [0, %d] for the model in %s", c->file, c->steer_layer, L,
+                         c->model_path);
+    } else {
+        d->layer = c->steer_layer;
+    }
+    if (!(norm_of(d->directions + (size_t)d->layer * d->hidden, d->hidden) > 0) || !(d->mean_norm[d->layer] > 0)) {
+        int layer = d->layer;
+        steer_directions_free(d);
+        return err_input(err, "%s: the direction at layer %d is zero (positives and negatives agree there): choose another [steering] layer",
+                         path, layer);
+    }
+    return 0;
+}
+
+int steer_condition_mask(const Config *c, const SteerDirections *d, const SteerCondition *sc, AblationMask *mask,
+                         float *vec, Err *err) {
+    memset(mask, 0, sizeof *mask);
+    int D = d->hidden;
+    const float *dir = d->directions + (size_t)d->layer * D;
+    double *unit = xmalloc((size_t)D * sizeof *unit); // (hidden)
+    if (sc->kind == STEER_RANDOM) {
+        Rng rng;
+        rng_seed(&rng, seed_mix((uint64_t)c->seed, STEER_RANDOM_STREAM));
+        for (int i = 0; i < D; i++) unit[i] = rng_normal(&rng);
+    } else {
+        for (int i = 0; i < D; i++) unit[i] = dir[i];
+    }
+    double norm = 0;
+    for (int i = 0; i < D; i++) norm += unit[i] * unit[i];
+    norm = sqrt(norm);
+    if (!(norm > 0)) {
+        free(unit);
+        return err_runtime(err, "steering: a zero direction at layer %d", d->layer);
+    }
+    double scale = sc->kind == STEER_PROJECT_OUT ? 1 : sc->alpha * d->mean_norm[d->layer];
+    for (int i = 0; i < D; i++) vec[i] = (float)(scale * unit[i] / norm);
+    free(unit);
+    if (sc->kind == STEER_PROJECT_OUT) {
+        mask->project_out = vec;
+    } else {
+        mask->steer_layer = d->layer;
+        mask->steer_add = vec;
+    }
+    return 0;
+}
+
+// generate --condition steer | steer_random | project_out: one file per condition of the group,
+// for --variant or every [steering] variant.
+static int generate_steered(const Config *c, const Run *run, const Model *m, const Tokenizer *tok,
+                            const Problem *problems, int n_problems, const char *group, const char *one, Err *err) {
+    SteerCondition *sc = xmalloc((size_t)(2 * c->n_steer_alphas + 1) * sizeof *sc);
+    int n = steer_conditions(c, group, sc), rc = 0;
+    SteerDirections d;
+    if (steer_directions_load(c, run, &m->cfg, &d, err)) {
+        free(sc);
+        return -1;
+    }
+    float *vec = xmalloc((size_t)d.hidden * sizeof *vec); // (hidden) the condition's vector
+    LayerSet none = {0};
+    int n_variants = one ? 1 : c->n_steer_variants;
+    for (int v = 0; v < n_variants && rc == 0; v++) {
+        const char *name = one ? one : c->steer_variants[v];
+        for (int i = 0; i < n && rc == 0; i++) {
+            AblationMask mask;
+            if ((rc = steer_condition_mask(c, &d, &sc[i], &mask, vec, err))) break;
+            Buf json = {0};
+            static const char *const kinds[] = {"direction", "random", "project_out"};
+            buf_printf(&json, "{\"kind\": \"%s\", \"layer\": %d, \"alpha\": ", kinds[sc[i].kind], d.layer);
+            buf_json_double(&json, sc[i].alpha);
+            buf_puts(&json, ", \"norm\": ");
+            buf_json_double(&json, norm_of(vec, d.hidden));
+            buf_puts(&json, "}");
+            rc = generate_variant(c, run, m, tok, problems, n_problems, config_variant(c, name), sc[i].name, &mask, &none,
+                                  json.data, err);
+            buf_free(&json);
+        }
+    }
+    free(vec);
+    free(sc);
+    steer_directions_free(&d);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
 // Commands: generate, generate-ids
 
 int cmd_generate(int argc, char **argv) {
     Opt opts[] = {OPT_CONFIG,
-                  OPT("--condition", 1, "baseline | targeted_ablation | random_ablation (every draw) | random_ablation_K"),
+                  OPT("--condition", 1, "baseline | targeted_ablation | random_ablation (every draw) | random_ablation_K | "
+                                        STEER_GROUPS),
                   OPT("--variant", 1,
-                      "one variant (default: every [generation] variant for baseline, [logit_lens] variant otherwise)"),
+                      "one variant (default: every [generation] variant for baseline, [steering] variants for steering, "
+                      "[logit_lens] variant otherwise)"),
                   OPT_END};
     Err err = {0};
     Config c;
@@ -635,12 +802,15 @@ int cmd_generate(int argc, char **argv) {
     Problem *problems = NULL;
     int n_problems = 0, loaded = 0;
     const char *one = opt_str(opts, "--variant", NULL);
-    if (condition_parse(condition, &cond)) {
+    const char *steer_group = condition && condition_parse(condition, &cond) && steer_conditions(&c, condition, NULL) >= 0
+                                  ? condition
+                                  : NULL;
+    if (!steer_group && condition_parse(condition, &cond)) {
         err_input(&err, "generate: --condition must be baseline, targeted_ablation, random_ablation or random_ablation_K "
-                        "(K = 1 .. [ablation] random_draws)");
+                        "(K = 1 .. [ablation] random_draws), or " STEER_GROUPS);
         goto out;
     }
-    if (cond.kind == COND_RANDOM && cond.draw > c.random_draws) {
+    if (!steer_group && cond.kind == COND_RANDOM && cond.draw > c.random_draws) {
         err_input(&err, "generate: --condition %s: %s has [ablation] random_draws = %d", condition, c.file, c.random_draws);
         goto out;
     }
@@ -659,6 +829,10 @@ int cmd_generate(int argc, char **argv) {
     loaded = 1;
     snprintf(path, sizeof path, "%s/tokenizer.json", c.model_path);
     if (tokenizer_load(&tok, path, &err)) goto out;
+    if (steer_group) {
+        generate_steered(&c, &run, &m, tok, problems, n_problems, steer_group, one, &err);
+        goto out;
+    }
     // random_ablation alone means every draw; baseline every configured variant unless one is named.
     int first_draw = cond.kind == COND_RANDOM ? (cond.draw ? cond.draw : 1) : 0;
     int last_draw = cond.kind == COND_RANDOM ? (cond.draw ? cond.draw : c.random_draws) : 0;
@@ -674,7 +848,7 @@ int cmd_generate(int argc, char **argv) {
         for (int v = 0; v < n_gen && rc == 0; v++) {
             const char *variant = one ? one : cond.kind == COND_BASELINE ? c.variants[v] : c.lens_variant;
             rc = generate_variant(&c, &run, &m, tok, problems, n_problems, config_variant(&c, variant), name,
-                                  cond.kind == COND_BASELINE ? NULL : &mask, &set, &err);
+                                  cond.kind == COND_BASELINE ? NULL : &mask, &set, NULL, &err);
         }
         free(mask.attn);
         free(mask.mlp);

@@ -691,6 +691,58 @@ int fig_ablation_importance(const char *path, int n_layers, const CiSeries *attn
 }
 
 // ----------------------------------------------------------------------------
+// Steering figure: backtracking rate against the steering alpha, the direction as a solid line and
+// the random control dashed (each with a Wilson band, the baseline at alpha 0 in both), and
+// project_out as a ring with its interval at alpha 0; one colour per steered variant.
+
+static const char *const steer_colors[] = {BLUE, RED, GREEN, YELLOW, GREY};
+
+int fig_rate_by_steering(const char *path, const SteerSeries *series, int n_series, const char *note, Err *err) {
+    Buf b = {0};
+    Svg s;
+    svg_begin(&s, &b, 800, FIG_HEIGHT, "Backtracking rate by steering strength", note);
+    long long total = 0;
+    double x_lo = 0, x_hi = 0;
+    for (int i = 0; i < n_series; i++)
+        for (int j = 0; j < series[i].n_points; j++) {
+            total += series[i].n[j] > 0 ? series[i].n[j] : 0;
+            min_max(&series[i].alpha[j], 1, &x_lo, &x_hi);
+        }
+    if (n_series <= 0 || total == 0) {
+        svg_no_data(&s, "no steered generations");
+        svg_end(&s);
+        return figure_write(path, &b, err);
+    }
+    SvgKey *keys = xmalloc((size_t)(n_series + 1) * sizeof *keys);
+    for (int i = 0; i < n_series; i++)
+        keys[i] = (SvgKey){series[i].name, steer_colors[series[i].color % 5],
+                           series[i].kind == STEER_PROJECT_OUT ? SVG_KEY_RING : series[i].kind == STEER_RANDOM ? SVG_KEY_DASHED : SVG_KEY_LINE};
+    keys[n_series] = (SvgKey){"95% Wilson CI", GREY, SVG_KEY_BAND};
+    svg_legend(&s, keys, n_series + 1);
+    svg_axes(&s, x_lo - 0.1 * (x_hi - x_lo + 1e-9), x_hi + 0.1 * (x_hi - x_lo + 1e-9), 0, 1,
+             "steering alpha (units of the layer's mean residual norm)", "backtracking rate", 0);
+    for (int i = 0; i < n_series; i++) {
+        const SteerSeries *q = &series[i];
+        double *v = xmalloc((size_t)(3 * q->n_points + 1) * sizeof *v), *lo = v + q->n_points, *hi = lo + q->n_points;
+        for (int j = 0; j < q->n_points; j++) {
+            Interval w = wilson95(q->k[j], q->n[j]);
+            v[j] = w.est, lo[j] = w.lo, hi[j] = w.hi;
+        }
+        const char *color = steer_colors[q->color % 5];
+        if (q->kind == STEER_PROJECT_OUT) {
+            for (int j = 0; j < q->n_points; j++) svg_error_bar(&s, q->alpha[j], lo[j], hi[j], 10);
+            svg_scatter(&s, q->alpha, v, q->n_points, color, 1);
+        } else {
+            svg_line_series(&s, q->alpha, v, lo, hi, q->n_points, color, q->kind == STEER_RANDOM, 1);
+        }
+        free(v);
+    }
+    free(keys);
+    svg_end(&s);
+    return figure_write(path, &b, err);
+}
+
+// ----------------------------------------------------------------------------
 // The report: run metadata, the tables, the six figures and a verdict on each
 // hypothesis from the pre-registered criteria in [hypotheses].
 
@@ -934,8 +986,8 @@ static int draw_rate_figures(FigureOut *f, const Csv *conditions, int have_condi
     }
     int rt = have_conditions ? find_row(conditions, "condition", "targeted_ablation") : -1;
     if (rt >= 0)
-        snprintf(note, sizeof note, "%s, run %s; Fisher p targeted vs baseline %.3g, vs random %.3g", cell(conditions, rt, "variant"),
-                 f->run->id, cell_num(conditions, rt, "fisher_p_vs_baseline"), cell_num(conditions, rt, "fisher_p_targeted_vs_random"));
+        snprintf(note, sizeof note, "%s, run %s; one-sided paired McNemar p, targeted vs baseline %.3g; Wilson 95%% CI",
+                 cell(conditions, rt, "variant"), f->run->id, cell_num(conditions, rt, "p_vs_baseline"));
     else snprintf(note, sizeof note, "run %s; compare-conditions has not run", f->run->id);
     int rc = fig_rate_by_condition(figure_start(f, FIG_RATE_BY_CONDITION), names, k, total, n, note, err);
     if (rc == 0) rc = figure_publish(f, err);
@@ -1531,6 +1583,224 @@ static void put_hypothesis(Buf *md, const Hypothesis *h) {
     buf_puts(md, "\n\n");
 }
 
+// ----------------------------------------------------------------------------
+// Steering: the dose-response figure and H3 (linear direction), both from steering_sweep.csv,
+// and the directions' table from directions.csv.
+
+// The distinct variants of the sweep, in order of first appearance; returns how many.
+static int sweep_variants(const Csv *sweep, const char **out) {
+    int n = 0;
+    for (int r = 0; r < sweep->n_rows; r++) {
+        int seen = 0;
+        for (int i = 0; i < n && !seen; i++) seen = strcmp(out[i], cell(sweep, r, "variant")) == 0;
+        if (!seen) out[n++] = cell(sweep, r, "variant");
+    }
+    return n;
+}
+
+// Rows of one variant and kind ("baseline" rows join the direction and random series at alpha 0),
+// sorted by alpha; returns how many.
+static int sweep_rows(const Csv *sweep, const char *variant, const char *kind, int with_baseline, int *rows) {
+    int n = 0;
+    for (int r = 0; r < sweep->n_rows; r++) {
+        if (strcmp(cell(sweep, r, "variant"), variant)) continue;
+        const char *k = cell(sweep, r, "kind");
+        if (strcmp(k, kind) == 0 || (with_baseline && strcmp(k, "baseline") == 0)) rows[n++] = r;
+    }
+    for (int i = 1; i < n; i++) // insertion sort by alpha: a handful of rows
+        for (int j = i; j > 0 && cell_num(sweep, rows[j], "alpha") < cell_num(sweep, rows[j - 1], "alpha"); j--) {
+            int t = rows[j];
+            rows[j] = rows[j - 1];
+            rows[j - 1] = t;
+        }
+    return n;
+}
+
+static int draw_steering_figure(FigureOut *f, const Csv *sweep, int have, Err *err) {
+    int n_rows = have ? sweep->n_rows : 0, n_series = 0, n_variants = 0;
+    const char **variants = xcalloc((size_t)n_rows + 1, sizeof *variants);
+    if (have) n_variants = sweep_variants(sweep, variants);
+    SteerSeries *series = xcalloc((size_t)(3 * n_variants + 1), sizeof *series);
+    double *alpha = xmalloc((size_t)(3 * n_rows + 1) * sizeof *alpha); // every series' points, in turn
+    long long *k = xmalloc((size_t)(3 * n_rows + 1) * sizeof *k), *n = xmalloc((size_t)(3 * n_rows + 1) * sizeof *n);
+    int *rows = xmalloc((size_t)(n_rows + 1) * sizeof *rows), used = 0;
+    char **names = xcalloc((size_t)(3 * n_variants + 1), sizeof *names);
+    static const char *const kinds[] = {"direction", "random", "project_out"};
+    static const char *const labels[] = {"direction", "random direction", "project_out (at 0)"};
+    for (int v = 0; v < n_variants; v++)
+        for (int kind = 0; kind < 3; kind++) {
+            int m = sweep_rows(sweep, variants[v], kinds[kind], kind != STEER_PROJECT_OUT, rows);
+            if (m == 0 || (kind != STEER_PROJECT_OUT && m < 2)) continue;
+            for (int i = 0; i < m; i++) {
+                alpha[used + i] = cell_num(sweep, rows[i], "alpha");
+                k[used + i] = (long long)cell_num(sweep, rows[i], "with_backtracking");
+                n[used + i] = (long long)cell_num(sweep, rows[i], "completions");
+            }
+            Buf name = {0};
+            buf_printf(&name, "%s: %s", variants[v], labels[kind]);
+            names[n_series] = name.data;
+            series[n_series] = (SteerSeries){name.data, kind, v, alpha + used, k + used, n + used, m};
+            n_series++;
+            used += m;
+        }
+    char note[256];
+    int layer = -1;
+    for (int r = 0; r < n_rows && layer < 0; r++) layer = (int)cell_num(sweep, r, "layer");
+    if (have && n_rows) snprintf(note, sizeof note, "run %s; steered after layer %d (0 = embeddings); alpha 0 = baseline", f->run->id, layer);
+    else snprintf(note, sizeof note, "run %s; steering-sweep has not run", f->run->id);
+    int rc = fig_rate_by_steering(figure_start(f, FIG_RATE_BY_STEERING), series, n_series, note, err);
+    for (int i = 0; i < n_series; i++) free(names[i]);
+    free(names), free(series), free(alpha), free(k), free(n), free(rows), free(variants);
+    return rc ? rc : figure_publish(f, err);
+}
+
+// H3, per steered variant: what the direction, the random control and project_out did.
+typedef struct {
+    int lowers, raises;          // the most negative (positive) alpha moves the rate down (up), Fisher p < alpha
+    int wrong_way;               // the direction's trend is significant and negative
+    int step_down;               // two neighbouring alphas where the rate falls significantly
+    int random_moves;            // the random trend is significant, or a random alpha differs (Bonferroni)
+    int random_as_strong;        // ... significantly, with a slope at least the direction's
+    int po_lowers, po_raises;    // project_out against the baseline
+    int excluded;                // the direction's slope interval rules out the pre-registered change
+} SteerJudgement;
+
+static Verdict h3_verdict(const Config *c, const Csv *sweep, int have, Buf *why) {
+    if (!have || sweep->n_rows == 0) {
+        buf_puts(why, "The steering sweep has not run (set [steering] enabled = true, or run directions, generate --condition "
+                      "steer|steer_random|project_out, detect-events and steering-sweep).");
+        return INCONCLUSIVE;
+    }
+    double alpha = c->alpha, m = c->h3_min_rate_change;
+    const char **variants = xcalloc((size_t)sweep->n_rows + 1, sizeof *variants);
+    int *rows = xmalloc((size_t)(sweep->n_rows + 1) * sizeof *rows), n_variants = sweep_variants(sweep, variants), n_random = 0;
+    for (int r = 0; r < sweep->n_rows; r++) n_random += strcmp(cell(sweep, r, "kind"), "random") == 0;
+    SteerJudgement any = {0}, all = {1, 1, 1, 1, 1, 1, 1, 1, 1};
+    int n_judged = 0, n_excludable = 0;
+    for (int v = 0; v < n_variants; v++) {
+        SteerJudgement j = {0};
+        int nd = sweep_rows(sweep, variants[v], "direction", 1, rows), base = -1;
+        for (int i = 0; i < nd; i++)
+            if (strcmp(cell(sweep, rows[i], "kind"), "baseline") == 0) base = rows[i];
+        if (base < 0 || nd < 2) continue;
+        double rate_b = cell_num(sweep, base, "backtracking_rate");
+        int lo_row = rows[0], hi_row = rows[nd - 1], dir_row = rows[0] == base ? rows[1] : rows[0];
+        j.lowers = cell_num(sweep, lo_row, "alpha") < 0 && cell_num(sweep, lo_row, "backtracking_rate") < rate_b &&
+                   cell_num(sweep, lo_row, "p_vs_baseline") < alpha;
+        j.raises = cell_num(sweep, hi_row, "alpha") > 0 && cell_num(sweep, hi_row, "backtracking_rate") > rate_b &&
+                   cell_num(sweep, hi_row, "p_vs_baseline") < alpha;
+        double slope = cell_num(sweep, dir_row, "trend_slope"), t_lo = cell_num(sweep, dir_row, "trend_ci_lo");
+        double t_hi = cell_num(sweep, dir_row, "trend_ci_hi"), t_p = cell_num(sweep, dir_row, "trend_p");
+        j.wrong_way = slope < 0 && t_p < alpha;
+        for (int i = 0; i + 1 < nd; i++) {
+            long long k0 = (long long)cell_num(sweep, rows[i], "with_backtracking"), n0 = (long long)cell_num(sweep, rows[i], "completions");
+            long long k1 = (long long)cell_num(sweep, rows[i + 1], "with_backtracking"), n1 = (long long)cell_num(sweep, rows[i + 1], "completions");
+            if ((double)k1 / n1 < (double)k0 / n0 && fisher_exact_p(k0, n0 - k0, k1, n1 - k1) < alpha) j.step_down = 1;
+        }
+        double range = cell_num(sweep, hi_row, "alpha") - cell_num(sweep, lo_row, "alpha");
+        if (t_lo == t_lo && t_hi == t_hi && range > 0) {
+            n_excludable++;
+            j.excluded = t_lo * range > -m && t_hi * range < m;
+        }
+        int nr = sweep_rows(sweep, variants[v], "random", 0, rows);
+        for (int i = 0; i < nr; i++) {
+            double p = cell_num(sweep, rows[i], "p_vs_baseline"), rp = cell_num(sweep, rows[i], "trend_p");
+            double rslope = cell_num(sweep, rows[i], "trend_slope");
+            if (p < alpha / n_random || rp < alpha) j.random_moves = 1;
+            if (rp < alpha && fabs(rslope) >= fabs(slope)) j.random_as_strong = 1;
+        }
+        int np = sweep_rows(sweep, variants[v], "project_out", 0, rows);
+        for (int i = 0; i < np; i++) {
+            double rate = cell_num(sweep, rows[i], "backtracking_rate"), p = cell_num(sweep, rows[i], "p_vs_baseline");
+            j.po_lowers |= rate < rate_b && p < alpha;
+            j.po_raises |= rate > rate_b && p < alpha;
+        }
+        n_judged++;
+        any.lowers |= j.lowers, any.raises |= j.raises, any.wrong_way |= j.wrong_way, any.step_down |= j.step_down;
+        any.random_moves |= j.random_moves, any.random_as_strong |= j.random_as_strong, any.po_lowers |= j.po_lowers;
+        any.po_raises |= j.po_raises;
+        if (t_lo == t_lo && t_hi == t_hi) all.excluded &= j.excluded;
+        buf_printf(why, "%s%s: the most negative alpha %s, the most positive %s; trend %+.3g per unit alpha [%.3g, %.3g], p = ",
+                   n_judged > 1 ? " " : "", variants[v], j.lowers ? "lowers the rate" : "does not lower it significantly",
+                   j.raises ? "raises it" : "does not raise it significantly", slope, t_lo, t_hi);
+        fmt_p(why, t_p);
+        buf_printf(why, "; the random direction %s; project_out %s.", j.random_moves ? "moves it" : "does not move it significantly",
+                   j.po_lowers ? "lowers it" : j.po_raises ? "raises it" : "does not change it significantly");
+    }
+    free(variants);
+    free(rows);
+    buf_printf(why, " Criteria (alpha = %g): supported when subtracting lowers the rate in some variant and adding raises it in some "
+                    "variant (Fisher p vs baseline at the extreme alphas), no neighbouring alphas step down significantly, the random "
+                    "direction moves no rate (its trend p >= alpha, each alpha's Fisher p >= alpha / %d) and project_out lowers the rate "
+                    "in some variant and raises it in none; not supported when the direction's trend is significant the wrong way, the "
+                    "random direction's trend is significant and at least as steep, project_out raises the rate, or every variant's "
+                    "trend interval rules out a rate change of %g across the alphas; inconclusive otherwise.",
+               alpha, n_random > 0 ? n_random : 1, m);
+    if (n_judged == 0) {
+        buf_puts(why, " No steered variant has a baseline and steered conditions.");
+        return INCONCLUSIVE;
+    }
+    if (any.lowers && any.raises && !any.step_down && !any.random_moves && any.po_lowers && !any.po_raises && !any.wrong_way)
+        return SUPPORTED;
+    if (any.wrong_way || any.random_as_strong || any.po_raises || (n_excludable > 0 && all.excluded)) return NOT_SUPPORTED;
+    return INCONCLUSIVE;
+}
+
+// The report's steering section: the directions, the sweep's table, the figure.
+static void steering_section(const Run *run, const Csv *sweep, int have, const char *fig, Buf *md, Verdict h3, const char *why) {
+    buf_puts(md, "\n## Steering (H3)\n\n");
+    Csv dirs = {0};
+    Err ignored;
+    int have_dirs = read_table(run, ART_DIRECTIONS_CSV, &dirs, &ignored) > 0 && dirs.n_rows > 0;
+    if (have_dirs) {
+        buf_printf(md, "Difference-of-means directions from `%s` (variant %s): positives = %s, negatives = %s. "
+                       "Held-out AUROC: the projection on a direction from half of the completions, scored on the other half's positions "
+                       "(bootstrap 95%% CI over completions). Top dim: the residual dimension with the largest component of the unit "
+                       "direction.\n\n",
+                   ART_DIRECTIONS, cell(&dirs, 0, "variant"), cell(&dirs, 0, "positives"), cell(&dirs, 0, "negatives"));
+        buf_puts(md, "| layer | norm | mean residual norm | cosine with previous | top dim (component) | held-out AUROC [95% CI] |\n"
+                     "|---|---|---|---|---|---|\n");
+        for (int r = 0; r < dirs.n_rows; r++) {
+            double cos_prev = cell_num(&dirs, r, "cos_prev");
+            buf_printf(md, "| %s%s | %.3g | %.3g | ", cell(&dirs, r, "layer"), strcmp(cell(&dirs, r, "best_auroc"), "1") ? "" : " (best)",
+                       cell_num(&dirs, r, "norm"), cell_num(&dirs, r, "mean_norm"));
+            if (cos_prev == cos_prev) buf_printf(md, "%.3f", cos_prev);
+            else buf_puts(md, "n/a");
+            buf_printf(md, " | %s (%.3f) | ", cell(&dirs, r, "top_dim"), cell_num(&dirs, r, "top_component"));
+            fmt_ci(md, cell_num(&dirs, r, "auroc"), cell_num(&dirs, r, "auroc_ci_lo"), cell_num(&dirs, r, "auroc_ci_hi"));
+            buf_puts(md, " |\n");
+        }
+        buf_putc(md, '\n');
+    } else {
+        buf_puts(md, "No directions in this run (bt directions).\n\n");
+    }
+    csv_free(&dirs);
+    if (have && sweep->n_rows) {
+        int layer = -1;
+        for (int r = 0; r < sweep->n_rows && layer < 0; r++) layer = (int)cell_num(sweep, r, "layer");
+        buf_printf(md, "Steered after layer %d (0 = embeddings) at every position; alpha in units of that layer's mean "
+                       "residual norm.\n\n", layer);
+        buf_puts(md, "| variant | condition | alpha | completions | backtracking rate [95% CI] | events / 1k tokens [95% CI] | mean length | "
+                     "accuracy | Fisher p vs baseline |\n|---|---|---|---|---|---|---|---|---|\n");
+        for (int r = 0; r < sweep->n_rows; r++) {
+            double a = cell_num(sweep, r, "alpha");
+            buf_printf(md, a ? "| %s | %s | %+g | %s | " : "| %s | %s | %g | %s | ", cell(sweep, r, "variant"), cell(sweep, r, "condition"),
+                       a, cell(sweep, r, "completions"));
+            fmt_ci(md, cell_num(sweep, r, "backtracking_rate"), cell_num(sweep, r, "rate_ci_lo"), cell_num(sweep, r, "rate_ci_hi"));
+            buf_puts(md, " | ");
+            fmt_ci(md, cell_num(sweep, r, "events_per_1k_tokens"), cell_num(sweep, r, "events_per_1k_ci_lo"),
+                   cell_num(sweep, r, "events_per_1k_ci_hi"));
+            buf_printf(md, " | %.1f | %.3g | ", cell_num(sweep, r, "mean_length"), cell_num(sweep, r, "accuracy"));
+            fmt_p(md, cell_num(sweep, r, "p_vs_baseline"));
+            buf_puts(md, " |\n");
+        }
+    } else {
+        buf_puts(md, "No steering sweep in this run.\n");
+    }
+    buf_printf(md, "\n![Backtracking rate by steering strength](%s/%s)\n", fig, FIG_RATE_BY_STEERING);
+    buf_printf(md, "\nH3 (linear direction): %s. %s\n", verdict_names[h3], why);
+}
+
 int cmd_make_report(int argc, char **argv) {
     Opt opts[] = {OPT_CONFIG, OPT_END};
     Err err = {0};
@@ -1538,9 +1808,10 @@ int cmd_make_report(int argc, char **argv) {
     Run run;
     int exit_code;
     if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
-    Csv conditions = {0}, formatting = {0}, scan = {0}, lens = {0};
-    int have_conditions = 0, have_formatting = 0, have_scan = 0, have_lens = 0;
+    Csv conditions = {0}, formatting = {0}, scan = {0}, lens = {0}, sweep = {0};
+    int have_conditions = 0, have_formatting = 0, have_scan = 0, have_lens = 0, have_sweep = 0;
     Buf meta_text = {0}, resolved = {0}, md = {0};
+    Buf h3_why = {0};
     Json meta = {0};
     char path[1200];
     if ((have_conditions = read_table(&run, ART_CONDITIONS, &conditions, &err)) < 0 ||
@@ -1552,6 +1823,9 @@ int cmd_make_report(int argc, char **argv) {
         draw_scan_figure(&figures_out, &scan, have_scan, &err) ||
         draw_rate_figures(&figures_out, &conditions, have_conditions, &formatting, have_formatting, &err))
         goto out;
+    if ((have_sweep = read_table(&run, ART_STEERING_SWEEP, &sweep, &err)) < 0 || draw_steering_figure(&figures_out, &sweep, have_sweep, &err))
+        goto out;
+    Verdict h3 = h3_verdict(&c, &sweep, have_sweep, &h3_why);
     run_path(&run, path, sizeof path, ART_META);
     if (read_file(path, &meta_text, &err) || json_parse(&meta, meta_text.data, meta_text.len, path, &err)) goto out;
     run_path(&run, path, sizeof path, ART_CONFIG_RESOLVED);
@@ -1605,6 +1879,7 @@ int cmd_make_report(int argc, char **argv) {
                     "it. Anything else is inconclusive.\n\n",
                alpha, c.h1_min_relative_drop, c.max_collateral_nll, c.h1_min_relative_drop, c.h1_min_relative_drop,
                c.h2_min_rate_ratio);
+    buf_printf(&md, "H3 (linear direction): %s\n\nSee \"Steering (H3)\" below.\n\n", verdict_names[h3]);
 
     // Backtracking per variant.
     buf_puts(&md, "## Backtracking by prompt format\n\n");
@@ -1776,6 +2051,7 @@ int cmd_make_report(int argc, char **argv) {
         buf_puts(&md, "No condition comparison in this run.\n");
     }
     buf_printf(&md, "\n![Backtracking rate by condition](%s/%s)\n", fig, FIG_RATE_BY_CONDITION);
+    steering_section(&run, &sweep, have_sweep, fig, &md, h3, h3_why.data ? h3_why.data : "");
 
     // Limitations.
     int n_completions = 0;
@@ -1810,7 +2086,11 @@ int cmd_make_report(int argc, char **argv) {
         for (int k = 0; k < 3; k++) printf("  %s: %s\n", hyp[k].name, verdict_names[hyp[k].verdict]);
     }
     for (int k = 0; k < 3; k++) hypothesis_free(&hyp[k]);
+    if (!err.msg[0]) printf("  H3 (linear direction): %s\n", verdict_names[h3]);
+    buf_free(&h3_why);
 out:
+    csv_free(&sweep);
+    buf_free(&h3_why);
     csv_free(&conditions);
     csv_free(&formatting);
     csv_free(&scan);
