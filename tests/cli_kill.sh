@@ -68,9 +68,13 @@ if "$BT" init-run --config kill.ini --quiet >/dev/null && "$BT" prepare-data --c
     kill_stage generate-targeted generate --condition targeted_ablation
     kill_stage generate-random generate --condition random_ablation
     kill_stage collateral-damage collateral-damage
+    kill_stage directions directions
+    kill_stage generate-steer generate --condition steer
+    "$BT" generate --config kill.ini --condition steer_random --threads 1 --quiet >/dev/null
     "$BT" detect-events --config kill.ini --threads 1 --quiet >/dev/null
     kill_stage compare-conditions compare-conditions
     kill_stage formatting-sweep formatting-sweep
+    kill_stage steering-sweep steering-sweep
     kill_stage make-report make-report
 else
     bad "kill -9 stages" "init-run or prepare-data failed"
