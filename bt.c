@@ -527,6 +527,11 @@ static int steering_config_check(Config *c, const char *path, const int *seen, E
         return err_input(err, "%s:%d: [steering] positives = thinking and negatives = thinking contrast a set with itself", path, neg_line);
     if (name && !config_variant(c, name))
         return err_input(err, "%s:%d: [steering] negatives = %s: there is no [variant.%s] section", path, neg_line, neg, name);
+    int generated = 0;
+    for (int v = 0; name && v < c->n_variants; v++) generated |= strcmp(c->variants[v], name) == 0;
+    if (name && c->steering_enabled && !generated)
+        return err_input(err, "%s:%d: [steering] negatives = %s, but [generation] variants does not generate %s (add it, or "
+                              "set [steering] enabled = false)", path, neg_line, neg, name);
     for (int v = 0; v < c->n_steer_variants; v++)
         if (!config_variant(c, c->steer_variants[v]))
             return err_input(err, "%s:%d: [steering] variants names '%s' but there is no [variant.%s] section", path, var_line,

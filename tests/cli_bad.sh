@@ -10,7 +10,7 @@
 BAD=$ROOT/tests/bad
 scratch
 sed -e 's/^n_problems = 40/n_problems = 6/' -e 's/^max_new_tokens = 96/max_new_tokens = 48/' \
-    -e 's/^variants = .*/variants = baseline_think_newline/' configs/backtracking_state_transition.ini > small.ini
+    -e 's/^variants = .*/variants = baseline_think_newline/' -e 's/^enabled = true/enabled = false/' configs/backtracking_state_transition.ini > small.ini
 sed 's/^kind = zero/kind = mean/' small.ini > mean.ini
 sed -e 's/^source = builtin/source = gsm8k/' -e 's/^n_problems = 6/n_problems = 2/' -e 's|^path = models/organism|path = no_model|' \
     -e 's/^make_organism = true/make_organism = false/' -e 's|^\[data\]|[data]\npath = gsm8k.jsonl|' small.ini > gsm.ini

@@ -9,7 +9,7 @@ done
 
 scratch
 sed -e 's/^n_problems = 40/n_problems = 6/' -e 's/^max_new_tokens = 96/max_new_tokens = 48/' \
-    -e 's/^variants = .*/variants = baseline_think_newline, think_no_newline/' -e 's/^scope = all/scope = onset/' \
+    -e 's/^variants = .*/variants = baseline_think_newline, think_no_newline/' -e 's/^enabled = true/enabled = false/' -e 's/^scope = all/scope = onset/' \
     configs/backtracking_state_transition.ini > i.ini
 
 # The plan: counts from the config, times from a calibration; --plan runs nothing.
