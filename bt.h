@@ -477,6 +477,7 @@ typedef struct {
     float *resid;          // (n_cap, n_layers + 1, hidden): [0] embeddings, [l] residual after block l-1 (pre final norm)
     float *attn_out;       // (n_cap, n_layers, hidden) attention block outputs (before the residual add), or NULL
     float *mlp_out;        // (n_cap, n_layers, hidden) MLP outputs, or NULL
+    float *head_out;       // (n_cap, n_layers, n_heads * head_dim) every head's output before o_proj, or NULL
     const int *capture_row; // (n) or NULL = no capture
 } Forward;
 
@@ -526,6 +527,7 @@ typedef struct {
     // Every position's attention and MLP outputs summed (double, in a fixed order), for
     // component means; not in the same pass as resid or resid_all.
     double *attn_sum, *mlp_sum; // (n_layers, hidden) or NULL
+    double *head_sum;           // (n_layers, n_heads * head_dim) or NULL; only beside attn_sum and mlp_sum
     long long *n_summed;        // positions summed
     // Start at first_layer from these residuals (laid out as resid_all) instead of the
     // embeddings; the cache below first_layer must hold this group's clean pass.
