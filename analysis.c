@@ -304,6 +304,7 @@ double normal_quantile(double q) {
 void layer_set_free(LayerSet *s) {
     free(s->attn_layers);
     free(s->mlp_layers);
+    free(s->attn_heads);
     memset(s, 0, sizeof *s);
 }
 
@@ -312,7 +313,14 @@ void layer_set_json(Buf *b, const LayerSet *s) {
     for (int i = 0; i < s->n_attn; i++) buf_printf(b, "%s%d", i ? ", " : "", s->attn_layers[i]);
     buf_puts(b, "], \"mlp_layers\": [");
     for (int i = 0; i < s->n_mlp; i++) buf_printf(b, "%s%d", i ? ", " : "", s->mlp_layers[i]);
-    buf_puts(b, "]}");
+    buf_putc(b, ']');
+    if (s->n_attn_heads) { // only when there are heads: sets without them read and write as before
+        buf_puts(b, ", \"attn_heads\": [");
+        for (int i = 0; i < s->n_attn_heads; i++)
+            buf_printf(b, "%s[%d, %d]", i ? ", " : "", s->attn_heads[2 * i], s->attn_heads[2 * i + 1]);
+        buf_putc(b, ']');
+    }
+    buf_putc(b, '}');
 }
 
 static int read_int_array(const Json *j, int t, int **out, int *n, int n_layers, const char *path, const char *key, Err *err) {
@@ -331,7 +339,27 @@ static int read_int_array(const Json *j, int t, int **out, int *n, int n_layers,
     return 0;
 }
 
-// Reads {"attn_layers": [...], "mlp_layers": [...]} (selected or random layers).
+// "attn_heads": [[layer, head], ...] of object obj, when present (a set written without heads has none).
+// Heads are checked against the model where a mask is made (layer_set_mask).
+static int read_head_pairs(const Json *j, int obj, LayerSet *s, int n_layers, const char *path, Err *err) {
+    int t = json_key(j, obj, "attn_heads");
+    if (t < 0) return 0;
+    if (j->tok[t].type != JSON_ARRAY)
+        return err_input(err, "%s:%d: \"attn_heads\" must be an array of [layer, head]", path, json_line(j, t));
+    s->attn_heads = xmalloc((size_t)(2 * j->tok[t].size + 2) * sizeof *s->attn_heads);
+    JSON_FOR_ARRAY(j, t, i, e) {
+        long long layer, head;
+        if (j->tok[e].type != JSON_ARRAY || j->tok[e].size != 2 || json_int(j, e + 1, &layer) ||
+            json_int(j, e + 2, &head) || layer < 0 || layer >= n_layers || head < 0 || head > INT32_MAX)
+            return err_input(err, "%s:%d: \"attn_heads\"[%d] is not [layer, head] with a layer in [0, %d)", path,
+                             json_line(j, e), i, n_layers);
+        s->attn_heads[2 * i] = (int)layer, s->attn_heads[2 * i + 1] = (int)head;
+        s->n_attn_heads++;
+    }
+    return 0;
+}
+
+// Reads {"attn_layers": [...], "mlp_layers": [...], "attn_heads": [[l, h], ...]} (selected or random layers).
 int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err) {
     memset(s, 0, sizeof *s);
     Buf text = {0};
@@ -341,6 +369,7 @@ int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err) {
     if (rc == 0) {
         rc = read_int_array(&j, json_key(&j, 0, "attn_layers"), &s->attn_layers, &s->n_attn, n_layers, path, "attn_layers", err);
         if (rc == 0) rc = read_int_array(&j, json_key(&j, 0, "mlp_layers"), &s->mlp_layers, &s->n_mlp, n_layers, path, "mlp_layers", err);
+        if (rc == 0) rc = read_head_pairs(&j, 0, s, n_layers, path, err);
         json_free(&j);
     }
     buf_free(&text);
@@ -349,8 +378,9 @@ int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err) {
 }
 
 // One shape-matched draw: as many attention and MLP layers as targeted has, none of them
-// targeted, by a partial Fisher-Yates shuffle of the other layers (the seed's fix 4).
-static void draw_one(const LayerSet *targeted, int n_layers, Rng *rng, LayerSet *out) {
+// targeted, by a partial Fisher-Yates shuffle of the other layers (the seed's fix 4); then as
+// many heads, none of them targeted, from the same stream (a set without heads draws no more).
+static void draw_one(const LayerSet *targeted, int n_layers, int n_heads, Rng *rng, LayerSet *out) {
     memset(out, 0, sizeof *out);
     out->kind = targeted->kind;
     for (int part = 0; part < 2; part++) {
@@ -372,10 +402,33 @@ static void draw_one(const LayerSet *targeted, int n_layers, Rng *rng, LayerSet 
         if (part) out->mlp_layers = pool, out->n_mlp = n_chosen;
         else out->attn_layers = pool, out->n_attn = n_chosen;
     }
+    if (targeted->n_attn_heads == 0) return;
+    int n_all = n_layers * n_heads, n_pool = 0, n_chosen = targeted->n_attn_heads;
+    int *pool = xmalloc((size_t)n_all * sizeof *pool); // (n_layers * n_heads) untargeted heads, l * n_heads + h
+    for (int k = 0; k < n_all; k++) {
+        int taken = 0;
+        for (int i = 0; i < n_chosen; i++)
+            taken |= targeted->attn_heads[2 * i] * n_heads + targeted->attn_heads[2 * i + 1] == k;
+        if (!taken) pool[n_pool++] = k;
+    }
+    for (int i = 0; i < n_chosen; i++) {
+        int k = i + (int)rng_below(rng, (uint64_t)(n_pool - i));
+        int t = pool[i];
+        pool[i] = pool[k];
+        pool[k] = t;
+    }
+    qsort(pool, (size_t)n_chosen, sizeof *pool, cmp_int_asc);
+    out->attn_heads = xmalloc((size_t)(2 * n_chosen) * sizeof *out->attn_heads);
+    for (int i = 0; i < n_chosen; i++)
+        out->attn_heads[2 * i] = pool[i] / n_heads, out->attn_heads[2 * i + 1] = pool[i] % n_heads;
+    out->n_attn_heads = n_chosen;
+    free(pool);
 }
 
 static int same_layers(const LayerSet *a, const LayerSet *b) {
-    if (a->n_attn != b->n_attn || a->n_mlp != b->n_mlp) return 0;
+    if (a->n_attn != b->n_attn || a->n_mlp != b->n_mlp || a->n_attn_heads != b->n_attn_heads) return 0;
+    for (int i = 0; i < 2 * a->n_attn_heads; i++)
+        if (a->attn_heads[i] != b->attn_heads[i]) return 0;
     for (int i = 0; i < a->n_attn; i++)
         if (a->attn_layers[i] != b->attn_layers[i]) return 0;
     for (int i = 0; i < a->n_mlp; i++)
@@ -383,19 +436,26 @@ static int same_layers(const LayerSet *a, const LayerSet *b) {
     return 1;
 }
 
-int draw_random_layers(const LayerSet *targeted, int n_layers, long long seed, int n_draws, LayerSet *draws, Err *err) {
+int draw_random_layers(const LayerSet *targeted, int n_layers, int n_heads, long long seed, int n_draws,
+                       LayerSet *draws, Err *err) {
     int free_attn = n_layers - targeted->n_attn, free_mlp = n_layers - targeted->n_mlp;
+    int n_th = targeted->n_attn_heads, free_heads = n_layers * n_heads - n_th;
     if (free_attn < targeted->n_attn || free_mlp < targeted->n_mlp)
         return err_input(err, "cannot draw %d attention and %d MLP layers outside the targeted ones: the model has %d layers",
                          targeted->n_attn, targeted->n_mlp, n_layers);
+    if (free_heads < n_th)
+        return err_input(err, "cannot draw %d heads outside the targeted ones: the model has %d", n_th,
+                         n_layers * n_heads);
     double possible = exp(lgamma(free_attn + 1.0) - lgamma(targeted->n_attn + 1.0) - lgamma(free_attn - targeted->n_attn + 1.0) +
-                          lgamma(free_mlp + 1.0) - lgamma(targeted->n_mlp + 1.0) - lgamma(free_mlp - targeted->n_mlp + 1.0));
+                          lgamma(free_mlp + 1.0) - lgamma(targeted->n_mlp + 1.0) -
+                          lgamma(free_mlp - targeted->n_mlp + 1.0) + lgamma(free_heads + 1.0) - lgamma(n_th + 1.0) -
+                          lgamma(free_heads - n_th + 1.0));
     uint64_t base = seed_mix((uint64_t)seed, 0x5A4D0A);
     for (int d = 0; d < n_draws; d++) {
         for (int attempt = 0;; attempt++) { // a draw equal to an earlier one is drawn again, while others remain
             Rng rng;
             rng_seed(&rng, d == 0 && attempt == 0 ? base : seed_mix(base, (uint64_t)d * 1000003 + (uint64_t)attempt));
-            draw_one(targeted, n_layers, &rng, &draws[d]);
+            draw_one(targeted, n_layers, n_heads, &rng, &draws[d]);
             int repeat = 0;
             for (int e = 0; e < d && !repeat; e++) repeat = same_layers(&draws[e], &draws[d]);
             if (!repeat || d + 0.5 >= possible || attempt >= 10000) break;
@@ -429,6 +489,7 @@ int ablation_design_read(const Run *run, int n_layers, int draw, LayerSet *set, 
             if (rc == 0)
                 rc = read_int_array(&j, json_key(&j, t, "mlp_layers"), &set->mlp_layers, &set->n_mlp, n_layers, path,
                                     "mlp_layers", err);
+            if (rc == 0) rc = read_head_pairs(&j, t, set, n_layers, path, err);
         }
         json_free(&j);
     }
@@ -476,6 +537,73 @@ int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mea
         free(*mlp_mean);
         *attn_mean = *mlp_mean = NULL;
     }
+    return rc;
+}
+
+// Heads in the ablation design: the mask of a set, and each head's mean output for mean ablation.
+
+int layer_set_mask(const LayerSet *set, const ModelConfig *mc, AblationMask *mask, Err *err) {
+    int L = mc->n_layers, H = mc->n_heads;
+    memset(mask, 0, sizeof *mask);
+    for (int i = 0; i < set->n_attn_heads; i++)
+        if (set->attn_heads[2 * i + 1] >= H)
+            return err_input(err, "the ablation design names head %d.%d, but the model has %d heads per layer "
+                                  "(run ablation-scan again)", set->attn_heads[2 * i], set->attn_heads[2 * i + 1], H);
+    mask->attn = xcalloc((size_t)L, 1);
+    mask->mlp = xcalloc((size_t)L, 1);
+    for (int i = 0; i < set->n_attn; i++) mask->attn[set->attn_layers[i]] = 1;
+    for (int i = 0; i < set->n_mlp; i++) mask->mlp[set->mlp_layers[i]] = 1;
+    if (set->n_attn_heads) {
+        mask->head = xcalloc((size_t)L * H, 1);
+        for (int i = 0; i < set->n_attn_heads; i++)
+            mask->head[set->attn_heads[2 * i] * H + set->attn_heads[2 * i + 1]] = 1;
+    }
+    return 0;
+}
+
+void ablation_mask_free(AblationMask *mask) {
+    free(mask->attn);
+    free(mask->mlp);
+    free(mask->head);
+    mask->attn = mask->mlp = mask->head = NULL;
+}
+
+int head_means_read(const Run *run, const ModelConfig *mc, float **head_mean, Err *err) {
+    char path[1200];
+    run_path(run, path, sizeof path, ART_MEANS);
+    Buf text = {0};
+    Json j;
+    *head_mean = NULL;
+    if (!path_exists(path))
+        return err_input(err, "no %s in run %s: run ablation-scan with [ablation] kind = mean first", ART_MEANS,
+                         run->id);
+    if (read_file(path, &text, err)) return -1;
+    if (json_parse(&j, text.data, text.len, path, err)) {
+        buf_free(&text);
+        return -1;
+    }
+    size_t n = (size_t)mc->n_layers * mc->n_heads * mc->head_dim;
+    int t = json_key(&j, 0, "head"), rc = 0;
+    if (t < 0)
+        rc = err_input(err, "%s has no \"head\" means (written before heads were scanned): run ablation-scan again",
+                       path);
+    else if (j.tok[t].type != JSON_ARRAY || (size_t)j.tok[t].size != n)
+        rc = err_input(err, "%s:%d: \"head\" must hold %d x %d numbers for this model", path, json_line(&j, t),
+                       mc->n_layers, mc->n_heads * mc->head_dim);
+    float *v = rc ? NULL : xmalloc(n * sizeof *v);
+    if (rc == 0)
+        JSON_FOR_ARRAY(&j, t, i, e) {
+            double d;
+            if (json_number(&j, e, &d)) {
+                rc = err_input(err, "%s:%d: not a number", path, json_line(&j, e));
+                break;
+            }
+            v[i] = (float)d;
+        }
+    json_free(&j);
+    buf_free(&text);
+    if (rc) free(v);
+    else *head_mean = v;
     return rc;
 }
 
@@ -1713,7 +1841,7 @@ static int scan_write(const Config *c, const Run *run, const char *variant, cons
     for (int i = 0; i < top_k[1]; i++) targeted.mlp_layers[i] = order[1][i]->layer;
     LayerSet *draws = xcalloc((size_t)c->random_draws, sizeof *draws);
     Buf random = {0};
-    int rc = draw_random_layers(&targeted, n_layers, c->seed, c->random_draws, draws, err);
+    int rc = draw_random_layers(&targeted, n_layers, 0, c->seed, c->random_draws, draws, err);
     buf_printf(&random, "{\"kind\": \"%s\", \"draws\": [", kind);
     for (int d = 0; d < c->random_draws && rc == 0; d++) {
         buf_puts(&random, d ? ",\n  " : "\n  ");
@@ -1955,7 +2083,7 @@ int cmd_collateral_damage(int argc, char **argv) {
     Clusters cl = {0};
     LayerSet *sets = xcalloc((size_t)n_sets, sizeof *sets);
     AblationMask *masks = xcalloc((size_t)n_sets, sizeof *masks);
-    float *means[2] = {NULL, NULL}, *logits = NULL;
+    float *means[3] = {NULL, NULL, NULL}, *logits = NULL; // attention, MLP, heads
     double *nll = NULL, *tokens_kept = NULL; // (n_recs, 1 + n_sets) clean then each set; (n_recs)
     Buf csv = {0};
     char path[1200];
@@ -1963,15 +2091,18 @@ int cmd_collateral_damage(int argc, char **argv) {
     if (tokenizer_load(&tok, path, &err) || model_load(&m, c.model_path, &err)) goto out;
     loaded = 1;
     int L = m.cfg.n_layers;
+    int any_heads = 0;
     for (int s = 0; s < n_sets; s++) {
-        if (ablation_design_read(&run, L, s, &sets[s], &err)) goto out;
-        masks[s] = (AblationMask){.kind = c.ablation_kind, .attn = xcalloc((size_t)L, 1), .mlp = xcalloc((size_t)L, 1)};
-        for (int i = 0; i < sets[s].n_attn; i++) masks[s].attn[sets[s].attn_layers[i]] = 1;
-        for (int i = 0; i < sets[s].n_mlp; i++) masks[s].mlp[sets[s].mlp_layers[i]] = 1;
+        if (ablation_design_read(&run, L, s, &sets[s], &err) || layer_set_mask(&sets[s], &m.cfg, &masks[s], &err))
+            goto out;
+        masks[s].kind = c.ablation_kind;
+        any_heads |= sets[s].n_attn_heads > 0;
     }
     if (c.ablation_kind == ABLATE_MEAN) {
         if (component_means_read(&run, &m.cfg, &means[0], &means[1], &err)) goto out;
-        for (int s = 0; s < n_sets; s++) masks[s].attn_mean = means[0], masks[s].mlp_mean = means[1];
+        if (any_heads && head_means_read(&run, &m.cfg, &means[2], &err)) goto out;
+        for (int s = 0; s < n_sets; s++)
+            masks[s].attn_mean = means[0], masks[s].mlp_mean = means[1], masks[s].head_mean = means[2];
     }
     run_generation_path(&run, path, sizeof path, variant, "baseline");
     if (!path_exists(path)) {
@@ -2037,8 +2168,8 @@ int cmd_collateral_damage(int argc, char **argv) {
         if ((r + 1) % 16 == 0 || r + 1 == n_recs) progress("collateral-damage: %d/%d completions\n", r + 1, n_recs);
     }
     tokens_free(&prompt);
-    buf_puts(&csv, "run_id,variant,condition,attn_layers,mlp_layers,completions,tokens,nll_clean,nll_ablated,nll_increase,"
-                   "ci_lo,ci_hi\n");
+    buf_puts(&csv, "run_id,variant,condition,attn_layers,mlp_layers,attn_heads,completions,tokens,nll_clean,"
+                   "nll_ablated,nll_increase,ci_lo,ci_hi\n");
     double *increase = xcalloc((size_t)cl.n_clusters + 1, sizeof *increase), *kept = xcalloc((size_t)cl.n_clusters + 1, sizeof *kept);
     for (int s = 0; s < n_sets && rc == 0; s++) {
         Condition cond = {s ? COND_RANDOM : COND_TARGETED, s};
@@ -2061,6 +2192,9 @@ int cmd_collateral_damage(int argc, char **argv) {
         for (int i = 0; i < sets[s].n_attn; i++) buf_printf(&csv, "%s%d", i ? " " : "", sets[s].attn_layers[i]);
         buf_putc(&csv, ',');
         for (int i = 0; i < sets[s].n_mlp; i++) buf_printf(&csv, "%s%d", i ? " " : "", sets[s].mlp_layers[i]);
+        buf_putc(&csv, ',');
+        for (int i = 0; i < sets[s].n_attn_heads; i++) // layer.head
+            buf_printf(&csv, "%s%d.%d", i ? " " : "", sets[s].attn_heads[2 * i], sets[s].attn_heads[2 * i + 1]);
         buf_printf(&csv, ",%d,%.0f", n_recs, total_tokens);
         put_num(&csv, total_tokens > 0 ? total_clean / total_tokens : NAN);
         put_num(&csv, total_tokens > 0 ? total_ablated / total_tokens : NAN);
@@ -2076,13 +2210,13 @@ int cmd_collateral_damage(int argc, char **argv) {
 out:
     for (int s = 0; s < n_sets; s++) {
         layer_set_free(&sets[s]);
-        free(masks[s].attn);
-        free(masks[s].mlp);
+        ablation_mask_free(&masks[s]);
     }
     free(sets);
     free(masks);
     free(means[0]);
     free(means[1]);
+    free(means[2]);
     free(logits);
     free(nll);
     free(tokens_kept);

@@ -761,18 +761,30 @@ typedef struct {
     int n_attn;
     int *mlp_layers;     // (n_mlp)
     int n_mlp;
+    int *attn_heads;     // (n_attn_heads, 2) layer, head; "attn_heads" in the JSON, absent when none
+    int n_attn_heads;
 } LayerSet;
 
 int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err);
 void layer_set_free(LayerSet *s);
 void layer_set_json(Buf *b, const LayerSet *s); // {"kind": ..., "attn_layers": [...], "mlp_layers": [...]}
-// n_draws sets of as many attention and MLP layers as targeted has, none of them targeted,
-// drawn from the run seed; distinct sets while the model has that many.
-int draw_random_layers(const LayerSet *targeted, int n_layers, long long seed, int n_draws, LayerSet *draws, Err *err);
+// n_draws sets of as many attention and MLP layers (and heads, of n_heads per layer) as targeted has,
+// none of them targeted, drawn from the run seed; distinct sets while the model has that many.
+int draw_random_layers(const LayerSet *targeted, int n_layers, int n_heads, long long seed, int n_draws,
+                       LayerSet *draws, Err *err);
 // The design ablation-scan wrote: draw 0 = the targeted (selected) layers, d >= 1 = random draw d.
 int ablation_design_read(const Run *run, int n_layers, int draw, LayerSet *set, Err *err);
 // analysis/component_means.json: each component's mean output, (n_layers, hidden) each.
 int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mean, float **mlp_mean, Err *err);
+
+// Heads in the ablation design (attribution patching scores every head; a design may ablate some).
+// The mask of a set: attn, mlp (n_layers) and, when the set has heads, head (n_layers * n_heads);
+// a head the model does not have is EXIT_BAD_INPUT. kind and means are the caller's.
+int layer_set_mask(const LayerSet *set, const ModelConfig *mc, AblationMask *mask, Err *err);
+void ablation_mask_free(AblationMask *mask); // the arrays layer_set_mask allocated
+// The "head" block of component_means.json, (n_layers, n_heads * head_dim): each head's mean output
+// before o_proj. A file written before heads were scanned has none: EXIT_BAD_INPUT, run ablation-scan again.
+int head_means_read(const Run *run, const ModelConfig *mc, float **head_mean, Err *err);
 
 
 // ----------------------------------------------------------------------------

@@ -18,9 +18,11 @@ extern const TestCase tests_pipeline[];
 extern const TestCase tests_organism[];
 extern const TestCase tests_generate[];
 extern const TestCase tests_grad[];
+extern const TestCase tests_attrib[];
 
 static const TestCase *groups[] = {tests_io,       tests_config,   tests_tokenizer, tests_model,   tests_stats,
-                                   tests_svg,      tests_pipeline, tests_organism,  tests_generate, tests_grad};
+                                   tests_svg,      tests_pipeline, tests_organism,  tests_generate, tests_grad,
+                                   tests_attrib};
 
 static int current_failed, current_skipped;
 static char skip_reason[512];
