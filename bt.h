@@ -164,6 +164,9 @@ static inline double rng_normal(Rng *r) { // Box-Muller
 enum { SOURCE_GSM8K, SOURCE_BUILTIN };
 enum { ABLATE_ZERO, ABLATE_MEAN };
 enum { SCOPE_ALL, SCOPE_ONSET };
+// [ablation] method: ablate every component exactly; estimate every layer component and head from one
+// forward + backward pass per item; or estimate, then ablate the top verify_k of each kind exactly.
+enum { METHOD_EXACT, METHOD_ATTRIBUTION, METHOD_ATTRIBUTION_VERIFY };
 #define MAX_RANDOM_DRAWS 100 // [ablation] random_draws at most
 
 typedef struct {
@@ -208,6 +211,9 @@ typedef struct {
     int top_k_attn, top_k_mlp;
     int ablation_max_events;
     int random_draws;   // shape-matched random layer sets, each its own condition
+    int ablation_method; // METHOD_*
+    int verify_k;        // attribution+verify: components of each kind ablated exactly
+    int top_k_heads;     // heads selected for the ablation conditions (0 = none)
     // [hypotheses]
     double alpha, h1_min_relative_drop, h2_min_rate_ratio;
     double max_collateral_nll; // nats per token an ablation may add to the baseline text before H1 distrusts it
@@ -270,6 +276,7 @@ void progress(const char *fmt, ...) __attribute__((format(printf, 1, 2))); // st
 #define ART_SELECTED "analysis/selected_layers.json"
 #define ART_RANDOM_LAYERS "analysis/random_layers.json"
 #define ART_MEANS "analysis/component_means.json"
+#define ART_HEADS "analysis/head_importance.csv"
 #define ART_CONDITIONS "analysis/condition_comparison.csv"
 #define ART_FORMATTING "analysis/formatting_summary.csv"
 
@@ -799,8 +806,9 @@ int head_means_read(const Run *run, const ModelConfig *mc, float **head_mean, Er
 #define FIG_ABLATION "ablation_importance_by_layer.svg"
 #define FIG_RATE_BY_CONDITION "backtracking_rate_by_condition.svg"
 #define FIG_FORMATTING "formatting_effect_on_backtracking.svg"
+#define FIG_HEAD_IMPORTANCE "head_importance_by_layer.svg"
 
-enum { SVG_KEY_BAR, SVG_KEY_LINE, SVG_KEY_DASHED, SVG_KEY_RING, SVG_KEY_ERROR_BAR, SVG_KEY_BAND };
+enum { SVG_KEY_BAR, SVG_KEY_LINE, SVG_KEY_DASHED, SVG_KEY_RING, SVG_KEY_ERROR_BAR, SVG_KEY_BAND, SVG_KEY_OUTLINE };
 
 typedef struct {
     const char *name;  // legend text
@@ -876,6 +884,19 @@ int fig_rate_by_condition(const char *path, const char *const *conditions, const
 // (reasoning_bt[i] of reasoning[i]) and the share that reason (reasoning[i] of n[i]).
 int fig_formatting_effect(const char *path, const char *const *variants, const long long *reasoning_bt,
                           const long long *reasoning, const long long *n, int n_variants, const char *note, Err *err);
+
+// Heatmaps (report.c), for the heads of attribution patching.
+// A grid of n_rows x n_cols cells, row 0 at the top: value (n_rows, n_cols) on a diverging scale from
+// -limit (blue) through white (0) to +limit (red), NaN grey; marked cells (or NULL) outlined, ringed
+// cells (or NULL) carry a small ring; values printed in the cells when they fit. Draws its row and
+// column labels and, right of the grid, the colour scale: call it instead of an axes call.
+void svg_heatmap(Svg *s, int n_rows, int n_cols, const double *value, double limit, const unsigned char *marked,
+                 const unsigned char *ringed, const char *row_label, const char *col_label, const char *scale_label);
+// Head importance: effect (n_layers, n_heads) is the mean drop in log p(onset) over n_events events when
+// one head is ablated, exact where exact (n_layers, n_heads) is 1, else the attribution estimate;
+// selected (n_layers, n_heads) marks the heads the targeted condition ablates. exact, selected may be NULL.
+int fig_head_importance(const char *path, int n_layers, int n_heads, const double *effect, const unsigned char *exact,
+                        const unsigned char *selected, int n_events, const char *note, Err *err);
 
 // ----------------------------------------------------------------------------
 // Organism (organism.c): the embedded planted-mechanism model. A Qwen2 directory
