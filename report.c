@@ -945,7 +945,7 @@ static int draw_summary_figures(FigureOut *f, Err *err) {
     long long *v_k = xcalloc((size_t)n + 1, sizeof *v_k), *v_n = xcalloc((size_t)n + 1, sizeof *v_n); // (n) per variant
     long long *c_bt = xcalloc((size_t)n + 1, sizeof *c_bt), *n_bt = xcalloc((size_t)n + 1, sizeof *n_bt); // (n) per group
     long long *c_nobt = xcalloc((size_t)n + 1, sizeof *c_nobt), *n_nobt = xcalloc((size_t)n + 1, sizeof *n_nobt);
-    for (int v = 0; rc == 0 && v < f->c->n_variants; v++) // baseline rate per configured variant that was generated
+    for (int v = 0; rc == 0 && groups >= 0 && v < f->c->n_variants; v++) // baseline rate per configured variant
         JSON_FOR_ARRAY(&j, groups, g, t) {
             long long k, total;
             if (json_eq(&j, json_key(&j, t, "variant"), f->c->variants[v]) && json_eq(&j, json_key(&j, t, "condition"), "baseline") &&
@@ -955,21 +955,23 @@ static int draw_summary_figures(FigureOut *f, Err *err) {
             }
             (void)g;
         }
-    JSON_FOR_ARRAY(&j, groups, g, t) { // accuracy per variant / condition, in the order the groups were read
-        long long total, with_bt, correct, correct_bt;
-        char *variant = json_strdup(&j, json_key(&j, t, "variant")), *condition = json_strdup(&j, json_key(&j, t, "condition"));
-        if (rc == 0 && (!variant || !condition || json_int(&j, json_key(&j, t, "completions"), &total) ||
-                        json_int(&j, json_key(&j, t, "with_backtracking"), &with_bt) || json_int(&j, json_key(&j, t, "correct"), &correct) ||
-                        json_int(&j, json_key(&j, t, "correct_with_backtracking"), &correct_bt)))
-            rc = err_input(err, "%s:%d: group %d lacks a count (run detect-events again)", path, json_line(&j, t), g);
-        if (rc == 0) {
-            Buf label = {0};
-            buf_printf(&label, "%s / %s", variant, condition);
-            labels[g] = label.data;
-            c_bt[g] = correct_bt, n_bt[g] = with_bt, c_nobt[g] = correct - correct_bt, n_nobt[g] = total - with_bt;
+    if (rc == 0 && groups >= 0) { // no summary (detect-events has not run): no groups to walk
+        JSON_FOR_ARRAY(&j, groups, g, t) { // accuracy per variant / condition, in the order the groups were read
+            long long total, with_bt, correct, correct_bt;
+            char *variant = json_strdup(&j, json_key(&j, t, "variant")), *condition = json_strdup(&j, json_key(&j, t, "condition"));
+            if (rc == 0 && (!variant || !condition || json_int(&j, json_key(&j, t, "completions"), &total) ||
+                            json_int(&j, json_key(&j, t, "with_backtracking"), &with_bt) || json_int(&j, json_key(&j, t, "correct"), &correct) ||
+                            json_int(&j, json_key(&j, t, "correct_with_backtracking"), &correct_bt)))
+                rc = err_input(err, "%s:%d: group %d lacks a count (run detect-events again)", path, json_line(&j, t), g);
+            if (rc == 0) {
+                Buf label = {0};
+                buf_printf(&label, "%s / %s", variant, condition);
+                labels[g] = label.data;
+                c_bt[g] = correct_bt, n_bt[g] = with_bt, c_nobt[g] = correct - correct_bt, n_nobt[g] = total - with_bt;
+            }
+            free(variant);
+            free(condition);
         }
-        free(variant);
-        free(condition);
     }
     if (!have) snprintf(note, sizeof note, "run %s; detect-events has not run", f->run->id);
     else snprintf(note, sizeof note, "run %s; baseline completions; error bars: Wilson 95%% CI", f->run->id);
