@@ -8,7 +8,7 @@ OPENMP := $(shell printf 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o 
 ALL_CFLAGS = $(CFLAGS) $(WARN) $(OPENMP) $(EXTRA_CFLAGS)
 LDLIBS = -lm
 
-SRC = bt.c io.c tokenizer.c model.c generate.c analysis.c report.c organism.c bench.c
+SRC = bt.c io.c tokenizer.c model.c generate.c analysis.c capture.c report.c organism.c bench.c
 TEST_SRC = $(wildcard tests/test_*.c) tests/unit.c
 OBJ = $(SRC:%.c=$(BUILD)/%.o)
 # The unit tests link every module but bt.c's main.
@@ -34,19 +34,44 @@ $(BUILD)/bt_lib.o: bt.c bt.h | $(BUILD)
 $(BUILD)/unit: $(LIB_OBJ) $(TEST_SRC) tests/test.h bt.h
 	$(CC) $(ALL_CFLAGS) -o $@ $(TEST_SRC) $(LIB_OBJ) $(LDLIBS)
 
+# The fuzz targets (tests/fuzz/fuzz_NAME.c) linked with a driver that replays saved inputs.
+FUZZ_TARGET_SRC = $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_NAMES = $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_TARGET_SRC))
+$(BUILD)/fuzz_replay: $(LIB_OBJ) $(FUZZ_TARGET_SRC) tests/fuzz/replay.c tests/fuzz/common.c tests/fuzz/seeds.c tests/fuzz/fuzz.h bt.h
+	$(CC) $(ALL_CFLAGS) -o $@ tests/fuzz/replay.c tests/fuzz/common.c tests/fuzz/seeds.c $(FUZZ_TARGET_SRC) $(LIB_OBJ) $(LDLIBS)
+
+# libFuzzer targets, one per parser (built by make fuzz with clang into build/fuzz).
+$(BUILD)/fuzz-%: tests/fuzz/fuzz_%.c tests/fuzz/common.c tests/fuzz/fuzz.h $(LIB_OBJ)
+	$(CC) $(ALL_CFLAGS) $(FUZZ_LINK) -DFUZZ_LIBFUZZER -o $@ $< tests/fuzz/common.c $(LIB_OBJ) $(LDLIBS)
+
 $(BUILD):
 	mkdir -p $(BUILD)
 
 # make test: unit tests and command-line tests; ends with "N passed, N failed".
-test: bt $(BUILD)/unit
-	BT=$(BT) UNIT=$(UNIT) sh tests/run.sh
+test: bt $(BUILD)/unit $(BUILD)/fuzz_replay
+	BT=$(BT) UNIT=$(UNIT) FUZZ_REPLAY=$(BUILD)/fuzz_replay sh tests/run.sh
 
 # The same suite under AddressSanitizer and UndefinedBehaviorSanitizer.
 test-san:
-	$(MAKE) BUILD=build/san CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" build/san/bt build/san/unit
-	BT=build/san/bt UNIT=build/san/unit BT_SANITIZED=1 sh tests/run.sh
+	$(MAKE) BUILD=build/san CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" build/san/bt build/san/unit build/san/fuzz_replay
+	BT=build/san/bt UNIT=build/san/unit FUZZ_REPLAY=build/san/fuzz_replay BT_SANITIZED=1 sh tests/run.sh
+
+# The unit tests and a small bt run under valgrind memcheck: no errors, no definite leaks (minutes).
+test-valgrind: bt $(BUILD)/unit
+	BT=$(BT) UNIT=$(UNIT) sh tests/valgrind.sh
+
+# make fuzz: every fuzz target for FUZZ_SECONDS each (clang + libFuzzer; skipped with a
+# message without them); crashes land in tests/fuzz/crashes/<target>/. FUZZ_TARGETS picks some.
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_SAN = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+fuzz: bt $(BUILD)/fuzz_replay
+	FUZZ_CC=$(FUZZ_CC) FUZZ_SECONDS=$(FUZZ_SECONDS) BT=$(BT) FUZZ_REPLAY=$(BUILD)/fuzz_replay sh tests/fuzz/run.sh
+fuzz-targets:
+	$(MAKE) BUILD=build/fuzz CC=$(FUZZ_CC) OPENMP= CFLAGS="-O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link" \
+		FUZZ_LINK=-fsanitize=fuzzer $(addprefix build/fuzz/fuzz-,$(FUZZ_NAMES))
 
 clean:
 	rm -rf build bt
 
-.PHONY: all test test-san clean
+.PHONY: all test test-san test-valgrind fuzz fuzz-targets clean

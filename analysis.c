@@ -2,6 +2,7 @@
 // scan, the condition comparison and the formatting sweep.
 #include "bt.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -297,6 +298,113 @@ double normal_quantile(double q) {
 }
 
 // ----------------------------------------------------------------------------
+// Statistics for steering: how well a projection separates two sets (AUROC, with a bootstrap
+// over completions), and a trend of a rate over a dose (Cochran-Armitage).
+
+typedef struct {
+    double score;
+    int index; // into the caller's arrays
+} Scored;
+
+static int cmp_scored(const void *a, const void *b) {
+    const Scored *x = a, *y = b;
+    if (x->score != y->score) return x->score < y->score ? -1 : 1;
+    return x->index - y->index;
+}
+
+// AUROC over scores already in ascending order: groups of equal scores count half.
+static double auroc_sorted(const Scored *order, int n, const unsigned char *is_pos, const double *weight) {
+    double u = 0, neg_below = 0, w_pos = 0, w_neg = 0;
+    for (int i = 0; i < n;) {
+        double pos_g = 0, neg_g = 0;
+        int j = i;
+        for (; j < n && order[j].score == order[i].score; j++) {
+            double w = weight ? weight[order[j].index] : 1;
+            if (is_pos[order[j].index]) pos_g += w;
+            else neg_g += w;
+        }
+        u += pos_g * (neg_below + 0.5 * neg_g);
+        neg_below += neg_g;
+        w_pos += pos_g;
+        w_neg += neg_g;
+        i = j;
+    }
+    return w_pos > 0 && w_neg > 0 ? u / (w_pos * w_neg) : NAN;
+}
+
+static Scored *scored_sort(const double *score, int n) {
+    Scored *order = xmalloc((size_t)(n + 1) * sizeof *order);
+    for (int i = 0; i < n; i++) order[i] = (Scored){score[i], i};
+    qsort(order, (size_t)n, sizeof *order, cmp_scored);
+    return order;
+}
+
+double auroc(const double *score, const unsigned char *is_pos, const double *weight, int n) {
+    Scored *order = scored_sort(score, n);
+    double a = auroc_sorted(order, n, is_pos, weight);
+    free(order);
+    return a;
+}
+
+Interval auroc_cluster_bootstrap95(const double *score, const unsigned char *is_pos, const int *cluster, int n,
+                                   int n_clusters, int n_resamples, uint64_t seed) {
+    Interval r = {NAN, NAN, NAN};
+    if (n <= 0 || n_clusters <= 0) return r;
+    Scored *order = scored_sort(score, n);
+    r.est = auroc_sorted(order, n, is_pos, NULL);
+    double *draws = xmalloc((size_t)n_clusters * sizeof *draws), *weight = xmalloc((size_t)n * sizeof *weight);
+    double *stat = xmalloc((size_t)(n_resamples + 1) * sizeof *stat);
+    Rng rng;
+    rng_seed(&rng, seed);
+    for (int b = 0; b < n_resamples; b++) {
+        for (int k = 0; k < n_clusters; k++) draws[k] = 0;
+        for (int k = 0; k < n_clusters; k++) draws[rng_below(&rng, (uint64_t)n_clusters)] += 1;
+        for (int i = 0; i < n; i++) weight[i] = draws[cluster[i]];
+        stat[b] = auroc_sorted(order, n, is_pos, weight);
+    }
+    qsort(stat, (size_t)n_resamples, sizeof *stat, cmp_double_nan_last);
+    int finite = 0;
+    while (finite < n_resamples && stat[finite] == stat[finite]) finite++;
+    if (finite > 0 && r.est == r.est) {
+        r.lo = sorted_quantile(stat, finite, 0.025);
+        r.hi = sorted_quantile(stat, finite, 0.975);
+    }
+    free(order);
+    free(draws);
+    free(weight);
+    free(stat);
+    return r;
+}
+
+Trend cochran_armitage(const double *x, const long long *k, const long long *n, int m) {
+    Trend t = {NAN, NAN, NAN, NAN, NAN};
+    double total = 0, hits = 0, x_mean = 0;
+    for (int i = 0; i < m; i++) total += (double)n[i], hits += (double)k[i], x_mean += (double)n[i] * x[i];
+    if (total <= 0) return t;
+    x_mean /= total;
+    double p_bar = hits / total, sxx = 0, sxy = 0, var_unpooled = 0;
+    for (int i = 0; i < m; i++) {
+        if (n[i] <= 0) continue;
+        double dx = x[i] - x_mean, p = (double)k[i] / (double)n[i];
+        sxx += (double)n[i] * dx * dx;
+        sxy += dx * ((double)k[i] - (double)n[i] * p_bar);
+        var_unpooled += dx * dx * (double)n[i] * p * (1 - p);
+    }
+    if (!(sxx > 0)) return t;
+    t.slope = sxy / sxx;
+    double se = sqrt(var_unpooled) / sxx;
+    if (se > 0) { // every rate 0 or 1 leaves the Wald interval undefined, not exact
+        t.lo = t.slope - Z95 * se;
+        t.hi = t.slope + Z95 * se;
+    }
+    if (p_bar > 0 && p_bar < 1) {
+        t.z = t.slope / sqrt(p_bar * (1 - p_bar) / sxx);
+        t.p = erfc(fabs(t.z) / sqrt(2.0));
+    }
+    return t;
+}
+
+// ----------------------------------------------------------------------------
 // Ablation design: which layers a condition removes. ablation-scan writes the selected
 // layers (and, for mean ablation, each component's mean output); the random control is
 // drawn from the run seed; generation reads them back.
@@ -367,7 +475,10 @@ int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err) {
     if (read_file(path, &text, err)) return -1;
     int rc = json_parse(&j, text.data, text.len, path, err);
     if (rc == 0) {
-        rc = read_int_array(&j, json_key(&j, 0, "attn_layers"), &s->attn_layers, &s->n_attn, n_layers, path, "attn_layers", err);
+        rc = json_unique_keys(&j, 0, err);
+        if (rc == 0)
+            rc = read_int_array(&j, json_key(&j, 0, "attn_layers"), &s->attn_layers, &s->n_attn, n_layers, path, "attn_layers",
+                                err);
         if (rc == 0) rc = read_int_array(&j, json_key(&j, 0, "mlp_layers"), &s->mlp_layers, &s->n_mlp, n_layers, path, "mlp_layers", err);
         if (rc == 0) rc = read_head_pairs(&j, 0, s, n_layers, path, err);
         json_free(&j);
@@ -478,13 +589,16 @@ int ablation_design_read(const Run *run, int n_layers, int draw, LayerSet *set, 
     int rc = json_parse(&j, text.data, text.len, path, err);
     if (rc == 0) {
         int draws = json_key(&j, 0, "draws");
-        if (draws < 0 || j.tok[draws].type != JSON_ARRAY)
+        rc = json_unique_keys(&j, 0, err);
+        if (rc == 0 && (draws < 0 || j.tok[draws].type != JSON_ARRAY))
             rc = err_input(err, "%s: no \"draws\" array (written by another version? run ablation-scan again)", path);
-        else if (draw > j.tok[draws].size)
+        else if (rc == 0 && draw > j.tok[draws].size)
             rc = err_input(err, "%s holds %d random draws, not %d: run ablation-scan again", path, j.tok[draws].size, draw);
-        JSON_FOR_ARRAY(&j, draws, i, t) {
+        if (rc == 0) JSON_FOR_ARRAY(&j, draws, i, t) {
             if (rc || i != draw - 1) continue;
-            rc = read_int_array(&j, json_key(&j, t, "attn_layers"), &set->attn_layers, &set->n_attn, n_layers, path,
+            rc = json_unique_keys(&j, t, err);
+            if (rc == 0)
+                rc = read_int_array(&j, json_key(&j, t, "attn_layers"), &set->attn_layers, &set->n_attn, n_layers, path,
                                 "attn_layers", err);
             if (rc == 0)
                 rc = read_int_array(&j, json_key(&j, t, "mlp_layers"), &set->mlp_layers, &set->n_mlp, n_layers, path,
@@ -512,7 +626,7 @@ int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mea
         buf_free(&text);
         return -1;
     }
-    int rc = 0;
+    int rc = json_unique_keys(&j, 0, err);
     size_t n = (size_t)mc->n_layers * (size_t)mc->hidden_size;
     const char *keys[2] = {"attn", "mlp"};
     float **outs[2] = {attn_mean, mlp_mean};
@@ -525,7 +639,10 @@ int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mea
         float *v = xmalloc(n * sizeof *v);
         JSON_FOR_ARRAY(&j, t, i, e) {
             double d;
-            if (json_number(&j, e, &d)) { rc = err_input(err, "%s:%d: not a number", path, json_line(&j, e)); break; }
+            if (json_number(&j, e, &d) || !isfinite((float)d)) { // a mean replaces activations: inf or NaN would spread
+                rc = err_input(err, "%s:%d: \"%s\"[%d] is not a finite number", path, json_line(&j, e), keys[part], i);
+                break;
+            }
             v[i] = (float)d;
         }
         *outs[part] = v;
@@ -966,9 +1083,7 @@ static int completions_load(const Run *run, const char *key_col, const char *key
         }
         CompletionGroup *grp = &(*groups)[g];
         long long v[8];
-        for (int k = 1; k < 8 && rc == 0; k++)
-            if (csv_cell_int(&t, r, col[k], 0, 1LL << 30, &v[k]))
-                rc = err_input(err, "%s:%d: column '%s' holds '%s', not a count", path, r + 2, cols[k], csv_cell(&t, r, col[k]));
+        for (int k = 1; k < 8 && rc == 0; k++) rc = csv_int(&t, r, col[k], 0, 1LL << 30, &v[k], err);
         if (rc) break;
         grp->c = xrealloc(grp->c, (size_t)(grp->n + 1) * sizeof *grp->c);
         grp->c[grp->n++] = (Completion){cluster_of(cl, csv_cell(&t, r, col[0])), (int)v[1], (int)v[2], (int)v[3], (int)v[4],
@@ -1132,7 +1247,14 @@ static Interval collateral_of(const Csv *t, int have, const char *condition) {
     int cc = have ? csv_col(t, "condition") : -1, e = csv_col(t, "nll_increase"), lo = csv_col(t, "ci_lo"), hi = csv_col(t, "ci_hi");
     for (int row = 0; cc >= 0 && e >= 0 && lo >= 0 && hi >= 0 && row < t->n_rows; row++)
         if (strcmp(csv_cell(t, row, cc), condition) == 0) {
-            r.est = atof(csv_cell(t, row, e)), r.lo = atof(csv_cell(t, row, lo)), r.hi = atof(csv_cell(t, row, hi));
+            double *out[3] = {&r.est, &r.lo, &r.hi};
+            int cols[3] = {e, lo, hi};
+            for (int k = 0; k < 3; k++) { // "nan" where the interval is undefined; anything unreadable is NaN too
+                char *end;
+                const char *cell = csv_cell(t, row, cols[k]);
+                double v = strtod(cell, &end);
+                *out[k] = *cell && !*end ? v : NAN;
+            }
         }
     return r;
 }
@@ -1513,14 +1635,17 @@ static int items_load(const Config *c, const Run *run, const Tokenizer *tok, con
         n_rows = max_events;
         qsort(rows, (size_t)n_rows, sizeof *rows, cmp_int_asc);
     }
-    int n_chosen = n_rows, *chosen_ids = xmalloc((size_t)(n_chosen + 1) * sizeof *chosen_ids);
-    for (int i = 0; i < n_chosen; i++) chosen_ids[i] = atoi(csv_cell(&csv, rows[i], col[1]));
+    int n_chosen = n_rows, rc = 0;
+    long long *chosen_ids = xmalloc((size_t)(n_chosen + 1) * sizeof *chosen_ids);
+    for (int i = 0; i < n_chosen && rc == 0; i++) rc = csv_int(&csv, rows[i], col[1], 0, INT_MAX, &chosen_ids[i], err);
     // Controls of the chosen events follow the events.
-    for (int r = 0; r < csv.n_rows; r++) {
+    for (int r = 0; r < csv.n_rows && rc == 0; r++) {
         if (strcmp(csv_cell(&csv, r, col[0]), "control") != 0 || strcmp(csv_cell(&csv, r, col[2]), variant) != 0 ||
             strcmp(csv_cell(&csv, r, col[3]), "baseline") != 0)
             continue;
-        int id = atoi(csv_cell(&csv, r, col[1])), keep = 0;
+        long long id;
+        int keep = 0;
+        if ((rc = csv_int(&csv, r, col[1], 0, INT_MAX, &id, err))) break;
         for (int i = 0; i < n_chosen && !keep; i++) keep = chosen_ids[i] == id;
         if (keep) {
             rows = xrealloc(rows, (size_t)(n_rows + 1) * sizeof *rows);
@@ -1529,24 +1654,31 @@ static int items_load(const Config *c, const Run *run, const Tokenizer *tok, con
     }
     free(chosen_ids);
     it->items = xcalloc((size_t)(n_rows + 1), sizeof *it->items);
-    int rc = 0;
     for (int i = 0; i < n_rows && rc == 0; i++) {
         int r = rows[i];
         Item *x = &it->items[it->n_items];
+        long long event_id, pred_pos, onset, sample, prompt_tokens;
+        if (csv_int(&csv, r, col[1], 0, INT_MAX, &event_id, err) || csv_int(&csv, r, col[6], 0, INT_MAX - 1, &pred_pos, err) ||
+            csv_int(&csv, r, col[7], 0, tokenizer_vocab_size(tok) - 1, &onset, err) ||
+            csv_int(&csv, r, col[5], 0, INT_MAX, &sample, err) || csv_int(&csv, r, col[8], 1, INT_MAX, &prompt_tokens, err)) {
+            rc = -1;
+            break;
+        }
         x->is_control = strcmp(csv_cell(&csv, r, col[0]), "control") == 0;
-        x->event_id = atoi(csv_cell(&csv, r, col[1]));
-        x->pred_pos = atoi(csv_cell(&csv, r, col[6]));
-        x->onset_token_id = atoi(csv_cell(&csv, r, col[7]));
-        x->record = find_record(it, csv_cell(&csv, r, col[4]), atoi(csv_cell(&csv, r, col[5])));
+        x->event_id = (int)event_id;
+        x->pred_pos = (int)pred_pos;
+        x->onset_token_id = (int)onset;
+        x->record = find_record(it, csv_cell(&csv, r, col[4]), (int)sample);
         if (x->record < 0) {
-            rc = err_input(err, "%s: problem %s sample %s of the events is not among the generations of %s", ART_EVENTS,
-                           csv_cell(&csv, r, col[4]), csv_cell(&csv, r, col[5]), variant);
+            rc = err_input(err, "%s:%d: problem %s sample %s of the events is not among the generations of %s",
+                           csv.path, csv.row_line[r + 1], csv_cell(&csv, r, col[4]), csv_cell(&csv, r, col[5]), variant);
             break;
         }
         const GenRecord *rec = &it->records[x->record];
         int k = x->pred_pos - rec->prompt_tokens + 1;
-        if (atoi(csv_cell(&csv, r, col[8])) != rec->prompt_tokens || k < 0 || k > rec->n_completion) {
-            rc = err_input(err, "%s: event %d does not fit its completion (run detect-events again)", ART_EVENTS, x->event_id);
+        if (prompt_tokens != rec->prompt_tokens || k < 0 || k > rec->n_completion) {
+            rc = err_input(err, "%s:%d: event %d does not fit its completion (run detect-events again)", csv.path,
+                           csv.row_line[r + 1], x->event_id);
             break;
         }
         if (!x->is_control) it->n_events++;
@@ -1619,8 +1751,7 @@ static int item_read_index(const Items *it, int i) {
     return g + it->items[i].read;
 }
 
-#define ANALYSIS_MAX_ROWS 512 // rows per forward call in teacher-forced passes
-#define ANALYSIS_CAPTURE_BYTES ((size_t)1 << 30) // scope-all scan: clean residuals kept per group of completions
+// ANALYSIS_MAX_ROWS and ANALYSIS_CAPTURE_BYTES (bt.h): the passes' shape, which bt plan sizes too.
 
 // What a teacher-forcing stage works on: the config's model and tokenizer, the items
 // of one variant, and a Forcer with a slot per completion, up to batch_size of them.
@@ -1639,6 +1770,10 @@ static int analysis_open(const Config *c, const Run *run, const char *variant, i
     if (tokenizer_load(&a->tok, path, err) || model_load(&a->m, c->model_path, err)) return -1;
     a->model_loaded = 1;
     if (items_load(c, run, a->tok, variant, max_events, &a->it, err)) return -1;
+    for (int i = 0; i < a->it.n_items; i++) // the analyses read logits at the onset id
+        if (a->it.items[i].onset_token_id >= a->m.cfg.vocab_size)
+            return err_input(err, "%s: onset token id %d is outside the model's vocabulary of %d", ART_EVENTS,
+                             a->it.items[i].onset_token_id, a->m.cfg.vocab_size);
     int n_slots = a->it.n_seqs < c->batch_size ? a->it.n_seqs : c->batch_size;
     return forcer_init(&a->f, &a->m, n_slots < 1 ? 1 : n_slots, items_max_tokens(&a->it), ANALYSIS_MAX_ROWS, err);
 }
@@ -1648,6 +1783,65 @@ static void analysis_close(Analysis *a) {
     items_free(&a->it);
     if (a->tok) tokenizer_free(a->tok);
     if (a->model_loaded) model_free(&a->m);
+}
+
+// ----------------------------------------------------------------------------
+// Logit lens window: the onset token's log-prob by layer at the LENS_WINDOW positions up to
+// each item's pred_pos (analysis/logit_lens_window.csv, the event browser's heatmaps), read in
+// the logit lens's own pass.
+
+#define LENS_WINDOW 4 // positions pred_pos - 3 .. pred_pos
+
+// Adds the window's positions to every sequence's reads (kept increasing) and renumbers the items' reads.
+static void lens_window_reads(Items *it) {
+    for (int i = 0; i < it->n_items; i++) {
+        ForcedSeq *q = &it->seqs[it->items[i].seq];
+        for (int w = 1; w < LENS_WINDOW; w++) {
+            int p = it->items[i].pred_pos - w, r = 0;
+            while (r < q->n_read && q->read_pos[r] != p) r++;
+            if (p < 0 || r < q->n_read) continue;
+            q->read_pos = xrealloc(q->read_pos, (size_t)(q->n_read + 1) * sizeof *q->read_pos);
+            q->read_pos[q->n_read++] = p;
+        }
+    }
+    for (int s = 0; s < it->n_seqs; s++) qsort(it->seqs[s].read_pos, (size_t)it->seqs[s].n_read, sizeof(int), cmp_int_asc);
+    for (int i = 0; i < it->n_items; i++) {
+        const ForcedSeq *q = &it->seqs[it->items[i].seq];
+        int r = 0;
+        while (q->read_pos[r] != it->items[i].pred_pos) r++;
+        it->items[i].read = r;
+    }
+}
+
+// Rows of logit_lens_window.csv from resid (n_reads, n_layers + 1, hidden) of the lens pass.
+static void lens_window_csv(const Analysis *a, const Run *run, const char *variant, const float *resid, Buf *csv) {
+    int L = a->m.cfg.n_layers, D = a->m.cfg.hidden_size, V = a->m.cfg.vocab_size;
+    float *logits = xmalloc((size_t)(L + 1) * V * sizeof *logits); // (n_layers + 1, vocab)
+    buf_puts(csv, "run_id,kind,event_id,variant,problem_id,sample,pred_pos,offset,pos,onset_token_id,layer,logit,logprob,rank\n");
+    for (int i = 0; i < a->it.n_items; i++) {
+        const Item *x = &a->it.items[i];
+        const GenRecord *rec = &a->it.records[x->record];
+        const ForcedSeq *q = &a->it.seqs[x->seq];
+        int base = item_read_index(&a->it, i) - x->read;
+        for (int w = LENS_WINDOW - 1; w >= 0; w--) {
+            int p = x->pred_pos - w, r = 0;
+            if (p < 0) continue;
+            while (q->read_pos[r] != p) r++;
+            model_final_logits_rows(&a->m, resid + (size_t)(base + r) * (L + 1) * D, L + 1, (size_t)D, logits);
+            for (int l = 0; l <= L; l++) {
+                int rank;
+                const float *lg = logits + (size_t)l * V;
+                double lp = log_prob(lg, V, x->onset_token_id, &rank);
+                buf_printf(csv, "%s,%s,%d,", run->id, x->is_control ? "control" : "event", x->event_id);
+                buf_csv_field(csv, variant, strlen(variant));
+                buf_putc(csv, ',');
+                buf_csv_field(csv, rec->problem_id, strlen(rec->problem_id));
+                buf_printf(csv, ",%d,%d,%d,%d,%d,%d,%.6f,%.6f,%d\n", rec->sample, x->pred_pos, -w, p, x->onset_token_id, l,
+                           lg[x->onset_token_id], lp, rank);
+            }
+        }
+    }
+    free(logits);
 }
 
 // ----------------------------------------------------------------------------
@@ -1668,14 +1862,19 @@ int cmd_logit_lens(int argc, char **argv) {
     Buf csv = {0};
     if (analysis_open(&c, &run, variant, c.lens_max_events, &a, &err)) goto out;
     int n_layers = a.m.cfg.n_layers, hidden = a.m.cfg.hidden_size, vocab = a.m.cfg.vocab_size, n_slots = a.f.n_slots;
+    lens_window_reads(&a.it);
     int n_reads = items_total_reads(&a.it);
     resid = xmalloc((size_t)(n_reads + 1) * (n_layers + 1) * hidden * sizeof *resid);
+    ProgressClock pc;
+    progress_start(&pc);
+    double forced = 0, to_force = 0;
+    for (int s = 0; s < a.it.n_seqs; s++) to_force += a.it.seqs[s].n_tokens;
     for (int s0 = 0, base = 0; s0 < a.it.n_seqs; s0 += n_slots) {
         int n = a.it.n_seqs - s0 < n_slots ? a.it.n_seqs - s0 : n_slots;
         PassOut out = {.resid = resid + (size_t)base * (n_layers + 1) * hidden};
         if (force_group(&a.f, a.it.seqs + s0, n, &out, &err)) goto out;
-        for (int i = 0; i < n; i++) base += a.it.seqs[s0 + i].n_read;
-        progress("logit-lens: %d/%d completions\n", s0 + n, a.it.n_seqs);
+        for (int i = 0; i < n; i++) base += a.it.seqs[s0 + i].n_read, forced += a.it.seqs[s0 + i].n_tokens;
+        progress_eta(&pc, "logit-lens", s0 + n, a.it.n_seqs, "completions", forced, forced, to_force);
     }
     buf_puts(&csv, "run_id,kind,event_id,variant,problem_id,sample,pred_pos,onset_token_id,layer,logit,logprob,rank\n");
     logits = xmalloc((size_t)vocab * sizeof *logits);
@@ -1696,6 +1895,10 @@ int cmd_logit_lens(int argc, char **argv) {
     }
     char path[1200];
     run_path(&run, path, sizeof path, ART_LOGIT_LENS);
+    if (write_file_atomic(path, csv.data, csv.len, &err)) goto out;
+    csv.len = 0;
+    lens_window_csv(&a, &run, variant, resid, &csv);
+    run_path(&run, path, sizeof path, ART_LOGIT_LENS_WINDOW);
     if (write_file_atomic(path, csv.data, csv.len, &err)) goto out;
     printf("logit-lens: %d events, %d controls, %d layers\n", a.it.n_events, a.it.n_items - a.it.n_events, n_layers + 1);
 out:
@@ -2103,6 +2306,10 @@ int cmd_ablation_scan(int argc, char **argv) {
     const AblationMask **row_mask = xmalloc((size_t)max_replay * sizeof *row_mask);
     int *layer_k = xmalloc((size_t)(2 + n_heads) * sizeof *layer_k); // (2 + n_heads) the exact components of one layer
     int rc = 0;
+    ProgressClock pc;
+    progress_start(&pc);
+    double scanned = 0, to_scan = 0;
+    for (int s = 0; s < a.it.n_seqs; s++) to_scan += a.it.seqs[s].n_tokens;
     for (int s0 = 0, n, base = 0, group_reads, positions; s0 < a.it.n_seqs && rc == 0 && n_exact > 0;
          s0 += n, base += group_reads) {
         n = scan_group(&a.it, s0, n_slots, max_positions, &group_reads, &positions);
@@ -2159,7 +2366,8 @@ int cmd_ablation_scan(int argc, char **argv) {
                 }
             }
         }
-        progress("ablation-scan: %d/%d completions\n", s0 + n, a.it.n_seqs);
+        scanned += positions;
+        progress_eta(&pc, "ablation-scan", s0 + n, a.it.n_seqs, "completions", scanned, scanned, to_scan);
     }
     free(row_slot); free(row_pos); free(row_out); free(row_read); free(row_k); free(row_mask); free(replay_logits);
     free(layer_k);
@@ -2311,14 +2519,11 @@ int cmd_collateral_damage(int argc, char **argv) {
         for (int e = 0; e < events.n_rows; e++) {
             long long k, sample;
             if (strcmp(csv_cell(&events, e, kc), "event") || strcmp(csv_cell(&events, e, vc), variant) ||
-                strcmp(csv_cell(&events, e, cc), "baseline") || strcmp(csv_cell(&events, e, pc), rec->problem_id) ||
-                csv_cell_int(&events, e, sc, 0, INT32_MAX, &sample) || sample != rec->sample)
+                strcmp(csv_cell(&events, e, cc), "baseline") || strcmp(csv_cell(&events, e, pc), rec->problem_id))
                 continue;
-            if (csv_cell_int(&events, e, oc, 0, rec->n_completion - 1, &k)) {
-                rc = err_input(&err, "%s:%d: token_offset '%s' does not fit its completion (run detect-events again)", path,
-                               e + 2, csv_cell(&events, e, oc));
-                break;
-            }
+            if ((rc = csv_int(&events, e, sc, 0, INT32_MAX, &sample, &err))) break;
+            if (sample != rec->sample) continue;
+            if ((rc = csv_int(&events, e, oc, 0, rec->n_completion - 1, &k, &err))) break;
             onset[k] = 1;
         }
         for (int k = 0; k < rec->n_completion; k++) tokens_kept[r] += !onset[k];
@@ -2350,14 +2555,14 @@ int cmd_collateral_damage(int argc, char **argv) {
                                           seed_mix(seed_mix((uint64_t)c.seed, 0xC011A7), (uint64_t)s), 0, NULL);
         buf_printf(&csv, "%s,", run.id);
         buf_csv_field(&csv, variant, strlen(variant));
-        buf_printf(&csv, ",%s,", name);
+        buf_printf(&csv, ",%s,[", name); // "[1 2]": a list, read as text whatever its length
         for (int i = 0; i < sets[s].n_attn; i++) buf_printf(&csv, "%s%d", i ? " " : "", sets[s].attn_layers[i]);
-        buf_putc(&csv, ',');
+        buf_puts(&csv, "],[");
         for (int i = 0; i < sets[s].n_mlp; i++) buf_printf(&csv, "%s%d", i ? " " : "", sets[s].mlp_layers[i]);
-        buf_putc(&csv, ',');
+        buf_puts(&csv, "],[");
         for (int i = 0; i < sets[s].n_attn_heads; i++) // layer.head
             buf_printf(&csv, "%s%d.%d", i ? " " : "", sets[s].attn_heads[2 * i], sets[s].attn_heads[2 * i + 1]);
-        buf_printf(&csv, ",%d,%.0f", n_recs, total_tokens);
+        buf_printf(&csv, "],%d,%.0f", n_recs, total_tokens);
         put_num(&csv, total_tokens > 0 ? total_clean / total_tokens : NAN);
         put_num(&csv, total_tokens > 0 ? total_ablated / total_tokens : NAN);
         put_interval(&csv, ci);
@@ -2388,6 +2593,587 @@ out:
     clusters_free(&cl);
     if (tok) tokenizer_free(tok);
     if (loaded) model_free(&m);
+    buf_free(&csv);
+    config_free(&c);
+    return err.msg[0] ? fail(&err) : 0;
+}
+
+// ----------------------------------------------------------------------------
+// Steering directions: for every layer (0 = embeddings), the difference of means of the
+// residual stream between a positive and a negative set of positions ([steering] positives,
+// negatives); the norm of each layer's mean residual (the unit of the steering alphas); and how
+// well the projection on a direction from one half of the completions separates the positions of
+// the other half (2-fold, split by completion, not by position).
+
+#define STEER_POS 1 // a read's classes, as bits
+#define STEER_NEG 2
+#define STEER_FOLD_STREAM 0xF01D5
+#define STEER_SAMPLE_STREAM 0x5A3B1E
+#define STEER_AUROC_STREAM 0xA0C
+#define STEER_AUROC_READS 1000     // positions of each set kept for the held-out AUROC, a seeded sample
+#define STEER_AUROC_RESAMPLES 1000 // bootstrap resamples of completions for the AUROC's interval
+
+typedef struct {
+    GenRecord *records;         // (n_records) the variant's baseline completions, then a negative variant's
+    int n_records, n_own;       // the first n_own are the variant's
+    ForcedSeq *seqs;            // (n_seqs) one per completion with reads, fold 0 first
+    int *seq_record;            // (n_seqs)
+    int *seq_fold;              // (n_seqs) 0 or 1
+    unsigned char **read_class; // (n_seqs) per read: STEER_POS | STEER_NEG
+    int n_seqs, n_fold0;
+    long long n_pos, n_neg;     // reads in each set
+} SteerSet;
+
+static void steer_set_free(SteerSet *s) {
+    generations_free(s->records, s->n_records);
+    for (int i = 0; i < s->n_seqs; i++) {
+        free(s->seqs[i].tokens);
+        free(s->seqs[i].read_pos);
+        free(s->read_class[i]);
+    }
+    free(s->seqs);
+    free(s->seq_record);
+    free(s->seq_fold);
+    free(s->read_class);
+    memset(s, 0, sizeof *s);
+}
+
+// Completion tokens before "</think>" (all of them when it has none): the thinking text.
+static int thinking_tokens(const Tokenizer *tok, const GenRecord *rec, Buf *text, int **offsets) {
+    *offsets = xrealloc(*offsets, (size_t)(rec->n_completion + 1) * sizeof **offsets);
+    text->len = 0;
+    tokenizer_decode(tok, rec->completion_ids, rec->n_completion, text, *offsets);
+    const char *close = text->data && text->len ? strstr(text->data, "</think>") : NULL;
+    if (!close || rec->n_completion == 0) return rec->n_completion;
+    return token_at_byte(*offsets, rec->n_completion, (int)(close - text->data));
+}
+
+static int read_generations_of(const Run *run, const char *variant, GenRecord **recs, int *n, Err *err) {
+    char path[1200];
+    run_generation_path(run, path, sizeof path, variant, "baseline");
+    if (!path_exists(path))
+        return err_input(err, "no baseline generations for variant %s in run %s: run generate first", variant, run->id);
+    return generations_read(path, recs, n, err);
+}
+
+// Marks the window of every event (or control) of variant in backtracking_events.csv.
+static int mark_windows(const Config *c, const Run *run, const char *variant, const char *kind, const SteerSet *s,
+                        unsigned char **mark, unsigned char bit, Err *err) {
+    char path[1200];
+    run_path(run, path, sizeof path, ART_EVENTS);
+    if (!path_exists(path)) return err_input(err, "no events in run %s: run detect-events first", run->id);
+    Csv csv;
+    if (csv_read(path, &csv, err)) return -1;
+    static const char *const cols[] = {"kind", "variant", "condition", "problem_id", "sample", "token_offset", "prompt_tokens"};
+    int col[7], rc = 0;
+    for (int i = 0; i < 7 && rc == 0; i++)
+        if ((col[i] = csv_col(&csv, cols[i])) < 0)
+            rc = err_input(err, "%s: no column '%s' (written by another version? run detect-events again)", path, cols[i]);
+    for (int r = 0; r < csv.n_rows && rc == 0; r++) {
+        if (strcmp(csv_cell(&csv, r, col[0]), kind) || strcmp(csv_cell(&csv, r, col[1]), variant) ||
+            strcmp(csv_cell(&csv, r, col[2]), "baseline"))
+            continue;
+        int rec = -1, sample = atoi(csv_cell(&csv, r, col[4])), k = atoi(csv_cell(&csv, r, col[5]));
+        for (int i = 0; i < s->n_own && rec < 0; i++)
+            if (s->records[i].sample == sample && strcmp(s->records[i].problem_id, csv_cell(&csv, r, col[3])) == 0) rec = i;
+        const GenRecord *g = rec >= 0 ? &s->records[rec] : NULL;
+        if (!g || atoi(csv_cell(&csv, r, col[6])) != g->prompt_tokens || k < 0 || k > g->n_completion) {
+            rc = err_input(err, "%s:%d: %s of problem %s sample %d does not fit the generations of %s (run detect-events again)",
+                           path, r + 2, kind, csv_cell(&csv, r, col[3]), sample, variant);
+            break;
+        }
+        int onset = g->prompt_tokens + k;
+        for (int p = onset + c->steer_window_start; p < onset + c->steer_window_start + c->steer_window_len; p++)
+            if (p >= g->prompt_tokens - 1 && p < g->prompt_tokens + g->n_completion) mark[rec][p] |= bit;
+    }
+    csv_free(&csv);
+    return rc;
+}
+
+// Reads the completions and marks each position's sets, splits the completions in two folds
+// (a seeded shuffle within each variant, then alternating), and lays out one sequence each.
+static int steer_set_load(const Config *c, const Run *run, const Tokenizer *tok, const char *variant, SteerSet *s, Err *err) {
+    memset(s, 0, sizeof *s);
+    const char *neg = c->steer_negatives, *neg_variant = strncmp(neg, "variant:", 8) == 0 ? neg + 8 : NULL;
+    if (neg_variant && strcmp(neg_variant, variant) == 0)
+        return err_input(err, "%s: [steering] negatives = %s is the positive variant itself", c->file, neg);
+    if (read_generations_of(run, variant, &s->records, &s->n_records, err)) return -1;
+    s->n_own = s->n_records;
+    if (neg_variant) {
+        GenRecord *more;
+        int n_more;
+        if (read_generations_of(run, neg_variant, &more, &n_more, err)) return -1;
+        s->records = xrealloc(s->records, (size_t)(s->n_records + n_more + 1) * sizeof *s->records);
+        memcpy(s->records + s->n_records, more, (size_t)n_more * sizeof *more);
+        s->n_records += n_more;
+        free(more);
+    }
+    unsigned char **mark = xcalloc((size_t)s->n_records + 1, sizeof *mark); // (n_records) per position: STEER_* bits
+    for (int r = 0; r < s->n_records; r++) mark[r] = xcalloc((size_t)(s->records[r].prompt_tokens + s->records[r].n_completion + 1), 1);
+    Buf text = {0};
+    int *offsets = NULL, rc = 0;
+    // the thinking text: positives (own), negatives (own or the other variant's)
+    for (int r = 0; r < s->n_records; r++) {
+        int own = r < s->n_own, want = (own && c->steer_positives == STEER_POSITIVES_THINKING ? STEER_POS : 0) |
+                                       ((own ? strcmp(neg, "thinking") == 0 : neg_variant != NULL) ? STEER_NEG : 0);
+        if (!want) continue;
+        const GenRecord *g = &s->records[r];
+        int n_think = thinking_tokens(tok, g, &text, &offsets);
+        for (int t = 0; t < n_think; t++) mark[r][g->prompt_tokens + t] |= (unsigned char)want;
+    }
+    buf_free(&text);
+    free(offsets);
+    if (c->steer_positives == STEER_POSITIVES_EVENTS) rc = mark_windows(c, run, variant, "event", s, mark, STEER_POS, err);
+    if (rc == 0 && strcmp(neg, "controls") == 0) rc = mark_windows(c, run, variant, "control", s, mark, STEER_NEG, err);
+    int *fold = xmalloc((size_t)(s->n_records + 1) * sizeof *fold), *order = xmalloc((size_t)(s->n_records + 1) * sizeof *order);
+    int n_reads_max = 0;
+    for (int r = 0; r < s->n_records; r++) {
+        int len = s->records[r].prompt_tokens + s->records[r].n_completion, n_reads = 0;
+        for (int p = 0; p < len; p++) {
+            n_reads += mark[r][p] != 0;
+            s->n_pos += (mark[r][p] & STEER_POS) != 0;
+            s->n_neg += (mark[r][p] & STEER_NEG) != 0;
+        }
+        fold[r] = n_reads ? 0 : -1;
+        if (n_reads > n_reads_max) n_reads_max = n_reads;
+    }
+    if (rc == 0 && (s->n_pos == 0 || s->n_neg == 0)) {
+        int no_pos = s->n_pos == 0;
+        rc = err_input(err, "%s: [steering] %s = %s gives no positions in run %s (variant %s%s)", c->file, no_pos ? "positives" : "negatives",
+                       no_pos ? (c->steer_positives == STEER_POSITIVES_EVENTS ? "events" : "thinking") : neg, run->id,
+                       no_pos ? variant : neg_variant ? neg_variant : variant,
+                       (no_pos ? c->steer_positives == STEER_POSITIVES_EVENTS : strcmp(neg, "controls") == 0) ? " has no events" : " has no thinking text");
+    }
+    // each variant's completions with reads: shuffled, then alternating folds
+    for (int part = 0; part < 2 && rc == 0; part++) {
+        int lo = part ? s->n_own : 0, hi = part ? s->n_records : s->n_own, n = 0;
+        for (int r = lo; r < hi; r++)
+            if (fold[r] == 0) order[n++] = r;
+        Rng rng;
+        rng_seed(&rng, seed_mix(seed_mix((uint64_t)c->seed, STEER_FOLD_STREAM), (uint64_t)part));
+        for (int i = 0; i + 1 < n; i++) {
+            int j = i + (int)rng_below(&rng, (uint64_t)(n - i)), t = order[i];
+            order[i] = order[j];
+            order[j] = t;
+        }
+        for (int i = 0; i < n; i++) fold[order[i]] = i % 2;
+    }
+    s->seqs = xcalloc((size_t)s->n_records + 1, sizeof *s->seqs);
+    s->seq_record = xcalloc((size_t)s->n_records + 1, sizeof *s->seq_record);
+    s->seq_fold = xcalloc((size_t)s->n_records + 1, sizeof *s->seq_fold);
+    s->read_class = xcalloc((size_t)s->n_records + 1, sizeof *s->read_class);
+    TokenList prompt = {0};
+    for (int f = 0; f < 2 && rc == 0; f++)
+        for (int r = 0; r < s->n_records && rc == 0; r++) {
+            if (fold[r] != f) continue;
+            const GenRecord *g = &s->records[r];
+            prompt.n = 0;
+            if ((rc = tokenizer_encode(tok, g->prompt, strlen(g->prompt), &prompt, err))) break;
+            if (prompt.n != g->prompt_tokens) {
+                rc = err_input(err, "problem %s: the prompt now encodes to %d tokens, the record says %d (tokenizer changed?)",
+                               g->problem_id, prompt.n, g->prompt_tokens);
+                break;
+            }
+            int i = s->n_seqs++, len = g->prompt_tokens + g->n_completion;
+            ForcedSeq *q = &s->seqs[i];
+            s->seq_record[i] = r;
+            s->seq_fold[i] = f;
+            s->n_fold0 += f == 0;
+            q->tokens = xmalloc((size_t)(len + 1) * sizeof *q->tokens);
+            for (int t = 0; t < prompt.n; t++) q->tokens[t] = prompt.v[t].id;
+            memcpy(q->tokens + prompt.n, g->completion_ids, (size_t)g->n_completion * sizeof *q->tokens);
+            q->read_pos = xmalloc((size_t)(n_reads_max + 1) * sizeof *q->read_pos);
+            s->read_class[i] = xmalloc((size_t)(n_reads_max + 1));
+            for (int p = 0; p < len; p++)
+                if (mark[r][p]) {
+                    s->read_class[i][q->n_read] = mark[r][p];
+                    q->read_pos[q->n_read++] = p;
+                    q->n_tokens = p + 1;
+                }
+        }
+    tokens_free(&prompt);
+    for (int r = 0; r < s->n_records; r++) free(mark[r]);
+    free(mark);
+    free(fold);
+    free(order);
+    if (rc) steer_set_free(s);
+    return rc;
+}
+
+// One position's score on a held-out AUROC: read `read` of sequence seq, in set is_pos.
+typedef struct {
+    int seq, read;
+    unsigned char is_pos;
+    int stored; // row of the kept residuals (fold 0: projected once fold 1's direction exists), -1 = none
+} SteerObs;
+
+static int cmp_obs(const void *a, const void *b) {
+    const SteerObs *x = a, *y = b;
+    return x->seq != y->seq ? x->seq - y->seq : x->read != y->read ? x->read - y->read : x->is_pos - y->is_pos;
+}
+
+// A seeded sample of at most STEER_AUROC_READS reads of each set, in (sequence, read) order.
+static SteerObs *steer_sample(const SteerSet *s, long long seed, int *n_obs) {
+    SteerObs *obs = NULL;
+    int n = 0;
+    for (int set = 0; set < 2; set++) {
+        unsigned char bit = set ? STEER_NEG : STEER_POS;
+        int n_set = 0, start = n;
+        for (int i = 0; i < s->n_seqs; i++)
+            for (int r = 0; r < s->seqs[i].n_read; r++)
+                if (s->read_class[i][r] & bit) {
+                    obs = xrealloc(obs, (size_t)(n + 1) * sizeof *obs);
+                    obs[n++] = (SteerObs){i, r, (unsigned char)!set, -1};
+                    n_set++;
+                }
+        if (n_set > STEER_AUROC_READS) { // partial Fisher-Yates over this set's entries
+            Rng rng;
+            rng_seed(&rng, seed_mix(seed_mix((uint64_t)seed, STEER_SAMPLE_STREAM), (uint64_t)set));
+            for (int i = 0; i < STEER_AUROC_READS; i++) {
+                int j = i + (int)rng_below(&rng, (uint64_t)(n_set - i));
+                SteerObs t = obs[start + i];
+                obs[start + i] = obs[start + j];
+                obs[start + j] = t;
+            }
+            n = start + STEER_AUROC_READS;
+        }
+    }
+    if (n) qsort(obs, (size_t)n, sizeof *obs, cmp_obs);
+    *n_obs = n;
+    return obs;
+}
+
+// Difference of means of fold f (f = 2: both folds) per layer into dir ((L + 1) * hidden);
+// NaN where a set is empty.
+static void steer_diff(const double *sum, const long long *count, int f, size_t per, double *dir) {
+    // sum: (2 folds, 2 sets, per); count: (2 folds, 2 sets)
+    for (size_t k = 0; k < per; k++) {
+        double pos = 0, neg = 0;
+        long long n_pos = 0, n_neg = 0;
+        for (int g = 0; g < 2; g++) {
+            if (f != 2 && g != f) continue;
+            pos += sum[(size_t)(2 * g) * per + k], neg += sum[(size_t)(2 * g + 1) * per + k];
+            n_pos += count[2 * g], n_neg += count[2 * g + 1];
+        }
+        dir[k] = n_pos && n_neg ? pos / n_pos - neg / n_neg : NAN;
+    }
+}
+
+// Projections of one residual stack ((L + 1) * hidden) on a direction stack: score per layer.
+static void steer_project(const float *x, const double *dir, int n_layers, int hidden, double *score, int stride) {
+    for (int l = 0; l <= n_layers; l++) {
+        double dot = 0;
+        for (int d = 0; d < hidden; d++) dot += (double)x[(size_t)l * hidden + d] * dir[(size_t)l * hidden + d];
+        score[(size_t)l * stride] = dot;
+    }
+}
+
+int cmd_directions(int argc, char **argv) {
+    Opt opts[] = {OPT_CONFIG, OPT("--variant", 1, "variant whose completions hold the positives (default [logit_lens] variant)"),
+                  OPT_END};
+    Err err = {0};
+    Config c;
+    Run run;
+    int exit_code;
+    if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
+    const char *variant = opt_str(opts, "--variant", c.lens_variant);
+    Model m = {0};
+    int loaded = 0;
+    Tokenizer *tok = NULL;
+    SteerSet s = {0};
+    Forcer f = {0};
+    SteerObs *obs = NULL;
+    double *sum = NULL, *sum_all = NULL, *dir = NULL, *fold_dir = NULL, *score = NULL;
+    float *resid = NULL, *kept = NULL, *directions = NULL, *mean_norm = NULL;
+    Buf csv = {0};
+    char path[1200];
+    if (!config_variant(&c, variant)) {
+        err_input(&err, "%s: no [variant.%s] section", c.file, variant);
+        goto out;
+    }
+    snprintf(path, sizeof path, "%s/tokenizer.json", c.model_path);
+    if (tokenizer_load(&tok, path, &err) || model_load(&m, c.model_path, &err)) goto out;
+    loaded = 1;
+    if (steer_set_load(&c, &run, tok, variant, &s, &err)) goto out;
+    int L = m.cfg.n_layers, D = m.cfg.hidden_size, max_tokens = 1;
+    size_t per = (size_t)(L + 1) * D; // one residual stack
+    for (int i = 0; i < s.n_seqs; i++)
+        if (s.seqs[i].n_tokens > max_tokens) max_tokens = s.seqs[i].n_tokens;
+    int n_slots = s.n_seqs < c.batch_size ? s.n_seqs : c.batch_size;
+    if (forcer_init(&f, &m, n_slots, max_tokens, ANALYSIS_MAX_ROWS, &err)) goto out;
+    int n_obs, n_kept = 0;
+    obs = steer_sample(&s, c.seed, &n_obs);
+    for (int o = 0; o < n_obs; o++)
+        if (s.seq_fold[obs[o].seq] == 0) obs[o].stored = n_kept++;
+    // (n_kept, L + 1, hidden) fold 0's sampled residuals
+    kept = xmalloc((size_t)(n_kept + 1) * per * sizeof *kept);
+    score = xmalloc((size_t)(n_obs + 1) * (L + 1) * sizeof *score);     // (L + 1, n_obs) held-out projections
+    sum = xcalloc(4 * per, sizeof *sum);                                 // (2 folds, 2 sets, L + 1, hidden)
+    sum_all = xcalloc(per, sizeof *sum_all);                             // (L + 1, hidden) over every read once
+    dir = xmalloc(per * sizeof *dir);                                    // (L + 1, hidden)
+    fold_dir = xmalloc(per * sizeof *fold_dir);                          // (L + 1, hidden) the other fold's direction
+    long long count[4] = {0}, count_all = 0;
+    size_t cap_reads = ANALYSIS_CAPTURE_BYTES / (per * sizeof(float));
+    int have_fold0_dir = 0, next_obs = 0;
+    for (int s0 = 0, n = 0; s0 < s.n_seqs; s0 += n) {
+        size_t reads = 0;
+        // as many sequences as the capture bound allows (at least one)
+        for (n = 0; s0 + n < s.n_seqs && n < n_slots; n++) {
+            if (n > 0 && reads + (size_t)s.seqs[s0 + n].n_read > cap_reads) break;
+            reads += (size_t)s.seqs[s0 + n].n_read;
+        }
+        resid = xrealloc(resid, (reads + 1) * per * sizeof *resid); // (reads, L + 1, hidden)
+        PassOut pass = {.resid = resid};
+        if (force_group(&f, s.seqs + s0, n, &pass, &err)) goto out;
+        for (int i = s0, row = 0; i < s0 + n; i++)
+            for (int r = 0; r < s.seqs[i].n_read; r++, row++) {
+                const float *x = resid + (size_t)row * per;
+                unsigned char cls = s.read_class[i][r];
+                int fold = s.seq_fold[i];
+                for (int set = 0; set < 2; set++) {
+                    if (!(cls & (set ? STEER_NEG : STEER_POS))) continue;
+                    double *acc = sum + (size_t)(2 * fold + set) * per;
+                    for (size_t k = 0; k < per; k++) acc[k] += x[k];
+                    count[2 * fold + set]++;
+                }
+                for (size_t k = 0; k < per; k++) sum_all[k] += x[k];
+                count_all++;
+                for (; next_obs < n_obs && (obs[next_obs].seq < i || (obs[next_obs].seq == i && obs[next_obs].read < r)); next_obs++) {}
+                for (int o = next_obs; o < n_obs && obs[o].seq == i && obs[o].read == r; o++)
+                    if (obs[o].stored >= 0) memcpy(kept + (size_t)obs[o].stored * per, x, per * sizeof *kept);
+            }
+        // Fold 1's positions are scored on fold 0's direction as they pass; fold 0 comes first.
+        if (!have_fold0_dir && s0 + n >= s.n_fold0) {
+            steer_diff(sum, count, 0, per, fold_dir);
+            have_fold0_dir = 1;
+        }
+        for (int o = 0, row0 = 0; o < n_obs; o++) {
+            int i = obs[o].seq;
+            if (i < s0 || i >= s0 + n || s.seq_fold[i] != 1) continue;
+            row0 = 0;
+            for (int j = s0; j < i; j++) row0 += s.seqs[j].n_read;
+            steer_project(resid + (size_t)(row0 + obs[o].read) * per, fold_dir, L, D, score + o, n_obs);
+        }
+        progress("directions: %d/%d completions\n", s0 + n, s.n_seqs);
+    }
+    steer_diff(sum, count, 1, per, fold_dir);
+    for (int o = 0; o < n_obs; o++)
+        if (obs[o].stored >= 0) steer_project(kept + (size_t)obs[o].stored * per, fold_dir, L, D, score + o, n_obs);
+    steer_diff(sum, count, 2, per, dir);
+    // The files: directions (L + 1, hidden) and mean_norm (L + 1) as F32, and one CSV row per layer.
+    directions = xmalloc(per * sizeof *directions);
+    mean_norm = xmalloc((size_t)(L + 1) * sizeof *mean_norm);
+    for (size_t k = 0; k < per; k++) directions[k] = (float)dir[k];
+    double *auc = xmalloc((size_t)(L + 1) * 3 * sizeof *auc); // (L + 1, 3) est, lo, hi
+    double *obs_score = xmalloc((size_t)(n_obs + 1) * sizeof *obs_score);
+    unsigned char *obs_pos = xmalloc((size_t)(n_obs + 1));
+    int *obs_seq = xmalloc((size_t)(n_obs + 1) * sizeof *obs_seq), best = -1;
+    for (int l = 0; l <= L; l++) {
+        double mean_sq = 0;
+        for (int d = 0; d < D; d++) {
+            double v = sum_all[(size_t)l * D + d] / (double)count_all;
+            mean_sq += v * v;
+        }
+        mean_norm[l] = (float)sqrt(mean_sq);
+        int n_finite = 0;
+        for (int o = 0; o < n_obs; o++) {
+            double v = score[(size_t)l * n_obs + o];
+            if (v != v) continue;
+            obs_score[n_finite] = v, obs_pos[n_finite] = obs[o].is_pos, obs_seq[n_finite++] = obs[o].seq;
+        }
+        Interval a = auroc_cluster_bootstrap95(obs_score, obs_pos, obs_seq, n_finite, s.n_seqs, STEER_AUROC_RESAMPLES,
+                                               seed_mix(seed_mix((uint64_t)c.seed, STEER_AUROC_STREAM), (uint64_t)l));
+        auc[3 * l] = a.est, auc[3 * l + 1] = a.lo, auc[3 * l + 2] = a.hi;
+        // [steering] layer = auto steers a residual the blocks still read: layers 0 .. L-1.
+        if (l < L && a.est == a.est && (best < 0 || a.est > auc[3 * best])) best = l;
+    }
+    free(obs_score);
+    free(obs_pos);
+    free(obs_seq);
+    buf_puts(&csv, "run_id,variant,positives,negatives,layer,norm,mean_norm,relative_norm,cos_prev,top_dim,top_component,"
+                   "n_positive,n_negative,n_completions,auroc,auroc_ci_lo,auroc_ci_hi,best_auroc\n");
+    for (int l = 0; l <= L; l++) {
+        const double *v = dir + (size_t)l * D, *prev = l ? dir + (size_t)(l - 1) * D : NULL;
+        double norm = 0, prev_norm = 0, dot = 0;
+        int top = 0;
+        for (int d = 0; d < D; d++) {
+            norm += v[d] * v[d];
+            if (prev) prev_norm += prev[d] * prev[d], dot += v[d] * prev[d];
+            if (fabs(v[d]) > fabs(v[top])) top = d;
+        }
+        norm = sqrt(norm), prev_norm = sqrt(prev_norm);
+        buf_printf(&csv, "%s,", run.id);
+        buf_csv_field(&csv, variant, strlen(variant));
+        buf_printf(&csv, ",%s,", c.steer_positives == STEER_POSITIVES_EVENTS ? "events" : "thinking");
+        buf_csv_field(&csv, c.steer_negatives, strlen(c.steer_negatives));
+        buf_printf(&csv, ",%d", l);
+        put_num(&csv, norm);
+        put_num(&csv, mean_norm[l]);
+        put_num(&csv, mean_norm[l] > 0 ? norm / mean_norm[l] : NAN);
+        put_num(&csv, prev && norm > 0 && prev_norm > 0 ? dot / (norm * prev_norm) : NAN);
+        buf_printf(&csv, ",%d", top);
+        put_num(&csv, norm > 0 ? v[top] / norm : NAN);
+        buf_printf(&csv, ",%lld,%lld,%d", count[0] + count[2], count[1] + count[3], s.n_seqs);
+        put_num(&csv, auc[3 * l]);
+        put_num(&csv, auc[3 * l + 1]);
+        put_num(&csv, auc[3 * l + 2]);
+        buf_printf(&csv, ",%d\n", l == best);
+    }
+    double best_auroc = best >= 0 ? auc[3 * best] : NAN;
+    free(auc);
+    const char *names[2] = {"directions", "mean_norm"};
+    Tensor tensors[2] = {{directions, DT_F32, L + 1, D}, {mean_norm, DT_F32, 1, L + 1}};
+    run_path(&run, path, sizeof path, ART_DIRECTIONS_CSV);
+    if (write_file_atomic(path, csv.data, csv.len, &err)) goto out;
+    run_path(&run, path, sizeof path, ART_DIRECTIONS);
+    if (safetensors_write(path, names, tensors, 2, &err)) goto out;
+    printf("directions: %d completions, %lld positive and %lld negative positions, %d layers", s.n_seqs, count[0] + count[2],
+           count[1] + count[3], L + 1);
+    if (best >= 0) printf("; best held-out AUROC %.3f at layer %d\n", best_auroc, best);
+    else printf("; no held-out AUROC (a fold lacks positives or negatives)\n");
+out:
+    free(obs);
+    free(sum);
+    free(sum_all);
+    free(dir);
+    free(fold_dir);
+    free(score);
+    free(resid);
+    free(kept);
+    free(directions);
+    free(mean_norm);
+    buf_free(&csv);
+    forcer_free(&f);
+    steer_set_free(&s);
+    if (tok) tokenizer_free(tok);
+    if (loaded) model_free(&m);
+    config_free(&c);
+    return err.msg[0] ? fail(&err) : 0;
+}
+
+// ----------------------------------------------------------------------------
+// Steering sweep: per steered variant, the baseline (alpha 0), every steer_<alpha> and
+// steer_random_<alpha> condition and project_out, with the statistics of compare-conditions, a
+// Fisher test against the baseline, and a Cochran-Armitage trend of the rate over alpha for the
+// direction and for the random control (the baseline counted at alpha 0 in both).
+
+// The steered layer a generation file records ("steering": {"layer": L}), -1 if none.
+static int steered_layer_of(const Run *run, const char *variant, const char *condition) {
+    char path[1200];
+    run_generation_path(run, path, sizeof path, variant, condition);
+    Buf text = {0};
+    Err ignored;
+    long long layer = -1;
+    if (read_file(path, &text, &ignored) == 0 && text.len) {
+        size_t len = strcspn(text.data, "\n");
+        Json j;
+        if (json_parse(&j, text.data, len, path, &ignored) == 0) {
+            int steering = json_key(&j, 0, "steering");
+            if (steering < 0 || json_int(&j, json_key(&j, steering, "layer"), &layer)) layer = -1;
+            json_free(&j);
+        }
+    }
+    buf_free(&text);
+    return (int)layer;
+}
+
+#define STEERING_SWEEP_HEADER "run_id,variant,condition,kind,alpha,layer," GROUP_STATS_HEADER \
+    ",p_vs_baseline,trend_slope,trend_ci_lo,trend_ci_hi,trend_z,trend_p\n"
+
+int cmd_steering_sweep(int argc, char **argv) {
+    Opt opts[] = {OPT_CONFIG, OPT("--variant", 1, "one steered variant (default: every [steering] variants)"), OPT_END};
+    Err err = {0};
+    Config c;
+    Run run;
+    int exit_code;
+    if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
+    const char *one = opt_str(opts, "--variant", NULL);
+    int n_cond = 2 * c.n_steer_alphas + 1, n_rows_max = n_cond + 1;
+    SteerCondition *sc = xmalloc((size_t)n_cond * sizeof *sc);
+    steer_conditions(&c, NULL, sc);
+    const CompletionGroup **g = xcalloc((size_t)n_rows_max, sizeof *g); // (n_rows_max) baseline, then each condition
+    Buf csv = {0};
+    if (one && !config_variant(&c, one)) {
+        err_input(&err, "%s: no [variant.%s] section", c.file, one);
+        goto out;
+    }
+    buf_puts(&csv, STEERING_SWEEP_HEADER);
+    int n_variants = one ? 1 : c.n_steer_variants;
+    for (int v = 0; v < n_variants; v++) {
+        const char *variant = one ? one : c.steer_variants[v];
+        CompletionGroup *groups = NULL;
+        int n_groups = 0, n_present = 0;
+        Clusters cl = {0};
+        if (completions_load(&run, "variant", variant, "condition", &groups, &n_groups, &cl, &err)) {
+            groups_free(groups, n_groups);
+            clusters_free(&cl);
+            goto out;
+        }
+        for (int k = 0; k < n_rows_max; k++) {
+            g[k] = group_find(groups, n_groups, k == 0 ? "baseline" : sc[k - 1].name);
+            n_present += k > 0 && g[k];
+        }
+        if (!g[0] || n_present == 0) {
+            err_input(&err, "no %s generations of variant %s in run %s: run generate --condition %s --variant %s, then "
+                            "detect-events", g[0] ? "steered" : "baseline", variant, run.id, g[0] ? "steer" : "baseline",
+                      variant);
+            groups_free(groups, n_groups);
+            clusters_free(&cl);
+            goto out;
+        }
+        long long *bt = xcalloc((size_t)n_rows_max, sizeof *bt); // (n_rows_max) completions that backtrack
+        for (int k = 0; k < n_rows_max; k++)
+            for (int i = 0; g[k] && i < g[k]->n; i++) bt[k] += g[k]->c[i].events > 0;
+        // The trend of each steering kind over alpha, the baseline at alpha 0.
+        Trend trend[2];
+        for (int kind = 0; kind < 2; kind++) {
+            double *x = xmalloc((size_t)n_rows_max * sizeof *x);
+            long long *k_bt = xmalloc((size_t)n_rows_max * sizeof *k_bt), *n_all = xmalloc((size_t)n_rows_max * sizeof *n_all);
+            int m = 0;
+            x[m] = 0, k_bt[m] = bt[0], n_all[m++] = g[0]->n;
+            for (int k = 1; k < n_rows_max; k++)
+                if (g[k] && sc[k - 1].kind == kind) x[m] = sc[k - 1].alpha, k_bt[m] = bt[k], n_all[m++] = g[k]->n;
+            trend[kind] = m > 1 ? cochran_armitage(x, k_bt, n_all, m) : (Trend){NAN, NAN, NAN, NAN, NAN};
+            free(x), free(k_bt), free(n_all);
+        }
+        static const char *const kinds[] = {"direction", "random", "project_out"};
+        for (int k = 0; k < n_rows_max; k++) {
+            if (!g[k]) continue;
+            const char *condition = k == 0 ? "baseline" : sc[k - 1].name;
+            int kind = k == 0 ? -1 : sc[k - 1].kind;
+            buf_printf(&csv, "%s,", run.id);
+            buf_csv_field(&csv, variant, strlen(variant));
+            buf_printf(&csv, ",%s,%s", condition, kind < 0 ? "baseline" : kinds[kind]);
+            put_num(&csv, k == 0 ? 0 : sc[k - 1].alpha);
+            buf_printf(&csv, ",%d", k == 0 ? -1 : steered_layer_of(&run, variant, condition));
+            Sums sums = sums_of(g[k], cl.n_clusters, NULL);
+            group_stats_csv(&csv, g[k], &sums, cl.n_clusters, seed_mix(seed_mix((uint64_t)c.seed, 0x57EE7), (uint64_t)k));
+            sums_free(&sums);
+            // Steered completions share their sampling seeds with the baseline's: a paired, two-sided test.
+            long long yes_no, no_yes;
+            mcnemar_counts(g[0], g[k], &yes_no, &no_yes);
+            double p = fmin(1, 2 * fmin(mcnemar_p(yes_no, no_yes), mcnemar_p(no_yes, yes_no)));
+            put_num(&csv, k ? p : NAN);
+            const Trend *t = kind == STEER_DIRECTION || kind == STEER_RANDOM ? &trend[kind] : NULL;
+            put_num(&csv, t ? t->slope : NAN);
+            put_num(&csv, t ? t->lo : NAN);
+            put_num(&csv, t ? t->hi : NAN);
+            put_num(&csv, t ? t->z : NAN);
+            put_num(&csv, t ? t->p : NAN);
+            buf_putc(&csv, '\n');
+        }
+        printf("steering-sweep: %s: rate at baseline %.3f; trend over alpha: direction %+.3f per unit (p = %.3g), random "
+               "%+.3f (p = %.3g)\n", variant, (double)bt[0] / g[0]->n, trend[0].slope, trend[0].p, trend[1].slope, trend[1].p);
+        free(bt);
+        groups_free(groups, n_groups);
+        clusters_free(&cl);
+    }
+    char path[1200];
+    run_path(&run, path, sizeof path, ART_STEERING_SWEEP);
+    if (write_file_atomic(path, csv.data, csv.len, &err)) goto out;
+out:
+    free(sc);
+    free(g);
     buf_free(&csv);
     config_free(&c);
     return err.msg[0] ? fail(&err) : 0;

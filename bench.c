@@ -196,14 +196,14 @@ static const Sampler bench_sampler = {.temperature = 0.6, .top_k = 50, .top_p = 
 // is ids q..q+P-1), steps tokens each, every eos ignored. Completion tokens per second from
 // the moment the last sequence has its first token (prompts in) to the end.
 static int bench_generate(const Model *m, int n_seq, int P, int steps, const int *ids, const Sampler *sampler,
-                          double *tok_s, Err *err) {
+                          const AblationMask *mask, double *tok_s, Err *err) {
     GenSeq *seqs = xcalloc((size_t)n_seq, sizeof *seqs);
     for (int q = 0; q < n_seq; q++) {
         seqs[q] = (GenSeq){.prompt = ids + q, .n_prompt = P, .max_new = steps,
                            .ids = xmalloc((size_t)steps * sizeof *seqs[q].ids)};
         rng_seed(&seqs[q].rng, seed_mix(0xBE7C, (uint64_t)q));
     }
-    GenParams params = {.sampler = *sampler, .batch_size = n_seq, .max_seq = P + steps, .ignore_eos = 1};
+    GenParams params = {.sampler = *sampler, .batch_size = n_seq, .max_seq = P + steps, .mask = mask, .ignore_eos = 1};
     int rc = generate_batch(m, seqs, n_seq, &params, err);
     double t0 = 0, t1 = 0;
     long long tokens = 0;
@@ -327,9 +327,9 @@ static int bench_wants(const char *only, const char *name) {
 }
 
 enum { BENCH_PREFILL, BENCH_DECODE, BENCH_GEN16, BENCH_GEN64, BENCH_LENS, BENCH_SCAN_ALL, BENCH_SCAN_ONSET,
-       BENCH_ATTRIBUTION, BENCH_MEMORY, N_BENCH };
-static const char *const bench_names[N_BENCH] = {"prefill", "decode", "gen16", "gen64", "lens",
-                                                 "scan", "scan", "attribution", "memory"};
+       BENCH_ATTRIBUTION, BENCH_MEMORY, BENCH_DIRECTIONS, BENCH_STEER16, N_BENCH };
+static const char *const bench_names[N_BENCH] = {"prefill", "decode",      "gen16",  "gen64",      "lens", "scan",
+                                                 "scan",    "attribution", "memory", "directions", "steer"};
 #define BENCH_GRAD_TOKENS 4096 // the gradient pass's memory is reported for one item this long
 
 typedef struct {
@@ -357,6 +357,46 @@ static int bench_scan_pass(BenchCtx *b, const AblationMask *mask, int layer, Err
     return force_group(&b->f, &seq, 1, &out, err);
 }
 
+// Steering's costs. directions: items/s, an item being BENCH_SEQ_TOKENS positions all read at every
+// layer in one teacher-forced pass and added to the per-layer sums, as bt directions does.
+// steer: the time of batch-16 generation with a steering vector added at the middle layer over the
+// time without it, measured back to back in the order plain, steered, steered, plain.
+static int bench_steering(BenchCtx *b, int what, double *value, Err *err) {
+    const Model *m = b->m;
+    int L = m->cfg.n_layers, D = m->cfg.hidden_size, S = BENCH_SEQ_TOKENS, rc = 0;
+    double t0 = now_seconds();
+    if (what == BENCH_DIRECTIONS) {
+        size_t per = (size_t)(L + 1) * D;
+        int *read_pos = xmalloc((size_t)S * sizeof *read_pos);
+        float *resid = xmalloc((size_t)S * per * sizeof *resid); // (S, L + 1, hidden)
+        double *sum = xcalloc(per, sizeof *sum);                  // (L + 1, hidden)
+        for (int p = 0; p < S; p++) read_pos[p] = p;
+        ForcedSeq seq = {.tokens = b->ids, .n_tokens = S, .read_pos = read_pos, .n_read = S};
+        PassOut out = {.resid = resid};
+        rc = force_group(&b->f, &seq, 1, &out, err);
+        for (int p = 0; p < S && rc == 0; p++)
+            for (size_t k = 0; k < per; k++) sum[k] += resid[(size_t)p * per + k];
+        *value = 1 / (now_seconds() - t0);
+        free(read_pos), free(resid), free(sum);
+        return rc;
+    }
+    float *vec = xmalloc((size_t)D * sizeof *vec); // (hidden) a steering vector of a typical size
+    for (int d = 0; d < D; d++) vec[d] = 0.01f * (float)((d * 7919) % 17 - 8);
+    AblationMask steer = {.steer_layer = L / 2, .steer_add = vec};
+    // Plain, steered, steered, plain: a load that drifts during the measurement hits both alike.
+    double tok_s[4], time_plain = 0, time_steered = 0;
+    for (int i = 0; i < 4 && rc == 0; i++) {
+        int steered = i == 1 || i == 2;
+        rc = bench_generate(m, 16, BENCH_DECODE_PROMPT, BENCH_GEN_STEPS + 1, b->ids, &bench_sampler, steered ? &steer : NULL,
+                            &tok_s[i], err);
+        if (steered) time_steered += 1 / tok_s[i];
+        else time_plain += 1 / tok_s[i];
+    }
+    *value = time_steered / time_plain;
+    free(vec);
+    return rc;
+}
+
 // One run of one measurement: its value (tokens/s, items/s, s/event or MB).
 static int bench_once(BenchCtx *b, int what, double *value, Err *err) {
     const Model *m = b->m;
@@ -368,12 +408,12 @@ static int bench_once(BenchCtx *b, int what, double *value, Err *err) {
         *value = BENCH_PREFILL_TOKENS / (now_seconds() - t0);
         break;
     case BENCH_DECODE:
-        rc = bench_generate(m, 1, BENCH_DECODE_PROMPT, BENCH_DECODE_TOKENS + 1, b->ids, &bench_sampler, value, err);
+        rc = bench_generate(m, 1, BENCH_DECODE_PROMPT, BENCH_DECODE_TOKENS + 1, b->ids, &bench_sampler, NULL, value, err);
         break;
     case BENCH_GEN16:
     case BENCH_GEN64:
         rc = bench_generate(m, what == BENCH_GEN16 ? 16 : 64, BENCH_DECODE_PROMPT, BENCH_GEN_STEPS + 1, b->ids,
-                            &bench_sampler, value, err);
+                            &bench_sampler, NULL, value, err);
         break;
     case BENCH_LENS: // the residual after every layer at the last position, each through final norm + lm_head
         rc = bench_forward(&b->f, b->ids, S, NULL, NULL, b->resid, err);
@@ -403,8 +443,12 @@ static int bench_once(BenchCtx *b, int what, double *value, Err *err) {
     }
     case BENCH_MEMORY: // the 6 GB promise, measured: value = peak RSS after the run (MB)
         rc = bench_generate(m, BENCH_MEMORY_SEQS, BENCH_MEMORY_TOKENS / 2, BENCH_MEMORY_TOKENS / 2, b->ids,
-                            &bench_sampler, &(double){0}, err);
+                            &bench_sampler, NULL, &(double){0}, err);
         *value = peak_rss_mb();
+        break;
+    case BENCH_DIRECTIONS: // a completion's pass with every position read at every layer, summed into the means
+    case BENCH_STEER16:
+        rc = bench_steering(b, what, value, err);
         break;
     case BENCH_SCAN_ONSET: // a clean forward capturing the event row, then per layer one replay of two rows
         rc = bench_forward(&b->f, b->ids, S, NULL, b->logits, b->resid, err);
@@ -473,8 +517,8 @@ int cmd_bench(int argc, char **argv) {
     Opt opts[] = {OPT("--model", 1, "Hugging Face model directory (see make-bench-model)"),
                   OPT("--repeat", 1, "runs of each measurement; the median is printed (default 3)"),
                   OPT("--only", 1,
-                      "comma-separated subset: prefill,decode,gen16,gen64,lens,scan,attribution,tokenizer,bandwidth; "
-                      "or memory (minutes)"),
+                      "comma-separated subset: prefill,decode,gen16,gen64,lens,scan,attribution,directions,steer,"
+                      "tokenizer,bandwidth; or memory (minutes)"),
                   OPT("--tokenizer", 1, "tokenizer.json to time (default: the model directory's, if any)"),
                   OPT("--text", 1, "text to tokenize: JSONL (every string) or lines (default: 1 MB of generated text)"),
                   OPT("--json", 0, "print one JSON object instead of the table"), OPT_END};
@@ -533,6 +577,8 @@ int cmd_bench(int argc, char **argv) {
         {"tokenizer_mb_s", "tokenizer", "%.1f", "MB/s (one thread)", tokenizer_mb_s},
         {"peak_rss_mb", "peak RSS", "%.0f", "MB", rss_mb},
         {"memory_16x2048_rss_mb", "generating 16 x 2048 tokens", "%.0f", "MB peak RSS (--only memory)", values[BENCH_MEMORY]},
+        {"directions_items_s", "directions, 384 tokens", "%.3f", "items/s (every position read at every layer)", values[BENCH_DIRECTIONS]},
+        {"steer16_time_ratio", "steered generation, batch 16", "%.3f", "x the time of plain generation (back to back)", values[BENCH_STEER16]},
         {"bandwidth_gb_s", "read bandwidth", "%.1f", "GB/s", bandwidth},
         {"roofline_fraction", "decode roofline fraction", "%.2f", "(weight bytes per token x decode tokens/s / bandwidth)",
          weight_bytes * values[BENCH_DECODE] / (bandwidth * 1e9)},

@@ -34,6 +34,39 @@ void progress(const char *fmt, ...) {
     va_end(ap);
 }
 
+double progress_every_s(void) {
+    static double every = -1;
+    if (every < 0) {
+        const char *env = getenv("BT_PROGRESS_EVERY_S");
+        char *end;
+        double v = env ? strtod(env, &end) : -1;
+        every = env && *env && !*end && v >= 0 ? v : PROGRESS_EVERY_S;
+    }
+    return every;
+}
+
+void progress_start(ProgressClock *pc) {
+    pc->t0 = now_seconds();
+    pc->last_s = 0;
+}
+
+void format_duration(char *out, size_t n, double s) {
+    if (s < 0 || s != s || s > 1e8) snprintf(out, n, "?");
+    else if (s < 60) snprintf(out, n, "%.0fs", s);
+    else if (s < 3600) snprintf(out, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    else snprintf(out, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+}
+
+void progress_eta(ProgressClock *pc, const char *stage, long long done, long long total, const char *unit,
+                  double tokens, double work_done, double work_total) {
+    double t = now_seconds() - pc->t0;
+    if (done < total && t - pc->last_s < progress_every_s()) return;
+    pc->last_s = t;
+    char eta[32];
+    format_duration(eta, sizeof eta, work_done > 0 ? t * (work_total - work_done) / work_done : NAN);
+    progress("%s: %lld/%lld %s, %.1f tok/s, ETA %s\n", stage, done, total, unit, t > 0 ? tokens / t : 0.0, eta);
+}
+
 void set_threads(int n) {
 #ifdef _OPENMP
     if (n <= 0) n = omp_get_num_procs();
@@ -150,16 +183,16 @@ void write_stdout(const Buf *b) {
 // ----------------------------------------------------------------------------
 // Config: a small INI parser (inih's shape) and one table of known keys.
 
-typedef enum { KEY_STRING, KEY_INT, KEY_FLOAT, KEY_BOOL, KEY_CHOICE, KEY_LIST, KEY_TRIGGERS } KeyType;
+typedef enum { KEY_STRING, KEY_INT, KEY_FLOAT, KEY_BOOL, KEY_CHOICE, KEY_LIST, KEY_TRIGGERS, KEY_FLOATS, KEY_LAYER } KeyType;
 
 typedef struct {
     const char *section, *key;
     KeyType type;
     const char *default_value;
-    double lo, hi;       // KEY_INT / KEY_FLOAT range, inclusive
+    double lo, hi;       // KEY_INT / KEY_FLOAT / KEY_FLOATS / KEY_LAYER range, inclusive
     const char *choices; // KEY_CHOICE: "a|b", stored as the index
     size_t offset;       // of the field in Config
-    size_t count_offset; // KEY_LIST / KEY_TRIGGERS: the int holding the count
+    size_t count_offset; // KEY_LIST / KEY_TRIGGERS / KEY_FLOATS: the int holding the count
 } ConfigKey;
 
 #define FIELD(f) offsetof(Config, f)
@@ -202,9 +235,26 @@ static const ConfigKey config_keys[] = {
     {"hypotheses", "alpha", KEY_FLOAT, "0.05", 1e-12, 0.5, NULL, FIELD(alpha), 0},
     {"hypotheses", "h1_min_relative_drop", KEY_FLOAT, "0.5", 0, 1, NULL, FIELD(h1_min_relative_drop), 0},
     {"hypotheses", "h2_min_rate_ratio", KEY_FLOAT, "2.0", 1, 1e9, NULL, FIELD(h2_min_rate_ratio), 0},
+    {"hypotheses", "h3_min_rate_change", KEY_FLOAT, "0.2", 0, 1, NULL, FIELD(h3_min_rate_change), 0},
     {"hypotheses", "max_collateral_nll", KEY_FLOAT, "0.5", 0, 1e9, NULL, FIELD(max_collateral_nll), 0},
     {"report", "path", KEY_STRING, "reports/backtracking_state_transition_report.md", 0, 0, NULL, FIELD(report_path), 0},
     {"report", "figures_dir", KEY_STRING, "figures", 0, 0, NULL, FIELD(figures_dir), 0},
+    {"report", "events_path", KEY_STRING, "reports/events.html", 0, 0, NULL, FIELD(events_path), 0},
+    {"report", "max_events_shown", KEY_INT, "50", 0, 100000, NULL, FIELD(max_events_shown), 0},
+    {"capture", "max_memory_mb", KEY_FLOAT, "1024", 0.001, 1e7, NULL, FIELD(capture_max_memory_mb), 0},
+    {"capture", "max_file_mb", KEY_FLOAT, "4096", 0.001, 1e9, NULL, FIELD(capture_max_file_mb), 0},
+    {"capture", "window", KEY_INT, "8", 0, 100000, NULL, FIELD(capture_window), 0},
+    {"capture", "dtype", KEY_CHOICE, "f32", 0, 0, CAPTURE_DTYPES, FIELD(capture_dtype), 0},
+    // Steering: defaults as Venhoff et al. (the window from the token before the onset, 10 tokens into it).
+    {"steering", "enabled", KEY_BOOL, "false", 0, 0, NULL, FIELD(steering_enabled), 0},
+    {"steering", "positives", KEY_CHOICE, "events", 0, 0, "events|thinking", FIELD(steer_positives), 0},
+    {"steering", "negatives", KEY_STRING, "thinking", 0, 0, NULL, FIELD(steer_negatives), 0},
+    {"steering", "window_start", KEY_INT, "-1", -4096, 4096, NULL, FIELD(steer_window_start), 0},
+    {"steering", "window_len", KEY_INT, "11", 1, 4096, NULL, FIELD(steer_window_len), 0},
+    {"steering", "layer", KEY_LAYER, "auto", 0, 4096, NULL, FIELD(steer_layer), 0},
+    {"steering", "alphas", KEY_FLOATS, "-2, -1, -0.5, 0.5, 1, 2", -1000, 1000, NULL, FIELD(steer_alphas), FIELD(n_steer_alphas)},
+    // no default: steering_config_check makes it the [logit_lens] variant
+    {"steering", "variants", KEY_LIST, NULL, 0, 0, NULL, FIELD(steer_variants), FIELD(n_steer_variants)},
 };
 #define N_CONFIG_KEYS (sizeof config_keys / sizeof config_keys[0])
 #define VARIANT_PREFIX "variant."
@@ -321,6 +371,45 @@ static int config_set(Config *c, const ConfigKey *k, const char *value, const ch
         }
         return err_input(err, "%s: [%s] %s: '%s' is not one of %s", where, k->section, k->key, value, k->choices);
     }
+    case KEY_FLOATS: { // a comma-separated list of distinct nonzero numbers
+        char **items;
+        int n = split_list(value, ',', &items), rc = 0;
+        if (n == 0) return err_input(err, "%s: [%s] %s: empty list", where, k->section, k->key);
+        double *v = xmalloc((size_t)n * sizeof *v);
+        for (int i = 0; i < n && rc == 0; i++) {
+            errno = 0;
+            v[i] = strtod(items[i], &end);
+            if (*end || errno || v[i] != v[i])
+                rc = err_input(err, "%s: [%s] %s: '%s' is not a number", where, k->section, k->key, items[i]);
+            else if (v[i] < k->lo || v[i] > k->hi || v[i] == 0)
+                rc = err_input(err, "%s: [%s] %s: %s is 0 or out of range [%g, %g]", where, k->section, k->key, items[i], k->lo, k->hi);
+            for (int j = 0; j < i && rc == 0; j++)
+                if (v[j] == v[i]) rc = err_input(err, "%s: [%s] %s: %s is listed twice", where, k->section, k->key, items[i]);
+        }
+        free_list(items, n);
+        if (rc) {
+            free(v);
+            return -1;
+        }
+        free(*(double **)field);
+        *(double **)field = v;
+        *(int *)((char *)c + k->count_offset) = n;
+        return 0;
+    }
+    case KEY_LAYER: { // "auto" or a layer index; the model bounds it when it is used
+        if (strcmp(value, "auto") == 0) {
+            *(int *)field = STEER_LAYER_AUTO;
+            return 0;
+        }
+        errno = 0;
+        long long v = strtoll(value, &end, 10);
+        if (!*value || *end || errno)
+            return err_input(err, "%s: [%s] %s: '%s' is not a layer number or auto", where, k->section, k->key, value);
+        if (v < k->lo || v > k->hi)
+            return err_input(err, "%s: [%s] %s = %lld is out of range [%.0f, %.0f]", where, k->section, k->key, v, k->lo, k->hi);
+        *(int *)field = (int)v;
+        return 0;
+    }
     case KEY_LIST:
     case KEY_TRIGGERS: {
         char **items;
@@ -372,6 +461,16 @@ void config_write_resolved(const Config *c, Buf *out) {
             for (int j = 0; j < n; j++) buf_printf(out, "%s%s", j ? (k->type == KEY_LIST ? ", " : " | ") : "", items[j]);
             break;
         }
+        case KEY_FLOATS:
+            for (int j = 0; j < *(const int *)((const char *)c + k->count_offset); j++) {
+                if (j) buf_puts(out, ", ");
+                buf_json_double(out, (*(double *const *)field)[j]);
+            }
+            break;
+        case KEY_LAYER:
+            if (*(const int *)field == STEER_LAYER_AUTO) buf_puts(out, "auto");
+            else buf_printf(out, "%d", *(const int *)field);
+            break;
         }
         buf_putc(out, '\n');
     }
@@ -402,6 +501,7 @@ void config_free(Config *c) {
         char *field = (char *)c + k->offset;
         if (k->type == KEY_STRING) free(*(char **)field);
         if (k->type == KEY_LIST || k->type == KEY_TRIGGERS) free_list(*(char ***)field, *(int *)((char *)c + k->count_offset));
+        if (k->type == KEY_FLOATS) free(*(double **)field);
     }
     for (int v = 0; v < c->n_variant_defs; v++) {
         free(c->variant_defs[v].name);
@@ -412,6 +512,37 @@ void config_free(Config *c) {
     memset(c, 0, sizeof *c);
 }
 
+// [steering] keys that name variants: negatives = controls | thinking | variant:NAME, and variants
+// (the [logit_lens] variant when the file names none).
+static int steering_config_check(Config *c, const char *path, const int *seen, Err *err) {
+    if (c->n_steer_variants == 0) {
+        c->steer_variants = xmalloc(sizeof *c->steer_variants);
+        c->steer_variants[c->n_steer_variants++] = xstrdup(c->lens_variant);
+    }
+    int neg_line = 0, var_line = 0;
+    for (size_t i = 0; i < N_CONFIG_KEYS; i++) {
+        if (config_keys[i].offset == FIELD(steer_negatives)) neg_line = seen[i];
+        if (config_keys[i].offset == FIELD(steer_variants)) var_line = seen[i];
+    }
+    const char *neg = c->steer_negatives, *name = strncmp(neg, "variant:", 8) == 0 ? neg + 8 : NULL;
+    if (strcmp(neg, "controls") && strcmp(neg, "thinking") && !name)
+        return err_input(err, "%s:%d: [steering] negatives: '%s' is not controls, thinking or variant:NAME", path, neg_line, neg);
+    if (c->steer_positives == STEER_POSITIVES_THINKING && strcmp(neg, "thinking") == 0)
+        return err_input(err, "%s:%d: [steering] positives = thinking and negatives = thinking contrast a set with itself", path, neg_line);
+    if (name && !config_variant(c, name))
+        return err_input(err, "%s:%d: [steering] negatives = %s: there is no [variant.%s] section", path, neg_line, neg, name);
+    int generated = 0;
+    for (int v = 0; name && v < c->n_variants; v++) generated |= strcmp(c->variants[v], name) == 0;
+    if (name && c->steering_enabled && !generated)
+        return err_input(err, "%s:%d: [steering] negatives = %s, but [generation] variants does not generate %s (add it, or "
+                              "set [steering] enabled = false)", path, neg_line, neg, name);
+    for (int v = 0; v < c->n_steer_variants; v++)
+        if (!config_variant(c, c->steer_variants[v]))
+            return err_input(err, "%s:%d: [steering] variants names '%s' but there is no [variant.%s] section", path, var_line,
+                             c->steer_variants[v], c->steer_variants[v]);
+    return 0;
+}
+
 int config_load(Config *c, const char *path, Err *err) {
     memset(c, 0, sizeof *c);
     c->temperature = c->top_p = NAN, c->top_k = -1; // unset: the model decides
@@ -420,7 +551,8 @@ int config_load(Config *c, const char *path, Err *err) {
             return -1;
     c->file = xstrdup(path);
     Buf text = {0};
-    if (read_file(path, &text, err)) {
+    if (read_file(path, &text, err) || text_has_nul(path, &text, err)) {
+        buf_free(&text);
         config_free(c);
         return -1;
     }
@@ -492,11 +624,21 @@ int config_load(Config *c, const char *path, Err *err) {
         if (!c->variant_defs[v].template_text) { err_input(err, "%s: [variant.%s] has no template", path, c->variant_defs[v].name); goto fail; }
     for (int v = 0; v < c->n_variants; v++)
         if (!config_variant(c, c->variants[v])) {
-            err_input(err, "%s:%d: [generation] variants names '%s' but there is no [variant.%s] section", path, variants_line, c->variants[v], c->variants[v]);
+            if (variants_line)
+                err_input(err, "%s:%d: [generation] variants names '%s' but there is no [variant.%s] section", path, variants_line,
+                          c->variants[v], c->variants[v]);
+            else
+                err_input(err, "%s: [generation] variants is not given and its default '%s' has no [variant.%s] section", path,
+                          c->variants[v], c->variants[v]);
             goto fail;
         }
     if (!config_variant(c, c->lens_variant)) {
-        err_input(err, "%s:%d: [logit_lens] variant '%s' has no [variant.%s] section", path, lens_line, c->lens_variant, c->lens_variant);
+        if (lens_line)
+            err_input(err, "%s:%d: [logit_lens] variant '%s' has no [variant.%s] section", path, lens_line, c->lens_variant,
+                      c->lens_variant);
+        else
+            err_input(err, "%s: [logit_lens] variant is not given and its default '%s' has no [variant.%s] section", path,
+                      c->lens_variant, c->lens_variant);
         goto fail;
     }
     if (c->ablation_method != METHOD_EXACT && c->ablation_scope == SCOPE_ONSET) { // an estimate of ablating everywhere
@@ -505,6 +647,7 @@ int config_load(Config *c, const char *path, Err *err) {
                        "scope = all", path, method_line, verify);
         goto fail;
     }
+    if (steering_config_check(c, path, seen, err)) goto fail;
     buf_free(&text);
     return 0;
 fail:
@@ -547,9 +690,14 @@ int run_generation_files(const Config *c, const Run *run, char ***paths, Err *er
         int n_names = 0;
         for (struct dirent *e; (e = readdir(d));) {
             size_t len = strlen(e->d_name);
-            if (len <= 6 || strcmp(e->d_name + len - 6, ".jsonl") != 0 || memchr(e->d_name, '.', len - 6)) continue;
+            if (len <= 6 || strcmp(e->d_name + len - 6, ".jsonl") != 0) continue;
+            char *stem = xstrndup(e->d_name, len - 6); // a condition, unless a timing sidecar or a shard
+            if ((len > 13 && strcmp(stem + len - 13, ".timing") == 0) || strstr(stem, ".shard-")) {
+                free(stem);
+                continue;
+            }
             names = xrealloc(names, (size_t)(n_names + 1) * sizeof *names);
-            names[n_names++] = xstrndup(e->d_name, len - 6); // a condition: no dot (not a sidecar or shard)
+            names[n_names++] = stem;
         }
         closedir(d);
         qsort(names, (size_t)n_names, sizeof *names, cmp_condition_file);
@@ -564,6 +712,10 @@ int run_generation_files(const Config *c, const Run *run, char ***paths, Err *er
     }
     *paths = out;
     return n;
+}
+
+void run_activation_path(const Run *run, char *out, size_t n, const char *file) {
+    snprintf(out, n, "%s/%s/%s", run->dir, ART_ACTIVATIONS, file);
 }
 
 int run_current(const Config *c, Run *run, Err *err) {
@@ -834,7 +986,10 @@ static char *gold_from_answer(const char *answer) {
 // processed records {id, question, gold, answer}.
 static int read_problems(const char *path, int gsm8k_layout, Problem **out, int *n_out, Err *err) {
     Buf text = {0};
-    if (read_file(path, &text, err)) return -1;
+    if (read_file(path, &text, err) || text_has_nul(path, &text, err)) {
+        buf_free(&text);
+        return -1;
+    }
     Problem *list = NULL;
     int n = 0, line_no = 0;
     char *p = text.data;
@@ -854,13 +1009,18 @@ static int read_problems(const char *path, int gsm8k_layout, Problem **out, int 
         Json j;
         if (json_parse(&j, line, len, path, err)) {
             // json_parse counts lines within this one line; name the file's line instead.
-            char *colon = strstr(err->msg, ": invalid JSON");
-            err_input(err, "%s: %s", name, colon ? colon + 2 : "invalid JSON");
+            char *colon = strstr(err->msg, ": invalid JSON"), reason[sizeof err->msg]; // copied: err->msg is rewritten
+            snprintf(reason, sizeof reason, "%s", colon ? colon + 2 : "invalid JSON");
+            err_input(err, "%s: %s", name, reason);
             goto fail;
         }
-        if (j.tok[0].type != JSON_OBJECT) {
+        int dup = json_duplicate_key(&j, 0); // a key given twice is refused, not resolved
+        if (j.tok[0].type != JSON_OBJECT || dup >= 0) {
+            char *key = dup >= 0 ? json_strdup(&j, dup) : NULL;
             json_free(&j);
-            err_input(err, "%s: expected a JSON object", name);
+            if (key) err_input(err, "%s: key \"%.200s\" appears twice", name, key);
+            else err_input(err, "%s: expected a JSON object", name);
+            free(key);
             goto fail;
         }
         Problem pr = {0};
@@ -898,6 +1058,7 @@ fail:
 }
 
 int problems_load(const char *path, Problem **out, int *n_out, Err *err) { return read_problems(path, 0, out, n_out, err); }
+int gsm8k_load(const char *path, Problem **out, int *n_out, Err *err) { return read_problems(path, 1, out, n_out, err); }
 
 int cmd_prepare_data(int argc, char **argv) {
     Opt opts[] = {OPT_CONFIG, OPT_END};
@@ -1071,14 +1232,38 @@ int answer_correct(const char *predicted, const char *gold) {
 // ----------------------------------------------------------------------------
 // bt run: every stage in the seed's order, stopping at the first failure.
 
+static int plan_write(const Config *c, int calibrate, Buf *out, Err *err);
+// The stages bt run leaves out unless [steering] enabled = true.
+static int steering_stage(int (*fn)(int, char **), const char *const *args) {
+    return fn == cmd_directions || fn == cmd_steering_sweep ||
+           (fn == cmd_generate && args[2] && steer_conditions(&(Config){0}, args[2], NULL) >= 0);
+}
+
 int cmd_run(int argc, char **argv) {
-    Opt opts[] = {OPT_CONFIG, OPT_END};
+    Opt opts[] = {OPT_CONFIG, OPT("--plan", 0, "print the plan (as bt plan) and stop; without it the plan comes first"), OPT_END};
     Err err = {0};
     int r = opts_parse(opts, argc, argv, &err);
     if (r) return r < 0 ? fail(&err) : 0;
     const char *config = opt_str(opts, "--config", BT_DEFAULT_CONFIG);
     Config c;
     if (config_load(&c, config, &err)) return fail(&err);
+    set_threads(threads_flag >= 0 ? threads_flag : c.threads);
+    int plan_only = opt_str(opts, "--plan", NULL) != NULL;
+    if (plan_only || !bt_quiet) { // the plan goes to stdout with --plan, else to stderr as progress
+        Buf plan = {0};
+        if (plan_write(&c, 1, &plan, &err)) {
+            buf_free(&plan);
+            config_free(&c);
+            return fail(&err);
+        }
+        if (plan_only) write_stdout(&plan);
+        else progress("%s", plan.data);
+        buf_free(&plan);
+        if (plan_only) {
+            config_free(&c);
+            return 0;
+        }
+    }
     char threads[16];
     snprintf(threads, sizeof threads, "%d", threads_flag >= 0 ? threads_flag : c.threads);
     const char *variant = c.lens_variant;
@@ -1092,13 +1277,19 @@ int cmd_run(int argc, char **argv) {
         {cmd_generate, {"generate", "--condition", "targeted_ablation", "--variant"}},
         {cmd_generate, {"generate", "--condition", "random_ablation", "--variant"}},
         {cmd_collateral_damage, {"collateral-damage", "--variant", variant}},
+        {cmd_directions, {"directions", "--variant", variant}},
+        {cmd_generate, {"generate", "--condition", "steer"}},
+        {cmd_generate, {"generate", "--condition", "steer_random"}},
+        {cmd_generate, {"generate", "--condition", "project_out"}},
         {cmd_detect_events, {"detect-events"}},
         {cmd_compare_conditions, {"compare-conditions", "--variant", variant}},
         {cmd_formatting_sweep, {"formatting-sweep"}},
+        {cmd_steering_sweep, {"steering-sweep"}},
         {cmd_make_report, {"make-report"}},
     };
     int rc = 0;
     for (size_t i = 0; i < sizeof stages / sizeof stages[0] && rc == 0; i++) {
+        if (!c.steering_enabled && steering_stage(stages[i].fn, stages[i].args)) continue;
         char *args[12];
         int n = 0;
         Buf name = {0};
@@ -1125,6 +1316,321 @@ int cmd_run(int argc, char **argv) {
 }
 
 // ----------------------------------------------------------------------------
+// Plan: what `bt run` will do under a config, before it does it: the work of each heavy
+// stage, the memory it needs, and the wall time from a calibration of a few seconds on
+// the model. Events are not known before generation, so the analyses are sized at their
+// max_events and generation at max_new_tokens per completion: the plan is an upper bound.
+
+#define PLAN_PREFILL_TOKENS 256 // calibration: one teacher-forced sequence of this many positions
+#define PLAN_DECODE_PROMPT 8    // calibration: prompt tokens of each decoding sequence
+#define PLAN_DECODE_STEPS 8     // calibration: tokens each decoding sequence generates
+#define PLAN_READOUT_ROWS 8     // calibration: final norm + unembedding readouts timed
+#define PLAN_MIN_SECONDS 0.25   // calibration: each measurement repeats until it took this long ...
+#define PLAN_MAX_REPEATS 50     // ... or this many times (small models)
+#define PLAN_MB 1048576.0
+
+typedef struct {
+    double prefill_tok_s; // teacher-forced positions per second (prefill, logit lens, scans)
+    double step_s;        // one decode step of batch sequences at short context
+    int batch;            // sequences decoded together in the calibration
+    double readout_s;     // final norm + unembedding of one residual
+    double weight_bytes;  // weights read per decode step (every layer and lm_head)
+    double seconds;       // the calibration took
+} Calibration;
+
+// Bytes of weights a forward step reads: every layer, the final norm and lm_head; an untied
+// embedding is read a row at a time and left out.
+static double plan_weight_bytes(Model *m) {
+    double bytes = 0;
+    TensorSlot *slots = xmalloc((size_t)model_slots(m, NULL) * sizeof *slots);
+    int n_tensors = model_slots(m, slots);
+    for (int i = 0; i < n_tensors; i++)
+        if (strcmp(slots[i].name, "model.embed_tokens.weight") != 0 || m->cfg.tie_word_embeddings)
+            bytes += (double)(slots[i].rows ? slots[i].rows : 1) * slots[i].cols * dtype_bytes(slots[i].t->dtype);
+    free(slots);
+    return bytes;
+}
+
+static int plan_calibrate(const Config *c, Model *m, const int *prompt, int n_prompt, int batch, Calibration *cal, Err *err) {
+    const ModelConfig *mc = &m->cfg;
+    double t_start = now_seconds();
+    memset(cal, 0, sizeof *cal);
+    cal->weight_bytes = plan_weight_bytes(m);
+    // Teacher forcing: the prompt repeated to PLAN_PREFILL_TOKENS positions, one call as the analyses make them.
+    int *tokens = xmalloc(PLAN_PREFILL_TOKENS * sizeof *tokens), read = PLAN_PREFILL_TOKENS - 1;
+    for (int i = 0; i < PLAN_PREFILL_TOKENS; i++) tokens[i] = prompt[i % n_prompt];
+    Forcer f;
+    int rc = forcer_init(&f, m, 1, PLAN_PREFILL_TOKENS, ANALYSIS_MAX_ROWS, err);
+    float *logits = xmalloc((size_t)PLAN_READOUT_ROWS * mc->vocab_size * sizeof *logits);      // (rows, vocab)
+    float *resid = xcalloc((size_t)PLAN_READOUT_ROWS * mc->hidden_size, sizeof *resid);       // (rows, hidden)
+    if (rc == 0) {
+        ForcedSeq seq = {.tokens = tokens, .n_tokens = PLAN_PREFILL_TOKENS, .read_pos = &read, .n_read = 1};
+        PassOut out = {.logits = logits};
+        double t0 = now_seconds(), t = 0;
+        int reps = 0;
+        while (rc == 0 && reps < PLAN_MAX_REPEATS && (t = now_seconds() - t0) < PLAN_MIN_SECONDS)
+            rc = force_group(&f, &seq, 1, &out, err), reps++;
+        cal->prefill_tok_s = reps * PLAN_PREFILL_TOKENS / (now_seconds() - t0);
+        forcer_free(&f);
+    }
+    if (rc == 0) {
+        for (int i = 0; i < PLAN_READOUT_ROWS * mc->hidden_size; i++) resid[i] = (float)(i % 7) - 3;
+        double t0 = now_seconds();
+        int reps = 0;
+        while (reps < PLAN_MAX_REPEATS && now_seconds() - t0 < PLAN_MIN_SECONDS)
+            model_final_logits_rows(m, resid, PLAN_READOUT_ROWS, (size_t)mc->hidden_size, logits), reps++;
+        cal->readout_s = (now_seconds() - t0) / (reps * PLAN_READOUT_ROWS);
+    }
+    // Decoding: batch sequences through the one generation loop with the run's sampler.
+    GenSeq *seqs = xcalloc((size_t)batch, sizeof *seqs);
+    int *ids = xmalloc((size_t)batch * PLAN_DECODE_STEPS * sizeof *ids);
+    GenParams p = {.sampler = config_sampler(c, mc), .batch_size = batch, .max_seq = PLAN_DECODE_PROMPT + PLAN_DECODE_STEPS,
+                   .ignore_eos = 1};
+    double t0 = now_seconds(), decoding = 0;
+    int reps = 0;
+    while (rc == 0 && reps < PLAN_MAX_REPEATS && now_seconds() - t0 < PLAN_MIN_SECONDS) {
+        for (int i = 0; i < batch; i++) {
+            seqs[i] = (GenSeq){.prompt = prompt, .n_prompt = n_prompt < PLAN_DECODE_PROMPT ? n_prompt : PLAN_DECODE_PROMPT,
+                               .max_new = PLAN_DECODE_STEPS, .ids = ids + (size_t)i * PLAN_DECODE_STEPS};
+            rng_seed(&seqs[i].rng, (uint64_t)i);
+        }
+        if ((rc = generate_batch(m, seqs, batch, &p, err))) break;
+        double first = seqs[0].first_token_s, last = seqs[0].end_s; // the steps after every prompt is in
+        for (int i = 1; i < batch; i++) {
+            if (seqs[i].first_token_s > first) first = seqs[i].first_token_s;
+            if (seqs[i].end_s > last) last = seqs[i].end_s;
+        }
+        decoding += last - first;
+        reps++;
+    }
+    cal->step_s = reps ? decoding / reps / (PLAN_DECODE_STEPS - 1) : 0;
+    cal->batch = batch;
+    free(seqs);
+    free(ids);
+    free(tokens);
+    free(logits);
+    free(resid);
+    cal->seconds = now_seconds() - t_start;
+    return rc;
+}
+
+// Bytes of the KV cache and scratch of one RunState: the scratch measured on a one-position
+// state, the cache from the bytes per position.
+static double plan_state_bytes(const Model *m, int n_slots, int max_seq, int max_rows) {
+    Err ignored;
+    RunState *s = runstate_new(m, 1, 1, max_rows, &ignored);
+    double scratch = s ? (double)runstate_bytes(s) : 0;
+    runstate_free(s);
+    return scratch + (double)model_kv_bytes_per_token(m) * n_slots * max_seq;
+}
+
+// Seconds to generate n completions of mean_prompt prompt tokens and at most max_new tokens:
+// prefill, then steps of up to batch tokens whose time grows with the KV cache they read.
+static double plan_generate_s(const Calibration *cal, const Model *m, long long n, double mean_prompt, int max_new, int batch) {
+    if (n == 0) return 0;
+    int b = n < batch ? (int)n : batch;
+    double steps = (double)n * max_new / b, context = mean_prompt + max_new / 2.0;
+    double kv_s = b * context * (double)model_kv_bytes_per_token(m) / (cal->weight_bytes / cal->step_s); // at the weights' rate
+    return (double)n * mean_prompt / cal->prefill_tok_s + steps * (cal->step_s + kv_s);
+}
+
+static void plan_bytes(Buf *b, double bytes) {
+    if (bytes >= 1e9) buf_printf(b, "%.1f GB", bytes / 1e9);
+    else buf_printf(b, "%.0f MB", bytes / 1e6 < 1 ? 1 : bytes / 1e6);
+}
+
+static void plan_line(Buf *b, const char *stage, const char *work, double seconds) {
+    char t[32];
+    format_duration(t, sizeof t, seconds);
+    buf_printf(b, "  %-34s %-78s %s\n", stage, work, t);
+}
+
+// The plan of `bt run` under c, appended to out; calibrate = 0 leaves the times out.
+static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/config.json", c->model_path);
+    if (!path_exists(path) && c->make_organism) { // what init-run would do first; it takes milliseconds
+        progress("plan: writing the embedded %s organism to %s\n", organism_mechanism_name(c->organism), c->model_path);
+        if (organism_write_mechanism(c->model_path, c->organism, err)) return -1;
+    }
+    Model m;
+    Tokenizer *tok = NULL;
+    Problem *problems = NULL;
+    int n_problems = 0, rc = 0;
+    if (model_load(&m, c->model_path, err)) return -1;
+    snprintf(path, sizeof path, "%s/tokenizer.json", c->model_path);
+    if (tokenizer_load(&tok, path, err)) {
+        model_free(&m);
+        return -1;
+    }
+    // The problems: the processed set when prepare-data has run, else its source (all of GSM8K:
+    // the plan measures prompt lengths, not the seeded choice).
+    processed_path(c, path, sizeof path);
+    if (path_exists(path)) rc = problems_load(path, &problems, &n_problems, err);
+    else if (c->data_source == SOURCE_GSM8K) rc = read_problems(c->data_path, 1, &problems, &n_problems, err);
+    else {
+        n_problems = c->n_problems < N_BUILTIN ? c->n_problems : N_BUILTIN;
+        problems = xcalloc((size_t)n_problems, sizeof *problems);
+        for (int i = 0; i < n_problems; i++) problems[i].question = xstrdup(builtin_problems[i][0]);
+    }
+    const ModelConfig *mc = &m.cfg;
+    int L = mc->n_layers, lens_variant = 0, *first_prompt = NULL, n_first = 0;
+    long long per_variant = (long long)c->n_problems * c->samples_per_problem;
+    double prompt_mean_all = 0, lens_prompt_mean = 0;
+    int prompt_min = 1 << 30, prompt_max = 0;
+    TokenList tl = {0};
+    for (int v = 0; v < c->n_variants && rc == 0; v++) {
+        const Variant *var = config_variant(c, c->variants[v]);
+        double sum = 0;
+        for (int i = 0; i < n_problems && rc == 0; i++) {
+            char *prompt = render_prompt(var->template_text, problems[i].question);
+            tl.n = 0;
+            rc = tokenizer_encode(tok, prompt, strlen(prompt), &tl, err);
+            free(prompt);
+            sum += tl.n;
+            if (tl.n < prompt_min) prompt_min = tl.n;
+            if (tl.n > prompt_max) prompt_max = tl.n;
+            if (!first_prompt && tl.n > 0 && strcmp(var->name, c->lens_variant) == 0) {
+                n_first = tl.n;
+                first_prompt = xmalloc((size_t)n_first * sizeof *first_prompt);
+                for (int t = 0; t < n_first; t++) first_prompt[t] = tl.v[t].id;
+            }
+        }
+        prompt_mean_all += n_problems ? sum / n_problems / c->n_variants : 0;
+        if (strcmp(var->name, c->lens_variant) == 0) lens_prompt_mean = n_problems ? sum / n_problems : 0, lens_variant = 1;
+    }
+    if (!lens_variant && rc == 0) { // the lens variant is generated by the ablation stages even when not a baseline variant
+        const Variant *var = config_variant(c, c->lens_variant);
+        char *prompt = render_prompt(var->template_text, n_problems ? problems[0].question : "");
+        tl.n = 0;
+        rc = tokenizer_encode(tok, prompt, strlen(prompt), &tl, err);
+        free(prompt);
+        lens_prompt_mean = tl.n;
+        if (tl.n > prompt_max) prompt_max = tl.n;
+    }
+    if (!first_prompt && rc == 0) { // a prompt to calibrate on
+        n_first = tl.n ? tl.n : 1;
+        first_prompt = xcalloc((size_t)n_first, sizeof *first_prompt);
+        for (int t = 0; t < tl.n; t++) first_prompt[t] = tl.v[t].id;
+    }
+    tokens_free(&tl);
+    if (prompt_min > prompt_max) prompt_min = prompt_max;
+    Calibration cal = {0};
+    int gen_batch = per_variant * c->n_variants < c->batch_size ? (int)(per_variant * c->n_variants) : c->batch_size;
+    if (gen_batch < 1) gen_batch = 1;
+    if (rc == 0 && calibrate) rc = plan_calibrate(c, &m, first_prompt, n_first, gen_batch, &cal, err);
+    if (rc) goto out;
+
+    // The work, stage by stage.
+    int max_seq = prompt_max + c->max_new_tokens < c->max_seq_len ? prompt_max + c->max_new_tokens : c->max_seq_len;
+    double position_bytes = (double)(L + 1) * mc->hidden_size * sizeof(float), vocab_bytes = (double)mc->vocab_size * sizeof(float);
+    long long n_gen = per_variant * c->n_variants;
+    long long lens_items = (long long)c->lens_max_events * (1 + c->controls_per_event);
+    long long scan_items = (long long)c->ablation_max_events * (1 + c->controls_per_event);
+    long long lens_seqs = lens_items < per_variant ? lens_items : per_variant, scan_seqs = scan_items < per_variant ? scan_items : per_variant;
+    double seq_tokens = lens_prompt_mean + c->max_new_tokens;
+    if (seq_tokens > c->max_seq_len) seq_tokens = c->max_seq_len;
+    double t_gen = 0, t_lens = 0, t_scan = 0, t_ablate = 0;
+    int cal_ok = calibrate && cal.prefill_tok_s > 0 && cal.step_s > 0 && cal.readout_s > 0;
+    if (cal_ok) {
+        for (int v = 0; v < c->n_variants; v++) t_gen += plan_generate_s(&cal, &m, per_variant, prompt_mean_all, c->max_new_tokens, c->batch_size);
+        t_ablate = 2 * plan_generate_s(&cal, &m, per_variant, lens_prompt_mean, c->max_new_tokens, c->batch_size);
+        t_lens = lens_seqs * seq_tokens / cal.prefill_tok_s + lens_items * (L + 1) * cal.readout_s;
+        double passes = c->ablation_scope == SCOPE_ALL ? L + 2 : 1 + (double)(L + 1) * scan_items / (scan_seqs * seq_tokens);
+        t_scan = scan_seqs * seq_tokens * (passes + (c->ablation_kind == ABLATE_MEAN)) / cal.prefill_tok_s +
+                 scan_items * (2.0 * L + 1) * cal.readout_s;
+    }
+    int slots = c->batch_size, lens_slots = lens_seqs < slots ? (int)lens_seqs : slots, scan_slots = scan_seqs < slots ? (int)scan_seqs : slots;
+    double mem_gen = plan_state_bytes(&m, gen_batch, max_seq, gen_batch + GEN_PREFILL_ROWS) +
+                     gen_batch * vocab_bytes + mc->vocab_size * sizeof(SampleCandidate);
+    double mem_lens = plan_state_bytes(&m, lens_slots, max_seq, ANALYSIS_MAX_ROWS) + lens_items * position_bytes;
+    double group_positions = scan_slots * seq_tokens, group_reads = scan_items < scan_slots ? scan_items : scan_slots * (double)scan_items / scan_seqs;
+    double scan_resid = c->ablation_scope == SCOPE_ALL ? group_positions * position_bytes : group_reads * position_bytes;
+    if (scan_resid > (double)ANALYSIS_CAPTURE_BYTES && c->ablation_scope == SCOPE_ALL) scan_resid = (double)ANALYSIS_CAPTURE_BYTES;
+    double mem_scan = plan_state_bytes(&m, scan_slots, max_seq, ANALYSIS_MAX_ROWS) + scan_resid +
+                      group_reads * vocab_bytes * (c->ablation_scope == SCOPE_ALL ? 2 : 1);
+    double mem_peak = mem_gen > mem_lens ? mem_gen : mem_lens;
+    if (mem_scan > mem_peak) mem_peak = mem_scan;
+    double weights = (double)m.bytes_mapped, weights_read = plan_weight_bytes(&m);
+
+    Buf work = {0};
+    buf_printf(out, "bt plan: %s on %s (%s, %d layers, hidden %d, vocab %d, ", c->file, c->model_path, mc->architecture, L,
+               mc->hidden_size, mc->vocab_size);
+    plan_bytes(out, weights);
+    buf_printf(out, " of %s weights), %d thread%s\n", dtype_name(m.embed.dtype), bt_threads, bt_threads > 1 ? "s" : "");
+    buf_printf(out, "  %d problems (%s) x %d sample%s x %d variant%s; prompts %d-%d tokens (mean %.0f); at most %d new tokens "
+                    "each, batches of %d\n",
+               c->n_problems, c->data_source == SOURCE_BUILTIN ? "built-in" : c->data_path, c->samples_per_problem,
+               c->samples_per_problem > 1 ? "s" : "", c->n_variants, c->n_variants > 1 ? "s" : "", prompt_min, prompt_max,
+               prompt_mean_all, c->max_new_tokens, c->batch_size);
+    buf_printf(out, "  %-34s %-78s %s\n", "stage", "work (at most)", cal_ok ? "time (at most)" : "time");
+    buf_printf(&work, "%lld completions, %lld new tokens, %.0f prompt tokens", n_gen, n_gen * c->max_new_tokens,
+               (double)n_gen * prompt_mean_all);
+    plan_line(out, "generate baseline", work.data, cal_ok ? t_gen : NAN);
+    work.len = 0;
+    buf_printf(&work, "%lld events + controls in %lld completions: %.0f positions forced, %lld readouts", lens_items, lens_seqs,
+               lens_seqs * seq_tokens, lens_items * (L + 1));
+    plan_line(out, "logit-lens", work.data, cal_ok ? t_lens : NAN);
+    work.len = 0;
+    if (c->ablation_scope == SCOPE_ALL)
+        buf_printf(&work, "%lld items in %lld completions: 1 + %d passes (%d pass-equivalents) of %.0f positions", scan_items,
+                   scan_seqs, 2 * L, L + 2, scan_seqs * seq_tokens);
+    else
+        buf_printf(&work, "%lld items in %lld completions: 1 pass of %.0f positions, %lld replayed rows", scan_items, scan_seqs,
+                   scan_seqs * seq_tokens, scan_items * 2 * L);
+    char stage[64];
+    snprintf(stage, sizeof stage, "ablation-scan (%s, %s)", c->ablation_scope == SCOPE_ALL ? "scope all" : "scope onset",
+             c->ablation_kind == ABLATE_MEAN ? "mean" : "zero");
+    plan_line(out, stage, work.data, cal_ok ? t_scan : NAN);
+    work.len = 0;
+    buf_printf(&work, "2 x %lld completions of %s, %lld new tokens", per_variant, c->lens_variant, 2 * per_variant * c->max_new_tokens);
+    plan_line(out, "generate targeted, random", work.data, cal_ok ? t_ablate : NAN);
+    plan_line(out, "the other stages", "detect-events (twice), compare-conditions, formatting-sweep, make-report", cal_ok ? 0 : NAN);
+    work.len = 0;
+    buf_printf(out, "  memory: weights ");
+    plan_bytes(out, weights);
+    buf_printf(out, " (mmapped); KV cache %.0f KB per position: generation %d x %d positions = ", model_kv_bytes_per_token(&m) / 1024.0,
+               gen_batch, max_seq);
+    plan_bytes(out, (double)model_kv_bytes_per_token(&m) * gen_batch * max_seq);
+    buf_puts(out, "; activations: logit lens ");
+    plan_bytes(out, lens_items * position_bytes);
+    buf_puts(out, ", scan ");
+    plan_bytes(out, scan_resid);
+    buf_puts(out, "\n  peak memory about ");
+    plan_bytes(out, weights_read + mem_peak);
+    buf_puts(out, " (the weights a step reads + the largest stage's cache, scratch and activations)\n");
+    if (cal_ok) {
+        buf_printf(out, "  calibration (%.1f s): teacher forcing %.1f tok/s, decode %.1f tok/s at batch %d, %.1f readouts/s\n",
+                   cal.seconds, cal.prefill_tok_s, cal.batch / cal.step_s, cal.batch, 1 / cal.readout_s);
+        char total[32];
+        format_duration(total, sizeof total, t_gen + t_lens + t_scan + t_ablate);
+        buf_printf(out, "  estimate: at most %s, if every completion runs to max_new_tokens and the analyses reach max_events\n", total);
+    }
+    buf_free(&work);
+out:
+    free(first_prompt);
+    problems_free(problems, n_problems);
+    tokenizer_free(tok);
+    model_free(&m);
+    return rc;
+}
+
+int cmd_plan(int argc, char **argv) {
+    Opt opts[] = {OPT_CONFIG, OPT("--no-calibrate", 0, "counts and memory only: no timing on the model"), OPT_END};
+    Err err = {0};
+    int r = opts_parse(opts, argc, argv, &err);
+    if (r) return r < 0 ? fail(&err) : 0;
+    Config c;
+    if (config_load(&c, opt_str(opts, "--config", BT_DEFAULT_CONFIG), &err)) return fail(&err);
+    set_threads(threads_flag >= 0 ? threads_flag : c.threads);
+    Buf b = {0};
+    if (plan_write(&c, !opt_str(opts, "--no-calibrate", NULL), &b, &err) == 0) write_stdout(&b);
+    buf_free(&b);
+    config_free(&c);
+    return err.msg[0] ? fail(&err) : 0;
+}
+
+// ----------------------------------------------------------------------------
 // Commands
 
 #ifndef BT_NO_MAIN
@@ -1137,15 +1643,19 @@ typedef struct {
 static const Command commands[] = {
     {"init-run", cmd_init_run, "create runs/<run_id>/ and make it the current run"},
     {"prepare-data", cmd_prepare_data, "write the processed problem set (GSM8K or built-in)"},
-    {"generate", cmd_generate, "generate completions for a condition (baseline or ablation)"},
+    {"generate", cmd_generate, "generate completions for a condition (baseline, ablation or steering)"},
     {"detect-events", cmd_detect_events, "find backtracking events and position-matched controls"},
     {"logit-lens", cmd_logit_lens, "onset-token logit, log-prob and rank by layer"},
     {"ablation-scan", cmd_ablation_scan, "effect of ablating each layer's attention and MLP"},
     {"collateral-damage", cmd_collateral_damage, "NLL the ablations add to the baseline text (specificity)"},
     {"compare-conditions", cmd_compare_conditions, "baseline vs targeted vs random ablation"},
     {"formatting-sweep", cmd_formatting_sweep, "backtracking across prompt formats"},
+    {"directions", cmd_directions, "difference-of-means steering directions per layer, with held-out AUROC"},
+    {"steering-sweep", cmd_steering_sweep, "backtracking rate per steering alpha: direction, random control, project_out"},
     {"make-report", cmd_make_report, "write the markdown report with hypothesis verdicts"},
     {"run", cmd_run, "every stage above, in order"},
+    {"plan", cmd_plan, "what bt run will do, with time and memory estimated on the model"},
+    {"capture", cmd_capture, "activations at events, windows or whole completions to safetensors"},
     {"model-info", cmd_model_info, "architecture, shapes, dtypes, parameter count, memory"},
     {"tokenize", cmd_tokenize, "token ids and byte spans of text"},
     {"detokenize", cmd_detokenize, "text of token ids"},

@@ -85,13 +85,14 @@ int path_is_dir(const char *path);
 typedef struct {
     char **cells; // ((n_rows + 1) * n_cols), row 0 = header
     int n_rows, n_cols;
+    char *path;    // the file, for messages
+    int *row_line; // (n_rows + 1) source line where each row starts, row 0 = header
 } Csv;
 
 int csv_read(const char *path, Csv *t, Err *err); // rows with another field count: "file:line" error
 void csv_free(Csv *t);
 int csv_col(const Csv *t, const char *name);      // column index, -1 if absent
 const char *csv_cell(const Csv *t, int row, int col); // row 0 = first data row
-int csv_cell_int(const Csv *t, int row, int col, long long lo, long long hi, long long *out); // -1 unless an integer in range
 
 // ----------------------------------------------------------------------------
 // JSON reading, jsmn-style (io.c): one flat array of tokens that are spans over
@@ -168,6 +169,8 @@ enum { SCOPE_ALL, SCOPE_ONSET };
 // forward + backward pass per item; or estimate, then ablate the top verify_k of each kind exactly.
 enum { METHOD_EXACT, METHOD_ATTRIBUTION, METHOD_ATTRIBUTION_VERIFY };
 #define MAX_RANDOM_DRAWS 100 // [ablation] random_draws at most
+enum { STEER_POSITIVES_EVENTS, STEER_POSITIVES_THINKING };
+#define STEER_LAYER_AUTO (-1)
 
 typedef struct {
     char *name;          // from the section name [variant.NAME]
@@ -220,6 +223,25 @@ typedef struct {
     // [report]
     char *report_path;
     char *figures_dir;
+    char *events_path;     // the event browser (events.html)
+    int max_events_shown;  // events the browser shows at most
+    // [capture]
+    double capture_max_memory_mb; // activations held in memory at once, MB (2^20 bytes)
+    double capture_max_file_mb;   // a capture splits into numbered files past this size, MB
+    int capture_window;           // --positions window: tokens each side of pred_pos
+    int capture_dtype;            // CAPTURE_F32 or CAPTURE_BF16
+    // [steering]: difference-of-means directions, steered generation, H3
+    int steering_enabled;      // bt run runs directions, the steered conditions and steering-sweep
+    int steer_positives;       // STEER_POSITIVES_*
+    char *steer_negatives;     // "controls" | "thinking" | "variant:NAME"
+    int steer_window_start;    // the event window: tokens from the onset (-1 = the token before it)
+    int steer_window_len;      // tokens in the window
+    int steer_layer;           // the residual steered (0 = embeddings), STEER_LAYER_AUTO = best held-out AUROC
+    double *steer_alphas;      // (n_steer_alphas) in units of the layer's mean norm, nonzero
+    int n_steer_alphas;
+    char **steer_variants;     // (n_steer_variants) the variants bt run steers (default: the [logit_lens] variant)
+    int n_steer_variants;
+    double h3_min_rate_change; // [hypotheses]: smallest rate change across the alphas that counts as an effect
     // [variant.*]
     Variant *variant_defs; // (n_variant_defs)
     int n_variant_defs;
@@ -279,6 +301,11 @@ void progress(const char *fmt, ...) __attribute__((format(printf, 1, 2))); // st
 #define ART_HEADS "analysis/head_importance.csv"
 #define ART_CONDITIONS "analysis/condition_comparison.csv"
 #define ART_FORMATTING "analysis/formatting_summary.csv"
+#define ART_LOGIT_LENS_WINDOW "analysis/logit_lens_window.csv"
+#define ART_ACTIVATIONS "activations" // bt capture's safetensors files and their index CSVs
+#define ART_DIRECTIONS "analysis/directions.safetensors"
+#define ART_DIRECTIONS_CSV "analysis/directions.csv"
+#define ART_STEERING_SWEEP "analysis/steering_sweep.csv"
 
 typedef struct {
     char id[128];  // run id, e.g. 20251223_123456
@@ -293,6 +320,7 @@ void run_generation_path(const Run *run, char *out, size_t n, const char *varian
 // Every generation file of the run: variant by variant in the config's order, and within a
 // variant baseline, targeted_ablation, random_ablation_1.., then other conditions by name.
 int run_generation_files(const Config *c, const Run *run, char ***paths, Err *err);
+void run_activation_path(const Run *run, char *out, size_t n, const char *file); // runs/<id>/activations/<file>
 
 // ----------------------------------------------------------------------------
 // Problems (bt.c)
@@ -447,6 +475,10 @@ typedef struct {
     const float *attn_mean;   // (n_layers, hidden) for ABLATE_MEAN
     const float *mlp_mean;    // (n_layers, hidden)
     const float *head_mean;   // (n_layers, n_heads * head_dim)
+    // Steering acts on the residual stream itself, at every row the mask is on.
+    int steer_layer;          // the residual steer_add joins: 0 = embeddings, l = after block l-1 (logit-lens numbering)
+    const float *steer_add;   // (hidden) added to that residual; NULL = none
+    const float *project_out; // (hidden) unit direction whose component is removed from every residual; NULL = none
 } AblationMask;
 
 // KV cache and scratch for one model: n_slots sequences of up to max_seq tokens,
@@ -475,6 +507,7 @@ typedef struct {
     // the scope-all ablation scan resumes each ablated pass from the clean residual.
     int first_layer;
     const float *x_in;     // (n, hidden) required when first_layer > 0; optional at 0 (replaces the embeddings)
+                           // A mask's steering acts on the residuals the call forms: x_in at layer 0, not above.
     // Replay: rows do not write the cache; each attends to the cached 0..pos-1 plus its own
     // key/value, so many variants of one position fit in one call (the onset-scope scan).
     int replay;
@@ -499,6 +532,9 @@ void model_final_logits_rows(const Model *m, const float *resid, int n, size_t s
 // A safetensors file of n tensors, in the order given; a tensor with rows = 1 is 1-D.
 // Built in memory and written with write_file_atomic.
 int safetensors_write(const char *path, const char *const *names, const Tensor *tensors, int n, Err *err);
+// One 1-D (rows = 1) or 2-D tensor of a single safetensors file, as F32 in *out (rows, cols); errors
+// (exit 2) name the file and tensor.
+int safetensors_read_f32(const char *path, const char *name, float **out, int *rows, int *cols, Err *err);
 
 size_t model_kv_bytes_per_token(const Model *m); // KV cache bytes one position of one sequence takes
 void tensor_row_f32(const Tensor *t, int row, float *out); // row of a 2-D tensor (cols values) as F32
@@ -540,6 +576,7 @@ typedef struct {
     // embeddings; the cache below first_layer must hold this group's clean pass.
     const float *enter;
     int first_layer;
+    float *attn, *mlp; // (n_reads, n_layers, hidden) attention block and MLP outputs at the reads, or NULL
 } PassOut;
 
 int forcer_init(Forcer *f, const Model *m, int n_slots, int max_seq, int max_rows, Err *err);
@@ -661,6 +698,7 @@ typedef struct {
     const AblationMask *mask; // on every row, NULL = clean
     int ignore_eos;           // run every sequence to max_new (benchmarks)
     int (*on_finish)(void *ctx, int seq, Err *err); // each sequence as it finishes; nonzero stops the loop
+    void (*on_step)(void *ctx);                     // after each forward call (progress), or NULL
     void *ctx;
 } GenParams;
 
@@ -680,6 +718,38 @@ typedef struct {
 
 int generations_read(const char *path, GenRecord **out, int *n_out, Err *err);
 void generations_free(GenRecord *r, int n);
+
+// Steering conditions (generate.c): steer_<alpha> adds alpha x the steered layer's mean norm x the
+// unit direction to that residual at every position; steer_random_<alpha> a random unit direction
+// (drawn from the run seed) at the same scale; project_out removes the direction's component from
+// every residual. alpha is printed with "%+g" (steer_-2, steer_+0.5).
+enum { STEER_DIRECTION, STEER_RANDOM, STEER_PROJECT_OUT };
+#define STEER_GROUPS "steer | steer_random | project_out" // what generate --condition takes for them
+
+typedef struct {
+    char name[64]; // the condition: its generation file's name
+    int kind;      // STEER_*
+    double alpha;  // units of the layer's mean norm; 0 for project_out
+} SteerCondition;
+
+// The conditions of one group ("steer", "steer_random", "project_out"), or of all three when group is
+// NULL, in [steering] alphas order; out holds 2 * n_steer_alphas + 1. Returns how many, -1 for no group
+// (out NULL: only whether group names one).
+int steer_conditions(const Config *c, const char *group, SteerCondition *out);
+
+// The run's directions (analysis/directions.safetensors) and the layer a condition steers.
+typedef struct {
+    int n_layers, hidden;
+    float *directions; // (n_layers + 1, hidden) difference of means, [0] = embeddings
+    float *mean_norm;  // (n_layers + 1) norm of each layer's mean residual
+    int layer;         // the steered residual: [steering] layer, or the best held-out AUROC (directions.csv)
+} SteerDirections;
+
+int steer_directions_load(const Config *c, const Run *run, const ModelConfig *mc, SteerDirections *d, Err *err);
+void steer_directions_free(SteerDirections *d);
+// A condition's AblationMask: steer_add / project_out point into vec (hidden), which it fills.
+int steer_condition_mask(const Config *c, const SteerDirections *d, const SteerCondition *sc, AblationMask *mask,
+                         float *vec, Err *err);
 
 
 // ----------------------------------------------------------------------------
@@ -743,6 +813,21 @@ Interval bootstrap_ratio95(const double *x, int nx, const double *y, int ny, int
 // NaN when either group is empty.
 double permutation_p(const double *x, int nx, const double *y, int ny, int n_permutations, uint64_t seed);
 
+// Statistics for steering (analysis.c).
+// AUROC: the probability that a positive's score exceeds a negative's, ties counting half (the
+// Mann-Whitney U over n_pos x n_neg); weight (n) or NULL = 1 each. NaN without both kinds.
+double auroc(const double *score, const unsigned char *is_pos, const double *weight, int n);
+// Percentile bootstrap 95% interval of the AUROC resampling whole clusters (cluster[i] in
+// [0, n_clusters), e.g. the completion a position is in) with replacement; est is auroc().
+Interval auroc_cluster_bootstrap95(const double *score, const unsigned char *is_pos, const int *cluster, int n,
+                                   int n_clusters, int n_resamples, uint64_t seed);
+typedef struct {
+    double slope, lo, hi; // least-squares slope of the rate on x (weights n), 95% Wald interval (unpooled; NaN when every rate is 0 or 1)
+    double z, p;          // Cochran-Armitage trend statistic and two-sided p (pooled null variance)
+} Trend;
+// Cochran-Armitage test for a linear trend in k[i] / n[i] over scores x[i], i < m. slope, z and p
+// are NaN when x does not vary; z and p also when no trial (or every trial) succeeded.
+Trend cochran_armitage(const double *x, const long long *k, const long long *n, int m);
 
 // P(X >= k) for X ~ Binomial(n, p), summed exactly in logs; 1 when k = 0, NaN for bad arguments.
 double binomial_tail_p(long long k, long long n, double p);
@@ -807,6 +892,7 @@ int head_means_read(const Run *run, const ModelConfig *mc, float **head_mean, Er
 #define FIG_RATE_BY_CONDITION "backtracking_rate_by_condition.svg"
 #define FIG_FORMATTING "formatting_effect_on_backtracking.svg"
 #define FIG_HEAD_IMPORTANCE "head_importance_by_layer.svg"
+#define FIG_RATE_BY_STEERING "backtracking_rate_by_steering.svg"
 
 enum { SVG_KEY_BAR, SVG_KEY_LINE, SVG_KEY_DASHED, SVG_KEY_RING, SVG_KEY_ERROR_BAR, SVG_KEY_BAND, SVG_KEY_OUTLINE };
 
@@ -897,6 +983,18 @@ void svg_heatmap(Svg *s, int n_rows, int n_cols, const double *value, double lim
 // selected (n_layers, n_heads) marks the heads the targeted condition ablates. exact, selected may be NULL.
 int fig_head_importance(const char *path, int n_layers, int n_heads, const double *effect, const unsigned char *exact,
                         const unsigned char *selected, int n_events, const char *note, Err *err);
+// Steering dose-response: each series is one steered variant's direction (a line), random control
+// (dashed) or project_out (rings with intervals): k[i] of n[i] completions backtrack at alpha[i]
+// (each (n_points)), with Wilson 95% bands.
+typedef struct {
+    const char *name;       // legend text
+    int kind;               // STEER_DIRECTION, STEER_RANDOM or STEER_PROJECT_OUT
+    int color;              // index of the variant: series of one variant share a colour
+    const double *alpha;    // (n_points) increasing for lines
+    const long long *k, *n; // (n_points)
+    int n_points;
+} SteerSeries;
+int fig_rate_by_steering(const char *path, const SteerSeries *series, int n_series, const char *note, Err *err);
 
 // ----------------------------------------------------------------------------
 // Organism (organism.c): the embedded planted-mechanism model. A Qwen2 directory
@@ -929,6 +1027,33 @@ int organism_write_mechanism(const char *dir, int mechanism, Err *err);
 // planted, and a directory that is not an organism (no "bt_organism") passes.
 int organism_check_mechanism(const char *dir, int mechanism, const char *config_file, Err *err);
 // ----------------------------------------------------------------------------
+// Interop and looking: activations out to safetensors (capture.c), the event browser
+// (report.c), the plan of a run and progress with an ETA (bt.c).
+
+// The shapes of the heavy stages' forward calls, here because bt plan sizes them too.
+#define GEN_PREFILL_ROWS 512 // generate.c: rows of prompt per forward call: bounds the activations of a prefill
+#define ANALYSIS_MAX_ROWS 512 // analysis.c: rows per forward call in teacher-forced passes
+#define ANALYSIS_CAPTURE_BYTES ((size_t)1 << 30) // analysis.c: scope-all scan: clean residuals kept per group of completions
+
+enum { CAPTURE_F32, CAPTURE_BF16 };
+#define CAPTURE_DTYPES "f32|bf16" // in enum order: [capture] dtype's choices
+
+// A long stage's progress line, "stage: done/total unit, X tok/s, ETA T", printed at most every
+// progress_every_s() seconds and at the end. The ETA scales the time so far by the work left
+// (work_done of work_total, in any unit: tokens generated against the budget, positions forced).
+#define PROGRESS_EVERY_S 2.0
+double progress_every_s(void); // PROGRESS_EVERY_S, or $BT_PROGRESS_EVERY_S (tests and logs: 0 = every step)
+typedef struct {
+    double t0;     // the stage's start (now_seconds)
+    double last_s; // when the last line was printed, seconds after t0
+} ProgressClock;
+void progress_start(ProgressClock *pc);
+void progress_eta(ProgressClock *pc, const char *stage, long long done, long long total, const char *unit,
+                  double tokens, double work_done, double work_total);
+void format_duration(char *out, size_t n, double seconds); // "42s", "3m07s", "2h05m", "?" when unknown
+char *render_prompt(const char *template_text, const char *question); // generate.c: every {question} replaced
+
+// ----------------------------------------------------------------------------
 // Commands: each returns an exit code. Defined in the file that owns the capability.
 
 int not_built(int argc, char **argv); // for a command whose capability does not exist yet: says so, exits 1
@@ -943,7 +1068,9 @@ int cmd_compare_conditions(int argc, char **argv);
 int cmd_collateral_damage(int argc, char **argv);
 int cmd_formatting_sweep(int argc, char **argv);
 int cmd_make_report(int argc, char **argv);
+int cmd_capture(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
 int cmd_model_info(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
@@ -952,5 +1079,28 @@ int cmd_generate_ids(int argc, char **argv);
 int cmd_make_organism(int argc, char **argv);
 int cmd_make_bench_model(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_directions(int argc, char **argv);
+int cmd_steering_sweep(int argc, char **argv);
+
+// ----------------------------------------------------------------------------
+// Reliability: checked readers and limits the parsers share (fuzzed in tests/fuzz/).
+
+// Checked CSV cells (io.c): -1 with "file:line: column 'name': ..." when the cell is not
+// an integer in [lo, hi] (csv_int) or not a finite number (csv_double).
+int csv_int(const Csv *t, int row, int col, long long lo, long long hi, long long *out, Err *err);
+int csv_double(const Csv *t, int row, int col, double *out, Err *err);
+// The most bytes of token strings a tokenizer may hold (tokenizer.c): UINT32_MAX, as offsets
+// into them are 32-bit; a load past it fails. Tests lower it to reach the limit.
+extern size_t tokenizer_pool_limit;
+// Text files read line by line with C strings (INI, JSONL) refuse a NUL byte, which would
+// silently end the text early (io.c): "path:line: NUL byte in a text file".
+int text_has_nul(const char *path, const Buf *text, Err *err);
+// Duplicate keys in one JSON object (io.c): json_duplicate_key gives the key token that
+// repeats an earlier key, -1 if none (O(keys^2): for the small objects bt reads);
+// json_unique_keys fails with "name:line: key \"k\" appears twice in one object".
+int json_duplicate_key(const Json *j, int obj);
+int json_unique_keys(const Json *j, int obj, Err *err);
+// GSM8K's {question, answer} JSONL as prepare-data reads it (bt.c); ids are <file stem>_<line - 1>.
+int gsm8k_load(const char *path, Problem **out, int *n_out, Err *err);
 
 #endif

@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define GEN_PREFILL_ROWS 512 // rows of prompt per forward call: bounds the activations of a prefill
 #define GEN_MIN_LOGIT_NATS 40 // tokens this far (after temperature) below the best carry < 1e-17 of the mass
 #define SAMPLER_FIRST_SORT 64 // candidates the sampler sorts first; it takes more only when it must
 
@@ -265,6 +264,7 @@ int generate_batch(const Model *m, GenSeq *seqs, int n_seqs, const GenParams *p,
                 if (p->on_finish) rc = p->on_finish(p->ctx, index, err);
             }
         }
+        if (p->on_step && rc == 0) p->on_step(p->ctx);
     }
     free(slot_seq);
     free(row_token);
@@ -285,7 +285,7 @@ int generate_batch(const Model *m, GenSeq *seqs, int n_seqs, const GenParams *p,
 // size or threads, and a crash loses at most the completions still running.
 
 // Renders a variant template: every {question} replaced by the question.
-static char *render_prompt(const char *template_text, const char *question) {
+char *render_prompt(const char *template_text, const char *question) {
     Buf b = {0};
     const char *p = template_text, *q;
     while ((q = strstr(p, "{question}"))) {
@@ -371,13 +371,13 @@ typedef struct {
     const char *variant, *condition;
     const Tokenizer *tok;
     const LayerSet *set;   // what the condition ablates
+    const char *steering_json; // how a steering condition steers (a JSON object), NULL for the others
     int thinking_open;     // the variant's prompt leaves <think> open
     Job *jobs;             // (n_jobs)
     GenSeq *seqs;          // (n_jobs): seqs[i] generates jobs[i]
     int n_jobs, n_done_before, next_write, n_finished;
-    long long tokens_made;
     const char *path, *timing_path;
-    double t0, last_report;
+    ProgressClock clock;
 } RecordWriter;
 
 // Renders a finished completion as one JSON line.
@@ -406,16 +406,26 @@ static char *job_record(const RecordWriter *w, const Job *job, const GenSeq *q) 
     buf_printf(&b, ", \"correct\": %s, \"ablation\": ", answer_correct(predicted, pr->gold) ? "true" : "false");
     if (w->set->n_attn + w->set->n_mlp + w->set->n_attn_heads) layer_set_json(&b, w->set);
     else buf_puts(&b, "null");
+    if (w->steering_json) buf_printf(&b, ", \"steering\": %s", w->steering_json);
     buf_puts(&b, "}\n");
     buf_free(&text);
     return b.data;
 }
 
-static void format_duration(char *out, size_t n, double s) {
-    if (s < 0 || s != s) snprintf(out, n, "?");
-    else if (s < 60) snprintf(out, n, "%.0fs", s);
-    else if (s < 3600) snprintf(out, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
-    else snprintf(out, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+// Progress from the first steps on: tokens generated against the budget (max_new_tokens for every
+// completion still running, what it took for each finished one), at most every progress_every_s().
+static void generation_progress(void *ctx) {
+    RecordWriter *w = ctx;
+    if (w->n_finished < w->n_jobs && now_seconds() - w->clock.t0 - w->clock.last_s < progress_every_s()) return;
+    long long made = 0, budget = 0;
+    for (int i = 0; i < w->n_jobs; i++) {
+        made += w->seqs[i].n_ids;
+        budget += w->seqs[i].finish_reason ? w->seqs[i].n_ids : w->seqs[i].max_new;
+    }
+    char stage[300];
+    snprintf(stage, sizeof stage, "generate %s/%s", w->variant, w->condition);
+    progress_eta(&w->clock, stage, w->n_done_before + w->n_finished, w->n_done_before + w->n_jobs, "completions", (double)made,
+                 (double)made, (double)budget);
 }
 
 // on_finish of the loop: the record of sequence i, then every record that is next in
@@ -424,7 +434,6 @@ static int record_finished(void *ctx, int i, Err *err) {
     RecordWriter *w = ctx;
     w->jobs[i].record = job_record(w, &w->jobs[i], &w->seqs[i]);
     w->n_finished++;
-    w->tokens_made += w->seqs[i].n_ids;
     int rc = 0;
     while (rc == 0 && w->next_write < w->n_jobs && w->jobs[w->next_write].record) {
         Job *job = &w->jobs[w->next_write];
@@ -444,21 +453,14 @@ static int record_finished(void *ctx, int i, Err *err) {
         job->record = NULL;
         w->next_write++;
     }
-    double t = now_seconds() - w->t0;
-    if (t - w->last_report > 2 || w->next_write == w->n_jobs) {
-        w->last_report = t;
-        char eta[32];
-        format_duration(eta, sizeof eta, t / w->n_finished * (w->n_jobs - w->n_finished));
-        progress("generate %s/%s: %d/%d completions, %.1f tok/s, ETA %s\n", w->variant, w->condition,
-                 w->n_done_before + w->n_finished, w->n_done_before + w->n_jobs, t > 0 ? w->tokens_made / t : 0.0, eta);
-    }
+    generation_progress(w);
     return rc;
 }
 
 // Generates every missing completion of one variant under one condition.
 static int generate_variant(const Config *c, const Run *run, const Model *m, const Tokenizer *tok,
                             const Problem *problems, int n_problems, const Variant *variant, const char *condition,
-                            const AblationMask *mask, const LayerSet *set, Err *err) {
+                            const AblationMask *mask, const LayerSet *set, const char *steering_json, Err *err) {
     char path[1200], timing_path[1300];
     run_generation_path(run, path, sizeof path, variant->name, condition);
     snprintf(timing_path, sizeof timing_path, "%.*s.timing.jsonl", (int)(strlen(path) - 6), path);
@@ -468,7 +470,7 @@ static int generate_variant(const Config *c, const Run *run, const Model *m, con
     // The work list: every (problem, sample) without a record, in order.
     int n_total = n_problems * c->samples_per_problem;
     RecordWriter w = {.c = c, .problems = problems, .variant = variant->name, .condition = condition,
-                      .tok = tok, .set = set, .thinking_open = prompt_thinking_open(variant->template_text),
+                      .tok = tok, .set = set, .steering_json = steering_json, .thinking_open = prompt_thinking_open(variant->template_text),
                       .n_done_before = n_done, .path = path, .timing_path = timing_path};
     w.jobs = xcalloc((size_t)n_total + 1, sizeof *w.jobs);
     w.seqs = xcalloc((size_t)n_total + 1, sizeof *w.seqs);
@@ -502,8 +504,8 @@ static int generate_variant(const Config *c, const Run *run, const Model *m, con
     free(done_ids);
     free(done_samples);
     GenParams params = {.sampler = config_sampler(c, &m->cfg), .batch_size = c->batch_size, .max_seq = c->max_seq_len,
-                        .mask = mask, .on_finish = record_finished, .ctx = &w};
-    w.t0 = now_seconds();
+                        .mask = mask, .on_finish = record_finished, .on_step = generation_progress, .ctx = &w};
+    progress_start(&w.clock);
     if (rc == 0) rc = generate_batch(m, w.seqs, w.n_jobs, &params, err);
     for (int i = 0; i < w.n_jobs; i++) {
         free(w.jobs[i].prompt);
@@ -548,7 +550,10 @@ int generations_read(const char *path, GenRecord **out, int *n_out, Err *err) {
         if (len == 0) continue;
         Json j;
         if (json_parse(&j, line, len, path, err)) {
-            rc = err_input(err, "%s:%d: not a JSON generation record", path, line_no);
+            const char *why = strstr(err->msg, "invalid JSON: "); // json_parse counts lines within this one line
+            char reason[256];
+            snprintf(reason, sizeof reason, "%s", why ? why + strlen("invalid JSON: ") : "invalid JSON");
+            rc = err_input(err, "%s:%d: not a JSON generation record (%s)", path, line_no, reason);
             break;
         }
         GenRecord r = {0};
@@ -561,31 +566,42 @@ int generations_read(const char *path, GenRecord **out, int *n_out, Err *err) {
         r.finish_reason = json_strdup(&j, json_key(&j, 0, "finish_reason"));
         json_int(&j, json_key(&j, 0, "sample"), &sample);
         json_int(&j, json_key(&j, 0, "prompt_tokens"), &prompt_tokens);
-        json_bool(&j, json_key(&j, 0, "correct"), &r.correct);
+        int has_correct = json_bool(&j, json_key(&j, 0, "correct"), &r.correct) == 0; // absent is not "false"
         r.sample = (int)sample;
         r.prompt_tokens = (int)prompt_tokens;
-        int ok = r.problem_id && r.variant && r.condition && r.prompt && r.finish_reason && sample >= 0 &&
-                 prompt_tokens > 0 && ids >= 0 && j.tok[ids].type == JSON_ARRAY;
-        if (ok) {
+        int dup = json_duplicate_key(&j, 0); // a key given twice is refused, not resolved
+        char *twice = dup >= 0 ? json_strdup(&j, dup) : NULL;
+        // The first field that is missing or bad (sample and prompt_tokens must fit an int).
+        const char *bad = twice ? twice : !r.problem_id ? "problem_id" : !r.variant ? "variant"
+                          : !r.condition ? "condition" : !r.prompt ? "prompt" : !r.finish_reason ? "finish_reason"
+                          : sample < 0 || sample > INT32_MAX ? "sample"
+                          : prompt_tokens <= 0 || prompt_tokens > INT32_MAX ? "prompt_tokens" : !has_correct ? "correct"
+                          : ids < 0 || j.tok[ids].type != JSON_ARRAY ? "completion_ids" : NULL;
+        if (!bad) {
             r.completion_ids = xmalloc((size_t)(j.tok[ids].size + 1) * sizeof *r.completion_ids);
             JSON_FOR_ARRAY(&j, ids, i, t) {
                 long long v;
-                if (json_int(&j, t, &v) || v < 0 || v > INT32_MAX) ok = 0;
+                if (json_int(&j, t, &v) || v < 0 || v > INT32_MAX) bad = "completion_ids";
                 else r.completion_ids[r.n_completion++] = (int)v;
                 (void)i;
             }
         }
         json_free(&j);
-        if (!ok) {
+        if (bad) {
             free(r.problem_id);
             free(r.variant);
             free(r.condition);
             free(r.prompt);
             free(r.completion_ids);
             free(r.finish_reason);
-            rc = err_input(err, "%s:%d: generation record lacks a field or has a bad one", path, line_no);
+            if (twice)
+                rc = err_input(err, "%s:%d: generation record: key \"%.200s\" appears twice", path, line_no, bad);
+            else rc = err_input(err, "%s:%d: generation record: \"%s\" is missing or has a bad value", path, line_no,
+                                bad);
+            free(twice);
             break;
         }
+        free(twice);
         list = xrealloc(list, (size_t)(n + 1) * sizeof *list);
         list[n++] = r;
     }
@@ -600,13 +616,178 @@ int generations_read(const char *path, GenRecord **out, int *n_out, Err *err) {
 }
 
 // ----------------------------------------------------------------------------
+// Steering conditions: the run's difference-of-means direction (bt directions) added at one
+// layer at every position, a random direction of the same norm, or the direction projected out
+// of every residual. The hook is the AblationMask's steering fields, so the loop is the same.
+
+#define STEER_RANDOM_STREAM 0x5EE4D1 // the random control's direction: (run seed, this) only
+
+int steer_conditions(const Config *c, const char *group, SteerCondition *out) {
+    static const char *const groups[] = {"steer", "steer_random", "project_out"};
+    int n = 0, found = 0;
+    for (int g = 0; g < 3; g++) {
+        if (group && strcmp(group, groups[g]) != 0) continue;
+        found = 1;
+        if (g == STEER_PROJECT_OUT) {
+            if (out) out[n] = (SteerCondition){"project_out", STEER_PROJECT_OUT, 0};
+            n++;
+            continue;
+        }
+        for (int a = 0; a < c->n_steer_alphas && out; a++, n++) {
+            out[n] = (SteerCondition){"", g, c->steer_alphas[a]};
+            snprintf(out[n].name, sizeof out[n].name, "%s_%+g", groups[g], c->steer_alphas[a]);
+        }
+    }
+    return found ? n : -1;
+}
+
+void steer_directions_free(SteerDirections *d) {
+    free(d->directions);
+    free(d->mean_norm);
+    memset(d, 0, sizeof *d);
+}
+
+static double norm_of(const float *v, int n) {
+    double s = 0;
+    for (int i = 0; i < n; i++) s += (double)v[i] * v[i];
+    return sqrt(s);
+}
+
+// The layer of [steering] layer = auto: the row of directions.csv that bt directions marked best.
+static int steer_best_layer(const Run *run, int n_layers, int *layer, Err *err) {
+    char path[1200];
+    run_path(run, path, sizeof path, ART_DIRECTIONS_CSV);
+    Csv t;
+    if (!path_exists(path)) return err_input(err, "no %s in run %s: run directions first", ART_DIRECTIONS_CSV, run->id);
+    if (csv_read(path, &t, err)) return -1;
+    int col_layer = csv_col(&t, "layer"), col_best = csv_col(&t, "best_auroc");
+    *layer = -1;
+    for (int r = 0; r < t.n_rows && col_layer >= 0 && col_best >= 0; r++)
+        if (strcmp(csv_cell(&t, r, col_best), "1") == 0) *layer = atoi(csv_cell(&t, r, col_layer));
+    csv_free(&t);
+    if (*layer < 0 || *layer > n_layers)
+        return err_input(err, "%s: no layer marked best_auroc within [0, %d] (run directions again)", path, n_layers);
+    return 0;
+}
+
+int steer_directions_load(const Config *c, const Run *run, const ModelConfig *mc, SteerDirections *d, Err *err) {
+    memset(d, 0, sizeof *d);
+    char path[1200];
+    run_path(run, path, sizeof path, ART_DIRECTIONS);
+    if (!path_exists(path)) return err_input(err, "no %s in run %s: run directions first", ART_DIRECTIONS, run->id);
+    int rows, cols, norm_rows, norm_cols, L = mc->n_layers;
+    if (safetensors_read_f32(path, "directions", &d->directions, &rows, &cols, err) ||
+        safetensors_read_f32(path, "mean_norm", &d->mean_norm, &norm_rows, &norm_cols, err)) {
+        steer_directions_free(d);
+        return -1;
+    }
+    d->n_layers = L;
+    d->hidden = mc->hidden_size;
+    if (rows != L + 1 || cols != mc->hidden_size || norm_rows != 1 || norm_cols != L + 1) {
+        steer_directions_free(d);
+        return err_input(err, "%s: directions (%d, %d) and mean_norm (%d) do not fit this model's (%d, %d) (run directions again)",
+                         path, rows, cols, norm_rows * norm_cols, L + 1, mc->hidden_size);
+    }
+    if (c->steer_layer == STEER_LAYER_AUTO) {
+        if (steer_best_layer(run, L, &d->layer, err)) {
+            steer_directions_free(d);
+            return -1;
+        }
+    } else if (c->steer_layer > L) {
+        steer_directions_free(d);
+        return err_input(err, "%s: [steering] layer = %d is out of range [0, %d] for the model in %s", c->file, c->steer_layer, L,
+                         c->model_path);
+    } else {
+        d->layer = c->steer_layer;
+    }
+    if (!(norm_of(d->directions + (size_t)d->layer * d->hidden, d->hidden) > 0) || !(d->mean_norm[d->layer] > 0)) {
+        int layer = d->layer;
+        steer_directions_free(d);
+        return err_input(err, "%s: the direction at layer %d is zero (positives and negatives agree there): choose another [steering] layer",
+                         path, layer);
+    }
+    return 0;
+}
+
+int steer_condition_mask(const Config *c, const SteerDirections *d, const SteerCondition *sc, AblationMask *mask,
+                         float *vec, Err *err) {
+    memset(mask, 0, sizeof *mask);
+    int D = d->hidden;
+    const float *dir = d->directions + (size_t)d->layer * D;
+    double *unit = xmalloc((size_t)D * sizeof *unit); // (hidden)
+    if (sc->kind == STEER_RANDOM) {
+        Rng rng;
+        rng_seed(&rng, seed_mix((uint64_t)c->seed, STEER_RANDOM_STREAM));
+        for (int i = 0; i < D; i++) unit[i] = rng_normal(&rng);
+    } else {
+        for (int i = 0; i < D; i++) unit[i] = dir[i];
+    }
+    double norm = 0;
+    for (int i = 0; i < D; i++) norm += unit[i] * unit[i];
+    norm = sqrt(norm);
+    if (!(norm > 0)) {
+        free(unit);
+        return err_runtime(err, "steering: a zero direction at layer %d", d->layer);
+    }
+    double scale = sc->kind == STEER_PROJECT_OUT ? 1 : sc->alpha * d->mean_norm[d->layer];
+    for (int i = 0; i < D; i++) vec[i] = (float)(scale * unit[i] / norm);
+    free(unit);
+    if (sc->kind == STEER_PROJECT_OUT) {
+        mask->project_out = vec;
+    } else {
+        mask->steer_layer = d->layer;
+        mask->steer_add = vec;
+    }
+    return 0;
+}
+
+// generate --condition steer | steer_random | project_out: one file per condition of the group,
+// for --variant or every [steering] variant.
+static int generate_steered(const Config *c, const Run *run, const Model *m, const Tokenizer *tok,
+                            const Problem *problems, int n_problems, const char *group, const char *one, Err *err) {
+    SteerCondition *sc = xmalloc((size_t)(2 * c->n_steer_alphas + 1) * sizeof *sc);
+    int n = steer_conditions(c, group, sc), rc = 0;
+    SteerDirections d;
+    if (steer_directions_load(c, run, &m->cfg, &d, err)) {
+        free(sc);
+        return -1;
+    }
+    float *vec = xmalloc((size_t)d.hidden * sizeof *vec); // (hidden) the condition's vector
+    LayerSet none = {0};
+    int n_variants = one ? 1 : c->n_steer_variants;
+    for (int v = 0; v < n_variants && rc == 0; v++) {
+        const char *name = one ? one : c->steer_variants[v];
+        for (int i = 0; i < n && rc == 0; i++) {
+            AblationMask mask;
+            if ((rc = steer_condition_mask(c, &d, &sc[i], &mask, vec, err))) break;
+            Buf json = {0};
+            static const char *const kinds[] = {"direction", "random", "project_out"};
+            buf_printf(&json, "{\"kind\": \"%s\", \"layer\": %d, \"alpha\": ", kinds[sc[i].kind], d.layer);
+            buf_json_double(&json, sc[i].alpha);
+            buf_puts(&json, ", \"norm\": ");
+            buf_json_double(&json, norm_of(vec, d.hidden));
+            buf_puts(&json, "}");
+            rc = generate_variant(c, run, m, tok, problems, n_problems, config_variant(c, name), sc[i].name, &mask, &none,
+                                  json.data, err);
+            buf_free(&json);
+        }
+    }
+    free(vec);
+    free(sc);
+    steer_directions_free(&d);
+    return rc;
+}
+
+// ----------------------------------------------------------------------------
 // Commands: generate, generate-ids
 
 int cmd_generate(int argc, char **argv) {
     Opt opts[] = {OPT_CONFIG,
-                  OPT("--condition", 1, "baseline | targeted_ablation | random_ablation (every draw) | random_ablation_K"),
+                  OPT("--condition", 1, "baseline | targeted_ablation | random_ablation (every draw) | random_ablation_K | "
+                                        STEER_GROUPS),
                   OPT("--variant", 1,
-                      "one variant (default: every [generation] variant for baseline, [logit_lens] variant otherwise)"),
+                      "one variant (default: every [generation] variant for baseline, [steering] variants for steering, "
+                      "[logit_lens] variant otherwise)"),
                   OPT_END};
     Err err = {0};
     Config c;
@@ -620,12 +801,15 @@ int cmd_generate(int argc, char **argv) {
     Problem *problems = NULL;
     int n_problems = 0, loaded = 0;
     const char *one = opt_str(opts, "--variant", NULL);
-    if (condition_parse(condition, &cond)) {
+    const char *steer_group = condition && condition_parse(condition, &cond) && steer_conditions(&c, condition, NULL) >= 0
+                                  ? condition
+                                  : NULL;
+    if (!steer_group && condition_parse(condition, &cond)) {
         err_input(&err, "generate: --condition must be baseline, targeted_ablation, random_ablation or random_ablation_K "
-                        "(K = 1 .. [ablation] random_draws)");
+                        "(K = 1 .. [ablation] random_draws), or " STEER_GROUPS);
         goto out;
     }
-    if (cond.kind == COND_RANDOM && cond.draw > c.random_draws) {
+    if (!steer_group && cond.kind == COND_RANDOM && cond.draw > c.random_draws) {
         err_input(&err, "generate: --condition %s: %s has [ablation] random_draws = %d", condition, c.file, c.random_draws);
         goto out;
     }
@@ -644,6 +828,10 @@ int cmd_generate(int argc, char **argv) {
     loaded = 1;
     snprintf(path, sizeof path, "%s/tokenizer.json", c.model_path);
     if (tokenizer_load(&tok, path, &err)) goto out;
+    if (steer_group) {
+        generate_steered(&c, &run, &m, tok, problems, n_problems, steer_group, one, &err);
+        goto out;
+    }
     // random_ablation alone means every draw; baseline every configured variant unless one is named.
     int first_draw = cond.kind == COND_RANDOM ? (cond.draw ? cond.draw : 1) : 0;
     int last_draw = cond.kind == COND_RANDOM ? (cond.draw ? cond.draw : c.random_draws) : 0;
@@ -659,7 +847,7 @@ int cmd_generate(int argc, char **argv) {
         for (int v = 0; v < n_gen && rc == 0; v++) {
             const char *variant = one ? one : cond.kind == COND_BASELINE ? c.variants[v] : c.lens_variant;
             rc = generate_variant(&c, &run, &m, tok, problems, n_problems, config_variant(&c, variant), name,
-                                  cond.kind == COND_BASELINE ? NULL : &mask, &set, &err);
+                                  cond.kind == COND_BASELINE ? NULL : &mask, &set, NULL, &err);
         }
         ablation_mask_free(&mask);
         free(means[0]);

@@ -2,9 +2,12 @@
 // writing, CSV writing. The one place that knows how bytes reach the disk.
 #include "bt.h"
 
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -219,11 +222,19 @@ int read_file(const char *path, Buf *out, Err *err) {
     char chunk[65536];
     size_t got;
     while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) buf_append(out, chunk, got);
-    int bad = ferror(f);
+    int bad = ferror(f), read_errno = errno; // EISDIR when path is a directory
     fclose(f);
-    if (bad) return err_input(err, "%s: read error", path);
+    if (bad) return err_input(err, "%s: cannot read: %s", path, strerror(read_errno));
     if (!out->data) buf_append(out, "", 0);
     return 0;
+}
+
+int text_has_nul(const char *path, const Buf *text, Err *err) {
+    const char *nul = memchr(text->data, 0, text->len);
+    if (!nul) return 0;
+    int line = 1;
+    for (const char *q = text->data; q < nul; q++) line += *q == '\n';
+    return err_input(err, "%s:%d: NUL byte in a text file", path, line);
 }
 
 int path_exists(const char *path) {
@@ -279,6 +290,30 @@ static int write_all(int fd, const void *data, size_t n) {
     return 0;
 }
 
+// A writer killed between creating its temp file and renaming it leaves path.tmp.PID behind;
+// the next whole write of path removes those whose process is gone (a live one may be writing).
+static void remove_stale_temps(const char *path) {
+    const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+    if (slash == path) snprintf(dir, sizeof dir, "/");
+    DIR *d = opendir(dir);
+    if (!d) return;
+    size_t base_len = strlen(base);
+    struct dirent *ent;
+    while ((ent = readdir(d))) {
+        const char *name = ent->d_name;
+        if (strncmp(name, base, base_len) != 0 || strncmp(name + base_len, ".tmp.", 5) != 0) continue;
+        char *end;
+        long pid = strtol(name + base_len + 5, &end, 10);
+        if (*end || pid <= 0 || pid == (long)getpid() || !(kill((pid_t)pid, 0) != 0 && errno == ESRCH)) continue;
+        char stale[8192];
+        snprintf(stale, sizeof stale, "%s/%s", dir, name);
+        unlink(stale);
+    }
+    closedir(d);
+}
+
 int write_file_atomic(const char *path, const void *data, size_t n, Err *err) {
     if (mkdir_parent(path, err)) return -1;
     char tmp[4200];
@@ -297,6 +332,7 @@ int write_file_atomic(const char *path, const void *data, size_t n, Err *err) {
         unlink(tmp);
         return err_runtime(err, "%s: cannot rename into place: %s", path, strerror(e));
     }
+    remove_stale_temps(path);
     return 0;
 }
 
@@ -393,6 +429,12 @@ static int jp_string(JsonParser *p) {
             return t;
         }
         if (c < 0x20) return jp_fail(p, "control character in string");
+        if (c >= 0x80) { // JSON text is UTF-8 (RFC 8259)
+            int len = utf8_char((const unsigned char *)s + p->i, n - p->i, NULL);
+            if (!len) return jp_fail(p, "invalid UTF-8 in string");
+            p->i += (size_t)len;
+            continue;
+        }
         if (c == '\\') {
             if (p->i + 1 >= n) break;
             char e = s[p->i + 1];
@@ -585,12 +627,13 @@ int json_key(const Json *j, int obj, const char *key) {
 
 int json_number(const Json *j, int t, double *out) {
     if (t < 0 || t >= j->n_tok || j->tok[t].type != JSON_NUMBER) return -1;
-    char tmp[128];
-    int n = j->tok[t].end - j->tok[t].start;
-    if (n >= (int)sizeof tmp) n = (int)sizeof tmp - 1;
-    memcpy(tmp, j->src + j->tok[t].start, (size_t)n);
+    char small[128];
+    size_t n = (size_t)(j->tok[t].end - j->tok[t].start);
+    char *tmp = n < sizeof small ? small : xmalloc(n + 1); // all of a long number: cutting it changes its value
+    memcpy(tmp, j->src + j->tok[t].start, n);
     tmp[n] = 0;
     *out = strtod(tmp, NULL);
+    if (tmp != small) free(tmp);
     return 0;
 }
 
@@ -613,26 +656,37 @@ int json_bool(const Json *j, int t, int *out) {
 void csv_free(Csv *t) {
     for (int i = 0; i < (t->n_rows + 1) * t->n_cols; i++) free(t->cells[i]);
     free(t->cells);
+    free(t->path);
+    free(t->row_line);
     memset(t, 0, sizeof *t);
 }
 
-// Parses one record starting at *at; appends its fields to cells. Returns the field count.
-static int csv_record(const char *s, size_t n, size_t *at, char ***cells, int *n_cells, int *line_no) {
+// Parses one record starting at *at; appends its fields to cells. Returns the field
+// count, or -1 when a quoted field runs to the end of the file.
+static int csv_record(const char *s, size_t n, size_t *at, char ***cells, int *n_cells, int *cap, int *line_no) {
     int fields = 0;
     size_t i = *at;
     for (;;) {
         Buf f = {0};
         if (i < n && s[i] == '"') {
+            int closed = 0;
             i++;
             while (i < n) {
                 if (s[i] == '"' && i + 1 < n && s[i + 1] == '"') { buf_putc(&f, '"'); i += 2; }
-                else if (s[i] == '"') { i++; break; }
+                else if (s[i] == '"') { i++; closed = 1; break; }
                 else { if (s[i] == '\n') (*line_no)++; buf_putc(&f, s[i++]); }
+            }
+            if (!closed) {
+                buf_free(&f);
+                return -1;
             }
         }
         while (i < n && s[i] != ',' && s[i] != '\n' && s[i] != '\r') buf_putc(&f, s[i++]);
         if (!f.data) buf_append(&f, "", 0);
-        *cells = xrealloc(*cells, (size_t)(*n_cells + 1) * sizeof **cells);
+        if (*n_cells == *cap) { // grow geometrically: a cell at a time is quadratic under ASan and valgrind
+            *cap = *cap ? 2 * *cap : 64;
+            *cells = xrealloc(*cells, (size_t)*cap * sizeof **cells);
+        }
         (*cells)[(*n_cells)++] = f.data;
         fields++;
         if (i < n && s[i] == ',') { i++; continue; }
@@ -649,26 +703,33 @@ int csv_read(const char *path, Csv *t, Err *err) {
     Buf text = {0};
     if (read_file(path, &text, err)) return -1;
     size_t at = 0;
-    int line_no = 1, n_cells = 0;
+    int line_no = 1, n_cells = 0, cells_cap = 0, n_records = 0, lines_cap = 0;
     if (text.len == 0) {
         buf_free(&text);
         return err_input(err, "%s: empty file (no header)", path);
     }
-    t->n_cols = csv_record(text.data, text.len, &at, &t->cells, &n_cells, &line_no);
+    t->path = xstrdup(path);
     while (at < text.len) {
-        line_no++;
         int start_line = line_no;
-        int got = csv_record(text.data, text.len, &at, &t->cells, &n_cells, &line_no);
+        int got = csv_record(text.data, text.len, &at, &t->cells, &n_cells, &cells_cap, &line_no);
+        line_no++;
+        if (n_records == 0 && got > 0) t->n_cols = got;
         if (got != t->n_cols) {
-            for (int i = 0; i < n_cells; i++) free(t->cells[i]);
-            free(t->cells);
             int cols = t->n_cols;
-            memset(t, 0, sizeof *t);
+            for (int i = 0; i < n_cells; i++) free(t->cells[i]);
+            t->n_rows = t->n_cols = 0;
+            csv_free(t);
             buf_free(&text);
+            if (got < 0) return err_input(err, "%s:%d: quoted field is not closed before the end of the file", path, start_line);
             return err_input(err, "%s:%d: %d fields, the header has %d", path, start_line, got, cols);
         }
+        if (n_records == lines_cap) {
+            lines_cap = lines_cap ? 2 * lines_cap : 64;
+            t->row_line = xrealloc(t->row_line, (size_t)lines_cap * sizeof *t->row_line);
+        }
+        t->row_line[n_records++] = start_line;
     }
-    t->n_rows = n_cells / t->n_cols - 1;
+    t->n_rows = n_records - 1;
     buf_free(&text);
     return 0;
 }
@@ -681,12 +742,66 @@ int csv_col(const Csv *t, const char *name) {
 
 const char *csv_cell(const Csv *t, int row, int col) { return t->cells[(size_t)(row + 1) * (size_t)t->n_cols + (size_t)col]; }
 
-int csv_cell_int(const Csv *t, int row, int col, long long lo, long long hi, long long *out) {
+// ----------------------------------------------------------------------------
+// Checked CSV cells: a cell that is not the number its column holds is an error
+// naming the file, the row's line and the column, never a silent 0.
+
+int csv_int(const Csv *t, int row, int col, long long lo, long long hi, long long *out, Err *err) {
     const char *s = csv_cell(t, row, col);
     char *end;
     errno = 0;
     long long v = strtoll(s, &end, 10);
-    if (!*s || *end || errno || v < lo || v > hi) return -1;
+    if (!*s || *end || errno || v < lo || v > hi || isspace((unsigned char)*s))
+        return err_input(err, "%s:%d: column '%s': '%.40s' is not an integer in [%lld, %lld]", t->path, t->row_line[row + 1],
+                         t->cells[col], s, lo, hi);
     *out = v;
     return 0;
+}
+
+int csv_double(const Csv *t, int row, int col, double *out, Err *err) {
+    const char *s = csv_cell(t, row, col);
+    char *end;
+    double v = strtod(s, &end);
+    if (!*s || *end || isspace((unsigned char)*s) || !isfinite(v))
+        return err_input(err, "%s:%d: column '%s': '%.40s' is not a finite number", t->path, t->row_line[row + 1], t->cells[col], s);
+    *out = v;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// Duplicate JSON keys: RFC 8259 leaves their meaning open (Python keeps the last, json_key
+// finds the first), so a file that depends on one is refused where bt reads small objects.
+
+static int json_same_string(const Json *j, int a, int b) {
+    const JsonTok *x = &j->tok[a], *y = &j->tok[b];
+    size_t nx = (size_t)(x->end - x->start), ny = (size_t)(y->end - y->start);
+    if (!memchr(j->src + x->start, '\\', nx) && !memchr(j->src + y->start, '\\', ny))
+        return nx == ny && memcmp(j->src + x->start, j->src + y->start, nx) == 0;
+    Buf bx = {0}, by = {0};
+    json_string(j, a, &bx);
+    json_string(j, b, &by);
+    int same = bx.len == by.len && memcmp(bx.data, by.data, bx.len) == 0;
+    buf_free(&bx);
+    buf_free(&by);
+    return same;
+}
+
+int json_duplicate_key(const Json *j, int obj) {
+    if (obj < 0 || obj >= j->n_tok || j->tok[obj].type != JSON_OBJECT) return -1;
+    JSON_FOR_OBJECT(j, obj, i, k) {
+        int earlier = obj + 1;
+        for (int e = 0; e < i; e++, earlier = j->tok[earlier + 1].next)
+            if (json_same_string(j, earlier, k)) return k;
+    }
+    return -1;
+}
+
+int json_unique_keys(const Json *j, int obj, Err *err) {
+    int k = json_duplicate_key(j, obj);
+    if (k < 0) return 0;
+    char *name = json_strdup(j, k);
+    const char *file = j->name ? j->name : "<json>";
+    err_input(err, "%s:%d: key \"%.200s\" appears twice in one object", file, json_line(j, k), name);
+    free(name);
+    return -1;
 }

@@ -156,6 +156,8 @@ static int cmp_entry_begin(const void *a, const void *b) {
 // Reads one tensor's header entry (value token t) into e; the name is already set.
 static int st_entry(const Json *j, int t, StEntry *e, const char *path, size_t data_bytes, size_t data_start, Err *err) {
     if (j->tok[t].type != JSON_OBJECT) return err_input(err, "%s: tensor '%s': header entry is not an object", path, e->name);
+    if (json_duplicate_key(j, t) >= 0)
+        return err_input(err, "%s: tensor '%s': header entry gives a key twice", path, e->name);
     int dt = json_key(j, t, "dtype"), sh = json_key(j, t, "shape"), off = json_key(j, t, "data_offsets");
     if (dt < 0 || sh < 0 || off < 0) return err_input(err, "%s: tensor '%s': header entry lacks dtype, shape or data_offsets", path, e->name);
     Buf b = {0};
@@ -181,8 +183,9 @@ static int st_entry(const Json *j, int t, StEntry *e, const char *path, size_t d
         if (json_int(j, d, &v) < 0 || v < 0 || v > (1LL << 40))
             return err_input(err, "%s: tensor '%s': shape has a bad size", path, e->name);
         e->shape[e->n_dims++] = v;
+        if (v && n_elems > (1ULL << 50) / (unsigned long long)v) // bound before multiplying: the product must not wrap
+            return err_input(err, "%s: tensor '%s': shape is too large", path, e->name);
         n_elems *= (unsigned long long)v;
-        if (n_elems > (1ULL << 50)) return err_input(err, "%s: tensor '%s': shape is too large", path, e->name);
     }
     long long begin, end;
     if (j->tok[off].type != JSON_ARRAY || j->tok[off].size != 2 || json_int(j, off + 1, &begin) < 0 ||
@@ -364,6 +367,31 @@ int safetensors_write(const char *path, const char *const *names, const Tensor *
     return rc;
 }
 
+// Reading one 1-D or 2-D tensor of a single safetensors file as F32 (steering directions):
+// the header validated as a checkpoint's, the data copied out, nothing left mapped.
+int safetensors_read_f32(const char *path, const char *name, float **out, int *rows, int *cols, Err *err) {
+    Model file = {0}; // holds the mapping only
+    Checkpoint ck = {0};
+    *out = NULL;
+    int rc = st_map(&file, &ck, path, err), e = rc == 0 ? checkpoint_find(&ck, name) : -1;
+    if (rc == 0 && e < 0) rc = err_input(err, "%s: no tensor '%s'", path, name);
+    const StEntry *t = e >= 0 ? &ck.v[e] : NULL;
+    if (rc == 0 && t->dtype_id < 0) rc = err_input(err, "%s: tensor '%s' is %s, not F32, BF16 or F16", path, name, t->dtype);
+    if (rc == 0 && (t->n_dims < 1 || t->n_dims > 2 || t->shape[0] < 1 || t->shape[t->n_dims - 1] < 1 ||
+                    t->shape[0] > INT32_MAX || t->shape[t->n_dims - 1] > INT32_MAX))
+        rc = err_input(err, "%s: tensor '%s' is not a non-empty vector or matrix", path, name);
+    if (rc == 0) {
+        Tensor v = {t->data, (DType)t->dtype_id, t->n_dims == 2 ? (int)t->shape[0] : 1, (int)t->shape[t->n_dims - 1]};
+        *out = xmalloc((size_t)v.rows * v.cols * sizeof **out);
+        for (int r = 0; r < v.rows; r++) tensor_row_f32(&v, r, *out + (size_t)r * v.cols);
+        *rows = v.rows;
+        *cols = v.cols;
+    }
+    checkpoint_free(&ck);
+    model_free(&file);
+    return rc;
+}
+
 // ----------------------------------------------------------------------------
 // config.json (and generation_config.json for eos ids)
 
@@ -392,8 +420,9 @@ static int cfg_float(const Json *j, int obj, const char *key, double fallback, f
         *out = (float)fallback;
         return 0;
     }
-    if (json_number(j, t, &v) < 0 || !(v > 0) || !isfinite(v))
-        return err_input(err, "%s:%d: '%s' must be a positive number", path, json_line(j, t), key);
+    // bt computes in float: the value must stay positive and finite as one
+    if (json_number(j, t, &v) < 0 || !(v > 0) || !isfinite(v) || !((float)v > 0) || isinf((float)v))
+        return err_input(err, "%s:%d: '%s' must be a positive number within float range", path, json_line(j, t), key);
     *out = (float)v;
     return 0;
 }
@@ -454,6 +483,7 @@ static int cfg_rope(ModelConfig *c, const Json *j, const char *path, Err *err) {
     if (cfg_float(j, theta_obj, "rope_theta", -1, &c->rope_theta, path, err) < 0) return -1;
     if (rs < 0 || j->tok[rs].type == JSON_NULL) return 0;
     if (j->tok[rs].type != JSON_OBJECT) return err_input(err, "%s:%d: '%s' must be an object or null", path, json_line(j, rs), key);
+    if (json_unique_keys(j, rs, err)) return -1;
     int type = json_key(j, rs, "rope_type");
     if (type < 0) type = json_key(j, rs, "type"); // the older spelling
     Buf name = {0};
@@ -509,6 +539,7 @@ int model_config_read(const char *dir, ModelConfig *c, Err *err) {
     if (read_file(path, &text, err) < 0) return -1;
     int rc = json_parse(&j, text.data, text.len, path, err);
     if (rc == 0 && j.tok[0].type != JSON_OBJECT) rc = err_input(err, "%s: not a JSON object", path);
+    if (rc == 0) rc = json_unique_keys(&j, 0, err);
     if (rc < 0) goto done;
 
     int arch = json_key(&j, 0, "architectures");
@@ -572,6 +603,7 @@ done:
     if (read_file(path, &text, err) < 0) return -1;
     rc = json_parse(&j, text.data, text.len, path, err);
     if (rc == 0 && j.tok[0].type != JSON_OBJECT) rc = err_input(err, "%s: not a JSON object", path);
+    if (rc == 0) rc = json_unique_keys(&j, 0, err);
     if (rc == 0) rc = cfg_eos(c, &j, path, err);
     if (rc == 0 && c->bos_token_id < 0) rc = cfg_bos(c, &j, path, err);
     if (rc == 0) rc = cfg_sampling(c, &j, path, err);
@@ -841,6 +873,20 @@ static void rope(float *v, const float *cos_t, const float *sin_t, int head_dim)
 static void ablate(float *v, int n, int kind, const float *mean) {
     if (kind == ABLATE_MEAN) memcpy(v, mean, (size_t)n * sizeof *v);
     else memset(v, 0, (size_t)n * sizeof *v);
+}
+
+// Steering of one residual x (n) as a pass forms it: residual index layer (0 = embeddings, l = after
+// block l-1) gets steer_add, and every residual loses its component along project_out. The dot product
+// is summed in double in one order, so a row's result does not depend on its batch or thread.
+static void steer_residual(float *x, int n, const AblationMask *mk, int layer) {
+    if (mk->steer_add && mk->steer_layer == layer)
+        for (int d = 0; d < n; d++) x[d] += mk->steer_add[d];
+    if (mk->project_out) {
+        double dot = 0;
+        for (int d = 0; d < n; d++) dot += (double)x[d] * mk->project_out[d];
+        float along = (float)dot;
+        for (int d = 0; d < n; d++) x[d] -= along * mk->project_out[d];
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -1300,6 +1346,8 @@ static int forward_check(const Model *m, RunState *s, const Forward *f, int repl
                                s->slot_pos_call[slot]);
         if (!replay) s->slot_len_call[slot] = pos + 1, s->slot_pos_call[slot] = pos;
         const AblationMask *mk = f->mask ? f->mask[i] : NULL;
+        if (mk && mk->steer_add && (mk->steer_layer < 0 || mk->steer_layer > c->n_layers))
+            return err_runtime(err, "model_forward: row %d: steer_layer %d out of range [0, %d]", i, mk->steer_layer, c->n_layers);
         if (mk && mk->kind == ABLATE_MEAN) {
             int need_attn = 0, need_mlp = 0, need_head = 0;
             for (int l = 0; l < c->n_layers; l++) {
@@ -1325,12 +1373,14 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
     float eps = c->rms_norm_eps;
 #define CAPTURE(buf, per_row, i, l) ((buf) + ((size_t)f->capture_row[i] * (per_row) + (size_t)(l)) * D)
 #define MASK(i) (f->mask ? f->mask[i] : NULL)
+#define STEERS(mk) ((mk) && ((mk)->steer_add || (mk)->project_out))
 
     // Embeddings (or the residual a replay enters with) and each row's RoPE table.
     for (int i = 0; i < n; i++) {
         float *x = s->x + (size_t)i * D;
         if (f->x_in) memcpy(x, f->x_in + (size_t)i * D, (size_t)D * sizeof *x);
         else tensor_row_f32(&m->embed, f->token[i], x);
+        if (f->first_layer == 0 && STEERS(MASK(i))) steer_residual(x, D, MASK(i), 0);
         if (f->resid && f->capture_row[i] >= 0) memcpy(CAPTURE(f->resid, L + 1, i, f->first_layer), x, (size_t)D * sizeof *x);
         for (int k = 0; k < half; k++) {
             float angle = (float)f->pos[i] * m->inv_freq[k];
@@ -1384,6 +1434,8 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
             if (mk && mk->attn && mk->attn[l]) ablate(out, D, mk->kind, mk->attn_mean + (size_t)l * D);
             if (f->attn_out && f->capture_row && f->capture_row[i] >= 0) memcpy(CAPTURE(f->attn_out, L, i, l), out, (size_t)D * sizeof *out);
             for (int d = 0; d < D; d++) x[d] += out[d];
+            // the MLP reads a residual without the direction too
+            if (mk && mk->project_out) steer_residual(x, D, mk, -1);
         }
 
         // MLP: x += down(silu(gate(h)) * up(h)), h the normed residual.
@@ -1398,6 +1450,7 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
             if (mk && mk->mlp && mk->mlp[l]) ablate(out, D, mk->kind, mk->mlp_mean + (size_t)l * D);
             if (f->mlp_out && f->capture_row && f->capture_row[i] >= 0) memcpy(CAPTURE(f->mlp_out, L, i, l), out, (size_t)D * sizeof *out);
             for (int d = 0; d < D; d++) x[d] += out[d];
+            if (STEERS(mk)) steer_residual(x, D, mk, l + 1);
             if (f->resid && f->capture_row[i] >= 0) memcpy(CAPTURE(f->resid, L + 1, i, l + 1), x, (size_t)D * sizeof *x);
         }
     }
@@ -1420,6 +1473,7 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
     }
 #undef CAPTURE
 #undef MASK
+#undef STEERS
     return 0;
 }
 
@@ -1476,6 +1530,9 @@ int force_group(Forcer *f, const ForcedSeq *seqs, int n, const PassOut *out, Err
     if (n > f->n_slots) return err_runtime(err, "force_group: %d sequences, the forcer has %d slots", n, f->n_slots);
     if (out->attn_sum && (out->resid || out->resid_all)) // all three are indexed by capture_row
         return err_runtime(err, "force_group: component sums and residuals in one pass");
+    int want_outputs = out->attn || out->mlp; // component outputs at the reads
+    if (want_outputs && (out->attn_sum || out->resid_all))
+        return err_runtime(err, "force_group: component outputs at reads with sums or every position's residuals");
     int *fed = xmalloc((size_t)n * sizeof *fed), *read_base = xmalloc((size_t)n * sizeof *read_base);
     int *pos_base = xmalloc((size_t)n * sizeof *pos_base); // (n) first row of each sequence in resid_all / enter
     int total_reads = 0, total_pos = 0;
@@ -1522,9 +1579,10 @@ int force_group(Forcer *f, const ForcedSeq *seqs, int n, const PassOut *out, Err
         Forward fw = {.n = rows, .token = f->token, .slot = f->slot, .pos = f->pos, .mask = out->mask ? f->mask : NULL,
                       .first_layer = out->enter ? out->first_layer : 0, .x_in = out->enter ? f->x_in : NULL,
                       .logits = out->logits, .logits_row = out->logits ? f->logits_row : NULL,
-                      .resid = out->resid_all ? out->resid_all : out->resid, .attn_out = attn_buf, .mlp_out = mlp_buf,
+                      .resid = out->resid_all ? out->resid_all : out->resid,
+                      .attn_out = want_components ? attn_buf : out->attn, .mlp_out = want_components ? mlp_buf : out->mlp,
                       .head_out = head_buf,
-                      .capture_row = out->resid || out->resid_all || want_components ? f->capture_row : NULL};
+                      .capture_row = out->resid || out->resid_all || want_components || want_outputs ? f->capture_row : NULL};
         if ((rc = model_forward(f->m, f->state, &fw, err))) break;
         for (int r = 0; r < rows && want_components; r++) {
             for (size_t k = 0; k < (size_t)n_layers * hidden; k++) {
@@ -2475,6 +2533,39 @@ static int parse_ablation(const char *spec, const ModelConfig *c, AblationMask *
     return 0;
 }
 
+// --directions FILE with --steer L:ALPHA or --project-out L into mask, the vector in vec (hidden):
+// the same vectors as the steer_<alpha> and project_out conditions of generate.
+static int parse_steering(const Opt *opts, const ModelConfig *c, AblationMask *mask, float *vec, Err *err) {
+    const char *file = opt_str(opts, "--directions", NULL), *steer = opt_str(opts, "--steer", NULL);
+    const char *project = opt_str(opts, "--project-out", NULL);
+    if (!steer && !project) return file ? err_input(err, "--directions needs --steer L:ALPHA or --project-out L") : 0;
+    if (steer && project) return err_input(err, "--steer and --project-out: give one of them");
+    if (!file) return err_input(err, "--%s needs --directions FILE", steer ? "steer" : "project-out");
+    int layer, used = 0;
+    double alpha = 0;
+    const char *spec = steer ? steer : project;
+    if (steer ? sscanf(steer, "%d:%lf%n", &layer, &alpha, &used) != 2 : sscanf(project, "%d%n", &layer, &used) != 1 || spec[used])
+        return err_input(err, "--%s: '%s' is not %s", steer ? "steer" : "project-out", spec, steer ? "L:ALPHA" : "a layer");
+    if (spec[used] || alpha != alpha) return err_input(err, "--steer: '%s' is not L:ALPHA", spec);
+    if (layer < 0 || layer > c->n_layers) return err_input(err, "--%s %s: layer %d out of range [0, %d]", steer ? "steer" : "project-out", spec, layer, c->n_layers);
+    float *dirs = NULL, *norms = NULL;
+    int rows, cols, n_rows, n_cols, rc = safetensors_read_f32(file, "directions", &dirs, &rows, &cols, err);
+    if (rc == 0) rc = safetensors_read_f32(file, "mean_norm", &norms, &n_rows, &n_cols, err);
+    if (rc == 0 && (rows != c->n_layers + 1 || cols != c->hidden_size || n_rows * n_cols != c->n_layers + 1))
+        rc = err_input(err, "%s: directions (%d, %d) do not fit this model's (%d, %d)", file, rows, cols, c->n_layers + 1, c->hidden_size);
+    double norm = 0;
+    for (int d = 0; rc == 0 && d < cols; d++) norm += (double)dirs[(size_t)layer * cols + d] * dirs[(size_t)layer * cols + d];
+    if (rc == 0 && !(norm > 0)) rc = err_input(err, "%s: the direction at layer %d is zero", file, layer);
+    double scale = rc == 0 && steer ? alpha * norms[layer] : 1;
+    norm = sqrt(norm);
+    for (int d = 0; rc == 0 && d < cols; d++) vec[d] = (float)(scale * dirs[(size_t)layer * cols + d] / norm);
+    if (rc == 0 && steer) mask->steer_layer = layer, mask->steer_add = vec;
+    if (rc == 0 && project) mask->project_out = vec;
+    free(dirs);
+    free(norms);
+    return rc;
+}
+
 typedef struct {
     float logit;
     int id;
@@ -2576,6 +2667,9 @@ int cmd_forward(int argc, char **argv) {
                   OPT("--grad", 1,
                       "POS:TOKEN: instead, the estimated change of log p(TOKEN) at POS when each attention "
                       "and MLP layer and each head is zero-ablated (attribution patching), as one JSON object"),
+                  OPT("--directions", 1, "a directions.safetensors (bt directions) for --steer and --project-out"),
+                  OPT("--steer", 1, "L:ALPHA: add ALPHA x mean_norm[L] x the unit direction of layer L after layer L"),
+                  OPT("--project-out", 1, "L: remove the unit direction of layer L from every residual"),
                   OPT_END};
     Err err = {0};
     int r = opts_parse(opts, argc, argv, &err);
@@ -2586,8 +2680,12 @@ int cmd_forward(int argc, char **argv) {
     if (model_load(&m, dir, &err) < 0) return fail(&err);
     const ModelConfig *c = &m.cfg;
     int V = c->vocab_size, D = c->hidden_size, L = c->n_layers, hidden = opt_str(opts, "--hidden", NULL) != NULL;
-    AblationMask mask = {ABLATE_ZERO, xcalloc((size_t)L, 1), xcalloc((size_t)L, 1), xcalloc((size_t)L * c->n_heads, 1), NULL, NULL, NULL};
+    AblationMask mask = {.kind = ABLATE_ZERO, .attn = xcalloc((size_t)L, 1), .mlp = xcalloc((size_t)L, 1),
+                         .head = xcalloc((size_t)L * c->n_heads, 1)};
     int *ids = NULL, n = 0, rc = 0, n_ablate = 0;
+    float *steer_vec = xmalloc((size_t)D * sizeof *steer_vec); // (hidden)
+    rc = parse_steering(opts, c, &mask, steer_vec, &err);
+    n_ablate += mask.steer_add || mask.project_out;
     long long top_k = 0;
     for (const Opt *o = opts; o->name; o++)
         if (strcmp(o->name, "--ablate") == 0)
@@ -2633,6 +2731,7 @@ int cmd_forward(int argc, char **argv) {
     free(mask.attn);
     free(mask.mlp);
     free(mask.head);
+    free(steer_vec);
     forcer_free(&f);
     model_free(&m);
     return rc < 0 ? fail(&err) : EXIT_OK;

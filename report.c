@@ -1,5 +1,5 @@
 // report.c: everything a person looks at. The SVG writer, the six figures,
-// then the markdown report with its verdicts.
+// then the event browser and the markdown report with its verdicts.
 #include "bt.h"
 
 #include <math.h>
@@ -831,6 +831,57 @@ int fig_head_importance(const char *path, int n_layers, int n_heads, const doubl
     return figure_write(path, &b, err);
 }
 
+// Steering figure: backtracking rate against the steering alpha, the direction as a solid line and
+// the random control dashed (each with a Wilson band, the baseline at alpha 0 in both), and
+// project_out as a ring with its interval at alpha 0; one colour per steered variant.
+
+static const char *const steer_colors[] = {BLUE, RED, GREEN, YELLOW, GREY};
+
+int fig_rate_by_steering(const char *path, const SteerSeries *series, int n_series, const char *note, Err *err) {
+    Buf b = {0};
+    Svg s;
+    svg_begin(&s, &b, 800, FIG_HEIGHT, "Backtracking rate by steering strength", note);
+    long long total = 0;
+    double x_lo = 0, x_hi = 0;
+    for (int i = 0; i < n_series; i++)
+        for (int j = 0; j < series[i].n_points; j++) {
+            total += series[i].n[j] > 0 ? series[i].n[j] : 0;
+            min_max(&series[i].alpha[j], 1, &x_lo, &x_hi);
+        }
+    if (n_series <= 0 || total == 0) {
+        svg_no_data(&s, "no steered generations");
+        svg_end(&s);
+        return figure_write(path, &b, err);
+    }
+    SvgKey *keys = xmalloc((size_t)(n_series + 1) * sizeof *keys);
+    for (int i = 0; i < n_series; i++)
+        keys[i] = (SvgKey){series[i].name, steer_colors[series[i].color % 5],
+                           series[i].kind == STEER_PROJECT_OUT ? SVG_KEY_RING : series[i].kind == STEER_RANDOM ? SVG_KEY_DASHED : SVG_KEY_LINE};
+    keys[n_series] = (SvgKey){"95% Wilson CI", GREY, SVG_KEY_BAND};
+    svg_legend(&s, keys, n_series + 1);
+    svg_axes(&s, x_lo - 0.1 * (x_hi - x_lo + 1e-9), x_hi + 0.1 * (x_hi - x_lo + 1e-9), 0, 1,
+             "steering alpha (units of the layer's mean residual norm)", "backtracking rate", 0);
+    for (int i = 0; i < n_series; i++) {
+        const SteerSeries *q = &series[i];
+        double *v = xmalloc((size_t)(3 * q->n_points + 1) * sizeof *v), *lo = v + q->n_points, *hi = lo + q->n_points;
+        for (int j = 0; j < q->n_points; j++) {
+            Interval w = wilson95(q->k[j], q->n[j]);
+            v[j] = w.est, lo[j] = w.lo, hi[j] = w.hi;
+        }
+        const char *color = steer_colors[q->color % 5];
+        if (q->kind == STEER_PROJECT_OUT) {
+            for (int j = 0; j < q->n_points; j++) svg_error_bar(&s, q->alpha[j], lo[j], hi[j], 10);
+            svg_scatter(&s, q->alpha, v, q->n_points, color, 1);
+        } else {
+            svg_line_series(&s, q->alpha, v, lo, hi, q->n_points, color, q->kind == STEER_RANDOM, 1);
+        }
+        free(v);
+    }
+    free(keys);
+    svg_end(&s);
+    return figure_write(path, &b, err);
+}
+
 // ----------------------------------------------------------------------------
 // The report: run metadata, the tables, the six figures and a verdict on each
 // hypothesis from the pre-registered criteria in [hypotheses].
@@ -1077,8 +1128,8 @@ static int draw_rate_figures(FigureOut *f, const Csv *conditions, int have_condi
     }
     int rt = have_conditions ? find_row(conditions, "condition", "targeted_ablation") : -1;
     if (rt >= 0)
-        snprintf(note, sizeof note, "%s, run %s; Fisher p targeted vs baseline %.3g, vs random %.3g", cell(conditions, rt, "variant"),
-                 f->run->id, cell_num(conditions, rt, "fisher_p_vs_baseline"), cell_num(conditions, rt, "fisher_p_targeted_vs_random"));
+        snprintf(note, sizeof note, "%s, run %s; one-sided paired McNemar p, targeted vs baseline %.3g; Wilson 95%% CI",
+                 cell(conditions, rt, "variant"), f->run->id, cell_num(conditions, rt, "p_vs_baseline"));
     else snprintf(note, sizeof note, "run %s; compare-conditions has not run", f->run->id);
     int rc = fig_rate_by_condition(figure_start(f, FIG_RATE_BY_CONDITION), names, k, total, n, note, err);
     if (rc == 0) rc = figure_publish(f, err);
@@ -1138,6 +1189,356 @@ static int draw_head_figure(FigureOut *f, const Csv *heads, int have, Err *err) 
     free(exact);
     free(selected);
     return rc ? rc : figure_publish(f, err);
+}
+
+// ----------------------------------------------------------------------------
+// The event browser: [report] events_path (reports/events.html), one self-contained page
+// (inline CSS and SVG, a few lines of script for the filters, nothing fetched) that shows
+// each event in its text with the trigger marked, the final layer's p(onset) at pred_pos, a
+// logit-lens heatmap of the positions up to pred_pos, and its matched control beside it.
+// The page is well-formed XML as well as HTML, so a strict parser can check it.
+
+#define PAGE_CONTEXT_BEFORE 360 // bytes of completion shown before the trigger (or the control's token)
+#define PAGE_CONTEXT_AFTER 160  // and after it
+#define HEAT_CELL_W 26          // heatmap cell, px
+#define HEAT_CELL_H 9
+#define HEAT_FLOOR (-20.0)      // log p at or below this takes the palest colour
+#define HEAT_MAX_OFFSETS 16     // positions a heatmap shows at most
+
+// Completion text as HTML/XML character data: & < > " ' escaped, newlines kept, any other
+// control byte, invalid UTF-8 or non-character shown as U+FFFD.
+static void html_text(Buf *b, const char *text, size_t n) {
+    const unsigned char *p = (const unsigned char *)text;
+    for (size_t i = 0; i < n;) {
+        unsigned char ch = p[i];
+        uint32_t cp = 0;
+        int len = utf8_char(p + i, n - i, &cp);
+        if (ch == '&') buf_puts(b, "&amp;");
+        else if (ch == '<') buf_puts(b, "&lt;");
+        else if (ch == '>') buf_puts(b, "&gt;");
+        else if (ch == '"') buf_puts(b, "&quot;");
+        else if (ch == '\'') buf_puts(b, "&#39;");
+        else if (ch == '\n' || ch == '\t') buf_putc(b, (char)ch);
+        else if (len == 0 || ch < 0x20 || ch == 0x7F || cp == 0xFFFE || cp == 0xFFFF) buf_puts(b, "\xEF\xBF\xBD");
+        else {
+            buf_append(b, p + i, (size_t)len);
+            i += (size_t)len;
+            continue;
+        }
+        i += len > 0 ? (size_t)len : 1;
+    }
+}
+
+static void html_str(Buf *b, const char *s) { html_text(b, s, strlen(s)); }
+
+// One generation file of the run, loaded once.
+typedef struct {
+    char *variant, *condition;
+    GenRecord *recs;
+    int n;
+} PageGenerations;
+
+typedef struct {
+    const Config *c;
+    const Run *run;
+    Tokenizer *tok;
+    PageGenerations *files; // (n_files)
+    int n_files;
+    Csv events, lens, window;
+    int have_lens, have_window, n_layers;
+} Page;
+
+static const GenRecord *page_record(Page *pg, const char *variant, const char *condition, const char *problem_id, int sample,
+                                    Err *err) {
+    PageGenerations *g = NULL;
+    for (int i = 0; i < pg->n_files && !g; i++)
+        if (strcmp(pg->files[i].variant, variant) == 0 && strcmp(pg->files[i].condition, condition) == 0) g = &pg->files[i];
+    if (!g) {
+        char path[1200];
+        run_generation_path(pg->run, path, sizeof path, variant, condition);
+        pg->files = xrealloc(pg->files, (size_t)(pg->n_files + 1) * sizeof *pg->files);
+        g = &pg->files[pg->n_files++];
+        *g = (PageGenerations){xstrdup(variant), xstrdup(condition), NULL, 0};
+        if (generations_read(path, &g->recs, &g->n, err)) return NULL;
+    }
+    for (int r = 0; r < g->n; r++)
+        if (g->recs[r].sample == sample && strcmp(g->recs[r].problem_id, problem_id) == 0) return &g->recs[r];
+    err_input(err, "%s: problem %s sample %d of %s/%s is not among the generations (run detect-events again)", ART_EVENTS,
+              problem_id, sample, variant, condition);
+    return NULL;
+}
+
+// log p(onset) of (kind, event_id) in the logit lens at pred_pos, final layer; NaN when not read.
+static double page_final_logprob(const Page *pg, const char *kind, const char *event_id) {
+    for (int r = 0; pg->have_lens && r < pg->lens.n_rows; r++)
+        if ((int)cell_num(&pg->lens, r, "layer") == pg->n_layers && strcmp(cell(&pg->lens, r, "event_id"), event_id) == 0 &&
+            strcmp(cell(&pg->lens, r, "kind"), kind) == 0)
+            return cell_num(&pg->lens, r, "logprob");
+    return NAN;
+}
+
+// The completion text around byte `at`, with [mark_start, mark_end) marked as class mark_class.
+static void page_text(Buf *b, const Page *pg, const GenRecord *rec, int k, int char_offset, int mark_len, const char *mark_class) {
+    Buf text = {0};
+    int *offsets = xmalloc((size_t)(rec->n_completion + 1) * sizeof *offsets);
+    tokenizer_decode(pg->tok, rec->completion_ids, rec->n_completion, &text, offsets);
+    if (!text.data) buf_append(&text, "", 0);
+    int start = char_offset >= 0 ? char_offset : k < rec->n_completion ? offsets[k] : (int)text.len;
+    int end = char_offset >= 0 ? start + mark_len : k < rec->n_completion ? offsets[k + 1] : start;
+    if (start > (int)text.len) start = (int)text.len;
+    if (end > (int)text.len) end = (int)text.len;
+    int from = start, to = (int)text.len; // whole tokens within the context
+    for (int t = rec->n_completion; t >= 0; t--)
+        if (offsets[t] <= start && offsets[t] >= start - PAGE_CONTEXT_BEFORE) from = offsets[t];
+    for (int t = 0; t <= rec->n_completion; t++)
+        if (offsets[t] >= end && offsets[t] <= end + PAGE_CONTEXT_AFTER) to = offsets[t];
+    while (from > 0 && from < start && (text.data[from] & 0xC0) == 0x80) from++; // and whole characters
+    while (to < (int)text.len && to > end && (text.data[to] & 0xC0) == 0x80) to--;
+    buf_puts(b, "<pre>");
+    if (from > 0) buf_puts(b, "\xE2\x80\xA6");
+    html_text(b, text.data + from, (size_t)(start - from));
+    buf_printf(b, "<mark class=\"%s\">", mark_class);
+    html_text(b, text.data + start, (size_t)(end - start));
+    buf_puts(b, "</mark>");
+    html_text(b, text.data + end, (size_t)(to - end));
+    if (to < (int)text.len) buf_puts(b, "\xE2\x80\xA6");
+    buf_puts(b, "</pre>\n");
+    free(offsets);
+    buf_free(&text);
+}
+
+static void lens_color(double lp, char out[8]) { // white (log p <= HEAT_FLOOR) to dark blue (log p = 0)
+    double t = lp != lp ? 0 : lp <= HEAT_FLOOR ? 0 : lp >= 0 ? 1 : 1 - lp / HEAT_FLOOR;
+    static const double lo[3] = {247, 251, 255}, hi[3] = {8, 48, 107};
+    snprintf(out, 8, "#%02x%02x%02x", (int)(lo[0] + t * (hi[0] - lo[0])), (int)(lo[1] + t * (hi[1] - lo[1])),
+             (int)(lo[2] + t * (hi[2] - lo[2])));
+}
+
+// A heatmap of log p(onset) by layer (rows, the last layer on top) and position (columns, up
+// to pred_pos) from logit_lens_window.csv, for (kind, event_id); a note when it has none.
+static void page_heatmap(Buf *b, const Page *pg, const char *kind, const char *event_id, const char *title) {
+    int L = pg->n_layers, n_off = 0, offsets[HEAT_MAX_OFFSETS];
+    double *lp = xmalloc((size_t)HEAT_MAX_OFFSETS * (L + 1) * sizeof *lp); // (offsets, n_layers + 1)
+    for (int i = 0; i < HEAT_MAX_OFFSETS * (L + 1); i++) lp[i] = NAN;
+    for (int r = 0; pg->have_window && r < pg->window.n_rows; r++) {
+        if (strcmp(cell(&pg->window, r, "event_id"), event_id) != 0 || strcmp(cell(&pg->window, r, "kind"), kind) != 0) continue;
+        int off = (int)cell_num(&pg->window, r, "offset"), l = (int)cell_num(&pg->window, r, "layer"), j = 0;
+        while (j < n_off && offsets[j] != off) j++;
+        if (j == n_off && n_off < HEAT_MAX_OFFSETS) offsets[n_off++] = off;
+        if (j < n_off && l >= 0 && l <= L) lp[(size_t)j * (L + 1) + l] = cell_num(&pg->window, r, "logprob");
+    }
+    if (n_off == 0) {
+        buf_printf(b, "<p class=\"note\">%s: not in the logit lens window</p>\n", title);
+        free(lp);
+        return;
+    }
+    int left = 34, top = 20, w = left + n_off * HEAT_CELL_W + 6, h = top + (L + 1) * HEAT_CELL_H + 20;
+    buf_printf(b, "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"heat\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\">", w, h, w, h);
+    buf_puts(b, "<title>");
+    html_str(b, title);
+    buf_puts(b, "</title>");
+    buf_printf(b, "<text x=\"0\" y=\"12\" font-size=\"11\">");
+    html_str(b, title);
+    buf_puts(b, "</text>");
+    for (int j = 0; j < n_off; j++)
+        for (int l = 0; l <= L; l++) {
+            char color[8];
+            double v = lp[(size_t)j * (L + 1) + l];
+            lens_color(v, color);
+            buf_printf(b, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"><title>layer %d, pred_pos%+d: log p %.3f</title></rect>",
+                       left + j * HEAT_CELL_W, top + (L - l) * HEAT_CELL_H, HEAT_CELL_W - 1, HEAT_CELL_H - 1, color, l, offsets[j], v);
+        }
+    for (int l = 0; l <= L; l += L > 8 ? 4 : 1)
+        buf_printf(b, "<text x=\"%d\" y=\"%d\" font-size=\"9\" text-anchor=\"end\">L%d</text>", left - 3, top + (L - l) * HEAT_CELL_H + 8, l);
+    for (int j = 0; j < n_off; j++)
+        buf_printf(b, "<text x=\"%d\" y=\"%d\" font-size=\"9\" text-anchor=\"middle\">%+d</text>", left + j * HEAT_CELL_W + HEAT_CELL_W / 2,
+                   top + (L + 1) * HEAT_CELL_H + 11, offsets[j]);
+    buf_puts(b, "</svg>\n");
+    free(lp);
+}
+
+static void page_probability(Buf *b, double lp) {
+    if (lp != lp) buf_puts(b, "n/a");
+    else buf_printf(b, "%.3g", exp(lp));
+}
+
+static const char *const page_style =
+    "body{font:14px/1.4 sans-serif;margin:1.5em;color:#222;max-width:1400px}h1{font-size:1.4em}"
+    ".meta,.note{color:#555}.event{border-top:1px solid #ccc;padding:.6em 0}.event h2{font-size:1em;margin:.2em 0}"
+    ".pair{display:flex;gap:1.2em;flex-wrap:wrap}.side{flex:1 1 420px;min-width:0}.side h3{font-size:.9em;margin:.3em 0;color:#555}"
+    "pre{white-space:pre-wrap;word-wrap:break-word;font:12px/1.35 monospace;background:#f7f7f7;padding:.5em;margin:0;"
+    "max-height:14em;overflow:auto}mark.trigger{background:#ffd54f;font-weight:bold}mark.position{background:#9fd3f5}"
+    "form{position:sticky;top:0;background:#fff;padding:.4em 0;border-bottom:1px solid #ccc}svg.heat{margin-top:.4em}"
+    ".scale{display:inline-block;width:120px;height:10px;background:linear-gradient(to right,#f7fbff,#08306b);"
+    "vertical-align:middle}";
+
+// Filters without < or & so the page stays well-formed XML; #variant=V;condition=C presets them.
+static const char *const page_script =
+    "function bt_filter(){var v=document.getElementById('variant').value,c=document.getElementById('condition').value,n=0;"
+    "document.querySelectorAll('.event').forEach(function(e){var show=(v===''||e.dataset.variant===v)?"
+    "(c===''||e.dataset.condition===c):false;e.hidden=!show;if(show)n++;});"
+    "document.getElementById('shown').textContent=n+' shown';}"
+    "location.hash.slice(1).split(';').forEach(function(kv){var p=kv.split('='),s=document.getElementById(p[0]);"
+    "if(s)s.value=decodeURIComponent(p[1]||'');});"
+    "document.getElementById('variant').onchange=bt_filter;document.getElementById('condition').onchange=bt_filter;bt_filter();";
+
+static void page_select(Buf *b, const char *id, char **values, int n) {
+    buf_printf(b, "<label>%s <select id=\"%s\"><option value=\"\">all</option>", id, id);
+    for (int i = 0; i < n; i++) {
+        buf_puts(b, "<option value=\"");
+        html_str(b, values[i]);
+        buf_puts(b, "\">");
+        html_str(b, values[i]);
+        buf_puts(b, "</option>");
+    }
+    buf_puts(b, "</select></label> ");
+}
+
+static void add_unique(char ***list, int *n, const char *s) {
+    for (int i = 0; i < *n; i++)
+        if (strcmp((*list)[i], s) == 0) return;
+    *list = xrealloc(*list, (size_t)(*n + 1) * sizeof **list);
+    (*list)[(*n)++] = xstrdup(s);
+}
+
+static int events_page(const Config *c, const Run *run, const char *model_id, Err *err) {
+    Page pg = {.c = c, .run = run};
+    Buf page = {0};
+    char path[1200], **variants = NULL, **conditions = NULL;
+    int n_variants = 0, n_conditions = 0, have_events, rc = 0, n_shown = 0, n_total = 0;
+    int *chosen = NULL; // (n_shown) rows of the events CSV
+    if ((have_events = read_table(run, ART_EVENTS, &pg.events, err)) < 0 ||
+        (pg.have_lens = read_table(run, ART_LOGIT_LENS, &pg.lens, err)) < 0 ||
+        (pg.have_window = read_table(run, ART_LOGIT_LENS_WINDOW, &pg.window, err)) < 0) {
+        rc = -1;
+        goto out;
+    }
+    for (int r = 0; pg.have_lens && r < pg.lens.n_rows; r++)
+        if ((int)cell_num(&pg.lens, r, "layer") > pg.n_layers) pg.n_layers = (int)cell_num(&pg.lens, r, "layer");
+    // Up to max_events_shown events, taken in turn from each variant x condition so every filter has some.
+    int n_rows = have_events ? pg.events.n_rows : 0;
+    chosen = xmalloc((size_t)(n_rows + 1) * sizeof *chosen);
+    char *taken = xcalloc((size_t)n_rows + 1, 1);
+    for (int r = 0; r < n_rows; r++) {
+        if (strcmp(cell(&pg.events, r, "kind"), "event") != 0) continue;
+        n_total++;
+        add_unique(&variants, &n_variants, cell(&pg.events, r, "variant"));
+        add_unique(&conditions, &n_conditions, cell(&pg.events, r, "condition"));
+    }
+    for (int progress_made = 1; progress_made && n_shown < c->max_events_shown;) {
+        progress_made = 0;
+        for (int v = 0; v < n_variants; v++)
+            for (int k = 0; k < n_conditions && n_shown < c->max_events_shown; k++)
+                for (int r = 0; r < n_rows; r++)
+                    if (!taken[r] && strcmp(cell(&pg.events, r, "kind"), "event") == 0 &&
+                        strcmp(cell(&pg.events, r, "variant"), variants[v]) == 0 &&
+                        strcmp(cell(&pg.events, r, "condition"), conditions[k]) == 0) {
+                        taken[r] = 1, progress_made = 1, n_shown++;
+                        break;
+                    }
+    }
+    n_shown = 0;
+    for (int r = 0; r < n_rows; r++)
+        if (taken[r]) chosen[n_shown++] = r;
+    free(taken);
+    if (n_shown) {
+        snprintf(path, sizeof path, "%s/tokenizer.json", c->model_path);
+        if ((rc = tokenizer_load(&pg.tok, path, err))) goto out;
+    }
+
+    buf_puts(&page, "<!DOCTYPE html>\n<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"en\">\n<head>\n<meta charset=\"utf-8\"/>\n");
+    buf_puts(&page, "<title>Backtracking events, run ");
+    html_str(&page, run->id);
+    buf_printf(&page, "</title>\n<style>%s</style>\n</head>\n<body>\n<h1>Backtracking events</h1>\n<p class=\"meta\">run ", page_style);
+    html_str(&page, run->id);
+    buf_puts(&page, ", model ");
+    html_str(&page, model_id);
+    buf_printf(&page, ": %d of %d events shown ([report] max_events_shown = %d), each beside its position-matched control. "
+                      "p(onset) is the final layer's probability of the onset token at pred_pos. The heatmaps show log p(onset) "
+                      "by layer at the positions up to pred_pos (0); <span class=\"scale\"></span> %.0f to 0.</p>\n",
+               n_shown, n_total, c->max_events_shown, HEAT_FLOOR);
+    buf_puts(&page, "<form>");
+    page_select(&page, "variant", variants, n_variants);
+    page_select(&page, "condition", conditions, n_conditions);
+    buf_printf(&page, "<span id=\"shown\">%d shown</span></form>\n", n_shown);
+    if (!have_events) buf_puts(&page, "<p class=\"note\">detect-events has not run in this run.</p>\n");
+    else if (!n_shown) buf_puts(&page, "<p class=\"note\">This run has no backtracking events.</p>\n");
+    for (int i = 0; i < n_shown && rc == 0; i++) {
+        int r = chosen[i];
+        const char *variant = cell(&pg.events, r, "variant"), *condition = cell(&pg.events, r, "condition");
+        const char *event_id = cell(&pg.events, r, "event_id"), *trigger = cell(&pg.events, r, "trigger");
+        const GenRecord *rec = page_record(&pg, variant, condition, cell(&pg.events, r, "problem_id"),
+                                           (int)cell_num(&pg.events, r, "sample"), err);
+        if (!rec) {
+            rc = -1;
+            break;
+        }
+        int control = -1;
+        for (int q = 0; q < pg.events.n_rows && control < 0; q++)
+            if (strcmp(cell(&pg.events, q, "kind"), "control") == 0 && strcmp(cell(&pg.events, q, "event_id"), event_id) == 0) control = q;
+        const GenRecord *ctl = control < 0 ? NULL : page_record(&pg, variant, condition, cell(&pg.events, control, "problem_id"),
+                                                                 (int)cell_num(&pg.events, control, "sample"), err);
+        if (control >= 0 && !ctl) {
+            rc = -1;
+            break;
+        }
+        buf_puts(&page, "<div class=\"event\" data-variant=\"");
+        html_str(&page, variant);
+        buf_puts(&page, "\" data-condition=\"");
+        html_str(&page, condition);
+        buf_printf(&page, "\" id=\"event-%s\">\n<h2>event %s: \xE2\x80\x9C", event_id, event_id);
+        html_str(&page, trigger);
+        buf_puts(&page, "\xE2\x80\x9D in ");
+        html_str(&page, variant);
+        buf_puts(&page, " / ");
+        html_str(&page, condition);
+        buf_puts(&page, ", ");
+        html_str(&page, rec->problem_id);
+        buf_printf(&page, " sample %d, completion token %s (pred_pos %s), onset token ", rec->sample, cell(&pg.events, r, "token_offset"),
+                   cell(&pg.events, r, "pred_pos"));
+        html_str(&page, cell(&pg.events, r, "onset_token"));
+        buf_puts(&page, "; p(onset) ");
+        page_probability(&page, page_final_logprob(&pg, "event", event_id));
+        buf_puts(&page, ", control ");
+        page_probability(&page, control < 0 ? NAN : page_final_logprob(&pg, "control", event_id));
+        buf_puts(&page, "</h2>\n<div class=\"pair\">\n<div class=\"side\"><h3>event</h3>\n");
+        page_text(&page, &pg, rec, (int)cell_num(&pg.events, r, "token_offset"), (int)cell_num(&pg.events, r, "char_offset"),
+                  (int)strlen(trigger), "trigger");
+        page_heatmap(&page, &pg, "event", event_id, "event: log p(onset) by layer");
+        buf_puts(&page, "</div>\n<div class=\"side\"><h3>matched control");
+        if (ctl) {
+            buf_puts(&page, ": ");
+            html_str(&page, ctl->problem_id);
+            buf_printf(&page, " sample %d, the same token position</h3>\n", ctl->sample);
+            page_text(&page, &pg, ctl, (int)cell_num(&pg.events, control, "token_offset"), -1, 0, "position");
+            page_heatmap(&page, &pg, "control", event_id, "control: log p(onset) by layer");
+        } else {
+            buf_puts(&page, "</h3>\n<p class=\"note\">no completion of this group qualified as its control</p>\n");
+        }
+        buf_puts(&page, "</div>\n</div>\n</div>\n");
+    }
+    if (rc) goto out;
+    buf_printf(&page, "<script>%s</script>\n</body>\n</html>\n", page_script);
+    if ((rc = write_file_atomic(c->events_path, page.data, page.len, err)) == 0)
+        printf("make-report: %s (%d of %d events)\n", c->events_path, n_shown, n_total);
+out:
+    for (int i = 0; i < pg.n_files; i++) {
+        free(pg.files[i].variant);
+        free(pg.files[i].condition);
+        generations_free(pg.files[i].recs, pg.files[i].n);
+    }
+    free(pg.files);
+    for (int i = 0; i < n_variants; i++) free(variants[i]);
+    for (int i = 0; i < n_conditions; i++) free(conditions[i]);
+    free(variants);
+    free(conditions);
+    free(chosen);
+    csv_free(&pg.events);
+    csv_free(&pg.lens);
+    csv_free(&pg.window);
+    if (pg.tok) tokenizer_free(pg.tok);
+    buf_free(&page);
+    return rc;
 }
 
 typedef enum { SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE } Verdict;
@@ -1464,6 +1865,223 @@ static void put_attribution_section(Buf *md, const Csv *scan, int have_scan, con
     free(exact);
 }
 
+// Steering: the dose-response figure and H3 (linear direction), both from steering_sweep.csv,
+// and the directions' table from directions.csv.
+
+// The distinct variants of the sweep, in order of first appearance; returns how many.
+static int sweep_variants(const Csv *sweep, const char **out) {
+    int n = 0;
+    for (int r = 0; r < sweep->n_rows; r++) {
+        int seen = 0;
+        for (int i = 0; i < n && !seen; i++) seen = strcmp(out[i], cell(sweep, r, "variant")) == 0;
+        if (!seen) out[n++] = cell(sweep, r, "variant");
+    }
+    return n;
+}
+
+// Rows of one variant and kind ("baseline" rows join the direction and random series at alpha 0),
+// sorted by alpha; returns how many.
+static int sweep_rows(const Csv *sweep, const char *variant, const char *kind, int with_baseline, int *rows) {
+    int n = 0;
+    for (int r = 0; r < sweep->n_rows; r++) {
+        if (strcmp(cell(sweep, r, "variant"), variant)) continue;
+        const char *k = cell(sweep, r, "kind");
+        if (strcmp(k, kind) == 0 || (with_baseline && strcmp(k, "baseline") == 0)) rows[n++] = r;
+    }
+    for (int i = 1; i < n; i++) // insertion sort by alpha: a handful of rows
+        for (int j = i; j > 0 && cell_num(sweep, rows[j], "alpha") < cell_num(sweep, rows[j - 1], "alpha"); j--) {
+            int t = rows[j];
+            rows[j] = rows[j - 1];
+            rows[j - 1] = t;
+        }
+    return n;
+}
+
+static int draw_steering_figure(FigureOut *f, const Csv *sweep, int have, Err *err) {
+    int n_rows = have ? sweep->n_rows : 0, n_series = 0, n_variants = 0;
+    const char **variants = xcalloc((size_t)n_rows + 1, sizeof *variants);
+    if (have) n_variants = sweep_variants(sweep, variants);
+    SteerSeries *series = xcalloc((size_t)(3 * n_variants + 1), sizeof *series);
+    double *alpha = xmalloc((size_t)(3 * n_rows + 1) * sizeof *alpha); // every series' points, in turn
+    long long *k = xmalloc((size_t)(3 * n_rows + 1) * sizeof *k), *n = xmalloc((size_t)(3 * n_rows + 1) * sizeof *n);
+    int *rows = xmalloc((size_t)(n_rows + 1) * sizeof *rows), used = 0;
+    char **names = xcalloc((size_t)(3 * n_variants + 1), sizeof *names);
+    static const char *const kinds[] = {"direction", "random", "project_out"};
+    static const char *const labels[] = {"direction", "random direction", "project_out (at 0)"};
+    for (int v = 0; v < n_variants; v++)
+        for (int kind = 0; kind < 3; kind++) {
+            int m = sweep_rows(sweep, variants[v], kinds[kind], kind != STEER_PROJECT_OUT, rows);
+            if (m == 0 || (kind != STEER_PROJECT_OUT && m < 2)) continue;
+            for (int i = 0; i < m; i++) {
+                alpha[used + i] = cell_num(sweep, rows[i], "alpha");
+                k[used + i] = (long long)cell_num(sweep, rows[i], "with_backtracking");
+                n[used + i] = (long long)cell_num(sweep, rows[i], "completions");
+            }
+            Buf name = {0};
+            buf_printf(&name, "%s: %s", variants[v], labels[kind]);
+            names[n_series] = name.data;
+            series[n_series] = (SteerSeries){name.data, kind, v, alpha + used, k + used, n + used, m};
+            n_series++;
+            used += m;
+        }
+    char note[256];
+    int layer = -1;
+    for (int r = 0; r < n_rows && layer < 0; r++) layer = (int)cell_num(sweep, r, "layer");
+    if (have && n_rows) snprintf(note, sizeof note, "run %s; steered after layer %d (0 = embeddings); alpha 0 = baseline", f->run->id, layer);
+    else snprintf(note, sizeof note, "run %s; steering-sweep has not run", f->run->id);
+    int rc = fig_rate_by_steering(figure_start(f, FIG_RATE_BY_STEERING), series, n_series, note, err);
+    for (int i = 0; i < n_series; i++) free(names[i]);
+    free(names), free(series), free(alpha), free(k), free(n), free(rows), free(variants);
+    return rc ? rc : figure_publish(f, err);
+}
+
+// H3, per steered variant: what the direction, the random control and project_out did.
+typedef struct {
+    int lowers, raises;          // the most negative (positive) alpha moves the rate down (up), Fisher p < alpha
+    int wrong_way;               // the direction's trend is significant and negative
+    int step_down;               // two neighbouring alphas where the rate falls significantly
+    int random_moves;            // the random trend is significant, or a random alpha differs (Bonferroni)
+    int random_as_strong;        // ... significantly, with a slope at least the direction's
+    int po_lowers, po_raises;    // project_out against the baseline
+    int excluded;                // the direction's slope interval rules out the pre-registered change
+} SteerJudgement;
+
+static Verdict h3_verdict(const Config *c, const Csv *sweep, int have, Buf *why) {
+    if (!have || sweep->n_rows == 0) {
+        buf_puts(why, "The steering sweep has not run (set [steering] enabled = true, or run directions, generate --condition "
+                      "steer|steer_random|project_out, detect-events and steering-sweep).");
+        return INCONCLUSIVE;
+    }
+    double alpha = c->alpha, m = c->h3_min_rate_change;
+    const char **variants = xcalloc((size_t)sweep->n_rows + 1, sizeof *variants);
+    int *rows = xmalloc((size_t)(sweep->n_rows + 1) * sizeof *rows), n_variants = sweep_variants(sweep, variants), n_random = 0;
+    for (int r = 0; r < sweep->n_rows; r++) n_random += strcmp(cell(sweep, r, "kind"), "random") == 0;
+    SteerJudgement any = {0}, all = {1, 1, 1, 1, 1, 1, 1, 1, 1};
+    int n_judged = 0, n_excludable = 0;
+    for (int v = 0; v < n_variants; v++) {
+        SteerJudgement j = {0};
+        int nd = sweep_rows(sweep, variants[v], "direction", 1, rows), base = -1;
+        for (int i = 0; i < nd; i++)
+            if (strcmp(cell(sweep, rows[i], "kind"), "baseline") == 0) base = rows[i];
+        if (base < 0 || nd < 2) continue;
+        double rate_b = cell_num(sweep, base, "backtracking_rate");
+        int lo_row = rows[0], hi_row = rows[nd - 1], dir_row = rows[0] == base ? rows[1] : rows[0];
+        j.lowers = cell_num(sweep, lo_row, "alpha") < 0 && cell_num(sweep, lo_row, "backtracking_rate") < rate_b &&
+                   cell_num(sweep, lo_row, "p_vs_baseline") < alpha;
+        j.raises = cell_num(sweep, hi_row, "alpha") > 0 && cell_num(sweep, hi_row, "backtracking_rate") > rate_b &&
+                   cell_num(sweep, hi_row, "p_vs_baseline") < alpha;
+        double slope = cell_num(sweep, dir_row, "trend_slope"), t_lo = cell_num(sweep, dir_row, "trend_ci_lo");
+        double t_hi = cell_num(sweep, dir_row, "trend_ci_hi"), t_p = cell_num(sweep, dir_row, "trend_p");
+        j.wrong_way = slope < 0 && t_p < alpha;
+        for (int i = 0; i + 1 < nd; i++) {
+            long long k0 = (long long)cell_num(sweep, rows[i], "with_backtracking"), n0 = (long long)cell_num(sweep, rows[i], "completions");
+            long long k1 = (long long)cell_num(sweep, rows[i + 1], "with_backtracking"), n1 = (long long)cell_num(sweep, rows[i + 1], "completions");
+            if ((double)k1 / n1 < (double)k0 / n0 && fisher_exact_p(k0, n0 - k0, k1, n1 - k1) < alpha) j.step_down = 1;
+        }
+        double range = cell_num(sweep, hi_row, "alpha") - cell_num(sweep, lo_row, "alpha");
+        if (t_lo == t_lo && t_hi == t_hi && range > 0) {
+            n_excludable++;
+            j.excluded = t_lo * range > -m && t_hi * range < m;
+        }
+        int nr = sweep_rows(sweep, variants[v], "random", 0, rows);
+        for (int i = 0; i < nr; i++) {
+            double p = cell_num(sweep, rows[i], "p_vs_baseline"), rp = cell_num(sweep, rows[i], "trend_p");
+            double rslope = cell_num(sweep, rows[i], "trend_slope");
+            if (p < alpha / n_random || rp < alpha) j.random_moves = 1;
+            if (rp < alpha && fabs(rslope) >= fabs(slope)) j.random_as_strong = 1;
+        }
+        int np = sweep_rows(sweep, variants[v], "project_out", 0, rows);
+        for (int i = 0; i < np; i++) {
+            double rate = cell_num(sweep, rows[i], "backtracking_rate"), p = cell_num(sweep, rows[i], "p_vs_baseline");
+            j.po_lowers |= rate < rate_b && p < alpha;
+            j.po_raises |= rate > rate_b && p < alpha;
+        }
+        n_judged++;
+        any.lowers |= j.lowers, any.raises |= j.raises, any.wrong_way |= j.wrong_way, any.step_down |= j.step_down;
+        any.random_moves |= j.random_moves, any.random_as_strong |= j.random_as_strong, any.po_lowers |= j.po_lowers;
+        any.po_raises |= j.po_raises;
+        if (t_lo == t_lo && t_hi == t_hi) all.excluded &= j.excluded;
+        buf_printf(why, "%s%s: the most negative alpha %s, the most positive %s; trend %+.3g per unit alpha [%.3g, %.3g], p = ",
+                   n_judged > 1 ? " " : "", variants[v], j.lowers ? "lowers the rate" : "does not lower it significantly",
+                   j.raises ? "raises it" : "does not raise it significantly", slope, t_lo, t_hi);
+        fmt_p(why, t_p);
+        buf_printf(why, "; the random direction %s; project_out %s.", j.random_moves ? "moves it" : "does not move it significantly",
+                   j.po_lowers ? "lowers it" : j.po_raises ? "raises it" : "does not change it significantly");
+    }
+    free(variants);
+    free(rows);
+    buf_printf(why, " Criteria (alpha = %g): supported when subtracting lowers the rate in some variant and adding raises it in some "
+                    "variant (Fisher p vs baseline at the extreme alphas), no neighbouring alphas step down significantly, the random "
+                    "direction moves no rate (its trend p >= alpha, each alpha's Fisher p >= alpha / %d) and project_out lowers the rate "
+                    "in some variant and raises it in none; not supported when the direction's trend is significant the wrong way, the "
+                    "random direction's trend is significant and at least as steep, project_out raises the rate, or every variant's "
+                    "trend interval rules out a rate change of %g across the alphas; inconclusive otherwise.",
+               alpha, n_random > 0 ? n_random : 1, m);
+    if (n_judged == 0) {
+        buf_puts(why, " No steered variant has a baseline and steered conditions.");
+        return INCONCLUSIVE;
+    }
+    if (any.lowers && any.raises && !any.step_down && !any.random_moves && any.po_lowers && !any.po_raises && !any.wrong_way)
+        return SUPPORTED;
+    if (any.wrong_way || any.random_as_strong || any.po_raises || (n_excludable > 0 && all.excluded)) return NOT_SUPPORTED;
+    return INCONCLUSIVE;
+}
+
+// The report's steering section: the directions, the sweep's table, the figure.
+static void steering_section(const Run *run, const Csv *sweep, int have, const char *fig, Buf *md, Verdict h3, const char *why) {
+    buf_puts(md, "\n## Steering (H3)\n\n");
+    Csv dirs = {0};
+    Err ignored;
+    int have_dirs = read_table(run, ART_DIRECTIONS_CSV, &dirs, &ignored) > 0 && dirs.n_rows > 0;
+    if (have_dirs) {
+        buf_printf(md, "Difference-of-means directions from `%s` (variant %s): positives = %s, negatives = %s. "
+                       "Held-out AUROC: the projection on a direction from half of the completions, scored on the other half's positions "
+                       "(bootstrap 95%% CI over completions). Top dim: the residual dimension with the largest component of the unit "
+                       "direction.\n\n",
+                   ART_DIRECTIONS, cell(&dirs, 0, "variant"), cell(&dirs, 0, "positives"), cell(&dirs, 0, "negatives"));
+        buf_puts(md, "| layer | norm | mean residual norm | cosine with previous | top dim (component) | held-out AUROC [95% CI] |\n"
+                     "|---|---|---|---|---|---|\n");
+        for (int r = 0; r < dirs.n_rows; r++) {
+            double cos_prev = cell_num(&dirs, r, "cos_prev");
+            buf_printf(md, "| %s%s | %.3g | %.3g | ", cell(&dirs, r, "layer"), strcmp(cell(&dirs, r, "best_auroc"), "1") ? "" : " (best)",
+                       cell_num(&dirs, r, "norm"), cell_num(&dirs, r, "mean_norm"));
+            if (cos_prev == cos_prev) buf_printf(md, "%.3f", cos_prev);
+            else buf_puts(md, "n/a");
+            buf_printf(md, " | %s (%.3f) | ", cell(&dirs, r, "top_dim"), cell_num(&dirs, r, "top_component"));
+            fmt_ci(md, cell_num(&dirs, r, "auroc"), cell_num(&dirs, r, "auroc_ci_lo"), cell_num(&dirs, r, "auroc_ci_hi"));
+            buf_puts(md, " |\n");
+        }
+        buf_putc(md, '\n');
+    } else {
+        buf_puts(md, "No directions in this run (bt directions).\n\n");
+    }
+    csv_free(&dirs);
+    if (have && sweep->n_rows) {
+        int layer = -1;
+        for (int r = 0; r < sweep->n_rows && layer < 0; r++) layer = (int)cell_num(sweep, r, "layer");
+        buf_printf(md, "Steered after layer %d (0 = embeddings) at every position; alpha in units of that layer's mean "
+                       "residual norm.\n\n", layer);
+        buf_puts(md, "| variant | condition | alpha | completions | backtracking rate [95% CI] | events / 1k tokens [95% CI] | mean length | "
+                     "accuracy | Fisher p vs baseline |\n|---|---|---|---|---|---|---|---|---|\n");
+        for (int r = 0; r < sweep->n_rows; r++) {
+            double a = cell_num(sweep, r, "alpha");
+            buf_printf(md, a ? "| %s | %s | %+g | %s | " : "| %s | %s | %g | %s | ", cell(sweep, r, "variant"), cell(sweep, r, "condition"),
+                       a, cell(sweep, r, "completions"));
+            fmt_ci(md, cell_num(sweep, r, "backtracking_rate"), cell_num(sweep, r, "rate_ci_lo"), cell_num(sweep, r, "rate_ci_hi"));
+            buf_puts(md, " | ");
+            fmt_ci(md, cell_num(sweep, r, "events_per_1k_tokens"), cell_num(sweep, r, "events_per_1k_ci_lo"),
+                   cell_num(sweep, r, "events_per_1k_ci_hi"));
+            buf_printf(md, " | %.1f | %.3g | ", cell_num(sweep, r, "mean_length"), cell_num(sweep, r, "accuracy"));
+            fmt_p(md, cell_num(sweep, r, "p_vs_baseline"));
+            buf_puts(md, " |\n");
+        }
+    } else {
+        buf_puts(md, "No steering sweep in this run.\n");
+    }
+    buf_printf(md, "\n![Backtracking rate by steering strength](%s/%s)\n", fig, FIG_RATE_BY_STEERING);
+    buf_printf(md, "\nH3 (linear direction): %s. %s\n", verdict_names[h3], why);
+}
+
 int cmd_make_report(int argc, char **argv) {
     Opt opts[] = {OPT_CONFIG, OPT_END};
     Err err = {0};
@@ -1471,9 +2089,10 @@ int cmd_make_report(int argc, char **argv) {
     Run run;
     int exit_code;
     if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
-    Csv conditions = {0}, formatting = {0}, scan = {0}, lens = {0}, heads = {0};
-    int have_conditions = 0, have_formatting = 0, have_scan = 0, have_lens = 0, have_heads = 0;
+    Csv conditions = {0}, formatting = {0}, scan = {0}, lens = {0}, heads = {0}, sweep = {0};
+    int have_conditions = 0, have_formatting = 0, have_scan = 0, have_lens = 0, have_heads = 0, have_sweep = 0;
     Buf meta_text = {0}, resolved = {0}, md = {0};
+    Buf h3_why = {0};
     Json meta = {0};
     char path[1200];
     if ((have_conditions = read_table(&run, ART_CONDITIONS, &conditions, &err)) < 0 ||
@@ -1488,6 +2107,9 @@ int cmd_make_report(int argc, char **argv) {
         draw_rate_figures(&figures_out, &conditions, have_conditions, &formatting, have_formatting, &err) ||
         draw_head_figure(&figures_out, &heads, have_heads, &err))
         goto out;
+    if ((have_sweep = read_table(&run, ART_STEERING_SWEEP, &sweep, &err)) < 0 || draw_steering_figure(&figures_out, &sweep, have_sweep, &err))
+        goto out;
+    Verdict h3 = h3_verdict(&c, &sweep, have_sweep, &h3_why);
     run_path(&run, path, sizeof path, ART_META);
     if (read_file(path, &meta_text, &err) || json_parse(&meta, meta_text.data, meta_text.len, path, &err)) goto out;
     run_path(&run, path, sizeof path, ART_CONFIG_RESOLVED);
@@ -1500,6 +2122,7 @@ int cmd_make_report(int argc, char **argv) {
     meta_get(&meta, "config_digest", digest, sizeof digest, "unknown");
     long long n_threads = 0;
     json_int(&meta, json_key(&meta, 0, "threads"), &n_threads);
+    if (events_page(&c, &run, model_id, &err)) goto out;
     snprintf(threads, sizeof threads, "%lld", n_threads);
     time_t now = time(NULL);
     struct tm utc;
@@ -1540,6 +2163,7 @@ int cmd_make_report(int argc, char **argv) {
                     "it. Anything else is inconclusive.\n\n",
                alpha, c.h1_min_relative_drop, c.max_collateral_nll, c.h1_min_relative_drop, c.h1_min_relative_drop,
                c.h2_min_rate_ratio);
+    buf_printf(&md, "H3 (linear direction): %s\n\nSee \"Steering (H3)\" below.\n\n", verdict_names[h3]);
 
     // Backtracking per variant.
     buf_puts(&md, "## Backtracking by prompt format\n\n");
@@ -1725,6 +2349,7 @@ int cmd_make_report(int argc, char **argv) {
         buf_puts(&md, "No condition comparison in this run.\n");
     }
     buf_printf(&md, "\n![Backtracking rate by condition](%s/%s)\n", fig, FIG_RATE_BY_CONDITION);
+    steering_section(&run, &sweep, have_sweep, fig, &md, h3, h3_why.data ? h3_why.data : "");
 
     // Limitations.
     int n_completions = 0;
@@ -1760,7 +2385,11 @@ int cmd_make_report(int argc, char **argv) {
         for (int k = 0; k < 3; k++) printf("  %s: %s\n", hyp[k].name, verdict_names[hyp[k].verdict]);
     }
     for (int k = 0; k < 3; k++) hypothesis_free(&hyp[k]);
+    if (!err.msg[0]) printf("  H3 (linear direction): %s\n", verdict_names[h3]);
+    buf_free(&h3_why);
 out:
+    csv_free(&sweep);
+    buf_free(&h3_why);
     csv_free(&conditions);
     csv_free(&formatting);
     csv_free(&scan);

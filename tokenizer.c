@@ -1385,6 +1385,15 @@ static int load_id(Loader *L, int v, const char *what, int *id) {
     return 0;
 }
 
+size_t tokenizer_pool_limit = UINT32_MAX;
+
+// Fails (naming JSON token tok) unless n more bytes fit the pool's 32-bit offsets.
+static int pool_room(Loader *L, int tok, size_t n) {
+    if (n > tokenizer_pool_limit || L->pool.len > tokenizer_pool_limit - n)
+        return load_fail(L, tok, "token strings larger than %zu bytes in all (offsets are 32-bit)", tokenizer_pool_limit);
+    return 0;
+}
+
 static void token_set(Tokenizer *t, Loader *L, int id, int kind, const Buf *bytes) {
     t->tok_start[id] = (uint32_t)L->pool.len;
     t->tok_len[id] = (int)bytes->len;
@@ -1404,6 +1413,7 @@ static int load_vocab(Tokenizer *t, Loader *L, int vocab) {
             return load_fail(L, k, "vocab id %d is given twice (to '%.100s' and an earlier token)", id, string_copy(L, k));
         if (vocab_find(t, (const unsigned char *)L->bytes.data, (int)L->bytes.len, byte_level) >= 0)
             return load_fail(L, k, "vocab token '%.200s' appears twice", string_copy(L, k));
+        if (pool_room(L, k, L->bytes.len)) return -1;
         token_set(t, L, id, byte_level ? KIND_VOCAB : KIND_VOCAB_RAW, &L->bytes);
         vocab_insert(t, id, byte_level);
     }
@@ -1508,6 +1518,7 @@ static int load_added(Tokenizer *t, Loader *L, int list) {
                 break;
             }
         }
+        if (pool_room(L, content, (size_t)n)) { rc = -1; break; }
         Buf content_bytes = {0};
         buf_append(&content_bytes, s, (size_t)n);
         token_set(t, L, id, KIND_ADDED, &content_bytes);
@@ -1521,6 +1532,7 @@ static int load_added(Tokenizer *t, Loader *L, int list) {
         a->start = t->tok_start[id];
         a->len = n;
         if (normalized && t->nfc && nfc_piece(t, &sc, (const unsigned char *)content_bytes.data, n, 0)) {
+            if (pool_room(L, content, sc.norm.len)) { buf_free(&content_bytes); rc = -1; break; }
             a->start = (uint32_t)L->pool.len; // match the normalized form against normalized text
             a->len = (int)sc.norm.len;
             buf_append(&L->pool, sc.norm.data, sc.norm.len);
@@ -1569,6 +1581,9 @@ static int load_json(Tokenizer *t, Loader *L) {
     if (j->tok[0].type != JSON_OBJECT) return load_fail(L, 0, "tokenizer.json must hold a JSON object, found %s", type_name(j->tok[0].type));
     int model = member(L, 0, "tokenizer", "model", JSON_OBJECT);
     if (model < 0) return model == -2 ? -1 : load_fail(L, 0, "no \"model\" object");
+    int twice = json_duplicate_key(j, 0); // a key given twice is refused, not resolved
+    if (twice < 0) twice = json_duplicate_key(j, model);
+    if (twice >= 0) return load_fail(L, twice, "key '%.100s' appears twice in one object", string_copy(L, twice));
     if (load_model_options(t, L, model) || load_normalizer(t, L, 0) || load_pre_tokenizer(t, L, 0) || load_decoder(L, 0))
         return -1;
     int vocab = member(L, model, "model", "vocab", JSON_OBJECT);
@@ -1590,7 +1605,6 @@ static int load_json(Tokenizer *t, Loader *L) {
     unicode_init(t);
     if (load_vocab(t, L, vocab) || load_merges(t, L, merges)) return -1;
     if (added >= 0 && load_added(t, L, added)) return -1;
-    if (L->pool.len >= UINT32_MAX) return load_fail(L, 0, "token strings larger than 4 GB");
     return 0;
 }
 

@@ -60,7 +60,7 @@ done
 [ $n_ok = 3 ] && ok "each random draw ablates one head, never the selected one" ||
     bad "random draws' heads" "$(grep -o '"attn_heads": [^}]*' $A/random_layers.json | tr '\n' ' ')"
 hc=$(attr_col $A/collateral_damage.csv attn_heads)
-n_sets=$(awk -F, -v c="$hc" 'NR > 1 && $c ~ /^[0-9]+\.[0-9]+$/ { n++ } END { print n + 0 }' $A/collateral_damage.csv)
+n_sets=$(awk -F, -v c="$hc" 'NR > 1 && $c ~ /^\[[0-9]+\.[0-9]+\]$/ { n++ } END { print n + 0 }' $A/collateral_damage.csv)
 [ -n "$hc" ] && [ "$n_sets" = 4 ] && ok "collateral damage measures the same masks, heads included" ||
     bad "collateral damage with heads" "$(cat $A/collateral_damage.csv)"
 report=reports/backtracking_state_transition_report.md
@@ -81,6 +81,13 @@ if "$BT" ablation-scan --config verify.ini --threads 1 --quiet >/dev/null && gre
               'NR > 1 && $3 == l && $4 == h { print "estimated " $e ", exact " $x }' $A/head_importance.csv)
     ok "attribution+verify (verify_k 1) selects attention $attn, MLP $mlp and head $attn.$head (head: $est)"
 else bad "attribution+verify selects the planted components" "$(tr -d '\n' < $S)"; fi
+
+# The scan's CSVs with heads load with pandas as the README documents them.
+if [ -n "$PY" ]; then
+    if "$PY" "$ROOT/tests/csv_check.py" "$ROOT/README.md" $A/head_importance.csv $A/ablation_importance.csv \
+        $A/collateral_damage.csv > csv.log 2>&1; then ok "head_importance.csv and the columns for heads as the README documents"
+    else bad "CSVs with heads as pandas reads them" "$(grep -v '^ok' csv.log | head -n 3)"; fi
+else skipped "CSVs with heads as pandas reads them" "python3 with pandas is not installed"; fi
 
 # The same scan, byte for byte, on one thread and on two.
 sed 's/^max_events = 100/max_events = 20/' verify.ini > det.ini

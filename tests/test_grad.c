@@ -603,7 +603,7 @@ static void t_grad_attribution_against_exact_ablation(void) {
         int L = c->n_layers, H = c->n_heads, V = c->vocab_size, n_layer_pts = 0, n_head_pts = 0;
         double est_layer[6 * 64], exact_layer[6 * 64], est_head[6 * 256], exact_head[6 * 256];
         unsigned char attn[64], mlp[64], head[256];
-        AblationMask mask = {ABLATE_ZERO, attn, mlp, head, NULL, NULL, NULL};
+        AblationMask mask = {.kind = ABLATE_ZERO, .attn = attn, .mlp = mlp, .head = head};
         for (int s = 0; s < 3; s++)
             for (int at = 0; at < 2; at++) {
                 int n = at ? n_ids[s] / 2 + 1 : n_ids[s], P = n - 1;
@@ -694,7 +694,7 @@ static void t_grad_organism_ranks_planted_first(void) {
         for (int h = 0; h < H; h++) printf(" %.4g", gr.g.score_head[ORGANISM_ATTN_LAYER * H + h]);
         // The exact effects of the planted components on this event, for the record.
         unsigned char attn[64] = {0}, mlp[64] = {0}, head[256] = {0};
-        AblationMask mask = {ABLATE_ZERO, attn, mlp, head, NULL, NULL, NULL};
+        AblationMask mask = {.kind = ABLATE_ZERO, .attn = attn, .mlp = mlp, .head = head};
         float *logits = xmalloc((size_t)(P + 1) * c->vocab_size * sizeof *logits);
         double exact[3];
         for (int k = 0; k < 3; k++) {

@@ -132,7 +132,7 @@ typedef struct {
 
 static const AblationMask *mask_zero(MaskStore *ms, const char *component, int layer, int head, int n_heads) {
     memset(ms, 0, sizeof *ms);
-    ms->mask = (AblationMask){ABLATE_ZERO, ms->attn, ms->mlp, ms->head, NULL, NULL, NULL};
+    ms->mask = (AblationMask){.kind = ABLATE_ZERO, .attn = ms->attn, .mlp = ms->mlp, .head = ms->head};
     if (strcmp(component, "attn") == 0) ms->attn[layer] = 1;
     else if (strcmp(component, "mlp") == 0) ms->mlp[layer] = 1;
     else ms->head[layer * n_heads + head] = 1;
@@ -439,7 +439,8 @@ static void t_model_captures_and_mean_ablation(void) {
     for (size_t i = 0; i < (size_t)L * D; i++) means[i] = (float)(i % 7) * 0.25f - 0.5f;
     unsigned char attn_on[8] = {0}, mlp_on[8] = {0}, head_on[64] = {0};
     attn_on[1] = mlp_on[2] = 1;
-    AblationMask mean_mask = {ABLATE_MEAN, attn_on, mlp_on, head_on, means, means, means};
+    AblationMask mean_mask = {.kind = ABLATE_MEAN, .attn = attn_on, .mlp = mlp_on, .head = head_on,
+                              .attn_mean = means, .mlp_mean = means, .head_mean = means};
     run_seq(&ref.m, s, 0, ids, T, &mean_mask, logits, resid, attn, mlp);
     CHECK(memcmp(attn + ((size_t)(T - 1) * L + 1) * D, means + D, (size_t)D * sizeof(float)) == 0);
     CHECK(memcmp(mlp + ((size_t)3 * L + 2) * D, means + 2 * D, (size_t)D * sizeof(float)) == 0);

@@ -568,14 +568,15 @@ static void t_tokenizer_malformed(void) {
         buf_printf(&bytes, ": %d, ", b);
     }
     buf_puts(&bytes, "\"ab\": 256");
-    const char *byte_level = "\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false}, \"decoder\": {\"type\": \"ByteLevel\"}";
+    const char *base_pre = "\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false}, ";
+    const char *base_dec = "\"decoder\": {\"type\": \"ByteLevel\"}, ";
     struct {
         const char *what;
         const char *file;        // the whole file, or NULL for the base file with the changes below
         const char *vocab_extra; // appended to the vocab
         const char *merges;      // the merges array
         const char *model_extra; // more model keys
-        const char *top;         // top-level keys that come before (and so win over) the base ones
+        const char *top;         // top-level keys that replace the base ones of the same name
         const char *want;        // in the message; NULL = loads
     } cases[] = {
         {"valid", NULL, "", "[\"a b\", [\"a\", \"b\"]]", "", "", NULL},
@@ -610,12 +611,14 @@ static void t_tokenizer_malformed(void) {
          "Split regex '\\s+' is not one bt implements"},
         {"decoder", NULL, "", "[]", "", "\"decoder\": {\"type\": \"WordPiece\"}, ", "decoder.type is 'WordPiece'"},
         {"prefix space", NULL, "", "[]", "", "\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, ", "add_prefix_space=true is not supported"},
+        {"key twice", NULL, "", "[]", ", \"type\": \"BPE\"", "", "key 'type' appears twice in one object"},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         Buf j = {0};
         if (cases[c].file) buf_puts(&j, cases[c].file);
         else
-            buf_printf(&j, "{%s%s, \"model\": {\"type\": \"BPE\"%s, \"vocab\": {%s%s}, \"merges\": %s}}", cases[c].top, byte_level,
+            buf_printf(&j, "{%s%s%s\"model\": {\"type\": \"BPE\"%s, \"vocab\": {%s%s}, \"merges\": %s}}", cases[c].top,
+                       strstr(cases[c].top, "\"pre_tokenizer\"") ? "" : base_pre, strstr(cases[c].top, "\"decoder\"") ? "" : base_dec,
                        cases[c].model_extra, bytes.data, cases[c].vocab_extra, cases[c].merges);
         char path[1100];
         snprintf(path, sizeof path, "%s/tokenizer.json", test_tmpdir());
