@@ -144,6 +144,10 @@ static void legend_swatch(Svg *s, const SvgKey *k, double x, double y) { // (x, 
                       "fill=\"none\"/>\n",
                    x + 11, y - 7, y + 7, x + 7, y - 7, x + 15, x + 7, y + 7, x + 15, k->color);
         break;
+    case SVG_KEY_OUTLINE:
+        buf_printf(o, "<rect x=\"%.1f\" y=\"%.1f\" width=\"16\" height=\"12\" fill=\"none\" stroke=\"%s\" "
+                      "stroke-width=\"2.5\"/>\n", x + 3, y - 6, k->color);
+        break;
     default: // SVG_KEY_BAND
         buf_printf(o, "<rect x=\"%.1f\" y=\"%.1f\" width=\"22\" height=\"12\" fill=\"%s\" fill-opacity=\"0.25\"/>\n", x,
                    y - 6, k->color);
@@ -691,6 +695,142 @@ int fig_ablation_importance(const char *path, int n_layers, const CiSeries *attn
 }
 
 // ----------------------------------------------------------------------------
+// Heatmaps: heads of every layer at once.
+
+#define HEAT_POSITIVE "#b2182b" // a drop: the component carries the onset (ColorBrewer RdBu ends)
+#define HEAT_NEGATIVE "#2166ac" // a rise: ablating it makes the onset more likely
+#define HEAT_MISSING "#dddddd"
+#define HEAT_SCALE_STEPS 20     // bands of the colour scale
+enum { HEAT_SCALE_PX = 110, HEAT_ROW_LABEL_PX = 14, HEAT_COL_LABEL_PX = 26 }; // scale's margin; least label spacing
+enum { HEAT_CELL_TEXT_W_PX = 38, HEAT_CELL_TEXT_H_PX = 16 };                      // a cell prints its value from here
+
+// White mixed towards the end colour of v's sign by |v| / limit (clamped): "#rrggbb".
+static void heat_color(double v, double limit, char out[8]) {
+    double t = v / limit;
+    t = t > 1 ? 1 : t < -1 ? -1 : t;
+    const char *end = t >= 0 ? HEAT_POSITIVE : HEAT_NEGATIVE;
+    int rgb[3];
+    for (int i = 0; i < 3; i++) {
+        unsigned c;
+        sscanf(end + 1 + 2 * i, "%2x", &c);
+        rgb[i] = (int)lround(255 + fabs(t) * ((double)c - 255));
+    }
+    snprintf(out, 8, "#%02x%02x%02x", rgb[0], rgb[1], rgb[2]);
+}
+
+// Every step-th label of n that fit px apart in span px.
+static int label_step(int n, double span_px, double min_px) {
+    int step = 1;
+    while (step < n && span_px / n * step < min_px) step++;
+    return step;
+}
+
+void svg_heatmap(Svg *s, int n_rows, int n_cols, const double *value, double limit, const unsigned char *marked,
+                 const unsigned char *ringed, const char *row_label, const char *col_label, const char *scale_label) {
+    if (n_rows <= 0 || n_cols <= 0) return;
+    if (!(limit > 0) || !isfinite(limit)) limit = 1;
+    Buf *o = s->out;
+    s->left = 20 + LABEL_PX / 2.0 + 12 + text_px("000", TICK_PX) + TICK_LEN_PX;
+    s->right = s->width - MARGIN_PX - HEAT_SCALE_PX;
+    s->x_min = -0.5, s->x_max = n_cols - 0.5, s->y_min = -0.5, s->y_max = n_rows - 0.5;
+    double cw = (s->right - s->left) / n_cols, ch = (s->bottom - s->top) / n_rows;
+    for (int r = 0; r < n_rows; r++)
+        for (int col = 0; col < n_cols; col++) {
+            double v = value[(size_t)r * n_cols + col], x = s->left + col * cw, y = s->top + r * ch;
+            char fill[8] = HEAT_MISSING;
+            if (!isnan(v)) heat_color(v, limit, fill);
+            buf_printf(o, "<rect class=\"cell\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\" "
+                          "stroke=\"#ffffff\" stroke-width=\"0.5\"/>\n", x, y, cw, ch, fill);
+            if (!isnan(v) && cw >= HEAT_CELL_TEXT_W_PX && ch >= HEAT_CELL_TEXT_H_PX) {
+                char text[32];
+                snprintf(text, sizeof text, fabs(v) >= 1000 ? "%.0f" : fabs(v) >= 10 ? "%.1f" : "%.2f", v);
+                if (strcmp(text, "-0.00") == 0) snprintf(text, sizeof text, "0.00");
+                svg_text(s, x + cw / 2, y + ch / 2 + 4, ch >= 20 ? 11 : 9, "middle",
+                         fabs(v) > 0.6 * limit ? "#ffffff" : TEXT_COLOR, "class=\"celltext\"", text);
+            }
+            if (ringed && ringed[(size_t)r * n_cols + col]) { // top right corner, white inside: seen on any colour
+                double rad = (cw < ch ? cw : ch) * 0.15;
+                rad = rad > 5 ? 5 : rad < 2 ? 2 : rad;
+                buf_printf(o, "<circle class=\"mark\" cx=\"%.1f\" cy=\"%.1f\" r=\"%.1f\" fill=\"#ffffff\" "
+                              "stroke=\"%s\" stroke-width=\"1.5\"/>\n", x + cw - rad - 4, y + rad + 4, rad, INK);
+            }
+        }
+    for (int r = 0; marked && r < n_rows; r++) // outlines last, above every cell
+        for (int col = 0; col < n_cols; col++)
+            if (marked[(size_t)r * n_cols + col])
+                buf_printf(o, "<rect class=\"selected\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" "
+                              "fill=\"none\" stroke=\"%s\" stroke-width=\"3\"/>\n",
+                           s->left + col * cw + 1.5, s->top + r * ch + 1.5, cw - 3, ch - 3, INK);
+    // Row and column labels, every step-th where they would crowd, and the axis titles.
+    char label[32];
+    for (int r = 0, step = label_step(n_rows, s->bottom - s->top, HEAT_ROW_LABEL_PX); r < n_rows; r += step) {
+        snprintf(label, sizeof label, "%d", r);
+        svg_text(s, s->left - TICK_LEN_PX, s->top + (r + 0.5) * ch + 4, TICK_PX, "end", TEXT_COLOR, NULL, label);
+    }
+    for (int col = 0, step = label_step(n_cols, s->right - s->left, HEAT_COL_LABEL_PX); col < n_cols; col += step) {
+        snprintf(label, sizeof label, "%d", col);
+        svg_text(s, s->left + (col + 0.5) * cw, s->bottom + TICK_LEN_PX + 14, TICK_PX, "middle", TEXT_COLOR, NULL,
+                 label);
+    }
+    draw_x_title(s, col_label);
+    if (row_label) {
+        double cy = (s->top + s->bottom) / 2, cx = 20 + LABEL_PX / 2.0;
+        char rotate[64];
+        snprintf(rotate, sizeof rotate, "transform=\"rotate(-90 %.1f %.1f)\"", cx, cy);
+        svg_text(s, cx, cy, LABEL_PX, "middle", TEXT_COLOR, rotate, row_label);
+    }
+    // The colour scale: +limit at the top, -limit at the bottom.
+    double sx0 = s->right + 20, band = (s->bottom - s->top) / HEAT_SCALE_STEPS;
+    for (int i = 0; i < HEAT_SCALE_STEPS; i++) {
+        char fill[8];
+        heat_color(limit * (1 - (2 * i + 1.0) / HEAT_SCALE_STEPS), limit, fill);
+        buf_printf(o, "<rect class=\"scale\" x=\"%.1f\" y=\"%.1f\" width=\"16\" height=\"%.1f\" fill=\"%s\"/>\n", sx0,
+                   s->top + i * band, band + 0.5, fill);
+    }
+    buf_printf(o, "<rect x=\"%.1f\" y=\"%.1f\" width=\"16\" height=\"%.1f\" fill=\"none\" stroke=\"%s\" "
+                  "stroke-width=\"1\"/>\n", sx0, s->top, s->bottom - s->top, AXIS_COLOR);
+    const double ticks[3] = {limit, 0, -limit};
+    for (int i = 0; i < 3; i++) {
+        snprintf(label, sizeof label, "%.3g", ticks[i] == 0 ? 0.0 : ticks[i]);
+        double py = s->top + (s->bottom - s->top) * i / 2.0;
+        svg_text(s, sx0 + 22, py + 4, TICK_PX, "start", TEXT_COLOR, NULL, label);
+    }
+    if (scale_label) {
+        double cx = s->width - MARGIN_PX - LABEL_PX / 2.0, cy = (s->top + s->bottom) / 2;
+        char rotate[64], fitted[256];
+        text_fit(scale_label, s->bottom - s->top, LABEL_PX, fitted, sizeof fitted);
+        snprintf(rotate, sizeof rotate, "transform=\"rotate(-90 %.1f %.1f)\"", cx, cy);
+        svg_text(s, cx, cy, LABEL_PX, "middle", TEXT_COLOR, rotate, fitted);
+    }
+}
+
+int fig_head_importance(const char *path, int n_layers, int n_heads, const double *effect, const unsigned char *exact,
+                        const unsigned char *selected, int n_events, const char *note, Err *err) {
+    int width = 300 + 44 * (n_heads > 0 ? n_heads : 0), height = 240 + 22 * (n_layers > 0 ? n_layers : 0);
+    width = width < FIG_MIN_WIDTH ? FIG_MIN_WIDTH : width > FIG_MAX_WIDTH ? FIG_MAX_WIDTH : width;
+    height = height < FIG_HEIGHT ? FIG_HEIGHT : height > 2 * ABLATION_HEIGHT ? 2 * ABLATION_HEIGHT : height;
+    Buf b = {0};
+    Svg s;
+    svg_begin(&s, &b, width, height, "Head importance by layer: drop in log p(onset token)", note);
+    if (n_layers <= 0 || n_heads <= 0 || n_events <= 0 || !effect || !any_finite(effect, n_layers * n_heads)) {
+        svg_no_data(&s, n_events <= 0 ? "no backtracking events" : "no heads scanned");
+        svg_end(&s);
+        return figure_write(path, &b, err);
+    }
+    char event_name[96];
+    snprintf(event_name, sizeof event_name, "mean over %d backtracking events", n_events);
+    SvgKey keys[] = {{event_name, HEAT_POSITIVE, SVG_KEY_BAR},
+                     {"selected for targeted ablation", INK, SVG_KEY_OUTLINE},
+                     {"ablated exactly (others: attribution estimate)", INK, SVG_KEY_RING}};
+    svg_legend(&s, keys, 3);
+    double limit = 0;
+    for (int i = 0; i < n_layers * n_heads; i++)
+        if (isfinite(effect[i]) && fabs(effect[i]) > limit) limit = fabs(effect[i]);
+    svg_heatmap(&s, n_layers, n_heads, effect, limit, selected, exact, "layer", "head", "drop in log p(onset)");
+    svg_end(&s);
+    return figure_write(path, &b, err);
+}
+
 // Steering figure: backtracking rate against the steering alpha, the direction as a solid line and
 // the random control dashed (each with a Wilson band, the baseline at alpha 0 in both), and
 // project_out as a ring with its interval at alpha 0; one colour per steered variant.
@@ -856,7 +996,7 @@ static int draw_summary_figures(FigureOut *f, Err *err) {
     long long *v_k = xcalloc((size_t)n + 1, sizeof *v_k), *v_n = xcalloc((size_t)n + 1, sizeof *v_n); // (n) per variant
     long long *c_bt = xcalloc((size_t)n + 1, sizeof *c_bt), *n_bt = xcalloc((size_t)n + 1, sizeof *n_bt); // (n) per group
     long long *c_nobt = xcalloc((size_t)n + 1, sizeof *c_nobt), *n_nobt = xcalloc((size_t)n + 1, sizeof *n_nobt);
-    for (int v = 0; rc == 0 && v < f->c->n_variants; v++) // baseline rate per configured variant that was generated
+    for (int v = 0; rc == 0 && groups >= 0 && v < f->c->n_variants; v++) // baseline rate per configured variant
         JSON_FOR_ARRAY(&j, groups, g, t) {
             long long k, total;
             if (json_eq(&j, json_key(&j, t, "variant"), f->c->variants[v]) && json_eq(&j, json_key(&j, t, "condition"), "baseline") &&
@@ -866,21 +1006,23 @@ static int draw_summary_figures(FigureOut *f, Err *err) {
             }
             (void)g;
         }
-    JSON_FOR_ARRAY(&j, groups, g, t) { // accuracy per variant / condition, in the order the groups were read
-        long long total, with_bt, correct, correct_bt;
-        char *variant = json_strdup(&j, json_key(&j, t, "variant")), *condition = json_strdup(&j, json_key(&j, t, "condition"));
-        if (rc == 0 && (!variant || !condition || json_int(&j, json_key(&j, t, "completions"), &total) ||
-                        json_int(&j, json_key(&j, t, "with_backtracking"), &with_bt) || json_int(&j, json_key(&j, t, "correct"), &correct) ||
-                        json_int(&j, json_key(&j, t, "correct_with_backtracking"), &correct_bt)))
-            rc = err_input(err, "%s:%d: group %d lacks a count (run detect-events again)", path, json_line(&j, t), g);
-        if (rc == 0) {
-            Buf label = {0};
-            buf_printf(&label, "%s / %s", variant, condition);
-            labels[g] = label.data;
-            c_bt[g] = correct_bt, n_bt[g] = with_bt, c_nobt[g] = correct - correct_bt, n_nobt[g] = total - with_bt;
+    if (rc == 0 && groups >= 0) { // no summary (detect-events has not run): no groups to walk
+        JSON_FOR_ARRAY(&j, groups, g, t) { // accuracy per variant / condition, in the order the groups were read
+            long long total, with_bt, correct, correct_bt;
+            char *variant = json_strdup(&j, json_key(&j, t, "variant")), *condition = json_strdup(&j, json_key(&j, t, "condition"));
+            if (rc == 0 && (!variant || !condition || json_int(&j, json_key(&j, t, "completions"), &total) ||
+                            json_int(&j, json_key(&j, t, "with_backtracking"), &with_bt) || json_int(&j, json_key(&j, t, "correct"), &correct) ||
+                            json_int(&j, json_key(&j, t, "correct_with_backtracking"), &correct_bt)))
+                rc = err_input(err, "%s:%d: group %d lacks a count (run detect-events again)", path, json_line(&j, t), g);
+            if (rc == 0) {
+                Buf label = {0};
+                buf_printf(&label, "%s / %s", variant, condition);
+                labels[g] = label.data;
+                c_bt[g] = correct_bt, n_bt[g] = with_bt, c_nobt[g] = correct - correct_bt, n_nobt[g] = total - with_bt;
+            }
+            free(variant);
+            free(condition);
         }
-        free(variant);
-        free(condition);
     }
     if (!have) snprintf(note, sizeof note, "run %s; detect-events has not run", f->run->id);
     else snprintf(note, sizeof note, "run %s; baseline completions; error bars: Wilson 95%% CI", f->run->id);
@@ -1014,6 +1156,41 @@ static int draw_rate_figures(FigureOut *f, const Csv *conditions, int have_condi
     return rc;
 }
 
+// Head importance (ablation-scan with heads): the layers x heads heatmap of the mean drop on events,
+// exact where the head was ablated exactly, else the attribution estimate; selected heads outlined.
+static int draw_head_figure(FigureOut *f, const Csv *heads, int have, Err *err) {
+    int n_layers = 0, n_heads = 0, rows = have ? heads->n_rows : 0, n_estimated = 0;
+    for (int r = 0; r < rows; r++) {
+        if ((int)cell_num(heads, r, "layer") + 1 > n_layers) n_layers = (int)cell_num(heads, r, "layer") + 1;
+        if ((int)cell_num(heads, r, "head") + 1 > n_heads) n_heads = (int)cell_num(heads, r, "head") + 1;
+    }
+    size_t n_cells = (size_t)n_layers * n_heads;
+    double *effect = xmalloc((n_cells + 1) * sizeof *effect);
+    unsigned char *exact = xcalloc(n_cells + 1, 1), *selected = xcalloc(n_cells + 1, 1);
+    for (size_t i = 0; i < n_cells; i++) effect[i] = NAN;
+    for (int r = 0; r < rows; r++) {
+        int l = (int)cell_num(heads, r, "layer"), h = (int)cell_num(heads, r, "head");
+        if (l < 0 || h < 0) continue;
+        size_t i = (size_t)l * n_heads + h;
+        effect[i] = cell_num(heads, r, "mean_drop_events");
+        exact[i] = strcmp(cell(heads, r, "method"), "exact") == 0;
+        selected[i] = strcmp(cell(heads, r, "selected"), "1") == 0;
+        n_estimated += !exact[i];
+    }
+    char note[256];
+    if (have && rows)
+        snprintf(note, sizeof note, "%s, run %s; %s ablation, scope %s; %s", cell(heads, 0, "variant"), f->run->id,
+                 cell(heads, 0, "kind"), cell(heads, 0, "scope"), n_estimated ? "ringed: exact" : "every head exact");
+    else snprintf(note, sizeof note, "run %s; no head scan (method exact, top_k_heads 0)", f->run->id);
+    int n_events = rows ? (int)cell_num(heads, 0, "n_events") : 0;
+    int rc = fig_head_importance(figure_start(f, FIG_HEAD_IMPORTANCE), n_layers, n_heads, effect, exact, selected,
+                                 n_events, note, err);
+    free(effect);
+    free(exact);
+    free(selected);
+    return rc ? rc : figure_publish(f, err);
+}
+
 // ----------------------------------------------------------------------------
 // The event browser: [report] events_path (reports/events.html), one self-contained page
 // (inline CSS and SVG, a few lines of script for the filters, nothing fetched) that shows
@@ -1130,7 +1307,7 @@ static void page_text(Buf *b, const Page *pg, const GenRecord *rec, int k, int c
     buf_free(&text);
 }
 
-static void heat_color(double lp, char out[8]) { // white (log p <= HEAT_FLOOR) to dark blue (log p = 0)
+static void lens_color(double lp, char out[8]) { // white (log p <= HEAT_FLOOR) to dark blue (log p = 0)
     double t = lp != lp ? 0 : lp <= HEAT_FLOOR ? 0 : lp >= 0 ? 1 : 1 - lp / HEAT_FLOOR;
     static const double lo[3] = {247, 251, 255}, hi[3] = {8, 48, 107};
     snprintf(out, 8, "#%02x%02x%02x", (int)(lo[0] + t * (hi[0] - lo[0])), (int)(lo[1] + t * (hi[1] - lo[1])),
@@ -1167,7 +1344,7 @@ static void page_heatmap(Buf *b, const Page *pg, const char *kind, const char *e
         for (int l = 0; l <= L; l++) {
             char color[8];
             double v = lp[(size_t)j * (L + 1) + l];
-            heat_color(v, color);
+            lens_color(v, color);
             buf_printf(b, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"><title>layer %d, pred_pos%+d: log p %.3f</title></rect>",
                        left + j * HEAT_CELL_W, top + (L - l) * HEAT_CELL_H, HEAT_CELL_W - 1, HEAT_CELL_H - 1, color, l, offsets[j], v);
         }
@@ -1584,6 +1761,110 @@ static void put_hypothesis(Buf *md, const Hypothesis *h) {
 }
 
 // ----------------------------------------------------------------------------
+// Attribution patching in the report: the heads, and how the first-order estimates compare with
+// exact ablation where both ran.
+
+// Ranks of x (n), ties sharing their mean rank (1-based).
+static void average_ranks(const double *x, int n, double *rank) {
+    for (int i = 0; i < n; i++) {
+        int below = 0, equal = 0;
+        for (int j = 0; j < n; j++) below += x[j] < x[i], equal += x[j] == x[i];
+        rank[i] = below + (equal + 1) / 2.0;
+    }
+}
+
+// Spearman's rank correlation of (x, y) over n pairs; NaN below 3 pairs or with no spread.
+static double spearman(const double *x, const double *y, int n) {
+    if (n < 3) return NAN;
+    double *rx = xmalloc((size_t)n * sizeof *rx), *ry = xmalloc((size_t)n * sizeof *ry); // (n) ranks
+    double mx = (n + 1) / 2.0, sxy = 0, sxx = 0, syy = 0;
+    average_ranks(x, n, rx);
+    average_ranks(y, n, ry);
+    for (int i = 0; i < n; i++)
+        sxy += (rx[i] - mx) * (ry[i] - mx), sxx += (rx[i] - mx) * (rx[i] - mx), syy += (ry[i] - mx) * (ry[i] - mx);
+    free(rx);
+    free(ry);
+    return sxx > 0 && syy > 0 ? sxy / sqrt(sxx * syy) : NAN;
+}
+
+// How the scan measured: "exact", "attribution" or "attribution+verify", from its rows' method column.
+static const char *scan_method(const Csv *t, int have) {
+    int exact = 0, estimated = 0;
+    for (int r = 0; have && r < t->n_rows; r++) {
+        exact |= strcmp(cell(t, r, "method"), "exact") == 0;
+        estimated |= strcmp(cell(t, r, "method"), "attribution") == 0 || !isnan(cell_num(t, r, "est_drop_events"));
+    }
+    return estimated && exact ? "attribution+verify" : estimated ? "attribution" : "exact";
+}
+
+static void put_attribution_section(Buf *md, const Csv *scan, int have_scan, const Csv *heads, int have_heads,
+                                    const char *fig) {
+    buf_puts(md, "\n## Heads and attribution patching\n\n");
+    if (have_heads && heads->n_rows) {
+        buf_printf(md, "Drop in log p(onset) when one attention head's output is ablated (before o_proj), %s ablation, "
+                       "scope %s, mean over %s events; heads ranked by specificity as the layers are, heads ablated "
+                       "exactly first.\n\n",
+                   cell(heads, 0, "kind"), cell(heads, 0, "scope"), cell(heads, 0, "n_events"));
+        buf_puts(md,
+                 "| rank | head | specificity [95% CI] | drop on events [95% CI] | measured | estimate | selected |\n"
+                 "|---|---|---|---|---|---|---|\n");
+        for (int rank = 1; rank <= 5; rank++)
+            for (int row = 0; row < heads->n_rows; row++) {
+                if ((int)cell_num(heads, row, "rank") != rank) continue;
+                buf_printf(md, "| %d | %s.%s | ", rank, cell(heads, row, "layer"), cell(heads, row, "head"));
+                fmt_ci(md, cell_num(heads, row, "specificity"), cell_num(heads, row, "specificity_ci_lo"),
+                       cell_num(heads, row, "specificity_ci_hi"));
+                buf_puts(md, " | ");
+                fmt_ci(md, cell_num(heads, row, "mean_drop_events"), cell_num(heads, row, "ci_lo_events"),
+                       cell_num(heads, row, "ci_hi_events"));
+                buf_printf(md, " | %s | ", strcmp(cell(heads, row, "method"), "exact") ? "estimate" : "exact");
+                fmt_ci(md, cell_num(heads, row, "est_drop_events"), NAN, NAN);
+                buf_printf(md, " | %s |\n", strcmp(cell(heads, row, "selected"), "1") ? "" : "yes");
+            }
+    } else {
+        buf_puts(md, "Heads were not scanned in this run ([ablation] method = exact with top_k_heads = 0).\n");
+    }
+    buf_printf(md, "\n![Head importance by layer](%s/%s)\n", fig, FIG_HEAD_IMPORTANCE);
+    // Components with both numbers: the estimate against the exact drop on events.
+    int n = 0, cap = (have_scan ? scan->n_rows : 0) + (have_heads ? heads->n_rows : 0) + 1;
+    double *est = xmalloc((size_t)cap * sizeof *est), *exact = xmalloc((size_t)cap * sizeof *exact);
+    Buf rows = {0};
+    for (int part = 0; part < 2; part++) {
+        const Csv *t = part ? heads : scan;
+        for (int row = 0; (part ? have_heads : have_scan) && row < t->n_rows; row++) {
+            double e = cell_num(t, row, "est_drop_events"), x = cell_num(t, row, "mean_drop_events");
+            if (strcmp(cell(t, row, "method"), "exact") || isnan(e) || isnan(x)) continue;
+            est[n] = e, exact[n++] = x;
+            if (part) buf_printf(&rows, "| head %s.%s | ", cell(t, row, "layer"), cell(t, row, "head"));
+            else buf_printf(&rows, "| %s %s | ", cell(t, row, "component"), cell(t, row, "layer"));
+            buf_printf(&rows, "%.3g | %.3g | %+.3g |\n", e, x, e - x);
+        }
+    }
+    buf_puts(md, "\n### Attribution against exact ablation\n\n");
+    if (n == 0) {
+        buf_printf(md, "No component was both estimated and ablated exactly (the scan's method: %s).\n",
+                   scan_method(scan, have_scan));
+    } else {
+        double rho = spearman(est, exact, n);
+        buf_printf(md, "Attribution patching estimates every component's ablation effect to first order from one "
+                       "forward and one backward pass per item (the gradient of log p(onset) times the change ablation "
+                       "makes to the component's output, summed over positions); the scan ablated %d of them exactly, "
+                       "chosen by the size of their estimate. Spearman rank correlation of the estimates with the "
+                       "exact drops over these: ", n);
+        if (isnan(rho)) buf_puts(md, "n/a (fewer than 3, or no spread)");
+        else buf_printf(md, "%.3f", rho);
+        buf_puts(md,
+                 ". A first-order estimate cannot see a path through a saturated nonlinearity, where a small change "
+                 "moves nothing and a whole ablation moves everything, so a large exact drop can come with a small "
+                 "estimate of either sign: verify candidates chosen by the estimate's size, not its sign.\n\n"
+                 "| component | estimated drop on events | exact drop on events | error |\n|---|---|---|---|\n");
+        buf_append(md, rows.data, rows.len);
+    }
+    buf_free(&rows);
+    free(est);
+    free(exact);
+}
+
 // Steering: the dose-response figure and H3 (linear direction), both from steering_sweep.csv,
 // and the directions' table from directions.csv.
 
@@ -1808,20 +2089,23 @@ int cmd_make_report(int argc, char **argv) {
     Run run;
     int exit_code;
     if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
-    Csv conditions = {0}, formatting = {0}, scan = {0}, lens = {0}, sweep = {0};
-    int have_conditions = 0, have_formatting = 0, have_scan = 0, have_lens = 0, have_sweep = 0;
+    Csv conditions = {0}, formatting = {0}, scan = {0}, lens = {0}, heads = {0}, sweep = {0};
+    int have_conditions = 0, have_formatting = 0, have_scan = 0, have_lens = 0, have_heads = 0, have_sweep = 0;
     Buf meta_text = {0}, resolved = {0}, md = {0};
     Buf h3_why = {0};
     Json meta = {0};
     char path[1200];
     if ((have_conditions = read_table(&run, ART_CONDITIONS, &conditions, &err)) < 0 ||
         (have_formatting = read_table(&run, ART_FORMATTING, &formatting, &err)) < 0 ||
-        (have_scan = read_table(&run, ART_ABLATION, &scan, &err)) < 0 || (have_lens = read_table(&run, ART_LOGIT_LENS, &lens, &err)) < 0)
+        (have_scan = read_table(&run, ART_ABLATION, &scan, &err)) < 0 ||
+        (have_lens = read_table(&run, ART_LOGIT_LENS, &lens, &err)) < 0 ||
+        (have_heads = read_table(&run, ART_HEADS, &heads, &err)) < 0)
         goto out;
     FigureOut figures_out = {.c = &c, .run = &run};
     if (draw_summary_figures(&figures_out, &err) || draw_lens_figure(&figures_out, &lens, have_lens, &err) ||
         draw_scan_figure(&figures_out, &scan, have_scan, &err) ||
-        draw_rate_figures(&figures_out, &conditions, have_conditions, &formatting, have_formatting, &err))
+        draw_rate_figures(&figures_out, &conditions, have_conditions, &formatting, have_formatting, &err) ||
+        draw_head_figure(&figures_out, &heads, have_heads, &err))
         goto out;
     if ((have_sweep = read_table(&run, ART_STEERING_SWEEP, &sweep, &err)) < 0 || draw_steering_figure(&figures_out, &sweep, have_sweep, &err))
         goto out;
@@ -1980,8 +2264,16 @@ int cmd_make_report(int argc, char **argv) {
         if (onset)
             buf_puts(&md, " Note: the scan ablated only at pred_pos, while the targeted and random generations ablate at "
                           "every position: the layers were selected under a different intervention from the one tested.");
+        const char *method = scan_method(&scan, have_scan);
+        if (strcmp(method, "exact"))
+            buf_printf(&md, " Method %s: %s.", method,
+                       strcmp(method, "attribution")
+                               ? "every component estimated by attribution patching, the largest "
+                                 "estimates of each kind ablated exactly; a component's numbers are exact "
+                                 "where it was, estimates otherwise, and the exact ones rank first"
+                               : "every component estimated by attribution patching, none ablated exactly");
         buf_puts(&md, "\n\n| rank | component | layer | specificity [95% CI] | drop on events [95% CI] | drop on controls [95% CI] | "
-                      "selected |\n|---|---|---|---|---|---|---|\n");
+                      "measured | selected |\n|---|---|---|---|---|---|---|---|\n");
         for (int rank = 1; rank <= 5; rank++)
             for (int row = 0; row < scan.n_rows; row++) {
                 if ((int)cell_num(&scan, row, "rank") != rank) continue;
@@ -1994,12 +2286,15 @@ int cmd_make_report(int argc, char **argv) {
                 buf_puts(&md, " | ");
                 fmt_ci(&md, cell_num(&scan, row, "mean_drop_controls"), cell_num(&scan, row, "ci_lo_controls"),
                        cell_num(&scan, row, "ci_hi_controls"));
-                buf_printf(&md, " | %s |\n", strcmp(cell(&scan, row, "selected"), "1") ? "" : "yes");
+                buf_printf(&md, " | %s | %s |\n",
+                           strcmp(cell(&scan, row, "method"), "attribution") ? "exact" : "estimate",
+                           strcmp(cell(&scan, row, "selected"), "1") ? "" : "yes");
             }
     } else {
         buf_puts(&md, "The ablation scan has not run in this run.\n");
     }
     buf_printf(&md, "\n![Ablation importance by layer](%s/%s)\n", fig, FIG_ABLATION);
+    put_attribution_section(&md, &scan, have_scan, &heads, have_heads, fig);
 
     // Conditions.
     buf_puts(&md, "\n## Targeted vs random ablation\n\n");
@@ -2044,6 +2339,9 @@ int cmd_make_report(int argc, char **argv) {
             for (int i = 0; i < set.n_attn; i++) buf_printf(&md, "%s%d", i ? ", " : "", set.attn_layers[i]);
             buf_puts(&md, ", MLP ");
             for (int i = 0; i < set.n_mlp; i++) buf_printf(&md, "%s%d", i ? ", " : "", set.mlp_layers[i]);
+            if (set.n_attn_heads) buf_puts(&md, ", heads ");
+            for (int i = 0; i < set.n_attn_heads; i++)
+                buf_printf(&md, "%s%d.%d", i ? ", " : "", set.attn_heads[2 * i], set.attn_heads[2 * i + 1]);
             layer_set_free(&set);
         }
         buf_puts(&md, " (random draws shape-matched, drawn from the run seed among the other layers).\n");
@@ -2073,11 +2371,12 @@ int cmd_make_report(int argc, char **argv) {
                "missed (the truncated completions are counted in the tables). "
                "Events are found lexically (%d triggers, case-sensitive, whole words, before </think>), so a backtrack "
                "phrased otherwise is not counted and a trigger word used plainly is. "
-               "The ablation scan used %s ablation with scope %s on at most %d events; zero ablation can remove more than "
-               "a component's specific contribution, which is why the collateral damage is measured.\n",
+               "The ablation scan used %s ablation with scope %s on at most %d events (method %s); zero ablation can "
+               "remove more than a component's specific contribution, which is why the collateral damage is "
+               "measured.\n",
                c.n_problems, c.samples_per_problem, n_completions, STAT_RESAMPLES, alpha, model_id, sampling, c.max_new_tokens,
                c.n_triggers, c.ablation_kind == ABLATE_MEAN ? "mean" : "zero", c.ablation_scope == SCOPE_ONSET ? "onset" : "all",
-               c.ablation_max_events);
+               c.ablation_max_events, scan_method(&scan, have_scan));
     buf_puts(&md, "\n## Configuration\n\n```ini\n");
     if (resolved.data) buf_append(&md, resolved.data, resolved.len);
     buf_puts(&md, "```\n");
@@ -2095,6 +2394,7 @@ out:
     csv_free(&formatting);
     csv_free(&scan);
     csv_free(&lens);
+    csv_free(&heads);
     json_free(&meta);
     buf_free(&meta_text);
     buf_free(&resolved);

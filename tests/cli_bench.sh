@@ -20,6 +20,7 @@ expect "make-bench-model without a directory" 2 "usage: bt make-bench-model DIR"
 out=$("$BT" bench --model tiny --repeat 1 --json --quiet); rc=$?
 missing=""
 for k in prefill_tok_s decode_tok_s gen16_tok_s gen64_tok_s lens_items_s scan_s_per_event_all scan_s_per_event_onset \
+         attribution_s_per_event attribution_vs_scan_all grad_mb_4096 \
          peak_rss_mb bandwidth_gb_s roofline_fraction; do
     echo "$out" | grep -qE "\"$k\":[0-9][0-9.e+-]*[,}]" || missing="$missing $k"
 done

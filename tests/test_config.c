@@ -28,6 +28,9 @@ static void t_shipped_configs_load(void) {
             else without++;
         }
         CHECKF(with_think >= 1 && without >= 2, "%s: %d thinking, %d other variants", files[i], with_think, without);
+        // The organism is scanned exactly; the real models by attribution, verified by exact ablation.
+        CHECK(c.ablation_method == (i == 0 ? METHOD_EXACT : METHOD_ATTRIBUTION_VERIFY) &&
+              c.ablation_scope == SCOPE_ALL);
         config_free(&c);
     }
 }
@@ -38,13 +41,15 @@ static void t_values_and_escapes(void) {
     char path[1200];
     CHECK(load_text("[generation]\ntemperature = 0\nvariants = a, b\n[logit_lens]\nvariant = b\n"
                     "[variant.a]\ntemplate = Q: {question}\\nA:\n[variant.b]\ntemplate = \"  {question}\\t \"\n"
-                    "[detection]\ntriggers = Wait |  Hold on|Hmm\n[ablation]\nkind = mean\n",
+                    "[detection]\ntriggers = Wait |  Hold on|Hmm\n[ablation]\nkind = mean\n"
+                    "method = attribution+verify\ntop_k_heads = 3\n",
                     &c, &err, path, sizeof path) == 0);
     CHECK(c.temperature == 0 && c.n_variants == 2 && strcmp(c.variants[1], "b") == 0);
     CHECK(strcmp(config_variant(&c, "a")->template_text, "Q: {question}\nA:") == 0);
     CHECK(strcmp(config_variant(&c, "b")->template_text, "  {question}\t ") == 0);
     CHECK(c.n_triggers == 3 && strcmp(c.triggers[1], "Hold on") == 0);
     CHECK(c.ablation_kind == ABLATE_MEAN && c.ablation_scope == SCOPE_ALL);
+    CHECK(c.ablation_method == METHOD_ATTRIBUTION_VERIFY && c.top_k_heads == 3 && c.verify_k == 4);
     CHECK(c.seed == 1234 && c.batch_size == 16); // defaults where the file is silent
     // The resolved config reads back to the same resolved text.
     Buf a = {0}, b = {0};
