@@ -120,7 +120,8 @@ static char *load_figure(const char *path, const char *title) {
     const char *why = xml_check(b.data);
     CHECKF(why == NULL, "%s: %s", path, why);
     CHECKF(strstr(b.data, title) != NULL, "%s: no title '%s'", path, title);
-    CHECKF(!strstr(b.data, "<script") && !strstr(b.data, "href") && !strstr(b.data, "url("), "%s: external reference", path);
+    CHECKF(!strstr(b.data, "<script") && !strstr(b.data, "href") && !strstr(b.data, "url("), "%s: external reference",
+           path);
     CHECKF(!strstr(b.data, "nan") && !strstr(b.data, "inf"), "%s: a NaN or inf was printed", path);
     CHECK(strstr(b.data, "font-family=\"sans-serif\""));
     return b.data;
@@ -150,12 +151,14 @@ static void write_synthetic(const char *dir) {
     char path[1200];
     Err err = {0};
     path_in(path, sizeof path, dir, FIG_RATE_BY_VARIANT);
-    CHECK(fig_rate_by_variant(path, variants, var_bt, var_n, N_VARIANTS, "model: organism; run 20250101_000000", &err) == 0);
+    CHECK(fig_rate_by_variant(path, variants, var_bt, var_n, N_VARIANTS, "model: organism; run 20250101_000000",
+                              &err) == 0);
     path_in(path, sizeof path, dir, FIG_RATE_BY_CONDITION);
     CHECK(fig_rate_by_condition(path, conditions, cond_bt, cond_n, N_CONDS,
                                 "targeted vs baseline: Fisher p < 1e-20; targeted vs random: p < 1e-18", &err) == 0);
     path_in(path, sizeof path, dir, FIG_FORMATTING);
-    CHECK(fig_formatting_effect(path, variants, var_bt, var_reason, var_n, N_VARIANTS, "per opportunity, <think> open vs not: ratio 3.1, p = 1e-4", &err) == 0);
+    CHECK(fig_formatting_effect(path, variants, var_bt, var_reason, var_n, N_VARIANTS,
+                                "per opportunity, <think> open vs not: ratio 3.1, p = 1e-4", &err) == 0);
 
     const char *groups[N_VARIANTS * N_CONDS];
     char names[N_VARIANTS * N_CONDS][96];
@@ -183,7 +186,8 @@ static void write_synthetic(const char *dir) {
     }
     CiSeries e = curve_series(&ev), k = curve_series(&ctl);
     path_in(path, sizeof path, dir, FIG_LOGIT_LENS);
-    CHECK(fig_logit_lens(path, N_LAYERS, &e, 120, &k, 120, "variant baseline_think_newline; onset tokens: Wait (81%), Actually (19%)", &err) == 0);
+    CHECK(fig_logit_lens(path, N_LAYERS, &e, 120, &k, 120,
+                         "variant baseline_think_newline; onset tokens: Wait (81%), Actually (19%)", &err) == 0);
 
     Curve at, ml, cat, cml;
     for (int l = 0; l < N_LAYERS; l++) {
@@ -314,10 +318,12 @@ static void t_figures_synthetic(void) {
         path_in(path, sizeof path, dir, figure_names[f]);
         char *svg = load_figure(path, figure_titles[f]);
         CHECKF(!strstr(svg, "no data"), "%s says no data", figure_names[f]);
-        CHECKF(strstr(svg, "<title>") && count(svg, "transform=\"rotate(-90") >= 1, "%s: y axis label", figure_names[f]);
+        CHECKF(strstr(svg, "<title>") && count(svg, "transform=\"rotate(-90") >= 1, "%s: y axis label",
+               figure_names[f]);
         if (f == 0) { // 5 bars with Wilson error bars, k/n labels; plain_qa's 0/200 is a bar of height 0
             CHECK(count(svg, "class=\"bar\"") == 5 && count(svg, "class=\"err\"") == 5);
-            CHECK(strstr(svg, ">124/200</text>") && strstr(svg, ">0/200</text>") && strstr(svg, ">prompt variant</text>"));
+            CHECK(strstr(svg, ">124/200</text>") && strstr(svg, ">0/200</text>") &&
+                  strstr(svg, ">prompt variant</text>"));
             CHECK(strstr(svg, "95% Wilson CI") && strstr(svg, ">backtracking rate</text>"));
         }
         if (f == 1) { // plain_qa never backtracks: its three "with" bars are 0/0, not drawn
@@ -433,9 +439,12 @@ static void t_figures_deterministic(void) {
 
 // Two pictures a reader could not use: blank, and a bar drawn off the canvas.
 static const char *bad_blank = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" "
-    "version=\"1.1\" width=\"300\" height=\"200\"><title>blank</title><rect width=\"300\" height=\"200\" fill=\"#ffffff\"/></svg>\n";
-static const char *bad_hidden = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" "
-    "version=\"1.1\" width=\"300\" height=\"200\"><title>hidden</title><text x=\"10\" y=\"40\" font-size=\"30\">some text</text>"
+                               "version=\"1.1\" width=\"300\" height=\"200\"><title>blank</title><rect width=\"300\" "
+                               "height=\"200\" fill=\"#ffffff\"/></svg>\n";
+static const char *bad_hidden =
+    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" "
+    "version=\"1.1\" width=\"300\" height=\"200\"><title>hidden</title><text x=\"10\" y=\"40\" font-size=\"30\">some "
+    "text</text>"
     "<rect class=\"bar\" x=\"400\" y=\"10\" width=\"20\" height=\"50\" fill=\"#4477aa\"/></svg>\n";
 
 // Runs tests/svg_check.py MODE on figures written here, synthetic and empty: all of
@@ -459,7 +468,8 @@ static void check_with_python(const char *mode) {
         CHECK(write_file_atomic(bad, bad_blank, strlen(bad_blank), &err) == 0);
         path_in(bad, sizeof bad, dir, "bad_hidden.svg");
         CHECK(write_file_atomic(bad, bad_hidden, strlen(bad_hidden), &err) == 0);
-        len += snprintf(cmd + len, sizeof cmd - (size_t)len, " %s/empty_%s %s/bad_*.svg", dir, FIG_RATE_BY_VARIANT, dir);
+        len +=
+            snprintf(cmd + len, sizeof cmd - (size_t)len, " %s/empty_%s %s/bad_*.svg", dir, FIG_RATE_BY_VARIANT, dir);
     } else len += snprintf(cmd + len, sizeof cmd - (size_t)len, " %s/empty_*.svg", dir);
     snprintf(cmd + len, sizeof cmd - (size_t)len, " >%s 2>&1", log);
     int rc = system(cmd);
