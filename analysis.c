@@ -114,13 +114,6 @@ double mean_of(const double *x, int n) {
     return s / n;
 }
 
-double sd_of(const double *x, int n) {
-    if (n < 2) return NAN;
-    double m = mean_of(x, n), ss = 0;
-    for (int i = 0; i < n; i++) ss += (x[i] - m) * (x[i] - m);
-    return sqrt(ss / (n - 1));
-}
-
 static double resample_mean(Rng *rng, const double *x, int n) {
     double s = 0;
     for (int i = 0; i < n; i++) s += x[rng_below(rng, (uint64_t)n)];
@@ -144,76 +137,19 @@ static double sorted_quantile(const double *v, int n, double q) {
     return v[i] + frac * (v[i + 1] - v[i]);
 }
 
-enum { BOOT_MEAN, BOOT_DIFF, BOOT_RATIO };
-
-static double boot_stat(int kind, double mean_x, double mean_y) {
-    if (kind == BOOT_MEAN) return mean_x;
-    if (kind == BOOT_DIFF) return mean_x - mean_y;
-    return mean_y == 0 ? INFINITY : mean_x / mean_y; // 0/0 too: the ratio is unbounded
-}
-
-static Interval bootstrap95(int kind, const double *x, int nx, const double *y, int ny, int n_resamples, uint64_t seed) {
+Interval bootstrap_mean95(const double *x, int n, int n_resamples, uint64_t seed) {
     Interval r = {NAN, NAN, NAN};
-    if (nx <= 0 || (kind != BOOT_MEAN && ny <= 0) || n_resamples <= 0) return r;
-    double mean_y = kind == BOOT_MEAN ? 0 : mean_of(y, ny);
-    r.est = kind == BOOT_RATIO && mean_y == 0 ? NAN : boot_stat(kind, mean_of(x, nx), mean_y);
+    if (n <= 0 || n_resamples <= 0) return r;
+    r.est = mean_of(x, n);
     double *stats = xmalloc((size_t)n_resamples * sizeof *stats); // (n_resamples)
     Rng rng;
     rng_seed(&rng, seed);
-    for (int b = 0; b < n_resamples; b++) {
-        double mx = resample_mean(&rng, x, nx);
-        double my = kind == BOOT_MEAN ? 0 : resample_mean(&rng, y, ny);
-        stats[b] = boot_stat(kind, mx, my);
-    }
+    for (int b = 0; b < n_resamples; b++) stats[b] = resample_mean(&rng, x, n);
     qsort(stats, (size_t)n_resamples, sizeof *stats, cmp_double_nan_last);
     r.lo = sorted_quantile(stats, n_resamples, 0.025);
     r.hi = sorted_quantile(stats, n_resamples, 0.975);
     free(stats);
     return r;
-}
-
-Interval bootstrap_mean95(const double *x, int n, int n_resamples, uint64_t seed) {
-    return bootstrap95(BOOT_MEAN, x, n, NULL, 0, n_resamples, seed);
-}
-
-Interval bootstrap_diff95(const double *x, int nx, const double *y, int ny, int n_resamples, uint64_t seed) {
-    return bootstrap95(BOOT_DIFF, x, nx, y, ny, n_resamples, seed);
-}
-
-Interval bootstrap_ratio95(const double *x, int nx, const double *y, int ny, int n_resamples, uint64_t seed) {
-    return bootstrap95(BOOT_RATIO, x, nx, y, ny, n_resamples, seed);
-}
-
-double permutation_p(const double *x, int nx, const double *y, int ny, int n_permutations, uint64_t seed) {
-    if (nx <= 0 || ny <= 0 || n_permutations <= 0) return NAN;
-    int n = nx + ny;
-    double *pool = xmalloc((size_t)n * sizeof *pool); // (nx + ny) x then y, shuffled in place
-    double total = 0;
-    for (int i = 0; i < n; i++) {
-        pool[i] = i < nx ? x[i] : y[i - nx];
-        total += pool[i];
-    }
-    double observed = fabs(mean_of(x, nx) - mean_of(y, ny));
-    // Relabelings that tie the observed difference must count as extreme, despite rounding.
-    double tol = 1e-9 * (fabs(observed) + fabs(total) / n + 1e-300);
-    Rng rng;
-    rng_seed(&rng, seed);
-    long long extreme = 0;
-    for (int b = 0; b < n_permutations; b++) {
-        // Partial Fisher-Yates: the first nx slots become a uniformly drawn x group.
-        double sum_x = 0;
-        for (int i = 0; i < nx; i++) {
-            int j = i + (int)rng_below(&rng, (uint64_t)(n - i));
-            double t = pool[i];
-            pool[i] = pool[j];
-            pool[j] = t;
-            sum_x += pool[i];
-        }
-        double diff = fabs(sum_x / nx - (total - sum_x) / ny);
-        if (diff >= observed - tol) extreme++;
-    }
-    free(pool);
-    return (1.0 + (double)extreme) / (1.0 + n_permutations);
 }
 
 

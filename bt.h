@@ -801,17 +801,10 @@ double chi2_sf(double x, double df); // P(X >= x), X ~ chi-square(df)
 // two groups remain or when every trial succeeded or every trial failed.
 ChiSquare chi2_homogeneity(const long long *k, const long long *n, int n_groups);
 double mean_of(const double *x, int n); // NaN when n = 0
-double sd_of(const double *x, int n);   // sample standard deviation (n - 1); NaN when n < 2
-// Percentile bootstrap 95% intervals from n_resamples resamples drawn with an
+// Percentile bootstrap 95% interval of the mean from n_resamples resamples drawn with an
 // Rng seeded with seed: the same inputs and seed give the same interval. est is
-// the statistic on the data itself; no data gives all NaN.
+// the mean of the data itself; no data gives all NaN.
 Interval bootstrap_mean95(const double *x, int n, int n_resamples, uint64_t seed);
-Interval bootstrap_diff95(const double *x, int nx, const double *y, int ny, int n_resamples, uint64_t seed);  // mean(x) - mean(y)
-// mean(x) / mean(y); a resample with mean(y) = 0 counts as +inf, so a bound can be inf.
-Interval bootstrap_ratio95(const double *x, int nx, const double *y, int ny, int n_resamples, uint64_t seed);
-// Two-sided permutation test of mean(x) = mean(y): (1 + #{|diff*| >= |diff|}) / (1 + n_permutations).
-// NaN when either group is empty.
-double permutation_p(const double *x, int nx, const double *y, int ny, int n_permutations, uint64_t seed);
 
 // Statistics for steering (analysis.c).
 // AUROC: the probability that a positive's score exceeds a negative's, ties counting half (the
