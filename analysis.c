@@ -424,6 +424,17 @@ int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err) {
     return rc;
 }
 
+// The first n_chosen of pool (n_pool) become a uniform draw without replacement, in ascending order.
+static void draw_sorted(Rng *rng, int *pool, int n_pool, int n_chosen) {
+    for (int i = 0; i < n_chosen; i++) { // partial Fisher-Yates
+        int k = i + (int)rng_below(rng, (uint64_t)(n_pool - i));
+        int t = pool[i];
+        pool[i] = pool[k];
+        pool[k] = t;
+    }
+    qsort(pool, (size_t)n_chosen, sizeof *pool, cmp_int_asc);
+}
+
 // One shape-matched draw: as many attention and MLP layers as targeted has, none of them
 // targeted, by a partial Fisher-Yates shuffle of the other layers (the seed's fix 4); then as
 // many heads, none of them targeted, from the same stream (a set without heads draws no more).
@@ -439,13 +450,7 @@ static void draw_one(const LayerSet *targeted, int n_layers, int n_heads, Rng *r
             for (int i = 0; i < n_chosen; i++) taken |= chosen[i] == l;
             if (!taken) pool[n_pool++] = l;
         }
-        for (int i = 0; i < n_chosen; i++) {
-            int k = i + (int)rng_below(rng, (uint64_t)(n_pool - i));
-            int t = pool[i];
-            pool[i] = pool[k];
-            pool[k] = t;
-        }
-        qsort(pool, (size_t)n_chosen, sizeof *pool, cmp_int_asc);
+        draw_sorted(rng, pool, n_pool, n_chosen);
         if (part) out->mlp_layers = pool, out->n_mlp = n_chosen;
         else out->attn_layers = pool, out->n_attn = n_chosen;
     }
@@ -458,13 +463,7 @@ static void draw_one(const LayerSet *targeted, int n_layers, int n_heads, Rng *r
             taken |= targeted->attn_heads[2 * i] * n_heads + targeted->attn_heads[2 * i + 1] == k;
         if (!taken) pool[n_pool++] = k;
     }
-    for (int i = 0; i < n_chosen; i++) {
-        int k = i + (int)rng_below(rng, (uint64_t)(n_pool - i));
-        int t = pool[i];
-        pool[i] = pool[k];
-        pool[k] = t;
-    }
-    qsort(pool, (size_t)n_chosen, sizeof *pool, cmp_int_asc);
+    draw_sorted(rng, pool, n_pool, n_chosen);
     out->attn_heads = xmalloc((size_t)(2 * n_chosen) * sizeof *out->attn_heads);
     for (int i = 0; i < n_chosen; i++)
         out->attn_heads[2 * i] = pool[i] / n_heads, out->attn_heads[2 * i + 1] = pool[i] % n_heads;
