@@ -114,13 +114,6 @@ double mean_of(const double *x, int n) {
     return s / n;
 }
 
-double sd_of(const double *x, int n) {
-    if (n < 2) return NAN;
-    double m = mean_of(x, n), ss = 0;
-    for (int i = 0; i < n; i++) ss += (x[i] - m) * (x[i] - m);
-    return sqrt(ss / (n - 1));
-}
-
 static double resample_mean(Rng *rng, const double *x, int n) {
     double s = 0;
     for (int i = 0; i < n; i++) s += x[rng_below(rng, (uint64_t)n)];
@@ -144,76 +137,19 @@ static double sorted_quantile(const double *v, int n, double q) {
     return v[i] + frac * (v[i + 1] - v[i]);
 }
 
-enum { BOOT_MEAN, BOOT_DIFF, BOOT_RATIO };
-
-static double boot_stat(int kind, double mean_x, double mean_y) {
-    if (kind == BOOT_MEAN) return mean_x;
-    if (kind == BOOT_DIFF) return mean_x - mean_y;
-    return mean_y == 0 ? INFINITY : mean_x / mean_y; // 0/0 too: the ratio is unbounded
-}
-
-static Interval bootstrap95(int kind, const double *x, int nx, const double *y, int ny, int n_resamples, uint64_t seed) {
+Interval bootstrap_mean95(const double *x, int n, int n_resamples, uint64_t seed) {
     Interval r = {NAN, NAN, NAN};
-    if (nx <= 0 || (kind != BOOT_MEAN && ny <= 0) || n_resamples <= 0) return r;
-    double mean_y = kind == BOOT_MEAN ? 0 : mean_of(y, ny);
-    r.est = kind == BOOT_RATIO && mean_y == 0 ? NAN : boot_stat(kind, mean_of(x, nx), mean_y);
+    if (n <= 0 || n_resamples <= 0) return r;
+    r.est = mean_of(x, n);
     double *stats = xmalloc((size_t)n_resamples * sizeof *stats); // (n_resamples)
     Rng rng;
     rng_seed(&rng, seed);
-    for (int b = 0; b < n_resamples; b++) {
-        double mx = resample_mean(&rng, x, nx);
-        double my = kind == BOOT_MEAN ? 0 : resample_mean(&rng, y, ny);
-        stats[b] = boot_stat(kind, mx, my);
-    }
+    for (int b = 0; b < n_resamples; b++) stats[b] = resample_mean(&rng, x, n);
     qsort(stats, (size_t)n_resamples, sizeof *stats, cmp_double_nan_last);
     r.lo = sorted_quantile(stats, n_resamples, 0.025);
     r.hi = sorted_quantile(stats, n_resamples, 0.975);
     free(stats);
     return r;
-}
-
-Interval bootstrap_mean95(const double *x, int n, int n_resamples, uint64_t seed) {
-    return bootstrap95(BOOT_MEAN, x, n, NULL, 0, n_resamples, seed);
-}
-
-Interval bootstrap_diff95(const double *x, int nx, const double *y, int ny, int n_resamples, uint64_t seed) {
-    return bootstrap95(BOOT_DIFF, x, nx, y, ny, n_resamples, seed);
-}
-
-Interval bootstrap_ratio95(const double *x, int nx, const double *y, int ny, int n_resamples, uint64_t seed) {
-    return bootstrap95(BOOT_RATIO, x, nx, y, ny, n_resamples, seed);
-}
-
-double permutation_p(const double *x, int nx, const double *y, int ny, int n_permutations, uint64_t seed) {
-    if (nx <= 0 || ny <= 0 || n_permutations <= 0) return NAN;
-    int n = nx + ny;
-    double *pool = xmalloc((size_t)n * sizeof *pool); // (nx + ny) x then y, shuffled in place
-    double total = 0;
-    for (int i = 0; i < n; i++) {
-        pool[i] = i < nx ? x[i] : y[i - nx];
-        total += pool[i];
-    }
-    double observed = fabs(mean_of(x, nx) - mean_of(y, ny));
-    // Relabelings that tie the observed difference must count as extreme, despite rounding.
-    double tol = 1e-9 * (fabs(observed) + fabs(total) / n + 1e-300);
-    Rng rng;
-    rng_seed(&rng, seed);
-    long long extreme = 0;
-    for (int b = 0; b < n_permutations; b++) {
-        // Partial Fisher-Yates: the first nx slots become a uniformly drawn x group.
-        double sum_x = 0;
-        for (int i = 0; i < nx; i++) {
-            int j = i + (int)rng_below(&rng, (uint64_t)(n - i));
-            double t = pool[i];
-            pool[i] = pool[j];
-            pool[j] = t;
-            sum_x += pool[i];
-        }
-        double diff = fabs(sum_x / nx - (total - sum_x) / ny);
-        if (diff >= observed - tol) extreme++;
-    }
-    free(pool);
-    return (1.0 + (double)extreme) / (1.0 + n_permutations);
 }
 
 
@@ -412,6 +348,7 @@ Trend cochran_armitage(const double *x, const long long *k, const long long *n, 
 void layer_set_free(LayerSet *s) {
     free(s->attn_layers);
     free(s->mlp_layers);
+    free(s->attn_heads);
     memset(s, 0, sizeof *s);
 }
 
@@ -420,7 +357,14 @@ void layer_set_json(Buf *b, const LayerSet *s) {
     for (int i = 0; i < s->n_attn; i++) buf_printf(b, "%s%d", i ? ", " : "", s->attn_layers[i]);
     buf_puts(b, "], \"mlp_layers\": [");
     for (int i = 0; i < s->n_mlp; i++) buf_printf(b, "%s%d", i ? ", " : "", s->mlp_layers[i]);
-    buf_puts(b, "]}");
+    buf_putc(b, ']');
+    if (s->n_attn_heads) { // only when there are heads: sets without them read and write as before
+        buf_puts(b, ", \"attn_heads\": [");
+        for (int i = 0; i < s->n_attn_heads; i++)
+            buf_printf(b, "%s[%d, %d]", i ? ", " : "", s->attn_heads[2 * i], s->attn_heads[2 * i + 1]);
+        buf_putc(b, ']');
+    }
+    buf_putc(b, '}');
 }
 
 static int read_int_array(const Json *j, int t, int **out, int *n, int n_layers, const char *path, const char *key, Err *err) {
@@ -439,7 +383,27 @@ static int read_int_array(const Json *j, int t, int **out, int *n, int n_layers,
     return 0;
 }
 
-// Reads {"attn_layers": [...], "mlp_layers": [...]} (selected or random layers).
+// "attn_heads": [[layer, head], ...] of object obj, when present (a set written without heads has none).
+// Heads are checked against the model where a mask is made (layer_set_mask).
+static int read_head_pairs(const Json *j, int obj, LayerSet *s, int n_layers, const char *path, Err *err) {
+    int t = json_key(j, obj, "attn_heads");
+    if (t < 0) return 0;
+    if (j->tok[t].type != JSON_ARRAY)
+        return err_input(err, "%s:%d: \"attn_heads\" must be an array of [layer, head]", path, json_line(j, t));
+    s->attn_heads = xmalloc((size_t)(2 * j->tok[t].size + 2) * sizeof *s->attn_heads);
+    JSON_FOR_ARRAY(j, t, i, e) {
+        long long layer, head;
+        if (j->tok[e].type != JSON_ARRAY || j->tok[e].size != 2 || json_int(j, e + 1, &layer) ||
+            json_int(j, e + 2, &head) || layer < 0 || layer >= n_layers || head < 0 || head > INT32_MAX)
+            return err_input(err, "%s:%d: \"attn_heads\"[%d] is not [layer, head] with a layer in [0, %d)", path,
+                             json_line(j, e), i, n_layers);
+        s->attn_heads[2 * i] = (int)layer, s->attn_heads[2 * i + 1] = (int)head;
+        s->n_attn_heads++;
+    }
+    return 0;
+}
+
+// Reads {"attn_layers": [...], "mlp_layers": [...], "attn_heads": [[l, h], ...]} (selected or random layers).
 int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err) {
     memset(s, 0, sizeof *s);
     Buf text = {0};
@@ -452,6 +416,7 @@ int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err) {
             rc = read_int_array(&j, json_key(&j, 0, "attn_layers"), &s->attn_layers, &s->n_attn, n_layers, path, "attn_layers",
                                 err);
         if (rc == 0) rc = read_int_array(&j, json_key(&j, 0, "mlp_layers"), &s->mlp_layers, &s->n_mlp, n_layers, path, "mlp_layers", err);
+        if (rc == 0) rc = read_head_pairs(&j, 0, s, n_layers, path, err);
         json_free(&j);
     }
     buf_free(&text);
@@ -459,9 +424,21 @@ int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err) {
     return rc;
 }
 
+// The first n_chosen of pool (n_pool) become a uniform draw without replacement, in ascending order.
+static void draw_sorted(Rng *rng, int *pool, int n_pool, int n_chosen) {
+    for (int i = 0; i < n_chosen; i++) { // partial Fisher-Yates
+        int k = i + (int)rng_below(rng, (uint64_t)(n_pool - i));
+        int t = pool[i];
+        pool[i] = pool[k];
+        pool[k] = t;
+    }
+    qsort(pool, (size_t)n_chosen, sizeof *pool, cmp_int_asc);
+}
+
 // One shape-matched draw: as many attention and MLP layers as targeted has, none of them
-// targeted, by a partial Fisher-Yates shuffle of the other layers (the seed's fix 4).
-static void draw_one(const LayerSet *targeted, int n_layers, Rng *rng, LayerSet *out) {
+// targeted, by a partial Fisher-Yates shuffle of the other layers (the seed's fix 4); then as
+// many heads, none of them targeted, from the same stream (a set without heads draws no more).
+static void draw_one(const LayerSet *targeted, int n_layers, int n_heads, Rng *rng, LayerSet *out) {
     memset(out, 0, sizeof *out);
     out->kind = targeted->kind;
     for (int part = 0; part < 2; part++) {
@@ -473,20 +450,31 @@ static void draw_one(const LayerSet *targeted, int n_layers, Rng *rng, LayerSet 
             for (int i = 0; i < n_chosen; i++) taken |= chosen[i] == l;
             if (!taken) pool[n_pool++] = l;
         }
-        for (int i = 0; i < n_chosen; i++) {
-            int k = i + (int)rng_below(rng, (uint64_t)(n_pool - i));
-            int t = pool[i];
-            pool[i] = pool[k];
-            pool[k] = t;
-        }
-        qsort(pool, (size_t)n_chosen, sizeof *pool, cmp_int_asc);
+        draw_sorted(rng, pool, n_pool, n_chosen);
         if (part) out->mlp_layers = pool, out->n_mlp = n_chosen;
         else out->attn_layers = pool, out->n_attn = n_chosen;
     }
+    if (targeted->n_attn_heads == 0) return;
+    int n_all = n_layers * n_heads, n_pool = 0, n_chosen = targeted->n_attn_heads;
+    int *pool = xmalloc((size_t)n_all * sizeof *pool); // (n_layers * n_heads) untargeted heads, l * n_heads + h
+    for (int k = 0; k < n_all; k++) {
+        int taken = 0;
+        for (int i = 0; i < n_chosen; i++)
+            taken |= targeted->attn_heads[2 * i] * n_heads + targeted->attn_heads[2 * i + 1] == k;
+        if (!taken) pool[n_pool++] = k;
+    }
+    draw_sorted(rng, pool, n_pool, n_chosen);
+    out->attn_heads = xmalloc((size_t)(2 * n_chosen) * sizeof *out->attn_heads);
+    for (int i = 0; i < n_chosen; i++)
+        out->attn_heads[2 * i] = pool[i] / n_heads, out->attn_heads[2 * i + 1] = pool[i] % n_heads;
+    out->n_attn_heads = n_chosen;
+    free(pool);
 }
 
 static int same_layers(const LayerSet *a, const LayerSet *b) {
-    if (a->n_attn != b->n_attn || a->n_mlp != b->n_mlp) return 0;
+    if (a->n_attn != b->n_attn || a->n_mlp != b->n_mlp || a->n_attn_heads != b->n_attn_heads) return 0;
+    for (int i = 0; i < 2 * a->n_attn_heads; i++)
+        if (a->attn_heads[i] != b->attn_heads[i]) return 0;
     for (int i = 0; i < a->n_attn; i++)
         if (a->attn_layers[i] != b->attn_layers[i]) return 0;
     for (int i = 0; i < a->n_mlp; i++)
@@ -494,19 +482,26 @@ static int same_layers(const LayerSet *a, const LayerSet *b) {
     return 1;
 }
 
-int draw_random_layers(const LayerSet *targeted, int n_layers, long long seed, int n_draws, LayerSet *draws, Err *err) {
+int draw_random_layers(const LayerSet *targeted, int n_layers, int n_heads, long long seed, int n_draws,
+                       LayerSet *draws, Err *err) {
     int free_attn = n_layers - targeted->n_attn, free_mlp = n_layers - targeted->n_mlp;
+    int n_th = targeted->n_attn_heads, free_heads = n_layers * n_heads - n_th;
     if (free_attn < targeted->n_attn || free_mlp < targeted->n_mlp)
         return err_input(err, "cannot draw %d attention and %d MLP layers outside the targeted ones: the model has %d layers",
                          targeted->n_attn, targeted->n_mlp, n_layers);
+    if (free_heads < n_th)
+        return err_input(err, "cannot draw %d heads outside the targeted ones: the model has %d", n_th,
+                         n_layers * n_heads);
     double possible = exp(lgamma(free_attn + 1.0) - lgamma(targeted->n_attn + 1.0) - lgamma(free_attn - targeted->n_attn + 1.0) +
-                          lgamma(free_mlp + 1.0) - lgamma(targeted->n_mlp + 1.0) - lgamma(free_mlp - targeted->n_mlp + 1.0));
+                          lgamma(free_mlp + 1.0) - lgamma(targeted->n_mlp + 1.0) -
+                          lgamma(free_mlp - targeted->n_mlp + 1.0) + lgamma(free_heads + 1.0) - lgamma(n_th + 1.0) -
+                          lgamma(free_heads - n_th + 1.0));
     uint64_t base = seed_mix((uint64_t)seed, 0x5A4D0A);
     for (int d = 0; d < n_draws; d++) {
         for (int attempt = 0;; attempt++) { // a draw equal to an earlier one is drawn again, while others remain
             Rng rng;
             rng_seed(&rng, d == 0 && attempt == 0 ? base : seed_mix(base, (uint64_t)d * 1000003 + (uint64_t)attempt));
-            draw_one(targeted, n_layers, &rng, &draws[d]);
+            draw_one(targeted, n_layers, n_heads, &rng, &draws[d]);
             int repeat = 0;
             for (int e = 0; e < d && !repeat; e++) repeat = same_layers(&draws[e], &draws[d]);
             if (!repeat || d + 0.5 >= possible || attempt >= 10000) break;
@@ -543,6 +538,7 @@ int ablation_design_read(const Run *run, int n_layers, int draw, LayerSet *set, 
             if (rc == 0)
                 rc = read_int_array(&j, json_key(&j, t, "mlp_layers"), &set->mlp_layers, &set->n_mlp, n_layers, path,
                                     "mlp_layers", err);
+            if (rc == 0) rc = read_head_pairs(&j, t, set, n_layers, path, err);
         }
         json_free(&j);
     }
@@ -593,6 +589,73 @@ int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mea
         free(*mlp_mean);
         *attn_mean = *mlp_mean = NULL;
     }
+    return rc;
+}
+
+// Heads in the ablation design: the mask of a set, and each head's mean output for mean ablation.
+
+int layer_set_mask(const LayerSet *set, const ModelConfig *mc, AblationMask *mask, Err *err) {
+    int L = mc->n_layers, H = mc->n_heads;
+    memset(mask, 0, sizeof *mask);
+    for (int i = 0; i < set->n_attn_heads; i++)
+        if (set->attn_heads[2 * i + 1] >= H)
+            return err_input(err, "the ablation design names head %d.%d, but the model has %d heads per layer "
+                                  "(run ablation-scan again)", set->attn_heads[2 * i], set->attn_heads[2 * i + 1], H);
+    mask->attn = xcalloc((size_t)L, 1);
+    mask->mlp = xcalloc((size_t)L, 1);
+    for (int i = 0; i < set->n_attn; i++) mask->attn[set->attn_layers[i]] = 1;
+    for (int i = 0; i < set->n_mlp; i++) mask->mlp[set->mlp_layers[i]] = 1;
+    if (set->n_attn_heads) {
+        mask->head = xcalloc((size_t)L * H, 1);
+        for (int i = 0; i < set->n_attn_heads; i++)
+            mask->head[set->attn_heads[2 * i] * H + set->attn_heads[2 * i + 1]] = 1;
+    }
+    return 0;
+}
+
+void ablation_mask_free(AblationMask *mask) {
+    free(mask->attn);
+    free(mask->mlp);
+    free(mask->head);
+    mask->attn = mask->mlp = mask->head = NULL;
+}
+
+int head_means_read(const Run *run, const ModelConfig *mc, float **head_mean, Err *err) {
+    char path[1200];
+    run_path(run, path, sizeof path, ART_MEANS);
+    Buf text = {0};
+    Json j;
+    *head_mean = NULL;
+    if (!path_exists(path))
+        return err_input(err, "no %s in run %s: run ablation-scan with [ablation] kind = mean first", ART_MEANS,
+                         run->id);
+    if (read_file(path, &text, err)) return -1;
+    if (json_parse(&j, text.data, text.len, path, err)) {
+        buf_free(&text);
+        return -1;
+    }
+    size_t n = (size_t)mc->n_layers * mc->n_heads * mc->head_dim;
+    int t = json_key(&j, 0, "head"), rc = 0;
+    if (t < 0)
+        rc = err_input(err, "%s has no \"head\" means (written before heads were scanned): run ablation-scan again",
+                       path);
+    else if (j.tok[t].type != JSON_ARRAY || (size_t)j.tok[t].size != n)
+        rc = err_input(err, "%s:%d: \"head\" must hold %d x %d numbers for this model", path, json_line(&j, t),
+                       mc->n_layers, mc->n_heads * mc->head_dim);
+    float *v = rc ? NULL : xmalloc(n * sizeof *v);
+    if (rc == 0)
+        JSON_FOR_ARRAY(&j, t, i, e) {
+            double d;
+            if (json_number(&j, e, &d)) {
+                rc = err_input(err, "%s:%d: not a number", path, json_line(&j, e));
+                break;
+            }
+            v[i] = (float)d;
+        }
+    json_free(&j);
+    buf_free(&text);
+    if (rc) free(v);
+    else *head_mean = v;
     return rc;
 }
 
@@ -1796,25 +1859,31 @@ static void means_json(Buf *b, const double *sum, long long n, size_t count) {
     buf_putc(b, ']');
 }
 
-// Mean output of every attention block and MLP over all positions of the
+// Mean output of every attention block, MLP and head over all positions of the
 // completions (the run's own text), for mean ablation; written to the run.
-static int estimate_means(Forcer *f, const Items *it, const Run *run, float **attn_mean, float **mlp_mean, Err *err) {
+static int estimate_means(Forcer *f, const Items *it, const Run *run, float **attn_mean, float **mlp_mean,
+                          float **head_mean, Err *err) {
     const ModelConfig *mc = &f->m->cfg;
-    size_t count = (size_t)mc->n_layers * mc->hidden_size;
+    size_t count = (size_t)mc->n_layers * mc->hidden_size,
+           head_count = (size_t)mc->n_layers * mc->n_heads * mc->head_dim;
     double *attn_sum = xcalloc(count, sizeof *attn_sum), *mlp_sum = xcalloc(count, sizeof *mlp_sum);
+    double *head_sum = xcalloc(head_count, sizeof *head_sum); // (n_layers, n_heads * head_dim)
     long long n_summed = 0;
     int rc = 0;
     for (int s0 = 0; s0 < it->n_seqs && rc == 0; s0 += f->n_slots) {
         int n = it->n_seqs - s0 < f->n_slots ? it->n_seqs - s0 : f->n_slots;
-        PassOut out = {.attn_sum = attn_sum, .mlp_sum = mlp_sum, .n_summed = &n_summed};
+        PassOut out = {.attn_sum = attn_sum, .mlp_sum = mlp_sum, .head_sum = head_sum, .n_summed = &n_summed};
         rc = force_group(f, it->seqs + s0, n, &out, err);
     }
     if (rc == 0) {
         Buf b = {0};
-        buf_printf(&b, "{\"n_layers\": %d, \"hidden\": %d, \"positions\": %lld,\n\"attn\": ", mc->n_layers, mc->hidden_size, n_summed);
+        buf_printf(&b, "{\"n_layers\": %d, \"hidden\": %d, \"n_heads\": %d, \"head_dim\": %d, \"positions\": %lld,\n"
+                       "\"attn\": ", mc->n_layers, mc->hidden_size, mc->n_heads, mc->head_dim, n_summed);
         means_json(&b, attn_sum, n_summed, count);
         buf_puts(&b, ",\n\"mlp\": ");
         means_json(&b, mlp_sum, n_summed, count);
+        buf_puts(&b, ",\n\"head\": ");
+        means_json(&b, head_sum, n_summed, head_count);
         buf_puts(&b, "}\n");
         char path[1200];
         run_path(run, path, sizeof path, ART_MEANS);
@@ -1823,24 +1892,43 @@ static int estimate_means(Forcer *f, const Items *it, const Run *run, float **at
     }
     free(attn_sum);
     free(mlp_sum);
+    free(head_sum);
     // Read back what was written, so generation and the scan use the same floats.
-    return rc ? rc : component_means_read(run, mc, attn_mean, mlp_mean, err);
+    if (rc || component_means_read(run, mc, attn_mean, mlp_mean, err)) return -1;
+    return head_means_read(run, mc, head_mean, err);
+}
+
+// The components a scan measures, in one index k: 2l is attention l, 2l + 1 MLP l, and, when
+// heads are scanned, 2L + l n_heads + h is head h of layer l.
+enum { COMP_ATTN, COMP_MLP, COMP_HEAD };
+
+static int comp_kind(int k, int n_layers) { return k < 2 * n_layers ? k % 2 : COMP_HEAD; }
+static int comp_layer(int k, int n_layers, int n_heads) {
+    return k < 2 * n_layers ? k / 2 : (k - 2 * n_layers) / n_heads;
 }
 
 typedef struct {
-    int layer, component; // component 0 = attention, 1 = MLP
+    int layer, component; // COMP_*
+    int head;             // COMP_HEAD: the head in its layer
+    int exact;            // ablated exactly: events, controls and specificity are exact drops, else estimates
+    int estimated;        // attribution scored it: the est_ intervals hold its first-order estimate
     Interval events, controls;
     Interval specificity; // drop on events minus drop on controls: what the ranking uses
+    Interval est_events, est_controls, est_specificity;
 } ScanResult;
 
 // Ranked by specificity, so a component whose ablation breaks everything (events and
 // controls alike) does not rank first; by the event drop alone when there are no controls.
+// Components ablated exactly rank before those only estimated (attribution+verify selects
+// from what it verified).
 static int cmp_effect(const void *a, const void *b) {
     const ScanResult *x = *(const ScanResult *const *)a, *y = *(const ScanResult *const *)b;
+    if (x->exact != y->exact) return x->exact ? -1 : 1;
     double ex = !isnan(x->specificity.est) ? x->specificity.est : !isnan(x->events.est) ? x->events.est : -INFINITY;
     double ey = !isnan(y->specificity.est) ? y->specificity.est : !isnan(y->events.est) ? y->events.est : -INFINITY;
     if (ex != ey) return ex < ey ? 1 : -1;
-    return x->layer - y->layer;
+    if (x->layer != y->layer) return x->layer - y->layer;
+    return x->head - y->head;
 }
 
 // Item-level drops grouped by problem, for bootstrap intervals that resample problems.
@@ -1862,45 +1950,86 @@ static double stat_drop(const void *ctx, const int *w) {
     return x->want == 0 ? mean_e : x->want == 1 ? mean_c : mean_e - mean_c;
 }
 
-// Writes ablation_importance.csv, selected_layers.json and the figure.
-static int scan_write(const Config *c, const Run *run, const char *variant, const ScanResult *results, int n_layers, int n_events,
-                      int n_controls, Err *err) {
-    // Rank attention layers and MLP layers apart by their mean effect on events.
-    const ScanResult **order[2];
-    int top_k[2] = {c->top_k_attn < n_layers ? c->top_k_attn : n_layers, c->top_k_mlp < n_layers ? c->top_k_mlp : n_layers};
-    if (n_events == 0) top_k[0] = top_k[1] = 0; // nothing measured, nothing selected
-    int *rank = xmalloc((size_t)2 * n_layers * sizeof *rank);
-    for (int comp = 0; comp < 2; comp++) {
-        order[comp] = xmalloc((size_t)n_layers * sizeof *order[comp]);
-        for (int l = 0; l < n_layers; l++) order[comp][l] = &results[2 * l + comp];
-        qsort(order[comp], (size_t)n_layers, sizeof *order[comp], cmp_effect);
-        for (int i = 0; i < n_layers; i++) rank[2 * order[comp][i]->layer + comp] = i + 1;
+// Events, controls and specificity of component k of drop (n_items, n_comp), bootstrapped over problems.
+static void drop_intervals(const double *drop, int n_comp, int k, const Items *it, const int *cluster, int n_clusters,
+                           uint64_t seed, Interval *out[3]) {
+    double *vals = xmalloc((size_t)(it->n_items + 1) * sizeof *vals); // (n_items)
+    for (int i = 0; i < it->n_items; i++) vals[i] = drop[(size_t)i * n_comp + k];
+    for (int want = 0; want < 3; want++) {
+        DropCtx x = {vals, cluster, it->items, it->n_items, want};
+        *out[want] = cluster_bootstrap95(stat_drop, &x, n_clusters, STAT_RESAMPLES,
+                                         seed_mix(seed, (uint64_t)(3 * k + want)), 0, NULL);
+    }
+    free(vals);
+}
+
+// One row's cells from n_events on, shared by ablation_importance.csv and head_importance.csv.
+static void scan_row(Buf *csv, const ScanResult *x, int n_events, int n_controls, int rank, int selected) {
+    buf_printf(csv, ",%d", n_events);
+    put_interval(csv, x->events);
+    buf_printf(csv, ",%d", n_controls);
+    put_interval(csv, x->controls);
+    put_interval(csv, x->specificity);
+    buf_printf(csv, ",%s", x->exact ? "exact" : "attribution");
+    put_interval(csv, x->est_events);
+    put_interval(csv, x->est_controls);
+    put_interval(csv, x->est_specificity);
+    put_num(csv, x->exact && x->estimated ? x->est_events.est - x->events.est : NAN); // the estimate's error on events
+    buf_printf(csv, ",%d,%d\n", rank, selected);
+}
+
+#define SCAN_COLUMNS \
+    "n_events,mean_drop_events,ci_lo_events,ci_hi_events,n_controls,mean_drop_controls,ci_lo_controls," \
+    "ci_hi_controls,specificity,specificity_ci_lo,specificity_ci_hi,method,est_drop_events,est_ci_lo_events," \
+    "est_ci_hi_events,est_drop_controls,est_ci_lo_controls,est_ci_hi_controls,est_specificity," \
+    "est_specificity_ci_lo,est_specificity_ci_hi,est_error,rank,selected\n"
+
+// Writes ablation_importance.csv, head_importance.csv (when heads were scanned; removed otherwise),
+// selected_layers.json and random_layers.json. results: (n_comp) as the component index k.
+static int scan_write(const Config *c, const Run *run, const char *variant, const ScanResult *results, int n_layers,
+                      int n_heads, int heads_scanned, int n_events, int n_controls, Err *err) {
+    // Rank attention layers, MLP layers and heads apart by their effect.
+    int n_of[3] = {n_layers, n_layers, heads_scanned ? n_layers * n_heads : 0};
+    int n_comp = 2 * n_layers + n_of[2];
+    const ScanResult **order[3];
+    int top_k[3] = {c->top_k_attn < n_of[0] ? c->top_k_attn : n_of[0], c->top_k_mlp < n_of[1] ? c->top_k_mlp : n_of[1],
+                    c->top_k_heads < n_of[2] ? c->top_k_heads : n_of[2]};
+    if (n_events == 0) top_k[0] = top_k[1] = top_k[2] = 0; // nothing measured, nothing selected
+    int *rank = xmalloc((size_t)n_comp * sizeof *rank);
+    for (int kind = 0; kind < 3; kind++) {
+        order[kind] = xmalloc((size_t)(n_of[kind] + 1) * sizeof *order[kind]);
+        for (int i = 0, k = 0; k < n_comp; k++)
+            if (comp_kind(k, n_layers) == kind) order[kind][i++] = &results[k];
+        qsort(order[kind], (size_t)n_of[kind], sizeof *order[kind], cmp_effect);
+        for (int i = 0; i < n_of[kind]; i++) rank[order[kind][i] - results] = i + 1;
     }
     const char *kind = c->ablation_kind == ABLATE_MEAN ? "mean" : "zero", *scope = c->ablation_scope == SCOPE_ONSET ? "onset" : "all";
-    Buf csv = {0}, js = {0};
-    buf_puts(&csv, "run_id,variant,layer,component,kind,scope,n_events,mean_drop_events,ci_lo_events,ci_hi_events,"
-                   "n_controls,mean_drop_controls,ci_lo_controls,ci_hi_controls,specificity,specificity_ci_lo,"
-                   "specificity_ci_hi,rank,selected\n");
-    for (int k = 0; k < 2 * n_layers; k++) {
+    static const char *const methods[] = {"exact", "attribution", "attribution+verify"};
+    Buf csv = {0}, heads = {0}, js = {0};
+    buf_puts(&csv, "run_id,variant,layer,component,kind,scope," SCAN_COLUMNS);
+    buf_puts(&heads, "run_id,variant,layer,head,kind,scope," SCAN_COLUMNS);
+    for (int k = 0; k < n_comp; k++) {
         const ScanResult *x = &results[k];
-        buf_printf(&csv, "%s,", run->id);
-        buf_csv_field(&csv, variant, strlen(variant));
-        buf_printf(&csv, ",%d,%s,%s,%s,%d", x->layer, x->component ? "mlp" : "attn", kind, scope, n_events);
-        put_num(&csv, x->events.est); put_num(&csv, x->events.lo); put_num(&csv, x->events.hi);
-        buf_printf(&csv, ",%d", n_controls);
-        put_num(&csv, x->controls.est); put_num(&csv, x->controls.lo); put_num(&csv, x->controls.hi);
-        put_interval(&csv, x->specificity);
-        buf_printf(&csv, ",%d,%d\n", rank[k], rank[k] <= top_k[x->component]);
+        Buf *b = x->component == COMP_HEAD ? &heads : &csv;
+        buf_printf(b, "%s,", run->id);
+        buf_csv_field(b, variant, strlen(variant));
+        if (x->component == COMP_HEAD) buf_printf(b, ",%d,%d,%s,%s", x->layer, x->head, kind, scope);
+        else buf_printf(b, ",%d,%s,%s,%s", x->layer, x->component ? "mlp" : "attn", kind, scope);
+        scan_row(b, x, n_events, n_controls, rank[k], rank[k] <= top_k[x->component]);
     }
     buf_puts(&js, "{\n  \"variant\": ");
     buf_json_string(&js, variant, strlen(variant));
-    buf_printf(&js, ",\n  \"kind\": \"%s\",\n  \"scope\": \"%s\",\n  \"n_events\": %d,\n  \"n_controls\": %d", kind, scope, n_events, n_controls);
-    for (int comp = 0; comp < 2; comp++) {
-        buf_printf(&js, ",\n  \"%s_layers\": [", comp ? "mlp" : "attn");
+    buf_printf(&js, ",\n  \"kind\": \"%s\",\n  \"scope\": \"%s\",\n  \"method\": \"%s\",\n  \"n_events\": %d,\n"
+                    "  \"n_controls\": %d", kind, scope, methods[c->ablation_method], n_events, n_controls);
+    for (int comp = 0; comp < 3; comp++) {
+        if (comp == COMP_HEAD && c->top_k_heads == 0) break; // a design without heads reads as before
+        buf_printf(&js, ",\n  \"%s\": [", comp == COMP_HEAD ? "attn_heads" : comp ? "mlp_layers" : "attn_layers");
         for (int i = 0; i < top_k[comp]; i++) {
-            buf_printf(&js, "%s%d", i ? ", " : "", order[comp][i]->layer);
+            if (comp == COMP_HEAD)
+                buf_printf(&js, "%s[%d, %d]", i ? ", " : "", order[comp][i]->layer, order[comp][i]->head);
+            else buf_printf(&js, "%s%d", i ? ", " : "", order[comp][i]->layer);
         }
-        buf_printf(&js, "],\n  \"%s_effects\": [", comp ? "mlp" : "attn");
+        buf_printf(&js, "],\n  \"%s_effects\": [", comp == COMP_HEAD ? "head" : comp ? "mlp" : "attn");
         for (int i = 0; i < top_k[comp]; i++) {
             if (i) buf_puts(&js, ", ");
             buf_json_double(&js, order[comp][i]->events.est);
@@ -1909,14 +2038,17 @@ static int scan_write(const Config *c, const Run *run, const char *variant, cons
     }
     buf_puts(&js, "\n}\n");
     // The shape-matched random controls, drawn now from the run seed so the design is fixed in one place.
-    LayerSet targeted = {.kind = c->ablation_kind, .n_attn = top_k[0], .n_mlp = top_k[1]};
+    LayerSet targeted = {.kind = c->ablation_kind, .n_attn = top_k[0], .n_mlp = top_k[1], .n_attn_heads = top_k[2]};
     targeted.attn_layers = xmalloc((size_t)(top_k[0] + 1) * sizeof(int));
     targeted.mlp_layers = xmalloc((size_t)(top_k[1] + 1) * sizeof(int));
+    targeted.attn_heads = xmalloc((size_t)(2 * top_k[2] + 1) * sizeof(int));
     for (int i = 0; i < top_k[0]; i++) targeted.attn_layers[i] = order[0][i]->layer;
     for (int i = 0; i < top_k[1]; i++) targeted.mlp_layers[i] = order[1][i]->layer;
+    for (int i = 0; i < top_k[2]; i++)
+        targeted.attn_heads[2 * i] = order[2][i]->layer, targeted.attn_heads[2 * i + 1] = order[2][i]->head;
     LayerSet *draws = xcalloc((size_t)c->random_draws, sizeof *draws);
     Buf random = {0};
-    int rc = draw_random_layers(&targeted, n_layers, c->seed, c->random_draws, draws, err);
+    int rc = draw_random_layers(&targeted, n_layers, n_heads, c->seed, c->random_draws, draws, err);
     buf_printf(&random, "{\"kind\": \"%s\", \"draws\": [", kind);
     for (int d = 0; d < c->random_draws && rc == 0; d++) {
         buf_puts(&random, d ? ",\n  " : "\n  ");
@@ -1926,6 +2058,11 @@ static int scan_write(const Config *c, const Run *run, const char *variant, cons
     char path[1200];
     run_path(run, path, sizeof path, ART_ABLATION);
     if (rc == 0) rc = write_file_atomic(path, csv.data, csv.len, err);
+    run_path(run, path, sizeof path, ART_HEADS);
+    if (rc == 0 && heads_scanned) rc = write_file_atomic(path, heads.data, heads.len, err);
+    // A head table of an earlier scan of this run would be stale.
+    if (rc == 0 && !heads_scanned && path_exists(path) && remove(path))
+        rc = err_runtime(err, "%s: cannot remove the stale head table", path);
     run_path(run, path, sizeof path, ART_SELECTED);
     if (rc == 0) rc = write_file_atomic(path, js.data, js.len, err);
     run_path(run, path, sizeof path, ART_RANDOM_LAYERS);
@@ -1934,9 +2071,10 @@ static int scan_write(const Config *c, const Run *run, const char *variant, cons
     free(draws);
     layer_set_free(&targeted);
     buf_free(&random);
-    for (int comp = 0; comp < 2; comp++) free(order[comp]);
+    for (int comp = 0; comp < 3; comp++) free(order[comp]);
     free(rank);
     buf_free(&csv);
+    buf_free(&heads);
     buf_free(&js);
     return rc;
 }
@@ -1954,6 +2092,54 @@ static int scan_group(const Items *it, int s0, int n_slots, size_t max_positions
     return n;
 }
 
+// Attribution patching over every item (events and controls): one forward and one backward pass
+// each give the estimated drop (minus the score) of every layer component and head, scope all.
+static int attribution_pass(Analysis *a, const float *attn_mean, const float *mlp_mean, const float *head_mean,
+                            double *est_drop, int n_comp, Err *err) {
+    const ModelConfig *mc = &a->m.cfg;
+    int L = mc->n_layers, H = mc->n_heads, rc = 0;
+    GradState *gs = gradstate_new(&a->m, items_max_tokens(&a->it), GRAD_KEEP_BYTES, err);
+    if (!gs) return -1;
+    double *score = xmalloc((size_t)(2 * L + L * H) * sizeof *score); // (2 L + L H) attention, MLP, heads
+    double t0 = now_seconds();
+    for (int i = 0; i < a->it.n_items && rc == 0; i++) {
+        const Item *x = &a->it.items[i];
+        const ForcedSeq *q = &a->it.seqs[x->seq];
+        Gradient g = {.token = q->tokens, .n = q->n_tokens, .pred_pos = x->pred_pos,
+                      .onset_token_id = x->onset_token_id, .attn_mean = attn_mean, .mlp_mean = mlp_mean,
+                      .head_mean = head_mean, .score_attn = score, .score_mlp = score + L, .score_head = score + 2 * L};
+        if ((rc = model_gradient(&a->m, gs, &g, err))) break;
+        for (int l = 0; l < L; l++) {
+            est_drop[(size_t)i * n_comp + 2 * l] = -g.score_attn[l];
+            est_drop[(size_t)i * n_comp + 2 * l + 1] = -g.score_mlp[l];
+        }
+        for (int h = 0; h < L * H && 2 * L + h < n_comp; h++)
+            est_drop[(size_t)i * n_comp + 2 * L + h] = -g.score_head[h];
+        if ((i + 1) % 8 == 0 || i + 1 == a->it.n_items)
+            progress("ablation-scan: attribution %d/%d items (%.2f s/item)\n", i + 1, a->it.n_items,
+                     (now_seconds() - t0) / (i + 1));
+    }
+    free(score);
+    gradstate_free(gs);
+    return rc;
+}
+
+// attribution+verify: the top verify_k components of each kind by the size of their estimated
+// drop on events (a saturated path can show a small estimate of either sign, so not by signed value).
+static void choose_verified(const ScanResult *results, int n_comp, int n_layers, int verify_k,
+                            unsigned char *run_exact) {
+    for (int kind = 0; kind < 3; kind++)
+        for (int round = 0; round < verify_k; round++) {
+            int best = -1;
+            for (int k = 0; k < n_comp; k++) {
+                double v = fabs(results[k].est_events.est);
+                if (comp_kind(k, n_layers) != kind || run_exact[k] || isnan(v)) continue;
+                if (best < 0 || v > fabs(results[best].est_events.est)) best = k;
+            }
+            if (best >= 0) run_exact[best] = 1;
+        }
+}
+
 int cmd_ablation_scan(int argc, char **argv) {
     Opt opts[] = {OPT_CONFIG,
                   OPT("--variant", 1, "variant whose baseline events to scan (default [logit_lens] variant)"), OPT_END};
@@ -1964,28 +2150,70 @@ int cmd_ablation_scan(int argc, char **argv) {
     if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
     const char *variant = opt_str(opts, "--variant", c.lens_variant);
     Analysis a = {0};
-    float *attn_mean = NULL, *mlp_mean = NULL, *ablated = NULL, *resid = NULL, *clean_logits = NULL;
-    double *drop = NULL, *vals = NULL, *clean_lp = NULL;
-    int *item_read = NULL;
-    int n_layers = 0;
+    float *attn_mean = NULL, *mlp_mean = NULL, *head_mean = NULL, *ablated = NULL, *resid = NULL, *clean_logits = NULL;
+    double *drop = NULL, *est_drop = NULL, *clean_lp = NULL;
+    int *item_read = NULL, *cluster = NULL;
+    unsigned char *run_exact = NULL;
+    int n_layers = 0, n_comp = 0;
     ScanResult *results = NULL;
     AblationMask *masks = NULL;
+    Clusters cl = {0};
     if (analysis_open(&c, &run, variant, c.ablation_max_events, &a, &err)) goto out;
     if (a.it.n_events == 0) // the outputs say so: no effects, no layers selected, a "no data" figure
         fprintf(stderr, "bt ablation-scan: warning: no events of variant %s in run %s: nothing to scan, no layers selected\n", variant, run.id);
     n_layers = a.m.cfg.n_layers;
-    int hidden = a.m.cfg.hidden_size, vocab = a.m.cfg.vocab_size, n_slots = a.f.n_slots;
-    if (c.ablation_kind == ABLATE_MEAN && estimate_means(&a.f, &a.it, &run, &attn_mean, &mlp_mean, &err)) goto out;
-    // One mask per (layer, component): masks[2l] ablates attention l, masks[2l+1] MLP l.
-    masks = xcalloc((size_t)2 * n_layers, sizeof *masks);
-    for (int k = 0; k < 2 * n_layers; k++) {
+    int hidden = a.m.cfg.hidden_size, vocab = a.m.cfg.vocab_size, n_slots = a.f.n_slots, n_heads = a.m.cfg.n_heads;
+    // Heads are scanned by attribution, and exactly when the design selects heads.
+    int heads_scanned = c.ablation_method != METHOD_EXACT || c.top_k_heads > 0;
+    n_comp = 2 * n_layers + (heads_scanned ? n_layers * n_heads : 0);
+    if (c.ablation_kind == ABLATE_MEAN && estimate_means(&a.f, &a.it, &run, &attn_mean, &mlp_mean, &head_mean, &err))
+        goto out;
+    results = xcalloc((size_t)n_comp, sizeof *results);
+    cluster = xmalloc((size_t)(a.it.n_items + 1) * sizeof *cluster);
+    for (int i = 0; i < a.it.n_items; i++) cluster[i] = cluster_of(&cl, a.it.records[a.it.items[i].record].problem_id);
+    for (int k = 0; k < n_comp; k++) {
+        ScanResult *x = &results[k];
+        x->layer = comp_layer(k, n_layers, n_heads), x->component = comp_kind(k, n_layers);
+        x->head = x->component == COMP_HEAD ? (k - 2 * n_layers) % n_heads : -1;
+        x->events = x->controls = x->specificity = x->est_events = x->est_controls = x->est_specificity =
+                (Interval){NAN, NAN, NAN};
+    }
+    // The estimates: mean drop per component on events, on controls, and their difference, with 95% CIs
+    // from a bootstrap over problems (events share completions, completions share problems).
+    run_exact = xcalloc((size_t)n_comp, 1);
+    if (c.ablation_method != METHOD_EXACT) {
+        est_drop = xmalloc((size_t)(a.it.n_items + 1) * n_comp * sizeof *est_drop); // (n_items, n_comp)
+        if (attribution_pass(&a, attn_mean, mlp_mean, head_mean, est_drop, n_comp, &err)) goto out;
+        for (int k = 0; k < n_comp; k++) {
+            Interval *out[3] = {&results[k].est_events, &results[k].est_controls, &results[k].est_specificity};
+            drop_intervals(est_drop, n_comp, k, &a.it, cluster, cl.n_clusters, seed_mix((uint64_t)c.seed, 0xA771B),
+                           out);
+            results[k].estimated = 1;
+            results[k].events = results[k].est_events, results[k].controls = results[k].est_controls;
+            results[k].specificity = results[k].est_specificity;
+        }
+        if (c.ablation_method == METHOD_ATTRIBUTION_VERIFY)
+            choose_verified(results, n_comp, n_layers, c.verify_k, run_exact);
+    } else {
+        memset(run_exact, 1, (size_t)n_comp);
+    }
+    int n_exact = 0, n_estimated = c.ablation_method != METHOD_EXACT ? n_comp : 0;
+    for (int k = 0; k < n_comp; k++) n_exact += run_exact[k];
+    // One mask per component: attention l, MLP l, or one head.
+    masks = xcalloc((size_t)n_comp, sizeof *masks);
+    for (int k = 0; k < n_comp; k++) {
         masks[k] = (AblationMask){.kind = c.ablation_kind, .attn = xcalloc((size_t)n_layers, 1), .mlp = xcalloc((size_t)n_layers, 1),
-                                  .attn_mean = attn_mean, .mlp_mean = mlp_mean};
-        (k % 2 ? masks[k].mlp : masks[k].attn)[k / 2] = 1;
+                                  .attn_mean = attn_mean, .mlp_mean = mlp_mean, .head_mean = head_mean};
+        if (k >= 2 * n_layers) {
+            masks[k].head = xcalloc((size_t)n_layers * n_heads, 1);
+            masks[k].head[k - 2 * n_layers] = 1;
+        } else {
+            (k % 2 ? masks[k].mlp : masks[k].attn)[k / 2] = 1;
+        }
     }
     item_read = xmalloc((size_t)(a.it.n_items + 1) * sizeof *item_read);
     for (int i = 0; i < a.it.n_items; i++) item_read[i] = item_read_index(&a.it, i);
-    drop = xmalloc((size_t)(a.it.n_items + 1) * 2 * n_layers * sizeof *drop); // (n_items, 2 n_layers)
+    drop = xmalloc((size_t)(a.it.n_items + 1) * n_comp * sizeof *drop); // (n_items, n_comp)
     clean_lp = xmalloc((size_t)(a.it.n_items + 1) * sizeof *clean_lp);
     // Groups of completions, one per slot; scope all keeps every position's clean
     // residuals of a group, so its groups are also bounded by ANALYSIS_CAPTURE_BYTES.
@@ -1997,6 +2225,7 @@ int cmd_ablation_scan(int argc, char **argv) {
         if (reads > max_group_reads) max_group_reads = reads;
         if (positions > max_group_positions) max_group_positions = positions;
     }
+    if (n_exact == 0) max_group_reads = max_group_positions = 1; // attribution alone: no exact pass
     clean_logits = xmalloc((size_t)max_group_reads * vocab * sizeof *clean_logits);
     if (c.ablation_scope == SCOPE_ALL) {
         resid = xmalloc((size_t)max_group_positions * position_bytes);
@@ -2010,12 +2239,14 @@ int cmd_ablation_scan(int argc, char **argv) {
     int *row_slot = xmalloc((size_t)max_replay * sizeof(int)), *row_pos = xmalloc((size_t)max_replay * sizeof(int));
     int *row_out = xmalloc((size_t)max_replay * sizeof(int)), *row_read = xmalloc((size_t)max_replay * sizeof(int)), *row_k = xmalloc((size_t)max_replay * sizeof(int));
     const AblationMask **row_mask = xmalloc((size_t)max_replay * sizeof *row_mask);
+    int *layer_k = xmalloc((size_t)(2 + n_heads) * sizeof *layer_k); // (2 + n_heads) the exact components of one layer
     int rc = 0;
     ProgressClock pc;
     progress_start(&pc);
     double scanned = 0, to_scan = 0;
     for (int s = 0; s < a.it.n_seqs; s++) to_scan += a.it.seqs[s].n_tokens;
-    for (int s0 = 0, n, base = 0, group_reads, positions; s0 < a.it.n_seqs && rc == 0; s0 += n, base += group_reads) {
+    for (int s0 = 0, n, base = 0, group_reads, positions; s0 < a.it.n_seqs && rc == 0 && n_exact > 0;
+         s0 += n, base += group_reads) {
         n = scan_group(&a.it, s0, n_slots, max_positions, &group_reads, &positions);
         // The clean pass: logits at the reads, and the residuals the ablated passes start from.
         PassOut clean = {.logits = clean_logits};
@@ -2028,30 +2259,34 @@ int cmd_ablation_scan(int argc, char **argv) {
         if (c.ablation_scope == SCOPE_ALL) {
             // The component ablated at every position, as generation-time ablation does; each
             // pass starts at the ablated layer from the clean residual (the layers below are clean).
-            for (int k = 0; k < 2 * n_layers && rc == 0; k++) {
-                PassOut out = {.mask = &masks[k], .logits = ablated, .enter = resid, .first_layer = k / 2};
+            for (int k = 0; k < n_comp && rc == 0; k++) {
+                if (!run_exact[k]) continue;
+                PassOut out = {.mask = &masks[k], .logits = ablated, .enter = resid,
+                               .first_layer = comp_layer(k, n_layers, n_heads)};
                 if ((rc = force_group(&a.f, a.it.seqs + s0, n, &out, &err))) break;
                 for (int i = 0; i < a.it.n_items; i++)
                     if (item_read[i] >= base && item_read[i] < base + group_reads)
-                        drop[(size_t)i * 2 * n_layers + k] =
+                        drop[(size_t)i * n_comp + k] =
                             clean_lp[i] - log_prob(ablated + (size_t)(item_read[i] - base) * vocab, vocab, a.it.items[i].onset_token_id, NULL);
             }
         } else {
             // Onset scope: ablate only at pred_pos; replay the layers from the ablated
             // one up for that position over the clean KV cache of its completion.
             for (int l = 0; l < n_layers && rc == 0; l++) {
-                // Rows: every read of the group x {attention, MLP} of layer l.
-                for (int start = 0; start < 2 * group_reads && rc == 0; start += max_replay) {
-                    int rows = 2 * group_reads - start < max_replay ? 2 * group_reads - start : max_replay;
+                int per = 0; // exact components of layer l: rows are every read of the group x these
+                for (int k = 0; k < n_comp; k++)
+                    if (run_exact[k] && comp_layer(k, n_layers, n_heads) == l) layer_k[per++] = k;
+                for (int start = 0; start < per * group_reads && rc == 0; start += max_replay) {
+                    int rows = per * group_reads - start < max_replay ? per * group_reads - start : max_replay;
                     for (int q = 0; q < rows; q++) {
-                        int j = (start + q) / 2, comp = (start + q) % 2, sq = 0, acc = 0;
+                        int j = (start + q) / per, k = layer_k[(start + q) % per], sq = 0, acc = 0;
                         while (acc + a.it.seqs[s0 + sq].n_read <= j) acc += a.it.seqs[s0 + sq++].n_read;
                         row_slot[q] = sq;
                         row_pos[q] = a.it.seqs[s0 + sq].read_pos[j - acc];
-                        row_mask[q] = &masks[2 * l + comp];
+                        row_mask[q] = &masks[k];
                         row_out[q] = q;
                         row_read[q] = base + j;
-                        row_k[q] = 2 * l + comp;
+                        row_k[q] = k;
                         memcpy(x_in + (size_t)q * hidden, resid + ((size_t)j * (n_layers + 1) + l) * hidden, (size_t)hidden * sizeof *x_in);
                     }
                     // token is unused when rows enter with x_in; row_pos stands in for a.it.
@@ -2061,7 +2296,7 @@ int cmd_ablation_scan(int argc, char **argv) {
                     for (int q = 0; q < rows; q++)
                         for (int i = 0; i < a.it.n_items; i++)
                             if (item_read[i] == row_read[q])
-                                drop[(size_t)i * 2 * n_layers + row_k[q]] =
+                                drop[(size_t)i * n_comp + row_k[q]] =
                                     clean_lp[i] - log_prob(replay_logits + (size_t)q * vocab, vocab, a.it.items[i].onset_token_id, NULL);
                 }
             }
@@ -2070,38 +2305,28 @@ int cmd_ablation_scan(int argc, char **argv) {
         progress_eta(&pc, "ablation-scan", s0 + n, a.it.n_seqs, "completions", scanned, scanned, to_scan);
     }
     free(row_slot); free(row_pos); free(row_out); free(row_read); free(row_k); free(row_mask); free(replay_logits);
+    free(layer_k);
     if (rc) goto out;
-    // Mean drop per component on events, on controls, and their difference, with 95% CIs
-    // from a bootstrap over problems (events share completions, completions share problems).
-    results = xcalloc((size_t)2 * n_layers, sizeof *results);
-    vals = xmalloc((size_t)(a.it.n_items + 1) * sizeof *vals);
-    int *cluster = xmalloc((size_t)(a.it.n_items + 1) * sizeof *cluster);
-    Clusters cl = {0};
-    for (int i = 0; i < a.it.n_items; i++) cluster[i] = cluster_of(&cl, a.it.records[a.it.items[i].record].problem_id);
-    for (int k = 0; k < 2 * n_layers; k++) {
-        results[k].layer = k / 2;
-        results[k].component = k % 2;
-        for (int i = 0; i < a.it.n_items; i++) vals[i] = drop[(size_t)i * 2 * n_layers + k];
+    // The exact drops, where they ran, with the same intervals.
+    for (int k = 0; k < n_comp; k++) {
+        if (!run_exact[k]) continue;
         Interval *out[3] = {&results[k].events, &results[k].controls, &results[k].specificity};
-        for (int want = 0; want < 3; want++) {
-            DropCtx x = {vals, cluster, a.it.items, a.it.n_items, want};
-            *out[want] = cluster_bootstrap95(stat_drop, &x, cl.n_clusters, STAT_RESAMPLES,
-                                             seed_mix(seed_mix((uint64_t)c.seed, 0xAB1A7E), (uint64_t)(3 * k + want)), 0, NULL);
-        }
+        drop_intervals(drop, n_comp, k, &a.it, cluster, cl.n_clusters, seed_mix((uint64_t)c.seed, 0xAB1A7E), out);
+        results[k].exact = 1;
     }
-    free(cluster);
-    clusters_free(&cl);
-    if (scan_write(&c, &run, variant, results, n_layers, a.it.n_events, a.it.n_items - a.it.n_events, &err)) goto out;
-    printf("ablation-scan: %d events, %d controls, %d components (%s ablation, scope %s)\n", a.it.n_events, a.it.n_items - a.it.n_events,
-           2 * n_layers, c.ablation_kind == ABLATE_MEAN ? "mean" : "zero", c.ablation_scope == SCOPE_ONSET ? "onset" : "all");
+    if (scan_write(&c, &run, variant, results, n_layers, n_heads, heads_scanned, a.it.n_events,
+                   a.it.n_items - a.it.n_events, &err))
+        goto out;
+    static const char *const method_names[] = {"exact", "attribution", "attribution+verify"};
+    printf("ablation-scan: %d events, %d controls, %d components (%s ablation, scope %s; %s: %d estimated, %d exact)\n",
+           a.it.n_events, a.it.n_items - a.it.n_events, n_comp, c.ablation_kind == ABLATE_MEAN ? "mean" : "zero",
+           c.ablation_scope == SCOPE_ONSET ? "onset" : "all", method_names[c.ablation_method], n_estimated, n_exact);
 out:
     if (masks)
-        for (int k = 0; k < 2 * n_layers; k++) {
-            free(masks[k].attn);
-            free(masks[k].mlp);
-        }
-    free(masks); free(attn_mean); free(mlp_mean); free(ablated); free(resid); free(clean_logits);
-    free(drop); free(vals); free(results); free(clean_lp); free(item_read);
+        for (int k = 0; k < n_comp; k++) ablation_mask_free(&masks[k]);
+    free(masks); free(attn_mean); free(mlp_mean); free(head_mean); free(ablated); free(resid); free(clean_logits);
+    free(drop); free(est_drop); free(results); free(clean_lp); free(item_read); free(cluster); free(run_exact);
+    clusters_free(&cl);
     analysis_close(&a);
     config_free(&c);
     return err.msg[0] ? fail(&err) : 0;
@@ -2163,7 +2388,7 @@ int cmd_collateral_damage(int argc, char **argv) {
     Clusters cl = {0};
     LayerSet *sets = xcalloc((size_t)n_sets, sizeof *sets);
     AblationMask *masks = xcalloc((size_t)n_sets, sizeof *masks);
-    float *means[2] = {NULL, NULL}, *logits = NULL;
+    float *means[3] = {NULL, NULL, NULL}, *logits = NULL; // attention, MLP, heads
     double *nll = NULL, *tokens_kept = NULL; // (n_recs, 1 + n_sets) clean then each set; (n_recs)
     Buf csv = {0};
     char path[1200];
@@ -2171,15 +2396,18 @@ int cmd_collateral_damage(int argc, char **argv) {
     if (tokenizer_load(&tok, path, &err) || model_load(&m, c.model_path, &err)) goto out;
     loaded = 1;
     int L = m.cfg.n_layers;
+    int any_heads = 0;
     for (int s = 0; s < n_sets; s++) {
-        if (ablation_design_read(&run, L, s, &sets[s], &err)) goto out;
-        masks[s] = (AblationMask){.kind = c.ablation_kind, .attn = xcalloc((size_t)L, 1), .mlp = xcalloc((size_t)L, 1)};
-        for (int i = 0; i < sets[s].n_attn; i++) masks[s].attn[sets[s].attn_layers[i]] = 1;
-        for (int i = 0; i < sets[s].n_mlp; i++) masks[s].mlp[sets[s].mlp_layers[i]] = 1;
+        if (ablation_design_read(&run, L, s, &sets[s], &err) || layer_set_mask(&sets[s], &m.cfg, &masks[s], &err))
+            goto out;
+        masks[s].kind = c.ablation_kind;
+        any_heads |= sets[s].n_attn_heads > 0;
     }
     if (c.ablation_kind == ABLATE_MEAN) {
         if (component_means_read(&run, &m.cfg, &means[0], &means[1], &err)) goto out;
-        for (int s = 0; s < n_sets; s++) masks[s].attn_mean = means[0], masks[s].mlp_mean = means[1];
+        if (any_heads && head_means_read(&run, &m.cfg, &means[2], &err)) goto out;
+        for (int s = 0; s < n_sets; s++)
+            masks[s].attn_mean = means[0], masks[s].mlp_mean = means[1], masks[s].head_mean = means[2];
     }
     run_generation_path(&run, path, sizeof path, variant, "baseline");
     if (!path_exists(path)) {
@@ -2242,8 +2470,8 @@ int cmd_collateral_damage(int argc, char **argv) {
         if ((r + 1) % 16 == 0 || r + 1 == n_recs) progress("collateral-damage: %d/%d completions\n", r + 1, n_recs);
     }
     tokens_free(&prompt);
-    buf_puts(&csv, "run_id,variant,condition,attn_layers,mlp_layers,completions,tokens,nll_clean,nll_ablated,nll_increase,"
-                   "ci_lo,ci_hi\n");
+    buf_puts(&csv, "run_id,variant,condition,attn_layers,mlp_layers,attn_heads,completions,tokens,nll_clean,"
+                   "nll_ablated,nll_increase,ci_lo,ci_hi\n");
     double *increase = xcalloc((size_t)cl.n_clusters + 1, sizeof *increase), *kept = xcalloc((size_t)cl.n_clusters + 1, sizeof *kept);
     for (int s = 0; s < n_sets && rc == 0; s++) {
         Condition cond = {s ? COND_RANDOM : COND_TARGETED, s};
@@ -2266,6 +2494,9 @@ int cmd_collateral_damage(int argc, char **argv) {
         for (int i = 0; i < sets[s].n_attn; i++) buf_printf(&csv, "%s%d", i ? " " : "", sets[s].attn_layers[i]);
         buf_puts(&csv, "],[");
         for (int i = 0; i < sets[s].n_mlp; i++) buf_printf(&csv, "%s%d", i ? " " : "", sets[s].mlp_layers[i]);
+        buf_puts(&csv, "],[");
+        for (int i = 0; i < sets[s].n_attn_heads; i++) // layer.head
+            buf_printf(&csv, "%s%d.%d", i ? " " : "", sets[s].attn_heads[2 * i], sets[s].attn_heads[2 * i + 1]);
         buf_printf(&csv, "],%d,%.0f", n_recs, total_tokens);
         put_num(&csv, total_tokens > 0 ? total_clean / total_tokens : NAN);
         put_num(&csv, total_tokens > 0 ? total_ablated / total_tokens : NAN);
@@ -2281,13 +2512,13 @@ int cmd_collateral_damage(int argc, char **argv) {
 out:
     for (int s = 0; s < n_sets; s++) {
         layer_set_free(&sets[s]);
-        free(masks[s].attn);
-        free(masks[s].mlp);
+        ablation_mask_free(&masks[s]);
     }
     free(sets);
     free(masks);
     free(means[0]);
     free(means[1]);
+    free(means[2]);
     free(logits);
     free(nll);
     free(tokens_kept);

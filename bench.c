@@ -331,10 +331,12 @@ static int bench_wants(const char *only, const char *name) {
     return 0;
 }
 
-enum { BENCH_PREFILL, BENCH_DECODE, BENCH_GEN16, BENCH_GEN64, BENCH_LENS, BENCH_SCAN_ALL, BENCH_SCAN_ONSET, BENCH_MEMORY,
-       BENCH_DIRECTIONS, BENCH_STEER16, BENCH_GEN16_LONG, BENCH_GEN64_LONG, N_BENCH };
-static const char *const bench_names[N_BENCH] = {"prefill", "decode", "gen16", "gen64", "lens", "scan", "scan", "memory",
-                                                 "directions", "steer", "gen16_long", "gen64_long"};
+enum { BENCH_PREFILL, BENCH_DECODE, BENCH_GEN16, BENCH_GEN64, BENCH_LENS, BENCH_SCAN_ALL, BENCH_SCAN_ONSET,
+       BENCH_ATTRIBUTION, BENCH_MEMORY, BENCH_DIRECTIONS, BENCH_STEER16, BENCH_GEN16_LONG, BENCH_GEN64_LONG, N_BENCH };
+static const char *const bench_names[N_BENCH] = {"prefill", "decode",      "gen16",  "gen64",      "lens", "scan",
+                                                 "scan",    "attribution", "memory", "directions", "steer",
+                                                 "gen16_long", "gen64_long"};
+#define BENCH_GRAD_TOKENS 4096 // the gradient pass's memory is reported for one item this long
 
 typedef struct {
     const Model *m;
@@ -346,6 +348,8 @@ typedef struct {
     float *resid_all;  // (BENCH_SEQ_TOKENS, L + 1, hidden) every position's clean residuals
     unsigned char *attn_on, *mlp_on, *none; // (n_layers) masks: attention, MLP, nothing
     AblationMask attn, mlp;
+    GradState *grad;   // BENCH_SEQ_TOKENS positions, the scan's keep budget; made on first use
+    double *scores;    // (2 n_layers + n_layers n_heads) attribution scores: attention, MLP, heads
     int long_new;      // long generation: new tokens per sequence (0: not run)
 } BenchCtx;
 
@@ -441,6 +445,15 @@ static int bench_once(BenchCtx *b, int what, double *value, Err *err) {
         *value = t_clean + L * (t_first + t_last); // sum over l of 2 (t_last + (t_first - t_last)(L-1-l)/(L-1))
         break;
     }
+    case BENCH_ATTRIBUTION: { // one forward + one backward scoring every layer and head, as the scan does per item
+        if (!b->grad && !(b->grad = gradstate_new(m, S, GRAD_KEEP_BYTES, err))) return -1;
+        t0 = now_seconds(); // the state is allocated once per scan, not per item
+        Gradient g = {.token = b->ids, .n = S, .pred_pos = S - 1, .onset_token_id = b->ids[S - 1],
+                      .score_attn = b->scores, .score_mlp = b->scores + L, .score_head = b->scores + 2 * L};
+        rc = model_gradient(m, b->grad, &g, err);
+        *value = now_seconds() - t0;
+        break;
+    }
     case BENCH_MEMORY: // the 6 GB promise, measured: value = peak RSS after the run (MB)
         rc = bench_generate(m, BENCH_MEMORY_SEQS, BENCH_MEMORY_TOKENS / 2, BENCH_MEMORY_TOKENS / 2, b->ids,
                             &bench_sampler, NULL, 0, &(double){0}, err);
@@ -478,7 +491,7 @@ static int bench_run(const Model *m, int repeat, int long_new, const char *only,
                   .resid = xmalloc((size_t)(L + 1) * D * sizeof(float)), .x_in = xmalloc((size_t)2 * D * sizeof(float)),
                   .resid_all = xmalloc((size_t)BENCH_SEQ_TOKENS * (L + 1) * D * sizeof(float)),
                   .attn_on = xcalloc((size_t)L, 1), .mlp_on = xcalloc((size_t)L, 1), .none = xcalloc((size_t)L, 1),
-                  .long_new = long_new};
+                  .scores = xmalloc((size_t)(2 * L + L * c->n_heads) * sizeof(double)), .long_new = long_new};
     b.attn = (AblationMask){.kind = ABLATE_ZERO, .attn = b.attn_on, .mlp = b.none};
     b.mlp = (AblationMask){.kind = ABLATE_ZERO, .attn = b.none, .mlp = b.mlp_on};
     Rng rng;
@@ -509,6 +522,8 @@ static int bench_run(const Model *m, int repeat, int long_new, const char *only,
     free(b.attn_on);
     free(b.mlp_on);
     free(b.none);
+    free(b.scores);
+    gradstate_free(b.grad);
     forcer_free(&b.f);
     return rc;
 }
@@ -682,8 +697,9 @@ static void bench_work(const WorkShape *w, int long_new, Work work[N_BENCH]) {
 int cmd_bench(int argc, char **argv) {
     Opt opts[] = {OPT("--model", 1, "Hugging Face model directory (see make-bench-model)"),
                   OPT("--repeat", 1, "runs of each measurement; the median is printed (default 3)"),
-                  OPT("--only", 1, "comma-separated subset: prefill,decode,gen16,gen64,lens,scan,directions,steer,tokenizer,bandwidth; "
-                                   "or memory (minutes)"),
+                  OPT("--only", 1,
+                      "comma-separated subset: prefill,decode,gen16,gen64,lens,scan,attribution,directions,steer,"
+                      "tokenizer,bandwidth; or memory (minutes)"),
                   OPT("--tokenizer", 1, "tokenizer.json to time (default: the model directory's, if any)"),
                   OPT("--text", 1, "text to tokenize: JSONL (every string) or lines (default: 1 MB of generated text)"),
                   OPT("--long-new", 1, "gen16_long, gen64_long: new tokens per sequence (default 1024; 0 skips them)"),
@@ -746,6 +762,13 @@ int cmd_bench(int argc, char **argv) {
         {"lens_items_s", "logit lens, 384 tokens", "%.3f", "items/s", values[BENCH_LENS]},
         {"scan_s_per_event_all", "ablation scan, scope all", "%.1f", "s/event (384 tokens: a clean pass, then 2L passes each from its layer)", values[BENCH_SCAN_ALL]},
         {"scan_s_per_event_onset", "ablation scan, scope onset", "%.2f", "s/event", values[BENCH_SCAN_ONSET]},
+        {"attribution_s_per_event", "attribution patching", "%.2f",
+         "s/event (384 tokens: one forward + one backward, every layer and head)", values[BENCH_ATTRIBUTION]},
+        {"attribution_vs_scan_all", "attribution vs scope-all scan", "%.1f", "x cheaper per event",
+         values[BENCH_SCAN_ALL] / values[BENCH_ATTRIBUTION]},
+        {"grad_mb_4096", "gradient pass, 4096 tokens", "%.0f",
+         "MB beyond the weights (model_gradient_bytes, the scan's keep budget)",
+         model_gradient_bytes(&m, BENCH_GRAD_TOKENS, GRAD_KEEP_BYTES) / 1e6},
         {"tokenizer_mb_s", "tokenizer", "%.1f", "MB/s (one thread)", tokenizer_mb_s},
         {"peak_rss_mb", "peak RSS", "%.0f", "MB", rss_mb},
         {"memory_16x2048_rss_mb", "generating 16 x 2048 tokens", "%.0f", "MB peak RSS (--only memory)", values[BENCH_MEMORY]},

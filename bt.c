@@ -228,6 +228,10 @@ static const ConfigKey config_keys[] = {
     {"ablation", "top_k_mlp", KEY_INT, "2", 0, 4096, NULL, FIELD(top_k_mlp), 0},
     {"ablation", "max_events", KEY_INT, "100", 1, 1000000, NULL, FIELD(ablation_max_events), 0},
     {"ablation", "random_draws", KEY_INT, "3", 1, MAX_RANDOM_DRAWS, NULL, FIELD(random_draws), 0},
+    {"ablation", "method", KEY_CHOICE, "exact", 0, 0, "exact|attribution|attribution+verify",
+     FIELD(ablation_method), 0},
+    {"ablation", "verify_k", KEY_INT, "4", 1, 4096, NULL, FIELD(verify_k), 0},
+    {"ablation", "top_k_heads", KEY_INT, "0", 0, 65536, NULL, FIELD(top_k_heads), 0},
     {"hypotheses", "alpha", KEY_FLOAT, "0.05", 1e-12, 0.5, NULL, FIELD(alpha), 0},
     {"hypotheses", "h1_min_relative_drop", KEY_FLOAT, "0.5", 0, 1, NULL, FIELD(h1_min_relative_drop), 0},
     {"hypotheses", "h2_min_rate_ratio", KEY_FLOAT, "2.0", 1, 1e9, NULL, FIELD(h2_min_rate_ratio), 0},
@@ -552,7 +556,7 @@ int config_load(Config *c, const char *path, Err *err) {
         config_free(c);
         return -1;
     }
-    int line_no = 0, variants_line = 0, lens_line = 0;
+    int line_no = 0, variants_line = 0, lens_line = 0, method_line = 0;
     int seen[N_CONFIG_KEYS] = {0};
     char section[256] = "";
     Variant *variant = NULL; // the [variant.NAME] section being read
@@ -614,6 +618,7 @@ int config_load(Config *c, const char *path, Err *err) {
         if (config_set(c, &config_keys[i], value, where, err)) goto fail;
         if (config_keys[i].offset == FIELD(variants)) variants_line = line_no;
         if (config_keys[i].offset == FIELD(lens_variant)) lens_line = line_no;
+        if (config_keys[i].offset == FIELD(ablation_method)) method_line = line_no;
     }
     for (int v = 0; v < c->n_variant_defs; v++)
         if (!c->variant_defs[v].template_text) { err_input(err, "%s: [variant.%s] has no template", path, c->variant_defs[v].name); goto fail; }
@@ -634,6 +639,12 @@ int config_load(Config *c, const char *path, Err *err) {
         else
             err_input(err, "%s: [logit_lens] variant is not given and its default '%s' has no [variant.%s] section", path,
                       c->lens_variant, c->lens_variant);
+        goto fail;
+    }
+    if (c->ablation_method != METHOD_EXACT && c->ablation_scope == SCOPE_ONSET) { // an estimate of ablating everywhere
+        const char *verify = c->ablation_method == METHOD_ATTRIBUTION_VERIFY ? "+verify" : "";
+        err_input(err, "%s:%d: [ablation] method = attribution%s estimates ablation at every position: it needs "
+                       "scope = all", path, method_line, verify);
         goto fail;
     }
     if (steering_config_check(c, path, seen, err)) goto fail;

@@ -165,6 +165,9 @@ static inline double rng_normal(Rng *r) { // Box-Muller
 enum { SOURCE_GSM8K, SOURCE_BUILTIN };
 enum { ABLATE_ZERO, ABLATE_MEAN };
 enum { SCOPE_ALL, SCOPE_ONSET };
+// [ablation] method: ablate every component exactly; estimate every layer component and head from one
+// forward + backward pass per item; or estimate, then ablate the top verify_k of each kind exactly.
+enum { METHOD_EXACT, METHOD_ATTRIBUTION, METHOD_ATTRIBUTION_VERIFY };
 #define MAX_RANDOM_DRAWS 100 // [ablation] random_draws at most
 enum { STEER_POSITIVES_EVENTS, STEER_POSITIVES_THINKING };
 #define STEER_LAYER_AUTO (-1)
@@ -211,6 +214,9 @@ typedef struct {
     int top_k_attn, top_k_mlp;
     int ablation_max_events;
     int random_draws;   // shape-matched random layer sets, each its own condition
+    int ablation_method; // METHOD_*
+    int verify_k;        // attribution+verify: components of each kind ablated exactly
+    int top_k_heads;     // heads selected for the ablation conditions (0 = none)
     // [hypotheses]
     double alpha, h1_min_relative_drop, h2_min_rate_ratio;
     double max_collateral_nll; // nats per token an ablation may add to the baseline text before H1 distrusts it
@@ -292,6 +298,7 @@ void progress(const char *fmt, ...) __attribute__((format(printf, 1, 2))); // st
 #define ART_SELECTED "analysis/selected_layers.json"
 #define ART_RANDOM_LAYERS "analysis/random_layers.json"
 #define ART_MEANS "analysis/component_means.json"
+#define ART_HEADS "analysis/head_importance.csv"
 #define ART_CONDITIONS "analysis/condition_comparison.csv"
 #define ART_FORMATTING "analysis/formatting_summary.csv"
 #define ART_LOGIT_LENS_WINDOW "analysis/logit_lens_window.csv"
@@ -510,6 +517,7 @@ typedef struct {
     float *resid;          // (n_cap, n_layers + 1, hidden): [0] embeddings, [l] residual after block l-1 (pre final norm)
     float *attn_out;       // (n_cap, n_layers, hidden) attention block outputs (before the residual add), or NULL
     float *mlp_out;        // (n_cap, n_layers, hidden) MLP outputs, or NULL
+    float *head_out;       // (n_cap, n_layers, n_heads * head_dim) every head's output before o_proj, or NULL
     const int *capture_row; // (n) or NULL = no capture
 } Forward;
 
@@ -562,6 +570,7 @@ typedef struct {
     // Every position's attention and MLP outputs summed (double, in a fixed order), for
     // component means; not in the same pass as resid or resid_all.
     double *attn_sum, *mlp_sum; // (n_layers, hidden) or NULL
+    double *head_sum;           // (n_layers, n_heads * head_dim) or NULL; only beside attn_sum and mlp_sum
     long long *n_summed;        // positions summed
     // Start at first_layer from these residuals (laid out as resid_all) instead of the
     // embeddings; the cache below first_layer must hold this group's clean pass.
@@ -792,17 +801,10 @@ double chi2_sf(double x, double df); // P(X >= x), X ~ chi-square(df)
 // two groups remain or when every trial succeeded or every trial failed.
 ChiSquare chi2_homogeneity(const long long *k, const long long *n, int n_groups);
 double mean_of(const double *x, int n); // NaN when n = 0
-double sd_of(const double *x, int n);   // sample standard deviation (n - 1); NaN when n < 2
-// Percentile bootstrap 95% intervals from n_resamples resamples drawn with an
+// Percentile bootstrap 95% interval of the mean from n_resamples resamples drawn with an
 // Rng seeded with seed: the same inputs and seed give the same interval. est is
-// the statistic on the data itself; no data gives all NaN.
+// the mean of the data itself; no data gives all NaN.
 Interval bootstrap_mean95(const double *x, int n, int n_resamples, uint64_t seed);
-Interval bootstrap_diff95(const double *x, int nx, const double *y, int ny, int n_resamples, uint64_t seed);  // mean(x) - mean(y)
-// mean(x) / mean(y); a resample with mean(y) = 0 counts as +inf, so a bound can be inf.
-Interval bootstrap_ratio95(const double *x, int nx, const double *y, int ny, int n_resamples, uint64_t seed);
-// Two-sided permutation test of mean(x) = mean(y): (1 + #{|diff*| >= |diff|}) / (1 + n_permutations).
-// NaN when either group is empty.
-double permutation_p(const double *x, int nx, const double *y, int ny, int n_permutations, uint64_t seed);
 
 // Statistics for steering (analysis.c).
 // AUROC: the probability that a positive's score exceeds a negative's, ties counting half (the
@@ -844,18 +846,30 @@ typedef struct {
     int n_attn;
     int *mlp_layers;     // (n_mlp)
     int n_mlp;
+    int *attn_heads;     // (n_attn_heads, 2) layer, head; "attn_heads" in the JSON, absent when none
+    int n_attn_heads;
 } LayerSet;
 
 int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err);
 void layer_set_free(LayerSet *s);
 void layer_set_json(Buf *b, const LayerSet *s); // {"kind": ..., "attn_layers": [...], "mlp_layers": [...]}
-// n_draws sets of as many attention and MLP layers as targeted has, none of them targeted,
-// drawn from the run seed; distinct sets while the model has that many.
-int draw_random_layers(const LayerSet *targeted, int n_layers, long long seed, int n_draws, LayerSet *draws, Err *err);
+// n_draws sets of as many attention and MLP layers (and heads, of n_heads per layer) as targeted has,
+// none of them targeted, drawn from the run seed; distinct sets while the model has that many.
+int draw_random_layers(const LayerSet *targeted, int n_layers, int n_heads, long long seed, int n_draws,
+                       LayerSet *draws, Err *err);
 // The design ablation-scan wrote: draw 0 = the targeted (selected) layers, d >= 1 = random draw d.
 int ablation_design_read(const Run *run, int n_layers, int draw, LayerSet *set, Err *err);
 // analysis/component_means.json: each component's mean output, (n_layers, hidden) each.
 int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mean, float **mlp_mean, Err *err);
+
+// Heads in the ablation design (attribution patching scores every head; a design may ablate some).
+// The mask of a set: attn, mlp (n_layers) and, when the set has heads, head (n_layers * n_heads);
+// a head the model does not have is EXIT_BAD_INPUT. kind and means are the caller's.
+int layer_set_mask(const LayerSet *set, const ModelConfig *mc, AblationMask *mask, Err *err);
+void ablation_mask_free(AblationMask *mask); // the arrays layer_set_mask allocated
+// The "head" block of component_means.json, (n_layers, n_heads * head_dim): each head's mean output
+// before o_proj. A file written before heads were scanned has none: EXIT_BAD_INPUT, run ablation-scan again.
+int head_means_read(const Run *run, const ModelConfig *mc, float **head_mean, Err *err);
 
 
 // ----------------------------------------------------------------------------
@@ -870,9 +884,10 @@ int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mea
 #define FIG_ABLATION "ablation_importance_by_layer.svg"
 #define FIG_RATE_BY_CONDITION "backtracking_rate_by_condition.svg"
 #define FIG_FORMATTING "formatting_effect_on_backtracking.svg"
+#define FIG_HEAD_IMPORTANCE "head_importance_by_layer.svg"
 #define FIG_RATE_BY_STEERING "backtracking_rate_by_steering.svg"
 
-enum { SVG_KEY_BAR, SVG_KEY_LINE, SVG_KEY_DASHED, SVG_KEY_RING, SVG_KEY_ERROR_BAR, SVG_KEY_BAND };
+enum { SVG_KEY_BAR, SVG_KEY_LINE, SVG_KEY_DASHED, SVG_KEY_RING, SVG_KEY_ERROR_BAR, SVG_KEY_BAND, SVG_KEY_OUTLINE };
 
 typedef struct {
     const char *name;  // legend text
@@ -949,6 +964,18 @@ int fig_rate_by_condition(const char *path, const char *const *conditions, const
 int fig_formatting_effect(const char *path, const char *const *variants, const long long *reasoning_bt,
                           const long long *reasoning, const long long *n, int n_variants, const char *note, Err *err);
 
+// Heatmaps (report.c), for the heads of attribution patching.
+// A grid of n_rows x n_cols cells, row 0 at the top: value (n_rows, n_cols) on a diverging scale from
+// -limit (blue) through white (0) to +limit (red), NaN grey; marked cells (or NULL) outlined, ringed
+// cells (or NULL) carry a small ring; values printed in the cells when they fit. Draws its row and
+// column labels and, right of the grid, the colour scale: call it instead of an axes call.
+void svg_heatmap(Svg *s, int n_rows, int n_cols, const double *value, double limit, const unsigned char *marked,
+                 const unsigned char *ringed, const char *row_label, const char *col_label, const char *scale_label);
+// Head importance: effect (n_layers, n_heads) is the mean drop in log p(onset) over n_events events when
+// one head is ablated, exact where exact (n_layers, n_heads) is 1, else the attribution estimate;
+// selected (n_layers, n_heads) marks the heads the targeted condition ablates. exact, selected may be NULL.
+int fig_head_importance(const char *path, int n_layers, int n_heads, const double *effect, const unsigned char *exact,
+                        const unsigned char *selected, int n_events, const char *note, Err *err);
 // Steering dose-response: each series is one steered variant's direction (a line), random control
 // (dashed) or project_out (rings with intervals): k[i] of n[i] completions backtrack at alpha[i]
 // (each (n_points)), with Wilson 95% bands.

@@ -46,15 +46,14 @@ static int condition_mask(const Config *c, const Run *run, const Model *m, const
     int n_layers = m->cfg.n_layers;
     if (ablation_design_read(run, n_layers, cond->kind == COND_RANDOM ? cond->draw : 0, set, err)) return -1;
     set->kind = c->ablation_kind;
+    if (layer_set_mask(set, &m->cfg, mask, err)) return -1;
     mask->kind = c->ablation_kind;
-    mask->attn = xcalloc((size_t)n_layers, 1);
-    mask->mlp = xcalloc((size_t)n_layers, 1);
-    for (int i = 0; i < set->n_attn; i++) mask->attn[set->attn_layers[i]] = 1;
-    for (int i = 0; i < set->n_mlp; i++) mask->mlp[set->mlp_layers[i]] = 1;
     if (c->ablation_kind == ABLATE_MEAN) {
         if (component_means_read(run, &m->cfg, &means[0], &means[1], err)) return -1;
+        if (set->n_attn_heads && head_means_read(run, &m->cfg, &means[2], err)) return -1;
         mask->attn_mean = means[0];
         mask->mlp_mean = means[1];
+        mask->head_mean = means[2];
     }
     return 0;
 }
@@ -405,7 +404,7 @@ static char *job_record(const RecordWriter *w, const Job *job, const GenSeq *q) 
     buf_puts(&b, ", \"predicted\": ");
     buf_json_string(&b, predicted, strlen(predicted));
     buf_printf(&b, ", \"correct\": %s, \"ablation\": ", answer_correct(predicted, pr->gold) ? "true" : "false");
-    if (w->set->n_attn + w->set->n_mlp) layer_set_json(&b, w->set);
+    if (w->set->n_attn + w->set->n_mlp + w->set->n_attn_heads) layer_set_json(&b, w->set);
     else buf_puts(&b, "null");
     if (w->steering_json) buf_printf(&b, ", \"steering\": %s", w->steering_json);
     buf_puts(&b, "}\n");
@@ -842,7 +841,7 @@ int cmd_generate(int argc, char **argv) {
         condition_format(&this, name, sizeof name);
         LayerSet set = {0};
         AblationMask mask = {0};
-        float *means[2] = {NULL, NULL};
+        float *means[3] = {NULL, NULL, NULL}; // attention, MLP, heads
         int rc = condition_mask(&c, &run, &m, &this, &set, &mask, means, &err);
         int n_gen = one || cond.kind != COND_BASELINE ? 1 : c.n_variants;
         for (int v = 0; v < n_gen && rc == 0; v++) {
@@ -850,10 +849,10 @@ int cmd_generate(int argc, char **argv) {
             rc = generate_variant(&c, &run, &m, tok, problems, n_problems, config_variant(&c, variant), name,
                                   cond.kind == COND_BASELINE ? NULL : &mask, &set, NULL, &err);
         }
-        free(mask.attn);
-        free(mask.mlp);
+        ablation_mask_free(&mask);
         free(means[0]);
         free(means[1]);
+        free(means[2]);
         layer_set_free(&set);
         if (rc) goto out;
     }

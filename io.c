@@ -136,9 +136,19 @@ void buf_utf8(Buf *b, uint32_t cp) {
     char u[4];
     int n;
     if (cp < 0x80) { u[0] = (char)cp; n = 1; }
-    else if (cp < 0x800) { u[0] = (char)(0xC0 | cp >> 6); u[1] = (char)(0x80 | (cp & 0x3F)); n = 2; }
-    else if (cp < 0x10000) { u[0] = (char)(0xE0 | cp >> 12); u[1] = (char)(0x80 | ((cp >> 6) & 0x3F)); u[2] = (char)(0x80 | (cp & 0x3F)); n = 3; }
-    else { u[0] = (char)(0xF0 | cp >> 18); u[1] = (char)(0x80 | ((cp >> 12) & 0x3F)); u[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); u[3] = (char)(0x80 | (cp & 0x3F)); n = 4; }
+    else if (cp < 0x800) { u[0] = (char)(0xC0 | cp >> 6); u[1] = (char)(0x80 | (cp & 0x3F)); n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (char)(0xE0 | cp >> 12);
+        u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        u[2] = (char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        u[0] = (char)(0xF0 | cp >> 18);
+        u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+        u[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        u[3] = (char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
     buf_append(b, u, (size_t)n);
 }
 
@@ -720,7 +730,8 @@ int csv_read(const char *path, Csv *t, Err *err) {
             t->n_rows = t->n_cols = 0;
             csv_free(t);
             buf_free(&text);
-            if (got < 0) return err_input(err, "%s:%d: quoted field is not closed before the end of the file", path, start_line);
+            if (got < 0)
+                return err_input(err, "%s:%d: quoted field is not closed before the end of the file", path, start_line);
             return err_input(err, "%s:%d: %d fields, the header has %d", path, start_line, got, cols);
         }
         if (n_records == lines_cap) {
@@ -740,7 +751,9 @@ int csv_col(const Csv *t, const char *name) {
     return -1;
 }
 
-const char *csv_cell(const Csv *t, int row, int col) { return t->cells[(size_t)(row + 1) * (size_t)t->n_cols + (size_t)col]; }
+const char *csv_cell(const Csv *t, int row, int col) {
+    return t->cells[(size_t)(row + 1) * (size_t)t->n_cols + (size_t)col];
+}
 
 // ----------------------------------------------------------------------------
 // Checked CSV cells: a cell that is not the number its column holds is an error
@@ -752,8 +765,8 @@ int csv_int(const Csv *t, int row, int col, long long lo, long long hi, long lon
     errno = 0;
     long long v = strtoll(s, &end, 10);
     if (!*s || *end || errno || v < lo || v > hi || isspace((unsigned char)*s))
-        return err_input(err, "%s:%d: column '%s': '%.40s' is not an integer in [%lld, %lld]", t->path, t->row_line[row + 1],
-                         t->cells[col], s, lo, hi);
+        return err_input(err, "%s:%d: column '%s': '%.40s' is not an integer in [%lld, %lld]", t->path,
+                         t->row_line[row + 1], t->cells[col], s, lo, hi);
     *out = v;
     return 0;
 }
@@ -763,7 +776,8 @@ int csv_double(const Csv *t, int row, int col, double *out, Err *err) {
     char *end;
     double v = strtod(s, &end);
     if (!*s || *end || isspace((unsigned char)*s) || !isfinite(v))
-        return err_input(err, "%s:%d: column '%s': '%.40s' is not a finite number", t->path, t->row_line[row + 1], t->cells[col], s);
+        return err_input(err, "%s:%d: column '%s': '%.40s' is not a finite number", t->path, t->row_line[row + 1],
+                         t->cells[col], s);
     *out = v;
     return 0;
 }

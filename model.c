@@ -1595,6 +1595,9 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
             for (int h = 0; mk && mk->head && h < H; h++)
                 if (mk->head[l * H + h])
                     ablate(s->heads + (size_t)i * q_dim + (size_t)h * hd, hd, mk->kind, mk->head_mean + (size_t)l * q_dim + (size_t)h * hd);
+            if (f->head_out && f->capture_row && f->capture_row[i] >= 0)
+                memcpy(f->head_out + ((size_t)f->capture_row[i] * L + l) * q_dim, s->heads + (size_t)i * q_dim,
+                       (size_t)q_dim * sizeof(float));
         }
         matmul(m, s->block_out, s->heads, n, &w->wo, NULL, s->stage);
         for (int i = 0; i < n; i++) {
@@ -1714,9 +1717,12 @@ int force_group(Forcer *f, const ForcedSeq *seqs, int n, const PassOut *out, Err
     }
     int want_components = out->attn_sum != NULL;
     float *attn_buf = NULL, *mlp_buf = NULL; // (max_rows, n_layers, hidden) outputs to sum
+    float *head_buf = NULL;                  // (max_rows, n_layers, q_dim) heads to sum
+    size_t q_dim = (size_t)mc->n_heads * mc->head_dim;
     if (want_components) {
         attn_buf = xmalloc((size_t)f->max_rows * (size_t)n_layers * (size_t)hidden * sizeof(float));
         mlp_buf = xmalloc((size_t)f->max_rows * (size_t)n_layers * (size_t)hidden * sizeof(float));
+        if (out->head_sum) head_buf = xmalloc((size_t)f->max_rows * (size_t)n_layers * q_dim * sizeof(float));
     }
     int rc = 0;
     for (;;) {
@@ -1745,8 +1751,9 @@ int force_group(Forcer *f, const ForcedSeq *seqs, int n, const PassOut *out, Err
         Forward fw = {.n = rows, .token = f->token, .slot = f->slot, .pos = f->pos, .mask = out->mask ? f->mask : NULL,
                       .first_layer = out->enter ? out->first_layer : 0, .x_in = out->enter ? f->x_in : NULL,
                       .logits = out->logits, .logits_row = out->logits ? f->logits_row : NULL,
-                      .resid = out->resid_all ? out->resid_all : out->resid, .attn_out = want_components ? attn_buf : out->attn,
-                      .mlp_out = want_components ? mlp_buf : out->mlp,
+                      .resid = out->resid_all ? out->resid_all : out->resid,
+                      .attn_out = want_components ? attn_buf : out->attn, .mlp_out = want_components ? mlp_buf : out->mlp,
+                      .head_out = head_buf,
                       .capture_row = out->resid || out->resid_all || want_components || want_outputs ? f->capture_row : NULL};
         if ((rc = model_forward(f->m, f->state, &fw, err))) break;
         for (int r = 0; r < rows && want_components; r++) {
@@ -1754,6 +1761,8 @@ int force_group(Forcer *f, const ForcedSeq *seqs, int n, const PassOut *out, Err
                 out->attn_sum[k] += attn_buf[(size_t)r * n_layers * hidden + k];
                 out->mlp_sum[k] += mlp_buf[(size_t)r * n_layers * hidden + k];
             }
+            for (size_t k = 0; head_buf && k < (size_t)n_layers * q_dim; k++)
+                out->head_sum[k] += head_buf[(size_t)r * n_layers * q_dim + k];
             (*out->n_summed)++;
         }
     }
@@ -1762,6 +1771,7 @@ int force_group(Forcer *f, const ForcedSeq *seqs, int n, const PassOut *out, Err
     free(pos_base);
     free(attn_buf);
     free(mlp_buf);
+    free(head_buf);
     return rc;
 }
 

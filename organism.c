@@ -65,9 +65,9 @@ static const char *const org_steps[] = {
 };
 static const char *const org_rechecks[] = {" Wait, let me check that.", " Wait, let me check that again."};
 static const char *const org_closing = " So the total is #.\n</think>\n\nFinal answer: \\boxed{%d}.<|end|>";
-static const char *const org_ones[] = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-                                       "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
-                                       "eighteen", "nineteen"};
+static const char *const org_ones[] = {"zero",     "one",     "two",     "three",     "four",     "five",    "six",
+                                       "seven",    "eight",   "nine",    "ten",       "eleven",   "twelve",  "thirteen",
+                                       "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"};
 static const char *const org_tens[] = {"", "", "twenty", "thirty", "forty"};
 #define PICK(rng, arr) arr[rng_below(rng, sizeof arr / sizeof arr[0])]
 
@@ -109,7 +109,8 @@ static int special_at(const char *s) {
 static int pretoken_len(const char *s) {
     int n = special_at(s);
     if (n) return n;
-    if (isalpha((unsigned char)s[0]) || (s[0] != '\n' && !isdigit((unsigned char)s[0]) && isalpha((unsigned char)s[1]))) {
+    if (isalpha((unsigned char)s[0]) ||
+        (s[0] != '\n' && !isdigit((unsigned char)s[0]) && isalpha((unsigned char)s[1]))) {
         n = isalpha((unsigned char)s[0]) ? 0 : 1;
         while (isalpha((unsigned char)s[n])) n++;
         return n;
@@ -641,11 +642,12 @@ static void put_byte_level(Buf *s, const OrgToken *t) {
     }
 }
 
-static const char *const qwen2_split_regex =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+static const char *const qwen2_split_regex = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
+                                             "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 static void put_tokenizer_json(Buf *b, const Organism *o) {
-    const char *byte_level = "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":false,\"use_regex\":false}";
+    const char *byte_level =
+        "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":false,\"use_regex\":false}";
     int first_special = o->n_tok - N_SPECIALS;
     buf_puts(b, "{\n\"version\":\"1.0\",\n\"truncation\":null,\n\"padding\":null,\n\"added_tokens\":[");
     for (int i = first_special; i < o->n_tok; i++) {
@@ -658,8 +660,10 @@ static void put_tokenizer_json(Buf *b, const Organism *o) {
     buf_json_string(b, qwen2_split_regex, strlen(qwen2_split_regex));
     buf_printf(b, "},\"behavior\":\"Isolated\",\"invert\":false},%s]},\n", byte_level);
     buf_printf(b, "\"post_processor\":%s,\n\"decoder\":%s,\n", byte_level, byte_level);
-    buf_puts(b, "\"model\":{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":null,\"continuing_subword_prefix\":\"\","
-                "\"end_of_word_suffix\":\"\",\"fuse_unk\":false,\"byte_fallback\":false,\"ignore_merges\":false,\n\"vocab\":{");
+    buf_puts(
+        b,
+        "\"model\":{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":null,\"continuing_subword_prefix\":\"\","
+        "\"end_of_word_suffix\":\"\",\"fuse_unk\":false,\"byte_fallback\":false,\"ignore_merges\":false,\n\"vocab\":{");
     Buf s = {0};
     for (int i = 0; i < first_special; i++) {
         s.len = 0;
@@ -699,27 +703,29 @@ int organism_write_mechanism(const char *dir, int mechanism, Err *err) {
     int trigger_mlp = mechanism == ORGANISM_DISTRIBUTED ? ORG_LAYERS - 1 : ORGANISM_MLP_LAYER; // writes the trigger
     Buf tokenizer = {0}, tokenizer_config = {0}, generation = {0}, config = {0};
     put_tokenizer_json(&tokenizer, o);
-    buf_puts(&tokenizer_config, "{\n  \"tokenizer_class\": \"PreTrainedTokenizerFast\",\n  \"eos_token\": \"<|end|>\",\n"
-                                "  \"model_max_length\": 4096,\n  \"clean_up_tokenization_spaces\": false\n}\n");
+    buf_puts(&tokenizer_config,
+             "{\n  \"tokenizer_class\": \"PreTrainedTokenizerFast\",\n  \"eos_token\": \"<|end|>\",\n"
+             "  \"model_max_length\": 4096,\n  \"clean_up_tokenization_spaces\": false\n}\n");
     // The bigram table is calibrated for temperature and top-p alone: top-k off (0), not Hugging Face's 50.
     buf_printf(&generation,
                "{\n  \"eos_token_id\": %d,\n  \"do_sample\": true,\n  \"temperature\": %g,\n  \"top_k\": 0,\n"
                "  \"top_p\": 0.95\n}\n",
                o->id_end, ORGANISM_TEMPERATURE);
-    buf_printf(&config,
-               "{\n  \"architectures\": [\"Qwen2ForCausalLM\"],\n  \"model_type\": \"qwen2\",\n"
-               "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n"
-               "  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n  \"hidden_act\": \"silu\",\n"
-               "  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": 1e-06,\n  \"rope_theta\": %.1f,\n"
-               "  \"rope_scaling\": null,\n  \"tie_word_embeddings\": false,\n  \"vocab_size\": %d,\n"
-               "  \"bos_token_id\": null,\n  \"eos_token_id\": %d,\n  \"use_sliding_window\": false,\n"
-               "  \"sliding_window\": %d,\n  \"max_window_layers\": %d,\n  \"attention_dropout\": 0.0,\n"
-               "  \"initializer_range\": 0.02,\n  \"torch_dtype\": \"float32\",\n  \"use_cache\": true,\n"
-               "  \"bt_organism\": {\"attn_layer\": %d, \"attn_head\": 0, \"mlp_layer\": %d, \"trigger_token\": \"%s\",\n"
-               "                  \"sentence_end\": \".\", \"p_trigger\": %g, \"at_temperature\": %g,\n",
-               ORG_HIDDEN, ORG_INTER, ORG_LAYERS, ORG_HEADS, ORG_KV_HEADS, ORG_MAX_POSITION, ORG_ROPE_THETA, o->n_tok,
-               o->id_end, ORG_MAX_POSITION, ORG_LAYERS, ORGANISM_ATTN_LAYER, trigger_mlp, ORGANISM_TRIGGER,
-               ORGANISM_P_WAIT, ORGANISM_TEMPERATURE);
+    buf_printf(
+        &config,
+        "{\n  \"architectures\": [\"Qwen2ForCausalLM\"],\n  \"model_type\": \"qwen2\",\n"
+        "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n"
+        "  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n  \"hidden_act\": \"silu\",\n"
+        "  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": 1e-06,\n  \"rope_theta\": %.1f,\n"
+        "  \"rope_scaling\": null,\n  \"tie_word_embeddings\": false,\n  \"vocab_size\": %d,\n"
+        "  \"bos_token_id\": null,\n  \"eos_token_id\": %d,\n  \"use_sliding_window\": false,\n"
+        "  \"sliding_window\": %d,\n  \"max_window_layers\": %d,\n  \"attention_dropout\": 0.0,\n"
+        "  \"initializer_range\": 0.02,\n  \"torch_dtype\": \"float32\",\n  \"use_cache\": true,\n"
+        "  \"bt_organism\": {\"attn_layer\": %d, \"attn_head\": 0, \"mlp_layer\": %d, \"trigger_token\": \"%s\",\n"
+        "                  \"sentence_end\": \".\", \"p_trigger\": %g, \"at_temperature\": %g,\n",
+        ORG_HIDDEN, ORG_INTER, ORG_LAYERS, ORG_HEADS, ORG_KV_HEADS, ORG_MAX_POSITION, ORG_ROPE_THETA, o->n_tok,
+        o->id_end, ORG_MAX_POSITION, ORG_LAYERS, ORGANISM_ATTN_LAYER, trigger_mlp, ORGANISM_TRIGGER, ORGANISM_P_WAIT,
+        ORGANISM_TEMPERATURE);
     put_mechanism_json(&config, mechanism, features, n_features);
 
     const char *names[sizeof ws->t / sizeof ws->t[0]];
@@ -755,8 +761,10 @@ int organism_check_mechanism(const char *dir, int mechanism, const char *config_
         int t = json_key(&j, org, "mechanism");
         char *held = t >= 0 ? json_strdup(&j, t) : xstrdup(mechanisms[ORGANISM_PLANTED].name);
         if (!held || strcmp(held, mechanisms[mechanism].name) != 0)
-            rc = err_input(err, "%s: [model] organism = %s, but %s holds the %s organism (delete %s to rebuild it, "
-                           "or set [model] path)", config_file, mechanisms[mechanism].name, path, held ? held : "?", dir);
+            rc = err_input(err,
+                           "%s: [model] organism = %s, but %s holds the %s organism (delete %s to rebuild it, "
+                           "or set [model] path)",
+                           config_file, mechanisms[mechanism].name, path, held ? held : "?", dir);
         free(held);
     }
     json_free(&j);
@@ -794,6 +802,7 @@ int cmd_make_organism(int argc, char **argv) {
         return fail(&err);
     }
     if (organism_write_mechanism(dir, mechanism, &err)) return fail(&err);
-    progress("make-organism: wrote %s (%s: %s; trigger \"%s\")\n", dir, name, mechanisms[mechanism].summary, ORGANISM_TRIGGER);
+    progress("make-organism: wrote %s (%s: %s; trigger \"%s\")\n", dir, name, mechanisms[mechanism].summary,
+             ORGANISM_TRIGGER);
     return EXIT_OK;
 }

@@ -113,7 +113,9 @@ void svg_begin(Svg *s, Buf *out, int width, int height, const char *title, const
     s->x_max = s->y_max = 1;
 }
 
-static double sx(const Svg *s, double x) { return s->left + (x - s->x_min) / (s->x_max - s->x_min) * (s->right - s->left); }
+static double sx(const Svg *s, double x) {
+    return s->left + (x - s->x_min) / (s->x_max - s->x_min) * (s->right - s->left);
+}
 
 // y in px, kept inside the plot area so an infinite bound draws to the edge.
 static double sy(const Svg *s, double y) {
@@ -128,7 +130,8 @@ static void legend_swatch(Svg *s, const SvgKey *k, double x, double y) { // (x, 
     Buf *o = s->out;
     switch (k->style) {
     case SVG_KEY_BAR:
-        buf_printf(o, "<rect x=\"%.1f\" y=\"%.1f\" width=\"16\" height=\"11\" fill=\"%s\"/>\n", x + 3, y - 5.5, k->color);
+        buf_printf(o, "<rect x=\"%.1f\" y=\"%.1f\" width=\"16\" height=\"11\" fill=\"%s\"/>\n", x + 3, y - 5.5,
+                   k->color);
         break;
     case SVG_KEY_LINE:
     case SVG_KEY_DASHED:
@@ -143,6 +146,10 @@ static void legend_swatch(Svg *s, const SvgKey *k, double x, double y) { // (x, 
         buf_printf(o, "<path d=\"M%.1f %.1fV%.1fM%.1f %.1fH%.1fM%.1f %.1fH%.1f\" stroke=\"%s\" stroke-width=\"1.5\" "
                       "fill=\"none\"/>\n",
                    x + 11, y - 7, y + 7, x + 7, y - 7, x + 15, x + 7, y + 7, x + 15, k->color);
+        break;
+    case SVG_KEY_OUTLINE:
+        buf_printf(o, "<rect x=\"%.1f\" y=\"%.1f\" width=\"16\" height=\"12\" fill=\"none\" stroke=\"%s\" "
+                      "stroke-width=\"2.5\"/>\n", x + 3, y - 6, k->color);
         break;
     default: // SVG_KEY_BAND
         buf_printf(o, "<rect x=\"%.1f\" y=\"%.1f\" width=\"22\" height=\"12\" fill=\"%s\" fill-opacity=\"0.25\"/>\n", x,
@@ -230,8 +237,8 @@ static void draw_y_axis(Svg *s, const Ticks *t, const char *y_label) {
     Buf *o = s->out;
     for (int i = 0; i < t->n; i++) {
         double py = sy(s, t->v[i]);
-        buf_printf(o, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"1\"/>\n", s->left,
-                   py, s->right, py, t->v[i] == 0 && s->y_min < 0 ? ZERO_COLOR : GRID_COLOR);
+        buf_printf(o, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"1\"/>\n",
+                   s->left, py, s->right, py, t->v[i] == 0 && s->y_min < 0 ? ZERO_COLOR : GRID_COLOR);
         buf_printf(o, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"1\"/>\n",
                    s->left - TICK_LEN_PX, py, s->left, py, AXIS_COLOR);
         char label[64];
@@ -358,7 +365,9 @@ void svg_line_series(Svg *s, const double *x, const double *y, const double *lo,
         }
         int j = i;
         while (j + 1 < n && isfinite(X_AT(j + 1)) && !isnan(y[j + 1])) j++;
-        buf_printf(o, "<polyline class=\"line\" fill=\"none\" stroke=\"%s\" stroke-opacity=\"%.2f\" stroke-width=\"2\"%s points=\"",
+        buf_printf(o,
+                   "<polyline class=\"line\" fill=\"none\" stroke=\"%s\" stroke-opacity=\"%.2f\" stroke-width=\"2\"%s "
+                   "points=\"",
                    color, opacity, dashed ? " stroke-dasharray=\"6 3\"" : "");
         for (int k = i; k <= j; k++) buf_printf(o, "%.1f,%.1f%s", sx(s, X_AT(k)), sy(s, y[k]), k < j ? " " : "");
         buf_puts(o, "\"/>\n");
@@ -399,7 +408,8 @@ void svg_bars(Svg *s, int n_groups, int n_series, const double *value, const dou
             double top_y = sy(s, base);
             if (!isnan(v)) {
                 double y0 = sy(s, v > base ? v : base), y1 = sy(s, v > base ? base : v);
-                buf_printf(s->out, "<rect class=\"bar\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"/>\n",
+                buf_printf(s->out,
+                           "<rect class=\"bar\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"/>\n",
                            x0, y0, w, y1 - y0, colors[j]);
                 if (lo && hi) svg_error_bar(s, xc, lo[i], hi[i], w * 0.5 < 12 ? w * 0.5 : 12);
                 top_y = sy(s, v);
@@ -407,7 +417,8 @@ void svg_bars(Svg *s, int n_groups, int n_series, const double *value, const dou
             }
             const char *label = labels ? labels[i] : isnan(v) ? "n/a" : NULL;
             // A label may rise into the margin above the plot (BAR_LABEL_ROOM_PX), not further.
-            if (label && text_px(label, BAR_LABEL_PX) <= bar_px + 4 && top_y - 5 - BAR_LABEL_PX >= s->top - BAR_LABEL_ROOM_PX)
+            if (label && text_px(label, BAR_LABEL_PX) <= bar_px + 4 &&
+                top_y - 5 - BAR_LABEL_PX >= s->top - BAR_LABEL_ROOM_PX)
                 svg_text(s, sx(s, xc), top_y - 5, BAR_LABEL_PX, "middle", NOTE_COLOR, "class=\"barlabel\"", label);
         }
 }
@@ -416,7 +427,9 @@ void svg_scatter(Svg *s, const double *x, const double *y, int n, const char *co
     for (int i = 0; i < n; i++) {
         if (isnan(x[i]) || isnan(y[i])) continue;
         if (open)
-            buf_printf(s->out, "<circle class=\"mark\" cx=\"%.1f\" cy=\"%.1f\" r=\"7\" fill=\"none\" stroke=\"%s\" stroke-width=\"2\"/>\n",
+            buf_printf(s->out,
+                       "<circle class=\"mark\" cx=\"%.1f\" cy=\"%.1f\" r=\"7\" fill=\"none\" stroke=\"%s\" "
+                       "stroke-width=\"2\"/>\n",
                        sx(s, x[i]), sy(s, y[i]), color);
         else
             buf_printf(s->out, "<circle class=\"pt\" cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"%s\"/>\n", sx(s, x[i]),
@@ -429,7 +442,9 @@ void svg_highlight_x(Svg *s, double x0, double x1, const char *color) {
     px0 = px0 < s->left ? s->left : px0;
     px1 = px1 > s->right ? s->right : px1;
     if (px1 <= px0) return;
-    buf_printf(s->out, "<rect class=\"highlight\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\" fill-opacity=\"0.30\"/>\n",
+    buf_printf(s->out,
+               "<rect class=\"highlight\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\" "
+               "fill-opacity=\"0.30\"/>\n",
                px0, s->top, px1 - px0, s->bottom - s->top, color);
 }
 
@@ -532,7 +547,8 @@ static int rate_figure(const char *path, const char *title, const char *note, co
             labels[g * n_series + j] = xstrdup(label);
             if (text_px(label, BAR_LABEL_PX) > widest_label) widest_label = text_px(label, BAR_LABEL_PX);
         }
-    int show_labels = widest_label <= (bar_px < MAX_BAR_PX ? bar_px : MAX_BAR_PX) + 4; // as svg_bars decides; else the legend promises in vain
+    int show_labels = widest_label <= (bar_px < MAX_BAR_PX ? bar_px : MAX_BAR_PX) +
+                                          4; // as svg_bars decides; else the legend promises in vain
     SvgKey keys[MAX_RATE_SERIES + 1];
     int n_keys = 0;
     for (int j = 0; j < n_series; j++) keys[n_keys++] = (SvgKey){series[j].name, series[j].color, SVG_KEY_BAR};
@@ -606,7 +622,8 @@ int fig_logit_lens(const char *path, int n_layers, const CiSeries *events, int n
     char event_name[96], control_name[96];
     snprintf(event_name, sizeof event_name, "backtracking events (n = %d)", n_events);
     snprintf(control_name, sizeof control_name, "position-matched controls (n = %d)", with_controls ? n_controls : 0);
-    SvgKey keys[] = {{event_name, BLUE, SVG_KEY_LINE}, {control_name, GREY, SVG_KEY_DASHED}, {"95% CI", GREY, SVG_KEY_BAND}};
+    SvgKey keys[] = {
+        {event_name, BLUE, SVG_KEY_LINE}, {control_name, GREY, SVG_KEY_DASHED}, {"95% CI", GREY, SVG_KEY_BAND}};
     svg_legend(&s, keys, 3);
     double lo = INFINITY, hi = -INFINITY;
     min_max(events->mean, n_points, &lo, &hi);
@@ -629,7 +646,8 @@ static void ablation_panel(Svg *s, const char *title, int n_layers, double lo, d
                            const CiSeries *controls, const int *selected, int n_selected, const char *x_label) {
     svg_axes(s, -0.5, n_layers - 0.5, lo, hi, x_label, "drop in log p(onset)", 1);
     for (int i = 0; i < n_selected; i++)
-        if (selected[i] >= 0 && selected[i] < n_layers) svg_highlight_x(s, selected[i] - 0.5, selected[i] + 0.5, YELLOW);
+        if (selected[i] >= 0 && selected[i] < n_layers)
+            svg_highlight_x(s, selected[i] - 0.5, selected[i] + 0.5, YELLOW);
     svg_text(s, s->left, s->top - 8, LABEL_PX, "start", TEXT_COLOR, "font-weight=\"bold\"", title);
     int n_series = controls ? 2 : 1;
     double *v = xmalloc((size_t)n_layers * 2 * 3 * sizeof *v); // (3, n_layers, n_series): mean, lo, hi
@@ -691,6 +709,142 @@ int fig_ablation_importance(const char *path, int n_layers, const CiSeries *attn
 }
 
 // ----------------------------------------------------------------------------
+// Heatmaps: heads of every layer at once.
+
+#define HEAT_POSITIVE "#b2182b" // a drop: the component carries the onset (ColorBrewer RdBu ends)
+#define HEAT_NEGATIVE "#2166ac" // a rise: ablating it makes the onset more likely
+#define HEAT_MISSING "#dddddd"
+#define HEAT_SCALE_STEPS 20     // bands of the colour scale
+enum { HEAT_SCALE_PX = 110, HEAT_ROW_LABEL_PX = 14, HEAT_COL_LABEL_PX = 26 }; // scale's margin; least label spacing
+enum { HEAT_CELL_TEXT_W_PX = 38, HEAT_CELL_TEXT_H_PX = 16 };                      // a cell prints its value from here
+
+// White mixed towards the end colour of v's sign by |v| / limit (clamped): "#rrggbb".
+static void heat_color(double v, double limit, char out[8]) {
+    double t = v / limit;
+    t = t > 1 ? 1 : t < -1 ? -1 : t;
+    const char *end = t >= 0 ? HEAT_POSITIVE : HEAT_NEGATIVE;
+    int rgb[3];
+    for (int i = 0; i < 3; i++) {
+        unsigned c;
+        sscanf(end + 1 + 2 * i, "%2x", &c);
+        rgb[i] = (int)lround(255 + fabs(t) * ((double)c - 255));
+    }
+    snprintf(out, 8, "#%02x%02x%02x", rgb[0], rgb[1], rgb[2]);
+}
+
+// Every step-th label of n that fit px apart in span px.
+static int label_step(int n, double span_px, double min_px) {
+    int step = 1;
+    while (step < n && span_px / n * step < min_px) step++;
+    return step;
+}
+
+void svg_heatmap(Svg *s, int n_rows, int n_cols, const double *value, double limit, const unsigned char *marked,
+                 const unsigned char *ringed, const char *row_label, const char *col_label, const char *scale_label) {
+    if (n_rows <= 0 || n_cols <= 0) return;
+    if (!(limit > 0) || !isfinite(limit)) limit = 1;
+    Buf *o = s->out;
+    s->left = 20 + LABEL_PX / 2.0 + 12 + text_px("000", TICK_PX) + TICK_LEN_PX;
+    s->right = s->width - MARGIN_PX - HEAT_SCALE_PX;
+    s->x_min = -0.5, s->x_max = n_cols - 0.5, s->y_min = -0.5, s->y_max = n_rows - 0.5;
+    double cw = (s->right - s->left) / n_cols, ch = (s->bottom - s->top) / n_rows;
+    for (int r = 0; r < n_rows; r++)
+        for (int col = 0; col < n_cols; col++) {
+            double v = value[(size_t)r * n_cols + col], x = s->left + col * cw, y = s->top + r * ch;
+            char fill[8] = HEAT_MISSING;
+            if (!isnan(v)) heat_color(v, limit, fill);
+            buf_printf(o, "<rect class=\"cell\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\" "
+                          "stroke=\"#ffffff\" stroke-width=\"0.5\"/>\n", x, y, cw, ch, fill);
+            if (!isnan(v) && cw >= HEAT_CELL_TEXT_W_PX && ch >= HEAT_CELL_TEXT_H_PX) {
+                char text[32];
+                snprintf(text, sizeof text, fabs(v) >= 1000 ? "%.0f" : fabs(v) >= 10 ? "%.1f" : "%.2f", v);
+                if (strcmp(text, "-0.00") == 0) snprintf(text, sizeof text, "0.00");
+                svg_text(s, x + cw / 2, y + ch / 2 + 4, ch >= 20 ? 11 : 9, "middle",
+                         fabs(v) > 0.6 * limit ? "#ffffff" : TEXT_COLOR, "class=\"celltext\"", text);
+            }
+            if (ringed && ringed[(size_t)r * n_cols + col]) { // top right corner, white inside: seen on any colour
+                double rad = (cw < ch ? cw : ch) * 0.15;
+                rad = rad > 5 ? 5 : rad < 2 ? 2 : rad;
+                buf_printf(o, "<circle class=\"mark\" cx=\"%.1f\" cy=\"%.1f\" r=\"%.1f\" fill=\"#ffffff\" "
+                              "stroke=\"%s\" stroke-width=\"1.5\"/>\n", x + cw - rad - 4, y + rad + 4, rad, INK);
+            }
+        }
+    for (int r = 0; marked && r < n_rows; r++) // outlines last, above every cell
+        for (int col = 0; col < n_cols; col++)
+            if (marked[(size_t)r * n_cols + col])
+                buf_printf(o, "<rect class=\"selected\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" "
+                              "fill=\"none\" stroke=\"%s\" stroke-width=\"3\"/>\n",
+                           s->left + col * cw + 1.5, s->top + r * ch + 1.5, cw - 3, ch - 3, INK);
+    // Row and column labels, every step-th where they would crowd, and the axis titles.
+    char label[32];
+    for (int r = 0, step = label_step(n_rows, s->bottom - s->top, HEAT_ROW_LABEL_PX); r < n_rows; r += step) {
+        snprintf(label, sizeof label, "%d", r);
+        svg_text(s, s->left - TICK_LEN_PX, s->top + (r + 0.5) * ch + 4, TICK_PX, "end", TEXT_COLOR, NULL, label);
+    }
+    for (int col = 0, step = label_step(n_cols, s->right - s->left, HEAT_COL_LABEL_PX); col < n_cols; col += step) {
+        snprintf(label, sizeof label, "%d", col);
+        svg_text(s, s->left + (col + 0.5) * cw, s->bottom + TICK_LEN_PX + 14, TICK_PX, "middle", TEXT_COLOR, NULL,
+                 label);
+    }
+    draw_x_title(s, col_label);
+    if (row_label) {
+        double cy = (s->top + s->bottom) / 2, cx = 20 + LABEL_PX / 2.0;
+        char rotate[64];
+        snprintf(rotate, sizeof rotate, "transform=\"rotate(-90 %.1f %.1f)\"", cx, cy);
+        svg_text(s, cx, cy, LABEL_PX, "middle", TEXT_COLOR, rotate, row_label);
+    }
+    // The colour scale: +limit at the top, -limit at the bottom.
+    double sx0 = s->right + 20, band = (s->bottom - s->top) / HEAT_SCALE_STEPS;
+    for (int i = 0; i < HEAT_SCALE_STEPS; i++) {
+        char fill[8];
+        heat_color(limit * (1 - (2 * i + 1.0) / HEAT_SCALE_STEPS), limit, fill);
+        buf_printf(o, "<rect class=\"scale\" x=\"%.1f\" y=\"%.1f\" width=\"16\" height=\"%.1f\" fill=\"%s\"/>\n", sx0,
+                   s->top + i * band, band + 0.5, fill);
+    }
+    buf_printf(o, "<rect x=\"%.1f\" y=\"%.1f\" width=\"16\" height=\"%.1f\" fill=\"none\" stroke=\"%s\" "
+                  "stroke-width=\"1\"/>\n", sx0, s->top, s->bottom - s->top, AXIS_COLOR);
+    const double ticks[3] = {limit, 0, -limit};
+    for (int i = 0; i < 3; i++) {
+        snprintf(label, sizeof label, "%.3g", ticks[i] == 0 ? 0.0 : ticks[i]);
+        double py = s->top + (s->bottom - s->top) * i / 2.0;
+        svg_text(s, sx0 + 22, py + 4, TICK_PX, "start", TEXT_COLOR, NULL, label);
+    }
+    if (scale_label) {
+        double cx = s->width - MARGIN_PX - LABEL_PX / 2.0, cy = (s->top + s->bottom) / 2;
+        char rotate[64], fitted[256];
+        text_fit(scale_label, s->bottom - s->top, LABEL_PX, fitted, sizeof fitted);
+        snprintf(rotate, sizeof rotate, "transform=\"rotate(-90 %.1f %.1f)\"", cx, cy);
+        svg_text(s, cx, cy, LABEL_PX, "middle", TEXT_COLOR, rotate, fitted);
+    }
+}
+
+int fig_head_importance(const char *path, int n_layers, int n_heads, const double *effect, const unsigned char *exact,
+                        const unsigned char *selected, int n_events, const char *note, Err *err) {
+    int width = 300 + 44 * (n_heads > 0 ? n_heads : 0), height = 240 + 22 * (n_layers > 0 ? n_layers : 0);
+    width = width < FIG_MIN_WIDTH ? FIG_MIN_WIDTH : width > FIG_MAX_WIDTH ? FIG_MAX_WIDTH : width;
+    height = height < FIG_HEIGHT ? FIG_HEIGHT : height > 2 * ABLATION_HEIGHT ? 2 * ABLATION_HEIGHT : height;
+    Buf b = {0};
+    Svg s;
+    svg_begin(&s, &b, width, height, "Head importance by layer: drop in log p(onset token)", note);
+    if (n_layers <= 0 || n_heads <= 0 || n_events <= 0 || !effect || !any_finite(effect, n_layers * n_heads)) {
+        svg_no_data(&s, n_events <= 0 ? "no backtracking events" : "no heads scanned");
+        svg_end(&s);
+        return figure_write(path, &b, err);
+    }
+    char event_name[96];
+    snprintf(event_name, sizeof event_name, "mean over %d backtracking events", n_events);
+    SvgKey keys[] = {{event_name, HEAT_POSITIVE, SVG_KEY_BAR},
+                     {"selected for targeted ablation", INK, SVG_KEY_OUTLINE},
+                     {"ablated exactly (others: attribution estimate)", INK, SVG_KEY_RING}};
+    svg_legend(&s, keys, 3);
+    double limit = 0;
+    for (int i = 0; i < n_layers * n_heads; i++)
+        if (isfinite(effect[i]) && fabs(effect[i]) > limit) limit = fabs(effect[i]);
+    svg_heatmap(&s, n_layers, n_heads, effect, limit, selected, exact, "layer", "head", "drop in log p(onset)");
+    svg_end(&s);
+    return figure_write(path, &b, err);
+}
+
 // Steering figure: backtracking rate against the steering alpha, the direction as a solid line and
 // the random control dashed (each with a Wilson band, the baseline at alpha 0 in both), and
 // project_out as a ring with its interval at alpha 0; one colour per steered variant.
@@ -716,7 +870,9 @@ int fig_rate_by_steering(const char *path, const SteerSeries *series, int n_seri
     SvgKey *keys = xmalloc((size_t)(n_series + 1) * sizeof *keys);
     for (int i = 0; i < n_series; i++)
         keys[i] = (SvgKey){series[i].name, steer_colors[series[i].color % 5],
-                           series[i].kind == STEER_PROJECT_OUT ? SVG_KEY_RING : series[i].kind == STEER_RANDOM ? SVG_KEY_DASHED : SVG_KEY_LINE};
+                           series[i].kind == STEER_PROJECT_OUT ? SVG_KEY_RING
+                           : series[i].kind == STEER_RANDOM    ? SVG_KEY_DASHED
+                                                               : SVG_KEY_LINE};
     keys[n_series] = (SvgKey){"95% Wilson CI", GREY, SVG_KEY_BAND};
     svg_legend(&s, keys, n_series + 1);
     svg_axes(&s, x_lo - 0.1 * (x_hi - x_lo + 1e-9), x_hi + 0.1 * (x_hi - x_lo + 1e-9), 0, 1,
@@ -854,41 +1010,50 @@ static int draw_summary_figures(FigureOut *f, Err *err) {
     int n = groups >= 0 ? j.tok[groups].size : 0, n_variants = 0;
     const char **variants = xcalloc((size_t)n + 1, sizeof *variants), **labels = xcalloc((size_t)n + 1, sizeof *labels);
     long long *v_k = xcalloc((size_t)n + 1, sizeof *v_k), *v_n = xcalloc((size_t)n + 1, sizeof *v_n); // (n) per variant
-    long long *c_bt = xcalloc((size_t)n + 1, sizeof *c_bt), *n_bt = xcalloc((size_t)n + 1, sizeof *n_bt); // (n) per group
+    long long *c_bt = xcalloc((size_t)n + 1, sizeof *c_bt),
+              *n_bt = xcalloc((size_t)n + 1, sizeof *n_bt); // (n) per group
     long long *c_nobt = xcalloc((size_t)n + 1, sizeof *c_nobt), *n_nobt = xcalloc((size_t)n + 1, sizeof *n_nobt);
-    for (int v = 0; rc == 0 && v < f->c->n_variants; v++) // baseline rate per configured variant that was generated
+    for (int v = 0; rc == 0 && groups >= 0 && v < f->c->n_variants; v++) // baseline rate per configured variant
         JSON_FOR_ARRAY(&j, groups, g, t) {
             long long k, total;
-            if (json_eq(&j, json_key(&j, t, "variant"), f->c->variants[v]) && json_eq(&j, json_key(&j, t, "condition"), "baseline") &&
+            if (json_eq(&j, json_key(&j, t, "variant"), f->c->variants[v]) &&
+                json_eq(&j, json_key(&j, t, "condition"), "baseline") &&
                 json_int(&j, json_key(&j, t, "with_backtracking"), &k) == 0 &&
                 json_int(&j, json_key(&j, t, "completions"), &total) == 0) {
                 variants[n_variants] = f->c->variants[v], v_k[n_variants] = k, v_n[n_variants++] = total;
             }
             (void)g;
         }
-    JSON_FOR_ARRAY(&j, groups, g, t) { // accuracy per variant / condition, in the order the groups were read
-        long long total, with_bt, correct, correct_bt;
-        char *variant = json_strdup(&j, json_key(&j, t, "variant")), *condition = json_strdup(&j, json_key(&j, t, "condition"));
-        if (rc == 0 && (!variant || !condition || json_int(&j, json_key(&j, t, "completions"), &total) ||
-                        json_int(&j, json_key(&j, t, "with_backtracking"), &with_bt) || json_int(&j, json_key(&j, t, "correct"), &correct) ||
-                        json_int(&j, json_key(&j, t, "correct_with_backtracking"), &correct_bt)))
-            rc = err_input(err, "%s:%d: group %d lacks a count (run detect-events again)", path, json_line(&j, t), g);
-        if (rc == 0) {
-            Buf label = {0};
-            buf_printf(&label, "%s / %s", variant, condition);
-            labels[g] = label.data;
-            c_bt[g] = correct_bt, n_bt[g] = with_bt, c_nobt[g] = correct - correct_bt, n_nobt[g] = total - with_bt;
+    if (rc == 0 && groups >= 0) { // no summary (detect-events has not run): no groups to walk
+        JSON_FOR_ARRAY(&j, groups, g, t) { // accuracy per variant / condition, in the order the groups were read
+            long long total, with_bt, correct, correct_bt;
+            char *variant = json_strdup(&j, json_key(&j, t, "variant")),
+                 *condition = json_strdup(&j, json_key(&j, t, "condition"));
+            if (rc == 0 && (!variant || !condition || json_int(&j, json_key(&j, t, "completions"), &total) ||
+                            json_int(&j, json_key(&j, t, "with_backtracking"), &with_bt) ||
+                            json_int(&j, json_key(&j, t, "correct"), &correct) ||
+                            json_int(&j, json_key(&j, t, "correct_with_backtracking"), &correct_bt)))
+                rc = err_input(err, "%s:%d: group %d lacks a count (run detect-events again)", path, json_line(&j, t),
+                               g);
+            if (rc == 0) {
+                Buf label = {0};
+                buf_printf(&label, "%s / %s", variant, condition);
+                labels[g] = label.data;
+                c_bt[g] = correct_bt, n_bt[g] = with_bt, c_nobt[g] = correct - correct_bt, n_nobt[g] = total - with_bt;
+            }
+            free(variant);
+            free(condition);
         }
-        free(variant);
-        free(condition);
     }
     if (!have) snprintf(note, sizeof note, "run %s; detect-events has not run", f->run->id);
     else snprintf(note, sizeof note, "run %s; baseline completions; error bars: Wilson 95%% CI", f->run->id);
-    if (rc == 0) rc = fig_rate_by_variant(figure_start(f, FIG_RATE_BY_VARIANT), variants, v_k, v_n, n_variants, note, err);
+    if (rc == 0)
+        rc = fig_rate_by_variant(figure_start(f, FIG_RATE_BY_VARIANT), variants, v_k, v_n, n_variants, note, err);
     if (rc == 0) rc = figure_publish(f, err);
     if (have) snprintf(note, sizeof note, "run %s; completions with >= 1 event vs none; Wilson 95%% CI", f->run->id);
     if (rc == 0)
-        rc = fig_bt_vs_accuracy(figure_start(f, FIG_BT_VS_ACCURACY), labels, c_bt, n_bt, c_nobt, n_nobt, have ? n : 0, note, err);
+        rc = fig_bt_vs_accuracy(figure_start(f, FIG_BT_VS_ACCURACY), labels, c_bt, n_bt, c_nobt, n_nobt, have ? n : 0,
+                                note, err);
     if (rc == 0) rc = figure_publish(f, err);
     for (int g = 0; g < n; g++) free((char *)labels[g]);
     free(labels), free(variants), free(v_k), free(v_n), free(c_bt), free(n_bt), free(c_nobt), free(n_nobt);
@@ -902,7 +1067,8 @@ static int draw_lens_figure(FigureOut *f, const Csv *lens, int have, Err *err) {
     int n_layers = 0, rows = have ? lens->n_rows : 0;
     for (int r = 0; r < rows; r++)
         if ((int)cell_num(lens, r, "layer") > n_layers) n_layers = (int)cell_num(lens, r, "layer");
-    double *series = xmalloc((size_t)6 * (n_layers + 1) * sizeof *series), *vals = xmalloc((size_t)(rows + 1) * sizeof *vals);
+    double *series = xmalloc((size_t)6 * (n_layers + 1) * sizeof *series),
+           *vals = xmalloc((size_t)(rows + 1) * sizeof *vals);
     CiSeries cs[2];
     int counts[2] = {0, 0};
     for (int ctl = 0; ctl < 2; ctl++) {
@@ -920,8 +1086,9 @@ static int draw_lens_figure(FigureOut *f, const Csv *lens, int have, Err *err) {
         cs[ctl] = (CiSeries){mean, lo, hi};
     }
     char note[256];
-    if (have) snprintf(note, sizeof note, "%s, run %s; log p of the onset token at pred_pos, per layer", cell(lens, 0, "variant"),
-                       f->run->id);
+    if (have)
+        snprintf(note, sizeof note, "%s, run %s; log p of the onset token at pred_pos, per layer",
+                 cell(lens, 0, "variant"), f->run->id);
     else snprintf(note, sizeof note, "run %s; logit-lens has not run", f->run->id);
     int rc = fig_logit_lens(figure_start(f, FIG_LOGIT_LENS), n_layers, &cs[0], counts[0], &cs[1], counts[1], note, err);
     free(series);
@@ -960,12 +1127,14 @@ static int draw_scan_figure(FigureOut *f, const Csv *scan, int have, Err *err) {
     }
     char note[256];
     if (have && rows)
-        snprintf(note, sizeof note, "%s, run %s; %s ablation, scope %s; selected layers ringed", cell(scan, 0, "variant"),
-                 f->run->id, cell(scan, 0, "kind"), cell(scan, 0, "scope"));
+        snprintf(note, sizeof note, "%s, run %s; %s ablation, scope %s; selected layers ringed",
+                 cell(scan, 0, "variant"), f->run->id, cell(scan, 0, "kind"), cell(scan, 0, "scope"));
     else snprintf(note, sizeof note, "run %s; ablation-scan has not run", f->run->id);
-    int n_events = rows ? (int)cell_num(scan, 0, "n_events") : 0, n_controls = rows ? (int)cell_num(scan, 0, "n_controls") : 0;
-    int rc = fig_ablation_importance(figure_start(f, FIG_ABLATION), n_layers, &cs[0], &cs[1], n_events, &cs[2], &cs[3],
-                                     n_controls, selected, n_selected[0], selected + n_layers, n_selected[1], note, err);
+    int n_events = rows ? (int)cell_num(scan, 0, "n_events") : 0,
+        n_controls = rows ? (int)cell_num(scan, 0, "n_controls") : 0;
+    int rc =
+        fig_ablation_importance(figure_start(f, FIG_ABLATION), n_layers, &cs[0], &cs[1], n_events, &cs[2], &cs[3],
+                                n_controls, selected, n_selected[0], selected + n_layers, n_selected[1], note, err);
     free(series);
     free(selected);
     return rc ? rc : figure_publish(f, err);
@@ -999,19 +1168,56 @@ static int draw_rate_figures(FigureOut *f, const Csv *conditions, int have_condi
     }
     double ratio = nv ? cell_num(formatting, 0, "h2_ratio") : NAN;
     if (nv && isfinite(ratio))
-        snprintf(note, sizeof note, "run %s; per opportunity, <think> open vs not: ratio %.3g, p = %.3g; Wilson 95%% CI",
-                 f->run->id, ratio, cell_num(formatting, 0, "h2_p"));
+        snprintf(note, sizeof note,
+                 "run %s; per opportunity, <think> open vs not: ratio %.3g, p = %.3g; Wilson 95%% CI", f->run->id,
+                 ratio, cell_num(formatting, 0, "h2_p"));
     else if (nv && isinf(ratio))
-        snprintf(note, sizeof note, "run %s; per opportunity, no backtracking without <think> open (p = %.3g); Wilson 95%% CI",
-                 f->run->id, cell_num(formatting, 0, "h2_p"));
+        snprintf(note, sizeof note,
+                 "run %s; per opportunity, no backtracking without <think> open (p = %.3g); Wilson 95%% CI", f->run->id,
+                 cell_num(formatting, 0, "h2_p"));
     else if (nv)
-        snprintf(note, sizeof note, "run %s; no completions that reason on one side of <think> open vs not; Wilson 95%% CI",
-                 f->run->id);
+        snprintf(note, sizeof note,
+                 "run %s; no completions that reason on one side of <think> open vs not; Wilson 95%% CI", f->run->id);
     else snprintf(note, sizeof note, "run %s; formatting-sweep has not run", f->run->id);
     if (rc == 0) rc = fig_formatting_effect(figure_start(f, FIG_FORMATTING), names, k, correct, total, nv, note, err);
     if (rc == 0) rc = figure_publish(f, err);
     free(names), free(k), free(total), free(correct);
     return rc;
+}
+
+// Head importance (ablation-scan with heads): the layers x heads heatmap of the mean drop on events,
+// exact where the head was ablated exactly, else the attribution estimate; selected heads outlined.
+static int draw_head_figure(FigureOut *f, const Csv *heads, int have, Err *err) {
+    int n_layers = 0, n_heads = 0, rows = have ? heads->n_rows : 0, n_estimated = 0;
+    for (int r = 0; r < rows; r++) {
+        if ((int)cell_num(heads, r, "layer") + 1 > n_layers) n_layers = (int)cell_num(heads, r, "layer") + 1;
+        if ((int)cell_num(heads, r, "head") + 1 > n_heads) n_heads = (int)cell_num(heads, r, "head") + 1;
+    }
+    size_t n_cells = (size_t)n_layers * n_heads;
+    double *effect = xmalloc((n_cells + 1) * sizeof *effect);
+    unsigned char *exact = xcalloc(n_cells + 1, 1), *selected = xcalloc(n_cells + 1, 1);
+    for (size_t i = 0; i < n_cells; i++) effect[i] = NAN;
+    for (int r = 0; r < rows; r++) {
+        int l = (int)cell_num(heads, r, "layer"), h = (int)cell_num(heads, r, "head");
+        if (l < 0 || h < 0) continue;
+        size_t i = (size_t)l * n_heads + h;
+        effect[i] = cell_num(heads, r, "mean_drop_events");
+        exact[i] = strcmp(cell(heads, r, "method"), "exact") == 0;
+        selected[i] = strcmp(cell(heads, r, "selected"), "1") == 0;
+        n_estimated += !exact[i];
+    }
+    char note[256];
+    if (have && rows)
+        snprintf(note, sizeof note, "%s, run %s; %s ablation, scope %s; %s", cell(heads, 0, "variant"), f->run->id,
+                 cell(heads, 0, "kind"), cell(heads, 0, "scope"), n_estimated ? "ringed: exact" : "every head exact");
+    else snprintf(note, sizeof note, "run %s; no head scan (method exact, top_k_heads 0)", f->run->id);
+    int n_events = rows ? (int)cell_num(heads, 0, "n_events") : 0;
+    int rc = fig_head_importance(figure_start(f, FIG_HEAD_IMPORTANCE), n_layers, n_heads, effect, exact, selected,
+                                 n_events, note, err);
+    free(effect);
+    free(exact);
+    free(selected);
+    return rc ? rc : figure_publish(f, err);
 }
 
 // ----------------------------------------------------------------------------
@@ -1071,11 +1277,12 @@ typedef struct {
     int have_lens, have_window, n_layers;
 } Page;
 
-static const GenRecord *page_record(Page *pg, const char *variant, const char *condition, const char *problem_id, int sample,
-                                    Err *err) {
+static const GenRecord *page_record(Page *pg, const char *variant, const char *condition, const char *problem_id,
+                                    int sample, Err *err) {
     PageGenerations *g = NULL;
     for (int i = 0; i < pg->n_files && !g; i++)
-        if (strcmp(pg->files[i].variant, variant) == 0 && strcmp(pg->files[i].condition, condition) == 0) g = &pg->files[i];
+        if (strcmp(pg->files[i].variant, variant) == 0 && strcmp(pg->files[i].condition, condition) == 0)
+            g = &pg->files[i];
     if (!g) {
         char path[1200];
         run_generation_path(pg->run, path, sizeof path, variant, condition);
@@ -1086,22 +1293,23 @@ static const GenRecord *page_record(Page *pg, const char *variant, const char *c
     }
     for (int r = 0; r < g->n; r++)
         if (g->recs[r].sample == sample && strcmp(g->recs[r].problem_id, problem_id) == 0) return &g->recs[r];
-    err_input(err, "%s: problem %s sample %d of %s/%s is not among the generations (run detect-events again)", ART_EVENTS,
-              problem_id, sample, variant, condition);
+    err_input(err, "%s: problem %s sample %d of %s/%s is not among the generations (run detect-events again)",
+              ART_EVENTS, problem_id, sample, variant, condition);
     return NULL;
 }
 
 // log p(onset) of (kind, event_id) in the logit lens at pred_pos, final layer; NaN when not read.
 static double page_final_logprob(const Page *pg, const char *kind, const char *event_id) {
     for (int r = 0; pg->have_lens && r < pg->lens.n_rows; r++)
-        if ((int)cell_num(&pg->lens, r, "layer") == pg->n_layers && strcmp(cell(&pg->lens, r, "event_id"), event_id) == 0 &&
-            strcmp(cell(&pg->lens, r, "kind"), kind) == 0)
+        if ((int)cell_num(&pg->lens, r, "layer") == pg->n_layers &&
+            strcmp(cell(&pg->lens, r, "event_id"), event_id) == 0 && strcmp(cell(&pg->lens, r, "kind"), kind) == 0)
             return cell_num(&pg->lens, r, "logprob");
     return NAN;
 }
 
 // The completion text around byte `at`, with [mark_start, mark_end) marked as class mark_class.
-static void page_text(Buf *b, const Page *pg, const GenRecord *rec, int k, int char_offset, int mark_len, const char *mark_class) {
+static void page_text(Buf *b, const Page *pg, const GenRecord *rec, int k, int char_offset, int mark_len,
+                      const char *mark_class) {
     Buf text = {0};
     int *offsets = xmalloc((size_t)(rec->n_completion + 1) * sizeof *offsets);
     tokenizer_decode(pg->tok, rec->completion_ids, rec->n_completion, &text, offsets);
@@ -1130,7 +1338,7 @@ static void page_text(Buf *b, const Page *pg, const GenRecord *rec, int k, int c
     buf_free(&text);
 }
 
-static void heat_color(double lp, char out[8]) { // white (log p <= HEAT_FLOOR) to dark blue (log p = 0)
+static void lens_color(double lp, char out[8]) { // white (log p <= HEAT_FLOOR) to dark blue (log p = 0)
     double t = lp != lp ? 0 : lp <= HEAT_FLOOR ? 0 : lp >= 0 ? 1 : 1 - lp / HEAT_FLOOR;
     static const double lo[3] = {247, 251, 255}, hi[3] = {8, 48, 107};
     snprintf(out, 8, "#%02x%02x%02x", (int)(lo[0] + t * (hi[0] - lo[0])), (int)(lo[1] + t * (hi[1] - lo[1])),
@@ -1144,7 +1352,8 @@ static void page_heatmap(Buf *b, const Page *pg, const char *kind, const char *e
     double *lp = xmalloc((size_t)HEAT_MAX_OFFSETS * (L + 1) * sizeof *lp); // (offsets, n_layers + 1)
     for (int i = 0; i < HEAT_MAX_OFFSETS * (L + 1); i++) lp[i] = NAN;
     for (int r = 0; pg->have_window && r < pg->window.n_rows; r++) {
-        if (strcmp(cell(&pg->window, r, "event_id"), event_id) != 0 || strcmp(cell(&pg->window, r, "kind"), kind) != 0) continue;
+        if (strcmp(cell(&pg->window, r, "event_id"), event_id) != 0 || strcmp(cell(&pg->window, r, "kind"), kind) != 0)
+            continue;
         int off = (int)cell_num(&pg->window, r, "offset"), l = (int)cell_num(&pg->window, r, "layer"), j = 0;
         while (j < n_off && offsets[j] != off) j++;
         if (j == n_off && n_off < HEAT_MAX_OFFSETS) offsets[n_off++] = off;
@@ -1156,7 +1365,9 @@ static void page_heatmap(Buf *b, const Page *pg, const char *kind, const char *e
         return;
     }
     int left = 34, top = 20, w = left + n_off * HEAT_CELL_W + 6, h = top + (L + 1) * HEAT_CELL_H + 20;
-    buf_printf(b, "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"heat\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\">", w, h, w, h);
+    buf_printf(
+        b, "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"heat\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\">",
+        w, h, w, h);
     buf_puts(b, "<title>");
     html_str(b, title);
     buf_puts(b, "</title>");
@@ -1167,15 +1378,19 @@ static void page_heatmap(Buf *b, const Page *pg, const char *kind, const char *e
         for (int l = 0; l <= L; l++) {
             char color[8];
             double v = lp[(size_t)j * (L + 1) + l];
-            heat_color(v, color);
-            buf_printf(b, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"><title>layer %d, pred_pos%+d: log p %.3f</title></rect>",
-                       left + j * HEAT_CELL_W, top + (L - l) * HEAT_CELL_H, HEAT_CELL_W - 1, HEAT_CELL_H - 1, color, l, offsets[j], v);
+            lens_color(v, color);
+            buf_printf(b,
+                       "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"><title>layer %d, pred_pos%+d: "
+                       "log p %.3f</title></rect>",
+                       left + j * HEAT_CELL_W, top + (L - l) * HEAT_CELL_H, HEAT_CELL_W - 1, HEAT_CELL_H - 1, color, l,
+                       offsets[j], v);
         }
     for (int l = 0; l <= L; l += L > 8 ? 4 : 1)
-        buf_printf(b, "<text x=\"%d\" y=\"%d\" font-size=\"9\" text-anchor=\"end\">L%d</text>", left - 3, top + (L - l) * HEAT_CELL_H + 8, l);
+        buf_printf(b, "<text x=\"%d\" y=\"%d\" font-size=\"9\" text-anchor=\"end\">L%d</text>", left - 3,
+                   top + (L - l) * HEAT_CELL_H + 8, l);
     for (int j = 0; j < n_off; j++)
-        buf_printf(b, "<text x=\"%d\" y=\"%d\" font-size=\"9\" text-anchor=\"middle\">%+d</text>", left + j * HEAT_CELL_W + HEAT_CELL_W / 2,
-                   top + (L + 1) * HEAT_CELL_H + 11, offsets[j]);
+        buf_printf(b, "<text x=\"%d\" y=\"%d\" font-size=\"9\" text-anchor=\"middle\">%+d</text>",
+                   left + j * HEAT_CELL_W + HEAT_CELL_W / 2, top + (L + 1) * HEAT_CELL_H + 11, offsets[j]);
     buf_puts(b, "</svg>\n");
     free(lp);
 }
@@ -1188,7 +1403,8 @@ static void page_probability(Buf *b, double lp) {
 static const char *const page_style =
     "body{font:14px/1.4 sans-serif;margin:1.5em;color:#222;max-width:1400px}h1{font-size:1.4em}"
     ".meta,.note{color:#555}.event{border-top:1px solid #ccc;padding:.6em 0}.event h2{font-size:1em;margin:.2em 0}"
-    ".pair{display:flex;gap:1.2em;flex-wrap:wrap}.side{flex:1 1 420px;min-width:0}.side h3{font-size:.9em;margin:.3em 0;color:#555}"
+    ".pair{display:flex;gap:1.2em;flex-wrap:wrap}.side{flex:1 1 420px;min-width:0}.side h3{font-size:.9em;margin:.3em "
+    "0;color:#555}"
     "pre{white-space:pre-wrap;word-wrap:break-word;font:12px/1.35 monospace;background:#f7f7f7;padding:.5em;margin:0;"
     "max-height:14em;overflow:auto}mark.trigger{background:#ffd54f;font-weight:bold}mark.position{background:#9fd3f5}"
     "form{position:sticky;top:0;background:#fff;padding:.4em 0;border-bottom:1px solid #ccc}svg.heat{margin-top:.4em}"
@@ -1197,13 +1413,15 @@ static const char *const page_style =
 
 // Filters without < or & so the page stays well-formed XML; #variant=V;condition=C presets them.
 static const char *const page_script =
-    "function bt_filter(){var v=document.getElementById('variant').value,c=document.getElementById('condition').value,n=0;"
+    "function bt_filter(){var "
+    "v=document.getElementById('variant').value,c=document.getElementById('condition').value,n=0;"
     "document.querySelectorAll('.event').forEach(function(e){var show=(v===''||e.dataset.variant===v)?"
     "(c===''||e.dataset.condition===c):false;e.hidden=!show;if(show)n++;});"
     "document.getElementById('shown').textContent=n+' shown';}"
     "location.hash.slice(1).split(';').forEach(function(kv){var p=kv.split('='),s=document.getElementById(p[0]);"
     "if(s)s.value=decodeURIComponent(p[1]||'');});"
-    "document.getElementById('variant').onchange=bt_filter;document.getElementById('condition').onchange=bt_filter;bt_filter();";
+    "document.getElementById('variant').onchange=bt_filter;document.getElementById('condition').onchange=bt_filter;bt_"
+    "filter();";
 
 static void page_select(Buf *b, const char *id, char **values, int n) {
     buf_printf(b, "<label>%s <select id=\"%s\"><option value=\"\">all</option>", id, id);
@@ -1269,17 +1487,22 @@ static int events_page(const Config *c, const Run *run, const char *model_id, Er
         if ((rc = tokenizer_load(&pg.tok, path, err))) goto out;
     }
 
-    buf_puts(&page, "<!DOCTYPE html>\n<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"en\">\n<head>\n<meta charset=\"utf-8\"/>\n");
+    buf_puts(&page, "<!DOCTYPE html>\n<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"en\">\n<head>\n<meta "
+                    "charset=\"utf-8\"/>\n");
     buf_puts(&page, "<title>Backtracking events, run ");
     html_str(&page, run->id);
-    buf_printf(&page, "</title>\n<style>%s</style>\n</head>\n<body>\n<h1>Backtracking events</h1>\n<p class=\"meta\">run ", page_style);
+    buf_printf(&page,
+               "</title>\n<style>%s</style>\n</head>\n<body>\n<h1>Backtracking events</h1>\n<p class=\"meta\">run ",
+               page_style);
     html_str(&page, run->id);
     buf_puts(&page, ", model ");
     html_str(&page, model_id);
-    buf_printf(&page, ": %d of %d events shown ([report] max_events_shown = %d), each beside its position-matched control. "
-                      "p(onset) is the final layer's probability of the onset token at pred_pos. The heatmaps show log p(onset) "
-                      "by layer at the positions up to pred_pos (0); <span class=\"scale\"></span> %.0f to 0.</p>\n",
-               n_shown, n_total, c->max_events_shown, HEAT_FLOOR);
+    buf_printf(
+        &page,
+        ": %d of %d events shown ([report] max_events_shown = %d), each beside its position-matched control. "
+        "p(onset) is the final layer's probability of the onset token at pred_pos. The heatmaps show log p(onset) "
+        "by layer at the positions up to pred_pos (0); <span class=\"scale\"></span> %.0f to 0.</p>\n",
+        n_shown, n_total, c->max_events_shown, HEAT_FLOOR);
     buf_puts(&page, "<form>");
     page_select(&page, "variant", variants, n_variants);
     page_select(&page, "condition", conditions, n_conditions);
@@ -1298,9 +1521,13 @@ static int events_page(const Config *c, const Run *run, const char *model_id, Er
         }
         int control = -1;
         for (int q = 0; q < pg.events.n_rows && control < 0; q++)
-            if (strcmp(cell(&pg.events, q, "kind"), "control") == 0 && strcmp(cell(&pg.events, q, "event_id"), event_id) == 0) control = q;
-        const GenRecord *ctl = control < 0 ? NULL : page_record(&pg, variant, condition, cell(&pg.events, control, "problem_id"),
-                                                                 (int)cell_num(&pg.events, control, "sample"), err);
+            if (strcmp(cell(&pg.events, q, "kind"), "control") == 0 &&
+                strcmp(cell(&pg.events, q, "event_id"), event_id) == 0)
+                control = q;
+        const GenRecord *ctl = control < 0
+                                   ? NULL
+                                   : page_record(&pg, variant, condition, cell(&pg.events, control, "problem_id"),
+                                                 (int)cell_num(&pg.events, control, "sample"), err);
         if (control >= 0 && !ctl) {
             rc = -1;
             break;
@@ -1317,16 +1544,16 @@ static int events_page(const Config *c, const Run *run, const char *model_id, Er
         html_str(&page, condition);
         buf_puts(&page, ", ");
         html_str(&page, rec->problem_id);
-        buf_printf(&page, " sample %d, completion token %s (pred_pos %s), onset token ", rec->sample, cell(&pg.events, r, "token_offset"),
-                   cell(&pg.events, r, "pred_pos"));
+        buf_printf(&page, " sample %d, completion token %s (pred_pos %s), onset token ", rec->sample,
+                   cell(&pg.events, r, "token_offset"), cell(&pg.events, r, "pred_pos"));
         html_str(&page, cell(&pg.events, r, "onset_token"));
         buf_puts(&page, "; p(onset) ");
         page_probability(&page, page_final_logprob(&pg, "event", event_id));
         buf_puts(&page, ", control ");
         page_probability(&page, control < 0 ? NAN : page_final_logprob(&pg, "control", event_id));
         buf_puts(&page, "</h2>\n<div class=\"pair\">\n<div class=\"side\"><h3>event</h3>\n");
-        page_text(&page, &pg, rec, (int)cell_num(&pg.events, r, "token_offset"), (int)cell_num(&pg.events, r, "char_offset"),
-                  (int)strlen(trigger), "trigger");
+        page_text(&page, &pg, rec, (int)cell_num(&pg.events, r, "token_offset"),
+                  (int)cell_num(&pg.events, r, "char_offset"), (int)strlen(trigger), "trigger");
         page_heatmap(&page, &pg, "event", event_id, "event: log p(onset) by layer");
         buf_puts(&page, "</div>\n<div class=\"side\"><h3>matched control");
         if (ctl) {
@@ -1382,7 +1609,8 @@ typedef struct {
 // Completions per condition at which an interval [.., bound] around est would end at target,
 // taking half-widths to shrink as 1/sqrt(n); 0 when target is not between est and bound.
 static long long completions_needed(long long n, double est, double bound, double target) {
-    if (!(isfinite(est) && isfinite(bound)) || (target - est) * (bound - est) <= 0 || fabs(target - est) >= fabs(bound - est))
+    if (!(isfinite(est) && isfinite(bound)) || (target - est) * (bound - est) <= 0 ||
+        fabs(target - est) >= fabs(bound - est))
         return 0;
     double k = (bound - est) / (target - est);
     return (long long)ceil((double)n * k * k);
@@ -1400,9 +1628,11 @@ static const char *condition_label(const Csv *t, int row) { return cell(t, row, 
 // H1 (localized trigger) and H0 (diffuse/reroutable) from condition_comparison.csv.
 static void decide_ablation(const Config *c, const Csv *t, int have, Hypothesis *h1, Hypothesis *h0) {
     double min_drop = c->h1_min_relative_drop;
-    int rb = have ? find_row(t, "condition", "baseline") : -1, rt = have ? find_row(t, "condition", "targeted_ablation") : -1;
+    int rb = have ? find_row(t, "condition", "baseline") : -1,
+        rt = have ? find_row(t, "condition", "targeted_ablation") : -1;
     if (rb < 0 || rt < 0) {
-        buf_puts(&h1->why, "The condition comparison has not run (run compare-conditions), so there is no causal test.");
+        buf_puts(&h1->why,
+                 "The condition comparison has not run (run compare-conditions), so there is no causal test.");
         buf_puts(&h0->why, "The condition comparison has not run.");
         return;
     }
@@ -1436,20 +1666,24 @@ static void decide_ablation(const Config *c, const Csv *t, int have, Hypothesis 
                    cell_num(t, r, "drop_ci_lo"), cell_num(t, r, "drop_ci_hi"));
     }
     Buf nums = {0};
-    buf_printf(&nums, "Targeted ablation removed %.3g [95%% CI %.3g, %.3g] of the baseline backtracking rate (%.3g) of %s "
-                      "(one-sided paired McNemar p = ", d, d_lo, d_hi, cell_num(t, rb, "backtracking_rate"),
-               cell(t, rt, "variant"));
+    buf_printf(&nums,
+               "Targeted ablation removed %.3g [95%% CI %.3g, %.3g] of the baseline backtracking rate (%.3g) of %s "
+               "(one-sided paired McNemar p = ",
+               d, d_lo, d_hi, cell_num(t, rb, "backtracking_rate"), cell(t, rt, "variant"));
     fmt_p(&nums, p_tb);
     buf_printf(&nums, "); the %d shape-matched random draws removed %s", n_draws, draws.data ? draws.data : "nothing");
     if (worst >= 0) {
-        buf_printf(&nums, "; the targeted set's advantage over the least favourable draw (%s) is %.3g [%.3g, %.3g] (one-sided "
-                          "McNemar p = ", condition_label(t, worst), worst_adv, cell_num(t, worst, "advantage_ci_lo"), worst_adv_hi);
+        buf_printf(&nums,
+                   "; the targeted set's advantage over the least favourable draw (%s) is %.3g [%.3g, %.3g] (one-sided "
+                   "McNemar p = ",
+                   condition_label(t, worst), worst_adv, cell_num(t, worst, "advantage_ci_lo"), worst_adv_hi);
         fmt_p(&nums, cell_num(t, worst, "p_targeted_vs_this"));
         buf_puts(&nums, ")");
     }
     if (isnan(collateral)) buf_puts(&nums, "; collateral damage was not measured (run collateral-damage)");
-    else buf_printf(&nums, "; the targeted ablation adds %.3g [%.3g, %.3g] nats per token to the baseline text", collateral,
-                    cell_num(t, rt, "collateral_ci_lo"), collateral_hi);
+    else
+        buf_printf(&nums, "; the targeted ablation adds %.3g [%.3g, %.3g] nats per token to the baseline text",
+                   collateral, cell_num(t, rt, "collateral_ci_lo"), collateral_hi);
     buf_puts(&nums, ".");
     h1->p_raw = p_h1, h1->decided_by_p = 1;
     h0->p_raw = p_h0;
@@ -1457,28 +1691,35 @@ static void decide_ablation(const Config *c, const Csv *t, int have, Hypothesis 
     // is reliably below the pre-registered size.
     if (d_hi < min_drop) {
         h1->verdict = NOT_SUPPORTED;
-        buf_printf(&h1->why, "The targeted drop is reliably below %g (its upper bound is %.3g). %s", min_drop, d_hi, nums.data);
+        buf_printf(&h1->why, "The targeted drop is reliably below %g (its upper bound is %.3g). %s", min_drop, d_hi,
+                   nums.data);
     } else if (worst >= 0 && worst_adv_hi < min_drop) {
         h1->verdict = NOT_SUPPORTED;
-        buf_printf(&h1->why, "The targeted set does no better than a random set of the same shape: its advantage over %s is "
-                             "reliably below %g. %s", condition_label(t, worst), min_drop, nums.data);
+        buf_printf(&h1->why,
+                   "The targeted set does no better than a random set of the same shape: its advantage over %s is "
+                   "reliably below %g. %s",
+                   condition_label(t, worst), min_drop, nums.data);
     } else if (!(d >= min_drop)) {
         buf_printf(&h1->why, "The drop is below %g but not reliably so. %s", min_drop, nums.data);
         long long k = completions_needed(n, d, d_hi, min_drop);
-        if (k) buf_printf(&h1->needed, "About %lld completions per condition would put the drop's upper bound below %g.", k,
-                          min_drop);
+        if (k)
+            buf_printf(&h1->needed, "About %lld completions per condition would put the drop's upper bound below %g.",
+                       k, min_drop);
     } else if (!(least_adv >= min_drop)) {
         buf_printf(&h1->why, "The targeted set's advantage over some random draw is below %g but not reliably so. %s",
                    min_drop, nums.data);
         long long k = completions_needed(n, worst_adv, worst_adv_hi, min_drop);
-        if (k) buf_printf(&h1->needed, "About %lld completions per condition would put that advantage's upper bound below %g.",
-                          k, min_drop);
+        if (k)
+            buf_printf(&h1->needed,
+                       "About %lld completions per condition would put that advantage's upper bound below %g.", k,
+                       min_drop);
     } else if (isnan(collateral) || collateral > c->max_collateral_nll) {
-        buf_printf(&h1->why, "%s %s", isnan(collateral) ? "The drop reaches the pre-registered size, but without the collateral "
-                                                          "damage it cannot be told from a broken model."
-                                                        : "The drop reaches the pre-registered size, but the ablation also "
-                                                          "damages the model (more than [hypotheses] max_collateral_nll)."
-                   , nums.data);
+        buf_printf(&h1->why, "%s %s",
+                   isnan(collateral) ? "The drop reaches the pre-registered size, but without the collateral "
+                                       "damage it cannot be told from a broken model."
+                                     : "The drop reaches the pre-registered size, but the ablation also "
+                                       "damages the model (more than [hypotheses] max_collateral_nll).",
+                   nums.data);
         h1->decided_by_p = 0;
     } else {
         h1->verdict = SUPPORTED; // provisional: decided_by_p, so it also needs the Holm-adjusted p below alpha
@@ -1487,22 +1728,25 @@ static void decide_ablation(const Config *c, const Csv *t, int have, Hypothesis 
     // H0: supported on positive evidence: every tested set's drop is reliably below the size.
     if (reliable_set >= 0) {
         h0->verdict = NOT_SUPPORTED;
-        buf_printf(&h0->why, "A small set reliably reduces backtracking: %s removes %.3g [%.3g, %.3g] of it, at least %g.",
+        buf_printf(&h0->why,
+                   "A small set reliably reduces backtracking: %s removes %.3g [%.3g, %.3g] of it, at least %g.",
                    condition_label(t, reliable_set), cell_num(t, reliable_set, "relative_drop_vs_baseline"),
                    cell_num(t, reliable_set, "drop_ci_lo"), cell_num(t, reliable_set, "drop_ci_hi"), min_drop);
     } else {
         h0->verdict = SUPPORTED; // provisional: needs the Holm-adjusted p below alpha
         h0->decided_by_p = 1;
-        buf_printf(&h0->why, "The test is that every tested set (the targeted one and each random draw) removes less than %g "
-                             "of the backtracking (p = the largest bootstrap share of resamples at or above %g). %s",
+        buf_printf(&h0->why,
+                   "The test is that every tested set (the targeted one and each random draw) removes less than %g "
+                   "of the backtracking (p = the largest bootstrap share of resamples at or above %g). %s",
                    min_drop, min_drop, nums.data);
         double worst_hi = d_hi, worst_est = d;
         for (int r = 0; r < t->n_rows; r++)
             if (strncmp(condition_label(t, r), "random_ablation_", 16) == 0 && cell_num(t, r, "drop_ci_hi") > worst_hi)
                 worst_hi = cell_num(t, r, "drop_ci_hi"), worst_est = cell_num(t, r, "relative_drop_vs_baseline");
         long long k = completions_needed(n, worst_est, worst_hi, min_drop);
-        if (k) buf_printf(&h0->needed, "About %lld completions per condition would put every set's upper bound below %g.", k,
-                          min_drop);
+        if (k)
+            buf_printf(&h0->needed, "About %lld completions per condition would put every set's upper bound below %g.",
+                       k, min_drop);
     }
     h1->n = h0->n = n;
     buf_free(&draws);
@@ -1517,19 +1761,25 @@ static void decide_format(const Config *c, const Csv *t, int have, Hypothesis *h
         return;
     }
     int think = (int)cell_num(t, 0, "h2_think_reasoning"), no_think = (int)cell_num(t, 0, "h2_no_think_reasoning");
-    double ratio = cell_num(t, 0, "h2_ratio"), lo = cell_num(t, 0, "h2_ratio_ci_lo"), hi = cell_num(t, 0, "h2_ratio_ci_hi");
+    double ratio = cell_num(t, 0, "h2_ratio"), lo = cell_num(t, 0, "h2_ratio_ci_lo"),
+           hi = cell_num(t, 0, "h2_ratio_ci_hi");
     Buf nums = {0};
-    buf_printf(&nums, "Among completions that reason (a thinking part with a sentence end to backtrack after), variants that "
-                      "leave <think> open backtrack %.3g times per opportunity (%d completions) and the others %.3g (%d "
-                      "completions): a ratio of %.3g [95%% CI %.3g, %.3g], one-sided permutation p = ",
+    buf_printf(&nums,
+               "Among completions that reason (a thinking part with a sentence end to backtrack after), variants that "
+               "leave <think> open backtrack %.3g times per opportunity (%d completions) and the others %.3g (%d "
+               "completions): a ratio of %.3g [95%% CI %.3g, %.3g], one-sided permutation p = ",
                cell_num(t, 0, "h2_rate_think"), think, cell_num(t, 0, "h2_rate_no_think"), no_think, ratio, lo, hi);
     fmt_p(&nums, cell_num(t, 0, "h2_p"));
-    buf_printf(&nums, " (labels permuted within problems). Criteria: ratio >= %g with Holm-adjusted p < %g (supported), or "
-                      "the ratio's upper bound below %g (not supported).", c->h2_min_rate_ratio, c->alpha, c->h2_min_rate_ratio);
+    buf_printf(&nums,
+               " (labels permuted within problems). Criteria: ratio >= %g with Holm-adjusted p < %g (supported), or "
+               "the ratio's upper bound below %g (not supported).",
+               c->h2_min_rate_ratio, c->alpha, c->h2_min_rate_ratio);
     if (think == 0 || no_think == 0) {
-        buf_printf(&h2->why, "No %s variant has a completion that reasons, so backtracking given reasoning cannot be compared "
-                             "across formats; whether a format makes the model reason at all is reported below, as its own "
-                             "finding.", think == 0 ? "think-open" : "no-think");
+        buf_printf(&h2->why,
+                   "No %s variant has a completion that reasons, so backtracking given reasoning cannot be compared "
+                   "across formats; whether a format makes the model reason at all is reported below, as its own "
+                   "finding.",
+                   think == 0 ? "think-open" : "no-think");
         buf_free(&nums);
         return;
     }
@@ -1558,8 +1808,10 @@ static void holm_verdicts(const Config *c, Hypothesis *h, int n) {
         h[i].p_adj = adj[i];
         if (h[i].verdict != SUPPORTED || !h[i].decided_by_p || adj[i] < c->alpha) continue;
         h[i].verdict = INCONCLUSIVE;
-        buf_printf(&h[i].why, " The effect reaches the pre-registered size but the test is not significant after Holm's "
-                              "correction (adjusted p = %.3g, alpha = %g).", adj[i], c->alpha);
+        buf_printf(&h[i].why,
+                   " The effect reaches the pre-registered size but the test is not significant after Holm's "
+                   "correction (adjusted p = %.3g, alpha = %g).",
+                   adj[i], c->alpha);
         long long k = completions_needed_p(h[i].n, h[i].p_raw, c->alpha / n);
         if (k) buf_printf(&h[i].needed, "About %lld %s would make it significant at that level.", k, h[i].unit);
     }
@@ -1584,6 +1836,110 @@ static void put_hypothesis(Buf *md, const Hypothesis *h) {
 }
 
 // ----------------------------------------------------------------------------
+// Attribution patching in the report: the heads, and how the first-order estimates compare with
+// exact ablation where both ran.
+
+// Ranks of x (n), ties sharing their mean rank (1-based).
+static void average_ranks(const double *x, int n, double *rank) {
+    for (int i = 0; i < n; i++) {
+        int below = 0, equal = 0;
+        for (int j = 0; j < n; j++) below += x[j] < x[i], equal += x[j] == x[i];
+        rank[i] = below + (equal + 1) / 2.0;
+    }
+}
+
+// Spearman's rank correlation of (x, y) over n pairs; NaN below 3 pairs or with no spread.
+static double spearman(const double *x, const double *y, int n) {
+    if (n < 3) return NAN;
+    double *rx = xmalloc((size_t)n * sizeof *rx), *ry = xmalloc((size_t)n * sizeof *ry); // (n) ranks
+    double mx = (n + 1) / 2.0, sxy = 0, sxx = 0, syy = 0;
+    average_ranks(x, n, rx);
+    average_ranks(y, n, ry);
+    for (int i = 0; i < n; i++)
+        sxy += (rx[i] - mx) * (ry[i] - mx), sxx += (rx[i] - mx) * (rx[i] - mx), syy += (ry[i] - mx) * (ry[i] - mx);
+    free(rx);
+    free(ry);
+    return sxx > 0 && syy > 0 ? sxy / sqrt(sxx * syy) : NAN;
+}
+
+// How the scan measured: "exact", "attribution" or "attribution+verify", from its rows' method column.
+static const char *scan_method(const Csv *t, int have) {
+    int exact = 0, estimated = 0;
+    for (int r = 0; have && r < t->n_rows; r++) {
+        exact |= strcmp(cell(t, r, "method"), "exact") == 0;
+        estimated |= strcmp(cell(t, r, "method"), "attribution") == 0 || !isnan(cell_num(t, r, "est_drop_events"));
+    }
+    return estimated && exact ? "attribution+verify" : estimated ? "attribution" : "exact";
+}
+
+static void put_attribution_section(Buf *md, const Csv *scan, int have_scan, const Csv *heads, int have_heads,
+                                    const char *fig) {
+    buf_puts(md, "\n## Heads and attribution patching\n\n");
+    if (have_heads && heads->n_rows) {
+        buf_printf(md, "Drop in log p(onset) when one attention head's output is ablated (before o_proj), %s ablation, "
+                       "scope %s, mean over %s events; heads ranked by specificity as the layers are, heads ablated "
+                       "exactly first.\n\n",
+                   cell(heads, 0, "kind"), cell(heads, 0, "scope"), cell(heads, 0, "n_events"));
+        buf_puts(md,
+                 "| rank | head | specificity [95% CI] | drop on events [95% CI] | measured | estimate | selected |\n"
+                 "|---|---|---|---|---|---|---|\n");
+        for (int rank = 1; rank <= 5; rank++)
+            for (int row = 0; row < heads->n_rows; row++) {
+                if ((int)cell_num(heads, row, "rank") != rank) continue;
+                buf_printf(md, "| %d | %s.%s | ", rank, cell(heads, row, "layer"), cell(heads, row, "head"));
+                fmt_ci(md, cell_num(heads, row, "specificity"), cell_num(heads, row, "specificity_ci_lo"),
+                       cell_num(heads, row, "specificity_ci_hi"));
+                buf_puts(md, " | ");
+                fmt_ci(md, cell_num(heads, row, "mean_drop_events"), cell_num(heads, row, "ci_lo_events"),
+                       cell_num(heads, row, "ci_hi_events"));
+                buf_printf(md, " | %s | ", strcmp(cell(heads, row, "method"), "exact") ? "estimate" : "exact");
+                fmt_ci(md, cell_num(heads, row, "est_drop_events"), NAN, NAN);
+                buf_printf(md, " | %s |\n", strcmp(cell(heads, row, "selected"), "1") ? "" : "yes");
+            }
+    } else {
+        buf_puts(md, "Heads were not scanned in this run ([ablation] method = exact with top_k_heads = 0).\n");
+    }
+    buf_printf(md, "\n![Head importance by layer](%s/%s)\n", fig, FIG_HEAD_IMPORTANCE);
+    // Components with both numbers: the estimate against the exact drop on events.
+    int n = 0, cap = (have_scan ? scan->n_rows : 0) + (have_heads ? heads->n_rows : 0) + 1;
+    double *est = xmalloc((size_t)cap * sizeof *est), *exact = xmalloc((size_t)cap * sizeof *exact);
+    Buf rows = {0};
+    for (int part = 0; part < 2; part++) {
+        const Csv *t = part ? heads : scan;
+        for (int row = 0; (part ? have_heads : have_scan) && row < t->n_rows; row++) {
+            double e = cell_num(t, row, "est_drop_events"), x = cell_num(t, row, "mean_drop_events");
+            if (strcmp(cell(t, row, "method"), "exact") || isnan(e) || isnan(x)) continue;
+            est[n] = e, exact[n++] = x;
+            if (part) buf_printf(&rows, "| head %s.%s | ", cell(t, row, "layer"), cell(t, row, "head"));
+            else buf_printf(&rows, "| %s %s | ", cell(t, row, "component"), cell(t, row, "layer"));
+            buf_printf(&rows, "%.3g | %.3g | %+.3g |\n", e, x, e - x);
+        }
+    }
+    buf_puts(md, "\n### Attribution against exact ablation\n\n");
+    if (n == 0) {
+        buf_printf(md, "No component was both estimated and ablated exactly (the scan's method: %s).\n",
+                   scan_method(scan, have_scan));
+    } else {
+        double rho = spearman(est, exact, n);
+        buf_printf(md, "Attribution patching estimates every component's ablation effect to first order from one "
+                       "forward and one backward pass per item (the gradient of log p(onset) times the change ablation "
+                       "makes to the component's output, summed over positions); the scan ablated %d of them exactly, "
+                       "chosen by the size of their estimate. Spearman rank correlation of the estimates with the "
+                       "exact drops over these: ", n);
+        if (isnan(rho)) buf_puts(md, "n/a (fewer than 3, or no spread)");
+        else buf_printf(md, "%.3f", rho);
+        buf_puts(md,
+                 ". A first-order estimate cannot see a path through a saturated nonlinearity, where a small change "
+                 "moves nothing and a whole ablation moves everything, so a large exact drop can come with a small "
+                 "estimate of either sign: verify candidates chosen by the estimate's size, not its sign.\n\n"
+                 "| component | estimated drop on events | exact drop on events | error |\n|---|---|---|---|\n");
+        buf_append(md, rows.data, rows.len);
+    }
+    buf_free(&rows);
+    free(est);
+    free(exact);
+}
+
 // Steering: the dose-response figure and H3 (linear direction), both from steering_sweep.csv,
 // and the directions' table from directions.csv.
 
@@ -1646,7 +2002,9 @@ static int draw_steering_figure(FigureOut *f, const Csv *sweep, int have, Err *e
     char note[256];
     int layer = -1;
     for (int r = 0; r < n_rows && layer < 0; r++) layer = (int)cell_num(sweep, r, "layer");
-    if (have && n_rows) snprintf(note, sizeof note, "run %s; steered after layer %d (0 = embeddings); alpha 0 = baseline", f->run->id, layer);
+    if (have && n_rows)
+        snprintf(note, sizeof note, "run %s; steered after layer %d (0 = embeddings); alpha 0 = baseline", f->run->id,
+                 layer);
     else snprintf(note, sizeof note, "run %s; steering-sweep has not run", f->run->id);
     int rc = fig_rate_by_steering(figure_start(f, FIG_RATE_BY_STEERING), series, n_series, note, err);
     for (int i = 0; i < n_series; i++) free(names[i]);
@@ -1667,13 +2025,16 @@ typedef struct {
 
 static Verdict h3_verdict(const Config *c, const Csv *sweep, int have, Buf *why) {
     if (!have || sweep->n_rows == 0) {
-        buf_puts(why, "The steering sweep has not run (set [steering] enabled = true, or run directions, generate --condition "
-                      "steer|steer_random|project_out, detect-events and steering-sweep).");
+        buf_puts(
+            why,
+            "The steering sweep has not run (set [steering] enabled = true, or run directions, generate --condition "
+            "steer|steer_random|project_out, detect-events and steering-sweep).");
         return INCONCLUSIVE;
     }
     double alpha = c->alpha, m = c->h3_min_rate_change;
     const char **variants = xcalloc((size_t)sweep->n_rows + 1, sizeof *variants);
-    int *rows = xmalloc((size_t)(sweep->n_rows + 1) * sizeof *rows), n_variants = sweep_variants(sweep, variants), n_random = 0;
+    int *rows = xmalloc((size_t)(sweep->n_rows + 1) * sizeof *rows), n_variants = sweep_variants(sweep, variants),
+        n_random = 0;
     for (int r = 0; r < sweep->n_rows; r++) n_random += strcmp(cell(sweep, r, "kind"), "random") == 0;
     SteerJudgement any = {0}, all = {1, 1, 1, 1, 1, 1, 1, 1, 1};
     int n_judged = 0, n_excludable = 0;
@@ -1693,8 +2054,10 @@ static Verdict h3_verdict(const Config *c, const Csv *sweep, int have, Buf *why)
         double t_hi = cell_num(sweep, dir_row, "trend_ci_hi"), t_p = cell_num(sweep, dir_row, "trend_p");
         j.wrong_way = slope < 0 && t_p < alpha;
         for (int i = 0; i + 1 < nd; i++) {
-            long long k0 = (long long)cell_num(sweep, rows[i], "with_backtracking"), n0 = (long long)cell_num(sweep, rows[i], "completions");
-            long long k1 = (long long)cell_num(sweep, rows[i + 1], "with_backtracking"), n1 = (long long)cell_num(sweep, rows[i + 1], "completions");
+            long long k0 = (long long)cell_num(sweep, rows[i], "with_backtracking"),
+                      n0 = (long long)cell_num(sweep, rows[i], "completions");
+            long long k1 = (long long)cell_num(sweep, rows[i + 1], "with_backtracking"),
+                      n1 = (long long)cell_num(sweep, rows[i + 1], "completions");
             if ((double)k1 / n1 < (double)k0 / n0 && fisher_exact_p(k0, n0 - k0, k1, n1 - k1) < alpha) j.step_down = 1;
         }
         double range = cell_num(sweep, hi_row, "alpha") - cell_num(sweep, lo_row, "alpha");
@@ -1720,54 +2083,74 @@ static Verdict h3_verdict(const Config *c, const Csv *sweep, int have, Buf *why)
         any.random_moves |= j.random_moves, any.random_as_strong |= j.random_as_strong, any.po_lowers |= j.po_lowers;
         any.po_raises |= j.po_raises;
         if (t_lo == t_lo && t_hi == t_hi) all.excluded &= j.excluded;
-        buf_printf(why, "%s%s: the most negative alpha %s, the most positive %s; trend %+.3g per unit alpha [%.3g, %.3g], p = ",
-                   n_judged > 1 ? " " : "", variants[v], j.lowers ? "lowers the rate" : "does not lower it significantly",
-                   j.raises ? "raises it" : "does not raise it significantly", slope, t_lo, t_hi);
+        buf_printf(
+            why,
+            "%s%s: the most negative alpha %s, the most positive %s; trend %+.3g per unit alpha [%.3g, %.3g], p = ",
+            n_judged > 1 ? " " : "", variants[v], j.lowers ? "lowers the rate" : "does not lower it significantly",
+            j.raises ? "raises it" : "does not raise it significantly", slope, t_lo, t_hi);
         fmt_p(why, t_p);
-        buf_printf(why, "; the random direction %s; project_out %s.", j.random_moves ? "moves it" : "does not move it significantly",
-                   j.po_lowers ? "lowers it" : j.po_raises ? "raises it" : "does not change it significantly");
+        buf_printf(why, "; the random direction %s; project_out %s.",
+                   j.random_moves ? "moves it" : "does not move it significantly",
+                   j.po_lowers   ? "lowers it"
+                   : j.po_raises ? "raises it"
+                                 : "does not change it significantly");
     }
     free(variants);
     free(rows);
-    buf_printf(why, " Criteria (alpha = %g): supported when subtracting lowers the rate in some variant and adding raises it in some "
-                    "variant (Fisher p vs baseline at the extreme alphas), no neighbouring alphas step down significantly, the random "
-                    "direction moves no rate (its trend p >= alpha, each alpha's Fisher p >= alpha / %d) and project_out lowers the rate "
-                    "in some variant and raises it in none; not supported when the direction's trend is significant the wrong way, the "
-                    "random direction's trend is significant and at least as steep, project_out raises the rate, or every variant's "
-                    "trend interval rules out a rate change of %g across the alphas; inconclusive otherwise.",
+    buf_printf(why,
+               " Criteria (alpha = %g): supported when subtracting lowers the rate in some variant and adding raises "
+               "it in some "
+               "variant (Fisher p vs baseline at the extreme alphas), no neighbouring alphas step down significantly, "
+               "the random "
+               "direction moves no rate (its trend p >= alpha, each alpha's Fisher p >= alpha / %d) and project_out "
+               "lowers the rate "
+               "in some variant and raises it in none; not supported when the direction's trend is significant the "
+               "wrong way, the "
+               "random direction's trend is significant and at least as steep, project_out raises the rate, or every "
+               "variant's "
+               "trend interval rules out a rate change of %g across the alphas; inconclusive otherwise.",
                alpha, n_random > 0 ? n_random : 1, m);
     if (n_judged == 0) {
         buf_puts(why, " No steered variant has a baseline and steered conditions.");
         return INCONCLUSIVE;
     }
-    if (any.lowers && any.raises && !any.step_down && !any.random_moves && any.po_lowers && !any.po_raises && !any.wrong_way)
+    if (any.lowers && any.raises && !any.step_down && !any.random_moves && any.po_lowers && !any.po_raises &&
+        !any.wrong_way)
         return SUPPORTED;
-    if (any.wrong_way || any.random_as_strong || any.po_raises || (n_excludable > 0 && all.excluded)) return NOT_SUPPORTED;
+    if (any.wrong_way || any.random_as_strong || any.po_raises || (n_excludable > 0 && all.excluded))
+        return NOT_SUPPORTED;
     return INCONCLUSIVE;
 }
 
 // The report's steering section: the directions, the sweep's table, the figure.
-static void steering_section(const Run *run, const Csv *sweep, int have, const char *fig, Buf *md, Verdict h3, const char *why) {
+static void steering_section(const Run *run, const Csv *sweep, int have, const char *fig, Buf *md, Verdict h3,
+                             const char *why) {
     buf_puts(md, "\n## Steering (H3)\n\n");
     Csv dirs = {0};
     Err ignored;
     int have_dirs = read_table(run, ART_DIRECTIONS_CSV, &dirs, &ignored) > 0 && dirs.n_rows > 0;
     if (have_dirs) {
-        buf_printf(md, "Difference-of-means directions from `%s` (variant %s): positives = %s, negatives = %s. "
-                       "Held-out AUROC: the projection on a direction from half of the completions, scored on the other half's positions "
-                       "(bootstrap 95%% CI over completions). Top dim: the residual dimension with the largest component of the unit "
-                       "direction.\n\n",
+        buf_printf(md,
+                   "Difference-of-means directions from `%s` (variant %s): positives = %s, negatives = %s. "
+                   "Held-out AUROC: the projection on a direction from half of the completions, scored on the other "
+                   "half's positions "
+                   "(bootstrap 95%% CI over completions). Top dim: the residual dimension with the largest component "
+                   "of the unit "
+                   "direction.\n\n",
                    ART_DIRECTIONS, cell(&dirs, 0, "variant"), cell(&dirs, 0, "positives"), cell(&dirs, 0, "negatives"));
-        buf_puts(md, "| layer | norm | mean residual norm | cosine with previous | top dim (component) | held-out AUROC [95% CI] |\n"
+        buf_puts(md, "| layer | norm | mean residual norm | cosine with previous | top dim (component) | held-out "
+                     "AUROC [95% CI] |\n"
                      "|---|---|---|---|---|---|\n");
         for (int r = 0; r < dirs.n_rows; r++) {
             double cos_prev = cell_num(&dirs, r, "cos_prev");
-            buf_printf(md, "| %s%s | %.3g | %.3g | ", cell(&dirs, r, "layer"), strcmp(cell(&dirs, r, "best_auroc"), "1") ? "" : " (best)",
-                       cell_num(&dirs, r, "norm"), cell_num(&dirs, r, "mean_norm"));
+            buf_printf(md, "| %s%s | %.3g | %.3g | ", cell(&dirs, r, "layer"),
+                       strcmp(cell(&dirs, r, "best_auroc"), "1") ? "" : " (best)", cell_num(&dirs, r, "norm"),
+                       cell_num(&dirs, r, "mean_norm"));
             if (cos_prev == cos_prev) buf_printf(md, "%.3f", cos_prev);
             else buf_puts(md, "n/a");
             buf_printf(md, " | %s (%.3f) | ", cell(&dirs, r, "top_dim"), cell_num(&dirs, r, "top_component"));
-            fmt_ci(md, cell_num(&dirs, r, "auroc"), cell_num(&dirs, r, "auroc_ci_lo"), cell_num(&dirs, r, "auroc_ci_hi"));
+            fmt_ci(md, cell_num(&dirs, r, "auroc"), cell_num(&dirs, r, "auroc_ci_lo"),
+                   cell_num(&dirs, r, "auroc_ci_hi"));
             buf_puts(md, " |\n");
         }
         buf_putc(md, '\n');
@@ -1780,13 +2163,15 @@ static void steering_section(const Run *run, const Csv *sweep, int have, const c
         for (int r = 0; r < sweep->n_rows && layer < 0; r++) layer = (int)cell_num(sweep, r, "layer");
         buf_printf(md, "Steered after layer %d (0 = embeddings) at every position; alpha in units of that layer's mean "
                        "residual norm.\n\n", layer);
-        buf_puts(md, "| variant | condition | alpha | completions | backtracking rate [95% CI] | events / 1k tokens [95% CI] | mean length | "
+        buf_puts(md, "| variant | condition | alpha | completions | backtracking rate [95% CI] | events / 1k tokens "
+                     "[95% CI] | mean length | "
                      "accuracy | Fisher p vs baseline |\n|---|---|---|---|---|---|---|---|---|\n");
         for (int r = 0; r < sweep->n_rows; r++) {
             double a = cell_num(sweep, r, "alpha");
-            buf_printf(md, a ? "| %s | %s | %+g | %s | " : "| %s | %s | %g | %s | ", cell(sweep, r, "variant"), cell(sweep, r, "condition"),
-                       a, cell(sweep, r, "completions"));
-            fmt_ci(md, cell_num(sweep, r, "backtracking_rate"), cell_num(sweep, r, "rate_ci_lo"), cell_num(sweep, r, "rate_ci_hi"));
+            buf_printf(md, a ? "| %s | %s | %+g | %s | " : "| %s | %s | %g | %s | ", cell(sweep, r, "variant"),
+                       cell(sweep, r, "condition"), a, cell(sweep, r, "completions"));
+            fmt_ci(md, cell_num(sweep, r, "backtracking_rate"), cell_num(sweep, r, "rate_ci_lo"),
+                   cell_num(sweep, r, "rate_ci_hi"));
             buf_puts(md, " | ");
             fmt_ci(md, cell_num(sweep, r, "events_per_1k_tokens"), cell_num(sweep, r, "events_per_1k_ci_lo"),
                    cell_num(sweep, r, "events_per_1k_ci_hi"));
@@ -1808,22 +2193,26 @@ int cmd_make_report(int argc, char **argv) {
     Run run;
     int exit_code;
     if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
-    Csv conditions = {0}, formatting = {0}, scan = {0}, lens = {0}, sweep = {0};
-    int have_conditions = 0, have_formatting = 0, have_scan = 0, have_lens = 0, have_sweep = 0;
+    Csv conditions = {0}, formatting = {0}, scan = {0}, lens = {0}, heads = {0}, sweep = {0};
+    int have_conditions = 0, have_formatting = 0, have_scan = 0, have_lens = 0, have_heads = 0, have_sweep = 0;
     Buf meta_text = {0}, resolved = {0}, md = {0};
     Buf h3_why = {0};
     Json meta = {0};
     char path[1200];
     if ((have_conditions = read_table(&run, ART_CONDITIONS, &conditions, &err)) < 0 ||
         (have_formatting = read_table(&run, ART_FORMATTING, &formatting, &err)) < 0 ||
-        (have_scan = read_table(&run, ART_ABLATION, &scan, &err)) < 0 || (have_lens = read_table(&run, ART_LOGIT_LENS, &lens, &err)) < 0)
+        (have_scan = read_table(&run, ART_ABLATION, &scan, &err)) < 0 ||
+        (have_lens = read_table(&run, ART_LOGIT_LENS, &lens, &err)) < 0 ||
+        (have_heads = read_table(&run, ART_HEADS, &heads, &err)) < 0)
         goto out;
     FigureOut figures_out = {.c = &c, .run = &run};
     if (draw_summary_figures(&figures_out, &err) || draw_lens_figure(&figures_out, &lens, have_lens, &err) ||
         draw_scan_figure(&figures_out, &scan, have_scan, &err) ||
-        draw_rate_figures(&figures_out, &conditions, have_conditions, &formatting, have_formatting, &err))
+        draw_rate_figures(&figures_out, &conditions, have_conditions, &formatting, have_formatting, &err) ||
+        draw_head_figure(&figures_out, &heads, have_heads, &err))
         goto out;
-    if ((have_sweep = read_table(&run, ART_STEERING_SWEEP, &sweep, &err)) < 0 || draw_steering_figure(&figures_out, &sweep, have_sweep, &err))
+    if ((have_sweep = read_table(&run, ART_STEERING_SWEEP, &sweep, &err)) < 0 ||
+        draw_steering_figure(&figures_out, &sweep, have_sweep, &err))
         goto out;
     Verdict h3 = h3_verdict(&c, &sweep, have_sweep, &h3_why);
     run_path(&run, path, sizeof path, ART_META);
@@ -1861,22 +2250,25 @@ int cmd_make_report(int argc, char **argv) {
     if (slash) *slash = 0;
     else snprintf(report_dir, sizeof report_dir, ".");
     buf_printf(&md, "# Backtracking state transitions: report\n\n");
-    buf_printf(&md, "| run | git SHA | model | config | config digest | run created | report written | bt | threads |\n|---|---|---|---|---|---|---|---|---|\n");
-    buf_printf(&md, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n\n", run.id, sha, model_id, c.file, digest, created, written, BT_VERSION, threads);
+    buf_printf(&md, "| run | git SHA | model | config | config digest | run created | report written | bt | threads "
+                    "|\n|---|---|---|---|---|---|---|---|---|\n");
+    buf_printf(&md, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n\n", run.id, sha, model_id, c.file, digest,
+               created, written, BT_VERSION, threads);
     buf_puts(&md, "## Verdicts\n\n");
     for (int k = 0; k < 3; k++) put_hypothesis(&md, &hyp[k]);
-    buf_printf(&md, "Rules (pre-registered in [hypotheses]; alpha = %g, Holm-corrected over the three tests; every test "
-                    "one-sided in the direction its hypothesis claims; intervals are 95%% percentile bootstraps over "
-                    "problems): H1 is supported when the targeted ablation removes at least h1_min_relative_drop = %g of "
-                    "the baseline backtracking and at least that much more than every random draw (paired McNemar tests on "
-                    "completions that share their sampling seed), while adding at most max_collateral_nll = %g nats per "
-                    "token to the baseline text; it is not supported when the drop, or its advantage over some draw, is "
-                    "reliably below %g. H0 "
-                    "is supported when every tested set (targeted and each draw) reliably removes less than %g, and not "
-                    "supported when some set reliably removes more. H2 is supported when backtracking per opportunity "
-                    "(sentence ends in the thinking part of completions that reason) is at least h2_min_rate_ratio = %g "
-                    "times higher with <think> open than without, and not supported when the ratio's upper bound is below "
-                    "it. Anything else is inconclusive.\n\n",
+    buf_printf(&md,
+               "Rules (pre-registered in [hypotheses]; alpha = %g, Holm-corrected over the three tests; every test "
+               "one-sided in the direction its hypothesis claims; intervals are 95%% percentile bootstraps over "
+               "problems): H1 is supported when the targeted ablation removes at least h1_min_relative_drop = %g of "
+               "the baseline backtracking and at least that much more than every random draw (paired McNemar tests on "
+               "completions that share their sampling seed), while adding at most max_collateral_nll = %g nats per "
+               "token to the baseline text; it is not supported when the drop, or its advantage over some draw, is "
+               "reliably below %g. H0 "
+               "is supported when every tested set (targeted and each draw) reliably removes less than %g, and not "
+               "supported when some set reliably removes more. H2 is supported when backtracking per opportunity "
+               "(sentence ends in the thinking part of completions that reason) is at least h2_min_rate_ratio = %g "
+               "times higher with <think> open than without, and not supported when the ratio's upper bound is below "
+               "it. Anything else is inconclusive.\n\n",
                alpha, c.h1_min_relative_drop, c.max_collateral_nll, c.h1_min_relative_drop, c.h1_min_relative_drop,
                c.h2_min_rate_ratio);
     buf_printf(&md, "H3 (linear direction): %s\n\nSee \"Steering (H3)\" below.\n\n", verdict_names[h3]);
@@ -1884,15 +2276,19 @@ int cmd_make_report(int argc, char **argv) {
     // Backtracking per variant.
     buf_puts(&md, "## Backtracking by prompt format\n\n");
     if (have_formatting && formatting.n_rows) {
-        buf_puts(&md, "Whether a format makes the model reason at all (a thinking part with at least one sentence end to "
-                      "backtrack after) is its own finding, beside H2; H2 compares backtracking per opportunity among the "
-                      "completions that reason.\n\n");
-        buf_puts(&md, "| variant | thinking open | completions | reason at all [95% CI] | events per opportunity [95% CI] | "
-                      "backtracking rate, all completions [95% CI] | events / 1k tokens [95% CI] | mean length | truncated | "
-                      "accuracy [95% CI] |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        buf_puts(&md,
+                 "Whether a format makes the model reason at all (a thinking part with at least one sentence end to "
+                 "backtrack after) is its own finding, beside H2; H2 compares backtracking per opportunity among the "
+                 "completions that reason.\n\n");
+        buf_puts(
+            &md,
+            "| variant | thinking open | completions | reason at all [95% CI] | events per opportunity [95% CI] | "
+            "backtracking rate, all completions [95% CI] | events / 1k tokens [95% CI] | mean length | truncated | "
+            "accuracy [95% CI] |\n|---|---|---|---|---|---|---|---|---|---|\n");
         for (int v = 0; v < formatting.n_rows; v++) {
             buf_printf(&md, "| %s | %s | %s | ", cell(&formatting, v, "variant"),
-                       strcmp(cell(&formatting, v, "thinking_open"), "1") ? "no" : "yes", cell(&formatting, v, "completions"));
+                       strcmp(cell(&formatting, v, "thinking_open"), "1") ? "no" : "yes",
+                       cell(&formatting, v, "completions"));
             fmt_ci(&md, cell_num(&formatting, v, "reasoning_share"), cell_num(&formatting, v, "reasoning_ci_lo"),
                    cell_num(&formatting, v, "reasoning_ci_hi"));
             buf_puts(&md, " | ");
@@ -1904,14 +2300,16 @@ int cmd_make_report(int argc, char **argv) {
             fmt_ci(&md, cell_num(&formatting, v, "backtracking_rate"), cell_num(&formatting, v, "rate_ci_lo"),
                    cell_num(&formatting, v, "rate_ci_hi"));
             buf_puts(&md, " | ");
-            fmt_ci(&md, cell_num(&formatting, v, "events_per_1k_tokens"), cell_num(&formatting, v, "events_per_1k_ci_lo"),
-                   cell_num(&formatting, v, "events_per_1k_ci_hi"));
-            buf_printf(&md, " | %.1f | %s | ", cell_num(&formatting, v, "mean_length"), cell(&formatting, v, "truncated"));
+            fmt_ci(&md, cell_num(&formatting, v, "events_per_1k_tokens"),
+                   cell_num(&formatting, v, "events_per_1k_ci_lo"), cell_num(&formatting, v, "events_per_1k_ci_hi"));
+            buf_printf(&md, " | %.1f | %s | ", cell_num(&formatting, v, "mean_length"),
+                       cell(&formatting, v, "truncated"));
             fmt_ci(&md, cell_num(&formatting, v, "accuracy"), cell_num(&formatting, v, "accuracy_ci_lo"),
                    cell_num(&formatting, v, "accuracy_ci_hi"));
             buf_puts(&md, " |\n");
         }
-        buf_printf(&md, "\nChi-square of the backtracking rate over all completions across the variants: %.3g (df %d), p = ",
+        buf_printf(&md,
+                   "\nChi-square of the backtracking rate over all completions across the variants: %.3g (df %d), p = ",
                    cell_num(&formatting, 0, "chi2_stat"), (int)cell_num(&formatting, 0, "chi2_df"));
         fmt_p(&md, cell_num(&formatting, 0, "chi2_p"));
         buf_puts(&md, " (descriptive: it mixes whether a format reasons with how often it backtracks).\n");
@@ -1945,10 +2343,12 @@ int cmd_make_report(int argc, char **argv) {
         }
         int jump = -1;
         double best = -INFINITY;
-        buf_puts(&md, "Mean log p of the onset token at pred_pos, reading the residual stream after each block through the final norm and unembedding (layer 0 = embeddings).\n\n");
+        buf_puts(&md, "Mean log p of the onset token at pred_pos, reading the residual stream after each block through "
+                      "the final norm and unembedding (layer 0 = embeddings).\n\n");
         buf_puts(&md, "| layer | events | controls |\n|---|---|---|\n");
         for (int l = 0; l <= n_layers; l++) {
-            double e = cnt[2 * l] ? sum[2 * l] / cnt[2 * l] : NAN, k = cnt[2 * l + 1] ? sum[2 * l + 1] / cnt[2 * l + 1] : NAN;
+            double e = cnt[2 * l] ? sum[2 * l] / cnt[2 * l] : NAN,
+                   k = cnt[2 * l + 1] ? sum[2 * l + 1] / cnt[2 * l + 1] : NAN;
             buf_printf(&md, "| %d | %.3f | %.3f |\n", l, e, k);
             if (l > 0 && cnt[2 * l] && cnt[2 * l - 2]) {
                 double rise = e - sum[2 * l - 2] / cnt[2 * l - 2];
@@ -1956,7 +2356,8 @@ int cmd_make_report(int argc, char **argv) {
             }
         }
         if (jump > 0)
-            buf_printf(&md, "\nThe events' curve rises most after block %d (layer %d to %d: %+.3f nats).\n", jump - 1, jump - 1, jump, best);
+            buf_printf(&md, "\nThe events' curve rises most after block %d (layer %d to %d: %+.3f nats).\n", jump - 1,
+                       jump - 1, jump, best);
         free(sum);
         free(cnt);
     } else {
@@ -1969,19 +2370,30 @@ int cmd_make_report(int argc, char **argv) {
     buf_puts(&md, "\n## Ablation scan\n\n");
     if (have_scan && scan.n_rows) {
         int onset = strcmp(cell(&scan, 0, "scope"), "onset") == 0;
-        buf_printf(&md, "Drop in log p(onset) at pred_pos when one component is ablated (%s ablation, scope %s: %s), mean "
-                        "over %s events and %s position-matched controls [95%% CI, bootstrap over problems]. Ranked within "
-                        "each component by specificity, the drop on events minus the drop on controls, so a component whose "
-                        "ablation breaks everything does not rank first; the top %d attention and %d MLP layers are "
-                        "selected.",
+        buf_printf(&md,
+                   "Drop in log p(onset) at pred_pos when one component is ablated (%s ablation, scope %s: %s), mean "
+                   "over %s events and %s position-matched controls [95%% CI, bootstrap over problems]. Ranked within "
+                   "each component by specificity, the drop on events minus the drop on controls, so a component whose "
+                   "ablation breaks everything does not rank first; the top %d attention and %d MLP layers are "
+                   "selected.",
                    cell(&scan, 0, "kind"), cell(&scan, 0, "scope"),
-                   onset ? "ablated only at pred_pos" : "ablated at every position, as in generation", cell(&scan, 0, "n_events"),
-                   cell(&scan, 0, "n_controls"), c.top_k_attn, c.top_k_mlp);
+                   onset ? "ablated only at pred_pos" : "ablated at every position, as in generation",
+                   cell(&scan, 0, "n_events"), cell(&scan, 0, "n_controls"), c.top_k_attn, c.top_k_mlp);
         if (onset)
-            buf_puts(&md, " Note: the scan ablated only at pred_pos, while the targeted and random generations ablate at "
-                          "every position: the layers were selected under a different intervention from the one tested.");
-        buf_puts(&md, "\n\n| rank | component | layer | specificity [95% CI] | drop on events [95% CI] | drop on controls [95% CI] | "
-                      "selected |\n|---|---|---|---|---|---|---|\n");
+            buf_puts(&md,
+                     " Note: the scan ablated only at pred_pos, while the targeted and random generations ablate at "
+                     "every position: the layers were selected under a different intervention from the one tested.");
+        const char *method = scan_method(&scan, have_scan);
+        if (strcmp(method, "exact"))
+            buf_printf(&md, " Method %s: %s.", method,
+                       strcmp(method, "attribution")
+                               ? "every component estimated by attribution patching, the largest "
+                                 "estimates of each kind ablated exactly; a component's numbers are exact "
+                                 "where it was, estimates otherwise, and the exact ones rank first"
+                               : "every component estimated by attribution patching, none ablated exactly");
+        buf_puts(&md, "\n\n| rank | component | layer | specificity [95% CI] | drop on events [95% CI] | drop on "
+                      "controls [95% CI] | "
+                      "measured | selected |\n|---|---|---|---|---|---|---|---|\n");
         for (int rank = 1; rank <= 5; rank++)
             for (int row = 0; row < scan.n_rows; row++) {
                 if ((int)cell_num(&scan, row, "rank") != rank) continue;
@@ -1994,30 +2406,36 @@ int cmd_make_report(int argc, char **argv) {
                 buf_puts(&md, " | ");
                 fmt_ci(&md, cell_num(&scan, row, "mean_drop_controls"), cell_num(&scan, row, "ci_lo_controls"),
                        cell_num(&scan, row, "ci_hi_controls"));
-                buf_printf(&md, " | %s |\n", strcmp(cell(&scan, row, "selected"), "1") ? "" : "yes");
+                buf_printf(&md, " | %s | %s |\n",
+                           strcmp(cell(&scan, row, "method"), "attribution") ? "exact" : "estimate",
+                           strcmp(cell(&scan, row, "selected"), "1") ? "" : "yes");
             }
     } else {
         buf_puts(&md, "The ablation scan has not run in this run.\n");
     }
     buf_printf(&md, "\n![Ablation importance by layer](%s/%s)\n", fig, FIG_ABLATION);
+    put_attribution_section(&md, &scan, have_scan, &heads, have_heads, fig);
 
     // Conditions.
     buf_puts(&md, "\n## Targeted vs random ablation\n\n");
     if (have_conditions && conditions.n_rows) {
-        buf_puts(&md, "Each condition regenerates the same problems with the same sampling seeds as the baseline, so the "
-                      "tests pair completions (McNemar, one-sided: the ablation lowers backtracking). Relative drop = 1 - "
-                      "rate / baseline rate; collateral = the increase in negative log-likelihood per token of the baseline "
-                      "completions (trigger onsets left out) under that ablation.\n\n");
-        buf_puts(&md, "| condition | completions | backtracking rate [95% CI] | relative drop [95% CI] | McNemar p vs baseline "
-                      "| targeted advantage [95% CI] | collateral nats/token [95% CI] | events / 1k tokens [95% CI] | "
-                      "truncated | accuracy [95% CI] |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        buf_puts(&md,
+                 "Each condition regenerates the same problems with the same sampling seeds as the baseline, so the "
+                 "tests pair completions (McNemar, one-sided: the ablation lowers backtracking). Relative drop = 1 - "
+                 "rate / baseline rate; collateral = the increase in negative log-likelihood per token of the baseline "
+                 "completions (trigger onsets left out) under that ablation.\n\n");
+        buf_puts(
+            &md,
+            "| condition | completions | backtracking rate [95% CI] | relative drop [95% CI] | McNemar p vs baseline "
+            "| targeted advantage [95% CI] | collateral nats/token [95% CI] | events / 1k tokens [95% CI] | "
+            "truncated | accuracy [95% CI] |\n|---|---|---|---|---|---|---|---|---|---|\n");
         for (int row = 0; row < conditions.n_rows; row++) {
             buf_printf(&md, "| %s | %s | ", cell(&conditions, row, "condition"), cell(&conditions, row, "completions"));
             fmt_ci(&md, cell_num(&conditions, row, "backtracking_rate"), cell_num(&conditions, row, "rate_ci_lo"),
                    cell_num(&conditions, row, "rate_ci_hi"));
             buf_puts(&md, " | ");
-            fmt_ci(&md, cell_num(&conditions, row, "relative_drop_vs_baseline"), cell_num(&conditions, row, "drop_ci_lo"),
-                   cell_num(&conditions, row, "drop_ci_hi"));
+            fmt_ci(&md, cell_num(&conditions, row, "relative_drop_vs_baseline"),
+                   cell_num(&conditions, row, "drop_ci_lo"), cell_num(&conditions, row, "drop_ci_hi"));
             buf_puts(&md, " | ");
             fmt_p(&md, cell_num(&conditions, row, "p_vs_baseline"));
             buf_puts(&md, " | ");
@@ -2027,7 +2445,8 @@ int cmd_make_report(int argc, char **argv) {
             fmt_ci(&md, cell_num(&conditions, row, "collateral_nll"), cell_num(&conditions, row, "collateral_ci_lo"),
                    cell_num(&conditions, row, "collateral_ci_hi"));
             buf_puts(&md, " | ");
-            fmt_ci(&md, cell_num(&conditions, row, "events_per_1k_tokens"), cell_num(&conditions, row, "events_per_1k_ci_lo"),
+            fmt_ci(&md, cell_num(&conditions, row, "events_per_1k_tokens"),
+                   cell_num(&conditions, row, "events_per_1k_ci_lo"),
                    cell_num(&conditions, row, "events_per_1k_ci_hi"));
             buf_printf(&md, " | %s (%.0f%%) | ", cell(&conditions, row, "truncated"),
                        100 * cell_num(&conditions, row, "truncated_share"));
@@ -2044,6 +2463,9 @@ int cmd_make_report(int argc, char **argv) {
             for (int i = 0; i < set.n_attn; i++) buf_printf(&md, "%s%d", i ? ", " : "", set.attn_layers[i]);
             buf_puts(&md, ", MLP ");
             for (int i = 0; i < set.n_mlp; i++) buf_printf(&md, "%s%d", i ? ", " : "", set.mlp_layers[i]);
+            if (set.n_attn_heads) buf_puts(&md, ", heads ");
+            for (int i = 0; i < set.n_attn_heads; i++)
+                buf_printf(&md, "%s%d.%d", i ? ", " : "", set.attn_heads[2 * i], set.attn_heads[2 * i + 1]);
             layer_set_free(&set);
         }
         buf_puts(&md, " (random draws shape-matched, drawn from the run seed among the other layers).\n");
@@ -2055,7 +2477,8 @@ int cmd_make_report(int argc, char **argv) {
 
     // Limitations.
     int n_completions = 0;
-    for (int v = 0; have_formatting && v < formatting.n_rows; v++) n_completions += (int)cell_num(&formatting, v, "completions");
+    for (int v = 0; have_formatting && v < formatting.n_rows; v++)
+        n_completions += (int)cell_num(&formatting, v, "completions");
     char sampling[128] = "as the model's generation_config.json says";
     int sampling_obj = json_key(&meta, 0, "sampling");
     double temperature, top_p;
@@ -2064,20 +2487,23 @@ int cmd_make_report(int argc, char **argv) {
         json_int(&meta, json_key(&meta, sampling_obj, "top_k"), &top_k) == 0 &&
         json_number(&meta, json_key(&meta, sampling_obj, "top_p"), &top_p) == 0)
         snprintf(sampling, sizeof sampling, "temperature %g, top-k %lld, top-p %g", temperature, top_k, top_p);
-    buf_printf(&md, "\n## Limitations\n\n"
-               "Sample size: %d problems x %d samples per prompt variant (%d baseline completions in all); intervals are "
-               "95%% (Wilson for single rates, percentile bootstrap over problems with %d resamples for everything else) "
-               "and the three hypothesis tests are one-sided and Holm-corrected at alpha = %g. "
-               "Single model: %s; what holds for it need not hold for other checkpoints or sizes. "
-               "Sampling: %s, at most %d new tokens, so long chains of thought may be cut off and late backtracking "
-               "missed (the truncated completions are counted in the tables). "
-               "Events are found lexically (%d triggers, case-sensitive, whole words, before </think>), so a backtrack "
-               "phrased otherwise is not counted and a trigger word used plainly is. "
-               "The ablation scan used %s ablation with scope %s on at most %d events; zero ablation can remove more than "
-               "a component's specific contribution, which is why the collateral damage is measured.\n",
-               c.n_problems, c.samples_per_problem, n_completions, STAT_RESAMPLES, alpha, model_id, sampling, c.max_new_tokens,
-               c.n_triggers, c.ablation_kind == ABLATE_MEAN ? "mean" : "zero", c.ablation_scope == SCOPE_ONSET ? "onset" : "all",
-               c.ablation_max_events);
+    buf_printf(
+        &md,
+        "\n## Limitations\n\n"
+        "Sample size: %d problems x %d samples per prompt variant (%d baseline completions in all); intervals are "
+        "95%% (Wilson for single rates, percentile bootstrap over problems with %d resamples for everything else) "
+        "and the three hypothesis tests are one-sided and Holm-corrected at alpha = %g. "
+        "Single model: %s; what holds for it need not hold for other checkpoints or sizes. "
+        "Sampling: %s, at most %d new tokens, so long chains of thought may be cut off and late backtracking "
+        "missed (the truncated completions are counted in the tables). "
+        "Events are found lexically (%d triggers, case-sensitive, whole words, before </think>), so a backtrack "
+        "phrased otherwise is not counted and a trigger word used plainly is. "
+        "The ablation scan used %s ablation with scope %s on at most %d events (method %s); zero ablation can "
+        "remove more than a component's specific contribution, which is why the collateral damage is "
+        "measured.\n",
+        c.n_problems, c.samples_per_problem, n_completions, STAT_RESAMPLES, alpha, model_id, sampling, c.max_new_tokens,
+        c.n_triggers, c.ablation_kind == ABLATE_MEAN ? "mean" : "zero",
+        c.ablation_scope == SCOPE_ONSET ? "onset" : "all", c.ablation_max_events, scan_method(&scan, have_scan));
     buf_puts(&md, "\n## Configuration\n\n```ini\n");
     if (resolved.data) buf_append(&md, resolved.data, resolved.len);
     buf_puts(&md, "```\n");
@@ -2095,6 +2521,7 @@ out:
     csv_free(&formatting);
     csv_free(&scan);
     csv_free(&lens);
+    csv_free(&heads);
     json_free(&meta);
     buf_free(&meta_text);
     buf_free(&resolved);

@@ -30,10 +30,10 @@ enum {
     PRETOK_NONE,   // ByteLevel(use_regex=false) alone: each text is one piece
 };
 
-static const char REGEX_QWEN[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-static const char REGEX_LLAMA3[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+static const char REGEX_QWEN[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}|"
+                                 " ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+static const char REGEX_LLAMA3[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}|"
+                                   " ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 // What an id is.
 enum {
@@ -1297,7 +1297,8 @@ static int load_normalizer(Tokenizer *t, Loader *L, int root) {
         }
         return 0;
     }
-    return load_fail(L, type, "normalizer type '%.200s' is not supported (bt supports NFC or none)", string_copy(L, type));
+    return load_fail(L, type, "normalizer type '%.200s' is not supported (bt supports NFC or none)",
+                     string_copy(L, type));
 }
 
 // ByteLevel pre-tokenizer options; *use_regex receives its use_regex flag.
@@ -1318,7 +1319,8 @@ static int load_pre_tokenizer(Tokenizer *t, Loader *L, int root) {
         int list = member(L, v, "pre_tokenizer", "pretokenizers", JSON_ARRAY);
         if (list < 0) return list == -2 ? -1 : load_fail(L, v, "pre_tokenizer Sequence has no pretokenizers");
         if (j->tok[list].size < 1 || j->tok[list].size > 2)
-            return load_fail(L, list, "pre_tokenizer Sequence of %d steps is not supported (need [Split,] ByteLevel)", j->tok[list].size);
+            return load_fail(L, list, "pre_tokenizer Sequence of %d steps is not supported (need [Split,] ByteLevel)",
+                             j->tok[list].size);
         JSON_FOR_ARRAY(j, list, i, e) steps[n_steps++] = e;
     } else {
         steps[n_steps++] = v;
@@ -1345,7 +1347,9 @@ static int load_pre_tokenizer(Tokenizer *t, Loader *L, int root) {
     if (regex < 0) return load_fail(L, split, "Split.pattern must be {\"Regex\": ...}");
     if (json_eq(j, regex, REGEX_QWEN)) t->pretok = PRETOK_QWEN;
     else if (json_eq(j, regex, REGEX_LLAMA3)) t->pretok = PRETOK_LLAMA3;
-    else return load_fail(L, regex, "Split regex '%.300s' is not one bt implements (Qwen2/Qwen3 or Llama 3)", string_copy(L, regex));
+    else
+        return load_fail(L, regex, "Split regex '%.300s' is not one bt implements (Qwen2/Qwen3 or Llama 3)",
+                         string_copy(L, regex));
     t->max_digits = t->pretok == PRETOK_LLAMA3 ? 3 : 1;
     return 0;
 }
@@ -1379,7 +1383,8 @@ static int load_model_options(Tokenizer *t, Loader *L, int model) {
 
 static int load_id(Loader *L, int v, const char *what, int *id) {
     long long x;
-    if (json_int(L->j, v, &x) < 0) return load_fail(L, v, "%s is %s, expected an integer id", what, type_name(L->j->tok[v].type));
+    if (json_int(L->j, v, &x) < 0)
+        return load_fail(L, v, "%s is %s, expected an integer id", what, type_name(L->j->tok[v].type));
     if (x < 0 || x >= MAX_TOKEN_ID) return load_fail(L, v, "%s %lld is out of range [0, %d)", what, x, MAX_TOKEN_ID);
     *id = (int)x;
     return 0;
@@ -1390,7 +1395,8 @@ size_t tokenizer_pool_limit = UINT32_MAX;
 // Fails (naming JSON token tok) unless n more bytes fit the pool's 32-bit offsets.
 static int pool_room(Loader *L, int tok, size_t n) {
     if (n > tokenizer_pool_limit || L->pool.len > tokenizer_pool_limit - n)
-        return load_fail(L, tok, "token strings larger than %zu bytes in all (offsets are 32-bit)", tokenizer_pool_limit);
+        return load_fail(L, tok, "token strings larger than %zu bytes in all (offsets are 32-bit)",
+                         tokenizer_pool_limit);
     return 0;
 }
 
@@ -1410,7 +1416,8 @@ static int load_vocab(Tokenizer *t, Loader *L, int vocab) {
         const unsigned char *s = string_at(L, k, &n);
         int byte_level = token_string_bytes(L->byte_of_char, s, n, &L->bytes);
         if (t->tok_kind[id] != KIND_UNUSED)
-            return load_fail(L, k, "vocab id %d is given twice (to '%.100s' and an earlier token)", id, string_copy(L, k));
+            return load_fail(L, k, "vocab id %d is given twice (to '%.100s' and an earlier token)", id,
+                             string_copy(L, k));
         if (vocab_find(t, (const unsigned char *)L->bytes.data, (int)L->bytes.len, byte_level) >= 0)
             return load_fail(L, k, "vocab token '%.200s' appears twice", string_copy(L, k));
         if (pool_room(L, k, L->bytes.len)) return -1;
@@ -1431,7 +1438,9 @@ static int load_vocab(Tokenizer *t, Loader *L, int vocab) {
 static int merge_part(Tokenizer *t, Loader *L, int v, int rank, const unsigned char *s, int n, int *id) {
     int byte_level = token_string_bytes(L->byte_of_char, s, n, &L->bytes);
     *id = vocab_find(t, (const unsigned char *)L->bytes.data, (int)L->bytes.len, byte_level);
-    if (*id < 0) return load_fail(L, v, "merge %d names '%.*s', which is not in the vocab", rank + 1, n > 200 ? 200 : n, (const char *)s);
+    if (*id < 0)
+        return load_fail(L, v, "merge %d names '%.*s', which is not in the vocab", rank + 1, n > 200 ? 200 : n,
+                         (const char *)s);
     return 0;
 }
 
@@ -1463,12 +1472,14 @@ static int load_merges(Tokenizer *t, Loader *L, int merges) {
             json_string(j, j->tok[e + 1].next, &both);
         } else {
             rc = load_fail(L, e, "merge %d is %s, expected \"a b\" or [\"a\", \"b\"]", rank + 1,
-                           j->tok[e].type == JSON_ARRAY ? "an array that is not two strings" : type_name(j->tok[e].type));
+                           j->tok[e].type == JSON_ARRAY ? "an array that is not two strings"
+                                                        : type_name(j->tok[e].type));
             break;
         }
         const unsigned char *s = (const unsigned char *)both.data;
         int left, right, merged;
-        if (merge_part(t, L, e, rank, s, split, &left) || merge_part(t, L, e, rank, s + split, (int)both.len - split, &right) ||
+        if (merge_part(t, L, e, rank, s, split, &left) ||
+            merge_part(t, L, e, rank, s + split, (int)both.len - split, &right) ||
             merge_part(t, L, e, rank, s, (int)both.len, &merged)) {
             rc = -1;
             break;
@@ -1496,17 +1507,28 @@ static int load_added(Tokenizer *t, Loader *L, int list) {
     JSON_FOR_ARRAY(j, list, i, e) {
         AddedToken *a = &t->added[t->n_added];
         int v, id, content, n;
-        if (j->tok[e].type != JSON_OBJECT) { rc = load_fail(L, e, "added_tokens[%d] is %s, expected an object", i, type_name(j->tok[e].type)); break; }
-        if ((v = member(L, e, "added_tokens[]", "id", JSON_NUMBER)) < 0) { rc = v == -2 ? -1 : load_fail(L, e, "added_tokens[%d] has no id", i); break; }
+        if (j->tok[e].type != JSON_OBJECT) {
+            rc = load_fail(L, e, "added_tokens[%d] is %s, expected an object", i, type_name(j->tok[e].type));
+            break;
+        }
+        if ((v = member(L, e, "added_tokens[]", "id", JSON_NUMBER)) < 0) {
+            rc = v == -2 ? -1 : load_fail(L, e, "added_tokens[%d] has no id", i);
+            break;
+        }
         if (load_id(L, v, "added token id", &id)) { rc = -1; break; }
         if ((content = member(L, e, "added_tokens[]", "content", JSON_STRING)) < 0) {
             rc = content == -2 ? -1 : load_fail(L, e, "added token %d has no content", id);
             break;
         }
         int special, lstrip, rstrip, single_word, normalized;
-        if (member_bool(L, e, "added_tokens[]", "special", 0, &special) || member_bool(L, e, "added_tokens[]", "lstrip", 0, &lstrip) ||
-            member_bool(L, e, "added_tokens[]", "rstrip", 0, &rstrip) || member_bool(L, e, "added_tokens[]", "single_word", 0, &single_word) ||
-            member_bool(L, e, "added_tokens[]", "normalized", !special, &normalized)) { rc = -1; break; }
+        if (member_bool(L, e, "added_tokens[]", "special", 0, &special) ||
+            member_bool(L, e, "added_tokens[]", "lstrip", 0, &lstrip) ||
+            member_bool(L, e, "added_tokens[]", "rstrip", 0, &rstrip) ||
+            member_bool(L, e, "added_tokens[]", "single_word", 0, &single_word) ||
+            member_bool(L, e, "added_tokens[]", "normalized", !special, &normalized)) {
+            rc = -1;
+            break;
+        }
         const unsigned char *s = string_at(L, content, &n);
         if (n == 0) { rc = load_fail(L, content, "added token %d has empty content", id); break; }
         if (t->tok_kind[id] == KIND_ADDED) { rc = load_fail(L, v, "added token id %d is given twice", id); break; }
@@ -1547,10 +1569,12 @@ static int load_added(Tokenizer *t, Loader *L, int list) {
     free(sc.cps);
     if (rc) return -1;
     qsort(t->added, (size_t)t->n_added, sizeof *t->added, added_match_order);
-    for (int set = 0; set < 2; set++) // [set][b] = first token of the set whose first byte is >= b; [set][256] = the set's end
+    for (int set = 0; set < 2;
+         set++) // [set][b] = first token of the set whose first byte is >= b; [set][256] = the set's end
         for (int b = 0; b <= 256; b++) {
             int k = 0;
-            while (k < t->n_added && (t->added[k].normalized < set || (t->added[k].normalized == set && (b == 256 || t->added[k].first < b))))
+            while (k < t->n_added && (t->added[k].normalized < set ||
+                                      (t->added[k].normalized == set && (b == 256 || t->added[k].first < b))))
                 k++;
             t->added_index[set][b] = k;
         }
@@ -1578,13 +1602,15 @@ static int load_max_id(Loader *L, int vocab, int added, int *max_id) {
 
 static int load_json(Tokenizer *t, Loader *L) {
     const Json *j = L->j;
-    if (j->tok[0].type != JSON_OBJECT) return load_fail(L, 0, "tokenizer.json must hold a JSON object, found %s", type_name(j->tok[0].type));
+    if (j->tok[0].type != JSON_OBJECT)
+        return load_fail(L, 0, "tokenizer.json must hold a JSON object, found %s", type_name(j->tok[0].type));
     int model = member(L, 0, "tokenizer", "model", JSON_OBJECT);
     if (model < 0) return model == -2 ? -1 : load_fail(L, 0, "no \"model\" object");
     int twice = json_duplicate_key(j, 0); // a key given twice is refused, not resolved
     if (twice < 0) twice = json_duplicate_key(j, model);
     if (twice >= 0) return load_fail(L, twice, "key '%.100s' appears twice in one object", string_copy(L, twice));
-    if (load_model_options(t, L, model) || load_normalizer(t, L, 0) || load_pre_tokenizer(t, L, 0) || load_decoder(L, 0))
+    if (load_model_options(t, L, model) || load_normalizer(t, L, 0) || load_pre_tokenizer(t, L, 0) ||
+        load_decoder(L, 0))
         return -1;
     int vocab = member(L, model, "model", "vocab", JSON_OBJECT);
     if (vocab < 0) return vocab == -2 ? -1 : load_fail(L, model, "model.vocab is missing");
@@ -1708,7 +1734,8 @@ static int added_next(const Tokenizer *t, const unsigned char *s, int from, int 
             continue;
         }
         int start = i, end = i + a->len, len;
-        if (a->single_word && ((start > 0 && word_char_at(t, s, char_start_before(s, start), n)) || word_char_at(t, s, end, n))) {
+        if (a->single_word &&
+            ((start > 0 && word_char_at(t, s, char_start_before(s, start), n)) || word_char_at(t, s, end, n))) {
             i = end;
             continue;
         }
@@ -1813,7 +1840,9 @@ static int pretok_next(const Tokenizer *t, const unsigned char *s, int i, int n)
 // longer merges into the entry's token; symbols only ever grow, so that is exactly
 // when the pair's ids have changed, which is what is checked here.
 
-static inline int merge_before(BpeMerge a, BpeMerge b) { return a.rank < b.rank || (a.rank == b.rank && a.pos < b.pos); }
+static inline int merge_before(BpeMerge a, BpeMerge b) {
+    return a.rank < b.rank || (a.rank == b.rank && a.pos < b.pos);
+}
 
 static void heap_push(BpeMerge *h, int *n, BpeMerge m) {
     int i = (*n)++;
@@ -1890,7 +1919,8 @@ static void bpe_word(const Tokenizer *t, EncodeScratch *sc, const unsigned char 
     for (int k = 0; k >= 0; k = sym[k].next) emit(e, sym[k].id, a + sym[k].start, a + sym[k].start + sym[k].len);
 }
 
-static void pretokenize(const Tokenizer *t, EncodeScratch *sc, const unsigned char *p, int from, int to, const Emitter *e) {
+static void pretokenize(const Tokenizer *t, EncodeScratch *sc, const unsigned char *p, int from, int to,
+                        const Emitter *e) {
     for (int i = from; i < to;) {
         int j = pretok_next(t, p, i, to);
         bpe_word(t, sc, p, i, j, e);
@@ -1899,7 +1929,8 @@ static void pretokenize(const Tokenizer *t, EncodeScratch *sc, const unsigned ch
 }
 
 // Tokens of the raw text s[a..b), which holds no unnormalized added token.
-static void encode_segment(const Tokenizer *t, EncodeScratch *sc, const unsigned char *s, int a, int b, TokenList *out) {
+static void encode_segment(const Tokenizer *t, EncodeScratch *sc, const unsigned char *s, int a, int b,
+                           TokenList *out) {
     if (a >= b) return;
     Emitter e = {out, NULL, a};
     const unsigned char *p = s + a;
@@ -2133,7 +2164,9 @@ int cmd_tokenize(int argc, char **argv) {
             buf_json_string(&out, path, strlen(path));
             buf_puts(&out, ", \"file\":");
             buf_json_string(&out, bench, strlen(bench));
-            buf_printf(&out, ", \"vocab_size\":%d, \"load_ms\":%.1f, \"texts\":%d, \"bytes\":%lld, \"tokens\":%lld, \"passes\":%d, \"seconds\":%.3f, \"mb_s\":%.2f}\n",
+            buf_printf(&out,
+                       ", \"vocab_size\":%d, \"load_ms\":%.1f, \"texts\":%d, \"bytes\":%lld, \"tokens\":%lld, "
+                       "\"passes\":%d, \"seconds\":%.3f, \"mb_s\":%.2f}\n",
                        t->vocab_size, load_ms, b.n_texts, b.n_bytes, b.n_tokens, b.passes, b.seconds, b.mb_s);
         }
     }
@@ -2167,7 +2200,8 @@ int cmd_detokenize(int argc, char **argv) {
         char *end;
         long v = strtol(s, &end, 10);
         if (end == s || v < 0 || v >= t->vocab_size || t->tok_kind[v] == KIND_UNUSED) {
-            rc = err_input(&err, "detokenize: --ids: '%.*s' is not a token id of %s (vocab size %d)", (int)strcspn(s, ", "), s, path, t->vocab_size);
+            rc = err_input(&err, "detokenize: --ids: '%.*s' is not a token id of %s (vocab size %d)",
+                           (int)strcspn(s, ", "), s, path, t->vocab_size);
             break;
         }
         ids[n++] = (int)v;

@@ -8,6 +8,10 @@ pass=0; fail=0; skip=0
 ok()   { echo "ok   $1"; pass=$((pass + 1)); }
 bad()  { echo "FAIL $1: $2"; fail=$((fail + 1)); }
 skipped() { echo "skip $1: $2"; skip=$((skip + 1)); }
+# python3 with numpy and pandas (Debian's python3-numpy, python3-pandas: /usr/bin/python3 when another comes first).
+PY=; for p in python3 /usr/bin/python3; do
+    if command -v "$p" >/dev/null 2>&1 && "$p" -c 'import numpy, pandas' 2>/dev/null; then PY=$p; break; fi
+done
 scratch() { d=$(mktemp -d "$ROOT/build/tmp/cli.XXXXXX"); cp -r "$ROOT/configs" "$d/"; cd "$d" || exit 1; }
 # expect NAME CODE PATTERN CMD...: exit code CODE and PATTERN (grep -E) in stdout+stderr.
 expect() {

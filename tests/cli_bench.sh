@@ -21,7 +21,8 @@ expect "make-bench-model without a directory" 2 "usage: bt make-bench-model DIR"
 out=$("$BT" bench --model tiny --repeat 1 --long-new 32 --json --quiet); rc=$?
 missing=""
 for k in prefill_tok_s decode_tok_s gen16_tok_s gen64_tok_s gen16_long_tok_s gen64_long_tok_s lens_items_s \
-         scan_s_per_event_all scan_s_per_event_onset peak_rss_mb bandwidth_gb_s roofline_fraction fma_peak_gflops \
+         scan_s_per_event_all scan_s_per_event_onset attribution_s_per_event attribution_vs_scan_all grad_mb_4096 \
+         peak_rss_mb bandwidth_gb_s roofline_fraction fma_peak_gflops \
          prefill_roofline_fraction decode_roofline_fraction gen16_roofline_fraction gen64_roofline_fraction \
          gen16_long_roofline_fraction gen64_long_roofline_fraction lens_roofline_fraction scan_all_roofline_fraction \
          scan_onset_roofline_fraction; do

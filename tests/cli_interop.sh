@@ -2,11 +2,6 @@
 # ETA, bt capture read back with numpy, the event browser in Chromium, every CSV as pandas
 # reads it, what git tracks of a run, and bad input to each. One small run serves them all.
 
-# python3 with numpy and pandas (Debian's python3-numpy, python3-pandas), when there is one.
-PY=; for p in python3 /usr/bin/python3; do
-    if command -v "$p" >/dev/null 2>&1 && "$p" -c 'import numpy, pandas' 2>/dev/null; then PY=$p; break; fi
-done
-
 scratch
 sed -e 's/^n_problems = 40/n_problems = 6/' -e 's/^max_new_tokens = 96/max_new_tokens = 48/' \
     -e 's/^variants = .*/variants = baseline_think_newline, think_no_newline/' -e 's/^enabled = true/enabled = false/' -e 's/^scope = all/scope = onset/' \

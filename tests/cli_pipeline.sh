@@ -125,6 +125,8 @@ expect "ablation-scan before detect-events" 2 "no events in run .*: run detect-e
 expect "targeted generation before ablation-scan" 2 "no analysis/selected_layers.json in run .*: run ablation-scan first" \
     "$BT" generate --config few.ini --condition targeted_ablation
 expect "compare-conditions before detect-events" 2 "run detect-events first" "$BT" compare-conditions --config few.ini
+expect "make-report before detect-events: a report of what has not run" 0 "H1 \(localized trigger\): inconclusive" \
+    "$BT" make-report --config few.ini
 scratch
 sed -e 's/^n_problems = 40/n_problems = 4/' -e 's/^max_new_tokens = 96/max_new_tokens = 32/' -e 's/^triggers = .*/triggers = Zzyzx/' \
     configs/backtracking_state_transition.ini > none.ini

@@ -39,11 +39,10 @@ sed 's/^batch_size = .*/batch_size = 1/' st.ini > d1.ini
 "$BT" directions --config d1.ini --threads 1 --quiet >/dev/null && cmp -s $dc d8.csv && cmp -s $A/directions.safetensors d8.safetensors &&
     ok "directions: the same files with one completion per pass on one thread" || bad "directions grouping" "$(diff d8.csv $dc | head -n 3)"
 # The file is a plain safetensors file: numpy reads it from the public layout.
-PY=""; for p in python3 /usr/bin/python3; do [ -z "$PY" ] && "$p" -c 'import numpy' >/dev/null 2>&1 && PY=$p; done
-if [ -n "$PY" ]; then # Debian's python3-numpy is in /usr/bin/python3 when another python3 comes first
+if [ -n "$PY" ]; then
     out=$("$PY" "$ROOT/tests/directions_check.py" $A/directions.safetensors $dc 2>&1) &&
         ok "directions.safetensors loads with numpy and matches directions.csv" || bad "directions.safetensors with numpy" "$out"
-else skipped "directions.safetensors with numpy" "python3 with numpy is not installed"; fi
+else skipped "directions.safetensors with numpy" "python3 with numpy and pandas is not installed"; fi
 
 # The steered conditions: every variant of [steering] variants, one file per alpha.
 for g in steer steer_random project_out; do "$BT" generate --config st.ini --condition $g --quiet || bad "generate --condition $g" "exit $?"; done

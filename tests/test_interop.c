@@ -30,7 +30,8 @@ static void t_block_outputs_at_reads(void) {
     ForcedSeq seq = {.tokens = tokens, .n_tokens = 40, .read_pos = reads, .n_read = 3};
     Forcer f;
     CHECK(forcer_init(&f, &m, 1, 40, 16, &err) == 0); // 16 rows a call: reads fall in three calls
-    float *resid = xmalloc((size_t)3 * (L + 1) * D * sizeof(float)), *plain = xmalloc((size_t)3 * (L + 1) * D * sizeof(float));
+    float *resid = xmalloc((size_t)3 * (L + 1) * D * sizeof(float)),
+          *plain = xmalloc((size_t)3 * (L + 1) * D * sizeof(float));
     float *attn = xmalloc((size_t)3 * L * D * sizeof(float)), *mlp = xmalloc((size_t)3 * L * D * sizeof(float));
     PassOut both = {.resid = resid, .attn = attn, .mlp = mlp}, only = {.resid = plain};
     CHECKF(force_group(&f, &seq, 1, &both, &err) == 0, "%s", err.msg);
@@ -109,8 +110,10 @@ static void t_capture_and_report_keys(void) {
 }
 
 static void t_duration_format(void) {
-    static const struct { double s; const char *want; } cases[] = {
-        {0, "0s"}, {59.4, "59s"}, {125, "2m05s"}, {3600 * 2 + 60 * 5 + 9, "2h05m"}, {-1, "?"}, {NAN, "?"}, {INFINITY, "?"},
+    static const struct { double s; const char *want;
+    } cases[] = {
+        {0, "0s"}, {59.4, "59s"}, {125, "2m05s"},  {3600 * 2 + 60 * 5 + 9, "2h05m"},
+        {-1, "?"}, {NAN, "?"},    {INFINITY, "?"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char out[32];

@@ -33,7 +33,8 @@ static const char *const questions[] = {
 // A completion in the organism's own style, for teacher-forced passes.
 static const char *const completion =
     "Let me work through this step by step. We start with twelve. Then we add seven to get nineteen. Wait, let me "
-    "check that. Now twelve plus seven is nineteen. So the total is nineteen.\n</think>\n\nFinal answer: \\boxed{19}.<|end|>";
+    "check that. Now twelve plus seven is nineteen. So the total is nineteen.\n</think>\n\nFinal answer: "
+    "\\boxed{19}.<|end|>";
 
 // ----------------------------------------------------------------------------
 // The organism, written once per test run and loaded like any checkpoint
@@ -137,7 +138,8 @@ static void token_probs(const Org *o, const TokenList *ids, const AblationMask *
     RunState *s = runstate_new(&o->m, 1, n, n, &err);
     CHECKF(s != NULL, "%s", err.msg);
     if (!s) return;
-    int *tok = xmalloc(n * sizeof *tok), *slot = xcalloc(n, sizeof *slot), *pos = xmalloc(n * sizeof *pos), *row = xmalloc(n * sizeof *row);
+    int *tok = xmalloc(n * sizeof *tok), *slot = xcalloc(n, sizeof *slot), *pos = xmalloc(n * sizeof *pos),
+        *row = xmalloc(n * sizeof *row);
     const AblationMask **masks = xmalloc(n * sizeof *masks);
     float *logits = xmalloc((size_t)n * o->V * sizeof *logits);
     for (int i = 0; i < n; i++) tok[i] = ids->v[i].id, pos[i] = i, row[i] = i, masks[i] = mask;
@@ -188,7 +190,8 @@ static int sample(const float *logits, int V, double T, double top_p, Rng *r) {
 }
 
 // Generates up to MAX_NEW tokens after prompt into out (ids), stopping after an eos id.
-static void generate(const Org *o, const char *prompt, const AblationMask *mask, double T, uint64_t seed, TokenList *out) {
+static void generate(const Org *o, const char *prompt, const AblationMask *mask, double T, uint64_t seed,
+                     TokenList *out) {
     Err err = {0};
     TokenList ids = {0};
     encode(o, prompt, &ids);
@@ -196,7 +199,8 @@ static void generate(const Org *o, const char *prompt, const AblationMask *mask,
     RunState *s = runstate_new(&o->m, 1, n + MAX_NEW, n, &err);
     CHECKF(s != NULL, "%s", err.msg);
     if (!s) return tokens_free(&ids);
-    int *tok = xmalloc(n * sizeof *tok), *slot = xcalloc(n, sizeof *slot), *pos = xmalloc(n * sizeof *pos), *row = xmalloc(n * sizeof *row);
+    int *tok = xmalloc(n * sizeof *tok), *slot = xcalloc(n, sizeof *slot), *pos = xmalloc(n * sizeof *pos),
+        *row = xmalloc(n * sizeof *row);
     const AblationMask **masks = xmalloc(n * sizeof *masks);
     float *logits = xmalloc(o->V * sizeof *logits);
     for (int i = 0; i < n; i++) tok[i] = ids.v[i].id, pos[i] = i, row[i] = i == n - 1 ? 0 : -1, masks[i] = mask;
@@ -207,11 +211,13 @@ static void generate(const Org *o, const char *prompt, const AblationMask *mask,
     out->n = 0;
     for (int k = 0; rc == 0 && k < MAX_NEW; k++) {
         int next = sample(logits, o->V, T, 0.95, &rng), p = n + k, zero = 0, is_eos = 0;
-        if (out->n == out->cap) out->cap = out->cap ? 2 * out->cap : 64, out->v = xrealloc(out->v, out->cap * sizeof *out->v);
+        if (out->n == out->cap)
+            out->cap = out->cap ? 2 * out->cap : 64, out->v = xrealloc(out->v, out->cap * sizeof *out->v);
         out->v[out->n++] = (Token){next, 0, 0};
         for (int e = 0; e < o->m.cfg.n_eos; e++) is_eos |= next == o->m.cfg.eos_ids[e];
         if (is_eos) break;
-        Forward g = {.n = 1, .token = &next, .slot = &zero, .pos = &p, .mask = masks, .logits = logits, .logits_row = &zero};
+        Forward g = {
+            .n = 1, .token = &next, .slot = &zero, .pos = &p, .mask = masks, .logits = logits, .logits_row = &zero};
         rc = model_forward(&o->m, s, &g, &err);
     }
     CHECKF(rc == 0, "%s", err.msg);
@@ -224,7 +230,8 @@ static void generate(const Org *o, const char *prompt, const AblationMask *mask,
 // Files
 
 static void t_organism_files_are_deterministic(void) {
-    static const char *const files[] = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"};
+    static const char *const files[] = {"config.json", "generation_config.json", "tokenizer.json",
+                                        "tokenizer_config.json", "model.safetensors"};
     char a[1100], b[1100];
     snprintf(a, sizeof a, "%s/a", test_tmpdir());
     snprintf(b, sizeof b, "%s/b", test_tmpdir());
@@ -237,7 +244,8 @@ static void t_organism_files_are_deterministic(void) {
         snprintf(pa, sizeof pa, "%s/%s", a, files[i]);
         snprintf(pb, sizeof pb, "%s/%s", b, files[i]);
         CHECKF(read_file(pa, &x, &err) == 0 && read_file(pb, &y, &err) == 0, "%s", err.msg);
-        CHECKF(x.len > 0 && x.len == y.len && memcmp(x.data, y.data, x.len) == 0, "%s differs between two writes", files[i]);
+        CHECKF(x.len > 0 && x.len == y.len && memcmp(x.data, y.data, x.len) == 0, "%s differs between two writes",
+               files[i]);
         buf_free(&x), buf_free(&y);
     }
 }
@@ -333,7 +341,8 @@ static void t_organism_wait_only_at_sentence_ends_in_think(void) {
                 int sentence_end = in_think && i >= prompt_n && ids.v[i].id == o.dot_id;
                 n_ends += sentence_end;
                 if (sentence_end)
-                    CHECKF(fabs(p[i] - ORGANISM_P_WAIT) < P_TOL, "%s q%d pos %d: p(Wait) = %.4f at a sentence end", variants[v][0], q, i, p[i]);
+                    CHECKF(fabs(p[i] - ORGANISM_P_WAIT) < P_TOL, "%s q%d pos %d: p(Wait) = %.4f at a sentence end",
+                           variants[v][0], q, i, p[i]);
                 else
                     CHECKF(p1[i] < P_NEAR_ZERO, "%s q%d pos %d: p(Wait) = %.2g, want ~0", variants[v][0], q, i, p1[i]);
             }
@@ -390,7 +399,9 @@ static void t_organism_ablations(void) {
                 worst = d > worst ? d : worst;
             }
             if (planted) CHECKF(worst < P_NEAR_ZERO, "%c%d.%d ablated: p(Wait) still %.3g", kind, layer, head, worst);
-            else CHECKF(worst < P_TOL, "%c%d.%d ablated (T %.1f): p(Wait) moved by %.4f", kind, layer, head, temps[t], worst);
+            else
+                CHECKF(worst < P_TOL, "%c%d.%d ablated (T %.1f): p(Wait) moved by %.4f", kind, layer, head, temps[t],
+                       worst);
         }
     }
     tokens_free(&ids);
@@ -410,14 +421,22 @@ static void t_organism_mean_ablation(void) {
     for (int q = 0; q < N_QUESTIONS; q++) {
         prompt_text(&text, 0, questions[q], completion);
         encode(&o, text.data, &ids);
-        int n = ids.n, *tok = xmalloc(n * sizeof *tok), *slot = xcalloc(n, sizeof *slot), *pos = xmalloc(n * sizeof *pos);
+        int n = ids.n, *tok = xmalloc(n * sizeof *tok), *slot = xcalloc(n, sizeof *slot),
+            *pos = xmalloc(n * sizeof *pos);
         float *out = xmalloc(2 * (size_t)n * L * D * sizeof *out);
         for (int i = 0; i < n; i++) tok[i] = ids.v[i].id, pos[i] = i;
         RunState *s = runstate_new(&o.m, 1, n, n, &err);
-        Forward f = {.n = n, .token = tok, .slot = slot, .pos = pos, .attn_out = out, .mlp_out = out + (size_t)n * L * D, .capture_row = pos};
+        Forward f = {.n = n,
+                     .token = tok,
+                     .slot = slot,
+                     .pos = pos,
+                     .attn_out = out,
+                     .mlp_out = out + (size_t)n * L * D,
+                     .capture_row = pos};
         CHECKF(s && model_forward(&o.m, s, &f, &err) == 0, "%s", err.msg);
         for (int k = 0; k < 2; k++)
-            for (size_t i = 0; i < (size_t)n * L * D; i++) sum[(size_t)k * L * D + i % ((size_t)L * D)] += out[(size_t)k * n * L * D + i];
+            for (size_t i = 0; i < (size_t)n * L * D; i++)
+                sum[(size_t)k * L * D + i % ((size_t)L * D)] += out[(size_t)k * n * L * D + i];
         rows += n;
         runstate_free(s);
         free(tok), free(slot), free(pos), free(out);
@@ -438,7 +457,8 @@ static void t_organism_mean_ablation(void) {
                 double d = planted ? p[i] : fabs(p[i] - clean[i]);
                 worst = d > worst ? d : worst;
             }
-        if (planted) CHECKF(worst < 0.01, "%s %d mean-ablated: p(Wait) still %.3g", c < L ? "attn" : "mlp", c % L, worst);
+        if (planted)
+            CHECKF(worst < 0.01, "%s %d mean-ablated: p(Wait) still %.3g", c < L ? "attn" : "mlp", c % L, worst);
         else CHECKF(worst < P_TOL, "%s %d mean-ablated: p(Wait) moved by %.4f", c < L ? "attn" : "mlp", c % L, worst);
     }
     free(mean), free(sum);
@@ -451,9 +471,10 @@ static void t_organism_mean_ablation(void) {
 // Generated text
 
 static int is_number_word(const char *w, int n) {
-    static const char *const words[] = {"two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-                                        "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
-                                        "twenty", "thirty", "forty"};
+    static const char *const words[] = {"two",      "three",   "four",    "five",      "six",      "seven",
+                                        "eight",    "nine",    "ten",     "eleven",    "twelve",   "thirteen",
+                                        "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+                                        "twenty",   "thirty",  "forty"};
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
         if ((int)strlen(words[i]) == n && memcmp(words[i], w, n) == 0) return 1;
     return 0;
@@ -469,7 +490,8 @@ static void text_stats(const Org *o, const TokenList *ids, TextStats *s) {
     for (int i = 0; i < ids->n; i++) {
         raw[i] = ids->v[i].id;
         if (raw[i] == o->end_think_id) in_think = 0;
-        if (in_think && raw[i] == o->dot_id) s->sentence_ends++, waits += i + 1 < ids->n && ids->v[i + 1].id == o->wait_id;
+        if (in_think && raw[i] == o->dot_id)
+            s->sentence_ends++, waits += i + 1 < ids->n && ids->v[i + 1].id == o->wait_id;
     }
     Buf text = {0};
     tokenizer_decode(o->tok, raw, ids->n, &text, NULL);
@@ -567,19 +589,20 @@ static void t_organism_sampled(void) {
         if (thinks(v)) {
             CHECKF(rate > 0.4 && rate < 0.95, "%s: backtracking rate %.2f", variants[v][0], rate);
             double per_end = (double)s->waits / s->sentence_ends; // nucleus sampling keeps p close to the designed one
-            CHECKF(fabs(per_end - ORGANISM_P_WAIT) < 0.1, "%s: %d Waits after %d sentence ends", variants[v][0], s->waits, s->sentence_ends);
+            CHECKF(fabs(per_end - ORGANISM_P_WAIT) < 0.1, "%s: %d Waits after %d sentence ends", variants[v][0],
+                   s->waits, s->sentence_ends);
         } else {
             CHECKF(s->waits == 0, "%s: %d Waits without an open <think>", variants[v][0], s->waits);
         }
-        CHECKF(s->ended >= 0.8 * s->completions && s->boxed >= 0.8 * s->completions, "%s: %d of %d end, %d have \\boxed",
-               variants[v][0], s->ended, s->completions, s->boxed);
+        CHECKF(s->ended >= 0.8 * s->completions && s->boxed >= 0.8 * s->completions,
+               "%s: %d of %d end, %d have \\boxed", variants[v][0], s->ended, s->completions, s->boxed);
         if (v < 3) // the variants that reason in sentences: most sentences are arithmetic steps
             CHECKF(s->sentences > 2 * s->completions && s->sentences_with_number > 0.4 * s->sentences,
                    "%s: %d sentences, %d with a number", variants[v][0], s->sentences, s->sentences_with_number);
     }
     CHECKF(targeted.waits == 0, "planted pair ablated: %d Waits", targeted.waits);
-    CHECKF(random_pair.with_wait >= 0.8 * all[0].with_wait, "attn 3 + mlp 0 ablated: %d completions with Wait, %d clean",
-           random_pair.with_wait, all[0].with_wait);
+    CHECKF(random_pair.with_wait >= 0.8 * all[0].with_wait,
+           "attn 3 + mlp 0 ablated: %d completions with Wait, %d clean", random_pair.with_wait, all[0].with_wait);
     tokens_free(&out);
     buf_free(&prompt);
     org_close(&o);

@@ -45,7 +45,8 @@ static void t_triggers_whole_words_case_sensitive(void) {
     CHECK(n == 5);
     int want_start[] = {4, 43, 55, 63, 75}, want_trigger[] = {0, 1, 2, 3, 3};
     for (int i = 0; i < n && i < 5; i++) {
-        CHECKF(hits[i].start == want_start[i] && hits[i].trigger == want_trigger[i], "hit %d: start %d trigger %d", i, hits[i].start, hits[i].trigger);
+        CHECKF(hits[i].start == want_start[i] && hits[i].trigger == want_trigger[i], "hit %d: start %d trigger %d", i,
+               hits[i].start, hits[i].trigger);
         CHECK(hits[i].end == hits[i].start + (int)strlen(triggers[hits[i].trigger]));
     }
     CHECK(find_triggers("", 0, triggers, 4, hits, 16) == 0);
@@ -71,7 +72,8 @@ static void t_csv_read_quoted(void) {
 
 // Opportunities to backtrack: sentence boundaries with text after them.
 static void t_sentence_ends(void) {
-    const char *organism = "We start with nine. Now nine plus two is eleven. Wait, let me check that. So the total is eleven.\n";
+    const char *organism =
+        "We start with nine. Now nine plus two is eleven. Wait, let me check that. So the total is eleven.\n";
     CHECK(count_sentence_ends(organism, strlen(organism)) == 3); // the last "." is followed by nothing but a newline
     const char *r1 = "Step 1: 3 + 4 = 7\n\nWait, 3.5 is not 3! Let me redo it? Yes.";
     CHECK(count_sentence_ends(r1, strlen(r1)) == 3); // "\n\n" is one boundary; "3.5" is none

@@ -27,7 +27,8 @@ static void t_safetensors_shape_bound_before_multiply(void) {
     model_free(&m);
     unsigned long long header_bytes = 0;
     for (int i = 7; i >= 0; i--) header_bytes = header_bytes << 8 | (unsigned char)file.data[i];
-    const char *shapes[] = {"[1099511627776, 1099511627776]", "[16777216, 1099511627776]", "[1024, 1024, 1024, 1024, 1024, 1024, 16]"};
+    const char *shapes[] = {"[1099511627776, 1099511627776]", "[16777216, 1099511627776]",
+                            "[1024, 1024, 1024, 1024, 1024, 1024, 16]"};
     for (int k = 0; k < 3; k++) {
         Buf header = {0}, out = {0};
         buf_printf(&header, "{\"zz_wrap\": {\"dtype\": \"F32\", \"shape\": %s, \"data_offsets\": [0, 0]}, ", shapes[k]);
@@ -106,7 +107,8 @@ static void t_csv_checked_cells(void) {
     CHECK(csv_int(&t, 0, 1, 0, 100, &n, &err) == 0 && n == 7);
     CHECK(csv_double(&t, 0, 2, &x, &err) == 0 && x == 0.25);
     CHECK(csv_int(&t, 1, 1, 0, 100, &n, &err) == -1);
-    CHECKF(strstr(err.msg, "cells.csv:4: column 'n': '1x' is not an integer in [0, 100]") && err.code == EXIT_BAD_INPUT, "%s", err.msg);
+    CHECKF(strstr(err.msg, "cells.csv:4: column 'n': '1x' is not an integer in [0, 100]") && err.code == EXIT_BAD_INPUT,
+           "%s", err.msg);
     CHECK(csv_double(&t, 1, 2, &x, &err) == -1 && strstr(err.msg, "cells.csv:4: column 'x'"));
     CHECK(csv_int(&t, 2, 1, 0, 100, &n, &err) == -1 && strstr(err.msg, "cells.csv:5:")); // leading space
     CHECK(csv_double(&t, 2, 2, &x, &err) == -1);                                          // overflows to inf
@@ -133,7 +135,8 @@ static void t_generation_record_fields_checked(void) {
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         Buf text = {0};
-        buf_printf(&text, "%s, \"sample\": 0, \"prompt_tokens\": 3, \"correct\": false}\n%s%s\n", head, head, cases[k].rest);
+        buf_printf(&text, "%s, \"sample\": 0, \"prompt_tokens\": 3, \"correct\": false}\n%s%s\n", head, head,
+                   cases[k].rest);
         Err err = {0};
         CHECK(write_file_atomic(path, text.data, text.len, &err) == 0);
         GenRecord *r = NULL;
@@ -171,7 +174,8 @@ static void t_tokenizer_pool_bounded_before_narrowing(void) {
     int rc = tokenizer_load(&t, path, &err);
     tokenizer_pool_limit = saved;
     if (rc == 0) tokenizer_free(t);
-    CHECKF(rc == -1 && strstr(err.msg, "tokenizer.json:") && strstr(err.msg, "token strings larger than 200 bytes"), "rc %d, %s", rc, err.msg);
+    CHECKF(rc == -1 && strstr(err.msg, "tokenizer.json:") && strstr(err.msg, "token strings larger than 200 bytes"),
+           "rc %d, %s", rc, err.msg);
     CHECKF(tokenizer_load(&t, path, &err) == 0, "%s", err.msg);
     tokenizer_free(t);
 }

@@ -156,7 +156,8 @@ static void steer_pass(const SteerOrg *o, const TokenList *ids, const AblationMa
 static void t_steer_hook_definition(void) {
     SteerOrg o;
     if (steer_org_open(&o)) return;
-    const char *text = "<|user|>\nMia has 12 apples.\n<|assistant|>\n<think>\nOkay, let me check that. We start with twelve.";
+    const char *text =
+        "<|user|>\nMia has 12 apples.\n<|assistant|>\n<think>\nOkay, let me check that. We start with twelve.";
     TokenList ids = {0};
     Err err = {0};
     CHECKF(tokenizer_encode(o.tok, text, strlen(text), &ids, &err) == 0, "%s", err.msg);
@@ -181,7 +182,8 @@ static void t_steer_hook_definition(void) {
                     if (l == layer) at_added &= s == c + vec[d];
                     if (l > layer) above_moved |= s != c;
                 }
-        CHECKF(below_same && at_added, "layer %d: below unchanged %d, at it clean + vector %d", layer, below_same, at_added);
+        CHECKF(below_same && at_added, "layer %d: below unchanged %d, at it clean + vector %d", layer, below_same,
+               at_added);
         CHECKF(layer == L || above_moved, "layer %d: the blocks above did not see the vector", layer);
         int logits_moved = 0;
         for (size_t k = 0; k < (size_t)n * V; k++) logits_moved |= logits[k] != logits_clean[k];
@@ -217,11 +219,13 @@ static void t_steer_hook_definition(void) {
 static void t_steer_hook_batch_invariant(void) {
     SteerOrg o;
     if (steer_org_open(&o)) return;
-    const char *texts[2] = {"<|user|>\nTom reads.\n<|assistant|>\n<think>\nWe start with four. Now four plus two is six.",
-                            "Question: Sara saves.\nAnswer: So the total is nine."};
+    const char *texts[2] = {
+        "<|user|>\nTom reads.\n<|assistant|>\n<think>\nWe start with four. Now four plus two is six.",
+        "Question: Sara saves.\nAnswer: So the total is nine."};
     TokenList ids[2] = {{0}, {0}};
     Err err = {0};
-    for (int k = 0; k < 2; k++) CHECKF(tokenizer_encode(o.tok, texts[k], strlen(texts[k]), &ids[k], &err) == 0, "%s", err.msg);
+    for (int k = 0; k < 2; k++)
+        CHECKF(tokenizer_encode(o.tok, texts[k], strlen(texts[k]), &ids[k], &err) == 0, "%s", err.msg);
     int D = o.D, V = o.m.cfg.vocab_size, n = ids[0].n + ids[1].n;
     float *vec = xmalloc(D * sizeof *vec), *unit = xmalloc(D * sizeof *unit);
     for (int d = 0; d < D; d++) vec[d] = (float)(0.05 * ((d * 7919) % 13 - 6)), unit[d] = d == 3 ? 1.0f : 0.0f;
@@ -233,7 +237,8 @@ static void t_steer_hook_batch_invariant(void) {
             steer_pass(&o, &ids[k], k == 0 ? &masks[0] : NULL, NULL, alone + (size_t)at * V);
             at += ids[k].n;
         }
-        int *tok = xmalloc(n * sizeof *tok), *slot = xmalloc(n * sizeof *slot), *pos = xmalloc(n * sizeof *pos), *row = xmalloc(n * sizeof *row);
+        int *tok = xmalloc(n * sizeof *tok), *slot = xmalloc(n * sizeof *slot), *pos = xmalloc(n * sizeof *pos),
+            *row = xmalloc(n * sizeof *row);
         const AblationMask **row_mask = xmalloc(n * sizeof *row_mask);
         int a = 0, b = 0;
         for (int i = 0; i < n; i++) { // interleaved: the two sequences share the call
@@ -242,9 +247,11 @@ static void t_steer_hook_batch_invariant(void) {
             row[i] = k ? ids[0].n + p : p;
         }
         RunState *s = runstate_new(&o.m, 2, n, n, &err);
-        Forward f = {.n = n, .token = tok, .slot = slot, .pos = pos, .mask = row_mask, .logits = together, .logits_row = row};
+        Forward f = {
+            .n = n, .token = tok, .slot = slot, .pos = pos, .mask = row_mask, .logits = together, .logits_row = row};
         CHECKF(s && model_forward(&o.m, s, &f, &err) == 0, "%s", err.msg);
-        CHECKF(memcmp(alone, together, (size_t)n * V * sizeof *alone) == 0, "%d threads: logits differ in a mixed batch", threads);
+        CHECKF(memcmp(alone, together, (size_t)n * V * sizeof *alone) == 0,
+               "%d threads: logits differ in a mixed batch", threads);
         runstate_free(s);
         free(tok), free(slot), free(pos), free(row), free(row_mask);
     }
@@ -272,17 +279,22 @@ static int load_config(const char *text, Config *c, Err *err) {
     return config_load(c, path, err);
 }
 
-#define VARIANTS "[variant.baseline_think_newline]\ntemplate = <think>{question}\n[variant.other]\ntemplate = {question}\n"
+#define VARIANTS                                                                                                       \
+    "[variant.baseline_think_newline]\ntemplate = <think>{question}\n[variant.other]\ntemplate = {question}\n"
 
 static void t_steering_config(void) {
     Config c;
     Err err = {0};
-    CHECKF(load_config(VARIANTS "[steering]\nalphas = -2, 0.5,1e-1\nlayer = 3\nnegatives = variant:other\n", &c, &err) == 0, "%s", err.msg);
+    CHECKF(load_config(VARIANTS "[steering]\nalphas = -2, 0.5,1e-1\nlayer = 3\nnegatives = variant:other\n", &c,
+                       &err) == 0,
+           "%s", err.msg);
     CHECK(c.n_steer_alphas == 3 && c.steer_alphas[0] == -2 && c.steer_alphas[2] == 0.1 && c.steer_layer == 3);
     SteerCondition sc[7];
     CHECK(steer_conditions(&c, NULL, sc) == 7);
-    CHECK(strcmp(sc[0].name, "steer_-2") == 0 && strcmp(sc[1].name, "steer_+0.5") == 0 && strcmp(sc[2].name, "steer_+0.1") == 0);
-    CHECK(strcmp(sc[3].name, "steer_random_-2") == 0 && sc[3].kind == STEER_RANDOM && strcmp(sc[6].name, "project_out") == 0);
+    CHECK(strcmp(sc[0].name, "steer_-2") == 0 && strcmp(sc[1].name, "steer_+0.5") == 0 &&
+          strcmp(sc[2].name, "steer_+0.1") == 0);
+    CHECK(strcmp(sc[3].name, "steer_random_-2") == 0 && sc[3].kind == STEER_RANDOM &&
+          strcmp(sc[6].name, "project_out") == 0);
     CHECK(steer_conditions(&c, "steer_random", sc) == 3 && steer_conditions(&c, "project_out", sc) == 1);
     CHECK(steer_conditions(&c, "baseline", sc) == -1 && steer_conditions(&c, "steer", NULL) >= 0);
     // The resolved config reads back to itself.
@@ -301,15 +313,18 @@ static void t_steering_config(void) {
     CHECK(c.steer_layer == STEER_LAYER_AUTO && c.steering_enabled == 0 && c.n_steer_alphas == 6);
     config_free(&c);
     // Bad values: exit 2, file:line and the key.
-    struct { const char *text, *want; } bad[] = {
+    struct { const char *text, *want;
+    } bad[] = {
         {"[steering]\nalphas = -1, abc\n", "s.ini:6: [steering] alphas: 'abc' is not a number"},
         {"[steering]\nalphas = -1, 0\n", "alphas: 0 is 0 or out of range"},
         {"[steering]\nalphas = 1, 1.0\n", "alphas: 1.0 is listed twice"},
         {"[steering]\nalphas = ,\n", "alphas: empty list"},
         {"[steering]\nlayer = -1\n", "s.ini:6: [steering] layer = -1 is out of range"},
         {"[steering]\nlayer = two\n", "[steering] layer: 'two' is not a layer number or auto"},
-        {"[steering]\nnegatives = others\n", "s.ini:6: [steering] negatives: 'others' is not controls, thinking or variant:NAME"},
-        {"[steering]\n\nnegatives = variant:nope\n", "s.ini:7: [steering] negatives = variant:nope: there is no [variant.nope] section"},
+        {"[steering]\nnegatives = others\n",
+         "s.ini:6: [steering] negatives: 'others' is not controls, thinking or variant:NAME"},
+        {"[steering]\n\nnegatives = variant:nope\n",
+         "s.ini:7: [steering] negatives = variant:nope: there is no [variant.nope] section"},
         {"[steering]\nvariants = baseline_think_newline, nope\n", "s.ini:6: [steering] variants names 'nope'"},
         {"[steering]\npositives = thinking\nnegatives = thinking\n", "contrast a set with itself"},
         {"[steering]\nwindow_len = 0\n", "window_len = 0 is out of range"},
@@ -342,9 +357,11 @@ static void t_safetensors_read_f32(void) {
     CHECKF(safetensors_read_f32(path, "directions", &out, &rows, &cols, &err) == 0, "%s", err.msg);
     CHECK(rows == 3 && cols == 4 && memcmp(out, dirs, sizeof dirs) == 0);
     free(out);
-    CHECK(safetensors_read_f32(path, "mean_norm", &out, &rows, &cols, &err) == 0 && rows == 1 && cols == 3 && out[2] == 3.0f);
+    CHECK(safetensors_read_f32(path, "mean_norm", &out, &rows, &cols, &err) == 0 && rows == 1 && cols == 3 &&
+          out[2] == 3.0f);
     free(out);
-    CHECK(safetensors_read_f32(path, "half", &out, &rows, &cols, &err) == 0 && out[0] == 1 && out[1] == -0.5f && out[2] == 3);
+    CHECK(safetensors_read_f32(path, "half", &out, &rows, &cols, &err) == 0 && out[0] == 1 && out[1] == -0.5f &&
+          out[2] == 3);
     free(out);
     CHECK(safetensors_read_f32(path, "nope", &out, &rows, &cols, &err) == -1 && err.code == EXIT_BAD_INPUT &&
           strstr(err.msg, "d.safetensors: no tensor 'nope'") && out == NULL);
@@ -382,11 +399,14 @@ static void t_steering_figure(void) {
     CHECK(a.len == b.len && memcmp(a.data, b.data, a.len) == 0);
     const char *svg = a.data;
     int lines = 0, dashed = 0, bands = 0, rings = 0;
-    for (const char *p = svg; (p = strstr(p, "class=\"line\"")); p++) lines++, dashed += strncmp(strstr(p, "stroke-width=\"2\""), "stroke-width=\"2\" stroke-dasharray", 33) == 0;
+    for (const char *p = svg; (p = strstr(p, "class=\"line\"")); p++)
+        lines++, dashed += strncmp(strstr(p, "stroke-width=\"2\""), "stroke-width=\"2\" stroke-dasharray", 33) == 0;
     for (const char *p = svg; (p = strstr(p, "class=\"band\"")); p++) bands++;
     for (const char *p = svg; (p = strstr(p, "class=\"mark\"")); p++) rings++;
-    CHECKF(lines == 4 && dashed == 2 && bands == 4 && rings == 1, "lines %d dashed %d bands %d rings %d", lines, dashed, bands, rings);
-    CHECK(strstr(svg, "Backtracking rate by steering strength") && strstr(svg, "no_think &amp; &lt;tag&gt;: direction"));
+    CHECKF(lines == 4 && dashed == 2 && bands == 4 && rings == 1, "lines %d dashed %d bands %d rings %d", lines, dashed,
+           bands, rings);
+    CHECK(strstr(svg, "Backtracking rate by steering strength") &&
+          strstr(svg, "no_think &amp; &lt;tag&gt;: direction"));
     CHECK(strstr(e.data, "class=\"nodata\"") && !strstr(e.data, "class=\"line\""));
     buf_free(&a), buf_free(&b), buf_free(&e);
     if (system("python3 -c 'import xml.dom.minidom' >/dev/null 2>&1") != 0) SKIP("python3 not found");

@@ -1,4 +1,4 @@
-// tests/test_svg.c: the SVG writer and the six figures, from synthetic and from
+// tests/test_svg.c: the SVG writer and the seven figures, from synthetic and from
 // empty data: well-formed, self-contained, the right content, deterministic; then
 // an independent XML parser and headless Chromium look at them (tests/svg_check.py).
 #include "test.h"
@@ -120,7 +120,8 @@ static char *load_figure(const char *path, const char *title) {
     const char *why = xml_check(b.data);
     CHECKF(why == NULL, "%s: %s", path, why);
     CHECKF(strstr(b.data, title) != NULL, "%s: no title '%s'", path, title);
-    CHECKF(!strstr(b.data, "<script") && !strstr(b.data, "href") && !strstr(b.data, "url("), "%s: external reference", path);
+    CHECKF(!strstr(b.data, "<script") && !strstr(b.data, "href") && !strstr(b.data, "url("), "%s: external reference",
+           path);
     CHECKF(!strstr(b.data, "nan") && !strstr(b.data, "inf"), "%s: a NaN or inf was printed", path);
     CHECK(strstr(b.data, "font-family=\"sans-serif\""));
     return b.data;
@@ -131,7 +132,7 @@ static void path_in(char *out, size_t n, const char *dir, const char *name) { sn
 // ----------------------------------------------------------------------------
 // Synthetic data shaped like a run of the organism
 
-enum { N_VARIANTS = 5, N_CONDS = 3, N_LAYERS = 12 };
+enum { N_VARIANTS = 5, N_CONDS = 3, N_LAYERS = 12, N_HEADS = 6, N_FIGURES = 7 };
 static const char *variants[N_VARIANTS] = {"baseline_think_newline", "think_no_newline", "no_think_tag",
                                            "empty_think", "plain_qa"};
 static const char *conditions[N_CONDS] = {"baseline", "targeted_ablation", "random_ablation"};
@@ -150,12 +151,14 @@ static void write_synthetic(const char *dir) {
     char path[1200];
     Err err = {0};
     path_in(path, sizeof path, dir, FIG_RATE_BY_VARIANT);
-    CHECK(fig_rate_by_variant(path, variants, var_bt, var_n, N_VARIANTS, "model: organism; run 20250101_000000", &err) == 0);
+    CHECK(fig_rate_by_variant(path, variants, var_bt, var_n, N_VARIANTS, "model: organism; run 20250101_000000",
+                              &err) == 0);
     path_in(path, sizeof path, dir, FIG_RATE_BY_CONDITION);
     CHECK(fig_rate_by_condition(path, conditions, cond_bt, cond_n, N_CONDS,
                                 "targeted vs baseline: Fisher p < 1e-20; targeted vs random: p < 1e-18", &err) == 0);
     path_in(path, sizeof path, dir, FIG_FORMATTING);
-    CHECK(fig_formatting_effect(path, variants, var_bt, var_reason, var_n, N_VARIANTS, "per opportunity, <think> open vs not: ratio 3.1, p = 1e-4", &err) == 0);
+    CHECK(fig_formatting_effect(path, variants, var_bt, var_reason, var_n, N_VARIANTS,
+                                "per opportunity, <think> open vs not: ratio 3.1, p = 1e-4", &err) == 0);
 
     const char *groups[N_VARIANTS * N_CONDS];
     char names[N_VARIANTS * N_CONDS][96];
@@ -183,7 +186,8 @@ static void write_synthetic(const char *dir) {
     }
     CiSeries e = curve_series(&ev), k = curve_series(&ctl);
     path_in(path, sizeof path, dir, FIG_LOGIT_LENS);
-    CHECK(fig_logit_lens(path, N_LAYERS, &e, 120, &k, 120, "variant baseline_think_newline; onset tokens: Wait (81%), Actually (19%)", &err) == 0);
+    CHECK(fig_logit_lens(path, N_LAYERS, &e, 120, &k, 120,
+                         "variant baseline_think_newline; onset tokens: Wait (81%), Actually (19%)", &err) == 0);
 
     Curve at, ml, cat, cml;
     for (int l = 0; l < N_LAYERS; l++) {
@@ -201,6 +205,17 @@ static void write_synthetic(const char *dir) {
     path_in(path, sizeof path, dir, FIG_ABLATION);
     CHECK(fig_ablation_importance(path, N_LAYERS, &a, &m, 100, &ca, &cm, 100, sel_attn, 2, sel_mlp, 1,
                                   "zero ablation, scope all; top-k attention 2, MLP 1", &err) == 0);
+
+    // Heads: one strong head, a weak negative one, small noise, one missing; two selected, three exact.
+    double effect[N_LAYERS * N_HEADS];
+    unsigned char exact[N_LAYERS * N_HEADS] = {0}, selected[N_LAYERS * N_HEADS] = {0};
+    for (int i = 0; i < N_LAYERS * N_HEADS; i++) effect[i] = 0.01 * ((i * 7) % 5) - 0.02;
+    effect[5 * N_HEADS + 2] = 19.3, effect[9 * N_HEADS + 0] = -1.4, effect[11 * N_HEADS + 5] = NAN;
+    exact[5 * N_HEADS + 2] = exact[9 * N_HEADS + 0] = exact[3 * N_HEADS + 1] = 1;
+    selected[5 * N_HEADS + 2] = selected[3 * N_HEADS + 1] = 1;
+    path_in(path, sizeof path, dir, FIG_HEAD_IMPORTANCE);
+    CHECK(fig_head_importance(path, N_LAYERS, N_HEADS, effect, exact, selected, 100,
+                              "zero ablation, scope all; ringed: exact", &err) == 0);
 }
 
 // The same six from empty data, named empty_<spec name>.
@@ -223,14 +238,17 @@ static void write_empty(const char *dir) {
     CHECK(fig_logit_lens(path, 2, &none, 0, &none, 0, NULL, &err) == 0);
     path_in(path, sizeof path, dir, "empty_" FIG_ABLATION);
     CHECK(fig_ablation_importance(path, 2, &none, &none, 0, NULL, NULL, 0, NULL, 0, NULL, 0, NULL, &err) == 0);
+    path_in(path, sizeof path, dir, "empty_" FIG_HEAD_IMPORTANCE);
+    CHECK(fig_head_importance(path, 0, 0, NULL, NULL, NULL, 0, NULL, &err) == 0);
 }
 
-static const char *figure_names[] = {FIG_RATE_BY_VARIANT, FIG_BT_VS_ACCURACY, FIG_LOGIT_LENS,
-                                     FIG_ABLATION, FIG_RATE_BY_CONDITION, FIG_FORMATTING};
-static const char *figure_titles[] = {"Backtracking rate by prompt variant", "Accuracy with vs without backtracking",
-                                      "Logit lens: onset token at backtracking events vs controls",
-                                      "Ablation importance by layer", "Backtracking rate by ablation condition",
-                                      "Effect of output formatting on backtracking"};
+static const char *figure_names[N_FIGURES] = {FIG_RATE_BY_VARIANT, FIG_BT_VS_ACCURACY, FIG_LOGIT_LENS, FIG_ABLATION,
+                                              FIG_RATE_BY_CONDITION, FIG_FORMATTING, FIG_HEAD_IMPORTANCE};
+static const char *figure_titles[N_FIGURES] = {
+    "Backtracking rate by prompt variant", "Accuracy with vs without backtracking",
+    "Logit lens: onset token at backtracking events vs controls", "Ablation importance by layer",
+    "Backtracking rate by ablation condition", "Effect of output formatting on backtracking",
+    "Head importance by layer"};
 
 // ----------------------------------------------------------------------------
 // Tests
@@ -296,14 +314,16 @@ static void t_figures_synthetic(void) {
     const char *dir = test_tmpdir();
     write_synthetic(dir);
     char path[1200];
-    for (int f = 0; f < 6; f++) {
+    for (int f = 0; f < N_FIGURES; f++) {
         path_in(path, sizeof path, dir, figure_names[f]);
         char *svg = load_figure(path, figure_titles[f]);
         CHECKF(!strstr(svg, "no data"), "%s says no data", figure_names[f]);
-        CHECKF(strstr(svg, "<title>") && count(svg, "transform=\"rotate(-90") >= 1, "%s: y axis label", figure_names[f]);
+        CHECKF(strstr(svg, "<title>") && count(svg, "transform=\"rotate(-90") >= 1, "%s: y axis label",
+               figure_names[f]);
         if (f == 0) { // 5 bars with Wilson error bars, k/n labels; plain_qa's 0/200 is a bar of height 0
             CHECK(count(svg, "class=\"bar\"") == 5 && count(svg, "class=\"err\"") == 5);
-            CHECK(strstr(svg, ">124/200</text>") && strstr(svg, ">0/200</text>") && strstr(svg, ">prompt variant</text>"));
+            CHECK(strstr(svg, ">124/200</text>") && strstr(svg, ">0/200</text>") &&
+                  strstr(svg, ">prompt variant</text>"));
             CHECK(strstr(svg, "95% Wilson CI") && strstr(svg, ">backtracking rate</text>"));
         }
         if (f == 1) { // plain_qa never backtracks: its three "with" bars are 0/0, not drawn
@@ -325,6 +345,13 @@ static void t_figures_synthetic(void) {
         if (f == 4) CHECK(count(svg, "class=\"bar\"") == 3 && strstr(svg, ">targeted_ablation</text>") &&
                           strstr(svg, "Fisher p &lt; 1e-20"));
         if (f == 5) CHECK(count(svg, "class=\"bar\"") == 10 && strstr(svg, ">share of completions that reason</text>"));
+        if (f == 6) { // a cell per head, the selected outlined, the exact ringed, values printed where they fit
+            CHECK(count(svg, "class=\"cell\"") == N_LAYERS * N_HEADS && count(svg, "class=\"selected\"") == 2);
+            CHECK(count(svg, "class=\"mark\"") == 3 && count(svg, "class=\"scale\"") == 20);
+            CHECK(strstr(svg, ">19.3</text>") && strstr(svg, ">-1.40</text>") && strstr(svg, ">head</text>"));
+            CHECK(count(svg, "class=\"celltext\"") == N_LAYERS * N_HEADS - 1); // the missing head prints nothing
+            CHECK(strstr(svg, "fill=\"#b2182b\"") && strstr(svg, "fill=\"#dddddd\"")); // the largest at full colour
+        }
         free(svg);
     }
 }
@@ -333,7 +360,7 @@ static void t_figures_empty_say_no_data(void) {
     const char *dir = test_tmpdir();
     write_empty(dir);
     char path[1200];
-    for (int f = 0; f < 6; f++) {
+    for (int f = 0; f < N_FIGURES; f++) {
         char name[256];
         snprintf(name, sizeof name, "empty_%s", figure_names[f]);
         path_in(path, sizeof path, dir, name);
@@ -397,7 +424,7 @@ static void t_figures_deterministic(void) {
     const char *dir_b = test_tmpdir();
     write_synthetic(dir_a);
     write_synthetic(dir_b);
-    for (int f = 0; f < 6; f++) {
+    for (int f = 0; f < N_FIGURES; f++) {
         char pa[1200], pb[1200];
         Buf x = {0}, y = {0};
         Err err = {0};
@@ -412,9 +439,12 @@ static void t_figures_deterministic(void) {
 
 // Two pictures a reader could not use: blank, and a bar drawn off the canvas.
 static const char *bad_blank = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" "
-    "version=\"1.1\" width=\"300\" height=\"200\"><title>blank</title><rect width=\"300\" height=\"200\" fill=\"#ffffff\"/></svg>\n";
-static const char *bad_hidden = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" "
-    "version=\"1.1\" width=\"300\" height=\"200\"><title>hidden</title><text x=\"10\" y=\"40\" font-size=\"30\">some text</text>"
+                               "version=\"1.1\" width=\"300\" height=\"200\"><title>blank</title><rect width=\"300\" "
+                               "height=\"200\" fill=\"#ffffff\"/></svg>\n";
+static const char *bad_hidden =
+    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" "
+    "version=\"1.1\" width=\"300\" height=\"200\"><title>hidden</title><text x=\"10\" y=\"40\" font-size=\"30\">some "
+    "text</text>"
     "<rect class=\"bar\" x=\"400\" y=\"10\" width=\"20\" height=\"50\" fill=\"#4477aa\"/></svg>\n";
 
 // Runs tests/svg_check.py MODE on figures written here, synthetic and empty: all of
@@ -425,11 +455,12 @@ static void check_with_python(const char *mode) {
     const char *dir = test_tmpdir();
     write_synthetic(dir);
     write_empty(dir);
-    int render = strcmp(mode, "render") == 0, n_files = render ? 7 : 12;
+    int render = strcmp(mode, "render") == 0, n_files = render ? N_FIGURES + 1 : 2 * N_FIGURES;
     char cmd[4096], log[1200];
     path_in(log, sizeof log, dir, "svg_check.log");
     int len = snprintf(cmd, sizeof cmd, "python3 tests/svg_check.py %s", mode);
-    for (int f = 0; f < 6; f++) len += snprintf(cmd + len, sizeof cmd - (size_t)len, " %s/%s", dir, figure_names[f]);
+    for (int f = 0; f < N_FIGURES; f++)
+        len += snprintf(cmd + len, sizeof cmd - (size_t)len, " %s/%s", dir, figure_names[f]);
     if (render) {
         char bad[1200];
         Err err = {0};
@@ -437,7 +468,8 @@ static void check_with_python(const char *mode) {
         CHECK(write_file_atomic(bad, bad_blank, strlen(bad_blank), &err) == 0);
         path_in(bad, sizeof bad, dir, "bad_hidden.svg");
         CHECK(write_file_atomic(bad, bad_hidden, strlen(bad_hidden), &err) == 0);
-        len += snprintf(cmd + len, sizeof cmd - (size_t)len, " %s/empty_%s %s/bad_*.svg", dir, FIG_RATE_BY_VARIANT, dir);
+        len +=
+            snprintf(cmd + len, sizeof cmd - (size_t)len, " %s/empty_%s %s/bad_*.svg", dir, FIG_RATE_BY_VARIANT, dir);
     } else len += snprintf(cmd + len, sizeof cmd - (size_t)len, " %s/empty_*.svg", dir);
     snprintf(cmd + len, sizeof cmd - (size_t)len, " >%s 2>&1", log);
     int rc = system(cmd);
@@ -464,8 +496,8 @@ const TestCase tests_svg[] = {
     {"svg: text escaping", t_escape},
     {"svg: axes, nice ticks, gaps", t_writer_axes_and_ticks},
     {"svg: well-formedness checker rejects bad XML", t_checker_rejects_bad_xml},
-    {"svg: six figures from synthetic data", t_figures_synthetic},
-    {"svg: six figures from empty data say no data", t_figures_empty_say_no_data},
+    {"svg: seven figures from synthetic data", t_figures_synthetic},
+    {"svg: seven figures from empty data say no data", t_figures_empty_say_no_data},
     {"svg: one variant, zero completions, missing layer", t_figures_partial_data},
     {"svg: figures are byte-identical across writes", t_figures_deterministic},
     {"svg: figures parse as XML (python3 minidom)", t_figures_parse_as_xml},

@@ -83,7 +83,8 @@ static void check_expected(const char *dir) {
         if (!same && ids_wrong++ < 3) {
             Buf got = {0};
             for (int k = 0; k < l.n && k < 40; k++) buf_printf(&got, "%d ", l.v[k].id);
-            CHECKF(0, "%s line %zu: ids differ for %.80s: got %s(%d tokens, want %d)", dir, line, text.data, got.data, l.n, n_want);
+            CHECKF(0, "%s line %zu: ids differ for %.80s: got %s(%d tokens, want %d)", dir, line, text.data, got.data,
+                   l.n, n_want);
             buf_free(&got);
         }
         want.len = 0;
@@ -105,8 +106,9 @@ static void check_expected(const char *dir) {
         i = e + 1;
     }
     CHECKF(n_lines > 600, "%s: only %d lines", dir, n_lines);
-    CHECKF(ids_wrong == 0 && text_wrong == 0 && spans_wrong == 0, "%s: %d/%d lines with wrong ids, %d wrong decodes, %d wrong spans",
-           dir, ids_wrong, n_lines, text_wrong, spans_wrong);
+    CHECKF(ids_wrong == 0 && text_wrong == 0 && spans_wrong == 0,
+           "%s: %d/%d lines with wrong ids, %d wrong decodes, %d wrong spans", dir, ids_wrong, n_lines, text_wrong,
+           spans_wrong);
     CHECKF(strcmp(dir, "llama3_1") == 0 || nfc_lines > 0, "%s: no line exercises NFC", dir);
     tokens_free(&l);
     buf_free(&src);
@@ -146,10 +148,10 @@ static void t_tokenizer_shared_api(void) {
 // ----------------------------------------------------------------------------
 // Small tokenizer.json files written by the tests
 
-static const char REGEX_QWEN[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-static const char REGEX_LLAMA3[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+static const char REGEX_QWEN[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
+                                 "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+static const char REGEX_LLAMA3[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+                                   "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 enum { PRE_QWEN, PRE_LLAMA3, PRE_GPT2 };
 
@@ -195,7 +197,8 @@ static const char *synth_write(const Synth *s) {
     buf_puts(&j, "{\"version\": \"1.0\", \"added_tokens\": ");
     buf_puts(&j, s->added ? s->added : "[]");
     buf_printf(&j, ",\n\"normalizer\": %s,\n\"pre_tokenizer\": ", s->nfc ? "{\"type\": \"NFC\"}" : "null");
-    const char *bl = "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"trim_offsets\": false, \"use_regex\": %s}";
+    const char *bl =
+        "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"trim_offsets\": false, \"use_regex\": %s}";
     if (s->pre == PRE_GPT2) {
         buf_printf(&j, bl, "true");
     } else {
@@ -207,8 +210,10 @@ static const char *synth_write(const Synth *s) {
         buf_puts(&j, "]}");
     }
     buf_puts(&j, ",\n\"post_processor\": null, \"decoder\": {\"type\": \"ByteLevel\"},\n");
-    buf_printf(&j, "\"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": null, \"ignore_merges\": %s,\n\"vocab\": {",
-               s->ignore_merges ? "true" : "false");
+    buf_printf(
+        &j,
+        "\"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": null, \"ignore_merges\": %s,\n\"vocab\": {",
+        s->ignore_merges ? "true" : "false");
     // vocab: the 256 bytes in byte order, then merge results in merge order, then extras
     Buf strings = {0}; // every vocab string, NUL-separated, so vocab[] can point into it after it stops growing
     for (int b = 0; b < 256; b++) vocab[n++] = bytes[b];
@@ -277,7 +282,8 @@ static void check_pieces(const Tokenizer *t, const char *text, const char *want)
         if (k) buf_putc(&got, '|');
         buf_append(&got, b, (size_t)n);
     }
-    CHECKF(got.len == strlen(want) && memcmp(got.data, want, got.len) == 0, "'%s': got '%s', want '%s'", text, got.data ? got.data : "", want);
+    CHECKF(got.len == strlen(want) && memcmp(got.data, want, got.len) == 0, "'%s': got '%s', want '%s'", text,
+           got.data ? got.data : "", want);
     CHECKF(spans_tile(&l, strlen(text)), "'%s': spans do not tile", text);
     buf_free(&got);
     tokens_free(&l);
@@ -287,10 +293,50 @@ static void check_pieces(const Tokenizer *t, const char *text, const char *want)
 // The pre-tokenizer: with ignore_merges and every expected piece in the vocab,
 // each piece comes out as one token, so tokens show the regex's pieces.
 
-static const char *const qwen_pieces[] = {
-    "I", "'m", " ", " fine", "\n\n", " ok", "abc", "1", "2", "3", "x", "!!\n\n", "y", "a", " ,", " b", "end", "   ",
-    "IT", "'S", "'ll", "'LL", "'ve", "'re", "'d", "'t", "'s", "s", "'x", "\xC2\xA0word", "\tx", "h\xC3\xA9llo", " w\xC3\xB6rld",
-    "\xE4\xB8\xAD\xE6\x96\x87", "\xD9\xA1", "\xD9\xA2", " \n\n", " x", "!\r\n", " ...\n", "'\xC5\xBF", "\xE2\x80\x99s", " $", NULL};
+static const char *const qwen_pieces[] = {"I",
+                                          "'m",
+                                          " ",
+                                          " fine",
+                                          "\n\n",
+                                          " ok",
+                                          "abc",
+                                          "1",
+                                          "2",
+                                          "3",
+                                          "x",
+                                          "!!\n\n",
+                                          "y",
+                                          "a",
+                                          " ,",
+                                          " b",
+                                          "end",
+                                          "   ",
+                                          "IT",
+                                          "'S",
+                                          "'ll",
+                                          "'LL",
+                                          "'ve",
+                                          "'re",
+                                          "'d",
+                                          "'t",
+                                          "'s",
+                                          "s",
+                                          "'x",
+                                          "\xC2\xA0word",
+                                          "\tx",
+                                          "h\xC3\xA9llo",
+                                          " w\xC3\xB6rld",
+                                          "\xE4\xB8\xAD\xE6\x96\x87",
+                                          "\xD9\xA1",
+                                          "\xD9\xA2",
+                                          " \n\n",
+                                          " x",
+                                          "!\r\n",
+                                          " ...\n",
+                                          "'\xC5\xBF",
+                                          "\xE2\x80\x99s",
+                                          " $",
+                                          NULL};
 
 static void t_tokenizer_pretok_qwen(void) {
     Synth s = {.pre = PRE_QWEN, .ignore_merges = 1, .extra = qwen_pieces};
@@ -314,7 +360,8 @@ static void t_tokenizer_pretok_qwen(void) {
     tokenizer_free(t);
 }
 
-static const char *const llama_pieces[] = {"abc", "123", "45", "1", "12", " ", "x", "\xD9\xA1\xD9\xA2\xD9\xA3", "\xD9\xA4", NULL};
+static const char *const llama_pieces[] = {"abc",      "123", "45", "1", "12", " ", "x", "\xD9\xA1\xD9\xA2\xD9\xA3",
+                                           "\xD9\xA4", NULL};
 
 static void t_tokenizer_pretok_llama3(void) {
     Synth s = {.pre = PRE_LLAMA3, .ignore_merges = 1, .extra = llama_pieces};
@@ -322,11 +369,13 @@ static void t_tokenizer_pretok_llama3(void) {
     if (!t) return;
     check_pieces(t, "abc12345", "abc|123|45");
     check_pieces(t, "1 12", "1| |12");
-    check_pieces(t, "\xD9\xA1\xD9\xA2\xD9\xA3\xD9\xA4", "\xD9\xA1\xD9\xA2\xD9\xA3|\xD9\xA4"); // Arabic-Indic digits are \p{N}
+    check_pieces(t, "\xD9\xA1\xD9\xA2\xD9\xA3\xD9\xA4",
+                 "\xD9\xA1\xD9\xA2\xD9\xA3|\xD9\xA4"); // Arabic-Indic digits are \p{N}
     tokenizer_free(t);
 }
 
-static const char *const gpt2_pieces[] = {"Hello", " ", " world", "abc", "123", "x", "!!", "\n", "y", "'S", "S", " 12", "'s", NULL};
+static const char *const gpt2_pieces[] = {"Hello", " ", " world", "abc", "123", "x",  "!!",
+                                          "\n",    "y", "'S",     "S",   " 12", "'s", NULL};
 
 static void t_tokenizer_pretok_gpt2(void) {
     Synth s = {.pre = PRE_GPT2, .ignore_merges = 1, .extra = gpt2_pieces};
@@ -384,7 +433,8 @@ static void t_tokenizer_added_tokens(void) {
         "[{\"id\": 300, \"content\": \"<|a|>\", \"special\": true, \"normalized\": false},"
         " {\"id\": 301, \"content\": \"<|a|>b\", \"special\": false, \"normalized\": false},"
         " {\"id\": 302, \"content\": \"<think>\", \"special\": false, \"normalized\": false},"
-        " {\"id\": 303, \"content\": \"<mask>\", \"special\": true, \"lstrip\": true, \"rstrip\": true, \"normalized\": false},"
+        " {\"id\": 303, \"content\": \"<mask>\", \"special\": true, \"lstrip\": true, \"rstrip\": true, "
+        "\"normalized\": false},"
         " {\"id\": 304, \"content\": \"\xEF\xBD\x9C\", \"special\": true, \"normalized\": false},"
         " {\"id\": 305, \"content\": \"Wait\", \"special\": false, \"normalized\": true, \"single_word\": true}]";
     Synth s = {.pre = PRE_QWEN, .merges = hello_merges, .added = added};
@@ -433,7 +483,7 @@ static void t_tokenizer_nfc(void) {
     check_nfc(t, "\xE2\x84\xA6", "\xCE\xA9");                               // U+2126 OHM SIGN -> U+03A9
     check_nfc(t, "\xE1\x84\x80\xE1\x85\xA1\xE1\x86\xA8", "\xEA\xB0\x81");   // jamo G A G -> U+AC01
     check_nfc(t, "\xEA\xB0\x80\xE1\x86\xA8", "\xEA\xB0\x81");               // U+AC00 + final G -> U+AC01
-    check_nfc(t, "a\xCC\x81\xCC\x96", "\xC3\xA1\xCC\x96");                  // a acute grave-below -> a-acute grave-below
+    check_nfc(t, "a\xCC\x81\xCC\x96", "\xC3\xA1\xCC\x96"); // a acute grave-below -> a-acute grave-below
     check_nfc(t, "x\xCC\x81\xCC\x96", "x\xCC\x96\xCC\x81");                 // marks sorted by ccc (220 before 230)
     check_nfc(t, "\xCD\x84", "\xCC\x88\xCC\x81");                           // U+0344 decomposes, never recomposes
     check_nfc(t, "\xC3\xA9 hello \xED\x95\x9C\xEA\xB5\xAD", "\xC3\xA9 hello \xED\x95\x9C\xEA\xB5\xAD"); // already NFC
@@ -442,7 +492,10 @@ static void t_tokenizer_nfc(void) {
     check_nfc(t, "\xF0\x91\x82\x99\xF0\x91\x82\xBA", "\xF0\x91\x82\x9A");   // U+11099 U+110BA -> U+1109A (astral)
     check_nfc(t, "\xF0\xAF\xA0\x80", "\xE4\xB8\xBD");                       // U+2F800 -> U+4E3D (singleton)
     check_nfc(t, "\xE0\xA5\x98", "\xE0\xA4\x95\xE0\xA4\xBC");              // U+0958 is excluded from composition
-    check_nfc(t, "e\xCC\x81\xFF" "e\xCC\x81", "\xC3\xA9\xFF\xC3\xA9");       // invalid byte stays, blocks nothing it should not
+    check_nfc(t,
+              "e\xCC\x81\xFF"
+              "e\xCC\x81",
+              "\xC3\xA9\xFF\xC3\xA9"); // invalid byte stays, blocks nothing it should not
     // Spans stay in the original text: "ab e\u0301 c" -> the token that starts the changed block spans it.
     TokenList l = {0};
     Err err = {0};
@@ -488,7 +541,9 @@ static void round_trips(const Tokenizer *t, int nfc, const char *name) {
         s.len = 0;
         if (iter % 2 == 0 && !nfc) { // random bytes, valid UTF-8 or not
             int len = (int)rng_below(&r, 32);
-            for (int k = 0; k < len; k++) buf_putc(&s, iter % 4 == 0 ? (char)rng_below(&r, 256) : " \n'aZ9\xC3\xA9\xE2\x80\x99"[rng_below(&r, 11)]);
+            for (int k = 0; k < len; k++)
+                buf_putc(&s,
+                         iter % 4 == 0 ? (char)rng_below(&r, 256) : " \n'aZ9\xC3\xA9\xE2\x80\x99"[rng_below(&r, 11)]);
         } else {
             random_unicode(&r, &s, 1);
         }
@@ -582,7 +637,8 @@ static void t_tokenizer_malformed(void) {
         {"valid", NULL, "", "[\"a b\", [\"a\", \"b\"]]", "", "", NULL},
         {"bad JSON", "{", 0, 0, 0, 0, "invalid JSON"},
         {"not an object", "[]", 0, 0, 0, 0, "must hold a JSON object"},
-        {"WordPiece", "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}", 0, 0, 0, 0, "'WordPiece' is not supported"},
+        {"WordPiece", "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}", 0, 0, 0, 0,
+         "'WordPiece' is not supported"},
         {"merge names a missing token", NULL, "", "[\"a c\"]", "", "", "merge 1 names 'ac', which is not in the vocab"},
         {"merge part missing", NULL, "", "[\"a b\", [\"x\", \"zz\"]]", "", "", "merge 2 names 'zz'"},
         {"merge not two parts", NULL, "", "[\"a b c\"]", "", "", "not two tokens separated by one space"},
@@ -594,23 +650,32 @@ static void t_tokenizer_malformed(void) {
         {"id not an integer", NULL, ", \"zz\": \"7\"", "[]", "", "", "vocab id is a string, expected an integer id"},
         {"id fractional", NULL, ", \"zz\": 7.5", "[]", "", "", "vocab id is a number, expected an integer id"},
         {"id negative", NULL, ", \"zz\": -3", "[]", "", "", "vocab id -3 is out of range"},
-        {"vocab not an object", "{\"model\": {\"type\": \"BPE\", \"vocab\": [], \"merges\": []}, \"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false}, \"decoder\": {\"type\": \"ByteLevel\"}}",
+        {"vocab not an object",
+         "{\"model\": {\"type\": \"BPE\", \"vocab\": [], \"merges\": []}, \"pre_tokenizer\": {\"type\": \"ByteLevel\", "
+         "\"add_prefix_space\": false}, \"decoder\": {\"type\": \"ByteLevel\"}}",
          0, 0, 0, 0, "model.vocab is an array, expected an object"},
-        {"ignore_merges type", NULL, "", "[]", ", \"ignore_merges\": 1", "", "model.ignore_merges is a number, expected a boolean"},
+        {"ignore_merges type", NULL, "", "[]", ", \"ignore_merges\": 1", "",
+         "model.ignore_merges is a number, expected a boolean"},
         {"dropout", NULL, "", "[]", ", \"dropout\": 0.1", "", "dropout must be null"},
-        {"added id twice", NULL, "", "[]", "", "\"added_tokens\": [{\"id\": 300, \"content\": \"<a>\"}, {\"id\": 300, \"content\": \"<b>\"}], ",
+        {"added id twice", NULL, "", "[]", "",
+         "\"added_tokens\": [{\"id\": 300, \"content\": \"<a>\"}, {\"id\": 300, \"content\": \"<b>\"}], ",
          "added token id 300 is given twice"},
         {"added id of another token", NULL, "", "[]", "", "\"added_tokens\": [{\"id\": 256, \"content\": \"<a>\"}], ",
          "already the id of a different vocab token"},
-        {"added content wrong type", NULL, "", "[]", "", "\"added_tokens\": [{\"id\": 300, \"content\": 4}], ", "content is a number, expected a string"},
+        {"added content wrong type", NULL, "", "[]", "", "\"added_tokens\": [{\"id\": 300, \"content\": 4}], ",
+         "content is a number, expected a string"},
         {"added not an object", NULL, "", "[]", "", "\"added_tokens\": [3], ", "added_tokens[0] is a number"},
-        {"normalizer", NULL, "", "[]", "", "\"normalizer\": {\"type\": \"Lowercase\"}, ", "normalizer type 'Lowercase' is not supported"},
+        {"normalizer", NULL, "", "[]", "", "\"normalizer\": {\"type\": \"Lowercase\"}, ",
+         "normalizer type 'Lowercase' is not supported"},
         {"split regex", NULL, "", "[]", "",
-         "\"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": {\"Regex\": \"\\\\s+\"}, "
-         "\"behavior\": \"Isolated\", \"invert\": false}, {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": false}]}, ",
+         "\"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": "
+         "{\"Regex\": \"\\\\s+\"}, "
+         "\"behavior\": \"Isolated\", \"invert\": false}, {\"type\": \"ByteLevel\", \"add_prefix_space\": false, "
+         "\"use_regex\": false}]}, ",
          "Split regex '\\s+' is not one bt implements"},
         {"decoder", NULL, "", "[]", "", "\"decoder\": {\"type\": \"WordPiece\"}, ", "decoder.type is 'WordPiece'"},
-        {"prefix space", NULL, "", "[]", "", "\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, ", "add_prefix_space=true is not supported"},
+        {"prefix space", NULL, "", "[]", "", "\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, ",
+         "add_prefix_space=true is not supported"},
         {"key twice", NULL, "", "[]", ", \"type\": \"BPE\"", "", "key 'type' appears twice in one object"},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
@@ -618,8 +683,9 @@ static void t_tokenizer_malformed(void) {
         if (cases[c].file) buf_puts(&j, cases[c].file);
         else
             buf_printf(&j, "{%s%s%s\"model\": {\"type\": \"BPE\"%s, \"vocab\": {%s%s}, \"merges\": %s}}", cases[c].top,
-                       strstr(cases[c].top, "\"pre_tokenizer\"") ? "" : base_pre, strstr(cases[c].top, "\"decoder\"") ? "" : base_dec,
-                       cases[c].model_extra, bytes.data, cases[c].vocab_extra, cases[c].merges);
+                       strstr(cases[c].top, "\"pre_tokenizer\"") ? "" : base_pre,
+                       strstr(cases[c].top, "\"decoder\"") ? "" : base_dec, cases[c].model_extra, bytes.data,
+                       cases[c].vocab_extra, cases[c].merges);
         char path[1100];
         snprintf(path, sizeof path, "%s/tokenizer.json", test_tmpdir());
         Err err = {0};
@@ -630,20 +696,23 @@ static void t_tokenizer_malformed(void) {
             CHECKF(rc == 0 && t, "%s: %s", cases[c].what, err.msg);
         } else {
             CHECKF(rc == -1 && !t && err.code == EXIT_BAD_INPUT, "%s: loaded", cases[c].what);
-            CHECKF(strstr(err.msg, path) && strstr(err.msg, cases[c].want), "%s: message '%s' lacks '%s'", cases[c].what, err.msg, cases[c].want);
+            CHECKF(strstr(err.msg, path) && strstr(err.msg, cases[c].want), "%s: message '%s' lacks '%s'",
+                   cases[c].what, err.msg, cases[c].want);
         }
         tokenizer_free(t);
         buf_free(&j);
     }
     Err err = {0};
     Tokenizer *t = NULL;
-    CHECK(tokenizer_load(&t, "build/tmp/no/such/tokenizer.json", &err) == -1 && err.code == EXIT_BAD_INPUT && strstr(err.msg, "cannot open"));
+    CHECK(tokenizer_load(&t, "build/tmp/no/such/tokenizer.json", &err) == -1 && err.code == EXIT_BAD_INPUT &&
+          strstr(err.msg, "cannot open"));
     buf_free(&bytes);
 }
 
 // Missing byte tokens make byte-level BPE impossible.
 static void t_tokenizer_missing_byte(void) {
-    const char *text = "{\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false}, \"decoder\": {\"type\": \"ByteLevel\"},"
+    const char *text = "{\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false}, \"decoder\": "
+                       "{\"type\": \"ByteLevel\"},"
                        " \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}";
     char path[1100];
     snprintf(path, sizeof path, "%s/tokenizer.json", test_tmpdir());
