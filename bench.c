@@ -28,6 +28,9 @@
 #define BENCH_MEMORY_SEQS 16                // --only memory: generate this many sequences ...
 #define BENCH_MEMORY_TOKENS 2048            // ... to this many tokens (half prompt, half generated)
 #define BENCH_SUM_LANES 8                   // portable read-bandwidth loop: independent partial sums
+#define BENCH_LONG_PROMPT 128               // long generation: prompt tokens per sequence (timed)
+#define BENCH_LONG_NEW 1024                 // long generation: new tokens per sequence (--long-new)
+#define BENCH_PROBE_SECONDS 0.05            // peak probes: length of one timed run (the best of several counts)
 
 typedef struct {
     const char *name, *architecture;
@@ -194,9 +197,11 @@ static const Sampler bench_sampler = {.temperature = 0.6, .top_k = 50, .top_p = 
 
 // n_seq sequences through the one generation loop: prompts of P tokens (sequence q's prompt
 // is ids q..q+P-1), steps tokens each, every eos ignored. Completion tokens per second from
-// the moment the last sequence has its first token (prompts in) to the end.
+// the moment the last sequence has its first token (prompts in) to the end, or over the
+// whole call (whole_run: prompts included, every completion token counted).
 static int bench_generate(const Model *m, int n_seq, int P, int steps, const int *ids, const Sampler *sampler,
-                          const AblationMask *mask, double *tok_s, Err *err) {
+                          const AblationMask *mask, int whole_run, double *tok_s, Err *err) {
+    double start = now_seconds();
     GenSeq *seqs = xcalloc((size_t)n_seq, sizeof *seqs);
     for (int q = 0; q < n_seq; q++) {
         seqs[q] = (GenSeq){.prompt = ids + q, .n_prompt = P, .max_new = steps,
@@ -210,11 +215,11 @@ static int bench_generate(const Model *m, int n_seq, int P, int steps, const int
     for (int q = 0; q < n_seq; q++) {
         if (seqs[q].first_token_s > t0) t0 = seqs[q].first_token_s;
         if (seqs[q].end_s > t1) t1 = seqs[q].end_s;
-        tokens += seqs[q].n_ids - 1;
+        tokens += seqs[q].n_ids - !whole_run;
         free(seqs[q].ids);
     }
     free(seqs);
-    *tok_s = tokens / (t1 - t0);
+    *tok_s = tokens / (t1 - (whole_run ? start : t0));
     return rc;
 }
 
@@ -327,9 +332,10 @@ static int bench_wants(const char *only, const char *name) {
 }
 
 enum { BENCH_PREFILL, BENCH_DECODE, BENCH_GEN16, BENCH_GEN64, BENCH_LENS, BENCH_SCAN_ALL, BENCH_SCAN_ONSET,
-       BENCH_ATTRIBUTION, BENCH_MEMORY, BENCH_DIRECTIONS, BENCH_STEER16, N_BENCH };
+       BENCH_ATTRIBUTION, BENCH_MEMORY, BENCH_DIRECTIONS, BENCH_STEER16, BENCH_GEN16_LONG, BENCH_GEN64_LONG, N_BENCH };
 static const char *const bench_names[N_BENCH] = {"prefill", "decode",      "gen16",  "gen64",      "lens", "scan",
-                                                 "scan",    "attribution", "memory", "directions", "steer"};
+                                                 "scan",    "attribution", "memory", "directions", "steer",
+                                                 "gen16_long", "gen64_long"};
 #define BENCH_GRAD_TOKENS 4096 // the gradient pass's memory is reported for one item this long
 
 typedef struct {
@@ -344,6 +350,7 @@ typedef struct {
     AblationMask attn, mlp;
     GradState *grad;   // BENCH_SEQ_TOKENS positions, the scan's keep budget; made on first use
     double *scores;    // (2 n_layers + n_layers n_heads) attribution scores: attention, MLP, heads
+    int long_new;      // long generation: new tokens per sequence (0: not run)
 } BenchCtx;
 
 // One pass of the scope-all scan over BENCH_SEQ_TOKENS tokens: clean (mask NULL), keeping
@@ -388,7 +395,7 @@ static int bench_steering(BenchCtx *b, int what, double *value, Err *err) {
     for (int i = 0; i < 4 && rc == 0; i++) {
         int steered = i == 1 || i == 2;
         rc = bench_generate(m, 16, BENCH_DECODE_PROMPT, BENCH_GEN_STEPS + 1, b->ids, &bench_sampler, steered ? &steer : NULL,
-                            &tok_s[i], err);
+                            0, &tok_s[i], err);
         if (steered) time_steered += 1 / tok_s[i];
         else time_plain += 1 / tok_s[i];
     }
@@ -408,12 +415,18 @@ static int bench_once(BenchCtx *b, int what, double *value, Err *err) {
         *value = BENCH_PREFILL_TOKENS / (now_seconds() - t0);
         break;
     case BENCH_DECODE:
-        rc = bench_generate(m, 1, BENCH_DECODE_PROMPT, BENCH_DECODE_TOKENS + 1, b->ids, &bench_sampler, NULL, value, err);
+        rc = bench_generate(m, 1, BENCH_DECODE_PROMPT, BENCH_DECODE_TOKENS + 1, b->ids, &bench_sampler, NULL, 0, value,
+                            err);
         break;
     case BENCH_GEN16:
     case BENCH_GEN64:
         rc = bench_generate(m, what == BENCH_GEN16 ? 16 : 64, BENCH_DECODE_PROMPT, BENCH_GEN_STEPS + 1, b->ids,
-                            &bench_sampler, NULL, value, err);
+                            &bench_sampler, NULL, 0, value, err);
+        break;
+    case BENCH_GEN16_LONG: // realistic: long prompts, a growing cache, prompts and sampling timed
+    case BENCH_GEN64_LONG:
+        rc = bench_generate(m, what == BENCH_GEN16_LONG ? 16 : 64, BENCH_LONG_PROMPT, b->long_new, b->ids,
+                            &bench_sampler, NULL, 1, value, err);
         break;
     case BENCH_LENS: // the residual after every layer at the last position, each through final norm + lm_head
         rc = bench_forward(&b->f, b->ids, S, NULL, NULL, b->resid, err);
@@ -443,7 +456,7 @@ static int bench_once(BenchCtx *b, int what, double *value, Err *err) {
     }
     case BENCH_MEMORY: // the 6 GB promise, measured: value = peak RSS after the run (MB)
         rc = bench_generate(m, BENCH_MEMORY_SEQS, BENCH_MEMORY_TOKENS / 2, BENCH_MEMORY_TOKENS / 2, b->ids,
-                            &bench_sampler, NULL, &(double){0}, err);
+                            &bench_sampler, NULL, 0, &(double){0}, err);
         *value = peak_rss_mb();
         break;
     case BENCH_DIRECTIONS: // a completion's pass with every position read at every layer, summed into the means
@@ -470,7 +483,7 @@ static int bench_once(BenchCtx *b, int what, double *value, Err *err) {
 }
 
 // Each wanted measurement `repeat` times; values[what] = the median, NAN when not wanted.
-static int bench_run(const Model *m, int repeat, const char *only, double values[N_BENCH], Err *err) {
+static int bench_run(const Model *m, int repeat, int long_new, const char *only, double values[N_BENCH], Err *err) {
     const ModelConfig *c = &m->cfg;
     int L = c->n_layers, D = c->hidden_size, n_ids = BENCH_MEMORY_TOKENS + 64; // enough for every measurement
     BenchCtx b = {.m = m, .ids = xmalloc((size_t)n_ids * sizeof(int)),
@@ -478,7 +491,7 @@ static int bench_run(const Model *m, int repeat, const char *only, double values
                   .resid = xmalloc((size_t)(L + 1) * D * sizeof(float)), .x_in = xmalloc((size_t)2 * D * sizeof(float)),
                   .resid_all = xmalloc((size_t)BENCH_SEQ_TOKENS * (L + 1) * D * sizeof(float)),
                   .attn_on = xcalloc((size_t)L, 1), .mlp_on = xcalloc((size_t)L, 1), .none = xcalloc((size_t)L, 1),
-                  .scores = xmalloc((size_t)(2 * L + L * c->n_heads) * sizeof(double))};
+                  .scores = xmalloc((size_t)(2 * L + L * c->n_heads) * sizeof(double)), .long_new = long_new};
     b.attn = (AblationMask){.kind = ABLATE_ZERO, .attn = b.attn_on, .mlp = b.none};
     b.mlp = (AblationMask){.kind = ABLATE_ZERO, .attn = b.none, .mlp = b.mlp_on};
     Rng rng;
@@ -490,7 +503,9 @@ static int bench_run(const Model *m, int repeat, const char *only, double values
     for (int what = 0; what < N_BENCH && rc == 0; what++) {
         values[what] = NAN;
         if (!bench_wants(only, bench_names[what]) || (what == BENCH_MEMORY && !only)) continue; // memory: on request
-        int runs_wanted = what == BENCH_MEMORY ? 1 : repeat;
+        int long_run = what == BENCH_GEN16_LONG || what == BENCH_GEN64_LONG;
+        if (long_run && long_new == 0) continue;
+        int runs_wanted = what == BENCH_MEMORY || long_run ? 1 : repeat; // one long run already averages over its steps
         for (int r = 0; r < runs_wanted && rc == 0; r++) {
             progress("bench: %s%s %d/%d\n", bench_names[what],
                      what == BENCH_SCAN_ALL ? " all" : what == BENCH_SCAN_ONSET ? " onset" : "", r + 1, runs_wanted);
@@ -513,6 +528,172 @@ static int bench_run(const Model *m, int repeat, const char *only, double values
     return rc;
 }
 
+// ----------------------------------------------------------------------------
+// Roofline: the machine's per-thread arithmetic peaks, measured with register-only loops,
+// and each figure's work (FLOPs, and the bytes of weights and KV cache it must read at
+// least once), so that a figure is judged against min(peak x threads, bandwidth x FLOPs/byte).
+
+#define PROBE_ACCS 16 // independent accumulators: more than FMA latency x FMA ports on any x86 core
+#define PROBE_STEPS 1024 // loop iterations between clock reads
+
+// F32 FMA peak of the widest vector unit bt can name, in FLOP/s of one thread; *isa names it.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx512f"))) static float probe_fma_avx512(long steps) {
+    __m512 acc[PROBE_ACCS], a = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(1e-3f);
+    for (int i = 0; i < PROBE_ACCS; i++) acc[i] = _mm512_set1_ps((float)i);
+    for (long s = 0; s < steps; s++) // acc converges to 1: no overflow, no subnormals
+        _Pragma("GCC unroll 16") for (int i = 0; i < PROBE_ACCS; i++) acc[i] = _mm512_fmadd_ps(acc[i], a, c);
+    for (int i = 1; i < PROBE_ACCS; i++) acc[0] = _mm512_add_ps(acc[0], acc[i]);
+    return _mm512_reduce_add_ps(acc[0]);
+}
+
+__attribute__((target("avx2,fma"))) static float probe_fma_avx2(long steps) {
+    __m256 acc[PROBE_ACCS], a = _mm256_set1_ps(0.999f), c = _mm256_set1_ps(1e-3f);
+    for (int i = 0; i < PROBE_ACCS; i++) acc[i] = _mm256_set1_ps((float)i);
+    for (long s = 0; s < steps; s++)
+        _Pragma("GCC unroll 16") for (int i = 0; i < PROBE_ACCS; i++) acc[i] = _mm256_fmadd_ps(acc[i], a, c);
+    float out[8], sum = 0;
+    for (int i = 1; i < PROBE_ACCS; i++) acc[0] = _mm256_add_ps(acc[0], acc[i]);
+    _mm256_storeu_ps(out, acc[0]);
+    for (int i = 0; i < 8; i++) sum += out[i];
+    return sum;
+}
+
+// vdpbf16ps: 16 lanes, each two BF16 products added to an F32 accumulator per instruction.
+__attribute__((target("avx512f,avx512bf16"))) static float probe_bf16_avx512(long steps) {
+    __m512 acc[PROBE_ACCS];
+    __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(2e-3f));
+    for (int i = 0; i < PROBE_ACCS; i++) acc[i] = _mm512_set1_ps((float)i);
+    for (long s = 0; s < steps; s++)
+        _Pragma("GCC unroll 16") for (int i = 0; i < PROBE_ACCS; i++) acc[i] = _mm512_dpbf16_ps(acc[i], a, a);
+    for (int i = 1; i < PROBE_ACCS; i++) acc[0] = _mm512_add_ps(acc[0], acc[i]);
+    return _mm512_reduce_add_ps(acc[0]);
+}
+#endif
+
+// Portable C: 8-lane accumulators the compiler may keep in vector registers.
+static float probe_fma_c(long steps) {
+    float acc[PROBE_ACCS][8];
+    for (int i = 0; i < PROBE_ACCS; i++)
+        for (int l = 0; l < 8; l++) acc[i][l] = (float)(i + l);
+    for (long s = 0; s < steps; s++)
+        _Pragma("GCC unroll 16") for (int i = 0; i < PROBE_ACCS; i++)
+            for (int l = 0; l < 8; l++) acc[i][l] = acc[i][l] * 0.999f + 1e-3f;
+    float sum = 0;
+    for (int i = 0; i < PROBE_ACCS; i++)
+        for (int l = 0; l < 8; l++) sum += acc[i][l];
+    return sum;
+}
+
+// FLOP/s of one thread: the best of 10 runs of BENCH_PROBE_SECONDS each (on a shared core the
+// best run is the core's own speed). flop_per_step: FLOPs of one iteration over every accumulator.
+static double probe_peak(float (*probe)(long), double flop_per_step) {
+    long steps = PROBE_STEPS;
+    volatile float sink = 0;
+    double t0 = now_seconds();
+    while (now_seconds() - t0 < BENCH_PROBE_SECONDS / 10) sink += probe(steps), steps *= 2; // warm up, find the length
+    double best = 0;
+    for (int run = 0; run < 10; run++) {
+        double t = now_seconds();
+        sink += probe(steps * 10);
+        t = now_seconds() - t;
+        if (steps * 10 * flop_per_step / t > best) best = steps * 10 * flop_per_step / t;
+    }
+    (void)sink;
+    return best;
+}
+
+// F32 FMA peak (FLOP/s, one thread) and its instructions; the BF16-dot peak, NAN without AVX512-BF16.
+static double bench_fma_peak(const char **isa) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return *isa = "avx512", probe_peak(probe_fma_avx512, PROBE_ACCS * 16 * 2);
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return *isa = "avx2", probe_peak(probe_fma_avx2, PROBE_ACCS * 8 * 2);
+#endif
+    return *isa = "c", probe_peak(probe_fma_c, PROBE_ACCS * 8 * 2);
+}
+
+static double bench_bf16_peak(void) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512bf16")) return probe_peak(probe_bf16_avx512, PROBE_ACCS * 16 * 2 * 2);
+#endif
+    return NAN;
+}
+
+// FLOPs and bytes read of one unit of a figure (a token, an item, an event).
+typedef struct {
+    double flops, bytes;
+} Work;
+
+// The model's sizes that set the work: matmul weights per layer and of the lm_head, their
+// bytes (norms and biases included), the KV-cache bytes per position per layer.
+typedef struct {
+    double layer_params, layer_bytes, head_params, head_bytes, kv_bytes;
+    double attn_flops; // per query, layer and key
+    int n_layers;
+} WorkShape;
+
+static WorkShape work_shape(Model *m) {
+    const ModelConfig *c = &m->cfg;
+    WorkShape w = {.n_layers = c->n_layers, .kv_bytes = 2.0 * c->n_kv_heads * c->head_dim * sizeof(float),
+                   .attn_flops = 4.0 * c->n_heads * c->head_dim}; // q.k and p.v: two multiply-adds per head dimension
+    int n_slots = model_slots(m, NULL);
+    TensorSlot *slots = xmalloc((size_t)n_slots * sizeof *slots);
+    model_slots(m, slots);
+    for (int i = 0; i < n_slots; i++) {
+        const Tensor *t = slots[i].t;
+        double params = (double)t->rows * t->cols, bytes = params * (double)dtype_bytes(t->dtype);
+        int in_layer = strncmp(slots[i].name, "model.layers.", 13) == 0;
+        int head = t == &m->lm_head || (c->tie_word_embeddings && t == &m->embed);
+        if (t == &m->embed && !head) continue; // the embedding: one row per token, not counted
+        if (in_layer) w.layer_bytes += bytes, w.layer_params += slots[i].rows ? params : 0;
+        else w.head_bytes += bytes, w.head_params += head ? params : 0;
+    }
+    free(slots);
+    w.layer_params /= c->n_layers, w.layer_bytes /= c->n_layers;
+    return w;
+}
+
+// One pass of n_seq sequences, each with n_tok new positions after ctx cached ones, through
+// the last `layers` layers, and head_rows rows through the lm_head. Weights are read once
+// per pass (the batch shares them), each sequence's KV cache once per layer.
+static Work work_pass(const WorkShape *w, double n_seq, double n_tok, double ctx, double layers, double head_rows) {
+    double keys = n_tok * ctx + n_tok * (n_tok + 1) / 2; // causal: position i attends to ctx + i + 1 keys
+    double flops = n_seq * layers * (2 * n_tok * w->layer_params + w->attn_flops * keys) + 2 * head_rows * w->head_params;
+    double bytes = layers * (w->layer_bytes + n_seq * w->kv_bytes * (ctx + n_tok)) + (head_rows > 0 ? w->head_bytes : 0);
+    return (Work){flops, bytes};
+}
+
+static Work work_add(Work a, Work b, double times) {
+    return (Work){a.flops + times * b.flops, a.bytes + times * b.bytes};
+}
+
+// Each figure's work per unit of its value, as bench_once runs it. Decode steps are taken at
+// their middle context; a scan pass from layer l runs the last L - l layers.
+static void bench_work(const WorkShape *w, int long_new, Work work[N_BENCH]) {
+    int L = w->n_layers, S = BENCH_SEQ_TOKENS;
+    Work none = {0, 0};
+    for (int i = 0; i < N_BENCH; i++) work[i] = (Work){NAN, NAN};
+    work[BENCH_PREFILL] = work_add(none, work_pass(w, 1, BENCH_PREFILL_TOKENS, 0, L, 1), 1.0 / BENCH_PREFILL_TOKENS);
+    work[BENCH_DECODE] = work_pass(w, 1, 1, BENCH_DECODE_PROMPT + BENCH_DECODE_TOKENS / 2, L, 1);
+    for (int n = 16, i = BENCH_GEN16; n <= 64; n *= 4, i = BENCH_GEN64)
+        work[i] = work_add(none, work_pass(w, n, 1, BENCH_DECODE_PROMPT + BENCH_GEN_STEPS / 2, L, n), 1.0 / n);
+    for (int n = 16, i = BENCH_GEN16_LONG; n <= 64 && long_new > 0; n *= 4, i = BENCH_GEN64_LONG) {
+        Work run = work_pass(w, n, BENCH_LONG_PROMPT, 0, L, n); // prompts, then a step per further token
+        run = work_add(run, work_pass(w, n, 1, BENCH_LONG_PROMPT + long_new / 2.0, L, n), long_new - 1);
+        work[i] = work_add(none, run, 1.0 / ((double)n * long_new));
+    }
+    work[BENCH_LENS] = work_add(work_pass(w, 1, S, 0, L, 0), work_pass(w, 0, 0, 0, 0, L + 1), 1);
+    Work scan = work_pass(w, 1, S, 0, L, 1), onset = scan;
+    for (int l = 0; l < L; l++) {
+        scan = work_add(scan, work_pass(w, 1, S, 0, L - l, 1), 2); // an attention and an MLP pass from layer l
+        onset = work_add(onset, work_pass(w, 2, 1, S - 1, L - l, 2), 1); // one replay of two rows
+    }
+    work[BENCH_SCAN_ALL] = scan, work[BENCH_SCAN_ONSET] = onset;
+}
+
 int cmd_bench(int argc, char **argv) {
     Opt opts[] = {OPT("--model", 1, "Hugging Face model directory (see make-bench-model)"),
                   OPT("--repeat", 1, "runs of each measurement; the median is printed (default 3)"),
@@ -521,14 +702,16 @@ int cmd_bench(int argc, char **argv) {
                       "tokenizer,bandwidth; or memory (minutes)"),
                   OPT("--tokenizer", 1, "tokenizer.json to time (default: the model directory's, if any)"),
                   OPT("--text", 1, "text to tokenize: JSONL (every string) or lines (default: 1 MB of generated text)"),
+                  OPT("--long-new", 1, "gen16_long, gen64_long: new tokens per sequence (default 1024; 0 skips them)"),
                   OPT("--json", 0, "print one JSON object instead of the table"), OPT_END};
     Err err = {0};
     int r = opts_parse(opts, argc, argv, &err);
     if (r) return r > 0 ? EXIT_OK : fail(&err);
     const char *dir = opt_str(opts, "--model", NULL), *only = opt_str(opts, "--only", NULL);
-    long long repeat;
+    long long repeat, long_new;
     if (!dir) return err_input(&err, "bench: --model DIR is required"), fail(&err);
     if (opt_int(opts, "--repeat", 1, 100, 3, &repeat, &err) < 0) return fail(&err);
+    if (opt_int(opts, "--long-new", 0, 1 << 20, BENCH_LONG_NEW, &long_new, &err) < 0) return fail(&err);
     Model m;
     if (model_load(&m, dir, &err) < 0) return fail(&err);
     // Weight bytes a decode step reads: every tensor but the embedding, of which it reads one row.
@@ -540,7 +723,7 @@ int cmd_bench(int argc, char **argv) {
         if (slots[i].t != &m.embed || m.cfg.tie_word_embeddings)
             weight_bytes += (double)slots[i].t->rows * slots[i].t->cols * (double)dtype_bytes(slots[i].t->dtype);
     free(slots);
-    if (bench_run(&m, (int)repeat, only, values, &err) < 0) {
+    if (bench_run(&m, (int)repeat, (int)long_new, only, values, &err) < 0) {
         model_free(&m);
         return fail(&err);
     }
@@ -555,7 +738,15 @@ int cmd_bench(int argc, char **argv) {
             return fail(&err);
         }
     }
-    if (bench_wants(only, "bandwidth") || bench_wants(only, "decode")) bandwidth = bench_bandwidth(&m);
+    int any_figure = 0;
+    for (int i = 0; i < N_BENCH; i++) any_figure |= !isnan(values[i]);
+    if (bench_wants(only, "bandwidth") || any_figure) bandwidth = bench_bandwidth(&m);
+    const char *fma_isa = "none";
+    double fma_peak = NAN, bf16_peak = NAN; // FLOP/s of one thread
+    if (bench_wants(only, "peak") || any_figure) {
+        progress("bench: arithmetic peaks\n");
+        fma_peak = bench_fma_peak(&fma_isa), bf16_peak = bench_bf16_peak();
+    }
     struct {
         const char *key, *what, *fmt, *unit;
         double v;
@@ -564,6 +755,10 @@ int cmd_bench(int argc, char **argv) {
         {"decode_tok_s", "decode, batch 1", "%.2f", "tokens/s", values[BENCH_DECODE]},
         {"gen16_tok_s", "generation, batch 16", "%.1f", "completion tokens/s", values[BENCH_GEN16]},
         {"gen64_tok_s", "generation, batch 64", "%.1f", "completion tokens/s", values[BENCH_GEN64]},
+        {"gen16_long_tok_s", "generation, 16 x (128 + new)", "%.1f", "completion tokens/s, whole run (--long-new)",
+         values[BENCH_GEN16_LONG]},
+        {"gen64_long_tok_s", "generation, 64 x (128 + new)", "%.1f", "completion tokens/s, whole run (--long-new)",
+         values[BENCH_GEN64_LONG]},
         {"lens_items_s", "logit lens, 384 tokens", "%.3f", "items/s", values[BENCH_LENS]},
         {"scan_s_per_event_all", "ablation scan, scope all", "%.1f", "s/event (384 tokens: a clean pass, then 2L passes each from its layer)", values[BENCH_SCAN_ALL]},
         {"scan_s_per_event_onset", "ablation scan, scope onset", "%.2f", "s/event", values[BENCH_SCAN_ONSET]},
@@ -582,7 +777,35 @@ int cmd_bench(int argc, char **argv) {
         {"bandwidth_gb_s", "read bandwidth", "%.1f", "GB/s", bandwidth},
         {"roofline_fraction", "decode roofline fraction", "%.2f", "(weight bytes per token x decode tokens/s / bandwidth)",
          weight_bytes * values[BENCH_DECODE] / (bandwidth * 1e9)},
+        {"fma_peak_gflops", "F32 FMA peak", "%.1f", "GFLOP/s per thread (register-only loop)", fma_peak / 1e9},
+        {"bf16_peak_gflops", "BF16 dot peak", "%.1f", "GFLOP/s per thread (vdpbf16ps; null without AVX512-BF16)",
+         bf16_peak / 1e9},
     };
+    // The roofline of each figure: bt computes in F32 whatever the weights' dtype, so the F32 FMA peak is its roof.
+    static const struct {
+        const char *key, *what;
+        int figure, per_second; // per_second: the value is a rate (else seconds per unit)
+    } roof_rows[] = {
+        {"prefill", "prefill 512", BENCH_PREFILL, 1}, {"decode", "decode", BENCH_DECODE, 1},
+        {"gen16", "generation, batch 16", BENCH_GEN16, 1}, {"gen64", "generation, batch 64", BENCH_GEN64, 1},
+        {"gen16_long", "generation, 16 long", BENCH_GEN16_LONG, 1},
+        {"gen64_long", "generation, 64 long", BENCH_GEN64_LONG, 1},
+        {"lens", "logit lens item", BENCH_LENS, 1}, {"scan_all", "scan event, scope all", BENCH_SCAN_ALL, 0},
+        {"scan_onset", "scan event, scope onset", BENCH_SCAN_ONSET, 0},
+    };
+    int n_roof = (int)(sizeof roof_rows / sizeof roof_rows[0]);
+    WorkShape shape = work_shape(&m);
+    Work work[N_BENCH];
+    bench_work(&shape, (int)long_new, work);
+    double roof_intensity[16], roof_gflops[16], reached_gflops[16], roof_fraction[16]; // (n_roof)
+    for (int i = 0; i < n_roof; i++) {
+        double v = values[roof_rows[i].figure], rate = roof_rows[i].per_second ? v : 1 / v;
+        const Work *wk = &work[roof_rows[i].figure];
+        roof_intensity[i] = wk->flops / wk->bytes;
+        roof_gflops[i] = fmin(fma_peak * bt_threads, bandwidth * 1e9 * roof_intensity[i]) / 1e9;
+        reached_gflops[i] = wk->flops * rate / 1e9;
+        roof_fraction[i] = reached_gflops[i] / roof_gflops[i]; // NAN when the figure or a probe was not run
+    }
     int n_rows = (int)(sizeof rows / sizeof rows[0]);
     const char *kernels = m.simd ? "avx512" : "portable";
     Buf b = {0};
@@ -594,6 +817,11 @@ int cmd_bench(int argc, char **argv) {
             buf_printf(&b, ",\"%s\":", rows[i].key);
             buf_json_double(&b, rows[i].v);
         }
+        buf_printf(&b, ",\"fma_isa\":\"%s\"", fma_isa);
+        for (int i = 0; i < n_roof; i++) {
+            buf_printf(&b, ",\"%s_roofline_fraction\":", roof_rows[i].key);
+            buf_json_double(&b, roof_fraction[i]);
+        }
         buf_puts(&b, "}\n");
     } else {
         buf_printf(&b, "bt bench: %s (%s, %s weights, %.2f GB per token), %d threads, %s kernels, median of %lld\n", dir,
@@ -602,6 +830,15 @@ int cmd_bench(int argc, char **argv) {
             char v[32] = "null";
             if (!isnan(rows[i].v)) snprintf(v, sizeof v, rows[i].fmt, rows[i].v);
             buf_printf(&b, "  %-28s %10s  %s\n", rows[i].what, v, rows[i].unit);
+        }
+        buf_printf(&b, "roofline: min(%.1f GFLOP/s F32 FMA (%s) x %d threads, %.1f GB/s x FLOP/byte)", fma_peak / 1e9, fma_isa,
+                   bt_threads, bandwidth);
+        buf_puts(&b, "; bytes = weights + KV cache, each read once\n");
+        buf_printf(&b, "  %-28s %10s %12s %12s %9s\n", "figure", "FLOP/byte", "roof GFLOP/s", "reached", "fraction");
+        for (int i = 0; i < n_roof; i++) {
+            if (isnan(values[roof_rows[i].figure])) continue;
+            buf_printf(&b, "  %-28s %10.1f %12.1f %12.1f %9.2f\n", roof_rows[i].what, roof_intensity[i], roof_gflops[i],
+                       reached_gflops[i], roof_fraction[i]);
         }
     }
     write_stdout(&b);

@@ -32,6 +32,18 @@
 #define MATMUL_K_CHUNK 2048   // AVX-512: columns summed in registers before a partial sum is stored (multiple of 32)
 #define MATMUL_BLOCK_BYTES (128u << 10) // AVX-512: weights of one thread's block, kept in L2 while x passes
 #define MATMUL_PREFETCH_BYTES 1024 // AVX-512: how far ahead in each weight row to prefetch from memory
+#ifndef MATMUL_MR
+#define MATMUL_MR 8
+#endif           // AVX-512, many rows: rows of x per register tile (8 x 3 accumulators, 3 weights, 1 x: 28 of 32 zmm)
+#ifndef MATMUL_NR
+#define MATMUL_NR 3
+#endif           // AVX-512, many rows: weight rows per register tile
+#ifndef MATMUL_KC
+#define MATMUL_KC 512
+#endif         // AVX-512, many rows: columns a tile runs before parking its accumulators (multiple of 32)
+#ifndef MATMUL_PANEL_ROWS
+#define MATMUL_PANEL_ROWS 48
+#endif  // AVX-512, many rows: weight rows a thread packs as F32 at a time (multiple of MATMUL_NR)
 #define PARALLEL_MIN_MACS 2e5 // smaller matmuls and attentions run on one thread: waking threads costs more
 #define ATTN_HEADS 6          // AVX-512 attention: query heads sharing a key head, taken together
 #define KEY_BLOCK 16          // positions per block of the key cache, stored dimension-major (16 keys' d side by side)
@@ -1116,6 +1128,129 @@ AVX512 static void matmul_rows_avx512(float *out, const float *xs, size_t ldx, i
             for (int o = o0; o < o1; o += MATMUL_TILE_W) tile_at(tiles, xs, ldx, n, w, r0, o, o1, k0, r0 == 0, out);
 }
 
+// Many rows (prefill, teacher forcing, batched generation): every weight meets every row, so
+// the FMA units can set the pace if the operands come from near caches and no instruction but
+// the FMA touches their ports. A thread takes MATMUL_PANEL_ROWS weight rows and, one chunk of
+// columns at a time, packs them once as F32 (w_load_avx512's values in its order, so the same
+// products), prefetching the next panel's weights meanwhile; then register tiles of
+// MATMUL_MR rows of x by MATMUL_NR weight rows run over MATMUL_KC columns at a time, the tile's
+// x staying in L1 while it meets the whole packed panel (in L2), its accumulators parked in
+// memory between column passes. Per output these are tile_avx512's FMAs in its order.
+
+// Weight rows w (nw of them, d_in apart) over columns k0..k0+len packed into pk: per group of
+// MATMUL_NR rows, per vector of 16 columns (a then b of each 32), the group's rows side by side.
+AVX512 static INLINE void panel_pack_avx512(DType dtype, const void *w, size_t d_in, int nw, int k0, int len, float *pk) {
+    int nv = (len + 31) / 32 * 2;
+    for (int row = 0; row < nw; row++) {
+        float *p = pk + ((size_t)(row / MATMUL_NR) * nv * MATMUL_NR + row % MATMUL_NR) * 16;
+        for (int s = 0; s < nv / 2; s++) {
+            __m512 a, b;
+            w_load_avx512(dtype, w, (size_t)row * d_in + (size_t)k0 + 32 * (size_t)s, len - 32 * s, &a, &b);
+            _mm512_store_ps(p + (size_t)(2 * s) * MATMUL_NR * 16, a);
+            _mm512_store_ps(p + (size_t)(2 * s + 1) * MATMUL_NR * 16, b);
+        }
+    }
+}
+
+// R rows of staged x (ldx apart, from the chunk's start) by the W packed rows of group pg over
+// the chunk's vectors v0..v1. Accumulators start at zero (v0 = 0) or from park, and end in
+// park or, after the chunk's last vector, summed into out (ldo apart) as tile_avx512 does.
+AVX512 static INLINE void panel_tile_avx512(int R, int W, const float *xs, size_t ldx, const float *pg, int v0, int v1, int nv,
+                                            float *park, int k0, float *out, size_t ldo) {
+    __m512 acc[MATMUL_MR][MATMUL_NR];
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < W; j++)
+        acc[r][j] = v0 ? _mm512_load_ps(park + (size_t)(r * MATMUL_NR + j) * 16) : _mm512_setzero_ps();
+    _Pragma("GCC unroll 4") for (int v = v0; v < v1; v++) {
+        const float *pv = pg + (size_t)v * MATMUL_NR * 16;
+        __m512 wv[MATMUL_NR];
+        UNROLL for (int j = 0; j < W; j++) wv[j] = _mm512_load_ps(pv + 16 * j);
+#ifdef MATMUL_W_PF
+        UNROLL for (int j = 0; j < W; j++) _mm_prefetch((const char *)(pv + MATMUL_W_PF * MATMUL_NR * 16 + 16 * j), _MM_HINT_T0);
+#endif
+        UNROLL for (int r = 0; r < R; r++) {
+            __m512 xv = _mm512_loadu_ps(xs + (size_t)r * ldx + 16 * (size_t)v);
+            __asm__("" : "+v"(xv)); // one load of x for the W FMAs, not one folded into each
+            UNROLL for (int j = 0; j < W; j++) acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
+        }
+    }
+    if (v1 < nv) {
+        UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < W; j++)
+            _mm512_store_ps(park + (size_t)(r * MATMUL_NR + j) * 16, acc[r][j]);
+        return;
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < W; j++) {
+        float sum = hsum_avx512(acc[r][j]), *o = out + (size_t)r * ldo + j;
+        *o = k0 ? *o + sum : sum;
+    }
+}
+
+// Every tile shape: constant R and W keep the accumulators in registers.
+AVX512 static void panel_tiles_avx512(int R, int W, const float *xs, size_t ldx, const float *pg, int v0, int v1, int nv,
+                                      float *park, int k0, float *out, size_t ldo) {
+#define PANEL_TILE(r, w)                                                                                   \
+    case (r) * 16 + (w):                                                                                   \
+        if ((r) <= MATMUL_MR && (w) <= MATMUL_NR) panel_tile_avx512(r, w, xs, ldx, pg, v0, v1, nv, park, k0, out, ldo); \
+        return;
+#define PANEL_TILES(r) PANEL_TILE(r, 1) PANEL_TILE(r, 2) PANEL_TILE(r, 3) PANEL_TILE(r, 4) PANEL_TILE(r, 5) PANEL_TILE(r, 6)
+    switch (R * 16 + W) {
+        PANEL_TILES(1) PANEL_TILES(2) PANEL_TILES(3) PANEL_TILES(4) PANEL_TILES(5) PANEL_TILES(6) PANEL_TILES(7) PANEL_TILES(8)
+        PANEL_TILES(9) PANEL_TILES(10) PANEL_TILES(11) PANEL_TILES(12)
+    }
+#undef PANEL_TILES
+#undef PANEL_TILE
+}
+
+// Weight lines still to prefetch: `rows` rows of `lines` cache lines, `stride` bytes apart, from `line` of `row`.
+typedef struct {
+    const char *row;
+    size_t stride;
+    int lines, rows, line;
+} Ahead;
+
+AVX512 static INLINE void ahead_prefetch(Ahead *a, int count) {
+    for (; count > 0 && a->rows > 0; count--) {
+        _mm_prefetch(a->row + (size_t)a->line * 64, _MM_HINT_T1);
+        if (++a->line == a->lines) a->line = 0, a->row += a->stride, a->rows--;
+    }
+}
+
+// Weight rows o0..o1 (at most MATMUL_PANEL_ROWS) against all n staged rows; pk and park are the
+// thread's panel and parking space. The weights of rows next_o.. (the panel this thread most
+// likely packs next; none when next_o >= d_out) are prefetched while the tiles run.
+AVX512 static void matmul_panel_avx512(float *out, const float *xs, size_t ldx, int n, const Tensor *w, int o0, int o1, int next_o,
+                                       float *pk, float *park) {
+    int d_in = w->cols, d_out = w->rows, nw = o1 - o0, groups = (nw + MATMUL_NR - 1) / MATMUL_NR;
+    size_t eb = dtype_bytes(w->dtype), row_bytes = (size_t)d_in * eb;
+    const char *rows = (const char *)w->data + (size_t)o0 * row_bytes;
+    for (int k0 = 0; k0 < d_in; k0 += MATMUL_K_CHUNK) {
+        int len = d_in - k0 < MATMUL_K_CHUNK ? d_in - k0 : MATMUL_K_CHUNK, nv = (len + 31) / 32 * 2;
+        if (w->dtype == DT_BF16) panel_pack_avx512(DT_BF16, rows, (size_t)d_in, nw, k0, len, pk);
+        else if (w->dtype == DT_F16) panel_pack_avx512(DT_F16, rows, (size_t)d_in, nw, k0, len, pk);
+        else panel_pack_avx512(DT_F32, rows, (size_t)d_in, nw, k0, len, pk);
+        // Prefetch what gets packed next: this panel's next chunk, else the next panel's first.
+        Ahead ahead = {.row = rows + (size_t)(k0 + len) * eb, .stride = row_bytes, .rows = nw,
+                       .lines = (int)(((size_t)(d_in - k0 - len < MATMUL_K_CHUNK ? d_in - k0 - len : MATMUL_K_CHUNK) * eb + 63) / 64)};
+        if (k0 + len >= d_in) {
+            ahead.row = (const char *)w->data + (size_t)next_o * row_bytes;
+            ahead.lines = (int)(((size_t)(d_in < MATMUL_K_CHUNK ? d_in : MATMUL_K_CHUNK) * eb + 63) / 64);
+            ahead.rows = next_o >= d_out ? 0 : d_out - next_o < MATMUL_PANEL_ROWS ? d_out - next_o : MATMUL_PANEL_ROWS;
+        }
+        int tiles = (n + MATMUL_MR - 1) / MATMUL_MR * ((nv + MATMUL_KC / 16 - 1) / (MATMUL_KC / 16)) * groups;
+        int per_tile = (ahead.rows * ahead.lines + tiles - 1) / tiles;
+        for (int r0 = 0; r0 < n; r0 += MATMUL_MR)
+            for (int v0 = 0; v0 < nv; v0 += MATMUL_KC / 16) {
+                int v1 = nv - v0 < MATMUL_KC / 16 ? nv : v0 + MATMUL_KC / 16;
+                for (int g = 0; g < groups; g++) {
+                    ahead_prefetch(&ahead, per_tile);
+                    panel_tiles_avx512(n - r0 < MATMUL_MR ? n - r0 : MATMUL_MR, nw - g * MATMUL_NR < MATMUL_NR ? nw - g * MATMUL_NR : MATMUL_NR,
+                                       xs + (size_t)r0 * ldx + k0, ldx, pk + (size_t)g * nv * MATMUL_NR * 16, v0, v1, nv,
+                                       park + (size_t)g * MATMUL_MR * MATMUL_NR * 16, k0, out + (size_t)r0 * d_out + o0 + g * MATMUL_NR,
+                                       (size_t)d_out);
+                }
+            }
+    }
+}
+
 // Scores of G heads (q: G x hd) against the 32 keys of a pair of key blocks from kb: lane
 // j of acc[h][t] sums q[h][d] * key(16 t + j)[d] over d in order, one FMA per d, so no
 // horizontal sums; scaled into scores[h * seq_stride + p0 ..]. Lanes past the last
@@ -1246,9 +1381,46 @@ static const float *x_stage(const float *x, int n, int d_in, DType dtype, float 
     return stage;
 }
 
+#ifdef HAVE_AVX512
+// matmul of more than MATMUL_TILE_X rows on AVX-512: threads take panels of weight rows, each
+// thread with its own packed panel and parking space (64-byte aligned, for aligned loads).
+static void matmul_panels(float *out, const float *x, int n, const Tensor *w, const Tensor *bias, float *stage) {
+    int d_out = w->rows, d_in = w->cols, n_panels = (d_out + MATMUL_PANEL_ROWS - 1) / MATMUL_PANEL_ROWS;
+    const float *xs = x_stage(x, n, d_in, w->dtype, stage);
+    size_t ldx = (size_t)(d_in + 31) / 32 * 32, chunk = ldx < MATMUL_K_CHUNK ? ldx : MATMUL_K_CHUNK;
+    size_t pk_floats = MATMUL_PANEL_ROWS * chunk, park_floats = (size_t)MATMUL_MR * MATMUL_PANEL_ROWS * 16;
+    double macs = (double)n * d_out * d_in;
+#pragma omp parallel if (macs >= PARALLEL_MIN_MACS)
+    {
+        char *mem = xmalloc((pk_floats + park_floats) * sizeof(float) + 64);
+        float *pk = (float *)(mem + (64 - (uintptr_t)mem % 64) % 64), *park = pk + pk_floats;
+        int n_threads = 1;
+#ifdef _OPENMP
+        n_threads = omp_get_num_threads();
+#endif
+#pragma omp for schedule(dynamic, 1) // dynamic: a thread that lost its core to another process does less
+        for (int b = 0; b < n_panels; b++) {
+            int o0 = b * MATMUL_PANEL_ROWS, o1 = d_out - o0 < MATMUL_PANEL_ROWS ? d_out : o0 + MATMUL_PANEL_ROWS;
+            // the panel this thread takes next if the threads keep pace: prefetched meanwhile
+            matmul_panel_avx512(out, xs, ldx, n, w, o0, o1, o0 + n_threads * MATMUL_PANEL_ROWS, pk, park);
+            if (bias && bias->data)
+                for (int r = 0; r < n; r++)
+                    for (int o = o0; o < o1; o++) out[(size_t)r * d_out + o] += tensor_at(bias, (size_t)o);
+        }
+        free(mem);
+    }
+}
+#endif
+
 // out(n, d_out) = x(n, d_in) · W(d_out, d_in)^T (+ bias), W in its stored dtype. Threads
 // take blocks of weight rows; stage holds n x round_up(d_in, 32) floats for AVX-512.
 static void matmul(const Model *m, float *out, const float *x, int n, const Tensor *w, const Tensor *bias, float *stage) {
+#ifdef HAVE_AVX512
+    if (m->simd && n > MATMUL_TILE_X) { // many rows: packed panels
+        matmul_panels(out, x, n, w, bias, stage);
+        return;
+    }
+#endif
     int d_out = w->rows, d_in = w->cols;
     int block = MATMUL_W_ROWS;
     const float *xs = x;

@@ -17,17 +17,27 @@ expect "make-bench-model with an unknown dtype" 2 "--dtype 'int8' is not" "$BT" 
 expect "make-bench-model without a directory" 2 "usage: bt make-bench-model DIR" "$BT" make-bench-model --shape tiny
 [ ! -e x ] && ok "make-bench-model: nothing written on bad input" || bad "make-bench-model: nothing written on bad input" "x exists"
 
-out=$("$BT" bench --model tiny --repeat 1 --json --quiet); rc=$?
+# --long-new 32: the long generation figures scaled down to keep make test fast (1024 by default).
+out=$("$BT" bench --model tiny --repeat 1 --long-new 32 --json --quiet); rc=$?
 missing=""
-for k in prefill_tok_s decode_tok_s gen16_tok_s gen64_tok_s lens_items_s scan_s_per_event_all scan_s_per_event_onset \
-         attribution_s_per_event attribution_vs_scan_all grad_mb_4096 \
-         peak_rss_mb bandwidth_gb_s roofline_fraction; do
+for k in prefill_tok_s decode_tok_s gen16_tok_s gen64_tok_s gen16_long_tok_s gen64_long_tok_s lens_items_s \
+         scan_s_per_event_all scan_s_per_event_onset attribution_s_per_event attribution_vs_scan_all grad_mb_4096 \
+         peak_rss_mb bandwidth_gb_s roofline_fraction fma_peak_gflops \
+         prefill_roofline_fraction decode_roofline_fraction gen16_roofline_fraction gen64_roofline_fraction \
+         gen16_long_roofline_fraction gen64_long_roofline_fraction lens_roofline_fraction scan_all_roofline_fraction \
+         scan_onset_roofline_fraction; do
     echo "$out" | grep -qE "\"$k\":[0-9][0-9.e+-]*[,}]" || missing="$missing $k"
 done
 echo "$out" | grep -qE '"tokenizer_mb_s":(null|[0-9][0-9.e+-]*)[,}]' || missing="$missing tokenizer_mb_s"
+echo "$out" | grep -qE '"bf16_peak_gflops":(null|[0-9][0-9.e+-]*)[,}]' || missing="$missing bf16_peak_gflops"
 [ $rc -eq 0 ] && [ -z "$missing" ] && [ "$(echo "$out" | wc -l)" -eq 1 ] \
     && ok "bench --json: one object with every key" || bad "bench --json: one object with every key" "exit $rc, missing:$missing"
-expect "bench table" 0 'decode roofline fraction' "$BT" bench --model tiny --repeat 1 --quiet --threads 1
+expect "bench table" 0 'decode roofline fraction' "$BT" bench --model tiny --repeat 1 --long-new 0 --quiet --threads 1
+expect "bench table: the roofline per figure" 0 '^  prefill 512 +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+$' \
+    "$BT" bench --model tiny --repeat 1 --only prefill,gen16_long --long-new 8 --quiet --threads 1
+expect "bench --long-new 0 skips the long figures" 0 '"gen16_long_tok_s":null,"gen64_long_tok_s":null' \
+    "$BT" bench --model tiny --repeat 1 --only gen16_long,gen64_long --long-new 0 --json --quiet
+expect "bench with a bad --long-new" 2 "--long-new" "$BT" bench --model tiny --long-new -1
 expect "bench --only, portable kernels" 0 '"kernels":"portable".*"prefill_tok_s":[0-9].*"decode_tok_s":null' \
     env BT_NO_SIMD=1 "$BT" bench --model tiny --repeat 1 --only prefill --json --quiet
 expect "bench without --model" 2 "--model DIR is required" "$BT" bench
