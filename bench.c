@@ -80,15 +80,17 @@ static void bench_fill(void *data, DType dtype, size_t n, float center, float sp
 // config.json of a shape, as Hugging Face writes it (the keys bt and transformers read).
 static void bench_config_json(Buf *b, const BenchShape *sh, DType dtype) {
     int qwen3 = strcmp(sh->architecture, "Qwen3ForCausalLM") == 0;
-    buf_printf(b, "{\n  \"architectures\": [\"%s\"],\n  \"model_type\": \"%s\",\n", sh->architecture, qwen3 ? "qwen3" : "qwen2");
-    buf_printf(b, "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n", sh->hidden_size,
-               sh->intermediate_size, sh->n_layers);
+    buf_printf(b, "{\n  \"architectures\": [\"%s\"],\n  \"model_type\": \"%s\",\n", sh->architecture,
+               qwen3 ? "qwen3" : "qwen2");
+    buf_printf(b, "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n",
+               sh->hidden_size, sh->intermediate_size, sh->n_layers);
     buf_printf(b, "  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n", sh->n_heads, sh->n_kv_heads);
     if (qwen3) buf_printf(b, "  \"head_dim\": %d,\n  \"attention_bias\": false,\n", sh->head_dim);
-    buf_printf(b, "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": 1e-06,\n", sh->vocab_size,
-               sh->max_position);
+    buf_printf(b, "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": 1e-06,\n",
+               sh->vocab_size, sh->max_position);
     buf_printf(b, "  \"rope_theta\": %.1f,\n  \"rope_scaling\": null,\n  \"hidden_act\": \"silu\",\n", sh->rope_theta);
-    buf_printf(b, "  \"tie_word_embeddings\": %s,\n  \"use_sliding_window\": false,\n", sh->tie_word_embeddings ? "true" : "false");
+    buf_printf(b, "  \"tie_word_embeddings\": %s,\n  \"use_sliding_window\": false,\n",
+               sh->tie_word_embeddings ? "true" : "false");
     buf_printf(b, "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n  \"torch_dtype\": \"%s\"\n}\n", sh->bos_token_id,
                sh->eos_token_id, dtype == DT_F32 ? "float32" : dtype == DT_BF16 ? "bfloat16" : "float16");
 }
@@ -99,7 +101,8 @@ static int bench_model_write(const char *dir, const BenchShape *sh, DType dtype,
     Model m = {0};
     ModelConfig *c = &m.cfg;
     c->hidden_size = sh->hidden_size, c->intermediate_size = sh->intermediate_size, c->n_layers = sh->n_layers;
-    c->n_heads = sh->n_heads, c->n_kv_heads = sh->n_kv_heads, c->head_dim = sh->head_dim, c->vocab_size = sh->vocab_size;
+    c->n_heads = sh->n_heads, c->n_kv_heads = sh->n_kv_heads, c->head_dim = sh->head_dim,
+    c->vocab_size = sh->vocab_size;
     c->tie_word_embeddings = sh->tie_word_embeddings;
     c->qkv_bias = strcmp(sh->architecture, "Qwen2ForCausalLM") == 0;
     c->qk_norm = strcmp(sh->architecture, "Qwen3ForCausalLM") == 0;
@@ -138,9 +141,13 @@ static int bench_model_write(const char *dir, const BenchShape *sh, DType dtype,
             t->data = xmalloc((size_t)t->rows * t->cols * dtype_bytes(dtype));
             names[i] = s->name;
             // Norm weights near 1, small biases, other weights of variance ~ 1 / fan_in (activations stay O(1)).
-            int is_norm = len > 11 && strcmp(s->name + len - 11, "norm.weight") == 0, is_bias = len > 4 && strcmp(s->name + len - 4, "bias") == 0;
-            float center = is_norm ? 1.0f : 0.0f, spread = is_norm ? 0.1f : is_bias ? 0.02f : 1.7f / sqrtf((float)t->cols);
-            bench_fill((void *)t->data, dtype, (size_t)t->rows * t->cols, center, spread, seed_mix(seed, (uint64_t)(first + i)));
+            int is_norm = len > 11 && strcmp(s->name + len - 11, "norm.weight") == 0,
+                is_bias = len > 4 && strcmp(s->name + len - 4, "bias") == 0;
+            float center = is_norm ? 1.0f : 0.0f, spread = is_norm   ? 0.1f
+                                                           : is_bias ? 0.02f
+                                                                     : 1.7f / sqrtf((float)t->cols);
+            bench_fill((void *)t->data, dtype, (size_t)t->rows * t->cols, center, spread,
+                       seed_mix(seed, (uint64_t)(first + i)));
             buf_printf(&index, "%s\n    \"%s\": \"%s\"", first + i ? "," : "", s->name, file);
         }
         progress("make-bench-model: %s (%d tensors)\n", path, n);
@@ -175,11 +182,15 @@ int cmd_make_bench_model(int argc, char **argv) {
     int r = opts_parse(opts, argc - (dir != NULL), argv + (dir != NULL), &err);
     if (r) return r > 0 ? EXIT_OK : fail(&err);
     const char *shape = opt_str(opts, "--shape", NULL), *dtype_text = opt_str(opts, "--dtype", "bf16");
-    if (!dir || !shape) return err_input(&err, "make-bench-model: usage: bt make-bench-model DIR --shape NAME [--dtype bf16|f16|f32]"), fail(&err);
+    if (!dir || !shape)
+        return err_input(&err, "make-bench-model: usage: bt make-bench-model DIR --shape NAME [--dtype bf16|f16|f32]"),
+               fail(&err);
     const BenchShape *sh = NULL;
     for (size_t i = 0; i < sizeof bench_shapes / sizeof bench_shapes[0]; i++)
         if (strcmp(bench_shapes[i].name, shape) == 0) sh = &bench_shapes[i];
-    if (!sh) return err_input(&err, "make-bench-model: --shape '%s' is not r1-distill-qwen-1.5b, qwen3-0.6b or tiny", shape), fail(&err);
+    if (!sh)
+        return err_input(&err, "make-bench-model: --shape '%s' is not r1-distill-qwen-1.5b, qwen3-0.6b or tiny", shape),
+               fail(&err);
     DType dtype = strcmp(dtype_text, "f32") == 0 ? DT_F32 : strcmp(dtype_text, "f16") == 0 ? DT_F16 : DT_BF16;
     if (dtype == DT_BF16 && strcmp(dtype_text, "bf16") != 0)
         return err_input(&err, "make-bench-model: --dtype '%s' is not bf16, f16 or f32", dtype_text), fail(&err);
@@ -249,9 +260,43 @@ AVX512 static float sum_avx512(const float *v, size_t n) {
 
 // Tokenizer speed on a text file, or on BENCH_TEXT_BYTES of seeded reasoning-like text.
 static int bench_tokenizer(const char *tokenizer_path, const char *text_path, double *mb_s, Err *err) {
-    static const char *const words[] = {"Wait", ",", " so", " the", " answer", " is", " $", "12", "3", ".", " Let", " me", " check",
-                                        ":", " 4", " *", " 7", " =", " 28", "\n\n", " Actually", " each", " of", " eggs", " per",
-                                        " day", " she", " sells", " 0", ".5", " dollars", " Hmm", "?", " total", " (", ")", " \u00e9t\u00e9"};
+    static const char *const words[] = {"Wait",
+                                        ",",
+                                        " so",
+                                        " the",
+                                        " answer",
+                                        " is",
+                                        " $",
+                                        "12",
+                                        "3",
+                                        ".",
+                                        " Let",
+                                        " me",
+                                        " check",
+                                        ":",
+                                        " 4",
+                                        " *",
+                                        " 7",
+                                        " =",
+                                        " 28",
+                                        "\n\n",
+                                        " Actually",
+                                        " each",
+                                        " of",
+                                        " eggs",
+                                        " per",
+                                        " day",
+                                        " she",
+                                        " sells",
+                                        " 0",
+                                        ".5",
+                                        " dollars",
+                                        " Hmm",
+                                        "?",
+                                        " total",
+                                        " (",
+                                        ")",
+                                        " \u00e9t\u00e9"};
     Tokenizer *t;
     if (tokenizer_load(&t, tokenizer_path, err) < 0) return -1;
     char tmp[] = "/tmp/bt_bench_text_XXXXXX";
@@ -266,7 +311,8 @@ static int bench_tokenizer(const char *tokenizer_path, const char *text_path, do
             buf_putc(&text, '\n');
         }
         int fd = mkstemp(tmp);
-        if (fd < 0 || write(fd, text.data, text.len) != (ssize_t)text.len) rc = err_runtime(err, "%s: cannot write the benchmark text", tmp);
+        if (fd < 0 || write(fd, text.data, text.len) != (ssize_t)text.len)
+            rc = err_runtime(err, "%s: cannot write the benchmark text", tmp);
         if (fd >= 0) close(fd);
         buf_free(&text);
         text_path = tmp;
@@ -394,8 +440,8 @@ static int bench_steering(BenchCtx *b, int what, double *value, Err *err) {
     double tok_s[4], time_plain = 0, time_steered = 0;
     for (int i = 0; i < 4 && rc == 0; i++) {
         int steered = i == 1 || i == 2;
-        rc = bench_generate(m, 16, BENCH_DECODE_PROMPT, BENCH_GEN_STEPS + 1, b->ids, &bench_sampler, steered ? &steer : NULL,
-                            0, &tok_s[i], err);
+        rc = bench_generate(m, 16, BENCH_DECODE_PROMPT, BENCH_GEN_STEPS + 1, b->ids, &bench_sampler,
+                            steered ? &steer : NULL, 0, &tok_s[i], err);
         if (steered) time_steered += 1 / tok_s[i];
         else time_plain += 1 / tok_s[i];
     }
@@ -661,8 +707,10 @@ static WorkShape work_shape(Model *m) {
 // per pass (the batch shares them), each sequence's KV cache once per layer.
 static Work work_pass(const WorkShape *w, double n_seq, double n_tok, double ctx, double layers, double head_rows) {
     double keys = n_tok * ctx + n_tok * (n_tok + 1) / 2; // causal: position i attends to ctx + i + 1 keys
-    double flops = n_seq * layers * (2 * n_tok * w->layer_params + w->attn_flops * keys) + 2 * head_rows * w->head_params;
-    double bytes = layers * (w->layer_bytes + n_seq * w->kv_bytes * (ctx + n_tok)) + (head_rows > 0 ? w->head_bytes : 0);
+    double flops =
+        n_seq * layers * (2 * n_tok * w->layer_params + w->attn_flops * keys) + 2 * head_rows * w->head_params;
+    double bytes =
+        layers * (w->layer_bytes + n_seq * w->kv_bytes * (ctx + n_tok)) + (head_rows > 0 ? w->head_bytes : 0);
     return (Work){flops, bytes};
 }
 
@@ -760,7 +808,8 @@ int cmd_bench(int argc, char **argv) {
         {"gen64_long_tok_s", "generation, 64 x (128 + new)", "%.1f", "completion tokens/s, whole run (--long-new)",
          values[BENCH_GEN64_LONG]},
         {"lens_items_s", "logit lens, 384 tokens", "%.3f", "items/s", values[BENCH_LENS]},
-        {"scan_s_per_event_all", "ablation scan, scope all", "%.1f", "s/event (384 tokens: a clean pass, then 2L passes each from its layer)", values[BENCH_SCAN_ALL]},
+        {"scan_s_per_event_all", "ablation scan, scope all", "%.1f",
+         "s/event (384 tokens: a clean pass, then 2L passes each from its layer)", values[BENCH_SCAN_ALL]},
         {"scan_s_per_event_onset", "ablation scan, scope onset", "%.2f", "s/event", values[BENCH_SCAN_ONSET]},
         {"attribution_s_per_event", "attribution patching", "%.2f",
          "s/event (384 tokens: one forward + one backward, every layer and head)", values[BENCH_ATTRIBUTION]},
@@ -771,11 +820,15 @@ int cmd_bench(int argc, char **argv) {
          model_gradient_bytes(&m, BENCH_GRAD_TOKENS, GRAD_KEEP_BYTES) / 1e6},
         {"tokenizer_mb_s", "tokenizer", "%.1f", "MB/s (one thread)", tokenizer_mb_s},
         {"peak_rss_mb", "peak RSS", "%.0f", "MB", rss_mb},
-        {"memory_16x2048_rss_mb", "generating 16 x 2048 tokens", "%.0f", "MB peak RSS (--only memory)", values[BENCH_MEMORY]},
-        {"directions_items_s", "directions, 384 tokens", "%.3f", "items/s (every position read at every layer)", values[BENCH_DIRECTIONS]},
-        {"steer16_time_ratio", "steered generation, batch 16", "%.3f", "x the time of plain generation (back to back)", values[BENCH_STEER16]},
+        {"memory_16x2048_rss_mb", "generating 16 x 2048 tokens", "%.0f", "MB peak RSS (--only memory)",
+         values[BENCH_MEMORY]},
+        {"directions_items_s", "directions, 384 tokens", "%.3f", "items/s (every position read at every layer)",
+         values[BENCH_DIRECTIONS]},
+        {"steer16_time_ratio", "steered generation, batch 16", "%.3f", "x the time of plain generation (back to back)",
+         values[BENCH_STEER16]},
         {"bandwidth_gb_s", "read bandwidth", "%.1f", "GB/s", bandwidth},
-        {"roofline_fraction", "decode roofline fraction", "%.2f", "(weight bytes per token x decode tokens/s / bandwidth)",
+        {"roofline_fraction", "decode roofline fraction", "%.2f",
+         "(weight bytes per token x decode tokens/s / bandwidth)",
          weight_bytes * values[BENCH_DECODE] / (bandwidth * 1e9)},
         {"fma_peak_gflops", "F32 FMA peak", "%.1f", "GFLOP/s per thread (register-only loop)", fma_peak / 1e9},
         {"bf16_peak_gflops", "BF16 dot peak", "%.1f", "GFLOP/s per thread (vdpbf16ps; null without AVX512-BF16)",
@@ -812,7 +865,8 @@ int cmd_bench(int argc, char **argv) {
     if (opt_str(opts, "--json", NULL)) {
         buf_puts(&b, "{\"model\":");
         buf_json_string(&b, dir, strlen(dir));
-        buf_printf(&b, ",\"threads\":%d,\"kernels\":\"%s\",\"weight_bytes_per_token\":%.0f", bt_threads, kernels, weight_bytes);
+        buf_printf(&b, ",\"threads\":%d,\"kernels\":\"%s\",\"weight_bytes_per_token\":%.0f", bt_threads, kernels,
+                   weight_bytes);
         for (int i = 0; i < n_rows; i++) {
             buf_printf(&b, ",\"%s\":", rows[i].key);
             buf_json_double(&b, rows[i].v);
@@ -824,15 +878,16 @@ int cmd_bench(int argc, char **argv) {
         }
         buf_puts(&b, "}\n");
     } else {
-        buf_printf(&b, "bt bench: %s (%s, %s weights, %.2f GB per token), %d threads, %s kernels, median of %lld\n", dir,
-                   m.cfg.architecture, dtype_name(m.lm_head.dtype), weight_bytes / 1e9, bt_threads, kernels, repeat);
+        buf_printf(&b, "bt bench: %s (%s, %s weights, %.2f GB per token), %d threads, %s kernels, median of %lld\n",
+                   dir, m.cfg.architecture, dtype_name(m.lm_head.dtype), weight_bytes / 1e9, bt_threads, kernels,
+                   repeat);
         for (int i = 0; i < n_rows; i++) {
             char v[32] = "null";
             if (!isnan(rows[i].v)) snprintf(v, sizeof v, rows[i].fmt, rows[i].v);
             buf_printf(&b, "  %-28s %10s  %s\n", rows[i].what, v, rows[i].unit);
         }
-        buf_printf(&b, "roofline: min(%.1f GFLOP/s F32 FMA (%s) x %d threads, %.1f GB/s x FLOP/byte)", fma_peak / 1e9, fma_isa,
-                   bt_threads, bandwidth);
+        buf_printf(&b, "roofline: min(%.1f GFLOP/s F32 FMA (%s) x %d threads, %.1f GB/s x FLOP/byte)", fma_peak / 1e9,
+                   fma_isa, bt_threads, bandwidth);
         buf_puts(&b, "; bytes = weights + KV cache, each read once\n");
         buf_printf(&b, "  %-28s %10s %12s %12s %9s\n", "figure", "FLOP/byte", "roof GFLOP/s", "reached", "fraction");
         for (int i = 0; i < n_roof; i++) {

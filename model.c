@@ -166,12 +166,15 @@ static int cmp_entry_begin(const void *a, const void *b) {
 }
 
 // Reads one tensor's header entry (value token t) into e; the name is already set.
-static int st_entry(const Json *j, int t, StEntry *e, const char *path, size_t data_bytes, size_t data_start, Err *err) {
-    if (j->tok[t].type != JSON_OBJECT) return err_input(err, "%s: tensor '%s': header entry is not an object", path, e->name);
+static int st_entry(const Json *j, int t, StEntry *e, const char *path, size_t data_bytes, size_t data_start,
+                    Err *err) {
+    if (j->tok[t].type != JSON_OBJECT)
+        return err_input(err, "%s: tensor '%s': header entry is not an object", path, e->name);
     if (json_duplicate_key(j, t) >= 0)
         return err_input(err, "%s: tensor '%s': header entry gives a key twice", path, e->name);
     int dt = json_key(j, t, "dtype"), sh = json_key(j, t, "shape"), off = json_key(j, t, "data_offsets");
-    if (dt < 0 || sh < 0 || off < 0) return err_input(err, "%s: tensor '%s': header entry lacks dtype, shape or data_offsets", path, e->name);
+    if (dt < 0 || sh < 0 || off < 0)
+        return err_input(err, "%s: tensor '%s': header entry lacks dtype, shape or data_offsets", path, e->name);
     Buf b = {0};
     if (json_string(j, dt, &b) < 0 || b.len >= sizeof e->dtype) {
         buf_free(&b);
@@ -210,7 +213,8 @@ static int st_entry(const Json *j, int t, StEntry *e, const char *path, size_t d
         return err_input(err, "%s: tensor '%s': data_offsets hold %lld bytes but shape x %s needs %llu",
                          path, e->name, end - begin, e->dtype, n_elems * (unsigned long long)elem_bytes);
     if ((data_start + (size_t)begin) % (size_t)elem_bytes)
-        return err_input(err, "%s: tensor '%s': data is not aligned to its %d-byte elements", path, e->name, elem_bytes);
+        return err_input(err, "%s: tensor '%s': data is not aligned to its %d-byte elements", path, e->name,
+                         elem_bytes);
     e->begin = (size_t)begin;
     e->end = (size_t)end;
     return 0;
@@ -246,7 +250,8 @@ static int st_map(Model *m, Checkpoint *ck, const char *path, Err *err) {
     unsigned long long header_bytes = 0;
     for (int i = 7; i >= 0; i--) header_bytes = header_bytes << 8 | p[i];
     if (header_bytes > size - 8)
-        return err_input(err, "%s: header length %llu runs past the end of the file (%zu bytes)", path, header_bytes, size);
+        return err_input(err, "%s: header length %llu runs past the end of the file (%zu bytes)", path, header_bytes,
+                         size);
     if (header_bytes > ST_MAX_HEADER_BYTES)
         return err_input(err, "%s: header length %llu is over the 100 MB limit", path, header_bytes);
     size_t data_start = 8 + (size_t)header_bytes, data_bytes = size - data_start;
@@ -287,8 +292,8 @@ static int st_map(Model *m, Checkpoint *ck, const char *path, Err *err) {
         const StEntry *e = by_begin[i];
         if (e->end == e->begin) continue; // empty tensors hold no bytes
         if (reach && reach->end > e->begin)
-            rc = err_input(err, "%s: tensors '%s' and '%s' overlap (bytes %zu-%zu and %zu-%zu)", path, reach->name, e->name,
-                           reach->begin, reach->end, e->begin, e->end);
+            rc = err_input(err, "%s: tensors '%s' and '%s' overlap (bytes %zu-%zu and %zu-%zu)", path, reach->name,
+                           e->name, reach->begin, reach->end, e->begin, e->end);
         if (!reach || e->end > reach->end) reach = e;
     }
     free(by_begin);
@@ -321,7 +326,8 @@ static int st_map_checkpoint(Model *m, Checkpoint *ck, const char *dir, Err *err
             snprintf(path, sizeof path, "%s/%s", dir, file);
             int seen = 0;
             for (int f = 0; f < ck->n_files; f++) seen |= strcmp(ck->paths[f], path) == 0;
-            if (!seen && !path_exists(path)) rc = err_input(err, "%s: shard '%s' (listed in %s) does not exist", path, file, ipath);
+            if (!seen && !path_exists(path))
+                rc = err_input(err, "%s: shard '%s' (listed in %s) does not exist", path, file, ipath);
             else if (!seen) rc = st_map(m, ck, path, err);
         }
         free(file);
@@ -388,7 +394,8 @@ int safetensors_read_f32(const char *path, const char *name, float **out, int *r
     int rc = st_map(&file, &ck, path, err), e = rc == 0 ? checkpoint_find(&ck, name) : -1;
     if (rc == 0 && e < 0) rc = err_input(err, "%s: no tensor '%s'", path, name);
     const StEntry *t = e >= 0 ? &ck.v[e] : NULL;
-    if (rc == 0 && t->dtype_id < 0) rc = err_input(err, "%s: tensor '%s' is %s, not F32, BF16 or F16", path, name, t->dtype);
+    if (rc == 0 && t->dtype_id < 0)
+        rc = err_input(err, "%s: tensor '%s' is %s, not F32, BF16 or F16", path, name, t->dtype);
     if (rc == 0 && (t->n_dims < 1 || t->n_dims > 2 || t->shape[0] < 1 || t->shape[t->n_dims - 1] < 1 ||
                     t->shape[0] > INT32_MAX || t->shape[t->n_dims - 1] > INT32_MAX))
         rc = err_input(err, "%s: tensor '%s' is not a non-empty vector or matrix", path, name);
@@ -445,7 +452,8 @@ static int cfg_bool(const Json *j, const char *key, int fallback, int *out, cons
         *out = fallback;
         return 0;
     }
-    if (json_bool(j, t, out) < 0) return err_input(err, "%s:%d: '%s' must be true or false", path, json_line(j, t), key);
+    if (json_bool(j, t, out) < 0)
+        return err_input(err, "%s:%d: '%s' must be true or false", path, json_line(j, t), key);
     return 0;
 }
 
@@ -470,7 +478,8 @@ static int cfg_bos(ModelConfig *c, const Json *j, const char *path, Err *err) {
     int t = json_key(j, 0, "bos_token_id");
     long long id;
     if (t < 0 || j->tok[t].type == JSON_NULL) return 0;
-    if (json_int(j, t, &id) < 0 || id < 0 || id > INT32_MAX) return err_input(err, "%s:%d: bad bos_token_id", path, json_line(j, t));
+    if (json_int(j, t, &id) < 0 || id < 0 || id > INT32_MAX)
+        return err_input(err, "%s:%d: bad bos_token_id", path, json_line(j, t));
     c->bos_token_id = (int)id;
     return 0;
 }
@@ -494,12 +503,14 @@ static int cfg_rope(ModelConfig *c, const Json *j, const char *path, Err *err) {
         return err_input(err, "%s: 'rope_theta' is missing (bt does not assume a RoPE base)", path);
     if (cfg_float(j, theta_obj, "rope_theta", -1, &c->rope_theta, path, err) < 0) return -1;
     if (rs < 0 || j->tok[rs].type == JSON_NULL) return 0;
-    if (j->tok[rs].type != JSON_OBJECT) return err_input(err, "%s:%d: '%s' must be an object or null", path, json_line(j, rs), key);
+    if (j->tok[rs].type != JSON_OBJECT)
+        return err_input(err, "%s:%d: '%s' must be an object or null", path, json_line(j, rs), key);
     if (json_unique_keys(j, rs, err)) return -1;
     int type = json_key(j, rs, "rope_type");
     if (type < 0) type = json_key(j, rs, "type"); // the older spelling
     Buf name = {0};
-    if (json_string(j, type, &name) < 0) return err_input(err, "%s:%d: '%s' has no rope_type", path, json_line(j, rs), key);
+    if (json_string(j, type, &name) < 0)
+        return err_input(err, "%s:%d: '%s' has no rope_type", path, json_line(j, rs), key);
     int rc = 0;
     if (strcmp(name.data, "default") == 0) {
         // plain RoPE
@@ -561,16 +572,20 @@ int model_config_read(const char *dir, ModelConfig *c, Err *err) {
         goto done;
     }
     int known = 0;
-    for (size_t i = 0; i < sizeof architectures / sizeof architectures[0]; i++) known |= strcmp(name.data, architectures[i]) == 0;
+    for (size_t i = 0; i < sizeof architectures / sizeof architectures[0]; i++)
+        known |= strcmp(name.data, architectures[i]) == 0;
     if (!known || name.len >= sizeof c->architecture) {
-        rc = err_input(err, "%s:%d: unsupported architecture '%s' (supported: Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM)",
-                       path, json_line(&j, arch + 1), name.data);
+        rc = err_input(
+            err,
+            "%s:%d: unsupported architecture '%s' (supported: Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM)",
+            path, json_line(&j, arch + 1), name.data);
         buf_free(&name);
         goto done;
     }
     memcpy(c->architecture, name.data, name.len + 1);
     buf_free(&name);
-    int is_qwen2 = strcmp(c->architecture, "Qwen2ForCausalLM") == 0, is_qwen3 = strcmp(c->architecture, "Qwen3ForCausalLM") == 0;
+    int is_qwen2 = strcmp(c->architecture, "Qwen2ForCausalLM") == 0,
+        is_qwen3 = strcmp(c->architecture, "Qwen3ForCausalLM") == 0;
 
     if ((rc = cfg_int(&j, "hidden_size", -1, &c->hidden_size, path, err)) < 0) goto done;
     if ((rc = cfg_int(&j, "num_hidden_layers", -1, &c->n_layers, path, err)) < 0) goto done;
@@ -592,12 +607,19 @@ int model_config_read(const char *dir, ModelConfig *c, Err *err) {
     if ((rc = cfg_bool(&j, "attention_bias", 0, &attention_bias, path, err)) < 0) goto done;
     if ((rc = cfg_bool(&j, "mlp_bias", 0, &mlp_bias, path, err)) < 0) goto done;
     if ((rc = cfg_bool(&j, "use_sliding_window", 0, &sliding, path, err)) < 0) goto done;
-    if (!is_qwen2 && (attention_bias || mlp_bias)) { rc = err_input(err, "%s: attention_bias / mlp_bias true is not supported", path); goto done; }
+    if (!is_qwen2 && (attention_bias || mlp_bias)) {
+        rc = err_input(err, "%s: attention_bias / mlp_bias true is not supported", path);
+        goto done;
+    }
     if (sliding) { rc = err_input(err, "%s: use_sliding_window true is not supported", path); goto done; }
     int act = json_key(&j, 0, "hidden_act");
-    if (act >= 0 && !json_eq(&j, act, "silu")) { rc = err_input(err, "%s:%d: hidden_act must be \"silu\"", path, json_line(&j, act)); goto done; }
+    if (act >= 0 && !json_eq(&j, act, "silu")) {
+        rc = err_input(err, "%s:%d: hidden_act must be \"silu\"", path, json_line(&j, act));
+        goto done;
+    }
     if (c->n_heads % c->n_kv_heads)
-        rc = err_input(err, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->n_heads, c->n_kv_heads);
+        rc = err_input(err, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->n_heads,
+                       c->n_kv_heads);
     else if (c->head_dim < 2 || c->head_dim % 2)
         rc = err_input(err, "%s: head_dim %d must be even and positive for RoPE", path, c->head_dim);
     else if (c->n_layers > 4096 || c->n_heads > 4096 || c->head_dim > 4096 || c->hidden_size > (1 << 20) ||
@@ -668,7 +690,8 @@ static int bind_tensor(const Checkpoint *ck, const TensorSlot *s, Err *err) {
     const StEntry *x = &ck->v[e];
     const char *path = ck->paths[x->file];
     int want_dims = s->rows ? 2 : 1;
-    int ok = x->n_dims == want_dims && (want_dims == 1 ? x->shape[0] == s->cols : x->shape[0] == s->rows && x->shape[1] == s->cols);
+    int ok = x->n_dims == want_dims &&
+             (want_dims == 1 ? x->shape[0] == s->cols : x->shape[0] == s->rows && x->shape[1] == s->cols);
     if (!ok) {
         char got[128] = "[", want[64];
         for (int d = 0; d < x->n_dims; d++)
@@ -678,7 +701,8 @@ static int bind_tensor(const Checkpoint *ck, const TensorSlot *s, Err *err) {
         else snprintf(want, sizeof want, "[%d]", s->cols);
         return err_input(err, "%s: tensor '%s': shape %s, expected %s from config.json", path, s->name, got, want);
     }
-    if (x->dtype_id < 0) return err_input(err, "%s: tensor '%s': dtype %s is not supported (F32, BF16, F16)", path, s->name, x->dtype);
+    if (x->dtype_id < 0)
+        return err_input(err, "%s: tensor '%s': dtype %s is not supported (F32, BF16, F16)", path, s->name, x->dtype);
     s->t->data = x->data;
     s->t->dtype = (DType)x->dtype_id;
     s->t->rows = s->rows ? s->rows : 1;
@@ -693,7 +717,8 @@ static void rope_inv_freq(const ModelConfig *c, float *inv_freq) {
         float exponent = (float)(2 * i) / (float)c->head_dim;
         float inv = 1.0f / powf(c->rope_theta, exponent);
         if (c->rope_llama3) {
-            float orig = (float)c->rope_original_max_position, low = c->rope_low_freq_factor, high = c->rope_high_freq_factor;
+            float orig = (float)c->rope_original_max_position, low = c->rope_low_freq_factor,
+                  high = c->rope_high_freq_factor;
             float wavelen = (float)(2.0 * M_PI) / inv;
             if (wavelen > orig / low) {
                 inv = inv / c->rope_factor;
@@ -780,7 +805,7 @@ struct RunState {
     float *hb, *hb2;    // (max_rows, intermediate) gate and up projections
     float *rope_cos;    // (max_rows, head_dim / 2) of each row's position
     float *rope_sin;    // (max_rows, head_dim / 2)
-    float *scores;      // (n_threads, n_heads / n_kv_heads, max_seq_pad) attention scores of one row's heads of one kv head
+    float *scores; // (n_threads, n_heads / n_kv_heads, max_seq_pad) attention scores of one row's heads of one kv head
     float *logits;      // (logit_rows, vocab)
     float *stage;       // (max_rows, round_up(max(hidden, q_dim, intermediate), 32)) x as the AVX-512 matmul reads it
     size_t bytes;       // everything above
@@ -823,7 +848,8 @@ RunState *runstate_new(const Model *m, int n_slots, int max_seq, int max_rows, E
     s->hb2 = rs_alloc(s, R * (size_t)c->intermediate_size, &failed);
     s->rope_cos = rs_alloc(s, R * (size_t)(c->head_dim / 2), &failed);
     s->rope_sin = rs_alloc(s, R * (size_t)(c->head_dim / 2), &failed);
-    s->scores = rs_alloc(s, (size_t)s->n_threads * (size_t)(c->n_heads / c->n_kv_heads) * (size_t)s->max_seq_pad, &failed);
+    s->scores =
+        rs_alloc(s, (size_t)s->n_threads * (size_t)(c->n_heads / c->n_kv_heads) * (size_t)s->max_seq_pad, &failed);
     s->logits = rs_alloc(s, (size_t)s->logit_rows * (size_t)c->vocab_size, &failed);
     s->stage = rs_alloc(s, R * stage_cols(m), &failed);
     s->slot_len = xcalloc((size_t)n_slots, sizeof *s->slot_len);
@@ -853,8 +879,8 @@ size_t runstate_bytes(const RunState *s) { return s->bytes; }
 
 // Offset of one (layer, slot, kv head)'s keys in key_cache and values in value_cache.
 static size_t kv_base(const RunState *s, const ModelConfig *c, int layer, int slot, int kv_head) {
-    return (((size_t)layer * s->n_slots + (size_t)slot) * (size_t)c->n_kv_heads + (size_t)kv_head) * (size_t)s->max_seq_pad *
-           (size_t)c->head_dim;
+    return (((size_t)layer * s->n_slots + (size_t)slot) * (size_t)c->n_kv_heads + (size_t)kv_head) *
+           (size_t)s->max_seq_pad * (size_t)c->head_dim;
 }
 
 size_t model_kv_bytes_per_token(const Model *m) {
@@ -958,8 +984,9 @@ static float dot_strided(const float *q, const float *k, size_t stride, int hd) 
 // The `group` query heads that share one key/value head (q, out: group x hd) over positions
 // 0..pos. keys: blocks of KEY_BLOCK positions stored dimension-major; values: (pos, hd);
 // self_k/self_v (replay) stand for position pos. scores: group x seq_stride floats.
-static void attend_portable(const float *q, const float *keys, const float *values, const float *self_k, const float *self_v, int pos,
-                            int hd, int group, int seq_stride, float scale, float *scores, float *out) {
+static void attend_portable(const float *q, const float *keys, const float *values, const float *self_k,
+                            const float *self_v, int pos, int hd, int group, int seq_stride, float scale, float *scores,
+                            float *out) {
     for (int h = 0; h < group; h++) {
         const float *qh = q + (size_t)h * hd;
         float *sc = scores + (size_t)h * seq_stride, *o = out + (size_t)h * hd, max = -INFINITY, sum = 0;
@@ -995,8 +1022,8 @@ static void silu_gate_portable(float *gate, const float *up, size_t n) {
 
 static int cpu_has_avx512(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
 }
 
 // Sum of 16 lanes as a fixed tree (halves, then quarters, ...): the same for every caller.
@@ -1011,7 +1038,8 @@ AVX512 static INLINE float hsum_avx512(__m512 v) {
 // e^x within 2 ulp: Cephes' expf polynomial on r = x - n ln2 (|r| <= ln2 / 2), times 2^n.
 AVX512 static INLINE __m512 exp_avx512(__m512 x) {
     x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(88.7228394f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
     __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
@@ -1023,7 +1051,9 @@ AVX512 static INLINE __m512 exp_avx512(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-static INLINE __mmask16 mask16(int left) { return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (left > 0 ? left : 0)) - 1); }
+static INLINE __mmask16 mask16(int left) {
+    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (left > 0 ? left : 0)) - 1);
+}
 
 // 32 weights from element `at` (a row's columns k..k+31) as two F32 vectors (a, b) laid out
 // as the staged x (x_stage): BF16 splits even and odd columns, which a shift and a mask do
@@ -1037,7 +1067,8 @@ AVX512 static INLINE void w_load_avx512(DType dtype, const void *w, size_t at, i
     } else if (dtype == DT_F16) {
         const uint16_t *p = (const uint16_t *)w + at;
         __m256i lo = left >= 32 ? _mm256_loadu_si256((const __m256i *)p) : _mm256_maskz_loadu_epi16(mask16(left), p);
-        __m256i hi = left >= 32 ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_maskz_loadu_epi16(mask16(left - 16), p + 16);
+        __m256i hi = left >= 32 ? _mm256_loadu_si256((const __m256i *)(p + 16))
+                                : _mm256_maskz_loadu_epi16(mask16(left - 16), p + 16);
         *a = _mm512_cvtph_ps(lo);
         *b = _mm512_cvtph_ps(hi);
     } else {
@@ -1051,19 +1082,21 @@ AVX512 static INLINE void w_load_avx512(DType dtype, const void *w, size_t at, i
 // one chunk. Lane l of acc[r][j] sums the products of lane l of each 32-column step, in
 // column order; the chunk's sum (hsum) is stored (k0 = 0) or added to out. Every tile shape
 // does exactly these operations for each of its outputs, so the shape never shows.
-AVX512 static INLINE void tile_avx512(DType dtype, int R, int W, const float *xs, size_t ldx, const void *w, size_t d_in,
-                                      int k0, int k1, int prefetch, float *out, size_t ldo) {
+AVX512 static INLINE void tile_avx512(DType dtype, int R, int W, const float *xs, size_t ldx, const void *w,
+                                      size_t d_in, int k0, int k1, int prefetch, float *out, size_t ldo) {
     __m512 acc[MATMUL_TILE_X][MATMUL_TILE_W];
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < W; j++) acc[r][j] = _mm512_setzero_ps();
     for (int k = k0; k < k1; k += 32) {
         __m512 wa[MATMUL_TILE_W], wb[MATMUL_TILE_W];
         if (prefetch) // weights coming from memory: ask ahead, which the prefetchers alone do not do enough
             UNROLL for (int j = 0; j < W; j++) {
-                const char *ahead = (const char *)w + ((size_t)j * d_in + (size_t)k) * (dtype == DT_F32 ? 4 : 2) + MATMUL_PREFETCH_BYTES;
+                const char *ahead = (const char *)w + ((size_t)j * d_in + (size_t)k) * (dtype == DT_F32 ? 4 : 2) +
+                                    MATMUL_PREFETCH_BYTES;
                 _mm_prefetch(ahead, _MM_HINT_T0);
                 if (dtype == DT_F32) _mm_prefetch(ahead + 64, _MM_HINT_T0); // 32 F32 columns are two cache lines
             }
-        UNROLL for (int j = 0; j < W; j++) w_load_avx512(dtype, w, (size_t)j * d_in + (size_t)k, k1 - k, &wa[j], &wb[j]);
+        UNROLL for (int j = 0; j < W; j++)
+            w_load_avx512(dtype, w, (size_t)j * d_in + (size_t)k, k1 - k, &wa[j], &wb[j]);
         UNROLL for (int r = 0; r < R; r++) {
             __m512 xa = _mm512_loadu_ps(xs + (size_t)r * ldx + k), xb = _mm512_loadu_ps(xs + (size_t)r * ldx + k + 16);
             UNROLL for (int j = 0; j < W; j++) {
@@ -1080,35 +1113,36 @@ AVX512 static INLINE void tile_avx512(DType dtype, int R, int W, const float *xs
 
 // Every tile of one dtype: full tiles, short ones for the last rows of x, single outputs
 // for the last weight rows. (One function per dtype keeps the dtype a constant.)
-#define TILES_AVX512(name, dtype)                                                                                          \
-    AVX512 static void name(int R, int W, const float *xs, size_t ldx, const void *w, size_t d_in, int k0, int k1,       \
-                            int prefetch, float *out, size_t ldo) {                                                                     \
-        if (W == MATMUL_TILE_W) switch (R) {                                                                               \
-            case 4: tile_avx512(dtype, 4, MATMUL_TILE_W, xs, ldx, w, d_in, k0, k1, prefetch, out, ldo); return;                     \
-            case 3: tile_avx512(dtype, 3, MATMUL_TILE_W, xs, ldx, w, d_in, k0, k1, prefetch, out, ldo); return;                     \
-            case 2: tile_avx512(dtype, 2, MATMUL_TILE_W, xs, ldx, w, d_in, k0, k1, prefetch, out, ldo); return;                     \
-            case 1: tile_avx512(dtype, 1, MATMUL_TILE_W, xs, ldx, w, d_in, k0, k1, prefetch, out, ldo); return;                     \
-            }                                                                                                              \
-        for (int r = 0; r < R; r++)                                                                                        \
-            for (int j = 0; j < W; j++)                                                                                    \
-                tile_avx512(dtype, 1, 1, xs + (size_t)r * ldx, ldx, (const char *)w + (size_t)j * d_in * (dtype == DT_F32 ? 4 : 2), \
-                            d_in, k0, k1, prefetch, out + (size_t)r * ldo + j, ldo);                                                \
+#define TILES_AVX512(name, dtype)                                                                                      \
+    AVX512 static void name(int R, int W, const float *xs, size_t ldx, const void *w, size_t d_in, int k0, int k1,     \
+                            int prefetch, float *out, size_t ldo) {                                                    \
+        if (W == MATMUL_TILE_W) switch (R) {                                                                           \
+            case 4: tile_avx512(dtype, 4, MATMUL_TILE_W, xs, ldx, w, d_in, k0, k1, prefetch, out, ldo); return;        \
+            case 3: tile_avx512(dtype, 3, MATMUL_TILE_W, xs, ldx, w, d_in, k0, k1, prefetch, out, ldo); return;        \
+            case 2: tile_avx512(dtype, 2, MATMUL_TILE_W, xs, ldx, w, d_in, k0, k1, prefetch, out, ldo); return;        \
+            case 1: tile_avx512(dtype, 1, MATMUL_TILE_W, xs, ldx, w, d_in, k0, k1, prefetch, out, ldo); return;        \
+            }                                                                                                          \
+        for (int r = 0; r < R; r++)                                                                                    \
+            for (int j = 0; j < W; j++)                                                                                \
+                tile_avx512(dtype, 1, 1, xs + (size_t)r * ldx, ldx,                                                    \
+                            (const char *)w + (size_t)j * d_in * (dtype == DT_F32 ? 4 : 2), d_in, k0, k1, prefetch,    \
+                            out + (size_t)r * ldo + j, ldo);                                                           \
     }
 TILES_AVX512(tiles_bf16_avx512, DT_BF16)
 TILES_AVX512(tiles_f16_avx512, DT_F16)
 TILES_AVX512(tiles_f32_avx512, DT_F32)
 
-typedef void TilesFn(int R, int W, const float *xs, size_t ldx, const void *w, size_t d_in, int k0, int k1, int prefetch, float *out,
-                     size_t ldo);
+typedef void TilesFn(int R, int W, const float *xs, size_t ldx, const void *w, size_t d_in, int k0, int k1,
+                     int prefetch, float *out, size_t ldo);
 
 // The tile of rows r0.. and weight rows o.. (up to o1) over the chunk of columns from k0.
-AVX512 static INLINE void tile_at(TilesFn *tiles, const float *xs, size_t ldx, int n, const Tensor *w, int r0, int o, int o1, int k0,
-                                  int prefetch, float *out) {
+AVX512 static INLINE void tile_at(TilesFn *tiles, const float *xs, size_t ldx, int n, const Tensor *w, int r0, int o,
+                                  int o1, int k0, int prefetch, float *out) {
     size_t d_in = (size_t)w->cols;
     int k1 = w->cols - k0 < MATMUL_K_CHUNK ? w->cols : k0 + MATMUL_K_CHUNK;
-    tiles(n - r0 < MATMUL_TILE_X ? n - r0 : MATMUL_TILE_X, o1 - o < MATMUL_TILE_W ? o1 - o : MATMUL_TILE_W, xs + (size_t)r0 * ldx, ldx,
-          (const char *)w->data + (size_t)o * d_in * dtype_bytes(w->dtype), d_in, k0, k1, prefetch, out + (size_t)r0 * w->rows + o,
-          (size_t)w->rows);
+    tiles(n - r0 < MATMUL_TILE_X ? n - r0 : MATMUL_TILE_X, o1 - o < MATMUL_TILE_W ? o1 - o : MATMUL_TILE_W,
+          xs + (size_t)r0 * ldx, ldx, (const char *)w->data + (size_t)o * d_in * dtype_bytes(w->dtype), d_in, k0, k1,
+          prefetch, out + (size_t)r0 * w->rows + o, (size_t)w->rows);
 }
 
 // Weight rows o0..o1 against all n staged rows; either loop order does the same operations
@@ -1139,7 +1173,8 @@ AVX512 static void matmul_rows_avx512(float *out, const float *xs, size_t ldx, i
 
 // Weight rows w (nw of them, d_in apart) over columns k0..k0+len packed into pk: per group of
 // MATMUL_NR rows, per vector of 16 columns (a then b of each 32), the group's rows side by side.
-AVX512 static INLINE void panel_pack_avx512(DType dtype, const void *w, size_t d_in, int nw, int k0, int len, float *pk) {
+AVX512 static INLINE void panel_pack_avx512(DType dtype, const void *w, size_t d_in, int nw, int k0, int len,
+                                            float *pk) {
     int nv = (len + 31) / 32 * 2;
     for (int row = 0; row < nw; row++) {
         float *p = pk + ((size_t)(row / MATMUL_NR) * nv * MATMUL_NR + row % MATMUL_NR) * 16;
@@ -1155,8 +1190,8 @@ AVX512 static INLINE void panel_pack_avx512(DType dtype, const void *w, size_t d
 // R rows of staged x (ldx apart, from the chunk's start) by the W packed rows of group pg over
 // the chunk's vectors v0..v1. Accumulators start at zero (v0 = 0) or from park, and end in
 // park or, after the chunk's last vector, summed into out (ldo apart) as tile_avx512 does.
-AVX512 static INLINE void panel_tile_avx512(int R, int W, const float *xs, size_t ldx, const float *pg, int v0, int v1, int nv,
-                                            float *park, int k0, float *out, size_t ldo) {
+AVX512 static INLINE void panel_tile_avx512(int R, int W, const float *xs, size_t ldx, const float *pg, int v0, int v1,
+                                            int nv, float *park, int k0, float *out, size_t ldo) {
     __m512 acc[MATMUL_MR][MATMUL_NR];
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < W; j++)
         acc[r][j] = v0 ? _mm512_load_ps(park + (size_t)(r * MATMUL_NR + j) * 16) : _mm512_setzero_ps();
@@ -1165,7 +1200,8 @@ AVX512 static INLINE void panel_tile_avx512(int R, int W, const float *xs, size_
         __m512 wv[MATMUL_NR];
         UNROLL for (int j = 0; j < W; j++) wv[j] = _mm512_load_ps(pv + 16 * j);
 #ifdef MATMUL_W_PF
-        UNROLL for (int j = 0; j < W; j++) _mm_prefetch((const char *)(pv + MATMUL_W_PF * MATMUL_NR * 16 + 16 * j), _MM_HINT_T0);
+        UNROLL for (int j = 0; j < W; j++)
+            _mm_prefetch((const char *)(pv + MATMUL_W_PF * MATMUL_NR * 16 + 16 * j), _MM_HINT_T0);
 #endif
         UNROLL for (int r = 0; r < R; r++) {
             __m512 xv = _mm512_loadu_ps(xs + (size_t)r * ldx + 16 * (size_t)v);
@@ -1185,16 +1221,19 @@ AVX512 static INLINE void panel_tile_avx512(int R, int W, const float *xs, size_
 }
 
 // Every tile shape: constant R and W keep the accumulators in registers.
-AVX512 static void panel_tiles_avx512(int R, int W, const float *xs, size_t ldx, const float *pg, int v0, int v1, int nv,
-                                      float *park, int k0, float *out, size_t ldo) {
-#define PANEL_TILE(r, w)                                                                                   \
-    case (r) * 16 + (w):                                                                                   \
-        if ((r) <= MATMUL_MR && (w) <= MATMUL_NR) panel_tile_avx512(r, w, xs, ldx, pg, v0, v1, nv, park, k0, out, ldo); \
+AVX512 static void panel_tiles_avx512(int R, int W, const float *xs, size_t ldx, const float *pg, int v0, int v1,
+                                      int nv, float *park, int k0, float *out, size_t ldo) {
+#define PANEL_TILE(r, w)                                                                                               \
+    case (r)*16 + (w):                                                                                                 \
+        if ((r) <= MATMUL_MR && (w) <= MATMUL_NR)                                                                      \
+            panel_tile_avx512(r, w, xs, ldx, pg, v0, v1, nv, park, k0, out, ldo);                                      \
         return;
-#define PANEL_TILES(r) PANEL_TILE(r, 1) PANEL_TILE(r, 2) PANEL_TILE(r, 3) PANEL_TILE(r, 4) PANEL_TILE(r, 5) PANEL_TILE(r, 6)
+#define PANEL_TILES(r)                                                                                                 \
+    PANEL_TILE(r, 1) PANEL_TILE(r, 2) PANEL_TILE(r, 3) PANEL_TILE(r, 4) PANEL_TILE(r, 5) PANEL_TILE(r, 6)
     switch (R * 16 + W) {
-        PANEL_TILES(1) PANEL_TILES(2) PANEL_TILES(3) PANEL_TILES(4) PANEL_TILES(5) PANEL_TILES(6) PANEL_TILES(7) PANEL_TILES(8)
-        PANEL_TILES(9) PANEL_TILES(10) PANEL_TILES(11) PANEL_TILES(12)
+        PANEL_TILES(1)
+        PANEL_TILES(2) PANEL_TILES(3) PANEL_TILES(4) PANEL_TILES(5) PANEL_TILES(6) PANEL_TILES(7) PANEL_TILES(8)
+            PANEL_TILES(9) PANEL_TILES(10) PANEL_TILES(11) PANEL_TILES(12)
     }
 #undef PANEL_TILES
 #undef PANEL_TILE
@@ -1217,8 +1256,8 @@ AVX512 static INLINE void ahead_prefetch(Ahead *a, int count) {
 // Weight rows o0..o1 (at most MATMUL_PANEL_ROWS) against all n staged rows; pk and park are the
 // thread's panel and parking space. The weights of rows next_o.. (the panel this thread most
 // likely packs next; none when next_o >= d_out) are prefetched while the tiles run.
-AVX512 static void matmul_panel_avx512(float *out, const float *xs, size_t ldx, int n, const Tensor *w, int o0, int o1, int next_o,
-                                       float *pk, float *park) {
+AVX512 static void matmul_panel_avx512(float *out, const float *xs, size_t ldx, int n, const Tensor *w, int o0, int o1,
+                                       int next_o, float *pk, float *park) {
     int d_in = w->cols, d_out = w->rows, nw = o1 - o0, groups = (nw + MATMUL_NR - 1) / MATMUL_NR;
     size_t eb = dtype_bytes(w->dtype), row_bytes = (size_t)d_in * eb;
     const char *rows = (const char *)w->data + (size_t)o0 * row_bytes;
@@ -1228,8 +1267,12 @@ AVX512 static void matmul_panel_avx512(float *out, const float *xs, size_t ldx, 
         else if (w->dtype == DT_F16) panel_pack_avx512(DT_F16, rows, (size_t)d_in, nw, k0, len, pk);
         else panel_pack_avx512(DT_F32, rows, (size_t)d_in, nw, k0, len, pk);
         // Prefetch what gets packed next: this panel's next chunk, else the next panel's first.
-        Ahead ahead = {.row = rows + (size_t)(k0 + len) * eb, .stride = row_bytes, .rows = nw,
-                       .lines = (int)(((size_t)(d_in - k0 - len < MATMUL_K_CHUNK ? d_in - k0 - len : MATMUL_K_CHUNK) * eb + 63) / 64)};
+        Ahead ahead = {
+            .row = rows + (size_t)(k0 + len) * eb,
+            .stride = row_bytes,
+            .rows = nw,
+            .lines =
+                (int)(((size_t)(d_in - k0 - len < MATMUL_K_CHUNK ? d_in - k0 - len : MATMUL_K_CHUNK) * eb + 63) / 64)};
         if (k0 + len >= d_in) {
             ahead.row = (const char *)w->data + (size_t)next_o * row_bytes;
             ahead.lines = (int)(((size_t)(d_in < MATMUL_K_CHUNK ? d_in : MATMUL_K_CHUNK) * eb + 63) / 64);
@@ -1242,10 +1285,11 @@ AVX512 static void matmul_panel_avx512(float *out, const float *xs, size_t ldx, 
                 int v1 = nv - v0 < MATMUL_KC / 16 ? nv : v0 + MATMUL_KC / 16;
                 for (int g = 0; g < groups; g++) {
                     ahead_prefetch(&ahead, per_tile);
-                    panel_tiles_avx512(n - r0 < MATMUL_MR ? n - r0 : MATMUL_MR, nw - g * MATMUL_NR < MATMUL_NR ? nw - g * MATMUL_NR : MATMUL_NR,
-                                       xs + (size_t)r0 * ldx + k0, ldx, pk + (size_t)g * nv * MATMUL_NR * 16, v0, v1, nv,
-                                       park + (size_t)g * MATMUL_MR * MATMUL_NR * 16, k0, out + (size_t)r0 * d_out + o0 + g * MATMUL_NR,
-                                       (size_t)d_out);
+                    panel_tiles_avx512(n - r0 < MATMUL_MR ? n - r0 : MATMUL_MR,
+                                       nw - g * MATMUL_NR < MATMUL_NR ? nw - g * MATMUL_NR : MATMUL_NR,
+                                       xs + (size_t)r0 * ldx + k0, ldx, pk + (size_t)g * nv * MATMUL_NR * 16, v0, v1,
+                                       nv, park + (size_t)g * MATMUL_MR * MATMUL_NR * 16, k0,
+                                       out + (size_t)r0 * d_out + o0 + g * MATMUL_NR, (size_t)d_out);
                 }
             }
     }
@@ -1255,11 +1299,13 @@ AVX512 static void matmul_panel_avx512(float *out, const float *xs, size_t ldx, 
 // j of acc[h][t] sums q[h][d] * key(16 t + j)[d] over d in order, one FMA per d, so no
 // horizontal sums; scaled into scores[h * seq_stride + p0 ..]. Lanes past the last
 // position read stale keys and are never used.
-AVX512 static INLINE void scores_avx512(int G, const float *q, int hd, const float *kb, float scale, float *scores, int seq_stride, int p0) {
+AVX512 static INLINE void scores_avx512(int G, const float *q, int hd, const float *kb, float scale, float *scores,
+                                        int seq_stride, int p0) {
     __m512 acc[ATTN_HEADS][2];
     UNROLL for (int h = 0; h < G; h++) acc[h][0] = acc[h][1] = _mm512_setzero_ps();
     for (int d = 0; d < hd; d++) {
-        __m512 k0 = _mm512_loadu_ps(kb + (size_t)d * KEY_BLOCK), k1 = _mm512_loadu_ps(kb + (size_t)(hd + d) * KEY_BLOCK);
+        __m512 k0 = _mm512_loadu_ps(kb + (size_t)d * KEY_BLOCK),
+               k1 = _mm512_loadu_ps(kb + (size_t)(hd + d) * KEY_BLOCK);
         UNROLL for (int h = 0; h < G; h++) {
             __m512 qd = _mm512_set1_ps(q[(size_t)h * hd + d]);
             acc[h][0] = _mm512_fmadd_ps(qd, k0, acc[h][0]);
@@ -1274,8 +1320,8 @@ AVX512 static INLINE void scores_avx512(int G, const float *q, int hd, const flo
 }
 
 // out[h] (VEC vectors of dimensions from d0) = sum over p of prob[h][p] * value(p), in position order.
-AVX512 static INLINE void values_avx512(int G, int VEC, const float *probs, int seq_stride, const float *values, const float *self_v,
-                                        int pos, int hd, int d0, float *out) {
+AVX512 static INLINE void values_avx512(int G, int VEC, const float *probs, int seq_stride, const float *values,
+                                        const float *self_v, int pos, int hd, int d0, float *out) {
     __m512 acc[ATTN_HEADS][8];
     __mmask16 m[8];
     UNROLL for (int v = 0; v < VEC; v++) m[v] = mask16(hd - d0 - 16 * v);
@@ -1289,13 +1335,15 @@ AVX512 static INLINE void values_avx512(int G, int VEC, const float *probs, int 
             UNROLL for (int v = 0; v < VEC; v++) acc[h][v] = _mm512_fmadd_ps(prob, val[v], acc[h][v]);
         }
     }
-    UNROLL for (int h = 0; h < G; h++) UNROLL for (int v = 0; v < VEC; v++) _mm512_mask_storeu_ps(out + (size_t)h * hd + d0 + 16 * v, m[v], acc[h][v]);
+    UNROLL for (int h = 0; h < G; h++) UNROLL for (int v = 0; v < VEC; v++)
+        _mm512_mask_storeu_ps(out + (size_t)h * hd + d0 + 16 * v, m[v], acc[h][v]);
 }
 
 // attend_portable's arithmetic, ATTN_HEADS heads at a time: scores by key blocks, a
 // vectorised softmax per head, then values with each value row loaded once for all heads.
-AVX512 static void attend_avx512(const float *q, const float *keys, const float *values, const float *self_k, const float *self_v, int pos,
-                                 int hd, int group, int seq_stride, float scale, float *scores, float *out) {
+AVX512 static void attend_avx512(const float *q, const float *keys, const float *values, const float *self_k,
+                                 const float *self_v, int pos, int hd, int group, int seq_stride, float scale,
+                                 float *scores, float *out) {
     for (int h0 = 0; h0 < group; h0 += ATTN_HEADS) {
         int G = group - h0 < ATTN_HEADS ? group - h0 : ATTN_HEADS, n = pos + 1;
         const float *qg = q + (size_t)h0 * hd;
@@ -1318,7 +1366,8 @@ AVX512 static void attend_avx512(const float *q, const float *keys, const float 
                 sc[pos] = acc * scale;
             }
             __m512 vmax = _mm512_set1_ps(-INFINITY), vsum = _mm512_setzero_ps();
-            for (int p = 0; p < n; p += 16) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, mask16(n - p), sc + p));
+            for (int p = 0; p < n; p += 16)
+                vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, mask16(n - p), sc + p));
             __m512 max = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)); // max is exact in any order
             for (int p = 0; p < n; p += 16) {
                 __mmask16 m = mask16(n - p);
@@ -1334,7 +1383,8 @@ AVX512 static void attend_avx512(const float *q, const float *keys, const float 
         }
         float *og = out + (size_t)h0 * hd;
         for (int d0 = 0; d0 < hd; d0 += G <= 2 ? 128 : 64)
-            switch (G) { // up to 2 heads: 8 vectors of dimensions at a time, else 4 (the accumulators fill the registers)
+            switch (
+                G) { // up to 2 heads: 8 vectors of dimensions at a time, else 4 (the accumulators fill the registers)
             case 1: values_avx512(1, 8, scores, seq_stride, values, self_v, pos, hd, d0, og); break;
             case 2: values_avx512(2, 8, scores, seq_stride, values, self_v, pos, hd, d0, og); break;
             case 3: values_avx512(3, 4, scores, seq_stride, values, self_v, pos, hd, d0, og); break;
@@ -1349,7 +1399,8 @@ AVX512 static void silu_gate_avx512(float *gate, const float *up, size_t n) {
     for (size_t i = 0; i < n; i += 16) {
         __mmask16 m = mask16(n - i < 16 ? (int)(n - i) : 16);
         __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
-        __m512 s = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+        __m512 s =
+            _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
         _mm512_mask_storeu_ps(gate + i, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, up + i)));
     }
 }
@@ -1414,7 +1465,8 @@ static void matmul_panels(float *out, const float *x, int n, const Tensor *w, co
 
 // out(n, d_out) = x(n, d_in) · W(d_out, d_in)^T (+ bias), W in its stored dtype. Threads
 // take blocks of weight rows; stage holds n x round_up(d_in, 32) floats for AVX-512.
-static void matmul(const Model *m, float *out, const float *x, int n, const Tensor *w, const Tensor *bias, float *stage) {
+static void matmul(const Model *m, float *out, const float *x, int n, const Tensor *w, const Tensor *bias,
+                   float *stage) {
 #ifdef HAVE_AVX512
     if (m->simd && n > MATMUL_TILE_X) { // many rows: packed panels
         matmul_panels(out, x, n, w, bias, stage);
@@ -1436,7 +1488,8 @@ static void matmul(const Model *m, float *out, const float *x, int n, const Tens
 #endif
     int n_blocks = (d_out + block - 1) / block;
     double macs = (double)n * d_out * d_in;
-#pragma omp parallel for schedule(dynamic, 1) if (macs >= PARALLEL_MIN_MACS) // dynamic: a thread that lost its core to another process does less
+#pragma omp parallel for schedule(                                                                                     \
+    dynamic, 1) if (macs >= PARALLEL_MIN_MACS) // dynamic: a thread that lost its core to another process does less
     for (int b = 0; b < n_blocks; b++) {
         int o0 = b * block, o1 = d_out - o0 < block ? d_out : o0 + block;
 #ifdef HAVE_AVX512
@@ -1474,19 +1527,24 @@ static void attention(const Model *m, RunState *s, const Forward *f, int layer, 
     double macs = 0;
     for (int i = 0; i < f->n; i++) macs += 2.0 * (f->pos[i] + 1) * c->n_heads * hd;
     (void)n_threads, (void)macs; // unused without OpenMP
-#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) if (macs >= PARALLEL_MIN_MACS) // rows of a prefill differ in length
+#pragma omp parallel for num_threads(n_threads)                                                                        \
+    schedule(dynamic, 1) if (macs >= PARALLEL_MIN_MACS) // rows of a prefill differ in length
     for (int pair = 0; pair < n_pairs; pair++) {
         int i = pair / c->n_kv_heads, g = pair % c->n_kv_heads;
         size_t base = kv_base(s, c, layer, f->slot[i], g);
         const float *q = s->q + (size_t)i * q_dim + (size_t)g * group * hd;
         const float *self_k = replay ? s->k + (size_t)i * kv_dim + (size_t)g * hd : NULL;
         const float *self_v = replay ? s->v + (size_t)i * kv_dim + (size_t)g * hd : NULL;
-        float *scores = s->scores + (size_t)thread_id() * group * s->max_seq_pad, *out = s->heads + (size_t)i * q_dim + (size_t)g * group * hd;
+        float *scores = s->scores + (size_t)thread_id() * group * s->max_seq_pad,
+              *out = s->heads + (size_t)i * q_dim + (size_t)g * group * hd;
 #ifdef HAVE_AVX512
-        if (m->simd) attend_avx512(q, s->key_cache + base, s->value_cache + base, self_k, self_v, f->pos[i], hd, group, s->max_seq_pad, scale, scores, out);
+        if (m->simd)
+            attend_avx512(q, s->key_cache + base, s->value_cache + base, self_k, self_v, f->pos[i], hd, group,
+                          s->max_seq_pad, scale, scores, out);
         else
 #endif
-            attend_portable(q, s->key_cache + base, s->value_cache + base, self_k, self_v, f->pos[i], hd, group, s->max_seq_pad, scale, scores, out);
+            attend_portable(q, s->key_cache + base, s->value_cache + base, self_k, self_v, f->pos[i], hd, group,
+                            s->max_seq_pad, scale, scores, out);
     }
 }
 
@@ -1499,7 +1557,8 @@ static int forward_check(const Model *m, RunState *s, const Forward *f, int repl
     if (f->n > s->max_rows) return err_runtime(err, "model_forward: %d rows, run state holds %d", f->n, s->max_rows);
     if (f->first_layer < 0 || f->first_layer > c->n_layers)
         return err_runtime(err, "model_forward: first_layer %d out of range [0, %d]", f->first_layer, c->n_layers);
-    if (f->first_layer > 0 && !f->x_in) return err_runtime(err, "model_forward: first_layer %d without x_in", f->first_layer);
+    if (f->first_layer > 0 && !f->x_in)
+        return err_runtime(err, "model_forward: first_layer %d without x_in", f->first_layer);
     if (f->resid && !f->capture_row) return err_runtime(err, "model_forward: resid without capture_row");
     memcpy(s->slot_len_call, s->slot_len, (size_t)s->n_slots * sizeof *s->slot_len);
     for (int k = 0; k < s->n_slots; k++) s->slot_pos_call[k] = -1;
@@ -1507,19 +1566,21 @@ static int forward_check(const Model *m, RunState *s, const Forward *f, int repl
         int slot = f->slot[i], pos = f->pos[i];
         if (!f->x_in && (f->token[i] < 0 || f->token[i] >= c->vocab_size))
             return err_input(err, "token id %d out of range [0, %d)", f->token[i], c->vocab_size);
-        if (slot < 0 || slot >= s->n_slots) return err_runtime(err, "model_forward: row %d: slot %d out of range [0, %d)", i, slot, s->n_slots);
+        if (slot < 0 || slot >= s->n_slots)
+            return err_runtime(err, "model_forward: row %d: slot %d out of range [0, %d)", i, slot, s->n_slots);
         if (pos < 0 || pos >= s->max_seq)
             return err_input(err, "position %d out of range: the run state holds %d positions", pos, s->max_seq);
         if (pos > s->slot_len_call[slot])
-            return err_runtime(err, "model_forward: row %d: slot %d position %d, but only positions 0..%d are cached", i, slot, pos,
-                               s->slot_len_call[slot] - 1);
+            return err_runtime(err, "model_forward: row %d: slot %d position %d, but only positions 0..%d are cached",
+                               i, slot, pos, s->slot_len_call[slot] - 1);
         if (!replay && pos <= s->slot_pos_call[slot]) // two rows would write one cache entry
-            return err_runtime(err, "model_forward: row %d: slot %d position %d after position %d in the same call", i, slot, pos,
-                               s->slot_pos_call[slot]);
+            return err_runtime(err, "model_forward: row %d: slot %d position %d after position %d in the same call", i,
+                               slot, pos, s->slot_pos_call[slot]);
         if (!replay) s->slot_len_call[slot] = pos + 1, s->slot_pos_call[slot] = pos;
         const AblationMask *mk = f->mask ? f->mask[i] : NULL;
         if (mk && mk->steer_add && (mk->steer_layer < 0 || mk->steer_layer > c->n_layers))
-            return err_runtime(err, "model_forward: row %d: steer_layer %d out of range [0, %d]", i, mk->steer_layer, c->n_layers);
+            return err_runtime(err, "model_forward: row %d: steer_layer %d out of range [0, %d]", i, mk->steer_layer,
+                               c->n_layers);
         if (mk && mk->kind == ABLATE_MEAN) {
             int need_attn = 0, need_mlp = 0, need_head = 0;
             for (int l = 0; l < c->n_layers; l++) {
@@ -1553,7 +1614,8 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
         if (f->x_in) memcpy(x, f->x_in + (size_t)i * D, (size_t)D * sizeof *x);
         else tensor_row_f32(&m->embed, f->token[i], x);
         if (f->first_layer == 0 && STEERS(MASK(i))) steer_residual(x, D, MASK(i), 0);
-        if (f->resid && f->capture_row[i] >= 0) memcpy(CAPTURE(f->resid, L + 1, i, f->first_layer), x, (size_t)D * sizeof *x);
+        if (f->resid && f->capture_row[i] >= 0)
+            memcpy(CAPTURE(f->resid, L + 1, i, f->first_layer), x, (size_t)D * sizeof *x);
         for (int k = 0; k < half; k++) {
             float angle = (float)f->pos[i] * m->inv_freq[k];
             s->rope_cos[(size_t)i * half + k] = cosf(angle);
@@ -1581,12 +1643,14 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
                 if (c->qk_norm) rmsnorm(k, k, &w->k_norm, hd, eps);
                 rope(k, cos_t, sin_t, hd);
             }
-            for (int h = 0; h < c->n_kv_heads && !replay; h++) { // every row's key/value is cached before any row attends
+            for (int h = 0; h < c->n_kv_heads && !replay;
+                 h++) { // every row's key/value is cached before any row attends
                 int p = f->pos[i];
                 size_t base = kv_base(s, c, l, f->slot[i], h);
                 float *key = s->key_cache + base + (size_t)(p / KEY_BLOCK) * hd * KEY_BLOCK + p % KEY_BLOCK;
                 for (int d = 0; d < hd; d++) key[(size_t)d * KEY_BLOCK] = s->k[(size_t)i * kv_dim + (size_t)h * hd + d];
-                memcpy(s->value_cache + base + (size_t)p * hd, s->v + (size_t)i * kv_dim + (size_t)h * hd, (size_t)hd * sizeof(float));
+                memcpy(s->value_cache + base + (size_t)p * hd, s->v + (size_t)i * kv_dim + (size_t)h * hd,
+                       (size_t)hd * sizeof(float));
             }
         }
         attention(m, s, f, l, replay);
@@ -1594,7 +1658,8 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
             const AblationMask *mk = MASK(i);
             for (int h = 0; mk && mk->head && h < H; h++)
                 if (mk->head[l * H + h])
-                    ablate(s->heads + (size_t)i * q_dim + (size_t)h * hd, hd, mk->kind, mk->head_mean + (size_t)l * q_dim + (size_t)h * hd);
+                    ablate(s->heads + (size_t)i * q_dim + (size_t)h * hd, hd, mk->kind,
+                           mk->head_mean + (size_t)l * q_dim + (size_t)h * hd);
             if (f->head_out && f->capture_row && f->capture_row[i] >= 0)
                 memcpy(f->head_out + ((size_t)f->capture_row[i] * L + l) * q_dim, s->heads + (size_t)i * q_dim,
                        (size_t)q_dim * sizeof(float));
@@ -1604,7 +1669,8 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
             const AblationMask *mk = MASK(i);
             float *out = s->block_out + (size_t)i * D, *x = s->x + (size_t)i * D;
             if (mk && mk->attn && mk->attn[l]) ablate(out, D, mk->kind, mk->attn_mean + (size_t)l * D);
-            if (f->attn_out && f->capture_row && f->capture_row[i] >= 0) memcpy(CAPTURE(f->attn_out, L, i, l), out, (size_t)D * sizeof *out);
+            if (f->attn_out && f->capture_row && f->capture_row[i] >= 0)
+                memcpy(CAPTURE(f->attn_out, L, i, l), out, (size_t)D * sizeof *out);
             for (int d = 0; d < D; d++) x[d] += out[d];
             // the MLP reads a residual without the direction too
             if (mk && mk->project_out) steer_residual(x, D, mk, -1);
@@ -1620,10 +1686,12 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
             const AblationMask *mk = MASK(i);
             float *out = s->block_out + (size_t)i * D, *x = s->x + (size_t)i * D;
             if (mk && mk->mlp && mk->mlp[l]) ablate(out, D, mk->kind, mk->mlp_mean + (size_t)l * D);
-            if (f->mlp_out && f->capture_row && f->capture_row[i] >= 0) memcpy(CAPTURE(f->mlp_out, L, i, l), out, (size_t)D * sizeof *out);
+            if (f->mlp_out && f->capture_row && f->capture_row[i] >= 0)
+                memcpy(CAPTURE(f->mlp_out, L, i, l), out, (size_t)D * sizeof *out);
             for (int d = 0; d < D; d++) x[d] += out[d];
             if (STEERS(mk)) steer_residual(x, D, mk, l + 1);
-            if (f->resid && f->capture_row[i] >= 0) memcpy(CAPTURE(f->resid, L + 1, i, l + 1), x, (size_t)D * sizeof *x);
+            if (f->resid && f->capture_row[i] >= 0)
+                memcpy(CAPTURE(f->resid, L + 1, i, l + 1), x, (size_t)D * sizeof *x);
         }
     }
 
@@ -1640,7 +1708,8 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
             if (!n_rows) break;
             matmul(m, s->logits, s->xb, n_rows, &m->lm_head, NULL, s->stage);
             for (int r = 0; r < n_rows; r++)
-                memcpy(f->logits + (size_t)f->logits_row[rows[r]] * V, s->logits + (size_t)r * V, (size_t)V * sizeof(float));
+                memcpy(f->logits + (size_t)f->logits_row[rows[r]] * V, s->logits + (size_t)r * V,
+                       (size_t)V * sizeof(float));
         }
     }
 #undef CAPTURE
@@ -1651,17 +1720,21 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
 
 void model_final_logits_rows(const Model *m, const float *resid, int n, size_t stride, float *logits) {
     int D = m->cfg.hidden_size, rows = n < LOGIT_ROWS_MAX ? n : LOGIT_ROWS_MAX;
-    float *normed = xmalloc((size_t)rows * D * sizeof *normed), *stage = xmalloc((size_t)rows * stage_cols(m) * sizeof *stage);
+    float *normed = xmalloc((size_t)rows * D * sizeof *normed),
+          *stage = xmalloc((size_t)rows * stage_cols(m) * sizeof *stage);
     for (int i0 = 0; i0 < n; i0 += rows) {
         int k = n - i0 < rows ? n - i0 : rows;
-        for (int r = 0; r < k; r++) rmsnorm(normed + (size_t)r * D, resid + (size_t)(i0 + r) * stride, &m->final_norm, D, m->cfg.rms_norm_eps);
+        for (int r = 0; r < k; r++)
+            rmsnorm(normed + (size_t)r * D, resid + (size_t)(i0 + r) * stride, &m->final_norm, D, m->cfg.rms_norm_eps);
         matmul(m, logits + (size_t)i0 * m->cfg.vocab_size, normed, k, &m->lm_head, NULL, stage);
     }
     free(normed);
     free(stage);
 }
 
-void model_final_logits(const Model *m, const float *resid, float *logits) { model_final_logits_rows(m, resid, 1, 0, logits); }
+void model_final_logits(const Model *m, const float *resid, float *logits) {
+    model_final_logits_rows(m, resid, 1, 0, logits);
+}
 
 // ----------------------------------------------------------------------------
 // Teacher forcing: known sequences through the model, one per KV slot, in forward calls
@@ -1748,13 +1821,21 @@ int force_group(Forcer *f, const ForcedSeq *seqs, int n, const PassOut *out, Err
             }
         }
         if (rows == 0) break;
-        Forward fw = {.n = rows, .token = f->token, .slot = f->slot, .pos = f->pos, .mask = out->mask ? f->mask : NULL,
-                      .first_layer = out->enter ? out->first_layer : 0, .x_in = out->enter ? f->x_in : NULL,
-                      .logits = out->logits, .logits_row = out->logits ? f->logits_row : NULL,
+        Forward fw = {.n = rows,
+                      .token = f->token,
+                      .slot = f->slot,
+                      .pos = f->pos,
+                      .mask = out->mask ? f->mask : NULL,
+                      .first_layer = out->enter ? out->first_layer : 0,
+                      .x_in = out->enter ? f->x_in : NULL,
+                      .logits = out->logits,
+                      .logits_row = out->logits ? f->logits_row : NULL,
                       .resid = out->resid_all ? out->resid_all : out->resid,
-                      .attn_out = want_components ? attn_buf : out->attn, .mlp_out = want_components ? mlp_buf : out->mlp,
+                      .attn_out = want_components ? attn_buf : out->attn,
+                      .mlp_out = want_components ? mlp_buf : out->mlp,
                       .head_out = head_buf,
-                      .capture_row = out->resid || out->resid_all || want_components || want_outputs ? f->capture_row : NULL};
+                      .capture_row =
+                          out->resid || out->resid_all || want_components || want_outputs ? f->capture_row : NULL};
         if ((rc = model_forward(f->m, f->state, &fw, err))) break;
         for (int r = 0; r < rows && want_components; r++) {
             for (size_t k = 0; k < (size_t)n_layers * hidden; k++) {
@@ -2634,10 +2715,12 @@ int cmd_model_info(int argc, char **argv) {
     Buf b = {0};
     buf_puts(&b, "{\"model\":");
     buf_json_string(&b, dir, strlen(dir));
-    buf_printf(&b, ",\"architecture\":\"%s\",\"hidden_size\":%d,\"n_layers\":%d,\"n_heads\":%d,\"n_kv_heads\":%d,\"head_dim\":%d",
-               c->architecture, c->hidden_size, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim);
-    buf_printf(&b, ",\"intermediate_size\":%d,\"vocab_size\":%d,\"max_position\":%d,\"rms_norm_eps\":", c->intermediate_size,
-               c->vocab_size, c->max_position);
+    buf_printf(
+        &b,
+        ",\"architecture\":\"%s\",\"hidden_size\":%d,\"n_layers\":%d,\"n_heads\":%d,\"n_kv_heads\":%d,\"head_dim\":%d",
+        c->architecture, c->hidden_size, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim);
+    buf_printf(&b, ",\"intermediate_size\":%d,\"vocab_size\":%d,\"max_position\":%d,\"rms_norm_eps\":",
+               c->intermediate_size, c->vocab_size, c->max_position);
     buf_float(&b, c->rms_norm_eps);
     buf_puts(&b, ",\"rope_theta\":");
     buf_float(&b, c->rope_theta);
@@ -2652,8 +2735,9 @@ int cmd_model_info(int argc, char **argv) {
     } else {
         buf_puts(&b, ",\"rope_scaling\":null");
     }
-    buf_printf(&b, ",\"tie_word_embeddings\":%s,\"qkv_bias\":%s,\"qk_norm\":%s", c->tie_word_embeddings ? "true" : "false",
-               c->qkv_bias ? "true" : "false", c->qk_norm ? "true" : "false");
+    buf_printf(&b, ",\"tie_word_embeddings\":%s,\"qkv_bias\":%s,\"qk_norm\":%s",
+               c->tie_word_embeddings ? "true" : "false", c->qkv_bias ? "true" : "false",
+               c->qk_norm ? "true" : "false");
     if (c->bos_token_id >= 0) buf_printf(&b, ",\"bos_token_id\":%d", c->bos_token_id);
     else buf_puts(&b, ",\"bos_token_id\":null");
     buf_puts(&b, ",\"eos_token_ids\":[");
@@ -2668,12 +2752,15 @@ int cmd_model_info(int argc, char **argv) {
         n_params += (long long)slots[i].t->rows * slots[i].t->cols;
         weight_bytes += (size_t)slots[i].t->rows * slots[i].t->cols * dtype_bytes(slots[i].t->dtype);
     }
-    buf_printf(&b, ",\"n_params\":%lld,\"weight_bytes\":%zu,\"bytes_mapped\":%zu,\"bytes_allocated\":%zu,\"kv_cache_bytes_per_token\":%zu",
+    buf_printf(&b,
+               ",\"n_params\":%lld,\"weight_bytes\":%zu,\"bytes_mapped\":%zu,\"bytes_allocated\":%zu,\"kv_cache_bytes_"
+               "per_token\":%zu",
                n_params, weight_bytes, m.bytes_mapped, m.bytes_allocated, model_kv_bytes_per_token(&m));
     buf_puts(&b, ",\"tensors\":[");
     for (int i = 0; i < n_slots; i++) {
         const Tensor *t = slots[i].t;
-        buf_printf(&b, "%s{\"name\":\"%s\",\"dtype\":\"%s\",\"shape\":", i ? "," : "", slots[i].name, dtype_name(t->dtype));
+        buf_printf(&b, "%s{\"name\":\"%s\",\"dtype\":\"%s\",\"shape\":", i ? "," : "", slots[i].name,
+                   dtype_name(t->dtype));
         if (slots[i].rows) buf_printf(&b, "[%d,%d]}", t->rows, t->cols);
         else buf_printf(&b, "[%d]}", t->cols);
     }
@@ -2697,7 +2784,8 @@ static int parse_ablation(const char *spec, const ModelConfig *c, AblationMask *
     if (used <= 0 || spec[used] || (strcmp(kind, "head") == 0) != (head >= 0) ||
         (strcmp(kind, "attn") && strcmp(kind, "mlp") && strcmp(kind, "head")))
         return err_input(err, "--ablate: '%s' is not attn:L, mlp:L or head:L.H", spec);
-    if (layer < 0 || layer >= c->n_layers) return err_input(err, "--ablate %s: layer %d out of range [0, %d)", spec, layer, c->n_layers);
+    if (layer < 0 || layer >= c->n_layers)
+        return err_input(err, "--ablate %s: layer %d out of range [0, %d)", spec, layer, c->n_layers);
     if (head >= c->n_heads) return err_input(err, "--ablate %s: head %d out of range [0, %d)", spec, head, c->n_heads);
     if (kind[0] == 'a') mask->attn[layer] = 1;
     else if (kind[0] == 'm') mask->mlp[layer] = 1;
@@ -2716,17 +2804,23 @@ static int parse_steering(const Opt *opts, const ModelConfig *c, AblationMask *m
     int layer, used = 0;
     double alpha = 0;
     const char *spec = steer ? steer : project;
-    if (steer ? sscanf(steer, "%d:%lf%n", &layer, &alpha, &used) != 2 : sscanf(project, "%d%n", &layer, &used) != 1 || spec[used])
-        return err_input(err, "--%s: '%s' is not %s", steer ? "steer" : "project-out", spec, steer ? "L:ALPHA" : "a layer");
+    if (steer ? sscanf(steer, "%d:%lf%n", &layer, &alpha, &used) != 2
+              : sscanf(project, "%d%n", &layer, &used) != 1 || spec[used])
+        return err_input(err, "--%s: '%s' is not %s", steer ? "steer" : "project-out", spec,
+                         steer ? "L:ALPHA" : "a layer");
     if (spec[used] || alpha != alpha) return err_input(err, "--steer: '%s' is not L:ALPHA", spec);
-    if (layer < 0 || layer > c->n_layers) return err_input(err, "--%s %s: layer %d out of range [0, %d]", steer ? "steer" : "project-out", spec, layer, c->n_layers);
+    if (layer < 0 || layer > c->n_layers)
+        return err_input(err, "--%s %s: layer %d out of range [0, %d]", steer ? "steer" : "project-out", spec, layer,
+                         c->n_layers);
     float *dirs = NULL, *norms = NULL;
     int rows, cols, n_rows, n_cols, rc = safetensors_read_f32(file, "directions", &dirs, &rows, &cols, err);
     if (rc == 0) rc = safetensors_read_f32(file, "mean_norm", &norms, &n_rows, &n_cols, err);
     if (rc == 0 && (rows != c->n_layers + 1 || cols != c->hidden_size || n_rows * n_cols != c->n_layers + 1))
-        rc = err_input(err, "%s: directions (%d, %d) do not fit this model's (%d, %d)", file, rows, cols, c->n_layers + 1, c->hidden_size);
+        rc = err_input(err, "%s: directions (%d, %d) do not fit this model's (%d, %d)", file, rows, cols,
+                       c->n_layers + 1, c->hidden_size);
     double norm = 0;
-    for (int d = 0; rc == 0 && d < cols; d++) norm += (double)dirs[(size_t)layer * cols + d] * dirs[(size_t)layer * cols + d];
+    for (int d = 0; rc == 0 && d < cols; d++)
+        norm += (double)dirs[(size_t)layer * cols + d] * dirs[(size_t)layer * cols + d];
     if (rc == 0 && !(norm > 0)) rc = err_input(err, "%s: the direction at layer %d is zero", file, layer);
     double scale = rc == 0 && steer ? alpha * norms[layer] : 1;
     norm = sqrt(norm);
@@ -2750,7 +2844,8 @@ static int cmp_ranked(const void *a, const void *b) { // larger logit first, tie
 }
 
 // One JSON line per position: logits (all, or the top K as [id, logit]) and the residual stream.
-static void print_position(Buf *b, int pos, const float *logits, int V, int top_k, Ranked *ranked, const float *resid, int L, int D) {
+static void print_position(Buf *b, int pos, const float *logits, int V, int top_k, Ranked *ranked, const float *resid,
+                           int L, int D) {
     buf_printf(b, "{\"pos\":%d,", pos);
     if (top_k) {
         for (int v = 0; v < V; v++) ranked[v] = (Ranked){logits[v], v};
@@ -2861,7 +2956,8 @@ int cmd_forward(int argc, char **argv) {
     long long top_k = 0;
     for (const Opt *o = opts; o->name; o++)
         if (strcmp(o->name, "--ablate") == 0)
-            for (int i = 0; i < o->n_values && rc == 0; i++, n_ablate++) rc = parse_ablation(o->values[i], c, &mask, &err);
+            for (int i = 0; i < o->n_values && rc == 0; i++, n_ablate++)
+                rc = parse_ablation(o->values[i], c, &mask, &err);
     if (rc == 0) rc = opt_int(opts, "--top", 1, V, 0, &top_k, &err);
     if (rc == 0) rc = parse_ids(ids_text, V, dir, &ids, &n, &err);
     const char *grad = opt_str(opts, "--grad", NULL);

@@ -86,17 +86,27 @@ static double max_abs_diff(const float *a, const float *b, size_t n) {
 
 // Runs ids in `slot` from position 0 in one call: logits (n, vocab) and, when asked,
 // resid (n, L+1, hidden), attn_out / mlp_out (n, L, hidden); mask applies to every row.
-static int run_seq(const Model *m, RunState *s, int slot, const int *ids, int n, const AblationMask *mask, float *logits,
-                   float *resid, float *attn_out, float *mlp_out) {
-    int *slots = xmalloc((size_t)n * sizeof(int)), *pos = xmalloc((size_t)n * sizeof(int)), *rows = xmalloc((size_t)n * sizeof(int));
+static int run_seq(const Model *m, RunState *s, int slot, const int *ids, int n, const AblationMask *mask,
+                   float *logits, float *resid, float *attn_out, float *mlp_out) {
+    int *slots = xmalloc((size_t)n * sizeof(int)), *pos = xmalloc((size_t)n * sizeof(int)),
+        *rows = xmalloc((size_t)n * sizeof(int));
     const AblationMask **masks = xmalloc((size_t)n * sizeof *masks);
     for (int i = 0; i < n; i++) {
         slots[i] = slot;
         pos[i] = rows[i] = i;
         masks[i] = mask;
     }
-    Forward f = {.n = n, .token = ids, .slot = slots, .pos = pos, .mask = masks, .logits = logits, .logits_row = rows,
-                 .resid = resid, .attn_out = attn_out, .mlp_out = mlp_out, .capture_row = resid || attn_out || mlp_out ? rows : NULL};
+    Forward f = {.n = n,
+                 .token = ids,
+                 .slot = slots,
+                 .pos = pos,
+                 .mask = masks,
+                 .logits = logits,
+                 .logits_row = rows,
+                 .resid = resid,
+                 .attn_out = attn_out,
+                 .mlp_out = mlp_out,
+                 .capture_row = resid || attn_out || mlp_out ? rows : NULL};
     Err err = {0};
     int rc = model_forward(m, s, &f, &err);
     CHECKF(rc == 0, "%s", err.msg);
@@ -155,7 +165,8 @@ static void t_model_reference_config_weights_rope(void) {
         json_int(j, jkey(j, cs, "head_dim"), &v[2]);
         json_int(j, jkey(j, cs, "vocab_size"), &v[3]);
         json_int(j, jkey(j, cs, "intermediate_size"), &v[4]);
-        CHECK(c->n_layers == v[0] && c->n_kv_heads == v[1] && c->head_dim == v[2] && c->vocab_size == v[3] && c->intermediate_size == v[4]);
+        CHECK(c->n_layers == v[0] && c->n_kv_heads == v[1] && c->head_dim == v[2] && c->vocab_size == v[3] &&
+              c->intermediate_size == v[4]);
         int b[3];
         json_bool(j, jkey(j, cs, "tie_word_embeddings"), &b[0]);
         json_bool(j, jkey(j, cs, "qkv_bias"), &b[1]);
@@ -172,20 +183,28 @@ static void t_model_reference_config_weights_rope(void) {
 
         // Checksums of the stored values of a few tensors, one of each kind.
         const LayerWeights *w0 = &ref.m.layers[0], *w1 = &ref.m.layers[1];
-        struct { const char *name; const Tensor *t; } named[] = {
-            {"model.embed_tokens.weight", &ref.m.embed}, {"model.norm.weight", &ref.m.final_norm},
-            {"lm_head.weight", &ref.m.lm_head}, {"model.layers.0.self_attn.q_proj.weight", &w0->wq},
-            {"model.layers.0.self_attn.k_proj.bias", &w0->bk}, {"model.layers.0.self_attn.q_norm.weight", &w0->q_norm},
-            {"model.layers.0.mlp.down_proj.weight", &w0->w_down}, {"model.layers.0.self_attn.o_proj.weight", &w0->wo},
-            {"model.layers.0.post_attention_layernorm.weight", &w0->mlp_norm}, {"model.layers.1.mlp.up_proj.weight", &w1->w_up},
-            {"model.layers.1.self_attn.v_proj.weight", &w1->wv}, {"model.layers.1.input_layernorm.weight", &w1->attn_norm},
+        struct { const char *name; const Tensor *t;
+        } named[] = {
+            {"model.embed_tokens.weight", &ref.m.embed},
+            {"model.norm.weight", &ref.m.final_norm},
+            {"lm_head.weight", &ref.m.lm_head},
+            {"model.layers.0.self_attn.q_proj.weight", &w0->wq},
+            {"model.layers.0.self_attn.k_proj.bias", &w0->bk},
+            {"model.layers.0.self_attn.q_norm.weight", &w0->q_norm},
+            {"model.layers.0.mlp.down_proj.weight", &w0->w_down},
+            {"model.layers.0.self_attn.o_proj.weight", &w0->wo},
+            {"model.layers.0.post_attention_layernorm.weight", &w0->mlp_norm},
+            {"model.layers.1.mlp.up_proj.weight", &w1->w_up},
+            {"model.layers.1.self_attn.v_proj.weight", &w1->wv},
+            {"model.layers.1.input_layernorm.weight", &w1->attn_norm},
         };
         int checked = 0;
         int sums = jkey(j, 0, "weights_checksums");
         for (size_t k = 0; k < sizeof named / sizeof named[0]; k++) {
             int e = jkey(j, sums, named[k].name);
             if (e < 0) {
-                CHECKF(!named[k].t->data || named[k].t == &ref.m.lm_head, "%s: %s is loaded but not stored", ref_models[r], named[k].name);
+                CHECKF(!named[k].t->data || named[k].t == &ref.m.lm_head, "%s: %s is loaded but not stored",
+                       ref_models[r], named[k].name);
                 continue;
             }
             const Tensor *t = named[k].t;
@@ -199,9 +218,11 @@ static void t_model_reference_config_weights_rope(void) {
             json_number(j, jkey(j, e, "sum"), &want_sum);
             json_number(j, jkey(j, e, "sum_abs"), &want_abs);
             int shape[2], dims = jints(j, jkey(j, e, "shape"), shape, 2);
-            CHECKF(dims == 2 ? t->rows == shape[0] && t->cols == shape[1] : t->rows == 1 && t->cols == shape[0], "%s %s shape", ref_models[r], named[k].name);
-            CHECKF(fabs(sum - want_sum) <= 1e-9 * want_abs && fabs(sum_abs - want_abs) <= 1e-9 * want_abs, "%s %s: sum %.12g vs %.12g, |sum| %.12g vs %.12g",
-                   ref_models[r], named[k].name, sum, want_sum, sum_abs, want_abs);
+            CHECKF(dims == 2 ? t->rows == shape[0] && t->cols == shape[1] : t->rows == 1 && t->cols == shape[0],
+                   "%s %s shape", ref_models[r], named[k].name);
+            CHECKF(fabs(sum - want_sum) <= 1e-9 * want_abs && fabs(sum_abs - want_abs) <= 1e-9 * want_abs,
+                   "%s %s: sum %.12g vs %.12g, |sum| %.12g vs %.12g", ref_models[r], named[k].name, sum, want_sum,
+                   sum_abs, want_abs);
             float first[4];
             jfloats(j, jkey(j, e, "first"), first, 4);
             for (int i = 0; i < 4; i++) CHECK_NEAR(tensor_at(t, (size_t)i), first[i], 1e-6 * fabs(first[i]));
@@ -225,7 +246,8 @@ static void t_model_reference_logits_and_hidden(void) {
         for (int seq = 0; seq < j->tok[inputs].size; seq++) {
             ref.m.simd = simd;
             int ids[REF_MAX_SEQ], T = jints(j, jat(j, inputs, seq), ids, REF_MAX_SEQ);
-            float *logits = xmalloc((size_t)T * V * sizeof(float)), *resid = xmalloc((size_t)T * (L + 1) * D * sizeof(float));
+            float *logits = xmalloc((size_t)T * V * sizeof(float)),
+                  *resid = xmalloc((size_t)T * (L + 1) * D * sizeof(float));
             float *want = xmalloc((size_t)V * sizeof(float));
             if (run_seq(&ref.m, s, 0, ids, T, NULL, logits, resid, NULL, NULL) == 0) {
                 double worst_logit = 0, worst_hidden = 0;
@@ -242,8 +264,10 @@ static void t_model_reference_logits_and_hidden(void) {
                         if (d > worst_hidden) worst_hidden = d;
                     }
                 }
-                CHECKF(worst_logit <= ATOL_LOGITS, "%s %s seq %d: logits differ by %g", ref_models[r], KERNELS(simd), seq, worst_logit);
-                CHECKF(worst_hidden <= ATOL_HIDDEN, "%s %s seq %d: hidden states differ by %g", ref_models[r], KERNELS(simd), seq, worst_hidden);
+                CHECKF(worst_logit <= ATOL_LOGITS, "%s %s seq %d: logits differ by %g", ref_models[r], KERNELS(simd),
+                       seq, worst_logit);
+                CHECKF(worst_hidden <= ATOL_HIDDEN, "%s %s seq %d: hidden states differ by %g", ref_models[r],
+                       KERNELS(simd), seq, worst_hidden);
             }
             free(logits);
             free(resid);
@@ -262,7 +286,8 @@ static void t_model_reference_greedy(void) {
         const Json *j = &ref.j;
         int V = ref.m.cfg.vocab_size, g = jkey(j, 0, "greedy");
         int ids[REF_MAX_SEQ], want[64], T = jints(j, jat(j, jkey(j, 0, "input_ids"), 0), ids, REF_MAX_SEQ);
-        int n_new = jints(j, jkey(j, g, "new_tokens"), want, 64), step_logits = jkey(j, g, "logits_from_last_prompt_position");
+        int n_new = jints(j, jkey(j, g, "new_tokens"), want, 64),
+            step_logits = jkey(j, g, "logits_from_last_prompt_position");
         CHECK(n_new == 24);
         for (int simd = ref.m.simd; simd >= 0; simd--) {
             ref.m.simd = simd;
@@ -320,8 +345,8 @@ static void t_model_reference_ablations(void) {
                 jfloats(j, jkey(j, e, "logits"), want, V);
                 double d = max_abs_diff(logits + (size_t)(T - 1) * V, want, (size_t)V), change;
                 json_number(j, jkey(j, e, "max_abs_change"), &change);
-                CHECKF(d <= ATOL_LOGITS, "%s %s: ablating %s layer %lld head %lld: logits differ by %g", ref_models[r], KERNELS(simd), component,
-                       layer, head, d);
+                CHECKF(d <= ATOL_LOGITS, "%s %s: ablating %s layer %lld head %lld: logits differ by %g", ref_models[r],
+                       KERNELS(simd), component, layer, head, d);
                 CHECK(change > 100 * ATOL_LOGITS); // the ablation matters, so the check above can fail
                 free(component);
                 n_results++;
@@ -353,7 +378,8 @@ static void t_model_batch_mixed_lengths_equal_single(void) {
         run_seq(&ref.m, s, 0, ids[q], T[q], NULL, single[q], NULL, NULL, NULL);
     }
     CHECK(T[0] != T[1] && T[1] != T[2]);
-    int *token = xmalloc((size_t)total * sizeof(int)), *slot = xmalloc((size_t)total * sizeof(int)), *pos = xmalloc((size_t)total * sizeof(int));
+    int *token = xmalloc((size_t)total * sizeof(int)), *slot = xmalloc((size_t)total * sizeof(int)),
+        *pos = xmalloc((size_t)total * sizeof(int));
     int *row = xmalloc((size_t)total * sizeof(int));
     float *batched = xmalloc((size_t)total * V * sizeof(float));
     for (int half = 0; half < 2; half++) { // first call: the first half of each sequence; second: the rest
@@ -414,7 +440,8 @@ static void t_model_threads_identical(void) {
 static void t_model_captures_and_mean_ablation(void) {
     Ref ref;
     if (ref_open(&ref, "qwen2_tiny_f32") < 0) SKIP("shared/reference/qwen2_tiny_f32 is absent");
-    int V = ref.m.cfg.vocab_size, D = ref.m.cfg.hidden_size, L = ref.m.cfg.n_layers, H = ref.m.cfg.n_heads, hd = ref.m.cfg.head_dim;
+    int V = ref.m.cfg.vocab_size, D = ref.m.cfg.hidden_size, L = ref.m.cfg.n_layers, H = ref.m.cfg.n_heads,
+        hd = ref.m.cfg.head_dim;
     int ids[REF_MAX_SEQ], T = jints(&ref.j, jat(&ref.j, jkey(&ref.j, 0, "input_ids"), 0), ids, REF_MAX_SEQ);
     RunState *s = new_state(&ref.m, 1, REF_MAX_SEQ, REF_MAX_SEQ);
     float *logits = xmalloc((size_t)T * V * sizeof(float)), *resid = xmalloc((size_t)T * (L + 1) * D * sizeof(float));
@@ -487,17 +514,30 @@ static void t_model_replay(void) {
     for (int l = 1; l <= L; l++) {
         int zero = 0, slot = 0;
         for (size_t i = 0; i < (size_t)(L + 1) * D; i++) cap[i] = -7.0f;
-        Forward f = {.n = 1, .slot = &slot, .pos = &p, .first_layer = l, .x_in = clean_resid + (size_t)l * D, .replay = 1,
-                     .logits = out, .logits_row = &zero, .resid = cap, .capture_row = &zero};
+        Forward f = {.n = 1,
+                     .slot = &slot,
+                     .pos = &p,
+                     .first_layer = l,
+                     .x_in = clean_resid + (size_t)l * D,
+                     .replay = 1,
+                     .logits = out,
+                     .logits_row = &zero,
+                     .resid = cap,
+                     .capture_row = &zero};
         Err err = {0};
         CHECKF(model_forward(&ref.m, s, &f, &err) == 0, "%s", err.msg);
-        CHECKF(max_abs_diff(out, clean, (size_t)V) <= 1e-5, "replay from layer %d: %g", l, max_abs_diff(out, clean, (size_t)V));
+        CHECKF(max_abs_diff(out, clean, (size_t)V) <= 1e-5, "replay from layer %d: %g", l,
+               max_abs_diff(out, clean, (size_t)V));
         CHECK(cap[0] == -7.0f && cap[(size_t)l * D] == clean_resid[(size_t)l * D]); // untouched below first_layer
         CHECK(max_abs_diff(cap + (size_t)L * D, clean_resid + (size_t)L * D, (size_t)D) <= 1e-5);
     }
 
     // Ablations at position p only: many masks in one replay batch versus full passes.
-    struct { const char *component; int layer, head; } cases[] = {{"mlp", 2, 0}, {"mlp", 0, 0}, {"head", 0, 1}, {"attn", 1, 0}, {"attn", 0, 0}}; // last changes later keys
+    struct {
+        const char *component;
+        int layer, head;
+    } cases[] = {
+        {"mlp", 2, 0}, {"mlp", 0, 0}, {"head", 0, 1}, {"attn", 1, 0}, {"attn", 0, 0}}; // last changes later keys
     enum { N_CASES = sizeof cases / sizeof cases[0] };
     MaskStore ms[N_CASES];
     const AblationMask *masks[N_CASES], **full_masks = xcalloc((size_t)T, sizeof *full_masks);
@@ -508,21 +548,36 @@ static void t_model_replay(void) {
         tokens[c] = ids[p];
         rows[c] = c;
     }
-    Forward f = {.n = N_CASES, .token = tokens, .slot = slots, .pos = pos, .mask = masks, .replay = 1, .logits = out, .logits_row = rows};
+    Forward f = {.n = N_CASES,
+                 .token = tokens,
+                 .slot = slots,
+                 .pos = pos,
+                 .mask = masks,
+                 .replay = 1,
+                 .logits = out,
+                 .logits_row = rows};
     Err err = {0};
     float *full = xmalloc((size_t)T * V * sizeof(float));
     CHECKF(model_forward(&ref.m, s, &f, &err) == 0, "%s", err.msg);
     for (int c = 0; c < N_CASES; c++) {
         RunState *s2 = new_state(&ref.m, 1, REF_MAX_SEQ, REF_MAX_SEQ);
-        int *slot0 = xcalloc((size_t)T, sizeof(int)), *pos_all = xmalloc((size_t)T * sizeof(int)), *row_all = xmalloc((size_t)T * sizeof(int));
+        int *slot0 = xcalloc((size_t)T, sizeof(int)), *pos_all = xmalloc((size_t)T * sizeof(int)),
+            *row_all = xmalloc((size_t)T * sizeof(int));
         for (int t = 0; t < T; t++) {
             pos_all[t] = row_all[t] = t;
             full_masks[t] = t == p ? masks[c] : NULL;
         }
-        Forward g = {.n = T, .token = ids, .slot = slot0, .pos = pos_all, .mask = full_masks, .logits = full, .logits_row = row_all};
+        Forward g = {.n = T,
+                     .token = ids,
+                     .slot = slot0,
+                     .pos = pos_all,
+                     .mask = full_masks,
+                     .logits = full,
+                     .logits_row = row_all};
         CHECKF(model_forward(&ref.m, s2, &g, &err) == 0, "%s", err.msg);
         double d = max_abs_diff(out + (size_t)c * V, full + (size_t)p * V, (size_t)V);
-        CHECKF(d <= 1e-5, "%s layer %d at one position: replay differs from full pass by %g", cases[c].component, cases[c].layer, d);
+        CHECKF(d <= 1e-5, "%s layer %d at one position: replay differs from full pass by %g", cases[c].component,
+               cases[c].layer, d);
         CHECK(max_abs_diff(out + (size_t)c * V, clean, (size_t)V) > 1e-3);
         free(slot0);
         free(pos_all);
@@ -545,8 +600,15 @@ static void t_model_replay(void) {
         MaskStore m1;
         const AblationMask *mk = mask_zero(&m1, "attn", L - 1, 0, H);
         int zero = 0, slot = 0;
-        Forward r = {.n = 1, .slot = &slot, .pos = &p, .mask = &mk, .first_layer = L - 1, .x_in = clean_resid + (size_t)(L - 1) * D,
-                     .replay = 1, .logits = out, .logits_row = &zero};
+        Forward r = {.n = 1,
+                     .slot = &slot,
+                     .pos = &p,
+                     .mask = &mk,
+                     .first_layer = L - 1,
+                     .x_in = clean_resid + (size_t)(L - 1) * D,
+                     .replay = 1,
+                     .logits = out,
+                     .logits_row = &zero};
         CHECKF(model_forward(&ref.m, s, &r, &err) == 0, "%s", err.msg);
         jfloats(j, jkey(j, e, "logits"), want, V);
         CHECK(max_abs_diff(out, want, (size_t)V) <= ATOL_LOGITS);
@@ -571,14 +633,16 @@ static void t_model_resume_from_layer(void) {
     const Json *j = &ref.j;
     int V = ref.m.cfg.vocab_size, D = ref.m.cfg.hidden_size, L = ref.m.cfg.n_layers, H = ref.m.cfg.n_heads;
     int ids[REF_MAX_SEQ], T = jints(j, jat(j, jkey(j, 0, "input_ids"), 0), ids, REF_MAX_SEQ) - 1, next = ids[T];
-    RunState *s = new_state(&ref.m, 1, REF_MAX_SEQ, REF_MAX_SEQ), *s_full = new_state(&ref.m, 1, REF_MAX_SEQ, REF_MAX_SEQ);
+    RunState *s = new_state(&ref.m, 1, REF_MAX_SEQ, REF_MAX_SEQ),
+             *s_full = new_state(&ref.m, 1, REF_MAX_SEQ, REF_MAX_SEQ);
     float *resid = xmalloc((size_t)T * (L + 1) * D * sizeof(float)), *x_in = xmalloc((size_t)T * D * sizeof(float));
     float *full = xmalloc((size_t)(T + 1) * V * sizeof(float)), *resumed = xmalloc((size_t)(T + 1) * V * sizeof(float));
     run_seq(&ref.m, s, 0, ids, T, NULL, full, resid, NULL, NULL);
     int *slot = xcalloc((size_t)T, sizeof(int)), *pos = xmalloc((size_t)T * sizeof(int));
     const AblationMask **masks = xmalloc((size_t)T * sizeof *masks);
     for (int t = 0; t < T; t++) pos[t] = t;
-    for (int k = 0; k < 2 * L; k++) { // layers in increasing order, as the scan goes: each pass overwrites the last one's cache
+    for (int k = 0; k < 2 * L;
+         k++) { // layers in increasing order, as the scan goes: each pass overwrites the last one's cache
         int l = k / 2;
         MaskStore ms;
         const AblationMask *mk = mask_zero(&ms, k % 2 ? "mlp" : "attn", l, 0, H);
@@ -588,11 +652,19 @@ static void t_model_resume_from_layer(void) {
             masks[t] = mk;
             memcpy(x_in + (size_t)t * D, resid + ((size_t)t * (L + 1) + l) * D, (size_t)D * sizeof(float));
         }
-        Forward f = {.n = T, .slot = slot, .pos = pos, .mask = masks, .first_layer = l, .x_in = x_in, .logits = resumed, .logits_row = pos};
+        Forward f = {.n = T,
+                     .slot = slot,
+                     .pos = pos,
+                     .mask = masks,
+                     .first_layer = l,
+                     .x_in = x_in,
+                     .logits = resumed,
+                     .logits_row = pos};
         Err err = {0};
         CHECKF(model_forward(&ref.m, s, &f, &err) == 0, "%s", err.msg);
         run_row(&ref.m, s, 0, next, T, mk, resumed + (size_t)T * V);
-        CHECKF(memcmp(resumed, full, (size_t)T * V * sizeof(float)) == 0, "%s %d: resumed pass differs from the full pass", k % 2 ? "mlp" : "attn", l);
+        CHECKF(memcmp(resumed, full, (size_t)T * V * sizeof(float)) == 0,
+               "%s %d: resumed pass differs from the full pass", k % 2 ? "mlp" : "attn", l);
         CHECKF(memcmp(resumed + (size_t)T * V, full + (size_t)T * V, (size_t)V * sizeof(float)) == 0,
                "%s %d: the next token after a resumed pass differs", k % 2 ? "mlp" : "attn", l);
     }
@@ -732,7 +804,8 @@ static void expect_load_error(const char *dir, const char *what, const char *p1,
         return;
     }
     CHECKF(err.code == EXIT_BAD_INPUT, "%s: code %d: %s", what, err.code, err.msg);
-    CHECKF(strstr(err.msg, p1) && (!p2 || strstr(err.msg, p2)), "%s: message '%s' lacks '%s' / '%s'", what, err.msg, p1, p2 ? p2 : "");
+    CHECKF(strstr(err.msg, p1) && (!p2 || strstr(err.msg, p2)), "%s: message '%s' lacks '%s' / '%s'", what, err.msg, p1,
+           p2 ? p2 : "");
 }
 
 static void t_model_bad_safetensors(void) {
@@ -748,13 +821,16 @@ static void t_model_bad_safetensors(void) {
     expect_load_error(d, "header cut", "model.safetensors: header length 3960 runs past the end", NULL);
     d = copy_model("qwen2_tiny_f32");
     edit_header(d, "model.safetensors", "\"data_offsets\":[0,98304]", "\"data_offsets\":[0,98304000]");
-    expect_load_error(d, "offset past the end", "tensor 'lm_head.weight': data_offsets [0, 98304000] out of range", NULL);
+    expect_load_error(d, "offset past the end", "tensor 'lm_head.weight': data_offsets [0, 98304000] out of range",
+                      NULL);
     d = copy_model("qwen2_tiny_f32");
     edit_header(d, "model.safetensors", "\"data_offsets\":[98304,196608]", "\"data_offsets\":[0,98304]");
-    expect_load_error(d, "overlap", "model.safetensors: tensors 'lm_head.weight' and 'model.embed_tokens.weight' overlap", NULL);
+    expect_load_error(d, "overlap",
+                      "model.safetensors: tensors 'lm_head.weight' and 'model.embed_tokens.weight' overlap", NULL);
     d = copy_model("qwen2_tiny_f32");
     edit_header(d, "model.safetensors", "\"shape\":[384,64]", "\"shape\":[384,63]");
-    expect_load_error(d, "size != shape x dtype", "tensor 'lm_head.weight': data_offsets hold 98304 bytes but shape x F32 needs 96768", NULL);
+    expect_load_error(d, "size != shape x dtype",
+                      "tensor 'lm_head.weight': data_offsets hold 98304 bytes but shape x F32 needs 96768", NULL);
     d = copy_model("qwen2_tiny_f32");
     edit_header(d, "model.safetensors", "\"dtype\":\"F32\"", "\"dtype\":\"F31\"");
     expect_load_error(d, "unknown dtype", "model.safetensors: tensor 'lm_head.weight': unknown dtype 'F31'", NULL);
@@ -767,7 +843,8 @@ static void t_model_bad_safetensors(void) {
     d = copy_model("qwen2_tiny_f32");
     edit_header(d, "model.safetensors", "\"model.layers.0.mlp.down_proj.weight\":{\"dtype\":\"F32\",\"shape\":[64,160]",
                 "\"model.layers.0.mlp.down_proj.weight\":{\"dtype\":\"F32\",\"shape\":[160,64]");
-    expect_load_error(d, "transposed", "tensor 'model.layers.0.mlp.down_proj.weight': shape [160, 64], expected [64, 160]", NULL);
+    expect_load_error(d, "transposed",
+                      "tensor 'model.layers.0.mlp.down_proj.weight': shape [160, 64], expected [64, 160]", NULL);
     d = copy_model("qwen2_tiny_f32");
     edit_header(d, "model.safetensors", "{\"__metadata__\"", "[\"__metadata__\"");
     expect_load_error(d, "header not JSON", "model.safetensors:1: invalid JSON", NULL);
@@ -780,7 +857,8 @@ static void t_model_rope_parameters(void) {
     Model a, b;
     Err err = {0};
     CHECKF(model_load(&a, d, &err) == 0, "%s", err.msg);
-    edit_text(d, "config.json", "\"rope_scaling\": null,", "\"rope_parameters\": {\"rope_type\": \"default\", \"rope_theta\": 10000.0},");
+    edit_text(d, "config.json", "\"rope_scaling\": null,",
+              "\"rope_parameters\": {\"rope_type\": \"default\", \"rope_theta\": 10000.0},");
     edit_text(d, "config.json", "\"rope_theta\": 10000.0,", "");
     CHECKF(model_load(&b, d, &err) == 0, "%s", err.msg);
     CHECK(a.cfg.rope_theta == b.cfg.rope_theta && a.cfg.rope_theta == 10000.0f);
@@ -793,22 +871,28 @@ static void t_model_bad_config_and_shards(void) {
     const char *d = copy_model("qwen2_tiny_f32");
     if (!d) SKIP("shared/reference/qwen2_tiny_f32 is absent");
     edit_text(d, "config.json", "\"intermediate_size\": 160", "\"intermediate_size\": 128");
-    expect_load_error(d, "config shape", "model.safetensors: tensor 'model.layers.0.mlp.gate_proj.weight': shape [160, 64], expected [128, 64]", NULL);
+    expect_load_error(
+        d, "config shape",
+        "model.safetensors: tensor 'model.layers.0.mlp.gate_proj.weight': shape [160, 64], expected [128, 64]", NULL);
     d = copy_model("qwen2_tiny_f32");
     edit_text(d, "config.json", "Qwen2ForCausalLM", "GPT2LMHeadModel");
     expect_load_error(d, "architecture", "config.json:3: unsupported architecture 'GPT2LMHeadModel'", NULL);
     d = copy_model("qwen2_tiny_f32");
-    edit_text(d, "config.json", "\"rope_scaling\": null", "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}");
+    edit_text(d, "config.json", "\"rope_scaling\": null",
+              "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}");
     expect_load_error(d, "rope scaling", "config.json", "rope_scaling rope_type 'yarn' is not implemented");
     d = copy_model("qwen2_tiny_f32");
     edit_text(d, "config.json", "\"rope_theta\": 10000.0,", "");
     expect_load_error(d, "no rope_theta", "config.json: 'rope_theta' is missing", NULL);
     d = copy_model("qwen2_tiny_f32");
-    edit_text(d, "config.json", "\"rope_scaling\": null,", "\"rope_parameters\": {\"rope_type\": \"linear\", \"factor\": 2.0},");
-    expect_load_error(d, "rope_parameters type", "config.json", "rope_parameters rope_type 'linear' is not implemented");
+    edit_text(d, "config.json", "\"rope_scaling\": null,",
+              "\"rope_parameters\": {\"rope_type\": \"linear\", \"factor\": 2.0},");
+    expect_load_error(d, "rope_parameters type", "config.json",
+                      "rope_parameters rope_type 'linear' is not implemented");
     d = copy_model("qwen2_tiny_f32");
     edit_text(d, "config.json", "\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3");
-    expect_load_error(d, "heads", "config.json: num_attention_heads 4 is not a multiple of num_key_value_heads 3", NULL);
+    expect_load_error(d, "heads", "config.json: num_attention_heads 4 is not a multiple of num_key_value_heads 3",
+                      NULL);
     d = copy_model("qwen2_tiny_f32");
     edit_text(d, "config.json", "\"num_attention_heads\": 4", "\"num_attention_heads\": 128");
     expect_load_error(d, "derived head_dim 0", "config.json: head_dim 0 must be even and positive", NULL);
@@ -831,13 +915,16 @@ static void t_model_bad_config_and_shards(void) {
     d = copy_model("qwen2_tiny_bf16_tied");
     edit_text(d, "model.safetensors.index.json", "\"model.embed_tokens.weight\": \"model-00001-of-00002.safetensors\"",
               "\"model.embed_tokens.weight\": \"model-00002-of-00002.safetensors\"");
-    expect_load_error(d, "index names the wrong shard", "tensor 'model.embed_tokens.weight' is not in model-00002-of-00002.safetensors", NULL);
+    expect_load_error(d, "index names the wrong shard",
+                      "tensor 'model.embed_tokens.weight' is not in model-00002-of-00002.safetensors", NULL);
     d = copy_model("qwen2_tiny_bf16_tied");
     edit_header(d, "model-00002-of-00002.safetensors", "\"model.norm.weight\"", "\"model.norm.weighs\"");
     edit_text(d, "model.safetensors.index.json", "\"model.norm.weight\"", "\"model.norm.weighs\"");
-    expect_load_error(d, "missing tensor, sharded", "model.safetensors.index.json: tensor 'model.norm.weight' is missing", NULL);
+    expect_load_error(d, "missing tensor, sharded",
+                      "model.safetensors.index.json: tensor 'model.norm.weight' is missing", NULL);
     d = copy_model("qwen2_tiny_bf16_tied");
-    edit_text(d, "model.safetensors.index.json", "\"model-00001-of-00002.safetensors\"", "\"../model-00001-of-00002.safetensors\"");
+    edit_text(d, "model.safetensors.index.json", "\"model-00001-of-00002.safetensors\"",
+              "\"../model-00001-of-00002.safetensors\"");
     expect_load_error(d, "shard outside the directory", "weight_map value is not a file name", NULL);
 }
 
@@ -853,7 +940,8 @@ static void t_model_eos_ids(void) {
     CHECK(write_file_atomic(path, gen, strlen(gen), &err) == 0);
     Model m;
     CHECKF(model_load(&m, d, &err) == 0, "%s", err.msg);
-    CHECK(m.cfg.n_eos == 3 && m.cfg.eos_ids[0] == 7 && m.cfg.eos_ids[1] == 9 && m.cfg.eos_ids[2] == 11 && m.cfg.bos_token_id == 3);
+    CHECK(m.cfg.n_eos == 3 && m.cfg.eos_ids[0] == 7 && m.cfg.eos_ids[1] == 9 && m.cfg.eos_ids[2] == 11 &&
+          m.cfg.bos_token_id == 3);
     model_free(&m);
     gen = "{\"eos_token_id\": \"x\"}";
     CHECK(write_file_atomic(path, gen, strlen(gen), &err) == 0);
@@ -902,7 +990,9 @@ static void t_model_fuzz_safetensors_header(void) {
             refused++;
         }
     }
-    CHECK(refused > 200 && loaded + refused == 300); // most damage is caught; some edits (padding, a digit of a 1-D shape) are not damage
+    CHECK(refused > 200 &&
+          loaded + refused ==
+              300); // most damage is caught; some edits (padding, a digit of a 1-D shape) are not damage
     free(bytes);
     buf_free(&orig);
 }
@@ -943,9 +1033,12 @@ static void t_model_batch_invariance_bitwise(void) {
             len[q] = P - 2 + q % 5; // other sequences are 19..23 tokens long
             for (int t = 0; t < P + 3; t++) prompt[q][t] = (int)rng_below(&rng, (uint64_t)V);
         }
-        int *token = xmalloc((size_t)MAX_N * (P + 3) * sizeof(int)), *slot = xmalloc((size_t)MAX_N * (P + 3) * sizeof(int));
-        int *pos = xmalloc((size_t)MAX_N * (P + 3) * sizeof(int)), *row = xmalloc((size_t)MAX_N * (P + 3) * sizeof(int));
-        float *alone = xmalloc((size_t)(P + 1) * V * sizeof(float)), *batch = xmalloc((size_t)MAX_N * (P + 3) * V * sizeof(float));
+        int *token = xmalloc((size_t)MAX_N * (P + 3) * sizeof(int)),
+            *slot = xmalloc((size_t)MAX_N * (P + 3) * sizeof(int));
+        int *pos = xmalloc((size_t)MAX_N * (P + 3) * sizeof(int)),
+            *row = xmalloc((size_t)MAX_N * (P + 3) * sizeof(int));
+        float *alone = xmalloc((size_t)(P + 1) * V * sizeof(float)),
+              *batch = xmalloc((size_t)MAX_N * (P + 3) * V * sizeof(float));
         for (int simd = m.simd; simd >= 0; simd--) {
             m.simd = simd;
             // The target alone: its prompt (P rows) in one call, then one decode row.
@@ -968,23 +1061,29 @@ static void t_model_batch_invariance_bitwise(void) {
                                 token[n] = prompt[k][t], slot[n] = q, pos[n] = t, row[n] = n;
                                 n++;
                             }
-                        Forward f = {.n = n, .token = token, .slot = slot, .pos = pos, .logits = batch, .logits_row = row};
+                        Forward f = {
+                            .n = n, .token = token, .slot = slot, .pos = pos, .logits = batch, .logits_row = row};
                         CHECKF(model_forward(&m, s, &f, &err) == 0, "%s", err.msg);
                         int same = 1;
                         for (int i = 0; i < n; i++)
-                            if (slot[i] == target) same &= memcmp(batch + (size_t)i * V, alone + (size_t)pos[i] * V, (size_t)V * sizeof(float)) == 0;
+                            if (slot[i] == target)
+                                same &= memcmp(batch + (size_t)i * V, alone + (size_t)pos[i] * V,
+                                               (size_t)V * sizeof(float)) == 0;
                         // Decode: one row per sequence, each at its own position.
                         n = 0;
                         for (int q = 0; q < n_seq; q++) {
                             int k = q == target ? 0 : q + 1 < MAX_N ? q + 1 : q;
-                            token[n] = q == target ? next : prompt[k][len[k] - 1], slot[n] = q, pos[n] = q == target ? P : len[k], row[n] = n;
+                            token[n] = q == target ? next : prompt[k][len[k] - 1], slot[n] = q,
+                            pos[n] = q == target ? P : len[k], row[n] = n;
                             n++;
                         }
-                        Forward g = {.n = n, .token = token, .slot = slot, .pos = pos, .logits = batch, .logits_row = row};
+                        Forward g = {
+                            .n = n, .token = token, .slot = slot, .pos = pos, .logits = batch, .logits_row = row};
                         CHECKF(model_forward(&m, s, &g, &err) == 0, "%s", err.msg);
-                        same &= memcmp(batch + (size_t)target * V, alone + (size_t)P * V, (size_t)V * sizeof(float)) == 0;
-                        CHECKF(same, "%s %s: %d sequences (target at %d), %d threads: logits differ from the row alone", dtypes[dt],
-                               KERNELS(simd), n_seq, target, threads);
+                        same &=
+                            memcmp(batch + (size_t)target * V, alone + (size_t)P * V, (size_t)V * sizeof(float)) == 0;
+                        CHECKF(same, "%s %s: %d sequences (target at %d), %d threads: logits differ from the row alone",
+                               dtypes[dt], KERNELS(simd), n_seq, target, threads);
                         runstate_free(s);
                     }
             set_threads(0);
@@ -1028,8 +1127,10 @@ static void t_model_kernels_agree(void) {
             run_row(&m, s, 0, ids[0], T, NULL, logits[simd] + (size_t)T * V);
             runstate_free(s);
         }
-        double dl = max_abs_diff(logits[0], logits[1], (size_t)(T + 1) * V), dh = max_abs_diff(resid[0], resid[1], (size_t)T * (L + 1) * D);
-        CHECKF(dl <= ATOL_LOGITS && dh <= ATOL_HIDDEN, "%s: kernels differ by %g (logits), %g (hidden)", dtypes[dt], dl, dh);
+        double dl = max_abs_diff(logits[0], logits[1], (size_t)(T + 1) * V),
+               dh = max_abs_diff(resid[0], resid[1], (size_t)T * (L + 1) * D);
+        CHECKF(dl <= ATOL_LOGITS && dh <= ATOL_HIDDEN, "%s: kernels differ by %g (logits), %g (hidden)", dtypes[dt], dl,
+               dh);
         CHECKF(dl > 0, "%s: kernels agree bitwise: is the AVX-512 path in use?", dtypes[dt]);
         for (int k = 0; k < 2; k++) free(logits[k]), free(resid[k]);
         model_free(&m);
@@ -1050,11 +1151,14 @@ static void t_model_final_logits_rows(void) {
     for (int simd = m.simd; simd >= 0; simd--) {
         m.simd = simd;
         RunState *s = new_state(&m, 1, T, T);
-        float *logits = xmalloc((size_t)T * V * sizeof(float)), *resid = xmalloc((size_t)T * (L + 1) * D * sizeof(float));
+        float *logits = xmalloc((size_t)T * V * sizeof(float)),
+              *resid = xmalloc((size_t)T * (L + 1) * D * sizeof(float));
         float *rows = xmalloc((size_t)T * V * sizeof(float));
         run_seq(&m, s, 0, ids, T, NULL, logits, resid, NULL, NULL);
-        model_final_logits_rows(&m, resid + (size_t)L * D, T, (size_t)(L + 1) * D, rows); // more rows than one lm_head pass
-        CHECKF(memcmp(rows, logits, (size_t)T * V * sizeof(float)) == 0, "%s: final logits of %d rows differ", KERNELS(simd), T);
+        model_final_logits_rows(&m, resid + (size_t)L * D, T, (size_t)(L + 1) * D,
+                                rows); // more rows than one lm_head pass
+        CHECKF(memcmp(rows, logits, (size_t)T * V * sizeof(float)) == 0, "%s: final logits of %d rows differ",
+               KERNELS(simd), T);
         free(logits);
         free(resid);
         free(rows);
