@@ -1736,7 +1736,8 @@ static int merge_item_rows(char **files, int n_files, int n_items, const char *h
         if ((rc = read_file(files[f], &text[f], err))) break;
         const char *t = text[f].data;
         if (text[f].len < 5 + header_len || memcmp(t, "item,", 5) != 0 || memcmp(t + 5, header, header_len) != 0) {
-            rc = err_input(err, "%s:1: not the header 'item,%.*s' of this stage's shards", files[f], (int)header_len - 1, header);
+            rc = err_input(err, "%s:1: not the header 'item,%.*s' of this stage's shards", files[f],
+                           (int)header_len - 1, header);
             break;
         }
         int line_no = 1;
@@ -1749,8 +1750,9 @@ static int merge_item_rows(char **files, int n_files, int n_items, const char *h
             long item = digits && at + digits < end && t[at + digits] == ',' ? strtol(t + at, NULL, 10) : -1;
             if (!nl || item < 0 || item >= n_items || (owner[item] >= 0 && owner[item] != f)) {
                 rc = err_input(err, "%s:%d: %s", files[f], line_no,
-                               !nl ? "torn last line" : item < 0 || item >= n_items ? "not a row of an item of this stage"
-                                                                                 : "an item another shard holds too");
+                               !nl                           ? "torn last line"
+                               : item < 0 || item >= n_items ? "not a row of an item of this stage"
+                                                             : "an item another shard holds too");
                 break;
             }
             owner[item] = f;
@@ -1760,7 +1762,9 @@ static int merge_item_rows(char **files, int n_files, int n_items, const char *h
         }
     }
     for (int i = 0; i < n_items && rc == 0; i++)
-        if (owner[i] < 0) rc = err_input(err, "%s: item %d of %d is in no shard (a shard is stale: rerun them all)", files[0], i, n_items);
+        if (owner[i] < 0)
+            rc = err_input(err, "%s: item %d of %d is in no shard (a shard is stale: rerun them all)", files[0], i,
+                           n_items);
     if (rc == 0) {
         qsort(rows, (size_t)n_rows, sizeof *rows, cmp_item_row);
         buf_puts(out, header);
@@ -1776,7 +1780,7 @@ static int merge_item_rows(char **files, int n_files, int n_items, const char *h
 // Raw shard files read with the CSV reader: rows keyed by a leading "item" column, each of
 // 0..n_items-1 exactly once; row_of[item] = (file, row).
 typedef struct {
-    Csv *csv;     // (n_files)
+    Csv *csv; // (n_files)
     int n_files;
     int *file_of; // (n_items)
     int *row_of;  // (n_items)
@@ -1812,16 +1816,21 @@ static int item_table_read(char **files, int n_files, int n_items, const char *h
                 rc = -1;
             else if (t->file_of[item] >= 0)
                 rc = err_input(err, "%s:%d: item %lld is in another row or shard too", files[f], r + 2, item);
-            else t->file_of[item] = f, t->row_of[item] = r;
+            else
+                t->file_of[item] = f, t->row_of[item] = r;
         }
     }
     for (int i = 0; i < n_items && rc == 0; i++)
-        if (t->file_of[i] < 0) rc = err_input(err, "%s: item %d of %d is in no shard (a shard is stale: rerun them all)", files[0], i, n_items);
+        if (t->file_of[i] < 0)
+            rc = err_input(err, "%s: item %d of %d is in no shard (a shard is stale: rerun them all)", files[0], i,
+                           n_items);
     if (rc) item_table_free(t);
     return rc;
 }
 
-static const char *item_cell(const ItemTable *t, int item, int col) { return csv_cell(&t->csv[t->file_of[item]], t->row_of[item], col); }
+static const char *item_cell(const ItemTable *t, int item, int col) {
+    return csv_cell(&t->csv[t->file_of[item]], t->row_of[item], col);
+}
 
 // A raw double as written by put_raw ("%.17g": the same double back), -1 if not a number.
 static int item_double(const ItemTable *t, int item, int col, double *out) {
@@ -1839,7 +1848,9 @@ static int analysis_shards(const Run *run, const char *rel, const char *stage, u
     char path[1200];
     run_path(run, path, sizeof path, rel);
     int rc = shard_set(run->id, path, digest, files, n, info, err);
-    if (rc == 0) return err_input(err, "no shards of %s in run %s (%s.shard-*): run it with --shard K/N first", stage, run->id, path);
+    if (rc == 0)
+        return err_input(err, "no shards of %s in run %s (%s.shard-*): run it with --shard K/N first", stage, run->id,
+                         path);
     if (rc > 0 && strcmp(info->stage, stage) != 0) {
         err_input(err, "%s: its shards were written by %s, not %s", path, info->stage, stage);
         shard_set_free(*files, *n);
@@ -1878,13 +1889,13 @@ static void lens_window_reads(Items *it) {
 }
 
 #define LENS_HEADER "run_id,kind,event_id,variant,problem_id,sample,pred_pos,onset_token_id,layer,logit,logprob,rank\n"
-#define LENS_WINDOW_HEADER \
+#define LENS_WINDOW_HEADER                                                                                             \
     "run_id,kind,event_id,variant,problem_id,sample,pred_pos,offset,pos,onset_token_id,layer,logit,logprob,rank\n"
 
 // Rows of logit_lens_window.csv from resid (n_reads, n_layers + 1, hidden) of the lens pass; a
 // shard's (global: each item's index among all, or NULL) start with the item.
-static void lens_window_csv(const Analysis *a, const Run *run, const char *variant, const float *resid, const int *global,
-                            Buf *csv) {
+static void lens_window_csv(const Analysis *a, const Run *run, const char *variant, const float *resid,
+                            const int *global, Buf *csv) {
     int L = a->m.cfg.n_layers, D = a->m.cfg.hidden_size, V = a->m.cfg.vocab_size;
     float *logits = xmalloc((size_t)(L + 1) * V * sizeof *logits); // (n_layers + 1, vocab)
     buf_puts(csv, global ? "item," LENS_WINDOW_HEADER : LENS_WINDOW_HEADER);
@@ -1921,8 +1932,8 @@ static void lens_window_csv(const Analysis *a, const Run *run, const char *varia
 
 int cmd_logit_lens(int argc, char **argv) {
     Opt opts[] = {OPT_CONFIG,
-                  OPT("--variant", 1, "variant whose baseline events to read (default [logit_lens] variant)"), OPT_SHARD,
-                  OPT_END};
+                  OPT("--variant", 1, "variant whose baseline events to read (default [logit_lens] variant)"),
+                  OPT_SHARD, OPT_END};
     Err err = {0};
     Config c;
     Run run;
@@ -1945,7 +1956,8 @@ int cmd_logit_lens(int argc, char **argv) {
             printf("logit-lens: shard %d/%d is already there\n", shard.k, shard.n);
             goto out;
         }
-        if (shard_begin(&run, path, &shard, &info, &err) || analysis_keep_shard(&a, &c, &shard, &global, &err)) goto out;
+        if (shard_begin(&run, path, &shard, &info, &err) || analysis_keep_shard(&a, &c, &shard, &global, &err))
+            goto out;
     }
     int n_layers = a.m.cfg.n_layers, hidden = a.m.cfg.hidden_size, vocab = a.m.cfg.vocab_size, n_slots = a.f.n_slots;
     lens_window_reads(&a.it);
@@ -2007,7 +2019,8 @@ int merge_logit_lens(const Config *c, const Run *run, Err *err) {
     char **files = NULL, path[1200];
     const char *rels[2] = {ART_LOGIT_LENS, ART_LOGIT_LENS_WINDOW}, *headers[2] = {LENS_HEADER, LENS_WINDOW_HEADER};
     ShardInfo info;
-    int n = 0, rc = analysis_shards(run, ART_LOGIT_LENS, "logit-lens", analysis_digest(c, run, NULL), &files, &n, &info, err);
+    int n = 0,
+        rc = analysis_shards(run, ART_LOGIT_LENS, "logit-lens", analysis_digest(c, run, NULL), &files, &n, &info, err);
     if (rc) return -1;
     Buf out[2] = {{0}, {0}};
     for (int part = 0; part < 2 && rc == 0; part++) {
@@ -2209,8 +2222,8 @@ static int scan_group(const Items *it, int s0, int n_slots, size_t max_positions
 // drop on events, on controls and their difference with 95% CIs from a bootstrap over problems
 // (events share completions, completions share problems), then the ranking and the outputs.
 // items (only is_control is read), problem_id and drop (n_items, 2 n_layers) are in item order.
-static int scan_summarize(const Config *c, const Run *run, const char *variant, int n_layers, const Item *items, int n_items,
-                          const char *const *problem_id, const double *drop, Err *err) {
+static int scan_summarize(const Config *c, const Run *run, const char *variant, int n_layers, const Item *items,
+                          int n_items, const char *const *problem_id, const double *drop, Err *err) {
     ScanResult *results = xcalloc((size_t)2 * n_layers, sizeof *results);
     double *vals = xmalloc((size_t)(n_items + 1) * sizeof *vals);
     int *cluster = xmalloc((size_t)(n_items + 1) * sizeof *cluster), n_events = 0;
@@ -2223,8 +2236,9 @@ static int scan_summarize(const Config *c, const Run *run, const char *variant, 
         Interval *out[3] = {&results[k].events, &results[k].controls, &results[k].specificity};
         for (int want = 0; want < 3; want++) {
             DropCtx x = {vals, cluster, items, n_items, want};
-            *out[want] = cluster_bootstrap95(stat_drop, &x, cl.n_clusters, STAT_RESAMPLES,
-                                             seed_mix(seed_mix((uint64_t)c->seed, 0xAB1A7E), (uint64_t)(3 * k + want)), 0, NULL);
+            *out[want] =
+                cluster_bootstrap95(stat_drop, &x, cl.n_clusters, STAT_RESAMPLES,
+                                    seed_mix(seed_mix((uint64_t)c->seed, 0xAB1A7E), (uint64_t)(3 * k + want)), 0, NULL);
         }
     }
     int rc = scan_write(c, run, variant, results, n_layers, n_events, n_items - n_events, err);
@@ -2244,8 +2258,8 @@ static void scan_shard_header(Buf *b, int n_layers) {
 
 int cmd_ablation_scan(int argc, char **argv) {
     Opt opts[] = {OPT_CONFIG,
-                  OPT("--variant", 1, "variant whose baseline events to scan (default [logit_lens] variant)"), OPT_SHARD,
-                  OPT_END};
+                  OPT("--variant", 1, "variant whose baseline events to scan (default [logit_lens] variant)"),
+                  OPT_SHARD, OPT_END};
     Err err = {0};
     Config c;
     Run run;
@@ -2393,8 +2407,8 @@ int cmd_ablation_scan(int argc, char **argv) {
         rc = write_file_atomic(shard_path, raw.data, raw.len, &err);
         if (rc == 0) rc = shard_finish(&run, path, &shard, &info, &err);
         if (rc == 0)
-            printf("ablation-scan: shard %d/%d: %d events, %d controls of %d completions of %d\n", shard.k, shard.n, a.it.n_events,
-                   a.it.n_items - a.it.n_events, a.it.n_seqs, info.units);
+            printf("ablation-scan: shard %d/%d: %d events, %d controls of %d completions of %d\n", shard.k, shard.n,
+                   a.it.n_events, a.it.n_items - a.it.n_events, a.it.n_seqs, info.units);
         buf_free(&raw);
         free(problem_id);
         goto out;
@@ -2411,7 +2425,10 @@ out:
             free(masks[k].mlp);
         }
     free(masks); free(attn_mean); free(mlp_mean); free(ablated); free(resid); free(clean_logits);
-    free(drop); free(clean_lp); free(item_read); free(global);
+    free(drop);
+    free(clean_lp);
+    free(item_read);
+    free(global);
     analysis_close(&a);
     config_free(&c);
     return err.msg[0] ? fail(&err) : 0;
@@ -2439,10 +2456,12 @@ int merge_ablation_scan(const Config *c, const Run *run, Err *err) {
         const char *kind = item_cell(&t, i, 1);
         items[i].is_control = strcmp(kind, "control") == 0;
         problem_id[i] = item_cell(&t, i, 2);
-        if (!items[i].is_control && strcmp(kind, "event") != 0) rc = err_input(err, "%s: item %d: kind '%s'", files[0], i, kind);
+        if (!items[i].is_control && strcmp(kind, "event") != 0)
+            rc = err_input(err, "%s: item %d: kind '%s'", files[0], i, kind);
         for (int k = 0; k < 2 * L && rc == 0; k++)
             if (item_double(&t, i, 3 + k, &drop[(size_t)i * 2 * L + k]))
-                rc = err_input(err, "%s: item %d: drop '%s' is not a number", files[t.file_of[i]], i, item_cell(&t, i, 3 + k));
+                rc = err_input(err, "%s: item %d: drop '%s' is not a number", files[t.file_of[i]], i,
+                               item_cell(&t, i, 3 + k));
     }
     if (rc == 0) rc = scan_summarize(c, run, info.what, L, items, n_items, problem_id, drop, err);
     if (rc == 0) printf("merge: ablation-scan of %s: %d shards, %d items\n", info.what, n, n_items);
@@ -2504,9 +2523,11 @@ static int collateral_summarize(const Config *c, const Run *run, const char *var
     int *cluster = xcalloc((size_t)n_recs + 1, sizeof *cluster);
     for (int r = 0; r < n_recs; r++) cluster[r] = cluster_of(&cl, problem_id[r]);
     Buf csv = {0};
-    buf_puts(&csv, "run_id,variant,condition,attn_layers,mlp_layers,completions,tokens,nll_clean,nll_ablated,nll_increase,"
-                   "ci_lo,ci_hi\n");
-    double *increase = xcalloc((size_t)cl.n_clusters + 1, sizeof *increase), *kept = xcalloc((size_t)cl.n_clusters + 1, sizeof *kept);
+    buf_puts(&csv,
+             "run_id,variant,condition,attn_layers,mlp_layers,completions,tokens,nll_clean,nll_ablated,nll_increase,"
+             "ci_lo,ci_hi\n");
+    double *increase = xcalloc((size_t)cl.n_clusters + 1, sizeof *increase),
+           *kept = xcalloc((size_t)cl.n_clusters + 1, sizeof *kept);
     for (int s = 0; s < n_sets; s++) {
         Condition cond = {s ? COND_RANDOM : COND_TARGETED, s};
         char name[64];
@@ -2556,7 +2577,8 @@ static void collateral_shard_header(Buf *b, int n_sets) {
 static const char *const collateral_inputs[] = {ART_SELECTED, ART_RANDOM_LAYERS, ART_MEANS, NULL};
 
 int cmd_collateral_damage(int argc, char **argv) {
-    Opt opts[] = {OPT_CONFIG, OPT("--variant", 1, "variant whose baseline completions to score (default [logit_lens] variant)"),
+    Opt opts[] = {OPT_CONFIG,
+                  OPT("--variant", 1, "variant whose baseline completions to score (default [logit_lens] variant)"),
                   OPT_SHARD, OPT_END};
     Err err = {0};
     Config c;
@@ -2602,7 +2624,8 @@ int cmd_collateral_damage(int argc, char **argv) {
     if (generations_read(path, &recs, &n_recs, &err)) goto out;
     shard_range(&shard, n_recs, &first_rec, &end_rec); // a shard scores its share of the completions
     if (shard.n) {
-        info = (ShardInfo){"collateral-damage", variant, n_recs, n_recs, analysis_digest(&c, &run, collateral_inputs), 0};
+        info =
+            (ShardInfo){"collateral-damage", variant, n_recs, n_recs, analysis_digest(&c, &run, collateral_inputs), 0};
         if (shard_done(&run, out_path, &shard, &info)) {
             printf("collateral-damage: shard %d/%d is already there\n", shard.k, shard.n);
             goto out;
@@ -2679,10 +2702,11 @@ int cmd_collateral_damage(int argc, char **argv) {
         rc = write_file_atomic(shard_path, raw.data, raw.len, &err);
         if (rc == 0) rc = shard_finish(&run, out_path, &shard, &info, &err);
         if (rc == 0)
-            printf("collateral-damage: shard %d/%d: %d of %d completions of %s under %d ablation sets\n", shard.k, shard.n,
-                   end_rec - first_rec, n_recs, variant, n_sets);
+            printf("collateral-damage: shard %d/%d: %d of %d completions of %s under %d ablation sets\n", shard.k,
+                   shard.n, end_rec - first_rec, n_recs, variant, n_sets);
         buf_free(&raw);
-    } else if (rc == 0 && collateral_summarize(&c, &run, variant, sets, n_sets, n_recs, problem_id, tokens_kept, nll, &err) == 0) {
+    } else if (rc == 0 &&
+               collateral_summarize(&c, &run, variant, sets, n_sets, n_recs, problem_id, tokens_kept, nll, &err) == 0) {
         printf("collateral-damage: %d completions of %s under %d ablation sets\n", n_recs, variant, n_sets);
     }
     free(problem_id);
@@ -2715,8 +2739,8 @@ int merge_collateral_damage(const Config *c, const Run *run, Err *err) {
     ModelConfig mc;
     int n = 0, n_sets = 1 + c->random_draws;
     if (model_config_read(c->model_path, &mc, err) ||
-        analysis_shards(run, ART_COLLATERAL, "collateral-damage", analysis_digest(c, run, collateral_inputs), &files, &n, &info,
-                        err))
+        analysis_shards(run, ART_COLLATERAL, "collateral-damage", analysis_digest(c, run, collateral_inputs), &files,
+                        &n, &info, err))
         return -1;
     int n_recs = info.items, rc = 0;
     LayerSet *sets = xcalloc((size_t)n_sets, sizeof *sets);
@@ -2733,7 +2757,8 @@ int merge_collateral_damage(const Config *c, const Run *run, Err *err) {
         problem_id[r] = item_cell(&t, r, 1);
         for (int k = 0; k <= n_sets + 1 && rc == 0; k++)
             if (item_double(&t, r, 2 + k, k ? &nll[(size_t)r * (n_sets + 1) + k - 1] : &tokens_kept[r]))
-                rc = err_input(err, "%s: completion %d: '%s' is not a number", files[t.file_of[r]], r, item_cell(&t, r, 2 + k));
+                rc = err_input(err, "%s: completion %d: '%s' is not a number", files[t.file_of[r]], r,
+                               item_cell(&t, r, 2 + k));
     }
     if (rc == 0) rc = collateral_summarize(c, run, info.what, sets, n_sets, n_recs, problem_id, tokens_kept, nll, err);
     if (rc == 0) printf("merge: collateral-damage of %s: %d shards, %d completions\n", info.what, n, n_recs);
@@ -3030,7 +3055,7 @@ typedef struct {
     ExactSum *sum;     // (2 folds, 2 sets, L + 1, hidden)
     ExactSum *sum_all; // (L + 1, hidden) over every read once
     long long count[4], count_all;
-    float *kept;       // (n_obs, L + 1, hidden) the sampled positions' residuals
+    float *kept; // (n_obs, L + 1, hidden) the sampled positions' residuals
 } DirSums;
 
 static void dir_sums_init(DirSums *ds, size_t per, int n_obs) {
@@ -3096,7 +3121,8 @@ static int directions_pass(const Config *c, const Model *m, const SteerSet *s, i
                     break;
                 }
                 ds->count_all++;
-                for (; next_obs < n_obs && (obs[next_obs].seq < i || (obs[next_obs].seq == i && obs[next_obs].read < r));
+                for (;
+                     next_obs < n_obs && (obs[next_obs].seq < i || (obs[next_obs].seq == i && obs[next_obs].read < r));
                      next_obs++) {}
                 for (int o = next_obs; o < n_obs && obs[o].seq == i && obs[o].read == r; o++)
                     memcpy(ds->kept + (size_t)o * per, x, per * sizeof *ds->kept);
@@ -3110,12 +3136,12 @@ static int directions_pass(const Config *c, const Model *m, const SteerSet *s, i
 
 // The summarizing half of directions (the merge of its shards runs it too): the directions, the
 // held-out AUROC of each layer, directions.csv and directions.safetensors.
-static int directions_write(const Config *c, const Run *run, const char *variant, const SteerSet *s, const SteerObs *obs,
-                            int n_obs, const DirSums *ds, int L, int D, Err *err) {
+static int directions_write(const Config *c, const Run *run, const char *variant, const SteerSet *s,
+                            const SteerObs *obs, int n_obs, const DirSums *ds, int L, int D, Err *err) {
     size_t per = (size_t)(L + 1) * D;
-    double *sum = xmalloc(4 * per * sizeof *sum);            // (2 folds, 2 sets, L + 1, hidden)
-    double *dir = xmalloc(per * sizeof *dir);                // (L + 1, hidden)
-    double *fold_dir = xmalloc(per * sizeof *fold_dir);      // (L + 1, hidden) the other fold's direction
+    double *sum = xmalloc(4 * per * sizeof *sum);       // (2 folds, 2 sets, L + 1, hidden)
+    double *dir = xmalloc(per * sizeof *dir);           // (L + 1, hidden)
+    double *fold_dir = xmalloc(per * sizeof *fold_dir); // (L + 1, hidden) the other fold's direction
     double *score = xmalloc((size_t)(n_obs + 1) * (L + 1) * sizeof *score); // (L + 1, n_obs) held-out projections
     float *directions = xmalloc(per * sizeof *directions), *mean_norm = xmalloc((size_t)(L + 1) * sizeof *mean_norm);
     for (size_t k = 0; k < 4 * per; k++) sum[k] = (double)ds->sum[k] / EXACT_SCALE;
@@ -3124,7 +3150,8 @@ static int directions_write(const Config *c, const Run *run, const char *variant
     for (int fold = 0; fold < 2; fold++) {
         steer_diff(sum, count, 1 - fold, per, fold_dir);
         for (int o = 0; o < n_obs; o++)
-            if (s->seq_fold[obs[o].seq] == fold) steer_project(ds->kept + (size_t)o * per, fold_dir, L, D, score + o, n_obs);
+            if (s->seq_fold[obs[o].seq] == fold)
+                steer_project(ds->kept + (size_t)o * per, fold_dir, L, D, score + o, n_obs);
     }
     steer_diff(sum, count, 2, per, dir);
     for (size_t k = 0; k < per; k++) directions[k] = (float)dir[k];
@@ -3195,8 +3222,10 @@ static int directions_write(const Config *c, const Run *run, const char *variant
     if (rc == 0) {
         printf("directions: %d completions, %lld positive and %lld negative positions, %d layers", s->n_seqs,
                count[0] + count[2], count[1] + count[3], L + 1);
-        if (best >= 0) printf("; best held-out AUROC %.3f at layer %d\n", best_auroc, best);
-        else printf("; no held-out AUROC (a fold lacks positives or negatives)\n");
+        if (best >= 0)
+            printf("; best held-out AUROC %.3f at layer %d\n", best_auroc, best);
+        else
+            printf("; no held-out AUROC (a fold lacks positives or negatives)\n");
     }
     free(auc);
     free(sum);
@@ -3213,8 +3242,9 @@ static int directions_write(const Config *c, const Run *run, const char *variant
 // (5 (L + 1) hidden 16-byte integers in this machine's byte order), the kept positions' indices
 // among the sample (int32) and their residuals (float32, (n_kept, L + 1, hidden)).
 #define DIRECTIONS_SHARDS "analysis/directions.bin" // never written: the name its shards derive from
-#define DIR_SHARD_HEADER "bt directions shard 1: layers %d hidden %d completions %d of %d from %d obs %d of %d " \
-                         "counts %lld %lld %lld %lld %lld\n"
+#define DIR_SHARD_HEADER                                                                                               \
+    "bt directions shard 1: layers %d hidden %d completions %d of %d from %d obs %d of %d "                            \
+    "counts %lld %lld %lld %lld %lld\n"
 
 static int directions_shard_write(const char *path, const SteerSet *s, int first, int end, const SteerObs *obs,
                                   int n_obs, const DirSums *ds, int L, int D, Err *err) {
@@ -3249,19 +3279,22 @@ static int directions_shard_add(const char *path, const SteerSet *s, const Steer
     long long cnt[5];
     char line[600];
     snprintf(line, sizeof line, "%.*s", nl ? (int)(nl - b.data + 1) : 0, nl ? b.data : "");
-    int got = nl ? sscanf(line, DIR_SHARD_HEADER, &l, &d, &n_seq, &n_all, &first, &n_kept, &n_obs_file, &cnt[0], &cnt[1],
-                          &cnt[2], &cnt[3], &cnt[4])
+    int got = nl ? sscanf(line, DIR_SHARD_HEADER, &l, &d, &n_seq, &n_all, &first, &n_kept, &n_obs_file, &cnt[0],
+                          &cnt[1], &cnt[2], &cnt[3], &cnt[4])
                  : 0;
     size_t head = nl ? (size_t)(nl - b.data) + 1 : 0;
     if (got != 12)
         rc = err_input(err, "%s:1: not a directions shard", path);
     else if (l != L || d != D || n_all != s->n_seqs || n_obs_file != n_obs || first < 0 || n_seq < 0 ||
              first + n_seq > n_all || n_kept < 0 || n_kept > n_obs)
-        rc = err_input(err, "%s:1: a shard of another model or of other completions (layers %d, hidden %d, %d completions, "
-                            "%d sampled positions; want %d, %d, %d, %d)", path, l, d, n_all, n_obs_file, L, D, s->n_seqs, n_obs);
+        rc = err_input(err,
+                       "%s:1: a shard of another model or of other completions (layers %d, hidden %d, %d completions, "
+                       "%d sampled positions; want %d, %d, %d, %d)",
+                       path, l, d, n_all, n_obs_file, L, D, s->n_seqs, n_obs);
     else if (b.len - head != 5 * per * sizeof(ExactSum) + (size_t)n_kept * (sizeof(int32_t) + per * sizeof(float)))
         rc = err_input(err, "%s: %zu bytes after the header line, not the %zu its header says (torn or foreign)", path,
-                       b.len - head, 5 * per * sizeof(ExactSum) + (size_t)n_kept * (sizeof(int32_t) + per * sizeof(float)));
+                       b.len - head,
+                       5 * per * sizeof(ExactSum) + (size_t)n_kept * (sizeof(int32_t) + per * sizeof(float)));
     if (rc == 0) {
         const char *at = b.data + head;
         ExactSum v;
@@ -3275,7 +3308,9 @@ static int directions_shard_add(const char *path, const SteerSet *s, const Steer
             memcpy(&o, at + (size_t)i * sizeof o, sizeof o);
             if (o < 0 || o >= n_obs || seen[o] || obs[o].seq < first || obs[o].seq >= first + n_seq)
                 rc = err_input(err, "%s: sampled position %d is not one of this shard's or comes twice", path, (int)o);
-            else seen[o] = 1, memcpy(ds->kept + (size_t)o * per, res + (size_t)i * per * sizeof(float), per * sizeof(float));
+            else
+                seen[o] = 1,
+                memcpy(ds->kept + (size_t)o * per, res + (size_t)i * per * sizeof(float), per * sizeof(float));
         }
     }
     buf_free(&b);
@@ -3283,7 +3318,8 @@ static int directions_shard_add(const char *path, const SteerSet *s, const Steer
 }
 
 int cmd_directions(int argc, char **argv) {
-    Opt opts[] = {OPT_CONFIG, OPT("--variant", 1, "variant whose completions hold the positives (default [logit_lens] variant)"),
+    Opt opts[] = {OPT_CONFIG,
+                  OPT("--variant", 1, "variant whose completions hold the positives (default [logit_lens] variant)"),
                   OPT_SHARD, OPT_END};
     Err err = {0};
     Config c;
@@ -3352,14 +3388,20 @@ int merge_directions(const Config *c, const Run *run, Err *err) {
     int n = 0, n_obs = 0, rc;
     snprintf(path, sizeof path, "%s/tokenizer.json", c->model_path);
     rc = model_config_read(c->model_path, &mc, err) ||
-         analysis_shards(run, DIRECTIONS_SHARDS, "directions", analysis_digest(c, run, NULL), &files, &n, &info, err) ||
-         tokenizer_load(&tok, path, err) || steer_set_load(c, run, tok, info.what, &s, err) ? -1 : 0;
+                 analysis_shards(run, DIRECTIONS_SHARDS, "directions", analysis_digest(c, run, NULL), &files, &n, &info,
+                                 err) ||
+                 tokenizer_load(&tok, path, err) || steer_set_load(c, run, tok, info.what, &s, err)
+             ? -1
+             : 0;
     int L = mc.n_layers, D = mc.hidden_size;
     if (rc == 0) {
         obs = steer_sample(&s, c->seed, &n_obs);
         if (s.n_seqs != info.units || n_obs != info.items)
-            rc = err_input(err, "%s: its shards were made from %d completions and %d sampled positions, the run has %d and %d "
-                                "now: rerun them", files[0], info.units, info.items, s.n_seqs, n_obs);
+            rc = err_input(
+                err,
+                "%s: its shards were made from %d completions and %d sampled positions, the run has %d and %d "
+                "now: rerun them",
+                files[0], info.units, info.items, s.n_seqs, n_obs);
     }
     if (rc == 0) {
         dir_sums_init(&ds, (size_t)(L + 1) * D, n_obs);

@@ -678,7 +678,8 @@ int run_generation_files(const Config *c, const Run *run, char ***paths, Err *er
         char **names = NULL;
         int n_names = 0;
         for (struct dirent *e; (e = readdir(d));) {
-            size_t len = strlen(e->d_name), stem = shard_name_stem(e->d_name, "jsonl"); // a shard names its condition too
+            size_t len = strlen(e->d_name),
+                   stem = shard_name_stem(e->d_name, "jsonl"); // a shard names its condition too
             if (stem ? memchr(e->d_name, '.', stem) != NULL
                      : len <= 6 || strcmp(e->d_name + len - 6, ".jsonl") != 0 || memchr(e->d_name, '.', len - 6))
                 continue;
@@ -713,7 +714,8 @@ int run_current(const Config *c, Run *run, Err *err) {
     snprintf(path, sizeof path, "%s/%s", c->runs_dir, CURRENT_RUN_FILE);
     Buf b = {0};
     Err ignored;
-    const char *pinned = getenv("BT_RUN_ID"); // bt slurm's jobs name their run: another run made current meanwhile is not theirs
+    const char *pinned =
+        getenv("BT_RUN_ID"); // bt slurm's jobs name their run: another run made current meanwhile is not theirs
     if (pinned && *pinned) {
         snprintf(path, sizeof path, "$BT_RUN_ID");
         buf_puts(&b, pinned);
@@ -900,7 +902,7 @@ out:
 // Shards: a stage's share K of N, its file names next to the unsharded output, its manifest,
 // and the set of shards a reader takes when the unsharded output is absent.
 
-#define SHARD_TAG ".shard-"        // <stem>.shard-KKK-of-NNN.<ext>
+#define SHARD_TAG ".shard-" // <stem>.shard-KKK-of-NNN.<ext>
 #define SHARD_MANIFEST_EXT "manifest.json"
 
 // A whole number of at most 9 digits in s[0..len), nothing else; -1 otherwise.
@@ -925,17 +927,21 @@ int shard_parse(const char *spec, Shard *s, Err *err) {
     long k, n;
     if (strcmp(spec, "auto") == 0) {
         long id = env_number("SLURM_ARRAY_TASK_ID");
-        if (id < 0) return err_input(err, "--shard auto: SLURM_ARRAY_TASK_ID is not set (not a Slurm array task): give --shard K/N");
+        if (id < 0)
+            return err_input(err,
+                             "--shard auto: SLURM_ARRAY_TASK_ID is not set (not a Slurm array task): give --shard K/N");
         if (getenv("BT_SHARDS")) {
             k = id, n = env_number("BT_SHARDS");
             if (n < 1) return err_input(err, "--shard auto: BT_SHARDS='%s' is not a shard count", getenv("BT_SHARDS"));
         } else {
             long min = env_number("SLURM_ARRAY_TASK_MIN"), count = env_number("SLURM_ARRAY_TASK_COUNT");
-            if (min < 0 || count < 1) return err_input(err, "--shard auto: SLURM_ARRAY_TASK_MIN or SLURM_ARRAY_TASK_COUNT is not set");
+            if (min < 0 || count < 1)
+                return err_input(err, "--shard auto: SLURM_ARRAY_TASK_MIN or SLURM_ARRAY_TASK_COUNT is not set");
             k = id - min + 1, n = count;
         }
         if (k < 1 || k > n || n > SHARD_MAX)
-            return err_input(err, "--shard auto: array task %ld is not one of shards 1..%ld (at most %d)", id, n, SHARD_MAX);
+            return err_input(err, "--shard auto: array task %ld is not one of shards 1..%ld (at most %d)", id, n,
+                             SHARD_MAX);
     } else {
         const char *slash = strchr(spec, '/');
         k = slash ? whole_number(spec, (size_t)(slash - spec)) : -1;
@@ -999,7 +1005,8 @@ void shard_info_free(ShardInfo *info) {
     memset(info, 0, sizeof *info);
 }
 
-static int manifest_write(const Run *run, const char *path, const Shard *s, const ShardInfo *info, int finished, Err *err) {
+static int manifest_write(const Run *run, const char *path, const Shard *s, const ShardInfo *info, int finished,
+                          Err *err) {
     char mpath[1300];
     shard_file_ext(path, s, SHARD_MANIFEST_EXT, mpath, sizeof mpath);
     int first, end;
@@ -1011,9 +1018,11 @@ static int manifest_write(const Run *run, const char *path, const Shard *s, cons
     buf_json_string(&b, info->stage, strlen(info->stage));
     buf_puts(&b, ", \"what\": ");
     buf_json_string(&b, info->what, strlen(info->what));
-    buf_printf(&b, ", \"shard\": %d, \"n_shards\": %d, \"units\": %d, \"first_unit\": %d, \"end_unit\": %d, \"items\": %d, "
-                   "\"digest\": \"fnv1a64:%016llx\", \"finished\": %s}\n",
-               s->k, s->n, info->units, first, end, info->items, (unsigned long long)info->digest, finished ? "true" : "false");
+    buf_printf(&b,
+               ", \"shard\": %d, \"n_shards\": %d, \"units\": %d, \"first_unit\": %d, \"end_unit\": %d, \"items\": %d, "
+               "\"digest\": \"fnv1a64:%016llx\", \"finished\": %s}\n",
+               s->k, s->n, info->units, first, end, info->items, (unsigned long long)info->digest,
+               finished ? "true" : "false");
     int rc = write_file_atomic(mpath, b.data, b.len, err);
     buf_free(&b);
     return rc;
@@ -1031,7 +1040,8 @@ static int manifest_read(const char *mpath, Manifest *m, Err *err) {
     long long v[7] = {0};
     static const char *const keys[7] = {"shard", "n_shards", "units", "first_unit", "end_unit", "items", "finished"};
     int ok = 1;
-    for (int i = 0; i < 6; i++) ok = ok && json_int(&j, json_key(&j, 0, keys[i]), &v[i]) == 0 && v[i] >= -1 && v[i] <= INT32_MAX;
+    for (int i = 0; i < 6; i++)
+        ok = ok && json_int(&j, json_key(&j, 0, keys[i]), &v[i]) == 0 && v[i] >= -1 && v[i] <= INT32_MAX;
     int finished = 0;
     ok = ok && json_bool(&j, json_key(&j, 0, "finished"), &finished) == 0;
     m->run_id = json_strdup(&j, json_key(&j, 0, "run_id"));
@@ -1053,8 +1063,8 @@ static int manifest_read(const char *mpath, Manifest *m, Err *err) {
 }
 
 static int same_info(const ShardInfo *a, const ShardInfo *b) {
-    return strcmp(a->stage, b->stage) == 0 && strcmp(a->what, b->what) == 0 && a->units == b->units && a->items == b->items &&
-           a->digest == b->digest;
+    return strcmp(a->stage, b->stage) == 0 && strcmp(a->what, b->what) == 0 && a->units == b->units &&
+           a->items == b->items && a->digest == b->digest;
 }
 
 // The shard names of path in its directory (data files and manifests): each (k, n) once, sorted by k then n.
@@ -1077,7 +1087,8 @@ static int shard_names(const char *path, int (*kn)[2], int max, int *n_found) {
     }
     closedir(d);
     for (int i = 1; i < *n_found; i++) // insertion sort: a few hundred at most
-        for (int j = i; j > 0 && (kn[j][0] < kn[j - 1][0] || (kn[j][0] == kn[j - 1][0] && kn[j][1] < kn[j - 1][1])); j--) {
+        for (int j = i; j > 0 && (kn[j][0] < kn[j - 1][0] || (kn[j][0] == kn[j - 1][0] && kn[j][1] < kn[j - 1][1]));
+             j--) {
             int t0 = kn[j][0], t1 = kn[j][1];
             kn[j][0] = kn[j - 1][0], kn[j][1] = kn[j - 1][1], kn[j - 1][0] = t0, kn[j - 1][1] = t1;
         }
@@ -1093,7 +1104,8 @@ int shard_begin(const Run *run, const char *path, const Shard *s, const ShardInf
     char file[1300], mpath[1300];
     shard_file(path, s, file, sizeof file);
     if (info->append && path_exists(path))
-        return err_input(err, "%s exists: this output was made unsharded or its shards are merged (remove it to make shards)", path);
+        return err_input(
+            err, "%s exists: this output was made unsharded or its shards are merged (remove it to make shards)", path);
     static int kn[4 * SHARD_MAX][2];
     int n_found;
     shard_names(path, kn, 4 * SHARD_MAX, &n_found);
@@ -1101,22 +1113,28 @@ int shard_begin(const Run *run, const char *path, const Shard *s, const ShardInf
         if (kn[i][1] != s->n) {
             Shard other = {kn[i][0], kn[i][1]};
             shard_file(path, &other, mpath, sizeof mpath);
-            return err_input(err, "%s: shards of this output by N = %d are there, and one output is split one way (remove "
-                                  "them to shard it by %d)", mpath, other.n, s->n);
+            return err_input(err,
+                             "%s: shards of this output by N = %d are there, and one output is split one way (remove "
+                             "them to shard it by %d)",
+                             mpath, other.n, s->n);
         }
     shard_file_ext(path, s, SHARD_MANIFEST_EXT, mpath, sizeof mpath);
     if (path_exists(file) || path_exists(mpath)) { // left by an earlier try of this shard: of this run and stage?
         Manifest m;
-        if (!path_exists(mpath)) return err_input(err, "%s has no manifest %s: not written by this shard; remove it", file, mpath);
+        if (!path_exists(mpath))
+            return err_input(err, "%s has no manifest %s: not written by this shard; remove it", file, mpath);
         if (manifest_read(mpath, &m, err)) return -1;
         int rc = 0;
         if (strcmp(m.run_id, run->id) != 0)
             rc = err_input(err, "%s belongs to run %s, not to run %s: remove it", mpath, m.run_id, run->id);
         else if (strcmp(m.info.stage, info->stage) != 0 || strcmp(m.info.what, info->what) != 0)
-            rc = err_input(err, "%s was written by %s of %s, not %s of %s", mpath, m.info.stage, m.info.what, info->stage, info->what);
+            rc = err_input(err, "%s was written by %s of %s, not %s of %s", mpath, m.info.stage, m.info.what,
+                           info->stage, info->what);
         else if (info->append && !same_info(&m.info, info) && path_exists(file))
-            rc = err_input(err, "%s was started under another config or inputs (digest, units): remove it to start this shard again",
-                           file);
+            rc = err_input(
+                err,
+                "%s was started under another config or inputs (digest, units): remove it to start this shard again",
+                file);
         manifest_free(&m);
         if (rc) return rc;
     }
@@ -1145,8 +1163,8 @@ void shard_set_free(char **files, int n) {
     free(files);
 }
 
-int shard_set(const char *run_id, const char *path, uint64_t want_digest, char ***files_out, int *n_shards, ShardInfo *info,
-              Err *err) {
+int shard_set(const char *run_id, const char *path, uint64_t want_digest, char ***files_out, int *n_shards,
+              ShardInfo *info, Err *err) {
     *files_out = NULL;
     *n_shards = 0;
     static int kn[4 * SHARD_MAX][2];
@@ -1159,7 +1177,8 @@ int shard_set(const char *run_id, const char *path, uint64_t want_digest, char *
             Shard x = {kn[0][0], n}, y = {kn[i][0], kn[i][1]};
             shard_file(path, &x, a, sizeof a);
             shard_file(path, &y, b, sizeof b);
-            return err_input(err, "%s and %s: shards of one output with different N (%d and %d); remove the stale set", a, b, n, y.n);
+            return err_input(err, "%s and %s: shards of one output with different N (%d and %d); remove the stale set",
+                             a, b, n, y.n);
         }
     // Every shard's data file must be there: name the missing ones.
     Buf missing = {0};
@@ -1172,7 +1191,8 @@ int shard_set(const char *run_id, const char *path, uint64_t want_digest, char *
     }
     if (n_missing) {
         if (n_missing > 8) buf_printf(&missing, " and %d more", n_missing - 8);
-        err_input(err, "%s is not there and its shards have holes: %d of %d missing: %s", path, n_missing, n, missing.data);
+        err_input(err, "%s is not there and its shards have holes: %d of %d missing: %s", path, n_missing, n,
+                  missing.data);
         buf_free(&missing);
         return -1;
     }
@@ -1200,13 +1220,19 @@ int shard_set(const char *run_id, const char *path, uint64_t want_digest, char *
         else if (!m.finished)
             rc = err_input(err, "%s is unfinished: its task stopped or still runs (run shard %d/%d again)", a, k, n);
         else if (k > 1 && !same_info(&m.info, &first.info))
-            rc = err_input(err, "%s and shard 1 of %d disagree on what they hold (%s of %s; digest, units or items): "
-                                "rerun the stale shards", a, n, m.info.stage, m.info.what);
+            rc = err_input(err,
+                           "%s and shard 1 of %d disagree on what they hold (%s of %s; digest, units or items): "
+                           "rerun the stale shards",
+                           a, n, m.info.stage, m.info.what);
         else if (want_digest && m.info.digest != want_digest)
-            rc = err_input(err, "%s was computed from other inputs than the run's current ones (config or input files "
-                                "changed): rerun its shards", a);
-        if (k == 1) first = m;
-        else manifest_free(&m);
+            rc = err_input(err,
+                           "%s was computed from other inputs than the run's current ones (config or input files "
+                           "changed): rerun its shards",
+                           a);
+        if (k == 1)
+            first = m;
+        else
+            manifest_free(&m);
     }
     if (rc) {
         manifest_free(&first);

@@ -1048,8 +1048,9 @@ typedef struct {
 // + 1 of N = SLURM_ARRAY_TASK_COUNT, or, when BT_SHARDS is set (bt slurm's scripts set it, so a task
 // resubmitted alone keeps its shard), K = SLURM_ARRAY_TASK_ID of N = BT_SHARDS. NULL: not sharded.
 int shard_parse(const char *spec, Shard *s, Err *err);
-#define OPT_SHARD OPT("--shard", 1, "K/N: do the K-th of N shares and write shard files; auto: from the Slurm job array")
-void shard_range(const Shard *s, int n_units, int *first, int *end); // the shard's units [first, end)
+#define OPT_SHARD                                                                                                      \
+    OPT("--shard", 1, "K/N: do the K-th of N shares and write shard files; auto: from the Slurm job array")
+void shard_range(const Shard *s, int n_units, int *first, int *end);    // the shard's units [first, end)
 void shard_file(const char *path, const Shard *s, char *out, size_t n); // dir/stem.ext -> dir/stem.shard-KKK-of-NNN.ext
 // Length of the stem when name (no directory) is "<stem>.shard-KKK-of-NNN.<ext>" with this ext, else 0.
 size_t shard_name_stem(const char *name, const char *ext);
@@ -1067,10 +1068,10 @@ int shard_done(const Run *run, const char *path, const Shard *s, const ShardInfo
 int shard_set(const char *run_id, const char *path, uint64_t want_digest, char ***files, int *n_shards, ShardInfo *info,
               Err *err);
 void shard_set_free(char **files, int n);
-void shard_info_free(ShardInfo *info); // frees what shard_set's info received
+void shard_info_free(ShardInfo *info);   // frees what shard_set's info received
 int exists_or_sharded(const char *path); // the unsharded file or any shard of it is there
 uint64_t config_digest(const Config *c); // fnv1a64 of the resolved config: every key's effective value
-uint64_t file_digest(const char *path);   // fnv1a64 of a file's bytes, 0 when it cannot be read
+uint64_t file_digest(const char *path);  // fnv1a64 of a file's bytes, 0 when it cannot be read
 // The run id of a path inside a run folder: runs_dir/<id>/generations/<variant>/<condition>.jsonl.
 void run_id_of_generation_path(const char *path, char *id, size_t n);
 // Each unsharded generation file of the run that is missing while its shards are all there: their

@@ -16,8 +16,11 @@
 // bt merge --stage S
 
 int cmd_merge(int argc, char **argv) {
-    Opt opts[] = {OPT_CONFIG, OPT("--stage", 1, "generate (every sharded generation file) | logit-lens | ablation-scan | collateral-damage | directions"),
-                  OPT_END};
+    Opt opts[] = {
+        OPT_CONFIG,
+        OPT("--stage", 1,
+            "generate (every sharded generation file) | logit-lens | ablation-scan | collateral-damage | directions"),
+        OPT_END};
     Err err = {0};
     Config c;
     Run run;
@@ -26,11 +29,13 @@ int cmd_merge(int argc, char **argv) {
     const char *stage = opt_str(opts, "--stage", NULL);
     int n_merged = 0;
     if (!stage) {
-        err_input(&err, "merge: --stage is required: generate, logit-lens, ablation-scan, collateral-damage or directions");
+        err_input(&err,
+                  "merge: --stage is required: generate, logit-lens, ablation-scan, collateral-damage or directions");
     } else if (strcmp(stage, "generate") == 0) {
-        // Files already whole (merged before, or never sharded) are left as they are, so a chain resubmitted goes through.
+        // Files already whole (merged before, or never sharded) are left as they are: a resubmitted chain goes through.
         if (merge_generations(&c, &run, &n_merged, &err) == 0)
-            printf("merge: %d generation file%s of run %s put together from their shards\n", n_merged, n_merged == 1 ? "" : "s", run.id);
+            printf("merge: %d generation file%s of run %s put together from their shards\n", n_merged,
+                   n_merged == 1 ? "" : "s", run.id);
     } else if (strcmp(stage, "logit-lens") == 0) {
         merge_logit_lens(&c, &run, &err);
     } else if (strcmp(stage, "ablation-scan") == 0) {
@@ -40,7 +45,9 @@ int cmd_merge(int argc, char **argv) {
     } else if (strcmp(stage, "directions") == 0) {
         merge_directions(&c, &run, &err);
     } else {
-        err_input(&err, "merge: --stage '%s': give generate, logit-lens, ablation-scan, collateral-damage or directions", stage);
+        err_input(&err,
+                  "merge: --stage '%s': give generate, logit-lens, ablation-scan, collateral-damage or directions",
+                  stage);
     }
     config_free(&c);
     return err.msg[0] ? fail(&err) : 0;
@@ -70,9 +77,15 @@ static const SlurmStage slurm_stages[] = {
     {"generate-targeted", 1, 0, "merge-analyses", {"generate --condition targeted_ablation --variant @V"}},
     {"generate-random", 1, 0, "merge-analyses", {"generate --condition random_ablation --variant @V"}},
     {"collateral-damage", 1, 0, "merge-analyses", {"collateral-damage --variant @V"}},
-    {"generate-steer", 1, 1, "merge-directions",
+    {"generate-steer",
+     1,
+     1,
+     "merge-directions",
      {"generate --condition steer", "generate --condition steer_random", "generate --condition project_out"}},
-    {"report", 0, 0, "generate-targeted generate-random collateral-damage generate-steer",
+    {"report",
+     0,
+     0,
+     "generate-targeted generate-random collateral-damage generate-steer",
      {"merge --stage generate", "merge --stage collateral-damage", "detect-events", "compare-conditions --variant @V",
       "formatting-sweep", "steering-sweep", "make-report"}},
 };
@@ -82,8 +95,10 @@ static const SlurmStage slurm_stages[] = {
 static void sh_quote(Buf *b, const char *s) {
     buf_putc(b, '\'');
     for (; *s; s++) {
-        if (*s == '\'') buf_puts(b, "'\\''");
-        else buf_putc(b, *s);
+        if (*s == '\'')
+            buf_puts(b, "'\\''");
+        else
+            buf_putc(b, *s);
     }
     buf_putc(b, '\'');
 }
@@ -127,18 +142,22 @@ static void stage_script(const SlurmPlan *p, const SlurmStage *st, Buf *b) {
     } else {
         buf_printf(b, "#SBATCH --output=%s/logs/%s-%%j.log\n", p->dir, st->name);
     }
-    if (p->cpus) buf_printf(b, "#SBATCH --ntasks=1\n#SBATCH --cpus-per-task=%d\n", p->cpus);
-    else buf_puts(b, "#SBATCH --ntasks=1\n#SBATCH --exclusive\n"); // a whole node per task: threads = its cores
-    if (st->array) buf_puts(b, "#SBATCH --requeue\n"); // a preempted shard comes back and resumes
+    if (p->cpus)
+        buf_printf(b, "#SBATCH --ntasks=1\n#SBATCH --cpus-per-task=%d\n", p->cpus);
+    else
+        buf_puts(b, "#SBATCH --ntasks=1\n#SBATCH --exclusive\n"); // a whole node per task: threads = its cores
+    if (st->array) buf_puts(b, "#SBATCH --requeue\n");            // a preempted shard comes back and resumes
     if (p->partition) buf_printf(b, "#SBATCH --partition=%s\n", p->partition);
     if (p->time) buf_printf(b, "#SBATCH --time=%s\n", p->time);
     for (int i = 0; i < p->n_extra; i++) buf_printf(b, "#SBATCH %s\n", p->extra[i]);
-    buf_printf(b, "# Stage %s of bt's pipeline for run %s, written by bt slurm; %s/submit.sh chains the stages.\n", st->name,
-               p->run_id, p->dir);
+    buf_printf(b, "# Stage %s of bt's pipeline for run %s, written by bt slurm; %s/submit.sh chains the stages.\n",
+               st->name, p->run_id, p->dir);
     if (st->array)
-        buf_printf(b, "# Task K of the array does shard K of %d (--shard auto reads SLURM_ARRAY_TASK_ID and BT_SHARDS), so a\n"
-                      "# task resubmitted alone (sbatch --array=K) does the same shard; it resumes what it had done.\n",
-                   p->shards);
+        buf_printf(
+            b,
+            "# Task K of the array does shard K of %d (--shard auto reads SLURM_ARRAY_TASK_ID and BT_SHARDS), so a\n"
+            "# task resubmitted alone (sbatch --array=K) does the same shard; it resumes what it had done.\n",
+            p->shards);
     buf_puts(b, "set -eu\n");
     buf_printf(b, "export BT_RUN_ID=%s BT_SHARDS=%d\n", p->run_id, p->shards);
     buf_puts(b, "BT=");
@@ -151,7 +170,8 @@ static void stage_script(const SlurmPlan *p, const SlurmStage *st, Buf *b) {
         buf_printf(&meta, "%s/%s/%s", p->c->runs_dir, p->run_id, ART_META);
         buf_puts(b, "if [ ! -f ");
         sh_quote(b, meta.data);
-        buf_printf(b, " ]; then \"$BT\" init-run --config \"$CONFIG\" --threads %d --run-id %s; fi\n", p->cpus, p->run_id);
+        buf_printf(b, " ]; then \"$BT\" init-run --config \"$CONFIG\" --threads %d --run-id %s; fi\n", p->cpus,
+                   p->run_id);
         buf_free(&meta);
     }
     for (int k = 0; k < 8 && st->commands[k]; k++) {
@@ -160,8 +180,10 @@ static void stage_script(const SlurmPlan *p, const SlurmStage *st, Buf *b) {
         for (const char *s = st->commands[k]; *s;) {
             const char *sp = strchr(s, ' ');
             size_t len = sp ? (size_t)(sp - s) : strlen(s);
-            if (len == 2 && memcmp(s, "@V", 2) == 0) sh_quote(b, p->c->lens_variant);
-            else buf_append(b, s, len);
+            if (len == 2 && memcmp(s, "@V", 2) == 0)
+                sh_quote(b, p->c->lens_variant);
+            else
+                buf_append(b, s, len);
             s += len;
             if (*s) buf_putc(b, *s++);
         }
@@ -171,18 +193,19 @@ static void stage_script(const SlurmPlan *p, const SlurmStage *st, Buf *b) {
 
 // submit.sh: the chain, with the stage graph of slurm_stages.
 static void submit_script(const SlurmPlan *p, Buf *b) {
-    buf_printf(b, "#!/bin/sh\n"
-                  "# Submits bt's pipeline for run %s as a chain of Slurm jobs (written by bt slurm).\n"
-                  "# usage: submit.sh [STAGE [TASKS]]\n"
-                  "#   STAGE: submit STAGE and every stage that waits for it (default: the whole chain)\n"
-                  "#   TASKS: which of STAGE's array tasks (e.g. 3 or 1,3; default all)\n"
-                  "# Prints \"stage job_id\" per job and appends them to jobs.txt. Resubmitting a stage after a failed\n"
-                  "# or cancelled task cancels the jobs of an earlier submission that wait behind it (they would\n"
-                  "# wait forever); a stage waits for the jobs of an earlier submission it reads from that are\n"
-                  "# still queued or running. Generation shards resume; finished analysis shards are skipped.\n"
-                  "set -eu\n"
-                  "cd \"$(dirname \"$0\")\"\n"
-                  "stages=\"",
+    buf_printf(b,
+               "#!/bin/sh\n"
+               "# Submits bt's pipeline for run %s as a chain of Slurm jobs (written by bt slurm).\n"
+               "# usage: submit.sh [STAGE [TASKS]]\n"
+               "#   STAGE: submit STAGE and every stage that waits for it (default: the whole chain)\n"
+               "#   TASKS: which of STAGE's array tasks (e.g. 3 or 1,3; default all)\n"
+               "# Prints \"stage job_id\" per job and appends them to jobs.txt. Resubmitting a stage after a failed\n"
+               "# or cancelled task cancels the jobs of an earlier submission that wait behind it (they would\n"
+               "# wait forever); a stage waits for the jobs of an earlier submission it reads from that are\n"
+               "# still queued or running. Generation shards resume; finished analysis shards are skipped.\n"
+               "set -eu\n"
+               "cd \"$(dirname \"$0\")\"\n"
+               "stages=\"",
                p->run_id);
     for (int i = 0, n = 0; i < N_SLURM_STAGES; i++)
         if (slurm_stage_on(p, &slurm_stages[i])) buf_printf(b, "%s%s", n++ ? " " : "", slurm_stages[i].name);
@@ -248,16 +271,17 @@ static void submit_script(const SlurmPlan *p, Buf *b) {
 }
 
 int cmd_slurm(int argc, char **argv) {
-    Opt opts[] = {OPT_CONFIG,
-                  OPT("--shards", 1, "shards of every heavy stage: tasks of each job array (default 4)"),
-                  OPT("--partition", 1, "Slurm partition"),
-                  OPT("--time", 1, "time limit of each job, as sbatch takes it (e.g. 4:00:00)"),
-                  OPT("--cpus", 1, "cores per task (--cpus-per-task, and bt --threads); default: a whole node per task"),
-                  OPT("--sbatch", 1, "one more sbatch option for every job, e.g. --account=x (repeatable)"),
-                  OPT("--run-id", 1, "the run the chain makes (default: UTC YYYYMMDD_HHMMSS); an existing run is continued"),
-                  OPT("--dir", 1, "where the scripts go (default slurm/<run id>)"),
-                  OPT("--submit", 0, "submit the chain (sh DIR/submit.sh: sbatch --parsable) and print the job ids"),
-                  OPT_END};
+    Opt opts[] = {
+        OPT_CONFIG,
+        OPT("--shards", 1, "shards of every heavy stage: tasks of each job array (default 4)"),
+        OPT("--partition", 1, "Slurm partition"),
+        OPT("--time", 1, "time limit of each job, as sbatch takes it (e.g. 4:00:00)"),
+        OPT("--cpus", 1, "cores per task (--cpus-per-task, and bt --threads); default: a whole node per task"),
+        OPT("--sbatch", 1, "one more sbatch option for every job, e.g. --account=x (repeatable)"),
+        OPT("--run-id", 1, "the run the chain makes (default: UTC YYYYMMDD_HHMMSS); an existing run is continued"),
+        OPT("--dir", 1, "where the scripts go (default slurm/<run id>)"),
+        OPT("--submit", 0, "submit the chain (sh DIR/submit.sh: sbatch --parsable) and print the job ids"),
+        OPT_END};
     Err err = {0};
     int r = opts_parse(opts, argc, argv, &err);
     if (r) return r < 0 ? fail(&err) : 0;
@@ -271,7 +295,8 @@ int cmd_slurm(int argc, char **argv) {
     const Opt *extra = NULL;
     for (const Opt *o = opts; o->name; o++)
         if (strcmp(o->name, "--sbatch") == 0) extra = o;
-    if (opt_int(opts, "--shards", 1, SHARD_MAX, 4, &shards, &err) || opt_int(opts, "--cpus", 1, 4096, 0, &cpus, &err)) goto out;
+    if (opt_int(opts, "--shards", 1, SHARD_MAX, 4, &shards, &err) || opt_int(opts, "--cpus", 1, 4096, 0, &cpus, &err))
+        goto out;
     if ((p.partition && !sbatch_value_ok(p.partition)) || (p.time && !sbatch_value_ok(p.time))) {
         err_input(&err, "slurm: --partition and --time take one word (no spaces or quotes)");
         goto out;
@@ -282,15 +307,17 @@ int cmd_slurm(int argc, char **argv) {
             goto out;
         }
     if (!config_variant(&c, c.lens_variant)) {
-        err_input(&err, "%s: [logit_lens] variant %s has no [variant.%s] section", c.file, c.lens_variant, c.lens_variant);
+        err_input(&err, "%s: [logit_lens] variant %s has no [variant.%s] section", c.file, c.lens_variant,
+                  c.lens_variant);
         goto out;
     }
     const char *given = opt_str(opts, "--run-id", NULL);
     if (given) {
         snprintf(run_id, sizeof run_id, "%.99s", given);
         for (const char *s = given; *s; s++)
-            if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '_' || *s == '-' ||
-                  *s == '.') || strlen(given) > 99) {
+            if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '_' ||
+                  *s == '-' || *s == '.') ||
+                strlen(given) > 99) {
                 err_input(&err, "--run-id '%s': use letters, digits, _ - . (at most 99)", given);
                 goto out;
             }
@@ -312,11 +339,15 @@ int cmd_slurm(int argc, char **argv) {
         goto out;
     }
     const char *dir_opt = opt_str(opts, "--dir", NULL);
-    if (dir_opt && dir_opt[0] == '/') snprintf(dir, sizeof dir, "%s", dir_opt);
-    else if (dir_opt) snprintf(dir, sizeof dir, "%s/%s", cwd, dir_opt);
-    else snprintf(dir, sizeof dir, "%s/slurm/%s", cwd, run_id);
+    if (dir_opt && dir_opt[0] == '/')
+        snprintf(dir, sizeof dir, "%s", dir_opt);
+    else if (dir_opt)
+        snprintf(dir, sizeof dir, "%s/%s", cwd, dir_opt);
+    else
+        snprintf(dir, sizeof dir, "%s/slurm/%s", cwd, run_id);
     if (!sbatch_value_ok(dir) || !sbatch_value_ok(cwd)) {
-        err_input(&err, "slurm: %s: the scripts' paths must not hold spaces or quotes (sbatch reads them unquoted)", dir);
+        err_input(&err, "slurm: %s: the scripts' paths must not hold spaces or quotes (sbatch reads them unquoted)",
+                  dir);
         goto out;
     }
     self_path(bt, sizeof bt);
@@ -329,8 +360,10 @@ int cmd_slurm(int argc, char **argv) {
         if (i < N_SLURM_STAGES && !slurm_stage_on(&p, &slurm_stages[i])) continue;
         n_on += i < N_SLURM_STAGES;
         script.len = 0;
-        if (i < N_SLURM_STAGES) stage_script(&p, &slurm_stages[i], &script);
-        else submit_script(&p, &script);
+        if (i < N_SLURM_STAGES)
+            stage_script(&p, &slurm_stages[i], &script);
+        else
+            submit_script(&p, &script);
         snprintf(path, sizeof path, "%s/%s%s", dir, i < N_SLURM_STAGES ? slurm_stages[i].name : "submit",
                  i < N_SLURM_STAGES ? ".sbatch" : ".sh");
         if (write_file_atomic(path, script.data, script.len, &err)) goto out;

@@ -471,8 +471,8 @@ static int generate_variant(const Config *c, const Run *run, const Model *m, con
     Buf set_json = {0};
     layer_set_json(&set_json, set);
     if (steering_json) buf_puts(&set_json, steering_json); // a steered file depends on its vector too
-    ShardInfo info = {"generate", what, n_problems, -1,
-                      seed_mix(config_digest(c), fnv1a64(set_json.data, set_json.len)), 1};
+    ShardInfo info = {
+        "generate", what, n_problems, -1, seed_mix(config_digest(c), fnv1a64(set_json.data, set_json.len)), 1};
     buf_free(&set_json);
     int first_problem, end_problem;
     shard_range(shard, n_problems, &first_problem, &end_problem);
@@ -817,8 +817,8 @@ static int generate_steered(const Config *c, const Run *run, const Model *m, con
             buf_puts(&json, ", \"norm\": ");
             buf_json_double(&json, norm_of(vec, d.hidden));
             buf_puts(&json, "}");
-            rc = generate_variant(c, run, m, tok, problems, n_problems, config_variant(c, name), sc[i].name, &mask, &none,
-                                  json.data, shard, err);
+            rc = generate_variant(c, run, m, tok, problems, n_problems, config_variant(c, name), sc[i].name, &mask,
+                                  &none, json.data, shard, err);
             buf_free(&json);
         }
     }

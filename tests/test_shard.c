@@ -11,7 +11,8 @@ static void t_shard_parse(void) {
     CHECK(shard_parse("3/8", &s, &err) == 0 && s.k == 3 && s.n == 8);
     CHECK(shard_parse("1/1", &s, &err) == 0 && s.k == 1 && s.n == 1);
     CHECK(shard_parse("999/999", &s, &err) == 0 && s.k == 999);
-    const char *bad[] = {"0/4", "5/4", "x/y", "3", "/4", "3/", "-1/4", "1/1000", "1/0", " 1/4", "1/4 ", "1//4", "01/4x", ""};
+    const char *bad[] = {"0/4",    "5/4", "x/y",  "3",    "/4",   "3/",    "-1/4",
+                         "1/1000", "1/0", " 1/4", "1/4 ", "1//4", "01/4x", ""};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err = (Err){0};
         CHECKF(shard_parse(bad[i], &s, &err) == -1 && err.code == EXIT_BAD_INPUT && strstr(err.msg, "--shard"),
@@ -46,12 +47,14 @@ static void t_shard_range(void) {
                 Shard s = {k, n};
                 int first, end;
                 shard_range(&s, units, &first, &end);
-                CHECKF(first == next && end >= first, "units %d, shard %d/%d: [%d, %d) after %d", units, k, n, first, end, next);
+                CHECKF(first == next && end >= first, "units %d, shard %d/%d: [%d, %d) after %d", units, k, n, first,
+                       end, next);
                 next = end;
                 if (end - first < min) min = end - first;
                 if (end - first > max) max = end - first;
             }
-            CHECKF(next == units && max - min <= 1, "units %d in %d shards: cover %d, sizes %d..%d", units, n, next, min, max);
+            CHECKF(next == units && max - min <= 1, "units %d in %d shards: cover %d, sizes %d..%d", units, n, next,
+                   min, max);
         }
     Shard whole = {0, 0};
     int first, end;
@@ -104,7 +107,8 @@ static void t_shard_set(void) {
     }
     CHECK(exists_or_sharded(path));
     err = (Err){0};
-    CHECK(shard_set(run.id, path, 0, &files, &n, NULL, &err) == -1 && strstr(err.msg, "shard-002-of-003.csv is unfinished"));
+    CHECK(shard_set(run.id, path, 0, &files, &n, NULL, &err) == -1 &&
+          strstr(err.msg, "shard-002-of-003.csv is unfinished"));
     Shard two = {2, 3};
     CHECK(shard_finish(&run, path, &two, &info, &err) == 0);
     ShardInfo got;
@@ -118,7 +122,8 @@ static void t_shard_set(void) {
     err = (Err){0};
     CHECK(shard_set(run.id, path, 43, &files, &n, NULL, &err) == -1 && strstr(err.msg, "other inputs"));
     err = (Err){0};
-    CHECK(shard_set("r2", path, 0, &files, &n, NULL, &err) == -1 && strstr(err.msg, "is a shard of run r1, not of run r2"));
+    CHECK(shard_set("r2", path, 0, &files, &n, NULL, &err) == -1 &&
+          strstr(err.msg, "is a shard of run r1, not of run r2"));
     // Another N for the same output: refused when writing, and a mixed set refused when reading.
     Shard other = {1, 4};
     err = (Err){0};
