@@ -1214,21 +1214,21 @@ int shard_set(const char *run_id, const char *path, uint64_t want_digest, char *
             break;
         }
         if (strcmp(m.run_id, run_id) != 0)
-            rc = err_input(err, "%s is a shard of run %s, not of run %s", a, m.run_id, run_id);
+            rc = err_input(err, "%s: a shard of run %s, not of run %s", b, m.run_id, run_id);
         else if (m.k != k || m.n != n)
-            rc = err_input(err, "%s: its manifest says shard %d of %d", a, m.k, m.n);
+            rc = err_input(err, "%s: says shard %d of %d, but is named shard %d of %d", b, m.k, m.n, k, n);
         else if (!m.finished)
-            rc = err_input(err, "%s is unfinished: its task stopped or still runs (run shard %d/%d again)", a, k, n);
+            rc = err_input(err, "%s: unfinished: its task stopped or still runs (run shard %d/%d again)", b, k, n);
         else if (k > 1 && !same_info(&m.info, &first.info))
             rc = err_input(err,
-                           "%s and shard 1 of %d disagree on what they hold (%s of %s; digest, units or items): "
+                           "%s: disagrees with shard 1 of %d on what they hold (%s of %s; digest, units or items): "
                            "rerun the stale shards",
-                           a, n, m.info.stage, m.info.what);
+                           b, n, m.info.stage, m.info.what);
         else if (want_digest && m.info.digest != want_digest)
             rc = err_input(err,
-                           "%s was computed from other inputs than the run's current ones (config or input files "
+                           "%s: computed from other inputs than the run's current ones (config or input files "
                            "changed): rerun its shards",
-                           a);
+                           b);
         if (k == 1)
             first = m;
         else

@@ -83,7 +83,7 @@ for k in 1 2 3; do "$BT" generate $C --condition baseline --variant baseline_thi
 for k in 1 2 3; do cp $O/baseline.shard-00$k-of-003.jsonl $O/targeted_ablation.shard-00$k-of-003.jsonl; done
 expect "a shard without its manifest refused" 2 "has no manifest" "$BT" detect-events $C
 cp $G/targeted_ablation.shard-00[123]-of-003.* $O/
-expect "shards of another run refused" 2 "is a shard of run $hand, not of run other" "$BT" detect-events $C
+expect "shards of another run refused" 2 "a shard of run $hand, not of run other" "$BT" detect-events $C
 cp $G/baseline.shard-001-of-003.* $O/
 expect "writing into another run's shard refused" 2 "belongs to run $hand" \
     "$BT" generate $C --condition baseline --variant baseline_think_newline --shard 1/3

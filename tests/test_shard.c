@@ -108,7 +108,7 @@ static void t_shard_set(void) {
     CHECK(exists_or_sharded(path));
     err = (Err){0};
     CHECK(shard_set(run.id, path, 0, &files, &n, NULL, &err) == -1 &&
-          strstr(err.msg, "shard-002-of-003.csv is unfinished"));
+          strstr(err.msg, "shard-002-of-003.manifest.json: unfinished"));
     Shard two = {2, 3};
     CHECK(shard_finish(&run, path, &two, &info, &err) == 0);
     ShardInfo got;
@@ -123,7 +123,7 @@ static void t_shard_set(void) {
     CHECK(shard_set(run.id, path, 43, &files, &n, NULL, &err) == -1 && strstr(err.msg, "other inputs"));
     err = (Err){0};
     CHECK(shard_set("r2", path, 0, &files, &n, NULL, &err) == -1 &&
-          strstr(err.msg, "is a shard of run r1, not of run r2"));
+          strstr(err.msg, "a shard of run r1, not of run r2"));
     // Another N for the same output: refused when writing, and a mixed set refused when reading.
     Shard other = {1, 4};
     err = (Err){0};
