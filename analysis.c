@@ -1777,13 +1777,14 @@ static int merge_item_rows(char **files, int n_files, int n_items, const char *h
     return rc;
 }
 
-// Raw shard files read with the CSV reader: rows keyed by a leading "item" column, each of
-// 0..n_items-1 exactly once; row_of[item] = (file, row).
+// Raw shard files read with the CSV reader, in long form: a row per (item, slot), the item in the
+// leading "item" column and the slot named in column slot_col (one of slot_names); each of the
+// n_items x n_slots keys exactly once; row_of[key] = (file, row), key = item n_slots + slot.
 typedef struct {
     Csv *csv; // (n_files)
     int n_files;
-    int *file_of; // (n_items)
-    int *row_of;  // (n_items)
+    int *file_of; // (n_items, n_slots)
+    int *row_of;  // (n_items, n_slots)
 } ItemTable;
 
 static void item_table_free(ItemTable *t) {
@@ -1795,13 +1796,15 @@ static void item_table_free(ItemTable *t) {
 }
 
 // Reads files whose header is exactly header (comma-separated, first column "item").
-static int item_table_read(char **files, int n_files, int n_items, const char *header, ItemTable *t, Err *err) {
+static int item_table_read(char **files, int n_files, int n_items, const char *header, int slot_col,
+                           const char *const *slot_names, int n_slots, ItemTable *t, Err *err) {
     memset(t, 0, sizeof *t);
+    size_t n_keys = (size_t)n_items * n_slots;
     t->csv = xcalloc((size_t)n_files, sizeof *t->csv);
     t->n_files = n_files;
-    t->file_of = xmalloc((size_t)(n_items + 1) * sizeof *t->file_of);
-    t->row_of = xmalloc((size_t)(n_items + 1) * sizeof *t->row_of);
-    for (int i = 0; i < n_items; i++) t->file_of[i] = -1;
+    t->file_of = xmalloc((n_keys + 1) * sizeof *t->file_of);
+    t->row_of = xmalloc((n_keys + 1) * sizeof *t->row_of);
+    for (size_t i = 0; i < n_keys; i++) t->file_of[i] = -1;
     int rc = 0;
     for (int f = 0; f < n_files && rc == 0; f++) {
         if ((rc = csv_read(files[f], &t->csv[f], err))) break;
@@ -1812,17 +1815,28 @@ static int item_table_read(char **files, int n_files, int n_items, const char *h
         buf_free(&got);
         for (int r = 0; r < t->csv[f].n_rows && rc == 0; r++) {
             long long item;
-            if (csv_int(&t->csv[f], r, 0, 0, n_items - 1, &item, err))
+            int slot = 0;
+            if (csv_int(&t->csv[f], r, 0, 0, n_items - 1, &item, err)) {
                 rc = -1;
-            else if (t->file_of[item] >= 0)
-                rc = err_input(err, "%s:%d: item %lld is in another row or shard too", files[f], r + 2, item);
+                break;
+            }
+            if (slot_col >= 0)
+                for (slot = 0; slot < n_slots && strcmp(csv_cell(&t->csv[f], r, slot_col), slot_names[slot]); slot++) {}
+            size_t key = (size_t)item * n_slots + slot;
+            if (slot == n_slots)
+                rc = err_input(err, "%s:%d: '%s' is not one of this stage's (%s ...)", files[f], r + 2,
+                               csv_cell(&t->csv[f], r, slot_col), slot_names[0]);
+            else if (t->file_of[key] >= 0)
+                rc = err_input(err, "%s:%d: item %lld%s%s is in another row or shard too", files[f], r + 2, item,
+                               slot_col >= 0 ? " " : "", slot_col >= 0 ? slot_names[slot] : "");
             else
-                t->file_of[item] = f, t->row_of[item] = r;
+                t->file_of[key] = f, t->row_of[key] = r;
         }
     }
-    for (int i = 0; i < n_items && rc == 0; i++)
+    for (size_t i = 0; i < n_keys && rc == 0; i++)
         if (t->file_of[i] < 0)
-            rc = err_input(err, "%s: item %d of %d is in no shard (a shard is stale: rerun them all)", files[0], i,
+            rc = err_input(err, "%s: item %d%s%s of %d is in no shard (a shard is stale: rerun them all)", files[0],
+                           (int)(i / n_slots), slot_col >= 0 ? " " : "", slot_col >= 0 ? slot_names[i % n_slots] : "",
                            n_items);
     if (rc) item_table_free(t);
     return rc;
@@ -2250,10 +2264,21 @@ static int scan_summarize(const Config *c, const Run *run, const char *variant, 
 }
 
 // Header of a scan shard: the item, what the summary needs of it, and its drop per component.
-static void scan_shard_header(Buf *b, int n_layers) {
-    buf_puts(b, "item,kind,problem_id");
-    for (int l = 0; l < n_layers; l++) buf_printf(b, ",attn_%d,mlp_%d", l, l);
-    buf_putc(b, '\n');
+#define SCAN_SHARD_HEADER "item,kind,problem_id,component,drop"
+
+// The component names of a scan shard's rows, in drop's order: attn_0, mlp_0, attn_1, ...
+static char **scan_components(int n_layers) {
+    char **names = xmalloc((size_t)(2 * n_layers + 1) * sizeof *names);
+    for (int k = 0; k < 2 * n_layers; k++) {
+        names[k] = xmalloc(32);
+        snprintf(names[k], 32, "%s_%d", k % 2 ? "mlp" : "attn", k / 2);
+    }
+    return names;
+}
+
+static void names_free(char **names, int n) {
+    for (int i = 0; i < n; i++) free(names[i]);
+    free(names);
 }
 
 int cmd_ablation_scan(int argc, char **argv) {
@@ -2396,13 +2421,15 @@ int cmd_ablation_scan(int argc, char **argv) {
     if (shard.n) { // the raw drops, exactly ("%.17g"), for the merge to summarize
         Buf raw = {0};
         char shard_path[1300];
-        scan_shard_header(&raw, n_layers);
-        for (int i = 0; i < a.it.n_items; i++) {
-            buf_printf(&raw, "%d,%s,", global[i], a.it.items[i].is_control ? "control" : "event");
-            buf_csv_field(&raw, problem_id[i], strlen(problem_id[i]));
-            for (int k = 0; k < 2 * n_layers; k++) put_raw(&raw, drop[(size_t)i * 2 * n_layers + k]);
-            buf_putc(&raw, '\n');
-        }
+        buf_puts(&raw, SCAN_SHARD_HEADER "\n");
+        for (int i = 0; i < a.it.n_items; i++)
+            for (int k = 0; k < 2 * n_layers; k++) {
+                buf_printf(&raw, "%d,%s,", global[i], a.it.items[i].is_control ? "control" : "event");
+                buf_csv_field(&raw, problem_id[i], strlen(problem_id[i]));
+                buf_printf(&raw, ",%s_%d", k % 2 ? "mlp" : "attn", k / 2);
+                put_raw(&raw, drop[(size_t)i * 2 * n_layers + k]);
+                buf_putc(&raw, '\n');
+            }
         shard_file(path, &shard, shard_path, sizeof shard_path);
         rc = write_file_atomic(shard_path, raw.data, raw.len, &err);
         if (rc == 0) rc = shard_finish(&run, path, &shard, &info, &err);
@@ -2444,32 +2471,35 @@ int merge_ablation_scan(const Config *c, const Run *run, Err *err) {
         analysis_shards(run, ART_ABLATION, "ablation-scan", analysis_digest(c, run, NULL), &files, &n, &info, err))
         return -1;
     int L = mc.n_layers, n_items = info.items, rc;
-    Buf header = {0};
-    scan_shard_header(&header, L);
-    header.data[--header.len] = 0; // no newline: compared with the cells read back
+    char **components = scan_components(L);
     ItemTable t;
-    rc = item_table_read(files, n, n_items, header.data, &t, err);
+    rc = item_table_read(files, n, n_items, SCAN_SHARD_HEADER, 3, (const char *const *)components, 2 * L, &t, err);
     Item *items = xcalloc((size_t)n_items + 1, sizeof *items);
     const char **problem_id = xcalloc((size_t)n_items + 1, sizeof *problem_id);
     double *drop = xmalloc(((size_t)n_items * 2 * L + 1) * sizeof *drop);
     for (int i = 0; i < n_items && rc == 0; i++) {
-        const char *kind = item_cell(&t, i, 1);
+        const char *kind = item_cell(&t, i * 2 * L, 1);
         items[i].is_control = strcmp(kind, "control") == 0;
-        problem_id[i] = item_cell(&t, i, 2);
+        problem_id[i] = item_cell(&t, i * 2 * L, 2);
         if (!items[i].is_control && strcmp(kind, "event") != 0)
             rc = err_input(err, "%s: item %d: kind '%s'", files[0], i, kind);
-        for (int k = 0; k < 2 * L && rc == 0; k++)
-            if (item_double(&t, i, 3 + k, &drop[(size_t)i * 2 * L + k]))
-                rc = err_input(err, "%s: item %d: drop '%s' is not a number", files[t.file_of[i]], i,
-                               item_cell(&t, i, 3 + k));
+        for (int k = 0; k < 2 * L && rc == 0; k++) {
+            int key = i * 2 * L + k;
+            if (item_double(&t, key, 4, &drop[key]))
+                rc = err_input(err, "%s:%d: drop '%s' is not a number", files[t.file_of[key]], t.row_of[key] + 2,
+                               item_cell(&t, key, 4));
+            else if (strcmp(item_cell(&t, key, 1), kind) || strcmp(item_cell(&t, key, 2), problem_id[i]))
+                rc = err_input(err, "%s:%d: item %d's kind or problem differs from its other rows",
+                               files[t.file_of[key]], t.row_of[key] + 2, i);
+        }
     }
     if (rc == 0) rc = scan_summarize(c, run, info.what, L, items, n_items, problem_id, drop, err);
     if (rc == 0) printf("merge: ablation-scan of %s: %d shards, %d items\n", info.what, n, n_items);
     if (t.csv) item_table_free(&t);
+    names_free(components, 2 * L);
     free(items);
     free(problem_id);
     free(drop);
-    buf_free(&header);
     shard_set_free(files, n);
     shard_info_free(&info);
     return rc;
@@ -2566,11 +2596,20 @@ static int collateral_summarize(const Config *c, const Run *run, const char *var
     return rc;
 }
 
-// Header of a collateral shard: the record, its problem, kept tokens and NLL clean and per set.
-static void collateral_shard_header(Buf *b, int n_sets) {
-    buf_puts(b, "item,problem_id,tokens,nll_clean");
-    for (int s = 0; s < n_sets; s++) buf_printf(b, ",nll_set_%d", s);
-    buf_putc(b, '\n');
+// A collateral shard: a row per (record, condition): kept tokens and the NLL clean (condition none)
+// or under each ablation set.
+#define COLLATERAL_SHARD_HEADER "item,problem_id,tokens,condition,nll"
+
+// The conditions of collateral's rows, in nll's order: none (clean), then each ablation set's.
+static char **collateral_conditions(int n_sets) {
+    char **names = xmalloc((size_t)(n_sets + 2) * sizeof *names);
+    names[0] = xstrdup("none");
+    for (int s = 0; s < n_sets; s++) {
+        Condition cond = {s ? COND_RANDOM : COND_TARGETED, s};
+        names[s + 1] = xmalloc(64);
+        condition_format(&cond, names[s + 1], 64);
+    }
+    return names;
 }
 
 // The ablation design files and means collateral damage reads: part of its shards' digest.
@@ -2690,14 +2729,18 @@ int cmd_collateral_damage(int argc, char **argv) {
     if (rc == 0 && shard.n) { // the raw sums, exactly ("%.17g"), for the merge to summarize
         Buf raw = {0};
         char shard_path[1300];
-        collateral_shard_header(&raw, n_sets);
-        for (int r = first_rec; r < end_rec; r++) {
-            buf_printf(&raw, "%d,", r);
-            buf_csv_field(&raw, problem_id[r], strlen(problem_id[r]));
-            put_raw(&raw, tokens_kept[r]);
-            for (int s = 0; s <= n_sets; s++) put_raw(&raw, nll[(size_t)r * (n_sets + 1) + s]);
-            buf_putc(&raw, '\n');
-        }
+        char **conditions = collateral_conditions(n_sets);
+        buf_puts(&raw, COLLATERAL_SHARD_HEADER "\n");
+        for (int r = first_rec; r < end_rec; r++)
+            for (int s = 0; s <= n_sets; s++) {
+                buf_printf(&raw, "%d,", r);
+                buf_csv_field(&raw, problem_id[r], strlen(problem_id[r]));
+                put_raw(&raw, tokens_kept[r]);
+                buf_printf(&raw, ",%s", conditions[s]);
+                put_raw(&raw, nll[(size_t)r * (n_sets + 1) + s]);
+                buf_putc(&raw, '\n');
+            }
+        names_free(conditions, n_sets + 1);
         shard_file(out_path, &shard, shard_path, sizeof shard_path);
         rc = write_file_atomic(shard_path, raw.data, raw.len, &err);
         if (rc == 0) rc = shard_finish(&run, out_path, &shard, &info, &err);
@@ -2745,20 +2788,28 @@ int merge_collateral_damage(const Config *c, const Run *run, Err *err) {
     int n_recs = info.items, rc = 0;
     LayerSet *sets = xcalloc((size_t)n_sets, sizeof *sets);
     for (int s = 0; s < n_sets && rc == 0; s++) rc = ablation_design_read(run, mc.n_layers, s, &sets[s], err);
-    Buf header = {0};
-    collateral_shard_header(&header, n_sets);
-    header.data[--header.len] = 0;
+    char **conditions = collateral_conditions(n_sets);
     ItemTable t = {0};
-    if (rc == 0) rc = item_table_read(files, n, n_recs, header.data, &t, err);
+    if (rc == 0)
+        rc = item_table_read(files, n, n_recs, COLLATERAL_SHARD_HEADER, 3, (const char *const *)conditions, n_sets + 1,
+                             &t, err);
     const char **problem_id = xcalloc((size_t)n_recs + 1, sizeof *problem_id);
     double *tokens_kept = xcalloc((size_t)n_recs + 1, sizeof *tokens_kept);
     double *nll = xcalloc((size_t)n_recs * (n_sets + 1) + 1, sizeof *nll);
     for (int r = 0; r < n_recs && rc == 0; r++) {
-        problem_id[r] = item_cell(&t, r, 1);
-        for (int k = 0; k <= n_sets + 1 && rc == 0; k++)
-            if (item_double(&t, r, 2 + k, k ? &nll[(size_t)r * (n_sets + 1) + k - 1] : &tokens_kept[r]))
-                rc = err_input(err, "%s: completion %d: '%s' is not a number", files[t.file_of[r]], r,
-                               item_cell(&t, r, 2 + k));
+        int first = r * (n_sets + 1);
+        problem_id[r] = item_cell(&t, first, 1);
+        for (int k = 0; k <= n_sets && rc == 0; k++) {
+            int key = first + k;
+            double tokens;
+            if (item_double(&t, key, 2, &tokens) || item_double(&t, key, 4, &nll[key]))
+                rc = err_input(err, "%s:%d: tokens or nll is not a number", files[t.file_of[key]], t.row_of[key] + 2);
+            else if (k == 0)
+                tokens_kept[r] = tokens;
+            else if (tokens != tokens_kept[r] || strcmp(item_cell(&t, key, 1), problem_id[r]))
+                rc = err_input(err, "%s:%d: completion %d's tokens or problem differs from its other rows",
+                               files[t.file_of[key]], t.row_of[key] + 2, r);
+        }
     }
     if (rc == 0) rc = collateral_summarize(c, run, info.what, sets, n_sets, n_recs, problem_id, tokens_kept, nll, err);
     if (rc == 0) printf("merge: collateral-damage of %s: %d shards, %d completions\n", info.what, n, n_recs);
@@ -2768,7 +2819,7 @@ int merge_collateral_damage(const Config *c, const Run *run, Err *err) {
     free(problem_id);
     free(tokens_kept);
     free(nll);
-    buf_free(&header);
+    names_free(conditions, n_sets + 1);
     shard_set_free(files, n);
     shard_info_free(&info);
     return rc;

@@ -64,8 +64,25 @@ for n in 1 2 3; do
             bad "$n shards by hand give an unsharded run's bytes" "differ:$diffs ($n_files files)"
     else bad "$n shards by hand" "$(tail -n 3 hand.log)"; fi
 done
+# The shard CSVs load with pandas as the README documents them (the by-hand runs keep their shards).
+PY=; for p in python3 /usr/bin/python3; do
+    if [ -z "$PY" ] && "$p" -c 'import numpy, pandas' > /dev/null 2>&1; then PY=$p; fi
+done
+if [ -z "$PY" ]; then skipped "shard CSVs as pandas reads them" "no python3 with numpy and pandas"
+elif "$PY" "$ROOT/tests/csv_check.py" "$ROOT/README.md" runs/$hand/analysis/*.shard-*.csv > csv.log 2>&1 &&
+    [ "$(grep -c '^ok' csv.log)" -ge 12 ]; then
+    ok "shard CSVs load with pandas with the README's columns ($(grep -c '^ok' csv.log) files)"
+else bad "shard CSVs as pandas reads them" "$(grep -v '^ok' csv.log | head -n 3)"; fi
 C="--config mean.ini --quiet"
+before=$(ls runs/$hand/analysis | wc -l)
 for s in 0/4 5/4 x/y 3 1/1000; do expect "--shard $s refused" 2 "--shard" "$BT" logit-lens $C --shard $s; done
+for s in 0/4 x/y; do
+    for st in "generate --condition baseline" "ablation-scan" "collateral-damage" "directions"; do
+        expect "$st --shard $s refused" 2 "--shard" "$BT" $st $C --shard $s
+    done
+done
+[ "$(ls runs/$hand/analysis | wc -l)" = "$before" ] && ok "refused --shard values wrote nothing" ||
+    bad "refused --shard values wrote nothing" "$(ls runs/$hand/analysis | wc -l) files, $before before"
 expect "--shard auto outside Slurm refused" 2 "SLURM_ARRAY_TASK_ID is not set" env -u SLURM_ARRAY_TASK_ID "$BT" logit-lens $C --shard auto
 # detect-events ran again since the shards were made: the inputs changed, so a shard is redone; then it is there.
 expect "--shard auto: task 7 of an array 5..7 is shard 3/3, redone on new inputs" 0 "\\(shard 3/3: " \
