@@ -3485,13 +3485,13 @@ static int steered_layer_of(const Run *run, const char *variant, const char *con
     Buf text = {0};
     Err ignored;
     long long layer = -1;
-    char **shards;
-    int n_shards;
-    if (!path_exists(path) && shard_set(run->id, path, 0, &shards, &n_shards, NULL, &ignored) > 0) { // its first shard
-        snprintf(path, sizeof path, "%s", shards[0]);
-        shard_set_free(shards, n_shards);
-    }
-    if (read_file(path, &text, &ignored) == 0 && text.len) {
+    char **shards = NULL;
+    int n_shards = 0;
+    if (!path_exists(path) && shard_set(run->id, path, 0, &shards, &n_shards, NULL, &ignored) > 0) // its first record
+        for (int k = 0; k < n_shards && text.len == 0; k++)
+            if (read_file(shards[k], &text, &ignored)) text.len = 0;
+    if (shards) shard_set_free(shards, n_shards);
+    if ((text.len || read_file(path, &text, &ignored) == 0) && text.len) {
         size_t len = strcspn(text.data, "\n");
         Json j;
         if (json_parse(&j, text.data, len, path, &ignored) == 0) {

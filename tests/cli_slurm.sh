@@ -32,6 +32,7 @@ scratch
 shard_config -e 's/^kind = zero/kind = mean/' > mean.ini
 "$BT" run --config mean.ini --threads 1 --quiet > plain.log 2>&1 || bad "bt run (mean ablation) for the shard comparison" "$(tail -n 2 plain.log)"
 plain=$(cat runs/.current_run_id)
+no_times reports/backtracking_state_transition_report.md "$plain" > plain_report.md
 by_hand() { # by_hand RUN_ID N: the pipeline as shards 1..N of each heavy stage, with merges between
     C="--config mean.ini --threads 1 --quiet"; V=baseline_think_newline; N=$2
     ks=$(seq "$N" -1 1) # any order
@@ -59,8 +60,9 @@ for n in 1 2 3; do
     hand=$(echo "$plain" | sed "s/^./$(echo ABC | cut -c$n)/") # a run id of the same length: figure notes are cut to fit
     if by_hand "$hand" $n > hand.log 2>&1; then
         same_run . "$plain" . "$hand"
+        no_times reports/backtracking_state_transition_report.md "$hand" | cmp -s - plain_report.md || diffs="$diffs report"
         [ -z "$diffs" ] && [ "$n_files" -ge 15 ] &&
-            ok "$n shards by hand (mean ablation): $n_files analysis files and every generation as unsharded" ||
+            ok "$n shards by hand (mean ablation): $n_files analysis files, every generation and the report as unsharded" ||
             bad "$n shards by hand give an unsharded run's bytes" "differ:$diffs ($n_files files)"
     else bad "$n shards by hand" "$(tail -n 3 hand.log)"; fi
 done
