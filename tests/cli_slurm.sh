@@ -110,6 +110,25 @@ before=$(ls runs/other/analysis 2> /dev/null | wc -l)
 expect "merge with no shards refused" 2 "no shards of logit-lens" "$BT" merge $C --stage logit-lens
 [ "$(ls runs/other/analysis 2> /dev/null | wc -l)" = "$before" ] && ok "refused merges wrote nothing" || bad "refused merges wrote nothing" "$(ls runs/other/analysis)"
 
+# bt slurm without Slurm: the scripts, their chain and the steering stages only when enabled.
+expect "bt slurm writes the chain" 0 "submit with: sh .*/sl/submit.sh" "$BT" slurm $C --shards 3 --run-id chain --dir sl
+B=sl/generate-baseline.sbatch
+n_scripts=$(ls sl/*.sbatch 2> /dev/null | wc -l)
+[ "$n_scripts" = 13 ] && grep -q '^#SBATCH --array=1-3$' $B && grep -q 'generate --condition baseline .*--shard auto$' $B &&
+    grep -q '^#SBATCH --output=.*/sl/logs/generate-baseline-%A_%a.log$' $B && grep -q 'BT_SHARDS=3' $B &&
+    grep -q '^deps_generate_steer="merge-directions"$' sl/submit.sh && grep -q 'steering-sweep' sl/report.sbatch &&
+    ! grep -q -- '--array' sl/report.sbatch && ok "bt slurm: 13 scripts, arrays 1-3 with --shard auto, a log per task" ||
+    bad "bt slurm's scripts" "$n_scripts scripts: $(grep -h 'SBATCH --array\|shard' sl/*.sbatch | head -n 3)"
+sed 's/^enabled = true/enabled = false/' mean.ini > no_steering_chain.ini
+"$BT" slurm --config no_steering_chain.ini --quiet --shards 2 --run-id chain2 --dir sl2 > /dev/null 2>&1
+[ "$(ls sl2/*.sbatch 2> /dev/null | wc -l)" = 10 ] && ! grep -qE 'steer[-_ ]|steering-sweep' sl2/submit.sh sl2/report.sbatch &&
+    grep -q '^deps_report="generate-targeted generate-random collateral-damage"$' sl2/submit.sh &&
+    ok "bt slurm leaves the steering stages out when [steering] enabled = false" ||
+    bad "bt slurm without steering" "$(ls sl2 | tr '\n' ' ')"
+expect "bt slurm --shards 0 refused" 2 "--shards" "$BT" slurm $C --shards 0 --dir sl3
+expect "bt slurm --partition with a space refused" 2 "one word" "$BT" slurm $C --partition 'a b' --dir sl3
+[ ! -e sl3 ] && ok "refused bt slurm wrote nothing" || bad "refused bt slurm wrote nothing" "$(ls sl3)"
+
 # --- A real Slurm.
 slurm_missing=""
 for p in slurmctld slurmd munged mungekey sbatch squeue scancel sinfo; do
