@@ -1036,7 +1036,7 @@ typedef struct {
 
 // What a shard's manifest records; every shard of one output must agree on all of it.
 typedef struct {
-    const char *stage; // "generate", "logit-lens", "ablation-scan", "collateral-damage"
+    const char *stage; // "generate", "logit-lens", "ablation-scan", "collateral-damage", "directions"
     const char *what;  // the output's subject, e.g. "baseline_think_newline/baseline"
     int units;         // units the stage splits (all shards together)
     int items;         // items of the output (all shards together), -1 when not counted
