@@ -1697,11 +1697,38 @@ static int analysis_keep_shard(Analysis *a, const Config *c, const Shard *s, int
     return forcer_init(&a->f, &a->m, n_slots < 1 ? 1 : n_slots, items_max_tokens(&a->it), ANALYSIS_MAX_ROWS, err);
 }
 
-// The inputs of a teacher-forced analysis: the config, the events, and each extra run file (NULL-ended).
-static uint64_t analysis_digest(const Config *c, const Run *run, const char *const *extra) {
+// The baseline rows of variant in the events file (what the analyses read). detect-events run
+// again after the ablated and steered generations adds rows of those conditions and renumbers
+// the events after them: with_ids 0 leaves the event ids out, for stages whose outputs do not
+// carry them.
+static uint64_t baseline_events_digest(const Run *run, const char *variant, int with_ids) {
     char path[1200];
     run_path(run, path, sizeof path, ART_EVENTS);
-    uint64_t d = seed_mix(config_digest(c), file_digest(path));
+    Csv csv;
+    Err ignored;
+    if (csv_read(path, &csv, &ignored)) return 0;
+    int cond = csv_col(&csv, "condition"), var = csv_col(&csv, "variant"), id = csv_col(&csv, "event_id");
+    uint64_t d = fnv1a64("events", 6);
+    for (int r = -1; r < csv.n_rows; r++) { // the header, then each baseline row of variant
+        if (r >= 0 && (cond < 0 || var < 0 || strcmp(csv_cell(&csv, r, cond), "baseline") != 0 ||
+                       strcmp(csv_cell(&csv, r, var), variant) != 0))
+            continue;
+        for (int k = 0; k < csv.n_cols; k++) {
+            if (k == id && !with_ids) continue;
+            const char *cell = csv.cells[(size_t)(r + 1) * csv.n_cols + k];
+            d = seed_mix(d, fnv1a64(cell, strlen(cell) + 1)); // with its NUL: cells stay apart
+        }
+    }
+    csv_free(&csv);
+    return d;
+}
+
+// The inputs of a teacher-forced analysis of variant: the config, the events, and each extra run
+// file (NULL-ended).
+static uint64_t analysis_digest(const Config *c, const Run *run, const char *variant, int with_ids,
+                                const char *const *extra) {
+    char path[1200];
+    uint64_t d = seed_mix(config_digest(c), baseline_events_digest(run, variant, with_ids));
     for (int i = 0; extra && extra[i]; i++) {
         run_path(run, path, sizeof path, extra[i]);
         d = seed_mix(d, file_digest(path));
@@ -1857,23 +1884,29 @@ static int item_double(const ItemTable *t, int item, int col, double *out) {
 static void put_raw(Buf *b, double x) { buf_printf(b, ",%.17g", x); }
 
 // The shard set of a stage's output, checked against the run's current inputs; none is an error.
-static int analysis_shards(const Run *run, const char *rel, const char *stage, uint64_t digest, char ***files, int *n,
-                           ShardInfo *info, Err *err) {
+static int analysis_shards(const Config *c, const Run *run, const char *rel, const char *stage, int with_ids,
+                           const char *const *extra, char ***files, int *n, ShardInfo *info, Err *err) {
     char path[1200];
     run_path(run, path, sizeof path, rel);
-    int rc = shard_set(run->id, path, digest, files, n, info, err);
+    int rc = shard_set(run->id, path, 0, files, n, info, err);
     if (rc == 0)
         return err_input(err, "no shards of %s in run %s (%s.shard-*): run it with --shard K/N first", stage, run->id,
                          path);
-    if (rc > 0 && strcmp(info->stage, stage) != 0) {
+    if (rc < 0) return -1;
+    if (strcmp(info->stage, stage) != 0) {
         err_input(err, "%s: its shards were written by %s, not %s", path, info->stage, stage);
-        shard_set_free(*files, *n);
-        shard_info_free(info);
-        return -1;
+    } else if (info->digest != analysis_digest(c, run, info->what, with_ids, extra)) {
+        const char *dot = strrchr((*files)[0], '.');
+        err_input(err, "%.*s.manifest.json: computed from other inputs than the run's current ones (config or input "
+                       "files changed): rerun its shards", (int)(dot - (*files)[0]), (*files)[0]);
+    } else {
+        return 0;
     }
-    return rc < 0 ? -1 : 0;
+    shard_set_free(*files, *n);
+    shard_info_free(info);
+    *files = NULL, *n = 0;
+    return -1;
 }
-
 // ----------------------------------------------------------------------------
 // Logit lens window: the onset token's log-prob by layer at the LENS_WINDOW positions up to
 // each item's pred_pos (analysis/logit_lens_window.csv, the event browser's heatmaps), read in
@@ -1965,7 +1998,9 @@ int cmd_logit_lens(int argc, char **argv) {
     if (shard_parse(opt_str(opts, "--shard", NULL), &shard, &err)) goto out;
     if (analysis_open(&c, &run, variant, c.lens_max_events, &a, &err)) goto out;
     if (shard.n) {
-        info = (ShardInfo){"logit-lens", variant, a.it.n_seqs, a.it.n_items, analysis_digest(&c, &run, NULL), 0};
+        // its rows carry the event ids, which the digest then covers
+        info = (ShardInfo){"logit-lens", variant, a.it.n_seqs, a.it.n_items,
+                           analysis_digest(&c, &run, variant, 1, NULL), 0};
         if (shard_done(&run, path, &shard, &info)) {
             printf("logit-lens: shard %d/%d is already there\n", shard.k, shard.n);
             goto out;
@@ -2034,7 +2069,7 @@ int merge_logit_lens(const Config *c, const Run *run, Err *err) {
     const char *rels[2] = {ART_LOGIT_LENS, ART_LOGIT_LENS_WINDOW}, *headers[2] = {LENS_HEADER, LENS_WINDOW_HEADER};
     ShardInfo info;
     int n = 0,
-        rc = analysis_shards(run, ART_LOGIT_LENS, "logit-lens", analysis_digest(c, run, NULL), &files, &n, &info, err);
+        rc = analysis_shards(c, run, ART_LOGIT_LENS, "logit-lens", 1, NULL, &files, &n, &info, err);
     if (rc) return -1;
     Buf out[2] = {{0}, {0}};
     for (int part = 0; part < 2 && rc == 0; part++) {
@@ -2305,7 +2340,8 @@ int cmd_ablation_scan(int argc, char **argv) {
     if (shard_parse(opt_str(opts, "--shard", NULL), &shard, &err)) goto out;
     if (analysis_open(&c, &run, variant, c.ablation_max_events, &a, &err)) goto out;
     if (shard.n) {
-        info = (ShardInfo){"ablation-scan", variant, a.it.n_seqs, a.it.n_items, analysis_digest(&c, &run, NULL), 0};
+        info = (ShardInfo){"ablation-scan", variant, a.it.n_seqs, a.it.n_items,
+                           analysis_digest(&c, &run, variant, 0, NULL), 0};
         if (shard_done(&run, path, &shard, &info)) {
             printf("ablation-scan: shard %d/%d is already there\n", shard.k, shard.n);
             goto out;
@@ -2468,7 +2504,7 @@ int merge_ablation_scan(const Config *c, const Run *run, Err *err) {
     ModelConfig mc;
     int n = 0;
     if (model_config_read(c->model_path, &mc, err) ||
-        analysis_shards(run, ART_ABLATION, "ablation-scan", analysis_digest(c, run, NULL), &files, &n, &info, err))
+        analysis_shards(c, run, ART_ABLATION, "ablation-scan", 0, NULL, &files, &n, &info, err))
         return -1;
     int L = mc.n_layers, n_items = info.items, rc;
     char **components = scan_components(L);
@@ -2663,8 +2699,8 @@ int cmd_collateral_damage(int argc, char **argv) {
     if (generations_read(path, &recs, &n_recs, &err)) goto out;
     shard_range(&shard, n_recs, &first_rec, &end_rec); // a shard scores its share of the completions
     if (shard.n) {
-        info =
-            (ShardInfo){"collateral-damage", variant, n_recs, n_recs, analysis_digest(&c, &run, collateral_inputs), 0};
+        uint64_t digest = analysis_digest(&c, &run, variant, 0, collateral_inputs);
+        info = (ShardInfo){"collateral-damage", variant, n_recs, n_recs, digest, 0};
         if (shard_done(&run, out_path, &shard, &info)) {
             printf("collateral-damage: shard %d/%d is already there\n", shard.k, shard.n);
             goto out;
@@ -2782,7 +2818,7 @@ int merge_collateral_damage(const Config *c, const Run *run, Err *err) {
     ModelConfig mc;
     int n = 0, n_sets = 1 + c->random_draws;
     if (model_config_read(c->model_path, &mc, err) ||
-        analysis_shards(run, ART_COLLATERAL, "collateral-damage", analysis_digest(c, run, collateral_inputs), &files,
+        analysis_shards(c, run, ART_COLLATERAL, "collateral-damage", 0, collateral_inputs, &files,
                         &n, &info, err))
         return -1;
     int n_recs = info.items, rc = 0;
@@ -3398,7 +3434,7 @@ int cmd_directions(int argc, char **argv) {
     int L = m.cfg.n_layers, D = m.cfg.hidden_size, n_obs, first, end;
     obs = steer_sample(&s, c.seed, &n_obs);
     shard_range(&shard, s.n_seqs, &first, &end); // a shard takes its share of the completions (both folds' order)
-    ShardInfo info = {"directions", variant, s.n_seqs, n_obs, analysis_digest(&c, &run, NULL), 0};
+    ShardInfo info = {"directions", variant, s.n_seqs, n_obs, analysis_digest(&c, &run, variant, 0, NULL), 0};
     run_path(&run, path, sizeof path, DIRECTIONS_SHARDS);
     if (shard.n && shard_done(&run, path, &shard, &info)) {
         printf("directions: shard %d/%d is already there\n", shard.k, shard.n);
@@ -3439,7 +3475,7 @@ int merge_directions(const Config *c, const Run *run, Err *err) {
     int n = 0, n_obs = 0, rc;
     snprintf(path, sizeof path, "%s/tokenizer.json", c->model_path);
     rc = model_config_read(c->model_path, &mc, err) ||
-                 analysis_shards(run, DIRECTIONS_SHARDS, "directions", analysis_digest(c, run, NULL), &files, &n, &info,
+                 analysis_shards(c, run, DIRECTIONS_SHARDS, "directions", 0, NULL, &files, &n, &info,
                                  err) ||
                  tokenizer_load(&tok, path, err) || steer_set_load(c, run, tok, info.what, &s, err)
              ? -1

@@ -86,11 +86,19 @@ done
 [ "$(ls runs/$hand/analysis | wc -l)" = "$before" ] && ok "refused --shard values wrote nothing" ||
     bad "refused --shard values wrote nothing" "$(ls runs/$hand/analysis | wc -l) files, $before before"
 expect "--shard auto outside Slurm refused" 2 "SLURM_ARRAY_TASK_ID is not set" env -u SLURM_ARRAY_TASK_ID "$BT" logit-lens $C --shard auto
-# detect-events ran again since the shards were made: the inputs changed, so a shard is redone; then it is there.
-expect "--shard auto: task 7 of an array 5..7 is shard 3/3, redone on new inputs" 0 "\\(shard 3/3: " \
+# detect-events ran again since the shards were made, leaving the baseline events as they were: a
+# finished shard is skipped; a shard whose files are gone is done again.
+expect "--shard auto: task 7 of an array 5..7 is shard 3/3, already done" 0 "shard 3/3 is already there" \
     env SLURM_ARRAY_TASK_ID=7 SLURM_ARRAY_TASK_MIN=5 SLURM_ARRAY_TASK_COUNT=3 "$BT" logit-lens $C --shard auto
-expect "--shard auto with BT_SHARDS: task 3 resubmitted alone is shard 3/3, done" 0 "shard 3/3 is already there" \
+rm runs/$hand/analysis/logit_lens.shard-003-of-003.*
+expect "--shard auto with BT_SHARDS: task 3 resubmitted alone is shard 3/3, done again" 0 "\\(shard 3/3: " \
     env SLURM_ARRAY_TASK_ID=3 SLURM_ARRAY_TASK_MIN=3 SLURM_ARRAY_TASK_COUNT=1 BT_SHARDS=3 "$BT" logit-lens $C --shard auto
+# A report job resubmitted merges collateral damage again after detect-events renumbered the events.
+"$BT" merge $C --stage collateral-damage > merge.log 2>&1 &&
+    sed "s/$hand/$plain/g" runs/$hand/analysis/collateral_damage.csv |
+    cmp -s - runs/$plain/analysis/collateral_damage.csv &&
+    ok "merge --stage collateral-damage again after the last detect-events: the same file" ||
+    bad "merge --stage collateral-damage again" "$(cat merge.log)"
 expect "N mismatched with the shards there refused" 2 "by N = 3 are there" "$BT" logit-lens $C --shard 2/4
 G=runs/$hand/generations/baseline_think_newline
 rm -f $G/targeted_ablation.jsonl $G/targeted_ablation.shard-002-of-003.jsonl # the merged file gone: readers take the shards
