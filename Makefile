@@ -8,7 +8,7 @@ OPENMP := $(shell printf 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o 
 ALL_CFLAGS = $(CFLAGS) $(WARN) $(OPENMP) $(EXTRA_CFLAGS)
 LDLIBS = -lm
 
-SRC = bt.c io.c tokenizer.c model.c generate.c analysis.c capture.c report.c organism.c bench.c
+SRC = bt.c io.c tokenizer.c model.c generate.c analysis.c capture.c report.c organism.c bench.c cluster.c
 TEST_SRC = $(wildcard tests/test_*.c) tests/unit.c
 OBJ = $(SRC:%.c=$(BUILD)/%.o)
 # The unit tests link every module but bt.c's main.

@@ -1546,7 +1546,7 @@ static int items_load(const Config *c, const Run *run, const Tokenizer *tok, con
             return err_input(err, "%s: no column '%s' (written by another version? run detect-events again)", path, cols[i]);
         }
     run_generation_path(run, path, sizeof path, variant, "baseline");
-    if (!path_exists(path)) {
+    if (!exists_or_sharded(path)) {
         csv_free(&csv);
         return err_input(err, "no baseline generations for variant %s in run %s: run generate first", variant, run->id);
     }
@@ -1721,6 +1721,256 @@ static void analysis_close(Analysis *a) {
 }
 
 // ----------------------------------------------------------------------------
+// Sharded analyses: shard K keeps a contiguous K-th of the completions (the items' sequences,
+// in their order) and the items read from them, and writes raw per-item results keyed by each
+// item's index among all items. The merge puts the items back in that order and runs the same
+// summarizing code as an unsharded run, so any N gives the same bytes.
+
+// Keeps the sequences of shard s and the items read from them; global[i] (n_items entries
+// before) receives kept item i's index among all items.
+static void items_keep_shard(Items *it, const Shard *s, int *global) {
+    int first, end, n_items = 0;
+    shard_range(s, it->n_seqs, &first, &end);
+    for (int q = 0; q < it->n_seqs; q++)
+        if (q < first || q >= end) {
+            free(it->seqs[q].tokens);
+            free(it->seqs[q].read_pos);
+        }
+    memmove(it->seqs, it->seqs + first, (size_t)(end - first) * sizeof *it->seqs);
+    memmove(it->seq_record, it->seq_record + first, (size_t)(end - first) * sizeof *it->seq_record);
+    it->n_seqs = end - first;
+    it->n_events = 0;
+    for (int i = 0; i < it->n_items; i++) {
+        Item x = it->items[i];
+        if (x.seq < first || x.seq >= end) continue;
+        x.seq -= first;
+        global[n_items] = i;
+        it->items[n_items++] = x;
+        it->n_events += !x.is_control;
+    }
+    it->n_items = n_items;
+}
+
+// A stage's shard of an open Analysis: its items, and a Forcer sized for them.
+static int analysis_keep_shard(Analysis *a, const Config *c, const Shard *s, int **global, Err *err) {
+    *global = xmalloc((size_t)(a->it.n_items + 1) * sizeof **global);
+    items_keep_shard(&a->it, s, *global);
+    forcer_free(&a->f);
+    int n_slots = a->it.n_seqs < c->batch_size ? a->it.n_seqs : c->batch_size;
+    return forcer_init(&a->f, &a->m, n_slots < 1 ? 1 : n_slots, items_max_tokens(&a->it), ANALYSIS_MAX_ROWS, err);
+}
+
+// The baseline rows of variant in the events file (what the analyses read). detect-events run
+// again after the ablated and steered generations adds rows of those conditions and renumbers
+// the events after them: with_ids 0 leaves the event ids out, for stages whose outputs do not
+// carry them.
+static uint64_t baseline_events_digest(const Run *run, const char *variant, int with_ids) {
+    char path[1200];
+    run_path(run, path, sizeof path, ART_EVENTS);
+    Csv csv;
+    Err ignored;
+    if (csv_read(path, &csv, &ignored)) return 0;
+    int cond = csv_col(&csv, "condition"), var = csv_col(&csv, "variant"), id = csv_col(&csv, "event_id");
+    uint64_t d = fnv1a64("events", 6);
+    for (int r = -1; r < csv.n_rows; r++) { // the header, then each baseline row of variant
+        if (r >= 0 && (cond < 0 || var < 0 || strcmp(csv_cell(&csv, r, cond), "baseline") != 0 ||
+                       strcmp(csv_cell(&csv, r, var), variant) != 0))
+            continue;
+        for (int k = 0; k < csv.n_cols; k++) {
+            if (k == id && !with_ids) continue;
+            const char *cell = csv.cells[(size_t)(r + 1) * csv.n_cols + k];
+            d = seed_mix(d, fnv1a64(cell, strlen(cell) + 1)); // with its NUL: cells stay apart
+        }
+    }
+    csv_free(&csv);
+    return d;
+}
+
+// The inputs of a teacher-forced analysis of variant: the config, the events, and each extra run
+// file (NULL-ended).
+static uint64_t analysis_digest(const Config *c, const Run *run, const char *variant, int with_ids,
+                                const char *const *extra) {
+    char path[1200];
+    uint64_t d = seed_mix(config_digest(c), baseline_events_digest(run, variant, with_ids));
+    for (int i = 0; extra && extra[i]; i++) {
+        run_path(run, path, sizeof path, extra[i]);
+        d = seed_mix(d, file_digest(path));
+    }
+    return d;
+}
+
+// One raw row of a shard file: "item,<row>" lines, kept as bytes.
+typedef struct {
+    int item, file;
+    size_t at, len; // the row's bytes (after "item,", with its newline) in that file's text
+} ItemRow;
+
+static int cmp_item_row(const void *a, const void *b) {
+    const ItemRow *x = a, *y = b;
+    if (x->item != y->item) return x->item < y->item ? -1 : 1;
+    if (x->file != y->file) return x->file - y->file;
+    return x->at < y->at ? -1 : x->at > y->at;
+}
+
+// Shard files whose lines are "item,<a row of an unsharded CSV>" under the header "item,<header>":
+// header, then every row in item order (a shard's rows of one item in their order). Every item
+// 0..n_items-1 must be in exactly one shard.
+static int merge_item_rows(char **files, int n_files, int n_items, const char *header, Buf *out, Err *err) {
+    Buf *text = xcalloc((size_t)n_files, sizeof *text);
+    ItemRow *rows = NULL;
+    int n_rows = 0, rc = 0;
+    int *owner = xmalloc((size_t)(n_items + 1) * sizeof *owner); // the shard holding each item, -1 none
+    for (int i = 0; i < n_items; i++) owner[i] = -1;
+    size_t header_len = strlen(header);
+    for (int f = 0; f < n_files && rc == 0; f++) {
+        if ((rc = read_file(files[f], &text[f], err))) break;
+        const char *t = text[f].data;
+        if (text[f].len < 5 + header_len || memcmp(t, "item,", 5) != 0 || memcmp(t + 5, header, header_len) != 0) {
+            rc = err_input(err, "%s:1: not the header 'item,%.*s' of this stage's shards", files[f],
+                           (int)header_len - 1, header);
+            break;
+        }
+        int line_no = 1;
+        for (size_t at = 5 + header_len; at < text[f].len && rc == 0;) {
+            const char *nl = memchr(t + at, '\n', text[f].len - at);
+            size_t end = nl ? (size_t)(nl - t) + 1 : text[f].len;
+            line_no++;
+            size_t digits = 0;
+            while (at + digits < end && t[at + digits] >= '0' && t[at + digits] <= '9') digits++;
+            long item = digits && at + digits < end && t[at + digits] == ',' ? strtol(t + at, NULL, 10) : -1;
+            if (!nl || item < 0 || item >= n_items || (owner[item] >= 0 && owner[item] != f)) {
+                rc = err_input(err, "%s:%d: %s", files[f], line_no,
+                               !nl                           ? "torn last line"
+                               : item < 0 || item >= n_items ? "not a row of an item of this stage"
+                                                             : "an item another shard holds too");
+                break;
+            }
+            owner[item] = f;
+            rows = xrealloc(rows, (size_t)(n_rows + 1) * sizeof *rows);
+            rows[n_rows++] = (ItemRow){(int)item, f, at + digits + 1, end - (at + digits + 1)};
+            at = end;
+        }
+    }
+    for (int i = 0; i < n_items && rc == 0; i++)
+        if (owner[i] < 0)
+            rc = err_input(err, "%s: item %d of %d is in no shard (a shard is stale: rerun them all)", files[0], i,
+                           n_items);
+    if (rc == 0) {
+        qsort(rows, (size_t)n_rows, sizeof *rows, cmp_item_row);
+        buf_puts(out, header);
+        for (int r = 0; r < n_rows; r++) buf_append(out, text[rows[r].file].data + rows[r].at, rows[r].len);
+    }
+    for (int f = 0; f < n_files; f++) buf_free(&text[f]);
+    free(text);
+    free(rows);
+    free(owner);
+    return rc;
+}
+
+// Raw shard files read with the CSV reader, in long form: a row per (item, slot), the item in the
+// leading "item" column and the slot named in column slot_col (one of slot_names); each of the
+// n_items x n_slots keys exactly once; row_of[key] = (file, row), key = item n_slots + slot.
+typedef struct {
+    Csv *csv; // (n_files)
+    int n_files;
+    int *file_of; // (n_items, n_slots)
+    int *row_of;  // (n_items, n_slots)
+} ItemTable;
+
+static void item_table_free(ItemTable *t) {
+    for (int f = 0; f < t->n_files; f++) csv_free(&t->csv[f]);
+    free(t->csv);
+    free(t->file_of);
+    free(t->row_of);
+    memset(t, 0, sizeof *t);
+}
+
+// Reads files whose header is exactly header (comma-separated, first column "item").
+static int item_table_read(char **files, int n_files, int n_items, const char *header, int slot_col,
+                           const char *const *slot_names, int n_slots, ItemTable *t, Err *err) {
+    memset(t, 0, sizeof *t);
+    size_t n_keys = (size_t)n_items * n_slots;
+    t->csv = xcalloc((size_t)n_files, sizeof *t->csv);
+    t->n_files = n_files;
+    t->file_of = xmalloc((n_keys + 1) * sizeof *t->file_of);
+    t->row_of = xmalloc((n_keys + 1) * sizeof *t->row_of);
+    for (size_t i = 0; i < n_keys; i++) t->file_of[i] = -1;
+    int rc = 0;
+    for (int f = 0; f < n_files && rc == 0; f++) {
+        if ((rc = csv_read(files[f], &t->csv[f], err))) break;
+        Buf got = {0};
+        for (int k = 0; k < t->csv[f].n_cols; k++) buf_printf(&got, "%s%s", k ? "," : "", t->csv[f].cells[k]);
+        if (!got.data || strcmp(got.data, header) != 0)
+            rc = err_input(err, "%s:1: not the header of this stage's shards ('%.60s...')", files[f], header);
+        buf_free(&got);
+        for (int r = 0; r < t->csv[f].n_rows && rc == 0; r++) {
+            long long item;
+            int slot = 0;
+            if (csv_int(&t->csv[f], r, 0, 0, n_items - 1, &item, err)) {
+                rc = -1;
+                break;
+            }
+            if (slot_col >= 0)
+                for (slot = 0; slot < n_slots && strcmp(csv_cell(&t->csv[f], r, slot_col), slot_names[slot]); slot++) {}
+            size_t key = (size_t)item * n_slots + slot;
+            if (slot == n_slots)
+                rc = err_input(err, "%s:%d: '%s' is not one of this stage's (%s ...)", files[f], r + 2,
+                               csv_cell(&t->csv[f], r, slot_col), slot_names[0]);
+            else if (t->file_of[key] >= 0)
+                rc = err_input(err, "%s:%d: item %lld%s%s is in another row or shard too", files[f], r + 2, item,
+                               slot_col >= 0 ? " " : "", slot_col >= 0 ? slot_names[slot] : "");
+            else
+                t->file_of[key] = f, t->row_of[key] = r;
+        }
+    }
+    for (size_t i = 0; i < n_keys && rc == 0; i++)
+        if (t->file_of[i] < 0)
+            rc = err_input(err, "%s: item %d%s%s of %d is in no shard (a shard is stale: rerun them all)", files[0],
+                           (int)(i / n_slots), slot_col >= 0 ? " " : "", slot_col >= 0 ? slot_names[i % n_slots] : "",
+                           n_items);
+    if (rc) item_table_free(t);
+    return rc;
+}
+
+static const char *item_cell(const ItemTable *t, int item, int col) {
+    return csv_cell(&t->csv[t->file_of[item]], t->row_of[item], col);
+}
+
+// A raw double as written by put_raw ("%.17g": the same double back), -1 if not a number.
+static int item_double(const ItemTable *t, int item, int col, double *out) {
+    const char *s = item_cell(t, item, col);
+    char *end;
+    *out = strtod(s, &end);
+    return *s && !*end ? 0 : -1;
+}
+
+static void put_raw(Buf *b, double x) { buf_printf(b, ",%.17g", x); }
+
+// The shard set of a stage's output, checked against the run's current inputs; none is an error.
+static int analysis_shards(const Config *c, const Run *run, const char *rel, const char *stage, int with_ids,
+                           const char *const *extra, char ***files, int *n, ShardInfo *info, Err *err) {
+    char path[1200];
+    run_path(run, path, sizeof path, rel);
+    int rc = shard_set(run->id, path, 0, files, n, info, err);
+    if (rc == 0)
+        return err_input(err, "no shards of %s in run %s (%s.shard-*): run it with --shard K/N first", stage, run->id,
+                         path);
+    if (rc < 0) return -1;
+    if (strcmp(info->stage, stage) != 0) {
+        err_input(err, "%s: its shards were written by %s, not %s", path, info->stage, stage);
+    } else if (info->digest != analysis_digest(c, run, info->what, with_ids, extra)) {
+        const char *dot = strrchr((*files)[0], '.');
+        err_input(err, "%.*s.manifest.json: computed from other inputs than the run's current ones (config or input "
+                       "files changed): rerun its shards", (int)(dot - (*files)[0]), (*files)[0]);
+    } else {
+        return 0;
+    }
+    shard_set_free(*files, *n);
+    shard_info_free(info);
+    *files = NULL, *n = 0;
+    return -1;
+}
+// ----------------------------------------------------------------------------
 // Logit lens window: the onset token's log-prob by layer at the LENS_WINDOW positions up to
 // each item's pred_pos (analysis/logit_lens_window.csv, the event browser's heatmaps), read in
 // the logit lens's own pass.
@@ -1748,11 +1998,17 @@ static void lens_window_reads(Items *it) {
     }
 }
 
-// Rows of logit_lens_window.csv from resid (n_reads, n_layers + 1, hidden) of the lens pass.
-static void lens_window_csv(const Analysis *a, const Run *run, const char *variant, const float *resid, Buf *csv) {
+#define LENS_HEADER "run_id,kind,event_id,variant,problem_id,sample,pred_pos,onset_token_id,layer,logit,logprob,rank\n"
+#define LENS_WINDOW_HEADER                                                                                             \
+    "run_id,kind,event_id,variant,problem_id,sample,pred_pos,offset,pos,onset_token_id,layer,logit,logprob,rank\n"
+
+// Rows of logit_lens_window.csv from resid (n_reads, n_layers + 1, hidden) of the lens pass; a
+// shard's (global: each item's index among all, or NULL) start with the item.
+static void lens_window_csv(const Analysis *a, const Run *run, const char *variant, const float *resid,
+                            const int *global, Buf *csv) {
     int L = a->m.cfg.n_layers, D = a->m.cfg.hidden_size, V = a->m.cfg.vocab_size;
     float *logits = xmalloc((size_t)(L + 1) * V * sizeof *logits); // (n_layers + 1, vocab)
-    buf_puts(csv, "run_id,kind,event_id,variant,problem_id,sample,pred_pos,offset,pos,onset_token_id,layer,logit,logprob,rank\n");
+    buf_puts(csv, global ? "item," LENS_WINDOW_HEADER : LENS_WINDOW_HEADER);
     for (int i = 0; i < a->it.n_items; i++) {
         const Item *x = &a->it.items[i];
         const GenRecord *rec = &a->it.records[x->record];
@@ -1767,6 +2023,7 @@ static void lens_window_csv(const Analysis *a, const Run *run, const char *varia
                 int rank;
                 const float *lg = logits + (size_t)l * V;
                 double lp = log_prob(lg, V, x->onset_token_id, &rank);
+                if (global) buf_printf(csv, "%d,", global[i]);
                 buf_printf(csv, "%s,%s,%d,", run->id, x->is_control ? "control" : "event", x->event_id);
                 buf_csv_field(csv, variant, strlen(variant));
                 buf_putc(csv, ',');
@@ -1785,7 +2042,8 @@ static void lens_window_csv(const Analysis *a, const Run *run, const char *varia
 
 int cmd_logit_lens(int argc, char **argv) {
     Opt opts[] = {OPT_CONFIG,
-                  OPT("--variant", 1, "variant whose baseline events to read (default [logit_lens] variant)"), OPT_END};
+                  OPT("--variant", 1, "variant whose baseline events to read (default [logit_lens] variant)"),
+                  OPT_SHARD, OPT_END};
     Err err = {0};
     Config c;
     Run run;
@@ -1795,7 +2053,24 @@ int cmd_logit_lens(int argc, char **argv) {
     Analysis a = {0};
     float *resid = NULL, *logits = NULL;
     Buf csv = {0};
+    Shard shard;
+    int *global = NULL; // a shard's items: each one's index among all
+    ShardInfo info;
+    char path[1200], shard_path[1300];
+    run_path(&run, path, sizeof path, ART_LOGIT_LENS);
+    if (shard_parse(opt_str(opts, "--shard", NULL), &shard, &err)) goto out;
     if (analysis_open(&c, &run, variant, c.lens_max_events, &a, &err)) goto out;
+    if (shard.n) {
+        // its rows carry the event ids, which the digest then covers
+        info = (ShardInfo){"logit-lens", variant, a.it.n_seqs, a.it.n_items,
+                           analysis_digest(&c, &run, variant, 1, NULL), 0};
+        if (shard_done(&run, path, &shard, &info)) {
+            printf("logit-lens: shard %d/%d is already there\n", shard.k, shard.n);
+            goto out;
+        }
+        if (shard_begin(&run, path, &shard, &info, &err) || analysis_keep_shard(&a, &c, &shard, &global, &err))
+            goto out;
+    }
     int n_layers = a.m.cfg.n_layers, hidden = a.m.cfg.hidden_size, vocab = a.m.cfg.vocab_size, n_slots = a.f.n_slots;
     lens_window_reads(&a.it);
     int n_reads = items_total_reads(&a.it);
@@ -1811,7 +2086,7 @@ int cmd_logit_lens(int argc, char **argv) {
         for (int i = 0; i < n; i++) base += a.it.seqs[s0 + i].n_read, forced += a.it.seqs[s0 + i].n_tokens;
         progress_eta(&pc, "logit-lens", s0 + n, a.it.n_seqs, "completions", forced, forced, to_force);
     }
-    buf_puts(&csv, "run_id,kind,event_id,variant,problem_id,sample,pred_pos,onset_token_id,layer,logit,logprob,rank\n");
+    buf_puts(&csv, global ? "item," LENS_HEADER : LENS_HEADER);
     logits = xmalloc((size_t)vocab * sizeof *logits);
     for (int i = 0; i < a.it.n_items; i++) {
         const Item *x = &a.it.items[i];
@@ -1821,6 +2096,7 @@ int cmd_logit_lens(int argc, char **argv) {
             model_final_logits(&a.m, rv + (size_t)l * hidden, logits);
             int rank;
             double lp = log_prob(logits, vocab, x->onset_token_id, &rank);
+            if (global) buf_printf(&csv, "%d,", global[i]);
             buf_printf(&csv, "%s,%s,%d,", run.id, x->is_control ? "control" : "event", x->event_id);
             buf_csv_field(&csv, variant, strlen(variant));
             buf_putc(&csv, ',');
@@ -1828,21 +2104,58 @@ int cmd_logit_lens(int argc, char **argv) {
             buf_printf(&csv, ",%d,%d,%d,%d,%.6f,%.6f,%d\n", rec->sample, x->pred_pos, x->onset_token_id, l, logits[x->onset_token_id], lp, rank);
         }
     }
-    char path[1200];
-    run_path(&run, path, sizeof path, ART_LOGIT_LENS);
-    if (write_file_atomic(path, csv.data, csv.len, &err)) goto out;
+    if (shard.n) shard_file(path, &shard, shard_path, sizeof shard_path);
+    if (write_file_atomic(shard.n ? shard_path : path, csv.data, csv.len, &err)) goto out;
     csv.len = 0;
-    lens_window_csv(&a, &run, variant, resid, &csv);
+    lens_window_csv(&a, &run, variant, resid, global, &csv);
     run_path(&run, path, sizeof path, ART_LOGIT_LENS_WINDOW);
-    if (write_file_atomic(path, csv.data, csv.len, &err)) goto out;
-    printf("logit-lens: %d events, %d controls, %d layers\n", a.it.n_events, a.it.n_items - a.it.n_events, n_layers + 1);
+    if (shard.n) shard_file(path, &shard, shard_path, sizeof shard_path);
+    if (write_file_atomic(shard.n ? shard_path : path, csv.data, csv.len, &err)) goto out;
+    run_path(&run, path, sizeof path, ART_LOGIT_LENS);
+    if (shard.n && shard_finish(&run, path, &shard, &info, &err)) goto out;
+    printf("logit-lens: %d events, %d controls, %d layers", a.it.n_events, a.it.n_items - a.it.n_events, n_layers + 1);
+    if (shard.n) printf(" (shard %d/%d: %d of %d completions)", shard.k, shard.n, a.it.n_seqs, info.units);
+    printf("\n");
 out:
+    free(global);
     buf_free(&csv);
     free(resid);
     free(logits);
     analysis_close(&a);
     config_free(&c);
     return err.msg[0] ? fail(&err) : 0;
+}
+
+// bt merge --stage logit-lens: the shards' rows in item order, under the unsharded headers.
+int merge_logit_lens(const Config *c, const Run *run, Err *err) {
+    char **files = NULL, path[1200];
+    const char *rels[2] = {ART_LOGIT_LENS, ART_LOGIT_LENS_WINDOW}, *headers[2] = {LENS_HEADER, LENS_WINDOW_HEADER};
+    ShardInfo info;
+    int n = 0,
+        rc = analysis_shards(c, run, ART_LOGIT_LENS, "logit-lens", 1, NULL, &files, &n, &info, err);
+    if (rc) return -1;
+    Buf out[2] = {{0}, {0}};
+    for (int part = 0; part < 2 && rc == 0; part++) {
+        if (part == 1) // the window's shards sit beside the lens's, one per shard
+            for (int k = 0; k < n; k++) {
+                Shard s = {k + 1, n};
+                run_path(run, path, sizeof path, ART_LOGIT_LENS_WINDOW);
+                free(files[k]);
+                files[k] = xmalloc(1300);
+                shard_file(path, &s, files[k], 1300);
+            }
+        rc = merge_item_rows(files, n, info.items, headers[part], &out[part], err);
+    }
+    for (int part = 0; part < 2 && rc == 0; part++) {
+        run_path(run, path, sizeof path, rels[part]);
+        rc = write_file_atomic(path, out[part].data, out[part].len, err);
+    }
+    if (rc == 0) printf("merge: logit-lens of %s: %d shards, %d items\n", info.what, n, info.items);
+    buf_free(&out[0]);
+    buf_free(&out[1]);
+    shard_set_free(files, n);
+    shard_info_free(&info);
+    return rc;
 }
 
 // ----------------------------------------------------------------------------
@@ -1951,12 +2264,12 @@ static double stat_drop(const void *ctx, const int *w) {
 }
 
 // Events, controls and specificity of component k of drop (n_items, n_comp), bootstrapped over problems.
-static void drop_intervals(const double *drop, int n_comp, int k, const Items *it, const int *cluster, int n_clusters,
-                           uint64_t seed, Interval *out[3]) {
-    double *vals = xmalloc((size_t)(it->n_items + 1) * sizeof *vals); // (n_items)
-    for (int i = 0; i < it->n_items; i++) vals[i] = drop[(size_t)i * n_comp + k];
+static void drop_intervals(const double *drop, int n_comp, int k, const Item *items, int n_items, const int *cluster,
+                           int n_clusters, uint64_t seed, Interval *out[3]) {
+    double *vals = xmalloc((size_t)(n_items + 1) * sizeof *vals); // (n_items)
+    for (int i = 0; i < n_items; i++) vals[i] = drop[(size_t)i * n_comp + k];
     for (int want = 0; want < 3; want++) {
-        DropCtx x = {vals, cluster, it->items, it->n_items, want};
+        DropCtx x = {vals, cluster, items, n_items, want};
         *out[want] = cluster_bootstrap95(stat_drop, &x, n_clusters, STAT_RESAMPLES,
                                          seed_mix(seed, (uint64_t)(3 * k + want)), 0, NULL);
     }
@@ -2092,6 +2405,7 @@ static int scan_group(const Items *it, int s0, int n_slots, size_t max_positions
     return n;
 }
 
+
 // Attribution patching over every item (events and controls): one forward and one backward pass
 // each give the estimated drop (minus the score) of every layer component and head, scope all.
 static int attribution_pass(Analysis *a, const float *attn_mean, const float *mlp_mean, const float *head_mean,
@@ -2125,24 +2439,95 @@ static int attribution_pass(Analysis *a, const float *attn_mean, const float *ml
 }
 
 // attribution+verify: the top verify_k components of each kind by the size of their estimated
-// drop on events (a saturated path can show a small estimate of either sign, so not by signed value).
-static void choose_verified(const ScanResult *results, int n_comp, int n_layers, int verify_k,
+// drop on events, the mean of est_drop (n_items, n_comp) over them (a saturated path can show a
+// small estimate of either sign, so not by signed value).
+static void choose_verified(const double *est_drop, const Items *it, int n_comp, int n_layers, int verify_k,
                             unsigned char *run_exact) {
+    double *size = xmalloc((size_t)(n_comp + 1) * sizeof *size); // (n_comp) |mean estimate on events|
+    for (int k = 0; k < n_comp; k++) {
+        double sum = 0;
+        int n = 0;
+        for (int i = 0; i < it->n_items; i++)
+            if (!it->items[i].is_control) sum += est_drop[(size_t)i * n_comp + k], n++;
+        size[k] = n > 0 ? fabs(sum / n) : NAN;
+    }
     for (int kind = 0; kind < 3; kind++)
         for (int round = 0; round < verify_k; round++) {
             int best = -1;
             for (int k = 0; k < n_comp; k++) {
-                double v = fabs(results[k].est_events.est);
-                if (comp_kind(k, n_layers) != kind || run_exact[k] || isnan(v)) continue;
-                if (best < 0 || v > fabs(results[best].est_events.est)) best = k;
+                if (comp_kind(k, n_layers) != kind || run_exact[k] || isnan(size[k])) continue;
+                if (best < 0 || size[k] > size[best]) best = k;
             }
             if (best >= 0) run_exact[best] = 1;
         }
+    free(size);
+}
+
+// The summarizing half of the scan, which the merge of its shards runs too: per component the mean
+// drop on events, on controls and their difference with 95% CIs from a bootstrap over problems
+// (events share completions, completions share problems): the attribution estimate where est_drop
+// is given, the exact drop where run_exact (n_comp) says it ran; then the ranking and the outputs.
+// drop and est_drop (or NULL) are (n_items, n_comp) in item order; of items only is_control is read.
+static int scan_summarize(const Config *c, const Run *run, const char *variant, int n_layers, int n_heads,
+                          int heads_scanned, const Item *items, int n_items, const char *const *problem_id,
+                          const double *drop, const double *est_drop, const unsigned char *run_exact, Err *err) {
+    int n_comp = 2 * n_layers + (heads_scanned ? n_layers * n_heads : 0), n_events = 0;
+    ScanResult *results = xcalloc((size_t)n_comp, sizeof *results);
+    int *cluster = xmalloc((size_t)(n_items + 1) * sizeof *cluster);
+    Clusters cl = {0};
+    for (int i = 0; i < n_items; i++) cluster[i] = cluster_of(&cl, problem_id[i]), n_events += !items[i].is_control;
+    for (int k = 0; k < n_comp; k++) {
+        ScanResult *x = &results[k];
+        x->layer = comp_layer(k, n_layers, n_heads), x->component = comp_kind(k, n_layers);
+        x->head = x->component == COMP_HEAD ? (k - 2 * n_layers) % n_heads : -1;
+        x->events = x->controls = x->specificity = x->est_events = x->est_controls = x->est_specificity =
+            (Interval){NAN, NAN, NAN};
+        if (est_drop) {
+            Interval *out[3] = {&x->est_events, &x->est_controls, &x->est_specificity};
+            drop_intervals(est_drop, n_comp, k, items, n_items, cluster, cl.n_clusters,
+                           seed_mix((uint64_t)c->seed, 0xA771B), out);
+            x->estimated = 1;
+            x->events = x->est_events, x->controls = x->est_controls, x->specificity = x->est_specificity;
+        }
+        if (run_exact[k]) {
+            Interval *out[3] = {&x->events, &x->controls, &x->specificity};
+            drop_intervals(drop, n_comp, k, items, n_items, cluster, cl.n_clusters,
+                           seed_mix((uint64_t)c->seed, 0xAB1A7E), out);
+            x->exact = 1;
+        }
+    }
+    int rc = scan_write(c, run, variant, results, n_layers, n_heads, heads_scanned, n_events, n_items - n_events, err);
+    free(cluster);
+    clusters_free(&cl);
+    free(results);
+    return rc;
+}
+
+// Header of a scan shard: the item, what the summary needs of it, and per component its exact drop
+// and its attribution estimate (nan where that method did not run).
+#define SCAN_SHARD_HEADER "item,kind,problem_id,component,drop,est_drop"
+
+// The component names of a scan shard's rows, in drop's order: attn_0, mlp_0, attn_1, ..., then
+// head_L.H when heads are scanned.
+static char **scan_components(int n_layers, int n_heads, int n_comp) {
+    char **names = xmalloc((size_t)(n_comp + 1) * sizeof *names);
+    for (int k = 0; k < n_comp; k++) {
+        names[k] = xmalloc(48);
+        if (k < 2 * n_layers) snprintf(names[k], 48, "%s_%d", k % 2 ? "mlp" : "attn", k / 2);
+        else snprintf(names[k], 48, "head_%d.%d", (k - 2 * n_layers) / n_heads, (k - 2 * n_layers) % n_heads);
+    }
+    return names;
+}
+
+static void names_free(char **names, int n) {
+    for (int i = 0; i < n; i++) free(names[i]);
+    free(names);
 }
 
 int cmd_ablation_scan(int argc, char **argv) {
     Opt opts[] = {OPT_CONFIG,
-                  OPT("--variant", 1, "variant whose baseline events to scan (default [logit_lens] variant)"), OPT_END};
+                  OPT("--variant", 1, "variant whose baseline events to scan (default [logit_lens] variant)"),
+                  OPT_SHARD, OPT_END};
     Err err = {0};
     Config c;
     Run run;
@@ -2152,14 +2537,32 @@ int cmd_ablation_scan(int argc, char **argv) {
     Analysis a = {0};
     float *attn_mean = NULL, *mlp_mean = NULL, *head_mean = NULL, *ablated = NULL, *resid = NULL, *clean_logits = NULL;
     double *drop = NULL, *est_drop = NULL, *clean_lp = NULL;
-    int *item_read = NULL, *cluster = NULL;
+    int *item_read = NULL;
     unsigned char *run_exact = NULL;
     int n_layers = 0, n_comp = 0;
-    ScanResult *results = NULL;
     AblationMask *masks = NULL;
-    Clusters cl = {0};
+    Shard shard;
+    int *global = NULL; // a shard's items: each one's index among all
+    ShardInfo info;
+    char path[1200];
+    run_path(&run, path, sizeof path, ART_ABLATION);
+    if (shard_parse(opt_str(opts, "--shard", NULL), &shard, &err)) goto out;
+    if (shard.n && c.ablation_method == METHOD_ATTRIBUTION_VERIFY) { // what to verify depends on every item
+        err_input(&err, "ablation-scan --shard: [ablation] method = attribution+verify chooses what to verify from "
+                        "the estimates of all items, so it runs unsharded (or shard method = attribution or exact)");
+        goto out;
+    }
     if (analysis_open(&c, &run, variant, c.ablation_max_events, &a, &err)) goto out;
-    if (a.it.n_events == 0) // the outputs say so: no effects, no layers selected, a "no data" figure
+    if (shard.n) {
+        info = (ShardInfo){"ablation-scan", variant, a.it.n_seqs, a.it.n_items,
+                           analysis_digest(&c, &run, variant, 0, NULL), 0};
+        if (shard_done(&run, path, &shard, &info)) {
+            printf("ablation-scan: shard %d/%d is already there\n", shard.k, shard.n);
+            goto out;
+        }
+        if (shard_begin(&run, path, &shard, &info, &err)) goto out;
+    }
+    if (a.it.n_events == 0 && shard.k <= 1) // the outputs say so: no effects, no layers selected, a "no data" figure
         fprintf(stderr, "bt ablation-scan: warning: no events of variant %s in run %s: nothing to scan, no layers selected\n", variant, run.id);
     n_layers = a.m.cfg.n_layers;
     int hidden = a.m.cfg.hidden_size, vocab = a.m.cfg.vocab_size, n_slots = a.f.n_slots, n_heads = a.m.cfg.n_heads;
@@ -2168,32 +2571,17 @@ int cmd_ablation_scan(int argc, char **argv) {
     n_comp = 2 * n_layers + (heads_scanned ? n_layers * n_heads : 0);
     if (c.ablation_kind == ABLATE_MEAN && estimate_means(&a.f, &a.it, &run, &attn_mean, &mlp_mean, &head_mean, &err))
         goto out;
-    results = xcalloc((size_t)n_comp, sizeof *results);
-    cluster = xmalloc((size_t)(a.it.n_items + 1) * sizeof *cluster);
-    for (int i = 0; i < a.it.n_items; i++) cluster[i] = cluster_of(&cl, a.it.records[a.it.items[i].record].problem_id);
-    for (int k = 0; k < n_comp; k++) {
-        ScanResult *x = &results[k];
-        x->layer = comp_layer(k, n_layers, n_heads), x->component = comp_kind(k, n_layers);
-        x->head = x->component == COMP_HEAD ? (k - 2 * n_layers) % n_heads : -1;
-        x->events = x->controls = x->specificity = x->est_events = x->est_controls = x->est_specificity =
-                (Interval){NAN, NAN, NAN};
-    }
-    // The estimates: mean drop per component on events, on controls, and their difference, with 95% CIs
-    // from a bootstrap over problems (events share completions, completions share problems).
+    // A shard scans its share of the completions; every shard computed the means over all of them
+    // (the same floats, whatever N), as an unsharded scan does.
+    if (shard.n && analysis_keep_shard(&a, &c, &shard, &global, &err)) goto out;
+    n_slots = a.f.n_slots;
+    // The estimates first: attribution+verify chooses from them what to ablate exactly.
     run_exact = xcalloc((size_t)n_comp, 1);
     if (c.ablation_method != METHOD_EXACT) {
         est_drop = xmalloc((size_t)(a.it.n_items + 1) * n_comp * sizeof *est_drop); // (n_items, n_comp)
         if (attribution_pass(&a, attn_mean, mlp_mean, head_mean, est_drop, n_comp, &err)) goto out;
-        for (int k = 0; k < n_comp; k++) {
-            Interval *out[3] = {&results[k].est_events, &results[k].est_controls, &results[k].est_specificity};
-            drop_intervals(est_drop, n_comp, k, &a.it, cluster, cl.n_clusters, seed_mix((uint64_t)c.seed, 0xA771B),
-                           out);
-            results[k].estimated = 1;
-            results[k].events = results[k].est_events, results[k].controls = results[k].est_controls;
-            results[k].specificity = results[k].est_specificity;
-        }
         if (c.ablation_method == METHOD_ATTRIBUTION_VERIFY)
-            choose_verified(results, n_comp, n_layers, c.verify_k, run_exact);
+            choose_verified(est_drop, &a.it, n_comp, n_layers, c.verify_k, run_exact);
     } else {
         memset(run_exact, 1, (size_t)n_comp);
     }
@@ -2307,16 +2695,37 @@ int cmd_ablation_scan(int argc, char **argv) {
     free(row_slot); free(row_pos); free(row_out); free(row_read); free(row_k); free(row_mask); free(replay_logits);
     free(layer_k);
     if (rc) goto out;
-    // The exact drops, where they ran, with the same intervals.
-    for (int k = 0; k < n_comp; k++) {
-        if (!run_exact[k]) continue;
-        Interval *out[3] = {&results[k].events, &results[k].controls, &results[k].specificity};
-        drop_intervals(drop, n_comp, k, &a.it, cluster, cl.n_clusters, seed_mix((uint64_t)c.seed, 0xAB1A7E), out);
-        results[k].exact = 1;
-    }
-    if (scan_write(&c, &run, variant, results, n_layers, n_heads, heads_scanned, a.it.n_events,
-                   a.it.n_items - a.it.n_events, &err))
+    const char **problem_id = xmalloc((size_t)(a.it.n_items + 1) * sizeof *problem_id);
+    for (int i = 0; i < a.it.n_items; i++) problem_id[i] = a.it.records[a.it.items[i].record].problem_id;
+    if (shard.n) { // the raw drops, exactly ("%.17g"), for the merge to summarize
+        Buf raw = {0};
+        char shard_path[1300];
+        char **components = scan_components(n_layers, n_heads, n_comp);
+        buf_puts(&raw, SCAN_SHARD_HEADER "\n");
+        for (int i = 0; i < a.it.n_items; i++)
+            for (int k = 0; k < n_comp; k++) {
+                buf_printf(&raw, "%d,%s,", global[i], a.it.items[i].is_control ? "control" : "event");
+                buf_csv_field(&raw, problem_id[i], strlen(problem_id[i]));
+                buf_printf(&raw, ",%s", components[k]);
+                put_raw(&raw, run_exact[k] ? drop[(size_t)i * n_comp + k] : NAN);
+                put_raw(&raw, est_drop ? est_drop[(size_t)i * n_comp + k] : NAN);
+                buf_putc(&raw, '\n');
+            }
+        names_free(components, n_comp);
+        shard_file(path, &shard, shard_path, sizeof shard_path);
+        rc = write_file_atomic(shard_path, raw.data, raw.len, &err);
+        if (rc == 0) rc = shard_finish(&run, path, &shard, &info, &err);
+        if (rc == 0)
+            printf("ablation-scan: shard %d/%d: %d events, %d controls of %d completions of %d\n", shard.k, shard.n,
+                   a.it.n_events, a.it.n_items - a.it.n_events, a.it.n_seqs, info.units);
+        buf_free(&raw);
+        free(problem_id);
         goto out;
+    }
+    rc = scan_summarize(&c, &run, variant, n_layers, n_heads, heads_scanned, a.it.items, a.it.n_items, problem_id,
+                        drop, est_drop, run_exact, &err);
+    free(problem_id);
+    if (rc) goto out;
     static const char *const method_names[] = {"exact", "attribution", "attribution+verify"};
     printf("ablation-scan: %d events, %d controls, %d components (%s ablation, scope %s; %s: %d estimated, %d exact)\n",
            a.it.n_events, a.it.n_items - a.it.n_events, n_comp, c.ablation_kind == ABLATE_MEAN ? "mean" : "zero",
@@ -2325,11 +2734,68 @@ out:
     if (masks)
         for (int k = 0; k < n_comp; k++) ablation_mask_free(&masks[k]);
     free(masks); free(attn_mean); free(mlp_mean); free(head_mean); free(ablated); free(resid); free(clean_logits);
-    free(drop); free(est_drop); free(results); free(clean_lp); free(item_read); free(cluster); free(run_exact);
-    clusters_free(&cl);
+    free(drop); free(est_drop); free(clean_lp); free(item_read); free(run_exact);
+    free(global);
     analysis_close(&a);
     config_free(&c);
     return err.msg[0] ? fail(&err) : 0;
+}
+
+// bt merge --stage ablation-scan: every shard's raw drops in item order, then the summarizing half.
+int merge_ablation_scan(const Config *c, const Run *run, Err *err) {
+    char **files = NULL;
+    ShardInfo info;
+    ModelConfig mc;
+    int n = 0;
+    if (c->ablation_method == METHOD_ATTRIBUTION_VERIFY)
+        return err_input(err, "merge --stage ablation-scan: [ablation] method = attribution+verify is never sharded");
+    if (model_config_read(c->model_path, &mc, err) ||
+        analysis_shards(c, run, ART_ABLATION, "ablation-scan", 0, NULL, &files, &n, &info, err))
+        return -1;
+    int L = mc.n_layers, H = mc.n_heads, n_items = info.items, rc;
+    int heads_scanned = c->ablation_method != METHOD_EXACT || c->top_k_heads > 0;
+    int n_comp = 2 * L + (heads_scanned ? L * H : 0), estimated = c->ablation_method != METHOD_EXACT;
+    char **components = scan_components(L, H, n_comp);
+    ItemTable t;
+    rc = item_table_read(files, n, n_items, SCAN_SHARD_HEADER, 3, (const char *const *)components, n_comp, &t, err);
+    Item *items = xcalloc((size_t)n_items + 1, sizeof *items);
+    const char **problem_id = xcalloc((size_t)n_items + 1, sizeof *problem_id);
+    double *drop = xmalloc(((size_t)n_items * n_comp + 1) * sizeof *drop);
+    double *est_drop = estimated ? xmalloc(((size_t)n_items * n_comp + 1) * sizeof *est_drop) : NULL;
+    unsigned char *run_exact = xmalloc((size_t)n_comp + 1);
+    memset(run_exact, !estimated, (size_t)n_comp);
+    for (int i = 0; i < n_items && rc == 0; i++) {
+        const char *kind = item_cell(&t, i * n_comp, 1);
+        items[i].is_control = strcmp(kind, "control") == 0;
+        problem_id[i] = item_cell(&t, i * n_comp, 2);
+        if (!items[i].is_control && strcmp(kind, "event") != 0)
+            rc = err_input(err, "%s: item %d: kind '%s'", files[0], i, kind);
+        for (int k = 0; k < n_comp && rc == 0; k++) {
+            int key = i * n_comp + k;
+            double est = NAN;
+            if (item_double(&t, key, 4, &drop[key]) || item_double(&t, key, 5, &est))
+                rc = err_input(err, "%s:%d: drop '%s' or est_drop '%s' is not a number", files[t.file_of[key]],
+                               t.row_of[key] + 2, item_cell(&t, key, 4), item_cell(&t, key, 5));
+            else if (strcmp(item_cell(&t, key, 1), kind) || strcmp(item_cell(&t, key, 2), problem_id[i]))
+                rc = err_input(err, "%s:%d: item %d's kind or problem differs from its other rows",
+                               files[t.file_of[key]], t.row_of[key] + 2, i);
+            if (est_drop) est_drop[key] = est;
+        }
+    }
+    if (rc == 0)
+        rc = scan_summarize(c, run, info.what, L, H, heads_scanned, items, n_items, problem_id, drop, est_drop,
+                            run_exact, err);
+    if (rc == 0) printf("merge: ablation-scan of %s: %d shards, %d items\n", info.what, n, n_items);
+    if (t.csv) item_table_free(&t);
+    names_free(components, n_comp);
+    free(items);
+    free(problem_id);
+    free(drop);
+    free(est_drop);
+    free(run_exact);
+    shard_set_free(files, n);
+    shard_info_free(&info);
+    return rc;
 }
 
 // ----------------------------------------------------------------------------
@@ -2370,9 +2836,85 @@ static int completion_nll(Forcer *f, int *tokens, int n_tokens, int first_read, 
     return 0;
 }
 
+// The summarizing half of collateral damage, which the merge of its shards runs too: per ablation
+// set the mean NLL increase per kept token with a 95% CI from a bootstrap over problems.
+// problem_id, tokens_kept (n_recs) and nll (n_recs, 1 + n_sets: clean, then each set) are in record order.
+static int collateral_summarize(const Config *c, const Run *run, const char *variant, const LayerSet *sets, int n_sets,
+                                int n_recs, const char *const *problem_id, const double *tokens_kept, const double *nll,
+                                Err *err) {
+    Clusters cl = {0};
+    int *cluster = xcalloc((size_t)n_recs + 1, sizeof *cluster);
+    for (int r = 0; r < n_recs; r++) cluster[r] = cluster_of(&cl, problem_id[r]);
+    Buf csv = {0};
+    buf_puts(&csv,
+             "run_id,variant,condition,attn_layers,mlp_layers,attn_heads,completions,tokens,nll_clean,nll_ablated,"
+             "nll_increase,ci_lo,ci_hi\n");
+    double *increase = xcalloc((size_t)cl.n_clusters + 1, sizeof *increase),
+           *kept = xcalloc((size_t)cl.n_clusters + 1, sizeof *kept);
+    for (int s = 0; s < n_sets; s++) {
+        Condition cond = {s ? COND_RANDOM : COND_TARGETED, s};
+        char name[64];
+        condition_format(&cond, name, sizeof name);
+        double total_clean = 0, total_ablated = 0, total_tokens = 0;
+        memset(increase, 0, (size_t)cl.n_clusters * sizeof *increase);
+        memset(kept, 0, (size_t)cl.n_clusters * sizeof *kept);
+        for (int r = 0; r < n_recs; r++) {
+            double clean = nll[(size_t)r * (n_sets + 1)], ablated = nll[(size_t)r * (n_sets + 1) + s + 1];
+            increase[cluster[r]] += ablated - clean, kept[cluster[r]] += tokens_kept[r];
+            total_clean += clean, total_ablated += ablated, total_tokens += tokens_kept[r];
+        }
+        CollateralCtx x = {increase, kept, cl.n_clusters};
+        Interval ci = cluster_bootstrap95(stat_collateral, &x, cl.n_clusters, STAT_RESAMPLES,
+                                          seed_mix(seed_mix((uint64_t)c->seed, 0xC011A7), (uint64_t)s), 0, NULL);
+        buf_printf(&csv, "%s,", run->id);
+        buf_csv_field(&csv, variant, strlen(variant));
+        buf_printf(&csv, ",%s,[", name); // "[1 2]": a list, read as text whatever its length
+        for (int i = 0; i < sets[s].n_attn; i++) buf_printf(&csv, "%s%d", i ? " " : "", sets[s].attn_layers[i]);
+        buf_puts(&csv, "],[");
+        for (int i = 0; i < sets[s].n_mlp; i++) buf_printf(&csv, "%s%d", i ? " " : "", sets[s].mlp_layers[i]);
+        buf_puts(&csv, "],[");
+        for (int i = 0; i < sets[s].n_attn_heads; i++) // layer.head
+            buf_printf(&csv, "%s%d.%d", i ? " " : "", sets[s].attn_heads[2 * i], sets[s].attn_heads[2 * i + 1]);
+        buf_printf(&csv, "],%d,%.0f", n_recs, total_tokens);
+        put_num(&csv, total_tokens > 0 ? total_clean / total_tokens : NAN);
+        put_num(&csv, total_tokens > 0 ? total_ablated / total_tokens : NAN);
+        put_interval(&csv, ci);
+        buf_putc(&csv, '\n');
+    }
+    char path[1200];
+    run_path(run, path, sizeof path, ART_COLLATERAL);
+    int rc = write_file_atomic(path, csv.data, csv.len, err);
+    free(increase);
+    free(kept);
+    free(cluster);
+    clusters_free(&cl);
+    buf_free(&csv);
+    return rc;
+}
+
+// A collateral shard: a row per (record, condition): kept tokens and the NLL clean (condition none)
+// or under each ablation set.
+#define COLLATERAL_SHARD_HEADER "item,problem_id,tokens,condition,nll"
+
+// The conditions of collateral's rows, in nll's order: none (clean), then each ablation set's.
+static char **collateral_conditions(int n_sets) {
+    char **names = xmalloc((size_t)(n_sets + 2) * sizeof *names);
+    names[0] = xstrdup("none");
+    for (int s = 0; s < n_sets; s++) {
+        Condition cond = {s ? COND_RANDOM : COND_TARGETED, s};
+        names[s + 1] = xmalloc(64);
+        condition_format(&cond, names[s + 1], 64);
+    }
+    return names;
+}
+
+// The ablation design files and means collateral damage reads: part of its shards' digest.
+static const char *const collateral_inputs[] = {ART_SELECTED, ART_RANDOM_LAYERS, ART_MEANS, NULL};
+
 int cmd_collateral_damage(int argc, char **argv) {
-    Opt opts[] = {OPT_CONFIG, OPT("--variant", 1, "variant whose baseline completions to score (default [logit_lens] variant)"),
-                  OPT_END};
+    Opt opts[] = {OPT_CONFIG,
+                  OPT("--variant", 1, "variant whose baseline completions to score (default [logit_lens] variant)"),
+                  OPT_SHARD, OPT_END};
     Err err = {0};
     Config c;
     Run run;
@@ -2385,13 +2927,16 @@ int cmd_collateral_damage(int argc, char **argv) {
     GenRecord *recs = NULL;
     Forcer f = {0};
     Csv events = {0};
-    Clusters cl = {0};
     LayerSet *sets = xcalloc((size_t)n_sets, sizeof *sets);
     AblationMask *masks = xcalloc((size_t)n_sets, sizeof *masks);
     float *means[3] = {NULL, NULL, NULL}, *logits = NULL; // attention, MLP, heads
     double *nll = NULL, *tokens_kept = NULL; // (n_recs, 1 + n_sets) clean then each set; (n_recs)
-    Buf csv = {0};
-    char path[1200];
+    char path[1200], out_path[1200];
+    Shard shard;
+    ShardInfo info;
+    int first_rec = 0, end_rec = 0;
+    run_path(&run, out_path, sizeof out_path, ART_COLLATERAL);
+    if (shard_parse(opt_str(opts, "--shard", NULL), &shard, &err)) goto out;
     snprintf(path, sizeof path, "%s/tokenizer.json", c.model_path);
     if (tokenizer_load(&tok, path, &err) || model_load(&m, c.model_path, &err)) goto out;
     loaded = 1;
@@ -2410,11 +2955,21 @@ int cmd_collateral_damage(int argc, char **argv) {
             masks[s].attn_mean = means[0], masks[s].mlp_mean = means[1], masks[s].head_mean = means[2];
     }
     run_generation_path(&run, path, sizeof path, variant, "baseline");
-    if (!path_exists(path)) {
+    if (!exists_or_sharded(path)) {
         err_input(&err, "no baseline generations for variant %s in run %s: run generate first", variant, run.id);
         goto out;
     }
     if (generations_read(path, &recs, &n_recs, &err)) goto out;
+    shard_range(&shard, n_recs, &first_rec, &end_rec); // a shard scores its share of the completions
+    if (shard.n) {
+        uint64_t digest = analysis_digest(&c, &run, variant, 0, collateral_inputs);
+        info = (ShardInfo){"collateral-damage", variant, n_recs, n_recs, digest, 0};
+        if (shard_done(&run, out_path, &shard, &info)) {
+            printf("collateral-damage: shard %d/%d is already there\n", shard.k, shard.n);
+            goto out;
+        }
+        if (shard_begin(&run, out_path, &shard, &info, &err)) goto out;
+    }
     run_path(&run, path, sizeof path, ART_EVENTS);
     if (!path_exists(path)) {
         err_input(&err, "no events in run %s: run detect-events first", run.id);
@@ -2427,18 +2982,16 @@ int cmd_collateral_damage(int argc, char **argv) {
         err_input(&err, "%s: missing columns (run detect-events again)", path);
         goto out;
     }
-    for (int r = 0; r < n_recs; r++)
+    for (int r = first_rec; r < end_rec; r++)
         if (recs[r].prompt_tokens + recs[r].n_completion > max_tokens) max_tokens = recs[r].prompt_tokens + recs[r].n_completion;
     if (forcer_init(&f, &m, 1, max_tokens, COLLATERAL_CHUNK, &err)) goto out;
     logits = xmalloc((size_t)COLLATERAL_CHUNK * m.cfg.vocab_size * sizeof *logits);
     nll = xcalloc((size_t)(n_recs + 1) * (n_sets + 1), sizeof *nll);
     tokens_kept = xcalloc((size_t)n_recs + 1, sizeof *tokens_kept);
-    int *cluster = xcalloc((size_t)n_recs + 1, sizeof *cluster);
     TokenList prompt = {0};
     int rc = 0;
-    for (int r = 0; r < n_recs && rc == 0; r++) {
+    for (int r = first_rec; r < end_rec && rc == 0; r++) {
         const GenRecord *rec = &recs[r];
-        cluster[r] = cluster_of(&cl, rec->problem_id);
         prompt.n = 0;
         if ((rc = tokenizer_encode(tok, rec->prompt, strlen(rec->prompt), &prompt, &err))) break;
         if (prompt.n != rec->prompt_tokens) {
@@ -2467,48 +3020,38 @@ int cmd_collateral_damage(int argc, char **argv) {
                                 &nll[(size_t)r * (n_sets + 1) + s], &err);
         free(ids);
         free(onset);
-        if ((r + 1) % 16 == 0 || r + 1 == n_recs) progress("collateral-damage: %d/%d completions\n", r + 1, n_recs);
+        if ((r + 1) % 16 == 0 || r + 1 == end_rec) progress("collateral-damage: %d/%d completions\n", r + 1, end_rec);
     }
     tokens_free(&prompt);
-    buf_puts(&csv, "run_id,variant,condition,attn_layers,mlp_layers,attn_heads,completions,tokens,nll_clean,"
-                   "nll_ablated,nll_increase,ci_lo,ci_hi\n");
-    double *increase = xcalloc((size_t)cl.n_clusters + 1, sizeof *increase), *kept = xcalloc((size_t)cl.n_clusters + 1, sizeof *kept);
-    for (int s = 0; s < n_sets && rc == 0; s++) {
-        Condition cond = {s ? COND_RANDOM : COND_TARGETED, s};
-        char name[64];
-        condition_format(&cond, name, sizeof name);
-        double total_clean = 0, total_ablated = 0, total_tokens = 0;
-        memset(increase, 0, (size_t)cl.n_clusters * sizeof *increase);
-        memset(kept, 0, (size_t)cl.n_clusters * sizeof *kept);
-        for (int r = 0; r < n_recs; r++) {
-            double clean = nll[(size_t)r * (n_sets + 1)], ablated = nll[(size_t)r * (n_sets + 1) + s + 1];
-            increase[cluster[r]] += ablated - clean, kept[cluster[r]] += tokens_kept[r];
-            total_clean += clean, total_ablated += ablated, total_tokens += tokens_kept[r];
-        }
-        CollateralCtx x = {increase, kept, cl.n_clusters};
-        Interval ci = cluster_bootstrap95(stat_collateral, &x, cl.n_clusters, STAT_RESAMPLES,
-                                          seed_mix(seed_mix((uint64_t)c.seed, 0xC011A7), (uint64_t)s), 0, NULL);
-        buf_printf(&csv, "%s,", run.id);
-        buf_csv_field(&csv, variant, strlen(variant));
-        buf_printf(&csv, ",%s,[", name); // "[1 2]": a list, read as text whatever its length
-        for (int i = 0; i < sets[s].n_attn; i++) buf_printf(&csv, "%s%d", i ? " " : "", sets[s].attn_layers[i]);
-        buf_puts(&csv, "],[");
-        for (int i = 0; i < sets[s].n_mlp; i++) buf_printf(&csv, "%s%d", i ? " " : "", sets[s].mlp_layers[i]);
-        buf_puts(&csv, "],[");
-        for (int i = 0; i < sets[s].n_attn_heads; i++) // layer.head
-            buf_printf(&csv, "%s%d.%d", i ? " " : "", sets[s].attn_heads[2 * i], sets[s].attn_heads[2 * i + 1]);
-        buf_printf(&csv, "],%d,%.0f", n_recs, total_tokens);
-        put_num(&csv, total_tokens > 0 ? total_clean / total_tokens : NAN);
-        put_num(&csv, total_tokens > 0 ? total_ablated / total_tokens : NAN);
-        put_interval(&csv, ci);
-        buf_putc(&csv, '\n');
-    }
-    free(increase);
-    free(kept);
-    free(cluster);
-    run_path(&run, path, sizeof path, ART_COLLATERAL);
-    if (rc == 0 && write_file_atomic(path, csv.data, csv.len, &err) == 0)
+    const char **problem_id = xmalloc((size_t)(n_recs + 1) * sizeof *problem_id);
+    for (int r = 0; r < n_recs; r++) problem_id[r] = recs[r].problem_id;
+    if (rc == 0 && shard.n) { // the raw sums, exactly ("%.17g"), for the merge to summarize
+        Buf raw = {0};
+        char shard_path[1300];
+        char **conditions = collateral_conditions(n_sets);
+        buf_puts(&raw, COLLATERAL_SHARD_HEADER "\n");
+        for (int r = first_rec; r < end_rec; r++)
+            for (int s = 0; s <= n_sets; s++) {
+                buf_printf(&raw, "%d,", r);
+                buf_csv_field(&raw, problem_id[r], strlen(problem_id[r]));
+                put_raw(&raw, tokens_kept[r]);
+                buf_printf(&raw, ",%s", conditions[s]);
+                put_raw(&raw, nll[(size_t)r * (n_sets + 1) + s]);
+                buf_putc(&raw, '\n');
+            }
+        names_free(conditions, n_sets + 1);
+        shard_file(out_path, &shard, shard_path, sizeof shard_path);
+        rc = write_file_atomic(shard_path, raw.data, raw.len, &err);
+        if (rc == 0) rc = shard_finish(&run, out_path, &shard, &info, &err);
+        if (rc == 0)
+            printf("collateral-damage: shard %d/%d: %d of %d completions of %s under %d ablation sets\n", shard.k,
+                   shard.n, end_rec - first_rec, n_recs, variant, n_sets);
+        buf_free(&raw);
+    } else if (rc == 0 &&
+               collateral_summarize(&c, &run, variant, sets, n_sets, n_recs, problem_id, tokens_kept, nll, &err) == 0) {
         printf("collateral-damage: %d completions of %s under %d ablation sets\n", n_recs, variant, n_sets);
+    }
+    free(problem_id);
 out:
     for (int s = 0; s < n_sets; s++) {
         layer_set_free(&sets[s]);
@@ -2525,12 +3068,60 @@ out:
     forcer_free(&f);
     generations_free(recs, n_recs);
     csv_free(&events);
-    clusters_free(&cl);
     if (tok) tokenizer_free(tok);
     if (loaded) model_free(&m);
-    buf_free(&csv);
     config_free(&c);
     return err.msg[0] ? fail(&err) : 0;
+}
+
+// bt merge --stage collateral-damage: every shard's raw sums in record order, then the summarizing half.
+int merge_collateral_damage(const Config *c, const Run *run, Err *err) {
+    char **files = NULL;
+    ShardInfo info;
+    ModelConfig mc;
+    int n = 0, n_sets = 1 + c->random_draws;
+    if (model_config_read(c->model_path, &mc, err) ||
+        analysis_shards(c, run, ART_COLLATERAL, "collateral-damage", 0, collateral_inputs, &files,
+                        &n, &info, err))
+        return -1;
+    int n_recs = info.items, rc = 0;
+    LayerSet *sets = xcalloc((size_t)n_sets, sizeof *sets);
+    for (int s = 0; s < n_sets && rc == 0; s++) rc = ablation_design_read(run, mc.n_layers, s, &sets[s], err);
+    char **conditions = collateral_conditions(n_sets);
+    ItemTable t = {0};
+    if (rc == 0)
+        rc = item_table_read(files, n, n_recs, COLLATERAL_SHARD_HEADER, 3, (const char *const *)conditions, n_sets + 1,
+                             &t, err);
+    const char **problem_id = xcalloc((size_t)n_recs + 1, sizeof *problem_id);
+    double *tokens_kept = xcalloc((size_t)n_recs + 1, sizeof *tokens_kept);
+    double *nll = xcalloc((size_t)n_recs * (n_sets + 1) + 1, sizeof *nll);
+    for (int r = 0; r < n_recs && rc == 0; r++) {
+        int first = r * (n_sets + 1);
+        problem_id[r] = item_cell(&t, first, 1);
+        for (int k = 0; k <= n_sets && rc == 0; k++) {
+            int key = first + k;
+            double tokens;
+            if (item_double(&t, key, 2, &tokens) || item_double(&t, key, 4, &nll[key]))
+                rc = err_input(err, "%s:%d: tokens or nll is not a number", files[t.file_of[key]], t.row_of[key] + 2);
+            else if (k == 0)
+                tokens_kept[r] = tokens;
+            else if (tokens != tokens_kept[r] || strcmp(item_cell(&t, key, 1), problem_id[r]))
+                rc = err_input(err, "%s:%d: completion %d's tokens or problem differs from its other rows",
+                               files[t.file_of[key]], t.row_of[key] + 2, r);
+        }
+    }
+    if (rc == 0) rc = collateral_summarize(c, run, info.what, sets, n_sets, n_recs, problem_id, tokens_kept, nll, err);
+    if (rc == 0) printf("merge: collateral-damage of %s: %d shards, %d completions\n", info.what, n, n_recs);
+    if (t.csv) item_table_free(&t);
+    for (int s = 0; s < n_sets; s++) layer_set_free(&sets[s]);
+    free(sets);
+    free(problem_id);
+    free(tokens_kept);
+    free(nll);
+    names_free(conditions, n_sets + 1);
+    shard_set_free(files, n);
+    shard_info_free(&info);
+    return rc;
 }
 
 // ----------------------------------------------------------------------------
@@ -2586,7 +3177,7 @@ static int thinking_tokens(const Tokenizer *tok, const GenRecord *rec, Buf *text
 static int read_generations_of(const Run *run, const char *variant, GenRecord **recs, int *n, Err *err) {
     char path[1200];
     run_generation_path(run, path, sizeof path, variant, "baseline");
-    if (!path_exists(path))
+    if (!exists_or_sharded(path))
         return err_input(err, "no baseline generations for variant %s in run %s: run generate first", variant, run->id);
     return generations_read(path, recs, n, err);
 }
@@ -2803,101 +3394,116 @@ static void steer_project(const float *x, const double *dir, int n_layers, int h
     }
 }
 
-int cmd_directions(int argc, char **argv) {
-    Opt opts[] = {OPT_CONFIG, OPT("--variant", 1, "variant whose completions hold the positives (default [logit_lens] variant)"),
-                  OPT_END};
-    Err err = {0};
-    Config c;
-    Run run;
-    int exit_code;
-    if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
-    const char *variant = opt_str(opts, "--variant", c.lens_variant);
-    Model m = {0};
-    int loaded = 0;
-    Tokenizer *tok = NULL;
-    SteerSet s = {0};
-    Forcer f = {0};
-    SteerObs *obs = NULL;
-    double *sum = NULL, *sum_all = NULL, *dir = NULL, *fold_dir = NULL, *score = NULL;
-    float *resid = NULL, *kept = NULL, *directions = NULL, *mean_norm = NULL;
-    Buf csv = {0};
-    char path[1200];
-    if (!config_variant(&c, variant)) {
-        err_input(&err, "%s: no [variant.%s] section", c.file, variant);
-        goto out;
+// Exact sums of residuals: each float, scaled by 2^64 and truncated, adds into a 128-bit integer
+// without rounding, so the sums do not depend on the order of the completions: shards of any N
+// add up to the bits of an unsharded pass. |x| < 2^32 leaves room for 2^31 positions.
+typedef __int128 ExactSum;
+#define EXACT_SCALE 0x1p64
+#define EXACT_LIMIT 0x1p32
+
+typedef struct {
+    ExactSum *sum;     // (2 folds, 2 sets, L + 1, hidden)
+    ExactSum *sum_all; // (L + 1, hidden) over every read once
+    long long count[4], count_all;
+    float *kept; // (n_obs, L + 1, hidden) the sampled positions' residuals
+} DirSums;
+
+static void dir_sums_init(DirSums *ds, size_t per, int n_obs) {
+    memset(ds, 0, sizeof *ds);
+    ds->sum = xcalloc(4 * per, sizeof *ds->sum);
+    ds->sum_all = xcalloc(per, sizeof *ds->sum_all);
+    ds->kept = xcalloc((size_t)(n_obs + 1) * per, sizeof *ds->kept);
+}
+
+static void dir_sums_free(DirSums *ds) {
+    free(ds->sum);
+    free(ds->sum_all);
+    free(ds->kept);
+    memset(ds, 0, sizeof *ds);
+}
+
+static int exact_add(ExactSum *acc, const float *x, size_t n) {
+    for (size_t k = 0; k < n; k++) {
+        if (!(fabsf(x[k]) < EXACT_LIMIT)) return -1;
+        acc[k] += (ExactSum)((double)x[k] * EXACT_SCALE);
     }
-    snprintf(path, sizeof path, "%s/tokenizer.json", c.model_path);
-    if (tokenizer_load(&tok, path, &err) || model_load(&m, c.model_path, &err)) goto out;
-    loaded = 1;
-    if (steer_set_load(&c, &run, tok, variant, &s, &err)) goto out;
-    int L = m.cfg.n_layers, D = m.cfg.hidden_size, max_tokens = 1;
+    return 0;
+}
+
+// The directions pass over completions [first, end) of s: sums, counts, and the residuals of
+// the sampled positions among them.
+static int directions_pass(const Config *c, const Model *m, const SteerSet *s, int first, int end, const SteerObs *obs,
+                           int n_obs, DirSums *ds, Err *err) {
+    int L = m->cfg.n_layers, D = m->cfg.hidden_size, max_tokens = 1, rc = 0;
     size_t per = (size_t)(L + 1) * D; // one residual stack
-    for (int i = 0; i < s.n_seqs; i++)
-        if (s.seqs[i].n_tokens > max_tokens) max_tokens = s.seqs[i].n_tokens;
-    int n_slots = s.n_seqs < c.batch_size ? s.n_seqs : c.batch_size;
-    if (forcer_init(&f, &m, n_slots, max_tokens, ANALYSIS_MAX_ROWS, &err)) goto out;
-    int n_obs, n_kept = 0;
-    obs = steer_sample(&s, c.seed, &n_obs);
-    for (int o = 0; o < n_obs; o++)
-        if (s.seq_fold[obs[o].seq] == 0) obs[o].stored = n_kept++;
-    // (n_kept, L + 1, hidden) fold 0's sampled residuals
-    kept = xmalloc((size_t)(n_kept + 1) * per * sizeof *kept);
-    score = xmalloc((size_t)(n_obs + 1) * (L + 1) * sizeof *score);     // (L + 1, n_obs) held-out projections
-    sum = xcalloc(4 * per, sizeof *sum);                                 // (2 folds, 2 sets, L + 1, hidden)
-    sum_all = xcalloc(per, sizeof *sum_all);                             // (L + 1, hidden) over every read once
-    dir = xmalloc(per * sizeof *dir);                                    // (L + 1, hidden)
-    fold_dir = xmalloc(per * sizeof *fold_dir);                          // (L + 1, hidden) the other fold's direction
-    long long count[4] = {0}, count_all = 0;
+    for (int i = first; i < end; i++)
+        if (s->seqs[i].n_tokens > max_tokens) max_tokens = s->seqs[i].n_tokens;
+    int n_slots = end - first < c->batch_size ? end - first : c->batch_size;
+    Forcer f = {0};
+    if (forcer_init(&f, m, n_slots < 1 ? 1 : n_slots, max_tokens, ANALYSIS_MAX_ROWS, err)) return -1;
+    float *resid = NULL;
     size_t cap_reads = ANALYSIS_CAPTURE_BYTES / (per * sizeof(float));
-    int have_fold0_dir = 0, next_obs = 0;
-    for (int s0 = 0, n = 0; s0 < s.n_seqs; s0 += n) {
+    int next_obs = 0;
+    for (int s0 = first, n = 0; s0 < end && rc == 0; s0 += n) {
         size_t reads = 0;
         // as many sequences as the capture bound allows (at least one)
-        for (n = 0; s0 + n < s.n_seqs && n < n_slots; n++) {
-            if (n > 0 && reads + (size_t)s.seqs[s0 + n].n_read > cap_reads) break;
-            reads += (size_t)s.seqs[s0 + n].n_read;
+        for (n = 0; s0 + n < end && n < n_slots; n++) {
+            if (n > 0 && reads + (size_t)s->seqs[s0 + n].n_read > cap_reads) break;
+            reads += (size_t)s->seqs[s0 + n].n_read;
         }
         resid = xrealloc(resid, (reads + 1) * per * sizeof *resid); // (reads, L + 1, hidden)
         PassOut pass = {.resid = resid};
-        if (force_group(&f, s.seqs + s0, n, &pass, &err)) goto out;
-        for (int i = s0, row = 0; i < s0 + n; i++)
-            for (int r = 0; r < s.seqs[i].n_read; r++, row++) {
+        if ((rc = force_group(&f, s->seqs + s0, n, &pass, err))) break;
+        for (int i = s0, row = 0; i < s0 + n && rc == 0; i++)
+            for (int r = 0; r < s->seqs[i].n_read && rc == 0; r++, row++) {
                 const float *x = resid + (size_t)row * per;
-                unsigned char cls = s.read_class[i][r];
-                int fold = s.seq_fold[i];
-                for (int set = 0; set < 2; set++) {
+                unsigned char cls = s->read_class[i][r];
+                int fold = s->seq_fold[i];
+                for (int set = 0; set < 2 && rc == 0; set++) {
                     if (!(cls & (set ? STEER_NEG : STEER_POS))) continue;
-                    double *acc = sum + (size_t)(2 * fold + set) * per;
-                    for (size_t k = 0; k < per; k++) acc[k] += x[k];
-                    count[2 * fold + set]++;
+                    rc = exact_add(ds->sum + (size_t)(2 * fold + set) * per, x, per);
+                    ds->count[2 * fold + set]++;
                 }
-                for (size_t k = 0; k < per; k++) sum_all[k] += x[k];
-                count_all++;
-                for (; next_obs < n_obs && (obs[next_obs].seq < i || (obs[next_obs].seq == i && obs[next_obs].read < r)); next_obs++) {}
+                if (rc == 0) rc = exact_add(ds->sum_all, x, per);
+                if (rc) {
+                    rc = err_runtime(err, "directions: a residual of problem %s is not finite or exceeds 2^32 in size",
+                                     s->records[s->seq_record[i]].problem_id);
+                    break;
+                }
+                ds->count_all++;
+                for (;
+                     next_obs < n_obs && (obs[next_obs].seq < i || (obs[next_obs].seq == i && obs[next_obs].read < r));
+                     next_obs++) {}
                 for (int o = next_obs; o < n_obs && obs[o].seq == i && obs[o].read == r; o++)
-                    if (obs[o].stored >= 0) memcpy(kept + (size_t)obs[o].stored * per, x, per * sizeof *kept);
+                    memcpy(ds->kept + (size_t)o * per, x, per * sizeof *ds->kept);
             }
-        // Fold 1's positions are scored on fold 0's direction as they pass; fold 0 comes first.
-        if (!have_fold0_dir && s0 + n >= s.n_fold0) {
-            steer_diff(sum, count, 0, per, fold_dir);
-            have_fold0_dir = 1;
-        }
-        for (int o = 0, row0 = 0; o < n_obs; o++) {
-            int i = obs[o].seq;
-            if (i < s0 || i >= s0 + n || s.seq_fold[i] != 1) continue;
-            row0 = 0;
-            for (int j = s0; j < i; j++) row0 += s.seqs[j].n_read;
-            steer_project(resid + (size_t)(row0 + obs[o].read) * per, fold_dir, L, D, score + o, n_obs);
-        }
-        progress("directions: %d/%d completions\n", s0 + n, s.n_seqs);
+        progress("directions: %d/%d completions\n", s0 + n - first, end - first);
     }
-    steer_diff(sum, count, 1, per, fold_dir);
-    for (int o = 0; o < n_obs; o++)
-        if (obs[o].stored >= 0) steer_project(kept + (size_t)obs[o].stored * per, fold_dir, L, D, score + o, n_obs);
+    free(resid);
+    forcer_free(&f);
+    return rc;
+}
+
+// The summarizing half of directions (the merge of its shards runs it too): the directions, the
+// held-out AUROC of each layer, directions.csv and directions.safetensors.
+static int directions_write(const Config *c, const Run *run, const char *variant, const SteerSet *s,
+                            const SteerObs *obs, int n_obs, const DirSums *ds, int L, int D, Err *err) {
+    size_t per = (size_t)(L + 1) * D;
+    double *sum = xmalloc(4 * per * sizeof *sum);       // (2 folds, 2 sets, L + 1, hidden)
+    double *dir = xmalloc(per * sizeof *dir);           // (L + 1, hidden)
+    double *fold_dir = xmalloc(per * sizeof *fold_dir); // (L + 1, hidden) the other fold's direction
+    double *score = xmalloc((size_t)(n_obs + 1) * (L + 1) * sizeof *score); // (L + 1, n_obs) held-out projections
+    float *directions = xmalloc(per * sizeof *directions), *mean_norm = xmalloc((size_t)(L + 1) * sizeof *mean_norm);
+    for (size_t k = 0; k < 4 * per; k++) sum[k] = (double)ds->sum[k] / EXACT_SCALE;
+    const long long *count = ds->count;
+    // Each fold's positions are scored on the other fold's direction.
+    for (int fold = 0; fold < 2; fold++) {
+        steer_diff(sum, count, 1 - fold, per, fold_dir);
+        for (int o = 0; o < n_obs; o++)
+            if (s->seq_fold[obs[o].seq] == fold)
+                steer_project(ds->kept + (size_t)o * per, fold_dir, L, D, score + o, n_obs);
+    }
     steer_diff(sum, count, 2, per, dir);
-    // The files: directions (L + 1, hidden) and mean_norm (L + 1) as F32, and one CSV row per layer.
-    directions = xmalloc(per * sizeof *directions);
-    mean_norm = xmalloc((size_t)(L + 1) * sizeof *mean_norm);
     for (size_t k = 0; k < per; k++) directions[k] = (float)dir[k];
     double *auc = xmalloc((size_t)(L + 1) * 3 * sizeof *auc); // (L + 1, 3) est, lo, hi
     double *obs_score = xmalloc((size_t)(n_obs + 1) * sizeof *obs_score);
@@ -2906,7 +3512,7 @@ int cmd_directions(int argc, char **argv) {
     for (int l = 0; l <= L; l++) {
         double mean_sq = 0;
         for (int d = 0; d < D; d++) {
-            double v = sum_all[(size_t)l * D + d] / (double)count_all;
+            double v = (double)ds->sum_all[(size_t)l * D + d] / EXACT_SCALE / (double)ds->count_all;
             mean_sq += v * v;
         }
         mean_norm[l] = (float)sqrt(mean_sq);
@@ -2916,8 +3522,8 @@ int cmd_directions(int argc, char **argv) {
             if (v != v) continue;
             obs_score[n_finite] = v, obs_pos[n_finite] = obs[o].is_pos, obs_seq[n_finite++] = obs[o].seq;
         }
-        Interval a = auroc_cluster_bootstrap95(obs_score, obs_pos, obs_seq, n_finite, s.n_seqs, STEER_AUROC_RESAMPLES,
-                                               seed_mix(seed_mix((uint64_t)c.seed, STEER_AUROC_STREAM), (uint64_t)l));
+        Interval a = auroc_cluster_bootstrap95(obs_score, obs_pos, obs_seq, n_finite, s->n_seqs, STEER_AUROC_RESAMPLES,
+                                               seed_mix(seed_mix((uint64_t)c->seed, STEER_AUROC_STREAM), (uint64_t)l));
         auc[3 * l] = a.est, auc[3 * l + 1] = a.lo, auc[3 * l + 2] = a.hi;
         // [steering] layer = auto steers a residual the blocks still read: layers 0 .. L-1.
         if (l < L && a.est == a.est && (best < 0 || a.est > auc[3 * best])) best = l;
@@ -2925,6 +3531,7 @@ int cmd_directions(int argc, char **argv) {
     free(obs_score);
     free(obs_pos);
     free(obs_seq);
+    Buf csv = {0};
     buf_puts(&csv, "run_id,variant,positives,negatives,layer,norm,mean_norm,relative_norm,cos_prev,top_dim,top_component,"
                    "n_positive,n_negative,n_completions,auroc,auroc_ci_lo,auroc_ci_hi,best_auroc\n");
     for (int l = 0; l <= L; l++) {
@@ -2937,10 +3544,10 @@ int cmd_directions(int argc, char **argv) {
             if (fabs(v[d]) > fabs(v[top])) top = d;
         }
         norm = sqrt(norm), prev_norm = sqrt(prev_norm);
-        buf_printf(&csv, "%s,", run.id);
+        buf_printf(&csv, "%s,", run->id);
         buf_csv_field(&csv, variant, strlen(variant));
-        buf_printf(&csv, ",%s,", c.steer_positives == STEER_POSITIVES_EVENTS ? "events" : "thinking");
-        buf_csv_field(&csv, c.steer_negatives, strlen(c.steer_negatives));
+        buf_printf(&csv, ",%s,", c->steer_positives == STEER_POSITIVES_EVENTS ? "events" : "thinking");
+        buf_csv_field(&csv, c->steer_negatives, strlen(c->steer_negatives));
         buf_printf(&csv, ",%d", l);
         put_num(&csv, norm);
         put_num(&csv, mean_norm[l]);
@@ -2948,42 +3555,220 @@ int cmd_directions(int argc, char **argv) {
         put_num(&csv, prev && norm > 0 && prev_norm > 0 ? dot / (norm * prev_norm) : NAN);
         buf_printf(&csv, ",%d", top);
         put_num(&csv, norm > 0 ? v[top] / norm : NAN);
-        buf_printf(&csv, ",%lld,%lld,%d", count[0] + count[2], count[1] + count[3], s.n_seqs);
+        buf_printf(&csv, ",%lld,%lld,%d", count[0] + count[2], count[1] + count[3], s->n_seqs);
         put_num(&csv, auc[3 * l]);
         put_num(&csv, auc[3 * l + 1]);
         put_num(&csv, auc[3 * l + 2]);
         buf_printf(&csv, ",%d\n", l == best);
     }
     double best_auroc = best >= 0 ? auc[3 * best] : NAN;
-    free(auc);
     const char *names[2] = {"directions", "mean_norm"};
     Tensor tensors[2] = {{directions, DT_F32, L + 1, D}, {mean_norm, DT_F32, 1, L + 1}};
-    run_path(&run, path, sizeof path, ART_DIRECTIONS_CSV);
-    if (write_file_atomic(path, csv.data, csv.len, &err)) goto out;
-    run_path(&run, path, sizeof path, ART_DIRECTIONS);
-    if (safetensors_write(path, names, tensors, 2, &err)) goto out;
-    printf("directions: %d completions, %lld positive and %lld negative positions, %d layers", s.n_seqs, count[0] + count[2],
-           count[1] + count[3], L + 1);
-    if (best >= 0) printf("; best held-out AUROC %.3f at layer %d\n", best_auroc, best);
-    else printf("; no held-out AUROC (a fold lacks positives or negatives)\n");
-out:
-    free(obs);
+    char path[1200];
+    run_path(run, path, sizeof path, ART_DIRECTIONS_CSV);
+    int rc = write_file_atomic(path, csv.data, csv.len, err);
+    run_path(run, path, sizeof path, ART_DIRECTIONS);
+    if (rc == 0) rc = safetensors_write(path, names, tensors, 2, err);
+    if (rc == 0) {
+        printf("directions: %d completions, %lld positive and %lld negative positions, %d layers", s->n_seqs,
+               count[0] + count[2], count[1] + count[3], L + 1);
+        if (best >= 0)
+            printf("; best held-out AUROC %.3f at layer %d\n", best_auroc, best);
+        else
+            printf("; no held-out AUROC (a fold lacks positives or negatives)\n");
+    }
+    free(auc);
     free(sum);
-    free(sum_all);
     free(dir);
     free(fold_dir);
     free(score);
-    free(resid);
-    free(kept);
     free(directions);
     free(mean_norm);
     buf_free(&csv);
-    forcer_free(&f);
+    return rc;
+}
+
+// A directions shard (analysis/directions.shard-KKK-of-NNN.bin): one text line, then the exact sums
+// (5 (L + 1) hidden 16-byte integers in this machine's byte order), the kept positions' indices
+// among the sample (int32) and their residuals (float32, (n_kept, L + 1, hidden)).
+#define DIRECTIONS_SHARDS "analysis/directions.bin" // never written: the name its shards derive from
+#define DIR_SHARD_HEADER                                                                                               \
+    "bt directions shard 1: layers %d hidden %d completions %d of %d from %d obs %d of %d "                            \
+    "counts %lld %lld %lld %lld %lld\n"
+
+static int directions_shard_write(const char *path, const SteerSet *s, int first, int end, const SteerObs *obs,
+                                  int n_obs, const DirSums *ds, int L, int D, Err *err) {
+    size_t per = (size_t)(L + 1) * D;
+    int n_kept = 0;
+    for (int o = 0; o < n_obs; o++) n_kept += obs[o].seq >= first && obs[o].seq < end;
+    Buf b = {0};
+    buf_printf(&b, DIR_SHARD_HEADER, L, D, end - first, s->n_seqs, first, n_kept, n_obs, ds->count[0], ds->count[1],
+               ds->count[2], ds->count[3], ds->count_all);
+    buf_append(&b, ds->sum, 4 * per * sizeof *ds->sum);
+    buf_append(&b, ds->sum_all, per * sizeof *ds->sum_all);
+    for (int o = 0; o < n_obs; o++)
+        if (obs[o].seq >= first && obs[o].seq < end) {
+            int32_t idx = o;
+            buf_append(&b, &idx, sizeof idx);
+        }
+    for (int o = 0; o < n_obs; o++)
+        if (obs[o].seq >= first && obs[o].seq < end) buf_append(&b, ds->kept + (size_t)o * per, per * sizeof *ds->kept);
+    int rc = write_file_atomic(path, b.data, b.len, err);
+    buf_free(&b);
+    return rc;
+}
+
+// Adds one shard file into ds (its sums, counts and kept residuals); every sample index once.
+static int directions_shard_add(const char *path, const SteerSet *s, const SteerObs *obs, int n_obs, int L, int D,
+                                unsigned char *seen, DirSums *ds, Err *err) {
+    size_t per = (size_t)(L + 1) * D;
+    Buf b = {0};
+    if (read_file(path, &b, err)) return -1;
+    const char *nl = b.len ? memchr(b.data, '\n', b.len < 512 ? b.len : 512) : NULL;
+    int l, d, n_seq, n_all, first, n_kept, n_obs_file, rc = 0;
+    long long cnt[5];
+    char line[600];
+    snprintf(line, sizeof line, "%.*s", nl ? (int)(nl - b.data + 1) : 0, nl ? b.data : "");
+    int got = nl ? sscanf(line, DIR_SHARD_HEADER, &l, &d, &n_seq, &n_all, &first, &n_kept, &n_obs_file, &cnt[0],
+                          &cnt[1], &cnt[2], &cnt[3], &cnt[4])
+                 : 0;
+    size_t head = nl ? (size_t)(nl - b.data) + 1 : 0;
+    if (got != 12)
+        rc = err_input(err, "%s:1: not a directions shard", path);
+    else if (l != L || d != D || n_all != s->n_seqs || n_obs_file != n_obs || first < 0 || n_seq < 0 ||
+             first + n_seq > n_all || n_kept < 0 || n_kept > n_obs)
+        rc = err_input(err,
+                       "%s:1: a shard of another model or of other completions (layers %d, hidden %d, %d completions, "
+                       "%d sampled positions; want %d, %d, %d, %d)",
+                       path, l, d, n_all, n_obs_file, L, D, s->n_seqs, n_obs);
+    else if (b.len - head != 5 * per * sizeof(ExactSum) + (size_t)n_kept * (sizeof(int32_t) + per * sizeof(float)))
+        rc = err_input(err, "%s: %zu bytes after the header line, not the %zu its header says (torn or foreign)", path,
+                       b.len - head,
+                       5 * per * sizeof(ExactSum) + (size_t)n_kept * (sizeof(int32_t) + per * sizeof(float)));
+    if (rc == 0) {
+        const char *at = b.data + head;
+        ExactSum v;
+        for (size_t k = 0; k < 4 * per; k++, at += sizeof v) memcpy(&v, at, sizeof v), ds->sum[k] += v;
+        for (size_t k = 0; k < per; k++, at += sizeof v) memcpy(&v, at, sizeof v), ds->sum_all[k] += v;
+        for (int i = 0; i < 4; i++) ds->count[i] += cnt[i];
+        ds->count_all += cnt[4];
+        const char *res = at + (size_t)n_kept * sizeof(int32_t);
+        for (int i = 0; i < n_kept && rc == 0; i++) {
+            int32_t o;
+            memcpy(&o, at + (size_t)i * sizeof o, sizeof o);
+            if (o < 0 || o >= n_obs || seen[o] || obs[o].seq < first || obs[o].seq >= first + n_seq)
+                rc = err_input(err, "%s: sampled position %d is not one of this shard's or comes twice", path, (int)o);
+            else
+                seen[o] = 1,
+                memcpy(ds->kept + (size_t)o * per, res + (size_t)i * per * sizeof(float), per * sizeof(float));
+        }
+    }
+    buf_free(&b);
+    return rc;
+}
+
+int cmd_directions(int argc, char **argv) {
+    Opt opts[] = {OPT_CONFIG,
+                  OPT("--variant", 1, "variant whose completions hold the positives (default [logit_lens] variant)"),
+                  OPT_SHARD, OPT_END};
+    Err err = {0};
+    Config c;
+    Run run;
+    int exit_code;
+    if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
+    const char *variant = opt_str(opts, "--variant", c.lens_variant);
+    Model m = {0};
+    int loaded = 0;
+    Tokenizer *tok = NULL;
+    SteerSet s = {0};
+    SteerObs *obs = NULL;
+    DirSums ds = {0};
+    Shard shard;
+    char path[1200], shard_path[1300];
+    if (shard_parse(opt_str(opts, "--shard", NULL), &shard, &err)) goto out;
+    if (!config_variant(&c, variant)) {
+        err_input(&err, "%s: no [variant.%s] section", c.file, variant);
+        goto out;
+    }
+    snprintf(path, sizeof path, "%s/tokenizer.json", c.model_path);
+    if (tokenizer_load(&tok, path, &err) || model_load(&m, c.model_path, &err)) goto out;
+    loaded = 1;
+    if (steer_set_load(&c, &run, tok, variant, &s, &err)) goto out;
+    int L = m.cfg.n_layers, D = m.cfg.hidden_size, n_obs, first, end;
+    obs = steer_sample(&s, c.seed, &n_obs);
+    shard_range(&shard, s.n_seqs, &first, &end); // a shard takes its share of the completions (both folds' order)
+    ShardInfo info = {"directions", variant, s.n_seqs, n_obs, analysis_digest(&c, &run, variant, 0, NULL), 0};
+    run_path(&run, path, sizeof path, DIRECTIONS_SHARDS);
+    if (shard.n && shard_done(&run, path, &shard, &info)) {
+        printf("directions: shard %d/%d is already there\n", shard.k, shard.n);
+        goto out;
+    }
+    if (shard.n && shard_begin(&run, path, &shard, &info, &err)) goto out;
+    dir_sums_init(&ds, (size_t)(L + 1) * D, n_obs);
+    if (directions_pass(&c, &m, &s, first, end, obs, n_obs, &ds, &err)) goto out;
+    if (shard.n) {
+        shard_file(path, &shard, shard_path, sizeof shard_path);
+        if (directions_shard_write(shard_path, &s, first, end, obs, n_obs, &ds, L, D, &err) ||
+            shard_finish(&run, path, &shard, &info, &err))
+            goto out;
+        printf("directions: shard %d/%d: %d of %d completions\n", shard.k, shard.n, end - first, s.n_seqs);
+        goto out;
+    }
+    directions_write(&c, &run, variant, &s, obs, n_obs, &ds, L, D, &err);
+out:
+    free(obs);
+    dir_sums_free(&ds);
     steer_set_free(&s);
     if (tok) tokenizer_free(tok);
     if (loaded) model_free(&m);
     config_free(&c);
     return err.msg[0] ? fail(&err) : 0;
+}
+
+// bt merge --stage directions: every shard's sums added (exactly), then the summarizing half.
+int merge_directions(const Config *c, const Run *run, Err *err) {
+    char **files = NULL, path[1200];
+    ShardInfo info = {0};
+    ModelConfig mc;
+    Tokenizer *tok = NULL;
+    SteerSet s = {0};
+    SteerObs *obs = NULL;
+    DirSums ds = {0};
+    unsigned char *seen = NULL;
+    int n = 0, n_obs = 0, rc;
+    snprintf(path, sizeof path, "%s/tokenizer.json", c->model_path);
+    rc = model_config_read(c->model_path, &mc, err) ||
+                 analysis_shards(c, run, DIRECTIONS_SHARDS, "directions", 0, NULL, &files, &n, &info,
+                                 err) ||
+                 tokenizer_load(&tok, path, err) || steer_set_load(c, run, tok, info.what, &s, err)
+             ? -1
+             : 0;
+    int L = mc.n_layers, D = mc.hidden_size;
+    if (rc == 0) {
+        obs = steer_sample(&s, c->seed, &n_obs);
+        if (s.n_seqs != info.units || n_obs != info.items)
+            rc = err_input(
+                err,
+                "%s: its shards were made from %d completions and %d sampled positions, the run has %d and %d "
+                "now: rerun them",
+                files[0], info.units, info.items, s.n_seqs, n_obs);
+    }
+    if (rc == 0) {
+        dir_sums_init(&ds, (size_t)(L + 1) * D, n_obs);
+        seen = xcalloc((size_t)n_obs + 1, 1);
+    }
+    for (int k = 0; k < n && rc == 0; k++) rc = directions_shard_add(files[k], &s, obs, n_obs, L, D, seen, &ds, err);
+    for (int o = 0; o < n_obs && rc == 0; o++)
+        if (!seen[o]) rc = err_input(err, "%s: sampled position %d is in no shard (rerun them all)", files[0], o);
+    if (rc == 0) rc = directions_write(c, run, info.what, &s, obs, n_obs, &ds, L, D, err);
+    free(seen);
+    free(obs);
+    dir_sums_free(&ds);
+    steer_set_free(&s);
+    if (tok) tokenizer_free(tok);
+    if (files) shard_set_free(files, n);
+    if (info.stage) shard_info_free(&info);
+    return rc;
 }
 
 // ----------------------------------------------------------------------------
@@ -2999,7 +3784,13 @@ static int steered_layer_of(const Run *run, const char *variant, const char *con
     Buf text = {0};
     Err ignored;
     long long layer = -1;
-    if (read_file(path, &text, &ignored) == 0 && text.len) {
+    char **shards = NULL;
+    int n_shards = 0;
+    if (!path_exists(path) && shard_set(run->id, path, 0, &shards, &n_shards, NULL, &ignored) > 0) // its first record
+        for (int k = 0; k < n_shards && text.len == 0; k++)
+            if (read_file(shards[k], &text, &ignored)) text.len = 0;
+    if (shards) shard_set_free(shards, n_shards);
+    if ((text.len || read_file(path, &text, &ignored) == 0) && text.len) {
         size_t len = strcspn(text.data, "\n");
         Json j;
         if (json_parse(&j, text.data, len, path, &ignored) == 0) {

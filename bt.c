@@ -689,19 +689,21 @@ int run_generation_files(const Config *c, const Run *run, char ***paths, Err *er
         char **names = NULL;
         int n_names = 0;
         for (struct dirent *e; (e = readdir(d));) {
-            size_t len = strlen(e->d_name);
-            if (len <= 6 || strcmp(e->d_name + len - 6, ".jsonl") != 0) continue;
-            char *stem = xstrndup(e->d_name, len - 6); // a condition, unless a timing sidecar or a shard
-            if ((len > 13 && strcmp(stem + len - 13, ".timing") == 0) || strstr(stem, ".shard-")) {
-                free(stem);
+            size_t len = strlen(e->d_name),
+                   stem = shard_name_stem(e->d_name, "jsonl"); // a shard names its condition too
+            if (stem ? memchr(e->d_name, '.', stem) != NULL
+                     : len <= 6 || strcmp(e->d_name + len - 6, ".jsonl") != 0 || memchr(e->d_name, '.', len - 6))
                 continue;
-            }
             names = xrealloc(names, (size_t)(n_names + 1) * sizeof *names);
-            names[n_names++] = stem;
+            names[n_names++] = xstrndup(e->d_name, stem ? stem : len - 6); // a condition: no dot (not a sidecar)
         }
         closedir(d);
         qsort(names, (size_t)n_names, sizeof *names, cmp_condition_file);
         for (int i = 0; i < n_names; i++) {
+            if (i + 1 < n_names && strcmp(names[i], names[i + 1]) == 0) { // the file and its shards, or several shards
+                free(names[i]);
+                continue;
+            }
             char path[1200];
             run_generation_path(run, path, sizeof path, c->variant_defs[v].name, names[i]);
             out = xrealloc(out, (size_t)(n + 1) * sizeof *out);
@@ -723,7 +725,12 @@ int run_current(const Config *c, Run *run, Err *err) {
     snprintf(path, sizeof path, "%s/%s", c->runs_dir, CURRENT_RUN_FILE);
     Buf b = {0};
     Err ignored;
-    if (read_file(path, &b, &ignored))
+    const char *pinned =
+        getenv("BT_RUN_ID"); // bt slurm's jobs name their run: another run made current meanwhile is not theirs
+    if (pinned && *pinned) {
+        snprintf(path, sizeof path, "$BT_RUN_ID");
+        buf_puts(&b, pinned);
+    } else if (read_file(path, &b, &ignored))
         return err_input(err, "no current run: %s is missing (run `bt init-run --config %s` first)", path, c->file);
     char *id = strip(b.data);
     if (!valid_name(id) || strlen(id) >= sizeof run->id) {
@@ -900,6 +907,417 @@ int cmd_init_run(int argc, char **argv) {
 out:
     config_free(&c);
     return err.msg[0] ? fail(&err) : 0;
+}
+
+// ----------------------------------------------------------------------------
+// Shards: a stage's share K of N, its file names next to the unsharded output, its manifest,
+// and the set of shards a reader takes when the unsharded output is absent.
+
+#define SHARD_TAG ".shard-" // <stem>.shard-KKK-of-NNN.<ext>
+#define SHARD_MANIFEST_EXT "manifest.json"
+
+// A whole number of at most 9 digits in s[0..len), nothing else; -1 otherwise.
+static long whole_number(const char *s, size_t len) {
+    if (len == 0 || len > 9) return -1;
+    long v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9') return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+static long env_number(const char *name) {
+    const char *v = getenv(name);
+    return v ? whole_number(v, strlen(v)) : -1;
+}
+
+int shard_parse(const char *spec, Shard *s, Err *err) {
+    s->k = s->n = 0;
+    if (!spec) return 0;
+    long k, n;
+    if (strcmp(spec, "auto") == 0) {
+        long id = env_number("SLURM_ARRAY_TASK_ID");
+        if (id < 0)
+            return err_input(err,
+                             "--shard auto: SLURM_ARRAY_TASK_ID is not set (not a Slurm array task): give --shard K/N");
+        if (getenv("BT_SHARDS")) {
+            k = id, n = env_number("BT_SHARDS");
+            if (n < 1) return err_input(err, "--shard auto: BT_SHARDS='%s' is not a shard count", getenv("BT_SHARDS"));
+        } else {
+            long min = env_number("SLURM_ARRAY_TASK_MIN"), count = env_number("SLURM_ARRAY_TASK_COUNT");
+            if (min < 0 || count < 1)
+                return err_input(err, "--shard auto: SLURM_ARRAY_TASK_MIN or SLURM_ARRAY_TASK_COUNT is not set");
+            k = id - min + 1, n = count;
+        }
+        if (k < 1 || k > n || n > SHARD_MAX)
+            return err_input(err, "--shard auto: array task %ld is not one of shards 1..%ld (at most %d)", id, n,
+                             SHARD_MAX);
+    } else {
+        const char *slash = strchr(spec, '/');
+        k = slash ? whole_number(spec, (size_t)(slash - spec)) : -1;
+        n = slash ? whole_number(slash + 1, strlen(slash + 1)) : -1;
+        if (k < 0 || n < 0) return err_input(err, "--shard '%s': give K/N (shard K of N, 1 <= K <= N) or auto", spec);
+        if (n < 1 || n > SHARD_MAX || k < 1 || k > n)
+            return err_input(err, "--shard %s: K must be in 1..N and N in 1..%d", spec, SHARD_MAX);
+    }
+    s->k = (int)k, s->n = (int)n;
+    return 0;
+}
+
+void shard_range(const Shard *s, int n_units, int *first, int *end) {
+    *first = s->n ? (int)((long long)n_units * (s->k - 1) / s->n) : 0;
+    *end = s->n ? (int)((long long)n_units * s->k / s->n) : n_units;
+}
+
+// dir/stem.ext -> dir/stem.shard-KKK-of-NNN.<ext> (ext NULL: the path's own extension).
+static void shard_file_ext(const char *path, const Shard *s, const char *ext, char *out, size_t n) {
+    const char *base = strrchr(path, '/'), *dot = strrchr(base ? base : path, '.');
+    size_t stem = dot ? (size_t)(dot - path) : strlen(path);
+    snprintf(out, n, "%.*s" SHARD_TAG "%03d-of-%03d.%s", (int)stem, path, s->k, s->n, ext ? ext : dot ? dot + 1 : "");
+}
+
+void shard_file(const char *path, const Shard *s, char *out, size_t n) { shard_file_ext(path, s, NULL, out, n); }
+
+size_t shard_name_stem(const char *name, const char *ext) {
+    size_t len = strlen(name), tail = strlen(SHARD_TAG) + 3 + 4 + 3 + 1 + strlen(ext); // .shard-KKK-of-NNN.ext
+    if (len <= tail) return 0;
+    const char *t = name + len - tail;
+    if (memcmp(t, SHARD_TAG, strlen(SHARD_TAG)) != 0) return 0;
+    t += strlen(SHARD_TAG);
+    if (whole_number(t, 3) < 1 || memcmp(t + 3, "-of-", 4) != 0 || whole_number(t + 7, 3) < 1 || t[10] != '.' ||
+        strcmp(t + 11, ext) != 0)
+        return 0;
+    return len - tail;
+}
+
+// The K and N of a shard name whose stem and ext are known to match.
+static void shard_name_kn(const char *name, size_t stem, int *k, int *n) {
+    const char *t = name + stem + strlen(SHARD_TAG);
+    *k = (int)whole_number(t, 3);
+    *n = (int)whole_number(t + 7, 3);
+}
+
+typedef struct {
+    char *run_id;
+    ShardInfo info; // stage and what are owned
+    int k, n, first_unit, end_unit, finished;
+} Manifest;
+
+static void manifest_free(Manifest *m) {
+    free(m->run_id);
+    shard_info_free(&m->info);
+    memset(m, 0, sizeof *m);
+}
+
+void shard_info_free(ShardInfo *info) {
+    free((char *)info->stage);
+    free((char *)info->what);
+    memset(info, 0, sizeof *info);
+}
+
+static int manifest_write(const Run *run, const char *path, const Shard *s, const ShardInfo *info, int finished,
+                          Err *err) {
+    char mpath[1300];
+    shard_file_ext(path, s, SHARD_MANIFEST_EXT, mpath, sizeof mpath);
+    int first, end;
+    shard_range(s, info->units, &first, &end);
+    Buf b = {0};
+    buf_puts(&b, "{\"run_id\": ");
+    buf_json_string(&b, run->id, strlen(run->id));
+    buf_puts(&b, ", \"stage\": ");
+    buf_json_string(&b, info->stage, strlen(info->stage));
+    buf_puts(&b, ", \"what\": ");
+    buf_json_string(&b, info->what, strlen(info->what));
+    buf_printf(&b,
+               ", \"shard\": %d, \"n_shards\": %d, \"units\": %d, \"first_unit\": %d, \"end_unit\": %d, \"items\": %d, "
+               "\"digest\": \"fnv1a64:%016llx\", \"finished\": %s}\n",
+               s->k, s->n, info->units, first, end, info->items, (unsigned long long)info->digest,
+               finished ? "true" : "false");
+    int rc = write_file_atomic(mpath, b.data, b.len, err);
+    buf_free(&b);
+    return rc;
+}
+
+static int manifest_read(const char *mpath, Manifest *m, Err *err) {
+    memset(m, 0, sizeof *m);
+    Buf text = {0};
+    Json j;
+    if (read_file(mpath, &text, err)) return -1;
+    if (json_parse(&j, text.data, text.len, mpath, err)) {
+        buf_free(&text);
+        return -1;
+    }
+    long long v[7] = {0};
+    static const char *const keys[7] = {"shard", "n_shards", "units", "first_unit", "end_unit", "items", "finished"};
+    int ok = 1;
+    for (int i = 0; i < 6; i++)
+        ok = ok && json_int(&j, json_key(&j, 0, keys[i]), &v[i]) == 0 && v[i] >= -1 && v[i] <= INT32_MAX;
+    int finished = 0;
+    ok = ok && json_bool(&j, json_key(&j, 0, "finished"), &finished) == 0;
+    m->run_id = json_strdup(&j, json_key(&j, 0, "run_id"));
+    m->info.stage = json_strdup(&j, json_key(&j, 0, "stage"));
+    m->info.what = json_strdup(&j, json_key(&j, 0, "what"));
+    char *digest = json_strdup(&j, json_key(&j, 0, "digest"));
+    unsigned long long d = 0;
+    ok = ok && m->run_id && m->info.stage && m->info.what && digest && sscanf(digest, "fnv1a64:%16llx", &d) == 1;
+    free(digest);
+    json_free(&j);
+    buf_free(&text);
+    if (!ok) {
+        manifest_free(m);
+        return err_input(err, "%s: not a shard manifest (a field is missing or bad)", mpath);
+    }
+    m->k = (int)v[0], m->n = (int)v[1], m->info.units = (int)v[2], m->first_unit = (int)v[3], m->end_unit = (int)v[4];
+    m->info.items = (int)v[5], m->info.digest = d, m->finished = finished;
+    return 0;
+}
+
+static int same_info(const ShardInfo *a, const ShardInfo *b) {
+    return strcmp(a->stage, b->stage) == 0 && strcmp(a->what, b->what) == 0 && a->units == b->units &&
+           a->items == b->items && a->digest == b->digest;
+}
+
+// The shard names of path in its directory (data files and manifests): each (k, n) once, sorted by k then n.
+static int shard_names(const char *path, int (*kn)[2], int max, int *n_found) {
+    char dir[1200];
+    const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path, *dot = strrchr(base, '.');
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+    size_t stem = dot ? (size_t)(dot - base) : strlen(base);
+    *n_found = 0;
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        size_t s = shard_name_stem(e->d_name, dot ? dot + 1 : "");
+        if (!s) s = shard_name_stem(e->d_name, SHARD_MANIFEST_EXT);
+        if (s != stem || memcmp(e->d_name, base, stem) != 0) continue;
+        int k, n, seen = 0;
+        shard_name_kn(e->d_name, s, &k, &n);
+        for (int i = 0; i < *n_found && !seen; i++) seen = kn[i][0] == k && kn[i][1] == n;
+        if (!seen && *n_found < max) kn[(*n_found)++][0] = k, kn[*n_found - 1][1] = n;
+    }
+    closedir(d);
+    for (int i = 1; i < *n_found; i++) // insertion sort: a few hundred at most
+        for (int j = i; j > 0 && (kn[j][0] < kn[j - 1][0] || (kn[j][0] == kn[j - 1][0] && kn[j][1] < kn[j - 1][1]));
+             j--) {
+            int t0 = kn[j][0], t1 = kn[j][1];
+            kn[j][0] = kn[j - 1][0], kn[j][1] = kn[j - 1][1], kn[j - 1][0] = t0, kn[j - 1][1] = t1;
+        }
+    return *n_found;
+}
+
+int exists_or_sharded(const char *path) {
+    int kn[1][2], n;
+    return path_exists(path) || shard_names(path, kn, 1, &n) > 0;
+}
+
+int shard_begin(const Run *run, const char *path, const Shard *s, const ShardInfo *info, Err *err) {
+    char file[1300], mpath[1300];
+    shard_file(path, s, file, sizeof file);
+    if (info->append && path_exists(path))
+        return err_input(
+            err, "%s exists: this output was made unsharded or its shards are merged (remove it to make shards)", path);
+    static int kn[4 * SHARD_MAX][2];
+    int n_found;
+    shard_names(path, kn, 4 * SHARD_MAX, &n_found);
+    for (int i = 0; i < n_found; i++)
+        if (kn[i][1] != s->n) {
+            Shard other = {kn[i][0], kn[i][1]};
+            shard_file(path, &other, mpath, sizeof mpath);
+            return err_input(err,
+                             "%s: shards of this output by N = %d are there, and one output is split one way (remove "
+                             "them to shard it by %d)",
+                             mpath, other.n, s->n);
+        }
+    shard_file_ext(path, s, SHARD_MANIFEST_EXT, mpath, sizeof mpath);
+    if (path_exists(file) || path_exists(mpath)) { // left by an earlier try of this shard: of this run and stage?
+        Manifest m;
+        if (!path_exists(mpath))
+            return err_input(err, "%s has no manifest %s: not written by this shard; remove it", file, mpath);
+        if (manifest_read(mpath, &m, err)) return -1;
+        int rc = 0;
+        if (strcmp(m.run_id, run->id) != 0)
+            rc = err_input(err, "%s belongs to run %s, not to run %s: remove it", mpath, m.run_id, run->id);
+        else if (strcmp(m.info.stage, info->stage) != 0 || strcmp(m.info.what, info->what) != 0)
+            rc = err_input(err, "%s was written by %s of %s, not %s of %s", mpath, m.info.stage, m.info.what,
+                           info->stage, info->what);
+        else if (info->append && !same_info(&m.info, info) && path_exists(file))
+            rc = err_input(
+                err,
+                "%s was started under another config or inputs (digest, units): remove it to start this shard again",
+                file);
+        manifest_free(&m);
+        if (rc) return rc;
+    }
+    if (manifest_write(run, path, s, info, 0, err)) return -1;
+    return info->append && !path_exists(file) ? append_durable(file, "", 0, err) : 0; // a share of none is a file too
+}
+
+int shard_finish(const Run *run, const char *path, const Shard *s, const ShardInfo *info, Err *err) {
+    return manifest_write(run, path, s, info, 1, err);
+}
+
+int shard_done(const Run *run, const char *path, const Shard *s, const ShardInfo *info) {
+    char file[1300], mpath[1300];
+    shard_file(path, s, file, sizeof file);
+    shard_file_ext(path, s, SHARD_MANIFEST_EXT, mpath, sizeof mpath);
+    Manifest m;
+    Err ignored;
+    if (!path_exists(file) || !path_exists(mpath) || manifest_read(mpath, &m, &ignored)) return 0;
+    int done = m.finished && m.k == s->k && m.n == s->n && strcmp(m.run_id, run->id) == 0 && same_info(&m.info, info);
+    manifest_free(&m);
+    return done;
+}
+
+void shard_set_free(char **files, int n) {
+    for (int i = 0; i < n; i++) free(files[i]);
+    free(files);
+}
+
+int shard_set(const char *run_id, const char *path, uint64_t want_digest, char ***files_out, int *n_shards,
+              ShardInfo *info, Err *err) {
+    *files_out = NULL;
+    *n_shards = 0;
+    static int kn[4 * SHARD_MAX][2];
+    int n_found;
+    if (shard_names(path, kn, 4 * SHARD_MAX, &n_found) == 0) return 0;
+    int n = kn[0][1];
+    char a[1300], b[1300];
+    for (int i = 1; i < n_found; i++)
+        if (kn[i][1] != n) {
+            Shard x = {kn[0][0], n}, y = {kn[i][0], kn[i][1]};
+            shard_file(path, &x, a, sizeof a);
+            shard_file(path, &y, b, sizeof b);
+            return err_input(err, "%s and %s: shards of one output with different N (%d and %d); remove the stale set",
+                             a, b, n, y.n);
+        }
+    // Every shard's data file must be there: name the missing ones.
+    Buf missing = {0};
+    int n_missing = 0;
+    for (int k = 1; k <= n; k++) {
+        Shard s = {k, n};
+        shard_file(path, &s, a, sizeof a);
+        if (path_exists(a)) continue;
+        if (n_missing++ < 8) buf_printf(&missing, "%s%s", n_missing > 1 ? ", " : "", a);
+    }
+    if (n_missing) {
+        if (n_missing > 8) buf_printf(&missing, " and %d more", n_missing - 8);
+        err_input(err, "%s is not there and its shards have holes: %d of %d missing: %s", path, n_missing, n,
+                  missing.data);
+        buf_free(&missing);
+        return -1;
+    }
+    char **files = xcalloc((size_t)n, sizeof *files);
+    Manifest first = {0};
+    int rc = 0;
+    for (int k = 1; k <= n && rc == 0; k++) {
+        Shard s = {k, n};
+        Manifest m;
+        shard_file(path, &s, a, sizeof a);
+        shard_file_ext(path, &s, SHARD_MANIFEST_EXT, b, sizeof b);
+        files[k - 1] = xstrdup(a);
+        if (!path_exists(b)) {
+            rc = err_input(err, "%s has no manifest %s: not written by a bt shard", a, b);
+            break;
+        }
+        if (manifest_read(b, &m, err)) {
+            rc = -1;
+            break;
+        }
+        if (strcmp(m.run_id, run_id) != 0)
+            rc = err_input(err, "%s: a shard of run %s, not of run %s", b, m.run_id, run_id);
+        else if (m.k != k || m.n != n)
+            rc = err_input(err, "%s: says shard %d of %d, but is named shard %d of %d", b, m.k, m.n, k, n);
+        else if (!m.finished)
+            rc = err_input(err, "%s: unfinished: its task stopped or still runs (run shard %d/%d again)", b, k, n);
+        else if (k > 1 && !same_info(&m.info, &first.info))
+            rc = err_input(err,
+                           "%s: disagrees with shard 1 of %d on what they hold (%s of %s; digest, units or items): "
+                           "rerun the stale shards",
+                           b, n, m.info.stage, m.info.what);
+        else if (want_digest && m.info.digest != want_digest)
+            rc = err_input(err,
+                           "%s: computed from other inputs than the run's current ones (config or input files "
+                           "changed): rerun its shards",
+                           b);
+        if (k == 1)
+            first = m;
+        else
+            manifest_free(&m);
+    }
+    if (rc) {
+        manifest_free(&first);
+        shard_set_free(files, n);
+        return -1;
+    }
+    if (info) *info = first.info, first.info.stage = first.info.what = NULL;
+    manifest_free(&first);
+    *files_out = files;
+    *n_shards = n;
+    return n;
+}
+
+void run_id_of_generation_path(const char *path, char *id, size_t n) {
+    const char *end = NULL, *p = path;
+    for (const char *q; (q = strstr(p, "/generations/")); p = q + 1) end = q; // the last one
+    const char *start = end;
+    while (start && start > path && start[-1] != '/') start--;
+    snprintf(id, n, "%.*s", end ? (int)(end - start) : 0, end ? start : "");
+}
+
+uint64_t config_digest(const Config *c) {
+    Buf b = {0};
+    config_write_resolved(c, &b);
+    uint64_t d = fnv1a64(b.data, b.len);
+    buf_free(&b);
+    return d;
+}
+
+uint64_t file_digest(const char *path) {
+    Buf b = {0};
+    Err ignored;
+    uint64_t d = read_file(path, &b, &ignored) ? 0 : fnv1a64(b.data, b.len);
+    buf_free(&b);
+    return d;
+}
+
+// Concatenates files[0..n) (those that exist when skip_missing) into path, whole.
+static int concat_files(char **files, int n, int skip_missing, const char *path, Err *err) {
+    Buf all = {0};
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++)
+        if (!skip_missing || path_exists(files[i])) rc = read_file(files[i], &all, err);
+    if (rc == 0) rc = write_file_atomic(path, all.data ? all.data : "", all.len, err);
+    buf_free(&all);
+    return rc;
+}
+
+int merge_generations(const Config *c, const Run *run, int *n_merged, Err *err) {
+    char **paths;
+    int n_paths = run_generation_files(c, run, &paths, err), rc = 0;
+    *n_merged = 0;
+    for (int f = 0; f < n_paths && rc == 0; f++) {
+        char **files;
+        int n;
+        if (path_exists(paths[f])) continue;
+        if ((rc = shard_set(run->id, paths[f], 0, &files, &n, NULL, err)) <= 0) continue;
+        rc = concat_files(files, n, 0, paths[f], err);
+        for (int k = 0; k < n; k++) { // each shard's timing sidecar: stem.shard-KKK-of-NNN.timing.jsonl
+            size_t len = strlen(files[k]);
+            char *t = xmalloc(len + 16);
+            snprintf(t, len + 16, "%.*s.timing.jsonl", (int)(len - 6), files[k]);
+            free(files[k]);
+            files[k] = t;
+        }
+        char timing[1300];
+        snprintf(timing, sizeof timing, "%.*s.timing.jsonl", (int)(strlen(paths[f]) - 6), paths[f]);
+        if (rc == 0) rc = concat_files(files, n, 1, timing, err);
+        shard_set_free(files, n);
+        if (rc == 0) (*n_merged)++;
+    }
+    for (int f = 0; f < n_paths; f++) free(paths[f]);
+    free(paths);
+    return rc < 0 ? -1 : 0;
 }
 
 // ----------------------------------------------------------------------------
@@ -1656,6 +2074,8 @@ static const Command commands[] = {
     {"run", cmd_run, "every stage above, in order"},
     {"plan", cmd_plan, "what bt run will do, with time and memory estimated on the model"},
     {"capture", cmd_capture, "activations at events, windows or whole completions to safetensors"},
+    {"merge", cmd_merge, "put a sharded stage's outputs together (as one unsharded run writes them)"},
+    {"slurm", cmd_slurm, "the pipeline as a chain of Slurm job arrays (sbatch scripts; --submit)"},
     {"model-info", cmd_model_info, "architecture, shapes, dtypes, parameter count, memory"},
     {"tokenize", cmd_tokenize, "token ids and byte spans of text"},
     {"detokenize", cmd_detokenize, "text of token ids"},

@@ -1047,6 +1047,76 @@ void format_duration(char *out, size_t n, double seconds); // "42s", "3m07s", "2
 char *render_prompt(const char *template_text, const char *question); // generate.c: every {question} replaced
 
 // ----------------------------------------------------------------------------
+// Shards (bt.c, with the run layout): a heavy stage run as N independent tasks. Shard K of N
+// (--shard K/N, or --shard auto inside a Slurm job array) takes a contiguous K-th of the stage's
+// units (problems for generation, completions for the teacher-forced analyses) and writes
+// <stem>.shard-KKK-of-NNN.<ext> next to the unsharded <stem>.<ext>, plus a manifest
+// <stem>.shard-KKK-of-NNN.manifest.json (run, stage, N, units, a digest of the inputs, finished).
+// A reader takes the unsharded file or, when it is absent, every shard in K order; a set with
+// holes, mixed N, an unfinished shard or one from another run is refused (exit 2).
+
+#define SHARD_MAX 999 // shards of one stage at most (three digits in the names)
+
+typedef struct {
+    int k, n; // shard k of n, k in 1..n; n = 0: not sharded, the whole stage
+} Shard;
+
+// What a shard's manifest records; every shard of one output must agree on all of it.
+typedef struct {
+    const char *stage; // "generate", "logit-lens", "ablation-scan", "collateral-damage", "directions"
+    const char *what;  // the output's subject, e.g. "baseline_think_newline/baseline"
+    int units;         // units the stage splits (all shards together)
+    int items;         // items of the output (all shards together), -1 when not counted
+    uint64_t digest;   // the stage's inputs (config and the files it read); readers compare it
+    int append;        // 1: the shard file grows by appends and resumes (generation); 0: written whole
+} ShardInfo;
+
+// --shard: "K/N" (1 <= K <= N <= SHARD_MAX) or "auto": K = SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN
+// + 1 of N = SLURM_ARRAY_TASK_COUNT, or, when BT_SHARDS is set (bt slurm's scripts set it, so a task
+// resubmitted alone keeps its shard), K = SLURM_ARRAY_TASK_ID of N = BT_SHARDS. NULL: not sharded.
+int shard_parse(const char *spec, Shard *s, Err *err);
+#define OPT_SHARD                                                                                                      \
+    OPT("--shard", 1, "K/N: do the K-th of N shares and write shard files; auto: from the Slurm job array")
+void shard_range(const Shard *s, int n_units, int *first, int *end);    // the shard's units [first, end)
+void shard_file(const char *path, const Shard *s, char *out, size_t n); // dir/stem.ext -> dir/stem.shard-KKK-of-NNN.ext
+// Length of the stem when name (no directory) is "<stem>.shard-KKK-of-NNN.<ext>" with this ext, else 0.
+size_t shard_name_stem(const char *name, const char *ext);
+// Before a shard writes path's shard file: refuses (exit 2, nothing written) an unsharded path that
+// exists, shards of path with another N, and this shard's file left by another run or stage; then
+// writes the manifest as unfinished. shard_finish marks it finished once the shard file is whole.
+int shard_begin(const Run *run, const char *path, const Shard *s, const ShardInfo *info, Err *err);
+int shard_finish(const Run *run, const char *path, const Shard *s, const ShardInfo *info, Err *err);
+// Whether this shard's output is already there, finished, with the same info (a rerun skips it).
+int shard_done(const Run *run, const char *path, const Shard *s, const ShardInfo *info);
+// The shards of path (the unsharded file of run_id): 0 with *n_shards = 0 when there are none, else
+// every shard file in K order after checking the set (one N, none missing, each finished, of run_id,
+// all agreeing on their manifests; info, when not NULL, receives theirs, and a nonzero want_digest
+// must equal their digest). The caller frees files[0..n) and files.
+int shard_set(const char *run_id, const char *path, uint64_t want_digest, char ***files, int *n_shards, ShardInfo *info,
+              Err *err);
+void shard_set_free(char **files, int n);
+void shard_info_free(ShardInfo *info);   // frees what shard_set's info received
+int exists_or_sharded(const char *path); // the unsharded file or any shard of it is there
+uint64_t config_digest(const Config *c); // fnv1a64 of the resolved config: every key's effective value
+uint64_t file_digest(const char *path);  // fnv1a64 of a file's bytes, 0 when it cannot be read
+// The run id of a path inside a run folder: runs_dir/<id>/generations/<variant>/<condition>.jsonl.
+void run_id_of_generation_path(const char *path, char *id, size_t n);
+// Each unsharded generation file of the run that is missing while its shards are all there: their
+// concatenation in K order (the records of an unsharded run, byte for byte), and timing sidecars alike.
+int merge_generations(const Config *c, const Run *run, int *n_merged, Err *err);
+
+// The merging halves of the sharded analyses (analysis.c): each reads the stage's shard files,
+// checks them against the run's current inputs and writes the stage's outputs through the same
+// summarizing code as an unsharded run, so any N gives the same bytes.
+int merge_logit_lens(const Config *c, const Run *run, Err *err);
+int merge_ablation_scan(const Config *c, const Run *run, Err *err);
+int merge_collateral_damage(const Config *c, const Run *run, Err *err);
+int merge_directions(const Config *c, const Run *run, Err *err);
+
+int cmd_merge(int argc, char **argv); // cluster.c: bt merge --stage S
+int cmd_slurm(int argc, char **argv); // cluster.c: bt slurm: the pipeline as a chain of sbatch scripts
+
+// ----------------------------------------------------------------------------
 // Commands: each returns an exit code. Defined in the file that owns the capability.
 
 int not_built(int argc, char **argv); // for a command whose capability does not exist yet: says so, exits 1

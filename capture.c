@@ -371,7 +371,7 @@ int cmd_capture(int argc, char **argv) {
     }
     if (parse_sites(opt_str(opts, "--sites", "resid"), want, &err)) goto out;
     run_generation_path(&run, path, sizeof path, variant, condition);
-    if (!path_exists(path)) {
+    if (!exists_or_sharded(path)) {
         err_input(&err, "no generations of %s under %s in run %s (%s): run generate first", variant, condition, run.id, path);
         goto out;
     }

@@ -460,9 +460,27 @@ static int record_finished(void *ctx, int i, Err *err) {
 // Generates every missing completion of one variant under one condition.
 static int generate_variant(const Config *c, const Run *run, const Model *m, const Tokenizer *tok,
                             const Problem *problems, int n_problems, const Variant *variant, const char *condition,
-                            const AblationMask *mask, const LayerSet *set, const char *steering_json, Err *err) {
-    char path[1200], timing_path[1300];
+                            const AblationMask *mask, const LayerSet *set, const char *steering_json,
+                            const Shard *shard, Err *err) {
+    char path[1300], timing_path[1400];
     run_generation_path(run, path, sizeof path, variant->name, condition);
+    // A shard appends to its own file (its share of the problems: a problem's samples stay together).
+    char what[300];
+    snprintf(what, sizeof what, "%s/%s", variant->name, condition);
+    Buf set_json = {0};
+    layer_set_json(&set_json, set);
+    if (steering_json) buf_puts(&set_json, steering_json); // a steered file depends on its vector too
+    ShardInfo info = {
+        "generate", what, n_problems, -1, seed_mix(config_digest(c), fnv1a64(set_json.data, set_json.len)), 1};
+    buf_free(&set_json);
+    int first_problem, end_problem;
+    shard_range(shard, n_problems, &first_problem, &end_problem);
+    if (shard->n) {
+        if (shard_begin(run, path, shard, &info, err)) return -1;
+        char unsharded[1300];
+        snprintf(unsharded, sizeof unsharded, "%s", path);
+        shard_file(unsharded, shard, path, sizeof path);
+    }
     snprintf(timing_path, sizeof timing_path, "%.*s.timing.jsonl", (int)(strlen(path) - 6), path);
     char **done_ids;
     int *done_samples, n_done;
@@ -475,7 +493,7 @@ static int generate_variant(const Config *c, const Run *run, const Model *m, con
     w.jobs = xcalloc((size_t)n_total + 1, sizeof *w.jobs);
     w.seqs = xcalloc((size_t)n_total + 1, sizeof *w.seqs);
     int rc = 0;
-    for (int p = 0; p < n_problems && rc == 0; p++) {
+    for (int p = first_problem; p < end_problem && rc == 0; p++) {
         for (int s = 0; s < c->samples_per_problem && rc == 0; s++) {
             int done = 0;
             for (int d = 0; d < n_done && !done; d++)
@@ -507,6 +525,11 @@ static int generate_variant(const Config *c, const Run *run, const Model *m, con
                         .mask = mask, .on_finish = record_finished, .on_step = generation_progress, .ctx = &w};
     progress_start(&w.clock);
     if (rc == 0) rc = generate_batch(m, w.seqs, w.n_jobs, &params, err);
+    if (rc == 0 && shard->n) {
+        char unsharded[1300];
+        run_generation_path(run, unsharded, sizeof unsharded, variant->name, condition);
+        rc = shard_finish(run, unsharded, shard, &info, err);
+    }
     for (int i = 0; i < w.n_jobs; i++) {
         free(w.jobs[i].prompt);
         tokens_free(&w.jobs[i].prompt_tokens);
@@ -534,9 +557,34 @@ void generations_free(GenRecord *r, int n) {
     free(r);
 }
 
+// The records of an unsharded file that is not there: those of its shards, in K order.
+static int generations_read_shards(const char *path, GenRecord **out, int *n_out, Err *err) {
+    char run_id[128], **files;
+    int n_files, rc = 0;
+    run_id_of_generation_path(path, run_id, sizeof run_id);
+    if (shard_set(run_id, path, 0, &files, &n_files, NULL, err) < 0) return -1;
+    for (int k = 0; k < n_files && rc == 0; k++) {
+        GenRecord *recs;
+        int n;
+        if ((rc = generations_read(files[k], &recs, &n, err))) break;
+        *out = xrealloc(*out, (size_t)(*n_out + n + 1) * sizeof **out);
+        memcpy(*out + *n_out, recs, (size_t)n * sizeof *recs);
+        *n_out += n;
+        free(recs);
+    }
+    shard_set_free(files, n_files);
+    if (rc) {
+        generations_free(*out, *n_out);
+        *out = NULL;
+        *n_out = 0;
+    }
+    return rc;
+}
+
 int generations_read(const char *path, GenRecord **out, int *n_out, Err *err) {
     *out = NULL;
     *n_out = 0;
+    if (!path_exists(path) && exists_or_sharded(path)) return generations_read_shards(path, out, n_out, err);
     Buf text = {0};
     if (read_file(path, &text, err)) return -1;
     GenRecord *list = NULL;
@@ -744,7 +792,8 @@ int steer_condition_mask(const Config *c, const SteerDirections *d, const SteerC
 // generate --condition steer | steer_random | project_out: one file per condition of the group,
 // for --variant or every [steering] variant.
 static int generate_steered(const Config *c, const Run *run, const Model *m, const Tokenizer *tok,
-                            const Problem *problems, int n_problems, const char *group, const char *one, Err *err) {
+                            const Problem *problems, int n_problems, const char *group, const char *one,
+                            const Shard *shard, Err *err) {
     SteerCondition *sc = xmalloc((size_t)(2 * c->n_steer_alphas + 1) * sizeof *sc);
     int n = steer_conditions(c, group, sc), rc = 0;
     SteerDirections d;
@@ -767,8 +816,8 @@ static int generate_steered(const Config *c, const Run *run, const Model *m, con
             buf_puts(&json, ", \"norm\": ");
             buf_json_double(&json, norm_of(vec, d.hidden));
             buf_puts(&json, "}");
-            rc = generate_variant(c, run, m, tok, problems, n_problems, config_variant(c, name), sc[i].name, &mask, &none,
-                                  json.data, err);
+            rc = generate_variant(c, run, m, tok, problems, n_problems, config_variant(c, name), sc[i].name, &mask,
+                                  &none, json.data, shard, err);
             buf_free(&json);
         }
     }
@@ -788,7 +837,7 @@ int cmd_generate(int argc, char **argv) {
                   OPT("--variant", 1,
                       "one variant (default: every [generation] variant for baseline, [steering] variants for steering, "
                       "[logit_lens] variant otherwise)"),
-                  OPT_END};
+                  OPT_SHARD, OPT_END};
     Err err = {0};
     Config c;
     Run run;
@@ -801,6 +850,8 @@ int cmd_generate(int argc, char **argv) {
     Problem *problems = NULL;
     int n_problems = 0, loaded = 0;
     const char *one = opt_str(opts, "--variant", NULL);
+    Shard shard;
+    if (shard_parse(opt_str(opts, "--shard", NULL), &shard, &err)) goto out;
     const char *steer_group = condition && condition_parse(condition, &cond) && steer_conditions(&c, condition, NULL) >= 0
                                   ? condition
                                   : NULL;
@@ -829,7 +880,7 @@ int cmd_generate(int argc, char **argv) {
     snprintf(path, sizeof path, "%s/tokenizer.json", c.model_path);
     if (tokenizer_load(&tok, path, &err)) goto out;
     if (steer_group) {
-        generate_steered(&c, &run, &m, tok, problems, n_problems, steer_group, one, &err);
+        generate_steered(&c, &run, &m, tok, problems, n_problems, steer_group, one, &shard, &err);
         goto out;
     }
     // random_ablation alone means every draw; baseline every configured variant unless one is named.
@@ -847,7 +898,7 @@ int cmd_generate(int argc, char **argv) {
         for (int v = 0; v < n_gen && rc == 0; v++) {
             const char *variant = one ? one : cond.kind == COND_BASELINE ? c.variants[v] : c.lens_variant;
             rc = generate_variant(&c, &run, &m, tok, problems, n_problems, config_variant(&c, variant), name,
-                                  cond.kind == COND_BASELINE ? NULL : &mask, &set, NULL, &err);
+                                  cond.kind == COND_BASELINE ? NULL : &mask, &set, NULL, &shard, &err);
         }
         ablation_mask_free(&mask);
         free(means[0]);

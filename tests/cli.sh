@@ -27,7 +27,7 @@ if [ -z "${CLI_ONLY:-}" ]; then
 scratch
 expect "help lists every command" 0 "formatting-sweep" "$BT" --help
 for c in init-run prepare-data generate detect-events logit-lens ablation-scan compare-conditions \
-         formatting-sweep make-report run plan capture model-info tokenize detokenize forward generate-ids make-organism \
+         formatting-sweep make-report run plan capture merge slurm model-info tokenize detokenize forward generate-ids make-organism \
          make-bench-model bench; do
     "$BT" --help | grep -q "^  $c " || bad "help lists $c" "missing"
     expect "$c --help" 0 "usage: bt $c" "$BT" $c --help

@@ -15,7 +15,8 @@ sed 's/^kind = zero/kind = mean/' small.ini > mean.ini
 sed -e 's/^source = builtin/source = gsm8k/' -e 's/^n_problems = 6/n_problems = 2/' -e 's|^path = models/organism|path = no_model|' \
     -e 's/^make_organism = true/make_organism = false/' -e 's|^\[data\]|[data]\npath = gsm8k.jsonl|' small.ini > gsm.ini
 if "$BT" run --config small.ini --threads 1 --quiet >base.log 2>&1 &&
-   "$BT" ablation-scan --config mean.ini --threads 1 --quiet >>base.log 2>&1; then
+   "$BT" ablation-scan --config mean.ini --threads 1 --quiet >>base.log 2>&1 &&
+   "$BT" logit-lens --config small.ini --threads 1 --quiet --shard 1/1 >>base.log 2>&1; then
     RUN=runs/$(cat runs/.current_run_id)
     A=$RUN/analysis
     G=$RUN/generations/baseline_think_newline
@@ -49,6 +50,8 @@ bad_kind() {
     meta) DEST=$RUN/meta.json; GOOD=keep; CMD="make-report --config small.ini"; OUT=reports/backtracking_state_transition_report.md ;;
     selected) DEST=$A/selected_layers.json; GOOD=keep; CMD="generate --config small.ini --condition targeted_ablation"; OUT=$G/targeted_ablation.jsonl ;;
     random) DEST=$A/random_layers.json; GOOD=keep; CMD="generate --config small.ini --condition random_ablation"; OUT=$G/random_ablation_1.jsonl ;;
+    lensshard) DEST=$A/logit_lens.shard-001-of-001.csv; GOOD=keep; CMD="merge --config small.ini --stage logit-lens"; OUT=$A/logit_lens.csv ;;
+    lensmanifest) DEST=$A/logit_lens.shard-001-of-001.manifest.json; GOOD=keep; CMD="merge --config small.ini --stage logit-lens"; OUT=$A/logit_lens.csv ;;
     means) DEST=$A/component_means.json; GOOD=keep; CMD="generate --config mean.ini --condition targeted_ablation"; OUT=$G/targeted_ablation.jsonl ;;
     *) return 1 ;;
     esac
@@ -66,7 +69,7 @@ bad_place() {
     @sparse3g) # header length 2^31 (the 2 GB field), then a hole up to 3 GB: nothing is read or allocated
         printf '\000\000\000\200\000\000\000\000' > "$DEST" && truncate -s 3G "$DEST" ||
             { why="cannot make a sparse 3 GB file here"; return 1; } ;;
-    *) cp "$BAD/$2" "$DEST" ;;
+    *) sed "s/@RUN_ID@/${RUN#runs/}/g" "$BAD/$2" > "$DEST" ;; # shard files name their run
     esac
 }
 

@@ -22,10 +22,12 @@ extern const TestCase tests_attrib[];
 extern const TestCase tests_interop[];
 extern const TestCase tests_reliability[];
 extern const TestCase tests_steering[];
+extern const TestCase tests_shard[];
 
 static const TestCase *groups[] = {tests_io,      tests_config,      tests_tokenizer, tests_model,    tests_stats,
                                    tests_svg,     tests_pipeline,    tests_organism,  tests_generate, tests_grad,
-                                   tests_interop, tests_reliability, tests_steering,  tests_attrib};
+                                   tests_interop, tests_reliability, tests_steering,  tests_attrib,
+                                   tests_shard};
 
 static int current_failed, current_skipped;
 static char skip_reason[512];
