@@ -118,6 +118,30 @@ before=$(ls runs/other/analysis 2> /dev/null | wc -l)
 expect "merge with no shards refused" 2 "no shards of logit-lens" "$BT" merge $C --stage logit-lens
 [ "$(ls runs/other/analysis 2> /dev/null | wc -l)" = "$before" ] && ok "refused merges wrote nothing" || bad "refused merges wrote nothing" "$(ls runs/other/analysis)"
 
+# The scan with heads (every head by attribution; heads exactly with top_k_heads) in 2 shards: the unsharded bytes.
+A=runs/$plain/analysis
+scan_shards() {
+    for k in 2 1; do BT_RUN_ID=$plain "$BT" ablation-scan $H --shard $k/2 > /dev/null || return 1; done
+    BT_RUN_ID=$plain "$BT" merge $H --stage ablation-scan > /dev/null
+}
+for m in "method = attribution" "top_k_heads = 1"; do
+    sed -e '/^method = /d' -e '/^top_k_heads = /d' -e "s/^max_events = 100/max_events = 100\n$m/" mean.ini > heads.ini
+    H="--config heads.ini --threads 1 --quiet"
+    rm -f $A/ablation_importance.shard-*
+    if BT_RUN_ID=$plain "$BT" ablation-scan $H > scan.log 2>&1 && cp $A/ablation_importance.csv imp.csv &&
+        cp $A/head_importance.csv heads.csv && rm $A/ablation_importance.csv $A/head_importance.csv &&
+        scan_shards >> scan.log 2>&1 && cmp -s imp.csv $A/ablation_importance.csv && cmp -s heads.csv $A/head_importance.csv; then
+        ok "ablation-scan with heads ($m) in 2 shards: the unsharded CSVs"
+    else bad "ablation-scan with heads ($m) in 2 shards" "$(tail -n 2 scan.log)"; fi
+done
+sed -e '/^method = /d' -e "s/^max_events = 100/max_events = 100\nmethod = attribution+verify/" mean.ini > verify.ini
+expect "attribution+verify refuses --shard" 2 "attribution\+verify .* runs unsharded" \
+    env BT_RUN_ID=$plain "$BT" ablation-scan --config verify.ini --shard 1/2
+"$BT" slurm --config verify.ini --shards 2 --run-id vchain --dir vsl > /dev/null 2>&1 &&
+    ! grep -q -- '--array' vsl/ablation-scan.sbatch && ! grep -q 'merge --stage ablation-scan' vsl/merge-analyses.sbatch &&
+    grep -q -- '--array=1-2' vsl/logit-lens.sbatch && ok "bt slurm: attribution+verify's scan is one job, never merged" ||
+    bad "bt slurm with attribution+verify" "$(cat vsl/ablation-scan.sbatch 2>&1 | tail -n 3)"
+
 # bt slurm without Slurm: the scripts, their chain and the steering stages only when enabled.
 expect "bt slurm writes the chain" 0 "submit with: sh .*/sl/submit.sh" "$BT" slurm $C --shards 3 --run-id chain --dir sl
 B=sl/generate-baseline.sbatch
