@@ -367,8 +367,10 @@ void layer_set_json(Buf *b, const LayerSet *s) {
     buf_putc(b, '}');
 }
 
-static int read_int_array(const Json *j, int t, int **out, int *n, int n_layers, const char *path, const char *key, Err *err) {
-    if (t < 0 || j->tok[t].type != JSON_ARRAY) return err_input(err, "%s: \"%s\" must be an array of layer indices", path, key);
+static int read_int_array(const Json *j, int t, int **out, int *n, int n_layers, const char *path, const char *key,
+                          Err *err) {
+    if (t < 0 || j->tok[t].type != JSON_ARRAY)
+        return err_input(err, "%s: \"%s\" must be an array of layer indices", path, key);
     *out = xmalloc((size_t)(j->tok[t].size + 1) * sizeof **out);
     *n = 0;
     JSON_FOR_ARRAY(j, t, i, e) {
@@ -376,7 +378,8 @@ static int read_int_array(const Json *j, int t, int **out, int *n, int n_layers,
         if (json_int(j, e, &v) || v < 0 || v >= n_layers) {
             free(*out);
             *out = NULL;
-            return err_input(err, "%s:%d: \"%s\"[%d] is not a layer index in [0, %d)", path, json_line(j, e), key, i, n_layers);
+            return err_input(err, "%s:%d: \"%s\"[%d] is not a layer index in [0, %d)", path, json_line(j, e), key, i,
+                             n_layers);
         }
         (*out)[(*n)++] = (int)v;
     }
@@ -413,9 +416,11 @@ int layer_set_read(const char *path, int n_layers, LayerSet *s, Err *err) {
     if (rc == 0) {
         rc = json_unique_keys(&j, 0, err);
         if (rc == 0)
-            rc = read_int_array(&j, json_key(&j, 0, "attn_layers"), &s->attn_layers, &s->n_attn, n_layers, path, "attn_layers",
-                                err);
-        if (rc == 0) rc = read_int_array(&j, json_key(&j, 0, "mlp_layers"), &s->mlp_layers, &s->n_mlp, n_layers, path, "mlp_layers", err);
+            rc = read_int_array(&j, json_key(&j, 0, "attn_layers"), &s->attn_layers, &s->n_attn, n_layers, path,
+                                "attn_layers", err);
+        if (rc == 0)
+            rc = read_int_array(&j, json_key(&j, 0, "mlp_layers"), &s->mlp_layers, &s->n_mlp, n_layers, path,
+                                "mlp_layers", err);
         if (rc == 0) rc = read_head_pairs(&j, 0, s, n_layers, path, err);
         json_free(&j);
     }
@@ -487,15 +492,16 @@ int draw_random_layers(const LayerSet *targeted, int n_layers, int n_heads, long
     int free_attn = n_layers - targeted->n_attn, free_mlp = n_layers - targeted->n_mlp;
     int n_th = targeted->n_attn_heads, free_heads = n_layers * n_heads - n_th;
     if (free_attn < targeted->n_attn || free_mlp < targeted->n_mlp)
-        return err_input(err, "cannot draw %d attention and %d MLP layers outside the targeted ones: the model has %d layers",
-                         targeted->n_attn, targeted->n_mlp, n_layers);
+        return err_input(
+            err, "cannot draw %d attention and %d MLP layers outside the targeted ones: the model has %d layers",
+            targeted->n_attn, targeted->n_mlp, n_layers);
     if (free_heads < n_th)
         return err_input(err, "cannot draw %d heads outside the targeted ones: the model has %d", n_th,
                          n_layers * n_heads);
-    double possible = exp(lgamma(free_attn + 1.0) - lgamma(targeted->n_attn + 1.0) - lgamma(free_attn - targeted->n_attn + 1.0) +
-                          lgamma(free_mlp + 1.0) - lgamma(targeted->n_mlp + 1.0) -
-                          lgamma(free_mlp - targeted->n_mlp + 1.0) + lgamma(free_heads + 1.0) - lgamma(n_th + 1.0) -
-                          lgamma(free_heads - n_th + 1.0));
+    double possible =
+        exp(lgamma(free_attn + 1.0) - lgamma(targeted->n_attn + 1.0) - lgamma(free_attn - targeted->n_attn + 1.0) +
+            lgamma(free_mlp + 1.0) - lgamma(targeted->n_mlp + 1.0) - lgamma(free_mlp - targeted->n_mlp + 1.0) +
+            lgamma(free_heads + 1.0) - lgamma(n_th + 1.0) - lgamma(free_heads - n_th + 1.0));
     uint64_t base = seed_mix((uint64_t)seed, 0x5A4D0A);
     for (int d = 0; d < n_draws; d++) {
         for (int attempt = 0;; attempt++) { // a draw equal to an earlier one is drawn again, while others remain
@@ -516,7 +522,9 @@ int ablation_design_read(const Run *run, int n_layers, int draw, LayerSet *set, 
     char path[1200];
     memset(set, 0, sizeof *set);
     run_path(run, path, sizeof path, draw ? ART_RANDOM_LAYERS : ART_SELECTED);
-    if (!path_exists(path)) return err_input(err, "no %s in run %s: run ablation-scan first", draw ? ART_RANDOM_LAYERS : ART_SELECTED, run->id);
+    if (!path_exists(path))
+        return err_input(err, "no %s in run %s: run ablation-scan first", draw ? ART_RANDOM_LAYERS : ART_SELECTED,
+                         run->id);
     if (!draw) return layer_set_read(path, n_layers, set, err);
     Buf text = {0};
     Json j;
@@ -528,7 +536,8 @@ int ablation_design_read(const Run *run, int n_layers, int draw, LayerSet *set, 
         if (rc == 0 && (draws < 0 || j.tok[draws].type != JSON_ARRAY))
             rc = err_input(err, "%s: no \"draws\" array (written by another version? run ablation-scan again)", path);
         else if (rc == 0 && draw > j.tok[draws].size)
-            rc = err_input(err, "%s holds %d random draws, not %d: run ablation-scan again", path, j.tok[draws].size, draw);
+            rc = err_input(err, "%s holds %d random draws, not %d: run ablation-scan again", path, j.tok[draws].size,
+                           draw);
         if (rc == 0) JSON_FOR_ARRAY(&j, draws, i, t) {
             if (rc || i != draw - 1) continue;
             rc = json_unique_keys(&j, t, err);
@@ -555,7 +564,9 @@ int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mea
     Buf text = {0};
     Json j;
     *attn_mean = *mlp_mean = NULL;
-    if (!path_exists(path)) return err_input(err, "no %s in run %s: run ablation-scan with [ablation] kind = mean first", ART_MEANS, run->id);
+    if (!path_exists(path))
+        return err_input(err, "no %s in run %s: run ablation-scan with [ablation] kind = mean first", ART_MEANS,
+                         run->id);
     if (read_file(path, &text, err)) return -1;
     if (json_parse(&j, text.data, text.len, path, err)) {
         buf_free(&text);
@@ -568,7 +579,8 @@ int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mea
     for (int part = 0; part < 2 && rc == 0; part++) {
         int t = json_key(&j, 0, keys[part]);
         if (t < 0 || j.tok[t].type != JSON_ARRAY || (size_t)j.tok[t].size != n) {
-            rc = err_input(err, "%s: \"%s\" must hold %d x %d numbers for this model", path, keys[part], mc->n_layers, mc->hidden_size);
+            rc = err_input(err, "%s: \"%s\" must hold %d x %d numbers for this model", path, keys[part], mc->n_layers,
+                           mc->hidden_size);
             break;
         }
         float *v = xmalloc(n * sizeof *v);
@@ -663,7 +675,9 @@ int head_means_read(const Run *run, const ModelConfig *mc, float **head_mean, Er
 // Events: backtracking triggers in the thinking part of each completion,
 // mapped to the token that carries them, and position-matched controls.
 
-static int ascii_alnum(unsigned char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); }
+static int ascii_alnum(unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
 
 // Finds trigger occurrences in text[0..n): case-sensitive, a whole word at each
 // end, earliest first, overlaps resolved for the earliest (then longest) match.
@@ -676,7 +690,9 @@ int find_triggers(const char *text, size_t n, char *const *triggers, int n_trigg
             for (int t = 0; t < n_triggers; t++) {
                 size_t len = strlen(triggers[t]);
                 if (len == 0 || at + len > n || memcmp(text + at, triggers[t], len) != 0) continue;
-                if (at + len < n && ascii_alnum((unsigned char)text[at + len]) && ascii_alnum((unsigned char)triggers[t][len - 1])) continue;
+                if (at + len < n && ascii_alnum((unsigned char)text[at + len]) &&
+                    ascii_alnum((unsigned char)triggers[t][len - 1]))
+                    continue;
                 if (len > best_len) {
                     best = t;
                     best_len = len;
@@ -737,8 +753,9 @@ static void run_events_free(RunEvents *e) {
 int count_sentence_ends(const char *text, size_t n) {
     int count = 0;
     for (size_t i = 0; i < n; i++) {
-        int end = text[i] == '\n' || ((text[i] == '.' || text[i] == '!' || text[i] == '?') && i + 1 < n &&
-                                       (text[i + 1] == ' ' || text[i + 1] == '\n' || text[i + 1] == '\t' || text[i + 1] == '\r'));
+        int end = text[i] == '\n' ||
+                  ((text[i] == '.' || text[i] == '!' || text[i] == '?') && i + 1 < n &&
+                   (text[i + 1] == ' ' || text[i + 1] == '\n' || text[i + 1] == '\t' || text[i + 1] == '\r'));
         if (!end) continue;
         size_t j = i + 1;
         while (j < n && (text[j] == ' ' || text[j] == '\n' || text[j] == '\t' || text[j] == '\r')) j++;
@@ -801,7 +818,9 @@ static int detect_run_events(const Config *c, const Run *run, const Tokenizer *t
     return 0;
 }
 
-static int same_group(const GenRecord *a, const GenRecord *b) { return strcmp(a->variant, b->variant) == 0 && strcmp(a->condition, b->condition) == 0; }
+static int same_group(const GenRecord *a, const GenRecord *b) {
+    return strcmp(a->variant, b->variant) == 0 && strcmp(a->condition, b->condition) == 0;
+}
 
 // Whether record r has an event within distance tokens of k.
 static int event_near(const RunEvents *ev, int r, int k, int distance) {
@@ -811,8 +830,8 @@ static int event_near(const RunEvents *ev, int r, int k, int distance) {
 }
 
 // One row of backtracking_events.csv.
-static void event_row(Buf *b, const Run *run, const Tokenizer *tok, const char *kind, int event_id, const GenRecord *rec,
-                      const char *trigger, int char_offset, int k, int onset_token_id) {
+static void event_row(Buf *b, const Run *run, const Tokenizer *tok, const char *kind, int event_id,
+                      const GenRecord *rec, const char *trigger, int char_offset, int k, int onset_token_id) {
     int n_bytes;
     const char *onset = tokenizer_token_bytes(tok, onset_token_id, &n_bytes);
     buf_printf(b, "%s,%s,%d,", run->id, kind, event_id);
@@ -828,12 +847,15 @@ static void event_row(Buf *b, const Run *run, const Tokenizer *tok, const char *
     buf_json_string(&escaped, onset ? onset : "", onset ? (size_t)n_bytes : 0);
     buf_csv_field(b, escaped.data, escaped.len);
     buf_free(&escaped);
-    buf_printf(b, ",%d,%d,%d,%d\n", rec->prompt_tokens, rec->prompt_tokens + k - 1, rec->n_completion, rec->completion_ids[k < rec->n_completion ? k : 0]);
+    buf_printf(b, ",%d,%d,%d,%d\n", rec->prompt_tokens, rec->prompt_tokens + k - 1, rec->n_completion,
+               rec->completion_ids[k < rec->n_completion ? k : 0]);
 }
 
 #define COMPLETIONS_HEADER "run_id,variant,condition,problem_id,sample,thinking_open,completion_tokens,finish_reason," \
     "truncated,correct,events,sentence_ends,reasons\n"
-#define EVENTS_HEADER "run_id,kind,event_id,variant,condition,problem_id,sample,trigger,char_offset,token_offset,onset_token_id,onset_token,prompt_tokens,pred_pos,completion_tokens,token_at_offset\n"
+#define EVENTS_HEADER                                                                                                  \
+    "run_id,kind,event_id,variant,condition,problem_id,sample,trigger,char_offset,token_offset,onset_token_id,onset_"  \
+    "token,prompt_tokens,pred_pos,completion_tokens,token_at_offset\n"
 
 int cmd_detect_events(int argc, char **argv) {
     Opt opts[] = {OPT_CONFIG, OPT_END};
@@ -853,7 +875,8 @@ int cmd_detect_events(int argc, char **argv) {
     buf_puts(&csv, EVENTS_HEADER);
     for (int e = 0; e < ev.n_events; e++) {
         const Event *x = &ev.events[e];
-        event_row(&csv, &run, tok, "event", e, &ev.records[x->record], c.triggers[x->trigger], x->char_offset, x->token_offset, x->onset_token_id);
+        event_row(&csv, &run, tok, "event", e, &ev.records[x->record], c.triggers[x->trigger], x->char_offset,
+                  x->token_offset, x->onset_token_id);
     }
     int *pool = xmalloc((size_t)ev.n_records * sizeof *pool), n_controls = 0;
     for (int e = 0; e < ev.n_events; e++) {
@@ -861,7 +884,8 @@ int cmd_detect_events(int argc, char **argv) {
         const GenRecord *own = &ev.records[x->record];
         int n_pool = 0;
         for (int q = 0; q < ev.n_records; q++)
-            if (q != x->record && same_group(&ev.records[q], own) && ev.records[q].n_completion >= x->token_offset + 1 &&
+            if (q != x->record && same_group(&ev.records[q], own) &&
+                ev.records[q].n_completion >= x->token_offset + 1 &&
                 !event_near(&ev, q, x->token_offset, c.control_min_distance))
                 pool[n_pool++] = q;
         Rng rng;
@@ -870,7 +894,8 @@ int cmd_detect_events(int argc, char **argv) {
         for (int i = 0; i < want; i++) {
             int k = i + (int)rng_below(&rng, (uint64_t)(n_pool - i));
             int t = pool[i]; pool[i] = pool[k]; pool[k] = t;
-            event_row(&csv, &run, tok, "control", e, &ev.records[pool[i]], c.triggers[x->trigger], -1, x->token_offset, x->onset_token_id);
+            event_row(&csv, &run, tok, "control", e, &ev.records[pool[i]], c.triggers[x->trigger], -1, x->token_offset,
+                      x->onset_token_id);
             n_controls++;
         }
     }
@@ -883,7 +908,9 @@ int cmd_detect_events(int argc, char **argv) {
     buf_free(&csv);
     // Summary per variant x condition, in the order the completions were read.
     Buf js = {0};
-    buf_printf(&js, "{\n  \"run_id\": \"%s\",\n  \"n_completions\": %d,\n  \"n_events\": %d,\n  \"n_controls\": %d,\n  \"groups\": [",
+    buf_printf(&js,
+               "{\n  \"run_id\": \"%s\",\n  \"n_completions\": %d,\n  \"n_events\": %d,\n  \"n_controls\": %d,\n  "
+               "\"groups\": [",
                run.id, ev.n_records, ev.n_events, n_controls);
     int n_groups = 0;
     for (int q = 0; q < ev.n_records; q++) {
@@ -937,9 +964,9 @@ int cmd_detect_events(int argc, char **argv) {
         buf_csv_field(&csv, rec->condition, strlen(rec->condition));
         buf_putc(&csv, ',');
         buf_csv_field(&csv, rec->problem_id, strlen(rec->problem_id));
-        buf_printf(&csv, ",%d,%d,%d,%s,%d,%d,%d,%d,%d\n", rec->sample, prompt_thinking_open(rec->prompt), rec->n_completion,
-                   rec->finish_reason, truncated, rec->correct, ev.first_event[r + 1] - ev.first_event[r],
-                   ev.sentence_ends[r], ev.sentence_ends[r] > 0);
+        buf_printf(&csv, ",%d,%d,%d,%s,%d,%d,%d,%d,%d\n", rec->sample, prompt_thinking_open(rec->prompt),
+                   rec->n_completion, rec->finish_reason, truncated, rec->correct,
+                   ev.first_event[r + 1] - ev.first_event[r], ev.sentence_ends[r], ev.sentence_ends[r] > 0);
     }
     run_path(&run, path, sizeof path, ART_COMPLETIONS);
     wrc = write_file_atomic(path, csv.data, csv.len, &err);
@@ -1001,8 +1028,10 @@ static int completions_load(const Run *run, const char *key_col, const char *key
                                        "sentence_ends", "thinking_open"};
     int col[8], kc = csv_col(&t, key_col), gc = csv_col(&t, group_col), rc = 0;
     for (int k = 0; k < 8; k++)
-        if ((col[k] = csv_col(&t, cols[k])) < 0) rc = err_input(err, "%s: no column '%s' (run detect-events again)", path, cols[k]);
-    if (rc == 0 && (kc < 0 || gc < 0)) rc = err_input(err, "%s: no variant or condition column (run detect-events again)", path);
+        if ((col[k] = csv_col(&t, cols[k])) < 0)
+            rc = err_input(err, "%s: no column '%s' (run detect-events again)", path, cols[k]);
+    if (rc == 0 && (kc < 0 || gc < 0))
+        rc = err_input(err, "%s: no variant or condition column (run detect-events again)", path);
     *groups = NULL;
     *n_groups = 0;
     for (int r = 0; rc == 0 && r < t.n_rows; r++) {
@@ -1021,8 +1050,14 @@ static int completions_load(const Run *run, const char *key_col, const char *key
         for (int k = 1; k < 8 && rc == 0; k++) rc = csv_int(&t, r, col[k], 0, 1LL << 30, &v[k], err);
         if (rc) break;
         grp->c = xrealloc(grp->c, (size_t)(grp->n + 1) * sizeof *grp->c);
-        grp->c[grp->n++] = (Completion){cluster_of(cl, csv_cell(&t, r, col[0])), (int)v[1], (int)v[2], (int)v[3], (int)v[4],
-                                        (int)v[5], (int)v[6], (int)v[7]};
+        grp->c[grp->n++] = (Completion){cluster_of(cl, csv_cell(&t, r, col[0])),
+                                        (int)v[1],
+                                        (int)v[2],
+                                        (int)v[3],
+                                        (int)v[4],
+                                        (int)v[5],
+                                        (int)v[6],
+                                        (int)v[7]};
     }
     csv_free(&t);
     return rc;
@@ -1046,7 +1081,8 @@ typedef struct {
 
 static Sums sums_of(const CompletionGroup *g, int n_clusters, int (*keep)(const Completion *)) {
     Sums s;
-    double **f[] = {&s.n, &s.bt, &s.events, &s.tokens, &s.opportunities, &s.reasoning, &s.reasoning_bt, &s.reasoning_events};
+    double **f[] = {&s.n,         &s.bt,           &s.events,          &s.tokens, &s.opportunities,
+                    &s.reasoning, &s.reasoning_bt, &s.reasoning_events};
     for (int k = 0; k < 8; k++) *f[k] = xcalloc((size_t)n_clusters + 1, sizeof(double));
     for (int i = 0; g && i < g->n; i++) {
         const Completion *c = &g->c[i];
@@ -1153,8 +1189,10 @@ static void put_interval(Buf *b, Interval ci) {
     put_num(b, ci.hi);
 }
 
-#define GROUP_STATS_HEADER "completions,with_backtracking,backtracking_rate,rate_ci_lo,rate_ci_hi,events,completion_tokens," \
-    "events_per_1k_tokens,events_per_1k_ci_lo,events_per_1k_ci_hi,mean_length,length_ci_lo,length_ci_hi,correct,accuracy," \
+#define GROUP_STATS_HEADER                                                                                             \
+    "completions,with_backtracking,backtracking_rate,rate_ci_lo,rate_ci_hi,events,completion_tokens,"                  \
+    "events_per_1k_tokens,events_per_1k_ci_lo,events_per_1k_ci_hi,mean_length,length_ci_lo,length_ci_hi,correct,"      \
+    "accuracy,"                                                                                                        \
     "accuracy_ci_lo,accuracy_ci_hi,truncated,truncated_share"
 
 // Rates (Wilson) and ratios (bootstrap over problems) of one group, as CSV cells.
@@ -1168,7 +1206,8 @@ static void group_stats_csv(Buf *b, const CompletionGroup *g, const Sums *s, int
     buf_printf(b, ",%lld,%lld", n, bt);
     put_interval(b, wilson95(bt, n));
     buf_printf(b, ",%lld,%lld", events, tokens);
-    put_interval(b, cluster_bootstrap95(stat_events_per_1k, &x, n_clusters, STAT_RESAMPLES, seed_mix(seed, 1), 0, NULL));
+    put_interval(b,
+                 cluster_bootstrap95(stat_events_per_1k, &x, n_clusters, STAT_RESAMPLES, seed_mix(seed, 1), 0, NULL));
     put_interval(b, cluster_bootstrap95(stat_mean_length, &x, n_clusters, STAT_RESAMPLES, seed_mix(seed, 2), 0, NULL));
     buf_printf(b, ",%lld", correct);
     put_interval(b, wilson95(correct, n));
@@ -1179,7 +1218,8 @@ static void group_stats_csv(Buf *b, const CompletionGroup *g, const Sums *s, int
 // The collateral damage of each ablation condition (collateral-damage stage), if it has run.
 static Interval collateral_of(const Csv *t, int have, const char *condition) {
     Interval r = {NAN, NAN, NAN};
-    int cc = have ? csv_col(t, "condition") : -1, e = csv_col(t, "nll_increase"), lo = csv_col(t, "ci_lo"), hi = csv_col(t, "ci_hi");
+    int cc = have ? csv_col(t, "condition") : -1, e = csv_col(t, "nll_increase"), lo = csv_col(t, "ci_lo"),
+        hi = csv_col(t, "ci_hi");
     for (int row = 0; cc >= 0 && e >= 0 && lo >= 0 && hi >= 0 && row < t->n_rows; row++)
         if (strcmp(csv_cell(t, row, cc), condition) == 0) {
             double *out[3] = {&r.est, &r.lo, &r.hi};
@@ -1200,8 +1240,9 @@ static Interval collateral_of(const Csv *t, int have, const char *condition) {
 // (problem, sample), so the tests are paired (McNemar) and one-sided, in the direction
 // the hypotheses claim; intervals resample problems.
 
-#define CONDITIONS_HEADER "run_id,variant,condition," GROUP_STATS_HEADER ",relative_drop_vs_baseline,drop_ci_lo,drop_ci_hi," \
-    "p_drop_at_least_min,pairs_yes_no,pairs_no_yes,p_vs_baseline,targeted_advantage,advantage_ci_lo,advantage_ci_hi," \
+#define CONDITIONS_HEADER                                                                                              \
+    "run_id,variant,condition," GROUP_STATS_HEADER ",relative_drop_vs_baseline,drop_ci_lo,drop_ci_hi,"                 \
+    "p_drop_at_least_min,pairs_yes_no,pairs_no_yes,p_vs_baseline,targeted_advantage,advantage_ci_lo,advantage_ci_hi,"  \
     "p_targeted_vs_this,collateral_nll,collateral_ci_lo,collateral_ci_hi\n"
 
 int cmd_compare_conditions(int argc, char **argv) {
@@ -1254,8 +1295,8 @@ int cmd_compare_conditions(int argc, char **argv) {
         group_stats_csv(&csv, grp, &sums[k], nc, seed_mix(seed, (uint64_t)k));
         SumsCtx drop = {.a = &sums[k], .b = &sums[0], .n_clusters = nc};
         double p_at_least = NAN;
-        Interval d = k ? cluster_bootstrap95(stat_relative_drop, &drop, nc, STAT_RESAMPLES, seed_mix(seed, 100 + (uint64_t)k),
-                                             c.h1_min_relative_drop, &p_at_least)
+        Interval d = k ? cluster_bootstrap95(stat_relative_drop, &drop, nc, STAT_RESAMPLES,
+                                             seed_mix(seed, 100 + (uint64_t)k), c.h1_min_relative_drop, &p_at_least)
                        : (Interval){NAN, NAN, NAN};
         put_interval(&csv, d);
         put_num(&csv, p_at_least);
@@ -1268,7 +1309,8 @@ int cmd_compare_conditions(int argc, char **argv) {
         double p_adv = NAN;
         if (k >= 2) {
             SumsCtx x = {.a = &sums[1], .b = &sums[0], .c = &sums[k], .n_clusters = nc};
-            adv = cluster_bootstrap95(stat_advantage, &x, nc, STAT_RESAMPLES, seed_mix(seed, 200 + (uint64_t)k), 0, NULL);
+            adv =
+                cluster_bootstrap95(stat_advantage, &x, nc, STAT_RESAMPLES, seed_mix(seed, 200 + (uint64_t)k), 0, NULL);
             if (k < n_cond) {
                 long long r_yes_t_no, r_no_t_yes;
                 mcnemar_counts(g[k], g[1], &r_yes_t_no, &r_no_t_yes);
@@ -1316,7 +1358,8 @@ static int reasons(const Completion *c) { return c->sentence_ends > 0; }
 // One-sided permutation test that think-open completions backtrack more per opportunity
 // than the others: labels are shuffled among each problem's reasoning completions, so
 // problems are compared with themselves. The statistic is the difference of pooled rates.
-static double h2_permutation_p(const CompletionGroup *g, int n_groups, int n_clusters, int n_permutations, uint64_t seed) {
+static double h2_permutation_p(const CompletionGroup *g, int n_groups, int n_clusters, int n_permutations,
+                               uint64_t seed) {
     int n = 0;
     for (int v = 0; v < n_groups; v++)
         for (int i = 0; i < g[v].n; i++) n += reasons(&g[v].c[i]);
@@ -1366,10 +1409,13 @@ static double h2_permutation_p(const CompletionGroup *g, int n_groups, int n_clu
     return p;
 }
 
-#define FORMATTING_HEADER "run_id,variant,thinking_open," GROUP_STATS_HEADER ",reasoning,reasoning_share,reasoning_ci_lo," \
-    "reasoning_ci_hi,opportunities,reasoning_events,events_per_opportunity,epo_ci_lo,epo_ci_hi,reasoning_with_backtracking," \
-    "reasoning_rate,reasoning_rate_ci_lo,reasoning_rate_ci_hi,chi2_stat,chi2_df,chi2_p,max_min_rate_ratio," \
-    "h2_think_reasoning,h2_no_think_reasoning,h2_rate_think,h2_rate_no_think,h2_ratio,h2_ratio_ci_lo,h2_ratio_ci_hi,h2_p," \
+#define FORMATTING_HEADER                                                                                              \
+    "run_id,variant,thinking_open," GROUP_STATS_HEADER ",reasoning,reasoning_share,reasoning_ci_lo,"                   \
+    "reasoning_ci_hi,opportunities,reasoning_events,events_per_opportunity,epo_ci_lo,epo_ci_hi,reasoning_with_"        \
+    "backtracking,"                                                                                                    \
+    "reasoning_rate,reasoning_rate_ci_lo,reasoning_rate_ci_hi,chi2_stat,chi2_df,chi2_p,max_min_rate_ratio,"            \
+    "h2_think_reasoning,h2_no_think_reasoning,h2_rate_think,h2_rate_no_think,h2_ratio,h2_ratio_ci_lo,h2_ratio_ci_hi,"  \
+    "h2_p,"                                                                                                            \
     "h2_p_ratio_at_least_min\n"
 
 int cmd_formatting_sweep(int argc, char **argv) {
@@ -1384,7 +1430,8 @@ int cmd_formatting_sweep(int argc, char **argv) {
     Clusters cl = {0};
     Buf csv = {0};
     Sums *sums = xcalloc((size_t)c.n_variants + 2, sizeof *sums), think = {0}, no_think = {0};
-    long long *bt_k = xcalloc((size_t)c.n_variants + 1, sizeof *bt_k), *nn = xcalloc((size_t)c.n_variants + 1, sizeof *nn);
+    long long *bt_k = xcalloc((size_t)c.n_variants + 1, sizeof *bt_k),
+              *nn = xcalloc((size_t)c.n_variants + 1, sizeof *nn);
     if (completions_load(&run, "condition", "baseline", "variant", &all, &n_all, &cl, &err)) goto out;
     for (int v = 0; v < c.n_variants; v++) { // the configured variants, in order; one not generated is left out
         const CompletionGroup *x = group_find(all, n_all, c.variants[v]);
@@ -1445,8 +1492,8 @@ int cmd_formatting_sweep(int argc, char **argv) {
         put_interval(&csv, wilson95(n_reason, g[v].n));
         buf_printf(&csv, ",%lld,%lld", opps, r_events);
         SumsCtx x = {.a = &sums[v], .n_clusters = nc};
-        put_interval(&csv, cluster_bootstrap95(stat_opportunity_rate, &x, nc, STAT_RESAMPLES, seed_mix(seed, 400 + (uint64_t)v),
-                                               0, NULL));
+        put_interval(&csv, cluster_bootstrap95(stat_opportunity_rate, &x, nc, STAT_RESAMPLES,
+                                               seed_mix(seed, 400 + (uint64_t)v), 0, NULL));
         buf_printf(&csv, ",%lld", r_bt);
         put_interval(&csv, wilson95(r_bt, n_reason));
         put_num(&csv, chi.stat);
@@ -1467,8 +1514,8 @@ int cmd_formatting_sweep(int argc, char **argv) {
     printf("formatting-sweep: %d variants; events per opportunity among reasoning completions, <think> open vs not: "
            "ratio %.3g [%.3g, %.3g], one-sided permutation p = %.3g\n", used, ratio.est, ratio.lo, ratio.hi, h2_p);
     if (used < c.n_variants)
-        progress("formatting-sweep: %d of %d variants have no baseline generations and are left out\n", c.n_variants - used,
-                 c.n_variants);
+        progress("formatting-sweep: %d of %d variants have no baseline generations and are left out\n",
+                 c.n_variants - used, c.n_variants);
     free(side[0].c);
     free(side[1].c);
 out:
@@ -1531,19 +1578,22 @@ static int find_record(const Items *it, const char *problem_id, int sample) {
 // Reads the events of variant (baseline condition) from backtracking_events.csv,
 // keeps at most max_events of them (a seeded choice) with their controls, and
 // lays out one teacher-forced sequence per completion involved.
-static int items_load(const Config *c, const Run *run, const Tokenizer *tok, const char *variant, int max_events, Items *it, Err *err) {
+static int items_load(const Config *c, const Run *run, const Tokenizer *tok, const char *variant, int max_events,
+                      Items *it, Err *err) {
     memset(it, 0, sizeof *it);
     char path[1200];
     run_path(run, path, sizeof path, ART_EVENTS);
     if (!path_exists(path)) return err_input(err, "no events in run %s: run detect-events first", run->id);
     Csv csv;
     if (csv_read(path, &csv, err)) return -1;
-    static const char *const cols[] = {"kind", "event_id", "variant", "condition", "problem_id", "sample", "pred_pos", "onset_token_id", "prompt_tokens"};
+    static const char *const cols[] = {"kind",   "event_id", "variant",        "condition",    "problem_id",
+                                       "sample", "pred_pos", "onset_token_id", "prompt_tokens"};
     int col[9];
     for (int i = 0; i < 9; i++)
         if ((col[i] = csv_col(&csv, cols[i])) < 0) {
             csv_free(&csv);
-            return err_input(err, "%s: no column '%s' (written by another version? run detect-events again)", path, cols[i]);
+            return err_input(err, "%s: no column '%s' (written by another version? run detect-events again)", path,
+                             cols[i]);
         }
     run_generation_path(run, path, sizeof path, variant, "baseline");
     if (!exists_or_sharded(path)) {
@@ -1593,9 +1643,11 @@ static int items_load(const Config *c, const Run *run, const Tokenizer *tok, con
         int r = rows[i];
         Item *x = &it->items[it->n_items];
         long long event_id, pred_pos, onset, sample, prompt_tokens;
-        if (csv_int(&csv, r, col[1], 0, INT_MAX, &event_id, err) || csv_int(&csv, r, col[6], 0, INT_MAX - 1, &pred_pos, err) ||
+        if (csv_int(&csv, r, col[1], 0, INT_MAX, &event_id, err) ||
+            csv_int(&csv, r, col[6], 0, INT_MAX - 1, &pred_pos, err) ||
             csv_int(&csv, r, col[7], 0, tokenizer_vocab_size(tok) - 1, &onset, err) ||
-            csv_int(&csv, r, col[5], 0, INT_MAX, &sample, err) || csv_int(&csv, r, col[8], 1, INT_MAX, &prompt_tokens, err)) {
+            csv_int(&csv, r, col[5], 0, INT_MAX, &sample, err) ||
+            csv_int(&csv, r, col[8], 1, INT_MAX, &prompt_tokens, err)) {
             rc = -1;
             break;
         }
@@ -1605,8 +1657,9 @@ static int items_load(const Config *c, const Run *run, const Tokenizer *tok, con
         x->onset_token_id = (int)onset;
         x->record = find_record(it, csv_cell(&csv, r, col[4]), (int)sample);
         if (x->record < 0) {
-            rc = err_input(err, "%s:%d: problem %s sample %s of the events is not among the generations of %s",
-                           csv.path, csv.row_line[r + 1], csv_cell(&csv, r, col[4]), csv_cell(&csv, r, col[5]), variant);
+            rc =
+                err_input(err, "%s:%d: problem %s sample %s of the events is not among the generations of %s", csv.path,
+                          csv.row_line[r + 1], csv_cell(&csv, r, col[4]), csv_cell(&csv, r, col[5]), variant);
             break;
         }
         const GenRecord *rec = &it->records[x->record];
@@ -1637,8 +1690,9 @@ static int items_load(const Config *c, const Run *run, const Tokenizer *tok, con
             rc = tokenizer_encode(tok, rec->prompt, strlen(rec->prompt), &prompt, err);
             if (rc) break;
             if (prompt.n != rec->prompt_tokens) {
-                rc = err_input(err, "problem %s: the prompt now encodes to %d tokens, the record says %d (tokenizer changed?)",
-                               rec->problem_id, prompt.n, rec->prompt_tokens);
+                rc = err_input(
+                    err, "problem %s: the prompt now encodes to %d tokens, the record says %d (tokenizer changed?)",
+                    rec->problem_id, prompt.n, rec->prompt_tokens);
                 break;
             }
             it->n_seqs++;
@@ -1656,7 +1710,8 @@ static int items_load(const Config *c, const Run *run, const Tokenizer *tok, con
     }
     tokens_free(&prompt);
     if (rc) return -1;
-    for (int s = 0; s < it->n_seqs; s++) qsort(it->seqs[s].read_pos, (size_t)it->seqs[s].n_read, sizeof(int), cmp_int_asc);
+    for (int s = 0; s < it->n_seqs; s++)
+        qsort(it->seqs[s].read_pos, (size_t)it->seqs[s].n_read, sizeof(int), cmp_int_asc);
     for (int i = 0; i < it->n_items; i++) {
         const ForcedSeq *q = &it->seqs[it->items[i].seq];
         int r = 0;
@@ -1989,7 +2044,8 @@ static void lens_window_reads(Items *it) {
             q->read_pos[q->n_read++] = p;
         }
     }
-    for (int s = 0; s < it->n_seqs; s++) qsort(it->seqs[s].read_pos, (size_t)it->seqs[s].n_read, sizeof(int), cmp_int_asc);
+    for (int s = 0; s < it->n_seqs; s++)
+        qsort(it->seqs[s].read_pos, (size_t)it->seqs[s].n_read, sizeof(int), cmp_int_asc);
     for (int i = 0; i < it->n_items; i++) {
         const ForcedSeq *q = &it->seqs[it->items[i].seq];
         int r = 0;
@@ -2028,8 +2084,8 @@ static void lens_window_csv(const Analysis *a, const Run *run, const char *varia
                 buf_csv_field(csv, variant, strlen(variant));
                 buf_putc(csv, ',');
                 buf_csv_field(csv, rec->problem_id, strlen(rec->problem_id));
-                buf_printf(csv, ",%d,%d,%d,%d,%d,%d,%.6f,%.6f,%d\n", rec->sample, x->pred_pos, -w, p, x->onset_token_id, l,
-                           lg[x->onset_token_id], lp, rank);
+                buf_printf(csv, ",%d,%d,%d,%d,%d,%d,%.6f,%.6f,%d\n", rec->sample, x->pred_pos, -w, p, x->onset_token_id,
+                           l, lg[x->onset_token_id], lp, rank);
             }
         }
     }
@@ -2101,7 +2157,8 @@ int cmd_logit_lens(int argc, char **argv) {
             buf_csv_field(&csv, variant, strlen(variant));
             buf_putc(&csv, ',');
             buf_csv_field(&csv, rec->problem_id, strlen(rec->problem_id));
-            buf_printf(&csv, ",%d,%d,%d,%d,%.6f,%.6f,%d\n", rec->sample, x->pred_pos, x->onset_token_id, l, logits[x->onset_token_id], lp, rank);
+            buf_printf(&csv, ",%d,%d,%d,%d,%.6f,%.6f,%d\n", rec->sample, x->pred_pos, x->onset_token_id, l,
+                       logits[x->onset_token_id], lp, rank);
         }
     }
     if (shard.n) shard_file(path, &shard, shard_path, sizeof shard_path);
@@ -2316,7 +2373,8 @@ static int scan_write(const Config *c, const Run *run, const char *variant, cons
         qsort(order[kind], (size_t)n_of[kind], sizeof *order[kind], cmp_effect);
         for (int i = 0; i < n_of[kind]; i++) rank[order[kind][i] - results] = i + 1;
     }
-    const char *kind = c->ablation_kind == ABLATE_MEAN ? "mean" : "zero", *scope = c->ablation_scope == SCOPE_ONSET ? "onset" : "all";
+    const char *kind = c->ablation_kind == ABLATE_MEAN ? "mean" : "zero",
+               *scope = c->ablation_scope == SCOPE_ONSET ? "onset" : "all";
     static const char *const methods[] = {"exact", "attribution", "attribution+verify"};
     Buf csv = {0}, heads = {0}, js = {0};
     buf_puts(&csv, "run_id,variant,layer,component,kind,scope," SCAN_COLUMNS);
@@ -2563,7 +2621,9 @@ int cmd_ablation_scan(int argc, char **argv) {
         if (shard_begin(&run, path, &shard, &info, &err)) goto out;
     }
     if (a.it.n_events == 0 && shard.k <= 1) // the outputs say so: no effects, no layers selected, a "no data" figure
-        fprintf(stderr, "bt ablation-scan: warning: no events of variant %s in run %s: nothing to scan, no layers selected\n", variant, run.id);
+        fprintf(stderr,
+                "bt ablation-scan: warning: no events of variant %s in run %s: nothing to scan, no layers selected\n",
+                variant, run.id);
     n_layers = a.m.cfg.n_layers;
     int hidden = a.m.cfg.hidden_size, vocab = a.m.cfg.vocab_size, n_slots = a.f.n_slots, n_heads = a.m.cfg.n_heads;
     // Heads are scanned by attribution, and exactly when the design selects heads.
@@ -2590,8 +2650,12 @@ int cmd_ablation_scan(int argc, char **argv) {
     // One mask per component: attention l, MLP l, or one head.
     masks = xcalloc((size_t)n_comp, sizeof *masks);
     for (int k = 0; k < n_comp; k++) {
-        masks[k] = (AblationMask){.kind = c.ablation_kind, .attn = xcalloc((size_t)n_layers, 1), .mlp = xcalloc((size_t)n_layers, 1),
-                                  .attn_mean = attn_mean, .mlp_mean = mlp_mean, .head_mean = head_mean};
+        masks[k] = (AblationMask){.kind = c.ablation_kind,
+                                  .attn = xcalloc((size_t)n_layers, 1),
+                                  .mlp = xcalloc((size_t)n_layers, 1),
+                                  .attn_mean = attn_mean,
+                                  .mlp_mean = mlp_mean,
+                                  .head_mean = head_mean};
         if (k >= 2 * n_layers) {
             masks[k].head = xcalloc((size_t)n_layers * n_heads, 1);
             masks[k].head[k - 2 * n_layers] = 1;
@@ -2625,7 +2689,8 @@ int cmd_ablation_scan(int argc, char **argv) {
     int max_replay = c.ablation_scope == SCOPE_ONSET ? a.f.max_rows : 0;
     float *x_in = a.f.x_in, *replay_logits = xmalloc((size_t)max_replay * vocab * sizeof *replay_logits);
     int *row_slot = xmalloc((size_t)max_replay * sizeof(int)), *row_pos = xmalloc((size_t)max_replay * sizeof(int));
-    int *row_out = xmalloc((size_t)max_replay * sizeof(int)), *row_read = xmalloc((size_t)max_replay * sizeof(int)), *row_k = xmalloc((size_t)max_replay * sizeof(int));
+    int *row_out = xmalloc((size_t)max_replay * sizeof(int)), *row_read = xmalloc((size_t)max_replay * sizeof(int)),
+        *row_k = xmalloc((size_t)max_replay * sizeof(int));
     const AblationMask **row_mask = xmalloc((size_t)max_replay * sizeof *row_mask);
     int *layer_k = xmalloc((size_t)(2 + n_heads) * sizeof *layer_k); // (2 + n_heads) the exact components of one layer
     int rc = 0;
@@ -2643,7 +2708,8 @@ int cmd_ablation_scan(int argc, char **argv) {
         if ((rc = force_group(&a.f, a.it.seqs + s0, n, &clean, &err))) break;
         for (int i = 0; i < a.it.n_items; i++)
             if (item_read[i] >= base && item_read[i] < base + group_reads)
-                clean_lp[i] = log_prob(clean_logits + (size_t)(item_read[i] - base) * vocab, vocab, a.it.items[i].onset_token_id, NULL);
+                clean_lp[i] = log_prob(clean_logits + (size_t)(item_read[i] - base) * vocab, vocab,
+                                       a.it.items[i].onset_token_id, NULL);
         if (c.ablation_scope == SCOPE_ALL) {
             // The component ablated at every position, as generation-time ablation does; each
             // pass starts at the ablated layer from the clean residual (the layers below are clean).
@@ -2655,7 +2721,8 @@ int cmd_ablation_scan(int argc, char **argv) {
                 for (int i = 0; i < a.it.n_items; i++)
                     if (item_read[i] >= base && item_read[i] < base + group_reads)
                         drop[(size_t)i * n_comp + k] =
-                            clean_lp[i] - log_prob(ablated + (size_t)(item_read[i] - base) * vocab, vocab, a.it.items[i].onset_token_id, NULL);
+                            clean_lp[i] - log_prob(ablated + (size_t)(item_read[i] - base) * vocab, vocab,
+                                                   a.it.items[i].onset_token_id, NULL);
             }
         } else {
             // Onset scope: ablate only at pred_pos; replay the layers from the ablated
@@ -2675,17 +2742,27 @@ int cmd_ablation_scan(int argc, char **argv) {
                         row_out[q] = q;
                         row_read[q] = base + j;
                         row_k[q] = k;
-                        memcpy(x_in + (size_t)q * hidden, resid + ((size_t)j * (n_layers + 1) + l) * hidden, (size_t)hidden * sizeof *x_in);
+                        memcpy(x_in + (size_t)q * hidden, resid + ((size_t)j * (n_layers + 1) + l) * hidden,
+                               (size_t)hidden * sizeof *x_in);
                     }
                     // token is unused when rows enter with x_in; row_pos stands in for a.it.
-                    Forward fw = {.n = rows, .token = row_pos, .slot = row_slot, .pos = row_pos, .mask = row_mask, .first_layer = l,
-                                  .x_in = x_in, .replay = 1, .logits = replay_logits, .logits_row = row_out};
+                    Forward fw = {.n = rows,
+                                  .token = row_pos,
+                                  .slot = row_slot,
+                                  .pos = row_pos,
+                                  .mask = row_mask,
+                                  .first_layer = l,
+                                  .x_in = x_in,
+                                  .replay = 1,
+                                  .logits = replay_logits,
+                                  .logits_row = row_out};
                     if ((rc = model_forward(&a.m, a.f.state, &fw, &err))) break;
                     for (int q = 0; q < rows; q++)
                         for (int i = 0; i < a.it.n_items; i++)
                             if (item_read[i] == row_read[q])
                                 drop[(size_t)i * n_comp + row_k[q]] =
-                                    clean_lp[i] - log_prob(replay_logits + (size_t)q * vocab, vocab, a.it.items[i].onset_token_id, NULL);
+                                    clean_lp[i] - log_prob(replay_logits + (size_t)q * vocab, vocab,
+                                                           a.it.items[i].onset_token_id, NULL);
                 }
             }
         }
@@ -2983,7 +3060,8 @@ int cmd_collateral_damage(int argc, char **argv) {
         goto out;
     }
     for (int r = first_rec; r < end_rec; r++)
-        if (recs[r].prompt_tokens + recs[r].n_completion > max_tokens) max_tokens = recs[r].prompt_tokens + recs[r].n_completion;
+        if (recs[r].prompt_tokens + recs[r].n_completion > max_tokens)
+            max_tokens = recs[r].prompt_tokens + recs[r].n_completion;
     if (forcer_init(&f, &m, 1, max_tokens, COLLATERAL_CHUNK, &err)) goto out;
     logits = xmalloc((size_t)COLLATERAL_CHUNK * m.cfg.vocab_size * sizeof *logits);
     nll = xcalloc((size_t)(n_recs + 1) * (n_sets + 1), sizeof *nll);
@@ -2995,7 +3073,8 @@ int cmd_collateral_damage(int argc, char **argv) {
         prompt.n = 0;
         if ((rc = tokenizer_encode(tok, rec->prompt, strlen(rec->prompt), &prompt, &err))) break;
         if (prompt.n != rec->prompt_tokens) {
-            rc = err_input(&err, "problem %s: the prompt now encodes to %d tokens, the record says %d (tokenizer changed?)",
+            rc = err_input(&err,
+                           "problem %s: the prompt now encodes to %d tokens, the record says %d (tokenizer changed?)",
                            rec->problem_id, prompt.n, rec->prompt_tokens);
             break;
         }
@@ -3190,22 +3269,26 @@ static int mark_windows(const Config *c, const Run *run, const char *variant, co
     if (!path_exists(path)) return err_input(err, "no events in run %s: run detect-events first", run->id);
     Csv csv;
     if (csv_read(path, &csv, err)) return -1;
-    static const char *const cols[] = {"kind", "variant", "condition", "problem_id", "sample", "token_offset", "prompt_tokens"};
+    static const char *const cols[] = {"kind",   "variant",      "condition",    "problem_id",
+                                       "sample", "token_offset", "prompt_tokens"};
     int col[7], rc = 0;
     for (int i = 0; i < 7 && rc == 0; i++)
         if ((col[i] = csv_col(&csv, cols[i])) < 0)
-            rc = err_input(err, "%s: no column '%s' (written by another version? run detect-events again)", path, cols[i]);
+            rc = err_input(err, "%s: no column '%s' (written by another version? run detect-events again)", path,
+                           cols[i]);
     for (int r = 0; r < csv.n_rows && rc == 0; r++) {
         if (strcmp(csv_cell(&csv, r, col[0]), kind) || strcmp(csv_cell(&csv, r, col[1]), variant) ||
             strcmp(csv_cell(&csv, r, col[2]), "baseline"))
             continue;
         int rec = -1, sample = atoi(csv_cell(&csv, r, col[4])), k = atoi(csv_cell(&csv, r, col[5]));
         for (int i = 0; i < s->n_own && rec < 0; i++)
-            if (s->records[i].sample == sample && strcmp(s->records[i].problem_id, csv_cell(&csv, r, col[3])) == 0) rec = i;
+            if (s->records[i].sample == sample && strcmp(s->records[i].problem_id, csv_cell(&csv, r, col[3])) == 0)
+                rec = i;
         const GenRecord *g = rec >= 0 ? &s->records[rec] : NULL;
         if (!g || atoi(csv_cell(&csv, r, col[6])) != g->prompt_tokens || k < 0 || k > g->n_completion) {
-            rc = err_input(err, "%s:%d: %s of problem %s sample %d does not fit the generations of %s (run detect-events again)",
-                           path, r + 2, kind, csv_cell(&csv, r, col[3]), sample, variant);
+            rc = err_input(
+                err, "%s:%d: %s of problem %s sample %d does not fit the generations of %s (run detect-events again)",
+                path, r + 2, kind, csv_cell(&csv, r, col[3]), sample, variant);
             break;
         }
         int onset = g->prompt_tokens + k;
@@ -3218,7 +3301,8 @@ static int mark_windows(const Config *c, const Run *run, const char *variant, co
 
 // Reads the completions and marks each position's sets, splits the completions in two folds
 // (a seeded shuffle within each variant, then alternating), and lays out one sequence each.
-static int steer_set_load(const Config *c, const Run *run, const Tokenizer *tok, const char *variant, SteerSet *s, Err *err) {
+static int steer_set_load(const Config *c, const Run *run, const Tokenizer *tok, const char *variant, SteerSet *s,
+                          Err *err) {
     memset(s, 0, sizeof *s);
     const char *neg = c->steer_negatives, *neg_variant = strncmp(neg, "variant:", 8) == 0 ? neg + 8 : NULL;
     if (neg_variant && strcmp(neg_variant, variant) == 0)
@@ -3235,7 +3319,8 @@ static int steer_set_load(const Config *c, const Run *run, const Tokenizer *tok,
         free(more);
     }
     unsigned char **mark = xcalloc((size_t)s->n_records + 1, sizeof *mark); // (n_records) per position: STEER_* bits
-    for (int r = 0; r < s->n_records; r++) mark[r] = xcalloc((size_t)(s->records[r].prompt_tokens + s->records[r].n_completion + 1), 1);
+    for (int r = 0; r < s->n_records; r++)
+        mark[r] = xcalloc((size_t)(s->records[r].prompt_tokens + s->records[r].n_completion + 1), 1);
     Buf text = {0};
     int *offsets = NULL, rc = 0;
     // the thinking text: positives (own), negatives (own or the other variant's)
@@ -3249,9 +3334,11 @@ static int steer_set_load(const Config *c, const Run *run, const Tokenizer *tok,
     }
     buf_free(&text);
     free(offsets);
-    if (c->steer_positives == STEER_POSITIVES_EVENTS) rc = mark_windows(c, run, variant, "event", s, mark, STEER_POS, err);
+    if (c->steer_positives == STEER_POSITIVES_EVENTS)
+        rc = mark_windows(c, run, variant, "event", s, mark, STEER_POS, err);
     if (rc == 0 && strcmp(neg, "controls") == 0) rc = mark_windows(c, run, variant, "control", s, mark, STEER_NEG, err);
-    int *fold = xmalloc((size_t)(s->n_records + 1) * sizeof *fold), *order = xmalloc((size_t)(s->n_records + 1) * sizeof *order);
+    int *fold = xmalloc((size_t)(s->n_records + 1) * sizeof *fold),
+        *order = xmalloc((size_t)(s->n_records + 1) * sizeof *order);
     int n_reads_max = 0;
     for (int r = 0; r < s->n_records; r++) {
         int len = s->records[r].prompt_tokens + s->records[r].n_completion, n_reads = 0;
@@ -3265,10 +3352,15 @@ static int steer_set_load(const Config *c, const Run *run, const Tokenizer *tok,
     }
     if (rc == 0 && (s->n_pos == 0 || s->n_neg == 0)) {
         int no_pos = s->n_pos == 0;
-        rc = err_input(err, "%s: [steering] %s = %s gives no positions in run %s (variant %s%s)", c->file, no_pos ? "positives" : "negatives",
+        rc = err_input(err, "%s: [steering] %s = %s gives no positions in run %s (variant %s%s)", c->file,
+                       no_pos ? "positives" : "negatives",
                        no_pos ? (c->steer_positives == STEER_POSITIVES_EVENTS ? "events" : "thinking") : neg, run->id,
-                       no_pos ? variant : neg_variant ? neg_variant : variant,
-                       (no_pos ? c->steer_positives == STEER_POSITIVES_EVENTS : strcmp(neg, "controls") == 0) ? " has no events" : " has no thinking text");
+                       no_pos        ? variant
+                       : neg_variant ? neg_variant
+                                     : variant,
+                       (no_pos ? c->steer_positives == STEER_POSITIVES_EVENTS : strcmp(neg, "controls") == 0)
+                           ? " has no events"
+                           : " has no thinking text");
     }
     // each variant's completions with reads: shuffled, then alternating folds
     for (int part = 0; part < 2 && rc == 0; part++) {
@@ -3296,8 +3388,9 @@ static int steer_set_load(const Config *c, const Run *run, const Tokenizer *tok,
             prompt.n = 0;
             if ((rc = tokenizer_encode(tok, g->prompt, strlen(g->prompt), &prompt, err))) break;
             if (prompt.n != g->prompt_tokens) {
-                rc = err_input(err, "problem %s: the prompt now encodes to %d tokens, the record says %d (tokenizer changed?)",
-                               g->problem_id, prompt.n, g->prompt_tokens);
+                rc = err_input(
+                    err, "problem %s: the prompt now encodes to %d tokens, the record says %d (tokenizer changed?)",
+                    g->problem_id, prompt.n, g->prompt_tokens);
                 break;
             }
             int i = s->n_seqs++, len = g->prompt_tokens + g->n_completion;
@@ -3532,8 +3625,9 @@ static int directions_write(const Config *c, const Run *run, const char *variant
     free(obs_pos);
     free(obs_seq);
     Buf csv = {0};
-    buf_puts(&csv, "run_id,variant,positives,negatives,layer,norm,mean_norm,relative_norm,cos_prev,top_dim,top_component,"
-                   "n_positive,n_negative,n_completions,auroc,auroc_ci_lo,auroc_ci_hi,best_auroc\n");
+    buf_puts(&csv,
+             "run_id,variant,positives,negatives,layer,norm,mean_norm,relative_norm,cos_prev,top_dim,top_component,"
+             "n_positive,n_negative,n_completions,auroc,auroc_ci_lo,auroc_ci_hi,best_auroc\n");
     for (int l = 0; l <= L; l++) {
         const double *v = dir + (size_t)l * D, *prev = l ? dir + (size_t)(l - 1) * D : NULL;
         double norm = 0, prev_norm = 0, dot = 0;
@@ -3840,9 +3934,10 @@ int cmd_steering_sweep(int argc, char **argv) {
             n_present += k > 0 && g[k];
         }
         if (!g[0] || n_present == 0) {
-            err_input(&err, "no %s generations of variant %s in run %s: run generate --condition %s --variant %s, then "
-                            "detect-events", g[0] ? "steered" : "baseline", variant, run.id, g[0] ? "steer" : "baseline",
-                      variant);
+            err_input(&err,
+                      "no %s generations of variant %s in run %s: run generate --condition %s --variant %s, then "
+                      "detect-events",
+                      g[0] ? "steered" : "baseline", variant, run.id, g[0] ? "steer" : "baseline", variant);
             groups_free(groups, n_groups);
             clusters_free(&cl);
             goto out;
@@ -3854,7 +3949,8 @@ int cmd_steering_sweep(int argc, char **argv) {
         Trend trend[2];
         for (int kind = 0; kind < 2; kind++) {
             double *x = xmalloc((size_t)n_rows_max * sizeof *x);
-            long long *k_bt = xmalloc((size_t)n_rows_max * sizeof *k_bt), *n_all = xmalloc((size_t)n_rows_max * sizeof *n_all);
+            long long *k_bt = xmalloc((size_t)n_rows_max * sizeof *k_bt),
+                      *n_all = xmalloc((size_t)n_rows_max * sizeof *n_all);
             int m = 0;
             x[m] = 0, k_bt[m] = bt[0], n_all[m++] = g[0]->n;
             for (int k = 1; k < n_rows_max; k++)
@@ -3873,7 +3969,8 @@ int cmd_steering_sweep(int argc, char **argv) {
             put_num(&csv, k == 0 ? 0 : sc[k - 1].alpha);
             buf_printf(&csv, ",%d", k == 0 ? -1 : steered_layer_of(&run, variant, condition));
             Sums sums = sums_of(g[k], cl.n_clusters, NULL);
-            group_stats_csv(&csv, g[k], &sums, cl.n_clusters, seed_mix(seed_mix((uint64_t)c.seed, 0x57EE7), (uint64_t)k));
+            group_stats_csv(&csv, g[k], &sums, cl.n_clusters,
+                            seed_mix(seed_mix((uint64_t)c.seed, 0x57EE7), (uint64_t)k));
             sums_free(&sums);
             // Steered completions share their sampling seeds with the baseline's: a paired, two-sided test.
             long long yes_no, no_yes;
@@ -3888,8 +3985,10 @@ int cmd_steering_sweep(int argc, char **argv) {
             put_num(&csv, t ? t->p : NAN);
             buf_putc(&csv, '\n');
         }
-        printf("steering-sweep: %s: rate at baseline %.3f; trend over alpha: direction %+.3f per unit (p = %.3g), random "
-               "%+.3f (p = %.3g)\n", variant, (double)bt[0] / g[0]->n, trend[0].slope, trend[0].p, trend[1].slope, trend[1].p);
+        printf(
+            "steering-sweep: %s: rate at baseline %.3f; trend over alpha: direction %+.3f per unit (p = %.3g), random "
+            "%+.3f (p = %.3g)\n",
+            variant, (double)bt[0] / g[0]->n, trend[0].slope, trend[0].p, trend[1].slope, trend[1].p);
         free(bt);
         groups_free(groups, n_groups);
         clusters_free(&cl);

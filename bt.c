@@ -101,7 +101,8 @@ int opts_parse(Opt *opts, int argc, char **argv, Err *err) {
             char *end;
             if (i + 1 >= argc) return err_input(err, "%s: --threads needs a value", argv[0]);
             long n = strtol(argv[++i], &end, 10);
-            if (*end || n < 0 || n > 1024) return err_input(err, "%s: --threads: '%s' is not a thread count", argv[0], argv[i]);
+            if (*end || n < 0 || n > 1024)
+                return err_input(err, "%s: --threads: '%s' is not a thread count", argv[0], argv[i]);
             set_threads((int)n);
             threads_flag = (int)n;
             continue;
@@ -127,7 +128,8 @@ const char *opt_str(const Opt *opts, const char *name, const char *fallback) {
     return fallback;
 }
 
-int opt_int(const Opt *opts, const char *name, long long lo, long long hi, long long fallback, long long *out, Err *err) {
+int opt_int(const Opt *opts, const char *name, long long lo, long long hi, long long fallback, long long *out,
+            Err *err) {
     const char *s = opt_str(opts, name, NULL);
     if (!s) {
         *out = fallback;
@@ -183,7 +185,17 @@ void write_stdout(const Buf *b) {
 // ----------------------------------------------------------------------------
 // Config: a small INI parser (inih's shape) and one table of known keys.
 
-typedef enum { KEY_STRING, KEY_INT, KEY_FLOAT, KEY_BOOL, KEY_CHOICE, KEY_LIST, KEY_TRIGGERS, KEY_FLOATS, KEY_LAYER } KeyType;
+typedef enum {
+    KEY_STRING,
+    KEY_INT,
+    KEY_FLOAT,
+    KEY_BOOL,
+    KEY_CHOICE,
+    KEY_LIST,
+    KEY_TRIGGERS,
+    KEY_FLOATS,
+    KEY_LAYER
+} KeyType;
 
 typedef struct {
     const char *section, *key;
@@ -216,8 +228,9 @@ static const ConfigKey config_keys[] = {
     {"generation", "batch_size", KEY_INT, "16", 1, 4096, NULL, FIELD(batch_size), 0},
     {"generation", "samples_per_problem", KEY_INT, "1", 1, 100000, NULL, FIELD(samples_per_problem), 0},
     {"generation", "variants", KEY_LIST, "baseline_think_newline", 0, 0, NULL, FIELD(variants), FIELD(n_variants)},
-    {"detection", "triggers", KEY_TRIGGERS, "Wait | Actually | Hold on | Hmm | But wait | Let me double-check | Let me re-check | Let me recheck",
-     0, 0, NULL, FIELD(triggers), FIELD(n_triggers)},
+    {"detection", "triggers", KEY_TRIGGERS,
+     "Wait | Actually | Hold on | Hmm | But wait | Let me double-check | Let me re-check | Let me recheck", 0, 0, NULL,
+     FIELD(triggers), FIELD(n_triggers)},
     {"detection", "controls_per_event", KEY_INT, "1", 0, 100, NULL, FIELD(controls_per_event), 0},
     {"detection", "control_min_distance", KEY_INT, "5", 0, 100000, NULL, FIELD(control_min_distance), 0},
     {"logit_lens", "variant", KEY_STRING, "baseline_think_newline", 0, 0, NULL, FIELD(lens_variant), 0},
@@ -228,8 +241,8 @@ static const ConfigKey config_keys[] = {
     {"ablation", "top_k_mlp", KEY_INT, "2", 0, 4096, NULL, FIELD(top_k_mlp), 0},
     {"ablation", "max_events", KEY_INT, "100", 1, 1000000, NULL, FIELD(ablation_max_events), 0},
     {"ablation", "random_draws", KEY_INT, "3", 1, MAX_RANDOM_DRAWS, NULL, FIELD(random_draws), 0},
-    {"ablation", "method", KEY_CHOICE, "exact", 0, 0, "exact|attribution|attribution+verify",
-     FIELD(ablation_method), 0},
+    {"ablation", "method", KEY_CHOICE, "exact", 0, 0, "exact|attribution|attribution+verify", FIELD(ablation_method),
+     0},
     {"ablation", "verify_k", KEY_INT, "4", 1, 4096, NULL, FIELD(verify_k), 0},
     {"ablation", "top_k_heads", KEY_INT, "0", 0, 65536, NULL, FIELD(top_k_heads), 0},
     {"hypotheses", "alpha", KEY_FLOAT, "0.05", 1e-12, 0.5, NULL, FIELD(alpha), 0},
@@ -237,7 +250,8 @@ static const ConfigKey config_keys[] = {
     {"hypotheses", "h2_min_rate_ratio", KEY_FLOAT, "2.0", 1, 1e9, NULL, FIELD(h2_min_rate_ratio), 0},
     {"hypotheses", "h3_min_rate_change", KEY_FLOAT, "0.2", 0, 1, NULL, FIELD(h3_min_rate_change), 0},
     {"hypotheses", "max_collateral_nll", KEY_FLOAT, "0.5", 0, 1e9, NULL, FIELD(max_collateral_nll), 0},
-    {"report", "path", KEY_STRING, "reports/backtracking_state_transition_report.md", 0, 0, NULL, FIELD(report_path), 0},
+    {"report", "path", KEY_STRING, "reports/backtracking_state_transition_report.md", 0, 0, NULL, FIELD(report_path),
+     0},
     {"report", "figures_dir", KEY_STRING, "figures", 0, 0, NULL, FIELD(figures_dir), 0},
     {"report", "events_path", KEY_STRING, "reports/events.html", 0, 0, NULL, FIELD(events_path), 0},
     {"report", "max_events_shown", KEY_INT, "50", 0, 100000, NULL, FIELD(max_events_shown), 0},
@@ -252,7 +266,8 @@ static const ConfigKey config_keys[] = {
     {"steering", "window_start", KEY_INT, "-1", -4096, 4096, NULL, FIELD(steer_window_start), 0},
     {"steering", "window_len", KEY_INT, "11", 1, 4096, NULL, FIELD(steer_window_len), 0},
     {"steering", "layer", KEY_LAYER, "auto", 0, 4096, NULL, FIELD(steer_layer), 0},
-    {"steering", "alphas", KEY_FLOATS, "-2, -1, -0.5, 0.5, 1, 2", -1000, 1000, NULL, FIELD(steer_alphas), FIELD(n_steer_alphas)},
+    {"steering", "alphas", KEY_FLOATS, "-2, -1, -0.5, 0.5, 1, 2", -1000, 1000, NULL, FIELD(steer_alphas),
+     FIELD(n_steer_alphas)},
     // no default: steering_config_check makes it the [logit_lens] variant
     {"steering", "variants", KEY_LIST, NULL, 0, 0, NULL, FIELD(steer_variants), FIELD(n_steer_variants)},
 };
@@ -338,9 +353,11 @@ static int config_set(Config *c, const ConfigKey *k, const char *value, const ch
     case KEY_INT: {
         errno = 0;
         long long v = strtoll(value, &end, 10);
-        if (!*value || *end || errno) return err_input(err, "%s: [%s] %s: '%s' is not an integer", where, k->section, k->key, value);
+        if (!*value || *end || errno)
+            return err_input(err, "%s: [%s] %s: '%s' is not an integer", where, k->section, k->key, value);
         if (v < k->lo || v > k->hi)
-            return err_input(err, "%s: [%s] %s = %lld is out of range [%.0f, %.0f]", where, k->section, k->key, v, k->lo, k->hi);
+            return err_input(err, "%s: [%s] %s = %lld is out of range [%.0f, %.0f]", where, k->section, k->key, v,
+                             k->lo, k->hi);
         if (k->offset == FIELD(seed)) *(long long *)field = v;
         else *(int *)field = (int)v;
         return 0;
@@ -348,9 +365,11 @@ static int config_set(Config *c, const ConfigKey *k, const char *value, const ch
     case KEY_FLOAT: {
         errno = 0;
         double v = strtod(value, &end);
-        if (!*value || *end || errno || v != v) return err_input(err, "%s: [%s] %s: '%s' is not a number", where, k->section, k->key, value);
+        if (!*value || *end || errno || v != v)
+            return err_input(err, "%s: [%s] %s: '%s' is not a number", where, k->section, k->key, value);
         if (v < k->lo || v > k->hi)
-            return err_input(err, "%s: [%s] %s = %g is out of range [%g, %g]", where, k->section, k->key, v, k->lo, k->hi);
+            return err_input(err, "%s: [%s] %s = %g is out of range [%g, %g]", where, k->section, k->key, v, k->lo,
+                             k->hi);
         *(double *)field = v;
         return 0;
     }
@@ -382,9 +401,11 @@ static int config_set(Config *c, const ConfigKey *k, const char *value, const ch
             if (*end || errno || v[i] != v[i])
                 rc = err_input(err, "%s: [%s] %s: '%s' is not a number", where, k->section, k->key, items[i]);
             else if (v[i] < k->lo || v[i] > k->hi || v[i] == 0)
-                rc = err_input(err, "%s: [%s] %s: %s is 0 or out of range [%g, %g]", where, k->section, k->key, items[i], k->lo, k->hi);
+                rc = err_input(err, "%s: [%s] %s: %s is 0 or out of range [%g, %g]", where, k->section, k->key,
+                               items[i], k->lo, k->hi);
             for (int j = 0; j < i && rc == 0; j++)
-                if (v[j] == v[i]) rc = err_input(err, "%s: [%s] %s: %s is listed twice", where, k->section, k->key, items[i]);
+                if (v[j] == v[i])
+                    rc = err_input(err, "%s: [%s] %s: %s is listed twice", where, k->section, k->key, items[i]);
         }
         free_list(items, n);
         if (rc) {
@@ -406,7 +427,8 @@ static int config_set(Config *c, const ConfigKey *k, const char *value, const ch
         if (!*value || *end || errno)
             return err_input(err, "%s: [%s] %s: '%s' is not a layer number or auto", where, k->section, k->key, value);
         if (v < k->lo || v > k->hi)
-            return err_input(err, "%s: [%s] %s = %lld is out of range [%.0f, %.0f]", where, k->section, k->key, v, k->lo, k->hi);
+            return err_input(err, "%s: [%s] %s = %lld is out of range [%.0f, %.0f]", where, k->section, k->key, v,
+                             k->lo, k->hi);
         *(int *)field = (int)v;
         return 0;
     }
@@ -432,7 +454,8 @@ static const char *choice_name(const char *choices, int index, char *out, size_t
 }
 
 void config_write_resolved(const Config *c, Buf *out) {
-    buf_printf(out, "; resolved configuration (every key with its effective value), from %s\n", c->file ? c->file : "defaults");
+    buf_printf(out, "; resolved configuration (every key with its effective value), from %s\n",
+               c->file ? c->file : "defaults");
     const char *section = "";
     for (size_t i = 0; i < N_CONFIG_KEYS; i++) {
         const ConfigKey *k = &config_keys[i];
@@ -458,7 +481,8 @@ void config_write_resolved(const Config *c, Buf *out) {
         case KEY_TRIGGERS: {
             char *const *items = *(char **const *)field;
             int n = *(const int *)((const char *)c + k->count_offset);
-            for (int j = 0; j < n; j++) buf_printf(out, "%s%s", j ? (k->type == KEY_LIST ? ", " : " | ") : "", items[j]);
+            for (int j = 0; j < n; j++)
+                buf_printf(out, "%s%s", j ? (k->type == KEY_LIST ? ", " : " | ") : "", items[j]);
             break;
         }
         case KEY_FLOATS:
@@ -490,7 +514,8 @@ const Variant *config_variant(const Config *c, const char *name) {
 static int valid_name(const char *s) {
     if (!*s) return 0;
     for (; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '_' || *s == '-' || *s == '.'))
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '_' ||
+              *s == '-' || *s == '.'))
             return 0;
     return 1;
 }
@@ -500,7 +525,8 @@ void config_free(Config *c) {
         const ConfigKey *k = &config_keys[i];
         char *field = (char *)c + k->offset;
         if (k->type == KEY_STRING) free(*(char **)field);
-        if (k->type == KEY_LIST || k->type == KEY_TRIGGERS) free_list(*(char ***)field, *(int *)((char *)c + k->count_offset));
+        if (k->type == KEY_LIST || k->type == KEY_TRIGGERS)
+            free_list(*(char ***)field, *(int *)((char *)c + k->count_offset));
         if (k->type == KEY_FLOATS) free(*(double **)field);
     }
     for (int v = 0; v < c->n_variant_defs; v++) {
@@ -526,20 +552,26 @@ static int steering_config_check(Config *c, const char *path, const int *seen, E
     }
     const char *neg = c->steer_negatives, *name = strncmp(neg, "variant:", 8) == 0 ? neg + 8 : NULL;
     if (strcmp(neg, "controls") && strcmp(neg, "thinking") && !name)
-        return err_input(err, "%s:%d: [steering] negatives: '%s' is not controls, thinking or variant:NAME", path, neg_line, neg);
+        return err_input(err, "%s:%d: [steering] negatives: '%s' is not controls, thinking or variant:NAME", path,
+                         neg_line, neg);
     if (c->steer_positives == STEER_POSITIVES_THINKING && strcmp(neg, "thinking") == 0)
-        return err_input(err, "%s:%d: [steering] positives = thinking and negatives = thinking contrast a set with itself", path, neg_line);
+        return err_input(err,
+                         "%s:%d: [steering] positives = thinking and negatives = thinking contrast a set with itself",
+                         path, neg_line);
     if (name && !config_variant(c, name))
-        return err_input(err, "%s:%d: [steering] negatives = %s: there is no [variant.%s] section", path, neg_line, neg, name);
+        return err_input(err, "%s:%d: [steering] negatives = %s: there is no [variant.%s] section", path, neg_line, neg,
+                         name);
     int generated = 0;
     for (int v = 0; name && v < c->n_variants; v++) generated |= strcmp(c->variants[v], name) == 0;
     if (name && c->steering_enabled && !generated)
-        return err_input(err, "%s:%d: [steering] negatives = %s, but [generation] variants does not generate %s (add it, or "
-                              "set [steering] enabled = false)", path, neg_line, neg, name);
+        return err_input(err,
+                         "%s:%d: [steering] negatives = %s, but [generation] variants does not generate %s (add it, or "
+                         "set [steering] enabled = false)",
+                         path, neg_line, neg, name);
     for (int v = 0; v < c->n_steer_variants; v++)
         if (!config_variant(c, c->steer_variants[v]))
-            return err_input(err, "%s:%d: [steering] variants names '%s' but there is no [variant.%s] section", path, var_line,
-                             c->steer_variants[v], c->steer_variants[v]);
+            return err_input(err, "%s:%d: [steering] variants names '%s' but there is no [variant.%s] section", path,
+                             var_line, c->steer_variants[v], c->steer_variants[v]);
     return 0;
 }
 
@@ -547,7 +579,8 @@ int config_load(Config *c, const char *path, Err *err) {
     memset(c, 0, sizeof *c);
     c->temperature = c->top_p = NAN, c->top_k = -1; // unset: the model decides
     for (size_t i = 0; i < N_CONFIG_KEYS; i++)
-        if (config_keys[i].default_value && config_set(c, &config_keys[i], config_keys[i].default_value, "defaults", err))
+        if (config_keys[i].default_value &&
+            config_set(c, &config_keys[i], config_keys[i].default_value, "defaults", err))
             return -1;
     c->file = xstrdup(path);
     Buf text = {0};
@@ -579,8 +612,14 @@ int config_load(Config *c, const char *path, Err *err) {
             variant = NULL;
             if (strncmp(section, VARIANT_PREFIX, strlen(VARIANT_PREFIX)) == 0) {
                 const char *name = section + strlen(VARIANT_PREFIX);
-                if (!valid_name(name)) { err_input(err, "%s: bad variant name '%s' (letters, digits, _ - .)", where, name); goto fail; }
-                if (config_variant(c, name)) { err_input(err, "%s: variant '%s' defined twice", where, name); goto fail; }
+                if (!valid_name(name)) {
+                    err_input(err, "%s: bad variant name '%s' (letters, digits, _ - .)", where, name);
+                    goto fail;
+                }
+                if (config_variant(c, name)) {
+                    err_input(err, "%s: variant '%s' defined twice", where, name);
+                    goto fail;
+                }
                 c->variant_defs = xrealloc(c->variant_defs, (size_t)(c->n_variant_defs + 1) * sizeof *c->variant_defs);
                 variant = &c->variant_defs[c->n_variant_defs++];
                 variant->name = xstrdup(name);
@@ -598,22 +637,39 @@ int config_load(Config *c, const char *path, Err *err) {
         char *key = strip(line), *value = strip(eq + 1);
         if (!*section) { err_input(err, "%s: key '%s' outside any section", where, key); goto fail; }
         if (variant) {
-            if (strcmp(key, "template") != 0) { err_input(err, "%s: unknown key '%s' in [%s] (only 'template')", where, key, section); goto fail; }
-            if (variant->template_text) { err_input(err, "%s: template given twice in [%s]", where, section); goto fail; }
+            if (strcmp(key, "template") != 0) {
+                err_input(err, "%s: unknown key '%s' in [%s] (only 'template')", where, key, section);
+                goto fail;
+            }
+            if (variant->template_text) {
+                err_input(err, "%s: template given twice in [%s]", where, section);
+                goto fail;
+            }
             size_t vlen = strlen(value);
             if (vlen >= 2 && value[0] == '"' && value[vlen - 1] == '"') { // quotes keep edge spaces
                 value[vlen - 1] = 0;
                 value++;
             }
             variant->template_text = unescape_template(value);
-            if (!variant->template_text) { err_input(err, "%s: unknown escape in template (use \\n \\t \\r \\\\ \\\" \\')", where); goto fail; }
-            if (!strstr(variant->template_text, "{question}")) { err_input(err, "%s: template of [%s] has no {question}", where, section); goto fail; }
+            if (!variant->template_text) {
+                err_input(err, "%s: unknown escape in template (use \\n \\t \\r \\\\ \\\" \\')", where);
+                goto fail;
+            }
+            if (!strstr(variant->template_text, "{question}")) {
+                err_input(err, "%s: template of [%s] has no {question}", where, section);
+                goto fail;
+            }
             continue;
         }
         size_t i = 0;
-        while (i < N_CONFIG_KEYS && !(strcmp(config_keys[i].section, section) == 0 && strcmp(config_keys[i].key, key) == 0)) i++;
+        while (i < N_CONFIG_KEYS &&
+               !(strcmp(config_keys[i].section, section) == 0 && strcmp(config_keys[i].key, key) == 0))
+            i++;
         if (i == N_CONFIG_KEYS) { err_input(err, "%s: unknown key '%s' in [%s]", where, key, section); goto fail; }
-        if (seen[i]) { err_input(err, "%s: key '%s' in [%s] given twice (first on line %d)", where, key, section, seen[i]); goto fail; }
+        if (seen[i]) {
+            err_input(err, "%s: key '%s' in [%s] given twice (first on line %d)", where, key, section, seen[i]);
+            goto fail;
+        }
         seen[i] = line_no;
         if (config_set(c, &config_keys[i], value, where, err)) goto fail;
         if (config_keys[i].offset == FIELD(variants)) variants_line = line_no;
@@ -621,24 +677,28 @@ int config_load(Config *c, const char *path, Err *err) {
         if (config_keys[i].offset == FIELD(ablation_method)) method_line = line_no;
     }
     for (int v = 0; v < c->n_variant_defs; v++)
-        if (!c->variant_defs[v].template_text) { err_input(err, "%s: [variant.%s] has no template", path, c->variant_defs[v].name); goto fail; }
+        if (!c->variant_defs[v].template_text) {
+            err_input(err, "%s: [variant.%s] has no template", path, c->variant_defs[v].name);
+            goto fail;
+        }
     for (int v = 0; v < c->n_variants; v++)
         if (!config_variant(c, c->variants[v])) {
             if (variants_line)
-                err_input(err, "%s:%d: [generation] variants names '%s' but there is no [variant.%s] section", path, variants_line,
-                          c->variants[v], c->variants[v]);
+                err_input(err, "%s:%d: [generation] variants names '%s' but there is no [variant.%s] section", path,
+                          variants_line, c->variants[v], c->variants[v]);
             else
-                err_input(err, "%s: [generation] variants is not given and its default '%s' has no [variant.%s] section", path,
-                          c->variants[v], c->variants[v]);
+                err_input(err,
+                          "%s: [generation] variants is not given and its default '%s' has no [variant.%s] section",
+                          path, c->variants[v], c->variants[v]);
             goto fail;
         }
     if (!config_variant(c, c->lens_variant)) {
         if (lens_line)
-            err_input(err, "%s:%d: [logit_lens] variant '%s' has no [variant.%s] section", path, lens_line, c->lens_variant,
-                      c->lens_variant);
-        else
-            err_input(err, "%s: [logit_lens] variant is not given and its default '%s' has no [variant.%s] section", path,
+            err_input(err, "%s:%d: [logit_lens] variant '%s' has no [variant.%s] section", path, lens_line,
                       c->lens_variant, c->lens_variant);
+        else
+            err_input(err, "%s: [logit_lens] variant is not given and its default '%s' has no [variant.%s] section",
+                      path, c->lens_variant, c->lens_variant);
         goto fail;
     }
     if (c->ablation_method != METHOD_EXACT && c->ablation_scope == SCOPE_ONSET) { // an estimate of ablating everywhere
@@ -741,7 +801,8 @@ int run_current(const Config *c, Run *run, Err *err) {
     snprintf(run->id, sizeof run->id, "%s", id);
     snprintf(run->dir, sizeof run->dir, "%s/%s", c->runs_dir, id);
     buf_free(&b);
-    if (!path_is_dir(run->dir)) return err_input(err, "current run %s: %s does not exist (run `bt init-run` again)", run->id, run->dir);
+    if (!path_is_dir(run->dir))
+        return err_input(err, "current run %s: %s does not exist (run `bt init-run` again)", run->id, run->dir);
     return 0;
 }
 
@@ -858,7 +919,8 @@ int cmd_init_run(int argc, char **argv) {
     char model_config[1100];
     snprintf(model_config, sizeof model_config, "%s/config.json", c.model_path);
     if (c.make_organism && !path_exists(model_config)) {
-        progress("init-run: writing the embedded %s organism to %s\n", organism_mechanism_name(c.organism), c.model_path);
+        progress("init-run: writing the embedded %s organism to %s\n", organism_mechanism_name(c.organism),
+                 c.model_path);
         if (organism_write_mechanism(c.model_path, c.organism, &err)) goto out;
     } else if (c.make_organism && organism_check_mechanism(c.model_path, c.organism, c.file, &err)) {
         goto out;
@@ -893,7 +955,8 @@ int cmd_init_run(int argc, char **argv) {
     else buf_puts(&meta, "null");
     buf_puts(&meta, ", \"top_p\": ");
     buf_json_double(&meta, c.top_p);
-    buf_printf(&meta, "},\n  \"config_digest\": \"fnv1a64:%016llx\",\n  \"bt_version\": \"%s\",\n  \"threads\": %d\n}\n",
+    buf_printf(&meta,
+               "},\n  \"config_digest\": \"fnv1a64:%016llx\",\n  \"bt_version\": \"%s\",\n  \"threads\": %d\n}\n",
                (unsigned long long)fnv1a64(resolved.data, resolved.len), BT_VERSION, bt_threads);
     run_path(&run, path, sizeof path, ART_CONFIG_RESOLVED);
     int rc = write_file_atomic(path, resolved.data, resolved.len, &err);
@@ -1328,7 +1391,8 @@ static const char *const builtin_problems[][2] = {
     {"Mia has 12 apples and buys 7 more. How many apples does she have now?", "19"},
     {"A baker makes 48 rolls and puts them in bags of 6. How many bags does he fill?", "8"},
     {"Tom reads 15 pages a day for 6 days. How many pages does he read?", "90"},
-    {"A bus holds 40 people. 23 get on at the first stop and 9 more at the second. How many seats are still empty?", "8"},
+    {"A bus holds 40 people. 23 get on at the first stop and 9 more at the second. How many seats are still empty?",
+     "8"},
     {"Sara saves 5 dollars a week. How many dollars has she saved after 13 weeks?", "65"},
     {"A garden has 7 rows of 9 tulips. 14 tulips are picked. How many tulips are left?", "49"},
     {"Ben buys 3 notebooks at 4 dollars each and a pen for 2 dollars. How much does he spend?", "14"},
@@ -1339,11 +1403,16 @@ static const char *const builtin_problems[][2] = {
     {"A farmer has 18 cows and twice as many sheep. How many animals does he have in all?", "54"},
     {"Omar runs 4 laps of a 400 meter track every morning. How many meters does he run in 5 mornings?", "8000"},
     {"A pizza is cut into 8 slices. 5 friends each eat 3 slices. How many pizzas did they need at least?", "2"},
-    {"Jade earns 11 dollars an hour and works 7 hours. She spends 30 dollars on lunch and a book. How much is left?", "47"},
+    {"Jade earns 11 dollars an hour and works 7 hours. She spends 30 dollars on lunch and a book. How much is left?",
+     "47"},
     {"A box has 6 red, 9 blue and 5 green marbles. How many marbles are not blue?", "11"},
     {"Paul is 9 years old. His mother is 4 times as old. How old will his mother be in 5 years?", "41"},
-    {"A tank holds 250 liters. It is filled at 25 liters a minute. How many minutes does it take to fill it from empty?", "10"},
-    {"Nina bakes 3 trays of 12 cookies and eats 4. She shares the rest equally with 3 friends, herself included. How many cookies does each get?", "8"},
+    {"A tank holds 250 liters. It is filled at 25 liters a minute. How many minutes does it take to fill it from "
+     "empty?",
+     "10"},
+    {"Nina bakes 3 trays of 12 cookies and eats 4. She shares the rest equally with 3 friends, herself included. How "
+     "many cookies does each get?",
+     "8"},
     {"A movie starts at 7 pm and lasts 135 minutes. How many minutes after 9 pm does it end?", "15"},
     {"Leo has 5 boxes with 16 crayons each. He loses 12 crayons. How many crayons does he have?", "68"},
     {"A ticket costs 8 dollars for adults and 5 dollars for children. What do 2 adults and 3 children pay?", "31"},
@@ -1361,15 +1430,20 @@ static const char *const builtin_problems[][2] = {
     {"Ann picks 45 strawberries and Bob picks 3 times as many. How many do they pick together?", "180"},
     {"A clock gains 2 minutes every day. How many minutes does it gain in 3 weeks?", "42"},
     {"A school orders 12 boxes of 25 pencils and hands out 260. How many pencils are left?", "40"},
-    {"Dan swims 30 lengths on Monday and 10 more on Tuesday than on Monday. How many lengths does he swim on both days?", "70"},
+    {"Dan swims 30 lengths on Monday and 10 more on Tuesday than on Monday. How many lengths does he swim on both "
+     "days?",
+     "70"},
     {"A packet of tea has 80 bags. Ruth uses 4 bags a day. How many days does the packet last?", "20"},
     {"Each of 7 kites needs 3 meters of string. String comes in 10 meter rolls. How many rolls are needed?", "3"},
-    {"A fruit stall sells 14 melons in the morning and 19 in the afternoon at 3 dollars each. How much money does it take in?", "99"},
+    {"A fruit stall sells 14 melons in the morning and 19 in the afternoon at 3 dollars each. How much money does it "
+     "take in?",
+     "99"},
 };
 #define N_BUILTIN (int)(sizeof builtin_problems / sizeof builtin_problems[0])
 
 void processed_path(const Config *c, char *out, size_t n) {
-    snprintf(out, n, "%s/%s_%d.jsonl", c->processed_dir, c->data_source == SOURCE_BUILTIN ? "builtin" : "gsm8k", c->n_problems);
+    snprintf(out, n, "%s/%s_%d.jsonl", c->processed_dir, c->data_source == SOURCE_BUILTIN ? "builtin" : "gsm8k",
+             c->n_problems);
 }
 
 void problems_free(Problem *p, int n) {
@@ -1475,8 +1549,12 @@ fail:
     return -1;
 }
 
-int problems_load(const char *path, Problem **out, int *n_out, Err *err) { return read_problems(path, 0, out, n_out, err); }
-int gsm8k_load(const char *path, Problem **out, int *n_out, Err *err) { return read_problems(path, 1, out, n_out, err); }
+int problems_load(const char *path, Problem **out, int *n_out, Err *err) {
+    return read_problems(path, 0, out, n_out, err);
+}
+int gsm8k_load(const char *path, Problem **out, int *n_out, Err *err) {
+    return read_problems(path, 1, out, n_out, err);
+}
 
 int cmd_prepare_data(int argc, char **argv) {
     Opt opts[] = {OPT_CONFIG, OPT_END};
@@ -1498,7 +1576,8 @@ int cmd_prepare_data(int argc, char **argv) {
             snprintf(id, sizeof id, "builtin_%03d", i);
             Buf answer = {0};
             buf_printf(&answer, "#### %s", builtin_problems[i][1]);
-            chosen[i] = (Problem){xstrdup(id), xstrdup(builtin_problems[i][0]), xstrdup(builtin_problems[i][1]), answer.data};
+            chosen[i] =
+                (Problem){xstrdup(id), xstrdup(builtin_problems[i][0]), xstrdup(builtin_problems[i][1]), answer.data};
         }
     } else {
         if (read_problems(c.data_path, 1, &all, &n_all, &err)) goto out;
@@ -1562,7 +1641,8 @@ void answer_normalize(const char *s, size_t n, char *out, size_t out_n) {
     tmp[k] = 0;
     char *end;
     double v = strtod(tmp, &end);
-    if (k > 0 && *end == 0 && tmp[0] != '+' && (tmp[0] == '-' || (tmp[0] >= '0' && tmp[0] <= '9') || tmp[0] == '.') && v == v)
+    if (k > 0 && *end == 0 && tmp[0] != '+' && (tmp[0] == '-' || (tmp[0] >= '0' && tmp[0] <= '9') || tmp[0] == '.') &&
+        v == v)
         snprintf(out, out_n, "%.12g", v);
     else
         snprintf(out, out_n, "%s", tmp);
@@ -1623,7 +1703,8 @@ void answer_extract(const char *text, size_t n, int thinking_open, char *out, si
             const char *h = hashes + 4;
             while (i < rest && !is_digit(h[i])) i++;
             start = i > 0 && h[i - 1] == '-' ? i - 1 : i;
-            while (i < rest && (is_digit(h[i]) || ((h[i] == ',' || h[i] == '.') && i + 1 < rest && is_digit(h[i + 1])))) i++;
+            while (i < rest && (is_digit(h[i]) || ((h[i] == ',' || h[i] == '.') && i + 1 < rest && is_digit(h[i + 1]))))
+                i++;
             answer_normalize(h + start, i - start, out, out_n);
             return;
         }
@@ -1631,7 +1712,8 @@ void answer_extract(const char *text, size_t n, int thinking_open, char *out, si
     const char *close = find_last(text, n, "</think>");
     const char *from = close ? close + 8 : thinking_open ? NULL : text;
     size_t start, len;
-    if (from && last_number(from, (size_t)(text + n - from), &start, &len)) answer_normalize(from + start, len, out, out_n);
+    if (from && last_number(from, (size_t)(text + n - from), &start, &len))
+        answer_normalize(from + start, len, out, out_n);
 }
 
 // Whether a prompt leaves a <think> open (so the completion starts inside thinking).
@@ -1658,7 +1740,8 @@ static int steering_stage(int (*fn)(int, char **), const char *const *args) {
 }
 
 int cmd_run(int argc, char **argv) {
-    Opt opts[] = {OPT_CONFIG, OPT("--plan", 0, "print the plan (as bt plan) and stop; without it the plan comes first"), OPT_END};
+    Opt opts[] = {OPT_CONFIG, OPT("--plan", 0, "print the plan (as bt plan) and stop; without it the plan comes first"),
+                  OPT_END};
     Err err = {0};
     int r = opts_parse(opts, argc, argv, &err);
     if (r) return r < 0 ? fail(&err) : 0;
@@ -1769,7 +1852,8 @@ static double plan_weight_bytes(Model *m) {
     return bytes;
 }
 
-static int plan_calibrate(const Config *c, Model *m, const int *prompt, int n_prompt, int batch, Calibration *cal, Err *err) {
+static int plan_calibrate(const Config *c, Model *m, const int *prompt, int n_prompt, int batch, Calibration *cal,
+                          Err *err) {
     const ModelConfig *mc = &m->cfg;
     double t_start = now_seconds();
     memset(cal, 0, sizeof *cal);
@@ -1802,14 +1886,18 @@ static int plan_calibrate(const Config *c, Model *m, const int *prompt, int n_pr
     // Decoding: batch sequences through the one generation loop with the run's sampler.
     GenSeq *seqs = xcalloc((size_t)batch, sizeof *seqs);
     int *ids = xmalloc((size_t)batch * PLAN_DECODE_STEPS * sizeof *ids);
-    GenParams p = {.sampler = config_sampler(c, mc), .batch_size = batch, .max_seq = PLAN_DECODE_PROMPT + PLAN_DECODE_STEPS,
+    GenParams p = {.sampler = config_sampler(c, mc),
+                   .batch_size = batch,
+                   .max_seq = PLAN_DECODE_PROMPT + PLAN_DECODE_STEPS,
                    .ignore_eos = 1};
     double t0 = now_seconds(), decoding = 0;
     int reps = 0;
     while (rc == 0 && reps < PLAN_MAX_REPEATS && now_seconds() - t0 < PLAN_MIN_SECONDS) {
         for (int i = 0; i < batch; i++) {
-            seqs[i] = (GenSeq){.prompt = prompt, .n_prompt = n_prompt < PLAN_DECODE_PROMPT ? n_prompt : PLAN_DECODE_PROMPT,
-                               .max_new = PLAN_DECODE_STEPS, .ids = ids + (size_t)i * PLAN_DECODE_STEPS};
+            seqs[i] = (GenSeq){.prompt = prompt,
+                               .n_prompt = n_prompt < PLAN_DECODE_PROMPT ? n_prompt : PLAN_DECODE_PROMPT,
+                               .max_new = PLAN_DECODE_STEPS,
+                               .ids = ids + (size_t)i * PLAN_DECODE_STEPS};
             rng_seed(&seqs[i].rng, (uint64_t)i);
         }
         if ((rc = generate_batch(m, seqs, batch, &p, err))) break;
@@ -1844,11 +1932,13 @@ static double plan_state_bytes(const Model *m, int n_slots, int max_seq, int max
 
 // Seconds to generate n completions of mean_prompt prompt tokens and at most max_new tokens:
 // prefill, then steps of up to batch tokens whose time grows with the KV cache they read.
-static double plan_generate_s(const Calibration *cal, const Model *m, long long n, double mean_prompt, int max_new, int batch) {
+static double plan_generate_s(const Calibration *cal, const Model *m, long long n, double mean_prompt, int max_new,
+                              int batch) {
     if (n == 0) return 0;
     int b = n < batch ? (int)n : batch;
     double steps = (double)n * max_new / b, context = mean_prompt + max_new / 2.0;
-    double kv_s = b * context * (double)model_kv_bytes_per_token(m) / (cal->weight_bytes / cal->step_s); // at the weights' rate
+    double kv_s =
+        b * context * (double)model_kv_bytes_per_token(m) / (cal->weight_bytes / cal->step_s); // at the weights' rate
     return (double)n * mean_prompt / cal->prefill_tok_s + steps * (cal->step_s + kv_s);
 }
 
@@ -1915,9 +2005,11 @@ static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
             }
         }
         prompt_mean_all += n_problems ? sum / n_problems / c->n_variants : 0;
-        if (strcmp(var->name, c->lens_variant) == 0) lens_prompt_mean = n_problems ? sum / n_problems : 0, lens_variant = 1;
+        if (strcmp(var->name, c->lens_variant) == 0)
+            lens_prompt_mean = n_problems ? sum / n_problems : 0, lens_variant = 1;
     }
-    if (!lens_variant && rc == 0) { // the lens variant is generated by the ablation stages even when not a baseline variant
+    if (!lens_variant &&
+        rc == 0) { // the lens variant is generated by the ablation stages even when not a baseline variant
         const Variant *var = config_variant(c, c->lens_variant);
         char *prompt = render_prompt(var->template_text, n_problems ? problems[0].question : "");
         tl.n = 0;
@@ -1941,30 +2033,38 @@ static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
 
     // The work, stage by stage.
     int max_seq = prompt_max + c->max_new_tokens < c->max_seq_len ? prompt_max + c->max_new_tokens : c->max_seq_len;
-    double position_bytes = (double)(L + 1) * mc->hidden_size * sizeof(float), vocab_bytes = (double)mc->vocab_size * sizeof(float);
+    double position_bytes = (double)(L + 1) * mc->hidden_size * sizeof(float),
+           vocab_bytes = (double)mc->vocab_size * sizeof(float);
     long long n_gen = per_variant * c->n_variants;
     long long lens_items = (long long)c->lens_max_events * (1 + c->controls_per_event);
     long long scan_items = (long long)c->ablation_max_events * (1 + c->controls_per_event);
-    long long lens_seqs = lens_items < per_variant ? lens_items : per_variant, scan_seqs = scan_items < per_variant ? scan_items : per_variant;
+    long long lens_seqs = lens_items < per_variant ? lens_items : per_variant,
+              scan_seqs = scan_items < per_variant ? scan_items : per_variant;
     double seq_tokens = lens_prompt_mean + c->max_new_tokens;
     if (seq_tokens > c->max_seq_len) seq_tokens = c->max_seq_len;
     double t_gen = 0, t_lens = 0, t_scan = 0, t_ablate = 0;
     int cal_ok = calibrate && cal.prefill_tok_s > 0 && cal.step_s > 0 && cal.readout_s > 0;
     if (cal_ok) {
-        for (int v = 0; v < c->n_variants; v++) t_gen += plan_generate_s(&cal, &m, per_variant, prompt_mean_all, c->max_new_tokens, c->batch_size);
+        for (int v = 0; v < c->n_variants; v++)
+            t_gen += plan_generate_s(&cal, &m, per_variant, prompt_mean_all, c->max_new_tokens, c->batch_size);
         t_ablate = 2 * plan_generate_s(&cal, &m, per_variant, lens_prompt_mean, c->max_new_tokens, c->batch_size);
         t_lens = lens_seqs * seq_tokens / cal.prefill_tok_s + lens_items * (L + 1) * cal.readout_s;
-        double passes = c->ablation_scope == SCOPE_ALL ? L + 2 : 1 + (double)(L + 1) * scan_items / (scan_seqs * seq_tokens);
+        double passes =
+            c->ablation_scope == SCOPE_ALL ? L + 2 : 1 + (double)(L + 1) * scan_items / (scan_seqs * seq_tokens);
         t_scan = scan_seqs * seq_tokens * (passes + (c->ablation_kind == ABLATE_MEAN)) / cal.prefill_tok_s +
                  scan_items * (2.0 * L + 1) * cal.readout_s;
     }
-    int slots = c->batch_size, lens_slots = lens_seqs < slots ? (int)lens_seqs : slots, scan_slots = scan_seqs < slots ? (int)scan_seqs : slots;
+    int slots = c->batch_size, lens_slots = lens_seqs < slots ? (int)lens_seqs : slots,
+        scan_slots = scan_seqs < slots ? (int)scan_seqs : slots;
     double mem_gen = plan_state_bytes(&m, gen_batch, max_seq, gen_batch + GEN_PREFILL_ROWS) +
                      gen_batch * vocab_bytes + mc->vocab_size * sizeof(SampleCandidate);
     double mem_lens = plan_state_bytes(&m, lens_slots, max_seq, ANALYSIS_MAX_ROWS) + lens_items * position_bytes;
-    double group_positions = scan_slots * seq_tokens, group_reads = scan_items < scan_slots ? scan_items : scan_slots * (double)scan_items / scan_seqs;
-    double scan_resid = c->ablation_scope == SCOPE_ALL ? group_positions * position_bytes : group_reads * position_bytes;
-    if (scan_resid > (double)ANALYSIS_CAPTURE_BYTES && c->ablation_scope == SCOPE_ALL) scan_resid = (double)ANALYSIS_CAPTURE_BYTES;
+    double group_positions = scan_slots * seq_tokens,
+           group_reads = scan_items < scan_slots ? scan_items : scan_slots * (double)scan_items / scan_seqs;
+    double scan_resid =
+        c->ablation_scope == SCOPE_ALL ? group_positions * position_bytes : group_reads * position_bytes;
+    if (scan_resid > (double)ANALYSIS_CAPTURE_BYTES && c->ablation_scope == SCOPE_ALL)
+        scan_resid = (double)ANALYSIS_CAPTURE_BYTES;
     double mem_scan = plan_state_bytes(&m, scan_slots, max_seq, ANALYSIS_MAX_ROWS) + scan_resid +
                       group_reads * vocab_bytes * (c->ablation_scope == SCOPE_ALL ? 2 : 1);
     double mem_peak = mem_gen > mem_lens ? mem_gen : mem_lens;
@@ -1972,43 +2072,48 @@ static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
     double weights = (double)m.bytes_mapped, weights_read = plan_weight_bytes(&m);
 
     Buf work = {0};
-    buf_printf(out, "bt plan: %s on %s (%s, %d layers, hidden %d, vocab %d, ", c->file, c->model_path, mc->architecture, L,
-               mc->hidden_size, mc->vocab_size);
+    buf_printf(out, "bt plan: %s on %s (%s, %d layers, hidden %d, vocab %d, ", c->file, c->model_path, mc->architecture,
+               L, mc->hidden_size, mc->vocab_size);
     plan_bytes(out, weights);
     buf_printf(out, " of %s weights), %d thread%s\n", dtype_name(m.embed.dtype), bt_threads, bt_threads > 1 ? "s" : "");
-    buf_printf(out, "  %d problems (%s) x %d sample%s x %d variant%s; prompts %d-%d tokens (mean %.0f); at most %d new tokens "
-                    "each, batches of %d\n",
-               c->n_problems, c->data_source == SOURCE_BUILTIN ? "built-in" : c->data_path, c->samples_per_problem,
-               c->samples_per_problem > 1 ? "s" : "", c->n_variants, c->n_variants > 1 ? "s" : "", prompt_min, prompt_max,
-               prompt_mean_all, c->max_new_tokens, c->batch_size);
+    buf_printf(
+        out,
+        "  %d problems (%s) x %d sample%s x %d variant%s; prompts %d-%d tokens (mean %.0f); at most %d new tokens "
+        "each, batches of %d\n",
+        c->n_problems, c->data_source == SOURCE_BUILTIN ? "built-in" : c->data_path, c->samples_per_problem,
+        c->samples_per_problem > 1 ? "s" : "", c->n_variants, c->n_variants > 1 ? "s" : "", prompt_min, prompt_max,
+        prompt_mean_all, c->max_new_tokens, c->batch_size);
     buf_printf(out, "  %-34s %-78s %s\n", "stage", "work (at most)", cal_ok ? "time (at most)" : "time");
     buf_printf(&work, "%lld completions, %lld new tokens, %.0f prompt tokens", n_gen, n_gen * c->max_new_tokens,
                (double)n_gen * prompt_mean_all);
     plan_line(out, "generate baseline", work.data, cal_ok ? t_gen : NAN);
     work.len = 0;
-    buf_printf(&work, "%lld events + controls in %lld completions: %.0f positions forced, %lld readouts", lens_items, lens_seqs,
-               lens_seqs * seq_tokens, lens_items * (L + 1));
+    buf_printf(&work, "%lld events + controls in %lld completions: %.0f positions forced, %lld readouts", lens_items,
+               lens_seqs, lens_seqs * seq_tokens, lens_items * (L + 1));
     plan_line(out, "logit-lens", work.data, cal_ok ? t_lens : NAN);
     work.len = 0;
     if (c->ablation_scope == SCOPE_ALL)
-        buf_printf(&work, "%lld items in %lld completions: 1 + %d passes (%d pass-equivalents) of %.0f positions", scan_items,
-                   scan_seqs, 2 * L, L + 2, scan_seqs * seq_tokens);
+        buf_printf(&work, "%lld items in %lld completions: 1 + %d passes (%d pass-equivalents) of %.0f positions",
+                   scan_items, scan_seqs, 2 * L, L + 2, scan_seqs * seq_tokens);
     else
-        buf_printf(&work, "%lld items in %lld completions: 1 pass of %.0f positions, %lld replayed rows", scan_items, scan_seqs,
-                   scan_seqs * seq_tokens, scan_items * 2 * L);
+        buf_printf(&work, "%lld items in %lld completions: 1 pass of %.0f positions, %lld replayed rows", scan_items,
+                   scan_seqs, scan_seqs * seq_tokens, scan_items * 2 * L);
     char stage[64];
-    snprintf(stage, sizeof stage, "ablation-scan (%s, %s)", c->ablation_scope == SCOPE_ALL ? "scope all" : "scope onset",
+    snprintf(stage, sizeof stage, "ablation-scan (%s, %s)",
+             c->ablation_scope == SCOPE_ALL ? "scope all" : "scope onset",
              c->ablation_kind == ABLATE_MEAN ? "mean" : "zero");
     plan_line(out, stage, work.data, cal_ok ? t_scan : NAN);
     work.len = 0;
-    buf_printf(&work, "2 x %lld completions of %s, %lld new tokens", per_variant, c->lens_variant, 2 * per_variant * c->max_new_tokens);
+    buf_printf(&work, "2 x %lld completions of %s, %lld new tokens", per_variant, c->lens_variant,
+               2 * per_variant * c->max_new_tokens);
     plan_line(out, "generate targeted, random", work.data, cal_ok ? t_ablate : NAN);
-    plan_line(out, "the other stages", "detect-events (twice), compare-conditions, formatting-sweep, make-report", cal_ok ? 0 : NAN);
+    plan_line(out, "the other stages", "detect-events (twice), compare-conditions, formatting-sweep, make-report",
+              cal_ok ? 0 : NAN);
     work.len = 0;
     buf_printf(out, "  memory: weights ");
     plan_bytes(out, weights);
-    buf_printf(out, " (mmapped); KV cache %.0f KB per position: generation %d x %d positions = ", model_kv_bytes_per_token(&m) / 1024.0,
-               gen_batch, max_seq);
+    buf_printf(out, " (mmapped); KV cache %.0f KB per position: generation %d x %d positions = ",
+               model_kv_bytes_per_token(&m) / 1024.0, gen_batch, max_seq);
     plan_bytes(out, (double)model_kv_bytes_per_token(&m) * gen_batch * max_seq);
     buf_puts(out, "; activations: logit lens ");
     plan_bytes(out, lens_items * position_bytes);
@@ -2018,11 +2123,15 @@ static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
     plan_bytes(out, weights_read + mem_peak);
     buf_puts(out, " (the weights a step reads + the largest stage's cache, scratch and activations)\n");
     if (cal_ok) {
-        buf_printf(out, "  calibration (%.1f s): teacher forcing %.1f tok/s, decode %.1f tok/s at batch %d, %.1f readouts/s\n",
-                   cal.seconds, cal.prefill_tok_s, cal.batch / cal.step_s, cal.batch, 1 / cal.readout_s);
+        buf_printf(
+            out, "  calibration (%.1f s): teacher forcing %.1f tok/s, decode %.1f tok/s at batch %d, %.1f readouts/s\n",
+            cal.seconds, cal.prefill_tok_s, cal.batch / cal.step_s, cal.batch, 1 / cal.readout_s);
         char total[32];
         format_duration(total, sizeof total, t_gen + t_lens + t_scan + t_ablate);
-        buf_printf(out, "  estimate: at most %s, if every completion runs to max_new_tokens and the analyses reach max_events\n", total);
+        buf_printf(
+            out,
+            "  estimate: at most %s, if every completion runs to max_new_tokens and the analyses reach max_events\n",
+            total);
     }
     buf_free(&work);
 out:
@@ -2069,7 +2178,8 @@ static const Command commands[] = {
     {"compare-conditions", cmd_compare_conditions, "baseline vs targeted vs random ablation"},
     {"formatting-sweep", cmd_formatting_sweep, "backtracking across prompt formats"},
     {"directions", cmd_directions, "difference-of-means steering directions per layer, with held-out AUROC"},
-    {"steering-sweep", cmd_steering_sweep, "backtracking rate per steering alpha: direction, random control, project_out"},
+    {"steering-sweep", cmd_steering_sweep,
+     "backtracking rate per steering alpha: direction, random control, project_out"},
     {"make-report", cmd_make_report, "write the markdown report with hypothesis verdicts"},
     {"run", cmd_run, "every stage above, in order"},
     {"plan", cmd_plan, "what bt run will do, with time and memory estimated on the model"},
@@ -2087,13 +2197,16 @@ static const Command commands[] = {
 };
 
 static void print_help(void) {
-    printf("bt %s: the backtracking state-transition pipeline\n\nusage: bt COMMAND [flags]   (bt COMMAND --help for its flags)\n\n", BT_VERSION);
+    printf("bt %s: the backtracking state-transition pipeline\n\nusage: bt COMMAND [flags]   (bt COMMAND --help for "
+           "its flags)\n\n",
+           BT_VERSION);
     printf("pipeline stages:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
         if (strcmp(commands[i].name, "model-info") == 0) printf("\ninspection and tools:\n");
         printf("  %-19s %s\n", commands[i].name, commands[i].summary);
     }
-    printf("\n--config defaults to %s. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or input.\n", BT_DEFAULT_CONFIG);
+    printf("\n--config defaults to %s. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or input.\n",
+           BT_DEFAULT_CONFIG);
 }
 
 int main(int argc, char **argv) {

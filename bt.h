@@ -49,7 +49,8 @@ static inline int utf8_char(const unsigned char *s, size_t n, uint32_t *cp) {
         if ((s[k] & 0xC0) != 0x80) return 0;
         v = v << 6 | (s[k] & 0x3Fu);
     }
-    if ((len == 3 && (v < 0x800 || (v >= 0xD800 && v < 0xE000))) || (len == 4 && (v < 0x10000 || v > 0x10FFFF))) return 0;
+    if ((len == 3 && (v < 0x800 || (v >= 0xD800 && v < 0xE000))) || (len == 4 && (v < 0x10000 || v > 0x10FFFF)))
+        return 0;
     if (cp) *cp = v;
     return len;
 }
@@ -145,7 +146,10 @@ static inline uint64_t splitmix64(uint64_t *x) {
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
     return z ^ (z >> 31);
 }
-static inline uint64_t seed_mix(uint64_t a, uint64_t b) { uint64_t x = a ^ (b * 0xD1B54A32D192ED03ULL); return splitmix64(&x); }
+static inline uint64_t seed_mix(uint64_t a, uint64_t b) {
+    uint64_t x = a ^ (b * 0xD1B54A32D192ED03ULL);
+    return splitmix64(&x);
+}
 static inline void rng_seed(Rng *r, uint64_t seed) { for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed); }
 static inline uint64_t rng_next(Rng *r) {
     uint64_t *s = r->s, result = ((s[1] * 5) << 7 | (s[1] * 5) >> 57) * 9, t = s[1] << 17;
@@ -276,7 +280,8 @@ int fail(const Err *err); // prints "bt: message" to stderr once, returns the ex
 const char *opt_str(const Opt *opts, const char *name, const char *fallback);
 int parse_ids(const char *s, int vocab, const char *dir, int **ids, int *n, Err *err); // "1,2,3" for --ids
 void write_stdout(const Buf *b); // a command's output, flushed
-int opt_int(const Opt *opts, const char *name, long long lo, long long hi, long long fallback, long long *out, Err *err);
+int opt_int(const Opt *opts, const char *name, long long lo, long long hi, long long fallback, long long *out,
+            Err *err);
 
 extern int bt_quiet;   // --quiet: no progress on stderr
 extern int bt_threads; // threads in use (OpenMP), >= 1
@@ -381,7 +386,8 @@ int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, TokenList
 // bytes s when the tokenizer has no normalizer; with NFC, the text between added
 // tokens comes back in NFC (so == s when s is NFC).
 void tokenizer_decode(const Tokenizer *t, const int *ids, int n, Buf *out, int *offsets);
-const char *tokenizer_token_bytes(const Tokenizer *t, int id, int *n_bytes); // decoded bytes of one token, NULL if unknown
+// decoded bytes of one token, NULL if unknown
+const char *tokenizer_token_bytes(const Tokenizer *t, int id, int *n_bytes);
 // Id whose decoded bytes are exactly these, -1 if none; an added token first, as in encoding.
 int tokenizer_find(const Tokenizer *t, const char *bytes, int n_bytes);
 int tokenizer_is_special(const Tokenizer *t, int id); // an added token marked "special"
@@ -476,7 +482,8 @@ typedef struct {
     const float *mlp_mean;    // (n_layers, hidden)
     const float *head_mean;   // (n_layers, n_heads * head_dim)
     // Steering acts on the residual stream itself, at every row the mask is on.
-    int steer_layer;          // the residual steer_add joins: 0 = embeddings, l = after block l-1 (logit-lens numbering)
+    // the residual steer_add joins: 0 = embeddings, l = after block l-1 (logit-lens numbering)
+    int steer_layer;
     const float *steer_add;   // (hidden) added to that residual; NULL = none
     const float *project_out; // (hidden) unit direction whose component is removed from every residual; NULL = none
 } AblationMask;
@@ -514,7 +521,8 @@ typedef struct {
     // Outputs, each for rows whose index entry is >= 0 (that entry is the output row):
     float *logits;         // (n_out, vocab)
     const int *logits_row; // (n) or NULL = no logits
-    float *resid;          // (n_cap, n_layers + 1, hidden): [0] embeddings, [l] residual after block l-1 (pre final norm)
+    // (n_cap, n_layers + 1, hidden): [0] embeddings, [l] residual after block l-1 (pre final norm)
+    float *resid;
     float *attn_out;       // (n_cap, n_layers, hidden) attention block outputs (before the residual add), or NULL
     float *mlp_out;        // (n_cap, n_layers, hidden) MLP outputs, or NULL
     float *head_out;       // (n_cap, n_layers, n_heads * head_dim) every head's output before o_proj, or NULL
@@ -526,7 +534,8 @@ typedef struct {
 // entry, mean ablation without means) before computing anything; token ids out of range
 // and positions past max_seq are EXIT_BAD_INPUT, the rest EXIT_RUNTIME.
 int model_forward(const Model *m, RunState *s, const Forward *f, Err *err);
-void model_final_logits(const Model *m, const float *resid, float *logits); // final norm + lm_head of one residual (hidden) -> (vocab)
+// final norm + lm_head of one residual (hidden) -> (vocab)
+void model_final_logits(const Model *m, const float *resid, float *logits);
 // The same for n residuals, resid + i * stride (floats) -> logits (n, vocab); bitwise what model_forward gives.
 void model_final_logits_rows(const Model *m, const float *resid, int n, size_t stride, float *logits);
 // A safetensors file of n tensors, in the order given; a tensor with rows = 1 is 1-D.
@@ -815,7 +824,8 @@ double auroc(const double *score, const unsigned char *is_pos, const double *wei
 Interval auroc_cluster_bootstrap95(const double *score, const unsigned char *is_pos, const int *cluster, int n,
                                    int n_clusters, int n_resamples, uint64_t seed);
 typedef struct {
-    double slope, lo, hi; // least-squares slope of the rate on x (weights n), 95% Wald interval (unpooled; NaN when every rate is 0 or 1)
+    // least-squares slope of the rate on x (weights n), 95% Wald interval (unpooled; NaN when every rate is 0 or 1)
+    double slope, lo, hi;
     double z, p;          // Cochran-Armitage trend statistic and two-sided p (pooled null variance)
 } Trend;
 // Cochran-Armitage test for a linear trend in k[i] / n[i] over scores x[i], i < m. slope, z and p
@@ -904,7 +914,8 @@ typedef struct {
 
 // Call order: svg_begin, svg_legend, one axes call, then series, then svg_end. Panels: set
 // top and bottom of the plot area before each further axes call. NULL axis labels are left out.
-void svg_begin(Svg *s, Buf *out, int width, int height, const char *title, const char *note); // note: grey line under the title, or NULL
+// note: grey line under the title, or NULL
+void svg_begin(Svg *s, Buf *out, int width, int height, const char *title, const char *note);
 void svg_legend(Svg *s, const SvgKey *keys, int n); // rows centred under the title; moves the plot area down
 // Numeric axes with "nice" ticks covering [x_min, x_max] x [y_min, y_max]; x_integer: ticks on whole numbers.
 void svg_axes(Svg *s, double x_min, double x_max, double y_min, double y_max, const char *x_label,
@@ -1026,7 +1037,8 @@ int organism_check_mechanism(const char *dir, int mechanism, const char *config_
 // The shapes of the heavy stages' forward calls, here because bt plan sizes them too.
 #define GEN_PREFILL_ROWS 512 // generate.c: rows of prompt per forward call: bounds the activations of a prefill
 #define ANALYSIS_MAX_ROWS 512 // analysis.c: rows per forward call in teacher-forced passes
-#define ANALYSIS_CAPTURE_BYTES ((size_t)1 << 30) // analysis.c: scope-all scan: clean residuals kept per group of completions
+// analysis.c: scope-all scan: clean residuals kept per group of completions
+#define ANALYSIS_CAPTURE_BYTES ((size_t)1 << 30)
 
 enum { CAPTURE_F32, CAPTURE_BF16 };
 #define CAPTURE_DTYPES "f32|bf16" // in enum order: [capture] dtype's choices

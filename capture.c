@@ -71,7 +71,8 @@ static void st_abort(StStream *st) {
 
 // Creates the temp file of path and writes the header of tensors t[0..n) (each of row_bytes[i]
 // per row along dim 0, in that order, contiguous) with metadata, a JSON object's members.
-static int st_open(StStream *st, const char *path, const StTensor *t, int n, DType dtype, const char *metadata, Err *err) {
+static int st_open(StStream *st, const char *path, const StTensor *t, int n, DType dtype, const char *metadata,
+                   Err *err) {
     memset(st, 0, sizeof *st);
     st->fd = -1;
     snprintf(st->path, sizeof st->path, "%s", path);
@@ -116,7 +117,8 @@ static int st_put_row(StStream *st, int tensor, long long row, const void *data,
 
 // Every byte written: fsync and close, leaving the temp file for the rename.
 static int st_finish(StStream *st, Err *err) {
-    if (st->written != st->total) return err_runtime(err, "%s: %zu of %zu bytes written", st->path, st->written, st->total);
+    if (st->written != st->total)
+        return err_runtime(err, "%s: %zu of %zu bytes written", st->path, st->written, st->total);
     if (fsync(st->fd) != 0) return err_runtime(err, "%s: write failed: %s", st->path, strerror(errno));
     int rc = close(st->fd);
     st->fd = -1;
@@ -172,11 +174,13 @@ static int capture_items(const Run *run, const char *variant, const char *condit
     int col[9];
     for (int i = 0; i < 9; i++)
         if ((col[i] = csv_col(csv, cols[i])) < 0)
-            return err_input(err, "%s: no column '%s' (written by another version? run detect-events again)", path, cols[i]);
+            return err_input(err, "%s: no column '%s' (written by another version? run detect-events again)", path,
+                             cols[i]);
     CaptureItem *items = xmalloc((size_t)(csv->n_rows + 1) * sizeof *items);
     int n = 0;
     for (int r = 0; r < csv->n_rows; r++) {
-        if (strcmp(csv_cell(csv, r, col[2]), variant) != 0 || strcmp(csv_cell(csv, r, col[3]), condition) != 0) continue;
+        if (strcmp(csv_cell(csv, r, col[2]), variant) != 0 || strcmp(csv_cell(csv, r, col[3]), condition) != 0)
+            continue;
         const char *kind = csv_cell(csv, r, col[0]), *problem = csv_cell(csv, r, col[4]);
         int sample = atoi(csv_cell(csv, r, col[5])), record = -1;
         for (int k = 0; k < n_recs && record < 0; k++)
@@ -186,8 +190,8 @@ static int capture_items(const Run *run, const char *variant, const char *condit
         if (record < 0 || atoi(csv_cell(csv, r, col[8])) != recs[record].prompt_tokens || x.pred_pos < 0 ||
             x.pred_pos >= recs[record].prompt_tokens + recs[record].n_completion) {
             free(items);
-            return err_input(err, "%s:%d: %s %d does not fit the generations of %s/%s (run detect-events again)", path, r + 2,
-                             kind, x.event_id, variant, condition);
+            return err_input(err, "%s:%d: %s %d does not fit the generations of %s/%s (run detect-events again)", path,
+                             r + 2, kind, x.event_id, variant, condition);
         }
         items[n++] = x;
     }
@@ -198,20 +202,25 @@ static int capture_items(const Run *run, const char *variant, const char *condit
 
 // The rows positions asks for, sorted, each with its read; reads are the distinct
 // (record, pos) pairs in order.
-static int capture_rows(int positions, int window, const GenRecord *recs, int n_recs, const CaptureItem *items, int n_items,
-                        CaptureRow **out, int *n_reads) {
+static int capture_rows(int positions, int window, const GenRecord *recs, int n_recs, const CaptureItem *items,
+                        int n_items, CaptureRow **out, int *n_reads) {
     CaptureRow *rows = NULL;
     int n = 0, cap = 0;
     for (int i = 0; i < n_items; i++) {
         const CaptureItem *x = &items[i];
-        if ((positions == POS_EVENTS && x->kind != ROW_EVENT) || (positions == POS_CONTROLS && x->kind != ROW_CONTROL)) continue;
-        int w = positions == POS_WINDOW ? window : 0, end = recs[x->record].prompt_tokens + recs[x->record].n_completion;
+        if ((positions == POS_EVENTS && x->kind != ROW_EVENT) || (positions == POS_CONTROLS && x->kind != ROW_CONTROL))
+            continue;
+        int w = positions == POS_WINDOW ? window : 0,
+            end = recs[x->record].prompt_tokens + recs[x->record].n_completion;
         for (int p = x->pred_pos - w; p <= x->pred_pos + w; p++)
-            if (p >= 0 && p < end) add_row(&rows, &n, &cap, (CaptureRow){x->record, p, x->kind, x->event_id, x->trigger, p - x->pred_pos, 0});
+            if (p >= 0 && p < end)
+                add_row(&rows, &n, &cap,
+                        (CaptureRow){x->record, p, x->kind, x->event_id, x->trigger, p - x->pred_pos, 0});
     }
     if (positions == POS_COMPLETION || positions == POS_ALL)
         for (int r = 0; r < n_recs; r++)
-            for (int p = positions == POS_ALL ? 0 : recs[r].prompt_tokens; p < recs[r].prompt_tokens + recs[r].n_completion; p++)
+            for (int p = positions == POS_ALL ? 0 : recs[r].prompt_tokens;
+                 p < recs[r].prompt_tokens + recs[r].n_completion; p++)
                 add_row(&rows, &n, &cap, (CaptureRow){r, p, ROW_OTHER, -1, "", 0, 0});
     if (n) qsort(rows, (size_t)n, sizeof *rows, cmp_row);
     // Completion and all: one row per position, the event (else the control) read there if any.
@@ -249,7 +258,8 @@ static int parse_sites(const char *s, int want[N_SITES], Err *err) {
 
 // "all" or "0,5,10": the layers of each wanted site, in the order given. resid has n_layers + 1
 // (0 = embeddings, l = after block l-1), attn and mlp n_layers (block l's output).
-static int parse_layers(const char *s, const int want[N_SITES], int n_layers, int *layers[N_SITES], int n_sel[N_SITES], Err *err) {
+static int parse_layers(const char *s, const int want[N_SITES], int n_layers, int *layers[N_SITES], int n_sel[N_SITES],
+                        Err *err) {
     for (int k = 0; k < N_SITES; k++) {
         int count = k == SITE_RESID ? n_layers + 1 : n_layers;
         layers[k] = xmalloc((size_t)(count + 1) * sizeof *layers[k]);
@@ -266,8 +276,8 @@ static int parse_layers(const char *s, const int want[N_SITES], int n_layers, in
             if (end == p || errno || (*end && *end != ',') || (*end == ',' && !end[1]))
                 return err_input(err, "--layers: '%s' is not 'all' or a comma-separated list of layers", s);
             if (v < 0 || v >= count)
-                return err_input(err, "--layers: layer %ld does not exist for %s: it has %d..%d%s", v, site_names[k], 0, count - 1,
-                                 k == SITE_RESID ? " (0 = embeddings, l = after block l-1)" : " (blocks)");
+                return err_input(err, "--layers: layer %ld does not exist for %s: it has %d..%d%s", v, site_names[k], 0,
+                                 count - 1, k == SITE_RESID ? " (0 = embeddings, l = after block l-1)" : " (blocks)");
             for (int i = 0; i < n_sel[k]; i++)
                 if (layers[k][i] == v) return err_input(err, "--layers: layer %ld given twice", v);
             if (n_sel[k] == count) return err_input(err, "--layers: more layers than %s has", site_names[k]);
@@ -281,7 +291,8 @@ static int parse_layers(const char *s, const int want[N_SITES], int n_layers, in
 static int capture_name_ok(const char *s) {
     if (!*s || *s == '.' || strlen(s) > 200) return 0;
     for (; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '_' || *s == '-' || *s == '.'))
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '_' ||
+              *s == '-' || *s == '.'))
             return 0;
     return 1;
 }
@@ -304,8 +315,9 @@ static void capture_remove_stale(const Run *run, const char *name, int n_files) 
         int f, of, used = 0;
         if (strncmp(e->d_name, name, len) != 0) continue;
         const char *rest = e->d_name + len;
-        int old = strcmp(rest, ".safetensors") == 0 ||
-                  (sscanf(rest, "-%5d-of-%5d.safetensors%n", &f, &of, &used) == 2 && rest[used] == 0 && strlen(rest) == 27);
+        int old =
+            strcmp(rest, ".safetensors") == 0 ||
+            (sscanf(rest, "-%5d-of-%5d.safetensors%n", &f, &of, &used) == 2 && rest[used] == 0 && strlen(rest) == 27);
         if (!old) continue;
         int keep = 0;
         for (int k = 0; k < n_files && !keep; k++) {
@@ -333,7 +345,8 @@ int cmd_capture(int argc, char **argv) {
     Run run;
     int exit_code;
     if (stage_open(argc, argv, opts, &c, &run, &exit_code)) return exit_code;
-    const char *variant = opt_str(opts, "--variant", c.lens_variant), *condition = opt_str(opts, "--condition", "baseline");
+    const char *variant = opt_str(opts, "--variant", c.lens_variant),
+               *condition = opt_str(opts, "--condition", "baseline");
     const char *positions_text = opt_str(opts, "--positions", "events"), *dtype_text = opt_str(opts, "--dtype", NULL);
     Model m = {0};
     int model_loaded = 0, n_recs = 0, n_items = 0, n_rows = 0, n_reads = 0, n_seqs = 0, n_files = 0;
@@ -353,7 +366,8 @@ int cmd_capture(int argc, char **argv) {
     int positions = 0;
     while (positions < N_POSITIONS && strcmp(position_names[positions], positions_text) != 0) positions++;
     int dtype = c.capture_dtype;
-    if (dtype_text) dtype = strcmp(dtype_text, "f32") == 0 ? CAPTURE_F32 : strcmp(dtype_text, "bf16") == 0 ? CAPTURE_BF16 : -1;
+    if (dtype_text)
+        dtype = strcmp(dtype_text, "f32") == 0 ? CAPTURE_F32 : strcmp(dtype_text, "bf16") == 0 ? CAPTURE_BF16 : -1;
     snprintf(name, sizeof name, "%s_%s_%s", variant, condition, positions_text);
     if (opt_str(opts, "--name", NULL)) snprintf(name, sizeof name, "%s", opt_str(opts, "--name", NULL));
     if (positions == N_POSITIONS) {
@@ -365,14 +379,15 @@ int cmd_capture(int argc, char **argv) {
         goto out;
     }
     if (!capture_name_ok(name) || !capture_name_ok(variant) || !capture_name_ok(condition)) {
-        err_input(&err, "capture: name '%s', variant '%s' and condition '%s' must be letters, digits, _ - . only", name, variant,
-                  condition);
+        err_input(&err, "capture: name '%s', variant '%s' and condition '%s' must be letters, digits, _ - . only", name,
+                  variant, condition);
         goto out;
     }
     if (parse_sites(opt_str(opts, "--sites", "resid"), want, &err)) goto out;
     run_generation_path(&run, path, sizeof path, variant, condition);
     if (!exists_or_sharded(path)) {
-        err_input(&err, "no generations of %s under %s in run %s (%s): run generate first", variant, condition, run.id, path);
+        err_input(&err, "no generations of %s under %s in run %s (%s): run generate first", variant, condition, run.id,
+                  path);
         goto out;
     }
     if (model_config_read(c.model_path, &m.cfg, &err)) goto out;
@@ -381,14 +396,19 @@ int cmd_capture(int argc, char **argv) {
     if (generations_read(path, &recs, &n_recs, &err)) goto out;
     if (capture_items(&run, variant, condition, recs, n_recs, &events, &items, &n_items, &err)) goto out;
     if (positions <= POS_WINDOW && !events.cells) {
-        err_input(&err, "--positions %s: no events in run %s: run detect-events first (or capture --positions completion)",
+        err_input(&err,
+                  "--positions %s: no events in run %s: run detect-events first (or capture --positions completion)",
                   positions_text, run.id);
         goto out;
     }
     n_rows = capture_rows(positions, c.capture_window, recs, n_recs, items, n_items, &rows, &n_reads);
     if (n_rows == 0) {
-        err_input(&err, "--positions %s: run %s has no %s of %s under %s: nothing to capture (try --positions completion)",
-                  positions_text, run.id, positions == POS_CONTROLS ? "controls" : positions <= POS_WINDOW ? "events" : "completions",
+        err_input(&err,
+                  "--positions %s: run %s has no %s of %s under %s: nothing to capture (try --positions completion)",
+                  positions_text, run.id,
+                  positions == POS_CONTROLS ? "controls"
+                  : positions <= POS_WINDOW ? "events"
+                                            : "completions",
                   variant, condition);
         goto out;
     }
@@ -428,7 +448,8 @@ int cmd_capture(int argc, char **argv) {
             prompt.n = 0;
             if (tokenizer_encode(tok, rec->prompt, strlen(rec->prompt), &prompt, &err)) break;
             if (prompt.n != rec->prompt_tokens) {
-                err_input(&err, "problem %s: the prompt now encodes to %d tokens, the record says %d (tokenizer changed?)",
+                err_input(&err,
+                          "problem %s: the prompt now encodes to %d tokens, the record says %d (tokenizer changed?)",
                           rec->problem_id, prompt.n, rec->prompt_tokens);
                 break;
             }
@@ -465,8 +486,10 @@ int cmd_capture(int argc, char **argv) {
     Buf meta = {0};
     files = xcalloc((size_t)n_files, sizeof *files);
     for (int i = 0; i < n_files; i++) files[i].fd = -1;
-    buf_puts(&csv, "row,file,file_row,run_id,variant,condition,problem_id,sample,prompt_tokens,pos,token_id,token,kind,event_id,"
-                   "trigger,offset\n");
+    buf_puts(
+        &csv,
+        "row,file,file_row,run_id,variant,condition,problem_id,sample,prompt_tokens,pos,token_id,token,kind,event_id,"
+        "trigger,offset\n");
     for (int i = 0, s = 0; i < n_rows; i++) {
         const CaptureRow *r = &rows[i];
         const GenRecord *rec = &recs[r->record];
@@ -501,7 +524,8 @@ int cmd_capture(int argc, char **argv) {
     int next_row = 0, rc = 0;
     for (int s0 = 0, base = 0; s0 < n_seqs && rc == 0;) {
         int n = 0, reads = 0;
-        while (s0 + n < n_seqs && n < n_slots && reads + seqs[s0 + n].n_read <= max_reads) reads += seqs[s0 + n++].n_read;
+        while (s0 + n < n_seqs && n < n_slots && reads + seqs[s0 + n].n_read <= max_reads)
+            reads += seqs[s0 + n++].n_read;
         int pieces = n == 0; // one completion alone holds more reads than memory: in pieces of max_reads
         if (pieces) n = 1, reads = seqs[s0].n_read;
         for (int r0 = 0; r0 < reads && rc == 0;) {
@@ -519,7 +543,8 @@ int cmd_capture(int argc, char **argv) {
             // The rows of this pass's reads, in order.
             for (; rc == 0 && next_row < n_rows && rows[next_row].read < base + r1; next_row++) {
                 int fi = (int)(next_row / rows_per_file), read = rows[next_row].read - base - r0;
-                long long local = next_row % rows_per_file, in_file = fi == n_files - 1 ? n_rows - fi * rows_per_file : rows_per_file;
+                long long local = next_row % rows_per_file,
+                          in_file = fi == n_files - 1 ? n_rows - fi * rows_per_file : rows_per_file;
                 StStream *st = &files[fi];
                 if (local == 0) {
                     meta.len = 0;
@@ -527,8 +552,9 @@ int cmd_capture(int argc, char **argv) {
                     buf_json_string(&meta, run.id, strlen(run.id));
                     buf_puts(&meta, ",\"model\":");
                     buf_json_string(&meta, c.model_path, strlen(c.model_path));
-                    buf_printf(&meta, ",\"variant\":\"%s\",\"condition\":\"%s\",\"positions\":\"%s\",\"index\":\"%s.csv\","
-                                      "\"first_row\":\"%lld\",\"n_rows\":\"%lld\",\"sites\":\"",
+                    buf_printf(&meta,
+                               ",\"variant\":\"%s\",\"condition\":\"%s\",\"positions\":\"%s\",\"index\":\"%s.csv\","
+                               "\"first_row\":\"%lld\",\"n_rows\":\"%lld\",\"sites\":\"",
                                variant, condition, positions_text, name, fi * rows_per_file, in_file);
                     for (int k = 0, first = 1; k < N_SITES; k++)
                         if (want[k]) buf_printf(&meta, "%s%s", first ? "" : ",", site_names[k]), first = 0;
@@ -547,7 +573,8 @@ int cmd_capture(int argc, char **argv) {
                     char file[400];
                     capture_file_name(file, sizeof file, name, fi, n_files);
                     run_activation_path(&run, path, sizeof path, file);
-                    if ((rc = st_open(st, path, t, nt, dtype == CAPTURE_BF16 ? DT_BF16 : DT_F32, meta.data, &err))) break;
+                    if ((rc = st_open(st, path, t, nt, dtype == CAPTURE_BF16 ? DT_BF16 : DT_F32, meta.data, &err)))
+                        break;
                 }
                 for (int k = 0, tensor = 0; k < N_SITES && rc == 0; k++) {
                     if (!want[k]) continue;
@@ -563,7 +590,8 @@ int cmd_capture(int argc, char **argv) {
                 }
                 if (rc == 0 && local == in_file - 1) rc = st_finish(st, &err);
             }
-            progress_eta(&pc, "capture", next_row, n_rows, "rows", (double)tokens_done, (double)tokens_done, (double)tokens_total);
+            progress_eta(&pc, "capture", next_row, n_rows, "rows", (double)tokens_done, (double)tokens_done,
+                         (double)tokens_total);
             r0 = r1;
         }
         base += reads;

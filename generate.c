@@ -424,8 +424,8 @@ static void generation_progress(void *ctx) {
     }
     char stage[300];
     snprintf(stage, sizeof stage, "generate %s/%s", w->variant, w->condition);
-    progress_eta(&w->clock, stage, w->n_done_before + w->n_finished, w->n_done_before + w->n_jobs, "completions", (double)made,
-                 (double)made, (double)budget);
+    progress_eta(&w->clock, stage, w->n_done_before + w->n_finished, w->n_done_before + w->n_jobs, "completions",
+                 (double)made, (double)made, (double)budget);
 }
 
 // on_finish of the loop: the record of sequence i, then every record that is next in
@@ -487,9 +487,17 @@ static int generate_variant(const Config *c, const Run *run, const Model *m, con
     if (resume_scan(path, &done_ids, &done_samples, &n_done, err)) return -1;
     // The work list: every (problem, sample) without a record, in order.
     int n_total = n_problems * c->samples_per_problem;
-    RecordWriter w = {.c = c, .problems = problems, .variant = variant->name, .condition = condition,
-                      .tok = tok, .set = set, .steering_json = steering_json, .thinking_open = prompt_thinking_open(variant->template_text),
-                      .n_done_before = n_done, .path = path, .timing_path = timing_path};
+    RecordWriter w = {.c = c,
+                      .problems = problems,
+                      .variant = variant->name,
+                      .condition = condition,
+                      .tok = tok,
+                      .set = set,
+                      .steering_json = steering_json,
+                      .thinking_open = prompt_thinking_open(variant->template_text),
+                      .n_done_before = n_done,
+                      .path = path,
+                      .timing_path = timing_path};
     w.jobs = xcalloc((size_t)n_total + 1, sizeof *w.jobs);
     w.seqs = xcalloc((size_t)n_total + 1, sizeof *w.seqs);
     int rc = 0;
@@ -733,8 +741,9 @@ int steer_directions_load(const Config *c, const Run *run, const ModelConfig *mc
     d->hidden = mc->hidden_size;
     if (rows != L + 1 || cols != mc->hidden_size || norm_rows != 1 || norm_cols != L + 1) {
         steer_directions_free(d);
-        return err_input(err, "%s: directions (%d, %d) and mean_norm (%d) do not fit this model's (%d, %d) (run directions again)",
-                         path, rows, cols, norm_rows * norm_cols, L + 1, mc->hidden_size);
+        return err_input(
+            err, "%s: directions (%d, %d) and mean_norm (%d) do not fit this model's (%d, %d) (run directions again)",
+            path, rows, cols, norm_rows * norm_cols, L + 1, mc->hidden_size);
     }
     if (c->steer_layer == STEER_LAYER_AUTO) {
         if (steer_best_layer(run, L, &d->layer, err)) {
@@ -743,15 +752,17 @@ int steer_directions_load(const Config *c, const Run *run, const ModelConfig *mc
         }
     } else if (c->steer_layer > L) {
         steer_directions_free(d);
-        return err_input(err, "%s: [steering] layer = %d is out of range [0, %d] for the model in %s", c->file, c->steer_layer, L,
-                         c->model_path);
+        return err_input(err, "%s: [steering] layer = %d is out of range [0, %d] for the model in %s", c->file,
+                         c->steer_layer, L, c->model_path);
     } else {
         d->layer = c->steer_layer;
     }
     if (!(norm_of(d->directions + (size_t)d->layer * d->hidden, d->hidden) > 0) || !(d->mean_norm[d->layer] > 0)) {
         int layer = d->layer;
         steer_directions_free(d);
-        return err_input(err, "%s: the direction at layer %d is zero (positives and negatives agree there): choose another [steering] layer",
+        return err_input(err,
+                         "%s: the direction at layer %d is zero (positives and negatives agree there): choose another "
+                         "[steering] layer",
                          path, layer);
     }
     return 0;
@@ -831,13 +842,14 @@ static int generate_steered(const Config *c, const Run *run, const Model *m, con
 // Commands: generate, generate-ids
 
 int cmd_generate(int argc, char **argv) {
-    Opt opts[] = {OPT_CONFIG,
-                  OPT("--condition", 1, "baseline | targeted_ablation | random_ablation (every draw) | random_ablation_K | "
-                                        STEER_GROUPS),
-                  OPT("--variant", 1,
-                      "one variant (default: every [generation] variant for baseline, [steering] variants for steering, "
-                      "[logit_lens] variant otherwise)"),
-                  OPT_SHARD, OPT_END};
+    Opt opts[] = {
+        OPT_CONFIG,
+        OPT("--condition", 1,
+            "baseline | targeted_ablation | random_ablation (every draw) | random_ablation_K | " STEER_GROUPS),
+        OPT("--variant", 1,
+            "one variant (default: every [generation] variant for baseline, [steering] variants for steering, "
+            "[logit_lens] variant otherwise)"),
+        OPT_SHARD, OPT_END};
     Err err = {0};
     Config c;
     Run run;
@@ -852,16 +864,17 @@ int cmd_generate(int argc, char **argv) {
     const char *one = opt_str(opts, "--variant", NULL);
     Shard shard;
     if (shard_parse(opt_str(opts, "--shard", NULL), &shard, &err)) goto out;
-    const char *steer_group = condition && condition_parse(condition, &cond) && steer_conditions(&c, condition, NULL) >= 0
-                                  ? condition
-                                  : NULL;
+    const char *steer_group =
+        condition && condition_parse(condition, &cond) && steer_conditions(&c, condition, NULL) >= 0 ? condition : NULL;
     if (!steer_group && condition_parse(condition, &cond)) {
-        err_input(&err, "generate: --condition must be baseline, targeted_ablation, random_ablation or random_ablation_K "
-                        "(K = 1 .. [ablation] random_draws), or " STEER_GROUPS);
+        err_input(&err,
+                  "generate: --condition must be baseline, targeted_ablation, random_ablation or random_ablation_K "
+                  "(K = 1 .. [ablation] random_draws), or " STEER_GROUPS);
         goto out;
     }
     if (!steer_group && cond.kind == COND_RANDOM && cond.draw > c.random_draws) {
-        err_input(&err, "generate: --condition %s: %s has [ablation] random_draws = %d", condition, c.file, c.random_draws);
+        err_input(&err, "generate: --condition %s: %s has [ablation] random_draws = %d", condition, c.file,
+                  c.random_draws);
         goto out;
     }
     if (one && !config_variant(&c, one)) {

@@ -7,7 +7,8 @@ FUZZ_TARGET(generations) {
     int n_rec = 0;
     Err err = {0};
     if (generations_read(path, &r, &n_rec, &err)) {
-        fuzz_invariant(err.code == EXIT_BAD_INPUT && strstr(err.msg, "baseline.jsonl:") != NULL, "an error names file and line");
+        fuzz_invariant(err.code == EXIT_BAD_INPUT && strstr(err.msg, "baseline.jsonl:") != NULL,
+                       "an error names file and line");
         return 0;
     }
     for (int i = 0; i < n_rec; i++) {

@@ -17,7 +17,8 @@ FUZZ_TARGET(ini) {
     fuzz_invariant(config_load(&c2, again, &err) == 0, "config_resolved.ini loads");
     Buf resolved2 = {0};
     config_write_resolved(&c2, &resolved2);
-    const char *body = strchr(resolved.data, '\n'), *body2 = strchr(resolved2.data, '\n'); // the first line names the file
+    const char *body = strchr(resolved.data, '\n'),
+               *body2 = strchr(resolved2.data, '\n'); // the first line names the file
     fuzz_invariant(body && body2 && strcmp(body, body2) == 0, "config_resolved.ini round-trips");
     buf_free(&resolved);
     buf_free(&resolved2);

@@ -5,11 +5,13 @@ FUZZ_TARGET(json) {
     Json j;
     Err err = {0};
     if (json_parse(&j, (const char *)data, n, "fuzz.json", &err)) {
-        fuzz_invariant(err.code == EXIT_BAD_INPUT && strncmp(err.msg, "fuzz.json", 9) == 0, "a parse error names the file");
+        fuzz_invariant(err.code == EXIT_BAD_INPUT && strncmp(err.msg, "fuzz.json", 9) == 0,
+                       "a parse error names the file");
         return 0;
     }
     fuzz_invariant(j.n_tok > 0 && j.tok[0].next == j.n_tok, "the root spans every token");
-    fuzz_invariant(json_line(&j, 0) >= 1 && json_line(&j, j.n_tok - 1) >= json_line(&j, 0), "lines count from 1, in order");
+    fuzz_invariant(json_line(&j, 0) >= 1 && json_line(&j, j.n_tok - 1) >= json_line(&j, 0),
+                   "lines count from 1, in order");
     Buf b = {0};
     for (int t = 0; t < j.n_tok; t++) {
         const JsonTok *k = &j.tok[t];
@@ -28,7 +30,8 @@ FUZZ_TARGET(json) {
         case JSON_STRING: {
             fuzz_invariant(json_string(&j, t, &b) == 0, "a string token unescapes");
             char *s = json_strdup(&j, t);
-            fuzz_invariant(s && strlen(s) <= b.len && memcmp(s, b.data, strlen(s)) == 0, "json_strdup agrees with json_string");
+            fuzz_invariant(s && strlen(s) <= b.len && memcmp(s, b.data, strlen(s)) == 0,
+                           "json_strdup agrees with json_string");
             fuzz_invariant(memchr(b.data, 0, b.len) != NULL || json_eq(&j, t, s), "a string equals its unescaped text");
             free(s);
             break;
@@ -36,7 +39,8 @@ FUZZ_TARGET(json) {
         case JSON_ARRAY: {
             int count = 0, last = t + 1;
             JSON_FOR_ARRAY(&j, t, i, e) { count++; last = j.tok[e].next; }
-            fuzz_invariant(count == k->size && last == k->next, "array iteration visits size elements and ends at next");
+            fuzz_invariant(count == k->size && last == k->next,
+                           "array iteration visits size elements and ends at next");
             break;
         }
         case JSON_OBJECT: {
@@ -46,7 +50,8 @@ FUZZ_TARGET(json) {
                 if (count++ == 0) { // the first key finds its own value
                     Buf name = {0};
                     json_string(&j, key, &name);
-                    if (!memchr(name.data, 0, name.len)) fuzz_invariant(json_key(&j, t, name.data) == key + 1, "json_key finds the first key");
+                    if (!memchr(name.data, 0, name.len))
+                        fuzz_invariant(json_key(&j, t, name.data) == key + 1, "json_key finds the first key");
                     buf_free(&name);
                 }
             }

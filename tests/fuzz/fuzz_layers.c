@@ -11,8 +11,10 @@ FUZZ_TARGET(layers) {
     LayerSet s;
     Err err = {0};
     if (layer_set_read(path, FUZZ_N_LAYERS, &s, &err) == 0) {
-        for (int i = 0; i < s.n_attn; i++) fuzz_invariant(s.attn_layers[i] >= 0 && s.attn_layers[i] < FUZZ_N_LAYERS, "attn layer in range");
-        for (int i = 0; i < s.n_mlp; i++) fuzz_invariant(s.mlp_layers[i] >= 0 && s.mlp_layers[i] < FUZZ_N_LAYERS, "mlp layer in range");
+        for (int i = 0; i < s.n_attn; i++)
+            fuzz_invariant(s.attn_layers[i] >= 0 && s.attn_layers[i] < FUZZ_N_LAYERS, "attn layer in range");
+        for (int i = 0; i < s.n_mlp; i++)
+            fuzz_invariant(s.mlp_layers[i] >= 0 && s.mlp_layers[i] < FUZZ_N_LAYERS, "mlp layer in range");
         layer_set_free(&s);
     } else {
         fuzz_invariant(strstr(err.msg, "selected_layers.json") != NULL, "an error names the file");
@@ -30,7 +32,8 @@ FUZZ_TARGET(layers) {
         free(attn);
         free(mlp);
     } else {
-        fuzz_invariant(!attn && !mlp && strstr(err.msg, "component_means.json") != NULL, "an error names the file, nothing is kept");
+        fuzz_invariant(!attn && !mlp && strstr(err.msg, "component_means.json") != NULL,
+                       "an error names the file, nothing is kept");
     }
     return 0;
 }

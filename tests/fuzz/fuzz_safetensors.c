@@ -7,7 +7,8 @@
 
 // hidden 8, 1 layer, 2 heads of 4 (1 KV head), MLP 16, vocab 16.
 static const char tiny_config[] =
-    "{\"architectures\": [\"Qwen2ForCausalLM\"], \"hidden_size\": 8, \"num_hidden_layers\": 1, \"num_attention_heads\": 2,\n"
+    "{\"architectures\": [\"Qwen2ForCausalLM\"], \"hidden_size\": 8, \"num_hidden_layers\": 1, "
+    "\"num_attention_heads\": 2,\n"
     " \"num_key_value_heads\": 1, \"intermediate_size\": 16, \"vocab_size\": 16, \"rms_norm_eps\": 1e-6,\n"
     " \"rope_theta\": 10000.0, \"tie_word_embeddings\": false, \"eos_token_id\": 2}\n";
 
@@ -37,7 +38,8 @@ FUZZ_TARGET(safetensors) {
     touch(&m.lm_head);
     for (int l = 0; l < m.cfg.n_layers; l++) {
         const LayerWeights *w = &m.layers[l];
-        const Tensor *all[] = {&w->attn_norm, &w->wq, &w->wk, &w->wv, &w->wo, &w->bq, &w->bk, &w->bv, &w->mlp_norm, &w->w_gate, &w->w_up, &w->w_down};
+        const Tensor *all[] = {&w->attn_norm, &w->wq, &w->wk,       &w->wv,     &w->wo,   &w->bq,
+                               &w->bk,        &w->bv, &w->mlp_norm, &w->w_gate, &w->w_up, &w->w_down};
         for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) touch(all[k]);
     }
     model_free(&m);
@@ -48,14 +50,22 @@ FUZZ_TARGET(safetensors) {
 // F32, BF16 and F16 tensors.
 int fuzz_safetensors_seed(const char *path) {
     enum { D = 8, Q = 8, KV = 4, F = 16, V = 16 };
-    struct { const char *name; int rows, cols; DType dtype; } spec[] = {
-        {"model.embed_tokens.weight", V, D, DT_F32}, {"model.layers.0.input_layernorm.weight", 1, D, DT_F32},
-        {"model.layers.0.self_attn.q_proj.weight", Q, D, DT_BF16}, {"model.layers.0.self_attn.k_proj.weight", KV, D, DT_F16},
-        {"model.layers.0.self_attn.v_proj.weight", KV, D, DT_F32}, {"model.layers.0.self_attn.q_proj.bias", 1, Q, DT_F32},
-        {"model.layers.0.self_attn.k_proj.bias", 1, KV, DT_F32}, {"model.layers.0.self_attn.v_proj.bias", 1, KV, DT_F32},
-        {"model.layers.0.self_attn.o_proj.weight", D, Q, DT_F32}, {"model.layers.0.post_attention_layernorm.weight", 1, D, DT_F32},
-        {"model.layers.0.mlp.gate_proj.weight", F, D, DT_BF16}, {"model.layers.0.mlp.up_proj.weight", F, D, DT_F32},
-        {"model.layers.0.mlp.down_proj.weight", D, F, DT_F16}, {"model.norm.weight", 1, D, DT_F32},
+    struct { const char *name; int rows, cols; DType dtype;
+    } spec[] = {
+        {"model.embed_tokens.weight", V, D, DT_F32},
+        {"model.layers.0.input_layernorm.weight", 1, D, DT_F32},
+        {"model.layers.0.self_attn.q_proj.weight", Q, D, DT_BF16},
+        {"model.layers.0.self_attn.k_proj.weight", KV, D, DT_F16},
+        {"model.layers.0.self_attn.v_proj.weight", KV, D, DT_F32},
+        {"model.layers.0.self_attn.q_proj.bias", 1, Q, DT_F32},
+        {"model.layers.0.self_attn.k_proj.bias", 1, KV, DT_F32},
+        {"model.layers.0.self_attn.v_proj.bias", 1, KV, DT_F32},
+        {"model.layers.0.self_attn.o_proj.weight", D, Q, DT_F32},
+        {"model.layers.0.post_attention_layernorm.weight", 1, D, DT_F32},
+        {"model.layers.0.mlp.gate_proj.weight", F, D, DT_BF16},
+        {"model.layers.0.mlp.up_proj.weight", F, D, DT_F32},
+        {"model.layers.0.mlp.down_proj.weight", D, F, DT_F16},
+        {"model.norm.weight", 1, D, DT_F32},
         {"lm_head.weight", V, D, DT_F32},
     };
     enum { N = sizeof spec / sizeof spec[0] };

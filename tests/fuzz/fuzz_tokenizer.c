@@ -12,7 +12,8 @@ FUZZ_TARGET(tokenizer) {
     Tokenizer *t = NULL;
     Err err = {0};
     if (tokenizer_load(&t, path, &err)) {
-        fuzz_invariant(err.code == EXIT_BAD_INPUT && strstr(err.msg, "tokenizer.json") != NULL, "an error names the file");
+        fuzz_invariant(err.code == EXIT_BAD_INPUT && strstr(err.msg, "tokenizer.json") != NULL,
+                       "an error names the file");
         return 0;
     }
     size_t len = sizeof text - 1;

@@ -38,11 +38,13 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (argc == 3 && strcmp(argv[1], "--seed-safetensors") == 0) return fuzz_safetensors_seed(argv[2]) ? 1 : 0;
-    if (argc == 5 && strcmp(argv[1], "--shrink-tokenizer") == 0) return fuzz_shrink_tokenizer(argv[2], argv[3], atoi(argv[4])) ? 1 : 0;
+    if (argc == 5 && strcmp(argv[1], "--shrink-tokenizer") == 0)
+        return fuzz_shrink_tokenizer(argv[2], argv[3], atoi(argv[4])) ? 1 : 0;
     int t = 0;
     while (argc >= 2 && t < N_TARGETS && strcmp(targets[t].name, argv[1]) != 0) t++;
     if (argc < 3 || t == N_TARGETS) {
-        fprintf(stderr, "usage: fuzz_replay TARGET FILE... | --targets | --seed-safetensors PATH | --shrink-tokenizer IN OUT MAX_ID\n");
+        fprintf(stderr, "usage: fuzz_replay TARGET FILE... | --targets | --seed-safetensors PATH | --shrink-tokenizer "
+                        "IN OUT MAX_ID\n");
         return 2;
     }
     for (int i = 2; i < argc; i++) {

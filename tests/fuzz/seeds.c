@@ -44,7 +44,8 @@ int fuzz_shrink_tokenizer(const char *in, const char *out, int max_id) {
         buf_free(&src);
         return -1;
     }
-    Edit *edits = xcalloc((size_t)(2 + (added >= 0 && j.tok[added].type == JSON_ARRAY ? j.tok[added].size : 0)), sizeof *edits);
+    Edit *edits =
+        xcalloc((size_t)(2 + (added >= 0 && j.tok[added].type == JSON_ARRAY ? j.tok[added].size : 0)), sizeof *edits);
     int n_edits = 0;
     char **set = xmalloc((size_t)(j.tok[vocab].size + 1) * sizeof *set);
     int n_set = 0;
