@@ -556,50 +556,51 @@ int ablation_design_read(const Run *run, int n_layers, int draw, LayerSet *set, 
     return rc;
 }
 
-// Reads analysis/component_means.json (written by ablation-scan): the mean
-// output of every attention block and MLP over the run's completions.
-int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mean, float **mlp_mean, Err *err) {
-    char path[1200];
-    run_path(run, path, sizeof path, ART_MEANS);
-    Buf text = {0};
-    Json j;
-    *attn_mean = *mlp_mean = NULL;
+// analysis/component_means.json (written by ablation-scan), parsed into *j (text holds its bytes).
+static int means_open(const Run *run, char *path, size_t size, Buf *text, Json *j, Err *err) {
+    run_path(run, path, size, ART_MEANS);
     if (!path_exists(path))
         return err_input(err, "no %s in run %s: run ablation-scan with [ablation] kind = mean first", ART_MEANS,
                          run->id);
-    if (read_file(path, &text, err)) return -1;
-    if (json_parse(&j, text.data, text.len, path, err)) {
-        buf_free(&text);
-        return -1;
-    }
-    int rc = json_unique_keys(&j, 0, err);
-    size_t n = (size_t)mc->n_layers * (size_t)mc->hidden_size;
-    const char *keys[2] = {"attn", "mlp"};
-    float **outs[2] = {attn_mean, mlp_mean};
-    for (int part = 0; part < 2 && rc == 0; part++) {
-        int t = json_key(&j, 0, keys[part]);
-        if (t < 0 || j.tok[t].type != JSON_ARRAY || (size_t)j.tok[t].size != n) {
-            rc = err_input(err, "%s: \"%s\" must hold %d x %d numbers for this model", path, keys[part], mc->n_layers,
-                           mc->hidden_size);
-            break;
+    if (read_file(path, text, err)) return -1;
+    if (json_parse(j, text->data, text->len, path, err)) return -1;
+    return json_unique_keys(j, 0, err);
+}
+
+// The means under key: rows x cols finite numbers (a mean replaces activations: inf or NaN would
+// spread). *out stays NULL on error.
+static int means_array(const Json *j, const char *path, const char *key, int rows, int cols, float **out, Err *err) {
+    size_t n = (size_t)rows * (size_t)cols;
+    int t = json_key(j, 0, key);
+    if (t < 0 || j->tok[t].type != JSON_ARRAY || (size_t)j->tok[t].size != n)
+        return err_input(err, "%s: \"%s\" must hold %d x %d numbers for this model", path, key, rows, cols);
+    float *v = xmalloc(n * sizeof *v);
+    JSON_FOR_ARRAY(j, t, i, e) {
+        double d;
+        if (json_number(j, e, &d) || !isfinite((float)d)) {
+            free(v);
+            return err_input(err, "%s:%d: \"%s\"[%d] is not a finite number", path, json_line(j, e), key, i);
         }
-        float *v = xmalloc(n * sizeof *v);
-        JSON_FOR_ARRAY(&j, t, i, e) {
-            double d;
-            if (json_number(&j, e, &d) || !isfinite((float)d)) { // a mean replaces activations: inf or NaN would spread
-                rc = err_input(err, "%s:%d: \"%s\"[%d] is not a finite number", path, json_line(&j, e), keys[part], i);
-                break;
-            }
-            v[i] = (float)d;
-        }
-        *outs[part] = v;
+        v[i] = (float)d;
     }
+    *out = v;
+    return 0;
+}
+
+// The mean output of every attention block and MLP over the run's completions.
+int component_means_read(const Run *run, const ModelConfig *mc, float **attn_mean, float **mlp_mean, Err *err) {
+    char path[1200];
+    Buf text = {0};
+    Json j = {0};
+    *attn_mean = *mlp_mean = NULL;
+    int rc = means_open(run, path, sizeof path, &text, &j, err);
+    if (rc == 0) rc = means_array(&j, path, "attn", mc->n_layers, mc->hidden_size, attn_mean, err);
+    if (rc == 0) rc = means_array(&j, path, "mlp", mc->n_layers, mc->hidden_size, mlp_mean, err);
     json_free(&j);
     buf_free(&text);
     if (rc) {
         free(*attn_mean);
-        free(*mlp_mean);
-        *attn_mean = *mlp_mean = NULL;
+        *attn_mean = NULL;
     }
     return rc;
 }
@@ -632,42 +633,19 @@ void ablation_mask_free(AblationMask *mask) {
     mask->attn = mask->mlp = mask->head = NULL;
 }
 
+// Each head's mean output before o_proj (n_layers, n_heads * head_dim), for mean ablation of heads.
 int head_means_read(const Run *run, const ModelConfig *mc, float **head_mean, Err *err) {
     char path[1200];
-    run_path(run, path, sizeof path, ART_MEANS);
     Buf text = {0};
-    Json j;
+    Json j = {0};
     *head_mean = NULL;
-    if (!path_exists(path))
-        return err_input(err, "no %s in run %s: run ablation-scan with [ablation] kind = mean first", ART_MEANS,
-                         run->id);
-    if (read_file(path, &text, err)) return -1;
-    if (json_parse(&j, text.data, text.len, path, err)) {
-        buf_free(&text);
-        return -1;
-    }
-    size_t n = (size_t)mc->n_layers * mc->n_heads * mc->head_dim;
-    int t = json_key(&j, 0, "head"), rc = 0;
-    if (t < 0)
+    int rc = means_open(run, path, sizeof path, &text, &j, err);
+    if (rc == 0 && json_key(&j, 0, "head") < 0)
         rc = err_input(err, "%s has no \"head\" means (written before heads were scanned): run ablation-scan again",
                        path);
-    else if (j.tok[t].type != JSON_ARRAY || (size_t)j.tok[t].size != n)
-        rc = err_input(err, "%s:%d: \"head\" must hold %d x %d numbers for this model", path, json_line(&j, t),
-                       mc->n_layers, mc->n_heads * mc->head_dim);
-    float *v = rc ? NULL : xmalloc(n * sizeof *v);
-    if (rc == 0)
-        JSON_FOR_ARRAY(&j, t, i, e) {
-            double d;
-            if (json_number(&j, e, &d)) {
-                rc = err_input(err, "%s:%d: not a number", path, json_line(&j, e));
-                break;
-            }
-            v[i] = (float)d;
-        }
+    if (rc == 0) rc = means_array(&j, path, "head", mc->n_layers, mc->n_heads * mc->head_dim, head_mean, err);
     json_free(&j);
     buf_free(&text);
-    if (rc) free(v);
-    else *head_mean = v;
     return rc;
 }
 
