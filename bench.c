@@ -9,7 +9,10 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <spawn.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -742,6 +745,42 @@ static void bench_work(const WorkShape *w, int long_new, Work work[N_BENCH]) {
     work[BENCH_SCAN_ALL] = scan, work[BENCH_SCAN_ONSET] = onset;
 }
 
+// The passes of each stage in a process of its own (this bt, `bench --only FIGURE --repeat 1 --json`),
+// so one figure's buffers do not hide another's: the peak RSS (MB) the child reports after its passes
+// and before its probes, NAN when it could not run.
+static const char *const stage_memory_figures[] = {"decode", "gen16", "lens", "scan", "attribution", "directions"};
+#define N_STAGE_MEMORY (int)(sizeof stage_memory_figures / sizeof stage_memory_figures[0])
+
+static double child_peak_rss_mb(const char *dir, const char *figure) {
+    char self[4096], threads[16], out_path[] = "/tmp/bt-bench-XXXXXX";
+    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    int fd = mkstemp(out_path);
+    if (len <= 0 || fd < 0) return NAN;
+    unlink(out_path); // the open descriptor is all the child and this process need
+    self[len] = 0;
+    snprintf(threads, sizeof threads, "%d", bt_threads);
+    char *args[] = {self,  "bench",      "--model", (char *)dir, "--only",  (char *)figure, "--repeat", "1",
+                    "--long-new", "0", "--threads", threads,     "--quiet", "--json",       NULL};
+    posix_spawn_file_actions_t io;
+    posix_spawn_file_actions_init(&io);
+    posix_spawn_file_actions_adddup2(&io, fd, 1);
+    pid_t pid;
+    extern char **environ;
+    int rc = posix_spawn(&pid, self, &io, NULL, args, environ), status = 0;
+    posix_spawn_file_actions_destroy(&io);
+    double mb = NAN;
+    char text[8192];
+    ssize_t n = 0;
+    if (rc == 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
+        (n = pread(fd, text, sizeof text - 1, 0)) > 0) {
+        text[n] = 0;
+        const char *at = strstr(text, "\"peak_rss_mb\":");
+        if (at) mb = strtod(at + strlen("\"peak_rss_mb\":"), NULL);
+    }
+    close(fd);
+    return mb;
+}
+
 int cmd_bench(int argc, char **argv) {
     Opt opts[] = {OPT("--model", 1, "Hugging Face model directory (see make-bench-model)"),
                   OPT("--repeat", 1, "runs of each measurement; the median is printed (default 3)"),
@@ -776,6 +815,14 @@ int cmd_bench(int argc, char **argv) {
         return fail(&err);
     }
     double rss_mb = peak_rss_mb(), tokenizer_mb_s = NAN; // RSS before the bandwidth buffer and the tokenizer
+    double stage_rss[N_STAGE_MEMORY]; // (N_STAGE_MEMORY) peak RSS of each figure's own process, MB
+    for (int i = 0; i < N_STAGE_MEMORY; i++) {
+        stage_rss[i] = NAN;
+        if (only && bench_wants(only, "memory")) {
+            progress("bench: memory of %s in a process of its own\n", stage_memory_figures[i]);
+            stage_rss[i] = child_peak_rss_mb(dir, stage_memory_figures[i]);
+        }
+    }
     char tokenizer_path[1200];
     snprintf(tokenizer_path, sizeof tokenizer_path, "%s/tokenizer.json", dir);
     const char *tok = opt_str(opts, "--tokenizer", path_exists(tokenizer_path) ? tokenizer_path : NULL);
@@ -822,6 +869,13 @@ int cmd_bench(int argc, char **argv) {
         {"peak_rss_mb", "peak RSS", "%.0f", "MB", rss_mb},
         {"memory_16x2048_rss_mb", "generating 16 x 2048 tokens", "%.0f", "MB peak RSS (--only memory)",
          values[BENCH_MEMORY]},
+        {"rss_decode_mb", "decode, own process", "%.0f", "MB peak RSS: weights + KV (--only memory)", stage_rss[0]},
+        {"rss_gen16_mb", "generation 16, own process", "%.0f", "MB peak RSS (--only memory)", stage_rss[1]},
+        {"rss_lens_mb", "logit lens, own process", "%.0f", "MB peak RSS (--only memory)", stage_rss[2]},
+        {"rss_scan_mb", "ablation scan, own process", "%.0f", "MB peak RSS, both scopes (--only memory)",
+         stage_rss[3]},
+        {"rss_attribution_mb", "attribution, own process", "%.0f", "MB peak RSS (--only memory)", stage_rss[4]},
+        {"rss_directions_mb", "directions, own process", "%.0f", "MB peak RSS (--only memory)", stage_rss[5]},
         {"directions_items_s", "directions, 384 tokens", "%.3f", "items/s (every position read at every layer)",
          values[BENCH_DIRECTIONS]},
         {"steer16_time_ratio", "steered generation, batch 16", "%.3f", "x the time of plain generation (back to back)",

@@ -37,6 +37,9 @@ expect "bench table: the roofline per figure" 0 '^  prefill 512 +[0-9.]+ +[0-9.]
     "$BT" bench --model tiny --repeat 1 --only prefill,gen16_long --long-new 8 --quiet --threads 1
 expect "bench --long-new 0 skips the long figures" 0 '"gen16_long_tok_s":null,"gen64_long_tok_s":null' \
     "$BT" bench --model tiny --repeat 1 --only gen16_long,gen64_long --long-new 0 --json --quiet
+expect "bench --only memory: each stage's peak RSS from a process of its own" 0 \
+    '"rss_decode_mb":[0-9.]+,"rss_gen16_mb":[0-9.]+,"rss_lens_mb":[0-9.]+,"rss_scan_mb":[0-9.]+,"rss_attribution_mb":[0-9.]+,"rss_directions_mb":[0-9.]+' \
+    "$BT" bench --model tiny --only memory --json --quiet --threads 1
 expect "bench with a bad --long-new" 2 "--long-new" "$BT" bench --model tiny --long-new -1
 expect "bench --only, portable kernels" 0 '"kernels":"portable".*"prefill_tok_s":[0-9].*"decode_tok_s":null' \
     env BT_NO_SIMD=1 "$BT" bench --model tiny --repeat 1 --only prefill --json --quiet
