@@ -18,6 +18,8 @@ void test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *shared_path(const char *rel);
 // Fresh empty scratch directory for this test (under build/tmp), returned path is static per call.
 const char *test_tmpdir(void);
+// The planted organism, written once per process into a scratch directory: read it, do not change it.
+const char *test_organism_dir(void);
 
 #define CHECK(cond) do { if (!(cond)) test_fail(__FILE__, __LINE__, "%s", #cond); } while (0)
 #define CHECKF(cond, ...) do { if (!(cond)) test_fail(__FILE__, __LINE__, __VA_ARGS__); } while (0)

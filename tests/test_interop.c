@@ -4,16 +4,6 @@
 
 #include <stdlib.h>
 
-static const char *org_dir(void) {
-    static char dir[1024];
-    if (!dir[0]) {
-        Err err = {0};
-        snprintf(dir, sizeof dir, "%s/organism", test_tmpdir());
-        CHECKF(organism_write(dir, &err) == 0, "%s", err.msg);
-    }
-    return dir;
-}
-
 // Each block adds its attention output, then its MLP output, to the residual stream: the
 // outputs force_group reads at the reads must sum to the residuals it reads, bit for bit,
 // and reading them must not change the residuals.
@@ -21,7 +11,7 @@ static void t_block_outputs_at_reads(void) {
     Model m;
     Err err = {0};
     set_threads(1);
-    if (model_load(&m, org_dir(), &err)) {
+    if (model_load(&m, test_organism_dir(), &err)) {
         CHECKF(0, "%s", err.msg);
         return;
     }

@@ -47,16 +47,6 @@ typedef struct {
     int attn_layer, mlp_layer;      // from config.json's "bt_organism"
 } Org;
 
-static const char *org_dir(void) {
-    static char dir[1024];
-    if (!dir[0]) {
-        Err err = {0};
-        snprintf(dir, sizeof dir, "%s/organism", test_tmpdir());
-        CHECKF(organism_write(dir, &err) == 0, "%s", err.msg);
-    }
-    return dir;
-}
-
 static int json_int_at(const Json *j, int obj, const char *key) {
     long long v = -1;
     int t = json_key(j, obj, key);
@@ -91,7 +81,7 @@ static int org_open_dir(Org *o, const char *dir) {
     return 0;
 }
 
-static int org_open(Org *o) { return org_open_dir(o, org_dir()); }
+static int org_open(Org *o) { return org_open_dir(o, test_organism_dir()); }
 
 static void org_close(Org *o) {
     tokenizer_free(o->tok);

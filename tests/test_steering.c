@@ -110,22 +110,12 @@ typedef struct {
     int L, D;
 } SteerOrg;
 
-static const char *steer_org_dir(void) {
-    static char dir[1024];
-    if (!dir[0]) {
-        Err err = {0};
-        snprintf(dir, sizeof dir, "%s/organism", test_tmpdir());
-        CHECKF(organism_write(dir, &err) == 0, "%s", err.msg);
-    }
-    return dir;
-}
-
 static int steer_org_open(SteerOrg *o) {
     memset(o, 0, sizeof *o);
     Err err = {0};
     char path[1200];
-    if (model_load(&o->m, steer_org_dir(), &err)) return test_fail(__FILE__, __LINE__, "%s", err.msg), -1;
-    snprintf(path, sizeof path, "%s/tokenizer.json", steer_org_dir());
+    if (model_load(&o->m, test_organism_dir(), &err)) return test_fail(__FILE__, __LINE__, "%s", err.msg), -1;
+    snprintf(path, sizeof path, "%s/tokenizer.json", test_organism_dir());
     if (tokenizer_load(&o->tok, path, &err)) return test_fail(__FILE__, __LINE__, "%s", err.msg), model_free(&o->m), -1;
     o->L = o->m.cfg.n_layers, o->D = o->m.cfg.hidden_size;
     return 0;

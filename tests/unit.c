@@ -72,6 +72,16 @@ const char *test_tmpdir(void) {
     return dir;
 }
 
+const char *test_organism_dir(void) {
+    static char dir[1024];
+    if (!dir[0]) {
+        Err err = {0};
+        snprintf(dir, sizeof dir, "%s/organism", test_tmpdir());
+        CHECKF(organism_write(dir, &err) == 0, "%s", err.msg);
+    }
+    return dir;
+}
+
 int main(int argc, char **argv) {
     const char *filter = argc > 1 ? argv[1] : NULL;
     bt_quiet = 1;
