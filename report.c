@@ -2014,7 +2014,7 @@ static int draw_steering_figure(FigureOut *f, const Csv *sweep, int have, Err *e
 
 // H3, per steered variant: what the direction, the random control and project_out did.
 typedef struct {
-    int lowers, raises;          // the most negative (positive) alpha moves the rate down (up), Fisher p < alpha
+    int lowers, raises;          // the most negative (positive) alpha moves the rate down (up), paired p < alpha
     int wrong_way;               // the direction's trend is significant and negative
     int step_down;               // two neighbouring alphas where the rate falls significantly
     int random_moves;            // the random trend is significant, or a random alpha differs (Bonferroni)
@@ -2097,19 +2097,20 @@ static Verdict h3_verdict(const Config *c, const Csv *sweep, int have, Buf *why)
     }
     free(variants);
     free(rows);
-    buf_printf(why,
-               " Criteria (alpha = %g): supported when subtracting lowers the rate in some variant and adding raises "
-               "it in some "
-               "variant (Fisher p vs baseline at the extreme alphas), no neighbouring alphas step down significantly, "
-               "the random "
-               "direction moves no rate (its trend p >= alpha, each alpha's Fisher p >= alpha / %d) and project_out "
-               "lowers the rate "
-               "in some variant and raises it in none; not supported when the direction's trend is significant the "
-               "wrong way, the "
-               "random direction's trend is significant and at least as steep, project_out raises the rate, or every "
-               "variant's "
-               "trend interval rules out a rate change of %g across the alphas; inconclusive otherwise.",
-               alpha, n_random > 0 ? n_random : 1, m);
+    buf_printf(
+        why,
+        " Criteria (alpha = %g): supported when subtracting lowers the rate in some variant and adding raises "
+        "it in some "
+        "variant (paired McNemar p vs baseline at the extreme alphas), no neighbouring alphas step down (Fisher), "
+        "the random "
+        "direction moves no rate (its trend p >= alpha, each alpha's McNemar p >= alpha / %d) and project_out "
+        "lowers the rate "
+        "in some variant and raises it in none; not supported when the direction's trend is significant the "
+        "wrong way, the "
+        "random direction's trend is significant and at least as steep, project_out raises the rate, or every "
+        "variant's "
+        "trend interval rules out a rate change of %g across the alphas; inconclusive otherwise.",
+        alpha, n_random > 0 ? n_random : 1, m);
     if (n_judged == 0) {
         buf_puts(why, " No steered variant has a baseline and steered conditions.");
         return INCONCLUSIVE;
@@ -2165,7 +2166,7 @@ static void steering_section(const Run *run, const Csv *sweep, int have, const c
                        "residual norm.\n\n", layer);
         buf_puts(md, "| variant | condition | alpha | completions | backtracking rate [95% CI] | events / 1k tokens "
                      "[95% CI] | mean length | "
-                     "accuracy | Fisher p vs baseline |\n|---|---|---|---|---|---|---|---|---|\n");
+                     "accuracy | McNemar p vs baseline (paired) |\n|---|---|---|---|---|---|---|---|---|\n");
         for (int r = 0; r < sweep->n_rows; r++) {
             double a = cell_num(sweep, r, "alpha");
             buf_printf(md, a ? "| %s | %s | %+g | %s | " : "| %s | %s | %g | %s | ", cell(sweep, r, "variant"),

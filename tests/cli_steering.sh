@@ -52,8 +52,13 @@ grep -q '"steering": {"kind": "direction", "layer": 2, "alpha": -1, "norm": ' $G
     ok "a steered record says how it was steered" || bad "steered record" "$(head -c 300 $G/baseline_think_newline/steer_-1.jsonl)"
 "$BT" detect-events --config st.ini --quiet >/dev/null
 expect "steering-sweep" 0 "steering-sweep: no_think_tag: rate at baseline 0.000" "$BT" steering-sweep --config st.ini
+if [ -n "$PY" ]; then
+    "$PY" "$ROOT/tests/csv_check.py" "$ROOT/README.md" $A/directions.csv $A/steering_sweep.csv > csv.log 2>&1 &&
+        ok "directions.csv and steering_sweep.csv load with pandas as the README documents" ||
+        bad "steering CSVs as pandas reads them" "$(grep -v '^ok' csv.log | head -n 3)"
+else skipped "steering CSVs as pandas reads them" "python3 with numpy and pandas is not installed"; fi
 sw=$A/steering_sweep.csv
-# rate and Fisher p of one variant / condition
+# rate and paired p of one variant / condition
 rate() { awk -F, -v v="$1" -v k="$2" -v vc="$(col $sw variant)" -v kc="$(col $sw condition)" -v c="$(col $sw "$3")" \
     'NR > 1 && $vc == v && $kc == k { print $c }' $sw; }
 if awk -v r="$(rate baseline_think_newline steer_-1 backtracking_rate)" -v p="$(rate baseline_think_newline steer_-1 p_vs_baseline)" \
