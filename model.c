@@ -33,16 +33,16 @@
 #define MATMUL_BLOCK_BYTES (128u << 10) // AVX-512: weights of one thread's block, kept in L2 while x passes
 #define MATMUL_PREFETCH_BYTES 1024 // AVX-512: how far ahead in each weight row to prefetch from memory
 #ifndef MATMUL_MR
-#define MATMUL_MR 8
-#endif           // AVX-512, many rows: rows of x per register tile (8 x 3 accumulators, 3 weights, 1 x: 28 of 32 zmm)
+#define MATMUL_MR 5
+#endif           // AVX-512, many rows: rows of x per register tile (5 x 5 accumulators, 5 weights, 1 x: 31 of 32 zmm)
 #ifndef MATMUL_NR
-#define MATMUL_NR 3
+#define MATMUL_NR 5
 #endif           // AVX-512, many rows: weight rows per register tile
 #ifndef MATMUL_KC
 #define MATMUL_KC 512
 #endif         // AVX-512, many rows: columns a tile runs before parking its accumulators (multiple of 32)
 #ifndef MATMUL_PANEL_ROWS
-#define MATMUL_PANEL_ROWS 48
+#define MATMUL_PANEL_ROWS 150
 #endif  // AVX-512, many rows: weight rows a thread packs as F32 at a time (multiple of MATMUL_NR)
 #define PARALLEL_MIN_MACS 2e5 // smaller matmuls and attentions run on one thread: waking threads costs more
 #define ATTN_HEADS 6          // AVX-512 attention: query heads sharing a key head, taken together
