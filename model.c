@@ -783,6 +783,9 @@ static size_t stage_cols(const Model *m) {
     return (size_t)(widest + 31) / 32 * 32;
 }
 
+// Floats of a stage buffer for `rows` rows: 16 more, so x_stage can start the rows on a cache line.
+static size_t stage_floats(const Model *m, size_t rows) { return rows * stage_cols(m) + 16; }
+
 // ----------------------------------------------------------------------------
 // Run state: the KV cache of n_slots sequences and the scratch of one call
 
@@ -851,7 +854,7 @@ RunState *runstate_new(const Model *m, int n_slots, int max_seq, int max_rows, E
     s->scores =
         rs_alloc(s, (size_t)s->n_threads * (size_t)(c->n_heads / c->n_kv_heads) * (size_t)s->max_seq_pad, &failed);
     s->logits = rs_alloc(s, (size_t)s->logit_rows * (size_t)c->vocab_size, &failed);
-    s->stage = rs_alloc(s, R * stage_cols(m), &failed);
+    s->stage = rs_alloc(s, stage_floats(m, R), &failed);
     s->slot_len = xcalloc((size_t)n_slots, sizeof *s->slot_len);
     s->slot_len_call = xcalloc((size_t)n_slots, sizeof *s->slot_len_call);
     s->slot_pos_call = xcalloc((size_t)n_slots, sizeof *s->slot_pos_call);
@@ -1415,11 +1418,13 @@ static int choose_simd(void) {
 }
 
 // x (n, d_in) as the AVX-512 tiles read it (w_load_avx512): rows padded with zeros to a
-// multiple of 32 columns, BF16's even/odd split applied per 32 columns. Returns x itself
-// when it already is that.
+// multiple of 32 columns, BF16's even/odd split applied per 32 columns, the first row on a
+// 64-byte boundary (a load that straddles two cache lines costs two: the tiles are load-bound).
+// Returns x itself when it already is that; stage holds stage_floats of the rows.
 static const float *x_stage(const float *x, int n, int d_in, DType dtype, float *stage) {
     int ld = (d_in + 31) / 32 * 32;
-    if (dtype != DT_BF16 && ld == d_in) return x;
+    if (dtype != DT_BF16 && ld == d_in && (uintptr_t)x % 64 == 0) return x;
+    stage += (64 - (uintptr_t)stage % 64) % 64 / sizeof(float);
     for (int r = 0; r < n; r++) {
         const float *xr = x + (size_t)r * d_in;
         float *sr = stage + (size_t)r * ld;
@@ -1464,7 +1469,7 @@ static void matmul_panels(float *out, const float *x, int n, const Tensor *w, co
 #endif
 
 // out(n, d_out) = x(n, d_in) · W(d_out, d_in)^T (+ bias), W in its stored dtype. Threads
-// take blocks of weight rows; stage holds n x round_up(d_in, 32) floats for AVX-512.
+// take blocks of weight rows; stage holds stage_floats of n rows for AVX-512.
 static void matmul(const Model *m, float *out, const float *x, int n, const Tensor *w, const Tensor *bias,
                    float *stage) {
 #ifdef HAVE_AVX512
@@ -1721,7 +1726,7 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
 void model_final_logits_rows(const Model *m, const float *resid, int n, size_t stride, float *logits) {
     int D = m->cfg.hidden_size, rows = n < LOGIT_ROWS_MAX ? n : LOGIT_ROWS_MAX;
     float *normed = xmalloc((size_t)rows * D * sizeof *normed),
-          *stage = xmalloc((size_t)rows * stage_cols(m) * sizeof *stage);
+          *stage = xmalloc(stage_floats(m, (size_t)rows) * sizeof *stage);
     for (int i0 = 0; i0 < n; i0 += rows) {
         int k = n - i0 < rows ? n - i0 : rows;
         for (int r = 0; r < k; r++)
@@ -1976,7 +1981,7 @@ static int grad_layout(const Model *m, int max_tokens, size_t keep_floats, int n
     GRAD_BUF(probs, tri), GRAD_BUF(dscores, tri);
     GRAD_BUF(scores, (size_t)n_threads * (size_t)(c->n_heads / c->n_kv_heads) * pad);
     GRAD_BUF(row_scratch, (size_t)n_threads * 2 * pad);
-    GRAD_BUF(xb, R * D), GRAD_BUF(act, R * inter), GRAD_BUF(stage, R * stage_cols(m));
+    GRAD_BUF(xb, R * D), GRAD_BUF(act, R * inter), GRAD_BUF(stage, stage_floats(m, R));
     GRAD_BUF(logits, (size_t)c->vocab_size);
 #undef GRAD_BUF
     return k;
