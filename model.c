@@ -44,6 +44,8 @@
 #ifndef MATMUL_PANEL_ROWS
 #define MATMUL_PANEL_ROWS 150
 #endif  // AVX-512, many rows: weight rows a thread packs as F32 at a time (multiple of MATMUL_NR)
+#define MATMUL_PREFETCH_EVERY 2 // AVX-512, many rows: vectors of a tile per weight line prefetched for what is packed next
+#define MATMUL_GROUP_MAX_ROWS 96 // AVX-512: up to this many rows of x, pack a group at a time (measured crossover ~128)
 #define PARALLEL_MIN_MACS 2e5 // smaller matmuls and attentions run on one thread: waking threads costs more
 #define ATTN_HEADS 6          // AVX-512 attention: query heads sharing a key head, taken together
 #define KEY_BLOCK 16          // positions per block of the key cache, stored dimension-major (16 keys' d side by side)
@@ -1190,17 +1192,34 @@ AVX512 static INLINE void panel_pack_avx512(DType dtype, const void *w, size_t d
     }
 }
 
+// Weight lines still to prefetch: `rows` rows of `lines` cache lines, `stride` bytes apart, from `line` of `row`.
+typedef struct {
+    const char *row;
+    size_t stride;
+    int lines, rows, line;
+} Ahead;
+
+AVX512 static INLINE void ahead_prefetch(Ahead *a, int count) {
+    for (; count > 0 && a->rows > 0; count--) {
+        _mm_prefetch(a->row + (size_t)a->line * 64, _MM_HINT_T1);
+        if (++a->line == a->lines) a->line = 0, a->row += a->stride, a->rows--;
+    }
+}
+
 // R rows of staged x (ldx apart, from the chunk's start) by the W packed rows of group pg over
 // the chunk's vectors v0..v1. Accumulators start at zero (v0 = 0) or from park, and end in
 // park or, after the chunk's last vector, summed into out (ldo apart) as tile_avx512 does.
+// Every MATMUL_PREFETCH_EVERY vectors it asks for one line of the weights packed next: spread
+// out, so the requests to memory never take all the line fill buffers the tile's loads need.
 AVX512 static INLINE void panel_tile_avx512(int R, int W, const float *xs, size_t ldx, const float *pg, int v0, int v1,
-                                            int nv, float *park, int k0, float *out, size_t ldo) {
+                                            int nv, float *park, int k0, float *out, size_t ldo, Ahead *ahead) {
     __m512 acc[MATMUL_MR][MATMUL_NR];
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < W; j++)
         acc[r][j] = v0 ? _mm512_load_ps(park + (size_t)(r * MATMUL_NR + j) * 16) : _mm512_setzero_ps();
     _Pragma("GCC unroll 4") for (int v = v0; v < v1; v++) {
         const float *pv = pg + (size_t)v * MATMUL_NR * 16;
         __m512 wv[MATMUL_NR];
+        if (v % MATMUL_PREFETCH_EVERY == 0 && ahead->rows > 0) ahead_prefetch(ahead, 1);
         UNROLL for (int j = 0; j < W; j++) wv[j] = _mm512_load_ps(pv + 16 * j);
 #ifdef MATMUL_W_PF
         UNROLL for (int j = 0; j < W; j++)
@@ -1225,11 +1244,11 @@ AVX512 static INLINE void panel_tile_avx512(int R, int W, const float *xs, size_
 
 // Every tile shape: constant R and W keep the accumulators in registers.
 AVX512 static void panel_tiles_avx512(int R, int W, const float *xs, size_t ldx, const float *pg, int v0, int v1,
-                                      int nv, float *park, int k0, float *out, size_t ldo) {
+                                      int nv, float *park, int k0, float *out, size_t ldo, Ahead *ahead) {
 #define PANEL_TILE(r, w)                                                                                               \
     case (r)*16 + (w):                                                                                                 \
         if ((r) <= MATMUL_MR && (w) <= MATMUL_NR)                                                                      \
-            panel_tile_avx512(r, w, xs, ldx, pg, v0, v1, nv, park, k0, out, ldo);                                      \
+            panel_tile_avx512(r, w, xs, ldx, pg, v0, v1, nv, park, k0, out, ldo, ahead);                                      \
         return;
 #define PANEL_TILES(r)                                                                                                 \
     PANEL_TILE(r, 1) PANEL_TILE(r, 2) PANEL_TILE(r, 3) PANEL_TILE(r, 4) PANEL_TILE(r, 5) PANEL_TILE(r, 6)
@@ -1240,20 +1259,6 @@ AVX512 static void panel_tiles_avx512(int R, int W, const float *xs, size_t ldx,
     }
 #undef PANEL_TILES
 #undef PANEL_TILE
-}
-
-// Weight lines still to prefetch: `rows` rows of `lines` cache lines, `stride` bytes apart, from `line` of `row`.
-typedef struct {
-    const char *row;
-    size_t stride;
-    int lines, rows, line;
-} Ahead;
-
-AVX512 static INLINE void ahead_prefetch(Ahead *a, int count) {
-    for (; count > 0 && a->rows > 0; count--) {
-        _mm_prefetch(a->row + (size_t)a->line * 64, _MM_HINT_T1);
-        if (++a->line == a->lines) a->line = 0, a->row += a->stride, a->rows--;
-    }
 }
 
 // Weight rows o0..o1 (at most MATMUL_PANEL_ROWS) against all n staged rows; pk and park are the
@@ -1281,20 +1286,44 @@ AVX512 static void matmul_panel_avx512(float *out, const float *xs, size_t ldx, 
             ahead.lines = (int)(((size_t)(d_in < MATMUL_K_CHUNK ? d_in : MATMUL_K_CHUNK) * eb + 63) / 64);
             ahead.rows = next_o >= d_out ? 0 : d_out - next_o < MATMUL_PANEL_ROWS ? d_out - next_o : MATMUL_PANEL_ROWS;
         }
-        int tiles = (n + MATMUL_MR - 1) / MATMUL_MR * ((nv + MATMUL_KC / 16 - 1) / (MATMUL_KC / 16)) * groups;
-        int per_tile = (ahead.rows * ahead.lines + tiles - 1) / tiles;
         for (int r0 = 0; r0 < n; r0 += MATMUL_MR)
             for (int v0 = 0; v0 < nv; v0 += MATMUL_KC / 16) {
                 int v1 = nv - v0 < MATMUL_KC / 16 ? nv : v0 + MATMUL_KC / 16;
                 for (int g = 0; g < groups; g++) {
-                    ahead_prefetch(&ahead, per_tile);
                     panel_tiles_avx512(n - r0 < MATMUL_MR ? n - r0 : MATMUL_MR,
                                        nw - g * MATMUL_NR < MATMUL_NR ? nw - g * MATMUL_NR : MATMUL_NR,
                                        xs + (size_t)r0 * ldx + k0, ldx, pk + (size_t)g * nv * MATMUL_NR * 16, v0, v1,
                                        nv, park + (size_t)g * MATMUL_MR * MATMUL_NR * 16, k0,
-                                       out + (size_t)r0 * d_out + o0 + g * MATMUL_NR, (size_t)d_out);
+                                       out + (size_t)r0 * d_out + o0 + g * MATMUL_NR, (size_t)d_out, &ahead);
                 }
             }
+    }
+}
+
+// Few rows (batched generation): the panel's F32 copy in L2 costs more than the rows' products
+// repay. Instead each group of MATMUL_NR weight rows is packed alone (its chunk fits L1) and
+// every tile of x (all n rows stay in L2) runs over the whole chunk, no parking; the next
+// group's weights are prefetched meanwhile. Per output the same FMAs and sums as the panel's.
+AVX512 static void matmul_groups_avx512(float *out, const float *xs, size_t ldx, int n, const Tensor *w, int o0,
+                                        int o1, float *pk, float *park) {
+    int d_in = w->cols, d_out = w->rows;
+    size_t eb = dtype_bytes(w->dtype), row_bytes = (size_t)d_in * eb;
+    for (int k0 = 0; k0 < d_in; k0 += MATMUL_K_CHUNK) {
+        int len = d_in - k0 < MATMUL_K_CHUNK ? d_in - k0 : MATMUL_K_CHUNK, nv = (len + 31) / 32 * 2;
+        for (int g0 = o0; g0 < o1; g0 += MATMUL_NR) {
+            int nw = o1 - g0 < MATMUL_NR ? o1 - g0 : MATMUL_NR, next = o1 - g0 - nw;
+            const char *rows = (const char *)w->data + (size_t)g0 * row_bytes;
+            if (w->dtype == DT_BF16) panel_pack_avx512(DT_BF16, rows, (size_t)d_in, nw, k0, len, pk);
+            else if (w->dtype == DT_F16) panel_pack_avx512(DT_F16, rows, (size_t)d_in, nw, k0, len, pk);
+            else panel_pack_avx512(DT_F32, rows, (size_t)d_in, nw, k0, len, pk);
+            Ahead ahead = {.row = rows + (size_t)nw * row_bytes + (size_t)k0 * eb,
+                           .stride = row_bytes,
+                           .rows = next < MATMUL_NR ? next : MATMUL_NR,
+                           .lines = (int)(((size_t)len * eb + 63) / 64)};
+            for (int r0 = 0; r0 < n; r0 += MATMUL_MR)
+                panel_tiles_avx512(n - r0 < MATMUL_MR ? n - r0 : MATMUL_MR, nw, xs + (size_t)r0 * ldx + k0, ldx, pk,
+                                   0, nv, nv, park, k0, out + (size_t)r0 * d_out + g0, (size_t)d_out, &ahead);
+        }
     }
 }
 
@@ -1458,7 +1487,8 @@ static void matmul_panels(float *out, const float *x, int n, const Tensor *w, co
         for (int b = 0; b < n_panels; b++) {
             int o0 = b * MATMUL_PANEL_ROWS, o1 = d_out - o0 < MATMUL_PANEL_ROWS ? d_out : o0 + MATMUL_PANEL_ROWS;
             // the panel this thread takes next if the threads keep pace: prefetched meanwhile
-            matmul_panel_avx512(out, xs, ldx, n, w, o0, o1, o0 + n_threads * MATMUL_PANEL_ROWS, pk, park);
+            if (n <= MATMUL_GROUP_MAX_ROWS) matmul_groups_avx512(out, xs, ldx, n, w, o0, o1, pk, park);
+            else matmul_panel_avx512(out, xs, ldx, n, w, o0, o1, o0 + n_threads * MATMUL_PANEL_ROWS, pk, park);
             if (bias && bias->data)
                 for (int r = 0; r < n; r++)
                     for (int o = o0; o < o1; o++) out[(size_t)r * d_out + o] += tensor_at(bias, (size_t)o);
