@@ -785,8 +785,8 @@ int cmd_bench(int argc, char **argv) {
     Opt opts[] = {OPT("--model", 1, "Hugging Face model directory (see make-bench-model)"),
                   OPT("--repeat", 1, "runs of each measurement; the median is printed (default 3)"),
                   OPT("--only", 1,
-                      "comma-separated subset: prefill,decode,gen16,gen64,lens,scan,attribution,directions,steer,"
-                      "tokenizer,bandwidth; or memory (minutes)"),
+                      "comma-separated subset: prefill,decode,gen16,gen64,gen16_long,gen64_long,lens,scan,"
+                      "attribution,directions,steer,tokenizer,bandwidth; or memory (minutes)"),
                   OPT("--tokenizer", 1, "tokenizer.json to time (default: the model directory's, if any)"),
                   OPT("--text", 1, "text to tokenize: JSONL (every string) or lines (default: 1 MB of generated text)"),
                   OPT("--long-new", 1, "gen16_long, gen64_long: new tokens per sequence (default 1024; 0 skips them)"),

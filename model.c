@@ -44,7 +44,7 @@
 #ifndef MATMUL_PANEL_ROWS
 #define MATMUL_PANEL_ROWS 150
 #endif  // AVX-512, many rows: weight rows a thread packs as F32 at a time (multiple of MATMUL_NR)
-#define MATMUL_PREFETCH_EVERY 2 // AVX-512, many rows: vectors of a tile per weight line prefetched for what is packed next
+#define MATMUL_PREFETCH_EVERY 2 // AVX-512, many rows: a tile's vectors per line prefetched of the weights packed next
 #define MATMUL_GROUP_MAX_ROWS 96 // AVX-512: up to this many rows of x, pack a group at a time (measured crossover ~128)
 #define PARALLEL_MIN_MACS 2e5 // smaller matmuls and attentions run on one thread: waking threads costs more
 #define ATTN_HEADS 6          // AVX-512 attention: query heads sharing a key head, taken together
@@ -1192,6 +1192,13 @@ AVX512 static INLINE void panel_pack_avx512(DType dtype, const void *w, size_t d
     }
 }
 
+// panel_pack_avx512 with the dtype a constant in each call (so w_load_avx512's branches fold).
+AVX512 static void panel_pack(DType dtype, const void *w, size_t d_in, int nw, int k0, int len, float *pk) {
+    if (dtype == DT_BF16) panel_pack_avx512(DT_BF16, w, d_in, nw, k0, len, pk);
+    else if (dtype == DT_F16) panel_pack_avx512(DT_F16, w, d_in, nw, k0, len, pk);
+    else panel_pack_avx512(DT_F32, w, d_in, nw, k0, len, pk);
+}
+
 // Weight lines still to prefetch: `rows` rows of `lines` cache lines, `stride` bytes apart, from `line` of `row`.
 typedef struct {
     const char *row;
@@ -1248,7 +1255,7 @@ AVX512 static void panel_tiles_avx512(int R, int W, const float *xs, size_t ldx,
 #define PANEL_TILE(r, w)                                                                                               \
     case (r)*16 + (w):                                                                                                 \
         if ((r) <= MATMUL_MR && (w) <= MATMUL_NR)                                                                      \
-            panel_tile_avx512(r, w, xs, ldx, pg, v0, v1, nv, park, k0, out, ldo, ahead);                                      \
+            panel_tile_avx512(r, w, xs, ldx, pg, v0, v1, nv, park, k0, out, ldo, ahead);                               \
         return;
 #define PANEL_TILES(r)                                                                                                 \
     PANEL_TILE(r, 1) PANEL_TILE(r, 2) PANEL_TILE(r, 3) PANEL_TILE(r, 4) PANEL_TILE(r, 5) PANEL_TILE(r, 6)
@@ -1271,9 +1278,7 @@ AVX512 static void matmul_panel_avx512(float *out, const float *xs, size_t ldx, 
     const char *rows = (const char *)w->data + (size_t)o0 * row_bytes;
     for (int k0 = 0; k0 < d_in; k0 += MATMUL_K_CHUNK) {
         int len = d_in - k0 < MATMUL_K_CHUNK ? d_in - k0 : MATMUL_K_CHUNK, nv = (len + 31) / 32 * 2;
-        if (w->dtype == DT_BF16) panel_pack_avx512(DT_BF16, rows, (size_t)d_in, nw, k0, len, pk);
-        else if (w->dtype == DT_F16) panel_pack_avx512(DT_F16, rows, (size_t)d_in, nw, k0, len, pk);
-        else panel_pack_avx512(DT_F32, rows, (size_t)d_in, nw, k0, len, pk);
+        panel_pack(w->dtype, rows, (size_t)d_in, nw, k0, len, pk);
         // Prefetch what gets packed next: this panel's next chunk, else the next panel's first.
         Ahead ahead = {
             .row = rows + (size_t)(k0 + len) * eb,
@@ -1313,9 +1318,7 @@ AVX512 static void matmul_groups_avx512(float *out, const float *xs, size_t ldx,
         for (int g0 = o0; g0 < o1; g0 += MATMUL_NR) {
             int nw = o1 - g0 < MATMUL_NR ? o1 - g0 : MATMUL_NR, next = o1 - g0 - nw;
             const char *rows = (const char *)w->data + (size_t)g0 * row_bytes;
-            if (w->dtype == DT_BF16) panel_pack_avx512(DT_BF16, rows, (size_t)d_in, nw, k0, len, pk);
-            else if (w->dtype == DT_F16) panel_pack_avx512(DT_F16, rows, (size_t)d_in, nw, k0, len, pk);
-            else panel_pack_avx512(DT_F32, rows, (size_t)d_in, nw, k0, len, pk);
+            panel_pack(w->dtype, rows, (size_t)d_in, nw, k0, len, pk);
             Ahead ahead = {.row = rows + (size_t)nw * row_bytes + (size_t)k0 * eb,
                            .stride = row_bytes,
                            .rows = next < MATMUL_NR ? next : MATMUL_NR,
@@ -1468,7 +1471,8 @@ static const float *x_stage(const float *x, int n, int d_in, DType dtype, float 
 
 #ifdef HAVE_AVX512
 // matmul of more than MATMUL_TILE_X rows on AVX-512: threads take panels of weight rows, each
-// thread with its own packed panel and parking space (64-byte aligned, for aligned loads).
+// thread with its own packed panel and parking space (64-byte aligned, for aligned loads); up
+// to MATMUL_GROUP_MAX_ROWS rows a panel is packed a group at a time (matmul_groups_avx512).
 static void matmul_panels(float *out, const float *x, int n, const Tensor *w, const Tensor *bias, float *stage) {
     int d_out = w->rows, d_in = w->cols, n_panels = (d_out + MATMUL_PANEL_ROWS - 1) / MATMUL_PANEL_ROWS;
     const float *xs = x_stage(x, n, d_in, w->dtype, stage);
