@@ -1228,10 +1228,6 @@ AVX512 static INLINE void panel_tile_avx512(int R, int W, const float *xs, size_
         __m512 wv[MATMUL_NR];
         if (v % MATMUL_PREFETCH_EVERY == 0 && ahead->rows > 0) ahead_prefetch(ahead, 1);
         UNROLL for (int j = 0; j < W; j++) wv[j] = _mm512_load_ps(pv + 16 * j);
-#ifdef MATMUL_W_PF
-        UNROLL for (int j = 0; j < W; j++)
-            _mm_prefetch((const char *)(pv + MATMUL_W_PF * MATMUL_NR * 16 + 16 * j), _MM_HINT_T0);
-#endif
         UNROLL for (int r = 0; r < R; r++) {
             __m512 xv = _mm512_loadu_ps(xs + (size_t)r * ldx + 16 * (size_t)v);
             __asm__("" : "+v"(xv)); // one load of x for the W FMAs, not one folded into each
