@@ -1206,11 +1206,11 @@ typedef struct {
     int lines, rows, line;
 } Ahead;
 
-AVX512 static INLINE void ahead_prefetch(Ahead *a, int count) {
-    for (; count > 0 && a->rows > 0; count--) {
-        _mm_prefetch(a->row + (size_t)a->line * 64, _MM_HINT_T1);
-        if (++a->line == a->lines) a->line = 0, a->row += a->stride, a->rows--;
-    }
+// The next line of a, into L2, if any is left.
+AVX512 static INLINE void ahead_prefetch(Ahead *a) {
+    if (a->rows <= 0) return;
+    _mm_prefetch(a->row + (size_t)a->line * 64, _MM_HINT_T1);
+    if (++a->line == a->lines) a->line = 0, a->row += a->stride, a->rows--;
 }
 
 // R rows of staged x (ldx apart, from the chunk's start) by the W packed rows of group pg over
@@ -1226,7 +1226,7 @@ AVX512 static INLINE void panel_tile_avx512(int R, int W, const float *xs, size_
     _Pragma("GCC unroll 4") for (int v = v0; v < v1; v++) {
         const float *pv = pg + (size_t)v * MATMUL_NR * 16;
         __m512 wv[MATMUL_NR];
-        if (v % MATMUL_PREFETCH_EVERY == 0 && ahead->rows > 0) ahead_prefetch(ahead, 1);
+        if (v % MATMUL_PREFETCH_EVERY == 0) ahead_prefetch(ahead);
         UNROLL for (int j = 0; j < W; j++) wv[j] = _mm512_load_ps(pv + 16 * j);
         UNROLL for (int r = 0; r < R; r++) {
             __m512 xv = _mm512_loadu_ps(xs + (size_t)r * ldx + 16 * (size_t)v);
