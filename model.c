@@ -1199,18 +1199,20 @@ AVX512 static void panel_pack(DType dtype, const void *w, size_t d_in, int nw, i
     else panel_pack_avx512(DT_F32, w, d_in, nw, k0, len, pk);
 }
 
-// Weight lines still to prefetch: `rows` rows of `lines` cache lines, `stride` bytes apart, from `line` of `row`.
+// Weight lines still to prefetch: `rows` rows of `lines` cache lines, `stride` bytes apart, from `line` of `row`;
+// `each` lines per request.
 typedef struct {
     const char *row;
     size_t stride;
-    int lines, rows, line;
+    int lines, rows, line, each;
 } Ahead;
 
-// The next line of a, into L2, if any is left.
+// The next `each` lines of a, into L2, as far as any are left.
 AVX512 static INLINE void ahead_prefetch(Ahead *a) {
-    if (a->rows <= 0) return;
-    _mm_prefetch(a->row + (size_t)a->line * 64, _MM_HINT_T1);
-    if (++a->line == a->lines) a->line = 0, a->row += a->stride, a->rows--;
+    for (int i = 0; i < a->each && a->rows > 0; i++) {
+        _mm_prefetch(a->row + (size_t)a->line * 64, _MM_HINT_T1);
+        if (++a->line == a->lines) a->line = 0, a->row += a->stride, a->rows--;
+    }
 }
 
 // R rows of staged x (ldx apart, from the chunk's start) by the W packed rows of group pg over
@@ -1280,6 +1282,7 @@ AVX512 static void matmul_panel_avx512(float *out, const float *xs, size_t ldx, 
             .row = rows + (size_t)(k0 + len) * eb,
             .stride = row_bytes,
             .rows = nw,
+            .each = 1,
             .lines =
                 (int)(((size_t)(d_in - k0 - len < MATMUL_K_CHUNK ? d_in - k0 - len : MATMUL_K_CHUNK) * eb + 63) / 64)};
         if (k0 + len >= d_in) {
@@ -1306,19 +1309,28 @@ AVX512 static void matmul_panel_avx512(float *out, const float *xs, size_t ldx, 
 // every tile of x (all n rows stay in L2) runs over the whole chunk, no parking; the next
 // group's weights are prefetched meanwhile. Per output the same FMAs and sums as the panel's.
 AVX512 static void matmul_groups_avx512(float *out, const float *xs, size_t ldx, int n, const Tensor *w, int o0,
-                                        int o1, float *pk, float *park) {
-    int d_in = w->cols, d_out = w->rows;
+                                        int o1, int next_o, float *pk, float *park) {
+    int d_in = w->cols, d_out = w->rows, tiles = (n + MATMUL_MR - 1) / MATMUL_MR;
     size_t eb = dtype_bytes(w->dtype), row_bytes = (size_t)d_in * eb;
     for (int k0 = 0; k0 < d_in; k0 += MATMUL_K_CHUNK) {
         int len = d_in - k0 < MATMUL_K_CHUNK ? d_in - k0 : MATMUL_K_CHUNK, nv = (len + 31) / 32 * 2;
         for (int g0 = o0; g0 < o1; g0 += MATMUL_NR) {
-            int nw = o1 - g0 < MATMUL_NR ? o1 - g0 : MATMUL_NR, next = o1 - g0 - nw;
+            int nw = o1 - g0 < MATMUL_NR ? o1 - g0 : MATMUL_NR;
             const char *rows = (const char *)w->data + (size_t)g0 * row_bytes;
             panel_pack(w->dtype, rows, (size_t)d_in, nw, k0, len, pk);
-            Ahead ahead = {.row = rows + (size_t)nw * row_bytes + (size_t)k0 * eb,
+            // The group packed next: this chunk's next group, else the next chunk's first, else the next panel's.
+            int next_g = g0 + nw, next_k = k0, next_end = o1;
+            if (next_g >= o1) next_g = o0, next_k = k0 + len;
+            if (next_k >= d_in) next_g = next_o, next_k = 0, next_end = d_out;
+            int next_len = d_in - next_k < MATMUL_K_CHUNK ? d_in - next_k : MATMUL_K_CHUNK;
+            int next_rows = next_end - next_g < MATMUL_NR ? next_end - next_g : MATMUL_NR;
+            Ahead ahead = {.row = (const char *)w->data + (size_t)next_g * row_bytes + (size_t)next_k * eb,
                            .stride = row_bytes,
-                           .rows = next < MATMUL_NR ? next : MATMUL_NR,
-                           .lines = (int)(((size_t)len * eb + 63) / 64)};
+                           .rows = next_rows > 0 ? next_rows : 0,
+                           .lines = (int)(((size_t)next_len * eb + 63) / 64)};
+            // all of it during this group's tiles: spread over their requests, none left for the pack to wait on
+            int requests = tiles * ((nv + MATMUL_PREFETCH_EVERY - 1) / MATMUL_PREFETCH_EVERY);
+            ahead.each = (ahead.rows * ahead.lines + requests - 1) / requests;
             for (int r0 = 0; r0 < n; r0 += MATMUL_MR)
                 panel_tiles_avx512(n - r0 < MATMUL_MR ? n - r0 : MATMUL_MR, nw, xs + (size_t)r0 * ldx + k0, ldx, pk,
                                    0, nv, nv, park, k0, out + (size_t)r0 * d_out + g0, (size_t)d_out, &ahead);
@@ -1445,27 +1457,30 @@ static int choose_simd(void) {
     return !(off && *off && strcmp(off, "0") != 0) && cpu_has_avx512();
 }
 
+#ifdef HAVE_AVX512
 // x (n, d_in) as the AVX-512 tiles read it (w_load_avx512): rows padded with zeros to a
 // multiple of 32 columns, BF16's even/odd split applied per 32 columns, the first row on a
 // 64-byte boundary (a load that straddles two cache lines costs two: the tiles are load-bound).
 // Returns x itself when it already is that; stage holds stage_floats of the rows.
-static const float *x_stage(const float *x, int n, int d_in, DType dtype, float *stage) {
+AVX512 static const float *x_stage(const float *x, int n, int d_in, DType dtype, float *stage) {
     int ld = (d_in + 31) / 32 * 32;
     if (dtype != DT_BF16 && ld == d_in && (uintptr_t)x % 64 == 0) return x;
     stage += (64 - (uintptr_t)stage % 64) % 64 / sizeof(float);
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     for (int r = 0; r < n; r++) {
         const float *xr = x + (size_t)r * d_in;
         float *sr = stage + (size_t)r * ld;
-        for (int k = 0; k < ld; k += 32)
-            for (int i = 0; i < 32; i++) {
-                int col = dtype == DT_BF16 ? k + (i < 16 ? 2 * i : 2 * (i - 16) + 1) : k + i;
-                sr[k + i] = col < d_in ? xr[col] : 0.0f;
-            }
+        for (int k = 0; k < d_in; k += 32) {
+            __m512 a = _mm512_maskz_loadu_ps(mask16(d_in - k), xr + k);
+            __m512 b = _mm512_maskz_loadu_ps(mask16(d_in - k - 16), xr + k + 16);
+            _mm512_store_ps(sr + k, dtype == DT_BF16 ? _mm512_permutex2var_ps(a, even, b) : a);
+            _mm512_store_ps(sr + k + 16, dtype == DT_BF16 ? _mm512_permutex2var_ps(a, odd, b) : b);
+        }
     }
     return stage;
 }
 
-#ifdef HAVE_AVX512
 // matmul of more than MATMUL_TILE_X rows on AVX-512: threads take panels of weight rows, each
 // thread with its own packed panel and parking space (64-byte aligned, for aligned loads); up
 // to MATMUL_GROUP_MAX_ROWS rows a panel is packed a group at a time (matmul_groups_avx512).
@@ -1487,7 +1502,8 @@ static void matmul_panels(float *out, const float *x, int n, const Tensor *w, co
         for (int b = 0; b < n_panels; b++) {
             int o0 = b * MATMUL_PANEL_ROWS, o1 = d_out - o0 < MATMUL_PANEL_ROWS ? d_out : o0 + MATMUL_PANEL_ROWS;
             // the panel this thread takes next if the threads keep pace: prefetched meanwhile
-            if (n <= MATMUL_GROUP_MAX_ROWS) matmul_groups_avx512(out, xs, ldx, n, w, o0, o1, pk, park);
+            if (n <= MATMUL_GROUP_MAX_ROWS)
+                matmul_groups_avx512(out, xs, ldx, n, w, o0, o1, o0 + n_threads * MATMUL_PANEL_ROWS, pk, park);
             else matmul_panel_avx512(out, xs, ldx, n, w, o0, o1, o0 + n_threads * MATMUL_PANEL_ROWS, pk, park);
             if (bias && bias->data)
                 for (int r = 0; r < n; r++)
