@@ -1501,10 +1501,9 @@ static void matmul_panels(float *out, const float *x, int n, const Tensor *w, co
 #pragma omp for schedule(dynamic, 1) // dynamic: a thread that lost its core to another process does less
         for (int b = 0; b < n_panels; b++) {
             int o0 = b * MATMUL_PANEL_ROWS, o1 = d_out - o0 < MATMUL_PANEL_ROWS ? d_out : o0 + MATMUL_PANEL_ROWS;
-            // the panel this thread takes next if the threads keep pace: prefetched meanwhile
-            if (n <= MATMUL_GROUP_MAX_ROWS)
-                matmul_groups_avx512(out, xs, ldx, n, w, o0, o1, o0 + n_threads * MATMUL_PANEL_ROWS, pk, park);
-            else matmul_panel_avx512(out, xs, ldx, n, w, o0, o1, o0 + n_threads * MATMUL_PANEL_ROWS, pk, park);
+            int next_o = o0 + n_threads * MATMUL_PANEL_ROWS; // taken next if the threads keep pace: prefetched
+            if (n <= MATMUL_GROUP_MAX_ROWS) matmul_groups_avx512(out, xs, ldx, n, w, o0, o1, next_o, pk, park);
+            else matmul_panel_avx512(out, xs, ldx, n, w, o0, o1, next_o, pk, park);
             if (bias && bias->data)
                 for (int r = 0; r < n; r++)
                     for (int o = o0; o < o1; o++) out[(size_t)r * d_out + o] += tensor_at(bias, (size_t)o);
