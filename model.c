@@ -46,6 +46,7 @@
 #endif  // AVX-512, many rows: weight rows a thread packs as F32 at a time (multiple of MATMUL_NR)
 #define MATMUL_PREFETCH_EVERY 2 // AVX-512, many rows: a tile's vectors per line prefetched of the weights packed next
 #define MATMUL_GROUP_MAX_ROWS 96 // AVX-512: up to this many rows of x, pack a group at a time (measured crossover ~128)
+#define MATMUL_GROUP_KC 512   // AVX-512, few rows: columns of a group packed at a time (divides MATMUL_K_CHUNK)
 #define PARALLEL_MIN_MACS 2e5 // smaller matmuls and attentions run on one thread: waking threads costs more
 #define ATTN_HEADS 6          // AVX-512 attention: query heads sharing a key head, taken together
 #define KEY_BLOCK 16          // positions per block of the key cache, stored dimension-major (16 keys' d side by side)
@@ -1215,20 +1216,21 @@ AVX512 static INLINE void ahead_prefetch(Ahead *a) {
     }
 }
 
-// R rows of staged x (ldx apart, from the chunk's start) by the W packed rows of group pg over
-// the chunk's vectors v0..v1. Accumulators start at zero (v0 = 0) or from park, and end in
+// R rows of staged x (ldx apart, from the chunk's start) by the W packed rows of a group over
+// the chunk's vectors v0..v1, pg pointing at vector v0's. Accumulators start at zero (v0 = 0) or from park, and end in
 // park or, after the chunk's last vector, summed into out (ldo apart) as tile_avx512 does.
 // Every MATMUL_PREFETCH_EVERY vectors it asks for one line of the weights packed next: spread
 // out, so the requests to memory never take all the line fill buffers the tile's loads need.
 AVX512 static INLINE void panel_tile_avx512(int R, int W, const float *xs, size_t ldx, const float *pg, int v0, int v1,
                                             int nv, float *park, int k0, float *out, size_t ldo, Ahead *ahead) {
     __m512 acc[MATMUL_MR][MATMUL_NR];
+    Ahead next = *ahead; // a copy the compiler keeps in registers, not stored back after each request
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < W; j++)
         acc[r][j] = v0 ? _mm512_load_ps(park + (size_t)(r * MATMUL_NR + j) * 16) : _mm512_setzero_ps();
     _Pragma("GCC unroll 4") for (int v = v0; v < v1; v++) {
-        const float *pv = pg + (size_t)v * MATMUL_NR * 16;
+        const float *pv = pg + (size_t)(v - v0) * MATMUL_NR * 16;
         __m512 wv[MATMUL_NR];
-        if (v % MATMUL_PREFETCH_EVERY == 0) ahead_prefetch(ahead);
+        if (v % MATMUL_PREFETCH_EVERY == 0) ahead_prefetch(&next);
         UNROLL for (int j = 0; j < W; j++) wv[j] = _mm512_load_ps(pv + 16 * j);
         UNROLL for (int r = 0; r < R; r++) {
             __m512 xv = _mm512_loadu_ps(xs + (size_t)r * ldx + 16 * (size_t)v);
@@ -1236,6 +1238,7 @@ AVX512 static INLINE void panel_tile_avx512(int R, int W, const float *xs, size_
             UNROLL for (int j = 0; j < W; j++) acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
         }
     }
+    *ahead = next;
     if (v1 < nv) {
         UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < W; j++)
             _mm512_store_ps(park + (size_t)(r * MATMUL_NR + j) * 16, acc[r][j]);
@@ -1296,7 +1299,7 @@ AVX512 static void matmul_panel_avx512(float *out, const float *xs, size_t ldx, 
                 for (int g = 0; g < groups; g++) {
                     panel_tiles_avx512(n - r0 < MATMUL_MR ? n - r0 : MATMUL_MR,
                                        nw - g * MATMUL_NR < MATMUL_NR ? nw - g * MATMUL_NR : MATMUL_NR,
-                                       xs + (size_t)r0 * ldx + k0, ldx, pk + (size_t)g * nv * MATMUL_NR * 16, v0, v1,
+                                       xs + (size_t)r0 * ldx + k0, ldx, pk + ((size_t)g * nv + v0) * MATMUL_NR * 16, v0, v1,
                                        nv, park + (size_t)g * MATMUL_MR * MATMUL_NR * 16, k0,
                                        out + (size_t)r0 * d_out + o0 + g * MATMUL_NR, (size_t)d_out, &ahead);
                 }
@@ -1305,35 +1308,43 @@ AVX512 static void matmul_panel_avx512(float *out, const float *xs, size_t ldx, 
 }
 
 // Few rows (batched generation): the panel's F32 copy in L2 costs more than the rows' products
-// repay. Instead each group of MATMUL_NR weight rows is packed alone (its chunk fits L1) and
-// every tile of x (all n rows stay in L2) runs over the whole chunk, no parking; the next
-// group's weights are prefetched meanwhile. Per output the same FMAs and sums as the panel's.
+// repay. Instead, MATMUL_GROUP_KC columns at a time, each group of MATMUL_NR weight rows is
+// packed alone into L1 and every tile of x runs over those columns, its accumulators parked per
+// group and tile; x's block of columns (all n rows) stays in L1 across the panel's groups,
+// where a whole chunk of it would stream from L2 for every group. The next group's weights are
+// prefetched meanwhile. Per output the same FMAs and sums as the panel's.
 AVX512 static void matmul_groups_avx512(float *out, const float *xs, size_t ldx, int n, const Tensor *w, int o0,
                                         int o1, int next_o, float *pk, float *park) {
     int d_in = w->cols, d_out = w->rows, tiles = (n + MATMUL_MR - 1) / MATMUL_MR;
     size_t eb = dtype_bytes(w->dtype), row_bytes = (size_t)d_in * eb;
     for (int k0 = 0; k0 < d_in; k0 += MATMUL_K_CHUNK) {
         int len = d_in - k0 < MATMUL_K_CHUNK ? d_in - k0 : MATMUL_K_CHUNK, nv = (len + 31) / 32 * 2;
-        for (int g0 = o0; g0 < o1; g0 += MATMUL_NR) {
-            int nw = o1 - g0 < MATMUL_NR ? o1 - g0 : MATMUL_NR;
-            const char *rows = (const char *)w->data + (size_t)g0 * row_bytes;
-            panel_pack(w->dtype, rows, (size_t)d_in, nw, k0, len, pk);
-            // The group packed next: this chunk's next group, else the next chunk's first, else the next panel's.
-            int next_g = g0 + nw, next_k = k0, next_end = o1;
-            if (next_g >= o1) next_g = o0, next_k = k0 + len;
-            if (next_k >= d_in) next_g = next_o, next_k = 0, next_end = d_out;
-            int next_len = d_in - next_k < MATMUL_K_CHUNK ? d_in - next_k : MATMUL_K_CHUNK;
-            int next_rows = next_end - next_g < MATMUL_NR ? next_end - next_g : MATMUL_NR;
-            Ahead ahead = {.row = (const char *)w->data + (size_t)next_g * row_bytes + (size_t)next_k * eb,
-                           .stride = row_bytes,
-                           .rows = next_rows > 0 ? next_rows : 0,
-                           .lines = (int)(((size_t)next_len * eb + 63) / 64)};
-            // all of it during this group's tiles: spread over their requests, none left for the pack to wait on
-            int requests = tiles * ((nv + MATMUL_PREFETCH_EVERY - 1) / MATMUL_PREFETCH_EVERY);
-            ahead.each = (ahead.rows * ahead.lines + requests - 1) / requests;
-            for (int r0 = 0; r0 < n; r0 += MATMUL_MR)
-                panel_tiles_avx512(n - r0 < MATMUL_MR ? n - r0 : MATMUL_MR, nw, xs + (size_t)r0 * ldx + k0, ldx, pk,
-                                   0, nv, nv, park, k0, out + (size_t)r0 * d_out + g0, (size_t)d_out, &ahead);
+        for (int v0 = 0; v0 < nv; v0 += MATMUL_GROUP_KC / 16) {
+            int v1 = nv - v0 < MATMUL_GROUP_KC / 16 ? nv : v0 + MATMUL_GROUP_KC / 16, kb = k0 + 16 * v0;
+            int block = len - 16 * v0 < MATMUL_GROUP_KC ? len - 16 * v0 : MATMUL_GROUP_KC;
+            for (int g0 = o0; g0 < o1; g0 += MATMUL_NR) {
+                int nw = o1 - g0 < MATMUL_NR ? o1 - g0 : MATMUL_NR;
+                panel_pack(w->dtype, (const char *)w->data + (size_t)g0 * row_bytes, (size_t)d_in, nw, kb, block, pk);
+                // The block packed next: the next group's, else the first group's next block, else the next panel's.
+                int next_g = g0 + nw, next_k = kb, next_end = o1;
+                if (next_g >= o1) next_g = o0, next_k = kb + MATMUL_GROUP_KC;
+                if (next_k >= d_in) next_g = next_o, next_k = 0, next_end = d_out;
+                int next_len = d_in - next_k < MATMUL_GROUP_KC ? d_in - next_k : MATMUL_GROUP_KC;
+                int next_rows = next_end - next_g < MATMUL_NR ? next_end - next_g : MATMUL_NR;
+                Ahead ahead = {.row = (const char *)w->data + (size_t)next_g * row_bytes + (size_t)next_k * eb,
+                               .stride = row_bytes,
+                               .rows = next_rows > 0 ? next_rows : 0,
+                               .lines = (int)(((size_t)next_len * eb + 63) / 64)};
+                // all of it during this group's tiles: spread over their requests, none left for the pack to wait on
+                int requests = tiles * ((v1 - v0 + MATMUL_PREFETCH_EVERY - 1) / MATMUL_PREFETCH_EVERY);
+                ahead.each = (ahead.rows * ahead.lines + requests - 1) / requests;
+                float *group_park = park + (size_t)(g0 - o0) / MATMUL_NR * tiles * MATMUL_MR * MATMUL_NR * 16;
+                for (int t = 0; t < tiles; t++)
+                    panel_tiles_avx512(n - t * MATMUL_MR < MATMUL_MR ? n - t * MATMUL_MR : MATMUL_MR, nw,
+                                       xs + (size_t)t * MATMUL_MR * ldx + k0, ldx, pk, v0, v1, nv,
+                                       group_park + (size_t)t * MATMUL_MR * MATMUL_NR * 16, k0,
+                                       out + (size_t)t * MATMUL_MR * d_out + g0, (size_t)d_out, &ahead);
+            }
         }
     }
 }
@@ -1488,7 +1499,10 @@ static void matmul_panels(float *out, const float *x, int n, const Tensor *w, co
     int d_out = w->rows, d_in = w->cols, n_panels = (d_out + MATMUL_PANEL_ROWS - 1) / MATMUL_PANEL_ROWS;
     const float *xs = x_stage(x, n, d_in, w->dtype, stage);
     size_t ldx = (size_t)(d_in + 31) / 32 * 32, chunk = ldx < MATMUL_K_CHUNK ? ldx : MATMUL_K_CHUNK;
-    size_t pk_floats = MATMUL_PANEL_ROWS * chunk, park_floats = (size_t)MATMUL_MR * MATMUL_PANEL_ROWS * 16;
+    // Parking: the panel path's per group of its one tile in flight, the group path's per group and tile.
+    int groups = n <= MATMUL_GROUP_MAX_ROWS, parked_tiles = groups ? (n + MATMUL_MR - 1) / MATMUL_MR : 1;
+    size_t pk_floats = groups ? MATMUL_NR * MATMUL_GROUP_KC : MATMUL_PANEL_ROWS * chunk;
+    size_t park_floats = (size_t)parked_tiles * MATMUL_MR * MATMUL_PANEL_ROWS * 16;
     double macs = (double)n * d_out * d_in;
 #pragma omp parallel if (macs >= PARALLEL_MIN_MACS)
     {
@@ -1502,7 +1516,7 @@ static void matmul_panels(float *out, const float *x, int n, const Tensor *w, co
         for (int b = 0; b < n_panels; b++) {
             int o0 = b * MATMUL_PANEL_ROWS, o1 = d_out - o0 < MATMUL_PANEL_ROWS ? d_out : o0 + MATMUL_PANEL_ROWS;
             int next_o = o0 + n_threads * MATMUL_PANEL_ROWS; // taken next if the threads keep pace: prefetched
-            if (n <= MATMUL_GROUP_MAX_ROWS) matmul_groups_avx512(out, xs, ldx, n, w, o0, o1, next_o, pk, park);
+            if (groups) matmul_groups_avx512(out, xs, ldx, n, w, o0, o1, next_o, pk, park);
             else matmul_panel_avx512(out, xs, ldx, n, w, o0, o1, next_o, pk, park);
             if (bias && bias->data)
                 for (int r = 0; r < n; r++)
