@@ -3635,7 +3635,7 @@ static int directions_write(const Config *c, const Run *run, const char *variant
     }
     double best_auroc = best >= 0 ? auc[3 * best] : NAN;
     const char *names[2] = {"directions", "mean_norm"};
-    Tensor tensors[2] = {{directions, DT_F32, L + 1, D}, {mean_norm, DT_F32, 1, L + 1}};
+    Tensor tensors[2] = {{directions, DT_F32, L + 1, D, NULL}, {mean_norm, DT_F32, 1, L + 1, NULL}};
     char path[1200];
     run_path(run, path, sizeof path, ART_DIRECTIONS_CSV);
     int rc = write_file_atomic(path, csv.data, csv.len, err);

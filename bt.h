@@ -414,7 +414,8 @@ const char *dtype_name(DType d); // "F32", "BF16", "F16": safetensors' names
 typedef struct {
     const void *data; // into the mmap, NULL when absent (e.g. no bias)
     DType dtype;
-    int rows, cols; // 2-D: (out, in) as stored; 1-D: rows = 1
+    int rows, cols;     // 2-D: (out, in) as stored; 1-D: rows = 1
+    const void *packed; // matmul weights on AVX-512: the same values as model.c's kernels read them, else NULL
 } Tensor;
 
 typedef struct {
@@ -458,6 +459,7 @@ typedef struct {
     size_t *map_sizes;     // (n_maps)
     int n_maps;
     size_t bytes_mapped, bytes_allocated;
+    void *packed;          // the packed matmul weights (Tensor.packed points in), NULL on the portable path
     int simd;              // 1 = AVX-512 kernels, 0 = portable C; chosen at load (CPU features, BT_NO_SIMD=1)
 } Model;
 

@@ -15,6 +15,9 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_AVX512 1 // the AVX-512 kernels are compiled (and run where the CPU has them)
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #else
@@ -26,27 +29,13 @@
 #define MAX_EOS 8             // eos ids kept (ModelConfig.eos_ids)
 #define MATMUL_W_ROWS 4       // portable: weight rows per block, each x load feeds this many dot products
 #define MATMUL_CHUNK 256      // portable: weight columns converted to F32 at a time, on the stack
-#define MATMUL_LANES 8        // portable: independent partial sums per dot product (what SIMD lanes compute)
-#define MATMUL_TILE_X 4       // AVX-512: rows of x per tile
-#define MATMUL_TILE_W 4       // AVX-512: weight rows per tile (4 x 4 accumulators of 16 lanes)
-#define MATMUL_K_CHUNK 2048   // AVX-512: columns summed in registers before a partial sum is stored (multiple of 32)
-#define MATMUL_BLOCK_BYTES (128u << 10) // AVX-512: weights of one thread's block, kept in L2 while x passes
-#define MATMUL_PREFETCH_BYTES 1024 // AVX-512: how far ahead in each weight row to prefetch from memory
-#ifndef MATMUL_MR
-#define MATMUL_MR 5
-#endif           // AVX-512, many rows: rows of x per register tile (5 x 5 accumulators, 5 weights, 1 x: 31 of 32 zmm)
-#ifndef MATMUL_NR
-#define MATMUL_NR 5
-#endif           // AVX-512, many rows: weight rows per register tile
-#ifndef MATMUL_KC
-#define MATMUL_KC 512
-#endif         // AVX-512, many rows: columns a tile runs before parking its accumulators (multiple of 32)
-#ifndef MATMUL_PANEL_ROWS
-#define MATMUL_PANEL_ROWS 150
-#endif  // AVX-512, many rows: weight rows a thread packs as F32 at a time (multiple of MATMUL_NR)
-#define MATMUL_PREFETCH_EVERY 2 // AVX-512, many rows: a tile's vectors per line prefetched of the weights packed next
-#define MATMUL_GROUP_MAX_ROWS 96 // AVX-512: up to this many rows of x, pack a group at a time (measured crossover ~128)
-#define MATMUL_GROUP_KC 512   // AVX-512, few rows: columns of a group packed at a time (divides MATMUL_K_CHUNK)
+#define MATMUL_LANES 8        // portable: independent partial sums per dot product
+#define MATMUL_SLIVER 32      // AVX-512: weight rows packed side by side, column by column (two vectors of outputs)
+#define MATMUL_KC 256         // AVX-512: columns per packed block (a thread's slivers of one stay in L2 while x passes)
+#define MATMUL_MR 12          // AVX-512: rows of x per tile (12 x 2 accumulators, 2 weight vectors, a broadcast)
+#define MATMUL_MAX_SLIVERS 4  // AVX-512: slivers per tile at most (fewer rows take more slivers)
+#define MATMUL_GROUP 12       // AVX-512: slivers a thread takes at a time (a multiple of every tile's slivers)
+#define MATMUL_PREFETCH_BYTES 2048 // AVX-512: how far ahead in the packed weights to prefetch from memory
 #define PARALLEL_MIN_MACS 2e5 // smaller matmuls and attentions run on one thread: waking threads costs more
 #define ATTN_HEADS 6          // AVX-512 attention: query heads sharing a key head, taken together
 #define KEY_BLOCK 16          // positions per block of the key cache, stored dimension-major (16 keys' d side by side)
@@ -403,7 +392,8 @@ int safetensors_read_f32(const char *path, const char *name, float **out, int *r
                     t->shape[0] > INT32_MAX || t->shape[t->n_dims - 1] > INT32_MAX))
         rc = err_input(err, "%s: tensor '%s' is not a non-empty vector or matrix", path, name);
     if (rc == 0) {
-        Tensor v = {t->data, (DType)t->dtype_id, t->n_dims == 2 ? (int)t->shape[0] : 1, (int)t->shape[t->n_dims - 1]};
+        Tensor v = {t->data, (DType)t->dtype_id, t->n_dims == 2 ? (int)t->shape[0] : 1, (int)t->shape[t->n_dims - 1],
+                    NULL};
         *out = xmalloc((size_t)v.rows * v.cols * sizeof **out);
         for (int r = 0; r < v.rows; r++) tensor_row_f32(&v, r, *out + (size_t)r * v.cols);
         *rows = v.rows;
@@ -740,10 +730,14 @@ void model_free(Model *m) {
     free(m->map_sizes);
     free(m->layers);
     free(m->inv_freq);
+    free(m->packed);
     memset(m, 0, sizeof *m);
 }
 
 static int choose_simd(void); // the hot spot: which kernels this CPU runs
+#ifdef HAVE_AVX512
+static void pack_weights(Model *m); // the matmul weights as the AVX-512 kernels read them
+#endif
 
 int model_load(Model *m, const char *dir, Err *err) {
     memset(m, 0, sizeof *m);
@@ -775,19 +769,11 @@ int model_load(Model *m, const char *dir, Err *err) {
     m->simd = choose_simd();
     m->bytes_allocated = (size_t)m->cfg.n_layers * sizeof *m->layers + (size_t)(m->cfg.head_dim / 2) * sizeof(float) +
                          (size_t)m->n_maps * (sizeof *m->maps + sizeof *m->map_sizes);
+#ifdef HAVE_AVX512
+    if (m->simd) pack_weights(m); // adds its bytes
+#endif
     return 0;
 }
-
-// Columns of the matmul staging buffer: the widest matmul input, padded to 32.
-static size_t stage_cols(const Model *m) {
-    const ModelConfig *c = &m->cfg;
-    int widest = c->hidden_size > c->intermediate_size ? c->hidden_size : c->intermediate_size;
-    if (c->n_heads * c->head_dim > widest) widest = c->n_heads * c->head_dim;
-    return (size_t)(widest + 31) / 32 * 32;
-}
-
-// Floats of a stage buffer for `rows` rows: 16 more, so x_stage can start the rows on a cache line.
-static size_t stage_floats(const Model *m, size_t rows) { return rows * stage_cols(m) + 16; }
 
 // ----------------------------------------------------------------------------
 // Run state: the KV cache of n_slots sequences and the scratch of one call
@@ -813,7 +799,6 @@ struct RunState {
     float *rope_sin;    // (max_rows, head_dim / 2)
     float *scores; // (n_threads, n_heads / n_kv_heads, max_seq_pad) attention scores of one row's heads of one kv head
     float *logits;      // (logit_rows, vocab)
-    float *stage;       // (max_rows, round_up(max(hidden, q_dim, intermediate), 32)) x as the AVX-512 matmul reads it
     size_t bytes;       // everything above
 };
 
@@ -857,7 +842,6 @@ RunState *runstate_new(const Model *m, int n_slots, int max_seq, int max_rows, E
     s->scores =
         rs_alloc(s, (size_t)s->n_threads * (size_t)(c->n_heads / c->n_kv_heads) * (size_t)s->max_seq_pad, &failed);
     s->logits = rs_alloc(s, (size_t)s->logit_rows * (size_t)c->vocab_size, &failed);
-    s->stage = rs_alloc(s, stage_floats(m, R), &failed);
     s->slot_len = xcalloc((size_t)n_slots, sizeof *s->slot_len);
     s->slot_len_call = xcalloc((size_t)n_slots, sizeof *s->slot_len_call);
     s->slot_pos_call = xcalloc((size_t)n_slots, sizeof *s->slot_pos_call);
@@ -873,7 +857,7 @@ RunState *runstate_new(const Model *m, int n_slots, int max_seq, int max_rows, E
 void runstate_free(RunState *s) {
     if (!s) return;
     float *bufs[] = {s->key_cache, s->value_cache, s->x, s->xb, s->block_out, s->q, s->k, s->v, s->heads,
-                     s->hb, s->hb2, s->rope_cos, s->rope_sin, s->scores, s->logits, s->stage};
+                     s->hb, s->hb2, s->rope_cos, s->rope_sin, s->scores, s->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s->slot_len);
     free(s->slot_len_call);
@@ -1019,12 +1003,11 @@ static void silu_gate_portable(float *gate, const float *up, size_t n) {
     for (size_t i = 0; i < n; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define HAVE_AVX512 1
+#ifdef HAVE_AVX512
 #include <immintrin.h>
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 #define INLINE inline __attribute__((always_inline))
-#define UNROLL _Pragma("GCC unroll 8") // small loops over tile rows: registers, not memory
+#define UNROLL _Pragma("GCC unroll 16") // small loops over tile rows: registers, not memory
 
 static int cpu_has_avx512(void) {
     __builtin_cpu_init();
@@ -1061,290 +1044,101 @@ static INLINE __mmask16 mask16(int left) {
     return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (left > 0 ? left : 0)) - 1);
 }
 
-// 32 weights from element `at` (a row's columns k..k+31) as two F32 vectors (a, b) laid out
-// as the staged x (x_stage): BF16 splits even and odd columns, which a shift and a mask do
-// in place; F16 and F32 take k..k+15 and k+16..k+31. Columns past `left` read as zero.
-AVX512 static INLINE void w_load_avx512(DType dtype, const void *w, size_t at, int left, __m512 *a, __m512 *b) {
+// The AVX-512 matmul is an outer product over packed weights (pack_weights): a tile of R rows
+// of x by S slivers (MATMUL_SLIVER weight rows each) keeps R x 2S accumulators of 16 outputs,
+// and for each column broadcasts each row's x into one FMA per accumulator. So every output
+// sums its products one column after another, starting from zero: one FMA chain whatever the
+// tile, the batch or the thread, and no horizontal sums. Tiles take MATMUL_MR rows of x (the
+// rest in one shorter tile) and as many slivers as 24 accumulators allow.
+static INLINE int tile_slivers(int R) { return R <= 3 ? 4 : R == 4 ? 3 : R <= 6 ? 2 : 1; }
+
+// Column k of one packed sliver (BF16: rows i and 16 + i share a 32-bit word) as two vectors of 16 outputs.
+AVX512 static INLINE void sliver_col_avx512(DType dtype, const char *p, __m512 *a, __m512 *b) {
     if (dtype == DT_BF16) {
-        const uint16_t *p = (const uint16_t *)w + at;
-        __m512i raw = left >= 32 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16((__mmask32)((1u << left) - 1), p);
+        __m512i raw = _mm512_load_si512(p);
         *a = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
         *b = _mm512_castsi512_ps(_mm512_and_si512(raw, _mm512_set1_epi32((int)0xffff0000u)));
     } else if (dtype == DT_F16) {
-        const uint16_t *p = (const uint16_t *)w + at;
-        __m256i lo = left >= 32 ? _mm256_loadu_si256((const __m256i *)p) : _mm256_maskz_loadu_epi16(mask16(left), p);
-        __m256i hi = left >= 32 ? _mm256_loadu_si256((const __m256i *)(p + 16))
-                                : _mm256_maskz_loadu_epi16(mask16(left - 16), p + 16);
-        *a = _mm512_cvtph_ps(lo);
-        *b = _mm512_cvtph_ps(hi);
+        *a = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)p));
+        *b = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)p + 1));
     } else {
-        const float *p = (const float *)w + at;
-        *a = left >= 32 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(mask16(left), p);
-        *b = left >= 32 ? _mm512_loadu_ps(p + 16) : _mm512_maskz_loadu_ps(mask16(left - 16), p + 16);
+        *a = _mm512_load_ps((const float *)p);
+        *b = _mm512_load_ps((const float *)p + 16);
     }
 }
 
-// A tile: R staged x rows (stride ldx) times W weight rows (stride d_in), columns k0..k1 of
-// one chunk. Lane l of acc[r][j] sums the products of lane l of each 32-column step, in
-// column order; the chunk's sum (hsum) is stored (k0 = 0) or added to out. Every tile shape
-// does exactly these operations for each of its outputs, so the shape never shows.
-AVX512 static INLINE void tile_avx512(DType dtype, int R, int W, const float *xs, size_t ldx, const void *w,
-                                      size_t d_in, int k0, int k1, int prefetch, float *out, size_t ldo) {
-    __m512 acc[MATMUL_TILE_X][MATMUL_TILE_W];
-    UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < W; j++) acc[r][j] = _mm512_setzero_ps();
-    for (int k = k0; k < k1; k += 32) {
-        __m512 wa[MATMUL_TILE_W], wb[MATMUL_TILE_W];
-        if (prefetch) // weights coming from memory: ask ahead, which the prefetchers alone do not do enough
-            UNROLL for (int j = 0; j < W; j++) {
-                const char *ahead = (const char *)w + ((size_t)j * d_in + (size_t)k) * (dtype == DT_F32 ? 4 : 2) +
-                                    MATMUL_PREFETCH_BYTES;
-                _mm_prefetch(ahead, _MM_HINT_T0);
-                if (dtype == DT_F32) _mm_prefetch(ahead + 64, _MM_HINT_T0); // 32 F32 columns are two cache lines
-            }
-        UNROLL for (int j = 0; j < W; j++)
-            w_load_avx512(dtype, w, (size_t)j * d_in + (size_t)k, k1 - k, &wa[j], &wb[j]);
+// A tile: R rows of x (ldx apart) by S slivers (sliver_bytes apart, from pk) over the len
+// columns of one packed block. The sums start at zero (first block) or from out (ldo apart),
+// whose n_out columns from the tile's first are real outputs (the rest is a sliver's padding).
+AVX512 static INLINE void sliver_tile_avx512(DType dtype, int R, int S, const float *x, size_t ldx, const char *pk,
+                                             size_t sliver_bytes, int len, int first, float *out, size_t ldo,
+                                             int n_out) {
+    __m512 acc[MATMUL_MR][2 * MATMUL_MAX_SLIVERS];
+    size_t col_bytes = MATMUL_SLIVER * dtype_bytes(dtype);
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < 2 * S; j++)
+        acc[r][j] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask16(n_out - 16 * j), out + r * ldo + 16 * j);
+    for (int k = 0; k < len; k++) {
+        __m512 w[2 * MATMUL_MAX_SLIVERS];
+        UNROLL for (int t = 0; t < S; t++) {
+            const char *p = pk + t * sliver_bytes + k * col_bytes;
+            _mm_prefetch(p + MATMUL_PREFETCH_BYTES, _MM_HINT_T0); // from memory: the prefetchers alone fall behind
+            if (dtype == DT_F32) _mm_prefetch(p + MATMUL_PREFETCH_BYTES + 64, _MM_HINT_T0);
+            sliver_col_avx512(dtype, p, &w[2 * t], &w[2 * t + 1]);
+        }
         UNROLL for (int r = 0; r < R; r++) {
-            __m512 xa = _mm512_loadu_ps(xs + (size_t)r * ldx + k), xb = _mm512_loadu_ps(xs + (size_t)r * ldx + k + 16);
-            UNROLL for (int j = 0; j < W; j++) {
-                acc[r][j] = _mm512_fmadd_ps(xa, wa[j], acc[r][j]);
-                acc[r][j] = _mm512_fmadd_ps(xb, wb[j], acc[r][j]);
-            }
+            __m512 xv = _mm512_set1_ps(x[r * ldx + k]);
+            UNROLL for (int j = 0; j < 2 * S; j++) acc[r][j] = _mm512_fmadd_ps(xv, w[j], acc[r][j]);
         }
     }
-    UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < W; j++) {
-        float sum = hsum_avx512(acc[r][j]), *o = out + (size_t)r * ldo + j;
-        *o = k0 ? *o + sum : sum;
-    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < 2 * S; j++)
+        _mm512_mask_storeu_ps(out + r * ldo + 16 * j, mask16(n_out - 16 * j), acc[r][j]);
 }
 
-// Every tile of one dtype: full tiles, short ones for the last rows of x, single outputs
-// for the last weight rows. (One function per dtype keeps the dtype a constant.)
-#define TILES_AVX512(name, dtype)                                                                                      \
-    AVX512 static void name(int R, int W, const float *xs, size_t ldx, const void *w, size_t d_in, int k0, int k1,     \
-                            int prefetch, float *out, size_t ldo) {                                                    \
-        if (W == MATMUL_TILE_W) switch (R) {                                                                           \
-            case 4: tile_avx512(dtype, 4, MATMUL_TILE_W, xs, ldx, w, d_in, k0, k1, prefetch, out, ldo); return;        \
-            case 3: tile_avx512(dtype, 3, MATMUL_TILE_W, xs, ldx, w, d_in, k0, k1, prefetch, out, ldo); return;        \
-            case 2: tile_avx512(dtype, 2, MATMUL_TILE_W, xs, ldx, w, d_in, k0, k1, prefetch, out, ldo); return;        \
-            case 1: tile_avx512(dtype, 1, MATMUL_TILE_W, xs, ldx, w, d_in, k0, k1, prefetch, out, ldo); return;        \
-            }                                                                                                          \
-        for (int r = 0; r < R; r++)                                                                                    \
-            for (int j = 0; j < W; j++)                                                                                \
-                tile_avx512(dtype, 1, 1, xs + (size_t)r * ldx, ldx,                                                    \
-                            (const char *)w + (size_t)j * d_in * (dtype == DT_F32 ? 4 : 2), d_in, k0, k1, prefetch,    \
-                            out + (size_t)r * ldo + j, ldo);                                                           \
-    }
-TILES_AVX512(tiles_bf16_avx512, DT_BF16)
-TILES_AVX512(tiles_f16_avx512, DT_F16)
-TILES_AVX512(tiles_f32_avx512, DT_F32)
-
-typedef void TilesFn(int R, int W, const float *xs, size_t ldx, const void *w, size_t d_in, int k0, int k1,
-                     int prefetch, float *out, size_t ldo);
-
-// The tile of rows r0.. and weight rows o.. (up to o1) over the chunk of columns from k0.
-AVX512 static INLINE void tile_at(TilesFn *tiles, const float *xs, size_t ldx, int n, const Tensor *w, int r0, int o,
-                                  int o1, int k0, int prefetch, float *out) {
-    size_t d_in = (size_t)w->cols;
-    int k1 = w->cols - k0 < MATMUL_K_CHUNK ? w->cols : k0 + MATMUL_K_CHUNK;
-    tiles(n - r0 < MATMUL_TILE_X ? n - r0 : MATMUL_TILE_X, o1 - o < MATMUL_TILE_W ? o1 - o : MATMUL_TILE_W,
-          xs + (size_t)r0 * ldx, ldx, (const char *)w->data + (size_t)o * d_in * dtype_bytes(w->dtype), d_in, k0, k1,
-          prefetch, out + (size_t)r0 * w->rows + o, (size_t)w->rows);
-}
-
-// Weight rows o0..o1 against all n staged rows; either loop order does the same operations
-// for each output, and the first tile of rows prefetches the weights from memory. One tile
-// of rows (decode): each weight row front to back, as memory streams best. More: chunk by
-// chunk, the block's chunk of weights (at most MATMUL_BLOCK_BYTES) staying in L2 while
-// every tile of x passes, each tile's chunk of x staying in L1 while it meets them all.
-AVX512 static void matmul_rows_avx512(float *out, const float *xs, size_t ldx, int n, const Tensor *w, int o0, int o1) {
-    TilesFn *tiles = w->dtype == DT_BF16 ? tiles_bf16_avx512 : w->dtype == DT_F16 ? tiles_f16_avx512 : tiles_f32_avx512;
-    if (n <= MATMUL_TILE_X) {
-        for (int o = o0; o < o1; o += MATMUL_TILE_W)
-            for (int k0 = 0; k0 < w->cols; k0 += MATMUL_K_CHUNK) tile_at(tiles, xs, ldx, n, w, 0, o, o1, k0, 1, out);
+// Every tile of one dtype, R and S constants in each (one function per dtype keeps it a constant).
+#define SLIVER_TILE(R, S)                                                                                              \
+    case (R) * 8 + (S):                                                                                                \
+        sliver_tile_avx512(SLIVER_DTYPE, R, S, x, ldx, pk, sliver_bytes, len, first, out, ldo, n_out);                 \
         return;
+#define SLIVER_TILES_1(R) SLIVER_TILE(R, 1)
+#define SLIVER_TILES_2(R) SLIVER_TILE(R, 1) SLIVER_TILE(R, 2)
+#define SLIVER_TILES_3(R) SLIVER_TILES_2(R) SLIVER_TILE(R, 3)
+#define SLIVER_TILES_4(R) SLIVER_TILES_3(R) SLIVER_TILE(R, 4)
+#define SLIVER_TILES_AVX512(name)                                                                                      \
+    AVX512 static void name(int R, int S, const float *x, size_t ldx, const char *pk, size_t sliver_bytes, int len,    \
+                            int first, float *out, size_t ldo, int n_out) {                                            \
+        switch (R * 8 + S) {                                                                                           \
+            SLIVER_TILES_4(1) SLIVER_TILES_4(2) SLIVER_TILES_4(3) SLIVER_TILES_3(4) SLIVER_TILES_2(5)                  \
+            SLIVER_TILES_2(6) SLIVER_TILES_1(7) SLIVER_TILES_1(8) SLIVER_TILES_1(9) SLIVER_TILES_1(10)                 \
+            SLIVER_TILES_1(11) SLIVER_TILES_1(12)                                                                      \
+        }                                                                                                              \
     }
-    for (int k0 = 0; k0 < w->cols; k0 += MATMUL_K_CHUNK)
-        for (int r0 = 0; r0 < n; r0 += MATMUL_TILE_X)
-            for (int o = o0; o < o1; o += MATMUL_TILE_W) tile_at(tiles, xs, ldx, n, w, r0, o, o1, k0, r0 == 0, out);
-}
+#define SLIVER_DTYPE DT_BF16
+SLIVER_TILES_AVX512(sliver_tiles_bf16)
+#undef SLIVER_DTYPE
+#define SLIVER_DTYPE DT_F16
+SLIVER_TILES_AVX512(sliver_tiles_f16)
+#undef SLIVER_DTYPE
+#define SLIVER_DTYPE DT_F32
+SLIVER_TILES_AVX512(sliver_tiles_f32)
+#undef SLIVER_DTYPE
 
-// Many rows (prefill, teacher forcing, batched generation): every weight meets every row, so
-// the FMA units can set the pace if the operands come from near caches and no instruction but
-// the FMA touches their ports. A thread takes MATMUL_PANEL_ROWS weight rows and, one chunk of
-// columns at a time, packs them once as F32 (w_load_avx512's values in its order, so the same
-// products), prefetching the next panel's weights meanwhile; then register tiles of
-// MATMUL_MR rows of x by MATMUL_NR weight rows run over MATMUL_KC columns at a time, the tile's
-// x staying in L1 while it meets the whole packed panel (in L2), its accumulators parked in
-// memory between column passes. Per output these are tile_avx512's FMAs in its order.
-
-// Weight rows w (nw of them, d_in apart) over columns k0..k0+len packed into pk: per group of
-// MATMUL_NR rows, per vector of 16 columns (a then b of each 32), the group's rows side by side.
-AVX512 static INLINE void panel_pack_avx512(DType dtype, const void *w, size_t d_in, int nw, int k0, int len,
-                                            float *pk) {
-    int nv = (len + 31) / 32 * 2;
-    for (int row = 0; row < nw; row++) {
-        float *p = pk + ((size_t)(row / MATMUL_NR) * nv * MATMUL_NR + row % MATMUL_NR) * 16;
-        for (int s = 0; s < nv / 2; s++) {
-            __m512 a, b;
-            w_load_avx512(dtype, w, (size_t)row * d_in + (size_t)k0 + 32 * (size_t)s, len - 32 * s, &a, &b);
-            _mm512_store_ps(p + (size_t)(2 * s) * MATMUL_NR * 16, a);
-            _mm512_store_ps(p + (size_t)(2 * s + 1) * MATMUL_NR * 16, b);
-        }
-    }
-}
-
-// panel_pack_avx512 with the dtype a constant in each call (so w_load_avx512's branches fold).
-AVX512 static void panel_pack(DType dtype, const void *w, size_t d_in, int nw, int k0, int len, float *pk) {
-    if (dtype == DT_BF16) panel_pack_avx512(DT_BF16, w, d_in, nw, k0, len, pk);
-    else if (dtype == DT_F16) panel_pack_avx512(DT_F16, w, d_in, nw, k0, len, pk);
-    else panel_pack_avx512(DT_F32, w, d_in, nw, k0, len, pk);
-}
-
-// Weight lines still to prefetch: `rows` rows of `lines` cache lines, `stride` bytes apart, from `line` of `row`;
-// `each` lines per request.
-typedef struct {
-    const char *row;
-    size_t stride;
-    int lines, rows, line, each;
-} Ahead;
-
-// The next `each` lines of a, into L2, as far as any are left.
-AVX512 static INLINE void ahead_prefetch(Ahead *a) {
-    for (int i = 0; i < a->each && a->rows > 0; i++) {
-        _mm_prefetch(a->row + (size_t)a->line * 64, _MM_HINT_T1);
-        if (++a->line == a->lines) a->line = 0, a->row += a->stride, a->rows--;
-    }
-}
-
-// R rows of staged x (ldx apart, from the chunk's start) by the W packed rows of a group over
-// the chunk's vectors v0..v1, pg pointing at vector v0's. Accumulators start at zero (v0 = 0) or from park, and end in
-// park or, after the chunk's last vector, summed into out (ldo apart) as tile_avx512 does.
-// Every MATMUL_PREFETCH_EVERY vectors it asks for one line of the weights packed next: spread
-// out, so the requests to memory never take all the line fill buffers the tile's loads need.
-AVX512 static INLINE void panel_tile_avx512(int R, int W, const float *xs, size_t ldx, const float *pg, int v0, int v1,
-                                            int nv, float *park, int k0, float *out, size_t ldo, Ahead *ahead) {
-    __m512 acc[MATMUL_MR][MATMUL_NR];
-    Ahead next = *ahead; // a copy the compiler keeps in registers, not stored back after each request
-    UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < W; j++)
-        acc[r][j] = v0 ? _mm512_load_ps(park + (size_t)(r * MATMUL_NR + j) * 16) : _mm512_setzero_ps();
-    _Pragma("GCC unroll 4") for (int v = v0; v < v1; v++) {
-        const float *pv = pg + (size_t)(v - v0) * MATMUL_NR * 16;
-        __m512 wv[MATMUL_NR];
-        if (v % MATMUL_PREFETCH_EVERY == 0) ahead_prefetch(&next);
-        UNROLL for (int j = 0; j < W; j++) wv[j] = _mm512_load_ps(pv + 16 * j);
-        UNROLL for (int r = 0; r < R; r++) {
-            __m512 xv = _mm512_loadu_ps(xs + (size_t)r * ldx + 16 * (size_t)v);
-            __asm__("" : "+v"(xv)); // one load of x for the W FMAs, not one folded into each
-            UNROLL for (int j = 0; j < W; j++) acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
-        }
-    }
-    *ahead = next;
-    if (v1 < nv) {
-        UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < W; j++)
-            _mm512_store_ps(park + (size_t)(r * MATMUL_NR + j) * 16, acc[r][j]);
-        return;
-    }
-    UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < W; j++) {
-        float sum = hsum_avx512(acc[r][j]), *o = out + (size_t)r * ldo + j;
-        *o = k0 ? *o + sum : sum;
-    }
-}
-
-// Every tile shape: constant R and W keep the accumulators in registers.
-AVX512 static void panel_tiles_avx512(int R, int W, const float *xs, size_t ldx, const float *pg, int v0, int v1,
-                                      int nv, float *park, int k0, float *out, size_t ldo, Ahead *ahead) {
-#define PANEL_TILE(r, w)                                                                                               \
-    case (r)*16 + (w):                                                                                                 \
-        if ((r) <= MATMUL_MR && (w) <= MATMUL_NR)                                                                      \
-            panel_tile_avx512(r, w, xs, ldx, pg, v0, v1, nv, park, k0, out, ldo, ahead);                               \
-        return;
-#define PANEL_TILES(r)                                                                                                 \
-    PANEL_TILE(r, 1) PANEL_TILE(r, 2) PANEL_TILE(r, 3) PANEL_TILE(r, 4) PANEL_TILE(r, 5) PANEL_TILE(r, 6)
-    switch (R * 16 + W) {
-        PANEL_TILES(1)
-        PANEL_TILES(2) PANEL_TILES(3) PANEL_TILES(4) PANEL_TILES(5) PANEL_TILES(6) PANEL_TILES(7) PANEL_TILES(8)
-            PANEL_TILES(9) PANEL_TILES(10) PANEL_TILES(11) PANEL_TILES(12)
-    }
-#undef PANEL_TILES
-#undef PANEL_TILE
-}
-
-// Weight rows o0..o1 (at most MATMUL_PANEL_ROWS) against all n staged rows; pk and park are the
-// thread's panel and parking space. The weights of rows next_o.. (the panel this thread most
-// likely packs next; none when next_o >= d_out) are prefetched while the tiles run.
-AVX512 static void matmul_panel_avx512(float *out, const float *xs, size_t ldx, int n, const Tensor *w, int o0, int o1,
-                                       int next_o, float *pk, float *park) {
-    int d_in = w->cols, d_out = w->rows, nw = o1 - o0, groups = (nw + MATMUL_NR - 1) / MATMUL_NR;
-    size_t eb = dtype_bytes(w->dtype), row_bytes = (size_t)d_in * eb;
-    const char *rows = (const char *)w->data + (size_t)o0 * row_bytes;
-    for (int k0 = 0; k0 < d_in; k0 += MATMUL_K_CHUNK) {
-        int len = d_in - k0 < MATMUL_K_CHUNK ? d_in - k0 : MATMUL_K_CHUNK, nv = (len + 31) / 32 * 2;
-        panel_pack(w->dtype, rows, (size_t)d_in, nw, k0, len, pk);
-        // Prefetch what gets packed next: this panel's next chunk, else the next panel's first.
-        Ahead ahead = {
-            .row = rows + (size_t)(k0 + len) * eb,
-            .stride = row_bytes,
-            .rows = nw,
-            .each = 1,
-            .lines =
-                (int)(((size_t)(d_in - k0 - len < MATMUL_K_CHUNK ? d_in - k0 - len : MATMUL_K_CHUNK) * eb + 63) / 64)};
-        if (k0 + len >= d_in) {
-            ahead.row = (const char *)w->data + (size_t)next_o * row_bytes;
-            ahead.lines = (int)(((size_t)(d_in < MATMUL_K_CHUNK ? d_in : MATMUL_K_CHUNK) * eb + 63) / 64);
-            ahead.rows = next_o >= d_out ? 0 : d_out - next_o < MATMUL_PANEL_ROWS ? d_out - next_o : MATMUL_PANEL_ROWS;
-        }
-        for (int r0 = 0; r0 < n; r0 += MATMUL_MR)
-            for (int v0 = 0; v0 < nv; v0 += MATMUL_KC / 16) {
-                int v1 = nv - v0 < MATMUL_KC / 16 ? nv : v0 + MATMUL_KC / 16;
-                for (int g = 0; g < groups; g++) {
-                    panel_tiles_avx512(n - r0 < MATMUL_MR ? n - r0 : MATMUL_MR,
-                                       nw - g * MATMUL_NR < MATMUL_NR ? nw - g * MATMUL_NR : MATMUL_NR,
-                                       xs + (size_t)r0 * ldx + k0, ldx, pk + ((size_t)g * nv + v0) * MATMUL_NR * 16, v0, v1,
-                                       nv, park + (size_t)g * MATMUL_MR * MATMUL_NR * 16, k0,
-                                       out + (size_t)r0 * d_out + o0 + g * MATMUL_NR, (size_t)d_out, &ahead);
-                }
-            }
-    }
-}
-
-// Few rows (batched generation): the panel's F32 copy in L2 costs more than the rows' products
-// repay. Instead, MATMUL_GROUP_KC columns at a time, each group of MATMUL_NR weight rows is
-// packed alone into L1 and every tile of x runs over those columns, its accumulators parked per
-// group and tile; x's block of columns (all n rows) stays in L1 across the panel's groups,
-// where a whole chunk of it would stream from L2 for every group. The next group's weights are
-// prefetched meanwhile. Per output the same FMAs and sums as the panel's.
-AVX512 static void matmul_groups_avx512(float *out, const float *xs, size_t ldx, int n, const Tensor *w, int o0,
-                                        int o1, int next_o, float *pk, float *park) {
-    int d_in = w->cols, d_out = w->rows, tiles = (n + MATMUL_MR - 1) / MATMUL_MR;
-    size_t eb = dtype_bytes(w->dtype), row_bytes = (size_t)d_in * eb;
-    for (int k0 = 0; k0 < d_in; k0 += MATMUL_K_CHUNK) {
-        int len = d_in - k0 < MATMUL_K_CHUNK ? d_in - k0 : MATMUL_K_CHUNK, nv = (len + 31) / 32 * 2;
-        for (int v0 = 0; v0 < nv; v0 += MATMUL_GROUP_KC / 16) {
-            int v1 = nv - v0 < MATMUL_GROUP_KC / 16 ? nv : v0 + MATMUL_GROUP_KC / 16, kb = k0 + 16 * v0;
-            int block = len - 16 * v0 < MATMUL_GROUP_KC ? len - 16 * v0 : MATMUL_GROUP_KC;
-            for (int g0 = o0; g0 < o1; g0 += MATMUL_NR) {
-                int nw = o1 - g0 < MATMUL_NR ? o1 - g0 : MATMUL_NR;
-                panel_pack(w->dtype, (const char *)w->data + (size_t)g0 * row_bytes, (size_t)d_in, nw, kb, block, pk);
-                // The block packed next: the next group's, else the first group's next block, else the next panel's.
-                int next_g = g0 + nw, next_k = kb, next_end = o1;
-                if (next_g >= o1) next_g = o0, next_k = kb + MATMUL_GROUP_KC;
-                if (next_k >= d_in) next_g = next_o, next_k = 0, next_end = d_out;
-                int next_len = d_in - next_k < MATMUL_GROUP_KC ? d_in - next_k : MATMUL_GROUP_KC;
-                int next_rows = next_end - next_g < MATMUL_NR ? next_end - next_g : MATMUL_NR;
-                Ahead ahead = {.row = (const char *)w->data + (size_t)next_g * row_bytes + (size_t)next_k * eb,
-                               .stride = row_bytes,
-                               .rows = next_rows > 0 ? next_rows : 0,
-                               .lines = (int)(((size_t)next_len * eb + 63) / 64)};
-                // all of it during this group's tiles: spread over their requests, none left for the pack to wait on
-                int requests = tiles * ((v1 - v0 + MATMUL_PREFETCH_EVERY - 1) / MATMUL_PREFETCH_EVERY);
-                ahead.each = (ahead.rows * ahead.lines + requests - 1) / requests;
-                float *group_park = park + (size_t)(g0 - o0) / MATMUL_NR * tiles * MATMUL_MR * MATMUL_NR * 16;
-                for (int t = 0; t < tiles; t++)
-                    panel_tiles_avx512(n - t * MATMUL_MR < MATMUL_MR ? n - t * MATMUL_MR : MATMUL_MR, nw,
-                                       xs + (size_t)t * MATMUL_MR * ldx + k0, ldx, pk, v0, v1, nv,
-                                       group_park + (size_t)t * MATMUL_MR * MATMUL_NR * 16, k0,
-                                       out + (size_t)t * MATMUL_MR * d_out + g0, (size_t)d_out, &ahead);
-            }
+// Slivers s0..s1 of w against all n rows of x: block by block of MATMUL_KC columns, the
+// slivers' block (in L2) meeting every tile of rows, each tile's columns of x staying in L1.
+AVX512 static void matmul_slivers_avx512(float *out, const float *x, int n, const Tensor *w, int s0, int s1) {
+    void (*tiles)(int, int, const float *, size_t, const char *, size_t, int, int, float *, size_t, int) =
+        w->dtype == DT_BF16 ? sliver_tiles_bf16 : w->dtype == DT_F16 ? sliver_tiles_f16 : sliver_tiles_f32;
+    int d_out = w->rows, d_in = w->cols, n_slivers = (d_out + MATMUL_SLIVER - 1) / MATMUL_SLIVER;
+    size_t eb = dtype_bytes(w->dtype);
+    for (int kb = 0; kb < d_in; kb += MATMUL_KC) {
+        int len = d_in - kb < MATMUL_KC ? d_in - kb : MATMUL_KC;
+        size_t sliver_bytes = (size_t)len * MATMUL_SLIVER * eb;
+        const char *block = (const char *)w->packed + (size_t)kb * n_slivers * MATMUL_SLIVER * eb;
+        for (int r0 = 0; r0 < n; r0 += MATMUL_MR) {
+            int R = n - r0 < MATMUL_MR ? n - r0 : MATMUL_MR, S = tile_slivers(R);
+            for (int s = s0; s < s1; s += S)
+                tiles(R, s1 - s < S ? s1 - s : S, x + (size_t)r0 * d_in + kb, (size_t)d_in, block + s * sliver_bytes,
+                      sliver_bytes, len, kb == 0, out + (size_t)r0 * d_out + (size_t)s * MATMUL_SLIVER, (size_t)d_out,
+                      d_out - s * MATMUL_SLIVER);
         }
     }
 }
@@ -1469,86 +1263,69 @@ static int choose_simd(void) {
 }
 
 #ifdef HAVE_AVX512
-// x (n, d_in) as the AVX-512 tiles read it (w_load_avx512): rows padded with zeros to a
-// multiple of 32 columns, BF16's even/odd split applied per 32 columns, the first row on a
-// 64-byte boundary (a load that straddles two cache lines costs two: the tiles are load-bound).
-// Returns x itself when it already is that; stage holds stage_floats of the rows.
-AVX512 static const float *x_stage(const float *x, int n, int d_in, DType dtype, float *stage) {
-    int ld = (d_in + 31) / 32 * 32;
-    if (dtype != DT_BF16 && ld == d_in && (uintptr_t)x % 64 == 0) return x;
-    stage += (64 - (uintptr_t)stage % 64) % 64 / sizeof(float);
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-    for (int r = 0; r < n; r++) {
-        const float *xr = x + (size_t)r * d_in;
-        float *sr = stage + (size_t)r * ld;
-        for (int k = 0; k < d_in; k += 32) {
-            __m512 a = _mm512_maskz_loadu_ps(mask16(d_in - k), xr + k);
-            __m512 b = _mm512_maskz_loadu_ps(mask16(d_in - k - 16), xr + k + 16);
-            _mm512_store_ps(sr + k, dtype == DT_BF16 ? _mm512_permutex2var_ps(a, even, b) : a);
-            _mm512_store_ps(sr + k + 16, dtype == DT_BF16 ? _mm512_permutex2var_ps(a, odd, b) : b);
-        }
-    }
-    return stage;
+// The AVX-512 kernels read each matmul weight packed: blocks of MATMUL_KC columns; in each
+// block the slivers of MATMUL_SLIVER rows one after another; in each sliver the columns in
+// order, each column's 32 rows side by side (rows past the last are zero), as two vectors of
+// 16 outputs. BF16 puts rows i and 16 + i in one 32-bit word (low, high) so that a shift and
+// a mask widen them; F16 and F32 keep row order. A sweep over a block's slivers is one stream.
+static size_t packed_bytes(const Tensor *w) {
+    return (size_t)(w->rows + MATMUL_SLIVER - 1) / MATMUL_SLIVER * MATMUL_SLIVER * w->cols * dtype_bytes(w->dtype);
 }
 
-// matmul of more than MATMUL_TILE_X rows on AVX-512: threads take panels of weight rows, each
-// thread with its own packed panel and parking space (64-byte aligned, for aligned loads); up
-// to MATMUL_GROUP_MAX_ROWS rows a panel is packed a group at a time (matmul_groups_avx512).
-static void matmul_panels(float *out, const float *x, int n, const Tensor *w, const Tensor *bias, float *stage) {
-    int d_out = w->rows, d_in = w->cols, n_panels = (d_out + MATMUL_PANEL_ROWS - 1) / MATMUL_PANEL_ROWS;
-    const float *xs = x_stage(x, n, d_in, w->dtype, stage);
-    size_t ldx = (size_t)(d_in + 31) / 32 * 32, chunk = ldx < MATMUL_K_CHUNK ? ldx : MATMUL_K_CHUNK;
-    // Parking: the panel path's per group of its one tile in flight, the group path's per group and tile.
-    int groups = n <= MATMUL_GROUP_MAX_ROWS, parked_tiles = groups ? (n + MATMUL_MR - 1) / MATMUL_MR : 1;
-    size_t pk_floats = groups ? MATMUL_NR * MATMUL_GROUP_KC : MATMUL_PANEL_ROWS * chunk;
-    size_t park_floats = (size_t)parked_tiles * MATMUL_MR * MATMUL_PANEL_ROWS * 16;
-    double macs = (double)n * d_out * d_in;
-#pragma omp parallel if (macs >= PARALLEL_MIN_MACS)
-    {
-        char *mem = xmalloc((pk_floats + park_floats) * sizeof(float) + 64);
-        float *pk = (float *)(mem + (64 - (uintptr_t)mem % 64) % 64), *park = pk + pk_floats;
-        int n_threads = 1;
-#ifdef _OPENMP
-        n_threads = omp_get_num_threads();
-#endif
-#pragma omp for schedule(dynamic, 1) // dynamic: a thread that lost its core to another process does less
-        for (int b = 0; b < n_panels; b++) {
-            int o0 = b * MATMUL_PANEL_ROWS, o1 = d_out - o0 < MATMUL_PANEL_ROWS ? d_out : o0 + MATMUL_PANEL_ROWS;
-            int next_o = o0 + n_threads * MATMUL_PANEL_ROWS; // taken next if the threads keep pace: prefetched
-            if (groups) matmul_groups_avx512(out, xs, ldx, n, w, o0, o1, next_o, pk, park);
-            else matmul_panel_avx512(out, xs, ldx, n, w, o0, o1, next_o, pk, park);
-            if (bias && bias->data)
-                for (int r = 0; r < n; r++)
-                    for (int o = o0; o < o1; o++) out[(size_t)r * d_out + o] += tensor_at(bias, (size_t)o);
+static void pack_tensor(const Tensor *w, void *dst) {
+    int n_slivers = (w->rows + MATMUL_SLIVER - 1) / MATMUL_SLIVER, bf16 = w->dtype == DT_BF16;
+    size_t eb = dtype_bytes(w->dtype);
+#pragma omp parallel for schedule(static)
+    for (int s = 0; s < n_slivers; s++)
+        for (int kb = 0; kb < w->cols; kb += MATMUL_KC) {
+            int len = w->cols - kb < MATMUL_KC ? w->cols - kb : MATMUL_KC;
+            size_t block = ((size_t)kb * n_slivers + (size_t)s * len) * MATMUL_SLIVER; // elements
+            for (int i = 0; i < MATMUL_SLIVER; i++) {
+                int row = s * MATMUL_SLIVER + i, at = bf16 ? i % 16 * 2 + i / 16 : i;
+                size_t src = (size_t)row * w->cols + kb, d = block + at;
+                for (int k = 0; k < len; k++, d += MATMUL_SLIVER)
+                    if (eb == 2) ((uint16_t *)dst)[d] = row < w->rows ? ((const uint16_t *)w->data)[src + k] : 0;
+                    else ((uint32_t *)dst)[d] = row < w->rows ? ((const uint32_t *)w->data)[src + k] : 0;
+            }
         }
-        free(mem);
+}
+
+// Packs every matmul weight into one allocation (Model.packed), then tells the kernel it may
+// drop the mapped pages read: the file still backs them (the portable path and the gradients'
+// transposed matmul read the stored rows), and the weights stay in memory once, not twice.
+static void pack_weights(Model *m) {
+    int n = 7 * m->cfg.n_layers + 1;
+    Tensor **ts = xmalloc((size_t)n * sizeof *ts);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        LayerWeights *w = &m->layers[l];
+        Tensor *layer[7] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
+        memcpy(ts + 7 * l, layer, sizeof layer);
     }
+    ts[n - 1] = &m->lm_head;
+    size_t total = 0, page = (size_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < n; i++) total += (packed_bytes(ts[i]) + 63) / 64 * 64;
+    m->packed = xmalloc(total + 64);
+    char *mem = (char *)m->packed + (64 - (uintptr_t)m->packed % 64) % 64; // aligned loads
+    m->bytes_allocated += total;
+    for (int i = 0; i < n; i++) {
+        pack_tensor(ts[i], mem);
+        ts[i]->packed = mem;
+        mem += (packed_bytes(ts[i]) + 63) / 64 * 64;
+        size_t bytes = (size_t)ts[i]->rows * ts[i]->cols * dtype_bytes(ts[i]->dtype);
+        uintptr_t from = ((uintptr_t)ts[i]->data + page - 1) / page * page,
+                  to = ((uintptr_t)ts[i]->data + bytes) / page * page;
+        if (to > from) madvise((void *)from, to - from, MADV_DONTNEED);
+    }
+    free(ts);
 }
 #endif
 
 // out(n, d_out) = x(n, d_in) · W(d_out, d_in)^T (+ bias), W in its stored dtype. Threads
-// take blocks of weight rows; stage holds stage_floats of n rows for AVX-512.
-static void matmul(const Model *m, float *out, const float *x, int n, const Tensor *w, const Tensor *bias,
-                   float *stage) {
+// take blocks of weight rows, each output whole.
+static void matmul(const Model *m, float *out, const float *x, int n, const Tensor *w, const Tensor *bias) {
+    int d_out = w->rows, d_in = w->cols, block = MATMUL_W_ROWS;
 #ifdef HAVE_AVX512
-    if (m->simd && n > MATMUL_TILE_X) { // many rows: packed panels
-        matmul_panels(out, x, n, w, bias, stage);
-        return;
-    }
-#endif
-    int d_out = w->rows, d_in = w->cols;
-    int block = MATMUL_W_ROWS;
-    const float *xs = x;
-    size_t ldx = (size_t)d_in;
-#ifdef HAVE_AVX512
-    if (m->simd) {
-        int chunk = d_in < MATMUL_K_CHUNK ? d_in : MATMUL_K_CHUNK;
-        block = (int)(MATMUL_BLOCK_BYTES / ((size_t)chunk * dtype_bytes(w->dtype))) / MATMUL_TILE_W * MATMUL_TILE_W;
-        if (block < MATMUL_TILE_W) block = MATMUL_TILE_W;
-        xs = x_stage(x, n, d_in, w->dtype, stage);
-        ldx = (size_t)(d_in + 31) / 32 * 32;
-    }
+    if (m->simd) block = MATMUL_GROUP * MATMUL_SLIVER;
 #endif
     int n_blocks = (d_out + block - 1) / block;
     double macs = (double)n * d_out * d_in;
@@ -1557,7 +1334,7 @@ static void matmul(const Model *m, float *out, const float *x, int n, const Tens
     for (int b = 0; b < n_blocks; b++) {
         int o0 = b * block, o1 = d_out - o0 < block ? d_out : o0 + block;
 #ifdef HAVE_AVX512
-        if (m->simd) matmul_rows_avx512(out, xs, ldx, n, w, o0, o1);
+        if (m->simd) matmul_slivers_avx512(out, x, n, w, o0 / MATMUL_SLIVER, (o1 + MATMUL_SLIVER - 1) / MATMUL_SLIVER);
         else
 #endif
             matmul_rows_portable(out, x, n, w, o0, o1);
@@ -1565,7 +1342,6 @@ static void matmul(const Model *m, float *out, const float *x, int n, const Tens
             for (int r = 0; r < n; r++)
                 for (int o = o0; o < o1; o++) out[(size_t)r * d_out + o] += tensor_at(bias, (size_t)o);
     }
-    (void)ldx;
 }
 
 static void silu_gate(const Model *m, float *gate, const float *up, size_t n) {
@@ -1692,9 +1468,9 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
 
         // Attention: x += o_proj(attention(rope(q), rope(k), v)) of the normed residual.
         for (int i = 0; i < n; i++) rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, &w->attn_norm, D, eps);
-        matmul(m, s->q, s->xb, n, &w->wq, &w->bq, s->stage);
-        matmul(m, s->k, s->xb, n, &w->wk, &w->bk, s->stage);
-        matmul(m, s->v, s->xb, n, &w->wv, &w->bv, s->stage);
+        matmul(m, s->q, s->xb, n, &w->wq, &w->bq);
+        matmul(m, s->k, s->xb, n, &w->wk, &w->bk);
+        matmul(m, s->v, s->xb, n, &w->wv, &w->bv);
         for (int i = 0; i < n; i++) {
             const float *cos_t = s->rope_cos + (size_t)i * half, *sin_t = s->rope_sin + (size_t)i * half;
             for (int h = 0; h < H; h++) {
@@ -1728,7 +1504,7 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
                 memcpy(f->head_out + ((size_t)f->capture_row[i] * L + l) * q_dim, s->heads + (size_t)i * q_dim,
                        (size_t)q_dim * sizeof(float));
         }
-        matmul(m, s->block_out, s->heads, n, &w->wo, NULL, s->stage);
+        matmul(m, s->block_out, s->heads, n, &w->wo, NULL);
         for (int i = 0; i < n; i++) {
             const AblationMask *mk = MASK(i);
             float *out = s->block_out + (size_t)i * D, *x = s->x + (size_t)i * D;
@@ -1742,10 +1518,10 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
 
         // MLP: x += down(silu(gate(h)) * up(h)), h the normed residual.
         for (int i = 0; i < n; i++) rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, &w->mlp_norm, D, eps);
-        matmul(m, s->hb, s->xb, n, &w->w_gate, NULL, s->stage);
-        matmul(m, s->hb2, s->xb, n, &w->w_up, NULL, s->stage);
+        matmul(m, s->hb, s->xb, n, &w->w_gate, NULL);
+        matmul(m, s->hb2, s->xb, n, &w->w_up, NULL);
         silu_gate(m, s->hb, s->hb2, (size_t)n * inter);
-        matmul(m, s->block_out, s->hb, n, &w->w_down, NULL, s->stage);
+        matmul(m, s->block_out, s->hb, n, &w->w_down, NULL);
         for (int i = 0; i < n; i++) {
             const AblationMask *mk = MASK(i);
             float *out = s->block_out + (size_t)i * D, *x = s->x + (size_t)i * D;
@@ -1770,7 +1546,7 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
                     rows[n_rows++] = i;
                 }
             if (!n_rows) break;
-            matmul(m, s->logits, s->xb, n_rows, &m->lm_head, NULL, s->stage);
+            matmul(m, s->logits, s->xb, n_rows, &m->lm_head, NULL);
             for (int r = 0; r < n_rows; r++)
                 memcpy(f->logits + (size_t)f->logits_row[rows[r]] * V, s->logits + (size_t)r * V,
                        (size_t)V * sizeof(float));
@@ -1784,16 +1560,14 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
 
 void model_final_logits_rows(const Model *m, const float *resid, int n, size_t stride, float *logits) {
     int D = m->cfg.hidden_size, rows = n < LOGIT_ROWS_MAX ? n : LOGIT_ROWS_MAX;
-    float *normed = xmalloc((size_t)rows * D * sizeof *normed),
-          *stage = xmalloc(stage_floats(m, (size_t)rows) * sizeof *stage);
+    float *normed = xmalloc((size_t)rows * D * sizeof *normed);
     for (int i0 = 0; i0 < n; i0 += rows) {
         int k = n - i0 < rows ? n - i0 : rows;
         for (int r = 0; r < k; r++)
             rmsnorm(normed + (size_t)r * D, resid + (size_t)(i0 + r) * stride, &m->final_norm, D, m->cfg.rms_norm_eps);
-        matmul(m, logits + (size_t)i0 * m->cfg.vocab_size, normed, k, &m->lm_head, NULL, stage);
+        matmul(m, logits + (size_t)i0 * m->cfg.vocab_size, normed, k, &m->lm_head, NULL);
     }
     free(normed);
-    free(stage);
 }
 
 void model_final_logits(const Model *m, const float *resid, float *logits) {
@@ -2001,7 +1775,6 @@ struct GradState {
     float *row_scratch; // (n_threads, 2, max_pad) AVX-512 backward: one row's scores and d metric / d probabilities
     float *xb;          // (GRAD_ROWS, hidden) a normed block input, or d metric / d it
     float *act;         // (GRAD_ROWS, intermediate) silu(gate) * up, then its gradient
-    float *stage;       // (GRAD_ROWS, stage_cols) matmul input as the AVX-512 kernels read it
     float *logits;      // (vocab) logits at pred_pos, then d metric / d them
     float *owned[GRAD_MAX_BUFS]; // (n_owned) every buffer above, for gradstate_free
     int n_owned;
@@ -2040,7 +1813,7 @@ static int grad_layout(const Model *m, int max_tokens, size_t keep_floats, int n
     GRAD_BUF(probs, tri), GRAD_BUF(dscores, tri);
     GRAD_BUF(scores, (size_t)n_threads * (size_t)(c->n_heads / c->n_kv_heads) * pad);
     GRAD_BUF(row_scratch, (size_t)n_threads * 2 * pad);
-    GRAD_BUF(xb, R * D), GRAD_BUF(act, R * inter), GRAD_BUF(stage, stage_floats(m, R));
+    GRAD_BUF(xb, R * D), GRAD_BUF(act, R * inter);
     GRAD_BUF(logits, (size_t)c->vocab_size);
 #undef GRAD_BUF
     return k;
@@ -2296,14 +2069,6 @@ static void matmul_t(const Model *m, float *out, const float *dy, int n, const T
     (void)m;
 }
 
-// matmul in calls of GRAD_ROWS rows (the stage holds that many); bitwise one call's result.
-static void matmul_chunked(const Model *m, GradState *gs, float *out, const float *x, int n, const Tensor *w,
-                           const Tensor *bias) {
-    for (int r0 = 0; r0 < n; r0 += GRAD_ROWS)
-        matmul(m, out + (size_t)r0 * w->rows, x + (size_t)r0 * w->cols, n - r0 < GRAD_ROWS ? n - r0 : GRAD_ROWS, w,
-               bias, gs->stage);
-}
-
 // acc + one component's attribution over rows 0..n-1 of dim values (g and a rows g_stride and
 // a_stride floats apart): -g . a (zero ablation), or g . (mean - a); rows then values in order.
 static double score_rows(double acc, const float *g, size_t g_stride, const float *a, size_t a_stride, int n, int dim,
@@ -2340,9 +2105,9 @@ static void grad_attention_forward(const Model *m, GradState *gs, LayerActs *a, 
         int k = n - r0 < GRAD_ROWS ? n - r0 : GRAD_ROWS;
         for (int i = 0; i < k; i++)
             rmsnorm(gs->xb + (size_t)i * D, grad_resid_at(m, gs, r0 + i, l), &w->attn_norm, D, eps);
-        matmul(m, a->q_pre + (size_t)r0 * q_dim, gs->xb, k, &w->wq, &w->bq, gs->stage);
-        matmul(m, a->k_pre + (size_t)r0 * kv_dim, gs->xb, k, &w->wk, &w->bk, gs->stage);
-        matmul(m, a->v + (size_t)r0 * kv_dim, gs->xb, k, &w->wv, &w->bv, gs->stage);
+        matmul(m, a->q_pre + (size_t)r0 * q_dim, gs->xb, k, &w->wq, &w->bq);
+        matmul(m, a->k_pre + (size_t)r0 * kv_dim, gs->xb, k, &w->wk, &w->bk);
+        matmul(m, a->v + (size_t)r0 * kv_dim, gs->xb, k, &w->wv, &w->bv);
     }
     memcpy(a->q, a->q_pre, (size_t)n * q_dim * sizeof *a->q);
     memcpy(a->k, a->k_pre, (size_t)n * kv_dim * sizeof *a->k);
@@ -2381,7 +2146,7 @@ static void grad_attention_forward(const Model *m, GradState *gs, LayerActs *a, 
 #endif
             attend_portable(q, keys, values, NULL, NULL, t, hd, group, gs->max_pad, scale, scores, out);
     }
-    matmul_chunked(m, gs, a->attn_out, a->heads, n, &w->wo, NULL);
+    matmul(m, a->attn_out, a->heads, n, &w->wo, NULL);
     for (int t = 0; t < n; t++) {
         const float *x = grad_resid_at(m, gs, t, l), *out = a->attn_out + (size_t)t * D;
         float *mid = a->x_mid + (size_t)t * D;
@@ -2401,11 +2166,11 @@ static void grad_mlp_forward(const Model *m, GradState *gs, LayerActs *a, int l,
     float *gate = a->gate + base * inter, *up = a->up + base * inter;
     for (int i = 0; i < k; i++)
         rmsnorm(gs->xb + (size_t)i * D, a->x_mid + (size_t)(r0 + i) * D, &w->mlp_norm, D, c->rms_norm_eps);
-    matmul(m, gate, gs->xb, k, &w->w_gate, NULL, gs->stage);
-    matmul(m, up, gs->xb, k, &w->w_up, NULL, gs->stage);
+    matmul(m, gate, gs->xb, k, &w->w_gate, NULL);
+    matmul(m, up, gs->xb, k, &w->w_up, NULL);
     memcpy(gs->act, gate, (size_t)k * inter * sizeof *gs->act);
     silu_gate(m, gs->act, up, (size_t)k * inter);
-    matmul(m, a->mlp_out + base * D, gs->act, k, &w->w_down, NULL, gs->stage);
+    matmul(m, a->mlp_out + base * D, gs->act, k, &w->w_down, NULL);
 }
 
 // The MLP of rows r0..r0+k-1 in reverse: dx (d/d the residual after the block, which is d/d the

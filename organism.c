@@ -732,7 +732,7 @@ int organism_write_mechanism(const char *dir, int mechanism, Err *err) {
     Tensor tensors[sizeof ws->t / sizeof ws->t[0]];
     for (int i = 0; i < ws->n; i++) {
         names[i] = ws->t[i].name;
-        tensors[i] = (Tensor){ws->t[i].w, DT_F32, ws->t[i].rows, ws->t[i].cols};
+        tensors[i] = (Tensor){ws->t[i].w, DT_F32, ws->t[i].rows, ws->t[i].cols, NULL};
     }
     char weights_path[1200];
     snprintf(weights_path, sizeof weights_path, "%s/model.safetensors", dir);

@@ -245,7 +245,7 @@ static void t_safetensors_write_layout(void) {
     const float v[3] = {1, -2, 0.5f};
     const uint16_t h[4] = {0x3F80, 0x4000, 0xBF80, 0};
     const char *names[] = {"vec", "mat"};
-    Tensor t[] = {{v, DT_F32, 1, 3}, {h, DT_BF16, 2, 2}};
+    Tensor t[] = {{v, DT_F32, 1, 3, NULL}, {h, DT_BF16, 2, 2, NULL}};
     char path[1100];
     snprintf(path, sizeof path, "%s/t.safetensors", test_tmpdir());
     Err err = {0};
@@ -263,7 +263,7 @@ static void t_safetensors_write_layout(void) {
     CHECK(memcmp(f.data + 8 + n, v, 12) == 0 && memcmp(f.data + 8 + n + 12, h, 8) == 0);
     json_free(&j);
     buf_free(&f);
-    Tensor bad = {NULL, DT_F32, 1, 3};
+    Tensor bad = {NULL, DT_F32, 1, 3, NULL};
     CHECK(safetensors_write(path, names, &bad, 1, &err) == -1 && strstr(err.msg, "vec"));
 }
 

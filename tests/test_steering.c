@@ -339,7 +339,7 @@ static void t_safetensors_read_f32(void) {
     for (int i = 0; i < 12; i++) dirs[i] = (float)i / 8 - 0.7f;
     for (int i = 0; i < 3; i++) norms[i] = 1.5f * i;
     const char *names[3] = {"directions", "mean_norm", "half"};
-    Tensor t[3] = {{dirs, DT_F32, 3, 4}, {norms, DT_F32, 1, 3}, {half, DT_BF16, 1, 4}};
+    Tensor t[3] = {{dirs, DT_F32, 3, 4, NULL}, {norms, DT_F32, 1, 3, NULL}, {half, DT_BF16, 1, 4, NULL}};
     Err err = {0};
     CHECKF(safetensors_write(path, names, t, 3, &err) == 0, "%s", err.msg);
     float *out;
