@@ -1097,30 +1097,25 @@ AVX512 static INLINE void sliver_tile_avx512(DType dtype, int R, int S, const fl
 // Every tile of one dtype, R and S constants in each (one function per dtype keeps it a constant).
 #define SLIVER_TILE(R, S)                                                                                              \
     case (R) * 8 + (S):                                                                                                \
-        sliver_tile_avx512(SLIVER_DTYPE, R, S, x, ldx, pk, sliver_bytes, len, first, out, ldo, n_out);                 \
+        sliver_tile_avx512(dtype, R, S, x, ldx, pk, sliver_bytes, len, first, out, ldo, n_out);                        \
         return;
 #define SLIVER_TILES_1(R) SLIVER_TILE(R, 1)
 #define SLIVER_TILES_2(R) SLIVER_TILE(R, 1) SLIVER_TILE(R, 2)
 #define SLIVER_TILES_3(R) SLIVER_TILES_2(R) SLIVER_TILE(R, 3)
 #define SLIVER_TILES_4(R) SLIVER_TILES_3(R) SLIVER_TILE(R, 4)
-#define SLIVER_TILES_AVX512(name)                                                                                      \
+#define SLIVER_TILES_AVX512(name, dtype_constant)                                                                      \
     AVX512 static void name(int R, int S, const float *x, size_t ldx, const char *pk, size_t sliver_bytes, int len,    \
                             int first, float *out, size_t ldo, int n_out) {                                            \
+        const DType dtype = dtype_constant;                                                                            \
         switch (R * 8 + S) {                                                                                           \
             SLIVER_TILES_4(1) SLIVER_TILES_4(2) SLIVER_TILES_4(3) SLIVER_TILES_3(4) SLIVER_TILES_2(5)                  \
             SLIVER_TILES_2(6) SLIVER_TILES_1(7) SLIVER_TILES_1(8) SLIVER_TILES_1(9) SLIVER_TILES_1(10)                 \
             SLIVER_TILES_1(11) SLIVER_TILES_1(12)                                                                      \
         }                                                                                                              \
     }
-#define SLIVER_DTYPE DT_BF16
-SLIVER_TILES_AVX512(sliver_tiles_bf16)
-#undef SLIVER_DTYPE
-#define SLIVER_DTYPE DT_F16
-SLIVER_TILES_AVX512(sliver_tiles_f16)
-#undef SLIVER_DTYPE
-#define SLIVER_DTYPE DT_F32
-SLIVER_TILES_AVX512(sliver_tiles_f32)
-#undef SLIVER_DTYPE
+SLIVER_TILES_AVX512(sliver_tiles_bf16, DT_BF16)
+SLIVER_TILES_AVX512(sliver_tiles_f16, DT_F16)
+SLIVER_TILES_AVX512(sliver_tiles_f32, DT_F32)
 
 // Slivers s0..s1 of w against all n rows of x: block by block of MATMUL_KC columns, the
 // slivers' block (in L2) meeting every tile of rows, each tile's columns of x staying in L1.

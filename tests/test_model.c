@@ -1111,7 +1111,7 @@ static void t_model_batch_invariance_bitwise(void) {
 }
 
 // The AVX-512 and portable kernels agree to HF's tolerances on every dtype, including a
-// matmul wider than one AVX-512 column chunk (intermediate 2100), over prefill and decode.
+// matmul over several packed column blocks (intermediate 2100), over prefill and decode.
 static void t_model_kernels_agree(void) {
     const char *dtypes[] = {"bf16", "f16", "f32"};
     for (int dt = 0; dt < 3; dt++) {
