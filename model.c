@@ -1263,8 +1263,11 @@ static int choose_simd(void) {
 // order, each column's 32 rows side by side (rows past the last are zero), as two vectors of
 // 16 outputs. BF16 puts rows i and 16 + i in one 32-bit word (low, high) so that a shift and
 // a mask widen them; F16 and F32 keep row order. A sweep over a block's slivers is one stream.
+// Bytes of w packed, rounded up to a cache line so that the next tensor's starts on one.
 static size_t packed_bytes(const Tensor *w) {
-    return (size_t)(w->rows + MATMUL_SLIVER - 1) / MATMUL_SLIVER * MATMUL_SLIVER * w->cols * dtype_bytes(w->dtype);
+    size_t rows = (size_t)(w->rows + MATMUL_SLIVER - 1) / MATMUL_SLIVER * MATMUL_SLIVER;
+    size_t bytes = rows * w->cols * dtype_bytes(w->dtype);
+    return (bytes + 63) / 64 * 64;
 }
 
 static void pack_tensor(const Tensor *w, void *dst) {
@@ -1298,14 +1301,14 @@ static void pack_weights(Model *m) {
     }
     ts[n - 1] = &m->lm_head;
     size_t total = 0, page = (size_t)sysconf(_SC_PAGESIZE);
-    for (int i = 0; i < n; i++) total += (packed_bytes(ts[i]) + 63) / 64 * 64;
+    for (int i = 0; i < n; i++) total += packed_bytes(ts[i]);
     m->packed = xmalloc(total + 64);
     char *mem = (char *)m->packed + (64 - (uintptr_t)m->packed % 64) % 64; // aligned loads
     m->bytes_allocated += total;
     for (int i = 0; i < n; i++) {
         pack_tensor(ts[i], mem);
         ts[i]->packed = mem;
-        mem += (packed_bytes(ts[i]) + 63) / 64 * 64;
+        mem += packed_bytes(ts[i]);
         size_t bytes = (size_t)ts[i]->rows * ts[i]->cols * dtype_bytes(ts[i]->dtype);
         uintptr_t from = ((uintptr_t)ts[i]->data + page - 1) / page * page,
                   to = ((uintptr_t)ts[i]->data + bytes) / page * page;
