@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -53,6 +54,19 @@ static void out_of_memory(size_t n) {
 void *xmalloc(size_t n) {
     void *p = malloc(n ? n : 1);
     if (!p) out_of_memory(n);
+    return p;
+}
+
+// Aligned to and rounded up to HUGE_PAGE_BYTES, and advised as transparent huge pages (a
+// no-op where the kernel has none): a stream through gigabytes of weights then walks one page
+// table entry per 2 MB instead of per 4 KB, and reads measurably faster. Free with free().
+void *xmalloc_huge(size_t n) {
+    size_t bytes = (n + HUGE_PAGE_BYTES - 1) / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES;
+    void *p = NULL;
+    if (posix_memalign(&p, HUGE_PAGE_BYTES, bytes ? bytes : HUGE_PAGE_BYTES) != 0) out_of_memory(bytes);
+#ifdef MADV_HUGEPAGE
+    madvise(p, bytes, MADV_HUGEPAGE);
+#endif
     return p;
 }
 

@@ -35,7 +35,6 @@
 #define MATMUL_MR 12          // AVX-512: rows of x per tile (12 x 2 accumulators, 2 weight vectors, a broadcast)
 #define MATMUL_MAX_SLIVERS 4  // AVX-512: slivers per tile at most (fewer rows take more slivers)
 #define MATMUL_GROUP 12       // AVX-512: slivers a thread takes at a time (a multiple of every tile's slivers)
-#define MATMUL_PREFETCH_BYTES 2048 // AVX-512: how far ahead in the packed weights to prefetch from memory
 #define PARALLEL_MIN_MACS 2e5 // smaller matmuls and attentions run on one thread: waking threads costs more
 #define ATTN_HEADS 6          // AVX-512 attention: query heads sharing a key head, taken together
 #define KEY_BLOCK 16          // positions per block of the key cache, stored dimension-major (16 keys' d side by side)
@@ -1302,8 +1301,8 @@ static void pack_weights(Model *m) {
     ts[n - 1] = &m->lm_head;
     size_t total = 0, page = (size_t)sysconf(_SC_PAGESIZE);
     for (int i = 0; i < n; i++) total += packed_bytes(ts[i]);
-    m->packed = xmalloc(total + 64);
-    char *mem = (char *)m->packed + (64 - (uintptr_t)m->packed % 64) % 64; // aligned loads
+    m->packed = xmalloc_huge(total);
+    char *mem = m->packed;
     m->bytes_allocated += total;
     for (int i = 0; i < n; i++) {
         pack_tensor(ts[i], mem);
