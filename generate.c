@@ -11,6 +11,8 @@
 
 #define GEN_MIN_LOGIT_NATS 40 // tokens this far (after temperature) below the best carry < 1e-17 of the mass
 #define SAMPLER_FIRST_SORT 64 // candidates the sampler sorts first; it takes more only when it must
+#define SAMPLER_HEAP_MAX 256  // top-k up to this finds its k-th largest logit first and skips what falls below
+#define SAMPLER_Z_MARGIN 1e-6 // below the k-th best z by this much a token's float weight is strictly smaller
 
 // ----------------------------------------------------------------------------
 // Conditions: what a generation file was generated under.
@@ -105,15 +107,49 @@ static void select_best(SampleCandidate *a, int n, int m) {
     }
 }
 
+// The k-th largest of v[0..n) (k <= n, k <= SAMPLER_HEAP_MAX): a min-heap of the k best so far,
+// whose root most values fail to beat, so one comparison each.
+static float kth_largest(const float *v, int n, int k) {
+    float heap[SAMPLER_HEAP_MAX];
+    for (int i = 0; i < k; i++) { // sift up
+        int at = i;
+        for (; at > 0 && heap[(at - 1) / 2] > v[i]; at = (at - 1) / 2) heap[at] = heap[(at - 1) / 2];
+        heap[at] = v[i];
+    }
+    for (int i = k; i < n; i++) {
+        if (!(v[i] > heap[0])) continue;
+        int at = 0; // replace the root, sift down
+        for (int c = 1; c < k; at = c, c = 2 * c + 1) {
+            if (c + 1 < k && heap[c + 1] < heap[c]) c++;
+            if (heap[c] >= v[i]) break;
+            heap[at] = heap[c];
+        }
+        heap[at] = v[i];
+    }
+    return heap[0];
+}
+
 int sampler_filter(const Sampler *s, const float *logits, int vocab, SampleCandidate *out) {
     float max = logits[0];
     for (int i = 1; i < vocab; i++)
         if (logits[i] > max) max = logits[i];
-    int n = 0;
+    // z = (logit - max) / T rises with the logit, so with top-k every token whose z is below
+    // the k-th best z by SAMPLER_Z_MARGIN has a float weight strictly below the k-th's and
+    // sorts after everything top-k keeps: it needs no exp and no place among the candidates.
+    // n_all counts them too; their mass only matters when top-k keeps every candidate,
+    // which it then does not (the k-th best is the last kept, so nothing was skipped).
+    double z_floor = -GEN_MIN_LOGIT_NATS;
+    if (s->top_k > 0 && s->top_k <= SAMPLER_HEAP_MAX && s->top_k < vocab) {
+        double z_k = (kth_largest(logits, vocab, s->top_k) - max) / s->temperature - SAMPLER_Z_MARGIN;
+        if (z_k > z_floor) z_floor = z_k;
+    }
+    int n = 0, n_all = 0;
     double sum = 0;
     for (int i = 0; i < vocab; i++) {
         double z = (logits[i] - max) / s->temperature;
         if (z < -GEN_MIN_LOGIT_NATS) continue;
+        n_all++;
+        if (z < z_floor) continue;
         double w = exp(z);
         out[n++] = (SampleCandidate){.id = i, .logit = logits[i], .weight = (float)w};
         sum += w;
@@ -127,11 +163,11 @@ int sampler_filter(const Sampler *s, const float *logits, int vocab, SampleCandi
         // top-k keeps every token whose logit reaches the k-th largest (ties kept, as torch.topk's threshold).
         int k_end = n;
         double k_sum = sum;
-        if (s->top_k > 0 && s->top_k < n) {
+        if (s->top_k > 0 && s->top_k < n_all) {
             k_end = s->top_k;
             while (k_end < m && out[k_end].logit == out[s->top_k - 1].logit) k_end++;
             if (k_end == m && m < n) continue; // ties may go on past the sorted part
-            if (k_end < n) {
+            if (k_end < n_all) {
                 k_sum = 0;
                 for (int i = 0; i < k_end; i++) k_sum += out[i].weight;
             }
