@@ -136,8 +136,8 @@ int sampler_filter(const Sampler *s, const float *logits, int vocab, SampleCandi
     // z = (logit - max) / T rises with the logit, so with top-k every token whose z is below
     // the k-th best z by SAMPLER_Z_MARGIN has a float weight strictly below the k-th's and
     // sorts after everything top-k keeps: it needs no exp and no place among the candidates.
-    // n_all counts them too; their mass only matters when top-k keeps every candidate,
-    // which it then does not (the k-th best is the last kept, so nothing was skipped).
+    // n_all counts them too, for top-k's tests; their mass (in sum) would only matter if
+    // top-k kept every candidate, and then none was skipped.
     double z_floor = -GEN_MIN_LOGIT_NATS;
     if (s->top_k > 0 && s->top_k <= SAMPLER_HEAP_MAX && s->top_k < vocab) {
         double z_k = (kth_largest(logits, vocab, s->top_k) - max) / s->temperature - SAMPLER_Z_MARGIN;
