@@ -254,8 +254,10 @@ static int bench_forward(Forcer *f, int *ids, int n, const AblationMask *mask, f
 AVX512 static float sum_avx512(const float *v, size_t n) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (size_t i = 0; i + 64 <= n; i += 64) {
-        for (int line = 0; line < 4; line++)
-            _mm_prefetch((const char *)(v + i + 16 * line) + MATMUL_PREFETCH_BYTES, _MM_HINT_T0);
+        for (int line = 0; line < 4; line++) {
+            _mm_prefetch((const char *)(v + i + 16 * line) + MATMUL_PREFETCH_L1_BYTES, _MM_HINT_T0);
+            _mm_prefetch((const char *)(v + i + 16 * line) + MATMUL_PREFETCH_L2_BYTES, _MM_HINT_T2);
+        }
         a0 = _mm512_add_ps(a0, _mm512_loadu_ps(v + i));
         a1 = _mm512_add_ps(a1, _mm512_loadu_ps(v + i + 16));
         a2 = _mm512_add_ps(a2, _mm512_loadu_ps(v + i + 32));

@@ -32,7 +32,11 @@ int err_runtime(Err *err, const char *fmt, ...) __attribute__((format(printf, 2,
 void *xmalloc(size_t n);             // exits 1 with a message when out of memory
 #define HUGE_PAGE_BYTES ((size_t)2 << 20) // x86-64 transparent huge page
 void *xmalloc_huge(size_t n);        // xmalloc in whole huge pages, for streams of weights
-#define MATMUL_PREFETCH_BYTES 2048   // AVX-512: how far ahead of a stream of weights to prefetch from memory
+// AVX-512: how far ahead of a stream of weights to prefetch, into L1 and, further, into L2. One
+// distance alone leaves a compute-heavy loop short of bandwidth: each L1 prefetch holds a fill
+// buffer for a whole memory latency, and there are few of them.
+#define MATMUL_PREFETCH_L1_BYTES 1024
+#define MATMUL_PREFETCH_L2_BYTES 4096
 void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);

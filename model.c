@@ -1080,8 +1080,10 @@ AVX512 static INLINE void sliver_tile_avx512(DType dtype, int R, int S, const fl
         __m512 w[2 * MATMUL_MAX_SLIVERS];
         UNROLL for (int t = 0; t < S; t++) {
             const char *p = pk + t * sliver_bytes + k * col_bytes;
-            _mm_prefetch(p + MATMUL_PREFETCH_BYTES, _MM_HINT_T0); // from memory: the prefetchers alone fall behind
-            if (dtype == DT_F32) _mm_prefetch(p + MATMUL_PREFETCH_BYTES + 64, _MM_HINT_T0);
+            for (int line = 0; line < (dtype == DT_F32 ? 2 : 1); line++) { // the prefetchers alone fall behind
+                _mm_prefetch(p + 64 * line + MATMUL_PREFETCH_L1_BYTES, _MM_HINT_T0);
+                _mm_prefetch(p + 64 * line + MATMUL_PREFETCH_L2_BYTES, _MM_HINT_T2);
+            }
             sliver_col_avx512(dtype, p, &w[2 * t], &w[2 * t + 1]);
         }
         UNROLL for (int r = 0; r < R; r++) {
