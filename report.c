@@ -1801,7 +1801,7 @@ static void decide_format(const Config *c, const Csv *t, int have, Hypothesis *h
 // Holm over the hypotheses that have a p-value; a provisional "supported" stands only when
 // its adjusted p is below alpha, and otherwise becomes inconclusive with what would decide it.
 static void holm_verdicts(const Config *c, Hypothesis *h, int n) {
-    double p[8], adj[8];
+    double p[8] = {0}, adj[8]; // zeroed only for gcc -O1, which cannot see the loop sets the n read
     for (int i = 0; i < n; i++) p[i] = h[i].p_raw;
     holm_adjust(p, n, adj);
     for (int i = 0; i < n; i++) {
