@@ -895,9 +895,10 @@ int cmd_bench(int argc, char **argv) {
         {"roofline_fraction", "decode roofline fraction", "%.2f",
          "(weight bytes per token x decode tokens/s / bandwidth)",
          weight_bytes * values[BENCH_DECODE] / (bandwidth * 1e9)},
-        {"fma_peak_gflops", "F32 FMA peak", "%.1f", "GFLOP/s per thread, all threads at once (register-only loop)", fma_peak / 1e9},
-        {"bf16_peak_gflops", "BF16 dot peak", "%.1f", "GFLOP/s per thread, as above (vdpbf16ps; null without AVX512-BF16)",
-         bf16_peak / 1e9},
+        {"fma_peak_gflops", "F32 FMA peak", "%.1f", "GFLOP/s per thread, all threads at once (register-only loop)",
+         fma_peak / 1e9},
+        {"bf16_peak_gflops", "BF16 dot peak", "%.1f",
+         "GFLOP/s per thread, as above (vdpbf16ps; null without AVX512-BF16)", bf16_peak / 1e9},
     };
     // The roofline of each figure: bt computes in F32 whatever the weights' dtype, so the F32 FMA peak is its roof.
     static const struct {
