@@ -36,6 +36,7 @@
 #define MATMUL_MAX_SLIVERS 4  // AVX-512: slivers per tile at most (fewer rows take more slivers)
 #define MATMUL_GROUP 12       // AVX-512: slivers a thread takes at a time (a multiple of every tile's slivers)
 #define PARALLEL_MIN_MACS 2e5 // smaller matmuls and attentions run on one thread: waking threads costs more
+#define PARALLEL_MIN_ROWS 16  // the per-row stages (norms, RoPE, SiLU) of fewer rows run on one thread
 #define ATTN_HEADS 6          // AVX-512 attention: query heads sharing a key head, taken together
 #define KEY_BLOCK 16          // positions per block of the key cache, stored dimension-major (16 keys' d side by side)
 #define LOGIT_ROWS_MAX 64     // rows per lm_head pass (scratch: LOGIT_ROWS_MAX x vocab floats)
@@ -1351,26 +1352,33 @@ static void pack_weights(Model *m) {
 #endif
 
 // out(n, d_out) = x(n, d_in) · W(d_out, d_in)^T (+ bias), W in its stored dtype. Threads
-// take blocks of weight rows, each output whole.
+// take blocks of weight rows, each output whole; where there are fewer blocks than threads
+// (k and v have one) the rows of x are split too, in whole tiles, so that no thread idles.
 static void matmul(const Model *m, float *out, const float *x, int n, const Tensor *w, const Tensor *bias) {
-    int d_out = w->rows, d_in = w->cols, block = MATMUL_W_ROWS;
+    int d_out = w->rows, d_in = w->cols, block = MATMUL_W_ROWS, tile = 1;
 #ifdef HAVE_AVX512
-    if (m->simd) block = MATMUL_GROUP * MATMUL_SLIVER;
+    if (m->simd) block = MATMUL_GROUP * MATMUL_SLIVER, tile = MATMUL_MR;
 #endif
-    int n_blocks = (d_out + block - 1) / block;
+    int n_blocks = (d_out + block - 1) / block, chunk = n; // rows of x per unit of work
+    for (int parts = 2; n_blocks * (parts - 1) < max_threads() && (n + parts - 1) / parts >= 2 * tile; parts++)
+        chunk = ((n + parts - 1) / parts + tile - 1) / tile * tile;
+    int n_chunks = (n + chunk - 1) / chunk;
     double macs = (double)n * d_out * d_in;
 #pragma omp parallel for schedule(                                                                                     \
     dynamic, 1) if (macs >= PARALLEL_MIN_MACS) // dynamic: a thread that lost its core to another process does less
-    for (int b = 0; b < n_blocks; b++) {
-        int o0 = b * block, o1 = d_out - o0 < block ? d_out : o0 + block;
+    for (int u = 0; u < n_blocks * n_chunks; u++) {
+        int o0 = u % n_blocks * block, o1 = d_out - o0 < block ? d_out : o0 + block;
+        int r0 = u / n_blocks * chunk, nr = n - r0 < chunk ? n - r0 : chunk;
+        float *o = out + (size_t)r0 * d_out;
+        const float *xr = x + (size_t)r0 * d_in;
 #ifdef HAVE_AVX512
-        if (m->simd) matmul_slivers_avx512(out, x, n, w, o0 / MATMUL_SLIVER, (o1 + MATMUL_SLIVER - 1) / MATMUL_SLIVER);
+        if (m->simd) matmul_slivers_avx512(o, xr, nr, w, o0 / MATMUL_SLIVER, (o1 + MATMUL_SLIVER - 1) / MATMUL_SLIVER);
         else
 #endif
-            matmul_rows_portable(out, x, n, w, o0, o1);
+            matmul_rows_portable(o, xr, nr, w, o0, o1);
         if (bias && bias->data)
-            for (int r = 0; r < n; r++)
-                for (int o = o0; o < o1; o++) out[(size_t)r * d_out + o] += tensor_at(bias, (size_t)o);
+            for (int r = 0; r < nr; r++)
+                for (int c = o0; c < o1; c++) o[(size_t)r * d_out + c] += tensor_at(bias, (size_t)c);
     }
 }
 
@@ -1497,10 +1505,12 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
         const LayerWeights *w = &m->layers[l];
 
         // Attention: x += o_proj(attention(rope(q), rope(k), v)) of the normed residual.
+#pragma omp parallel for if (n >= PARALLEL_MIN_ROWS)
         for (int i = 0; i < n; i++) rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, &w->attn_norm, D, eps);
         matmul(m, s->q, s->xb, n, &w->wq, &w->bq);
         matmul(m, s->k, s->xb, n, &w->wk, &w->bk);
         matmul(m, s->v, s->xb, n, &w->wv, &w->bv);
+#pragma omp parallel for if (n >= PARALLEL_MIN_ROWS)
         for (int i = 0; i < n; i++) {
             const float *cos_t = s->rope_cos + (size_t)i * half, *sin_t = s->rope_sin + (size_t)i * half;
             for (int h = 0; h < H; h++) {
@@ -1547,10 +1557,12 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
         }
 
         // MLP: x += down(silu(gate(h)) * up(h)), h the normed residual.
+#pragma omp parallel for if (n >= PARALLEL_MIN_ROWS)
         for (int i = 0; i < n; i++) rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, &w->mlp_norm, D, eps);
         matmul(m, s->hb, s->xb, n, &w->w_gate, NULL);
         matmul(m, s->hb2, s->xb, n, &w->w_up, NULL);
-        silu_gate(m, s->hb, s->hb2, (size_t)n * inter);
+#pragma omp parallel for if (n >= PARALLEL_MIN_ROWS)
+        for (int i = 0; i < n; i++) silu_gate(m, s->hb + (size_t)i * inter, s->hb2 + (size_t)i * inter, (size_t)inter);
         matmul(m, s->block_out, s->hb, n, &w->w_down, NULL);
         for (int i = 0; i < n; i++) {
             const AblationMask *mk = MASK(i);
