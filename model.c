@@ -1351,25 +1351,37 @@ static void pack_weights(Model *m) {
 }
 #endif
 
-// out(n, d_out) = x(n, d_in) · W(d_out, d_in)^T (+ bias), W in its stored dtype. Threads
-// take blocks of weight rows, each output whole; where there are fewer blocks than threads
-// (k and v have one) the rows of x are split too, in whole tiles, so that no thread idles.
-static void matmul(const Model *m, float *out, const float *x, int n, const Tensor *w, const Tensor *bias) {
-    int d_out = w->rows, d_in = w->cols, block = MATMUL_W_ROWS, tile = 1;
+// outs[j](n, rows of ws[j]) = x(n, d_in) · ws[j]^T (+ biases[j]) for n_w weights that read
+// the same x (q, k and v; gate and up), W in its stored dtype. Threads take blocks of weight
+// rows of any of them, each output whole, from one loop: so no thread idles at the end of
+// each matmul, nor through one of a single block (k and v). Where there are still fewer
+// blocks than threads the rows of x are split too, in whole tiles.
+static void matmuls(const Model *m, const float *x, int n, int n_w, float *const outs[], const Tensor *const ws[],
+                    const Tensor *const biases[]) {
+    int d_in = ws[0]->cols, block = MATMUL_W_ROWS, tile = 1, first_unit[4] = {0}, n_blocks = 0;
 #ifdef HAVE_AVX512
     if (m->simd) block = MATMUL_GROUP * MATMUL_SLIVER, tile = MATMUL_MR;
 #endif
-    int n_blocks = (d_out + block - 1) / block, chunk = n; // rows of x per unit of work
+    for (int j = 0; j < n_w; j++) n_blocks += (ws[j]->rows + block - 1) / block;
+    int chunk = n; // rows of x per unit of work
     for (int parts = 2; n_blocks * (parts - 1) < max_threads() && (n + parts - 1) / parts >= 2 * tile; parts++)
         chunk = ((n + parts - 1) / parts + tile - 1) / tile * tile;
     int n_chunks = (n + chunk - 1) / chunk;
-    double macs = (double)n * d_out * d_in;
+    double macs = 0;
+    for (int j = 0; j < n_w; j++) {
+        first_unit[j + 1] = first_unit[j] + (ws[j]->rows + block - 1) / block * n_chunks;
+        macs += (double)n * ws[j]->rows * d_in;
+    }
 #pragma omp parallel for schedule(                                                                                     \
     dynamic, 1) if (macs >= PARALLEL_MIN_MACS) // dynamic: a thread that lost its core to another process does less
-    for (int u = 0; u < n_blocks * n_chunks; u++) {
-        int o0 = u % n_blocks * block, o1 = d_out - o0 < block ? d_out : o0 + block;
-        int r0 = u / n_blocks * chunk, nr = n - r0 < chunk ? n - r0 : chunk;
-        float *o = out + (size_t)r0 * d_out;
+    for (int u = 0; u < first_unit[n_w]; u++) {
+        int j = 0;
+        while (u >= first_unit[j + 1]) j++;
+        const Tensor *w = ws[j], *bias = biases[j];
+        int d_out = w->rows, w_blocks = (d_out + block - 1) / block, k = u - first_unit[j];
+        int o0 = k % w_blocks * block, o1 = d_out - o0 < block ? d_out : o0 + block;
+        int r0 = k / w_blocks * chunk, nr = n - r0 < chunk ? n - r0 : chunk;
+        float *o = outs[j] + (size_t)r0 * d_out;
         const float *xr = x + (size_t)r0 * d_in;
 #ifdef HAVE_AVX512
         if (m->simd) matmul_slivers_avx512(o, xr, nr, w, o0 / MATMUL_SLIVER, (o1 + MATMUL_SLIVER - 1) / MATMUL_SLIVER);
@@ -1380,6 +1392,11 @@ static void matmul(const Model *m, float *out, const float *x, int n, const Tens
             for (int r = 0; r < nr; r++)
                 for (int c = o0; c < o1; c++) o[(size_t)r * d_out + c] += tensor_at(bias, (size_t)c);
     }
+}
+
+// out(n, d_out) = x(n, d_in) · W(d_out, d_in)^T (+ bias).
+static void matmul(const Model *m, float *out, const float *x, int n, const Tensor *w, const Tensor *bias) {
+    matmuls(m, x, n, 1, &out, &w, &bias);
 }
 
 static void silu_gate(const Model *m, float *gate, const float *up, size_t n) {
@@ -1507,9 +1524,8 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
         // Attention: x += o_proj(attention(rope(q), rope(k), v)) of the normed residual.
 #pragma omp parallel for if (n >= PARALLEL_MIN_ROWS)
         for (int i = 0; i < n; i++) rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, &w->attn_norm, D, eps);
-        matmul(m, s->q, s->xb, n, &w->wq, &w->bq);
-        matmul(m, s->k, s->xb, n, &w->wk, &w->bk);
-        matmul(m, s->v, s->xb, n, &w->wv, &w->bv);
+        matmuls(m, s->xb, n, 3, (float *[]){s->q, s->k, s->v}, (const Tensor *[]){&w->wq, &w->wk, &w->wv},
+                (const Tensor *[]){&w->bq, &w->bk, &w->bv});
 #pragma omp parallel for if (n >= PARALLEL_MIN_ROWS)
         for (int i = 0; i < n; i++) {
             const float *cos_t = s->rope_cos + (size_t)i * half, *sin_t = s->rope_sin + (size_t)i * half;
@@ -1559,8 +1575,8 @@ int model_forward(const Model *m, RunState *s, const Forward *f, Err *err) {
         // MLP: x += down(silu(gate(h)) * up(h)), h the normed residual.
 #pragma omp parallel for if (n >= PARALLEL_MIN_ROWS)
         for (int i = 0; i < n; i++) rmsnorm(s->xb + (size_t)i * D, s->x + (size_t)i * D, &w->mlp_norm, D, eps);
-        matmul(m, s->hb, s->xb, n, &w->w_gate, NULL);
-        matmul(m, s->hb2, s->xb, n, &w->w_up, NULL);
+        matmuls(m, s->xb, n, 2, (float *[]){s->hb, s->hb2}, (const Tensor *[]){&w->w_gate, &w->w_up},
+                (const Tensor *[]){NULL, NULL});
 #pragma omp parallel for if (n >= PARALLEL_MIN_ROWS)
         for (int i = 0; i < n; i++) silu_gate(m, s->hb + (size_t)i * inter, s->hb2 + (size_t)i * inter, (size_t)inter);
         matmul(m, s->block_out, s->hb, n, &w->w_down, NULL);
@@ -2147,9 +2163,8 @@ static void grad_attention_forward(const Model *m, GradState *gs, LayerActs *a, 
         int k = n - r0 < GRAD_ROWS ? n - r0 : GRAD_ROWS;
         for (int i = 0; i < k; i++)
             rmsnorm(gs->xb + (size_t)i * D, grad_resid_at(m, gs, r0 + i, l), &w->attn_norm, D, eps);
-        matmul(m, a->q_pre + (size_t)r0 * q_dim, gs->xb, k, &w->wq, &w->bq);
-        matmul(m, a->k_pre + (size_t)r0 * kv_dim, gs->xb, k, &w->wk, &w->bk);
-        matmul(m, a->v + (size_t)r0 * kv_dim, gs->xb, k, &w->wv, &w->bv);
+        matmuls(m, gs->xb, k, 3, (float *[]){a->q_pre + (size_t)r0 * q_dim, a->k_pre + (size_t)r0 * kv_dim, a->v + (size_t)r0 * kv_dim},
+                (const Tensor *[]){&w->wq, &w->wk, &w->wv}, (const Tensor *[]){&w->bq, &w->bk, &w->bv});
     }
     memcpy(a->q, a->q_pre, (size_t)n * q_dim * sizeof *a->q);
     memcpy(a->k, a->k_pre, (size_t)n * kv_dim * sizeof *a->k);
@@ -2208,8 +2223,7 @@ static void grad_mlp_forward(const Model *m, GradState *gs, LayerActs *a, int l,
     float *gate = a->gate + base * inter, *up = a->up + base * inter;
     for (int i = 0; i < k; i++)
         rmsnorm(gs->xb + (size_t)i * D, a->x_mid + (size_t)(r0 + i) * D, &w->mlp_norm, D, c->rms_norm_eps);
-    matmul(m, gate, gs->xb, k, &w->w_gate, NULL);
-    matmul(m, up, gs->xb, k, &w->w_up, NULL);
+    matmuls(m, gs->xb, k, 2, (float *[]){gate, up}, (const Tensor *[]){&w->w_gate, &w->w_up}, (const Tensor *[]){NULL, NULL});
     memcpy(gs->act, gate, (size_t)k * inter * sizeof *gs->act);
     silu_gate(m, gs->act, up, (size_t)k * inter);
     matmul(m, a->mlp_out + base * D, gs->act, k, &w->w_down, NULL);
