@@ -67,6 +67,14 @@ void progress_eta(ProgressClock *pc, const char *stage, long long done, long lon
     progress("%s: %lld/%lld %s, %.1f tok/s, ETA %s\n", stage, done, total, unit, t > 0 ? tokens / t : 0.0, eta);
 }
 
+int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 void set_threads(int n) {
 #ifdef _OPENMP
     if (n <= 0) n = omp_get_num_procs();

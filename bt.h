@@ -8,6 +8,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#ifndef _OPENMP
+#pragma GCC diagnostic ignored "-Wunknown-pragmas" // built without OpenMP: the omp loops run serially
+#endif
 
 #define BT_VERSION "0.1.0"
 #define BT_DEFAULT_CONFIG "configs/backtracking_state_transition.ini"
@@ -293,6 +296,7 @@ extern int bt_quiet;   // --quiet: no progress on stderr
 extern int bt_threads; // threads in use (OpenMP), >= 1
 
 void set_threads(int n); // 0 = all cores
+int thread_id(void);     // of the calling thread in its OpenMP team, 0 outside one
 void progress(const char *fmt, ...) __attribute__((format(printf, 1, 2))); // stderr unless --quiet
 
 // ----------------------------------------------------------------------------

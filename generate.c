@@ -234,7 +234,9 @@ int generate_batch(const Model *m, GenSeq *seqs, int n_seqs, const GenParams *p,
     const AblationMask **row_mask = xmalloc((size_t)max_rows * sizeof *row_mask); // (max_rows)
     float *logits = xmalloc((size_t)n_slots * (size_t)vocab * sizeof *logits);     // (n_slots, vocab)
     int *logit_slot = xmalloc((size_t)n_slots * sizeof *logit_slot);  // (n_slots) slot of each logits row
-    SampleCandidate *scratch = xmalloc((size_t)vocab * sizeof *scratch); // (vocab)
+    int n_scratch = bt_threads; // sampling threads, each with a (vocab) scratch
+    SampleCandidate *scratch = xmalloc((size_t)n_scratch * vocab * sizeof *scratch);
+    int *sampled = xmalloc((size_t)n_slots * sizeof *sampled); // (n_slots) token drawn for each logits row
     for (int s = 0; s < n_slots; s++) slot_seq[s] = -1;
     int next_seq = 0, n_done = 0, rc = 0;
     while (rc == 0 && n_done < n_seqs) {
@@ -279,10 +281,15 @@ int generate_batch(const Model *m, GenSeq *seqs, int n_seqs, const GenParams *p,
         Forward f = {.n = n, .token = row_token, .slot = row_slot, .pos = row_pos, .mask = p->mask ? row_mask : NULL,
                      .logits = logits, .logits_row = row_logits};
         if (n > 0 && (rc = model_forward(m, state, &f, err))) break;
+        // Each sequence draws from its own generator, so threads may sample rows in any order.
+#pragma omp parallel for num_threads(n_scratch) schedule(dynamic, 1) if (n_out >= 4)
+        for (int o = 0; o < n_out; o++)
+            sampled[o] = sample_token(&p->sampler, logits + (size_t)o * vocab, vocab, &seqs[slot_seq[logit_slot[o]]].rng,
+                                      scratch + (size_t)thread_id() * vocab);
         for (int o = 0; o < n_out && rc == 0; o++) {
             int s = logit_slot[o], index = slot_seq[s];
             GenSeq *q = &seqs[index];
-            int token = sample_token(&p->sampler, logits + (size_t)o * vocab, vocab, &q->rng, scratch), is_eos = 0;
+            int token = sampled[o], is_eos = 0;
             if (q->n_ids == 0) q->first_token_s = now_seconds();
             for (int e = 0; e < m->cfg.n_eos && !p->ignore_eos; e++) is_eos |= token == m->cfg.eos_ids[e];
             if (is_eos) {
@@ -311,6 +318,7 @@ int generate_batch(const Model *m, GenSeq *seqs, int n_seqs, const GenParams *p,
     free(logits);
     free(logit_slot);
     free(scratch);
+    free(sampled);
     runstate_free(state);
     return rc;
 }

@@ -20,8 +20,6 @@
 #endif
 #ifdef _OPENMP
 #include <omp.h>
-#else
-#pragma GCC diagnostic ignored "-Wunknown-pragmas" // built without OpenMP: the omp loops run serially
 #endif
 
 #define ST_MAX_HEADER_BYTES (100u << 20) // the safetensors format caps its JSON header at 100 MB
@@ -47,14 +45,6 @@ static int max_threads(void) {
     return omp_get_max_threads();
 #else
     return 1;
-#endif
-}
-
-static int thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
 #endif
 }
 
@@ -2115,6 +2105,7 @@ AVX512 static void matmul_t_cols_avx512(float *out, const float *dy, int n, cons
 static void matmul_t(const Model *m, float *out, const float *dy, int n, const Tensor *w, int accumulate) {
     int d_in = w->cols, n_blocks = (d_in + GRAD_COLS - 1) / GRAD_COLS;
     double macs = (double)n * w->rows * d_in;
+    (void)macs; // unused without OpenMP
 #pragma omp parallel for schedule(dynamic, 1) if (macs >= PARALLEL_MIN_MACS)
     for (int b = 0; b < n_blocks; b++) {
         int c0 = b * GRAD_COLS, c1 = d_in - c0 < GRAD_COLS ? d_in : c0 + GRAD_COLS;
