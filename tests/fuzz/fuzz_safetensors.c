@@ -74,7 +74,7 @@ int fuzz_safetensors_seed(const char *path) {
     static uint32_t zeros[V * F]; // every tensor's data: 0.0 in any of the three dtypes
     for (int i = 0; i < N; i++) {
         names[i] = spec[i].name;
-        tensors[i] = (Tensor){zeros, spec[i].dtype, spec[i].rows, spec[i].cols};
+        tensors[i] = (Tensor){.data = zeros, .dtype = spec[i].dtype, .rows = spec[i].rows, .cols = spec[i].cols};
     }
     Err err = {0};
     if (safetensors_write(path, names, tensors, N, &err)) {
