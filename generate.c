@@ -283,9 +283,11 @@ int generate_batch(const Model *m, GenSeq *seqs, int n_seqs, const GenParams *p,
         if (n > 0 && (rc = model_forward(m, state, &f, err))) break;
         // Each sequence draws from its own generator, so threads may sample rows in any order.
 #pragma omp parallel for num_threads(n_scratch) schedule(dynamic, 1) if (n_out >= 4)
-        for (int o = 0; o < n_out; o++)
-            sampled[o] = sample_token(&p->sampler, logits + (size_t)o * vocab, vocab, &seqs[slot_seq[logit_slot[o]]].rng,
-                                      scratch + (size_t)thread_id() * vocab);
+        for (int o = 0; o < n_out; o++) {
+            Rng *rng = &seqs[slot_seq[logit_slot[o]]].rng;
+            SampleCandidate *mine = scratch + (size_t)thread_id() * vocab;
+            sampled[o] = sample_token(&p->sampler, logits + (size_t)o * vocab, vocab, rng, mine);
+        }
         for (int o = 0; o < n_out && rc == 0; o++) {
             int s = logit_slot[o], index = slot_seq[s];
             GenSeq *q = &seqs[index];

@@ -1127,15 +1127,15 @@ AVX512 static void sliver_tile_widen(DType dtype, const float *x, size_t ldx, co
 // columns of x staying in L1. With 16-bit weights and two or more full tiles of rows, the
 // first full tile also writes each sliver widened to F32 and the later full tiles read that
 // copy (in L2): the widening ops share the FMA ports, and the copy spares them (prefill
-// +4%). Fewer rows, or the last shorter tile (several slivers, so 3x the bytes from L2),
-// widen in registers.
+// 5-10% faster). Fewer rows, or the last shorter tile (several slivers, so 3x the bytes
+// from L2), widen in registers.
 AVX512 static void matmul_slivers_avx512(float *out, const float *x, int n, const Tensor *w, int s0, int s1) {
     void (*tiles)(int, int, const float *, size_t, const char *, size_t, int, int, float *, size_t, int) =
         w->dtype == DT_BF16 ? sliver_tiles_bf16 : w->dtype == DT_F16 ? sliver_tiles_f16 : sliver_tiles_f32;
     int d_out = w->rows, d_in = w->cols, n_slivers = (d_out + MATMUL_SLIVER - 1) / MATMUL_SLIVER;
     int widen = w->dtype != DT_F32 && n >= 2 * MATMUL_MR;
     size_t eb = dtype_bytes(w->dtype);
-    _Alignas(64) float wide[MATMUL_GROUP][MATMUL_KC * MATMUL_SLIVER]; // the block's slivers in F32 (384 KB)
+    _Alignas(64) float wide[MATMUL_GROUP][MATMUL_KC * MATMUL_SLIVER]; // the block's slivers in F32: 384 KB of stack
     for (int kb = 0; kb < d_in; kb += MATMUL_KC) {
         int len = d_in - kb < MATMUL_KC ? d_in - kb : MATMUL_KC;
         size_t sliver_bytes = (size_t)len * MATMUL_SLIVER * eb;
@@ -1345,7 +1345,7 @@ static void pack_weights(Model *m) {
 // the same x (q, k and v; gate and up), W in its stored dtype. Threads take blocks of weight
 // rows of any of them, each output whole, from one loop: so no thread idles at the end of
 // each matmul, nor through one of a single block (k and v). Where there are still fewer
-// blocks than threads the rows of x are split too, in whole tiles.
+// blocks than threads the rows of x are split too, in whole tiles. n_w <= 3.
 static void matmuls(const Model *m, const float *x, int n, int n_w, float *const outs[], const Tensor *const ws[],
                     const Tensor *const biases[]) {
     int d_in = ws[0]->cols, block = MATMUL_W_ROWS, tile = 1, first_unit[4] = {0}, n_blocks = 0;
@@ -2154,8 +2154,9 @@ static void grad_attention_forward(const Model *m, GradState *gs, LayerActs *a, 
         int k = n - r0 < GRAD_ROWS ? n - r0 : GRAD_ROWS;
         for (int i = 0; i < k; i++)
             rmsnorm(gs->xb + (size_t)i * D, grad_resid_at(m, gs, r0 + i, l), &w->attn_norm, D, eps);
-        matmuls(m, gs->xb, k, 3, (float *[]){a->q_pre + (size_t)r0 * q_dim, a->k_pre + (size_t)r0 * kv_dim, a->v + (size_t)r0 * kv_dim},
-                (const Tensor *[]){&w->wq, &w->wk, &w->wv}, (const Tensor *[]){&w->bq, &w->bk, &w->bv});
+        float *outs[3] = {a->q_pre + (size_t)r0 * q_dim, a->k_pre + (size_t)r0 * kv_dim, a->v + (size_t)r0 * kv_dim};
+        matmuls(m, gs->xb, k, 3, outs, (const Tensor *[]){&w->wq, &w->wk, &w->wv},
+                (const Tensor *[]){&w->bq, &w->bk, &w->bv});
     }
     memcpy(a->q, a->q_pre, (size_t)n * q_dim * sizeof *a->q);
     memcpy(a->k, a->k_pre, (size_t)n * kv_dim * sizeof *a->k);
@@ -2214,7 +2215,8 @@ static void grad_mlp_forward(const Model *m, GradState *gs, LayerActs *a, int l,
     float *gate = a->gate + base * inter, *up = a->up + base * inter;
     for (int i = 0; i < k; i++)
         rmsnorm(gs->xb + (size_t)i * D, a->x_mid + (size_t)(r0 + i) * D, &w->mlp_norm, D, c->rms_norm_eps);
-    matmuls(m, gs->xb, k, 2, (float *[]){gate, up}, (const Tensor *[]){&w->w_gate, &w->w_up}, (const Tensor *[]){NULL, NULL});
+    matmuls(m, gs->xb, k, 2, (float *[]){gate, up}, (const Tensor *[]){&w->w_gate, &w->w_up},
+            (const Tensor *[]){NULL, NULL});
     memcpy(gs->act, gate, (size_t)k * inter * sizeof *gs->act);
     silu_gate(m, gs->act, up, (size_t)k * inter);
     matmul(m, a->mlp_out + base * D, gs->act, k, &w->w_down, NULL);
