@@ -1348,18 +1348,18 @@ static void pack_weights(Model *m) {
 // blocks than threads the rows of x are split too, in whole tiles. n_w <= 3.
 static void matmuls(const Model *m, const float *x, int n, int n_w, float *const outs[], const Tensor *const ws[],
                     const Tensor *const biases[]) {
-    int d_in = ws[0]->cols, block = MATMUL_W_ROWS, tile = 1, first_unit[4] = {0}, n_blocks = 0;
+    int d_in = ws[0]->cols, block = MATMUL_W_ROWS, tile = 1, w_blocks[3], first_unit[4] = {0}, n_blocks = 0;
 #ifdef HAVE_AVX512
     if (m->simd) block = MATMUL_GROUP * MATMUL_SLIVER, tile = MATMUL_MR;
 #endif
-    for (int j = 0; j < n_w; j++) n_blocks += (ws[j]->rows + block - 1) / block;
+    for (int j = 0; j < n_w; j++) n_blocks += w_blocks[j] = (ws[j]->rows + block - 1) / block;
     int chunk = n; // rows of x per unit of work
     for (int parts = 2; n_blocks * (parts - 1) < max_threads() && (n + parts - 1) / parts >= 2 * tile; parts++)
         chunk = ((n + parts - 1) / parts + tile - 1) / tile * tile;
     int n_chunks = (n + chunk - 1) / chunk;
     double macs = 0;
     for (int j = 0; j < n_w; j++) {
-        first_unit[j + 1] = first_unit[j] + (ws[j]->rows + block - 1) / block * n_chunks;
+        first_unit[j + 1] = first_unit[j] + w_blocks[j] * n_chunks;
         macs += (double)n * ws[j]->rows * d_in;
     }
 #pragma omp parallel for schedule(                                                                                     \
@@ -1368,9 +1368,9 @@ static void matmuls(const Model *m, const float *x, int n, int n_w, float *const
         int j = 0;
         while (u >= first_unit[j + 1]) j++;
         const Tensor *w = ws[j], *bias = biases[j];
-        int d_out = w->rows, w_blocks = (d_out + block - 1) / block, k = u - first_unit[j];
-        int o0 = k % w_blocks * block, o1 = d_out - o0 < block ? d_out : o0 + block;
-        int r0 = k / w_blocks * chunk, nr = n - r0 < chunk ? n - r0 : chunk;
+        int d_out = w->rows, k = u - first_unit[j]; // unit k of weight j: its block and chunk of rows
+        int o0 = k % w_blocks[j] * block, o1 = d_out - o0 < block ? d_out : o0 + block;
+        int r0 = k / w_blocks[j] * chunk, nr = n - r0 < chunk ? n - r0 : chunk;
         float *o = outs[j] + (size_t)r0 * d_out;
         const float *xr = x + (size_t)r0 * d_in;
 #ifdef HAVE_AVX512
