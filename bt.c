@@ -1834,6 +1834,7 @@ int cmd_run(int argc, char **argv) {
 #define PLAN_DECODE_PROMPT 8    // calibration: prompt tokens of each decoding sequence
 #define PLAN_DECODE_STEPS 8     // calibration: tokens each decoding sequence generates
 #define PLAN_READOUT_ROWS 8     // calibration: final norm + unembedding readouts timed
+#define PLAN_GRAD_TOKENS 64     // calibration: positions of the timed gradient pass (attribution methods)
 #define PLAN_MIN_SECONDS 0.25   // calibration: each measurement repeats until it took this long ...
 #define PLAN_MAX_REPEATS 50     // ... or this many times (small models)
 #define PLAN_MB 1048576.0
@@ -1843,6 +1844,7 @@ typedef struct {
     double step_s;        // one decode step of batch sequences at short context
     int batch;            // sequences decoded together in the calibration
     double readout_s;     // final norm + unembedding of one residual
+    double grad_pos_s;    // attribution methods: a gradient pass (forward and backward), per position
     double weight_bytes;  // weights read per decode step (every layer and lm_head)
     double seconds;       // the calibration took
 } Calibration;
@@ -1890,6 +1892,25 @@ static int plan_calibrate(const Config *c, Model *m, const int *prompt, int n_pr
         while (reps < PLAN_MAX_REPEATS && now_seconds() - t0 < PLAN_MIN_SECONDS)
             model_final_logits_rows(m, resid, PLAN_READOUT_ROWS, (size_t)mc->hidden_size, logits), reps++;
         cal->readout_s = (now_seconds() - t0) / (reps * PLAN_READOUT_ROWS);
+    }
+    if (rc == 0 && c->ablation_method != METHOD_EXACT) { // every layer kept at this length: no recomputation
+        GradState *gs = gradstate_new(m, PLAN_GRAD_TOKENS, GRAD_KEEP_BYTES, err);
+        double *score = xmalloc((size_t)(2 + mc->n_heads) * mc->n_layers * sizeof *score);
+        Gradient g = {.token = tokens,
+                      .n = PLAN_GRAD_TOKENS,
+                      .pred_pos = PLAN_GRAD_TOKENS - 1,
+                      .onset_token_id = tokens[0],
+                      .score_attn = score,
+                      .score_mlp = score + mc->n_layers,
+                      .score_head = score + 2 * mc->n_layers};
+        double t0 = now_seconds();
+        int reps = 0;
+        rc = gs ? 0 : -1;
+        while (rc == 0 && reps < PLAN_MAX_REPEATS && now_seconds() - t0 < PLAN_MIN_SECONDS)
+            rc = model_gradient(m, gs, &g, err), reps++;
+        if (rc == 0) cal->grad_pos_s = (now_seconds() - t0) / (reps * PLAN_GRAD_TOKENS);
+        free(score);
+        gradstate_free(gs);
     }
     // Decoding: batch sequences through the one generation loop with the run's sampler.
     GenSeq *seqs = xcalloc((size_t)batch, sizeof *seqs);
@@ -1961,6 +1982,28 @@ static void plan_line(Buf *b, const char *stage, const char *work, double second
     buf_printf(b, "  %-34s %-78s %s\n", stage, work, t);
 }
 
+// Prompt lengths of var over the problems: their mean, min and max folded into *min and *max,
+// and (first non-NULL) the first prompt's tokens.
+static int plan_prompts(const Variant *var, const Problem *problems, int n_problems, const Tokenizer *tok, double *mean,
+                        int *min, int *max, TokenList *first, Err *err) {
+    TokenList tl = {0};
+    double sum = 0;
+    int rc = 0;
+    for (int i = 0; i < n_problems && rc == 0; i++) {
+        char *prompt = render_prompt(var->template_text, problems[i].question);
+        tl.n = 0;
+        rc = tokenizer_encode(tok, prompt, strlen(prompt), first && i == 0 ? first : &tl, err);
+        free(prompt);
+        int n = first && i == 0 ? first->n : tl.n;
+        sum += n;
+        if (n < *min) *min = n;
+        if (n > *max) *max = n;
+    }
+    tokens_free(&tl);
+    *mean = n_problems ? sum / n_problems : 0;
+    return rc;
+}
+
 // The plan of `bt run` under c, appended to out; calibrate = 0 leaves the times out.
 static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
     char path[1200];
@@ -1972,7 +2015,7 @@ static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
     Model m;
     Tokenizer *tok = NULL;
     Problem *problems = NULL;
-    int n_problems = 0, rc = 0;
+    int n_problems = 0, rc = 0, *first_prompt = NULL;
     if (model_load(&m, c->model_path, err)) return -1;
     snprintf(path, sizeof path, "%s/tokenizer.json", c->model_path);
     if (tokenizer_load(&tok, path, err)) {
@@ -1990,49 +2033,33 @@ static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
         for (int i = 0; i < n_problems; i++) problems[i].question = xstrdup(builtin_problems[i][0]);
     }
     const ModelConfig *mc = &m.cfg;
-    int L = mc->n_layers, lens_variant = 0, *first_prompt = NULL, n_first = 0;
+    int L = mc->n_layers, H = mc->n_heads, prompt_min = 1 << 30, prompt_max = 0;
     long long per_variant = (long long)c->n_problems * c->samples_per_problem;
-    double prompt_mean_all = 0, lens_prompt_mean = 0;
-    int prompt_min = 1 << 30, prompt_max = 0;
-    TokenList tl = {0};
+    double prompt_mean_all = 0, lens_prompt_mean = 0, neg_prompt_mean = 0;
+    double *steer_prompt_mean = xcalloc((size_t)c->n_steer_variants + 1, sizeof *steer_prompt_mean);
+    TokenList first = {0};
     for (int v = 0; v < c->n_variants && rc == 0; v++) {
-        const Variant *var = config_variant(c, c->variants[v]);
-        double sum = 0;
-        for (int i = 0; i < n_problems && rc == 0; i++) {
-            char *prompt = render_prompt(var->template_text, problems[i].question);
-            tl.n = 0;
-            rc = tokenizer_encode(tok, prompt, strlen(prompt), &tl, err);
-            free(prompt);
-            sum += tl.n;
-            if (tl.n < prompt_min) prompt_min = tl.n;
-            if (tl.n > prompt_max) prompt_max = tl.n;
-            if (!first_prompt && tl.n > 0 && strcmp(var->name, c->lens_variant) == 0) {
-                n_first = tl.n;
-                first_prompt = xmalloc((size_t)n_first * sizeof *first_prompt);
-                for (int t = 0; t < n_first; t++) first_prompt[t] = tl.v[t].id;
-            }
-        }
-        prompt_mean_all += n_problems ? sum / n_problems / c->n_variants : 0;
-        if (strcmp(var->name, c->lens_variant) == 0)
-            lens_prompt_mean = n_problems ? sum / n_problems : 0, lens_variant = 1;
+        double mean = 0;
+        rc = plan_prompts(config_variant(c, c->variants[v]), problems, n_problems, tok, &mean, &prompt_min, &prompt_max,
+                          NULL, err);
+        prompt_mean_all += mean / c->n_variants;
     }
-    if (!lens_variant &&
-        rc == 0) { // the lens variant is generated by the ablation stages even when not a baseline variant
-        const Variant *var = config_variant(c, c->lens_variant);
-        char *prompt = render_prompt(var->template_text, n_problems ? problems[0].question : "");
-        tl.n = 0;
-        rc = tokenizer_encode(tok, prompt, strlen(prompt), &tl, err);
-        free(prompt);
-        lens_prompt_mean = tl.n;
-        if (tl.n > prompt_max) prompt_max = tl.n;
-    }
-    if (!first_prompt && rc == 0) { // a prompt to calibrate on
-        n_first = tl.n ? tl.n : 1;
-        first_prompt = xcalloc((size_t)n_first, sizeof *first_prompt);
-        for (int t = 0; t < tl.n; t++) first_prompt[t] = tl.v[t].id;
-    }
-    tokens_free(&tl);
+    // The ablation, collateral and directions stages read the lens variant; the steered ones theirs.
+    if (rc == 0)
+        rc = plan_prompts(config_variant(c, c->lens_variant), problems, n_problems, tok, &lens_prompt_mean, &prompt_min,
+                          &prompt_max, &first, err);
+    for (int v = 0; v < c->n_steer_variants && c->steering_enabled && rc == 0; v++)
+        rc = plan_prompts(config_variant(c, c->steer_variants[v]), problems, n_problems, tok, &steer_prompt_mean[v],
+                          &prompt_min, &prompt_max, NULL, err);
+    const char *neg_variant = strncmp(c->steer_negatives, "variant:", 8) == 0 ? c->steer_negatives + 8 : NULL;
+    if (neg_variant && c->steering_enabled && rc == 0)
+        rc = plan_prompts(config_variant(c, neg_variant), problems, n_problems, tok, &neg_prompt_mean, &prompt_min,
+                          &prompt_max, NULL, err);
     if (prompt_min > prompt_max) prompt_min = prompt_max;
+    int n_first = first.n ? first.n : 1; // the lens variant's first prompt to calibrate on
+    first_prompt = xcalloc((size_t)n_first, sizeof *first_prompt);
+    for (int t = 0; t < first.n; t++) first_prompt[t] = first.v[t].id;
+    tokens_free(&first);
     Calibration cal = {0};
     int gen_batch = per_variant * c->n_variants < c->batch_size ? (int)(per_variant * c->n_variants) : c->batch_size;
     if (gen_batch < 1) gen_batch = 1;
@@ -2050,17 +2077,43 @@ static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
               scan_seqs = scan_items < per_variant ? scan_items : per_variant;
     double seq_tokens = lens_prompt_mean + c->max_new_tokens;
     if (seq_tokens > c->max_seq_len) seq_tokens = c->max_seq_len;
-    double t_gen = 0, t_lens = 0, t_scan = 0, t_ablate = 0;
-    int cal_ok = calibrate && cal.prefill_tok_s > 0 && cal.step_s > 0 && cal.readout_s > 0;
+    // The scan's components ablated exactly: every layer component (and head, when the design
+    // selects heads), or the verify_k of each kind the estimates rank first.
+    int n_exact = 2 * L + (c->top_k_heads > 0 ? L * H : 0), attribution = c->ablation_method != METHOD_EXACT;
+    if (c->ablation_method == METHOD_ATTRIBUTION) n_exact = 0;
+    if (c->ablation_method == METHOD_ATTRIBUTION_VERIFY)
+        n_exact = 2 * (c->verify_k < L ? c->verify_k : L) + (c->verify_k < L * H ? c->verify_k : L * H);
+    // An exact pass starts at its component's layer: (L + 1) / 2L of a pass on average; a verified
+    // component's layer is not known before, so it counts whole.
+    double exact_pass = c->ablation_method == METHOD_EXACT ? (L + 1) / (2.0 * L) : 1;
+    int n_steer = c->steering_enabled ? 2 * c->n_steer_alphas + 1 : 0, n_sets = 1 + c->random_draws;
+    long long dir_seqs = c->steering_enabled ? per_variant * (neg_variant ? 2 : 1) : 0;
+    double dir_positions =
+        c->steering_enabled ? per_variant * (seq_tokens + (neg_variant ? neg_prompt_mean + c->max_new_tokens : 0)) : 0;
+    double t_gen = 0, t_lens = 0, t_scan = 0, t_ablate = 0, t_collateral = 0, t_directions = 0, t_steer = 0;
+    int cal_ok = calibrate && cal.prefill_tok_s > 0 && cal.step_s > 0 && cal.readout_s > 0 &&
+                 (!attribution || cal.grad_pos_s > 0);
     if (cal_ok) {
         for (int v = 0; v < c->n_variants; v++)
             t_gen += plan_generate_s(&cal, &m, per_variant, prompt_mean_all, c->max_new_tokens, c->batch_size);
-        t_ablate = 2 * plan_generate_s(&cal, &m, per_variant, lens_prompt_mean, c->max_new_tokens, c->batch_size);
+        t_ablate = n_sets * plan_generate_s(&cal, &m, per_variant, lens_prompt_mean, c->max_new_tokens, c->batch_size);
         t_lens = lens_seqs * seq_tokens / cal.prefill_tok_s + lens_items * (L + 1) * cal.readout_s;
-        double passes =
-            c->ablation_scope == SCOPE_ALL ? L + 2 : 1 + (double)(L + 1) * scan_items / (scan_seqs * seq_tokens);
+        double passes = 1 + n_exact * exact_pass; // scope all: a clean pass, then each component's
+        if (c->ablation_scope == SCOPE_ONSET)     // onset: the clean pass, then replayed rows at the reads
+            passes = 1 + scan_items * n_exact * exact_pass / (scan_seqs * seq_tokens);
+        if (n_exact == 0) passes = 0;
         t_scan = scan_seqs * seq_tokens * (passes + (c->ablation_kind == ABLATE_MEAN)) / cal.prefill_tok_s +
-                 scan_items * (2.0 * L + 1) * cal.readout_s;
+                 scan_items * (n_exact + (n_exact > 0)) * cal.readout_s;
+        if (attribution) { // a forward and a backward pass per item, plus a forward of the layers not kept
+            int kept = model_gradient_layers_kept(&m, (int)seq_tokens, GRAD_KEEP_BYTES);
+            t_scan += scan_items * seq_tokens * (cal.grad_pos_s + (double)(L - kept) / L / cal.prefill_tok_s);
+        }
+        t_collateral =
+            (1 + n_sets) * per_variant * (seq_tokens / cal.prefill_tok_s + c->max_new_tokens * cal.readout_s);
+        t_directions = dir_positions / cal.prefill_tok_s;
+        for (int v = 0; v < c->n_steer_variants && c->steering_enabled; v++)
+            t_steer += n_steer *
+                       plan_generate_s(&cal, &m, per_variant, steer_prompt_mean[v], c->max_new_tokens, c->batch_size);
     }
     int slots = c->batch_size, lens_slots = lens_seqs < slots ? (int)lens_seqs : slots,
         scan_slots = scan_seqs < slots ? (int)scan_seqs : slots;
@@ -2075,8 +2128,10 @@ static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
         scan_resid = (double)ANALYSIS_CAPTURE_BYTES;
     double mem_scan = plan_state_bytes(&m, scan_slots, max_seq, ANALYSIS_MAX_ROWS) + scan_resid +
                       group_reads * vocab_bytes * (c->ablation_scope == SCOPE_ALL ? 2 : 1);
+    double mem_grad = attribution ? (double)model_gradient_bytes(&m, (int)seq_tokens, GRAD_KEEP_BYTES) : 0;
     double mem_peak = mem_gen > mem_lens ? mem_gen : mem_lens;
     if (mem_scan > mem_peak) mem_peak = mem_scan;
+    if (mem_grad > mem_peak) mem_peak = mem_grad;
     double weights = (double)m.bytes_mapped, weights_read = plan_weight_bytes(&m);
 
     Buf work = {0};
@@ -2100,22 +2155,48 @@ static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
                lens_seqs, lens_seqs * seq_tokens, lens_items * (L + 1));
     plan_line(out, "logit-lens", work.data, cal_ok ? t_lens : NAN);
     work.len = 0;
-    if (c->ablation_scope == SCOPE_ALL)
-        buf_printf(&work, "%lld items in %lld completions: 1 + %d passes (%d pass-equivalents) of %.0f positions",
-                   scan_items, scan_seqs, 2 * L, L + 2, scan_seqs * seq_tokens);
-    else
-        buf_printf(&work, "%lld items in %lld completions: 1 pass of %.0f positions, %lld replayed rows", scan_items,
-                   scan_seqs, scan_seqs * seq_tokens, scan_items * 2 * L);
+    static const char *const methods[] = {"exact", "attribution", "attribution+verify"};
+    buf_printf(&work, "%s: %lld items in %lld completions", methods[c->ablation_method], scan_items, scan_seqs);
+    if (attribution)
+        buf_printf(&work, ": a forward and a backward pass each, of %.0f positions%s", seq_tokens,
+                   n_exact ? "; then" : "");
+    else buf_puts(&work, ":");
+    if (n_exact && c->ablation_scope == SCOPE_ALL)
+        buf_printf(&work, " 1 + %d passes (%.0f pass-equivalents) of %.0f positions", n_exact, 1 + n_exact * exact_pass,
+                   scan_seqs * seq_tokens);
+    else if (n_exact)
+        buf_printf(&work, " 1 pass of %.0f positions, %lld replayed rows", scan_seqs * seq_tokens,
+                   scan_items * n_exact);
     char stage[64];
     snprintf(stage, sizeof stage, "ablation-scan (%s, %s)",
              c->ablation_scope == SCOPE_ALL ? "scope all" : "scope onset",
              c->ablation_kind == ABLATE_MEAN ? "mean" : "zero");
     plan_line(out, stage, work.data, cal_ok ? t_scan : NAN);
     work.len = 0;
-    buf_printf(&work, "2 x %lld completions of %s, %lld new tokens", per_variant, c->lens_variant,
-               2 * per_variant * c->max_new_tokens);
+    buf_printf(&work, "1 + %d x %lld completions of %s, %lld new tokens", c->random_draws, per_variant, c->lens_variant,
+               n_sets * per_variant * c->max_new_tokens);
     plan_line(out, "generate targeted, random", work.data, cal_ok ? t_ablate : NAN);
-    plan_line(out, "the other stages", "detect-events (twice), compare-conditions, formatting-sweep, make-report",
+    work.len = 0;
+    buf_printf(&work,
+               "%d passes (clean, targeted, %d random) over %lld completions: %.0f positions, %lld readouts each",
+               1 + n_sets, c->random_draws, per_variant, per_variant * seq_tokens, per_variant * c->max_new_tokens);
+    plan_line(out, "collateral-damage", work.data, cal_ok ? t_collateral : NAN);
+    if (c->steering_enabled) {
+        work.len = 0;
+        buf_printf(&work, "%lld completions of %s%s%s: %.0f positions forced", dir_seqs, c->lens_variant,
+                   neg_variant ? " and " : "", neg_variant ? neg_variant : "", dir_positions);
+        plan_line(out, "directions", work.data, cal_ok ? t_directions : NAN);
+        work.len = 0;
+        buf_printf(&work,
+                   "steer, steer_random, project_out: %d conditions x %d variant%s x %lld completions, %lld new tokens",
+                   n_steer, c->n_steer_variants, c->n_steer_variants > 1 ? "s" : "", per_variant,
+                   (long long)n_steer * c->n_steer_variants * per_variant * c->max_new_tokens);
+        plan_line(out, "generate steered", work.data, cal_ok ? t_steer : NAN);
+    }
+    plan_line(out, "the other stages",
+              c->steering_enabled ? "detect-events (twice), compare-conditions, formatting-sweep, steering-sweep, "
+                                    "make-report"
+                                  : "detect-events (twice), compare-conditions, formatting-sweep, make-report",
               cal_ok ? 0 : NAN);
     work.len = 0;
     buf_printf(out, "  memory: weights ");
@@ -2127,23 +2208,30 @@ static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
     plan_bytes(out, lens_items * position_bytes);
     buf_puts(out, ", scan ");
     plan_bytes(out, scan_resid);
+    if (attribution) {
+        buf_puts(out, ", gradient pass ");
+        plan_bytes(out, mem_grad);
+    }
     buf_puts(out, "\n  peak memory about ");
     plan_bytes(out, weights_read + mem_peak);
     buf_puts(out, " (the weights a step reads + the largest stage's cache, scratch and activations)\n");
     if (cal_ok) {
-        buf_printf(
-            out, "  calibration (%.1f s): teacher forcing %.1f tok/s, decode %.1f tok/s at batch %d, %.1f readouts/s\n",
-            cal.seconds, cal.prefill_tok_s, cal.batch / cal.step_s, cal.batch, 1 / cal.readout_s);
+        buf_printf(out,
+                   "  calibration (%.1f s): teacher forcing %.1f tok/s, decode %.1f tok/s at batch %d, %.1f readouts/s",
+                   cal.seconds, cal.prefill_tok_s, cal.batch / cal.step_s, cal.batch, 1 / cal.readout_s);
+        if (attribution) buf_printf(out, ", gradient %.1f positions/s", 1 / cal.grad_pos_s);
         char total[32];
-        format_duration(total, sizeof total, t_gen + t_lens + t_scan + t_ablate);
+        format_duration(total, sizeof total,
+                        t_gen + t_lens + t_scan + t_ablate + t_collateral + t_directions + t_steer);
         buf_printf(
             out,
-            "  estimate: at most %s, if every completion runs to max_new_tokens and the analyses reach max_events\n",
+            "\n  estimate: at most %s, if every completion runs to max_new_tokens and the analyses reach max_events\n",
             total);
     }
     buf_free(&work);
 out:
     free(first_prompt);
+    free(steer_prompt_mean);
     problems_free(problems, n_problems);
     tokenizer_free(tok);
     model_free(&m);

@@ -627,6 +627,7 @@ GradState *gradstate_new(const Model *m, int max_tokens, size_t keep_bytes, Err 
 void gradstate_free(GradState *gs);
 size_t gradstate_bytes(const GradState *gs); // everything gradstate_new allocated
 size_t model_gradient_bytes(const Model *m, int max_tokens, size_t keep_bytes); // the same, without allocating
+int model_gradient_layers_kept(const Model *m, int n, size_t keep_bytes); // of a pass over n positions
 
 typedef struct {
     // The target: ids 0..pred_pos of token (n >= pred_pos + 1) are read.

@@ -1918,13 +1918,22 @@ void gradstate_free(GradState *gs) {
 
 // Lays out this call's kept layers in the keep budget, n positions each, the top layers first
 // (the backward reaches them first); returns how many fit.
+// Layers (the last ones) whose internals for n positions fit keep_floats.
+static int grad_layers_fit(const ModelConfig *c, size_t keep_floats, int n) {
+    size_t per_layer = grad_layer_floats(c, n), fit = per_layer ? keep_floats / per_layer : 0;
+    return fit < (size_t)c->n_layers ? (int)fit : c->n_layers;
+}
+
+int model_gradient_layers_kept(const Model *m, int n, size_t keep_bytes) {
+    return grad_layers_fit(&m->cfg, grad_keep_floats(m, n, keep_bytes), n);
+}
+
 static int grad_keep(const Model *m, GradState *gs, int n) {
     const ModelConfig *c = &m->cfg;
     size_t D = (size_t)c->hidden_size, q_dim = (size_t)c->n_heads * c->head_dim,
            kv_dim = (size_t)c->n_kv_heads * c->head_dim;
-    size_t per_layer = grad_layer_floats(c, n), N = (size_t)n, inter = (size_t)c->intermediate_size;
-    size_t fit = per_layer ? gs->keep_floats / per_layer : 0;
-    int n_kept = fit < (size_t)c->n_layers ? (int)fit : c->n_layers;
+    size_t N = (size_t)n, inter = (size_t)c->intermediate_size;
+    int n_kept = grad_layers_fit(c, gs->keep_floats, n);
     memset(gs->kept, 0, (size_t)c->n_layers * sizeof *gs->kept);
     float *p = gs->keep;
     for (int i = 0; i < n_kept; i++) {
