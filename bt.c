@@ -1740,7 +1740,7 @@ int answer_correct(const char *predicted, const char *gold) {
 // ----------------------------------------------------------------------------
 // bt run: every stage in the seed's order, stopping at the first failure.
 
-static int plan_write(const Config *c, int calibrate, Buf *out, Err *err);
+static int plan_write(const Config *c, int calibrate, int shards, Buf *out, Err *err);
 // The stages bt run leaves out unless [steering] enabled = true.
 static int steering_stage(int (*fn)(int, char **), const char *const *args) {
     return fn == cmd_directions || fn == cmd_steering_sweep ||
@@ -1760,7 +1760,7 @@ int cmd_run(int argc, char **argv) {
     int plan_only = opt_str(opts, "--plan", NULL) != NULL;
     if (plan_only || !bt_quiet) { // the plan goes to stdout with --plan, else to stderr as progress
         Buf plan = {0};
-        if (plan_write(&c, 1, &plan, &err)) {
+        if (plan_write(&c, 1, 1, &plan, &err)) {
             buf_free(&plan);
             config_free(&c);
             return fail(&err);
@@ -1960,12 +1960,13 @@ static double plan_state_bytes(const Model *m, int n_slots, int max_seq, int max
 }
 
 // Seconds to generate n completions of mean_prompt prompt tokens and at most max_new tokens:
-// prefill, then steps of up to batch tokens whose time grows with the KV cache they read.
+// prefill, then steps of up to batch tokens whose time grows with the KV cache they read (a
+// short last batch counted as a whole one: its steps cost less, but not in proportion).
 static double plan_generate_s(const Calibration *cal, const Model *m, long long n, double mean_prompt, int max_new,
                               int batch) {
     if (n == 0) return 0;
     int b = n < batch ? (int)n : batch;
-    double steps = (double)n * max_new / b, context = mean_prompt + max_new / 2.0;
+    double steps = ceil((double)n / b) * max_new, context = mean_prompt + max_new / 2.0;
     double kv_s =
         b * context * (double)model_kv_bytes_per_token(m) / (cal->weight_bytes / cal->step_s); // at the weights' rate
     return (double)n * mean_prompt / cal->prefill_tok_s + steps * (cal->step_s + kv_s);
@@ -2004,8 +2005,9 @@ static int plan_prompts(const Variant *var, const Problem *problems, int n_probl
     return rc;
 }
 
-// The plan of `bt run` under c, appended to out; calibrate = 0 leaves the times out.
-static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
+// The plan of `bt run` under c, appended to out; calibrate = 0 leaves the times out; shards > 1
+// adds the wall time when bt slurm runs every heavy stage as that many tasks.
+static int plan_write(const Config *c, int calibrate, int shards, Buf *out, Err *err) {
     char path[1200];
     snprintf(path, sizeof path, "%s/config.json", c->model_path);
     if (!path_exists(path) && c->make_organism) { // what init-run would do first; it takes milliseconds
@@ -2090,7 +2092,8 @@ static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
     long long dir_seqs = c->steering_enabled ? per_variant * (neg_variant ? 2 : 1) : 0;
     double dir_positions =
         c->steering_enabled ? per_variant * (seq_tokens + (neg_variant ? neg_prompt_mean + c->max_new_tokens : 0)) : 0;
-    double t_gen = 0, t_lens = 0, t_scan = 0, t_ablate = 0, t_collateral = 0, t_directions = 0, t_steer = 0;
+    double t_gen = 0, t_lens = 0, t_scan = 0, t_ablate = 0, t_collateral = 0, t_directions = 0, t_steer = 0,
+           t_sharded = 0;
     int cal_ok = calibrate && cal.prefill_tok_s > 0 && cal.step_s > 0 && cal.readout_s > 0 &&
                  (!attribution || cal.grad_pos_s > 0);
     if (cal_ok) {
@@ -2114,6 +2117,19 @@ static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
         for (int v = 0; v < c->n_steer_variants && c->steering_enabled; v++)
             t_steer += n_steer *
                        plan_generate_s(&cal, &m, per_variant, steer_prompt_mean[v], c->max_new_tokens, c->batch_size);
+        // Sharded: a task generates its share of each file's completions; the teacher-forced stages
+        // split their completions, but the attribution+verify scan, which chooses from every item.
+        long long share = (per_variant + shards - 1) / shards;
+        double gen_share = 0;
+        for (int v = 0; v < c->n_variants; v++)
+            gen_share += plan_generate_s(&cal, &m, share, prompt_mean_all, c->max_new_tokens, c->batch_size);
+        gen_share +=
+            n_sets * plan_generate_s(&cal, &m, share, lens_prompt_mean, c->max_new_tokens, c->batch_size);
+        for (int v = 0; v < c->n_steer_variants && c->steering_enabled; v++)
+            gen_share += n_steer *
+                         plan_generate_s(&cal, &m, share, steer_prompt_mean[v], c->max_new_tokens, c->batch_size);
+        t_sharded = gen_share + (t_lens + t_collateral + t_directions) / shards +
+                    (c->ablation_method == METHOD_ATTRIBUTION_VERIFY ? t_scan : t_scan / shards);
     }
     int slots = c->batch_size, lens_slots = lens_seqs < slots ? (int)lens_seqs : slots,
         scan_slots = scan_seqs < slots ? (int)scan_seqs : slots;
@@ -2227,6 +2243,16 @@ static int plan_write(const Config *c, int calibrate, Buf *out, Err *err) {
             out,
             "\n  estimate: at most %s, if every completion runs to max_new_tokens and the analyses reach max_events\n",
             total);
+        if (shards > 1) {
+            format_duration(total, sizeof total, t_sharded);
+            buf_printf(out, "  on %d nodes (bt slurm --shards %d, stage after stage): at most %s", shards, shards, total);
+            if (c->ablation_method == METHOD_ATTRIBUTION_VERIFY) {
+                char scan[32];
+                format_duration(scan, sizeof scan, t_scan);
+                buf_printf(out, ", of which %s the attribution+verify scan, one job", scan);
+            }
+            buf_putc(out, '\n');
+        }
     }
     buf_free(&work);
 out:
@@ -2239,15 +2265,19 @@ out:
 }
 
 int cmd_plan(int argc, char **argv) {
-    Opt opts[] = {OPT_CONFIG, OPT("--no-calibrate", 0, "counts and memory only: no timing on the model"), OPT_END};
+    Opt opts[] = {OPT_CONFIG, OPT("--no-calibrate", 0, "counts and memory only: no timing on the model"),
+                  OPT("--shards", 1, "also the wall time on this many nodes, as bt slurm --shards runs it"), OPT_END};
     Err err = {0};
     int r = opts_parse(opts, argc, argv, &err);
     if (r) return r < 0 ? fail(&err) : 0;
     Config c;
     if (config_load(&c, opt_str(opts, "--config", BT_DEFAULT_CONFIG), &err)) return fail(&err);
     set_threads(threads_flag >= 0 ? threads_flag : c.threads);
+    long long shards = 1;
     Buf b = {0};
-    if (plan_write(&c, !opt_str(opts, "--no-calibrate", NULL), &b, &err) == 0) write_stdout(&b);
+    if (opt_int(opts, "--shards", 1, SHARD_MAX, 1, &shards, &err) == 0 &&
+        plan_write(&c, !opt_str(opts, "--no-calibrate", NULL), (int)shards, &b, &err) == 0)
+        write_stdout(&b);
     buf_free(&b);
     config_free(&c);
     return err.msg[0] ? fail(&err) : 0;

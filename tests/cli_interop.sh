@@ -20,15 +20,23 @@ printf '%s\n' "$out" | grep -q 'generate targeted, random  *1 + 3 x 12 completio
 # Every stage bt run runs is in the plan: the steered ones, the attribution scan's gradient passes.
 sed -e 's/^n_problems = 40/n_problems = 6/' -e 's/^max_new_tokens = 96/max_new_tokens = 48/' \
     -e 's/^method = exact/method = attribution+verify\nrandom_draws = 2/' configs/backtracking_state_transition.ini > p.ini
-out=$("$BT" plan --config p.ini 2>&1); rc=$?
+out=$("$BT" plan --config p.ini --shards 2 2>&1); rc=$?
 if [ $rc -eq 0 ] && printf '%s\n' "$out" | grep -q 'generate targeted, random  *1 + 2 x 12 completions of baseline_think_newline, 1728 new tokens' &&
    printf '%s\n' "$out" | grep -q 'collateral-damage  *4 passes (clean, targeted, 2 random) over 12 completions' &&
    printf '%s\n' "$out" | grep -qE 'attribution\+verify: [0-9]+ items in 12 completions: a forward and a backward pass each, of [0-9]+ positions; then 1 \+ 12 passes' &&
    printf '%s\n' "$out" | grep -q 'directions  *24 completions of baseline_think_newline and no_think_tag' &&
    printf '%s\n' "$out" | grep -q 'generate steered  *steer, steer_random, project_out: 5 conditions x 2 variants x 12 completions, 5760 new tokens' &&
-   printf '%s\n' "$out" | grep -qE 'gradient [0-9.]+ positions/s' && printf '%s\n' "$out" | grep -qE 'estimate: at most [0-9]'; then
-    ok "bt plan: steering, 2 random draws, attribution+verify (12 verified passes), gradient calibrated"
+   printf '%s\n' "$out" | grep -qE 'gradient [0-9.]+ positions/s' && printf '%s\n' "$out" | grep -qE 'estimate: at most [0-9]' &&
+   printf '%s\n' "$out" | grep -qE '^  on 2 nodes \(bt slurm --shards 2, stage after stage\): at most [0-9hms]+, of which [0-9hms]+ the attribution\+verify scan, one job$'; then
+    ok "bt plan: steering, 2 random draws, attribution+verify (12 verified passes), gradient calibrated, on 2 nodes"
 else bad "bt plan with steering and attribution+verify" "exit $rc: $(printf '%s\n' "$out" | grep -vE '^  (generate baseline|logit-lens)')"; fi
+out=$("$BT" plan --config i.ini --shards 3 --no-calibrate 2>&1)
+printf '%s\n' "$out" | grep -q 'on 3 nodes' && bad "bt plan --shards without a calibration prints no time" "$out" ||
+    ok "bt plan --shards without a calibration prints no time"
+out=$("$BT" plan --config i.ini --shards 3 2>&1)
+printf '%s\n' "$out" | grep -qE '^  on 3 nodes \(bt slurm --shards 3, stage after stage\): at most [0-9hms]+$' &&
+    ok "bt plan --shards 3: the exact scan splits too" || bad "bt plan --shards 3" "$(printf '%s\n' "$out" | tail -n 2)"
+expect "bt plan --shards 0" 2 "--shards" "$BT" plan --config i.ini --shards 0
 out=$("$BT" run --plan --config i.ini 2>/dev/null); rc=$?
 [ $rc -eq 0 ] && printf '%s\n' "$out" | grep -q '^bt plan: i.ini' && [ ! -e runs ] && ok "bt run --plan prints the plan and runs nothing" ||
     bad "bt run --plan" "exit $rc, runs/ $( [ -e runs ] && echo exists || echo absent)"
