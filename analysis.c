@@ -2583,7 +2583,7 @@ int cmd_ablation_scan(int argc, char **argv) {
     char path[1200];
     run_path(&run, path, sizeof path, ART_ABLATION);
     if (shard_parse(opt_str(opts, "--shard", NULL), &shard, &err)) goto out;
-    if (shard.n && c.ablation_method == METHOD_ATTRIBUTION_VERIFY) { // what to verify depends on every item
+    if (shard.n && !scan_shardable(&c)) {
         err_input(&err, "ablation-scan --shard: [ablation] method = attribution+verify chooses what to verify from "
                         "the estimates of all items, so it runs unsharded (or shard method = attribution or exact)");
         goto out;
@@ -2802,7 +2802,7 @@ int merge_ablation_scan(const Config *c, const Run *run, Err *err) {
     ShardInfo info;
     ModelConfig mc;
     int n = 0;
-    if (c->ablation_method == METHOD_ATTRIBUTION_VERIFY)
+    if (!scan_shardable(c))
         return err_input(err, "merge --stage ablation-scan: [ablation] method = attribution+verify is never sharded");
     if (model_config_read(c->model_path, &mc, err) ||
         analysis_shards(c, run, ART_ABLATION, "ablation-scan", 0, NULL, &files, &n, &info, err))

@@ -1972,6 +1972,19 @@ static double plan_generate_s(const Calibration *cal, const Model *m, long long 
     return (double)n * mean_prompt / cal->prefill_tok_s + steps * (cal->step_s + kv_s);
 }
 
+// Seconds of the generation stages bt run runs, n completions per file: t[0] the baseline
+// variants, t[1] the targeted and random ablation conditions, t[2] the steered conditions.
+static void plan_generation_s(const Config *c, const Calibration *cal, const Model *m, long long n,
+                              double prompt_mean_all, double lens_prompt_mean, const double *steer_prompt_mean,
+                              double t[3]) {
+    t[0] = c->n_variants * plan_generate_s(cal, m, n, prompt_mean_all, c->max_new_tokens, c->batch_size);
+    t[1] = (1 + c->random_draws) * plan_generate_s(cal, m, n, lens_prompt_mean, c->max_new_tokens, c->batch_size);
+    t[2] = 0;
+    for (int v = 0; v < c->n_steer_variants && c->steering_enabled; v++)
+        t[2] += (2 * c->n_steer_alphas + 1) *
+                plan_generate_s(cal, m, n, steer_prompt_mean[v], c->max_new_tokens, c->batch_size);
+}
+
 static void plan_bytes(Buf *b, double bytes) {
     if (bytes >= 1e9) buf_printf(b, "%.1f GB", bytes / 1e9);
     else buf_printf(b, "%.0f MB", bytes / 1e6 < 1 ? 1 : bytes / 1e6);
@@ -2097,9 +2110,9 @@ static int plan_write(const Config *c, int calibrate, int shards, Buf *out, Err 
     int cal_ok = calibrate && cal.prefill_tok_s > 0 && cal.step_s > 0 && cal.readout_s > 0 &&
                  (!attribution || cal.grad_pos_s > 0);
     if (cal_ok) {
-        for (int v = 0; v < c->n_variants; v++)
-            t_gen += plan_generate_s(&cal, &m, per_variant, prompt_mean_all, c->max_new_tokens, c->batch_size);
-        t_ablate = n_sets * plan_generate_s(&cal, &m, per_variant, lens_prompt_mean, c->max_new_tokens, c->batch_size);
+        double gen[3], gen_share[3];
+        plan_generation_s(c, &cal, &m, per_variant, prompt_mean_all, lens_prompt_mean, steer_prompt_mean, gen);
+        t_gen = gen[0], t_ablate = gen[1], t_steer = gen[2];
         t_lens = lens_seqs * seq_tokens / cal.prefill_tok_s + lens_items * (L + 1) * cal.readout_s;
         double passes = 1 + n_exact * exact_pass; // scope all: a clean pass, then each component's
         if (c->ablation_scope == SCOPE_ONSET)     // onset: the clean pass, then replayed rows at the reads
@@ -2114,22 +2127,12 @@ static int plan_write(const Config *c, int calibrate, int shards, Buf *out, Err 
         t_collateral =
             (1 + n_sets) * per_variant * (seq_tokens / cal.prefill_tok_s + c->max_new_tokens * cal.readout_s);
         t_directions = dir_positions / cal.prefill_tok_s;
-        for (int v = 0; v < c->n_steer_variants && c->steering_enabled; v++)
-            t_steer += n_steer *
-                       plan_generate_s(&cal, &m, per_variant, steer_prompt_mean[v], c->max_new_tokens, c->batch_size);
         // Sharded: a task generates its share of each file's completions; the teacher-forced stages
-        // split their completions, but the attribution+verify scan, which chooses from every item.
-        long long share = (per_variant + shards - 1) / shards;
-        double gen_share = 0;
-        for (int v = 0; v < c->n_variants; v++)
-            gen_share += plan_generate_s(&cal, &m, share, prompt_mean_all, c->max_new_tokens, c->batch_size);
-        gen_share +=
-            n_sets * plan_generate_s(&cal, &m, share, lens_prompt_mean, c->max_new_tokens, c->batch_size);
-        for (int v = 0; v < c->n_steer_variants && c->steering_enabled; v++)
-            gen_share += n_steer *
-                         plan_generate_s(&cal, &m, share, steer_prompt_mean[v], c->max_new_tokens, c->batch_size);
-        t_sharded = gen_share + (t_lens + t_collateral + t_directions) / shards +
-                    (c->ablation_method == METHOD_ATTRIBUTION_VERIFY ? t_scan : t_scan / shards);
+        // split their completions, but an unshardable scan.
+        plan_generation_s(c, &cal, &m, (per_variant + shards - 1) / shards, prompt_mean_all, lens_prompt_mean,
+                          steer_prompt_mean, gen_share);
+        t_sharded = gen_share[0] + gen_share[1] + gen_share[2] + (t_lens + t_collateral + t_directions) / shards +
+                    (scan_shardable(c) ? t_scan / shards : t_scan);
     }
     int slots = c->batch_size, lens_slots = lens_seqs < slots ? (int)lens_seqs : slots,
         scan_slots = scan_seqs < slots ? (int)scan_seqs : slots;
@@ -2246,7 +2249,7 @@ static int plan_write(const Config *c, int calibrate, int shards, Buf *out, Err 
         if (shards > 1) {
             format_duration(total, sizeof total, t_sharded);
             buf_printf(out, "  on %d nodes (bt slurm --shards %d, stage after stage): at most %s", shards, shards, total);
-            if (c->ablation_method == METHOD_ATTRIBUTION_VERIFY) {
+            if (!scan_shardable(c)) {
                 char scan[32];
                 format_duration(scan, sizeof scan, t_scan);
                 buf_printf(out, ", of which %s the attribution+verify scan, one job", scan);

@@ -264,6 +264,8 @@ int config_load(Config *c, const char *path, Err *err);
 void config_free(Config *c);
 void config_write_resolved(const Config *c, Buf *out); // every key with its effective value
 const Variant *config_variant(const Config *c, const char *name);
+// attribution+verify chooses what to ablate exactly from every item's estimate: its scan is one job, never sharded.
+static inline int scan_shardable(const Config *c) { return c->ablation_method != METHOD_ATTRIBUTION_VERIFY; }
 
 // ----------------------------------------------------------------------------
 // Command line (bt.c): each command parses its own flags with one helper.

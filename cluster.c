@@ -132,11 +132,8 @@ typedef struct {
 
 static int slurm_stage_on(const SlurmPlan *p, const SlurmStage *st) { return !st->steering || p->c->steering_enabled; }
 
-// attribution+verify chooses what to ablate exactly from every item's estimate: its scan is one job.
-static int scan_unsharded(const SlurmPlan *p) { return p->c->ablation_method == METHOD_ATTRIBUTION_VERIFY; }
-
 static void stage_script(const SlurmPlan *p, const SlurmStage *st, Buf *b) {
-    int array = st->array && !(strcmp(st->name, "ablation-scan") == 0 && scan_unsharded(p));
+    int array = st->array && (strcmp(st->name, "ablation-scan") != 0 || scan_shardable(p->c));
     buf_puts(b, "#!/bin/sh\n");
     buf_printf(b, "#SBATCH --job-name=bt-%s\n", st->name);
     buf_printf(b, "#SBATCH --chdir=%s\n", p->cwd);
@@ -180,7 +177,7 @@ static void stage_script(const SlurmPlan *p, const SlurmStage *st, Buf *b) {
     }
     for (int k = 0; k < 8 && st->commands[k]; k++) {
         if (!p->c->steering_enabled && strcmp(st->commands[k], "steering-sweep") == 0) continue;
-        if (scan_unsharded(p) && strcmp(st->commands[k], "merge --stage ablation-scan") == 0) continue;
+        if (!scan_shardable(p->c) && strcmp(st->commands[k], "merge --stage ablation-scan") == 0) continue;
         buf_puts(b, "\"$BT\" ");
         for (const char *s = st->commands[k]; *s;) {
             const char *sp = strchr(s, ' ');
