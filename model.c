@@ -1916,8 +1916,6 @@ void gradstate_free(GradState *gs) {
     free(gs);
 }
 
-// Lays out this call's kept layers in the keep budget, n positions each, the top layers first
-// (the backward reaches them first); returns how many fit.
 // Layers (the last ones) whose internals for n positions fit keep_floats.
 static int grad_layers_fit(const ModelConfig *c, size_t keep_floats, int n) {
     size_t per_layer = grad_layer_floats(c, n), fit = per_layer ? keep_floats / per_layer : 0;
@@ -1928,6 +1926,8 @@ int model_gradient_layers_kept(const Model *m, int n, size_t keep_bytes) {
     return grad_layers_fit(&m->cfg, grad_keep_floats(m, n, keep_bytes), n);
 }
 
+// Lays out this call's kept layers in the keep budget, n positions each, the top layers first
+// (the backward reaches them first); returns how many fit.
 static int grad_keep(const Model *m, GradState *gs, int n) {
     const ModelConfig *c = &m->cfg;
     size_t D = (size_t)c->hidden_size, q_dim = (size_t)c->n_heads * c->head_dim,
