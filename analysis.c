@@ -1986,8 +1986,8 @@ static int analysis_shards(const Config *c, const Run *run, const char *rel, con
     run_path(run, path, sizeof path, rel);
     int rc = shard_set(run->id, path, 0, files, n, info, err);
     if (rc == 0)
-        return err_input(err, "no shards of %s in run %s (%s.shard-*): run it with --shard K/N first", stage, run->id,
-                         path);
+        return err_input(err, "no shards of %s in run %s (%.*s.shard-*): run it with --shard K/N first", stage, run->id,
+                         (int)(strrchr(path, '.') - path), path);
     if (rc < 0) return -1;
     if (strcmp(info->stage, stage) != 0) {
         err_input(err, "%s: its shards were written by %s, not %s", path, info->stage, stage);
@@ -2477,14 +2477,15 @@ static int attribution_pass(Analysis *a, const float *attn_mean, const float *ml
 // attribution+verify: the top verify_k components of each kind by the size of their estimated
 // drop on events, the mean of est_drop (n_items, n_comp) over them (a saturated path can show a
 // small estimate of either sign, so not by signed value).
-static void choose_verified(const double *est_drop, const Items *it, int n_comp, int n_layers, int verify_k,
-                            unsigned char *run_exact) {
+// Every shard of a sharded scan chooses from all items' estimates, so each chooses the same.
+static void choose_verified(const double *est_drop, const Item *items, int n_items, int n_comp, int n_layers,
+                            int verify_k, unsigned char *run_exact) {
     double *size = xmalloc((size_t)(n_comp + 1) * sizeof *size); // (n_comp) |mean estimate on events|
     for (int k = 0; k < n_comp; k++) {
         double sum = 0;
         int n = 0;
-        for (int i = 0; i < it->n_items; i++)
-            if (!it->items[i].is_control) sum += est_drop[(size_t)i * n_comp + k], n++;
+        for (int i = 0; i < n_items; i++)
+            if (!items[i].is_control) sum += est_drop[(size_t)i * n_comp + k], n++;
         size[k] = n > 0 ? fabs(sum / n) : NAN;
     }
     for (int kind = 0; kind < 3; kind++)
@@ -2560,10 +2561,74 @@ static void names_free(char **names, int n) {
     free(names);
 }
 
+// A scan's shard set read back in item order: the scan's own (ART_ABLATION), or the estimates
+// the first phase of a sharded attribution+verify scan writes (ART_ABLATION_ESTIMATES).
+typedef struct {
+    int n_items, n_comp, n_shards;
+    Item *items;             // (n_items) of an item only is_control is set
+    const char **problem_id; // (n_items) cells of t
+    double *drop, *est_drop; // (n_items, n_comp) nan where that method did not run
+    ItemTable t;
+    ShardInfo info; // info.what: the variant scanned
+} ScanShards;
+
+static void scan_shards_free(ScanShards *s) {
+    if (s->t.csv) item_table_free(&s->t);
+    free(s->items);
+    free(s->problem_id);
+    free(s->drop);
+    free(s->est_drop);
+    shard_info_free(&s->info);
+    memset(s, 0, sizeof *s);
+}
+
+static int scan_shards_read(const Config *c, const Run *run, const char *rel, const char *stage, int n_layers,
+                            int n_heads, int n_comp, ScanShards *s, Err *err) {
+    char **files = NULL;
+    int n = 0;
+    memset(s, 0, sizeof *s);
+    if (analysis_shards(c, run, rel, stage, 0, NULL, &files, &n, &s->info, err)) return -1;
+    int n_items = s->n_items = s->info.items;
+    s->n_shards = n;
+    s->n_comp = n_comp;
+    char **components = scan_components(n_layers, n_heads, n_comp);
+    int rc =
+        item_table_read(files, n, n_items, SCAN_SHARD_HEADER, 3, (const char *const *)components, n_comp, &s->t, err);
+    s->items = xcalloc((size_t)n_items + 1, sizeof *s->items);
+    s->problem_id = xcalloc((size_t)n_items + 1, sizeof *s->problem_id);
+    s->drop = xmalloc(((size_t)n_items * n_comp + 1) * sizeof *s->drop);
+    s->est_drop = xmalloc(((size_t)n_items * n_comp + 1) * sizeof *s->est_drop);
+    const ItemTable *t = &s->t;
+    for (int i = 0; i < n_items && rc == 0; i++) {
+        const char *kind = item_cell(t, i * n_comp, 1);
+        s->items[i].is_control = strcmp(kind, "control") == 0;
+        s->problem_id[i] = item_cell(t, i * n_comp, 2);
+        if (!s->items[i].is_control && strcmp(kind, "event") != 0)
+            rc = err_input(err, "%s: item %d: kind '%s'", files[0], i, kind);
+        for (int k = 0; k < n_comp && rc == 0; k++) {
+            int key = i * n_comp + k;
+            if (item_double(t, key, 4, &s->drop[key]) || item_double(t, key, 5, &s->est_drop[key]))
+                rc = err_input(err, "%s:%d: drop '%s' or est_drop '%s' is not a number", files[t->file_of[key]],
+                               t->row_of[key] + 2, item_cell(t, key, 4), item_cell(t, key, 5));
+            else if (strcmp(item_cell(t, key, 1), kind) || strcmp(item_cell(t, key, 2), s->problem_id[i]))
+                rc = err_input(err, "%s:%d: item %d's kind or problem differs from its other rows",
+                               files[t->file_of[key]], t->row_of[key] + 2, i);
+        }
+    }
+    names_free(components, n_comp);
+    shard_set_free(files, n);
+    if (rc) scan_shards_free(s);
+    return rc;
+}
+
 int cmd_ablation_scan(int argc, char **argv) {
     Opt opts[] = {OPT_CONFIG,
                   OPT("--variant", 1, "variant whose baseline events to scan (default [logit_lens] variant)"),
-                  OPT_SHARD, OPT_END};
+                  OPT_SHARD,
+                  OPT("--estimates", 0,
+                      "with --shard and method = attribution+verify: this shard's estimates only (the first phase; "
+                      "the shards run without it then verify what all the estimates choose)"),
+                  OPT_END};
     Err err = {0};
     Config c;
     Run run;
@@ -2575,26 +2640,54 @@ int cmd_ablation_scan(int argc, char **argv) {
     double *drop = NULL, *est_drop = NULL, *clean_lp = NULL;
     int *item_read = NULL;
     unsigned char *run_exact = NULL;
-    int n_layers = 0, n_comp = 0;
+    int n_layers = 0, n_comp = 0, estimates = opt_str(opts, "--estimates", NULL) != NULL;
+    ScanShards first = {0}; // a verifying shard's: every item's estimate from the first phase
     AblationMask *masks = NULL;
     Shard shard;
     int *global = NULL; // a shard's items: each one's index among all
     ShardInfo info;
     char path[1200];
-    run_path(&run, path, sizeof path, ART_ABLATION);
+    run_path(&run, path, sizeof path, estimates ? ART_ABLATION_ESTIMATES : ART_ABLATION);
     if (shard_parse(opt_str(opts, "--shard", NULL), &shard, &err)) goto out;
-    if (shard.n && !scan_shardable(&c)) {
-        err_input(&err, "ablation-scan --shard: [ablation] method = attribution+verify chooses what to verify from "
-                        "the estimates of all items, so it runs unsharded (or shard method = attribution or exact)");
+    // Sharded, attribution+verify runs in two phases: every shard's estimates, then every shard
+    // verifies, each choosing from all the estimates what an unsharded scan would.
+    int verifying = shard.n && c.ablation_method == METHOD_ATTRIBUTION_VERIFY && !estimates;
+    if (estimates && (!shard.n || c.ablation_method != METHOD_ATTRIBUTION_VERIFY)) {
+        err_input(&err, "ablation-scan --estimates is the first phase of a sharded attribution+verify scan: give "
+                        "--shard K/N, with [ablation] method = attribution+verify");
         goto out;
     }
     if (analysis_open(&c, &run, variant, c.ablation_max_events, &a, &err)) goto out;
+    n_layers = a.m.cfg.n_layers;
+    int hidden = a.m.cfg.hidden_size, vocab = a.m.cfg.vocab_size, n_slots = a.f.n_slots, n_heads = a.m.cfg.n_heads;
+    // Heads are scanned by attribution, and exactly when the design selects heads.
+    int heads_scanned = c.ablation_method != METHOD_EXACT || c.top_k_heads > 0;
+    n_comp = 2 * n_layers + (heads_scanned ? n_layers * n_heads : 0);
     if (shard.n) {
-        info = (ShardInfo){"ablation-scan", variant, a.it.n_seqs, a.it.n_items,
-                           analysis_digest(&c, &run, variant, 0, NULL), 0};
+        const char *stage = estimates ? "ablation-estimates" : "ablation-scan";
+        info = (ShardInfo){stage, variant, a.it.n_seqs, a.it.n_items, analysis_digest(&c, &run, variant, 0, NULL), 0};
         if (shard_done(&run, path, &shard, &info)) {
-            printf("ablation-scan: shard %d/%d is already there\n", shard.k, shard.n);
+            printf("%s: shard %d/%d is already there\n", stage, shard.k, shard.n);
             goto out;
+        }
+        char estimates_path[1200];
+        run_path(&run, estimates_path, sizeof estimates_path, ART_ABLATION_ESTIMATES);
+        if (verifying) {
+            if (!exists_or_sharded(estimates_path)) {
+                err_input(&err, "ablation-scan --shard: attribution+verify shards in two phases, and the first is not "
+                                "there: run ablation-scan --estimates --shard K/N for every K, then this");
+                goto out;
+            }
+            if (scan_shards_read(&c, &run, ART_ABLATION_ESTIMATES, "ablation-estimates", n_layers, n_heads, n_comp,
+                                 &first, &err))
+                goto out;
+            if (strcmp(first.info.what, variant) != 0 || first.n_items != a.it.n_items) {
+                err_input(&err,
+                          "%s: its estimate shards are of %s (%d items), not of %s (%d items): run "
+                          "ablation-scan --estimates --shard K/N again",
+                          estimates_path, first.info.what, first.n_items, variant, a.it.n_items);
+                goto out;
+            }
         }
         if (shard_begin(&run, path, &shard, &info, &err)) goto out;
     }
@@ -2602,11 +2695,6 @@ int cmd_ablation_scan(int argc, char **argv) {
         fprintf(stderr,
                 "bt ablation-scan: warning: no events of variant %s in run %s: nothing to scan, no layers selected\n",
                 variant, run.id);
-    n_layers = a.m.cfg.n_layers;
-    int hidden = a.m.cfg.hidden_size, vocab = a.m.cfg.vocab_size, n_slots = a.f.n_slots, n_heads = a.m.cfg.n_heads;
-    // Heads are scanned by attribution, and exactly when the design selects heads.
-    int heads_scanned = c.ablation_method != METHOD_EXACT || c.top_k_heads > 0;
-    n_comp = 2 * n_layers + (heads_scanned ? n_layers * n_heads : 0);
     if (c.ablation_kind == ABLATE_MEAN && estimate_means(&a.f, &a.it, &run, &attn_mean, &mlp_mean, &head_mean, &err))
         goto out;
     // A shard scans its share of the completions; every shard computed the means over all of them
@@ -2617,9 +2705,16 @@ int cmd_ablation_scan(int argc, char **argv) {
     run_exact = xcalloc((size_t)n_comp, 1);
     if (c.ablation_method != METHOD_EXACT) {
         est_drop = xmalloc((size_t)(a.it.n_items + 1) * n_comp * sizeof *est_drop); // (n_items, n_comp)
-        if (attribution_pass(&a, attn_mean, mlp_mean, head_mean, est_drop, n_comp, &err)) goto out;
-        if (c.ablation_method == METHOD_ATTRIBUTION_VERIFY)
-            choose_verified(est_drop, &a.it, n_comp, n_layers, c.verify_k, run_exact);
+        if (verifying) {
+            choose_verified(first.est_drop, first.items, first.n_items, n_comp, n_layers, c.verify_k, run_exact);
+            for (int i = 0; i < a.it.n_items; i++)
+                memcpy(est_drop + (size_t)i * n_comp, first.est_drop + (size_t)global[i] * n_comp,
+                       (size_t)n_comp * sizeof *est_drop);
+        } else if (attribution_pass(&a, attn_mean, mlp_mean, head_mean, est_drop, n_comp, &err)) {
+            goto out;
+        }
+        if (c.ablation_method == METHOD_ATTRIBUTION_VERIFY && !shard.n)
+            choose_verified(est_drop, a.it.items, a.it.n_items, n_comp, n_layers, c.verify_k, run_exact);
     } else {
         memset(run_exact, 1, (size_t)n_comp);
     }
@@ -2771,7 +2866,7 @@ int cmd_ablation_scan(int argc, char **argv) {
         rc = write_file_atomic(shard_path, raw.data, raw.len, &err);
         if (rc == 0) rc = shard_finish(&run, path, &shard, &info, &err);
         if (rc == 0)
-            printf("ablation-scan: shard %d/%d: %d events, %d controls of %d completions of %d\n", shard.k, shard.n,
+            printf("%s: shard %d/%d: %d events, %d controls of %d completions of %d\n", info.stage, shard.k, shard.n,
                    a.it.n_events, a.it.n_items - a.it.n_events, a.it.n_seqs, info.units);
         buf_free(&raw);
         free(problem_id);
@@ -2791,65 +2886,31 @@ out:
     free(masks); free(attn_mean); free(mlp_mean); free(head_mean); free(ablated); free(resid); free(clean_logits);
     free(drop); free(est_drop); free(clean_lp); free(item_read); free(run_exact);
     free(global);
+    scan_shards_free(&first);
     analysis_close(&a);
     config_free(&c);
     return err.msg[0] ? fail(&err) : 0;
 }
 
-// bt merge --stage ablation-scan: every shard's raw drops in item order, then the summarizing half.
+// bt merge --stage ablation-scan: every shard's raw drops in item order, then the summarizing half;
+// attribution+verify's components verified are chosen again from the estimates, as its shards chose.
 int merge_ablation_scan(const Config *c, const Run *run, Err *err) {
-    char **files = NULL;
-    ShardInfo info;
     ModelConfig mc;
-    int n = 0;
-    if (!scan_shardable(c))
-        return err_input(err, "merge --stage ablation-scan: [ablation] method = attribution+verify is never sharded");
-    if (model_config_read(c->model_path, &mc, err) ||
-        analysis_shards(c, run, ART_ABLATION, "ablation-scan", 0, NULL, &files, &n, &info, err))
-        return -1;
-    int L = mc.n_layers, H = mc.n_heads, n_items = info.items, rc;
+    ScanShards s;
+    if (model_config_read(c->model_path, &mc, err)) return -1;
+    int L = mc.n_layers, H = mc.n_heads;
     int heads_scanned = c->ablation_method != METHOD_EXACT || c->top_k_heads > 0;
-    int n_comp = 2 * L + (heads_scanned ? L * H : 0), estimated = c->ablation_method != METHOD_EXACT;
-    char **components = scan_components(L, H, n_comp);
-    ItemTable t;
-    rc = item_table_read(files, n, n_items, SCAN_SHARD_HEADER, 3, (const char *const *)components, n_comp, &t, err);
-    Item *items = xcalloc((size_t)n_items + 1, sizeof *items);
-    const char **problem_id = xcalloc((size_t)n_items + 1, sizeof *problem_id);
-    double *drop = xmalloc(((size_t)n_items * n_comp + 1) * sizeof *drop);
-    double *est_drop = estimated ? xmalloc(((size_t)n_items * n_comp + 1) * sizeof *est_drop) : NULL;
+    int n_comp = 2 * L + (heads_scanned ? L * H : 0), rc;
+    if (scan_shards_read(c, run, ART_ABLATION, "ablation-scan", L, H, n_comp, &s, err)) return -1;
     unsigned char *run_exact = xmalloc((size_t)n_comp + 1);
-    memset(run_exact, !estimated, (size_t)n_comp);
-    for (int i = 0; i < n_items && rc == 0; i++) {
-        const char *kind = item_cell(&t, i * n_comp, 1);
-        items[i].is_control = strcmp(kind, "control") == 0;
-        problem_id[i] = item_cell(&t, i * n_comp, 2);
-        if (!items[i].is_control && strcmp(kind, "event") != 0)
-            rc = err_input(err, "%s: item %d: kind '%s'", files[0], i, kind);
-        for (int k = 0; k < n_comp && rc == 0; k++) {
-            int key = i * n_comp + k;
-            double est = NAN;
-            if (item_double(&t, key, 4, &drop[key]) || item_double(&t, key, 5, &est))
-                rc = err_input(err, "%s:%d: drop '%s' or est_drop '%s' is not a number", files[t.file_of[key]],
-                               t.row_of[key] + 2, item_cell(&t, key, 4), item_cell(&t, key, 5));
-            else if (strcmp(item_cell(&t, key, 1), kind) || strcmp(item_cell(&t, key, 2), problem_id[i]))
-                rc = err_input(err, "%s:%d: item %d's kind or problem differs from its other rows",
-                               files[t.file_of[key]], t.row_of[key] + 2, i);
-            if (est_drop) est_drop[key] = est;
-        }
-    }
-    if (rc == 0)
-        rc = scan_summarize(c, run, info.what, L, H, heads_scanned, items, n_items, problem_id, drop, est_drop,
-                            run_exact, err);
-    if (rc == 0) printf("merge: ablation-scan of %s: %d shards, %d items\n", info.what, n, n_items);
-    if (t.csv) item_table_free(&t);
-    names_free(components, n_comp);
-    free(items);
-    free(problem_id);
-    free(drop);
-    free(est_drop);
+    memset(run_exact, c->ablation_method == METHOD_EXACT, (size_t)n_comp);
+    if (c->ablation_method == METHOD_ATTRIBUTION_VERIFY)
+        choose_verified(s.est_drop, s.items, s.n_items, n_comp, L, c->verify_k, run_exact);
+    rc = scan_summarize(c, run, s.info.what, L, H, heads_scanned, s.items, s.n_items, s.problem_id, s.drop,
+                        c->ablation_method != METHOD_EXACT ? s.est_drop : NULL, run_exact, err);
+    if (rc == 0) printf("merge: ablation-scan of %s: %d shards, %d items\n", s.info.what, s.n_shards, s.n_items);
     free(run_exact);
-    shard_set_free(files, n);
-    shard_info_free(&info);
+    scan_shards_free(&s);
     return rc;
 }
 

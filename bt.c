@@ -2128,11 +2128,11 @@ static int plan_write(const Config *c, int calibrate, int shards, Buf *out, Err 
             (1 + n_sets) * per_variant * (seq_tokens / cal.prefill_tok_s + c->max_new_tokens * cal.readout_s);
         t_directions = dir_positions / cal.prefill_tok_s;
         // Sharded: a task generates its share of each file's completions; the teacher-forced stages
-        // split their completions, but an unshardable scan.
+        // split their completions (attribution+verify's scan in both its phases).
         plan_generation_s(c, &cal, &m, (per_variant + shards - 1) / shards, prompt_mean_all, lens_prompt_mean,
                           steer_prompt_mean, gen_share);
-        t_sharded = gen_share[0] + gen_share[1] + gen_share[2] + (t_lens + t_collateral + t_directions) / shards +
-                    (scan_shardable(c) ? t_scan / shards : t_scan);
+        t_sharded =
+            gen_share[0] + gen_share[1] + gen_share[2] + (t_lens + t_scan + t_collateral + t_directions) / shards;
     }
     int slots = c->batch_size, lens_slots = lens_seqs < slots ? (int)lens_seqs : slots,
         scan_slots = scan_seqs < slots ? (int)scan_seqs : slots;
@@ -2248,13 +2248,8 @@ static int plan_write(const Config *c, int calibrate, int shards, Buf *out, Err 
             total);
         if (shards > 1) {
             format_duration(total, sizeof total, t_sharded);
-            buf_printf(out, "  on %d nodes (bt slurm --shards %d, stage after stage): at most %s", shards, shards, total);
-            if (!scan_shardable(c)) {
-                char scan[32];
-                format_duration(scan, sizeof scan, t_scan);
-                buf_printf(out, ", of which %s the attribution+verify scan, one job", scan);
-            }
-            buf_putc(out, '\n');
+            buf_printf(out, "  on %d nodes (bt slurm --shards %d, stage after stage): at most %s\n", shards, shards,
+                       total);
         }
     }
     buf_free(&work);

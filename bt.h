@@ -264,8 +264,6 @@ int config_load(Config *c, const char *path, Err *err);
 void config_free(Config *c);
 void config_write_resolved(const Config *c, Buf *out); // every key with its effective value
 const Variant *config_variant(const Config *c, const char *name);
-// attribution+verify chooses what to ablate exactly from every item's estimate: its scan is one job, never sharded.
-static inline int scan_shardable(const Config *c) { return c->ablation_method != METHOD_ATTRIBUTION_VERIFY; }
 
 // ----------------------------------------------------------------------------
 // Command line (bt.c): each command parses its own flags with one helper.
@@ -312,6 +310,7 @@ void progress(const char *fmt, ...) __attribute__((format(printf, 1, 2))); // st
 #define ART_COLLATERAL "analysis/collateral_damage.csv"
 #define ART_LOGIT_LENS "analysis/logit_lens.csv"
 #define ART_ABLATION "analysis/ablation_importance.csv"
+#define ART_ABLATION_ESTIMATES "analysis/ablation_estimates.csv" // only its shards: attribution+verify's first phase
 #define ART_SELECTED "analysis/selected_layers.json"
 #define ART_RANDOM_LAYERS "analysis/random_layers.json"
 #define ART_MEANS "analysis/component_means.json"

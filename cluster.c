@@ -61,28 +61,37 @@ typedef struct {
     const char *name;        // the script is <name>.sbatch; submit.sh takes the name
     int array;               // 1: a job array of N shards (--shard auto), else one small job
     int steering;            // 1: only with [steering] enabled = true (as bt run)
+    int estimates;           // 1: only with [ablation] method = attribution+verify (its scan's first phase)
     const char *deps;        // stages it waits for, space-separated
     const char *commands[8]; // bt arguments, one command each; "@V" is the [logit_lens] variant
 } SlurmStage;
 
 static const SlurmStage slurm_stages[] = {
-    {"prepare", 0, 0, "", {"prepare-data"}}, // preceded by init-run when the run is not there yet
-    {"generate-baseline", 1, 0, "prepare", {"generate --condition baseline"}},
-    {"detect-events", 0, 0, "generate-baseline", {"merge --stage generate", "detect-events"}},
-    {"logit-lens", 1, 0, "detect-events", {"logit-lens --variant @V"}},
-    {"ablation-scan", 1, 0, "detect-events", {"ablation-scan --variant @V"}},
-    {"directions", 1, 1, "detect-events", {"directions --variant @V"}},
-    {"merge-analyses", 0, 0, "logit-lens ablation-scan", {"merge --stage logit-lens", "merge --stage ablation-scan"}},
-    {"merge-directions", 0, 1, "directions", {"merge --stage directions"}},
-    {"generate-targeted", 1, 0, "merge-analyses", {"generate --condition targeted_ablation --variant @V"}},
-    {"generate-random", 1, 0, "merge-analyses", {"generate --condition random_ablation --variant @V"}},
-    {"collateral-damage", 1, 0, "merge-analyses", {"collateral-damage --variant @V"}},
+    {"prepare", 0, 0, 0, "", {"prepare-data"}}, // preceded by init-run when the run is not there yet
+    {"generate-baseline", 1, 0, 0, "prepare", {"generate --condition baseline"}},
+    {"detect-events", 0, 0, 0, "generate-baseline", {"merge --stage generate", "detect-events"}},
+    {"logit-lens", 1, 0, 0, "detect-events", {"logit-lens --variant @V"}},
+    {"ablation-estimates", 1, 0, 1, "detect-events", {"ablation-scan --variant @V --estimates"}},
+    {"ablation-scan", 1, 0, 0, "detect-events ablation-estimates", {"ablation-scan --variant @V"}},
+    {"directions", 1, 1, 0, "detect-events", {"directions --variant @V"}},
+    {"merge-analyses",
+     0,
+     0,
+     0,
+     "logit-lens ablation-scan",
+     {"merge --stage logit-lens", "merge --stage ablation-scan"}},
+    {"merge-directions", 0, 1, 0, "directions", {"merge --stage directions"}},
+    {"generate-targeted", 1, 0, 0, "merge-analyses", {"generate --condition targeted_ablation --variant @V"}},
+    {"generate-random", 1, 0, 0, "merge-analyses", {"generate --condition random_ablation --variant @V"}},
+    {"collateral-damage", 1, 0, 0, "merge-analyses", {"collateral-damage --variant @V"}},
     {"generate-steer",
      1,
      1,
+     0,
      "merge-directions",
      {"generate --condition steer", "generate --condition steer_random", "generate --condition project_out"}},
     {"report",
+     0,
      0,
      0,
      "generate-targeted generate-random collateral-damage generate-steer",
@@ -130,10 +139,13 @@ typedef struct {
     int n_extra, shards, cpus;
 } SlurmPlan;
 
-static int slurm_stage_on(const SlurmPlan *p, const SlurmStage *st) { return !st->steering || p->c->steering_enabled; }
+static int slurm_stage_on(const SlurmPlan *p, const SlurmStage *st) {
+    return (!st->steering || p->c->steering_enabled) &&
+           (!st->estimates || p->c->ablation_method == METHOD_ATTRIBUTION_VERIFY);
+}
 
 static void stage_script(const SlurmPlan *p, const SlurmStage *st, Buf *b) {
-    int array = st->array && (strcmp(st->name, "ablation-scan") != 0 || scan_shardable(p->c));
+    int array = st->array;
     buf_puts(b, "#!/bin/sh\n");
     buf_printf(b, "#SBATCH --job-name=bt-%s\n", st->name);
     buf_printf(b, "#SBATCH --chdir=%s\n", p->cwd);
@@ -177,7 +189,6 @@ static void stage_script(const SlurmPlan *p, const SlurmStage *st, Buf *b) {
     }
     for (int k = 0; k < 8 && st->commands[k]; k++) {
         if (!p->c->steering_enabled && strcmp(st->commands[k], "steering-sweep") == 0) continue;
-        if (!scan_shardable(p->c) && strcmp(st->commands[k], "merge --stage ablation-scan") == 0) continue;
         buf_puts(b, "\"$BT\" ");
         for (const char *s = st->commands[k]; *s;) {
             const char *sp = strchr(s, ' ');

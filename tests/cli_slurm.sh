@@ -1,9 +1,10 @@
 # tests/cli_slurm.sh: sharded runs (sourced by cli.sh). Every heavy stage by hand in 3 shards
 # must give the bytes of an unsharded run; bad --shard values and broken shard sets are refused.
 # Then the pipeline on a real Slurm: a one-node cluster on localhost started here (munged,
-# slurmctld, slurmd, in a temp dir, stopped by their pids), `bt slurm --submit --shards 4`, one
-# array task cancelled mid-run and resubmitted; the report and every analysis file must equal a
-# plain `bt run` of the same config but for run ids and timestamps.
+# slurmctld, slurmd, in a temp dir, stopped by their pids), `bt slurm --submit --shards 4` (the
+# scan attribution+verify, in two phases), one array task cancelled mid-run and resubmitted; the
+# report and every analysis file must equal a plain `bt run` of the same config but for run ids
+# and timestamps.
 
 # The shared small config: 8 problems x 2 samples, short completions.
 shard_config() {
@@ -134,19 +135,46 @@ for m in "method = attribution" "top_k_heads = 1"; do
         ok "ablation-scan with heads ($m) in 2 shards: the unsharded CSVs"
     else bad "ablation-scan with heads ($m) in 2 shards" "$(tail -n 2 scan.log)"; fi
 done
-sed -e '/^method = /d' -e "s/^max_events = 100/max_events = 100\nmethod = attribution+verify/" mean.ini > verify.ini
-expect "attribution+verify refuses --shard" 2 "attribution\+verify .* runs unsharded" \
-    env BT_RUN_ID=$plain "$BT" ablation-scan --config verify.ini --shard 1/2
+# attribution+verify shards in two phases: estimates (2 shards here), then every shard verifies
+# what all the estimates choose (3 shards): the unsharded bytes, verified components and all.
+sed -e '/^method = /d' -e "s/^max_events = 100/max_events = 100\nmethod = attribution+verify/" -e 's/^verify_k = 4/verify_k = 2/' \
+    mean.ini > verify.ini
+H="--config verify.ini --threads 1 --quiet"
+rm -f $A/ablation_importance.shard-*
+expect "attribution+verify's verifying shard refused before its estimates" 2 "run ablation-scan --estimates --shard K/N" \
+    env BT_RUN_ID=$plain "$BT" ablation-scan $H --shard 1/2
+expect "ablation-scan --estimates unsharded refused" 2 "give --shard K/N" env BT_RUN_ID=$plain "$BT" ablation-scan $H --estimates
+expect "ablation-scan --estimates with method exact refused" 2 "method = attribution\+verify" \
+    env BT_RUN_ID=$plain "$BT" ablation-scan --config mean.ini --estimates --shard 1/2
+if BT_RUN_ID=$plain "$BT" ablation-scan $H > scan.log 2>&1 && cp $A/ablation_importance.csv imp.csv &&
+    cp $A/head_importance.csv heads.csv && cp $A/selected_layers.json selected.json &&
+    rm $A/ablation_importance.csv $A/head_importance.csv $A/selected_layers.json; then
+    for k in 2 1; do BT_RUN_ID=$plain "$BT" ablation-scan $H --estimates --shard $k/2 >> scan.log 2>&1; done
+    for k in 3 1 2; do BT_RUN_ID=$plain "$BT" ablation-scan $H --shard $k/3 >> scan.log 2>&1; done
+    BT_RUN_ID=$plain "$BT" merge $H --stage ablation-scan >> scan.log 2>&1
+    n_exact=$(grep -c ',exact,' imp.csv)
+    cmp -s imp.csv $A/ablation_importance.csv && cmp -s heads.csv $A/head_importance.csv &&
+        cmp -s selected.json $A/selected_layers.json && [ "$n_exact" = 4 ] && grep -q ',attribution,' imp.csv &&
+        ok "attribution+verify: estimates in 2 shards, verification in 3: the unsharded CSVs (2 + 2 layer components verified)" ||
+        bad "attribution+verify in two sharded phases" "$n_exact verified; $(tail -n 2 scan.log)"
+else bad "attribution+verify unsharded, for the shard comparison" "$(tail -n 2 scan.log)"; fi
+if [ -z "$PY" ]; then skipped "estimate shard CSVs as pandas reads them" "no python3 with numpy and pandas"
+elif "$PY" "$ROOT/tests/csv_check.py" "$ROOT/README.md" $A/ablation_estimates.shard-*.csv > csv.log 2>&1 &&
+    [ "$(grep -c '^ok' csv.log)" = 2 ]; then ok "estimate shard CSVs load with pandas with the README's columns"
+else bad "estimate shard CSVs as pandas reads them" "$(grep -v '^ok' csv.log | head -n 3)"; fi
 "$BT" slurm --config verify.ini --shards 2 --run-id vchain --dir vsl > /dev/null 2>&1 &&
-    ! grep -q -- '--array' vsl/ablation-scan.sbatch && ! grep -q 'merge --stage ablation-scan' vsl/merge-analyses.sbatch &&
-    grep -q -- '--array=1-2' vsl/logit-lens.sbatch && ok "bt slurm: attribution+verify's scan is one job, never merged" ||
-    bad "bt slurm with attribution+verify" "$(cat vsl/ablation-scan.sbatch 2>&1 | tail -n 3)"
+    grep -q -- '--array=1-2' vsl/ablation-estimates.sbatch && grep -q 'ablation-scan .*--estimates .*--shard auto$' vsl/ablation-estimates.sbatch &&
+    grep -q -- '--array=1-2' vsl/ablation-scan.sbatch && grep -q '^deps_ablation_scan="detect-events ablation-estimates"$' vsl/submit.sh &&
+    grep -q 'merge --stage ablation-scan' vsl/merge-analyses.sbatch &&
+    ok "bt slurm: attribution+verify's scan is two job arrays, estimates then verification, merged" ||
+    bad "bt slurm with attribution+verify" "$(ls vsl; grep deps_ablation vsl/submit.sh)"
 
 # bt slurm without Slurm: the scripts, their chain and the steering stages only when enabled.
 expect "bt slurm writes the chain" 0 "submit with: sh .*/sl/submit.sh" "$BT" slurm $C --shards 3 --run-id chain --dir sl
 B=sl/generate-baseline.sbatch
 n_scripts=$(ls sl/*.sbatch 2> /dev/null | wc -l)
 [ "$n_scripts" = 13 ] && grep -q '^#SBATCH --array=1-3$' $B && grep -q 'generate --condition baseline .*--shard auto$' $B &&
+    grep -q '^deps_ablation_scan="detect-events"$' sl/submit.sh &&
     grep -q '^#SBATCH --output=.*/sl/logs/generate-baseline-%A_%a.log$' $B && grep -q 'BT_SHARDS=3' $B &&
     grep -q '^deps_generate_steer="merge-directions"$' sl/submit.sh && grep -q 'steering-sweep' sl/report.sbatch &&
     ! grep -q -- '--array' sl/report.sbatch && ok "bt slurm: 13 scripts, arrays 1-3 with --shard auto, a log per task" ||
@@ -230,8 +258,9 @@ if mungekey -c -k "$T/munge.key" > "$T/setup.log" 2>&1 &&
     [ "$(sinfo -h -n btnode -o %t 2> /dev/null)" = idle ] && started=1
 fi
 # The chain on the cluster, compared with a plain run in the same directory; returns at the first failure.
+# The scan is attribution+verify, as in the real-model configs: its two phases are two arrays.
 slurm_chain() {
-    shard_config > s.ini
+    shard_config -e 's/^method = exact/method = attribution+verify/' > s.ini
     "$BT" run --config "$PWD/s.ini" --threads 1 --quiet > plain.log 2>&1 || { bad "plain bt run for the Slurm comparison" "$(tail -n 2 plain.log)"; return; }
     plain=$(cat runs/.current_run_id)
     cp reports/backtracking_state_transition_report.md plain_report.md
@@ -243,7 +272,8 @@ slurm_chain() {
     shard=${fifo%.timing.jsonl}.jsonl
     "$BT" slurm --config "$PWD/s.ini" --shards 4 --cpus 1 --run-id "$id" --submit > submit.log 2>&1 ||
         { bad "bt slurm --submit" "$(tail -n 3 submit.log)"; return; }
-    [ "$(grep -cE '^[a-z-]+ [0-9]+$' submit.log)" = 13 ] && ok "bt slurm --submit: 13 jobs (8 arrays of 4), their ids printed" ||
+    [ "$(grep -cE '^[a-z-]+ [0-9]+$' submit.log)" = 14 ] && grep -q '^ablation-estimates [0-9]' submit.log &&
+        ok "bt slurm --submit: 14 jobs (9 arrays of 4, the scan's estimates among them), their ids printed" ||
         { bad "bt slurm --submit prints the job ids" "$(head -n 3 submit.log)"; return; }
     wait_for() { # wait_for TENTHS CONDITION...: poll until the condition holds; 1 if it never did
         n=$1; shift
