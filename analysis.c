@@ -2670,9 +2670,9 @@ int cmd_ablation_scan(int argc, char **argv) {
             printf("%s: shard %d/%d is already there\n", stage, shard.k, shard.n);
             goto out;
         }
-        char estimates_path[1200];
-        run_path(&run, estimates_path, sizeof estimates_path, ART_ABLATION_ESTIMATES);
         if (verifying) {
+            char estimates_path[1200];
+            run_path(&run, estimates_path, sizeof estimates_path, ART_ABLATION_ESTIMATES);
             if (!exists_or_sharded(estimates_path)) {
                 err_input(&err, "ablation-scan --shard: attribution+verify shards in two phases, and the first is not "
                                 "there: run ablation-scan --estimates --shard K/N for every K, then this");

@@ -145,11 +145,10 @@ static int slurm_stage_on(const SlurmPlan *p, const SlurmStage *st) {
 }
 
 static void stage_script(const SlurmPlan *p, const SlurmStage *st, Buf *b) {
-    int array = st->array;
     buf_puts(b, "#!/bin/sh\n");
     buf_printf(b, "#SBATCH --job-name=bt-%s\n", st->name);
     buf_printf(b, "#SBATCH --chdir=%s\n", p->cwd);
-    if (array) {
+    if (st->array) {
         buf_printf(b, "#SBATCH --array=1-%d\n", p->shards);
         buf_printf(b, "#SBATCH --output=%s/logs/%s-%%A_%%a.log\n", p->dir, st->name); // a log per task
     } else {
@@ -159,13 +158,13 @@ static void stage_script(const SlurmPlan *p, const SlurmStage *st, Buf *b) {
         buf_printf(b, "#SBATCH --ntasks=1\n#SBATCH --cpus-per-task=%d\n", p->cpus);
     else
         buf_puts(b, "#SBATCH --ntasks=1\n#SBATCH --exclusive\n"); // a whole node per task: threads = its cores
-    if (array) buf_puts(b, "#SBATCH --requeue\n");            // a preempted shard comes back and resumes
+    if (st->array) buf_puts(b, "#SBATCH --requeue\n");            // a preempted shard comes back and resumes
     if (p->partition) buf_printf(b, "#SBATCH --partition=%s\n", p->partition);
     if (p->time) buf_printf(b, "#SBATCH --time=%s\n", p->time);
     for (int i = 0; i < p->n_extra; i++) buf_printf(b, "#SBATCH %s\n", p->extra[i]);
     buf_printf(b, "# Stage %s of bt's pipeline for run %s, written by bt slurm; %s/submit.sh chains the stages.\n",
                st->name, p->run_id, p->dir);
-    if (array)
+    if (st->array)
         buf_printf(
             b,
             "# Task K of the array does shard K of %d (--shard auto reads SLURM_ARRAY_TASK_ID and BT_SHARDS), so a\n"
@@ -200,7 +199,7 @@ static void stage_script(const SlurmPlan *p, const SlurmStage *st, Buf *b) {
             s += len;
             if (*s) buf_putc(b, *s++);
         }
-        buf_printf(b, " --config \"$CONFIG\" --threads %d%s\n", p->cpus, array ? " --shard auto" : "");
+        buf_printf(b, " --config \"$CONFIG\" --threads %d%s\n", p->cpus, st->array ? " --shard auto" : "");
     }
 }
 
