@@ -158,6 +158,19 @@ if BT_RUN_ID=$plain "$BT" ablation-scan $H > scan.log 2>&1 && cp $A/ablation_imp
         ok "attribution+verify: estimates in 2 shards, verification in 3: the unsharded CSVs (2 + 2 layer components verified)" ||
         bad "attribution+verify in two sharded phases" "$n_exact verified; $(tail -n 2 scan.log)"
 else bad "attribution+verify unsharded, for the shard comparison" "$(tail -n 2 scan.log)"; fi
+# Broken estimates: a verifying shard names the file and line, exits 2 and writes nothing.
+E=$A/ablation_estimates.shard-001-of-002.csv
+cp $E estimates.csv && rm -f $A/ablation_importance.shard-*
+sed '3s/,[^,]*$/,zz/' estimates.csv > $E
+expect "an estimate that is not a number refused, naming its line" 2 "ablation_estimates.shard-001-of-002.csv:3: .*est_drop 'zz' is not a number" \
+    env BT_RUN_ID=$plain "$BT" ablation-scan $H --shard 1/2
+sed '3d' estimates.csv > $E
+expect "a missing estimate refused" 2 "item 0 .* is in no shard" env BT_RUN_ID=$plain "$BT" ablation-scan $H --shard 1/2
+cp estimates.csv $E
+expect "estimates of another variant refused" 2 "estimate shards are of baseline_think_newline .*, not of no_think_tag" \
+    env BT_RUN_ID=$plain "$BT" ablation-scan $H --variant no_think_tag --shard 1/2
+[ -z "$(ls $A | grep 'ablation_importance.shard')" ] && ok "refused verifying shards wrote nothing" ||
+    bad "refused verifying shards wrote nothing" "$(ls $A | grep shard)"
 if [ -z "$PY" ]; then skipped "estimate shard CSVs as pandas reads them" "no python3 with numpy and pandas"
 elif "$PY" "$ROOT/tests/csv_check.py" "$ROOT/README.md" $A/ablation_estimates.shard-*.csv > csv.log 2>&1 &&
     [ "$(grep -c '^ok' csv.log)" = 2 ]; then ok "estimate shard CSVs load with pandas with the README's columns"
