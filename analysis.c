@@ -2353,7 +2353,6 @@ static int scan_write(const Config *c, const Run *run, const char *variant, cons
     }
     const char *kind = c->ablation_kind == ABLATE_MEAN ? "mean" : "zero",
                *scope = c->ablation_scope == SCOPE_ONSET ? "onset" : "all";
-    static const char *const methods[] = {"exact", "attribution", "attribution+verify"};
     Buf csv = {0}, heads = {0}, js = {0};
     buf_puts(&csv, "run_id,variant,layer,component,kind,scope," SCAN_COLUMNS);
     buf_puts(&heads, "run_id,variant,layer,head,kind,scope," SCAN_COLUMNS);
@@ -2368,8 +2367,10 @@ static int scan_write(const Config *c, const Run *run, const char *variant, cons
     }
     buf_puts(&js, "{\n  \"variant\": ");
     buf_json_string(&js, variant, strlen(variant));
-    buf_printf(&js, ",\n  \"kind\": \"%s\",\n  \"scope\": \"%s\",\n  \"method\": \"%s\",\n  \"n_events\": %d,\n"
-                    "  \"n_controls\": %d", kind, scope, methods[c->ablation_method], n_events, n_controls);
+    buf_printf(&js,
+               ",\n  \"kind\": \"%s\",\n  \"scope\": \"%s\",\n  \"method\": \"%s\",\n  \"n_events\": %d,\n"
+               "  \"n_controls\": %d",
+               kind, scope, ablation_method_name(c->ablation_method), n_events, n_controls);
     for (int comp = 0; comp < 3; comp++) {
         if (comp == COMP_HEAD && c->top_k_heads == 0) break; // a design without heads reads as before
         buf_printf(&js, ",\n  \"%s\": [", comp == COMP_HEAD ? "attn_heads" : comp ? "mlp_layers" : "attn_layers");
@@ -2660,8 +2661,7 @@ int cmd_ablation_scan(int argc, char **argv) {
     if (analysis_open(&c, &run, variant, c.ablation_max_events, &a, &err)) goto out;
     n_layers = a.m.cfg.n_layers;
     int hidden = a.m.cfg.hidden_size, vocab = a.m.cfg.vocab_size, n_slots = a.f.n_slots, n_heads = a.m.cfg.n_heads;
-    // Heads are scanned by attribution, and exactly when the design selects heads.
-    int heads_scanned = c.ablation_method != METHOD_EXACT || c.top_k_heads > 0;
+    int heads_scanned = scan_heads(&c);
     n_comp = 2 * n_layers + (heads_scanned ? n_layers * n_heads : 0);
     if (shard.n) {
         const char *stage = estimates ? "ablation-estimates" : "ablation-scan";
@@ -2876,10 +2876,10 @@ int cmd_ablation_scan(int argc, char **argv) {
                         drop, est_drop, run_exact, &err);
     free(problem_id);
     if (rc) goto out;
-    static const char *const method_names[] = {"exact", "attribution", "attribution+verify"};
     printf("ablation-scan: %d events, %d controls, %d components (%s ablation, scope %s; %s: %d estimated, %d exact)\n",
            a.it.n_events, a.it.n_items - a.it.n_events, n_comp, c.ablation_kind == ABLATE_MEAN ? "mean" : "zero",
-           c.ablation_scope == SCOPE_ONSET ? "onset" : "all", method_names[c.ablation_method], n_estimated, n_exact);
+           c.ablation_scope == SCOPE_ONSET ? "onset" : "all", ablation_method_name(c.ablation_method), n_estimated,
+           n_exact);
 out:
     if (masks)
         for (int k = 0; k < n_comp; k++) ablation_mask_free(&masks[k]);
@@ -2899,7 +2899,7 @@ int merge_ablation_scan(const Config *c, const Run *run, Err *err) {
     ScanShards s;
     if (model_config_read(c->model_path, &mc, err)) return -1;
     int L = mc.n_layers, H = mc.n_heads;
-    int heads_scanned = c->ablation_method != METHOD_EXACT || c->top_k_heads > 0;
+    int heads_scanned = scan_heads(c);
     int n_comp = 2 * L + (heads_scanned ? L * H : 0), rc;
     if (scan_shards_read(c, run, ART_ABLATION, "ablation-scan", L, H, n_comp, &s, err)) return -1;
     unsigned char *run_exact = xmalloc((size_t)n_comp + 1);

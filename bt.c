@@ -710,9 +710,8 @@ int config_load(Config *c, const char *path, Err *err) {
         goto fail;
     }
     if (c->ablation_method != METHOD_EXACT && c->ablation_scope == SCOPE_ONSET) { // an estimate of ablating everywhere
-        const char *verify = c->ablation_method == METHOD_ATTRIBUTION_VERIFY ? "+verify" : "";
-        err_input(err, "%s:%d: [ablation] method = attribution%s estimates ablation at every position: it needs "
-                       "scope = all", path, method_line, verify);
+        err_input(err, "%s:%d: [ablation] method = %s estimates ablation at every position: it needs scope = all", path,
+                  method_line, ablation_method_name(c->ablation_method));
         goto fail;
     }
     if (steering_config_check(c, path, seen, err)) goto fail;
@@ -2118,7 +2117,9 @@ static int plan_write(const Config *c, int calibrate, int shards, Buf *out, Err 
         if (c->ablation_scope == SCOPE_ONSET)     // onset: the clean pass, then replayed rows at the reads
             passes = 1 + scan_items * n_exact * exact_pass / (scan_seqs * seq_tokens);
         if (n_exact == 0) passes = 0;
-        t_scan = scan_seqs * seq_tokens * (passes + (c->ablation_kind == ABLATE_MEAN)) / cal.prefill_tok_s +
+        // Mean ablation first sums every completion's components: each shard of each phase over all of them.
+        double t_means = c->ablation_kind == ABLATE_MEAN ? scan_seqs * seq_tokens / cal.prefill_tok_s : 0;
+        t_scan = scan_seqs * seq_tokens * passes / cal.prefill_tok_s +
                  scan_items * (n_exact + (n_exact > 0)) * cal.readout_s;
         if (attribution) { // a forward and a backward pass per item, plus a forward of the layers not kept
             int kept = model_gradient_layers_kept(&m, (int)seq_tokens, GRAD_KEEP_BYTES);
@@ -2131,8 +2132,10 @@ static int plan_write(const Config *c, int calibrate, int shards, Buf *out, Err 
         // split their completions (attribution+verify's scan in both its phases).
         plan_generation_s(c, &cal, &m, (per_variant + shards - 1) / shards, prompt_mean_all, lens_prompt_mean,
                           steer_prompt_mean, gen_share);
-        t_sharded =
-            gen_share[0] + gen_share[1] + gen_share[2] + (t_lens + t_scan + t_collateral + t_directions) / shards;
+        int means_per_node = c->ablation_method == METHOD_ATTRIBUTION_VERIFY && shards > 1 ? 2 : 1;
+        t_sharded = gen_share[0] + gen_share[1] + gen_share[2] +
+                    (t_lens + t_scan + t_collateral + t_directions) / shards + means_per_node * t_means;
+        t_scan += t_means;
     }
     int slots = c->batch_size, lens_slots = lens_seqs < slots ? (int)lens_seqs : slots,
         scan_slots = scan_seqs < slots ? (int)scan_seqs : slots;
@@ -2174,8 +2177,8 @@ static int plan_write(const Config *c, int calibrate, int shards, Buf *out, Err 
                lens_seqs, lens_seqs * seq_tokens, lens_items * (L + 1));
     plan_line(out, "logit-lens", work.data, cal_ok ? t_lens : NAN);
     work.len = 0;
-    static const char *const methods[] = {"exact", "attribution", "attribution+verify"};
-    buf_printf(&work, "%s: %lld items in %lld completions", methods[c->ablation_method], scan_items, scan_seqs);
+    buf_printf(&work, "%s: %lld items in %lld completions", ablation_method_name(c->ablation_method), scan_items,
+               scan_seqs);
     if (attribution)
         buf_printf(&work, ": a forward and a backward pass each, of %.0f positions%s", seq_tokens,
                    n_exact ? "; then" : "");

@@ -181,6 +181,10 @@ enum { SCOPE_ALL, SCOPE_ONSET };
 // [ablation] method: ablate every component exactly; estimate every layer component and head from one
 // forward + backward pass per item; or estimate, then ablate the top verify_k of each kind exactly.
 enum { METHOD_EXACT, METHOD_ATTRIBUTION, METHOD_ATTRIBUTION_VERIFY };
+static inline const char *ablation_method_name(int method) {
+    static const char *const names[] = {"exact", "attribution", "attribution+verify"};
+    return names[method];
+}
 #define MAX_RANDOM_DRAWS 100 // [ablation] random_draws at most
 enum { STEER_POSITIVES_EVENTS, STEER_POSITIVES_THINKING };
 #define STEER_LAYER_AUTO (-1)
@@ -264,6 +268,8 @@ int config_load(Config *c, const char *path, Err *err);
 void config_free(Config *c);
 void config_write_resolved(const Config *c, Buf *out); // every key with its effective value
 const Variant *config_variant(const Config *c, const char *name);
+// The scan covers heads by attribution, and exactly when the design selects heads.
+static inline int scan_heads(const Config *c) { return c->ablation_method != METHOD_EXACT || c->top_k_heads > 0; }
 
 // ----------------------------------------------------------------------------
 // Command line (bt.c): each command parses its own flags with one helper.
