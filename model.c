@@ -31,6 +31,7 @@
 #define MATMUL_SLIVER 32      // AVX-512: weight rows packed side by side, column by column (two vectors of outputs)
 #define MATMUL_KC 256         // AVX-512: columns per packed block (a thread's slivers of one stay in L2 while x passes)
 #define MATMUL_MR 12          // AVX-512: rows of x per tile (12 x 2 accumulators, 2 weight vectors, a broadcast)
+#define MATMUL_MR_FIRST 16    // AVX-512: rows of x in a block's first tile where that spares a 4-row last tile
 #define MATMUL_MAX_SLIVERS 4  // AVX-512: slivers per tile at most (fewer rows take more slivers)
 #define MATMUL_GROUP 12       // AVX-512: slivers a thread takes at a time (a multiple of every tile's slivers)
 #define PARALLEL_MIN_MACS 2e5 // smaller matmuls and attentions run on one thread: waking threads costs more
@@ -1041,6 +1042,11 @@ static INLINE __mmask16 mask16(int left) {
 // tile, the batch or the thread, and no horizontal sums. Tiles take MATMUL_MR rows of x (the
 // rest in one shorter tile) and as many slivers as 24 accumulators allow, but for one row:
 // bound by memory, it streams faster from two slivers at a time than from four (F32 decode +5%).
+// Where the rows would end in a 4-row tile (3 slivers from L2, the slowest tile), the
+// block's first tile, which streams its weights from memory, takes 16 rows and one sliver
+// instead: more FMAs per byte to hide the stream behind, though the compiler keeps 3 of the
+// 32 accumulators in L1 (F32 batch 16 +12%; 20 rows or more spill too many, and a 16-row
+// first tile that leaves a shorter last tile, as in prefill 512, loses 1-2%).
 static INLINE int tile_slivers(int R) { return R == 1 ? 2 : R <= 3 ? 4 : R == 4 ? 3 : R <= 6 ? 2 : 1; }
 
 // Column k of one packed sliver (BF16: rows i and 16 + i share a 32-bit word) as two vectors of 16 outputs.
@@ -1065,7 +1071,7 @@ AVX512 static INLINE void sliver_col_avx512(DType dtype, const char *p, __m512 *
 AVX512 static INLINE void sliver_tile_avx512(DType dtype, int R, int S, const float *x, size_t ldx, const char *pk,
                                              size_t sliver_bytes, int len, int first, float *out, size_t ldo,
                                              int n_out, float *keep) {
-    __m512 acc[MATMUL_MR][2 * MATMUL_MAX_SLIVERS];
+    __m512 acc[MATMUL_MR_FIRST][2 * MATMUL_MAX_SLIVERS];
     size_t col_bytes = MATMUL_SLIVER * dtype_bytes(dtype);
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < 2 * S; j++)
         acc[r][j] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask16(n_out - 16 * j), out + r * ldo + 16 * j);
@@ -1108,24 +1114,31 @@ AVX512 static INLINE void sliver_tile_avx512(DType dtype, int R, int S, const fl
         switch (R * 8 + S) {                                                                                           \
             SLIVER_TILES_4(1) SLIVER_TILES_4(2) SLIVER_TILES_4(3) SLIVER_TILES_3(4) SLIVER_TILES_2(5)                  \
             SLIVER_TILES_2(6) SLIVER_TILES_1(7) SLIVER_TILES_1(8) SLIVER_TILES_1(9) SLIVER_TILES_1(10)                 \
-            SLIVER_TILES_1(11) SLIVER_TILES_1(12)                                                                      \
+            SLIVER_TILES_1(11) SLIVER_TILES_1(12) SLIVER_TILES_1(16)                                                   \
         }                                                                                                              \
     }
 SLIVER_TILES_AVX512(sliver_tiles_bf16, DT_BF16)
 SLIVER_TILES_AVX512(sliver_tiles_f16, DT_F16)
 SLIVER_TILES_AVX512(sliver_tiles_f32, DT_F32)
 
-// The first full tile of a 16-bit block, keeping its sliver widened (see matmul_slivers_avx512).
-AVX512 static void sliver_tile_widen(DType dtype, const float *x, size_t ldx, const char *pk, int len, int first,
+// The first tile (R rows: MATMUL_MR or MATMUL_MR_FIRST) of a 16-bit block, keeping its sliver
+// widened (see matmul_slivers_avx512).
+AVX512 static void sliver_tile_widen(DType dtype, int R, const float *x, size_t ldx, const char *pk, int len, int first,
                                      float *out, size_t ldo, int n_out, float *keep) {
-    if (dtype == DT_BF16) sliver_tile_avx512(DT_BF16, MATMUL_MR, 1, x, ldx, pk, 0, len, first, out, ldo, n_out, keep);
-    else sliver_tile_avx512(DT_F16, MATMUL_MR, 1, x, ldx, pk, 0, len, first, out, ldo, n_out, keep);
+    if (dtype == DT_BF16 && R == MATMUL_MR)
+        sliver_tile_avx512(DT_BF16, MATMUL_MR, 1, x, ldx, pk, 0, len, first, out, ldo, n_out, keep);
+    else if (dtype == DT_BF16)
+        sliver_tile_avx512(DT_BF16, MATMUL_MR_FIRST, 1, x, ldx, pk, 0, len, first, out, ldo, n_out, keep);
+    else if (R == MATMUL_MR)
+        sliver_tile_avx512(DT_F16, MATMUL_MR, 1, x, ldx, pk, 0, len, first, out, ldo, n_out, keep);
+    else
+        sliver_tile_avx512(DT_F16, MATMUL_MR_FIRST, 1, x, ldx, pk, 0, len, first, out, ldo, n_out, keep);
 }
 
 // Slivers s0..s1 (at most MATMUL_GROUP) of w against all n rows of x: block by block of
 // MATMUL_KC columns, the slivers' block (in L2) meeting every tile of rows, each tile's
-// columns of x staying in L1. With 16-bit weights and two or more full tiles of rows, the
-// first full tile also writes each sliver widened to F32 and the later full tiles read that
+// columns of x staying in L1. With 16-bit weights and a full tile after the first, the
+// first tile also writes each sliver widened to F32 and the later full tiles read that
 // copy (in L2): the widening ops share the FMA ports, and the copy spares them (prefill
 // 5-10% faster). Fewer rows, or the last shorter tile (several slivers, so 3x the bytes
 // from L2), widen in registers.
@@ -1133,24 +1146,26 @@ AVX512 static void matmul_slivers_avx512(float *out, const float *x, int n, cons
     void (*tiles)(int, int, const float *, size_t, const char *, size_t, int, int, float *, size_t, int) =
         w->dtype == DT_BF16 ? sliver_tiles_bf16 : w->dtype == DT_F16 ? sliver_tiles_f16 : sliver_tiles_f32;
     int d_out = w->rows, d_in = w->cols, n_slivers = (d_out + MATMUL_SLIVER - 1) / MATMUL_SLIVER;
-    int widen = w->dtype != DT_F32 && n >= 2 * MATMUL_MR;
+    int first_rows = n % MATMUL_MR == MATMUL_MR_FIRST - MATMUL_MR ? MATMUL_MR_FIRST : MATMUL_MR; // fewer when n is
+    int widen = w->dtype != DT_F32 && n >= first_rows + MATMUL_MR;
     size_t eb = dtype_bytes(w->dtype);
     _Alignas(64) float wide[MATMUL_GROUP][MATMUL_KC * MATMUL_SLIVER]; // the block's slivers in F32: 384 KB of stack
     for (int kb = 0; kb < d_in; kb += MATMUL_KC) {
         int len = d_in - kb < MATMUL_KC ? d_in - kb : MATMUL_KC;
         size_t sliver_bytes = (size_t)len * MATMUL_SLIVER * eb;
         const char *block = (const char *)w->packed + (size_t)kb * n_slivers * MATMUL_SLIVER * eb;
-        for (int r0 = 0; r0 < n; r0 += MATMUL_MR) {
-            int R = n - r0 < MATMUL_MR ? n - r0 : MATMUL_MR, S = tile_slivers(R);
+        for (int r0 = 0, R; r0 < n; r0 += R) {
+            R = r0 == 0 ? (n < first_rows ? n : first_rows) : n - r0 < MATMUL_MR ? n - r0 : MATMUL_MR;
+            int S = tile_slivers(R);
             for (int s = s0; s < s1; s += S) {
                 const float *xt = x + (size_t)r0 * d_in + kb;
                 float *ot = out + (size_t)r0 * d_out + (size_t)s * MATMUL_SLIVER;
                 int n_out = d_out - s * MATMUL_SLIVER;
-                if (!widen || R < MATMUL_MR)
+                if (!widen || (r0 > 0 && R < MATMUL_MR))
                     tiles(R, s1 - s < S ? s1 - s : S, xt, (size_t)d_in, block + s * sliver_bytes, sliver_bytes, len,
                           kb == 0, ot, (size_t)d_out, n_out);
                 else if (r0 == 0)
-                    sliver_tile_widen(w->dtype, xt, (size_t)d_in, block + s * sliver_bytes, len, kb == 0, ot,
+                    sliver_tile_widen(w->dtype, R, xt, (size_t)d_in, block + s * sliver_bytes, len, kb == 0, ot,
                                       (size_t)d_out, n_out, wide[s - s0]);
                 else
                     sliver_tiles_f32(MATMUL_MR, 1, xt, (size_t)d_in, (const char *)wide[s - s0],

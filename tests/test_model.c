@@ -1022,13 +1022,14 @@ static const char *make_tiny(const char *dtype) {
     return rc == 0 ? dir : NULL;
 }
 
-// One row's logits are bitwise the same alone and inside batches of 3, 8 and 17 rows (at
+// One row's logits are bitwise the same alone and inside batches of 3, 8, 16 and 17 rows (at
 // the front or the back, beside sequences of other lengths), with 1 and 2 threads, for
-// prefill rows and decode rows, in every dtype and with both kernels.
+// prefill rows and decode rows, in every dtype and with both kernels. (16 decode rows and the
+// 64 prefill rows of 3 sequences, target at the front, take the 16-row first tile.)
 static void t_model_batch_invariance_bitwise(void) {
     const char *dtypes[] = {"bf16", "f16", "f32"};
     enum { P = 21, MAX_N = 17, MAX_SEQ = 32 };
-    int sizes[] = {1, 3, 8, 17};
+    int sizes[] = {1, 3, 8, 16, 17};
     for (int dt = 0; dt < 3; dt++) {
         const char *dir = make_tiny(dtypes[dt]);
         Model m;
@@ -1058,7 +1059,7 @@ static void t_model_batch_invariance_bitwise(void) {
             run_seq(&m, s, 0, prompt[0], P, NULL, alone, NULL, NULL, NULL);
             run_row(&m, s, 0, next, P, NULL, alone + (size_t)P * V);
             runstate_free(s);
-            for (int si = 0; si < 4; si++)
+            for (int si = 0; si < 5; si++)
                 for (int threads = 1; threads <= 2; threads++)
                     for (int back = 0; back <= (sizes[si] > 1); back++) {
                         int n_seq = sizes[si], target = back ? n_seq - 1 : 0, n = 0;
