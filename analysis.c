@@ -1759,11 +1759,23 @@ static void analysis_close(Analysis *a) {
 // item's index among all items. The merge puts the items back in that order and runs the same
 // summarizing code as an unsharded run, so any N gives the same bytes.
 
-// Keeps the sequences of shard s and the items read from them; global[i] (n_items entries
-// before) receives kept item i's index among all items.
-static void items_keep_shard(Items *it, const Shard *s, int *global) {
+// What a stage costs per sequence, so that shards take equal costs rather than equal counts
+// (events cluster in some completions): its positions, once (passes shared by its items) or
+// once per item (attribution: a forward and a backward pass each). Freed by the caller.
+static double *items_seq_costs(const Items *it, int per_item) {
+    double *cost = xcalloc((size_t)it->n_seqs + 1, sizeof *cost);
+    if (per_item)
+        for (int i = 0; i < it->n_items; i++) cost[it->items[i].seq] += it->seqs[it->items[i].seq].n_tokens;
+    else
+        for (int q = 0; q < it->n_seqs; q++) cost[q] = it->seqs[q].n_tokens;
+    return cost;
+}
+
+// Keeps the sequences of shard s (its share of costs, see items_seq_costs) and the items read
+// from them; global[i] (n_items entries before) receives kept item i's index among all items.
+static void items_keep_shard(Items *it, const Shard *s, const double *costs, int *global) {
     int first, end, n_items = 0;
-    shard_range(s, it->n_seqs, &first, &end);
+    shard_range(s, it->n_seqs, costs, &first, &end);
     for (int q = 0; q < it->n_seqs; q++)
         if (q < first || q >= end) {
             free(it->seqs[q].tokens);
@@ -1785,9 +1797,10 @@ static void items_keep_shard(Items *it, const Shard *s, int *global) {
 }
 
 // A stage's shard of an open Analysis: its items, and a Forcer sized for them.
-static int analysis_keep_shard(Analysis *a, const Config *c, const Shard *s, int **global, Err *err) {
+static int analysis_keep_shard(Analysis *a, const Config *c, const Shard *s, const double *costs, int **global,
+                               Err *err) {
     *global = xmalloc((size_t)(a->it.n_items + 1) * sizeof **global);
-    items_keep_shard(&a->it, s, *global);
+    items_keep_shard(&a->it, s, costs, *global);
     forcer_free(&a->f);
     int n_slots = a->it.n_seqs < c->batch_size ? a->it.n_seqs : c->batch_size;
     return forcer_init(&a->f, &a->m, n_slots < 1 ? 1 : n_slots, items_max_tokens(&a->it), ANALYSIS_MAX_ROWS, err);
@@ -2088,7 +2101,8 @@ int cmd_logit_lens(int argc, char **argv) {
     float *resid = NULL, *logits = NULL;
     Buf csv = {0};
     Shard shard;
-    int *global = NULL; // a shard's items: each one's index among all
+    int *global = NULL;   // a shard's items: each one's index among all
+    double *costs = NULL; // a shard's: each completion's positions
     ShardInfo info;
     char path[1200], shard_path[1300];
     run_path(&run, path, sizeof path, ART_LOGIT_LENS);
@@ -2096,13 +2110,14 @@ int cmd_logit_lens(int argc, char **argv) {
     if (analysis_open(&c, &run, variant, c.lens_max_events, &a, &err)) goto out;
     if (shard.n) {
         // its rows carry the event ids, which the digest then covers
-        info = (ShardInfo){"logit-lens", variant, a.it.n_seqs, a.it.n_items,
-                           analysis_digest(&c, &run, variant, 1, NULL), 0};
+        costs = items_seq_costs(&a.it, 0);
+        info = (ShardInfo){
+            "logit-lens", variant, a.it.n_seqs, a.it.n_items, analysis_digest(&c, &run, variant, 1, NULL), 0, costs};
         if (shard_done(&run, path, &shard, &info)) {
             printf("logit-lens: shard %d/%d is already there\n", shard.k, shard.n);
             goto out;
         }
-        if (shard_begin(&run, path, &shard, &info, &err) || analysis_keep_shard(&a, &c, &shard, &global, &err))
+        if (shard_begin(&run, path, &shard, &info, &err) || analysis_keep_shard(&a, &c, &shard, costs, &global, &err))
             goto out;
     }
     int n_layers = a.m.cfg.n_layers, hidden = a.m.cfg.hidden_size, vocab = a.m.cfg.vocab_size, n_slots = a.f.n_slots;
@@ -2153,6 +2168,7 @@ int cmd_logit_lens(int argc, char **argv) {
     printf("\n");
 out:
     free(global);
+    free(costs);
     buf_free(&csv);
     free(resid);
     free(logits);
@@ -2645,7 +2661,8 @@ int cmd_ablation_scan(int argc, char **argv) {
     ScanShards first = {0}; // a verifying shard's: every item's estimate from the first phase
     AblationMask *masks = NULL;
     Shard shard;
-    int *global = NULL; // a shard's items: each one's index among all
+    int *global = NULL;   // a shard's items: each one's index among all
+    double *costs = NULL; // a shard's: each completion's positions, once per item when it computes gradients
     ShardInfo info;
     char path[1200];
     run_path(&run, path, sizeof path, estimates ? ART_ABLATION_ESTIMATES : ART_ABLATION);
@@ -2665,7 +2682,9 @@ int cmd_ablation_scan(int argc, char **argv) {
     n_comp = 2 * n_layers + (heads_scanned ? n_layers * n_heads : 0);
     if (shard.n) {
         const char *stage = estimates ? "ablation-estimates" : "ablation-scan";
-        info = (ShardInfo){stage, variant, a.it.n_seqs, a.it.n_items, analysis_digest(&c, &run, variant, 0, NULL), 0};
+        costs = items_seq_costs(&a.it, c.ablation_method != METHOD_EXACT && !verifying);
+        uint64_t digest = analysis_digest(&c, &run, variant, 0, NULL);
+        info = (ShardInfo){stage, variant, a.it.n_seqs, a.it.n_items, digest, 0, costs};
         if (shard_done(&run, path, &shard, &info)) {
             printf("%s: shard %d/%d is already there\n", stage, shard.k, shard.n);
             goto out;
@@ -2699,7 +2718,7 @@ int cmd_ablation_scan(int argc, char **argv) {
         goto out;
     // A shard scans its share of the completions; every shard computed the means over all of them
     // (the same floats, whatever N), as an unsharded scan does.
-    if (shard.n && analysis_keep_shard(&a, &c, &shard, &global, &err)) goto out;
+    if (shard.n && analysis_keep_shard(&a, &c, &shard, costs, &global, &err)) goto out;
     n_slots = a.f.n_slots;
     // The estimates first: attribution+verify chooses from them what to ablate exactly.
     run_exact = xcalloc((size_t)n_comp, 1);
@@ -2885,7 +2904,7 @@ out:
         for (int k = 0; k < n_comp; k++) ablation_mask_free(&masks[k]);
     free(masks); free(attn_mean); free(mlp_mean); free(head_mean); free(ablated); free(resid); free(clean_logits);
     free(drop); free(est_drop); free(clean_lp); free(item_read); free(run_exact);
-    free(global);
+    free(global), free(costs);
     scan_shards_free(&first);
     analysis_close(&a);
     config_free(&c);
@@ -3076,10 +3095,10 @@ int cmd_collateral_damage(int argc, char **argv) {
         goto out;
     }
     if (generations_read(path, &recs, &n_recs, &err)) goto out;
-    shard_range(&shard, n_recs, &first_rec, &end_rec); // a shard scores its share of the completions
+    shard_range(&shard, n_recs, NULL, &first_rec, &end_rec); // a shard scores its share of the completions
     if (shard.n) {
         uint64_t digest = analysis_digest(&c, &run, variant, 0, collateral_inputs);
-        info = (ShardInfo){"collateral-damage", variant, n_recs, n_recs, digest, 0};
+        info = (ShardInfo){"collateral-damage", variant, n_recs, n_recs, digest, 0, NULL};
         if (shard_done(&run, out_path, &shard, &info)) {
             printf("collateral-damage: shard %d/%d is already there\n", shard.k, shard.n);
             goto out;
@@ -3829,8 +3848,8 @@ int cmd_directions(int argc, char **argv) {
     if (steer_set_load(&c, &run, tok, variant, &s, &err)) goto out;
     int L = m.cfg.n_layers, D = m.cfg.hidden_size, n_obs, first, end;
     obs = steer_sample(&s, c.seed, &n_obs);
-    shard_range(&shard, s.n_seqs, &first, &end); // a shard takes its share of the completions (both folds' order)
-    ShardInfo info = {"directions", variant, s.n_seqs, n_obs, analysis_digest(&c, &run, variant, 0, NULL), 0};
+    shard_range(&shard, s.n_seqs, NULL, &first, &end); // a shard takes its share of the completions (both folds' order)
+    ShardInfo info = {"directions", variant, s.n_seqs, n_obs, analysis_digest(&c, &run, variant, 0, NULL), 0, NULL};
     run_path(&run, path, sizeof path, DIRECTIONS_SHARDS);
     if (shard.n && shard_done(&run, path, &shard, &info)) {
         printf("directions: shard %d/%d is already there\n", shard.k, shard.n);

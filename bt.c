@@ -1035,9 +1035,26 @@ int shard_parse(const char *spec, Shard *s, Err *err) {
     return 0;
 }
 
-void shard_range(const Shard *s, int n_units, int *first, int *end) {
-    *first = s->n ? (int)((long long)n_units * (s->k - 1) / s->n) : 0;
-    *end = s->n ? (int)((long long)n_units * s->k / s->n) : n_units;
+void shard_range(const Shard *s, int n_units, const double *costs, int *first, int *end) {
+    double total = 0;
+    for (int q = 0; costs && q < n_units; q++) total += costs[q];
+    if (!s->n || total <= 0) {
+        *first = s->n ? (int)((long long)n_units * (s->k - 1) / s->n) : 0;
+        *end = s->n ? (int)((long long)n_units * s->k / s->n) : n_units;
+        return;
+    }
+    *first = *end = n_units;
+    double before = 0; // the costs of units 0..q-1
+    for (int q = 0; q < n_units; q++) {
+        int k = (int)((before + costs[q] / 2) * s->n / total) + 1; // the shard of unit q's midpoint
+        if (k > s->n) k = s->n;
+        if (k >= s->k && *first == n_units) *first = q;
+        if (k > s->k) {
+            *end = q;
+            break;
+        }
+        before += costs[q];
+    }
 }
 
 // dir/stem.ext -> dir/stem.shard-KKK-of-NNN.<ext> (ext NULL: the path's own extension).
@@ -1091,7 +1108,7 @@ static int manifest_write(const Run *run, const char *path, const Shard *s, cons
     char mpath[1300];
     shard_file_ext(path, s, SHARD_MANIFEST_EXT, mpath, sizeof mpath);
     int first, end;
-    shard_range(s, info->units, &first, &end);
+    shard_range(s, info->units, info->costs, &first, &end);
     Buf b = {0};
     buf_puts(&b, "{\"run_id\": ");
     buf_json_string(&b, run->id, strlen(run->id));

@@ -1101,6 +1101,7 @@ typedef struct {
     int items;         // items of the output (all shards together), -1 when not counted
     uint64_t digest;   // the stage's inputs (config and the files it read); readers compare it
     int append;        // 1: the shard file grows by appends and resumes (generation); 0: written whole
+    const double *costs; // (units) what each unit costs, for shares of equal cost; NULL: of equal counts
 } ShardInfo;
 
 // --shard: "K/N" (1 <= K <= N <= SHARD_MAX) or "auto": K = SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN
@@ -1109,7 +1110,10 @@ typedef struct {
 int shard_parse(const char *spec, Shard *s, Err *err);
 #define OPT_SHARD                                                                                                      \
     OPT("--shard", 1, "K/N: do the K-th of N shares and write shard files; auto: from the Slurm job array")
-void shard_range(const Shard *s, int n_units, int *first, int *end);    // the shard's units [first, end)
+// The shard's units [first, end): contiguous shares of equal counts, or, given costs (n_units, each
+// >= 0), of equal cost: unit q goes to the shard its cost's midpoint falls in, so a share is within
+// the largest unit's cost of the mean.
+void shard_range(const Shard *s, int n_units, const double *costs, int *first, int *end);
 void shard_file(const char *path, const Shard *s, char *out, size_t n); // dir/stem.ext -> dir/stem.shard-KKK-of-NNN.ext
 // Length of the stem when name (no directory) is "<stem>.shard-KKK-of-NNN.<ext>" with this ext, else 0.
 size_t shard_name_stem(const char *name, const char *ext);

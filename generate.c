@@ -517,10 +517,10 @@ static int generate_variant(const Config *c, const Run *run, const Model *m, con
     layer_set_json(&set_json, set);
     if (steering_json) buf_puts(&set_json, steering_json); // a steered file depends on its vector too
     ShardInfo info = {
-        "generate", what, n_problems, -1, seed_mix(config_digest(c), fnv1a64(set_json.data, set_json.len)), 1};
+        "generate", what, n_problems, -1, seed_mix(config_digest(c), fnv1a64(set_json.data, set_json.len)), 1, NULL};
     buf_free(&set_json);
     int first_problem, end_problem;
-    shard_range(shard, n_problems, &first_problem, &end_problem);
+    shard_range(shard, n_problems, NULL, &first_problem, &end_problem);
     if (shard->n) {
         if (shard_begin(run, path, shard, &info, err)) return -1;
         char unsharded[1300];

@@ -158,6 +158,13 @@ if BT_RUN_ID=$plain "$BT" ablation-scan $H > scan.log 2>&1 && cp $A/ablation_imp
         ok "attribution+verify: estimates in 2 shards, verification in 3: the unsharded CSVs (2 + 2 layer components verified)" ||
         bad "attribution+verify in two sharded phases" "$n_exact verified; $(tail -n 2 scan.log)"
 else bad "attribution+verify unsharded, for the shard comparison" "$(tail -n 2 scan.log)"; fi
+# The estimates split the completions by cost (positions once per item): events cluster in this
+# organism's completions, so the two shares are not the 8 + 8 a split by count gives.
+split=$(cat $A/ablation_estimates.shard-00[12]-of-002.manifest.json |
+    grep -o '"units": [0-9]*, "first_unit": [0-9]*, "end_unit": [0-9]*' | tr -dc '0-9 \n' | tr -s ' \n' '  ')
+echo "$split" | awk '{ exit !(NF == 6 && $2 == 0 && $3 == $5 && $6 == $1 && $3 != int($1 / 2)) }' &&
+    ok "attribution estimates shard by cost: units, first, end of each: $split" ||
+    bad "attribution estimates shard by cost" "manifests: $split"
 # Broken estimates: a verifying shard names the file and line, exits 2 and writes nothing.
 E=$A/ablation_estimates.shard-001-of-002.csv
 cp $E estimates.csv && rm -f $A/ablation_importance.shard-*

@@ -2,6 +2,7 @@
 // shard, the file names), and a shard set's checks on a run folder built here.
 #include "test.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 static void t_shard_parse(void) {
@@ -46,7 +47,7 @@ static void t_shard_range(void) {
             for (int k = 1; k <= n; k++) {
                 Shard s = {k, n};
                 int first, end;
-                shard_range(&s, units, &first, &end);
+                shard_range(&s, units, NULL, &first, &end);
                 CHECKF(first == next && end >= first, "units %d, shard %d/%d: [%d, %d) after %d", units, k, n, first,
                        end, next);
                 next = end;
@@ -58,8 +59,47 @@ static void t_shard_range(void) {
         }
     Shard whole = {0, 0};
     int first, end;
-    shard_range(&whole, 7, &first, &end);
+    shard_range(&whole, 7, NULL, &first, &end);
     CHECK(first == 0 && end == 7);
+}
+
+// Shares of equal cost: every unit in exactly one shard, in order, each share's cost within the
+// largest unit's of the mean; one costly unit gets a shard to itself; all-zero costs split by count.
+static void t_shard_range_costs(void) {
+    Rng rng;
+    rng_seed(&rng, 5);
+    double costs[60];
+    for (int trial = 0; trial < 200; trial++) {
+        int units = (int)rng_below(&rng, 60), n = 1 + (int)rng_below(&rng, 16), next = 0;
+        double total = 0, largest = 0, worst = 0;
+        for (int q = 0; q < units; q++) {
+            costs[q] = trial % 4 == 0 ? (double)rng_below(&rng, 3) : (double)rng_below(&rng, 1000) * rng_below(&rng, 4);
+            total += costs[q];
+            if (costs[q] > largest) largest = costs[q];
+        }
+        for (int k = 1; k <= n; k++) {
+            Shard s = {k, n};
+            int first, end;
+            double share = 0;
+            shard_range(&s, units, costs, &first, &end);
+            CHECKF(first == next && end >= first, "trial %d, shard %d/%d: [%d, %d) after %d", trial, k, n, first, end,
+                   next);
+            for (int q = first; q < end; q++) share += costs[q];
+            if (fabs(share - total / n) > worst) worst = fabs(share - total / n);
+            next = end;
+        }
+        CHECKF(next == units, "trial %d: %d shards cover %d of %d units", trial, n, next, units);
+        CHECKF(total == 0 || worst <= largest, "trial %d: a share is %g off the mean %g (largest unit %g)", trial,
+               worst, total / n, largest);
+    }
+    double one_big[] = {1, 1, 100, 1, 1, 1, 1};
+    Shard s = {2, 3};
+    int first, end;
+    shard_range(&s, 7, one_big, &first, &end);
+    CHECKF(first == 2 && end == 3, "the costly unit alone in the middle shard: [%d, %d)", first, end);
+    double zero[5] = {0};
+    shard_range(&s, 5, zero, &first, &end);
+    CHECK(first == 1 && end == 3);
 }
 
 static void t_shard_names(void) {
@@ -95,7 +135,7 @@ static void t_shard_set(void) {
     char **files;
     int n;
     CHECK(shard_set(run.id, path, 0, &files, &n, NULL, &err) == 0 && n == 0 && !exists_or_sharded(path));
-    ShardInfo info = {"stage", "what", 10, 20, 42, 0};
+    ShardInfo info = {"stage", "what", 10, 20, 42, 0, NULL};
     for (int k = 1; k <= 3; k++) {
         Shard s = {k, 3};
         CHECK(shard_begin(&run, path, &s, &info, &err) == 0);
@@ -143,6 +183,7 @@ static void t_shard_set(void) {
 const TestCase tests_shard[] = {
     {"shard: --shard K/N and auto", t_shard_parse},
     {"shard: every unit in one shard, contiguous, balanced", t_shard_range},
+    {"shard: shares of equal cost", t_shard_range_costs},
     {"shard: file names", t_shard_names},
     {"shard: a set is whole, finished, of one N and of this run", t_shard_set},
     {NULL, NULL},
