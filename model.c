@@ -1146,7 +1146,8 @@ AVX512 static void matmul_slivers_avx512(float *out, const float *x, int n, cons
     void (*tiles)(int, int, const float *, size_t, const char *, size_t, int, int, float *, size_t, int) =
         w->dtype == DT_BF16 ? sliver_tiles_bf16 : w->dtype == DT_F16 ? sliver_tiles_f16 : sliver_tiles_f32;
     int d_out = w->rows, d_in = w->cols, n_slivers = (d_out + MATMUL_SLIVER - 1) / MATMUL_SLIVER;
-    int first_rows = n % MATMUL_MR == MATMUL_MR_FIRST - MATMUL_MR ? MATMUL_MR_FIRST : MATMUL_MR; // fewer when n is
+    // The first tile's rows (or all n, when fewer): 16 where tiles of 12 would leave 4.
+    int first_rows = n % MATMUL_MR == MATMUL_MR_FIRST - MATMUL_MR ? MATMUL_MR_FIRST : MATMUL_MR;
     int widen = w->dtype != DT_F32 && n >= first_rows + MATMUL_MR;
     size_t eb = dtype_bytes(w->dtype);
     _Alignas(64) float wide[MATMUL_GROUP][MATMUL_KC * MATMUL_SLIVER]; // the block's slivers in F32: 384 KB of stack
