@@ -2904,7 +2904,8 @@ out:
         for (int k = 0; k < n_comp; k++) ablation_mask_free(&masks[k]);
     free(masks); free(attn_mean); free(mlp_mean); free(head_mean); free(ablated); free(resid); free(clean_logits);
     free(drop); free(est_drop); free(clean_lp); free(item_read); free(run_exact);
-    free(global), free(costs);
+    free(global);
+    free(costs);
     scan_shards_free(&first);
     analysis_close(&a);
     config_free(&c);
