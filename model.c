@@ -1357,6 +1357,15 @@ static void pack_weights(Model *m) {
 }
 #endif
 
+// The unit handed out v-th of n among T threads: the units dealt as T runs, so threads that
+// take units at the same moment stream weights far apart (neighbouring blocks streamed side
+// by side made 2-thread batch-16 matmuls 6-8% slower). Each output is whole in one unit, so
+// the order changes no result.
+int spread_unit(int v, int n, int T) {
+    int run = v % T, per_run = n / T, longer = n % T;
+    return run * per_run + (run < longer ? run : longer) + v / T;
+}
+
 // outs[j](n, rows of ws[j]) = x(n, d_in) · ws[j]^T (+ biases[j]) for n_w weights that read
 // the same x (q, k and v; gate and up), W in its stored dtype. Threads take blocks of weight
 // rows of any of them, each output whole, from one loop: so no thread idles at the end of
@@ -1378,10 +1387,11 @@ static void matmuls(const Model *m, const float *x, int n, int n_w, float *const
         first_unit[j + 1] = first_unit[j] + w_blocks[j] * n_chunks;
         macs += (double)n * ws[j]->rows * d_in;
     }
+    int n_units = first_unit[n_w], n_threads = max_threads();
 #pragma omp parallel for schedule(                                                                                     \
     dynamic, 1) if (macs >= PARALLEL_MIN_MACS) // dynamic: a thread that lost its core to another process does less
-    for (int u = 0; u < first_unit[n_w]; u++) {
-        int j = 0;
+    for (int v = 0; v < n_units; v++) {
+        int u = spread_unit(v, n_units, n_threads), j = 0;
         while (u >= first_unit[j + 1]) j++;
         const Tensor *w = ws[j], *bias = biases[j];
         int d_out = w->rows, k = u - first_unit[j]; // unit k of weight j: its block and chunk of rows

@@ -1179,6 +1179,23 @@ static void t_model_final_logits_rows(void) {
     model_free(&m);
 }
 
+// The matmuls' unit order is a permutation whatever the unit and thread counts (a unit
+// handed out twice or never would leave outputs unwritten), and spreads the first picks apart.
+static void t_model_spread_unit(void) {
+    for (int T = 1; T <= 8; T++)
+        for (int n = 0; n <= 100; n++) {
+            char seen[100] = {0};
+            int bad = 0;
+            for (int v = 0; v < n; v++) {
+                int u = spread_unit(v, n, T);
+                if (u < 0 || u >= n || seen[u]++) bad = 1;
+                if (T == 1 && u != v) bad = 1;
+            }
+            CHECKF(!bad, "%d units, %d threads: not a permutation", n, T);
+        }
+    CHECK(spread_unit(1, 48, 2) == 24 && spread_unit(2, 48, 2) == 1 && spread_unit(2, 7, 3) == 5);
+}
+
 const TestCase tests_model[] = {
     {"model_reference_config_weights_rope", t_model_reference_config_weights_rope},
     {"model_reference_logits_and_hidden", t_model_reference_logits_and_hidden},
@@ -1186,6 +1203,7 @@ const TestCase tests_model[] = {
     {"model_reference_ablations", t_model_reference_ablations},
     {"model_batch_mixed_lengths_equal_single", t_model_batch_mixed_lengths_equal_single},
     {"model_threads_identical", t_model_threads_identical},
+    {"model_spread_unit", t_model_spread_unit},
     {"model_captures_and_mean_ablation", t_model_captures_and_mean_ablation},
     {"model_replay", t_model_replay},
     {"model_resume_from_layer", t_model_resume_from_layer},
