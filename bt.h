@@ -567,7 +567,8 @@ int safetensors_read_f32(const char *path, const char *name, float **out, int *r
 size_t model_kv_bytes_per_token(const Model *m); // KV cache bytes one position of one sequence takes
 void tensor_row_f32(const Tensor *t, int row, float *out); // row of a 2-D tensor (cols values) as F32
 float tensor_at(const Tensor *t, size_t i);                 // element i (row-major) as F32
-// The unit the matmuls hand out v-th of n among T threads: a permutation of 0..n-1 (identity for T = 1).
+// The unit the matmuls (and transposed ones) hand out v-th of n among T threads: a permutation
+// of 0..n-1 (identity for T = 1).
 int spread_unit(int v, int n, int T);
 
 // Teacher forcing: known token sequences through the model, one per KV slot, n_slots at a

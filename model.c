@@ -1359,8 +1359,8 @@ static void pack_weights(Model *m) {
 
 // The unit handed out v-th of n among T threads: the units dealt as T runs, so threads that
 // take units at the same moment stream weights far apart (neighbouring blocks streamed side
-// by side made 2-thread batch-16 matmuls 6-8% slower). Each output is whole in one unit, so
-// the order changes no result.
+// by side made 2-thread batch-16 matmuls 6-8% slower, the gradient pass's transposed ones
+// 4-6%). Each output is whole in one unit, so the order changes no result.
 int spread_unit(int v, int n, int T) {
     int run = v % T, per_run = n / T, longer = n % T;
     return run * per_run + (run < longer ? run : longer) + v / T;
@@ -2141,8 +2141,10 @@ static void matmul_t(const Model *m, float *out, const float *dy, int n, const T
     int d_in = w->cols, n_blocks = (d_in + GRAD_COLS - 1) / GRAD_COLS;
     double macs = (double)n * w->rows * d_in;
     (void)macs; // unused without OpenMP
+    int n_threads = max_threads();
 #pragma omp parallel for schedule(dynamic, 1) if (macs >= PARALLEL_MIN_MACS)
-    for (int b = 0; b < n_blocks; b++) {
+    for (int v = 0; v < n_blocks; v++) {
+        int b = spread_unit(v, n_blocks, n_threads);
         int c0 = b * GRAD_COLS, c1 = d_in - c0 < GRAD_COLS ? d_in : c0 + GRAD_COLS;
 #ifdef HAVE_AVX512
         if (m->simd) matmul_t_cols_avx512(out, dy, n, w, c0, c1, accumulate);
