@@ -1359,8 +1359,8 @@ static void pack_weights(Model *m) {
 
 // The unit handed out v-th of n among T threads: the units dealt as T runs, so threads that
 // take units at the same moment stream weights far apart (neighbouring blocks streamed side
-// by side made 2-thread batch-16 matmuls 6-8% slower, the gradient pass's transposed ones
-// 4-6%). Each output is whole in one unit, so the order changes no result.
+// by side made 2-thread batch-16 matmuls 4-8% slower, the gradient pass's transposed ones
+// 2-9%). Each output is whole in one unit, so the order changes no result.
 int spread_unit(int v, int n, int T) {
     int run = v % T, per_run = n / T, longer = n % T;
     return run * per_run + (run < longer ? run : longer) + v / T;
