@@ -1195,6 +1195,7 @@ AVX512 static void matmul_slivers_avx512(float *out, const float *x, int n, cons
         while (next_bytes && every < len &&
                (size_t)2 * every * (next_bytes / 64) <= (size_t)len * full_tiles * (s1 - s0))
             every *= 2;
+        size_t ahead_bytes = (size_t)64 * ((len + every - 1) / every); // what one tile prefetches
         for (int r0 = 0, R; r0 < n; r0 += R) {
             R = r0 == 0 ? (n < first_rows ? n : first_rows) : n - r0 < MATMUL_MR ? n - r0 : MATMUL_MR;
             int S = tile_slivers(R);
@@ -1203,9 +1204,10 @@ AVX512 static void matmul_slivers_avx512(float *out, const float *x, int n, cons
                 float *ot = out + (size_t)r0 * d_out + (size_t)s * MATMUL_SLIVER;
                 int n_out = d_out - s * MATMUL_SLIVER;
                 if (next && next < next_end && r0 > 0 && R == MATMUL_MR) {
+                    if ((size_t)(next_end - next) < ahead_bytes) next = next_end - ahead_bytes; // ends with the block
                     sliver_tile_f32_ahead(xt, (size_t)d_in, block + s * sliver_bytes, len, kb == 0, ot, (size_t)d_out,
                                           n_out, next, every - 1);
-                    next += (size_t)64 * ((len + every - 1) / every);
+                    next += ahead_bytes;
                 } else if (!widen || (r0 > 0 && R < MATMUL_MR))
                     tiles(R, s1 - s < S ? s1 - s : S, xt, (size_t)d_in, block + s * sliver_bytes, sliver_bytes, len,
                           kb == 0, ot, (size_t)d_out, n_out);
