@@ -1131,20 +1131,24 @@ AVX512 static void sliver_tile_f32_ahead(const float *x, size_t ldx, const char 
     sliver_tile_avx512(DT_F32, MATMUL_MR, 1, x, ldx, pk, 0, len, first, out, ldo, n_out, NULL, ahead, ahead_mask);
 }
 
+// Where sliver s of the block from column kb starts in w packed (pack_weights), in elements.
+static size_t packed_offset(const Tensor *w, int kb, int s) {
+    int n_slivers = (w->rows + MATMUL_SLIVER - 1) / MATMUL_SLIVER,
+        len = w->cols - kb < MATMUL_KC ? w->cols - kb : MATMUL_KC;
+    return ((size_t)kb * n_slivers + (size_t)s * len) * MATMUL_SLIVER;
+}
+
 // Where the block after slivers s0..s1's block from column kb lies (NULL: none), and its bytes:
 // the same slivers' next block, or after their last the next group's first, which a thread
 // mostly takes next (spread_unit).
 static const char *next_block(const Tensor *w, int kb, int s0, int s1, size_t *bytes) {
-    int d_in = w->cols, n_slivers = (w->rows + MATMUL_SLIVER - 1) / MATMUL_SLIVER, next_kb = kb + MATMUL_KC;
-    size_t col_bytes = MATMUL_SLIVER * dtype_bytes(w->dtype);
-    if (next_kb < d_in) {
-        int len = d_in - next_kb < MATMUL_KC ? d_in - next_kb : MATMUL_KC;
-        *bytes = (size_t)(s1 - s0) * len * col_bytes;
-        return (const char *)w->packed + ((size_t)next_kb * n_slivers + (size_t)s0 * len) * col_bytes;
-    }
-    int len = d_in < MATMUL_KC ? d_in : MATMUL_KC, n_next = n_slivers - s1 < s1 - s0 ? n_slivers - s1 : s1 - s0;
-    *bytes = n_next > 0 ? (size_t)n_next * len * col_bytes : 0;
-    return n_next > 0 ? (const char *)w->packed + (size_t)s1 * len * col_bytes : NULL;
+    int n_slivers = (w->rows + MATMUL_SLIVER - 1) / MATMUL_SLIVER,
+        next_kb = kb + MATMUL_KC < w->cols ? kb + MATMUL_KC : 0;
+    int first = next_kb ? s0 : s1, count = next_kb ? s1 - s0 : n_slivers - s1 < s1 - s0 ? n_slivers - s1 : s1 - s0;
+    int len = w->cols - next_kb < MATMUL_KC ? w->cols - next_kb : MATMUL_KC;
+    size_t eb = dtype_bytes(w->dtype);
+    *bytes = count > 0 ? (size_t)count * len * MATMUL_SLIVER * eb : 0;
+    return count > 0 ? (const char *)w->packed + packed_offset(w, next_kb, first) * eb : NULL;
 }
 
 // The first tile (R rows: MATMUL_MR or MATMUL_MR_FIRST) of a 16-bit block, keeping its sliver
@@ -1169,13 +1173,14 @@ AVX512 static void sliver_tile_widen(DType dtype, int R, const float *x, size_t 
 // 5-10% faster). Fewer rows, or the last shorter tile (several slivers, so 3x the bytes
 // from L2), widen in registers. F32 weights (twice the bytes) stream at 2/3 of the read
 // bandwidth when each block's first tile starts them anew, so there the full tiles after the
-// first prefetch the next block into L2, spread evenly over them (batch 64 +11%), where x,
-// out and both blocks fit in half of L2 (l2_bytes; at prefill 512 they evict each other, -6%).
+// first prefetch the next block into L2, spread evenly over them (batch 64 9-11% faster),
+// where x, out and both blocks fit in half of L2 (l2_bytes; at prefill 512 they evict each
+// other, -6%).
 AVX512 static void matmul_slivers_avx512(float *out, const float *x, int n, const Tensor *w, int s0, int s1,
                                          size_t l2_bytes) {
     void (*tiles)(int, int, const float *, size_t, const char *, size_t, int, int, float *, size_t, int) =
         w->dtype == DT_BF16 ? sliver_tiles_bf16 : w->dtype == DT_F16 ? sliver_tiles_f16 : sliver_tiles_f32;
-    int d_out = w->rows, d_in = w->cols, n_slivers = (d_out + MATMUL_SLIVER - 1) / MATMUL_SLIVER;
+    int d_out = w->rows, d_in = w->cols;
     // The first tile's rows (or all n, when fewer): 16 where tiles of 12 would leave 4.
     int first_rows = n % MATMUL_MR == MATMUL_MR_FIRST - MATMUL_MR ? MATMUL_MR_FIRST : MATMUL_MR;
     int widen = w->dtype != DT_F32 && n >= first_rows + MATMUL_MR;
@@ -1188,7 +1193,7 @@ AVX512 static void matmul_slivers_avx512(float *out, const float *x, int n, cons
     for (int kb = 0; kb < d_in; kb += MATMUL_KC) {
         int len = d_in - kb < MATMUL_KC ? d_in - kb : MATMUL_KC;
         size_t sliver_bytes = (size_t)len * MATMUL_SLIVER * eb, next_bytes = 0;
-        const char *block = (const char *)w->packed + (size_t)kb * n_slivers * MATMUL_SLIVER * eb;
+        const char *block = (const char *)w->packed + packed_offset(w, kb, 0) * eb;
         const char *next = ahead ? next_block(w, kb, s0, s1, &next_bytes) : NULL, *next_end = next;
         if (next) next_end += next_bytes;
         int every = 1; // columns per prefetched line, a power of 2: as few as cover the next block
@@ -1372,10 +1377,9 @@ static void pack_tensor(const Tensor *w, void *dst) {
     for (int s = 0; s < n_slivers; s++)
         for (int kb = 0; kb < w->cols; kb += MATMUL_KC) {
             int len = w->cols - kb < MATMUL_KC ? w->cols - kb : MATMUL_KC;
-            size_t block = ((size_t)kb * n_slivers + (size_t)s * len) * MATMUL_SLIVER; // elements
             for (int i = 0; i < MATMUL_SLIVER; i++) {
                 int row = s * MATMUL_SLIVER + i, at = bf16 ? i % 16 * 2 + i / 16 : i;
-                size_t src = (size_t)row * w->cols + kb, d = block + at;
+                size_t src = (size_t)row * w->cols + kb, d = packed_offset(w, kb, s) + at;
                 for (int k = 0; k < len; k++, d += MATMUL_SLIVER)
                     if (eb == 2) ((uint16_t *)dst)[d] = row < w->rows ? ((const uint16_t *)w->data)[src + k] : 0;
                     else ((uint32_t *)dst)[d] = row < w->rows ? ((const uint32_t *)w->data)[src + k] : 0;
