@@ -1377,9 +1377,10 @@ static void pack_tensor(const Tensor *w, void *dst) {
     for (int s = 0; s < n_slivers; s++)
         for (int kb = 0; kb < w->cols; kb += MATMUL_KC) {
             int len = w->cols - kb < MATMUL_KC ? w->cols - kb : MATMUL_KC;
+            size_t sliver = packed_offset(w, kb, s);
             for (int i = 0; i < MATMUL_SLIVER; i++) {
                 int row = s * MATMUL_SLIVER + i, at = bf16 ? i % 16 * 2 + i / 16 : i;
-                size_t src = (size_t)row * w->cols + kb, d = packed_offset(w, kb, s) + at;
+                size_t src = (size_t)row * w->cols + kb, d = sliver + at;
                 for (int k = 0; k < len; k++, d += MATMUL_SLIVER)
                     if (eb == 2) ((uint16_t *)dst)[d] = row < w->rows ? ((const uint16_t *)w->data)[src + k] : 0;
                     else ((uint32_t *)dst)[d] = row < w->rows ? ((const uint32_t *)w->data)[src + k] : 0;
