@@ -1118,7 +1118,7 @@ AVX512 static INLINE void sliver_tile_avx512(DType dtype, int R, int S, const fl
                             int first, float *out, size_t ldo, int n_out) {                                            \
         const DType dtype = dtype_constant;                                                                            \
         switch (R * 8 + S) {                                                                                           \
-            SLIVER_TILES_4(1) SLIVER_TILES_4(2) SLIVER_TILES_4(3) SLIVER_TILES_3(4) SLIVER_TILES_2(5)                  \
+            SLIVER_TILES_1(1) SLIVER_TILES_4(2) SLIVER_TILES_4(3) SLIVER_TILES_3(4) SLIVER_TILES_2(5)                  \
             SLIVER_TILES_2(6) SLIVER_TILES_1(7) SLIVER_TILES_1(8) SLIVER_TILES_1(9) SLIVER_TILES_1(10)                 \
             SLIVER_TILES_1(11) SLIVER_TILES_1(12) SLIVER_TILES_1(16)                                                   \
         }                                                                                                              \
