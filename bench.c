@@ -248,15 +248,15 @@ static int bench_forward(Forcer *f, int *ids, int n, const AblationMask *mask, f
 }
 
 // Read bandwidth: the best of a few passes summing a buffer far larger than the caches, in
-// huge pages and (AVX-512) prefetched ahead, as the matmul kernels read their packed weights:
-// a probe that reads slower than bt itself would understate the roof.
+// huge pages and (AVX-512) prefetched ahead at either of the distances the matmul tiles read
+// their packed weights at: a probe that reads slower than bt itself would understate the roof.
 #ifdef HAVE_AVX512
-AVX512 static float sum_avx512(const float *v, size_t n) {
+AVX512 static float sum_avx512(const float *v, size_t n, int l1_ahead, int l2_ahead) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (size_t i = 0; i + 64 <= n; i += 64) {
         for (int line = 0; line < 4; line++) {
-            _mm_prefetch((const char *)(v + i + 16 * line) + MATMUL_PREFETCH_L1_BYTES, _MM_HINT_T0);
-            _mm_prefetch((const char *)(v + i + 16 * line) + MATMUL_PREFETCH_L2_BYTES, _MM_HINT_T2);
+            _mm_prefetch((const char *)(v + i + 16 * line) + l1_ahead, _MM_HINT_T0);
+            _mm_prefetch((const char *)(v + i + 16 * line) + l2_ahead, _MM_HINT_T2);
         }
         a0 = _mm512_add_ps(a0, _mm512_loadu_ps(v + i));
         a1 = _mm512_add_ps(a1, _mm512_loadu_ps(v + i + 16));
@@ -339,13 +339,15 @@ static double bench_bandwidth(const Model *m) {
     float *buf = xmalloc_huge(n * sizeof *buf);
     for (size_t i = 0; i < n; i++) buf[i] = 1.0f;
     double best = 0;
-    for (int pass = 0; pass < 5; pass++) {
+    for (int pass = 0; pass < 10; pass++) {
+        int row = pass % 2; // odd passes prefetch as the one-row matmul tile does (Model.row_ahead)
         double t0 = now_seconds(), total = 0;
 #pragma omp parallel for schedule(static) reduction(+ : total)
         for (size_t i = 0; i < n; i += per) {
 #ifdef HAVE_AVX512
             if (m->simd) {
-                total += sum_avx512(buf + i, per);
+                total += sum_avx512(buf + i, per, row ? m->row_ahead[0] : MATMUL_PREFETCH_L1_BYTES,
+                                    row ? m->row_ahead[1] : MATMUL_PREFETCH_L2_BYTES);
                 continue;
             }
 #endif
@@ -358,7 +360,6 @@ static double bench_bandwidth(const Model *m) {
         if (total == (double)n && gb_s > best) best = gb_s; // the sum checks that every value was read
     }
     free(buf);
-    (void)m;
     return best;
 }
 

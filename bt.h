@@ -479,6 +479,7 @@ typedef struct {
     void *packed;          // the packed matmul weights (Tensor.packed points in), NULL on the portable path
     int simd;              // 1 = AVX-512 kernels, 0 = portable C; chosen at load (CPU features, BT_NO_SIMD=1)
     size_t l2_bytes;       // one core's L2 (0: unknown), which bounds where the matmul prefetches ahead
+    int row_ahead[2];      // AVX-512: how far the one-row (decode) matmul tile prefetches into L1, L2 (bytes, by CPU)
 } Model;
 
 int model_load(Model *m, const char *dir, Err *err);
