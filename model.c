@@ -1075,13 +1075,15 @@ AVX512 static INLINE void sliver_col_avx512(DType dtype, const char *p, __m512 *
 // whose n_out columns from the tile's first are real outputs (the rest is a sliver's padding).
 // keep: NULL, or where the tile writes its one sliver's columns widened to F32 (len x MATMUL_SLIVER floats).
 // ahead: NULL, or bytes the tile prefetches into L2, one line at each column k with k & ahead_mask == 0.
-// l1_ahead, l2_ahead: how far ahead of its own stream the tile prefetches into L1 and L2, in bytes.
+// row_ahead: for one row (R == 1), how far ahead of its stream the tile prefetches into L1 and
+// L2 (Model.row_ahead); more rows prefetch at MATMUL_PREFETCH_L1_BYTES and _L2_BYTES.
 AVX512 static INLINE void sliver_tile_avx512(DType dtype, int R, int S, const float *x, size_t ldx, const char *pk,
                                              size_t sliver_bytes, int len, int first, float *out, size_t ldo, int n_out,
-                                             float *keep, const char *ahead, int ahead_mask, int l1_ahead,
-                                             int l2_ahead) {
+                                             float *keep, const char *ahead, int ahead_mask, const int *row_ahead) {
     __m512 acc[MATMUL_MR_FIRST][2 * MATMUL_MAX_SLIVERS];
     size_t col_bytes = MATMUL_SLIVER * dtype_bytes(dtype);
+    int l1_ahead = R == 1 ? row_ahead[0] : MATMUL_PREFETCH_L1_BYTES,
+        l2_ahead = R == 1 ? row_ahead[1] : MATMUL_PREFETCH_L2_BYTES;
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < 2 * S; j++)
         acc[r][j] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask16(n_out - 16 * j), out + r * ldo + 16 * j);
     for (int k = 0; k < len; k++) {
@@ -1108,13 +1110,11 @@ AVX512 static INLINE void sliver_tile_avx512(DType dtype, int R, int S, const fl
         _mm512_mask_storeu_ps(out + r * ldo + 16 * j, mask16(n_out - 16 * j), acc[r][j]);
 }
 
-// Every tile of one dtype, R and S constants in each (one function per dtype keeps it a constant);
-// the one-row tile prefetches at row_ahead (Model.row_ahead), the rest at MATMUL_PREFETCH_*.
+// Every tile of one dtype, R and S constants in each (one function per dtype keeps it a constant).
 #define SLIVER_TILE(R, S)                                                                                              \
     case (R) * 8 + (S):                                                                                                \
         sliver_tile_avx512(dtype, R, S, x, ldx, pk, sliver_bytes, len, first, out, ldo, n_out, NULL, NULL, 0,          \
-                           R == 1 ? row_ahead[0] : MATMUL_PREFETCH_L1_BYTES,                                           \
-                           R == 1 ? row_ahead[1] : MATMUL_PREFETCH_L2_BYTES);                                          \
+                           row_ahead);                                                                                 \
         return;
 #define SLIVER_TILES_1(R) SLIVER_TILE(R, 1)
 #define SLIVER_TILES_2(R) SLIVER_TILE(R, 1) SLIVER_TILE(R, 2)
@@ -1137,8 +1137,7 @@ SLIVER_TILES_AVX512(sliver_tiles_f32, DT_F32)
 // A full tile of F32 weights that prefetches the next block as it goes (see matmul_slivers_avx512).
 AVX512 static void sliver_tile_f32_ahead(const float *x, size_t ldx, const char *pk, int len, int first, float *out,
                                          size_t ldo, int n_out, const char *ahead, int ahead_mask) {
-    sliver_tile_avx512(DT_F32, MATMUL_MR, 1, x, ldx, pk, 0, len, first, out, ldo, n_out, NULL, ahead, ahead_mask,
-                       MATMUL_PREFETCH_L1_BYTES, MATMUL_PREFETCH_L2_BYTES);
+    sliver_tile_avx512(DT_F32, MATMUL_MR, 1, x, ldx, pk, 0, len, first, out, ldo, n_out, NULL, ahead, ahead_mask, NULL);
 }
 
 // Where sliver s of the block from column kb starts in w packed (pack_weights), in elements.
@@ -1167,30 +1166,27 @@ static const char *next_block(const Tensor *w, int kb, int s0, int s1, size_t *b
 AVX512 static void sliver_tile_widen(DType dtype, int R, const float *x, size_t ldx, const char *pk, int len, int first,
                                      float *out, size_t ldo, int n_out, float *keep) {
     if (dtype == DT_BF16 && R == MATMUL_MR)
-        sliver_tile_avx512(DT_BF16, MATMUL_MR, 1, x, ldx, pk, 0, len, first, out, ldo, n_out, keep, NULL, 0,
-                           MATMUL_PREFETCH_L1_BYTES, MATMUL_PREFETCH_L2_BYTES);
+        sliver_tile_avx512(DT_BF16, MATMUL_MR, 1, x, ldx, pk, 0, len, first, out, ldo, n_out, keep, NULL, 0, NULL);
     else if (dtype == DT_BF16)
         sliver_tile_avx512(DT_BF16, MATMUL_MR_FIRST, 1, x, ldx, pk, 0, len, first, out, ldo, n_out, keep, NULL, 0,
-                           MATMUL_PREFETCH_L1_BYTES, MATMUL_PREFETCH_L2_BYTES);
+                           NULL);
     else if (R == MATMUL_MR)
-        sliver_tile_avx512(DT_F16, MATMUL_MR, 1, x, ldx, pk, 0, len, first, out, ldo, n_out, keep, NULL, 0,
-                           MATMUL_PREFETCH_L1_BYTES, MATMUL_PREFETCH_L2_BYTES);
+        sliver_tile_avx512(DT_F16, MATMUL_MR, 1, x, ldx, pk, 0, len, first, out, ldo, n_out, keep, NULL, 0, NULL);
     else
-        sliver_tile_avx512(DT_F16, MATMUL_MR_FIRST, 1, x, ldx, pk, 0, len, first, out, ldo, n_out, keep, NULL, 0,
-                           MATMUL_PREFETCH_L1_BYTES, MATMUL_PREFETCH_L2_BYTES);
+        sliver_tile_avx512(DT_F16, MATMUL_MR_FIRST, 1, x, ldx, pk, 0, len, first, out, ldo, n_out, keep, NULL, 0, NULL);
 }
 
 // Slivers s0..s1 (one group of the packing, pack_weights) of w against all n rows of x:
 // block by block of MATMUL_KC columns, the slivers' block (in L2) meeting every tile of
-// rows, each tile's columns of x staying in L1. With 16-bit weights and a full tile after the first, the
-// first tile also writes each sliver widened to F32 and the later full tiles read that
-// copy (in L2): the widening ops share the FMA ports, and the copy spares them (prefill
-// 5-10% faster). Fewer rows, or the last shorter tile (several slivers, so 3x the bytes
-// from L2), widen in registers. F32 weights (twice the bytes) stream at 2/3 of the read
-// bandwidth when each block's first tile starts them anew, so there the full tiles after the
-// first prefetch the next block into L2, spread evenly over them (batch 64 9-11% faster),
-// where x, out and both blocks fit in half of L2 (Model.l2_bytes; at prefill 512 they
-// evict each other, -6%).
+// rows, each tile's columns of x staying in L1. With 16-bit weights and a full tile after
+// the first, the first tile also writes each sliver widened to F32 and the later full tiles
+// read that copy (in L2): the widening ops share the FMA ports, and the copy spares them
+// (prefill 5-10% faster). Fewer rows, or the last shorter tile (several slivers, so 3x the
+// bytes from L2), widen in registers. F32 weights (twice the bytes) stream at 2/3 of the
+// read bandwidth when each block's first tile starts them anew, so there the full tiles
+// after the first prefetch the next block into L2, spread evenly over them (batch 64 9-11%
+// faster), where x, out and both blocks fit in half of L2 (Model.l2_bytes; at prefill 512
+// they evict each other, -6%).
 AVX512 static void matmul_slivers_avx512(const Model *m, float *out, const float *x, int n, const Tensor *w, int s0,
                                          int s1) {
     void (*tiles)(int, int, const float *, size_t, const char *, size_t, int, int, float *, size_t, int, const int *) =
@@ -1392,7 +1388,7 @@ static void choose_row_ahead(int row_ahead[2]) {
 // them; F16 and F32 keep row order. So a thread's unit of work (a group, block after block)
 // reads one linear stream, and the next group, which it mostly takes next, follows on: with
 // the blocks of all slivers one after another instead, the stream jumped at every block and
-// the prefetchers started anew (BF16 decode 6-9% slower on a Zen 4 VM).
+// the prefetchers started anew (BF16 decode 3-11% slower on a Zen 4 VM).
 // Bytes of w packed, rounded up to a cache line so that the next tensor's starts on one.
 static size_t packed_bytes(const Tensor *w) {
     size_t rows = (size_t)(w->rows + MATMUL_SLIVER - 1) / MATMUL_SLIVER * MATMUL_SLIVER;
