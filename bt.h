@@ -35,8 +35,9 @@ int err_runtime(Err *err, const char *fmt, ...) __attribute__((format(printf, 2,
 void *xmalloc(size_t n);             // exits 1 with a message when out of memory
 #define HUGE_PAGE_BYTES ((size_t)2 << 20) // x86-64 transparent huge page
 void *xmalloc_huge(size_t n);        // xmalloc in whole huge pages, for streams of weights
-// AVX-512: how far ahead of a stream of weights to prefetch, into L1 and, further, into L2: one
-// distance into L1 alone left compute-heavy tiles short of bandwidth (README, third measurement).
+// AVX-512: how far ahead of a stream of weights the tiles of many rows prefetch, into L1 and,
+// further, into L2: one distance into L1 alone left them short of bandwidth (README, third
+// measurement). The one-row (decode) tile's distances depend on the CPU (Model.row_ahead).
 #define MATMUL_PREFETCH_L1_BYTES 1024
 #define MATMUL_PREFETCH_L2_BYTES 4096
 void *xcalloc(size_t n, size_t size);
