@@ -265,6 +265,23 @@ AVX512 static float sum_avx512(const float *v, size_t n, int l1_ahead, int l2_ah
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
+
+// sum_avx512 in vectors of 8, for the AVX2 kernels.
+__attribute__((target("avx2"))) static float sum_avx2(const float *v, size_t n, int l1_ahead, int l2_ahead) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (size_t i = 0; i + 64 <= n; i += 64)
+        for (int line = 0; line < 4; line++) {
+            _mm_prefetch((const char *)(v + i + 16 * line) + l1_ahead, _MM_HINT_T0);
+            _mm_prefetch((const char *)(v + i + 16 * line) + l2_ahead, _MM_HINT_T2);
+            acc[line] = _mm256_add_ps(acc[line], _mm256_add_ps(_mm256_loadu_ps(v + i + 16 * line),
+                                                               _mm256_loadu_ps(v + i + 16 * line + 8)));
+        }
+    __m256 all = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    float lanes[8], sum = 0;
+    _mm256_storeu_ps(lanes, all);
+    for (int l = 0; l < 8; l++) sum += lanes[l];
+    return sum;
+}
 #endif
 
 // Tokenizer speed on a text file, or on BENCH_TEXT_BYTES of seeded reasoning-like text.
@@ -346,8 +363,9 @@ static double bench_bandwidth(const Model *m) {
         for (size_t i = 0; i < n; i += per) {
 #ifdef HAVE_AVX512
             if (m->simd) {
-                total += sum_avx512(buf + i, per, row ? m->row_ahead[0] : MATMUL_PREFETCH_L1_BYTES,
-                                    row ? m->row_ahead[1] : MATMUL_PREFETCH_L2_BYTES);
+                int l1 = row ? m->row_ahead[0] : MATMUL_PREFETCH_L1_BYTES,
+                    l2 = row ? m->row_ahead[1] : MATMUL_PREFETCH_L2_BYTES;
+                total += m->simd == SIMD_AVX512 ? sum_avx512(buf + i, per, l1, l2) : sum_avx2(buf + i, per, l1, l2);
                 continue;
             }
 #endif
@@ -927,7 +945,7 @@ int cmd_bench(int argc, char **argv) {
         roof_fraction[i] = reached_gflops[i] / roof_gflops[i]; // NAN when the figure or a probe was not run
     }
     int n_rows = (int)(sizeof rows / sizeof rows[0]);
-    const char *kernels = m.simd ? "avx512" : "portable";
+    const char *kernels = simd_names[m.simd];
     Buf b = {0};
     if (opt_str(opts, "--json", NULL)) {
         buf_puts(&b, "{\"model\":");

@@ -465,6 +465,11 @@ typedef struct {
     Tensor w_gate, w_up, w_down;     // (inter, hidden) x2, (hidden, inter)
 } LayerWeights;
 
+// The matmul, attention and SiLU kernels a model runs: the SIMD levels read packed weights and
+// give the same bits as each other; portable C rounds differently (within HF's tolerances).
+typedef enum { SIMD_PORTABLE, SIMD_AVX2, SIMD_AVX512 } SimdLevel;
+extern const char *const simd_names[]; // "portable", "avx2", "avx512"
+
 typedef struct {
     ModelConfig cfg;
     char dir[1024];
@@ -478,9 +483,9 @@ typedef struct {
     int n_maps;
     size_t bytes_mapped, bytes_allocated;
     void *packed;          // the packed matmul weights (Tensor.packed points in), NULL on the portable path
-    int simd;              // 1 = AVX-512 kernels, 0 = portable C; chosen at load (CPU features, BT_NO_SIMD=1)
+    int simd;              // SimdLevel: the kernels, chosen at load (CPU features, BT_SIMD, BT_NO_SIMD=1)
     size_t l2_bytes;       // one core's L2 (0: unknown), which bounds where the matmul prefetches ahead
-    int row_ahead[2];      // AVX-512: how far the one-row (decode) matmul tile prefetches into L1, L2 (bytes, by CPU)
+    int row_ahead[2];      // SIMD: how far the one-row (decode) matmul tile prefetches into L1, L2 (bytes, by CPU)
 } Model;
 
 int model_load(Model *m, const char *dir, Err *err);

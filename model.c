@@ -16,7 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define HAVE_AVX512 1 // the AVX-512 kernels are compiled (and run where the CPU has them)
+#define HAVE_AVX512 1 // the AVX-512 and AVX2 kernels are compiled (and run where the CPU has them)
 #endif
 #ifdef _OPENMP
 #include <omp.h>
@@ -32,6 +32,7 @@
 #define MATMUL_KC 256         // AVX-512: columns per packed block (a thread's slivers of one stay in L2 while x passes)
 #define MATMUL_MR 12          // AVX-512: rows of x per tile (12 x 2 accumulators, 2 weight vectors, a broadcast)
 #define MATMUL_MR_FIRST 16    // AVX-512: rows of x in a block's first tile where that spares a 4-row last tile
+#define MATMUL_MR_AVX2 6      // AVX2: rows of x per tile (6 x 2 accumulators of 8 outputs, 2 weight vectors, a broadcast)
 #define MATMUL_MAX_SLIVERS 4  // AVX-512: slivers per tile at most (fewer rows take more slivers)
 #define MATMUL_GROUP 12       // AVX-512: slivers a thread takes at a time (a multiple of every tile's slivers)
 #define PARALLEL_MIN_MACS 2e5 // smaller matmuls and attentions run on one thread: waking threads costs more
@@ -725,7 +726,7 @@ void model_free(Model *m) {
     memset(m, 0, sizeof *m);
 }
 
-static int choose_simd(void); // the hot spot: which kernels this CPU runs
+static int choose_simd(Err *err); // the hot spot: which kernels this CPU runs (SimdLevel, -1: bad BT_SIMD)
 static size_t l2_cache_bytes(void);
 #ifdef HAVE_AVX512
 static void choose_row_ahead(int row_ahead[2]);
@@ -759,7 +760,10 @@ int model_load(Model *m, const char *dir, Err *err) {
     if (m->cfg.tie_word_embeddings) m->lm_head = m->embed;
     m->inv_freq = xmalloc((size_t)(m->cfg.head_dim / 2) * sizeof *m->inv_freq);
     rope_inv_freq(&m->cfg, m->inv_freq);
-    m->simd = choose_simd();
+    if ((m->simd = choose_simd(err)) < 0) {
+        model_free(m);
+        return -1;
+    }
     m->l2_bytes = l2_cache_bytes();
     m->bytes_allocated = (size_t)m->cfg.n_layers * sizeof *m->layers + (size_t)(m->cfg.head_dim / 2) * sizeof(float) +
                          (size_t)m->n_maps * (sizeof *m->maps + sizeof *m->map_sizes);
@@ -1348,8 +1352,261 @@ AVX512 static void silu_gate_avx512(float *gate, const float *up, size_t n) {
         _mm512_mask_storeu_ps(gate + i, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, up + i)));
     }
 }
+
+// AVX2 + FMA: the AVX-512 kernels' arithmetic in vectors of 8, for the x86 CPUs without
+// AVX-512 (Zen 2 and 3, Haswell to Alder Lake). They read the same packed weights and do the
+// same FMAs, in the same order, for every output, score and sum, so their results are the
+// AVX-512 kernels' bit for bit (tested): a run makes the same bytes on either kind of CPU.
+// Every CPU with AVX2 has F16C (clang's __builtin_cpu_supports cannot ask for it).
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+static int cpu_has_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+// Lanes 0..left-1 of 8 on (sign bit set), for maskload/maskstore.
+AVX2 static INLINE __m256i mask8(int left) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// hsum_avx512 of the 16 lanes lo (0-7) and hi (8-15): the same tree, so the same bits.
+AVX2 static INLINE float hsum16_avx2(__m256 lo, __m256 hi) {
+    __m256 h = _mm256_add_ps(lo, hi);
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+}
+
+// exp_avx512's arithmetic. Its scalef (p x 2^n, n in [-150, 128], rounded once) is two
+// multiplies by powers of 2 that are normal floats: the first is exact, the second rounds.
+AVX2 static INLINE __m256 exp_avx2(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-104.0f)), _mm256_set1_ps(88.7228394f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i ni = _mm256_cvttps_epi32(n), n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    __m256 two_n1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23)),
+           two_n2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, two_n1), two_n2);
+}
+
+// The first output of vector v (of 8) of a packed sliver's column: BF16 interleaves rows i and 16 + i.
+static INLINE int sliver_lane0(DType dtype, int v) { return dtype == DT_BF16 ? (v & 1) * 16 + (v >> 1) * 8 : 8 * v; }
+
+// Vectors 2h and 2h + 1 of column p of one packed sliver (32 bytes of BF16: a shift and a mask).
+AVX2 static INLINE void sliver_half_avx2(DType dtype, const char *p, int h, __m256 *a, __m256 *b) {
+    if (dtype == DT_BF16) {
+        __m256i raw = _mm256_load_si256((const __m256i *)p + h);
+        *a = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
+        *b = _mm256_castsi256_ps(_mm256_and_si256(raw, _mm256_set1_epi32((int)0xffff0000u)));
+    } else if (dtype == DT_F16) {
+        *a = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)p + 2 * h));
+        *b = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)p + 2 * h + 1));
+    } else {
+        *a = _mm256_load_ps((const float *)p + 16 * h);
+        *b = _mm256_load_ps((const float *)p + 16 * h + 8);
+    }
+}
+
+// sliver_tile_avx512 for one sliver in vectors of 8, with 16 registers: R rows of x by H
+// halves of the sliver from half h0 (one row or two take the whole sliver, more rows one half
+// at a time, the second pass reading what the first brought into L1), R x 2H accumulators.
+AVX2 static INLINE void sliver_tile_avx2(DType dtype, int R, int H, int h0, const float *x, size_t ldx,
+                                         const char *pk, int len, int first, float *out, size_t ldo, int n_out,
+                                         const int *row_ahead) {
+    __m256 acc[MATMUL_MR_AVX2][4];
+    __m256i mask[4];
+    int lane0[4];
+    size_t col_bytes = MATMUL_SLIVER * dtype_bytes(dtype);
+    int l1_ahead = R == 1 ? row_ahead[0] : MATMUL_PREFETCH_L1_BYTES,
+        l2_ahead = R == 1 ? row_ahead[1] : MATMUL_PREFETCH_L2_BYTES;
+    UNROLL for (int j = 0; j < 2 * H; j++) {
+        lane0[j] = sliver_lane0(dtype, 2 * h0 + j);
+        mask[j] = mask8(n_out - lane0[j]);
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < 2 * H; j++)
+        acc[r][j] = first ? _mm256_setzero_ps() : _mm256_maskload_ps(out + r * ldo + lane0[j], mask[j]);
+    for (int k = 0; k < len; k++) {
+        const char *p = pk + k * col_bytes;
+        if (h0 == 0)
+            for (int line = 0; line < (dtype == DT_F32 ? 2 : 1); line++) {
+                _mm_prefetch(p + 64 * line + l1_ahead, _MM_HINT_T0);
+                _mm_prefetch(p + 64 * line + l2_ahead, _MM_HINT_T2);
+            }
+        __m256 w[4];
+        UNROLL for (int t = 0; t < H; t++) sliver_half_avx2(dtype, p, h0 + t, &w[2 * t], &w[2 * t + 1]);
+        UNROLL for (int r = 0; r < R; r++) {
+            __m256 xv = _mm256_broadcast_ss(x + r * ldx + k);
+            UNROLL for (int j = 0; j < 2 * H; j++) acc[r][j] = _mm256_fmadd_ps(xv, w[j], acc[r][j]);
+        }
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < 2 * H; j++)
+        _mm256_maskstore_ps(out + r * ldo + lane0[j], mask[j], acc[r][j]);
+}
+
+// Every AVX2 tile of one dtype, R a constant in each.
+#define SLIVER_TILE_AVX2(R)                                                                                            \
+    case R:                                                                                                            \
+        sliver_tile_avx2(dtype, R, (R) <= 2 ? 2 : 1, h0, x, ldx, pk, len, first, out, ldo, n_out, row_ahead);         \
+        return;
+#define SLIVER_TILES_AVX2(name, dtype_constant)                                                                        \
+    AVX2 static void name(int R, int h0, const float *x, size_t ldx, const char *pk, int len, int first, float *out,  \
+                          size_t ldo, int n_out, const int row_ahead[2]) {                                             \
+        const DType dtype = dtype_constant;                                                                            \
+        switch (R) {                                                                                                   \
+            SLIVER_TILE_AVX2(1) SLIVER_TILE_AVX2(2) SLIVER_TILE_AVX2(3) SLIVER_TILE_AVX2(4) SLIVER_TILE_AVX2(5)        \
+            SLIVER_TILE_AVX2(6)                                                                                        \
+        }                                                                                                              \
+    }
+SLIVER_TILES_AVX2(sliver_tiles_avx2_bf16, DT_BF16)
+SLIVER_TILES_AVX2(sliver_tiles_avx2_f16, DT_F16)
+SLIVER_TILES_AVX2(sliver_tiles_avx2_f32, DT_F32)
+
+// matmul_slivers_avx512's loops with the AVX2 tiles: slivers s0..s1 of w against all n rows
+// of x, block by block of MATMUL_KC columns, each block's slivers (in L2) meeting every tile of rows.
+AVX2 static void matmul_slivers_avx2(const Model *m, float *out, const float *x, int n, const Tensor *w, int s0,
+                                     int s1) {
+    void (*tiles)(int, int, const float *, size_t, const char *, int, int, float *, size_t, int, const int *) =
+        w->dtype == DT_BF16 ? sliver_tiles_avx2_bf16 : w->dtype == DT_F16 ? sliver_tiles_avx2_f16
+                                                                          : sliver_tiles_avx2_f32;
+    int d_out = w->rows, d_in = w->cols;
+    size_t eb = dtype_bytes(w->dtype);
+    for (int kb = 0; kb < d_in; kb += MATMUL_KC) {
+        int len = d_in - kb < MATMUL_KC ? d_in - kb : MATMUL_KC;
+        size_t sliver_bytes = (size_t)len * MATMUL_SLIVER * eb;
+        const char *block = (const char *)w->packed + packed_offset(w, kb, s0) * eb;
+        for (int r0 = 0, R; r0 < n; r0 += R) {
+            R = n - r0 < MATMUL_MR_AVX2 ? n - r0 : MATMUL_MR_AVX2;
+            for (int s = s0; s < s1; s++)
+                for (int h0 = 0; h0 < 2; h0 += R <= 2 ? 2 : 1)
+                    tiles(R, h0, x + (size_t)r0 * d_in + kb, (size_t)d_in, block + (s - s0) * sliver_bytes, len,
+                          kb == 0, out + (size_t)r0 * d_out + (size_t)s * MATMUL_SLIVER, (size_t)d_out,
+                          d_out - s * MATMUL_SLIVER, m->row_ahead);
+        }
+    }
+}
+
+// scores_avx512 for one key block of 16 positions (2 x G accumulators of 8 lanes).
+AVX2 static INLINE void scores_avx2(int G, const float *q, int hd, const float *kb, float scale, float *scores,
+                                    int seq_stride, int p0) {
+    __m256 acc[ATTN_HEADS][2];
+    UNROLL for (int h = 0; h < G; h++) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
+    for (int d = 0; d < hd; d++) {
+        __m256 k0 = _mm256_loadu_ps(kb + (size_t)d * KEY_BLOCK), k1 = _mm256_loadu_ps(kb + (size_t)d * KEY_BLOCK + 8);
+        UNROLL for (int h = 0; h < G; h++) {
+            __m256 qd = _mm256_broadcast_ss(q + (size_t)h * hd + d);
+            acc[h][0] = _mm256_fmadd_ps(qd, k0, acc[h][0]);
+            acc[h][1] = _mm256_fmadd_ps(qd, k1, acc[h][1]);
+        }
+    }
+    UNROLL for (int h = 0; h < G; h++) {
+        float *sc = scores + (size_t)h * seq_stride + p0;
+        _mm256_storeu_ps(sc, _mm256_mul_ps(acc[h][0], _mm256_set1_ps(scale)));
+        _mm256_storeu_ps(sc + 8, _mm256_mul_ps(acc[h][1], _mm256_set1_ps(scale)));
+    }
+}
+
+// values_avx512 in VEC vectors of 8 dimensions from d0.
+AVX2 static INLINE void values_avx2(int G, int VEC, const float *probs, int seq_stride, const float *values,
+                                    const float *self_v, int pos, int hd, int d0, float *out) {
+    __m256 acc[ATTN_HEADS][4];
+    __m256i m[4];
+    UNROLL for (int v = 0; v < VEC; v++) m[v] = mask8(hd - d0 - 8 * v);
+    UNROLL for (int h = 0; h < G; h++) UNROLL for (int v = 0; v < VEC; v++) acc[h][v] = _mm256_setzero_ps();
+    for (int p = 0; p <= pos; p++) {
+        const float *vp = (self_v && p == pos ? self_v : values + (size_t)p * hd) + d0;
+        __m256 val[4];
+        UNROLL for (int v = 0; v < VEC; v++) val[v] = _mm256_maskload_ps(vp + 8 * v, m[v]);
+        UNROLL for (int h = 0; h < G; h++) {
+            __m256 prob = _mm256_broadcast_ss(probs + (size_t)h * seq_stride + p);
+            UNROLL for (int v = 0; v < VEC; v++) acc[h][v] = _mm256_fmadd_ps(prob, val[v], acc[h][v]);
+        }
+    }
+    UNROLL for (int h = 0; h < G; h++) UNROLL for (int v = 0; v < VEC; v++)
+        _mm256_maskstore_ps(out + (size_t)h * hd + d0 + 8 * v, m[v], acc[h][v]);
+}
+
+// attend_avx512 in vectors of 8; the softmax's sum keeps its 16 lanes in two vectors.
+AVX2 static void attend_avx2(const float *q, const float *keys, const float *values, const float *self_k,
+                             const float *self_v, int pos, int hd, int group, int seq_stride, float scale,
+                             float *scores, float *out) {
+    for (int h0 = 0; h0 < group; h0 += ATTN_HEADS) {
+        int G = group - h0 < ATTN_HEADS ? group - h0 : ATTN_HEADS, n = pos + 1;
+        const float *qg = q + (size_t)h0 * hd;
+        for (int p0 = 0; p0 < n; p0 += KEY_BLOCK) {
+            const float *kb = keys + (size_t)(p0 / KEY_BLOCK) * hd * KEY_BLOCK;
+            switch (G) { // constant head counts keep the accumulators in registers
+            case 1: scores_avx2(1, qg, hd, kb, scale, scores, seq_stride, p0); break;
+            case 2: scores_avx2(2, qg, hd, kb, scale, scores, seq_stride, p0); break;
+            case 3: scores_avx2(3, qg, hd, kb, scale, scores, seq_stride, p0); break;
+            case 4: scores_avx2(4, qg, hd, kb, scale, scores, seq_stride, p0); break;
+            case 5: scores_avx2(5, qg, hd, kb, scale, scores, seq_stride, p0); break;
+            default: scores_avx2(6, qg, hd, kb, scale, scores, seq_stride, p0); break;
+            }
+        }
+        for (int h = 0; h < G; h++) {
+            float *sc = scores + (size_t)h * seq_stride;
+            if (self_k) { // the same FMAs in the same order as a cached key's lane
+                float acc = 0;
+                for (int d = 0; d < hd; d++) acc = fmaf(qg[(size_t)h * hd + d], self_k[d], acc);
+                sc[pos] = acc * scale;
+            }
+            __m256 vmax = _mm256_set1_ps(-INFINITY);
+            for (int p = 0; p < n; p += 8) {
+                __m256i m = mask8(n - p);
+                vmax = _mm256_max_ps(vmax, _mm256_blendv_ps(vmax, _mm256_maskload_ps(sc + p, m), _mm256_castsi256_ps(m)));
+            }
+            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+            __m256 max = _mm256_set1_ps(_mm_cvtss_f32(m4)), sum[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+            for (int p = 0; p < n; p += 16) // lane j of sum[0], sum[1] is lane j, 8 + j of exp_avx512's sum
+                for (int half = 0; half < 2; half++) {
+                    __m256i m = mask8(n - p - 8 * half);
+                    __m256 e = exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(sc + p + 8 * half, m), max));
+                    sum[half] = _mm256_add_ps(sum[half], _mm256_and_ps(e, _mm256_castsi256_ps(m)));
+                    _mm256_maskstore_ps(sc + p + 8 * half, m, e);
+                }
+            __m256 total = _mm256_set1_ps(hsum16_avx2(sum[0], sum[1]));
+            for (int p = 0; p < n; p += 8) {
+                __m256i m = mask8(n - p);
+                _mm256_maskstore_ps(sc + p, m, _mm256_div_ps(_mm256_maskload_ps(sc + p, m), total));
+            }
+        }
+        float *og = out + (size_t)h0 * hd;
+        for (int d0 = 0; d0 < hd; d0 += G <= 2 ? 32 : 16)
+            switch (G) { // up to 2 heads: 4 vectors of dimensions at a time, else 2 (16 registers)
+            case 1: values_avx2(1, 4, scores, seq_stride, values, self_v, pos, hd, d0, og); break;
+            case 2: values_avx2(2, 4, scores, seq_stride, values, self_v, pos, hd, d0, og); break;
+            case 3: values_avx2(3, 2, scores, seq_stride, values, self_v, pos, hd, d0, og); break;
+            case 4: values_avx2(4, 2, scores, seq_stride, values, self_v, pos, hd, d0, og); break;
+            case 5: values_avx2(5, 2, scores, seq_stride, values, self_v, pos, hd, d0, og); break;
+            default: values_avx2(6, 2, scores, seq_stride, values, self_v, pos, hd, d0, og); break;
+            }
+    }
+}
+
+AVX2 static void silu_gate_avx2(float *gate, const float *up, size_t n) {
+    for (size_t i = 0; i < n; i += 8) {
+        __m256i m = mask8(n - i < 8 ? (int)(n - i) : 8);
+        __m256 g = _mm256_maskload_ps(gate + i, m);
+        __m256 s =
+            _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+        _mm256_maskstore_ps(gate + i, m, _mm256_mul_ps(s, _mm256_maskload_ps(up + i, m)));
+    }
+}
 #else
 static int cpu_has_avx512(void) { return 0; }
+static int cpu_has_avx2(void) { return 0; }
 #endif
 
 // One core's L2 in bytes, 0 where the C library cannot say.
@@ -1362,10 +1619,19 @@ static size_t l2_cache_bytes(void) {
 #endif
 }
 
-// The kernels a model uses: AVX-512 when the CPU has it, unless BT_NO_SIMD is set (not "0").
-static int choose_simd(void) {
-    const char *off = getenv("BT_NO_SIMD");
-    return !(off && *off && strcmp(off, "0") != 0) && cpu_has_avx512();
+const char *const simd_names[] = {"portable", "avx2", "avx512"};
+
+// The kernels a model uses (SimdLevel): the best the CPU has, at most BT_SIMD's (a name of
+// simd_names, to compare the paths on one machine), portable C where BT_NO_SIMD is set (not "0").
+static int choose_simd(Err *err) {
+    const char *off = getenv("BT_NO_SIMD"), *cap = getenv("BT_SIMD");
+    int most = cap && *cap ? -1 : SIMD_AVX512;
+    for (int level = SIMD_PORTABLE; cap && *cap && level <= SIMD_AVX512; level++)
+        if (strcmp(cap, simd_names[level]) == 0) most = level;
+    if (most < 0) return err_input(err, "BT_SIMD=%s: not one of portable, avx2, avx512", cap);
+    if (off && *off && strcmp(off, "0") != 0) return SIMD_PORTABLE;
+    if (most >= SIMD_AVX512 && cpu_has_avx512()) return SIMD_AVX512;
+    return most >= SIMD_AVX2 && cpu_has_avx2() ? SIMD_AVX2 : SIMD_PORTABLE;
 }
 
 #ifdef HAVE_AVX512
@@ -1462,7 +1728,7 @@ static void matmuls(const Model *m, const float *x, int n, int n_w, float *const
                     const Tensor *const biases[]) {
     int d_in = ws[0]->cols, block = MATMUL_W_ROWS, tile = 1, w_blocks[3], first_unit[4] = {0}, n_blocks = 0;
 #ifdef HAVE_AVX512
-    if (m->simd) block = MATMUL_GROUP * MATMUL_SLIVER, tile = MATMUL_MR;
+    if (m->simd) block = MATMUL_GROUP * MATMUL_SLIVER, tile = m->simd == SIMD_AVX512 ? MATMUL_MR : MATMUL_MR_AVX2;
 #endif
     for (int j = 0; j < n_w; j++) n_blocks += w_blocks[j] = (ws[j]->rows + block - 1) / block;
     int chunk = n; // rows of x per unit of work
@@ -1487,8 +1753,10 @@ static void matmuls(const Model *m, const float *x, int n, int n_w, float *const
         float *o = outs[j] + (size_t)r0 * d_out;
         const float *xr = x + (size_t)r0 * d_in;
 #ifdef HAVE_AVX512
-        if (m->simd)
+        if (m->simd == SIMD_AVX512)
             matmul_slivers_avx512(m, o, xr, nr, w, o0 / MATMUL_SLIVER, (o1 + MATMUL_SLIVER - 1) / MATMUL_SLIVER);
+        else if (m->simd == SIMD_AVX2)
+            matmul_slivers_avx2(m, o, xr, nr, w, o0 / MATMUL_SLIVER, (o1 + MATMUL_SLIVER - 1) / MATMUL_SLIVER);
         else
 #endif
             matmul_rows_portable(o, xr, nr, w, o0, o1);
@@ -1505,12 +1773,33 @@ static void matmul(const Model *m, float *out, const float *x, int n, const Tens
 
 static void silu_gate(const Model *m, float *gate, const float *up, size_t n) {
 #ifdef HAVE_AVX512
-    if (m->simd) {
+    if (m->simd == SIMD_AVX512) {
         silu_gate_avx512(gate, up, n);
+        return;
+    }
+    if (m->simd == SIMD_AVX2) {
+        silu_gate_avx2(gate, up, n);
         return;
     }
 #endif
     silu_gate_portable(gate, up, n);
+}
+
+// One key/value head's query heads over positions 0..pos, in the model's kernels (attend_portable).
+static void attend(const Model *m, const float *q, const float *keys, const float *values, const float *self_k,
+                   const float *self_v, int pos, int hd, int group, int seq_stride, float scale, float *scores,
+                   float *out) {
+#ifdef HAVE_AVX512
+    if (m->simd == SIMD_AVX512) {
+        attend_avx512(q, keys, values, self_k, self_v, pos, hd, group, seq_stride, scale, scores, out);
+        return;
+    }
+    if (m->simd == SIMD_AVX2) {
+        attend_avx2(q, keys, values, self_k, self_v, pos, hd, group, seq_stride, scale, scores, out);
+        return;
+    }
+#endif
+    attend_portable(q, keys, values, self_k, self_v, pos, hd, group, seq_stride, scale, scores, out);
 }
 
 // Causal attention of every row and head over its slot's cache (positions 0..pos; a
@@ -1536,14 +1825,8 @@ static void attention(const Model *m, RunState *s, const Forward *f, int layer, 
         const float *self_v = replay ? s->v + (size_t)i * kv_dim + (size_t)g * hd : NULL;
         float *scores = s->scores + (size_t)thread_id() * group * s->max_seq_pad,
               *out = s->heads + (size_t)i * q_dim + (size_t)g * group * hd;
-#ifdef HAVE_AVX512
-        if (m->simd)
-            attend_avx512(q, s->key_cache + base, s->value_cache + base, self_k, self_v, f->pos[i], hd, group,
-                          s->max_seq_pad, scale, scores, out);
-        else
-#endif
-            attend_portable(q, s->key_cache + base, s->value_cache + base, self_k, self_v, f->pos[i], hd, group,
-                            s->max_seq_pad, scale, scores, out);
+        attend(m, q, s->key_cache + base, s->value_cache + base, self_k, self_v, f->pos[i], hd, group, s->max_seq_pad,
+               scale, scores, out);
     }
 }
 
@@ -2235,7 +2518,7 @@ static void matmul_t(const Model *m, float *out, const float *dy, int n, const T
         int b = spread_unit(v, n_blocks, n_threads);
         int c0 = b * GRAD_COLS, c1 = d_in - c0 < GRAD_COLS ? d_in : c0 + GRAD_COLS;
 #ifdef HAVE_AVX512
-        if (m->simd) matmul_t_cols_avx512(out, dy, n, w, c0, c1, accumulate);
+        if (m->simd == SIMD_AVX512) matmul_t_cols_avx512(out, dy, n, w, c0, c1, accumulate);
         else
 #endif
             matmul_t_cols_portable(out, dy, n, w, c0, c1, accumulate);
@@ -2314,11 +2597,7 @@ static void grad_attention_forward(const Model *m, GradState *gs, LayerActs *a, 
                     *values = gs->value_cache + (size_t)g * gs->max_pad * hd;
         float *scores = gs->scores + (size_t)thread_id() * group * gs->max_pad,
               *out = a->heads + (size_t)t * q_dim + (size_t)g * group * hd;
-#ifdef HAVE_AVX512
-        if (m->simd) attend_avx512(q, keys, values, NULL, NULL, t, hd, group, gs->max_pad, scale, scores, out);
-        else
-#endif
-            attend_portable(q, keys, values, NULL, NULL, t, hd, group, gs->max_pad, scale, scores, out);
+        attend(m, q, keys, values, NULL, NULL, t, hd, group, gs->max_pad, scale, scores, out);
     }
     matmul(m, a->attn_out, a->heads, n, &w->wo, NULL);
     for (int t = 0; t < n; t++) {
@@ -2522,7 +2801,7 @@ static void grad_attention_backward(const Model *m, GradState *gs, const LayerAc
     memset(gs->dv, 0, (size_t)n * kv_dim * sizeof *gs->dv);
     int n_threads = max_threads() < gs->n_threads ? max_threads() : gs->n_threads; // threads with a scratch row
     // Keys and values laid out for the score kernel (a kept layer's keys are in no cache).
-    for (int t = 0; t < n && m->simd; t++)
+    for (int t = 0; t < n && m->simd == SIMD_AVX512; t++)
         for (int g = 0; g < KV; g++) {
             size_t at = (size_t)g * gs->max_pad * hd + (size_t)(t / KEY_BLOCK) * hd * KEY_BLOCK + t % KEY_BLOCK;
             for (int d = 0; d < hd; d++) {
@@ -2534,7 +2813,7 @@ static void grad_attention_backward(const Model *m, GradState *gs, const LayerAc
 #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 16) if (macs >= PARALLEL_MIN_MACS)
         for (int t = 0; t < n; t++) {
 #ifdef HAVE_AVX512
-            if (m->simd)
+            if (m->simd == SIMD_AVX512)
                 head_backward_row_avx512(m, gs, a, h, t, gs->row_scratch + (size_t)thread_id() * 2 * gs->max_pad);
             else
 #endif
@@ -2544,7 +2823,7 @@ static void grad_attention_backward(const Model *m, GradState *gs, const LayerAc
         for (int b = 0; b < n_key_blocks; b++) {
             int u0 = b * GRAD_KEY_BLOCK, u1 = n - u0 < GRAD_KEY_BLOCK ? n : u0 + GRAD_KEY_BLOCK;
 #ifdef HAVE_AVX512
-            if (m->simd) head_backward_keys_avx512(m, gs, a, h, u0, u1, n);
+            if (m->simd == SIMD_AVX512) head_backward_keys_avx512(m, gs, a, h, u0, u1, n);
             else
 #endif
                 head_backward_keys(m, gs, a, h, u0, u1, n);

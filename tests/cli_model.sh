@@ -18,7 +18,11 @@ else
         expect "generate-ids $name equals HF greedy" 0 "^\{\"ids\":\[$want\]\}$" "$BT" generate-ids --model "$d" --ids "$prompt" --max-new 24 --threads 2
         expect "generate-ids $name equals HF greedy, portable kernels" 0 "^\{\"ids\":\[$want\]\}$" \
             env BT_NO_SIMD=1 "$BT" generate-ids --model "$d" --ids "$prompt" --max-new 24 --threads 1
+        expect "generate-ids $name equals HF greedy, at most the avx2 kernels" 0 "^\{\"ids\":\[$want\]\}$" \
+            env BT_SIMD=avx2 "$BT" generate-ids --model "$d" --ids "$prompt" --max-new 24 --threads 2
     done
+    expect "an unknown BT_SIMD is refused, naming it" 2 "BT_SIMD=sse: not one of portable, avx2, avx512" \
+        env BT_SIMD=sse "$BT" generate-ids --model "$M" --ids 1,2 --max-new 1
 
     d=$REF/llama3_tiny
     prompt=$(grep -o '"input_ids":\[\[[0-9,]*\]' "$d/expected.json" | sed 's/.*\[\[//; s/\]$//')

@@ -532,7 +532,7 @@ static void t_grad_threads_and_kernels(void) {
     set_threads(2);
     run_grad(&m, &two);
     CHECKF(grads_equal(&one, &two, c), "gradients differ between 1 and 2 threads (kernels %s)",
-           m.simd ? "avx512" : "portable");
+           simd_names[m.simd]);
     CHECK(two.g.layers_kept == c->n_layers);
     // Kept or recomputed, a layer's internals are the forward's: the same bits with none, one or every layer kept.
     size_t all_layers = model_gradient_bytes(&m, n - 1, SIZE_MAX) - model_gradient_bytes(&m, n - 1, 0);
@@ -559,12 +559,12 @@ static void t_grad_threads_and_kernels(void) {
                        rel_diff(portable.g.grad_mlp, two.g.grad_mlp, rows * L * D),
                        rel_diff(portable.g.grad_head, two.g.grad_head, rows * L * Q)};
         for (int k = 0; k < 4; k++)
-            CHECKF(e[k] < KERNEL_REL_TOL, "portable against avx512: array %d differs by %.3g of its largest value", k,
-                   e[k]);
+            CHECKF(e[k] < KERNEL_REL_TOL, "portable against %s: array %d differs by %.3g of its largest value",
+                   simd_names[simd], k, e[k]);
         CHECK_NEAR(portable.g.metric, two.g.metric, 1e-4);
         printf(
-            "     portable against avx512 kernels: gradients within %.2g, %.2g, %.2g, %.2g of their largest values\n",
-            e[0], e[1], e[2], e[3]);
+            "     portable against %s kernels: gradients within %.2g, %.2g, %.2g, %.2g of their largest values\n",
+            simd_names[simd], e[0], e[1], e[2], e[3]);
     }
     grads_free(&one), grads_free(&two), grads_free(&portable);
     model_free(&m);
