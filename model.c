@@ -1006,6 +1006,7 @@ static void silu_gate_portable(float *gate, const float *up, size_t n) {
 #ifdef HAVE_AVX512
 #include <immintrin.h>
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define AVX2 __attribute__((target("avx2,fma,f16c"))) // every CPU with AVX2 has F16C
 #define INLINE inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 16") // small loops over tile rows: registers, not memory
 
@@ -1015,27 +1016,37 @@ static int cpu_has_avx512(void) {
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
 }
 
-// Sum of 16 lanes as a fixed tree (halves, then quarters, ...): the same for every caller.
-AVX512 static INLINE float hsum_avx512(__m512 v) {
-    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+// Sum of the 8 lanes of h as a fixed tree (halves, then quarters, ...), the last steps of
+// every horizontal sum, AVX-512's (16 lanes: their halves added first) and AVX2's alike.
+__attribute__((target("avx"))) static INLINE float hsum8_tree(__m256 h) { // AVX: inlined in AVX2 and AVX-512 code
     __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
     q = _mm_add_ps(q, _mm_movehl_ps(q, q));
     q = _mm_add_ss(q, _mm_movehdup_ps(q));
     return _mm_cvtss_f32(q);
 }
 
-// e^x within 2 ulp: Cephes' expf polynomial on r = x - n ln2 (|r| <= ln2 / 2), times 2^n.
+AVX512 static INLINE float hsum_avx512(__m512 v) {
+    return hsum8_tree(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
+}
+
+// e^x within 2 ulp: Cephes' expf polynomial on r = x - n ln2 (|r| <= ln2 / 2), times 2^n; ln2
+// in two parts, the polynomial's coefficients from the highest power (the AVX2 exp's too).
+#define EXP_MIN_X -104.0f
+#define EXP_MAX_X 88.7228394f
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_LN2_HI 0.693359375f
+#define EXP_LN2_LO -2.12194440e-4f
+static const float exp_poly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                                  4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
 AVX512 static INLINE __m512 exp_avx512(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(88.7228394f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_MIN_X)), _mm512_set1_ps(EXP_MAX_X));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(EXP_LOG2E)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_HI), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_LO), r);
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(exp_poly[0]), r, _mm512_set1_ps(exp_poly[1]));
+    for (int i = 2; i < 6; i++) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(exp_poly[i]));
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     return _mm512_scalef_ps(p, n);
 }
@@ -1288,6 +1299,14 @@ AVX512 static INLINE void values_avx512(int G, int VEC, const float *probs, int 
         _mm512_mask_storeu_ps(out + (size_t)h * hd + d0 + 16 * v, m[v], acc[h][v]);
 }
 
+// A replayed row's score against its own key (not in the cache): the same FMAs in the same
+// order as a cached key's lane in the SIMD score kernels.
+static float self_key_score(const float *q, const float *self_k, int hd, float scale) {
+    float acc = 0;
+    for (int d = 0; d < hd; d++) acc = fmaf(q[d], self_k[d], acc);
+    return acc * scale;
+}
+
 // attend_portable's arithmetic, ATTN_HEADS heads at a time: scores by key blocks, a
 // vectorised softmax per head, then values with each value row loaded once for all heads.
 AVX512 static void attend_avx512(const float *q, const float *keys, const float *values, const float *self_k,
@@ -1309,11 +1328,7 @@ AVX512 static void attend_avx512(const float *q, const float *keys, const float 
         }
         for (int h = 0; h < G; h++) {
             float *sc = scores + (size_t)h * seq_stride;
-            if (self_k) { // the same FMAs in the same order as a cached key's lane
-                float acc = 0;
-                for (int d = 0; d < hd; d++) acc = fmaf(qg[(size_t)h * hd + d], self_k[d], acc);
-                sc[pos] = acc * scale;
-            }
+            if (self_k) sc[pos] = self_key_score(qg + (size_t)h * hd, self_k, hd, scale);
             __m512 vmax = _mm512_set1_ps(-INFINITY), vsum = _mm512_setzero_ps();
             for (int p = 0; p < n; p += 16)
                 vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, mask16(n - p), sc + p));
@@ -1358,10 +1373,7 @@ AVX512 static void silu_gate_avx512(float *gate, const float *up, size_t n) {
 // AVX-512 (Zen 2 and 3, Haswell to Alder Lake). They read the same packed weights and do the
 // same FMAs, in the same order, for every output, score and sum, so their results are the
 // AVX-512 kernels' bit for bit (tested): a run makes the same bytes on either kind of CPU.
-// Every CPU with AVX2 has F16C (clang's __builtin_cpu_supports cannot ask for it).
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
-
-static int cpu_has_avx2(void) {
+static int cpu_has_avx2(void) { // F16C too, which clang's __builtin_cpu_supports cannot ask for
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
@@ -1371,28 +1383,16 @@ AVX2 static INLINE __m256i mask8(int left) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-// hsum_avx512 of the 16 lanes lo (0-7) and hi (8-15): the same tree, so the same bits.
-AVX2 static INLINE float hsum16_avx2(__m256 lo, __m256 hi) {
-    __m256 h = _mm256_add_ps(lo, hi);
-    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-    q = _mm_add_ss(q, _mm_movehdup_ps(q));
-    return _mm_cvtss_f32(q);
-}
-
 // exp_avx512's arithmetic. Its scalef (p x 2^n, n in [-150, 128], rounded once) is two
 // multiplies by powers of 2 that are normal floats: the first is exact, the second rounds.
 AVX2 static INLINE __m256 exp_avx2(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-104.0f)), _mm256_set1_ps(88.7228394f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_MIN_X)), _mm256_set1_ps(EXP_MAX_X));
+    __m256 n =
+        _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(EXP_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), r);
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(exp_poly[0]), r, _mm256_set1_ps(exp_poly[1]));
+    for (int i = 2; i < 6; i++) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(exp_poly[i]));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
     __m256i ni = _mm256_cvttps_epi32(n), n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
     __m256 two_n1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23)),
@@ -1573,11 +1573,7 @@ AVX2 static void attend_avx2(const float *q, const float *keys, const float *val
         }
         for (int h = 0; h < G; h++) {
             float *sc = scores + (size_t)h * seq_stride;
-            if (self_k) { // the same FMAs in the same order as a cached key's lane
-                float acc = 0;
-                for (int d = 0; d < hd; d++) acc = fmaf(qg[(size_t)h * hd + d], self_k[d], acc);
-                sc[pos] = acc * scale;
-            }
+            if (self_k) sc[pos] = self_key_score(qg + (size_t)h * hd, self_k, hd, scale);
             __m256 vmax = _mm256_set1_ps(-INFINITY);
             for (int p = 0; p < n; p += 8) {
                 __m256i m = mask8(n - p);
@@ -1595,7 +1591,7 @@ AVX2 static void attend_avx2(const float *q, const float *keys, const float *val
                     sum[half] = _mm256_add_ps(sum[half], _mm256_and_ps(e, _mm256_castsi256_ps(m)));
                     _mm256_maskstore_ps(sc + p + 8 * half, m, e);
                 }
-            __m256 total = _mm256_set1_ps(hsum16_avx2(sum[0], sum[1]));
+            __m256 total = _mm256_set1_ps(hsum8_tree(_mm256_add_ps(sum[0], sum[1]))); // hsum_avx512's tree
             for (int p = 0; p < n; p += 8) {
                 __m256i m = mask8(n - p);
                 _mm256_maskstore_ps(sc + p, m, _mm256_div_ps(_mm256_maskload_ps(sc + p, m), total));

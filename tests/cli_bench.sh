@@ -43,6 +43,12 @@ expect "bench --only memory: each stage's peak RSS from a process of its own" 0 
 expect "bench with a bad --long-new" 2 "--long-new" "$BT" bench --model tiny --long-new -1
 expect "bench --only, portable kernels" 0 '"kernels":"portable".*"prefill_tok_s":[0-9].*"decode_tok_s":null' \
     env BT_NO_SIMD=1 "$BT" bench --model tiny --repeat 1 --only prefill --json --quiet
+if grep -q "^flags.* avx2 .*" /proc/cpuinfo 2>/dev/null && grep -q "^flags.* fma .*" /proc/cpuinfo; then
+    expect "bench --only, BT_SIMD=avx2 kernels" 0 '"kernels":"avx2".*"prefill_tok_s":[0-9]' \
+        env BT_SIMD=avx2 "$BT" bench --model tiny --repeat 1 --only prefill --json --quiet
+else
+    skipped "bench with the AVX2 kernels" "this CPU has no AVX2 and FMA"
+fi
 expect "bench without --model" 2 "--model DIR is required" "$BT" bench
 expect "bench on a missing model" 2 "nowhere: not a model directory" "$BT" bench --model nowhere
 TOK=$SHARED/tokenizers/qwen2_5/tokenizer.json
