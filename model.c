@@ -1497,11 +1497,11 @@ AVX2 static void matmul_slivers_avx2(const Model *m, float *out, const float *x,
         size_t sliver_bytes = (size_t)len * MATMUL_SLIVER * eb, lines = sliver_bytes / 64;
         while (every < len && (size_t)later_passes * ((len + 2 * every - 1) / (2 * every)) >= lines) every *= 2;
         const char *block = (const char *)w->packed + packed_offset(w, kb, s0) * eb;
-        for (int outer = 0; outer < (sliver_order ? s1 - s0 : 1); outer++) {
-            const char *next = sliver_order ? block + (size_t)(outer + 1) * sliver_bytes : NULL;
+        for (int first_s = s0, step = sliver_order ? 1 : s1 - s0; first_s < s1; first_s += step) {
+            const char *next = sliver_order ? block + (size_t)(first_s - s0 + 1) * sliver_bytes : NULL;
             for (int r0 = 0, R; r0 < n; r0 += R) {
                 R = n - r0 < MATMUL_MR_AVX2 ? n - r0 : MATMUL_MR_AVX2;
-                for (int s = sliver_order ? s0 + outer : s0; s < (sliver_order ? s0 + outer + 1 : s1); s++)
+                for (int s = first_s; s < first_s + step; s++)
                     for (int h0 = 0; h0 < 2; h0 += R <= 2 ? 2 : 1) {
                         tiles(R, h0, x + (size_t)r0 * d_in + kb, (size_t)d_in, block + (s - s0) * sliver_bytes, len,
                               kb == 0, out + (size_t)r0 * d_out + (size_t)s * MATMUL_SLIVER, (size_t)d_out,
