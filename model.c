@@ -1756,6 +1756,7 @@ static void matmuls(const Model *m, const float *x, int n, int n_w, float *const
         macs += (double)n * ws[j]->rows * d_in;
     }
     int n_units = first_unit[n_w], n_threads = max_threads();
+    (void)macs; // unused without OpenMP
 #pragma omp parallel for schedule(                                                                                     \
     dynamic, 1) if (macs >= PARALLEL_MIN_MACS) // dynamic: a thread that lost its core to another process does less
     for (int v = 0; v < n_units; v++) {
@@ -2194,7 +2195,7 @@ double log_prob(const float *logits, int vocab, int token, int *rank) {
 #define GRAD_ROWS 128     // rows per matmul call and per MLP chunk (scratch: GRAD_ROWS x intermediate)
 #define GRAD_COLS 64      // transposed matmul: output columns per block, one thread's unit of work
 #define GRAD_K_CHUNK 128  // transposed matmul: weight rows per pass over a block (held in L1 while all rows pass)
-#define GRAD_TILE_ROWS 6  // AVX-512 transposed matmul: rows per tile (6 x 4 accumulators of 16 lanes)
+#define GRAD_TILE_ROWS 6  // SIMD transposed matmul: rows per tile (AVX-512: 6 x 4 accumulators, AVX2: 6 x 2)
 #define GRAD_KEY_BLOCK 16 // attention backward: key positions per block, one thread's unit of work
 #define GRAD_MAX_BUFS 32  // buffers of a GradState
 
@@ -2226,13 +2227,13 @@ struct GradState {
     float *dk, *dv;     // (max_tokens, kv_dim) d metric / d keys (then d k_pre) and values
     float *key_cache;   // (n_kv_heads, max_pad / KEY_BLOCK, head_dim, KEY_BLOCK) keys as the attention kernels read
     float *value_cache; // (n_kv_heads, max_pad, head_dim)
-    float *value_blocks; // (n_kv_heads, max_pad / KEY_BLOCK, head_dim, KEY_BLOCK) values as the keys (AVX-512)
+    float *value_blocks; // (n_kv_heads, max_pad / KEY_BLOCK, head_dim, KEY_BLOCK) values as the keys (SIMD backward)
     float *rope_cos;    // (max_tokens, head_dim / 2) of each position
     float *rope_sin;    // (max_tokens, head_dim / 2)
     float *probs;       // (max_tokens (max_tokens + 1) / 2) one head's attention probabilities, row t at t (t + 1) / 2
     float *dscores;     // (max_tokens (max_tokens + 1) / 2) d metric / d that head's scores (scale applied)
     float *scores;      // (n_threads, n_heads / n_kv_heads, max_pad) the attention kernels' score buffers
-    float *row_scratch; // (n_threads, 2, max_pad) AVX-512 backward: one row's scores and d metric / d probabilities
+    float *row_scratch; // (n_threads, 2, max_pad) SIMD backward: one row's scores and d metric / d probabilities
     float *xb;          // (GRAD_ROWS, hidden) a normed block input, or d metric / d it
     float *act;         // (GRAD_ROWS, intermediate) silu(gate) * up, then its gradient
     float *logits;      // (vocab) logits at pred_pos, then d metric / d them
@@ -2516,6 +2517,70 @@ AVX512 static void matmul_t_cols_avx512(float *out, const float *dy, int n, cons
         }
     }
 }
+#undef TILE_T
+
+// The AVX-512 backward kernels' arithmetic in vectors of 8: each output, score and sum takes
+// the same FMAs in the same order (the 16-lane sums kept as two vectors and summed by the same
+// tree), so an attribution gives the same bits on a CPU with AVX2 alone.
+
+// 16 columns of weight row data + at (fewer when left < 16, zero past it) as two F32 vectors in column order.
+AVX2 static INLINE void w_cols_avx2(DType dtype, const void *w, size_t at, int left, __m256 v[2]) {
+    char row[16 * sizeof(float)];
+    const char *src = (const char *)w + at * dtype_bytes(dtype);
+    if (left < 16) { // a block's last columns: staged through a zeroed row so no load runs past the tensor
+        memset(row, 0, sizeof row);
+        src = memcpy(row, src, (size_t)left * dtype_bytes(dtype));
+    }
+    UNROLL for (int j = 0; j < 2; j++) {
+        if (dtype == DT_F32) {
+            v[j] = _mm256_loadu_ps((const float *)src + 8 * j);
+        } else {
+            __m128i raw = _mm_loadu_si128((const __m128i *)((const uint16_t *)src + 8 * j));
+            v[j] = dtype == DT_F16 ? _mm256_cvtph_ps(raw)
+                                   : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+        }
+    }
+}
+
+// tile_t_avx512 for 16 output columns from c0 (left of them real): R rows x 2 accumulators of 8.
+AVX2 static INLINE void tile_t_avx2(DType dtype, int R, const float *dy, size_t ld_dy, const void *w, size_t d_in,
+                                    int c0, int left, int o0, int o1, int load, float *out, size_t ldo) {
+    __m256 acc[GRAD_TILE_ROWS][2];
+    __m256i mask[2] = {mask8(left), mask8(left - 8)};
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < 2; j++) acc[r][j] =
+        load ? _mm256_maskload_ps(out + (size_t)r * ldo + c0 + 8 * j, mask[j]) : _mm256_setzero_ps();
+    for (int o = o0; o < o1; o++) {
+        __m256 wv[2];
+        w_cols_avx2(dtype, w, (size_t)o * d_in + (size_t)c0, left, wv);
+        UNROLL for (int r = 0; r < R; r++) {
+            __m256 a = _mm256_broadcast_ss(dy + (size_t)r * ld_dy + o);
+            UNROLL for (int j = 0; j < 2; j++) acc[r][j] = _mm256_fmadd_ps(a, wv[j], acc[r][j]);
+        }
+    }
+    UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < 2; j++)
+        _mm256_maskstore_ps(out + (size_t)r * ldo + c0 + 8 * j, mask[j], acc[r][j]);
+}
+
+#define TILE_T(dtype, R) /* for TILES_T above */                                                                       \
+    tile_t_avx2(dtype, R, g, (size_t)d_out, w->data, (size_t)d_in, c, c1 - c, o0, o1, load, o, (size_t)d_in)
+
+// matmul_t_cols_avx512 in passes of 16 columns over the GRAD_K_CHUNK weight rows held in L1.
+AVX2 static void matmul_t_cols_avx2(float *out, const float *dy, int n, const Tensor *w, int c0, int c1,
+                                    int accumulate) {
+    int d_out = w->rows, d_in = w->cols;
+    for (int o0 = 0; o0 < d_out; o0 += GRAD_K_CHUNK) {
+        int o1 = d_out - o0 < GRAD_K_CHUNK ? d_out : o0 + GRAD_K_CHUNK, load = o0 > 0 || accumulate;
+        for (int c = c0; c < c1; c += 16)
+            for (int r0 = 0; r0 < n; r0 += GRAD_TILE_ROWS) {
+                int R = n - r0 < GRAD_TILE_ROWS ? n - r0 : GRAD_TILE_ROWS;
+                const float *g = dy + (size_t)r0 * d_out;
+                float *o = out + (size_t)r0 * d_in;
+                if (w->dtype == DT_BF16) TILES_T(DT_BF16)
+                else if (w->dtype == DT_F16) TILES_T(DT_F16)
+                else TILES_T(DT_F32)
+            }
+    }
+}
 #undef TILES_T
 #undef TILE_T
 #endif
@@ -2534,6 +2599,7 @@ static void matmul_t(const Model *m, float *out, const float *dy, int n, const T
         int c0 = b * GRAD_COLS, c1 = d_in - c0 < GRAD_COLS ? d_in : c0 + GRAD_COLS;
 #ifdef HAVE_AVX512
         if (m->simd == SIMD_AVX512) matmul_t_cols_avx512(out, dy, n, w, c0, c1, accumulate);
+        else if (m->simd == SIMD_AVX2) matmul_t_cols_avx2(out, dy, n, w, c0, c1, accumulate);
         else
 #endif
             matmul_t_cols_portable(out, dy, n, w, c0, c1, accumulate);
@@ -2800,6 +2866,115 @@ AVX512 static void head_backward_keys_avx512(const Model *m, GradState *gs, cons
             }
         }
 }
+
+// 8 floats from p, or lanes 0..left-1 of them (the rest zero) when partial.
+AVX2 static INLINE __m256 load8_avx2(const float *p, int partial, int left) {
+    return partial ? _mm256_maskload_ps(p, mask8(left)) : _mm256_loadu_ps(p);
+}
+
+
+// dq (VEC x 8 dimensions from d0, the last vectors partial when partial) = sum over u of
+// ds(u) k(u), in key order.
+AVX2 static INLINE void dq_avx2(int partial, int hd, int d0, int n, const float *ds, const float *keys, int kv_dim,
+                                float *dq) {
+    __m256 acc[8];
+    UNROLL for (int v = 0; v < 8; v++) acc[v] = _mm256_setzero_ps();
+    for (int u = 0; u < n; u++) {
+        __m256 s = _mm256_broadcast_ss(ds + u);
+        const float *ku = keys + (size_t)u * kv_dim + d0;
+        UNROLL for (int v = 0; v < 8; v++)
+            acc[v] = _mm256_fmadd_ps(s, load8_avx2(ku + 8 * v, partial, hd - d0 - 8 * v), acc[v]);
+    }
+    UNROLL for (int v = 0; v < 8; v++) _mm256_maskstore_ps(dq + d0 + 8 * v, mask8(hd - d0 - 8 * v), acc[v]);
+}
+
+// head_backward_row_avx512 in vectors of 8: scores and d metric / d probabilities one key
+// block at a time, the softmax's sums in 16 lanes as two vectors, then dq 64 dimensions at a time.
+AVX2 static void head_backward_row_avx2(const Model *m, GradState *gs, const LayerActs *a, int h, int t,
+                                        float *scratch) {
+    const ModelConfig *c = &m->cfg;
+    int hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, g = h / (c->n_heads / c->n_kv_heads),
+        n = t + 1;
+    float scale = 1.0f / sqrtf((float)hd);
+    const float *q = a->q + (size_t)t * q_dim + (size_t)h * hd, *dout = gs->dheads + (size_t)t * q_dim + (size_t)h * hd;
+    const float *kb = gs->key_cache + (size_t)g * gs->max_pad * hd,
+                *vb = gs->value_blocks + (size_t)g * gs->max_pad * hd;
+    size_t row = (size_t)t * (t + 1) / 2;
+    float *p = gs->probs + row, *ds = gs->dscores + row, *dq = gs->dq + (size_t)t * q_dim + (size_t)h * hd;
+    float *sc = scratch, *dp = scratch + gs->max_pad; // (max_pad) each
+    for (int p0 = 0; p0 < n; p0 += KEY_BLOCK) {
+        scores_avx2(1, q, hd, kb + (size_t)(p0 / KEY_BLOCK) * hd * KEY_BLOCK, scale, sc, 0, p0);
+        scores_avx2(1, dout, hd, vb + (size_t)(p0 / KEY_BLOCK) * hd * KEY_BLOCK, 1.0f, dp, 0, p0);
+    }
+    float max = -INFINITY; // exact in any order
+    for (int u = 0; u < n; u++) max = sc[u] > max ? sc[u] : max;
+    __m256 vmax = _mm256_set1_ps(max), vsum[2], vexp[2];
+    vsum[0] = vsum[1] = vexp[0] = vexp[1] = _mm256_setzero_ps();
+    for (int u = 0; u < n; u += 16) // lane j of vsum[0], vsum[1] is lane j, 8 + j of the AVX-512 sum
+        UNROLL for (int k = 0; k < 2; k++) {
+            __m256i mk = mask8(n - u - 8 * k);
+            __m256 e = _mm256_and_ps(exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(sc + u + 8 * k, mk), vmax)),
+                                     _mm256_castsi256_ps(mk));
+            vsum[k] = _mm256_add_ps(vsum[k], e);
+            _mm256_storeu_ps(sc + u + 8 * k, e);
+        }
+    __m256 sum = _mm256_set1_ps(hsum8_tree(_mm256_add_ps(vsum[0], vsum[1])));
+    for (int u = 0; u < n; u += 16) // expected = sum over u of p(u) dp(u)
+        UNROLL for (int k = 0; k < 2; k++) {
+            __m256i mk = mask8(n - u - 8 * k);
+            __m256 pu = _mm256_div_ps(_mm256_loadu_ps(sc + u + 8 * k), sum);
+            _mm256_storeu_ps(sc + u + 8 * k, pu);
+            _mm256_maskstore_ps(p + u + 8 * k, mk, pu);
+            vexp[k] = _mm256_fmadd_ps(pu, _mm256_maskload_ps(dp + u + 8 * k, mk), vexp[k]);
+        }
+    __m256 expected = _mm256_set1_ps(hsum8_tree(_mm256_add_ps(vexp[0], vexp[1]))), vscale = _mm256_set1_ps(scale);
+    for (int u = 0; u < n; u += 8) { // softmax: ds = p (dp - sum p dp), scale applied
+        __m256i mk = mask8(n - u);
+        __m256 d = _mm256_mul_ps(_mm256_mul_ps(vscale, _mm256_loadu_ps(sc + u)),
+                                 _mm256_sub_ps(_mm256_maskload_ps(dp + u, mk), expected));
+        _mm256_maskstore_ps(ds + u, mk, d);
+    }
+    const float *keys = a->k + (size_t)g * hd;
+    for (int d0 = 0; d0 < hd; d0 += 64)
+        if (hd - d0 >= 64) dq_avx2(0, hd, d0, n, ds, keys, kv_dim, dq);
+        else dq_avx2(1, hd, d0, n, ds, keys, kv_dim, dq);
+}
+
+// Key position u's sums for dk and dv over query positions u..n-1 (32 dimensions from d0), added to them.
+AVX2 static INLINE void key_sums_avx2(int partial, const GradState *gs, const LayerActs *a, int h, int g, int u, int n,
+                                      int hd, int q_dim, int kv_dim, int d0) {
+    __m256 ak[4], av[4];
+    UNROLL for (int v = 0; v < 4; v++) ak[v] = av[v] = _mm256_setzero_ps();
+    for (int t = u; t < n; t++) {
+        size_t at = (size_t)t * (t + 1) / 2 + (size_t)u;
+        __m256 s = _mm256_broadcast_ss(gs->dscores + at), pr = _mm256_broadcast_ss(gs->probs + at);
+        const float *q = a->q + (size_t)t * q_dim + (size_t)h * hd + d0,
+                    *dout = gs->dheads + (size_t)t * q_dim + (size_t)h * hd + d0;
+        UNROLL for (int v = 0; v < 4; v++) {
+            ak[v] = _mm256_fmadd_ps(s, load8_avx2(q + 8 * v, partial, hd - d0 - 8 * v), ak[v]);
+            av[v] = _mm256_fmadd_ps(pr, load8_avx2(dout + 8 * v, partial, hd - d0 - 8 * v), av[v]);
+        }
+    }
+    float *dk = gs->dk + (size_t)u * kv_dim + (size_t)g * hd + d0,
+          *dv = gs->dv + (size_t)u * kv_dim + (size_t)g * hd + d0;
+    UNROLL for (int v = 0; v < 4; v++) {
+        __m256i mk = mask8(hd - d0 - 8 * v);
+        _mm256_maskstore_ps(dk + 8 * v, mk, _mm256_add_ps(_mm256_maskload_ps(dk + 8 * v, mk), ak[v]));
+        _mm256_maskstore_ps(dv + 8 * v, mk, _mm256_add_ps(_mm256_maskload_ps(dv + 8 * v, mk), av[v]));
+    }
+}
+
+// head_backward_keys_avx512 in vectors of 8, 32 dimensions at a time.
+AVX2 static void head_backward_keys_avx2(const Model *m, GradState *gs, const LayerActs *a, int h, int u0, int u1,
+                                         int n) {
+    const ModelConfig *c = &m->cfg;
+    int hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, g = h / (c->n_heads / c->n_kv_heads);
+    for (int u = u0; u < u1; u++)
+        for (int d0 = 0; d0 < hd; d0 += 32)
+            if (hd - d0 >= 32) key_sums_avx2(0, gs, a, h, g, u, n, hd, q_dim, kv_dim, d0);
+            else key_sums_avx2(1, gs, a, h, g, u, n, hd, q_dim, kv_dim, d0);
+}
+
 #endif
 
 // Layer l's attention in reverse: dheads (d/d each head's output, set by the caller) through
@@ -2816,7 +2991,7 @@ static void grad_attention_backward(const Model *m, GradState *gs, const LayerAc
     memset(gs->dv, 0, (size_t)n * kv_dim * sizeof *gs->dv);
     int n_threads = max_threads() < gs->n_threads ? max_threads() : gs->n_threads; // threads with a scratch row
     // Keys and values laid out for the score kernel (a kept layer's keys are in no cache).
-    for (int t = 0; t < n && m->simd == SIMD_AVX512; t++)
+    for (int t = 0; t < n && m->simd != SIMD_PORTABLE; t++)
         for (int g = 0; g < KV; g++) {
             size_t at = (size_t)g * gs->max_pad * hd + (size_t)(t / KEY_BLOCK) * hd * KEY_BLOCK + t % KEY_BLOCK;
             for (int d = 0; d < hd; d++) {
@@ -2828,8 +3003,9 @@ static void grad_attention_backward(const Model *m, GradState *gs, const LayerAc
 #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 16) if (macs >= PARALLEL_MIN_MACS)
         for (int t = 0; t < n; t++) {
 #ifdef HAVE_AVX512
-            if (m->simd == SIMD_AVX512)
-                head_backward_row_avx512(m, gs, a, h, t, gs->row_scratch + (size_t)thread_id() * 2 * gs->max_pad);
+            float *scratch = gs->row_scratch + (size_t)thread_id() * 2 * gs->max_pad;
+            if (m->simd == SIMD_AVX512) head_backward_row_avx512(m, gs, a, h, t, scratch);
+            else if (m->simd == SIMD_AVX2) head_backward_row_avx2(m, gs, a, h, t, scratch);
             else
 #endif
                 head_backward_row(m, gs, a, h, t);
@@ -2839,6 +3015,7 @@ static void grad_attention_backward(const Model *m, GradState *gs, const LayerAc
             int u0 = b * GRAD_KEY_BLOCK, u1 = n - u0 < GRAD_KEY_BLOCK ? n : u0 + GRAD_KEY_BLOCK;
 #ifdef HAVE_AVX512
             if (m->simd == SIMD_AVX512) head_backward_keys_avx512(m, gs, a, h, u0, u1, n);
+            else if (m->simd == SIMD_AVX2) head_backward_keys_avx2(m, gs, a, h, u0, u1, n);
             else
 #endif
                 head_backward_keys(m, gs, a, h, u0, u1, n);

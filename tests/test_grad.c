@@ -479,15 +479,6 @@ static void t_grad_forward_matches_model_forward(void) {
     }
 }
 
-// make-bench-model's tiny shape (sizes off the SIMD widths, GQA, intermediate > the kernels' chunks).
-static const char *make_tiny(void) {
-    static char dir[1100];
-    snprintf(dir, sizeof dir, "%s/tiny", test_tmpdir());
-    char *argv[] = {"make-bench-model", dir, "--shape", "tiny", "--dtype", "bf16", "--seed", "3", NULL};
-    CHECK(cmd_make_bench_model(8, argv) == 0);
-    return dir;
-}
-
 static int grads_equal(const Grads *a, const Grads *b, const ModelConfig *c) {
     size_t rows = (size_t)a->g.pred_pos + 1, L = (size_t)c->n_layers, D = (size_t)c->hidden_size,
            Q = (size_t)c->n_heads * c->head_dim;
@@ -522,10 +513,14 @@ static void grads_rel_diffs(const Grads *a, const Grads *b, const ModelConfig *c
     e[3] = rel_diff(a->g.grad_head, b->g.grad_head, R * L * Q);
 }
 
-static void t_grad_threads_and_kernels(void) {
+// One dtype of the tiny model: gradients the same bits with 1 and 2 threads, any layers kept,
+// AVX2 or AVX-512 kernels; the portable path's within KERNEL_REL_TOL of them.
+static void grad_threads_and_kernels(const char *dtype) {
     Model m;
     Err err = {0};
-    if (model_load(&m, make_tiny(), &err) != 0) {
+    const char *dir = test_tiny_model(dtype);
+    if (!dir) return;
+    if (model_load(&m, dir, &err) != 0) {
         CHECKF(0, "%s", err.msg);
         return;
     }
@@ -569,21 +564,25 @@ static void t_grad_threads_and_kernels(void) {
                    simd_names[simd], k, e[k]);
         CHECK_NEAR(portable.g.metric, two.g.metric, 1e-4);
         printf(
-            "     portable against %s kernels: gradients within %.2g, %.2g, %.2g, %.2g of their largest values\n",
-            simd_names[simd], e[0], e[1], e[2], e[3]);
+            "     %s: portable against %s kernels, gradients within %.2g, %.2g, %.2g, %.2g of their largest values\n",
+            dtype, simd_names[simd], e[0], e[1], e[2], e[3]);
     }
-    if (simd == SIMD_AVX512) { // as on a CPU with AVX2 alone: AVX2 forward passes, the portable backward
+    if (simd == SIMD_AVX512) { // as on a CPU with AVX2 alone: the same bits, with one thread or two
         m.simd = SIMD_AVX2;
-        run_grad(&m, &one);
-        double e[4];
-        grads_rel_diffs(&portable, &one, c, n - 1, e);
-        for (int k = 0; k < 4; k++)
-            CHECKF(e[k] < KERNEL_REL_TOL, "portable against avx2: array %d differs by %.3g of its largest value", k,
-                   e[k]);
-        CHECK_NEAR(portable.g.metric, one.g.metric, 1e-4);
+        for (int threads = 1; threads <= 2; threads++) {
+            set_threads(threads);
+            run_grad(&m, &one);
+            CHECKF(grads_equal(&one, &two, c), "%s: avx2 gradients (%d threads) differ from avx512's", dtype, threads);
+        }
+        set_threads(0);
     }
     grads_free(&one), grads_free(&two), grads_free(&portable);
     model_free(&m);
+}
+
+static void t_grad_threads_and_kernels(void) {
+    const char *dtypes[] = {"bf16", "f16", "f32"};
+    for (int k = 0; k < 3; k++) grad_threads_and_kernels(dtypes[k]);
 }
 
 // ----------------------------------------------------------------------------

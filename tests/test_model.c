@@ -1012,16 +1012,6 @@ static void t_model_fuzz_safetensors_header(void) {
 // Batch invariance: bitwise, on random-weight models whose sizes are not multiples of
 // the SIMD widths (hidden 96, intermediate 2100, head_dim 24, vocab 1001)
 
-// make-bench-model --shape tiny into a fresh directory; NULL on failure.
-static const char *make_tiny(const char *dtype) {
-    static char dir[1024];
-    snprintf(dir, sizeof dir, "%s/tiny_%s", test_tmpdir(), dtype);
-    char *argv[] = {"make-bench-model", dir, "--shape", "tiny", "--dtype", (char *)dtype, "--seed", "7", NULL};
-    int rc = cmd_make_bench_model(8, argv);
-    CHECKF(rc == 0, "make-bench-model %s failed", dtype);
-    return rc == 0 ? dir : NULL;
-}
-
 // One row's logits are bitwise the same alone and inside batches of 3, 8, 16 and 17 rows (at
 // the front or the back, beside sequences of other lengths), with 1 and 2 threads, for
 // prefill rows and decode rows, in every dtype and with both kernels. (16 decode rows and the
@@ -1031,7 +1021,7 @@ static void t_model_batch_invariance_bitwise(void) {
     enum { P = 21, MAX_N = 17, MAX_SEQ = 32 };
     int sizes[] = {1, 3, 8, 16, 17};
     for (int dt = 0; dt < 3; dt++) {
-        const char *dir = make_tiny(dtypes[dt]);
+        const char *dir = test_tiny_model(dtypes[dt]);
         Model m;
         Err err = {0};
         if (!dir || model_load(&m, dir, &err) < 0) {
@@ -1117,7 +1107,7 @@ static void t_model_batch_invariance_bitwise(void) {
 static void t_model_kernels_agree(void) {
     const char *dtypes[] = {"bf16", "f16", "f32"};
     for (int dt = 0; dt < 3; dt++) {
-        const char *dir = make_tiny(dtypes[dt]);
+        const char *dir = test_tiny_model(dtypes[dt]);
         Model m;
         Err err = {0};
         if (!dir || model_load(&m, dir, &err) < 0) {
@@ -1160,7 +1150,7 @@ static void t_model_kernels_agree(void) {
 
 // Final norm + lm_head of many residuals at once is bitwise the forward pass's logits.
 static void t_model_final_logits_rows(void) {
-    const char *dir = make_tiny("bf16");
+    const char *dir = test_tiny_model("bf16");
     Model m;
     Err err = {0};
     if (!dir || model_load(&m, dir, &err) < 0) {

@@ -72,6 +72,15 @@ const char *test_tmpdir(void) {
     return dir;
 }
 
+const char *test_tiny_model(const char *dtype) {
+    static char dir[1024];
+    snprintf(dir, sizeof dir, "%s/tiny_%s", test_tmpdir(), dtype);
+    char *argv[] = {"make-bench-model", dir, "--shape", "tiny", "--dtype", (char *)dtype, "--seed", "7", NULL};
+    int rc = cmd_make_bench_model(8, argv);
+    CHECKF(rc == 0, "make-bench-model %s failed", dtype);
+    return rc == 0 ? dir : NULL;
+}
+
 const char *test_organism_dir(void) {
     static char dir[1024];
     if (!dir[0]) {
