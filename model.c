@@ -2517,11 +2517,22 @@ AVX512 static void matmul_t_cols_avx512(float *out, const float *dy, int n, cons
         }
     }
 }
+#undef TILES_T
 #undef TILE_T
 
 // The AVX-512 backward kernels' arithmetic in vectors of 8: each output, score and sum takes
 // the same FMAs in the same order (the 16-lane sums kept as two vectors and summed by the same
 // tree), so an attribution gives the same bits on a CPU with AVX2 alone.
+
+// 8 floats from p, or lanes 0..left-1 of them (the rest zero) when partial; and back.
+AVX2 static INLINE __m256 load8_avx2(const float *p, int partial, int left) {
+    return partial ? _mm256_maskload_ps(p, mask8(left)) : _mm256_loadu_ps(p);
+}
+
+AVX2 static INLINE void store8_avx2(float *p, int partial, int left, __m256 v) {
+    if (partial) _mm256_maskstore_ps(p, mask8(left), v); // vmaskmovps stores are slow on AMD: only where needed
+    else _mm256_storeu_ps(p, v);
+}
 
 // 16 columns of weight row data + at (fewer when left < 16, zero past it) as two F32 vectors in column order.
 AVX2 static INLINE void w_cols_avx2(DType dtype, const void *w, size_t at, int left, __m256 v[2]) {
@@ -2542,47 +2553,59 @@ AVX2 static INLINE void w_cols_avx2(DType dtype, const void *w, size_t at, int l
     }
 }
 
-// tile_t_avx512 for 16 output columns from c0 (left of them real): R rows x 2 accumulators of 8.
-AVX2 static INLINE void tile_t_avx2(DType dtype, int R, const float *dy, size_t ld_dy, const void *w, size_t d_in,
-                                    int c0, int left, int o0, int o1, int load, float *out, size_t ldo) {
+// tile_t_avx512 for 16 output columns (left of them real) from wc, weight rows o0.. of those
+// columns as F32, 16 to a row: R rows x 2 accumulators of 8, one FMA per weight row and lane.
+AVX2 static INLINE void tile_t_avx2(int R, const float *dy, size_t ld_dy, const float *wc, int no, int left, int load,
+                                    float *out, size_t ldo) {
     __m256 acc[GRAD_TILE_ROWS][2];
-    __m256i mask[2] = {mask8(left), mask8(left - 8)};
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < 2; j++) acc[r][j] =
-        load ? _mm256_maskload_ps(out + (size_t)r * ldo + c0 + 8 * j, mask[j]) : _mm256_setzero_ps();
-    for (int o = o0; o < o1; o++) {
-        __m256 wv[2];
-        w_cols_avx2(dtype, w, (size_t)o * d_in + (size_t)c0, left, wv);
+        !load ? _mm256_setzero_ps() : load8_avx2(out + (size_t)r * ldo + 8 * j, left < 16, left - 8 * j);
+    for (int k = 0; k < no; k++) {
+        __m256 w0 = _mm256_load_ps(wc + 16 * k), w1 = _mm256_load_ps(wc + 16 * k + 8);
         UNROLL for (int r = 0; r < R; r++) {
-            __m256 a = _mm256_broadcast_ss(dy + (size_t)r * ld_dy + o);
-            UNROLL for (int j = 0; j < 2; j++) acc[r][j] = _mm256_fmadd_ps(a, wv[j], acc[r][j]);
+            __m256 a = _mm256_broadcast_ss(dy + (size_t)r * ld_dy + k);
+            acc[r][0] = _mm256_fmadd_ps(a, w0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(a, w1, acc[r][1]);
         }
     }
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int j = 0; j < 2; j++)
-        _mm256_maskstore_ps(out + (size_t)r * ldo + c0 + 8 * j, mask[j], acc[r][j]);
+        store8_avx2(out + (size_t)r * ldo + 8 * j, left < 16, left - 8 * j, acc[r][j]);
 }
 
-#define TILE_T(dtype, R) /* for TILES_T above */                                                                       \
-    tile_t_avx2(dtype, R, g, (size_t)d_out, w->data, (size_t)d_in, c, c1 - c, o0, o1, load, o, (size_t)d_in)
-
-// matmul_t_cols_avx512 in passes of 16 columns over the GRAD_K_CHUNK weight rows held in L1.
+// matmul_t_cols_avx512 in passes of 16 columns: each pass widens its GRAD_K_CHUNK weight rows
+// into a contiguous F32 block once, which every tile of rows then reads from L1 (the rows of
+// the stored weight lie a power-of-2 multiple apart and would share a few sets of L1).
 AVX2 static void matmul_t_cols_avx2(float *out, const float *dy, int n, const Tensor *w, int c0, int c1,
                                     int accumulate) {
     int d_out = w->rows, d_in = w->cols;
+    size_t eb = dtype_bytes(w->dtype);
+    _Alignas(32) float wc[GRAD_K_CHUNK * 16];
     for (int o0 = 0; o0 < d_out; o0 += GRAD_K_CHUNK) {
-        int o1 = d_out - o0 < GRAD_K_CHUNK ? d_out : o0 + GRAD_K_CHUNK, load = o0 > 0 || accumulate;
-        for (int c = c0; c < c1; c += 16)
-            for (int r0 = 0; r0 < n; r0 += GRAD_TILE_ROWS) {
-                int R = n - r0 < GRAD_TILE_ROWS ? n - r0 : GRAD_TILE_ROWS;
-                const float *g = dy + (size_t)r0 * d_out;
-                float *o = out + (size_t)r0 * d_in;
-                if (w->dtype == DT_BF16) TILES_T(DT_BF16)
-                else if (w->dtype == DT_F16) TILES_T(DT_F16)
-                else TILES_T(DT_F32)
+        int no = d_out - o0 < GRAD_K_CHUNK ? d_out - o0 : GRAD_K_CHUNK, load = o0 > 0 || accumulate;
+        for (int c = c0; c < c1; c += 16) {
+            for (int k = 0; k < no; k++) {
+                __m256 v[2];
+                if (o0 + GRAD_K_CHUNK + k < d_out) // the next chunk's rows, which no prefetcher sees coming
+                    _mm_prefetch((const char *)w->data + ((size_t)(o0 + GRAD_K_CHUNK + k) * d_in + (size_t)c) * eb,
+                                 _MM_HINT_T1);
+                w_cols_avx2(w->dtype, w->data, (size_t)(o0 + k) * d_in + (size_t)c, c1 - c, v);
+                _mm256_store_ps(wc + 16 * k, v[0]), _mm256_store_ps(wc + 16 * k + 8, v[1]);
             }
+            for (int r0 = 0; r0 < n; r0 += GRAD_TILE_ROWS) {
+                const float *g = dy + (size_t)r0 * d_out + o0;
+                float *o = out + (size_t)r0 * d_in + c;
+                switch (n - r0 < GRAD_TILE_ROWS ? n - r0 : GRAD_TILE_ROWS) { // constants keep acc in registers
+                case 6: tile_t_avx2(6, g, (size_t)d_out, wc, no, c1 - c, load, o, (size_t)d_in); break;
+                case 5: tile_t_avx2(5, g, (size_t)d_out, wc, no, c1 - c, load, o, (size_t)d_in); break;
+                case 4: tile_t_avx2(4, g, (size_t)d_out, wc, no, c1 - c, load, o, (size_t)d_in); break;
+                case 3: tile_t_avx2(3, g, (size_t)d_out, wc, no, c1 - c, load, o, (size_t)d_in); break;
+                case 2: tile_t_avx2(2, g, (size_t)d_out, wc, no, c1 - c, load, o, (size_t)d_in); break;
+                default: tile_t_avx2(1, g, (size_t)d_out, wc, no, c1 - c, load, o, (size_t)d_in); break;
+                }
+            }
+        }
     }
 }
-#undef TILES_T
-#undef TILE_T
 #endif
 
 // out (n, d_in) = [out +] dy (n, d_out) · W (d_out, d_in), W in its stored dtype: the transpose of
@@ -2867,14 +2890,8 @@ AVX512 static void head_backward_keys_avx512(const Model *m, GradState *gs, cons
         }
 }
 
-// 8 floats from p, or lanes 0..left-1 of them (the rest zero) when partial.
-AVX2 static INLINE __m256 load8_avx2(const float *p, int partial, int left) {
-    return partial ? _mm256_maskload_ps(p, mask8(left)) : _mm256_loadu_ps(p);
-}
-
-
-// dq (VEC x 8 dimensions from d0, the last vectors partial when partial) = sum over u of
-// ds(u) k(u), in key order.
+// dq (64 dimensions from d0, the last vectors partial when partial) = sum over u of ds(u) k(u),
+// in key order.
 AVX2 static INLINE void dq_avx2(int partial, int hd, int d0, int n, const float *ds, const float *keys, int kv_dim,
                                 float *dq) {
     __m256 acc[8];
@@ -2885,7 +2902,7 @@ AVX2 static INLINE void dq_avx2(int partial, int hd, int d0, int n, const float 
         UNROLL for (int v = 0; v < 8; v++)
             acc[v] = _mm256_fmadd_ps(s, load8_avx2(ku + 8 * v, partial, hd - d0 - 8 * v), acc[v]);
     }
-    UNROLL for (int v = 0; v < 8; v++) _mm256_maskstore_ps(dq + d0 + 8 * v, mask8(hd - d0 - 8 * v), acc[v]);
+    UNROLL for (int v = 0; v < 8; v++) store8_avx2(dq + d0 + 8 * v, partial, hd - d0 - 8 * v, acc[v]);
 }
 
 // head_backward_row_avx512 in vectors of 8: scores and d metric / d probabilities one key
@@ -2958,9 +2975,9 @@ AVX2 static INLINE void key_sums_avx2(int partial, const GradState *gs, const La
     float *dk = gs->dk + (size_t)u * kv_dim + (size_t)g * hd + d0,
           *dv = gs->dv + (size_t)u * kv_dim + (size_t)g * hd + d0;
     UNROLL for (int v = 0; v < 4; v++) {
-        __m256i mk = mask8(hd - d0 - 8 * v);
-        _mm256_maskstore_ps(dk + 8 * v, mk, _mm256_add_ps(_mm256_maskload_ps(dk + 8 * v, mk), ak[v]));
-        _mm256_maskstore_ps(dv + 8 * v, mk, _mm256_add_ps(_mm256_maskload_ps(dv + 8 * v, mk), av[v]));
+        int left = hd - d0 - 8 * v;
+        store8_avx2(dk + 8 * v, partial, left, _mm256_add_ps(load8_avx2(dk + 8 * v, partial, left), ak[v]));
+        store8_avx2(dv + 8 * v, partial, left, _mm256_add_ps(load8_avx2(dv + 8 * v, partial, left), av[v]));
     }
 }
 
