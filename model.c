@@ -2751,16 +2751,41 @@ static void grad_mlp_backward(const Model *m, GradState *gs, LayerActs *a, int l
                          gs->xb + (size_t)i * D, D, c->rms_norm_eps, 1);
 }
 
+// Query head h at position t in the backward pass: what it reads, and its rows of the buffers it writes.
+typedef struct {
+    int hd, kv_dim, t;
+    float scale;
+    const float *q, *dout;                  // its query and d metric / d its output
+    const float *keys, *values;             // its key head's key and value of position 0, rows kv_dim apart
+    const float *key_blocks, *value_blocks; // the same in the SIMD kernels' dimension-major blocks
+    float *p, *ds, *dq;                     // row t of probs and dscores; d metric / d its query
+} HeadRow;
+
+static HeadRow head_row(const Model *m, const GradState *gs, const LayerActs *a, int h, int t) {
+    const ModelConfig *c = &m->cfg;
+    int hd = c->head_dim, q_dim = c->n_heads * hd, g = h / (c->n_heads / c->n_kv_heads);
+    size_t row = (size_t)t * (t + 1) / 2, at = (size_t)t * q_dim + (size_t)h * hd, block = (size_t)g * gs->max_pad * hd;
+    return (HeadRow){.hd = hd,
+                     .kv_dim = c->n_kv_heads * hd,
+                     .t = t,
+                     .scale = 1.0f / sqrtf((float)hd),
+                     .q = a->q + at,
+                     .dout = gs->dheads + at,
+                     .keys = a->k + (size_t)g * hd,
+                     .values = a->v + (size_t)g * hd,
+                     .key_blocks = gs->key_cache + block,
+                     .value_blocks = gs->value_blocks + block,
+                     .p = gs->probs + row,
+                     .ds = gs->dscores + row,
+                     .dq = gs->dq + at};
+}
+
 // Query head h at position t: its probabilities over 0..t (recomputed in F32 as the forward
 // does), d metric / d its scores (scale applied) and d metric / d its query.
-static void head_backward_row(const Model *m, GradState *gs, const LayerActs *a, int h, int t) {
-    const ModelConfig *c = &m->cfg;
-    int hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, g = h / (c->n_heads / c->n_kv_heads);
-    float scale = 1.0f / sqrtf((float)hd), max = -INFINITY, sum = 0;
-    const float *q = a->q + (size_t)t * q_dim + (size_t)h * hd, *dout = gs->dheads + (size_t)t * q_dim + (size_t)h * hd;
-    const float *keys = a->k + (size_t)g * hd, *values = a->v + (size_t)g * hd;
-    size_t row = (size_t)t * (t + 1) / 2;
-    float *p = gs->probs + row, *ds = gs->dscores + row, *dq = gs->dq + (size_t)t * q_dim + (size_t)h * hd;
+static void head_backward_row(const HeadRow *r) {
+    int hd = r->hd, kv_dim = r->kv_dim, t = r->t;
+    float scale = r->scale, max = -INFINITY, sum = 0, *p = r->p, *ds = r->ds, *dq = r->dq;
+    const float *q = r->q, *dout = r->dout, *keys = r->keys, *values = r->values;
     for (int u = 0; u <= t; u++) {
         p[u] = dot_strided(q, keys + (size_t)u * kv_dim, 1, hd) * scale;
         if (p[u] > max) max = p[u];
@@ -2803,19 +2828,10 @@ static void head_backward_keys(const Model *m, GradState *gs, const LayerActs *a
 #ifdef HAVE_AVX512
 // head_backward_row in AVX-512: scores and d metric / d probabilities 32 keys at a time from the
 // dimension-major key and value blocks (the forward's score kernel), a vectorised softmax, then dq.
-AVX512 static void head_backward_row_avx512(const Model *m, GradState *gs, const LayerActs *a, int h, int t,
-                                            float *scratch) {
-    const ModelConfig *c = &m->cfg;
-    int hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, g = h / (c->n_heads / c->n_kv_heads),
-        n = t + 1;
-    float scale = 1.0f / sqrtf((float)hd);
-    const float *q = a->q + (size_t)t * q_dim + (size_t)h * hd, *dout = gs->dheads + (size_t)t * q_dim + (size_t)h * hd;
-    const float *kb = gs->key_cache + (size_t)g * gs->max_pad * hd,
-                *vb = gs->value_blocks + (size_t)g * gs->max_pad * hd;
-    const float *keys = a->k + (size_t)g * hd;
-    size_t row = (size_t)t * (t + 1) / 2;
-    float *p = gs->probs + row, *ds = gs->dscores + row, *dq = gs->dq + (size_t)t * q_dim + (size_t)h * hd;
-    float *sc = scratch, *dp = scratch + gs->max_pad; // (max_pad) each
+AVX512 static void head_backward_row_avx512(const HeadRow *r, float *sc, float *dp) {
+    int hd = r->hd, kv_dim = r->kv_dim, n = r->t + 1;
+    float scale = r->scale, *p = r->p, *ds = r->ds, *dq = r->dq;
+    const float *q = r->q, *dout = r->dout, *kb = r->key_blocks, *vb = r->value_blocks, *keys = r->keys;
     for (int p0 = 0; p0 < n; p0 += 2 * KEY_BLOCK) {
         scores_avx512(1, q, hd, kb + (size_t)(p0 / KEY_BLOCK) * hd * KEY_BLOCK, scale, sc, 0, p0);
         scores_avx512(1, dout, hd, vb + (size_t)(p0 / KEY_BLOCK) * hd * KEY_BLOCK, 1.0f, dp, 0, p0);
@@ -2907,18 +2923,10 @@ AVX2 static INLINE void dq_avx2(int partial, int hd, int d0, int n, const float 
 
 // head_backward_row_avx512 in vectors of 8: scores and d metric / d probabilities one key
 // block at a time, the softmax's sums in 16 lanes as two vectors, then dq 64 dimensions at a time.
-AVX2 static void head_backward_row_avx2(const Model *m, GradState *gs, const LayerActs *a, int h, int t,
-                                        float *scratch) {
-    const ModelConfig *c = &m->cfg;
-    int hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, g = h / (c->n_heads / c->n_kv_heads),
-        n = t + 1;
-    float scale = 1.0f / sqrtf((float)hd);
-    const float *q = a->q + (size_t)t * q_dim + (size_t)h * hd, *dout = gs->dheads + (size_t)t * q_dim + (size_t)h * hd;
-    const float *kb = gs->key_cache + (size_t)g * gs->max_pad * hd,
-                *vb = gs->value_blocks + (size_t)g * gs->max_pad * hd;
-    size_t row = (size_t)t * (t + 1) / 2;
-    float *p = gs->probs + row, *ds = gs->dscores + row, *dq = gs->dq + (size_t)t * q_dim + (size_t)h * hd;
-    float *sc = scratch, *dp = scratch + gs->max_pad; // (max_pad) each
+AVX2 static void head_backward_row_avx2(const HeadRow *r, float *sc, float *dp) {
+    int hd = r->hd, kv_dim = r->kv_dim, n = r->t + 1;
+    float scale = r->scale, *p = r->p, *ds = r->ds, *dq = r->dq;
+    const float *q = r->q, *dout = r->dout, *kb = r->key_blocks, *vb = r->value_blocks, *keys = r->keys;
     for (int p0 = 0; p0 < n; p0 += KEY_BLOCK) {
         scores_avx2(1, q, hd, kb + (size_t)(p0 / KEY_BLOCK) * hd * KEY_BLOCK, scale, sc, 0, p0);
         scores_avx2(1, dout, hd, vb + (size_t)(p0 / KEY_BLOCK) * hd * KEY_BLOCK, 1.0f, dp, 0, p0);
@@ -2951,7 +2959,6 @@ AVX2 static void head_backward_row_avx2(const Model *m, GradState *gs, const Lay
                                  _mm256_sub_ps(_mm256_maskload_ps(dp + u, mk), expected));
         _mm256_maskstore_ps(ds + u, mk, d);
     }
-    const float *keys = a->k + (size_t)g * hd;
     for (int d0 = 0; d0 < hd; d0 += 64)
         if (hd - d0 >= 64) dq_avx2(0, hd, d0, n, ds, keys, kv_dim, dq);
         else dq_avx2(1, hd, d0, n, ds, keys, kv_dim, dq);
@@ -3019,13 +3026,15 @@ static void grad_attention_backward(const Model *m, GradState *gs, const LayerAc
     for (int h = 0; h < H; h++) { // one head's n x n at a time; its keys' sums continue the previous heads'
 #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 16) if (macs >= PARALLEL_MIN_MACS)
         for (int t = 0; t < n; t++) {
+            HeadRow r = head_row(m, gs, a, h, t);
+            float *sc = gs->row_scratch + (size_t)thread_id() * 2 * gs->max_pad, *dp = sc + gs->max_pad;
+            (void)sc, (void)dp; // unused without the SIMD kernels
 #ifdef HAVE_AVX512
-            float *scratch = gs->row_scratch + (size_t)thread_id() * 2 * gs->max_pad;
-            if (m->simd == SIMD_AVX512) head_backward_row_avx512(m, gs, a, h, t, scratch);
-            else if (m->simd == SIMD_AVX2) head_backward_row_avx2(m, gs, a, h, t, scratch);
+            if (m->simd == SIMD_AVX512) head_backward_row_avx512(&r, sc, dp);
+            else if (m->simd == SIMD_AVX2) head_backward_row_avx2(&r, sc, dp);
             else
 #endif
-                head_backward_row(m, gs, a, h, t);
+                head_backward_row(&r);
         }
 #pragma omp parallel for schedule(dynamic, 1) if (macs >= PARALLEL_MIN_MACS)
         for (int b = 0; b < n_key_blocks; b++) {
