@@ -14,7 +14,7 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef BT_X86_KERNELS
 #include <immintrin.h>
 #define HAVE_AVX512 1
 #define AVX512 __attribute__((target("avx512f")))
@@ -358,6 +358,7 @@ static double bench_bandwidth(const Model *m) {
     double best = 0;
     for (int pass = 0; pass < 10; pass++) {
         int row = pass % 2; // odd passes prefetch as the one-row matmul tile does (Model.row_ahead)
+        (void)row, (void)m; // unused without the SIMD kernels
         double t0 = now_seconds(), total = 0;
 #pragma omp parallel for schedule(static) reduction(+ : total)
         for (size_t i = 0; i < n; i += per) {
@@ -611,7 +612,7 @@ static int bench_run(const Model *m, int repeat, int long_new, const char *only,
 #define PROBE_STEPS 1024 // loop iterations between clock reads
 
 // F32 FMA peak of the widest vector unit bt can name, in FLOP/s of one thread; *isa names it.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef BT_X86_KERNELS
 __attribute__((target("avx512f"))) static float probe_fma_avx512(long steps) {
     __m512 acc[PROBE_ACCS], a = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(1e-3f);
     for (int i = 0; i < PROBE_ACCS; i++) acc[i] = _mm512_set1_ps((float)i);
@@ -684,7 +685,7 @@ static double probe_peak(float (*probe)(long), double flop_per_step) {
 
 // F32 FMA peak (FLOP/s, one thread) and its instructions; the BF16-dot peak, NAN without AVX512-BF16.
 static double bench_fma_peak(const char **isa) {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef BT_X86_KERNELS
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f")) return *isa = "avx512", probe_peak(probe_fma_avx512, PROBE_ACCS * 16 * 2);
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
@@ -694,7 +695,7 @@ static double bench_fma_peak(const char **isa) {
 }
 
 static double bench_bf16_peak(void) {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef BT_X86_KERNELS
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512bf16")) return probe_peak(probe_bf16_avx512, PROBE_ACCS * 16 * 2 * 2);
 #endif

@@ -8,6 +8,12 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+
+// The x86 SIMD kernels (AVX-512, AVX2) are compiled where gcc or clang target x86-64, and run
+// where the CPU has them; -DBT_PORTABLE leaves them out, as every other architecture does.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(BT_PORTABLE)
+#define BT_X86_KERNELS 1
+#endif
 #ifndef _OPENMP
 #pragma GCC diagnostic ignored "-Wunknown-pragmas" // built without OpenMP: the omp loops run serially
 #endif

@@ -15,7 +15,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef BT_X86_KERNELS
 #define HAVE_AVX512 1 // the AVX-512 and AVX2 kernels are compiled (and run where the CPU has them)
 #endif
 #ifdef _OPENMP
@@ -1742,6 +1742,7 @@ int spread_unit(int v, int n, int T) {
 static void matmuls(const Model *m, const float *x, int n, int n_w, float *const outs[], const Tensor *const ws[],
                     const Tensor *const biases[]) {
     int d_in = ws[0]->cols, block = MATMUL_W_ROWS, tile = 1, w_blocks[3], first_unit[4] = {0}, n_blocks = 0;
+    (void)m; // unused without the SIMD kernels
 #ifdef HAVE_AVX512
     if (m->simd) block = MATMUL_GROUP * MATMUL_SLIVER, tile = m->simd == SIMD_AVX512 ? MATMUL_MR : MATMUL_MR_AVX2;
 #endif
@@ -1788,6 +1789,7 @@ static void matmul(const Model *m, float *out, const float *x, int n, const Tens
 }
 
 static void silu_gate(const Model *m, float *gate, const float *up, size_t n) {
+    (void)m; // unused without the SIMD kernels
 #ifdef HAVE_AVX512
     if (m->simd == SIMD_AVX512) {
         silu_gate_avx512(gate, up, n);
@@ -1805,6 +1807,7 @@ static void silu_gate(const Model *m, float *gate, const float *up, size_t n) {
 static void attend(const Model *m, const float *q, const float *keys, const float *values, const float *self_k,
                    const float *self_v, int pos, int hd, int group, int seq_stride, float scale, float *scores,
                    float *out) {
+    (void)m; // unused without the SIMD kernels
 #ifdef HAVE_AVX512
     if (m->simd == SIMD_AVX512) {
         attend_avx512(q, keys, values, self_k, self_v, pos, hd, group, seq_stride, scale, scores, out);
