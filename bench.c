@@ -42,11 +42,13 @@ typedef struct {
     double rope_theta;
 } BenchShape;
 
-// The real models' shapes; "tiny" has sizes that are not multiples of the SIMD widths.
+// The real models' shapes; the tiny ones have sizes that are not multiples of the SIMD widths,
+// and tiny-qwen3's heads are wide enough for the kernels' whole blocks of dimensions (136 = 2 x 64 + 8).
 static const BenchShape bench_shapes[] = {
     {"r1-distill-qwen-1.5b", "Qwen2ForCausalLM", 1536, 8960, 28, 12, 2, 128, 151936, 131072, 0, 151646, 151643, 10000},
     {"qwen3-0.6b", "Qwen3ForCausalLM", 1024, 3072, 28, 16, 8, 128, 151936, 40960, 1, 151643, 151645, 1000000},
     {"tiny", "Qwen2ForCausalLM", 96, 2100, 2, 4, 2, 24, 1001, 4096, 0, 1, 2, 10000}, // 2100: 9 packed blocks
+    {"tiny-qwen3", "Qwen3ForCausalLM", 96, 200, 2, 2, 1, 136, 1001, 4096, 1, 1, 2, 1000000},
 };
 
 static uint16_t f32_to_bf16(float f) { // round to nearest even
@@ -177,7 +179,7 @@ static int bench_model_write(const char *dir, const BenchShape *sh, DType dtype,
 }
 
 int cmd_make_bench_model(int argc, char **argv) {
-    Opt opts[] = {OPT("--shape", 1, "r1-distill-qwen-1.5b | qwen3-0.6b | tiny"),
+    Opt opts[] = {OPT("--shape", 1, "r1-distill-qwen-1.5b | qwen3-0.6b | tiny | tiny-qwen3"),
                   OPT("--dtype", 1, "bf16 (default) | f16 | f32"),
                   OPT("--seed", 1, "random seed (default 0)"), OPT_END};
     Err err = {0};
@@ -192,7 +194,8 @@ int cmd_make_bench_model(int argc, char **argv) {
     for (size_t i = 0; i < sizeof bench_shapes / sizeof bench_shapes[0]; i++)
         if (strcmp(bench_shapes[i].name, shape) == 0) sh = &bench_shapes[i];
     if (!sh)
-        return err_input(&err, "make-bench-model: --shape '%s' is not r1-distill-qwen-1.5b, qwen3-0.6b or tiny", shape),
+        return err_input(&err, "make-bench-model: --shape '%s' is not r1-distill-qwen-1.5b, qwen3-0.6b, tiny or tiny-qwen3",
+                           shape),
                fail(&err);
     DType dtype = strcmp(dtype_text, "f32") == 0 ? DT_F32 : strcmp(dtype_text, "f16") == 0 ? DT_F16 : DT_BF16;
     if (dtype == DT_BF16 && strcmp(dtype_text, "bf16") != 0)

@@ -18,9 +18,10 @@ void test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *shared_path(const char *rel);
 // Fresh empty scratch directory for this test (under build/tmp), returned path is static per call.
 const char *test_tmpdir(void);
-// make-bench-model's tiny shape in dtype (bf16, f16, f32), seed 7, in a fresh scratch directory; NULL on
-// failure. Its sizes are off the SIMD widths: hidden 96, intermediate 2100, head_dim 24, vocab 1001, GQA.
-const char *test_tiny_model(const char *dtype);
+// make-bench-model's shape (tiny: hidden 96, intermediate 2100, head_dim 24, vocab 1001, GQA, sizes
+// off the SIMD widths; tiny-qwen3: q/k norms, head_dim 136) in dtype (bf16, f16, f32), seed 7, in a
+// fresh scratch directory; NULL on failure.
+const char *test_bench_model(const char *shape, const char *dtype);
 // The planted organism, written once per process into a scratch directory: read it, do not change it.
 const char *test_organism_dir(void);
 

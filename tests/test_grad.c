@@ -513,12 +513,12 @@ static void grads_rel_diffs(const Grads *a, const Grads *b, const ModelConfig *c
     e[3] = rel_diff(a->g.grad_head, b->g.grad_head, R * L * Q);
 }
 
-// One dtype of the tiny model: gradients the same bits with 1 and 2 threads, any layers kept,
-// AVX2 or AVX-512 kernels; the portable path's within KERNEL_REL_TOL of them.
-static void grad_threads_and_kernels(const char *dtype) {
+// A bench model of one shape and dtype: gradients the same bits with 1 and 2 threads, any layers
+// kept, AVX2 or AVX-512 kernels; the portable path's within KERNEL_REL_TOL of them.
+static void grad_threads_and_kernels(const char *shape, const char *dtype) {
     Model m;
     Err err = {0};
-    const char *dir = test_tiny_model(dtype);
+    const char *dir = test_bench_model(shape, dtype);
     if (!dir) return;
     if (model_load(&m, dir, &err) != 0) {
         CHECKF(0, "%s", err.msg);
@@ -536,7 +536,7 @@ static void grad_threads_and_kernels(const char *dtype) {
     run_grad(&m, &one);
     set_threads(2);
     run_grad(&m, &two);
-    CHECKF(grads_equal(&one, &two, c), "gradients differ between 1 and 2 threads (kernels %s)",
+    CHECKF(grads_equal(&one, &two, c), "%s %s: gradients differ between 1 and 2 threads (kernels %s)", shape, dtype,
            simd_names[m.simd]);
     CHECK(two.g.layers_kept == c->n_layers);
     // Kept or recomputed, a layer's internals are the forward's: the same bits with none, one or every layer kept.
@@ -546,7 +546,7 @@ static void grad_threads_and_kernels(const char *dtype) {
         keep_bytes = budgets[k];
         run_grad(&m, &one);
         CHECKF(one.g.layers_kept == k && grads_equal(&one, &two, c),
-               "%d layers kept: gradients differ from every layer kept", one.g.layers_kept);
+               "%s %s, %d layers kept: gradients differ from every layer kept", shape, dtype, one.g.layers_kept);
     }
     keep_bytes = GRAD_KEEP_BYTES;
     int simd = m.simd;
@@ -554,25 +554,26 @@ static void grad_threads_and_kernels(const char *dtype) {
     run_grad(&m, &portable);
     set_threads(1);
     run_grad(&m, &one);
-    CHECKF(grads_equal(&one, &portable, c), "portable gradients differ between 1 and 2 threads");
+    CHECKF(grads_equal(&one, &portable, c), "%s %s: portable gradients differ between 1 and 2 threads", shape, dtype);
     set_threads(0);
     if (simd) {
         double e[4];
         grads_rel_diffs(&portable, &two, c, n - 1, e);
         for (int k = 0; k < 4; k++)
-            CHECKF(e[k] < KERNEL_REL_TOL, "portable against %s: array %d differs by %.3g of its largest value",
-                   simd_names[simd], k, e[k]);
+            CHECKF(e[k] < KERNEL_REL_TOL, "%s %s: portable against %s: array %d differs by %.3g of its largest value",
+                   shape, dtype, simd_names[simd], k, e[k]);
         CHECK_NEAR(portable.g.metric, two.g.metric, 1e-4);
         printf(
-            "     %s: portable against %s kernels, gradients within %.2g, %.2g, %.2g, %.2g of their largest values\n",
-            dtype, simd_names[simd], e[0], e[1], e[2], e[3]);
+            "     %s %s: portable against %s kernels, gradients within %.2g, %.2g, %.2g, %.2g of their largest values\n",
+            shape, dtype, simd_names[simd], e[0], e[1], e[2], e[3]);
     }
     if (simd == SIMD_AVX512) { // as on a CPU with AVX2 alone: the same bits, with one thread or two
         m.simd = SIMD_AVX2;
         for (int threads = 1; threads <= 2; threads++) {
             set_threads(threads);
             run_grad(&m, &one);
-            CHECKF(grads_equal(&one, &two, c), "%s: avx2 gradients (%d threads) differ from avx512's", dtype, threads);
+            CHECKF(grads_equal(&one, &two, c), "%s %s: avx2 gradients (%d threads) differ from avx512's", shape, dtype,
+                   threads);
         }
         set_threads(0);
     }
@@ -581,8 +582,8 @@ static void grad_threads_and_kernels(const char *dtype) {
 }
 
 static void t_grad_threads_and_kernels(void) {
-    const char *dtypes[] = {"bf16", "f16", "f32"};
-    for (int k = 0; k < 3; k++) grad_threads_and_kernels(dtypes[k]);
+    const char *models[][2] = {{"tiny", "bf16"}, {"tiny", "f16"}, {"tiny", "f32"}, {"tiny-qwen3", "bf16"}};
+    for (int k = 0; k < 4; k++) grad_threads_and_kernels(models[k][0], models[k][1]);
 }
 
 // ----------------------------------------------------------------------------

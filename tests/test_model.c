@@ -1021,7 +1021,7 @@ static void t_model_batch_invariance_bitwise(void) {
     enum { P = 21, MAX_N = 17, MAX_SEQ = 32 };
     int sizes[] = {1, 3, 8, 16, 17};
     for (int dt = 0; dt < 3; dt++) {
-        const char *dir = test_tiny_model(dtypes[dt]);
+        const char *dir = test_bench_model("tiny", dtypes[dt]);
         Model m;
         Err err = {0};
         if (!dir || model_load(&m, dir, &err) < 0) {
@@ -1105,9 +1105,9 @@ static void t_model_batch_invariance_bitwise(void) {
 // over several packed column blocks and a part-filled sliver (intermediate 2100), over prefill
 // and decode; the AVX2 kernels give the AVX-512 kernels' bits.
 static void t_model_kernels_agree(void) {
-    const char *dtypes[] = {"bf16", "f16", "f32"};
-    for (int dt = 0; dt < 3; dt++) {
-        const char *dir = test_tiny_model(dtypes[dt]);
+    const char *models[][2] = {{"tiny", "bf16"}, {"tiny", "f16"}, {"tiny", "f32"}, {"tiny-qwen3", "bf16"}};
+    for (int k = 0; k < 4; k++) {
+        const char *shape = models[k][0], *dtype = models[k][1], *dir = test_bench_model(shape, dtype);
         Model m;
         Err err = {0};
         if (!dir || model_load(&m, dir, &err) < 0) {
@@ -1132,25 +1132,25 @@ static void t_model_kernels_agree(void) {
             runstate_free(s);
         }
         double dl = max_abs_diff(logits[0], logits[best], n_logits), dh = max_abs_diff(resid[0], resid[best], n_resid);
-        CHECKF(dl <= ATOL_LOGITS && dh <= ATOL_HIDDEN, "%s: %s and portable kernels differ by %g (logits), %g (hidden)",
-               dtypes[dt], KERNELS(best), dl, dh);
-        CHECKF(dl > 0, "%s: kernels agree bitwise: is the %s path in use?", dtypes[dt], KERNELS(best));
+        CHECKF(dl <= ATOL_LOGITS && dh <= ATOL_HIDDEN,
+               "%s %s: %s and portable kernels differ by %g (logits), %g (hidden)", shape, dtype, KERNELS(best), dl, dh);
+        CHECKF(dl > 0, "%s %s: kernels agree bitwise: is the %s path in use?", shape, dtype, KERNELS(best));
         if (best == SIMD_AVX512)
             CHECKF(memcmp(logits[SIMD_AVX2], logits[SIMD_AVX512], n_logits * sizeof(float)) == 0 &&
                        memcmp(resid[SIMD_AVX2], resid[SIMD_AVX512], n_resid * sizeof(float)) == 0,
-                   "%s: the avx2 and avx512 kernels give different bits (logits by %g, hidden by %g)", dtypes[dt],
+                   "%s %s: the avx2 and avx512 kernels give different bits (logits by %g, hidden by %g)", shape, dtype,
                    max_abs_diff(logits[SIMD_AVX2], logits[SIMD_AVX512], n_logits),
                    max_abs_diff(resid[SIMD_AVX2], resid[SIMD_AVX512], n_resid));
-        else if (dt == 0)
+        else if (k == 0)
             printf("     avx2 against avx512 bits not checked: this CPU has no AVX-512\n");
-        for (int k = 0; k <= best; k++) free(logits[k]), free(resid[k]);
+        for (int simd = 0; simd <= best; simd++) free(logits[simd]), free(resid[simd]);
         model_free(&m);
     }
 }
 
 // Final norm + lm_head of many residuals at once is bitwise the forward pass's logits.
 static void t_model_final_logits_rows(void) {
-    const char *dir = test_tiny_model("bf16");
+    const char *dir = test_bench_model("tiny", "bf16");
     Model m;
     Err err = {0};
     if (!dir || model_load(&m, dir, &err) < 0) {

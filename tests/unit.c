@@ -72,12 +72,12 @@ const char *test_tmpdir(void) {
     return dir;
 }
 
-const char *test_tiny_model(const char *dtype) {
+const char *test_bench_model(const char *shape, const char *dtype) {
     static char dir[1024];
-    snprintf(dir, sizeof dir, "%s/tiny_%s", test_tmpdir(), dtype);
-    char *argv[] = {"make-bench-model", dir, "--shape", "tiny", "--dtype", (char *)dtype, "--seed", "7", NULL};
+    snprintf(dir, sizeof dir, "%s/%s_%s", test_tmpdir(), shape, dtype);
+    char *argv[] = {"make-bench-model", dir, "--shape", (char *)shape, "--dtype", (char *)dtype, "--seed", "7", NULL};
     int rc = cmd_make_bench_model(8, argv);
-    CHECKF(rc == 0, "make-bench-model %s failed", dtype);
+    CHECKF(rc == 0, "make-bench-model --shape %s --dtype %s failed", shape, dtype);
     return rc == 0 ? dir : NULL;
 }
 
