@@ -765,7 +765,7 @@ int run_generation_files(const Config *c, const Run *run, char ***paths, Err *er
             names[n_names++] = xstrndup(e->d_name, stem ? stem : len - 6); // a condition: no dot (not a sidecar)
         }
         closedir(d);
-        qsort(names, (size_t)n_names, sizeof *names, cmp_condition_file);
+        if (n_names > 1) qsort(names, (size_t)n_names, sizeof *names, cmp_condition_file); // names is NULL when none
         for (int i = 0; i < n_names; i++) {
             if (i + 1 < n_names && strcmp(names[i], names[i + 1]) == 0) { // the file and its shards, or several shards
                 free(names[i]);
