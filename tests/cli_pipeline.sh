@@ -121,6 +121,9 @@ expect "generate before prepare-data" 2 "builtin_4.jsonl is missing: run prepare
 expect "generate needs a condition" 2 "--condition must be baseline, targeted_ablation, random_ablation or random_ablation_K" "$BT" generate --config few.ini
 expect "generate an unknown variant" 2 "no \[variant.nope\] section" "$BT" generate --config few.ini --condition baseline --variant nope
 expect "detect-events before generate" 2 "no generations in run .*: run generate first" "$BT" detect-events --config few.ini
+mkdir -p runs/"$(cat runs/.current_run_id)"/generations/baseline_think_newline # a variant's folder, still empty
+expect "detect-events with an empty generations folder" 2 "no generations in run .*: run generate first" \
+    "$BT" detect-events --config few.ini
 expect "ablation-scan before detect-events" 2 "no events in run .*: run detect-events first" "$BT" ablation-scan --config few.ini
 expect "targeted generation before ablation-scan" 2 "no analysis/selected_layers.json in run .*: run ablation-scan first" \
     "$BT" generate --config few.ini --condition targeted_ablation
