@@ -22,6 +22,10 @@ const char *test_tmpdir(void);
 // off the SIMD widths; tiny-qwen3: q/k norms, head_dim 136) in dtype (bf16, f16, f32), seed 7, in a
 // fresh scratch directory; NULL on failure.
 const char *test_bench_model(const char *shape, const char *dtype);
+// The bench models the kernel-agreement tests of the forward and the gradient pass run on: tiny
+// in every dtype, and tiny-qwen3, whose heads reach the kernels' whole blocks of dimensions.
+#define N_KERNEL_MODELS 4
+extern const char *const kernel_models[N_KERNEL_MODELS][2]; // {shape, dtype}
 // The planted organism, written once per process into a scratch directory: read it, do not change it.
 const char *test_organism_dir(void);
 

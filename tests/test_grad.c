@@ -503,16 +503,6 @@ static double rel_diff(const float *a, const float *b, size_t n) {
     return diff / scale;
 }
 
-// How far b's gradients (residual, attention, MLP, heads; rows positions) are from a's, each
-// relative to that array's largest value.
-static void grads_rel_diffs(const Grads *a, const Grads *b, const ModelConfig *c, int rows, double e[4]) {
-    size_t R = (size_t)rows, L = (size_t)c->n_layers, D = (size_t)c->hidden_size, Q = (size_t)c->n_heads * c->head_dim;
-    e[0] = rel_diff(a->g.grad_resid, b->g.grad_resid, R * (L + 1) * D);
-    e[1] = rel_diff(a->g.grad_attn, b->g.grad_attn, R * L * D);
-    e[2] = rel_diff(a->g.grad_mlp, b->g.grad_mlp, R * L * D);
-    e[3] = rel_diff(a->g.grad_head, b->g.grad_head, R * L * Q);
-}
-
 // A bench model of one shape and dtype: gradients the same bits with 1 and 2 threads, any layers
 // kept, AVX2 or AVX-512 kernels; the portable path's within KERNEL_REL_TOL of them.
 static void grad_threads_and_kernels(const char *shape, const char *dtype) {
@@ -557,8 +547,12 @@ static void grad_threads_and_kernels(const char *shape, const char *dtype) {
     CHECKF(grads_equal(&one, &portable, c), "%s %s: portable gradients differ between 1 and 2 threads", shape, dtype);
     set_threads(0);
     if (simd) {
-        double e[4];
-        grads_rel_diffs(&portable, &two, c, n - 1, e);
+        size_t rows = (size_t)n - 1, L = (size_t)c->n_layers, D = (size_t)c->hidden_size,
+               Q = (size_t)c->n_heads * c->head_dim;
+        double e[4] = {rel_diff(portable.g.grad_resid, two.g.grad_resid, rows * (L + 1) * D),
+                       rel_diff(portable.g.grad_attn, two.g.grad_attn, rows * L * D),
+                       rel_diff(portable.g.grad_mlp, two.g.grad_mlp, rows * L * D),
+                       rel_diff(portable.g.grad_head, two.g.grad_head, rows * L * Q)};
         for (int k = 0; k < 4; k++)
             CHECKF(e[k] < KERNEL_REL_TOL, "%s %s: portable against %s: array %d differs by %.3g of its largest value",
                    shape, dtype, simd_names[simd], k, e[k]);
@@ -582,8 +576,7 @@ static void grad_threads_and_kernels(const char *shape, const char *dtype) {
 }
 
 static void t_grad_threads_and_kernels(void) {
-    const char *models[][2] = {{"tiny", "bf16"}, {"tiny", "f16"}, {"tiny", "f32"}, {"tiny-qwen3", "bf16"}};
-    for (int k = 0; k < 4; k++) grad_threads_and_kernels(models[k][0], models[k][1]);
+    for (int k = 0; k < N_KERNEL_MODELS; k++) grad_threads_and_kernels(kernel_models[k][0], kernel_models[k][1]);
 }
 
 // ----------------------------------------------------------------------------

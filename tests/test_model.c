@@ -1105,9 +1105,8 @@ static void t_model_batch_invariance_bitwise(void) {
 // over several packed column blocks and a part-filled sliver (intermediate 2100), over prefill
 // and decode; the AVX2 kernels give the AVX-512 kernels' bits.
 static void t_model_kernels_agree(void) {
-    const char *models[][2] = {{"tiny", "bf16"}, {"tiny", "f16"}, {"tiny", "f32"}, {"tiny-qwen3", "bf16"}};
-    for (int k = 0; k < 4; k++) {
-        const char *shape = models[k][0], *dtype = models[k][1], *dir = test_bench_model(shape, dtype);
+    for (int k = 0; k < N_KERNEL_MODELS; k++) {
+        const char *shape = kernel_models[k][0], *dtype = kernel_models[k][1], *dir = test_bench_model(shape, dtype);
         Model m;
         Err err = {0};
         if (!dir || model_load(&m, dir, &err) < 0) {

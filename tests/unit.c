@@ -72,6 +72,9 @@ const char *test_tmpdir(void) {
     return dir;
 }
 
+const char *const kernel_models[N_KERNEL_MODELS][2] = {
+    {"tiny", "bf16"}, {"tiny", "f16"}, {"tiny", "f32"}, {"tiny-qwen3", "bf16"}};
+
 const char *test_bench_model(const char *shape, const char *dtype) {
     static char dir[1024];
     snprintf(dir, sizeof dir, "%s/%s_%s", test_tmpdir(), shape, dtype);
